@@ -1,0 +1,410 @@
+"""The device telemetry protocol, version 1: topics and payload models.
+
+These models are the single source of truth for the wire contract described in
+``docs/protocol.md``; every example in that document is validated against them by a
+test. A message is parsed with :func:`parse_message`, which never raises anything but
+:class:`ProtocolError` (whose ``reason`` is a short machine-readable code and whose
+message says what was wrong).
+
+Forward compatibility: unknown fields are ignored (a newer device may send more);
+an unknown *schema version* is refused, because its known fields may mean something else.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    computed_field,
+    model_validator,
+)
+
+SCHEMA_VERSION = 1
+TOPIC_ROOT = "atmfleet/v1"
+MAX_PAYLOAD_BYTES = 16 * 1024
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+DEFAULT_HEARTBEAT_S = 60
+QOS = 1
+
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
+
+DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
+BranchId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
+Seq = Annotated[int, Field(ge=0, lt=2**63)]
+
+
+def _require_utc(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() != timedelta(0):
+        raise ValueError("timestamp must be UTC, e.g. 2026-11-28T02:15:00.250Z")
+    return value.astimezone(UTC)
+
+
+UtcTimestamp = Annotated[datetime, AfterValidator(_require_utc)]
+
+
+class Kind(StrEnum):
+    """The topic families: ``atmfleet/v1/device/<device_id>/<kind>``."""
+
+    STATE = "state"
+    EVENT = "event"
+    TXN = "txn"
+    PRESENCE = "presence"
+
+
+class DeviceState(StrEnum):
+    """What the device says it is doing. Offline is never sent: it is inferred."""
+
+    IN_SERVICE = "in_service"
+    DEGRADED = "degraded"  # serving with a function lost (e.g. deposit module down)
+    FAULT = "fault"  # hardware or software fault, out of service
+    CASH_OUT = "cash_out"  # no cash to dispense (缺钞)
+    DEPOSIT_FULL = "deposit_full"  # deposit cassette full, cannot accept
+    SUPERVISOR = "supervisor"  # replenishment / balancing (加钞/清机)
+    MAINTENANCE = "maintenance"  # technician on site, unplanned
+    PLANNED_MAINTENANCE = "planned_maintenance"  # declared planned maintenance
+    CLOSED = "closed"  # outside its service window, by schedule
+    POWERED_OFF = "powered_off"  # sent on UPS-backed shutdown
+
+
+#: States in which the device serves customers.
+SERVING_STATES = frozenset({DeviceState.IN_SERVICE, DeviceState.DEGRADED})
+
+
+class ComponentStatus(StrEnum):
+    OK = "ok"
+    WARNING = "warning"
+    FAULT = "fault"
+    OFFLINE = "offline"
+    ABSENT = "absent"
+    OPEN = "open"  # safe door, shutter
+
+
+class Component(StrEnum):
+    """CEN/XFS device classes a device reports."""
+
+    IDC = "idc"  # card reader
+    CDM = "cdm"  # cash dispenser
+    CIM = "cim"  # cash acceptor / deposit module
+    PTR = "ptr"  # receipt printer
+    PIN = "pin"  # PIN pad
+    SHUTTER = "shutter"
+    SAFE_DOOR = "safe_door"
+    PBK = "pbk"  # passbook printer
+
+
+class CashUnitType(StrEnum):
+    DISPENSE = "dispense"
+    DEPOSIT = "deposit"
+    RECYCLE = "recycle"
+    REJECT = "reject"
+    RETRACT = "retract"
+
+
+class CashUnitStatus(StrEnum):
+    OK = "ok"
+    LOW = "low"
+    EMPTY = "empty"
+    FULL = "full"
+    HIGH = "high"
+    INOP = "inop"
+    MISSING = "missing"
+
+
+class _Strict(BaseModel):
+    """Nested objects: unknown fields ignored, types checked."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class CashUnit(_Strict):
+    id: str = Field(min_length=1, max_length=16)
+    type: CashUnitType
+    currency: str = Field("CNY", pattern=r"^[A-Z]{3}$")
+    denomination: int = Field(
+        ge=0, le=100_000, description="Note value in whole units (100 = ¥100)."
+    )
+    count: int = Field(ge=0, le=100_000)
+    capacity: int | None = Field(None, ge=0, le=100_000)
+    status: CashUnitStatus
+
+
+class Envelope(_Strict):
+    """Fields every device message carries."""
+
+    v: Literal[1] = Field(description="Schema version.")
+    device_id: DeviceId
+    ts: UtcTimestamp = Field(description="Device clock, UTC, when the fact happened.")
+    seq: Seq = Field(description="Per-device counter; only grows, across reboots too.")
+
+
+class StateMessage(Envelope):
+    """Heartbeat: sent every ``heartbeat_s`` seconds and at once on every change."""
+
+    state: DeviceState
+    heartbeat_s: int = Field(DEFAULT_HEARTBEAT_S, ge=5, le=3600)
+    components: dict[Component, ComponentStatus] = Field(default_factory=dict)
+    cash_units: list[CashUnit] = Field(default_factory=list, max_length=16)
+    faults: list[str] = Field(
+        default_factory=list, max_length=32, description="Active fault codes."
+    )
+
+
+class EventType(StrEnum):
+    FAULT = "fault"  # a fault was raised
+    FAULT_CLEARED = "fault_cleared"
+    CASH_LOW = "cash_low"
+    CASH_OUT = "cash_out"
+    REPLENISHED = "replenished"
+    DEPOSIT_FULL = "deposit_full"
+    DEPOSIT_EMPTIED = "deposit_emptied"
+    SUPERVISOR_ENTER = "supervisor_enter"
+    SUPERVISOR_EXIT = "supervisor_exit"
+    TECHNICIAN_ARRIVED = "technician_arrived"  # maintenance mode entered
+    TECHNICIAN_LEFT = "technician_left"
+    POWER_RESTORED = "power_restored"  # ``since`` = when power was lost
+    REBOOT = "reboot"
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+class EventMessage(Envelope):
+    """A fault or an operational event."""
+
+    event: EventType
+    component: Component | None = None
+    code: str | None = Field(None, max_length=32, pattern=r"^[A-Za-z0-9_.:-]+$")
+    severity: Severity = Severity.INFO
+    text: str | None = Field(None, max_length=500)
+    since: UtcTimestamp | None = Field(
+        None, description="For power_restored: when the power was lost."
+    )
+
+    @model_validator(mode="after")
+    def _fault_has_code(self) -> EventMessage:
+        if self.event in (EventType.FAULT, EventType.FAULT_CLEARED) and not self.code:
+            raise ValueError(f"event {self.event.value!r} needs a fault code in 'code'")
+        if self.event is EventType.POWER_RESTORED and self.since is None:
+            raise ValueError("event 'power_restored' needs 'since' (when power was lost)")
+        if self.since is not None and self.since > self.ts:
+            raise ValueError("'since' is after 'ts'")
+        return self
+
+
+class TxnType(StrEnum):
+    WITHDRAWAL = "withdrawal"
+    DEPOSIT = "deposit"
+    TRANSFER = "transfer"
+    PAYMENT = "payment"
+    INQUIRY = "inquiry"
+    PIN_CHANGE = "pin_change"
+    STATEMENT = "statement"
+    PASSBOOK = "passbook"
+
+
+#: Default financial (账务性) types: they move money or change an account. The rules
+#: file may override which types count as financial for a KPI; the ``financial`` flag on
+#: the wire is derived from this default.
+FINANCIAL_TYPES = frozenset(
+    {TxnType.WITHDRAWAL, TxnType.DEPOSIT, TxnType.TRANSFER, TxnType.PAYMENT}
+)
+
+
+class TxnResult(StrEnum):
+    OK = "ok"
+    DECLINED = "declined"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+
+
+Money = Annotated[Decimal, Field(ge=0, le=Decimal("10000000"), max_digits=12, decimal_places=2)]
+
+
+class TxnMessage(Envelope):
+    """One customer transaction, sent when it completes."""
+
+    txn_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    type: TxnType
+    amount: Money = Decimal("0")
+    currency: str = Field("CNY", pattern=r"^[A-Z]{3}$")
+    fee: Money = Decimal("0")
+    result: TxnResult
+    duration_ms: int = Field(ge=0, le=3_600_000)
+    on_us: bool = Field(True, description="False for another bank's card (inter-bank).")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def financial(self) -> bool:
+        return self.type in FINANCIAL_TYPES
+
+
+class PresenceStatus(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class PresenceMessage(_Strict):
+    """Retained birth (``online``) and last will (``offline``).
+
+    The will is registered at connect time, so its ``ts`` is the connect time, not
+    the moment the connection died: the collector uses its own receive time for a will.
+    ``session`` ties a will to the connection it belongs to; presence has no ``seq``.
+    """
+
+    v: Literal[1]
+    device_id: DeviceId
+    status: PresenceStatus
+    ts: UtcTimestamp
+    session: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    will: bool = Field(False, description="True when sent by the broker as the last will.")
+
+
+class CounterMessage(_Strict):
+    """Teller-counter transaction volumes of one branch for one local day (core banking).
+
+    Topic ``atmfleet/v1/branch/<branch_id>/counter``; retained is allowed; a later message
+    for the same branch and date replaces the earlier one.
+    """
+
+    v: Literal[1]
+    branch_id: BranchId
+    date: date
+    financial: int = Field(ge=0, le=10_000_000)
+    non_financial: int = Field(0, ge=0, le=10_000_000)
+    source: str = Field("core", max_length=32)
+    ts: UtcTimestamp
+
+
+DeviceMessage = StateMessage | EventMessage | TxnMessage | PresenceMessage
+AnyMessage = DeviceMessage | CounterMessage
+
+_MODELS: dict[str, type[BaseModel]] = {
+    Kind.STATE: StateMessage,
+    Kind.EVENT: EventMessage,
+    Kind.TXN: TxnMessage,
+    Kind.PRESENCE: PresenceMessage,
+}
+
+
+class ProtocolError(Exception):
+    """A message that cannot be accepted. ``reason`` is a stable short code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+# Stable reason codes (dead-letter table, metrics label).
+REASONS = (
+    "bad_topic",
+    "too_large",
+    "not_utf8",
+    "bad_json",
+    "not_object",
+    "unknown_version",
+    "invalid",
+    "device_mismatch",
+    "future_timestamp",
+)
+
+
+def device_topic(device_id: str, kind: Kind | str) -> str:
+    return f"{TOPIC_ROOT}/device/{device_id}/{Kind(kind).value}"
+
+
+def counter_topic(branch_id: str) -> str:
+    return f"{TOPIC_ROOT}/branch/{branch_id}/counter"
+
+
+#: Subscriptions a collector makes.
+SUBSCRIPTIONS = (f"{TOPIC_ROOT}/device/+/+", f"{TOPIC_ROOT}/branch/+/counter")
+
+
+def parse_topic(topic: str) -> tuple[str, str, str]:
+    """Return ``(scope, id, kind)``: ``("device", id, kind)`` or ``("branch", id, "counter")``."""
+    parts = topic.split("/")
+    if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != TOPIC_ROOT:
+        raise ProtocolError(
+            "bad_topic", f"topic {topic[:200]!r} is not {TOPIC_ROOT}/<scope>/<id>/<kind>"
+        )
+    scope, ident, kind = parts[2], parts[3], parts[4]
+    if not _DEVICE_ID_RE.match(ident):
+        raise ProtocolError(
+            "bad_topic", f"id {ident[:80]!r} in topic does not match {DEVICE_ID_PATTERN}"
+        )
+    if scope == "device" and kind in _MODELS:
+        return scope, ident, kind
+    if scope == "branch" and kind == "counter":
+        return scope, ident, kind
+    raise ProtocolError("bad_topic", f"unknown topic family {scope}/…/{kind[:40]}")
+
+
+def _first_error(exc: ValidationError) -> str:
+    errs = exc.errors()
+    shown = []
+    for err in errs[:3]:
+        loc = ".".join(str(p) for p in err["loc"]) or "(message)"
+        value = err.get("input")
+        got = "" if isinstance(value, dict | list) else f" (got {str(value)[:60]!r})"
+        shown.append(f"{loc}: {err['msg']}{got}")
+    more = f" (+{len(errs) - 3} more)" if len(errs) > 3 else ""
+    return "; ".join(shown) + more
+
+
+def parse_message(topic: str, payload: bytes, received_at: datetime | None = None) -> AnyMessage:
+    """Validate one MQTT message. Raises :class:`ProtocolError` and nothing else."""
+    scope, ident, kind = parse_topic(topic)
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise ProtocolError("too_large", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("not_utf8", f"payload is not UTF-8 at byte {exc.start}") from None
+    try:
+        data: Any = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError("bad_json", str(exc)[:200]) from None
+    if not isinstance(data, dict):
+        raise ProtocolError("not_object", f"payload is a JSON {type(data).__name__}, not an object")
+    if data.get("v") != SCHEMA_VERSION:
+        raise ProtocolError(
+            "unknown_version",
+            f"schema version {str(data.get('v'))[:20]!r}; this collector reads v={SCHEMA_VERSION}",
+        )
+    model = CounterMessage if scope == "branch" else _MODELS[kind]
+    try:
+        msg: AnyMessage = model.model_validate(data)  # type: ignore[assignment]
+    except ValidationError as exc:
+        raise ProtocolError("invalid", _first_error(exc)) from None
+    payload_id = msg.branch_id if isinstance(msg, CounterMessage) else msg.device_id
+    if payload_id != ident:
+        raise ProtocolError("device_mismatch", f"payload id {payload_id!r} != topic id {ident!r}")
+    now = received_at or datetime.now(UTC)
+    if msg.ts - now > MAX_CLOCK_SKEW:
+        raise ProtocolError(
+            "future_timestamp",
+            f"ts {msg.ts.isoformat()} is {(msg.ts - now).total_seconds():.0f}s ahead of the collector (max {MAX_CLOCK_SKEW.total_seconds():.0f}s)",
+        )
+    return msg
+
+
+def encode(msg: BaseModel) -> bytes:
+    """Serialise a message the way a device would (compact JSON, UTC ``Z`` timestamps)."""
+    data = msg.model_dump(mode="json", exclude_none=True, exclude={"financial"})
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()

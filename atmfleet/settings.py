@@ -1,0 +1,126 @@
+"""Service settings: one pydantic-settings model, read from ``ATMFLEET_*`` variables.
+
+Nested sections use ``__`` (``ATMFLEET_COLLECTOR__BATCH_SIZE=2000``). Secrets
+(``mqtt_password``, the password inside ``database_url``) may also come from files in
+``ATMFLEET_SECRETS_DIR`` (default ``/run/secrets``), one file per field name, so they
+never have to appear in the environment or in a log line.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from atmfleet.errors import ConfigError
+
+
+class CollectorSettings(BaseModel):
+    """How the collector batches, acknowledges and retries."""
+
+    client_id: str = Field("atmfleet-collector-1", min_length=1, max_length=64)
+    share_group: str | None = Field(
+        None, description="Join $share/<group>/... so several collectors split one fleet."
+    )
+    session_expiry_s: int = Field(7 * 24 * 3600, ge=0)
+    batch_size: int = Field(5000, ge=1, le=1_000_000)
+    batch_max_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    flush_interval_s: float = Field(0.5, gt=0, le=60)
+    max_inflight: int = Field(
+        20_000, ge=1, description="Messages held unacknowledged before reading pauses."
+    )
+    retry_max_backoff_s: float = Field(30.0, gt=0)
+    liveness_interval_s: float = Field(10.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything the services read from the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ATMFLEET_",
+        env_nested_delimiter="__",
+        secrets_dir=os.environ.get("ATMFLEET_SECRETS_DIR", "/run/secrets")
+        if Path(os.environ.get("ATMFLEET_SECRETS_DIR", "/run/secrets")).is_dir()
+        else None,
+        extra="ignore",
+    )
+
+    mqtt_url: str = Field(
+        "mqtt://127.0.0.1:1883",
+        description="mqtt://host:port or mqtts://host:port (TLS).",
+    )
+    mqtt_protocol: Literal["5", "3.1.1"] = "5"
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
+    mqtt_ca_file: Path | None = None
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
+
+    database_url: SecretStr | None = Field(
+        None,
+        description="postgresql://user:pass@host:port/db?sslmode=verify-full&sslrootcert=...",
+    )
+    database_pool_size: int = Field(4, ge=1, le=100)
+
+    inventory_file: Path | None = None
+    rules_file: Path | None = None
+    timezone: str = "Asia/Shanghai"
+    output_dir: Path = Path("out")
+
+    collector: CollectorSettings = CollectorSettings()
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _check_mqtt_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise ValueError(
+                f"scheme {parts.scheme!r} is not allowed; use mqtt://host:port or mqtts://host:port"
+            )
+        if not parts.hostname:
+            raise ValueError("no host; use mqtt://host:port")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError("must start with postgresql://")
+        return value
+
+    def require_database_url(self) -> str:
+        if self.database_url is None:
+            raise ConfigError(
+                "ATMFLEET_DATABASE_URL is not set (e.g. postgresql://user@127.0.0.1:5432/atmfleet)"
+            )
+        return self.database_url.get_secret_value()
+
+
+def load_settings() -> Settings:
+    """Read the settings, turning a validation error into a message that names the field."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, prefix="ATMFLEET_")) from None
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "", source: str = "") -> str:
+    lines = []
+    for err in exc.errors():
+        loc = (
+            "__".join(str(p) for p in err["loc"]).upper()
+            if prefix
+            else ".".join(str(p) for p in err["loc"])
+        )
+        where = f"{source}: " if source else ""
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"{where}{prefix}{loc}: {err['msg']}{shown}")
+    return "\n".join(lines)
