@@ -73,6 +73,7 @@ class DeviceState(StrEnum):
     SUPERVISOR = "supervisor"  # replenishment / balancing (加钞/清机)
     MAINTENANCE = "maintenance"  # technician on site, unplanned
     PLANNED_MAINTENANCE = "planned_maintenance"  # declared planned maintenance
+    COMMS_DOWN = "comms_down"  # host/network link lost; reported in a store-and-forward backlog
     CLOSED = "closed"  # outside its service window, by schedule
     POWERED_OFF = "powered_off"  # sent on UPS-backed shutdown
 
@@ -271,7 +272,11 @@ class PresenceMessage(_Strict):
     status: PresenceStatus
     ts: UtcTimestamp
     session: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
-    will: bool = Field(False, description="True when sent by the broker as the last will.")
+    will: bool = Field(
+        False,
+        description="True when sent by the broker as the last will (ts = connect time); "
+        "False when sent by the device or its gateway (ts = when the link was lost/restored).",
+    )
 
 
 class CounterMessage(_Strict):
