@@ -26,6 +26,7 @@ from pydantic import (
     Field,
     ValidationError,
     computed_field,
+    field_validator,
     model_validator,
 )
 
@@ -159,6 +160,16 @@ class StateMessage(Envelope):
     faults: list[str] = Field(
         default_factory=list, max_length=32, description="Active fault codes."
     )
+
+    @field_validator("components", mode="before")
+    @classmethod
+    def _ignore_unknown_components(cls, value: Any) -> Any:
+        """A component class this version does not know is ignored like an unknown field,
+        so a newer device's heartbeat (which carries its state) is never refused for it."""
+        if isinstance(value, dict):
+            known = {c.value for c in Component}
+            return {k: v for k, v in value.items() if k in known}
+        return value
 
 
 class EventType(StrEnum):
@@ -349,7 +360,7 @@ def parse_topic(topic: str) -> tuple[str, str, str]:
             "bad_topic", f"topic {topic[:200]!r} is not {TOPIC_ROOT}/<scope>/<id>/<kind>"
         )
     scope, ident, kind = parts[2], parts[3], parts[4]
-    if not _DEVICE_ID_RE.match(ident):
+    if not _DEVICE_ID_RE.fullmatch(ident):  # fullmatch: "$" alone would allow a final "\n"
         raise ProtocolError(
             "bad_topic", f"id {ident[:80]!r} in topic does not match {DEVICE_ID_PATTERN}"
         )
@@ -372,6 +383,44 @@ def _first_error(exc: ValidationError) -> str:
     return "; ".join(shown) + more
 
 
+def _refuse_constant(name: str) -> Any:
+    """``NaN``/``Infinity`` are not JSON (RFC 8259), though Python's decoder accepts them."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _unstorable_text_at(data: Any) -> str | None:
+    """Path of the first string (key or value) holding U+0000 or an unpaired surrogate.
+
+    Both are legal JSON escapes but cannot be encoded as UTF-8 or stored in PostgreSQL
+    text, so a message carrying them would fail later, in storage, instead of here.
+    Iterative: the nesting depth is bounded only by the JSON decoder.
+    """
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                where = f"{path}.{key}" if path else key
+                if _unstorable(key):
+                    return where
+                stack.append((where, value))
+        elif isinstance(item, list):
+            stack.extend((f"{path}.{i}", value) for i, value in enumerate(item))
+        elif isinstance(item, str) and _unstorable(item):
+            return path or "(message)"
+    return None
+
+
+def _unstorable(text: str) -> bool:
+    if "\x00" in text:
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def parse_message(topic: str, payload: bytes, received_at: datetime | None = None) -> AnyMessage:
     """Validate one MQTT message. Raises :class:`ProtocolError` and nothing else."""
     scope, ident, kind = parse_topic(topic)
@@ -382,15 +431,22 @@ def parse_message(topic: str, payload: bytes, received_at: datetime | None = Non
     except UnicodeDecodeError as exc:
         raise ProtocolError("not_utf8", f"payload is not UTF-8 at byte {exc.start}") from None
     try:
-        data: Any = json.loads(text)
+        data: Any = json.loads(text, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError("bad_json", str(exc)[:200]) from None
     if not isinstance(data, dict):
         raise ProtocolError("not_object", f"payload is a JSON {type(data).__name__}, not an object")
-    if data.get("v") != SCHEMA_VERSION:
+    # Escapes are the only way to get U+0000 or a lone surrogate past the UTF-8 decoding.
+    if "\\u" in text and (where := _unstorable_text_at(data)) is not None:
+        where = where.encode("ascii", "backslashreplace").decode()[:80]
+        raise ProtocolError(
+            "bad_json", f"string at {where} holds \\u0000 or an unpaired surrogate escape"
+        )
+    version = data.get("v")
+    if type(version) is not int or version != SCHEMA_VERSION:  # not true, not 1.0
         raise ProtocolError(
             "unknown_version",
-            f"schema version {str(data.get('v'))[:20]!r}; this collector reads v={SCHEMA_VERSION}",
+            f"schema version {str(version)[:20]!r}; this collector reads v={SCHEMA_VERSION}",
         )
     model = CounterMessage if scope == "branch" else _MODELS[kind]
     try:
@@ -411,5 +467,8 @@ def parse_message(topic: str, payload: bytes, received_at: datetime | None = Non
 
 def encode(msg: BaseModel) -> bytes:
     """Serialise a message the way a device would (compact JSON, UTC ``Z`` timestamps)."""
-    data = msg.model_dump(mode="json", exclude_none=True, exclude={"financial"})
+    # Derived (computed) fields such as TxnMessage.financial are not sent; a *real* field of
+    # the same name (CounterMessage.financial) is.
+    derived = set(type(msg).model_computed_fields)
+    data = msg.model_dump(mode="json", exclude_none=True, exclude=derived)
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
