@@ -1,0 +1,281 @@
+"""开机率: scheduled time S, available time A and downtime by cause (docs/kpis.md, "Uptime").
+
+Pure functions over a device's timeline (:mod:`rules.timeline`) and its scheduled spans
+(service window ∩ period ∩ time in the fleet), all in integer milliseconds. Both views
+are computed in one sweep: business (the bank's 开机率) and technical (vendor
+assessment: causes outside the vendor's control taken out of S). Roll-ups add A and S;
+a ratio is never averaged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from atmfleet.inventory import Device, Inventory
+from atmfleet.windows import ServiceWindow
+from rules.config import Rules, UnknownTime
+from rules.labels import CAUSES, Label
+from rules.timeline import Interval, Span, ms
+
+
+@dataclass(frozen=True, slots=True)
+class UptimePolicy:
+    """The rules that decide S and A, resolved once for speed."""
+
+    business_excluded: frozenset[Label] = frozenset()
+    technical_excluded: frozenset[Label] = frozenset(
+        {Label.CASH_OUT, Label.DEPOSIT_FULL, Label.COMMUNICATIONS, Label.POWER, Label.CLOSED}
+    )
+    planned_excluded: bool = True
+    planned_cap_ms: int | None = None  # per call (one local day)
+    unknown_time: UnknownTime = UnknownTime.EXCLUDE
+
+    @classmethod
+    def from_rules(cls, rules: Rules) -> UptimePolicy:
+        cap = rules.planned_maintenance.max_excluded_s_per_day
+        return cls(
+            business_excluded=frozenset(rules.uptime.business_excluded_causes),
+            technical_excluded=frozenset(rules.uptime.technical_excluded_causes),
+            planned_excluded=rules.planned_maintenance.excluded,
+            planned_cap_ms=None if cap is None else cap * 1000,
+            unknown_time=rules.uptime.unknown_time,
+        )
+
+
+@dataclass(slots=True)
+class Uptime:
+    """Times (ms) of one device, or of a roll-up, over a period.
+
+    ``by_label`` is the time inside the window (period ∩ service window ∩ in the fleet)
+    by label; ``scheduled_ms``/``available_ms`` are S and A of the business view,
+    ``tech_scheduled_ms``/``tech_available_ms`` of the technical view; ``devices`` how
+    many devices a roll-up holds.
+    """
+
+    by_label: dict[Label, int] = field(default_factory=dict)
+    scheduled_ms: int = 0
+    available_ms: int = 0
+    tech_scheduled_ms: int = 0
+    tech_available_ms: int = 0
+    planned_excluded_ms: int = 0
+    devices: int = 0
+
+    @property
+    def window_ms(self) -> int:
+        return sum(self.by_label.values())
+
+    @property
+    def unknown_ms(self) -> int:
+        return self.by_label.get(Label.UNKNOWN, 0)
+
+    @property
+    def ratio(self) -> float | None:
+        """Business 开机率 A/S; None ("no data") when S is 0."""
+        return self.available_ms / self.scheduled_ms if self.scheduled_ms else None
+
+    @property
+    def tech_ratio(self) -> float | None:
+        return self.tech_available_ms / self.tech_scheduled_ms if self.tech_scheduled_ms else None
+
+    @property
+    def down_ms(self) -> int:
+        """Business downtime: S - A."""
+        return self.scheduled_ms - self.available_ms
+
+    def down_by_cause(self) -> dict[Label, int]:
+        """Time in the window by downtime cause (planned: only the part counted as down)."""
+        out = {c: self.by_label.get(c, 0) for c in CAUSES}
+        out[Label.PLANNED] -= self.planned_excluded_ms
+        return out
+
+    def add(self, other: Uptime) -> None:
+        for label, value in other.by_label.items():
+            self.by_label[label] = self.by_label.get(label, 0) + value
+        self.scheduled_ms += other.scheduled_ms
+        self.available_ms += other.available_ms
+        self.tech_scheduled_ms += other.tech_scheduled_ms
+        self.tech_available_ms += other.tech_available_ms
+        self.planned_excluded_ms += other.planned_excluded_ms
+
+
+def label_totals(timeline: Sequence[Interval], spans: Sequence[Span]) -> dict[Label, int]:
+    """Milliseconds of each label inside ``spans`` (both sorted and non-overlapping)."""
+    totals: dict[Label, int] = {}
+    j = 0
+    n = len(timeline)
+    for s0, s1 in spans:
+        while j < n and timeline[j][1] <= s0:
+            j += 1
+        k = j
+        while k < n:
+            a, b, label = timeline[k]
+            if a >= s1:
+                break
+            lo = a if a > s0 else s0
+            hi = b if b < s1 else s1
+            if hi > lo:
+                totals[label] = totals.get(label, 0) + (hi - lo)
+            if b > s1:
+                break
+            k += 1
+    return totals
+
+
+def uptime_from_totals(totals: dict[Label, int], policy: UptimePolicy) -> Uptime:
+    """S and A of both views from the window's time by label (one device, one day)."""
+    window = sum(totals.values())
+    available = totals.get(Label.AVAILABLE, 0)
+    unknown = totals.get(Label.UNKNOWN, 0)
+    planned = totals.get(Label.PLANNED, 0)
+    planned_excluded = 0
+    if policy.planned_excluded and planned:
+        cap = policy.planned_cap_ms
+        planned_excluded = planned if cap is None or planned < cap else cap
+    base = window - planned_excluded
+    if policy.unknown_time is UnknownTime.EXCLUDE:
+        base -= unknown
+    elif policy.unknown_time is UnknownTime.AVAILABLE:
+        available += unknown
+    business = base - sum(totals.get(c, 0) for c in policy.business_excluded)
+    technical = base - sum(totals.get(c, 0) for c in policy.technical_excluded)
+    return Uptime(
+        by_label=totals,
+        scheduled_ms=business,
+        available_ms=available,
+        tech_scheduled_ms=technical,
+        tech_available_ms=available,
+        planned_excluded_ms=planned_excluded,
+        devices=1,
+    )
+
+
+def device_uptime(
+    timeline: Sequence[Interval], spans: Sequence[Span], policy: UptimePolicy
+) -> Uptime:
+    """One device over the scheduled ``spans`` (one local day when a planned cap is set)."""
+    return uptime_from_totals(label_totals(timeline, spans), policy)
+
+
+# --- days, windows and the fleet ------------------------------------------------------
+
+
+def day_span(day: date, tz: ZoneInfo) -> Span:
+    """``[local midnight, next local midnight)`` of ``day`` in ms (23 or 25 h across DST)."""
+    lo = datetime.combine(day, time(0), tzinfo=tz)
+    hi = datetime.combine(day + timedelta(days=1), time(0), tzinfo=tz)
+    return ms(lo), ms(hi)
+
+
+def days(first: date, last: date) -> list[date]:
+    """Every local date from ``first`` to ``last`` inclusive."""
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def fleet_span(device: Device, tz: ZoneInfo) -> Span:
+    """When the device is in the fleet: from local midnight of its commissioning date to
+    local midnight of its decommissioning date (open-ended if none)."""
+    lo = day_span(device.commissioned, tz)[0]
+    hi = day_span(device.decommissioned, tz)[0] if device.decommissioned else 2**62
+    return lo, hi
+
+
+def intersect(spans: Sequence[Span], lo: int, hi: int) -> list[Span]:
+    out: list[Span] = []
+    for a, b in spans:
+        a, b = max(a, lo), min(b, hi)
+        if a < b:
+            out.append((a, b))
+    return out
+
+
+class WindowSpans:
+    """Open spans of service windows per local day, memoised per (spec, day).
+
+    Many devices share a window; computing it once per day keeps the fleet fast. Build
+    one per computation (it holds no global state).
+    """
+
+    def __init__(self, tz: ZoneInfo) -> None:
+        self.tz = tz
+        self._cache: dict[tuple[str, date], list[Span]] = {}
+
+    def day(self, spec: str, day: date) -> list[Span]:
+        key = (spec, day)
+        got = self._cache.get(key)
+        if got is None:
+            window = ServiceWindow.parse(spec)
+            lo = datetime.combine(day, time(0), tzinfo=self.tz)
+            hi = datetime.combine(day + timedelta(days=1), time(0), tzinfo=self.tz)
+            got = [(ms(a), ms(b)) for a, b in window.open_intervals(lo, hi, self.tz)]
+            self._cache[key] = got
+        return got
+
+
+def scheduled_spans(
+    device: Device, day: date, rules: Rules, windows: WindowSpans, until: int | None = None
+) -> list[Span]:
+    """Window ∩ local ``day`` ∩ the device's time in the fleet (∩ before ``until``)."""
+    spans = windows.day(rules.service_windows.spec_for(device), day)
+    lo, hi = fleet_span(device, windows.tz)
+    if until is not None:
+        hi = min(hi, until)
+    return intersect(spans, lo, hi)
+
+
+# --- roll-ups -------------------------------------------------------------------------
+
+DIMENSIONS = ("device", "branch", "subbranch", "tier", "type", "placement", "vendor", "fleet")
+
+
+def dimension_key(inventory: Inventory, dimension: str) -> Callable[[str], str | None]:
+    """device id -> the group it belongs to in ``dimension`` (None: not in the inventory)."""
+    if dimension not in DIMENSIONS:
+        raise ValueError(f"unknown dimension {dimension!r}; allowed: {', '.join(DIMENSIONS)}")
+    devices = inventory.device_by_id
+    branches = inventory.branch_by_id
+    subs = inventory.subbranch_by_id
+    table: dict[str, str] = {}
+    for d in devices.values():
+        branch = branches.get(d.branch)
+        sub = subs.get(branch.subbranch) if branch else None
+        table[d.id] = {
+            "device": d.id,
+            "branch": d.branch,
+            "subbranch": branch.subbranch if branch else "",
+            "tier": sub.tier.value if sub else "",
+            "type": d.type.value,
+            "placement": d.placement.value,
+            "vendor": d.vendor,
+            "fleet": "fleet",
+        }[dimension]
+    return table.get
+
+
+def rollup(
+    per_device: Mapping[str, Uptime] | Iterable[tuple[str, Uptime]],
+    key: Callable[[str], str | None],
+) -> dict[str, Uptime]:
+    """Σ of every time over the devices of each group: the group's ratio is ΣA/ΣS."""
+    items = per_device.items() if isinstance(per_device, Mapping) else per_device
+    out: dict[str, Uptime] = {}
+    for device_id, up in items:
+        group = key(device_id)
+        if group is None:
+            continue
+        acc = out.get(group)
+        if acc is None:
+            acc = out[group] = Uptime()
+        acc.add(up)
+        acc.devices += 1
+    return out
+
+
+def total(parts: Iterable[Uptime]) -> Uptime:
+    """One device over several days (or any set of parts): the sum, as one device."""
+    out = Uptime(devices=1)
+    for part in parts:
+        out.add(part)
+    return out
