@@ -12,7 +12,11 @@ import click
 from atmfleet.errors import AtmfleetError
 
 #: (module, attribute) of each subcommand; the parts own their commands.
-COMMANDS: tuple[tuple[str, str], ...] = ()
+COMMANDS: tuple[tuple[str, str], ...] = (
+    ("atmfleet.store.cli", "db"),
+    ("collector.cli", "collect"),
+    ("collector.cli", "counters"),
+)
 
 
 class AtmfleetGroup(click.Group):

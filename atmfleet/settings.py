@@ -65,6 +65,13 @@ class Settings(BaseSettings):
         description="postgresql://user:pass@host:port/db?sslmode=verify-full&sslrootcert=...",
     )
     database_pool_size: int = Field(4, ge=1, le=100)
+    database_retention_days: int | None = Field(
+        None,
+        ge=1,
+        description="Drop telemetry older than this many days (None: keep everything). "
+        "TimescaleDB: a retention policy set by `atmfleet db upgrade`; plain PostgreSQL: "
+        "`atmfleet db prune`, run daily.",
+    )
 
     inventory_file: Path | None = None
     rules_file: Path | None = None

@@ -1,0 +1,51 @@
+"""Loading the inventory into the database (upsert: re-loading a file is harmless)."""
+
+from __future__ import annotations
+
+import psycopg
+
+from atmfleet.inventory import Inventory
+
+
+def upsert_inventory(conn: psycopg.Connection, inventory: Inventory) -> tuple[int, int, int]:
+    """Insert or update every sub-branch, branch and device. Nothing is deleted: a device
+    that left the fleet should be given a ``decommissioned`` date instead."""
+    with conn.transaction(), conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO subbranches (id, name, tier) VALUES (%s, %s, %s)"
+            " ON CONFLICT (id) DO UPDATE SET name = excluded.name, tier = excluded.tier",
+            [(s.id, s.name, s.tier.value) for s in inventory.subbranches],
+        )
+        cur.executemany(
+            "INSERT INTO branches (id, name, subbranch, kind, parent) VALUES (%s, %s, %s, %s, %s)"
+            " ON CONFLICT (id) DO UPDATE SET name = excluded.name,"
+            " subbranch = excluded.subbranch, kind = excluded.kind, parent = excluded.parent",
+            [(b.id, b.name, b.subbranch, b.kind.value, b.parent) for b in inventory.branches],
+        )
+        cur.executemany(
+            "INSERT INTO devices (id, branch, type, placement, vendor, model, commissioned,"
+            " decommissioned, service_window, deposit_capable, heartbeat_s)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (id) DO UPDATE SET branch = excluded.branch, type = excluded.type,"
+            " placement = excluded.placement, vendor = excluded.vendor, model = excluded.model,"
+            " commissioned = excluded.commissioned, decommissioned = excluded.decommissioned,"
+            " service_window = excluded.service_window,"
+            " deposit_capable = excluded.deposit_capable, heartbeat_s = excluded.heartbeat_s",
+            [
+                (
+                    d.id,
+                    d.branch,
+                    d.type.value,
+                    d.placement.value,
+                    d.vendor,
+                    d.model,
+                    d.commissioned,
+                    d.decommissioned,
+                    d.service_window,
+                    d.can_deposit,
+                    d.heartbeat_s,
+                )
+                for d in inventory.devices
+            ],
+        )
+    return len(inventory.subbranches), len(inventory.branches), len(inventory.devices)

@@ -1,0 +1,71 @@
+"""``atmfleet collect`` and ``atmfleet counters import``."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+import click
+from prometheus_client import CollectorRegistry, start_http_server
+
+from atmfleet.protocol import counter_topic, encode
+from atmfleet.settings import load_settings
+from atmfleet.store.connect import connect
+from atmfleet.store.writer import Accepted, BatchWriter
+from collector.counters import parse_counter_csv
+from collector.service import Collector, describe
+from collector.stats import CollectorStats
+
+log = logging.getLogger(__name__)
+
+
+@click.command("collect")
+@click.option("--client-id", default=None, help="Override ATMFLEET_COLLECTOR__CLIENT_ID.")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve the collector's own metrics on this port (/metrics).",
+)
+def collect(client_id: str | None, metrics_port: int | None) -> None:
+    """Receive device telemetry from MQTT and store it; stops cleanly on SIGTERM/SIGINT."""
+    settings = load_settings()
+    registry = CollectorRegistry()
+    stats = CollectorStats(registry)
+    collector = Collector(settings, stats, client_id=client_id)
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: flushing and stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    if metrics_port is not None:
+        start_http_server(metrics_port, registry=registry)
+    log.info("%s", describe(settings))
+    collector.run(stop)
+
+
+@click.group("counters")
+def counters() -> None:
+    """Teller-counter transaction volumes from core banking."""
+
+
+@counters.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def counters_import(path: Path) -> None:
+    """Import a CSV (branch_id,date,financial[,non_financial][,source]); later imports of
+    the same branch and day replace earlier ones."""
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        messages = parse_counter_csv(fh, str(path))
+    settings = load_settings()
+    now = datetime.now(UTC)
+    records = [Accepted(m, now, counter_topic(m.branch_id), encode(m)) for m in messages]
+    with connect(settings.require_database_url(), application_name="atmfleet-import") as conn:
+        result = BatchWriter(conn, "counters-import").write(records)
+    click.echo(f"imported {result.stored['counter']} of {len(records)} branch-days from {path}")

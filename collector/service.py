@@ -1,0 +1,334 @@
+"""The collector service: the paho network thread receives, the writer loop stores and acks.
+
+Delivery guarantee: a message is acknowledged (PUBACK) only after the transaction that
+stores it (or dead-letters it) has committed, in arrival order; acknowledgements go only
+to the connection the message arrived on. A crash before the acknowledgement makes the
+broker redeliver, and the store ignores what it already holds: at-least-once delivery,
+exactly-once rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import psycopg
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from atmfleet.errors import AtmfleetError
+from atmfleet.protocol import QOS, SUBSCRIPTIONS
+from atmfleet.settings import Settings
+from atmfleet.store import liveness
+from atmfleet.store.connect import ErrorClass, classify, redact_url
+from atmfleet.store.writer import Accepted, BatchWriter, Rejected
+from collector.buffer import Buffer, Inbound
+from collector.decode import decode
+from collector.mqtt import BrokerAddress, build_client, connect_properties
+from collector.stats import CollectorStats
+
+log = logging.getLogger(__name__)
+
+#: How long a stopping collector keeps retrying the database before it gives up (what it
+#: has not acknowledged is redelivered to the next run).
+SHUTDOWN_GRACE_S = 10.0
+#: No beat from any collector for this many liveness intervals = an outage.
+OUTAGE_THRESHOLD_INTERVALS = 3
+
+
+class CollectorFatal(AtmfleetError):
+    """The collector cannot continue (e.g. the schema is missing); nothing was acknowledged."""
+
+
+def subscriptions(share_group: str | None) -> list[str]:
+    if not share_group:
+        return list(SUBSCRIPTIONS)
+    return [f"$share/{share_group}/{topic}" for topic in SUBSCRIPTIONS]
+
+
+@dataclass(frozen=True)
+class Connector:
+    """Opens database connections (injected so tests can use their own database)."""
+
+    url: str
+    application_name: str
+
+    def __call__(self) -> psycopg.Connection:
+        return psycopg.connect(self.url, application_name=self.application_name, connect_timeout=10)
+
+
+class Collector:
+    def __init__(
+        self,
+        settings: Settings,
+        stats: CollectorStats,
+        *,
+        client_id: str | None = None,
+        connect_db: Callable[[], psycopg.Connection] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._cs = settings.collector
+        self._stats = stats
+        self.client_id = client_id or self._cs.client_id
+        self._connect_db = connect_db or Connector(
+            settings.require_database_url(), f"atmfleet-collector {self.client_id}"
+        )
+        self._buffer = Buffer(self._cs.max_inflight)
+        self._ack_lock = threading.Lock()
+        self._generation = 0
+        self._accepting = True
+        self._conn: psycopg.Connection | None = None
+        self._writer: BatchWriter | None = None
+        self.run_id = uuid.uuid4()
+        self._client = build_client(settings, self.client_id)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+        self.connected = threading.Event()
+
+    # -- MQTT callbacks (network thread; must never raise) ---------------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, _u: Any, flags: Any, reason: ReasonCode, _p: Any
+    ) -> None:
+        if reason.is_failure:
+            log.error("broker refused the connection: %s", reason)
+            return
+        self._stats.mqtt_connects.inc()
+        self._stats.mqtt_connected.set(1)
+        log.info(
+            "connected to %s as %s (session present: %s)",
+            self._settings.mqtt_url,
+            self.client_id,
+            flags.session_present,
+        )
+        topics = subscriptions(self._cs.share_group)
+        if self._settings.mqtt_protocol == "5":
+            # retainHandling 1: retained messages only for a new subscription, not again on
+            # every reconnect of the persistent session.
+            options = SubscribeOptions(qos=QOS, retainHandling=1)
+            client.subscribe([(t, options) for t in topics])
+        else:
+            client.subscribe([(t, QOS) for t in topics])
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: Any, _p: Any) -> None:
+        failed = [r for r in reasons if r.is_failure]
+        if failed:
+            log.error("subscription refused: %s", failed)
+        else:
+            self.connected.set()
+
+    def _on_disconnect(
+        self, _c: mqtt.Client, _u: Any, _flags: Any, reason: ReasonCode, _p: Any
+    ) -> None:
+        with self._ack_lock:
+            self._generation += 1  # nothing received so far may be acknowledged any more
+        self._stats.mqtt_connected.set(0)
+        self.connected.clear()
+        if self._accepting:
+            log.warning("disconnected from the broker (%s); reconnecting", reason)
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            self._stats.received.inc()
+            if not self._accepting:
+                return  # stopping: left unacknowledged, redelivered to the next run
+            item = Inbound(
+                mid=message.mid,
+                qos=message.qos,
+                topic=message.topic,
+                payload=bytes(message.payload),
+                received_at=datetime.now(UTC),
+                generation=self._generation,
+            )
+            self._buffer.put(item)  # blocks while full: the network thread stops reading
+            self._stats.buffered.set(self._buffer.held)
+        except Exception:
+            log.exception("message on %r could not be buffered; it will be redelivered", message)
+
+    # -- the writer loop (caller's thread) --------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Collect until ``stop`` is set, then flush, acknowledge and disconnect."""
+        self._open_db(stop)
+        outage = liveness.start_run(
+            self._db(),
+            self.run_id,
+            self.client_id,
+            socket.gethostname(),
+            timedelta(seconds=OUTAGE_THRESHOLD_INTERVALS * self._cs.liveness_interval_s),
+        )
+        if outage:
+            log.warning("no collector was alive from %s to %s", outage.started_at, outage.ended_at)
+        address = BrokerAddress.parse(self._settings.mqtt_url)
+        self._client.connect_async(
+            address.host,
+            address.port,
+            keepalive=30,
+            clean_start=False,
+            properties=connect_properties(self._settings),
+        )
+        self._client.loop_start()
+        next_beat = time.monotonic() + self._cs.liveness_interval_s
+        try:
+            while not stop.is_set():
+                batch = self._buffer.take(
+                    self._cs.batch_size,
+                    self._cs.batch_max_bytes,
+                    self._cs.flush_interval_s,
+                    idle_s=min(self._cs.flush_interval_s, 0.5),
+                )
+                if batch:
+                    self._commit(batch, stop, deadline=None)
+                if time.monotonic() >= next_beat:
+                    self._beat(stop)
+                    next_beat = time.monotonic() + self._cs.liveness_interval_s
+            self._drain()
+        finally:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._stats.mqtt_connected.set(0)
+            self._close_db()
+
+    def _drain(self) -> None:
+        """Stop taking messages, store and acknowledge what is held, mark the run stopped."""
+        self._accepting = False
+        self._buffer.close()
+        deadline = time.monotonic() + SHUTDOWN_GRACE_S
+        never = threading.Event()
+        while batch := self._buffer.take(
+            self._cs.batch_size, self._cs.batch_max_bytes, 0.0, idle_s=0.0
+        ):
+            if not self._commit(batch, never, deadline=deadline):
+                log.warning("stopping with messages unacknowledged; the broker will redeliver")
+                return
+        try:
+            liveness.stop_run(self._db(), self.run_id)
+        except psycopg.Error as exc:
+            log.warning("could not mark the run stopped: %s", exc)
+        log.info("stopped: everything received was stored and acknowledged")
+
+    def _commit(
+        self, batch: Sequence[Inbound], stop: threading.Event, deadline: float | None
+    ) -> bool:
+        """Store a batch (retrying temporary errors with capped backoff), then acknowledge
+        it. False if it gave up (stop or deadline): nothing acknowledged then."""
+        accepted: list[Accepted] = []
+        rejected: list[Rejected] = []
+        for item in batch:
+            record = decode(item.topic, item.payload, item.received_at)
+            if isinstance(record, Accepted):
+                accepted.append(record)
+            else:
+                rejected.append(record)
+        started = time.monotonic()
+        backoff = 0.1
+        while True:
+            try:
+                result = self._writer_for(stop).write(accepted, rejected)
+                break
+            except (psycopg.Error, OSError) as exc:
+                kind = classify(exc)
+                self._stats.db_errors.labels(kind.value).inc()
+                if kind is not ErrorClass.TEMPORARY:
+                    raise CollectorFatal(
+                        f"database error {getattr(exc, 'sqlstate', None) or ''} while storing a "
+                        f"batch: {str(exc).strip()[:300]} (nothing was acknowledged; did you "
+                        "run `atmfleet db upgrade`?)"
+                    ) from exc
+                log.warning("temporary database error (%s); retrying in %.1fs", exc, backoff)
+                self._close_db()
+                if stop.wait(backoff) or (deadline is not None and time.monotonic() > deadline):
+                    return False
+                backoff = min(backoff * 2, self._cs.retry_max_backoff_s)
+        committed = time.monotonic()
+        self._ack(batch)
+        now = datetime.now(UTC)
+        self._stats.batch_seconds.observe(committed - started)
+        self._stats.batch_messages.observe(len(batch))
+        self._stats.lag.set((now - batch[0].received_at).total_seconds())
+        self._stats.last_commit.set(now.timestamp())
+        for stored_kind, n in result.stored.items():
+            self._stats.stored.labels(stored_kind).inc(n)
+        self._stats.duplicates.inc(result.duplicates)
+        for dead in result.dead:
+            self._stats.rejected.labels(dead.reason).inc()
+            log.info("dead-lettered a message on %r: %s", dead.topic[:200], dead.reason)
+        return True
+
+    def _ack(self, batch: Sequence[Inbound]) -> None:
+        with self._ack_lock:
+            generation = self._generation
+            for item in batch:  # arrival order
+                if item.qos > 0 and item.generation == generation:
+                    self._client.ack(item.mid, item.qos)
+        self._buffer.release(len(batch))
+        self._stats.buffered.set(self._buffer.held)
+
+    def _beat(self, stop: threading.Event) -> None:
+        try:
+            conn = self._db_or_open(stop)
+            liveness.beat(conn, self.run_id)
+            self._stats.sequence_gaps.set(liveness.missing_messages(conn))
+        except (psycopg.Error, OSError) as exc:
+            self._stats.db_errors.labels(classify(exc).value).inc()
+            log.warning("liveness beat failed: %s", exc)
+            self._close_db()
+
+    # -- database connection -------------------------------------------------------------
+
+    def _open_db(self, stop: threading.Event) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                self._conn = self._connect_db()
+                self._writer = BatchWriter(self._conn, self.client_id)
+                return
+            except psycopg.OperationalError as exc:
+                self._stats.db_errors.labels(ErrorClass.TEMPORARY.value).inc()
+                log.warning("cannot connect to the database (%s); retrying in %.1fs", exc, backoff)
+                if stop.wait(backoff):
+                    raise CollectorFatal("stopped before the database was reachable") from exc
+                backoff = min(backoff * 2, self._cs.retry_max_backoff_s)
+
+    def _db(self) -> psycopg.Connection:
+        assert self._conn is not None
+        return self._conn
+
+    def _db_or_open(self, stop: threading.Event) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._open_db(stop)
+        return self._db()
+
+    def _writer_for(self, stop: threading.Event) -> BatchWriter:
+        self._db_or_open(stop)
+        assert self._writer is not None
+        return self._writer
+
+    def _close_db(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # closing a broken connection must not mask the real error
+                log.debug("error while closing the database connection", exc_info=True)
+        self._conn = None
+        self._writer = None
+
+
+def describe(settings: Settings) -> str:
+    """A start-up line with no secret in it."""
+    db = redact_url(settings.database_url.get_secret_value()) if settings.database_url else "-"
+    return (
+        f"collector {settings.collector.client_id}: broker {settings.mqtt_url} "
+        f"(MQTT {settings.mqtt_protocol}), database {db}, "
+        f"share group {settings.collector.share_group or '-'}"
+    )

@@ -1,0 +1,77 @@
+"""The collector's own metrics, on a registry passed in (no global registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+PREFIX = "atmfleet_collector"
+
+
+class CollectorStats:
+    """Counters and gauges the writer loop and the MQTT callbacks update."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.received = Counter(
+            f"{PREFIX}_messages_received", "MQTT messages received.", registry=registry
+        )
+        self.stored = Counter(
+            f"{PREFIX}_messages_stored",
+            "Messages stored (new rows), by kind.",
+            ["kind"],
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            f"{PREFIX}_messages_duplicate",
+            "Redelivered messages that were already stored (nothing written).",
+            registry=registry,
+        )
+        self.rejected = Counter(
+            f"{PREFIX}_messages_rejected",
+            "Messages dead-lettered, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.batch_seconds = Histogram(
+            f"{PREFIX}_batch_duration_seconds",
+            "Time to store and commit one batch (including retries).",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=registry,
+        )
+        self.batch_messages = Histogram(
+            f"{PREFIX}_batch_messages",
+            "Messages per committed batch.",
+            buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000, 50000),
+            registry=registry,
+        )
+        self.buffered = Gauge(
+            f"{PREFIX}_buffered_messages",
+            "Messages received and not yet acknowledged.",
+            registry=registry,
+        )
+        self.lag = Gauge(
+            f"{PREFIX}_lag_seconds",
+            "Commit time minus receive time of the oldest message of the last batch.",
+            registry=registry,
+        )
+        self.last_commit = Gauge(
+            f"{PREFIX}_last_commit_timestamp_seconds",
+            "When the last batch was committed.",
+            registry=registry,
+        )
+        self.sequence_gaps = Gauge(
+            f"{PREFIX}_sequence_gap_messages",
+            "Messages the devices numbered (seq) that were never stored, fleet-wide.",
+            registry=registry,
+        )
+        self.db_errors = Counter(
+            f"{PREFIX}_db_errors",
+            "Database errors, by class (temporary, data, fatal).",
+            ["class"],
+            registry=registry,
+        )
+        self.mqtt_connects = Counter(
+            f"{PREFIX}_mqtt_connects", "Successful MQTT (re)connections.", registry=registry
+        )
+        self.mqtt_connected = Gauge(
+            f"{PREFIX}_mqtt_connected", "1 while connected to the broker.", registry=registry
+        )
