@@ -16,6 +16,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("atmfleet.store.cli", "db"),
     ("collector.cli", "collect"),
     ("collector.cli", "counters"),
+    ("atmfleet.inventory_cli", "inventory"),
 )
 
 
