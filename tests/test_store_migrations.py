@@ -1,0 +1,173 @@
+"""The schema: versioned migrations applied by `atmfleet db upgrade`, on plain PostgreSQL."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from atmfleet.cli import cli
+from atmfleet.errors import ConfigError
+from atmfleet.protocol import TxnMessage, device_topic
+from atmfleet.store.migrate import Flavour, discover, split_statements, upgrade
+from atmfleet.store.writer import Accepted, BatchWriter
+
+pytestmark = pytest.mark.integration
+
+#: Every relation downstream code may query, on both flavours.
+RELATIONS = {
+    "schema_migrations",
+    "subbranches",
+    "branches",
+    "devices",
+    "state_samples",
+    "events",
+    "transactions",
+    "presence",
+    "counter_volumes",
+    "dead_letters",
+    "device_sequences",
+    "sequence_gaps",
+    "collector_runs",
+    "collector_outages",
+    "timeline_points",
+    "txn_hourly",
+    "txn_daily",
+}
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(database_url, autocommit=True) as c:
+        yield c
+
+
+def relations(conn: psycopg.Connection) -> set[str]:
+    rows = conn.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+class TestUpgrade:
+    def test_creates_every_relation_and_records_each_version(
+        self, conn: psycopg.Connection
+    ) -> None:
+        result = upgrade(conn, flavour=Flavour.POSTGRES)
+        assert relations(conn) >= RELATIONS
+        versions = [m.version for m in discover()]
+        assert result.applied == versions
+        recorded = conn.execute(
+            "SELECT version, flavour FROM schema_migrations ORDER BY version"
+        ).fetchall()
+        assert recorded == [(v, "postgres") for v in versions]
+
+    def test_a_second_upgrade_applies_nothing(self, conn: psycopg.Connection) -> None:
+        upgrade(conn)
+        again = upgrade(conn)
+        assert again.applied == []
+        assert again.current == max(m.version for m in discover())
+
+    def test_detects_plain_postgresql_when_timescaledb_is_not_preloaded(
+        self, conn: psycopg.Connection
+    ) -> None:
+        assert upgrade(conn).flavour is Flavour.POSTGRES
+
+    def test_a_migration_edited_after_it_was_applied_is_refused(
+        self, conn: psycopg.Connection
+    ) -> None:
+        migrations = discover()
+        upgrade(conn, migrations=migrations)
+        first = migrations[0]
+        assert first.common is not None
+        edited = dataclasses.replace(first, common=first.common + "\n-- edited\n")
+        with pytest.raises(ConfigError, match=r"0001_core was changed after it was applied"):
+            upgrade(conn, migrations=[edited, *migrations[1:]])
+
+    def test_needs_an_autocommit_connection(self, database_url: str) -> None:
+        with psycopg.connect(database_url) as c, pytest.raises(ValueError, match="autocommit"):
+            upgrade(c)
+
+
+class TestTransactionAggregates:
+    """txn_hourly and txn_daily answer the same on both flavours; days are local days."""
+
+    def test_daily_buckets_are_local_days_in_the_configured_zone(
+        self, conn: psycopg.Connection, database_url: str
+    ) -> None:
+        upgrade(conn, timezone="Asia/Shanghai")
+        # 17:30 UTC on the 27th is 01:30 on the 28th in Shanghai.
+        times = [
+            datetime(2026, 11, 27, 17, 30, tzinfo=UTC),
+            datetime(2026, 11, 27, 15, 0, tzinfo=UTC),
+        ]
+        records = [
+            Accepted(
+                TxnMessage(
+                    v=1,
+                    device_id="atm-1",
+                    ts=ts,
+                    seq=i,
+                    txn_id=f"t{i}",
+                    type="withdrawal",
+                    amount=Decimal("100"),
+                    result="ok",
+                    duration_ms=900,
+                ),
+                ts,
+                device_topic("atm-1", "txn"),
+                b"",
+            )
+            for i, ts in enumerate(times)
+        ]
+        with psycopg.connect(database_url) as wconn:
+            BatchWriter(wconn, "test").write(records)
+        daily = conn.execute(
+            "SELECT (bucket AT TIME ZONE 'Asia/Shanghai')::date, txns, amount FROM txn_daily"
+            " ORDER BY 1"
+        ).fetchall()
+        assert [(d.isoformat(), n, a) for d, n, a in daily] == [
+            ("2026-11-27", 1, Decimal("100.00")),
+            ("2026-11-28", 1, Decimal("100.00")),
+        ]
+        hourly = conn.execute("SELECT count(*), sum(txns) FROM txn_hourly").fetchone()
+        assert hourly == (2, 2)
+
+    def test_an_unknown_time_zone_is_refused_by_name(self, conn: psycopg.Connection) -> None:
+        with pytest.raises(ConfigError, match="ATMFLEET_TIMEZONE: 'Mars/Olympus'"):
+            upgrade(conn, timezone="Mars/Olympus")
+
+
+class TestSplitStatements:
+    def test_statements_end_at_a_semicolon_at_line_end_and_comments_are_skipped(self) -> None:
+        text = "-- header\nCREATE VIEW a AS\nSELECT 1;\n\n-- note\nSELECT f('x;y',\n  2);\n"
+        assert split_statements(text) == ["CREATE VIEW a AS\nSELECT 1;", "SELECT f('x;y',\n  2);"]
+
+
+class TestDbCommand:
+    def test_db_upgrade_reports_the_version_and_is_idempotent(
+        self, database_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("ATMFLEET_DATABASE_URL", database_url)
+        runner = CliRunner()
+        first = runner.invoke(cli, ["db", "upgrade"])
+        assert first.exit_code == 0, first.output
+        assert "schema at version 0003 (postgres); applied: 0001, 0002, 0003" in first.output
+        second = runner.invoke(cli, ["db", "upgrade"])
+        assert "applied: none" in second.output
+        status = runner.invoke(cli, ["db", "status"])
+        assert "0001_core: applied (postgres)" in status.output
+
+    def test_an_unreachable_database_is_a_one_line_error_without_the_password(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("ATMFLEET_DATABASE_URL", "postgresql://u:s3cret@127.0.0.1:1/db")
+        result = CliRunner().invoke(cli, ["db", "upgrade"])
+        assert result.exit_code == 2
+        assert "cannot connect to postgresql://u:***@127.0.0.1:1/db" in result.output
+        assert "s3cret" not in result.output

@@ -1,0 +1,262 @@
+"""Storing batches: idempotent, sequence-accounted, a bad row isolated, on real PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import psycopg
+import pytest
+from pydantic import BaseModel
+
+from atmfleet.inventory import Branch, Device, Inventory, SubBranch
+from atmfleet.protocol import (
+    CounterMessage,
+    EventMessage,
+    PresenceMessage,
+    StateMessage,
+    TxnMessage,
+    counter_topic,
+    device_topic,
+    encode,
+)
+from atmfleet.store.connect import ErrorClass, classify, redact_url
+from atmfleet.store.inventory import upsert_inventory
+from atmfleet.store.migrate import upgrade
+from atmfleet.store.retention import prune
+from atmfleet.store.writer import Accepted, BatchWriter, Rejected
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(database_url, autocommit=True) as c:
+        upgrade(c)
+    with psycopg.connect(database_url) as c:
+        yield c
+
+
+@pytest.fixture
+def writer(conn: psycopg.Connection) -> BatchWriter:
+    return BatchWriter(conn, "test-collector")
+
+
+def rec(msg: BaseModel, topic: str = "") -> Accepted:
+    return Accepted(msg, NOW, topic or "atmfleet/v1/test", encode(msg))  # type: ignore[arg-type]
+
+
+def st(seq: int, device: str = "atm-1", ts: datetime = NOW, **kw: object) -> Accepted:
+    msg = StateMessage(v=1, device_id=device, ts=ts, seq=seq, state="in_service", **kw)
+    return rec(msg, device_topic(device, "state"))
+
+
+def txn(seq: int, txn_id: str, device: str = "atm-1") -> Accepted:
+    msg = TxnMessage(
+        v=1, device_id=device, ts=NOW, seq=seq, txn_id=txn_id, type="withdrawal",
+        amount=Decimal("300.00"), fee=Decimal("2.00"), result="ok", duration_ms=1200,
+    )  # fmt: skip
+    return rec(msg, device_topic(device, "txn"))
+
+
+def count(conn: psycopg.Connection, table: str) -> int:
+    row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+    conn.commit()
+    return int(row[0]) if row else 0
+
+
+@pytest.mark.integration
+class TestIdempotentStorage:
+    """A redelivered message (same device, seq, ts) stores nothing the second time."""
+
+    def test_every_kind_is_stored_once_however_often_it_is_written(
+        self, conn: psycopg.Connection, writer: BatchWriter
+    ) -> None:
+        batch = [
+            st(1, components={"cdm": "ok"}),
+            rec(EventMessage(v=1, device_id="atm-1", ts=NOW, seq=2, event="fault", code="E7")),
+            txn(3, "TX-1"),
+            rec(PresenceMessage(v=1, device_id="atm-1", status="online", ts=NOW, session="s1")),
+        ]
+        first = writer.write(batch)
+        second = writer.write(batch)
+        assert first.stored == {"state": 1, "event": 1, "txn": 1, "presence": 1}
+        assert first.duplicates == 0
+        assert sum(second.stored.values()) == 0
+        assert second.duplicates == 4
+        for table in ("state_samples", "events", "transactions", "presence"):
+            assert count(conn, table) == 1, table
+
+    def test_a_duplicate_inside_one_batch_is_stored_once(
+        self, conn: psycopg.Connection, writer: BatchWriter
+    ) -> None:
+        result = writer.write([st(1), st(1), txn(2, "TX-2"), txn(2, "TX-2")])
+        assert result.stored == {"state": 1, "txn": 1}
+        assert result.duplicates == 2
+
+    def test_a_transaction_id_seen_before_is_not_stored_again(
+        self, conn: psycopg.Connection, writer: BatchWriter
+    ) -> None:
+        writer.write([txn(5, "TX-9")])
+        writer.write([txn(6, "TX-9")])  # same txn_id and ts, new seq: the same transaction
+        assert count(conn, "transactions") == 1
+
+    def test_stored_values_keep_their_types(
+        self, conn: psycopg.Connection, writer: BatchWriter
+    ) -> None:
+        cash = [{"id": "A", "type": "dispense", "denomination": 100, "count": 40, "status": "low"}]
+        writer.write(
+            [
+                st(1, components={"cdm": "warning"}, cash_units=cash, faults=["CDM-17"]),
+                txn(2, "TX-3"),
+            ]
+        )
+        row = conn.execute(
+            "SELECT state, components, cash_units, faults FROM state_samples"
+        ).fetchone()
+        assert row == (
+            "in_service",
+            {"cdm": "warning"},
+            [{**cash[0], "currency": "CNY", "capacity": None}],
+            ["CDM-17"],
+        )
+        t = conn.execute("SELECT type, financial, amount, fee, on_us FROM transactions").fetchone()
+        assert t == ("withdrawal", True, Decimal("300.00"), Decimal("2.00"), True)
+
+
+@pytest.mark.integration
+class TestSequenceAccounting:
+    """missing = max_seq - min_seq + 1 - distinct messages stored, per device."""
+
+    def gaps(self, conn: psycopg.Connection) -> dict[str, tuple[int, int, int, int]]:
+        rows = conn.execute(
+            "SELECT device_id, min_seq, max_seq, received, missing FROM sequence_gaps"
+        ).fetchall()
+        conn.commit()
+        return {r[0]: tuple(r[1:]) for r in rows}
+
+    def test_missing_messages_are_counted_and_redelivery_does_not_hide_them(
+        self, conn: psycopg.Connection, writer: BatchWriter
+    ) -> None:
+        writer.write([st(10), st(11), txn(14, "TX-14"), st(1, device="atm-2")])
+        writer.write([st(11), txn(14, "TX-14")])  # redelivered: nothing new
+        assert self.gaps(conn) == {"atm-1": (10, 14, 3, 2), "atm-2": (1, 1, 1, 0)}
+
+    def test_a_late_backlog_fills_the_gap(
+        self, conn: psycopg.Connection, writer: BatchWriter
+    ) -> None:
+        writer.write([st(10), st(14)])
+        writer.write([st(11), st(12), st(13), st(9)])  # store-and-forward, out of order
+        assert self.gaps(conn)["atm-1"] == (9, 14, 6, 0)
+
+
+@pytest.mark.integration
+class TestRowsTheDatabaseRefuses:
+    def test_a_bad_row_is_dead_lettered_and_its_neighbours_are_stored(
+        self, conn: psycopg.Connection, writer: BatchWriter
+    ) -> None:
+        bad = st(5, faults=["CDM\x00-17"])  # valid JSON, but text cannot hold NUL
+        batch = [st(1), st(2), txn(3, "TX-3"), st(4), bad, st(6), st(7)]
+        rejected = Rejected.of("atmfleet/v1/device/x/state", b"{", NOW, "bad_json", "oops")
+        result = writer.write(batch, [rejected])
+        assert result.stored == {"state": 5, "txn": 1}
+        assert [d.reason for d in result.dead] == ["bad_json", "db_rejected"]
+        rows = conn.execute(
+            "SELECT reason, topic, payload, collector_id FROM dead_letters ORDER BY id"
+        ).fetchall()
+        assert rows[1] == ("db_rejected", bad.topic, bad.payload, "test-collector")
+        assert "22021" in result.dead[1].detail
+        assert count(conn, "state_samples") == 5
+
+    def test_dead_letters_are_written_even_when_no_message_was_accepted(
+        self, conn: psycopg.Connection, writer: BatchWriter
+    ) -> None:
+        writer.write([], [Rejected.of("t", b"\x00\xff" * 5000, NOW, "not_utf8", "byte 1")])
+        size, stored = conn.execute(
+            "SELECT payload_size, length(payload) FROM dead_letters"
+        ).fetchone() or (0, 0)
+        assert (size, stored) == (10_000, 4096)
+
+
+@pytest.mark.integration
+class TestCounterVolumes:
+    def counter(self, financial: int, ts: datetime) -> Accepted:
+        msg = CounterMessage(
+            v=1, branch_id="br-1", date=date(2026, 11, 27), financial=financial, ts=ts
+        )
+        return rec(msg, counter_topic("br-1"))
+
+    def test_a_later_report_replaces_an_earlier_one_and_an_older_one_is_ignored(
+        self, conn: psycopg.Connection, writer: BatchWriter
+    ) -> None:
+        writer.write([self.counter(100, NOW - timedelta(hours=2))])
+        writer.write([self.counter(120, NOW - timedelta(hours=1))])
+        writer.write([self.counter(90, NOW - timedelta(hours=3))])
+        rows = conn.execute("SELECT branch_id, financial FROM counter_volumes").fetchall()
+        assert rows == [("br-1", 120)]
+
+    def test_two_reports_in_one_batch_keep_the_latest(
+        self, conn: psycopg.Connection, writer: BatchWriter
+    ) -> None:
+        writer.write([self.counter(7, NOW), self.counter(5, NOW - timedelta(minutes=1))])
+        assert conn.execute("SELECT financial FROM counter_volumes").fetchall() == [(7,)]
+
+
+@pytest.mark.integration
+class TestInventoryAndRetention:
+    def test_loading_the_inventory_twice_updates_in_place(self, conn: psycopg.Connection) -> None:
+        inv = Inventory(
+            subbranches=(SubBranch(id="sb-1", name="赤峰", tier="2"),),
+            branches=(Branch(id="br-1", name="Main", subbranch="sb-1"),),
+            devices=(
+                Device(id="atm-1", branch="br-1", type="crs", placement="on_site", vendor="V",
+                       model="M", commissioned=date(2024, 1, 1)),
+            ),
+        )  # fmt: skip
+        assert upsert_inventory(conn, inv) == (1, 1, 1)
+        moved = inv.model_copy(
+            update={"devices": (inv.devices[0].model_copy(update={"vendor": "W"}),)}
+        )
+        upsert_inventory(conn, moved)
+        assert conn.execute("SELECT id, vendor, deposit_capable FROM devices").fetchall() == [
+            ("atm-1", "W", True)
+        ]
+
+    def test_prune_deletes_only_rows_older_than_the_retention(
+        self, conn: psycopg.Connection, writer: BatchWriter
+    ) -> None:
+        writer.write([st(1, ts=NOW - timedelta(days=40)), st(2)])
+        assert prune(conn, 30)["state_samples"] == 1
+        assert count(conn, "state_samples") == 1
+
+
+class TestErrorClassification:
+    """Temporary errors are retried, data errors isolate a row, the rest stops the collector."""
+
+    @pytest.mark.parametrize(
+        ("sqlstate", "expected"),
+        [
+            ("08006", ErrorClass.TEMPORARY),  # connection failure
+            ("57P01", ErrorClass.TEMPORARY),  # admin shutdown (pg_terminate_backend)
+            ("40P01", ErrorClass.TEMPORARY),  # deadlock
+            ("53100", ErrorClass.TEMPORARY),  # disk full
+            ("55P03", ErrorClass.TEMPORARY),  # lock not available
+            ("22021", ErrorClass.DATA),  # bad byte sequence
+            ("23514", ErrorClass.DATA),  # check violation
+            ("42P01", ErrorClass.FATAL),  # undefined table: schema missing
+            ("42501", ErrorClass.FATAL),  # insufficient privilege
+        ],
+    )
+    def test_by_sqlstate(self, sqlstate: str, expected: ErrorClass) -> None:
+        exc = psycopg.errors.lookup(sqlstate)("x")
+        assert classify(exc) is expected
+
+    def test_a_lost_connection_without_sqlstate_is_temporary(self) -> None:
+        assert classify(psycopg.OperationalError("the connection is lost")) is ErrorClass.TEMPORARY
+
+    def test_redact_url_hides_only_the_password(self) -> None:
+        assert (
+            redact_url("postgresql://ingest:p%40ss@db:5432/fleet?sslmode=verify-full")
+            == "postgresql://ingest:***@db:5432/fleet?sslmode=verify-full"
+        )
