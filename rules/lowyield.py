@@ -1,0 +1,135 @@
+"""低产 (low-yield) and 低效 (low-efficiency) flags, and the low-yield share (docs/kpis.md).
+
+Pure functions over per-device daily series: successful financial transactions, and the
+available and scheduled time of each local day (from :mod:`rules.uptime`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from enum import StrEnum
+
+from atmfleet.inventory import DeviceType
+from rules.config import DaysCounted, LowYieldRules
+
+
+class YieldStatus(StrEnum):
+    LOW = "low"  # 低产
+    OK = "ok"
+    EXEMPT = "exempt"  # ramp-up: commissioned less than ramp_up_days ago
+    NOT_EVALUATED = "not_evaluated"  # no threshold for its type, or no day counted
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceDays:
+    """One device's daily series; index 0 is ``first_day`` (a local date)."""
+
+    device_id: str
+    type: DeviceType
+    commissioned: date
+    decommissioned: date | None
+    first_day: date
+    financial: Sequence[int]
+    available_ms: Sequence[int]
+    scheduled_ms: Sequence[int]
+
+
+@dataclass(frozen=True, slots=True)
+class YieldFlag:
+    device_id: str
+    on: date
+    status: YieldStatus
+    days_counted: int
+    daily_average: float | None
+    threshold: float | None
+    uptime: float | None  # ΣA/ΣS over the window's days in the fleet
+    low_efficiency: bool | None  # uptime below target; None when S is 0
+
+    @property
+    def low_yield(self) -> bool:
+        return self.status is YieldStatus.LOW
+
+
+def evaluate(days: DeviceDays, on: date, rules: LowYieldRules, uptime_target: float) -> YieldFlag:
+    """Flags of one device on date ``on`` over the window ending that day (inclusive)."""
+    window = rules.window_days
+    end = (on - days.first_day).days + 1  # exclusive index
+    start = end - window
+    first_in = (days.commissioned - days.first_day).days
+    last_out = (
+        (days.decommissioned - days.first_day).days if days.decommissioned else end
+    )  # exclusive
+    lo = max(start, first_in, 0)
+    hi = min(end, last_out, len(days.financial))
+    fin = days.financial
+    avail = days.available_ms
+    sched = days.scheduled_ms
+    counted = 0
+    total = 0
+    a_sum = 0
+    s_sum = 0
+    in_service_only = rules.days_counted is DaysCounted.IN_SERVICE
+    for i in range(lo, hi):
+        a = avail[i]
+        a_sum += a
+        s_sum += sched[i]
+        if in_service_only and a <= 0:
+            continue
+        counted += 1
+        total += fin[i]
+    uptime = a_sum / s_sum if s_sum else None
+    low_eff = None if uptime is None else uptime < uptime_target
+    threshold = rules.thresholds.get(days.type)
+    average = total / counted if counted else None
+    if on < days.commissioned or (days.decommissioned and days.decommissioned <= on):
+        status = YieldStatus.NOT_EVALUATED  # not in the fleet that day
+    elif (on - days.commissioned).days < rules.ramp_up_days:
+        status = YieldStatus.EXEMPT
+    elif threshold is None or average is None:
+        status = YieldStatus.NOT_EVALUATED
+    else:
+        status = YieldStatus.LOW if average < threshold else YieldStatus.OK
+    return YieldFlag(days.device_id, on, status, counted, average, threshold, uptime, low_eff)
+
+
+@dataclass(slots=True)
+class Share:
+    """Low-yield devices among the devices evaluated (low or ok) in a group."""
+
+    low: int = 0
+    evaluated: int = 0
+    low_efficiency: int = 0
+    exempt: int = 0
+    max_share: float = 0.05
+
+    @property
+    def share(self) -> float | None:
+        return self.low / self.evaluated if self.evaluated else None
+
+    @property
+    def meets_target(self) -> bool | None:
+        share = self.share
+        return None if share is None else share <= self.max_share
+
+
+def low_yield_share(
+    flags: Iterable[YieldFlag], key: Callable[[str], str | None], max_share: float
+) -> dict[str, Share]:
+    """Low-yield share by group (sub-branch, tier, type, fleet: see ``uptime.dimension_key``)."""
+    out: dict[str, Share] = {}
+    for flag in flags:
+        group = key(flag.device_id)
+        if group is None:
+            continue
+        acc = out.get(group)
+        if acc is None:
+            acc = out[group] = Share(max_share=max_share)
+        if flag.status is YieldStatus.EXEMPT:
+            acc.exempt += 1
+        elif flag.status is not YieldStatus.NOT_EVALUATED:
+            acc.evaluated += 1
+            acc.low += flag.status is YieldStatus.LOW
+        acc.low_efficiency += bool(flag.low_efficiency)
+    return out

@@ -1,0 +1,88 @@
+"""Network plan checks: self-service banks per outlet, and deposit coverage (docs/kpis.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import date
+from enum import StrEnum
+
+from atmfleet.inventory import BranchKind, Device, Inventory
+
+
+def in_fleet(device: Device, on: date) -> bool:
+    """Commissioned on or before ``on`` and not decommissioned by then."""
+    return device.commissioned <= on and (
+        device.decommissioned is None or device.decommissioned > on
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BankRatio:
+    """Off-site self-service banks per staffed outlet of one sub-branch (or the fleet)."""
+
+    scope: str
+    outlets: int
+    self_service_banks: int
+    target: float
+
+    @property
+    def ratio(self) -> float | None:
+        return self.self_service_banks / self.outlets if self.outlets else None
+
+    @property
+    def meets_target(self) -> bool | None:
+        ratio = self.ratio
+        return None if ratio is None else ratio >= self.target
+
+
+def self_service_bank_ratio(inventory: Inventory, target: float) -> dict[str, BankRatio]:
+    """Per sub-branch id, plus ``"fleet"`` for the whole region."""
+    counts: dict[str, list[int]] = {s.id: [0, 0] for s in inventory.subbranches}
+    for b in inventory.branches:
+        row = counts.setdefault(b.subbranch, [0, 0])
+        row[0 if b.kind is BranchKind.OUTLET else 1] += 1
+    out = {sub: BankRatio(sub, o, s, target) for sub, (o, s) in counts.items()}
+    out["fleet"] = BankRatio(
+        "fleet",
+        sum(r.outlets for r in out.values()),
+        sum(r.self_service_banks for r in out.values()),
+        target,
+    )
+    return out
+
+
+class CoverageGapReason(StrEnum):
+    NONE_INSTALLED = "none_installed"
+    ALL_DOWN = "all_down"
+
+
+@dataclass(frozen=True, slots=True)
+class CoverageGap:
+    branch_id: str
+    subbranch: str
+    reason: CoverageGapReason
+    devices: tuple[str, ...]  # the deposit-capable devices installed (all down)
+
+
+def deposit_coverage(inventory: Inventory, on: date, working: Collection[str]) -> list[CoverageGap]:
+    """Staffed outlets with no deposit-capable device in service on ``on``.
+
+    Only the outlet's own devices count (not those of its off-site self-service banks).
+    ``working`` holds the devices that are in service: for the daily bulletin, those with
+    available time that day; for a live view, those whose current state is available.
+    """
+    capable: dict[str, list[str]] = {}
+    for d in inventory.devices:
+        if d.can_deposit and in_fleet(d, on):
+            capable.setdefault(d.branch, []).append(d.id)
+    gaps = []
+    for b in inventory.branches:
+        if b.kind is not BranchKind.OUTLET:
+            continue
+        devices = sorted(capable.get(b.id, []))
+        if not devices:
+            gaps.append(CoverageGap(b.id, b.subbranch, CoverageGapReason.NONE_INSTALLED, ()))
+        elif not any(d in working for d in devices):
+            gaps.append(CoverageGap(b.id, b.subbranch, CoverageGapReason.ALL_DOWN, tuple(devices)))
+    return sorted(gaps, key=lambda g: (g.subbranch, g.branch_id))

@@ -1,0 +1,175 @@
+"""账务性交易替代率 (substitution) and 分流率 (diversion) (docs/kpis.md, "Substitution").
+
+Pure functions over transaction counts. The unit is a staffed outlet (网点): the devices
+of an off-site self-service bank count for the outlet it is attached to (``parent``).
+A unit-day without counter data (no record, or zero counter transactions) is "no data":
+it is left out of the rate and of every roll-up, never shown as 100 %.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from atmfleet.inventory import BranchKind, Inventory, Placement
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceCounts:
+    """Counted (successful) transactions of one device over a day or period."""
+
+    financial: int = 0
+    non_financial: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CounterCounts:
+    """Teller-counter transactions of one branch (core banking feed)."""
+
+    financial: int
+    non_financial: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Volumes:
+    """One unit (outlet) over one day or period: self-service and counter volumes."""
+
+    self_financial: int = 0
+    self_total: int = 0
+    on_site_financial: int = 0
+    counter_financial: int | None = None  # None: no counter data
+    counter_total: int | None = None
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
+@dataclass(slots=True)
+class Substitution:
+    """Sums behind the three rates of a unit or a group of units."""
+
+    financial_self: int = 0  # self-service financial, in unit-days with counter data
+    financial_counter: int = 0
+    on_site_self: int = 0
+    all_self: int = 0  # all transactions, in unit-days with counter data
+    all_counter: int = 0
+    entries: int = 0
+    entries_without_counter: int = 0
+
+    @property
+    def rate(self) -> float | None:
+        """账务性交易替代率: self / (self + counter), financial only; None = no data."""
+        if not self.financial_counter:
+            return None
+        return _ratio(self.financial_self, self.financial_self + self.financial_counter)
+
+    @property
+    def on_site_rate(self) -> float | None:
+        """The same, counting only on-site (附行式) devices on the self-service side."""
+        if not self.financial_counter:
+            return None
+        return _ratio(self.on_site_self, self.on_site_self + self.financial_counter)
+
+    @property
+    def diversion(self) -> float | None:
+        """分流率: the same ratio over all transactions, financial or not."""
+        if not self.all_counter:
+            return None
+        return _ratio(self.all_self, self.all_self + self.all_counter)
+
+    def add(self, v: Volumes) -> None:
+        self.entries += 1
+        if v.counter_financial:
+            self.financial_self += v.self_financial
+            self.on_site_self += v.on_site_financial
+            self.financial_counter += v.counter_financial
+        else:
+            self.entries_without_counter += 1
+        if v.counter_total:
+            self.all_self += v.self_total
+            self.all_counter += v.counter_total
+
+
+def unit_of(inventory: Inventory, device_id: str) -> str | None:
+    """The outlet whose counters a device substitutes for (its self-service bank's parent)."""
+    device = inventory.device_by_id.get(device_id)
+    if device is None:
+        return None
+    branch = inventory.branch_by_id.get(device.branch)
+    if branch is not None and branch.kind is BranchKind.SELF_SERVICE_BANK and branch.parent:
+        return branch.parent
+    return device.branch
+
+
+def unit_volumes(
+    inventory: Inventory,
+    devices: Mapping[str, DeviceCounts],
+    counters: Mapping[str, CounterCounts],
+) -> dict[str, Volumes]:
+    """Volumes per unit for one day (or one period) from device and counter counts.
+
+    Every staffed outlet appears (with zeros if nothing happened); a self-service bank
+    without a parent is its own unit, which has no counters and so no data.
+    """
+    acc: dict[str, list[int]] = {
+        b.id: [0, 0, 0] for b in inventory.branches if b.kind is BranchKind.OUTLET
+    }
+    for device_id, counts in devices.items():
+        unit = unit_of(inventory, device_id)
+        if unit is None:
+            continue
+        row = acc.setdefault(unit, [0, 0, 0])
+        row[0] += counts.financial
+        row[1] += counts.financial + counts.non_financial
+        if inventory.device_by_id[device_id].placement is Placement.ON_SITE:
+            row[2] += counts.financial
+    out: dict[str, Volumes] = {}
+    for unit, (fin, tot, on_site) in acc.items():
+        counter = counters.get(unit)
+        out[unit] = Volumes(
+            self_financial=fin,
+            self_total=tot,
+            on_site_financial=on_site,
+            counter_financial=counter.financial if counter else None,
+            counter_total=counter.financial + counter.non_financial if counter else None,
+        )
+    return out
+
+
+BRANCH_DIMENSIONS = ("branch", "subbranch", "tier", "fleet")
+
+
+def branch_key(inventory: Inventory, dimension: str) -> Callable[[str], str | None]:
+    """branch id -> its group in ``dimension`` (branch, subbranch, tier or fleet)."""
+    if dimension not in BRANCH_DIMENSIONS:
+        raise ValueError(
+            f"unknown dimension {dimension!r}; allowed: {', '.join(BRANCH_DIMENSIONS)}"
+        )
+    table: dict[str, str] = {}
+    for b in inventory.branches:
+        sub = inventory.subbranch_by_id.get(b.subbranch)
+        table[b.id] = {
+            "branch": b.id,
+            "subbranch": b.subbranch,
+            "tier": sub.tier.value if sub else "",
+            "fleet": "fleet",
+        }[dimension]
+    return table.get
+
+
+def substitution(
+    entries: Iterable[tuple[str, Volumes]], key: Callable[[str], str | None]
+) -> dict[str, Substitution]:
+    """Group unit(-day) volumes by ``key`` and sum: a group's rate is Σself / Σ(self+counter)
+    over its unit-days with counter data."""
+    out: dict[str, Substitution] = {}
+    for unit, volumes in entries:
+        group = key(unit)
+        if group is None:
+            continue
+        acc = out.get(group)
+        if acc is None:
+            acc = out[group] = Substitution()
+        acc.add(volumes)
+    return out
