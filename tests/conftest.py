@@ -60,3 +60,122 @@ def run_id() -> str:
     """A short unique token for device ids and client ids, so tests never see each other's
     retained messages or sessions on the shared broker."""
     return uuid.uuid4().hex[:8]
+
+
+def _timescale_install() -> tuple[str, str] | str:
+    """``(bindir, version)`` of a PostgreSQL with the timescaledb extension, or why not."""
+    import glob
+
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"), reverse=True)
+    if not candidates:
+        return "no PostgreSQL server binaries under /usr/lib/postgresql/*/bin"
+    for postgres in candidates:
+        version = postgres.split("/")[-3]
+        control = f"/usr/share/postgresql/{version}/extension/timescaledb.control"
+        if os.path.exists(control):
+            return os.path.dirname(postgres), version
+    return (
+        "the timescaledb extension is not installed for any local PostgreSQL "
+        "(no /usr/share/postgresql/<version>/extension/timescaledb.control); "
+        "Timescale-only behaviour is tested where it is"
+    )
+
+
+@pytest.fixture(scope="session")
+def timescale_admin_url() -> Iterator[str]:
+    """A private PostgreSQL cluster with timescaledb preloaded (own port and data dir).
+
+    Skipped, with the reason, where the extension is not installed.
+    """
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    found = _timescale_install()
+    if isinstance(found, str):
+        pytest.skip(found)
+    bindir, _version = found
+    import tempfile
+    from pathlib import Path
+
+    # Not under pytest's tmp dir: that one is private to the user running the tests, and
+    # the server may have to run as another user.
+    base = Path(tempfile.mkdtemp(prefix="atmfleet-tsdb-"))
+    data = base / "data"
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb and postgres refuse to run as root
+        shutil.chown(base, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    subprocess.run(
+        [
+            *as_user,
+            f"{bindir}/initdb",
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            *as_user,
+            f"{bindir}/postgres",
+            "-D",
+            str(data),
+            "-p",
+            str(port),
+            "-k",
+            str(base),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "shared_preload_libraries=timescaledb",
+            "-c",
+            "timescaledb.telemetry_level=off",
+            "-c",
+            "fsync=off",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                psycopg.connect(url, connect_timeout=1).close()
+                break
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def timescale_url(timescale_admin_url: str) -> Iterator[str]:
+    """A new database with the timescaledb extension, on the private cluster."""
+    name = f"atmfleet_ts_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(timescale_admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = _with_db(timescale_admin_url, name)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    try:
+        yield url
+    finally:
+        with psycopg.connect(timescale_admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
