@@ -1,0 +1,432 @@
+"""The collector against real Mosquitto and PostgreSQL, running in-process.
+
+Each module starts its own Mosquitto (unlimited queue, like a production broker must be),
+so no other traffic reaches these collectors and the shared broker is left alone.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import psycopg
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from prometheus_client import CollectorRegistry
+
+from atmfleet.protocol import StateMessage, TxnMessage, device_topic, encode
+from atmfleet.settings import CollectorSettings, Settings
+from atmfleet.store.migrate import upgrade
+from collector.service import Collector
+from collector.stats import CollectorStats
+
+pytestmark = pytest.mark.integration
+
+
+# -- a private broker ---------------------------------------------------------------------
+
+
+@dataclass
+class Broker:
+    url: str
+    process: subprocess.Popen[bytes]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_broker(directory: Path, extra: str = "") -> Broker:
+    """A Mosquitto of our own: the backlog of an offline session is never dropped."""
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(binary).exists():
+        pytest.fail("mosquitto is not installed (apt-get install mosquitto)")
+    port = free_port()
+    user = f"user {getpass.getuser()}\n" if os.geteuid() == 0 else ""
+    conf = directory / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        f"max_queued_messages 0\n{user}{extra}"
+    )
+    log = (directory / "mosquitto.log").open("wb")
+    process = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return Broker(f"mqtt://127.0.0.1:{port}", process)
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    pytest.fail(f"mosquitto did not start; see {directory / 'mosquitto.log'}")
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    b = start_broker(tmp_path_factory.mktemp("mosquitto"))
+    yield b
+    b.process.terminate()
+    b.process.wait(10)
+
+
+@pytest.fixture
+def db(database_url: str) -> str:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        upgrade(conn)
+    return database_url
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def settings_for(
+    mqtt_url: str, database_url: str, top: dict[str, Any] | None = None, **collector: Any
+) -> Settings:
+    options: dict[str, Any] = {
+        "batch_size": 100,
+        "flush_interval_s": 0.05,
+        "session_expiry_s": 300,
+        "liveness_interval_s": 0.2,
+        "retry_max_backoff_s": 0.5,
+        **collector,
+    }
+    return Settings(
+        mqtt_url=mqtt_url,
+        database_url=database_url,
+        collector=CollectorSettings(**options),
+        **(top or {}),
+    )
+
+
+@dataclass
+class Running:
+    collector: Collector
+    registry: CollectorRegistry
+    thread: threading.Thread
+    errors: list[BaseException]
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.registry.get_sample_value(f"atmfleet_collector_{name}", labels)
+        return value or 0.0
+
+
+@contextmanager
+def running(settings: Settings, client_id: str) -> Iterator[Running]:
+    registry = CollectorRegistry()
+    collector = Collector(settings, CollectorStats(registry), client_id=client_id)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def main() -> None:
+        try:
+            collector.run(stop)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=main, name=f"collector-{client_id}")
+    thread.start()
+    assert collector.connected.wait(10), "collector did not subscribe"
+    try:
+        yield Running(collector, registry, thread, errors)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert not errors, errors
+
+
+class Publisher:
+    def __init__(self, mqtt_url: str, protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv5):
+        host, port = mqtt_url.removeprefix("mqtt://").split(":")
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
+        self.client.max_inflight_messages_set(1000)
+        self.client.connect(host, int(port))
+        self.client.loop_start()
+        self.sent: list[mqtt.MQTTMessageInfo] = []
+
+    def send(self, topic: str, payload: bytes) -> None:
+        self.sent.append(self.client.publish(topic, payload, qos=1))
+
+    def close(self) -> None:
+        for info in self.sent:
+            info.wait_for_publish(30)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@contextmanager
+def publisher(mqtt_url: str) -> Iterator[Publisher]:
+    p = Publisher(mqtt_url)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def states(device: str, seqs: range, ts: datetime | None = None) -> list[tuple[str, bytes]]:
+    at = ts or datetime.now(UTC) - timedelta(seconds=1)
+    return [
+        (
+            device_topic(device, "state"),
+            encode(StateMessage(v=1, device_id=device, ts=at, seq=s, state="in_service")),
+        )
+        for s in seqs
+    ]
+
+
+def scalar(database_url: str, query: str, *params: object) -> Any:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(query.encode(), params).fetchone()
+    return row[0] if row else None
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 20, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what or check}")
+
+
+def stored(database_url: str) -> int:
+    return int(scalar(database_url, "SELECT count(*) FROM state_samples"))
+
+
+# -- the behaviours -----------------------------------------------------------------------
+
+
+class TestBadInputIsDeadLettered:
+    """Each bad message lands in dead_letters with its reason; its neighbours are stored."""
+
+    def test_every_kind_of_bad_input_and_the_collector_stays_alive(
+        self, broker: Broker, db: str, run_id: str
+    ) -> None:
+        dev = f"t{run_id}"
+        future = datetime.now(UTC) + timedelta(hours=1)
+        good = states(dev, range(0, 9))
+        bad = [
+            (device_topic(dev, "state"), b'{"v":1,"device_id":', "bad_json"),
+            (
+                device_topic(dev, "state"),
+                b'{"v":1,"device_id":"%s","ts":"2026-11-28T00:00:00Z","seq":"x","state":"fault"}'
+                % dev.encode(),
+                "invalid",
+            ),
+            (device_topic(dev, "state"), states("someone-else", range(1))[0][1], "device_mismatch"),
+            (device_topic(dev, "state"), b"x" * 20_000, "too_large"),
+            (device_topic(dev, "state"), b'{"v":7,"device_id":"%s"}' % dev.encode(), "unknown_version"),
+            (device_topic(dev, "state"), states(dev, range(99, 100), ts=future)[0][1], "future_timestamp"),
+            (device_topic(dev, "state"), bytes(range(256)), "not_utf8"),
+            (f"atmfleet/v1/device/{dev}';DROP TABLE state_samples;--/state", b"{}", "bad_topic"),
+            (
+                device_topic(dev, "txn"),
+                encode(StateMessage(v=1, device_id=dev, ts=datetime.now(UTC), seq=50, state="fault"))
+                .replace(dev.encode(), b"x\\\"'); DELETE FROM devices; --"),
+                "invalid",
+            ),
+        ]  # fmt: skip
+        with (
+            running(settings_for(broker.url, db), f"c{run_id}") as run,
+            publisher(broker.url) as pub,
+        ):
+            for (topic, payload), (btopic, bpayload, _) in zip(good, bad, strict=True):
+                pub.send(topic, payload)
+                pub.send(btopic, bpayload)
+            wait_until(lambda: run.metric("messages_rejected_total", reason="invalid") >= 2)
+            wait_until(lambda: stored(db) == len(good), what="the good messages")
+            assert run.thread.is_alive()
+        with psycopg.connect(db) as conn:
+            reasons = sorted(r for (r,) in conn.execute("SELECT reason FROM dead_letters"))
+            seqs = [s for (s,) in conn.execute("SELECT seq FROM state_samples ORDER BY seq")]
+            tables = conn.execute("SELECT count(*) FROM devices").fetchone()
+        assert reasons == sorted(reason for _, _, reason in bad)
+        assert seqs == list(range(9))
+        assert tables == (0,)  # the hostile ids were data, never SQL
+        assert run.metric("messages_rejected_total", reason="too_large") == 1
+
+
+class TestAcknowledgement:
+    def test_a_clean_stop_acknowledges_everything_so_nothing_is_redelivered(
+        self, broker: Broker, db: str, run_id: str
+    ) -> None:
+        settings = settings_for(broker.url, db)
+        with running(settings, f"c{run_id}") as first, publisher(broker.url) as pub:
+            for topic, payload in states(f"t{run_id}", range(300)):
+                pub.send(topic, payload)
+            wait_until(lambda: stored(db) == 300)
+        assert first.metric("messages_received_total") == 300
+        with running(settings, f"c{run_id}") as second:
+            time.sleep(1.0)
+        assert second.metric("messages_received_total") == 0
+
+    def test_messages_sent_while_the_collector_is_stopped_are_stored_on_restart(
+        self, broker: Broker, db: str, run_id: str
+    ) -> None:
+        settings = settings_for(broker.url, db)
+        with running(settings, f"c{run_id}"):
+            pass  # creates the persistent session
+        with publisher(broker.url) as pub:
+            for topic, payload in states(f"t{run_id}", range(200)):
+                pub.send(topic, payload)
+        with running(settings, f"c{run_id}"):
+            wait_until(lambda: stored(db) == 200, what="the backlog")
+
+    def test_mqtt_3_1_1_is_supported(self, broker: Broker, db: str, run_id: str) -> None:
+        settings = settings_for(broker.url, db, top={"mqtt_protocol": "3.1.1"})
+        with running(settings, f"c{run_id}"), publisher(broker.url) as pub:
+            for topic, payload in states(f"t{run_id}", range(50)):
+                pub.send(topic, payload)
+            wait_until(lambda: stored(db) == 50)
+        with running(settings, f"c{run_id}") as again:
+            time.sleep(0.5)
+        assert again.metric("messages_received_total") == 0
+
+
+class TestBoundedMemory:
+    def test_a_blocked_database_stops_the_reading_instead_of_growing_the_buffer(
+        self, broker: Broker, db: str, run_id: str
+    ) -> None:
+        settings = settings_for(broker.url, db, max_inflight=50, batch_size=20)
+        with psycopg.connect(db) as locker:
+            locker.execute("LOCK TABLE state_samples IN ACCESS EXCLUSIVE MODE")
+            with running(settings, f"c{run_id}") as run, publisher(broker.url) as pub:
+                for topic, payload in states(f"t{run_id}", range(500)):
+                    pub.send(topic, payload)
+                wait_until(lambda: run.metric("buffered_messages") >= 50, what="a full buffer")
+                time.sleep(0.5)
+                assert run.metric("messages_received_total") <= 50
+                assert run.metric("buffered_messages") <= 50
+                locker.rollback()  # the database is fast again
+                wait_until(lambda: stored(db) == 500, what="all 500")
+
+
+class TestDatabaseConnectionKilled:
+    def test_terminating_the_backend_mid_stream_loses_nothing(
+        self, broker: Broker, db: str, run_id: str
+    ) -> None:
+        client_id = f"c{run_id}"
+        total = 1500
+        killed = 0
+        with running(settings_for(broker.url, db, batch_size=50), client_id) as run:
+            with psycopg.connect(db, autocommit=True) as admin, publisher(broker.url) as pub:
+                messages = states(f"t{run_id}", range(total))
+                for i in range(0, total, 100):
+                    for topic, payload in messages[i : i + 100]:
+                        pub.send(topic, payload)
+                    time.sleep(0.03)
+                    row = admin.execute(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                        " WHERE application_name = %s",
+                        (f"atmfleet-collector {client_id}",),
+                    ).fetchone()
+                    killed += row[0] if row else 0
+            wait_until(lambda: stored(db) == total, timeout=30, what="every message")
+            assert run.metric("db_errors_total", **{"class": "temporary"}) >= 1
+        assert killed >= 3
+        received = scalar(db, "SELECT received FROM device_sequences")
+        assert received == total  # each stored once, and counted once
+
+
+class TestSharedSubscription:
+    def test_two_collectors_in_one_group_store_everything_exactly_once(
+        self, broker: Broker, db: str, run_id: str
+    ) -> None:
+        settings = settings_for(broker.url, db, share_group=f"g{run_id}")
+        with (
+            running(settings, f"a{run_id}") as a,
+            running(settings, f"b{run_id}") as b,
+            publisher(broker.url) as pub,
+        ):
+            for d in range(20):
+                for topic, payload in states(f"t{run_id}-{d}", range(30)):
+                    pub.send(topic, payload)
+            wait_until(lambda: stored(db) == 600)
+            time.sleep(0.3)
+        got_a, got_b = a.metric("messages_received_total"), b.metric("messages_received_total")
+        assert got_a + got_b == 600
+        assert got_a > 0 and got_b > 0
+        assert scalar(db, "SELECT sum(missing) FROM sequence_gaps") == 0
+
+
+class TestLivenessAndGaps:
+    def test_a_restart_after_silence_records_the_outage(
+        self, broker: Broker, db: str, run_id: str
+    ) -> None:
+        silent_since = datetime.now(UTC) - timedelta(hours=1)
+        with psycopg.connect(db) as conn:
+            conn.execute(
+                "INSERT INTO collector_runs VALUES (gen_random_uuid(), 'old', 'h', %s, %s, NULL)",
+                (silent_since - timedelta(days=1), silent_since),
+            )
+        with running(settings_for(broker.url, db), f"c{run_id}") as run:
+            time.sleep(0.5)  # a few beats
+        with psycopg.connect(db) as conn:
+            outage = conn.execute("SELECT started_at, ended_at FROM collector_outages").fetchall()
+            beat = conn.execute(
+                "SELECT last_beat_at - started_at, stopped_at IS NOT NULL FROM collector_runs"
+                " WHERE run_id = %s",
+                (run.collector.run_id,),
+            ).fetchone()
+        assert len(outage) == 1
+        assert outage[0][0] == silent_since
+        assert outage[0][1] > silent_since + timedelta(minutes=59)
+        assert beat is not None and beat[0] > timedelta(0) and beat[1]
+
+    def test_sequence_gaps_are_exported(self, broker: Broker, db: str, run_id: str) -> None:
+        dev = f"t{run_id}"
+        with (
+            running(settings_for(broker.url, db), f"c{run_id}") as run,
+            publisher(broker.url) as pub,
+        ):
+            for topic, payload in [*states(dev, range(0, 5)), *states(dev, range(8, 10))]:
+                pub.send(topic, payload)
+            wait_until(lambda: run.metric("sequence_gap_messages") == 3, what="3 missing")
+
+
+class TestSecrets:
+    def test_passwords_never_reach_the_log(
+        self, broker: Broker, db: str, run_id: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.DEBUG)
+        url = db.replace("postgres@", "postgres:db-s3cret@")
+        settings = settings_for(
+            broker.url, url, top={"mqtt_username": "ingest", "mqtt_password": "mq-s3cret"}
+        )
+        from collector.service import describe
+
+        logging.getLogger("test").info(describe(settings))
+        with running(settings, f"c{run_id}"), publisher(broker.url) as pub:
+            pub.send(device_topic(f"t{run_id}", "state"), b"{not json")
+            wait_until(lambda: scalar(db, "SELECT count(*) FROM dead_letters") == 1)
+        assert "postgres:***@" in caplog.text
+        assert "s3cret" not in caplog.text
+
+
+def test_a_transaction_is_stored_with_its_amount(broker: Broker, db: str, run_id: str) -> None:
+    dev = f"t{run_id}"
+    msg = TxnMessage(
+        v=1, device_id=dev, ts=datetime.now(UTC), seq=1, txn_id=f"{run_id}-1",
+        type="deposit", amount="1500.00", result="ok", duration_ms=30_000, on_us=False,
+    )  # fmt: skip
+    with running(settings_for(broker.url, db), f"c{run_id}"), publisher(broker.url) as pub:
+        pub.send(device_topic(dev, "txn"), encode(msg))
+        pub.send(device_topic(dev, "txn"), encode(msg))  # a device retrying: the same txn
+        wait_until(lambda: scalar(db, "SELECT count(*) FROM transactions") == 1)
+        time.sleep(0.3)
+    assert scalar(db, "SELECT amount::text || ' ' || on_us FROM transactions") == "1500.00 false"
