@@ -18,7 +18,7 @@ from atmfleet.inventory import (
 )
 from rules.config import UnknownTime, load_rules
 from rules.labels import Label
-from rules.timeline import Interval, ms
+from rules.timeline import Interval, Presence, StateSample, build_timeline, compress, ms
 from rules.uptime import (
     Uptime,
     UptimePolicy,
@@ -236,3 +236,38 @@ class TestRollups:
     def test_unknown_dimension_is_refused_with_the_allowed_ones(self) -> None:
         with pytest.raises(ValueError, match="allowed: device, branch"):
             dimension_key(self._inventory(), "city")
+
+
+class TestFromMessages:
+    """From the messages a device sent to its 开机率 per local day, end to end."""
+
+    def test_fault_across_midnight_with_a_silent_gap_and_a_will(self) -> None:
+        # Heartbeats every 60 s. 27th: in service; fault at 23:40 local until 00:20 on the
+        # 28th; silence 03:00-03:10 (600 s > 180 s: offline); will received 05:00:30 after
+        # the last heartbeat at 05:00, back at 05:30.
+        samples: list[StateSample] = []
+        seq = 0
+
+        def beat(lo: int, hi: int, state: str) -> None:
+            nonlocal seq
+            for ts in range(lo, hi, M):
+                samples.append(StateSample(ts, state, 60, seq))
+                seq += 1
+
+        beat(local(2026, 11, 27), local(2026, 11, 27, 23, 40), "in_service")
+        beat(local(2026, 11, 27, 23, 40), local(2026, 11, 28, 0, 20), "fault")
+        beat(local(2026, 11, 28, 0, 20), local(2026, 11, 28, 3, 1), "in_service")
+        beat(local(2026, 11, 28, 3, 10), local(2026, 11, 28, 5, 1), "in_service")
+        beat(local(2026, 11, 28, 5, 30), local(2026, 11, 29, 0, 1), "in_service")
+        will = Presence(ts=0, online=False, will=True, received=local(2026, 11, 28, 5, 0) + 30_000)
+        birth = Presence(ts=local(2026, 11, 28, 5, 29), online=True)
+        runs = compress(samples, breaks=[will.at, birth.at])
+        tl = build_timeline(runs, local(2026, 11, 27), local(2026, 11, 29), presence=[will, birth])
+        d27, d28 = on_day(device(), NOV27, tl), on_day(device(), NOV28, tl)
+        assert d27.down_by_cause()[Label.FAULT] == 20 * M
+        assert d27.available_ms == 24 * H - 20 * M
+        by_cause = d28.down_by_cause()
+        assert by_cause[Label.FAULT] == 20 * M
+        # 03:00 -> 03:10 silent gap, and 05:00:30 -> 05:30 after the will.
+        assert by_cause[Label.COMMUNICATIONS] == 10 * M + 29 * M + 30_000
+        assert d28.ratio == pytest.approx(1 - (59.5 * M) / (24 * H))
