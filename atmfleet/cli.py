@@ -17,6 +17,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("collector.cli", "collect"),
     ("collector.cli", "counters"),
     ("atmfleet.inventory_cli", "inventory"),
+    ("simulator.cli", "simulate_command"),
 )
 
 

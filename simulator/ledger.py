@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-from atmfleet.errors import UsageError
+from atmfleet.errors import ConfigError, UsageError
 from atmfleet.inventory import Inventory
+from atmfleet.inventory_io import save_inventory
 from atmfleet.protocol import DeviceState
 from simulator.config import SimConfig
 from simulator.engine import (
@@ -289,8 +290,8 @@ class Ledger:
         }
 
     def write(self, folder: Path) -> None:
-        """Write intervals.csv, counters.csv, txn_daily.csv, devices.csv, inventory.json,
-        config.json and summary.json (messages.csv.gz is written while recording)."""
+        """Write intervals.csv, counters.csv, txn_daily.csv, devices.csv, inventory/ (the
+        inventory's CSV format), config.json and summary.json (messages.csv.gz is written while recording)."""
         folder.mkdir(parents=True, exist_ok=True)
         _atomic_csv(
             folder / "intervals.csv",
@@ -323,7 +324,7 @@ class Ledger:
                 for d in self.inventory.devices
             ),
         )
-        _atomic_text(folder / "inventory.json", self.inventory.model_dump_json(indent=1))
+        save_inventory(self.inventory, folder / "inventory")
         _atomic_text(folder / "config.json", self.config.model_dump_json(indent=1))
         _atomic_text(
             folder / "summary.json", json.dumps(self.summary(), indent=1, ensure_ascii=False)
@@ -335,6 +336,7 @@ def _atomic_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -416,7 +418,7 @@ def load_ledger(folder: Path) -> LedgerData:
             }
         with (folder / "devices.csv").open(encoding="utf-8", newline="") as fh:
             low = {r["device_id"] for r in csv.DictReader(fh) if r["low_yield"] == "1"}
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, ConfigError) as exc:
         raise UsageError(f"{folder} is not a complete simulator ledger: {exc}") from None
     return LedgerData(folder, summary, inventory, intervals, counters, days, low)
 

@@ -1,0 +1,394 @@
+"""Publishes a simulated fleet to a real broker (paho-mqtt 2.x, QoS 1).
+
+Connections are multiplexed:
+
+- **pooled** (the default for big fleets): ``N`` gateway connections; every device of a
+  branch goes through the same gateway (``crc32(branch) % N``), so a device's messages
+  stay in order. A broker last will belongs to a connection, not to the hundreds of
+  devices behind it, so when a device's link drops the simulator publishes the device's
+  ``presence`` ``offline`` itself (``will: false``, ``ts`` = the drop time), as a real
+  gateway would.
+- **per-device** (small fleets): one connection per device, registered with the device's
+  last will. A dropped link kills the socket without DISCONNECT, so the broker publishes
+  the will (``will: true``). Teller-counter messages use one extra connection.
+
+Flow control: at most ``max_inflight`` unacknowledged messages per connection (lowered to
+the broker's Receive Maximum); nothing is queued without bound. :meth:`FleetPublisher.run`
+returns only when every message has been acknowledged (or the stop timeout passed).
+
+One thread drives every socket (``selectors``); paho's own loop threads are not used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import selectors
+import socket
+import ssl
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from atmfleet.errors import AtmfleetError, ConfigError
+from atmfleet.protocol import QOS
+from atmfleet.settings import Settings
+from simulator.engine import Control, Emission
+
+log = logging.getLogger(__name__)
+
+#: Fleets up to this size get one connection per device when --connections is not given.
+PER_DEVICE_MAX = 200
+DEFAULT_POOL = 16
+
+
+class BrokerError(AtmfleetError):
+    """The broker could not be reached or refused us."""
+
+
+@dataclass
+class PublishStats:
+    published: int = 0
+    wills: int = 0  # last wills the broker sent for killed connections
+    connections: int = 0
+    seconds: float = 0.0
+    complete: bool = True  # every message acknowledged
+
+    @property
+    def rate(self) -> float:
+        return (self.published + self.wills) / self.seconds if self.seconds > 0 else 0.0
+
+
+class Pacing:
+    """When an emission may go out (wall-clock seconds since the epoch); ``None`` = now.
+
+    Live mode never lets simulated time run ahead of the wall clock: an emission at
+    simulated ``t`` waits for ``max(wall0 + (t - sim0) / speed, t)``.
+    """
+
+    def __init__(self, sim0_ms: int, speed: float, wall0: float | None = None) -> None:
+        self.sim0 = sim0_ms
+        self.speed = speed
+        self.wall0 = time.time() if wall0 is None else wall0
+
+    def due(self, t_ms: int) -> float:
+        return max(self.wall0 + (t_ms - self.sim0) / 1000 / self.speed, t_ms / 1000)
+
+
+@dataclass
+class _Conn:
+    client: mqtt.Client
+    name: str
+    pending: int = 0
+    limit: int = 20
+    connected: bool = False
+    failed: str | None = None
+    sock: socket.socket | None = None
+
+
+class FleetPublisher:
+    """Publishes emissions over pooled or per-device connections; see the module doc."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        per_device: bool,
+        pool_size: int = DEFAULT_POOL,
+        client_prefix: str = "atmfleet-sim",
+        max_inflight: int = 100,
+        stop: threading.Event | None = None,
+        connect_timeout_s: float = 10.0,
+        drain_timeout_s: float = 60.0,
+    ) -> None:
+        if pool_size < 1:
+            raise ConfigError(f"connections must be >= 1 (got {pool_size})")
+        if max_inflight < 1:
+            raise ConfigError(f"max_inflight must be >= 1 (got {max_inflight})")
+        parts = urlsplit(settings.mqtt_url)
+        self._tls = parts.scheme in ("mqtts", "ssl")
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or (8883 if self._tls else 1883)
+        self._settings = settings
+        self._per_device = per_device
+        self._pool_size = pool_size
+        self._prefix = client_prefix
+        self._max_inflight = max_inflight
+        self._stop = stop or threading.Event()
+        self._connect_timeout = connect_timeout_s
+        self._drain_timeout = drain_timeout_s
+        self._selector = selectors.DefaultSelector()
+        self._pool: list[_Conn] = []
+        self._devices: dict[str, _Conn] = {}
+        self._by_client: dict[int, _Conn] = {}
+        self._dirty: set[int] = set()
+        self._sessions = 0
+        self.stats = PublishStats()
+
+    # ------------------------------------------------------------------ connections
+
+    def _new_client(self, client_id: str) -> mqtt.Client:
+        v5 = self._settings.mqtt_protocol == "5"
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if v5 else True,
+        )
+        if self._settings.mqtt_username:
+            password = self._settings.mqtt_password
+            client.username_pw_set(
+                self._settings.mqtt_username, password.get_secret_value() if password else None
+            )
+        if self._tls:
+            client.tls_set(
+                ca_certs=str(self._settings.mqtt_ca_file) if self._settings.mqtt_ca_file else None,
+                certfile=str(self._settings.mqtt_cert_file)
+                if self._settings.mqtt_cert_file
+                else None,
+                keyfile=str(self._settings.mqtt_key_file) if self._settings.mqtt_key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        client.max_inflight_messages_set(self._max_inflight)
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_publish = self._on_publish
+        client.on_disconnect = self._on_disconnect
+        return client
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, props: Any) -> None:
+        conn = self._by_client.get(id(client))
+        if conn is None:
+            return
+        if rc.is_failure:
+            conn.failed = f"broker refused {conn.name}: {rc}"
+            return
+        receive_max = getattr(props, "ReceiveMaximum", None) if props is not None else None
+        conn.limit = min(self._max_inflight, receive_max or self._max_inflight)
+        conn.connected = True
+
+    def _on_publish(self, client: mqtt.Client, _u: Any, _mid: int, _rc: Any, _p: Any) -> None:
+        conn = self._by_client.get(id(client))
+        if conn is not None:
+            conn.pending -= 1
+
+    def _on_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        conn = self._by_client.get(id(client))
+        if conn is not None:
+            conn.connected = False
+
+    def _open(self, name: str, will: tuple[str, bytes] | None = None) -> _Conn:
+        self._sessions += 1
+        client = self._new_client(f"{self._prefix}-{name}"[:200])
+        conn = _Conn(client, name)
+        self._by_client[id(client)] = conn
+        if will is not None:
+            client.will_set(will[0], will[1], qos=QOS, retain=True)
+        props = None
+        if self._settings.mqtt_protocol == "5":
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 0
+        try:
+            client.connect(self._host, self._port, keepalive=60, clean_start=True, properties=props)
+        except (OSError, ValueError) as exc:
+            raise BrokerError(
+                f"cannot connect to the broker at {self._settings.mqtt_url}: {exc}"
+            ) from None
+        sock = client.socket()
+        if not isinstance(sock, socket.socket):
+            raise BrokerError(f"no socket for {self._settings.mqtt_url}")
+        conn.sock = sock
+        self._selector.register(sock, selectors.EVENT_READ, conn)
+        deadline = time.monotonic() + self._connect_timeout
+        while not conn.connected:
+            if conn.failed:
+                raise BrokerError(conn.failed)
+            if time.monotonic() > deadline:
+                raise BrokerError(
+                    f"no answer (CONNACK) from the broker at {self._settings.mqtt_url} "
+                    f"within {self._connect_timeout:.0f}s"
+                )
+            self._pump(0.05)
+        self.stats.connections += 1
+        return conn
+
+    def _close(self, conn: _Conn, *, abrupt: bool) -> None:
+        """Close a connection: politely (no will), or abruptly (the broker sends the will)."""
+        if conn.sock is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(conn.sock)
+        if abrupt and conn.sock is not None:
+            # No DISCONNECT packet: to the broker this is a lost link.
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            conn.sock.close()
+        else:
+            conn.client.disconnect()
+            conn.client.loop_write()
+            if conn.sock is not None:
+                conn.sock.close()
+        self._by_client.pop(id(conn.client), None)
+        self._dirty.discard(id(conn.client))
+        conn.sock = None
+        conn.connected = False
+
+    # ----------------------------------------------------------------------- I/O loop
+
+    def _pump(self, timeout: float) -> None:
+        """Write what is waiting, read acknowledgements for up to ``timeout`` seconds."""
+        for key in list(self._dirty):
+            conn = self._by_client.get(key)
+            if conn is not None and conn.client.want_write():
+                self._check(conn, conn.client.loop_write())
+            else:
+                self._dirty.discard(key)
+        for sel_key, _ in self._selector.select(timeout):
+            conn = sel_key.data
+            self._check(conn, conn.client.loop_read(1000))
+            if conn.client.want_write():
+                self._dirty.add(id(conn.client))
+
+    def _check(self, conn: _Conn, rc: MQTTErrorCode) -> None:
+        if rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
+            return
+        self._reconnect(conn, rc)
+
+    def _reconnect(self, conn: _Conn, rc: MQTTErrorCode) -> None:
+        """The broker went away: reconnect with backoff; paho resends unacknowledged QoS 1."""
+        log.warning("connection %s lost (%s); reconnecting", conn.name, mqtt.error_string(rc))
+        if conn.sock is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(conn.sock)
+        conn.connected = False
+        delay = 0.5
+        deadline = time.monotonic() + self._drain_timeout
+        while not self._stop.is_set():
+            try:
+                conn.client.reconnect()
+                sock = conn.client.socket()
+                if isinstance(sock, socket.socket):
+                    conn.sock = sock
+                    self._selector.register(sock, selectors.EVENT_READ, conn)
+                    self._dirty.add(id(conn.client))
+                    return
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    raise BrokerError(
+                        f"lost the broker at {self._settings.mqtt_url} and could not "
+                        f"reconnect: {exc}"
+                    ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    def _misc(self) -> None:
+        for conn in list(self._by_client.values()):
+            conn.client.loop_misc()
+
+    # ----------------------------------------------------------------------- publish
+
+    def _publish(self, conn: _Conn, e: Emission) -> None:
+        while conn.pending >= conn.limit or not conn.connected:
+            if conn.failed:
+                raise BrokerError(conn.failed)
+            self._pump(0.05)
+        conn.pending += 1
+        info = conn.client.publish(e.topic, e.payload, qos=QOS, retain=e.retain)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            conn.pending -= 1
+            raise BrokerError(f"publish to {e.topic} failed: {mqtt.error_string(info.rc)}")
+        if conn.client.want_write():
+            self._dirty.add(id(conn.client))
+        self.stats.published += 1
+
+    def _gateway(self, branch: str) -> _Conn:
+        index = zlib.crc32(branch.encode()) % len(self._pool)
+        return self._pool[index]
+
+    def _drain(self, conns: Iterable[_Conn], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        conns = list(conns)
+        while any(c.pending > 0 for c in conns):
+            if time.monotonic() > deadline:
+                return False
+            self._pump(0.05)
+        return True
+
+    def run(
+        self,
+        emissions: Iterable[Emission],
+        *,
+        branch_of: Callable[[str], str],
+        pacing: Pacing | None = None,
+        on_sent: Callable[[Emission], None] | None = None,
+    ) -> PublishStats:
+        """Publish until the emissions end or ``stop`` is set; then wait for every PUBACK."""
+        started = time.monotonic()
+        pool = 1 if self._per_device else self._pool_size
+        self._pool = [self._open(f"gw{i}") for i in range(pool)]
+        last_misc = time.monotonic()
+        try:
+            for e in emissions:
+                if pacing is not None:
+                    due = pacing.due(e.t)
+                    while not self._stop.is_set() and (wait := due - time.time()) > 0:
+                        self._pump(min(wait, 0.5))
+                        if time.monotonic() - last_misc > 1.0:
+                            self._misc()
+                            last_misc = time.monotonic()
+                if self._stop.is_set():
+                    break
+                self._send(e, branch_of)
+                if on_sent is not None:
+                    on_sent(e)
+                now = time.monotonic()
+                if now - last_misc > 1.0:
+                    self._pump(0)
+                    self._misc()
+                    last_misc = now
+        finally:
+            conns = list(self._by_client.values())
+            self.stats.complete = self._drain(conns, self._drain_timeout)
+            self.stats.seconds = time.monotonic() - started
+            for conn in conns:
+                self._close(conn, abrupt=False)
+            self._selector.close()
+        return self.stats
+
+    def _send(self, e: Emission, branch_of: Callable[[str], str]) -> None:
+        if e.kind == "counter":
+            self._publish(self._pool[0], e)
+            return
+        if not self._per_device:
+            self._publish(self._gateway(branch_of(e.device_id)), e)
+            return
+        if e.control == Control.CONNECT:
+            old = self._devices.pop(e.device_id, None)
+            if old is not None:
+                self._close(old, abrupt=False)
+            will = (e.topic, e.will) if e.will else None
+            conn = self._open(f"{e.device_id}-{self._sessions}", will)
+            self._devices[e.device_id] = conn
+            self._publish(conn, e)
+        elif e.control == Control.DROP:
+            conn = self._devices.pop(e.device_id)
+            if e.result == "will":
+                # Everything the device sent must be in before the broker's will.
+                self._drain([conn], self._drain_timeout)
+                self._close(conn, abrupt=True)
+                self.stats.wills += 1
+            else:
+                self._publish(conn, e)
+                self._drain([conn], self._drain_timeout)
+                self._close(conn, abrupt=False)
+        else:
+            conn = self._devices.get(e.device_id) or self._pool[0]
+            self._publish(conn, e)
