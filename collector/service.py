@@ -29,6 +29,7 @@ from atmfleet.protocol import QOS, SUBSCRIPTIONS
 from atmfleet.settings import Settings
 from atmfleet.store import liveness
 from atmfleet.store.connect import ErrorClass, classify, redact_url
+from atmfleet.store.migrate import require_current
 from atmfleet.store.writer import Accepted, BatchWriter, Rejected
 from collector.buffer import Buffer, Inbound
 from collector.decode import decode
@@ -160,6 +161,7 @@ class Collector:
     def run(self, stop: threading.Event) -> None:
         """Collect until ``stop`` is set, then flush, acknowledge and disconnect."""
         self._open_db(stop)
+        require_current(self._db())
         outage = liveness.start_run(
             self._db(),
             self.run_id,

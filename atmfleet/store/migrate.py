@@ -221,3 +221,14 @@ def _apply(
         for statement in split_statements(text):
             conn.execute(statement.encode())
     conn.execute(record, params)
+
+
+def require_current(conn: psycopg.Connection) -> None:
+    """Refuse to work on a database whose schema is older than this code expects."""
+    with conn.transaction():
+        done = applied_versions(conn)
+    missing = [f"{m.version:04d}_{m.name}" for m in discover() if m.version not in done]
+    if missing:
+        raise ConfigError(
+            f"the database schema lacks {', '.join(missing)}: run `atmfleet db upgrade` first"
+        )

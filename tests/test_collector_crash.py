@@ -1,0 +1,175 @@
+"""`atmfleet collect` as a process, killed and restarted while devices keep sending."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from atmfleet.store.migrate import upgrade
+from tests.test_collector_service import (
+    Broker,
+    publisher,
+    scalar,
+    start_broker,
+    states,
+    stored,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    b = start_broker(tmp_path_factory.mktemp("mosquitto"))
+    yield b
+    b.process.terminate()
+    b.process.wait(10)
+
+
+@pytest.fixture
+def db(database_url: str) -> str:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        upgrade(conn)
+    return database_url
+
+
+class CollectorProcess:
+    """One `atmfleet collect` at a time, with the settings a deployment would give it."""
+
+    def __init__(self, broker: Broker, db: str, client_id: str, logs: Path) -> None:
+        self.env = {
+            **os.environ,
+            "ATMFLEET_MQTT_URL": broker.url,
+            "ATMFLEET_DATABASE_URL": db,
+            "ATMFLEET_SECRETS_DIR": str(logs / "no-secrets"),
+            "ATMFLEET_COLLECTOR__CLIENT_ID": client_id,
+            "ATMFLEET_COLLECTOR__BATCH_SIZE": "100",
+            "ATMFLEET_COLLECTOR__FLUSH_INTERVAL_S": "0.05",
+            "ATMFLEET_COLLECTOR__LIVENESS_INTERVAL_S": "0.2",
+            "ATMFLEET_COLLECTOR__SESSION_EXPIRY_S": "300",
+        }
+        self.logs = logs
+        self.runs = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.runs += 1
+        log = (self.logs / f"collector-{self.runs}.log").open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "atmfleet.cli", "collect"],
+            env=self.env,
+            stdout=log,
+            stderr=log,
+        )
+
+    def signal(self, signum: int) -> int:
+        assert self.process is not None
+        self.process.send_signal(signum)
+        return self.process.wait(30)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def collector(broker: Broker, db: str, run_id: str, tmp_path: Path) -> Iterator[CollectorProcess]:
+    proc = CollectorProcess(broker, db, f"c{run_id}", tmp_path)
+    yield proc
+    proc.stop()
+
+
+def wait_subscribed(broker: Broker, db: str, device: str) -> None:
+    """Publish a probe until it is stored: the collector's session and subscription exist."""
+    topic, payload = states(device, range(1))[0]
+    deadline = time.monotonic() + 20
+    with publisher(broker.url) as pub:
+        while time.monotonic() < deadline:
+            pub.send(topic, payload)
+            time.sleep(0.2)
+            if stored(db):
+                return
+    raise AssertionError("the collector never subscribed")
+
+
+def stream(broker: Broker, messages: list[tuple[str, bytes]], done: threading.Event) -> None:
+    with publisher(broker.url) as pub:
+        for i, (topic, payload) in enumerate(messages):
+            pub.send(topic, payload)
+            if i % 20 == 0:
+                time.sleep(0.01)
+    done.set()
+
+
+class TestKilledCollector:
+    def test_sigkill_mid_stream_three_times_loses_nothing_and_stores_nothing_twice(
+        self, broker: Broker, db: str, run_id: str, collector: CollectorProcess
+    ) -> None:
+        collector.start()
+        wait_subscribed(broker, db, f"t{run_id}-probe")
+        messages = [m for d in range(10) for m in states(f"t{run_id}-{d}", range(1, 601))]
+        total = len(messages) + 1  # and the probe
+        done = threading.Event()
+        sender = threading.Thread(target=stream, args=(broker, messages, done))
+        sender.start()
+        kills = 0
+        for _ in range(3):
+            before = stored(db)
+            # Kill while this run is busy storing: after it made progress, at a random moment.
+            wait_until(lambda b=before: stored(db) > b + 50, what="progress")  # type: ignore[misc]
+            time.sleep(random.uniform(0, 0.1))
+            assert not done.is_set(), "the stream ended before the kill: not mid-stream"
+            assert collector.signal(signal.SIGKILL) == -signal.SIGKILL
+            kills += 1
+            time.sleep(1.0)  # longer than the outage threshold (3 beats of 0.2 s)
+            collector.start()
+        sender.join(60)
+        assert done.is_set()
+        wait_until(lambda: stored(db) == total, timeout=60, what="every message")
+        time.sleep(0.5)  # anything stored twice would show up now
+        assert stored(db) == total
+        assert scalar(db, "SELECT sum(received) FROM device_sequences") == total
+        assert scalar(db, "SELECT sum(missing) FROM sequence_gaps") == 0
+        assert scalar(db, "SELECT count(*) FROM collector_runs") == kills + 1
+        assert scalar(db, "SELECT count(*) FROM collector_outages") >= 1
+
+    def test_sigterm_flushes_acknowledges_and_exits_cleanly(
+        self, broker: Broker, db: str, run_id: str, collector: CollectorProcess
+    ) -> None:
+        collector.start()
+        wait_subscribed(broker, db, f"t{run_id}-probe")
+        with publisher(broker.url) as pub:
+            for topic, payload in states(f"t{run_id}", range(1, 501)):
+                pub.send(topic, payload)
+        assert collector.signal(signal.SIGTERM) == 0
+        stopped = scalar(db, "SELECT count(*) FROM collector_runs WHERE stopped_at IS NOT NULL")
+        assert stopped == 1
+        # Whatever it received was stored; the rest waits at the broker for the next run.
+        collector.start()
+        wait_until(lambda: stored(db) == 501, what="all 500 and the probe")
+        log = (collector.logs / "collector-1.log").read_text()
+        assert "received SIGTERM" in log
+        assert "Traceback" not in log
+
+
+def test_a_missing_schema_stops_the_collector_with_a_clear_error(
+    broker: Broker, database_url: str, run_id: str, tmp_path: Path
+) -> None:
+    proc = CollectorProcess(broker, database_url, f"c{run_id}", tmp_path)
+    proc.start()
+    assert proc.process is not None
+    assert proc.process.wait(30) == 2
+    log = (tmp_path / "collector-1.log").read_text()
+    assert "atmfleet: error:" in log and "atmfleet db upgrade" in log
