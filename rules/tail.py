@@ -9,8 +9,10 @@ then by id, so the tail is the same on every run.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+
+from rules.uptime import Uptime
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,3 +68,28 @@ def tail(
         ]
         for group, members in sorted(chosen.items())
     }
+
+
+def uptime_entries(
+    per_unit: Mapping[str, Uptime], group: Callable[[str], str | None]
+) -> list[Entry]:
+    """Entries ranking devices (or branches) by 开机率; ties: more downtime is worse."""
+    return [
+        Entry(ident, g, up.ratio, float(up.down_ms))
+        for ident, up in per_unit.items()
+        if (g := group(ident)) is not None
+    ]
+
+
+def volume_entries(
+    volumes: Mapping[str, int],
+    scheduled_ms: Mapping[str, int],
+    group: Callable[[str], str | None],
+) -> list[Entry]:
+    """Entries ranking by financial volume; ties: the one with more scheduled time (more
+    chance to serve) is worse."""
+    return [
+        Entry(ident, g, float(v), float(scheduled_ms.get(ident, 0)))
+        for ident, v in volumes.items()
+        if (g := group(ident)) is not None
+    ]

@@ -225,6 +225,22 @@ def scheduled_spans(
     return intersect(spans, lo, hi)
 
 
+def daily_uptime(
+    device: Device,
+    timeline: Sequence[Interval],
+    local_days: Iterable[date],
+    rules: Rules,
+    windows: WindowSpans,
+    policy: UptimePolicy,
+    horizon: int | None = None,
+) -> dict[date, Uptime]:
+    """One device's uptime for each local day (a period is the :func:`total` of its days)."""
+    return {
+        day: device_uptime(timeline, scheduled_spans(device, day, rules, windows, horizon), policy)
+        for day in local_days
+    }
+
+
 # --- roll-ups -------------------------------------------------------------------------
 
 DIMENSIONS = ("device", "branch", "subbranch", "tier", "type", "placement", "vendor", "fleet")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from rules.tail import Entry, streaks, tail
+from rules.tail import Entry, streaks, tail, uptime_entries, volume_entries
+from rules.uptime import Uptime
 
 
 class TestRanking:
@@ -36,3 +37,23 @@ class TestStreaks:
         entries = [Entry("D1", "S1", 0.5), Entry("D2", "S1", 0.6), Entry("D3", "S1", 0.99)]
         got = tail(entries, size=2, history=[{"D2"}, {"D1", "D2"}])
         assert [(m.id, m.streak) for m in got["S1"]] == [("D1", 2), ("D2", 3)]
+
+
+class TestEntries:
+    def test_uptime_ranking_breaks_ties_by_downtime_and_skips_no_data(self) -> None:
+        per_device = {
+            "D1": Uptime(scheduled_ms=100, available_ms=50),
+            "D2": Uptime(scheduled_ms=200, available_ms=100),  # same 50 %, more downtime
+            "D3": Uptime(),  # not scheduled: no data
+            "D4": Uptime(scheduled_ms=100, available_ms=90),
+        }
+        got = tail(uptime_entries(per_device, lambda _d: "S1"), size=2)["S1"]
+        assert [m.id for m in got] == ["D2", "D1"]
+
+    def test_volume_ranking_breaks_ties_by_scheduled_time(self) -> None:
+        entries = volume_entries(
+            {"D1": 0, "D2": 0, "D3": 5},
+            {"D1": 10, "D2": 20},
+            {"D1": "S1", "D2": "S1", "D3": "S1"}.get,
+        )
+        assert [m.id for m in tail(entries, size=3)["S1"]] == ["D2", "D1", "D3"]

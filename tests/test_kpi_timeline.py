@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime
 
-from rules.labels import Label
+from atmfleet.protocol import DeviceState
+from rules.labels import STATE_LABEL, Label
 from rules.timeline import (
     Interval,
     PowerRestored,
@@ -161,6 +162,9 @@ class TestCollectorOutage:
 
 
 class TestStates:
+    def test_every_protocol_state_has_a_label(self) -> None:
+        assert set(STATE_LABEL) == set(DeviceState)
+
     def test_fault_overlapping_a_cash_out_is_counted_once_by_reported_state(self) -> None:
         samples = [
             *heartbeats(0, 60),

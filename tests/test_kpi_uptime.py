@@ -23,6 +23,7 @@ from rules.uptime import (
     Uptime,
     UptimePolicy,
     WindowSpans,
+    daily_uptime,
     day_span,
     device_uptime,
     dimension_key,
@@ -78,6 +79,17 @@ class TestLocalDays:
         assert (d28.scheduled_ms, d28.available_ms) == (24 * H, 24 * H - 45 * M)
         assert d27.down_by_cause()[Label.FAULT] == 30 * M
         assert d28.ratio == pytest.approx((24 * 60 - 45) / (24 * 60))
+
+    def test_a_period_is_the_sum_of_its_days(self) -> None:
+        tl: list[Interval] = [
+            (local(2026, 11, 27), local(2026, 11, 27, 23, 30), Label.AVAILABLE),
+            (local(2026, 11, 27, 23, 30), local(2026, 11, 28, 0, 45), Label.FAULT),
+            (local(2026, 11, 28, 0, 45), local(2026, 11, 29), Label.AVAILABLE),
+        ]
+        per_day = daily_uptime(device(), tl, [NOV27, NOV28], RULES, WindowSpans(SH), POLICY)
+        period = total(per_day.values())
+        assert (period.scheduled_ms, period.available_ms) == (48 * H, 48 * H - 75 * M)
+        assert period.down_by_cause()[Label.FAULT] == 75 * M
 
     def test_local_day_is_not_the_utc_day(self) -> None:
         # 2026-11-27 17:00 UTC is 2026-11-28 01:00 in Shanghai.
