@@ -224,6 +224,9 @@ class NetworkRules(_Model):
     self_service_banks_per_outlet: float = Field(
         3.0, gt=0, description="Target ratio of off-site self-service banks to staffed outlets."
     )
+    deposit_capable_per_outlet: int = Field(
+        1, ge=1, le=100, description="Deposit-capable devices each outlet should have in service."
+    )
 
 
 class VendorRules(_Model):

@@ -54,7 +54,9 @@ def self_service_bank_ratio(inventory: Inventory, target: float) -> dict[str, Ba
 
 class CoverageGapReason(StrEnum):
     NONE_INSTALLED = "none_installed"
+    TOO_FEW_INSTALLED = "too_few_installed"
     ALL_DOWN = "all_down"
+    TOO_FEW_WORKING = "too_few_working"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +64,15 @@ class CoverageGap:
     branch_id: str
     subbranch: str
     reason: CoverageGapReason
-    devices: tuple[str, ...]  # the deposit-capable devices installed (all down)
+    devices: tuple[str, ...]  # the deposit-capable devices installed
+    working: int  # how many of them are in service
 
 
-def deposit_coverage(inventory: Inventory, on: date, working: Collection[str]) -> list[CoverageGap]:
-    """Staffed outlets with no deposit-capable device in service on ``on``.
+def deposit_coverage(
+    inventory: Inventory, on: date, working: Collection[str], required: int = 1
+) -> list[CoverageGap]:
+    """Staffed outlets with fewer than ``required`` deposit-capable devices in service on
+    ``on`` (``network.deposit_capable_per_outlet``; the plan asks for one).
 
     Only the outlet's own devices count (not those of its off-site self-service banks).
     ``working`` holds the devices that are in service: for the daily bulletin, those with
@@ -80,9 +86,17 @@ def deposit_coverage(inventory: Inventory, on: date, working: Collection[str]) -
     for b in inventory.branches:
         if b.kind is not BranchKind.OUTLET:
             continue
-        devices = sorted(capable.get(b.id, []))
+        devices = tuple(sorted(capable.get(b.id, [])))
+        up = sum(1 for d in devices if d in working)
         if not devices:
-            gaps.append(CoverageGap(b.id, b.subbranch, CoverageGapReason.NONE_INSTALLED, ()))
-        elif not any(d in working for d in devices):
-            gaps.append(CoverageGap(b.id, b.subbranch, CoverageGapReason.ALL_DOWN, tuple(devices)))
+            reason = CoverageGapReason.NONE_INSTALLED
+        elif len(devices) < required:
+            reason = CoverageGapReason.TOO_FEW_INSTALLED
+        elif up == 0:
+            reason = CoverageGapReason.ALL_DOWN
+        elif up < required:
+            reason = CoverageGapReason.TOO_FEW_WORKING
+        else:
+            continue
+        gaps.append(CoverageGap(b.id, b.subbranch, reason, devices, up))
     return sorted(gaps, key=lambda g: (g.subbranch, g.branch_id))

@@ -99,3 +99,15 @@ class TestDepositCoverage:
         # D9 is an ATM marked deposit-capable: B4 is covered while D9 works.
         assert "B4" not in [g.branch_id for g in deposit_coverage(INV, TODAY, {"D9"})]
         assert "B4" in [g.branch_id for g in deposit_coverage(INV, TODAY, set())]
+
+    def test_a_higher_requirement_reports_too_few(self) -> None:
+        gaps = deposit_coverage(INV, TODAY, working={"D1", "D3", "D4", "D9"}, required=2)
+        assert [(g.branch_id, g.reason, g.working) for g in gaps] == [
+            ("B1", CoverageGapReason.TOO_FEW_INSTALLED, 1),
+            ("B3", CoverageGapReason.NONE_INSTALLED, 0),
+            ("B4", CoverageGapReason.TOO_FEW_INSTALLED, 1),
+        ]
+        gaps = deposit_coverage(INV, TODAY, working={"D1", "D3", "D9"}, required=2)
+        assert ("B2", CoverageGapReason.TOO_FEW_WORKING, 1) in [
+            (g.branch_id, g.reason, g.working) for g in gaps
+        ]
