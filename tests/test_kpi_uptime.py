@@ -91,6 +91,15 @@ class TestLocalDays:
         assert (period.scheduled_ms, period.available_ms) == (48 * H, 48 * H - 75 * M)
         assert period.down_by_cause()[Label.FAULT] == 75 * M
 
+    def test_a_local_day_across_a_clock_change_has_its_real_length(self) -> None:
+        berlin = ZoneInfo("Europe/Berlin")  # 2026-10-25: clocks go back, a 25-hour day
+        lo, hi = day_span(date(2026, 10, 25), berlin)
+        assert hi - lo == 25 * H
+        dev = device()
+        tl: list[Interval] = [(lo - H, hi + H, Label.AVAILABLE)]
+        spans = scheduled_spans(dev, date(2026, 10, 25), RULES, WindowSpans(berlin))
+        assert device_uptime(tl, spans, POLICY).scheduled_ms == 25 * H
+
     def test_local_day_is_not_the_utc_day(self) -> None:
         # 2026-11-27 17:00 UTC is 2026-11-28 01:00 in Shanghai.
         fault_start = ms(datetime(2026, 11, 27, 17, 0, tzinfo=UTC))
