@@ -259,7 +259,7 @@ class Incidents(_Model):
     power_cut_min: float = Field(90.0, gt=0, le=7 * 1440)
     subbranch_network_outages_per_year: float = Field(3.0, ge=0, le=365)
     network_outage_min: float = Field(40.0, gt=0, le=7 * 1440)
-    device_link_drops_per_year: float = Field(6.0, ge=0, le=1_000_000)
+    device_link_drops_per_year: float = Field(6.0, ge=0, le=10_000_000)
     link_drop_min: float = Field(8.0, gt=0, le=1440)
     planned_every_days: float = Field(90.0, gt=0, le=3650)
     planned_min: float = Field(120.0, gt=0, le=7 * 1440)

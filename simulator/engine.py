@@ -768,7 +768,12 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
                 t_link_up = later
             continue
 
-        if t == t_inc:
+        if t == t_win:
+            window_open = is_open(t)
+            i = bisect.bisect_right(window_bounds, t)
+            t_win = window_bounds[i] if i < len(window_bounds) else NEVER
+            emit_state(t)
+        elif t == t_inc:
             _, what, delta = incidents[inc_i]
             inc_i += 1
             if what == 0:  # power
@@ -802,11 +807,6 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
             t_txn = next_txn(t)
             if connected and reported in ("in_service", "degraded"):
                 transaction(t)
-        elif t == t_win:
-            window_open = is_open(t)
-            i = bisect.bisect_right(window_bounds, t)
-            t_win = window_bounds[i] if i < len(window_bounds) else NEVER
-            emit_state(t)
         elif t == t_fault:
             t_fault = NEVER
             comp = comp_names[bisect.bisect_left(comp_cum, rng.random() * comp_cum[-1])]
@@ -889,7 +889,7 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
         elif t == t_link:
             t_link = NEVER
             link_down += 1
-            t_link_up = t + max(MINUTE // 2, int(_lognormal(rng, inc.link_drop_min * MINUTE, 0.8)))
+            t_link_up = t + max(1000, int(_lognormal(rng, inc.link_drop_min * MINUTE, 0.8)))
             update_link(t)
             emit_state(t)
         elif t == t_link_up:
