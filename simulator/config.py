@@ -255,9 +255,9 @@ class Cash(_Model):
 class Incidents(_Model):
     """Correlated and individual outages (rates per unit per year, durations in minutes)."""
 
-    branch_power_cuts_per_year: float = Field(1.0, ge=0, le=365)
+    branch_power_cuts_per_year: float = Field(1.0, ge=0, le=100_000)
     power_cut_min: float = Field(90.0, gt=0, le=7 * 1440)
-    subbranch_network_outages_per_year: float = Field(3.0, ge=0, le=365)
+    subbranch_network_outages_per_year: float = Field(3.0, ge=0, le=100_000)
     network_outage_min: float = Field(40.0, gt=0, le=7 * 1440)
     device_link_drops_per_year: float = Field(6.0, ge=0, le=10_000_000)
     link_drop_min: float = Field(8.0, gt=0, le=1440)

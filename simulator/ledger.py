@@ -33,7 +33,7 @@ from zoneinfo import ZoneInfo
 
 from atmfleet.errors import ConfigError, UsageError
 from atmfleet.inventory import Inventory
-from atmfleet.inventory_io import save_inventory
+from atmfleet.inventory_io import load_inventory, save_inventory
 from atmfleet.protocol import DeviceState
 from simulator.config import SimConfig
 from simulator.engine import (
@@ -391,9 +391,7 @@ def load_ledger(folder: Path) -> LedgerData:
     """Read a folder written by :meth:`Ledger.write`."""
     try:
         summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-        inventory = Inventory.model_validate_json(
-            (folder / "inventory.json").read_text(encoding="utf-8")
-        )
+        inventory = load_inventory(folder / "inventory")
         with (folder / "intervals.csv").open(encoding="utf-8", newline="") as fh:
             intervals = [
                 Interval(

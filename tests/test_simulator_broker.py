@@ -1,0 +1,176 @@
+"""Through the real broker: a plain subscriber receives exactly what the ledger says was sent,
+including real last wills when devices have their own connections."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from atmfleet.inventory import Inventory
+from atmfleet.protocol import device_topic
+from atmfleet.settings import Settings
+from simulator.config import make_config
+from simulator.engine import Emission, generate, ms
+from simulator.fleet import generate_inventory
+from simulator.ledger import Ledger
+from simulator.publisher import FleetPublisher, Pacing
+
+pytestmark = pytest.mark.integration
+
+
+class Subscriber:
+    """A plain paho client collecting every message of the devices with ``prefix``."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.prefix = prefix
+        self.received: list[tuple[str, bytes]] = []
+        self.lock = threading.Lock()
+        self.ready = threading.Event()
+        parts = urlsplit(url)
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"sub-{prefix}",
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *a: self.ready.set()
+        self.client.on_message = self._on_message
+        self.client.connect(parts.hostname or "127.0.0.1", parts.port or 1883)
+        self.client.loop_start()
+        assert self.ready.wait(10), "subscription not acknowledged"
+
+    def _on_connect(self, client, _u, _f, _rc, _p) -> None:
+        client.subscribe([("atmfleet/v1/device/+/+", 1), ("atmfleet/v1/branch/+/counter", 1)])
+
+    def _on_message(self, _c, _u, msg) -> None:
+        if msg.topic.split("/")[3].startswith(self.prefix) and msg.payload:
+            with self.lock:
+                self.received.append((msg.topic, bytes(msg.payload)))
+
+    def wait_for(self, count: int, timeout: float = 20) -> list[tuple[str, bytes]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.received) >= count:
+                    break
+            time.sleep(0.05)
+        time.sleep(0.3)  # anything extra would show up now
+        with self.lock:
+            return list(self.received)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def clear_retained(url: str, inventory: Inventory) -> None:
+    parts = urlsplit(url)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
+    client.connect(parts.hostname or "127.0.0.1", parts.port or 1883)
+    client.loop_start()
+    infos = [
+        client.publish(device_topic(d.id, "presence"), b"", qos=1, retain=True)
+        for d in inventory.devices
+    ]
+    for info in infos:
+        info.wait_for_publish(10)
+    client.loop_stop()
+    client.disconnect()
+
+
+@pytest.fixture
+def subscriber(mqtt_url: str, run_id: str) -> Iterator[Subscriber]:
+    sub = Subscriber(mqtt_url, f"sim{run_id}")
+    yield sub
+    sub.close()
+
+
+def per_device(items: list[tuple[str, bytes]]) -> dict[str, list[tuple[str, bytes]]]:
+    out: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
+    for topic, payload in items:
+        out[topic.split("/")[3]].append((topic, payload))
+    return out
+
+
+def publish(
+    inventory: Inventory, emissions: Iterator[Emission], url: str, *, per_device_mode: bool,
+    pacing: Pacing | None, ledger: Ledger,
+) -> tuple[list[Emission], int]:  # fmt: skip
+    sent: list[Emission] = []
+
+    def on_sent(e: Emission) -> None:
+        sent.append(e)
+        ledger.record(e)
+
+    publisher = FleetPublisher(
+        Settings(mqtt_url=url), per_device=per_device_mode, pool_size=3,
+        client_prefix=f"test-{inventory.devices[0].id}",
+    )  # fmt: skip
+    branch_of = {d.id: d.branch for d in inventory.devices}.__getitem__
+    stats = publisher.run(emissions, branch_of=branch_of, pacing=pacing, on_sent=on_sent)
+    assert stats.complete
+    return sent, stats.wills
+
+
+class TestPooledGateways:
+    """History through a few gateway connections, with a sub-branch outage and backlog."""
+
+    def test_subscriber_receives_exactly_the_ledger(self, mqtt_url, run_id, subscriber) -> None:
+        inv = generate_inventory(10, seed=2, prefix=f"sim{run_id}-")
+        config = make_config({"incidents": {"subbranch_network_outages_per_year": 365 * 8}})
+        start = datetime(2026, 11, 2, tzinfo=UTC)
+        end = start + timedelta(hours=5)
+        ledger = Ledger(inv, config, 2, heartbeat_s=600)
+        try:
+            sent, wills = publish(
+                inv, generate(inv, config, 2, start, end, heartbeat_s=600), mqtt_url,
+                per_device_mode=False, pacing=None, ledger=ledger,
+            )  # fmt: skip
+            got = subscriber.wait_for(len(sent))
+        finally:
+            clear_retained(mqtt_url, inv)
+        assert wills == 0
+        assert 0 < len(sent) < 1000  # the broker queues at most 1000 for a subscriber
+        assert len(got) == len(sent) == sum(ledger.counts.values())
+        expected = per_device([(e.topic, e.payload) for e in sent])
+        assert per_device(got) == expected  # same messages, same order per device
+        backlog = [e for e in sent if e.kind == "state" and e.ts < e.t]
+        assert backlog, "the outage should leave a store-and-forward backlog"
+
+
+class TestPerDeviceConnections:
+    """Live, one connection per device: a dropped link is the broker's last will."""
+
+    def test_real_last_wills_reach_the_subscriber(self, mqtt_url, run_id, subscriber) -> None:
+        inv = generate_inventory(6, seed=3, prefix=f"sim{run_id}-")
+        config = make_config(
+            {"incidents": {"device_link_drops_per_year": 10_000_000, "link_drop_min": 0.04}}
+        )
+        start = datetime.now(UTC).replace(microsecond=0)
+        end = start + timedelta(seconds=5)
+        ledger = Ledger(inv, config, 3, heartbeat_s=5)
+        try:
+            sent, wills = publish(
+                inv, generate(inv, config, 3, start, end, real_wills=True, heartbeat_s=5),
+                mqtt_url, per_device_mode=True, pacing=Pacing(ms(start), 1.0), ledger=ledger,
+            )  # fmt: skip
+            got = subscriber.wait_for(len(sent))
+        finally:
+            clear_retained(mqtt_url, inv)
+        ledger_wills = [e for e in sent if e.result == "will"]
+        assert wills == len(ledger_wills) > 0
+        assert len(got) == len(sent)
+        assert per_device(got) == per_device([(e.topic, e.payload) for e in sent])
+        for e in ledger_wills:
+            data = json.loads(e.payload)
+            assert data["status"] == "offline" and data["will"] is True
+            assert (e.topic, e.payload) in got
