@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -162,6 +163,57 @@ class TestDbCommand:
         assert "applied: none" in second.output
         status = runner.invoke(cli, ["db", "status"])
         assert "0001_core: applied (postgres)" in status.output
+
+    def test_load_inventory_upserts_the_example_fleet(
+        self, database_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("ATMFLEET_DATABASE_URL", database_url)
+        runner = CliRunner()
+        runner.invoke(cli, ["db", "upgrade"])
+        example = Path(__file__).parent.parent / "docs/examples/inventory.yaml"
+        first = runner.invoke(cli, ["db", "load-inventory", str(example)])
+        again = runner.invoke(cli, ["db", "load-inventory", str(example)])
+        assert first.exit_code == 0, first.output
+        assert first.output == again.output
+        with psycopg.connect(database_url) as conn:
+            row = conn.execute(
+                "SELECT (SELECT count(*) FROM subbranches), (SELECT count(*) FROM devices)"
+            ).fetchone()
+        assert row is not None
+        subbranches, devices = row
+        assert subbranches == 4  # the example's HLBE, CF, TL, WH
+        assert first.output.startswith(f"loaded {subbranches} sub-branches")
+        assert f", {devices} devices" in first.output
+
+    def test_counters_import_stores_and_a_later_import_replaces(
+        self, database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        monkeypatch.setenv("ATMFLEET_DATABASE_URL", database_url)
+        runner = CliRunner()
+        runner.invoke(cli, ["db", "upgrade"])
+        first, second = tmp_path / "d1.csv", tmp_path / "d2.csv"
+        first.write_text("branch_id,date,financial,non_financial\nbr-1,2026-11-27,400,80\n")
+        second.write_text("branch_id,date,financial\nbr-1,2026-11-27,410\n")
+        result = runner.invoke(cli, ["counters", "import", str(first)])
+        assert result.exit_code == 0, result.output
+        assert "imported 1 of 1 branch-days" in result.output
+        runner.invoke(cli, ["counters", "import", str(second)])
+        with psycopg.connect(database_url) as conn:
+            rows = conn.execute(
+                "SELECT branch_id, date::text, financial, non_financial, source"
+                " FROM counter_volumes"
+            ).fetchall()
+        assert rows == [("br-1", "2026-11-27", 410, 0, "file")]
+
+    def test_a_bad_counter_file_is_a_one_line_error(
+        self, database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        monkeypatch.setenv("ATMFLEET_DATABASE_URL", database_url)
+        bad = tmp_path / "bad.csv"
+        bad.write_text("branch_id,date,financial\nbr-1,27/11/2026,400\n")
+        result = CliRunner().invoke(cli, ["counters", "import", str(bad)])
+        assert result.exit_code == 2
+        assert "bad.csv line 2: date" in result.output
 
     def test_an_unreachable_database_is_a_one_line_error_without_the_password(
         self, monkeypatch: pytest.MonkeyPatch
