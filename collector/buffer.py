@@ -91,6 +91,11 @@ class Buffer:
             self._bytes -= size
             return batch
 
+    def oldest_received(self) -> datetime | None:
+        """Receive time of the oldest message waiting, or None when nothing waits."""
+        with self._cond:
+            return self._items[0].received_at if self._items else None
+
     def release(self, n: int) -> None:
         """``n`` taken messages were acknowledged (or given up): make room."""
         with self._cond:

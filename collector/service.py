@@ -280,6 +280,11 @@ class Collector:
         try:
             conn = self._db_or_open(stop)
             liveness.beat(conn, self.run_id)
+            now = datetime.now(UTC)
+            self._stats.last_commit.set(now.timestamp())
+            # Idle, the lag is what still waits (nothing: 0), not the last batch's forever.
+            oldest = self._buffer.oldest_received()
+            self._stats.lag.set((now - oldest).total_seconds() if oldest else 0.0)
             self._stats.sequence_gaps.set(liveness.missing_messages(conn))
         except (psycopg.Error, OSError) as exc:
             self._stats.db_errors.labels(classify(exc).value).inc()

@@ -50,12 +50,13 @@ class CollectorStats:
         )
         self.lag = Gauge(
             f"{PREFIX}_lag_seconds",
-            "Commit time minus receive time of the oldest message of the last batch.",
+            "Commit time minus receive time of the oldest message of the last batch; at a "
+            "liveness beat, the age of the oldest message waiting (0 when none).",
             registry=registry,
         )
         self.last_commit = Gauge(
             f"{PREFIX}_last_commit_timestamp_seconds",
-            "When the last batch was committed.",
+            "When the collector last committed to the database (a batch or a liveness beat).",
             registry=registry,
         )
         self.sequence_gaps = Gauge(

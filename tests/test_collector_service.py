@@ -388,6 +388,24 @@ class TestLivenessAndGaps:
         assert outage[0][1] > silent_since + timedelta(minutes=59)
         assert beat is not None and beat[0] > timedelta(0) and beat[1]
 
+    def test_an_idle_collector_still_shows_it_can_commit_and_has_no_lag(
+        self, broker: Broker, db: str, run_id: str
+    ) -> None:
+        with (
+            running(settings_for(broker.url, db), f"c{run_id}") as run,
+            publisher(broker.url) as pub,
+        ):
+            for topic, payload in states(f"t{run_id}", range(5)):
+                pub.send(topic, payload)
+            wait_until(lambda: stored(db) == 5)
+            after_batch = run.metric("last_commit_timestamp_seconds")
+            wait_until(
+                lambda: run.metric("last_commit_timestamp_seconds") > after_batch + 0.1,
+                timeout=5,
+                what="a liveness beat to count as a commit",
+            )
+            assert run.metric("lag_seconds") == 0.0
+
     def test_sequence_gaps_are_exported(self, broker: Broker, db: str, run_id: str) -> None:
         dev = f"t{run_id}"
         with (
