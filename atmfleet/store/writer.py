@@ -30,6 +30,7 @@ from atmfleet.protocol import (
     TxnMessage,
 )
 from atmfleet.store.connect import ErrorClass, classify
+from atmfleet.store.runs import update_runs
 
 #: Dead letters keep at most this much of the payload (``payload_size`` keeps the size).
 DEAD_LETTER_PAYLOAD_BYTES = 4096
@@ -288,6 +289,7 @@ class BatchWriter:
                     copy.write_row(_row(rec))
         row = cur.execute(_MOVE).fetchone()
         assert row is not None
+        update_runs(cur)  # state runs of the samples and presence just inserted
         for kind, n in zip(_KINDS, row[:5], strict=True):
             if n:
                 result.stored[kind] += n

@@ -1,0 +1,327 @@
+"""State runs: a device's state samples collapsed at ingest, so the KPI engine reads runs.
+
+A *run* is a stretch of consecutive state samples of one device, in ``(ts, seq)`` order,
+with one state, no silent gap longer than ``RUN_GAP`` x the earlier sample's
+``heartbeat_s``, and no presence message taking effect between two of its samples
+(``cut``: a presence at ``c`` separates samples ``a`` and ``b`` when ``a.ts < c <= b.ts``).
+
+``RUN_GAP`` (1.5) is below any heartbeat timeout the rules allow (``timeout_factor`` >= 1.5
+is required by the feed): the engine judges the gaps *between* runs with its own timeout,
+so runs finer than its own would be give the same timeline.
+
+:func:`compress` is the pure rule. :func:`update_runs` keeps ``state_runs`` equal to
+``compress`` over every stored sample, in the transaction that stored a batch:
+
+- samples newer than the device's newest run extend it or start runs (the common case:
+  no raw sample is read back);
+- anything older (a store-and-forward backlog, a presence received late) recomputes only
+  the runs between the last run that ends before it and the first run that starts after
+  it, from the raw samples in between.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def ms(at: datetime) -> int:
+    """Milliseconds since the epoch of an aware ``datetime``."""
+    delta = at - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def from_ms(value: int) -> datetime:
+    return _EPOCH + timedelta(milliseconds=value)
+
+
+#: Runs break at a silent gap longer than RUN_GAP_NUM / RUN_GAP_DEN x heartbeat_s.
+RUN_GAP_NUM, RUN_GAP_DEN = 3, 2
+RUN_GAP = RUN_GAP_NUM / RUN_GAP_DEN
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    ts: int  # ms since the epoch
+    seq: int
+    state: str
+    heartbeat_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    start: int
+    start_seq: int
+    last: int
+    last_seq: int
+    state: str
+    heartbeat_s: int  # of the last sample
+    samples: int = 1
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.start, self.start_seq)
+
+
+def _joins(run: Run, ts: int, state: str, cuts: Sequence[int], ci: int) -> bool:
+    """Whether a sample at ``ts`` continues ``run`` (``cuts[ci:]`` are the cuts after it)."""
+    if state != run.state:
+        return False
+    if (ts - run.last) * RUN_GAP_DEN > RUN_GAP_NUM * run.heartbeat_s * 1000:
+        return False
+    return not (ci < len(cuts) and cuts[ci] <= ts)
+
+
+def compress(
+    samples: Iterable[Sample],
+    cuts: Iterable[int] = (),
+    *,
+    seed: Run | None = None,
+    follow: Run | None = None,
+) -> list[Run]:
+    """Runs of ``samples`` (any order; exact duplicates dropped).
+
+    ``seed`` is the run just before the samples (it may be extended), ``follow`` the run
+    just after them (it may be merged): the result replaces seed..follow. ``cuts`` are the
+    presence times; those at or before the seed's last sample are irrelevant.
+    """
+    ordered = sorted(set(samples), key=lambda s: (s.ts, s.seq))
+    cut_list = sorted(set(cuts))
+    out: list[Run] = []
+    cur = seed
+    ci = 0
+    for s in ordered:
+        if cur is not None:
+            while ci < len(cut_list) and cut_list[ci] <= cur.last:
+                ci += 1
+            if _joins(cur, s.ts, s.state, cut_list, ci):
+                cur = replace(
+                    cur, last=s.ts, last_seq=s.seq, heartbeat_s=s.heartbeat_s,
+                    samples=cur.samples + 1,
+                )  # fmt: skip
+                continue
+            out.append(cur)
+        cur = Run(s.ts, s.seq, s.ts, s.seq, s.state, s.heartbeat_s)
+    if follow is not None:
+        if cur is not None:
+            while ci < len(cut_list) and cut_list[ci] <= cur.last:
+                ci += 1
+            if _joins(cur, follow.start, follow.state, cut_list, ci):
+                cur = replace(
+                    cur, last=follow.last, last_seq=follow.last_seq,
+                    heartbeat_s=follow.heartbeat_s, samples=cur.samples + follow.samples,
+                )  # fmt: skip
+            else:
+                out.append(cur)
+                cur = follow
+        else:
+            cur = follow
+    if cur is not None:
+        out.append(cur)
+    return out
+
+
+# --------------------------------------------------------------------------- the store
+
+
+_NEW_SAMPLES = """
+SELECT s.device_id, s.ts, s.seq, s.state, s.heartbeat_s
+FROM _stage_state g
+JOIN state_samples s ON s.device_id = g.device_id AND s.seq = g.seq AND s.ts = g.ts
+WHERE s.received_at = g.received_at
+"""
+
+_NEW_CUTS = """
+SELECT p.device_id, presence_at(p.will, p.ts, p.received_at)
+FROM _stage_presence g
+JOIN presence p ON p.device_id = g.device_id AND p.ts = g.ts AND p.status = g.status
+    AND p.session = g.session AND p.will = g.will
+WHERE p.received_at = g.received_at
+"""
+
+_RUN_COLUMNS = "start_ts, start_seq, last_ts, last_seq, state, heartbeat_s, samples"
+
+_NEWEST = f"""
+SELECT d.id, r.{_RUN_COLUMNS.replace(", ", ", r.")}
+FROM unnest(%s::text[]) AS d (id)
+CROSS JOIN LATERAL (
+    SELECT {_RUN_COLUMNS} FROM state_runs
+    WHERE device_id = d.id ORDER BY start_ts DESC, start_seq DESC LIMIT 1
+) r
+"""
+
+_CUTS_AFTER = """
+SELECT p.device_id, presence_at(p.will, p.ts, p.received_at)
+FROM unnest(%s::text[], %s::timestamptz[]) AS d (id, after)
+JOIN presence p ON p.device_id = d.id AND presence_at(p.will, p.ts, p.received_at) > d.after
+"""
+
+_UPSERT = f"""
+INSERT INTO state_runs (device_id, {_RUN_COLUMNS})
+SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::int8[], %s::timestamptz[],
+                     %s::int8[], %s::text[], %s::int4[], %s::int4[])
+ON CONFLICT (device_id, start_ts, start_seq) DO UPDATE
+SET last_ts = excluded.last_ts, last_seq = excluded.last_seq, state = excluded.state,
+    heartbeat_s = excluded.heartbeat_s, samples = excluded.samples
+"""
+
+_NEG_INF = -(2**62)
+_POS_INF = 2**62
+
+
+def _run(row: Sequence[Any]) -> Run:
+    return Run(ms(row[0]), row[1], ms(row[2]), row[3], row[4], row[5], row[6])
+
+
+def _dt(value: int) -> datetime | str:
+    if value <= _NEG_INF:
+        return "-infinity"
+    if value >= _POS_INF:
+        return "infinity"
+    return from_ms(value)
+
+
+def update_runs(cur: psycopg.Cursor[Any]) -> None:
+    """Bring ``state_runs`` up to date with the samples and presence messages the current
+    batch inserted (staged in ``_stage_state``/``_stage_presence``; redelivered duplicates
+    were not inserted and change nothing). Runs in the caller's transaction."""
+    samples: dict[str, set[Sample]] = {}
+    for device_id, ts, seq, state, hb in cur.execute(_NEW_SAMPLES).fetchall():
+        samples.setdefault(device_id, set()).add(Sample(ms(ts), seq, state, hb))
+    new_cuts: dict[str, set[int]] = {}
+    for device_id, at in cur.execute(_NEW_CUTS).fetchall():
+        new_cuts.setdefault(device_id, set()).add(ms(at))
+    devices = sorted(samples.keys() | new_cuts.keys())
+    if not devices:
+        return
+    # Concurrent collectors may store the same device: one maintains its runs at a time.
+    cur.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('atmfleet.runs:' || id, 0))"
+        " FROM unnest(%s::text[]) AS d (id) ORDER BY id",
+        (devices,),
+    )
+    newest = {row[0]: _run(row[1:]) for row in cur.execute(_NEWEST, (devices,)).fetchall()}
+    in_order: dict[str, Run | None] = {}
+    late: list[str] = []
+    for device_id in devices:
+        mine = samples.get(device_id, set())
+        lower = min([s.ts for s in mine] + list(new_cuts.get(device_id, ())))
+        head = newest.get(device_id)
+        if head is None or lower > head.last:
+            if mine:
+                in_order[device_id] = head
+        else:
+            late.append(device_id)
+    out: list[tuple[str, Run]] = []
+    if in_order:
+        ids = list(in_order)
+        afters = [_dt(run.last if run else _NEG_INF) for run in in_order.values()]
+        cuts: dict[str, list[int]] = {}
+        for device_id, at in cur.execute(_CUTS_AFTER, (ids, afters)).fetchall():
+            cuts.setdefault(device_id, []).append(ms(at))
+        for device_id, head in in_order.items():
+            for run in compress(samples[device_id], cuts.get(device_id, ()), seed=head):
+                out.append((device_id, run))
+    for device_id in late:
+        out.extend(
+            (device_id, run)
+            for run in _recompute(
+                cur, device_id, samples.get(device_id, set()), new_cuts.get(device_id, set())
+            )
+        )
+    if out:
+        cols: list[list[Any]] = [[] for _ in range(8)]
+        for device_id, r in out:
+            for col, value in zip(
+                cols,
+                (device_id, from_ms(r.start), r.start_seq, from_ms(r.last), r.last_seq, r.state,
+                 r.heartbeat_s, r.samples),
+                strict=True,
+            ):  # fmt: skip
+                col.append(value)
+        cur.execute(_UPSERT, cols)
+
+
+def _recompute(
+    cur: psycopg.Cursor[Any], device_id: str, new: set[Sample], new_cuts: set[int]
+) -> list[Run]:
+    """Delete and recompute the runs a late sample or presence can change."""
+    times = [s.ts for s in new] + list(new_cuts)
+    lower, upper = min(times), max(times)
+    row = cur.execute(
+        f"SELECT {_RUN_COLUMNS} FROM state_runs WHERE device_id = %s AND last_ts < %s"
+        " ORDER BY last_ts DESC, last_seq DESC LIMIT 1",
+        (device_id, from_ms(lower)),
+    ).fetchone()
+    seed = _run(row) if row else None
+    row = cur.execute(
+        f"SELECT {_RUN_COLUMNS} FROM state_runs WHERE device_id = %s AND start_ts > %s"
+        " ORDER BY start_ts, start_seq LIMIT 1",
+        (device_id, from_ms(upper)),
+    ).fetchone()
+    follow = _run(row) if row else None
+    lo_ts, lo_seq = (seed.last, seed.last_seq) if seed else (_NEG_INF, 0)
+    hi_ts, hi_seq = (follow.start, follow.start_seq) if follow else (_POS_INF, 0)
+    raw = cur.execute(
+        "SELECT ts, seq, state, heartbeat_s FROM state_samples"
+        " WHERE device_id = %s AND ts >= %s AND ts <= %s"
+        " AND (ts, seq) > (%s, %s) AND (ts, seq) < (%s, %s)",
+        (device_id, _dt(lo_ts), _dt(hi_ts), _dt(lo_ts), lo_seq, _dt(hi_ts), hi_seq),
+    ).fetchall()
+    cuts = [
+        ms(at)
+        for (at,) in cur.execute(
+            "SELECT presence_at(will, ts, received_at) FROM presence WHERE device_id = %s"
+            " AND presence_at(will, ts, received_at) > %s"
+            " AND presence_at(will, ts, received_at) <= %s",
+            (device_id, _dt(lo_ts), _dt(hi_ts)),
+        ).fetchall()
+    ]
+    first = seed.key if seed else (_NEG_INF, 0)
+    last = follow.key if follow else (_POS_INF, 0)
+    cur.execute(
+        "DELETE FROM state_runs WHERE device_id = %s"
+        " AND (start_ts, start_seq) >= (%s, %s) AND (start_ts, start_seq) <= (%s, %s)",
+        (device_id, _dt(first[0]), first[1], _dt(last[0]), last[1]),
+    )
+    points = [Sample(ms(ts), seq, state, hb) for ts, seq, state, hb in raw]
+    return compress(points, cuts, seed=seed, follow=follow)
+
+
+def rebuild_runs(conn: psycopg.Connection, device_ids: Sequence[str] | None = None) -> int:
+    """Recompute the runs of some devices (all by default) from their raw samples."""
+    with conn.transaction(), conn.cursor() as cur:
+        if device_ids is None:
+            device_ids = [r[0] for r in cur.execute("SELECT DISTINCT device_id FROM state_samples")]
+        total = 0
+        for device_id in device_ids:
+            cur.execute("DELETE FROM state_runs WHERE device_id = %s", (device_id,))
+            raw = cur.execute(
+                "SELECT ts, seq, state, heartbeat_s FROM state_samples WHERE device_id = %s",
+                (device_id,),
+            ).fetchall()
+            cuts = cur.execute(
+                "SELECT presence_at(will, ts, received_at) FROM presence WHERE device_id = %s",
+                (device_id,),
+            ).fetchall()
+            runs = compress(
+                (Sample(ms(ts), seq, state, hb) for ts, seq, state, hb in raw),
+                (ms(at) for (at,) in cuts),
+            )
+            cur.executemany(
+                f"INSERT INTO state_runs (device_id, {_RUN_COLUMNS})"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                [
+                    (device_id, from_ms(r.start), r.start_seq, from_ms(r.last), r.last_seq,
+                     r.state, r.heartbeat_s, r.samples)
+                    for r in runs
+                ],
+            )  # fmt: skip
+            total += len(runs)
+        return total
