@@ -160,12 +160,12 @@ def _default_txn() -> dict[DeviceType, TxnProfile]:
         DeviceType.ATM: TxnProfile(
             per_day=150,
             mix={T.WITHDRAWAL: 60, T.INQUIRY: 24, T.TRANSFER: 10, T.PIN_CHANGE: 3, T.STATEMENT: 3},
-            low_yield_threshold=30,
+            low_yield_threshold=40,
         ),
         DeviceType.CRS: TxnProfile(
             per_day=190,
             mix={T.WITHDRAWAL: 40, T.DEPOSIT: 25, T.INQUIRY: 20, T.TRANSFER: 12, T.PIN_CHANGE: 3},
-            low_yield_threshold=40,
+            low_yield_threshold=60,
         ),
         DeviceType.DEPOSIT: TxnProfile(
             per_day=90,
@@ -175,7 +175,7 @@ def _default_txn() -> dict[DeviceType, TxnProfile]:
         DeviceType.SMART_TELLER: TxnProfile(
             per_day=70,
             mix={T.TRANSFER: 30, T.PAYMENT: 25, T.STATEMENT: 20, T.INQUIRY: 15, T.PIN_CHANGE: 10},
-            low_yield_threshold=12,
+            low_yield_threshold=15,
         ),
         DeviceType.PASSBOOK: TxnProfile(per_day=45, mix={T.PASSBOOK: 100}),
         DeviceType.INQUIRY: TxnProfile(
@@ -371,8 +371,8 @@ DEFAULT_WINDOWS: dict[tuple[Placement, DeviceType | None], str] = {
     (Placement.ON_SITE, DeviceType.CRS): "24x7",
     (Placement.ON_SITE, DeviceType.DEPOSIT): "24x7",
 }
-#: In-hall devices: business hours.
-BUSINESS_HOURS = "mon-fri 09:00-17:00; sat,sun 10:00-16:00"
+#: In-hall devices without their own window: business hours (as rules/default.yaml).
+BUSINESS_HOURS = "daily 09:00-17:00"
 
 
 def default_window(placement: Placement, device_type: DeviceType) -> str:

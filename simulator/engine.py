@@ -22,12 +22,12 @@ import json
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import IntEnum
 from operator import attrgetter
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar, cast
 from zoneinfo import ZoneInfo
 
 from atmfleet.errors import UsageError
@@ -46,6 +46,7 @@ HOUR = 3_600_000
 DAY = 24 * HOUR
 MINUTE = 60_000
 NEVER = 2**62
+_V = TypeVar("_V")
 #: A dispenser with fewer notes than this reports cash_out.
 CASH_OUT_NOTES = 5
 
@@ -133,6 +134,14 @@ class _Context:
     _windows: dict[str, list[int]] = field(default_factory=dict)
     _power: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     _network: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    _shared: dict[Hashable, Any] = field(default_factory=dict)
+
+    def shared(self, key: Hashable, make: Callable[[], _V]) -> _V:
+        """A table computed once per run and shared by the devices that need it."""
+        got = self._shared.get(key)
+        if got is None:
+            got = self._shared[key] = make()
+        return cast(_V, got)
 
     def hour(self, t: int) -> tuple[int, int]:
         """(local hour 0..23, local weekday 0..6) of the UTC hour holding ``t``."""
@@ -384,6 +393,16 @@ def _cum(weights: list[float]) -> list[float]:
     return out
 
 
+_WITHDRAW_CUM = _cum([float(x) for x in _WITHDRAW_NOTES[1]])
+_DEPOSIT_CUM = _cum([float(x) for x in _DEPOSIT_NOTES[1]])
+
+
+def _hourly_per_ms(hourly: list[float], weekly: list[float]) -> list[float]:
+    """Share of a day's transactions per ms, by local hour (weekly factors average 1)."""
+    scale = sum(hourly) * HOUR * sum(weekly) / 7
+    return [h / scale for h in hourly]
+
+
 def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
     """One device's life: a small discrete-event loop over its next due times."""
     config, cash_cfg, inc = ctx.config, ctx.config.cash, ctx.config.incidents
@@ -410,23 +429,28 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
     if t0 >= t_end:
         return
 
-    # Transactions: types, hourly intensity (per ms) and weekly rhythm.
+    # Transactions: types, hourly intensity (per ms) and weekly rhythm. Tables are shared
+    # by every device of a type or placement: a 100,000-device fleet holds them once.
     txp = config.txn[dtype]
-    tx_types = list(txp.mix)
-    tx_cum = _cum([txp.mix[k] for k in tx_types])
+    tx_types, tx_cum = ctx.shared(
+        ("txn", dtype), lambda: (list(txp.mix), _cum(list(txp.mix.values())))
+    )
     rhythm = config.rhythm[dev.placement]
-    hourly_total = sum(rhythm.hourly)
-    weekly_mean = sum(rhythm.weekly) / 7
-    per_ms = prof.volume / hourly_total / HOUR / weekly_mean
-    hour_rate = [h * per_ms for h in rhythm.hourly]
+    hour_rate = ctx.shared(
+        ("hourly", dev.placement), lambda: _hourly_per_ms(rhythm.hourly, rhythm.weekly)
+    )
+    volume = prof.volume
     weekly = rhythm.weekly
-    res_names = list(config.txn_result_weights)
-    res_cum = _cum([config.txn_result_weights[k] for k in res_names])
+    res_names, res_cum = ctx.shared(
+        "results",
+        lambda: (list(config.txn_result_weights), _cum(list(config.txn_result_weights.values()))),
+    )
     comps = _COMPONENTS[dtype]
-    comp_names = list(comps)
-    comp_cum = _cum([comps[k] for k in comp_names])
-    w_notes, w_notes_cum = _WITHDRAW_NOTES[0], _cum([float(x) for x in _WITHDRAW_NOTES[1]])
-    d_notes, d_notes_cum = _DEPOSIT_NOTES[0], _cum([float(x) for x in _DEPOSIT_NOTES[1]])
+    comp_names, comp_cum = ctx.shared(
+        ("components", dtype), lambda: (list(comps), _cum(list(comps.values())))
+    )
+    w_notes, w_notes_cum = _WITHDRAW_NOTES[0], _WITHDRAW_CUM
+    d_notes, d_notes_cum = _DEPOSIT_NOTES[0], _DEPOSIT_CUM
     fees = config.inter_bank_fee
     window_bounds = ctx.window_bounds(device_window(dev))
 
@@ -604,7 +628,7 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
         while t < t_end:
             h_end = (t // HOUR + 1) * HOUR
             local_hour, weekday = ctx.hour(t)
-            lam = hour_rate[local_hour] * weekly[weekday]
+            lam = volume * hour_rate[local_hour] * weekly[weekday]
             if lam > 0:
                 t_next = t + int(rng.expovariate(lam)) + 1
                 if t_next < h_end:
