@@ -158,7 +158,11 @@ class TestDbCommand:
         runner = CliRunner()
         first = runner.invoke(cli, ["db", "upgrade"])
         assert first.exit_code == 0, first.output
-        assert "schema at version 0003 (postgres); applied: 0001, 0002, 0003" in first.output
+        versions = [m.version for m in discover()]
+        applied = ", ".join(f"{v:04d}" for v in versions)
+        assert (
+            f"schema at version {versions[-1]:04d} (postgres); applied: {applied}" in first.output
+        )
         second = runner.invoke(cli, ["db", "upgrade"])
         assert "applied: none" in second.output
         status = runner.invoke(cli, ["db", "status"])
