@@ -272,3 +272,83 @@ class TestAlertmanagerConfig:
             if alert["labels"]["category"] == "kpi":
                 expected = "kpi"
             assert result.stdout.strip() == expected, alert["alert"]
+
+
+def _doc_tables(heading_prefix: str) -> dict[str, set[str]]:
+    """``{metric: label names}`` from the tables under the headings starting with
+    ``heading_prefix`` in docs/metrics.md (first column a metric, third its labels)."""
+    tables: dict[str, set[str]] = {}
+    inside = False
+    for line in METRICS_DOC.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            inside = line.startswith(heading_prefix)
+            continue
+        match = re.match(r"^\| `(atmfleet_[a-z0-9_]+)` \| [a-z]+ \| ([^|]*) \|", line)
+        if inside and match:
+            labels = match.group(2).strip()
+            tables[match.group(1)] = (
+                set() if labels == "–" else {name.strip() for name in labels.split(",")}
+            )
+    return tables
+
+
+def _example_exposition() -> str:
+    text = METRICS_DOC.read_text(encoding="utf-8")
+    match = re.search(r"^```text\n(.*?)^```$", text, re.S | re.M)
+    assert match, "docs/metrics.md has no example exposition"
+    return match.group(1)
+
+
+class TestExampleExposition:
+    """The example exposition in docs/metrics.md, which ``atmfleet serve`` is written to,
+    agrees with the tables of the same page and passes Prometheus's naming lint."""
+
+    def test_promtool_lints_the_example_clean(self) -> None:
+        result = subprocess.run(
+            [_tool("promtool"), "check", "metrics"],
+            input=_example_exposition(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def test_the_example_has_exactly_the_documented_families_and_label_sets(self) -> None:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        documented = _doc_tables("## `atmfleet serve`")
+        assert len(documented) > 20
+        example = {
+            sample.name: set(sample.labels)
+            for family in text_string_to_metric_families(_example_exposition())
+            for sample in family.samples
+        }
+        assert example == documented
+
+    def test_each_device_has_one_state_and_up_follows_it(self) -> None:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        samples = [
+            s
+            for family in text_string_to_metric_families(_example_exposition())
+            for s in family.samples
+        ]
+        states = [
+            (s.labels["device"], s.labels["state"])
+            for s in samples
+            if s.name == "atmfleet_device_state"
+        ]
+        up = {s.labels["device"]: s.value for s in samples if s.name == "atmfleet_device_up"}
+        assert len(states) == len(dict(states)) == len(up)
+        for device, state in states:
+            assert up[device] == (1.0 if state in {"in_service", "degraded"} else 0.0)
+
+    def test_the_collector_table_matches_what_the_collector_exposes(self) -> None:
+        documented = _doc_tables("## `atmfleet collect`")
+        exposed: dict[str, set[str]] = {}
+        for family in _collector_registry().collect():
+            name = family.name + ("_total" if family.type == "counter" else "")
+            labels = {k for s in family.samples for k in s.labels if k != "le"}
+            exposed[name] = labels
+        assert documented == exposed
