@@ -25,8 +25,8 @@ from simulator.fleet import MAX_DEVICES, generate_inventory
 from simulator.ledger import Ledger, open_messages
 from simulator.publisher import DEFAULT_POOL, PER_DEVICE_MAX, FleetPublisher, Pacing
 
-#: A live run without --duration stops on Ctrl-C/SIGTERM; its schedule covers this long.
-OPEN_ENDED = timedelta(days=3650)
+#: A live run without --duration stops on Ctrl-C/SIGTERM, or after this long.
+OPEN_ENDED = timedelta(days=366)
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 

@@ -656,14 +656,13 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
             return NEVER
         return t + int(rng.expovariate(inc.device_link_drops_per_year / (365 * DAY))) + 1
 
-    # Shared incident schedules: (time, +1 start / -1 end, kind) sorted.
-    incidents: list[tuple[int, int, int]] = []
-    for a, b in ctx.power_cuts(branch.id):
-        incidents.extend(((a, 0, 1), (b, 0, -1)))
-    for a, b in ctx.network_outages(branch.subbranch):
-        incidents.extend(((a, 1, 1), (b, 1, -1)))
-    incidents.sort()
-    inc_i = 0
+    # Shared incident schedules (one list per branch / sub-branch, read with an index):
+    # outages that started before this device did are skipped.
+    cuts = ctx.power_cuts(branch.id)
+    outages = ctx.network_outages(branch.subbranch)
+    cut_i = bisect.bisect_left(cuts, (t0, -1))
+    outage_i = bisect.bisect_left(outages, (t0, -1))
+    in_cut = in_outage = False
 
     def transaction(t: int) -> None:
         """A customer at the device; cash and deposit levels follow."""
@@ -759,9 +758,10 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
     out.clear()
 
     while True:
-        t_inc = incidents[inc_i][0] if inc_i < len(incidents) else NEVER
-        t = min(t_hb, t_txn, t_win, t_fault, t_reboot, t_tech, t_repair, t_visit,
-                t_emergency, t_visit_end, t_plan, t_plan_end, t_link, t_link_up, t_inc)  # fmt: skip
+        t_cut = cuts[cut_i][in_cut] if cut_i < len(cuts) else NEVER
+        t_outage = outages[outage_i][in_outage] if outage_i < len(outages) else NEVER
+        t = min(t_hb, t_txn, t_win, t_fault, t_reboot, t_tech, t_repair, t_visit, t_emergency,
+                t_visit_end, t_plan, t_plan_end, t_link, t_link_up, t_cut, t_outage)  # fmt: skip
         if t >= t_end:
             return
         if not powered and t in (t_fault, t_reboot, t_tech, t_repair, t_visit, t_emergency,
@@ -797,34 +797,33 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
             i = bisect.bisect_right(window_bounds, t)
             t_win = window_bounds[i] if i < len(window_bounds) else NEVER
             emit_state(t)
-        elif t == t_inc:
-            _, what, delta = incidents[inc_i]
-            inc_i += 1
-            if what == 0:  # power
-                if delta > 0:
-                    if powered:
-                        powered = False
-                        power_lost = t
-                        power_back = NEVER
-                        for j in range(inc_i, len(incidents)):
-                            if incidents[j][1] == 0 and incidents[j][2] < 0:
-                                power_back = incidents[j][0]
-                                break
-                        update_link(t)
-                        t_hb = NEVER
-                        reported = None
-                else:
-                    if not powered:
-                        powered = True
-                        power_back = NEVER
-                        update_link(t)
-                        emit_event(t, "power_restored", severity="warning", since=power_lost,
-                                   text="mains power restored")  # fmt: skip
-                        emit_state(t, force=True)
-            else:  # network
-                link_down += delta
+        elif t == t_cut:
+            if not in_cut:  # the branch loses power: the device falls silent
+                in_cut = True
+                powered = False
+                power_lost, power_back = t, cuts[cut_i][1]
                 update_link(t)
-                emit_state(t)
+                t_hb = NEVER
+                reported = None
+            else:
+                in_cut = False
+                cut_i += 1
+                powered = True
+                power_back = NEVER
+                update_link(t)
+                emit_event(t, "power_restored", severity="warning", since=power_lost,
+                           text="mains power restored")  # fmt: skip
+                emit_state(t, force=True)
+        elif t == t_outage:
+            if not in_outage:  # the sub-branch's network is down
+                in_outage = True
+                link_down += 1
+            else:
+                in_outage = False
+                outage_i += 1
+                link_down -= 1
+            update_link(t)
+            emit_state(t)
         elif t == t_hb:
             emit_state(t, force=True)
         elif t == t_txn:
