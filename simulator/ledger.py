@@ -69,7 +69,8 @@ CAUSE: dict[str, str] = {
 _STATES: tuple[str, ...] = (*(s.value for s in DeviceState), "offline")
 _CODE = {s: i for i, s in enumerate(_STATES)}
 _OFFLINE = _CODE["offline"]
-_ONLINE = 100  # a birth: a point for the gap rule that sets no state
+_ONLINE = 31  # a birth: a point for the gap rule that sets no state
+_RUN_END = 0x40  # flag: the last point of a run (no silent gap since the run's first)
 
 MESSAGE_FIELDS = (
     "published", "topic", "kind", "device_id", "seq", "txn_id", "ts", "retain", "control",
@@ -96,9 +97,32 @@ class CounterRow(NamedTuple):
 
 @dataclass
 class _DevicePoints:
-    ts: array[int] = field(default_factory=lambda: array("q"))
+    """A device's points, compressed into runs: consecutive points of one state, in ts
+    order, no gap longer than the timeout (a day of heartbeats is one run). A point that
+    arrives out of ts order (a store-and-forward backlog) starts a run of its own."""
+
+    timeout: int
+    start: array[int] = field(default_factory=lambda: array("q"))
+    end: array[int] = field(default_factory=lambda: array("q"))
     code: array[int] = field(default_factory=lambda: array("b"))
     power: list[tuple[int, int]] = field(default_factory=list)
+
+    def add(self, ts: int, code: int) -> None:
+        if self.code and code != _ONLINE and self.code[-1] == code:
+            last = self.end[-1]
+            if last <= ts <= last + self.timeout:
+                self.end[-1] = ts
+                return
+        self.start.append(ts)
+        self.end.append(ts)
+        self.code.append(code)
+
+    def points(self) -> Iterator[tuple[int, int]]:
+        """The runs as points (first and last of each), in arrival order."""
+        for a, b, code in zip(self.start, self.end, self.code, strict=True):
+            yield a, code
+            if b != a:
+                yield b, code | _RUN_END
 
 
 def infer_intervals(
@@ -108,7 +132,8 @@ def infer_intervals(
     end: int,
     timeout: int,
 ) -> list[Interval]:
-    """The semantics, for one device. ``points`` are ``(ts, code)`` in arrival order.
+    """The semantics, for one device. ``points`` are ``(ts, code)`` in arrival order; a
+    code carrying ``_RUN_END`` closes a run of heartbeats (no silent gap inside it).
 
     A state sets the state from its ts; an offline presence sets ``offline``; a birth sets
     nothing. A gap longer than ``timeout`` between consecutive points (or up to ``end``)
@@ -128,10 +153,12 @@ def infer_intervals(
             else:
                 raw.append((cur_start, at, cur))
 
-    for ts, code in ordered:
+    for ts, flagged in ordered:
         if ts >= end:
             break
-        if cur is not None and ts - last > timeout and cur != _OFFLINE:
+        code = flagged & ~_RUN_END
+        gap = not flagged & _RUN_END and ts - last > timeout
+        if cur is not None and gap and cur != _OFFLINE:
             close(last)
             cur, cur_start = _OFFLINE, last
         if code != _ONLINE and code != cur:
@@ -242,18 +269,15 @@ class Ledger:
             return
         dev = self._points.get(e.device_id)
         if dev is None:
-            dev = self._points[e.device_id] = _DevicePoints()
+            dev = self._points[e.device_id] = _DevicePoints(self._timeout(e.device_id))
         if kind == "state":
-            dev.ts.append(e.ts)
-            dev.code.append(_CODE[e.detail])
+            dev.add(e.ts, _CODE[e.detail])
         elif kind == "presence":
             if e.detail == "online":
-                dev.ts.append(e.ts)
-                dev.code.append(_ONLINE)
+                dev.add(e.ts, _ONLINE)
             else:
                 # A broker's will takes effect when it is received (here: when sent).
-                dev.ts.append(e.t if e.result == "will" else e.ts)
-                dev.code.append(_OFFLINE)
+                dev.add(e.t if e.result == "will" else e.ts, _OFFLINE)
         elif kind == "event" and e.detail == "power_restored":
             dev.power.append((e.since, e.ts))
 
@@ -261,18 +285,15 @@ class Ledger:
         """Derive the intervals up to ``end`` (ms): the run's end or when it was stopped."""
         self.end = end
         out: list[Interval] = []
-        devices = self.inventory.device_by_id
         for device_id in sorted(self._points):
             dev = self._points[device_id]
-            device = devices.get(device_id)
-            hb = device_heartbeat_s(device, self.config, self.heartbeat_s) if device else 60
-            out.extend(
-                infer_intervals(
-                    device_id, zip(dev.ts, dev.code, strict=True), dev.power, end,
-                    TIMEOUT_FACTOR * hb * 1000,
-                )
-            )  # fmt: skip
+            out.extend(infer_intervals(device_id, dev.points(), dev.power, end, dev.timeout))
         self.intervals = out
+
+    def _timeout(self, device_id: str) -> int:
+        device = self.inventory.device_by_id.get(device_id)
+        hb = device_heartbeat_s(device, self.config, self.heartbeat_s) if device else 60
+        return TIMEOUT_FACTOR * hb * 1000
 
     def intervals_of(self, device_id: str) -> list[Interval]:
         return [iv for iv in self.intervals if iv.device_id == device_id]
