@@ -84,6 +84,16 @@ class TestBadSettingsAreRefused:
         assert code == 2, out
         assert expected in out
 
+    def test_an_unreachable_broker(self) -> None:
+        code, out = invoke(
+            "--devices", "10", "--duration", "1s", "--mqtt-url", "mqtt://127.0.0.1:1"
+        )
+        assert code == 2 and "cannot connect to the broker at mqtt://127.0.0.1:1" in out
+
+    def test_a_broker_url_with_a_wrong_scheme(self) -> None:
+        code, out = invoke("--devices", "10", "--duration", "1s", "--mqtt-url", "ftp://broker")
+        assert code == 2 and "--mqtt-url" in out and "scheme 'ftp'" in out
+
     def test_a_config_that_is_not_a_mapping(self, tmp_path: Path) -> None:
         cfg = tmp_path / "sim.yaml"
         cfg.write_text("- 1\n- 2\n")
