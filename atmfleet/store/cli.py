@@ -36,6 +36,11 @@ def db_upgrade(flavour: str | None) -> None:
     click.echo(
         f"schema at version {result.current:04d} ({result.flavour.value}); applied: {applied}"
     )
+    days = settings.database_retention_days
+    if days is not None and result.flavour is Flavour.TIMESCALE:
+        click.echo(f"retention: chunks older than {days} days are dropped by TimescaleDB")
+    elif days is not None:
+        click.echo(f"retention: {days} days; run `atmfleet db prune` daily (plain PostgreSQL)")
 
 
 @db.command("status")
