@@ -244,9 +244,11 @@ class Ledger:
             self.first = e.t
         self.last = e.t
         if self._writer is not None:
+            published = iso(e.t)
             self._writer.writerow(
-                (iso(e.t), e.topic, e.kind, e.device_id, e.seq if e.seq >= 0 else "",
-                 e.txn_id, iso(e.ts), int(e.retain), e.control, e.detail, e.result)
+                (published, e.topic, e.kind, e.device_id, e.seq if e.seq >= 0 else "",
+                 e.txn_id, published if e.ts == e.t else iso(e.ts), int(e.retain), e.control,
+                 e.detail, e.result)
             )  # fmt: skip
         kind = e.kind
         if kind == "txn":

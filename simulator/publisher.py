@@ -84,7 +84,49 @@ class Pacing:
         return max(self.wall0 + (t_ms - self.sim0) / 1000 / self.speed, t_ms / 1000)
 
 
-@dataclass
+class _BatchingSocket:
+    """Collects what paho writes and gives it to the kernel in one ``send`` per batch.
+
+    paho writes every packet with its own ``send``: one system call per message, which
+    dominated the publish rate. Put in place of the client's socket after connecting
+    (paho offers no hook for this, hence the private attribute), it buffers writes; the
+    publisher flushes the buffer before it waits for acknowledgements. Everything else
+    (``recv``, ``fileno``, ``close``, TLS) goes to the real socket.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.buf = bytearray()
+
+    def send(self, data: bytes) -> int:
+        self.buf += data
+        return len(data)
+
+    def flush(self) -> bool:
+        """Write what the kernel takes now; False if some is left (socket buffer full)."""
+        while self.buf:
+            try:
+                n = self._sock.send(self.buf)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
+                return False
+            del self.buf[:n]
+        return True
+
+    def close(self) -> None:
+        """paho closes right after "writing" DISCONNECT: send it first, or the broker
+        would see a lost link and publish the will."""
+        if self.buf:
+            with contextlib.suppress(OSError):
+                self._sock.settimeout(2.0)
+                self._sock.sendall(self.buf)
+            self.buf.clear()
+        self._sock.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+@dataclass(eq=False)
 class _Conn:
     client: mqtt.Client
     name: str
@@ -93,6 +135,7 @@ class _Conn:
     connected: bool = False
     failed: str | None = None
     sock: socket.socket | None = None
+    out: _BatchingSocket | None = None
 
 
 class FleetPublisher:
@@ -130,7 +173,7 @@ class FleetPublisher:
         self._pool: list[_Conn] = []
         self._devices: dict[str, _Conn] = {}
         self._by_client: dict[int, _Conn] = {}
-        self._dirty: set[int] = set()
+        self._unflushed: set[_Conn] = set()
         self._sessions = 0
         self.stats = PublishStats()
 
@@ -206,8 +249,7 @@ class FleetPublisher:
         sock = client.socket()
         if not isinstance(sock, socket.socket):
             raise BrokerError(f"no socket for {self._settings.mqtt_url}")
-        conn.sock = sock
-        self._selector.register(sock, selectors.EVENT_READ, conn)
+        self._attach(conn, sock)
         deadline = time.monotonic() + self._connect_timeout
         while not conn.connected:
             if conn.failed:
@@ -221,8 +263,29 @@ class FleetPublisher:
         self.stats.connections += 1
         return conn
 
+    def _attach(self, conn: _Conn, sock: socket.socket) -> None:
+        conn.sock = sock
+        conn.out = _BatchingSocket(sock)
+        conn.client._sock = conn.out  # type: ignore[assignment]  # see _BatchingSocket
+        self._selector.register(sock, selectors.EVENT_READ, conn)
+
+    def _flush(self, conn: _Conn) -> None:
+        if conn.out is None:
+            return
+        try:
+            done = conn.out.flush()
+        except OSError:
+            self._unflushed.discard(conn)
+            self._reconnect(conn, MQTTErrorCode.MQTT_ERR_CONN_LOST)
+            return
+        if done:
+            self._unflushed.discard(conn)
+        else:
+            self._unflushed.add(conn)
+
     def _close(self, conn: _Conn, *, abrupt: bool) -> None:
         """Close a connection: politely (no will), or abruptly (the broker sends the will)."""
+        self._flush(conn)
         if conn.sock is not None:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(conn.sock)
@@ -232,30 +295,27 @@ class FleetPublisher:
                 conn.sock.shutdown(socket.SHUT_RDWR)
             conn.sock.close()
         else:
-            conn.client.disconnect()
-            conn.client.loop_write()
-            if conn.sock is not None:
-                conn.sock.close()
+            conn.client.disconnect()  # paho closes the socket once DISCONNECT is written
+            if conn.out is not None:
+                conn.out.close()
         self._by_client.pop(id(conn.client), None)
-        self._dirty.discard(id(conn.client))
-        conn.sock = None
+        self._unflushed.discard(conn)
+        conn.sock = conn.out = None
         conn.connected = False
 
     # ----------------------------------------------------------------------- I/O loop
 
     def _pump(self, timeout: float) -> None:
         """Write what is waiting, read acknowledgements for up to ``timeout`` seconds."""
-        for key in list(self._dirty):
-            conn = self._by_client.get(key)
-            if conn is not None and conn.client.want_write():
-                self._check(conn, conn.client.loop_write())
-            else:
-                self._dirty.discard(key)
+        for conn in list(self._unflushed):
+            self._flush(conn)
+        if self._unflushed:
+            timeout = min(timeout, 0.001)  # the kernel's buffer was full: try again soon
         for sel_key, _ in self._selector.select(timeout):
             conn = sel_key.data
             self._check(conn, conn.client.loop_read(1000))
-            if conn.client.want_write():
-                self._dirty.add(id(conn.client))
+            if conn.out is not None and conn.out.buf:
+                self._unflushed.add(conn)  # e.g. resent messages after a reconnect
 
     def _check(self, conn: _Conn, rc: MQTTErrorCode) -> None:
         if rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
@@ -276,9 +336,7 @@ class FleetPublisher:
                 conn.client.reconnect()
                 sock = conn.client.socket()
                 if isinstance(sock, socket.socket):
-                    conn.sock = sock
-                    self._selector.register(sock, selectors.EVENT_READ, conn)
-                    self._dirty.add(id(conn.client))
+                    self._attach(conn, sock)
                     return
             except OSError as exc:
                 if time.monotonic() > deadline:
@@ -292,6 +350,8 @@ class FleetPublisher:
     def _misc(self) -> None:
         for conn in list(self._by_client.values()):
             conn.client.loop_misc()
+            if conn.out is not None and conn.out.buf:
+                self._unflushed.add(conn)  # a PINGREQ
 
     # ----------------------------------------------------------------------- publish
 
@@ -305,8 +365,7 @@ class FleetPublisher:
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             conn.pending -= 1
             raise BrokerError(f"publish to {e.topic} failed: {mqtt.error_string(info.rc)}")
-        if conn.client.want_write():
-            self._dirty.add(id(conn.client))
+        self._unflushed.add(conn)
         self.stats.published += 1
 
     def _gateway(self, branch: str) -> _Conn:
