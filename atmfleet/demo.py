@@ -231,12 +231,15 @@ def create_session(settings: Settings, client_id: str) -> None:
     client.on_subscribe = lambda *_a: done.set()
     address = BrokerAddress.parse(settings.mqtt_url)
     try:
-        client.connect(
-            address.host,
-            address.port,
-            clean_start=False,
-            properties=connect_properties(settings),
-        )
+        if settings.mqtt_protocol == "5":
+            client.connect(
+                address.host,
+                address.port,
+                clean_start=False,
+                properties=connect_properties(settings),
+            )
+        else:  # the client was built with clean_session False
+            client.connect(address.host, address.port)
     except OSError as exc:
         raise DemoError(f"cannot reach the broker {settings.mqtt_url}: {exc}") from None
     client.loop_start()

@@ -260,17 +260,20 @@ class NaiveInsert(Counting):
 
 
 def scrape(port: int) -> dict[str, float]:
+    """Every sample of the collector's metrics, summed over labels."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
         text = resp.read().decode()
-    totals: dict[str, float] = {}
+    values: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name.endswith("_total"):
-                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
-    return totals
+            values[sample.name] = values.get(sample.name, 0.0) + sample.value
+    return values
 
 
 def run_collector(url: str, client_id: str, db_url: str, expected: int) -> tuple[Result, int]:
+    """The end is the collector's own last-commit time; the start is the first poll that
+    sees a message received (polled every 0.05 s until then, every 0.5 s after, so the
+    scraping costs the collector little)."""
     metrics_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATMFLEET_")}
     env.update(
@@ -298,25 +301,24 @@ def run_collector(url: str, client_id: str, db_url: str, expected: int) -> tuple
             while proc.poll() is None:
                 peak = max(peak, ps.memory_info().rss)
                 try:
-                    totals = scrape(metrics_port)
+                    values = scrape(metrics_port)
                 except OSError:
-                    time.sleep(0.02)
+                    time.sleep(0.05)
                     continue
-                now = time.monotonic()
-                if first is None and totals.get("atmfleet_collector_messages_received_total", 0):
-                    first = now
+                if first is None and values.get("atmfleet_collector_messages_received_total"):
+                    first = time.time()
                 done = sum(
-                    totals.get(f"atmfleet_collector_messages_{k}_total", 0.0)
+                    values.get(f"atmfleet_collector_messages_{k}_total", 0.0)
                     for k in ("stored", "duplicate", "rejected")
                 )
                 if done > committed:
-                    committed, last_progress = done, now
+                    committed, last_progress = done, time.monotonic()
                 if committed >= expected:
-                    done_at = now
+                    done_at = values["atmfleet_collector_last_commit_timestamp_seconds"]
                     break
-                if now - last_progress > STALL_S:
+                if time.monotonic() - last_progress > STALL_S:
                     break
-                time.sleep(0.05)
+                time.sleep(0.05 if first is None else 0.5)
         finally:
             proc.terminate()
             try:
