@@ -17,6 +17,7 @@ import itertools
 import os
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -145,6 +146,8 @@ def main() -> None:
         "--skip", action="append", default=[], choices=["generate", "publish", "backfill"]
     )
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the private broker is stopped and the folder removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="atmfleet-bench-") as tmp:
         workdir = Path(tmp)
         proc = None
