@@ -236,12 +236,13 @@ class FleetPublisher:
         self._by_client[id(client)] = conn
         if will is not None:
             client.will_set(will[0], will[1], qos=QOS, retain=True)
-        props = None
-        if self._settings.mqtt_protocol == "5":
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = 0
         try:
-            client.connect(self._host, self._port, keepalive=60, clean_start=True, properties=props)
+            if self._settings.mqtt_protocol == "5":
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                props.SessionExpiryInterval = 0
+                client.connect(self._host, self._port, 60, clean_start=True, properties=props)
+            else:
+                client.connect(self._host, self._port, 60)  # clean session set on the client
         except (OSError, ValueError) as exc:
             raise BrokerError(
                 f"cannot connect to the broker at {self._settings.mqtt_url}: {exc}"
