@@ -4,6 +4,9 @@ including real last wills when devices have their own connections."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -174,3 +177,34 @@ class TestPerDeviceConnections:
             data = json.loads(e.payload)
             assert data["status"] == "offline" and data["will"] is True
             assert (e.topic, e.payload) in got
+
+
+class TestStopping:
+    """SIGTERM stops a live run cleanly: acknowledged, disconnected (no wills), ledger written."""
+
+    def test_sigterm_writes_the_ledger_and_fires_no_wills(
+        self, mqtt_url, run_id, subscriber, tmp_path
+    ) -> None:
+        prefix = f"sim{run_id}-"
+        cmd = [
+            sys.executable, "-m", "atmfleet.cli", "simulate", "--devices", "5", "--heartbeat", "5",
+            "--id-prefix", prefix, "--mqtt-url", mqtt_url, "--ledger", str(tmp_path),
+        ]  # fmt: skip
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            got = subscriber.wait_for(10, timeout=20)  # births and first states are out
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            clear_retained(mqtt_url, generate_inventory(5, seed=1, prefix=prefix))
+        assert proc.returncode == 0, err
+        assert "published" in out
+        summary = json.loads((tmp_path / "summary.json").read_text())
+        assert summary["messages"] >= len(got) > 0
+        time.sleep(0.5)
+        offline = [
+            p for t, p in subscriber.received if t.endswith("/presence") and b'"offline"' in p
+        ]
+        assert offline == []
