@@ -578,6 +578,12 @@ def run_demo(
         end = now + timedelta(seconds=live_s) if live_s is not None else now
         history_started = time.monotonic()
         thread, progress = start_simulator(run_settings, inventory, seed, start, now, end, stop)
+
+        def stop_simulator() -> None:  # also when something failed: before the broker stops
+            stop.set()
+            thread.join(60)
+
+        stack.callback(stop_simulator)
         echo(
             f"history   publishing {backfill_days:g} days of {len(inventory.devices):,} devices "
             f"({start:%Y-%m-%d %H:%M} to {now:%Y-%m-%d %H:%M} UTC)…"
