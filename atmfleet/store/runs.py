@@ -130,19 +130,26 @@ def compress(
 # --------------------------------------------------------------------------- the store
 
 
+# Index lookups per staged row. Never prepared: a plan made while the tables were small
+# (a scan) would be kept for the life of the connection.
 _NEW_SAMPLES = """
 SELECT s.device_id, s.ts, s.seq, s.state, s.heartbeat_s
 FROM _stage_state g
-JOIN state_samples s ON s.device_id = g.device_id AND s.seq = g.seq AND s.ts = g.ts
-WHERE s.received_at = g.received_at
+CROSS JOIN LATERAL (
+    SELECT * FROM state_samples s
+    WHERE s.device_id = g.device_id AND s.seq = g.seq AND s.ts = g.ts
+      AND s.received_at = g.received_at
+) s
 """
 
 _NEW_CUTS = """
 SELECT p.device_id, presence_at(p.will, p.ts, p.received_at)
 FROM _stage_presence g
-JOIN presence p ON p.device_id = g.device_id AND p.ts = g.ts AND p.status = g.status
-    AND p.session = g.session AND p.will = g.will
-WHERE p.received_at = g.received_at
+CROSS JOIN LATERAL (
+    SELECT * FROM presence p
+    WHERE p.device_id = g.device_id AND p.ts = g.ts AND p.status = g.status
+      AND p.session = g.session AND p.will = g.will AND p.received_at = g.received_at
+) p
 """
 
 _RUN_COLUMNS = "start_ts, start_seq, last_ts, last_seq, state, heartbeat_s, samples"
@@ -192,10 +199,10 @@ def update_runs(cur: psycopg.Cursor[Any]) -> None:
     batch inserted (staged in ``_stage_state``/``_stage_presence``; redelivered duplicates
     were not inserted and change nothing). Runs in the caller's transaction."""
     samples: dict[str, set[Sample]] = {}
-    for device_id, ts, seq, state, hb in cur.execute(_NEW_SAMPLES).fetchall():
+    for device_id, ts, seq, state, hb in cur.execute(_NEW_SAMPLES, prepare=False).fetchall():
         samples.setdefault(device_id, set()).add(Sample(ms(ts), seq, state, hb))
     new_cuts: dict[str, set[int]] = {}
-    for device_id, at in cur.execute(_NEW_CUTS).fetchall():
+    for device_id, at in cur.execute(_NEW_CUTS, prepare=False).fetchall():
         new_cuts.setdefault(device_id, set()).add(ms(at))
     devices = sorted(samples.keys() | new_cuts.keys())
     if not devices:

@@ -1,0 +1,304 @@
+"""The SQL feed: reads the store and hands the pure core plain values (docs/kpis.md,
+"Feeding the engine"). Every query is in ``rules/queries.sql``.
+
+:class:`Feed` reads; the ``*_for`` functions below put a read and the pure core together
+(one device timeline per device, then :mod:`rules.uptime`, :mod:`rules.lowyield`...), so
+the command line, the bulletins and the tests compute an indicator the same way.
+
+Context: a timeline needs the points just outside the period (a silent gap across an edge
+is judged whole). The feed reads runs, presence and outages from ``context`` before the
+period to ``context`` after it (at most up to the horizon), where ``context`` is a day or
+the longest heartbeat timeout of the fleet, whichever is longer: a point further away
+cannot change the period except through a gap longer than any timeout, which is offline
+either way.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import psycopg
+
+from atmfleet.errors import ConfigError
+from atmfleet.inventory import (
+    Branch,
+    BranchKind,
+    Device,
+    DeviceType,
+    Inventory,
+    Placement,
+    SubBranch,
+    Tier,
+)
+from atmfleet.store.runs import RUN_GAP
+from rules.config import Rules
+from rules.lowyield import DeviceDays, YieldFlag, evaluate
+from rules.substitution import CounterCounts, DeviceCounts
+from rules.timeline import (
+    Interval,
+    PowerRestored,
+    Presence,
+    Span,
+    StateRun,
+    build_timeline,
+    from_ms,
+    ms,
+)
+from rules.uptime import Uptime, UptimePolicy, WindowSpans, daily_uptime, day_span, days
+from rules.vendors import FaultEvent
+
+DAY_MS = 86_400_000
+_NAME = re.compile(r"^-- name: ([a-z_]+)\s*$", re.MULTILINE)
+
+
+@cache
+def queries() -> dict[str, str]:
+    """The named queries of ``queries.sql``."""
+    text = resources.files("rules").joinpath("queries.sql").read_text(encoding="utf-8")
+    parts = _NAME.split(text)
+    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+@dataclass(slots=True)
+class DeviceInputs:
+    """What one device's timeline is built from."""
+
+    runs: list[StateRun] = field(default_factory=list)
+    presence: list[Presence] = field(default_factory=list)
+    power: list[PowerRestored] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class TxnDay:
+    """Counted transactions of one device on one local day."""
+
+    financial: int = 0
+    non_financial: int = 0
+    fee: Decimal = Decimal("0")
+    fee_txns: int = 0
+
+
+class Feed:
+    """Reads the store through one connection (a snapshot per call is not needed: each
+    read is one statement)."""
+
+    def __init__(self, conn: psycopg.Connection, rules: Rules) -> None:
+        if rules.heartbeat.timeout_factor < RUN_GAP:
+            raise ConfigError(
+                f"heartbeat.timeout_factor: {rules.heartbeat.timeout_factor} is below "
+                f"{RUN_GAP}, the gap at which the store breaks state runs; allowed: >= {RUN_GAP}"
+            )
+        self._conn = conn
+        self.rules = rules
+
+    def _rows(self, name: str, **params: Any) -> list[tuple[Any, ...]]:
+        with self._conn.cursor() as cur:
+            return cur.execute(queries()[name], params).fetchall()
+
+    def now_ms(self) -> int:
+        return ms(self._rows("now")[0][0])
+
+    def inventory(self) -> Inventory:
+        """The inventory as loaded into the store (``atmfleet db load-inventory``)."""
+        subs = tuple(
+            SubBranch.model_construct(id=i, name=n, tier=Tier(t))
+            for i, n, t in self._rows("inventory_subbranches")
+        )
+        branches = tuple(
+            Branch.model_construct(id=i, name=n, subbranch=s, kind=BranchKind(k), parent=p)
+            for i, n, s, k, p in self._rows("inventory_branches")
+        )
+        devices = tuple(
+            Device.model_construct(
+                id=i,
+                branch=b,
+                type=DeviceType(t),
+                placement=Placement(p),
+                vendor=v,
+                model=m,
+                commissioned=c,
+                decommissioned=dc,
+                service_window=w,
+                deposit_capable=dep,
+                heartbeat_s=hb,
+            )
+            for i, b, t, p, v, m, c, dc, w, dep, hb in self._rows("inventory_devices")
+        )
+        return Inventory.model_construct(subbranches=subs, branches=branches, devices=devices)
+
+    def context_ms(self) -> int:
+        """How far outside a period the feed reads (see the module docstring)."""
+        max_hb = int(self._rows("max_heartbeat")[0][0])
+        timeout = int(self.rules.heartbeat.timeout_factor * max_hb * 1000)
+        return max(DAY_MS, timeout) + 1
+
+    def timeline_inputs(
+        self, lo: int, hi: int, horizon: int
+    ) -> tuple[dict[str, DeviceInputs], list[Span]]:
+        """Runs, presence and power cuts per device, and collector outages, for a timeline
+        of ``[lo, hi)`` evaluated at ``horizon``."""
+        ctx = self.context_ms()
+        a, b = from_ms(lo - ctx), from_ms(max(min(horizon, hi + ctx), lo))
+        out: dict[str, DeviceInputs] = {}
+        current: DeviceInputs | None = None
+        current_id = None
+        for device_id, start, seq, last, state, hb in self._rows("runs", lo=a, hi=b):
+            if device_id != current_id:
+                current_id = device_id
+                current = out.get(device_id)
+                if current is None:
+                    current = out[device_id] = DeviceInputs()
+            assert current is not None
+            current.runs.append(StateRun(start, last, state, hb, seq))
+        for device_id, ts, online, will, received in self._rows("presence", lo=a, hi=b):
+            inputs = out.get(device_id)
+            if inputs is None:
+                inputs = out[device_id] = DeviceInputs()
+            inputs.presence.append(Presence(ts, online, will, received))
+        for device_id, since, ts in self._rows("power", lo=from_ms(lo), hi=b):
+            inputs = out.get(device_id)
+            if inputs is None:
+                inputs = out[device_id] = DeviceInputs()
+            inputs.power.append(PowerRestored(since, ts))
+        outages = [(s, e) for s, e in self._rows("outages", lo=a, hi=b)]
+        return out, outages
+
+    def txn_days(self, first: date, last: date) -> dict[str, dict[date, TxnDay]]:
+        """Counted transactions per device and local day, ``first``..``last`` inclusive."""
+        tz = self.rules.tz
+        rows = self._rows(
+            "txn_days",
+            lo=from_ms(day_span(first, tz)[0]),
+            hi=from_ms(day_span(last, tz)[1]),
+            financial=sorted(t.value for t in self.rules.transactions.financial_types),
+            counted=sorted(r.value for r in self.rules.transactions.counted_results),
+        )
+        out: dict[str, dict[date, TxnDay]] = {}
+        local: dict[datetime, date] = {}
+        for device_id, bucket, fin, non_fin, fee, fee_txns in rows:
+            day = local.get(bucket)
+            if day is None:
+                day = local[bucket] = bucket.astimezone(tz).date()
+            out.setdefault(device_id, {})[day] = TxnDay(int(fin), int(non_fin), fee, int(fee_txns))
+        return out
+
+    def counters(self, first: date, last: date) -> dict[date, dict[str, CounterCounts]]:
+        out: dict[date, dict[str, CounterCounts]] = {}
+        for branch_id, day, fin, non_fin in self._rows("counters", first=first, last=last):
+            out.setdefault(day, {})[branch_id] = CounterCounts(fin, non_fin)
+        return out
+
+    def service_events(
+        self, lo: int, hi: int
+    ) -> tuple[dict[str, list[FaultEvent]], dict[str, list[int]]]:
+        """Fault events and technician arrivals per device in ``[lo, hi)``."""
+        faults: dict[str, list[FaultEvent]] = {}
+        arrivals: dict[str, list[int]] = {}
+        for device_id, ts, event, component, code in self._rows(
+            "service_events", lo=from_ms(lo), hi=from_ms(hi)
+        ):
+            if event == "fault":
+                faults.setdefault(device_id, []).append(FaultEvent(ts, component, code))
+            else:
+                arrivals.setdefault(device_id, []).append(ts)
+        return faults, arrivals
+
+
+# ------------------------------------------------------------------ feed + pure core
+
+
+def timelines(
+    feed: Feed, devices: Iterable[Device], lo: int, hi: int, horizon: int
+) -> dict[str, list[Interval]]:
+    """Each device's labelled timeline of ``[lo, min(hi, horizon))``."""
+    inputs, outages = feed.timeline_inputs(lo, hi, horizon)
+    factor = feed.rules.heartbeat.timeout_factor
+    empty = DeviceInputs()
+    out: dict[str, list[Interval]] = {}
+    for d in devices:
+        got = inputs.get(d.id, empty)
+        out[d.id] = build_timeline(
+            got.runs, lo, hi, horizon=horizon, presence=got.presence, power=got.power,
+            outages=outages, timeout_factor=factor, default_heartbeat_s=d.heartbeat_s,
+        )  # fmt: skip
+    return out
+
+
+@dataclass
+class UptimeDays:
+    """Per device, the uptime of each local day of a period (and the timelines behind it)."""
+
+    days: list[date]
+    per_device: dict[str, dict[date, Uptime]]
+    timelines: dict[str, list[Interval]]
+
+
+def uptime_for(
+    feed: Feed, devices: Sequence[Device], first: date, last: date, horizon: int
+) -> UptimeDays:
+    """开机率 inputs: every device's uptime for each local day ``first``..``last``; time
+    after ``horizon`` (now, for today) is not counted."""
+    rules = feed.rules
+    tz = rules.tz
+    lo, hi = day_span(first, tz)[0], day_span(last, tz)[1]
+    lines = timelines(feed, devices, lo, hi, horizon)
+    windows = WindowSpans(tz)
+    policy = UptimePolicy.from_rules(rules)
+    period = days(first, last)
+    per_device = {
+        d.id: daily_uptime(d, lines[d.id], period, rules, windows, policy, horizon) for d in devices
+    }
+    return UptimeDays(period, per_device, lines)
+
+
+def device_counts(txn: dict[str, dict[date, TxnDay]]) -> dict[str, DeviceCounts]:
+    """Counted transactions per device over all the days given."""
+    out: dict[str, DeviceCounts] = {}
+    for device_id, per_day in txn.items():
+        out[device_id] = DeviceCounts(
+            sum(t.financial for t in per_day.values()),
+            sum(t.non_financial for t in per_day.values()),
+        )
+    return out
+
+
+def low_yield_for(
+    feed: Feed,
+    inventory: Inventory,
+    devices: Sequence[Device],
+    on: date,
+    horizon: int,
+    uptime: UptimeDays | None = None,
+) -> list[YieldFlag]:
+    """低产/低效 flags of ``devices`` on ``on``, over the rules' trailing window."""
+    rules = feed.rules
+    window = rules.low_yield.window_days
+    first = on - timedelta(days=window - 1)
+    if uptime is None:
+        uptime = uptime_for(feed, devices, first, on, horizon)
+    txn = feed.txn_days(first, on)
+    period = days(first, on)
+    flags: list[YieldFlag] = []
+    for d in devices:
+        per_day = uptime.per_device[d.id]
+        mine = txn.get(d.id, {})
+        series = DeviceDays(
+            device_id=d.id,
+            type=d.type,
+            commissioned=d.commissioned,
+            decommissioned=d.decommissioned,
+            first_day=first,
+            financial=[mine[x].financial if x in mine else 0 for x in period],
+            available_ms=[per_day[x].available_ms for x in period],
+            scheduled_ms=[per_day[x].scheduled_ms for x in period],
+        )
+        tier = inventory.subbranch_of(d).tier
+        flags.append(evaluate(series, on, rules.low_yield, rules.uptime.targets[tier]))
+    return flags

@@ -1,0 +1,74 @@
+-- Every query that feeds the KPI engine (rules/feed.py loads them by name). They run
+-- unchanged on plain PostgreSQL and on TimescaleDB: state_runs is a plain table on both
+-- (maintained at ingest), txn_daily a continuous aggregate on TimescaleDB and a
+-- trigger-maintained table on plain PostgreSQL, with the same columns.
+-- Parameters are named (%(name)s); times are timestamptz, days local dates.
+
+-- name: inventory_subbranches
+SELECT id, name, tier FROM subbranches ORDER BY id;
+
+-- name: inventory_branches
+SELECT id, name, subbranch, kind, parent FROM branches ORDER BY id;
+
+-- name: inventory_devices
+SELECT id, branch, type, placement, vendor, model, commissioned, decommissioned,
+       service_window, deposit_capable, heartbeat_s
+FROM devices ORDER BY id;
+
+-- name: now
+SELECT now();
+
+-- name: max_heartbeat
+SELECT coalesce(max(heartbeat_s), 60) FROM devices;
+
+-- State runs overlapping [lo, hi): the period with its context (the caller widens it by
+-- more than any heartbeat timeout on both sides).
+-- name: runs
+SELECT device_id, floor(extract(epoch FROM start_ts) * 1000)::int8, start_seq, floor(extract(epoch FROM last_ts) * 1000)::int8, state, heartbeat_s
+FROM state_runs
+WHERE tstzrange(start_ts, last_ts, '[]') && tstzrange(%(lo)s, %(hi)s, '[)')
+ORDER BY device_id, start_ts, start_seq;
+
+-- Presence taking effect in [lo, hi) (a broker will: when it was received).
+-- name: presence
+SELECT device_id, floor(extract(epoch FROM ts) * 1000)::int8, status = 'online', will, floor(extract(epoch FROM received_at) * 1000)::int8
+FROM presence
+WHERE presence_at(will, ts, received_at) >= %(lo)s
+  AND presence_at(will, ts, received_at) < %(hi)s;
+
+-- Power cuts explained by a power_restored event, overlapping [lo, hi).
+-- name: power
+SELECT DISTINCT device_id, floor(extract(epoch FROM since) * 1000)::int8, floor(extract(epoch FROM ts) * 1000)::int8
+FROM events
+WHERE event = 'power_restored' AND since IS NOT NULL AND ts >= %(lo)s AND since < %(hi)s;
+
+-- Collector outages (time the monitoring cannot vouch for) overlapping [lo, hi).
+-- name: outages
+SELECT floor(extract(epoch FROM started_at) * 1000)::int8, floor(extract(epoch FROM ended_at) * 1000)::int8 FROM collector_outages
+WHERE ended_at >= %(lo)s AND started_at < %(hi)s
+ORDER BY 1;
+
+-- Fault events and technician arrivals (vendor scorecard) in [lo, hi).
+-- name: service_events
+SELECT device_id, floor(extract(epoch FROM ts) * 1000)::int8, event, component, code
+FROM events
+WHERE event IN ('fault', 'technician_arrived') AND ts >= %(lo)s AND ts < %(hi)s
+ORDER BY 1, 2;
+
+-- Transactions per device and local day (bucket = local midnight), split by the rules'
+-- financial types and counted results.
+-- name: txn_days
+SELECT device_id, bucket,
+       coalesce(sum(txns) FILTER (WHERE type = ANY(%(financial)s) AND result = ANY(%(counted)s)), 0),
+       coalesce(sum(txns) FILTER (WHERE type <> ALL(%(financial)s) AND result = ANY(%(counted)s)), 0),
+       coalesce(sum(fee) FILTER (WHERE result = ANY(%(counted)s)), 0),
+       coalesce(sum(txns) FILTER (WHERE result = ANY(%(counted)s) AND fee > 0), 0)
+FROM txn_daily
+WHERE bucket >= %(lo)s AND bucket < %(hi)s
+GROUP BY device_id, bucket;
+
+-- Teller-counter volumes per branch and local day.
+-- name: counters
+SELECT branch_id, date, financial, non_financial
+FROM counter_volumes
+WHERE date >= %(first)s AND date <= %(last)s;

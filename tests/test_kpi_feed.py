@@ -1,0 +1,323 @@
+"""The feed on a real database gives the pure core's values on the same points.
+
+Messages are stored through the real BatchWriter (so state runs are maintained as in
+production), redelivered and out of order; the feed's timelines, uptime and transaction
+counts must equal the pure core's on the very same messages, on plain PostgreSQL and on
+TimescaleDB.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
+
+import psycopg
+import pytest
+
+from atmfleet.protocol import (
+    EventMessage,
+    PresenceMessage,
+    StateMessage,
+    device_topic,
+    encode,
+)
+from atmfleet.store.inventory import upsert_inventory
+from atmfleet.store.migrate import upgrade
+from atmfleet.store.writer import Accepted, BatchWriter
+from collector.decode import decode
+from rules.config import load_rules
+from rules.feed import Feed, timelines, uptime_for
+from rules.labels import Label
+from rules.timeline import (
+    Interval,
+    PowerRestored,
+    Presence,
+    StateSample,
+    build_timeline,
+    compress,
+    ms,
+)
+from rules.uptime import UptimePolicy, WindowSpans, daily_uptime
+from simulator.config import make_config
+from simulator.engine import Emission
+from simulator.fleet import generate_inventory
+from simulator.ledger import simulate
+
+pytestmark = pytest.mark.integration
+
+RULES = load_rules()
+START = datetime(2026, 11, 26, 16, tzinfo=UTC)  # local midnight, 2026-11-27
+END = datetime(2026, 11, 28, 16, tzinfo=UTC)  # two local days
+HB = 180  # heartbeat of the simulated fleet (fewer messages, same rules)
+
+
+@contextmanager
+def connect(request: pytest.FixtureRequest, flavour: str) -> Iterator[psycopg.Connection]:
+    url = request.getfixturevalue("database_url" if flavour == "postgres" else "timescale_url")
+    with psycopg.connect(url, autocommit=True) as c:
+        upgrade(c, timezone=RULES.timezone)
+    with psycopg.connect(url) as c:
+        yield c
+
+
+@pytest.fixture(params=["postgres", "timescale"])
+def db(request: pytest.FixtureRequest) -> Iterator[psycopg.Connection]:
+    with connect(request, request.param) as conn:
+        yield conn
+
+
+def write(conn: psycopg.Connection, batches: Sequence[Sequence[Accepted]]) -> None:
+    writer = BatchWriter(conn, "test")
+    for batch in batches:
+        result = writer.write(batch)
+        assert not result.dead, result.dead
+
+
+def pure_timeline(
+    emissions: Sequence[Emission],
+    heartbeat_s: int,
+    default_heartbeat_s: int,
+    lo: int,
+    hi: int,
+    outages: Sequence[tuple[int, int]] = (),
+) -> list[Interval]:
+    """The pure core on every message of a device, as a test would call it by hand."""
+    samples, presence, power = [], [], []
+    for e in emissions:
+        if e.kind == "state":
+            samples.append(StateSample(e.ts, e.detail, heartbeat_s, e.seq))
+        elif e.kind == "presence":
+            presence.append(
+                Presence(e.ts, e.detail == "online", will=e.result == "will", received=e.t)
+            )
+        elif e.kind == "event" and e.detail == "power_restored":
+            power.append(PowerRestored(e.since, e.ts))
+    runs = compress(samples, RULES.heartbeat.timeout_factor, breaks=[p.at for p in presence])
+    return build_timeline(
+        runs, lo, hi, presence=presence, power=power, outages=outages,
+        timeout_factor=RULES.heartbeat.timeout_factor, default_heartbeat_s=default_heartbeat_s,
+    )  # fmt: skip
+
+
+class TestSimulatedFleetThroughTheWriter:
+    """A simulated fleet with power cuts, network outages and link drops, its messages
+    redelivered, shuffled and cut into random batches, plus a collector outage."""
+
+    @pytest.mark.slow
+    @pytest.mark.parametrize(
+        ("flavour", "real_wills"),
+        [("postgres", True), ("timescale", False)],
+        ids=["postgres-broker-will", "timescale-gateway-offline"],
+    )
+    def test_timelines_uptime_and_volumes_equal_the_pure_core_on_the_same_messages(
+        self, request: pytest.FixtureRequest, flavour: str, real_wills: bool
+    ) -> None:
+        with connect(request, flavour) as db:
+            self.check(db, real_wills)
+
+    def check(self, db: psycopg.Connection, real_wills: bool) -> None:
+        config = make_config(
+            {
+                "incidents": {
+                    "branch_power_cuts_per_year": 200,
+                    "subbranch_network_outages_per_year": 300,
+                    "device_link_drops_per_year": 500,
+                }
+            }
+        )
+        inventory = generate_inventory(30, 7, config=config)
+        upsert_inventory(db, inventory)
+        run = simulate(inventory, config, 7, START, END, real_wills=real_wills, heartbeat_s=HB)
+        rng = random.Random(9)
+        records: list[Accepted] = []
+        for e in run.emissions:
+            decoded = decode(e.topic, e.payload, datetime.fromtimestamp(e.t / 1000, UTC))
+            assert isinstance(decoded, Accepted)
+            records.append(decoded)
+        # Redeliveries (later, same message) and local disorder.
+        records += [
+            Accepted(r.message, r.received_at + timedelta(seconds=5), r.topic, r.payload)
+            for r in rng.sample(records, len(records) // 10)
+        ]
+        for i in range(0, len(records) - 50, 200):
+            window = records[i : i + 50]
+            rng.shuffle(window)
+            records[i : i + 50] = window
+        batches, i = [], 0
+        while i < len(records):
+            n = rng.randrange(1, 1500)
+            batches.append(records[i : i + n])
+            i += n
+        write(db, batches)
+        outage = (ms(START) + 30 * 3_600_000, ms(START) + 31 * 3_600_000 + 123)
+        db.execute(
+            "INSERT INTO collector_outages (started_at, ended_at, detected_by)"
+            " VALUES (%s, %s, 'test')",
+            (
+                datetime.fromtimestamp(outage[0] / 1000, UTC),
+                datetime.fromtimestamp(outage[1] / 1000, UTC),
+            ),
+        )
+        db.commit()
+
+        feed = Feed(db, RULES)
+        stored = feed.inventory()
+        assert {d.id for d in stored.devices} == {d.id for d in inventory.devices}
+        lo, hi = ms(START), ms(END)
+        got = timelines(feed, stored.devices, lo, hi, horizon=hi)
+        seen: set[Label] = set()
+        for device in inventory.devices:
+            expected = pure_timeline(
+                run.by_device(device.id), HB, device.heartbeat_s, lo, hi, [outage]
+            )
+            assert got[device.id] == expected, device.id
+            seen |= {label for _, _, label in expected}
+        assert {Label.COMMUNICATIONS, Label.POWER, Label.FAULT, Label.UNKNOWN} <= seen
+
+        first, last = date(2026, 11, 27), date(2026, 11, 28)
+        up = uptime_for(feed, stored.devices, first, last, horizon=hi)
+        windows, policy = WindowSpans(RULES.tz), UptimePolicy.from_rules(RULES)
+        for device in stored.devices:
+            line = pure_timeline(run.by_device(device.id), HB, device.heartbeat_s, lo, hi, [outage])
+            expected_days = daily_uptime(device, line, [first, last], RULES, windows, policy, hi)
+            assert up.per_device[device.id] == expected_days, device.id
+
+        volumes = feed.txn_days(first, last)
+        by_key = {
+            (d, day.isoformat()): (t.financial, t.financial + t.non_financial, t.fee)
+            for d, per_day in volumes.items()
+            for day, t in per_day.items()
+        }
+        ledger = {k: (v[0], v[1], v[3]) for k, v in run.ledger.txn_days.items() if v[1]}
+        assert {k: (f, n, int(fee * 100)) for k, (f, n, fee) in by_key.items() if n} == ledger
+
+
+# ------------------------------------------------------------------------ hand-made cases
+
+T = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)  # 10:00 local
+
+
+def at(minutes: float) -> datetime:
+    return T + timedelta(minutes=minutes)
+
+
+def m(minutes: float) -> int:
+    return ms(at(minutes))
+
+
+def acc(msg: StateMessage | PresenceMessage | EventMessage, received: datetime) -> Accepted:
+    kind = {StateMessage: "state", PresenceMessage: "presence", EventMessage: "event"}
+    return Accepted(msg, received, device_topic(msg.device_id, kind[type(msg)]), encode(msg))
+
+
+def state(device: str, seq: int, minute: float, value: str = "in_service") -> StateMessage:
+    return StateMessage(v=1, device_id=device, ts=at(minute), seq=seq, state=value)
+
+
+class TestWillThenReconnectWithBacklog:
+    def test_the_backlog_arriving_after_the_birth_is_placed_by_its_timestamps(
+        self, db: psycopg.Connection
+    ) -> None:
+        """In service, link lost at 10:10 (the device buffers comms_down heartbeats), the
+        broker's will is received at 10:11.5, the device reconnects at 10:30: birth, its
+        current state, then the backlog, with one heartbeat redelivered."""
+        d = "feed-will"
+        before = [state(d, i, i) for i in range(0, 11)]
+        backlog = [state(d, 11 + i, 10 + i, "comms_down") for i in range(0, 20)]
+        will = PresenceMessage(
+            v=1, device_id=d, status="offline", ts=at(-60), session="a", will=True
+        )
+        birth = PresenceMessage(v=1, device_id=d, status="online", ts=at(30), session="b")
+        now = state(d, 40, 30)
+        after = [state(d, 40 + i, 30 + i) for i in range(1, 31)]
+        write(
+            db,
+            [
+                [acc(s, s.ts) for s in before],
+                [acc(will, at(11.5))],
+                [acc(birth, at(30)), acc(now, at(30))],
+                [acc(s, at(30.1)) for s in reversed(backlog)],
+                [acc(before[-1], at(31))],  # redelivered
+                [acc(s, at(31)) for s in after],
+            ],
+        )
+        feed = Feed(db, RULES)
+        line = timelines_of(feed, d, m(0), m(60), horizon=m(60))
+        assert line == [
+            (m(0), m(10), Label.AVAILABLE),
+            (m(10), m(30), Label.COMMUNICATIONS),
+            (m(30), m(60), Label.AVAILABLE),
+        ]
+        samples = [
+            StateSample(ms(s.ts), s.state.value, s.heartbeat_s, s.seq)
+            for s in before + backlog + [now] + after
+        ]
+        presence = [Presence(ms(will.ts), False, True, m(11.5)), Presence(m(30), True)]
+        pure = build_timeline(
+            compress(samples, breaks=[p.at for p in presence]), m(0), m(60),
+            horizon=m(60), presence=presence,
+        )  # fmt: skip
+        assert line == pure
+
+
+def timelines_of(feed: Feed, device_id: str, lo: int, hi: int, horizon: int) -> list[Interval]:
+    from atmfleet.inventory import Device, DeviceType, Placement
+
+    device = Device(
+        id=device_id, branch="B", type=DeviceType.ATM, placement=Placement.OFF_SITE,
+        vendor="V", model="M", commissioned=date(2026, 1, 1),
+    )  # fmt: skip
+    return timelines(feed, [device], lo, hi, horizon)[device_id]
+
+
+class TestCollectorOutage:
+    def test_our_outage_is_unknown_and_the_device_is_not_blamed_for_the_silence(
+        self, db: psycopg.Connection
+    ) -> None:
+        """The collector was down 10:20-10:40: nothing was stored then. Unknown inside,
+        and the silences on either side (10 min then 5 min) are judged up to our outage's
+        edges, which are within the timeout: no offline time."""
+        d = "feed-outage"
+        samples = [state(d, i, i) for i in range(0, 21)] + [
+            state(d, 100 + i, 40 + i) for i in range(0, 21)
+        ]
+        write(db, [[acc(s, s.ts) for s in samples]])
+        db.execute(
+            "INSERT INTO collector_outages (started_at, ended_at, detected_by) VALUES (%s, %s, 't')",
+            (at(20), at(40)),
+        )
+        db.commit()
+        feed = Feed(db, RULES)
+        assert timelines_of(feed, d, m(0), m(60), horizon=m(60)) == [
+            (m(0), m(20), Label.AVAILABLE),
+            (m(20), m(40), Label.UNKNOWN),
+            (m(40), m(60), Label.AVAILABLE),
+        ]
+
+
+class TestPowerCut:
+    def test_the_power_restored_event_explains_the_silence(self, db: psycopg.Connection) -> None:
+        d = "feed-power"
+        before = [state(d, i, i) for i in range(0, 11)]
+        birth = PresenceMessage(v=1, device_id=d, status="online", ts=at(40), session="b")
+        restored = EventMessage(
+            v=1, device_id=d, ts=at(40), seq=20, event="power_restored", since=at(10.5)
+        )
+        after = [state(d, 21 + i, 40 + i) for i in range(0, 21)]
+        write(
+            db,
+            [
+                [acc(s, s.ts) for s in before],
+                [acc(birth, at(40)), acc(restored, at(40))],
+                [acc(s, s.ts) for s in after],
+            ],
+        )
+        feed = Feed(db, RULES)
+        assert timelines_of(feed, d, m(0), m(60), horizon=m(60)) == [
+            (m(0), m(10), Label.AVAILABLE),
+            (m(10), m(10.5), Label.COMMUNICATIONS),
+            (m(10.5), m(40), Label.POWER),
+            (m(40), m(60), Label.AVAILABLE),
+        ]
