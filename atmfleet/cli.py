@@ -19,6 +19,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("atmfleet.inventory_cli", "inventory"),
     ("simulator.cli", "simulate_command"),
     ("atmfleet.demo", "demo"),
+    ("rules.cli", "kpi"),
 )
 
 
