@@ -1,0 +1,167 @@
+"""``atmfleet kpi``: hand-computed figures from a small stored fleet, and clear refusals."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from atmfleet.cli import cli
+from atmfleet.inventory import Branch, Device, Inventory, SubBranch
+from atmfleet.protocol import (
+    CounterMessage,
+    StateMessage,
+    TxnMessage,
+    counter_topic,
+    device_topic,
+    encode,
+)
+from atmfleet.store.inventory import upsert_inventory
+from atmfleet.store.migrate import upgrade
+from atmfleet.store.writer import Accepted, BatchWriter
+
+pytestmark = pytest.mark.integration
+
+TZ = ZoneInfo("Asia/Shanghai")
+DAY = date(2026, 11, 20)
+MIDNIGHT = datetime(2026, 11, 20, tzinfo=TZ).astimezone(UTC)
+
+INVENTORY = Inventory(
+    subbranches=(SubBranch(id="S1", name="赤峰", tier="2"),),
+    branches=(Branch(id="B1", name="Outlet 1", subbranch="S1"),),
+    devices=tuple(
+        Device(
+            id=f"cli-{n}",
+            branch="B1",
+            type="atm",
+            placement="off_site",
+            vendor="GRG",
+            model="H22N",
+            commissioned=date(2025, 1, 1),
+            heartbeat_s=300,
+        )
+        for n in ("a", "b")
+    ),
+)
+
+
+def heartbeats(device: str, fault_from: int, fault_to: int) -> list[StateMessage]:
+    """Every 5 min from 23:00 the day before to 01:00 the day after (local); ``fault``
+    between the minutes of the day given."""
+    out = []
+    for i, minute in enumerate(range(-60, 24 * 60 + 65, 5)):
+        state = "fault" if fault_from <= minute < fault_to else "in_service"
+        ts = MIDNIGHT + timedelta(minutes=minute)
+        out.append(StateMessage(v=1, device_id=device, ts=ts, seq=i, state=state, heartbeat_s=300))
+    return out
+
+
+@pytest.fixture
+def db(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        upgrade(conn)
+    msgs: list[Accepted] = []
+    # cli-a: fault 10:00-11:00 local; cli-b: in service all day.
+    for device, (a, b) in (("cli-a", (600, 660)), ("cli-b", (0, 0))):
+        for m in heartbeats(device, a, b):
+            msgs.append(Accepted(m, m.ts, device_topic(device, "state"), encode(m)))
+    at = MIDNIGHT + timedelta(hours=12)
+    for i, kind in enumerate(["withdrawal"] * 5 + ["inquiry"]):
+        t = TxnMessage(
+            v=1, device_id="cli-a", ts=at + timedelta(minutes=i), seq=1000 + i, txn_id=f"t{i}",
+            type=kind, amount=Decimal("100"), fee=Decimal("2") if i == 0 else Decimal("0"),
+            result="ok", duration_ms=1000,
+        )  # fmt: skip
+        msgs.append(Accepted(t, t.ts, device_topic("cli-a", "txn"), encode(t)))
+    counter = CounterMessage(
+        v=1, branch_id="B1", date=DAY, financial=15, non_financial=5, source="core", ts=at
+    )
+    msgs.append(Accepted(counter, at, counter_topic("B1"), encode(counter)))
+    with psycopg.connect(database_url) as conn:
+        upsert_inventory(conn, INVENTORY)
+        BatchWriter(conn, "test").write(msgs)
+    monkeypatch.setenv("ATMFLEET_DATABASE_URL", database_url)
+    monkeypatch.delenv("ATMFLEET_RULES_FILE", raising=False)
+    yield database_url
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["kpi", *args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.output
+
+
+class TestUptime:
+    def test_the_fleet_figure_is_the_sum_of_available_over_the_sum_of_scheduled(
+        self, db: str
+    ) -> None:
+        code, out = run("uptime", "--date", "2026-11-20", "--json")
+        assert code == 0, out
+        data = json.loads(out)
+        total = data["total"]
+        assert total["devices"] == 2
+        assert total["scheduled_h"] == 48.0
+        assert total["down_h"] == 1.0
+        assert total["uptime"] == round(47 / 48, 6)
+        assert total["down_ms_by_cause"] == {"fault": 3_600_000}
+        assert [r["group"] for r in data["rows"]] == ["S1"]
+
+    def test_a_device_scope_breaks_down_by_device_in_a_readable_table(self, db: str) -> None:
+        code, out = run("uptime", "--date", "2026-11-20", "--scope", "branch:B1")
+        assert code == 0, out
+        lines = out.splitlines()
+        assert lines[0] == "开机率 uptime 2026-11-20..2026-11-20, branch:B1, by device"
+        row_a = next(line for line in lines if line.startswith("cli-a"))
+        assert "95.83%" in row_a and "fault" in row_a  # 23 h of 24
+        row_b = next(line for line in lines if line.startswith("cli-b"))
+        assert "100.00%" in row_b
+
+
+class TestSubstitutionAndRevenue:
+    def test_the_rate_counts_successful_financial_transactions_against_the_counter(
+        self, db: str
+    ) -> None:
+        code, out = run("substitution", "--date", "2026-11-20", "--by", "branch", "--json")
+        assert code == 0, out
+        (row,) = json.loads(out)["rows"]
+        assert row["group"] == "B1"
+        assert row["self_financial"] == 5 and row["counter_financial"] == 15
+        assert row["rate"] == 0.25  # 5 / (5 + 15)
+        assert row["diversion"] == round(6 / 26, 6)
+
+
+class TestRefusals:
+    @pytest.mark.parametrize(
+        ("args", "message"),
+        [
+            (["uptime", "--date", "2099-01-01"], "2099-01-01 is in the future"),
+            (["uptime", "--scope", "subbranch:NOPE"], "no subbranch 'NOPE' in the inventory"),
+            (["uptime", "--scope", "planet:x"], "unknown scope kind 'planet'"),
+            (["uptime", "--date", "2026-11-20", "--from", "2026-11-19"], "either --date or"),
+            (["uptime", "--from", "2026-11-20", "--to", "2026-11-19"], "is before --from"),
+            (["substitution", "--scope", "device:cli-a"], "substitution is per branch"),
+            (["low-yield", "--from", "2026-11-19", "--to", "2026-11-20"], "use --date"),
+        ],
+    )
+    def test_a_clear_message_and_exit_2_never_a_traceback(
+        self, db: str, args: list[str], message: str
+    ) -> None:
+        code, out = run(*args)
+        assert code == 2, out
+        assert message in out
+        assert "Traceback" not in out
+
+
+def test_without_a_database_url_the_error_names_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("ATMFLEET_DATABASE_URL", raising=False)
+    code, out = run("uptime")
+    assert code == 2
+    assert "ATMFLEET_DATABASE_URL is not set" in out
