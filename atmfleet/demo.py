@@ -10,10 +10,11 @@ runs. Then:
 2. the collector (``atmfleet collect``, a child process) starts on a persistent session;
 3. the simulator publishes the last ``--backfill-days`` of history as fast as the broker
    takes it, then carries on in real time (one uninterrupted run, so every device's
-   ``seq`` keeps growing from history into live). With the defaults (200 devices, one day) that is about 83,000 messages: through the
-   embedded broker, whose 100-message in-flight window makes every collector batch wait
-   for a database round trip, the collector stores 2,000-4,000 a second here, so the
-   history takes half a minute or so; more days take proportionally longer.
+   ``seq`` keeps growing from history into live). With the defaults (200 devices, one
+   day) that is about 83,000 messages: through the embedded broker, whose 100-message
+   in-flight window makes every collector batch wait for a database round trip, the
+   collector stores 2,000-4,000 a second here, so the history takes half a minute or
+   so; more days take proportionally longer.
 4. it prints where the data is, how many rows each table holds, and what to run next;
 5. on Ctrl-C (or after ``--duration``) it stops in order: the simulator, then the
    collector once it has stored everything published, then the broker and the database.
