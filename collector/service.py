@@ -242,10 +242,15 @@ class Collector:
                 kind = classify(exc)
                 self._stats.db_errors.labels(kind.value).inc()
                 if kind is not ErrorClass.TEMPORARY:
+                    sqlstate = getattr(exc, "sqlstate", None) or ""
+                    hint = (
+                        "; is the schema current (`atmfleet db upgrade`) and may this user write?"
+                        if sqlstate[:2] in ("42", "3F")
+                        else ""
+                    )
                     raise CollectorFatal(
-                        f"database error {getattr(exc, 'sqlstate', None) or ''} while storing a "
-                        f"batch: {str(exc).strip()[:300]} (nothing was acknowledged; did you "
-                        "run `atmfleet db upgrade`?)"
+                        f"database error {sqlstate or '(client side)'} while storing a batch: "
+                        f"{str(exc).strip()[:300]} (nothing was acknowledged{hint})"
                     ) from exc
                 log.warning("temporary database error (%s); retrying in %.1fs", exc, backoff)
                 self._close_db()

@@ -88,6 +88,14 @@ class TestIdempotentStorage:
         for table in ("state_samples", "events", "transactions", "presence"):
             assert count(conn, table) == 1, table
 
+    def test_a_batch_mixing_known_and_new_devices_is_stored(
+        self, conn: psycopg.Connection, writer: BatchWriter
+    ) -> None:
+        writer.write([st(1, device="atm-1")])
+        later = NOW + timedelta(seconds=60)
+        result = writer.write([st(2, device="atm-1", ts=later), st(1, device="atm-2", ts=later)])
+        assert result.stored == {"state": 2}
+
     def test_a_duplicate_inside_one_batch_is_stored_once(
         self, conn: psycopg.Connection, writer: BatchWriter
     ) -> None:

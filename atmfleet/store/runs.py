@@ -228,7 +228,8 @@ def update_runs(cur: psycopg.Cursor[Any]) -> None:
     out: list[tuple[str, Run]] = []
     if in_order:
         ids = list(in_order)
-        afters = [_dt(run.last if run else _NEG_INF) for run in in_order.values()]
+        # One element type for the array parameter: text, cast to timestamptz[] by the query.
+        afters = [str(_dt(run.last if run else _NEG_INF)) for run in in_order.values()]
         cuts: dict[str, list[int]] = {}
         for device_id, at in cur.execute(_CUTS_AFTER, (ids, afters)).fetchall():
             cuts.setdefault(device_id, []).append(ms(at))
