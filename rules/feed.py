@@ -15,6 +15,7 @@ either way.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -189,6 +190,40 @@ class Feed:
             out.setdefault(device_id, {})[day] = TxnDay(int(fin), int(non_fin), fee, int(fee_txns))
         return out
 
+    def fingerprint(self) -> str:
+        """Identifies what a stored closed day was computed with (rules, inventory,
+        recorded outages): a change makes a new cache, never a stale answer."""
+        devices, outages = self._rows("fingerprint")[0]
+        digest = hashlib.sha256(self.rules.model_dump_json().encode())
+        digest.update(f"|{devices}|{outages}".encode())
+        return digest.hexdigest()[:32]
+
+    def cached_days(
+        self, fingerprint: str, first: date, last: date
+    ) -> dict[str, dict[date, tuple[int, int]]]:
+        out: dict[str, dict[date, tuple[int, int]]] = {}
+        for device_id, day, a, s in self._rows(
+            "cached_days", fingerprint=fingerprint, first=first, last=last
+        ):
+            out.setdefault(device_id, {})[day] = (a, s)
+        return out
+
+    def store_days(self, fingerprint: str, values: Sequence[tuple[date, str, int, int]]) -> None:
+        """Keep closed days' (available, scheduled) per device; committed at once."""
+        if not values:
+            return
+        with self._conn.transaction(), self._conn.cursor() as cur:
+            cur.execute(
+                queries()["store_days"],
+                {
+                    "fingerprint": fingerprint,
+                    "days": [v[0] for v in values],
+                    "ids": [v[1] for v in values],
+                    "available": [v[2] for v in values],
+                    "scheduled": [v[3] for v in values],
+                },
+            )
+
     def counters(self, first: date, last: date) -> dict[date, dict[str, CounterCounts]]:
         out: dict[date, dict[str, CounterCounts]] = {}
         for branch_id, day, fin, non_fin in self._rows("counters", first=first, last=last):
@@ -269,26 +304,63 @@ def device_counts(txn: dict[str, dict[date, TxnDay]]) -> dict[str, DeviceCounts]
     return out
 
 
+def closed(feed: Feed, day: date, horizon: int) -> bool:
+    """A day no longer changes when nothing later than a context after it can reach back
+    into it, and the store invalidates a day on late telemetry only within a day."""
+    context = feed.context_ms()
+    return context <= DAY_MS + 1 and day_span(day, feed.rules.tz)[1] + context <= horizon
+
+
+def daily_a_s(
+    feed: Feed, devices: Sequence[Device], first: date, last: date, horizon: int
+) -> dict[str, dict[date, tuple[int, int]]]:
+    """(available, scheduled) ms per device and local day. Closed days come from the
+    store's kept days when present; the others are computed (and kept when closed)."""
+    period = days(first, last)
+    fp = feed.fingerprint()
+    kept = feed.cached_days(fp, first, last)
+    out: dict[str, dict[date, tuple[int, int]]] = {}
+    missing: dict[date, list[Device]] = {}
+    for d in devices:
+        have = kept.get(d.id, {})
+        out[d.id] = dict(have)
+        for day in period:
+            if day not in have:
+                missing.setdefault(day, []).append(d)
+    to_keep: list[tuple[date, str, int, int]] = []
+    # Contiguous runs of days missing for the same devices are computed in one read.
+    for day in sorted(missing):
+        chosen = missing[day]
+        up = uptime_for(feed, chosen, day, day, horizon)
+        keep = closed(feed, day, horizon)
+        for d in chosen:
+            u = up.per_device[d.id][day]
+            out[d.id][day] = (u.available_ms, u.scheduled_ms)
+            if keep:
+                to_keep.append((day, d.id, u.available_ms, u.scheduled_ms))
+    feed.store_days(fp, to_keep)
+    return out
+
+
 def low_yield_for(
     feed: Feed,
     inventory: Inventory,
     devices: Sequence[Device],
     on: date,
     horizon: int,
-    uptime: UptimeDays | None = None,
 ) -> list[YieldFlag]:
     """低产/低效 flags of ``devices`` on ``on``, over the rules' trailing window."""
     rules = feed.rules
     window = rules.low_yield.window_days
     first = on - timedelta(days=window - 1)
-    if uptime is None:
-        uptime = uptime_for(feed, devices, first, on, horizon)
+    per_day = daily_a_s(feed, devices, first, on, horizon)
     txn = feed.txn_days(first, on)
     period = days(first, on)
     flags: list[YieldFlag] = []
+    targets = rules.uptime.targets
     for d in devices:
-        per_day = uptime.per_device[d.id]
         mine = txn.get(d.id, {})
+        a_s = per_day[d.id]
         series = DeviceDays(
             device_id=d.id,
             type=d.type,
@@ -296,9 +368,9 @@ def low_yield_for(
             decommissioned=d.decommissioned,
             first_day=first,
             financial=[mine[x].financial if x in mine else 0 for x in period],
-            available_ms=[per_day[x].available_ms for x in period],
-            scheduled_ms=[per_day[x].scheduled_ms for x in period],
+            available_ms=[a_s[x][0] for x in period],
+            scheduled_ms=[a_s[x][1] for x in period],
         )
         tier = inventory.subbranch_of(d).tier
-        flags.append(evaluate(series, on, rules.low_yield, rules.uptime.targets[tier]))
+        flags.append(evaluate(series, on, rules.low_yield, targets[tier]))
     return flags

@@ -72,3 +72,27 @@ GROUP BY device_id, bucket;
 SELECT branch_id, date, financial, non_financial
 FROM counter_volumes
 WHERE date >= %(first)s AND date <= %(last)s;
+
+-- What stored closed days depend on besides the rules: the inventory's devices and the
+-- recorded collector outages.
+-- name: fingerprint
+SELECT (SELECT md5(coalesce(string_agg(concat_ws('|', id, type, placement, commissioned,
+                                                 decommissioned, service_window, heartbeat_s),
+                                       ',' ORDER BY id), ''))
+        FROM devices),
+       (SELECT count(*) || ':' || coalesce(max(id), 0) || ':' || coalesce(max(recorded_at)::text, '')
+        FROM collector_outages);
+
+-- Stored closed days (available and scheduled time, business view) per device and day.
+-- name: cached_days
+SELECT device_id, day, available_ms, scheduled_ms
+FROM kpi_device_days
+WHERE fingerprint = %(fingerprint)s AND day >= %(first)s AND day <= %(last)s;
+
+-- name: store_days
+INSERT INTO kpi_device_days (fingerprint, day, device_id, available_ms, scheduled_ms)
+SELECT %(fingerprint)s, * FROM unnest(%(days)s::date[], %(ids)s::text[], %(available)s::int8[],
+                                     %(scheduled)s::int8[])
+ON CONFLICT (fingerprint, day, device_id) DO UPDATE
+SET available_ms = excluded.available_ms, scheduled_ms = excluded.scheduled_ms,
+    computed_at = now();

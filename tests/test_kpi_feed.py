@@ -16,6 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 import psycopg
 import pytest
 
+from atmfleet.inventory import Device, DeviceType, Placement
 from atmfleet.protocol import (
     EventMessage,
     PresenceMessage,
@@ -263,13 +264,7 @@ class TestWillThenReconnectWithBacklog:
 
 
 def timelines_of(feed: Feed, device_id: str, lo: int, hi: int, horizon: int) -> list[Interval]:
-    from atmfleet.inventory import Device, DeviceType, Placement
-
-    device = Device(
-        id=device_id, branch="B", type=DeviceType.ATM, placement=Placement.OFF_SITE,
-        vendor="V", model="M", commissioned=date(2026, 1, 1),
-    )  # fmt: skip
-    return timelines(feed, [device], lo, hi, horizon)[device_id]
+    return timelines(feed, [_device(device_id)], lo, hi, horizon)[device_id]
 
 
 class TestCollectorOutage:
@@ -321,3 +316,52 @@ class TestPowerCut:
             (m(10.5), m(40), Label.POWER),
             (m(40), m(60), Label.AVAILABLE),
         ]
+
+
+class TestKeptClosedDays:
+    """Closed days' uptime is kept in the store; late telemetry makes it recomputed."""
+
+    def test_kept_days_equal_a_fresh_computation_and_late_data_replaces_them(
+        self, db: psycopg.Connection
+    ) -> None:
+        from rules.feed import daily_a_s
+
+        d = "feed-kept"
+        samples = [state(d, i, i * 5) for i in range(0, 12 * 24 * 2)]  # two days, every 5 min
+        write(db, [[acc(s, s.ts) for s in samples]])
+        feed = Feed(db, RULES)
+        device = _device(d)
+        first, last = date(2026, 11, 27), date(2026, 11, 28)
+        horizon = m(60) + 5 * 86_400_000  # both days closed
+
+        def fresh() -> dict[date, tuple[int, int]]:
+            up = uptime_for(feed, [device], first, last, horizon).per_device[d]
+            return {day: (u.available_ms, u.scheduled_ms) for day, u in up.items()}
+
+        def kept_rows() -> int:
+            row = db.execute(
+                "SELECT count(*) FROM kpi_device_days WHERE device_id = %s", (d,)
+            ).fetchone()
+            db.commit()
+            assert row is not None
+            return int(row[0])
+
+        assert daily_a_s(feed, [device], first, last, horizon)[d] == fresh()
+        assert kept_rows() == 2
+        assert daily_a_s(feed, [device], first, last, horizon)[d] == fresh()
+
+        # A late backlog: the device was in fault for an hour on the 28th (local).
+        late = [state(d, 10_000 + i, 24 * 60 + 2 + i * 5, "fault") for i in range(12)]
+        write(db, [[acc(s, at(48 * 60)) for s in late]])
+        assert kept_rows() == 0  # kept days from the local day before the late point are gone
+        again = daily_a_s(feed, [device], first, last, horizon)[d]
+        assert again == fresh()
+        assert again[last][0] < again[last][1]  # the fault is there
+        assert kept_rows() == 2
+
+
+def _device(device_id: str) -> Device:
+    return Device(
+        id=device_id, branch="B", type=DeviceType.ATM, placement=Placement.OFF_SITE,
+        vendor="V", model="M", commissioned=date(2026, 1, 1),
+    )  # fmt: skip

@@ -152,6 +152,26 @@ CROSS JOIN LATERAL (
 ) p
 """
 
+_NEW_POWER = """
+SELECT e.device_id, e.since
+FROM _stage_event g
+CROSS JOIN LATERAL (
+    SELECT * FROM events e
+    WHERE e.device_id = g.device_id AND e.seq = g.seq AND e.ts = g.ts
+      AND e.received_at = g.received_at
+) e
+WHERE g.event = 'power_restored' AND g.since IS NOT NULL
+"""
+
+# A point at t can change the timeline up to a heartbeat timeout before it (< 1 day):
+# the KPI engine's stored closed days from the local day before are no longer valid.
+_INVALIDATE = """
+DELETE FROM kpi_device_days k
+USING unnest(%s::text[], %s::timestamptz[]) AS u (id, at)
+WHERE k.device_id = u.id
+  AND k.day >= ((u.at - INTERVAL '1 day') AT TIME ZONE atmfleet_timezone())::date
+"""
+
 _RUN_COLUMNS = "start_ts, start_seq, last_ts, last_seq, state, heartbeat_s, samples"
 
 _NEWEST = f"""
@@ -204,7 +224,16 @@ def update_runs(cur: psycopg.Cursor[Any]) -> None:
     new_cuts: dict[str, set[int]] = {}
     for device_id, at in cur.execute(_NEW_CUTS, prepare=False).fetchall():
         new_cuts.setdefault(device_id, set()).add(ms(at))
+    earliest: dict[str, int] = {}
+    for device_id, since in cur.execute(_NEW_POWER, prepare=False).fetchall():
+        earliest[device_id] = min(earliest.get(device_id, _POS_INF), ms(since))
     devices = sorted(samples.keys() | new_cuts.keys())
+    for device_id in devices:
+        times = [s.ts for s in samples.get(device_id, ())] + list(new_cuts.get(device_id, ()))
+        earliest[device_id] = min(earliest.get(device_id, _POS_INF), *times)
+    if earliest:
+        ids = sorted(earliest)
+        cur.execute(_INVALIDATE, (ids, [from_ms(earliest[i]) for i in ids]))
     if not devices:
         return
     # Concurrent collectors may store the same device: one maintains its runs at a time.

@@ -61,3 +61,22 @@ SELECT device_id,
        count(*)
 FROM grouped
 GROUP BY device_id, run;
+
+-- Closed days' uptime per device, kept by the KPI engine so that a 30-day window reads 29
+-- stored days and computes one. ``fingerprint`` identifies the rules, the inventory and
+-- the recorded collector outages it was computed with; another fingerprint is another
+-- cache. Late telemetry for a device deletes its days from the day before it (runs.py).
+CREATE TABLE kpi_device_days (
+    fingerprint  text        NOT NULL,
+    day          date        NOT NULL,
+    device_id    text        NOT NULL,
+    available_ms bigint      NOT NULL,
+    scheduled_ms bigint      NOT NULL,
+    computed_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (fingerprint, day, device_id)
+);
+CREATE INDEX kpi_device_days_device_idx ON kpi_device_days (device_id, day);
+
+-- The time zone local days are counted in (set when the schema was created).
+CREATE FUNCTION atmfleet_timezone() RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN {{timezone}};
