@@ -1,21 +1,12 @@
-"""The TimescaleDB flavour, on a PostgreSQL of our own started with timescaledb preloaded.
+"""The TimescaleDB flavour, on a private PostgreSQL started with timescaledb preloaded.
 
-Skipped (with the reason) when the server binaries have no timescaledb extension.
+Skipped (with the reason) where the server binaries have no timescaledb extension.
 """
 
 from __future__ import annotations
 
-import getpass
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -29,74 +20,12 @@ from tests.test_store_migrations import RELATIONS
 pytestmark = [pytest.mark.integration, pytest.mark.timescale]
 
 
-def _bindir() -> Path | None:
-    pg_ctl = shutil.which("pg_ctl")
-    return Path(os.path.realpath(pg_ctl)).parent if pg_ctl else None
-
-
-def _has_timescaledb(bindir: Path) -> bool:
-    try:
-        sharedir = subprocess.run(
-            [str(bindir / "pg_config"), "--sharedir"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        sharedir = str(bindir.parent.parent.parent / "share/postgresql" / bindir.parent.name)
-    return (Path(sharedir) / "extension/timescaledb.control").exists()
-
-
-@pytest.fixture(scope="module")
-def timescale_server() -> Iterator[str]:
-    """A throw-away PostgreSQL with shared_preload_libraries = timescaledb."""
-    bindir = _bindir()
-    if bindir is None or not _has_timescaledb(bindir):
-        pytest.skip("the timescaledb extension is not installed in this PostgreSQL")
-    # Not under pytest's tmp dir: that one is private to the user running the tests.
-    base = Path(tempfile.mkdtemp(prefix="atmfleet-tsdb-"))
-    # PostgreSQL refuses to run as root: run it as the postgres user then.
-    run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if run_as:
-        shutil.chown(base, "postgres")
-    data = base / "data"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    user = "postgres" if run_as else getpass.getuser()
-    subprocess.run(
-        [*run_as, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", user, "--no-sync"],
-        check=True,
-        capture_output=True,
-    )
-    options = (
-        f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
-        " -c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off"
-    )
-    subprocess.run(
-        [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l",
-         str(base / "log"), "-w", "start"],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    try:
-        yield f"postgresql://{user}@127.0.0.1:{port}"
-    finally:
-        subprocess.run(
-            [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-            capture_output=True,
-        )
-        shutil.rmtree(base, ignore_errors=True)
-
-
 @pytest.fixture
-def ts_url(timescale_server: str) -> Iterator[str]:
-    name = f"ts_{int(time.time() * 1000) % 10**9}_{os.getpid()}"
-    with psycopg.connect(f"{timescale_server}/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"'.encode())
-    url = f"{timescale_server}/{name}"
-    with psycopg.connect(url, autocommit=True) as conn:
+def ts_url(timescale_url: str) -> str:
+    """A new database on the private TimescaleDB server (tests/conftest.py), upgraded."""
+    with psycopg.connect(timescale_url, autocommit=True) as conn:
         assert upgrade(conn).flavour is Flavour.TIMESCALE
-    yield url
-    with psycopg.connect(f"{timescale_server}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)'.encode())
+    return timescale_url
 
 
 def column(url: str, query: str) -> list[object]:
