@@ -7,10 +7,12 @@ the command line, the bulletins and the tests compute an indicator the same way.
 
 Context: a timeline needs the points just outside the period (a silent gap across an edge
 is judged whole). The feed reads runs, presence and outages from ``context`` before the
-period to ``context`` after it (at most up to the horizon), where ``context`` is a day or
-the longest heartbeat timeout of the fleet, whichever is longer: a point further away
-cannot change the period except through a gap longer than any timeout, which is offline
-either way.
+period to ``context`` after it (at most up to the horizon), where ``context`` is the
+longest heartbeat timeout a device can have (``timeout_factor`` x the protocol's largest
+``heartbeat_s``; 3 h by default): a point further away cannot change the period except
+through a gap longer than any timeout, which is offline either way. (One exception, in
+the core's own rule: after such a gap, a birth followed later by a state message carries
+the state last seen before the gap; the feed then sees no state before the gap.)
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from atmfleet.inventory import (
     SubBranch,
     Tier,
 )
+from atmfleet.protocol import StateMessage
 from atmfleet.store.runs import RUN_GAP
 from rules.config import Rules
 from rules.lowyield import DeviceDays, YieldFlag, evaluate
@@ -56,6 +59,10 @@ from rules.uptime import Uptime, UptimePolicy, WindowSpans, daily_uptime, day_sp
 from rules.vendors import FaultEvent
 
 DAY_MS = 86_400_000
+#: The longest heartbeat a device may declare (the protocol's bound on heartbeat_s).
+MAX_HEARTBEAT_S = next(
+    int(m.le) for m in StateMessage.model_fields["heartbeat_s"].metadata if hasattr(m, "le")
+)
 _NAME = re.compile(r"^-- name: ([a-z_]+)\s*$", re.MULTILINE)
 
 
@@ -74,6 +81,11 @@ class DeviceInputs:
     runs: list[StateRun] = field(default_factory=list)
     presence: list[Presence] = field(default_factory=list)
     power: list[PowerRestored] = field(default_factory=list)
+
+
+#: One device's kept day: (available ms, scheduled ms, counted financial transactions).
+KeptDay = tuple[int, int, int]
+KeptDays = dict[date, KeptDay]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +110,10 @@ class Feed:
             )
         self._conn = conn
         self.rules = rules
+        self._aggregate: bool | None = None
 
     def _rows(self, name: str, **params: Any) -> list[tuple[Any, ...]]:
-        with self._conn.cursor() as cur:
+        with self._conn.cursor(binary=True) as cur:
             return cur.execute(queries()[name], params).fetchall()
 
     def now_ms(self) -> int:
@@ -135,10 +148,9 @@ class Feed:
         return Inventory.model_construct(subbranches=subs, branches=branches, devices=devices)
 
     def context_ms(self) -> int:
-        """How far outside a period the feed reads (see the module docstring)."""
-        max_hb = int(self._rows("max_heartbeat")[0][0])
-        timeout = int(self.rules.heartbeat.timeout_factor * max_hb * 1000)
-        return max(DAY_MS, timeout) + 1
+        """How far outside a period the feed reads: the longest heartbeat timeout a
+        device can have (see the module docstring)."""
+        return int(self.rules.heartbeat.timeout_factor * MAX_HEARTBEAT_S * 1000) + 1
 
     def timeline_inputs(
         self, lo: int, hi: int, horizon: int
@@ -198,29 +210,58 @@ class Feed:
         digest.update(f"|{devices}|{outages}".encode())
         return digest.hexdigest()[:32]
 
-    def cached_days(
-        self, fingerprint: str, first: date, last: date
-    ) -> dict[str, dict[date, tuple[int, int]]]:
-        out: dict[str, dict[date, tuple[int, int]]] = {}
-        for device_id, day, a, s in self._rows(
-            "cached_days", fingerprint=fingerprint, first=first, last=last
-        ):
-            out.setdefault(device_id, {})[day] = (a, s)
+    def kept_days(self, fingerprint: str, first: date, last: date) -> dict[str, KeptDays]:
+        """Kept closed days per device in ``first``..``last``."""
+        out: dict[str, KeptDays] = {}
+        with self._conn.cursor(binary=True) as cur:
+            cur.execute(
+                queries()["kept_days"], {"fingerprint": fingerprint, "first": first, "last": last}
+            )
+            for device_id, day_list, avail, sched, fin in cur:
+                out[device_id] = {
+                    d: (a, s, f) for d, a, s, f in zip(day_list, avail, sched, fin, strict=True)
+                }
         return out
 
-    def store_days(self, fingerprint: str, values: Sequence[tuple[date, str, int, int]]) -> None:
-        """Keep closed days' (available, scheduled) per device; committed at once."""
+    def settle_txn_days(self, first: date, last: date) -> None:
+        """Make txn_daily exact for ``first``..``last`` before those days are kept: on
+        TimescaleDB refresh the continuous aggregate (late rows in an already materialised
+        bucket only appear at a refresh); a no-op on plain PostgreSQL (a table kept by a
+        trigger). Commits the connection's open transaction."""
+        self._conn.commit()
+        if self._aggregate is None:
+            with self._conn.cursor() as cur:
+                try:
+                    row = cur.execute(queries()["txn_daily_is_aggregate"]).fetchone()
+                    self._aggregate = bool(row and row[0])
+                finally:
+                    self._conn.commit()
+        if not self._aggregate:
+            return
+        tz = self.rules.tz
+        self._conn.autocommit = True
+        try:
+            self._conn.execute(
+                queries()["refresh_txn_daily"],
+                {"lo": from_ms(day_span(first, tz)[0]), "hi": from_ms(day_span(last, tz)[1])},
+            )
+        finally:
+            self._conn.autocommit = False
+
+    def keep_days(self, fingerprint: str, values: Sequence[tuple[str, date, KeptDay]]) -> None:
+        """Keep closed days per device; committed at once."""
         if not values:
             return
         with self._conn.transaction(), self._conn.cursor() as cur:
             cur.execute(
-                queries()["store_days"],
+                queries()["keep_days"],
                 {
                     "fingerprint": fingerprint,
-                    "days": [v[0] for v in values],
-                    "ids": [v[1] for v in values],
-                    "available": [v[2] for v in values],
-                    "scheduled": [v[3] for v in values],
+                    "ids": [v[0] for v in values],
+                    "days": [v[1] for v in values],
+                    "available": [v[2][0] for v in values],
+                    "scheduled": [v[2][1] for v in values],
+                    "financial": [v[2][2] for v in values],
                 },
             )
 
@@ -311,34 +352,39 @@ def closed(feed: Feed, day: date, horizon: int) -> bool:
     return context <= DAY_MS + 1 and day_span(day, feed.rules.tz)[1] + context <= horizon
 
 
-def daily_a_s(
+def window_days(
     feed: Feed, devices: Sequence[Device], first: date, last: date, horizon: int
-) -> dict[str, dict[date, tuple[int, int]]]:
-    """(available, scheduled) ms per device and local day. Closed days come from the
-    store's kept days when present; the others are computed (and kept when closed)."""
+) -> dict[str, KeptDays]:
+    """Per device and local day ``first``..``last``: (available ms, scheduled ms, counted
+    financial transactions). Kept closed days are read; the others are computed (uptime
+    from the timeline, transactions from txn_daily) and kept when closed."""
     period = days(first, last)
     fp = feed.fingerprint()
-    kept = feed.cached_days(fp, first, last)
-    out: dict[str, dict[date, tuple[int, int]]] = {}
+    kept = feed.kept_days(fp, first, last)
+    out: dict[str, KeptDays] = {}
     missing: dict[date, list[Device]] = {}
     for d in devices:
         have = kept.get(d.id, {})
-        out[d.id] = dict(have)
+        out[d.id] = have
         for day in period:
             if day not in have:
                 missing.setdefault(day, []).append(d)
-    to_keep: list[tuple[date, str, int, int]] = []
-    # Contiguous runs of days missing for the same devices are computed in one read.
+    to_keep: list[tuple[str, date, KeptDay]] = []
     for day in sorted(missing):
         chosen = missing[day]
+        if closed(feed, day, horizon):
+            feed.settle_txn_days(day, day)
         up = uptime_for(feed, chosen, day, day, horizon)
+        txn = feed.txn_days(day, day)
         keep = closed(feed, day, horizon)
         for d in chosen:
             u = up.per_device[d.id][day]
-            out[d.id][day] = (u.available_ms, u.scheduled_ms)
+            t = txn.get(d.id, {}).get(day)
+            value = (u.available_ms, u.scheduled_ms, t.financial if t else 0)
+            out[d.id][day] = value
             if keep:
-                to_keep.append((day, d.id, u.available_ms, u.scheduled_ms))
-    feed.store_days(fp, to_keep)
+                to_keep.append((d.id, day, value))
+    feed.keep_days(fp, to_keep)
     return out
 
 
@@ -353,23 +399,21 @@ def low_yield_for(
     rules = feed.rules
     window = rules.low_yield.window_days
     first = on - timedelta(days=window - 1)
-    per_day = daily_a_s(feed, devices, first, on, horizon)
-    txn = feed.txn_days(first, on)
+    per_day = window_days(feed, devices, first, on, horizon)
     period = days(first, on)
     flags: list[YieldFlag] = []
     targets = rules.uptime.targets
     for d in devices:
-        mine = txn.get(d.id, {})
-        a_s = per_day[d.id]
+        mine = per_day[d.id]
         series = DeviceDays(
             device_id=d.id,
             type=d.type,
             commissioned=d.commissioned,
             decommissioned=d.decommissioned,
             first_day=first,
-            financial=[mine[x].financial if x in mine else 0 for x in period],
-            available_ms=[a_s[x][0] for x in period],
-            scheduled_ms=[a_s[x][1] for x in period],
+            financial=[mine[x][2] for x in period],
+            available_ms=[mine[x][0] for x in period],
+            scheduled_ms=[mine[x][1] for x in period],
         )
         tier = inventory.subbranch_of(d).tier
         flags.append(evaluate(series, on, rules.low_yield, targets[tier]))

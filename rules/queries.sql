@@ -18,11 +18,8 @@ FROM devices ORDER BY id;
 -- name: now
 SELECT now();
 
--- name: max_heartbeat
-SELECT coalesce(max(heartbeat_s), 60) FROM devices;
-
 -- State runs overlapping [lo, hi): the period with its context (the caller widens it by
--- more than any heartbeat timeout on both sides).
+-- the longest heartbeat timeout on both sides).
 -- name: runs
 SELECT device_id, floor(extract(epoch FROM start_ts) * 1000)::int8, start_seq, floor(extract(epoch FROM last_ts) * 1000)::int8, state, heartbeat_s
 FROM state_runs
@@ -83,16 +80,28 @@ SELECT (SELECT md5(coalesce(string_agg(concat_ws('|', id, type, placement, commi
        (SELECT count(*) || ':' || coalesce(max(id), 0) || ':' || coalesce(max(recorded_at)::text, '')
         FROM collector_outages);
 
--- Stored closed days (available and scheduled time, business view) per device and day.
--- name: cached_days
-SELECT device_id, day, available_ms, scheduled_ms
+-- Kept closed days per device: days, available and scheduled ms, counted financial
+-- transactions, as arrays (one row per device keeps a 30-day read small).
+-- name: kept_days
+SELECT device_id, array_agg(day ORDER BY day), array_agg(available_ms ORDER BY day),
+       array_agg(scheduled_ms ORDER BY day), array_agg(financial ORDER BY day)
 FROM kpi_device_days
-WHERE fingerprint = %(fingerprint)s AND day >= %(first)s AND day <= %(last)s;
+WHERE fingerprint = %(fingerprint)s AND day >= %(first)s AND day <= %(last)s
+GROUP BY device_id;
 
--- name: store_days
-INSERT INTO kpi_device_days (fingerprint, day, device_id, available_ms, scheduled_ms)
-SELECT %(fingerprint)s, * FROM unnest(%(days)s::date[], %(ids)s::text[], %(available)s::int8[],
-                                     %(scheduled)s::int8[])
-ON CONFLICT (fingerprint, day, device_id) DO UPDATE
+-- name: keep_days
+INSERT INTO kpi_device_days (fingerprint, device_id, day, available_ms, scheduled_ms, financial)
+SELECT %(fingerprint)s, * FROM unnest(%(ids)s::text[], %(days)s::date[], %(available)s::int8[],
+                                     %(scheduled)s::int8[], %(financial)s::int8[])
+ON CONFLICT (fingerprint, device_id, day) DO UPDATE
 SET available_ms = excluded.available_ms, scheduled_ms = excluded.scheduled_ms,
-    computed_at = now();
+    financial = excluded.financial, computed_at = now();
+
+-- TimescaleDB only: txn_daily is a continuous aggregate; late rows for a bucket already
+-- materialised show up at its next refresh. Before a day is kept, refresh it.
+-- name: txn_daily_is_aggregate
+-- (plain PostgreSQL: a table; TimescaleDB: the aggregate's view)
+SELECT relkind = 'v' FROM pg_class WHERE oid = 'txn_daily'::regclass;
+
+-- name: refresh_txn_daily
+CALL refresh_continuous_aggregate('txn_daily', %(lo)s::timestamptz, %(hi)s::timestamptz);

@@ -21,6 +21,7 @@ from atmfleet.protocol import (
     EventMessage,
     PresenceMessage,
     StateMessage,
+    TxnMessage,
     device_topic,
     encode,
 )
@@ -208,13 +209,23 @@ def m(minutes: float) -> int:
     return ms(at(minutes))
 
 
-def acc(msg: StateMessage | PresenceMessage | EventMessage, received: datetime) -> Accepted:
-    kind = {StateMessage: "state", PresenceMessage: "presence", EventMessage: "event"}
+def acc(
+    msg: StateMessage | PresenceMessage | EventMessage | TxnMessage, received: datetime
+) -> Accepted:
+    kind = {StateMessage: "state", PresenceMessage: "presence", EventMessage: "event",
+            TxnMessage: "txn"}  # fmt: skip
     return Accepted(msg, received, device_topic(msg.device_id, kind[type(msg)]), encode(msg))
 
 
 def state(device: str, seq: int, minute: float, value: str = "in_service") -> StateMessage:
     return StateMessage(v=1, device_id=device, ts=at(minute), seq=seq, state=value)
+
+
+def txn(device: str, seq: int, minute: float) -> TxnMessage:
+    return TxnMessage(
+        v=1, device_id=device, ts=at(minute), seq=seq, txn_id=f"{device}-{seq}",
+        type="withdrawal", amount=100, result="ok", duration_ms=900,
+    )  # fmt: skip
 
 
 class TestWillThenReconnectWithBacklog:
@@ -324,19 +335,24 @@ class TestKeptClosedDays:
     def test_kept_days_equal_a_fresh_computation_and_late_data_replaces_them(
         self, db: psycopg.Connection
     ) -> None:
-        from rules.feed import daily_a_s
+        from rules.feed import window_days
 
         d = "feed-kept"
         samples = [state(d, i, i * 5) for i in range(0, 12 * 24 * 2)]  # two days, every 5 min
-        write(db, [[acc(s, s.ts) for s in samples]])
+        txns = [txn(d, 5000 + i, 60 + i) for i in range(7)]  # the 27th, 11:00 local
+        write(db, [[acc(s, s.ts) for s in samples], [acc(t, t.ts) for t in txns]])
         feed = Feed(db, RULES)
         device = _device(d)
         first, last = date(2026, 11, 27), date(2026, 11, 28)
         horizon = m(60) + 5 * 86_400_000  # both days closed
 
-        def fresh() -> dict[date, tuple[int, int]]:
+        def fresh() -> dict[date, tuple[int, int, int]]:
             up = uptime_for(feed, [device], first, last, horizon).per_device[d]
-            return {day: (u.available_ms, u.scheduled_ms) for day, u in up.items()}
+            txn = feed.txn_days(first, last).get(d, {})
+            return {
+                day: (u.available_ms, u.scheduled_ms, txn[day].financial if day in txn else 0)
+                for day, u in up.items()
+            }
 
         def kept_rows() -> int:
             row = db.execute(
@@ -346,18 +362,24 @@ class TestKeptClosedDays:
             assert row is not None
             return int(row[0])
 
-        assert daily_a_s(feed, [device], first, last, horizon)[d] == fresh()
+        assert window_days(feed, [device], first, last, horizon)[d] == fresh()
         assert kept_rows() == 2
-        assert daily_a_s(feed, [device], first, last, horizon)[d] == fresh()
+        assert window_days(feed, [device], first, last, horizon)[d] == fresh()
 
         # A late backlog: the device was in fault for an hour on the 28th (local).
         late = [state(d, 10_000 + i, 24 * 60 + 2 + i * 5, "fault") for i in range(12)]
         write(db, [[acc(s, at(48 * 60)) for s in late]])
         assert kept_rows() == 0  # kept days from the local day before the late point are gone
-        again = daily_a_s(feed, [device], first, last, horizon)[d]
+        again = window_days(feed, [device], first, last, horizon)[d]
         assert again == fresh()
         assert again[last][0] < again[last][1]  # the fault is there
+        assert again[first][2] == 7
         assert kept_rows() == 2
+
+        # A late transaction on the 27th is counted too.
+        late_txn = txn(d, 6000, 120)
+        write(db, [[acc(late_txn, at(48 * 60))]])
+        assert window_days(feed, [device], first, last, horizon)[d][first][2] == 8
 
 
 def _device(device_id: str) -> Device:

@@ -163,6 +163,17 @@ CROSS JOIN LATERAL (
 WHERE g.event = 'power_restored' AND g.since IS NOT NULL
 """
 
+_NEW_TXNS = """
+SELECT t.device_id, min(t.ts)
+FROM _stage_txn g
+CROSS JOIN LATERAL (
+    SELECT * FROM transactions t
+    WHERE t.device_id = g.device_id AND t.seq = g.seq AND t.ts = g.ts
+      AND t.received_at = g.received_at
+) t
+GROUP BY t.device_id
+"""
+
 # A point at t can change the timeline up to a heartbeat timeout before it (< 1 day):
 # the KPI engine's stored closed days from the local day before are no longer valid.
 _INVALIDATE = """
@@ -227,6 +238,8 @@ def update_runs(cur: psycopg.Cursor[Any]) -> None:
     earliest: dict[str, int] = {}
     for device_id, since in cur.execute(_NEW_POWER, prepare=False).fetchall():
         earliest[device_id] = min(earliest.get(device_id, _POS_INF), ms(since))
+    for device_id, ts in cur.execute(_NEW_TXNS, prepare=False).fetchall():
+        earliest[device_id] = min(earliest.get(device_id, _POS_INF), ms(ts))
     devices = sorted(samples.keys() | new_cuts.keys())
     for device_id in devices:
         times = [s.ts for s in samples.get(device_id, ())] + list(new_cuts.get(device_id, ()))

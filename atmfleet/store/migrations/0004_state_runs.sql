@@ -62,18 +62,21 @@ SELECT device_id,
 FROM grouped
 GROUP BY device_id, run;
 
--- Closed days' uptime per device, kept by the KPI engine so that a 30-day window reads 29
--- stored days and computes one. ``fingerprint`` identifies the rules, the inventory and
--- the recorded collector outages it was computed with; another fingerprint is another
--- cache. Late telemetry for a device deletes its days from the day before it (runs.py).
+-- Closed days per device, kept by the KPI engine so that a 30-day window reads 29 kept
+-- days and computes one: available and scheduled time (business view) and counted
+-- financial transactions. ``fingerprint`` identifies the rules, the inventory and the
+-- recorded collector outages they were computed with; another fingerprint is another
+-- cache. Late telemetry (state, presence, power, transactions) deletes the device's kept
+-- days from the local day before it, in the batch's transaction (runs.py).
 CREATE TABLE kpi_device_days (
     fingerprint  text        NOT NULL,
-    day          date        NOT NULL,
     device_id    text        NOT NULL,
+    day          date        NOT NULL,
     available_ms bigint      NOT NULL,
     scheduled_ms bigint      NOT NULL,
+    financial    bigint      NOT NULL,
     computed_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (fingerprint, day, device_id)
+    PRIMARY KEY (fingerprint, device_id, day)
 );
 CREATE INDEX kpi_device_days_device_idx ON kpi_device_days (device_id, day);
 
