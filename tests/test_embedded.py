@@ -26,7 +26,12 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from atmfleet.embedded import PASSWORD_FILE, embedded_broker, embedded_postgres
+from atmfleet.embedded import (
+    PASSWORD_FILE,
+    EmbeddedServiceError,
+    embedded_broker,
+    embedded_postgres,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -96,12 +101,30 @@ class TestEmbeddedPostgres:
         with pytest.raises(psycopg.OperationalError):
             psycopg.connect(first_url, connect_timeout=3).close()
 
-    def test_a_non_empty_folder_that_is_no_cluster_is_refused(self, tmp_path: Path) -> None:
+    def test_a_non_empty_folder_that_is_no_cluster_is_refused_untouched(
+        self, tmp_path: Path
+    ) -> None:
         (tmp_path / "pg").mkdir()
-        (tmp_path / "pg" / "notes.txt").write_text("mine")
-        with pytest.raises(Exception, match="holds no PostgreSQL cluster"):
-            embedded_postgres(tmp_path / "pg").__enter__()
-        assert (tmp_path / "pg" / "notes.txt").read_text() == "mine"
+        notes = tmp_path / "pg" / "notes.txt"
+        notes.write_text("mine")
+        before = notes.stat()
+        with (
+            pytest.raises(EmbeddedServiceError, match="holds no PostgreSQL cluster"),
+            embedded_postgres(tmp_path / "pg"),
+        ):
+            pass
+        after = notes.stat()
+        assert notes.read_text() == "mine"
+        assert (after.st_uid, after.st_mode) == (before.st_uid, before.st_mode)
+
+    def test_a_data_directory_in_use_is_refused_to_a_second_user(self, tmp_path: Path) -> None:
+        with embedded_postgres(tmp_path / "pg") as url:
+            with (
+                pytest.raises(EmbeddedServiceError, match="another process is using"),
+                embedded_postgres(tmp_path / "pg"),
+            ):
+                pass
+            psycopg.connect(url, connect_timeout=5).close()  # the first one is untouched
 
 
 # -- the broker ----------------------------------------------------------------------------------
