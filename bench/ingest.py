@@ -412,6 +412,10 @@ def main() -> None:
     print(f"b/a = {b / a:.2f}   (target >= 0.6)")
     print(f"b/c = {b / c:.1f}   (target >= 10)")
     print(f"collector peak RSS: {peak / 2**20:.0f} MiB")
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} "
+        "(the ratios depend on it: other work slows the naive commits most)"
+    )
 
 
 if __name__ == "__main__":
