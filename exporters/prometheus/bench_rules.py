@@ -204,6 +204,24 @@ def evaluations(base: str, rounds: int, timeout: float) -> Iterator[dict[str, fl
         time.sleep(0.5)
 
 
+def _expression_times(base: str) -> list[tuple[str, float, int]]:
+    """(rule, best-of-3 milliseconds, result series) for every rule's expression."""
+    import yaml
+
+    groups = yaml.safe_load(RULES_FILE.read_text(encoding="utf-8"))["groups"]
+    out = []
+    for group in groups:
+        for rule in group["rules"]:
+            best = float("inf")
+            series = 0
+            for _ in range(3):
+                started = time.perf_counter()
+                series = len(instant(base, rule["expr"]))
+                best = min(best, time.perf_counter() - started)
+            out.append((rule.get("alert") or rule["record"], best * 1000, series))
+    return out
+
+
 def _stats(values: list[float]) -> str:
     return f"{min(values):9.1f} / {statistics.median(values):9.1f} / {max(values):9.1f}"
 
@@ -213,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=100_000)
     parser.add_argument("--evaluations", type=int, default=4)
     parser.add_argument("--interval", type=int, default=15, help="scrape/evaluation seconds")
+    parser.add_argument(
+        "--per-expression",
+        action="store_true",
+        help="also time each rule's expression as a single query",
+    )
     args = parser.parse_args(argv)
     binary = shutil.which("prometheus")
     if binary is None:
@@ -271,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             rounds = list(
                 evaluations(base, args.evaluations + 2, timeout=args.interval * 30 + 120)
             )[2:]
+            expressions = _expression_times(base) if args.per_expression else []
             scrape = instant(base, 'scrape_duration_seconds{job="atmfleet"}')
             samples = instant(base, 'scrape_samples_scraped{job="atmfleet"}')
             alerts = instant(base, "count by (alertname, alertstate) (ALERTS)")
@@ -297,6 +321,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{int(float(samples[0]['value'][1]))} samples"
         )
     print(f"prometheus resident memory: {rss / 2**20:.0f} MiB")
+    if expressions:
+        print("each rule's expression as one instant query (ms, best of 3), slowest first:")
+        for name, ms, series in sorted(expressions, key=lambda e: -e[1]):
+            print(f"  {name:56s} {ms:9.1f}  {series:7d} series")
     print("alerts (pending/firing):")
     for a in alerts:
         m = a["metric"]
