@@ -87,7 +87,7 @@ EMBEDDED_COLLECTOR = {
     "ATMFLEET_COLLECTOR__BATCH_SIZE": str(BROKER_INFLIGHT),
     "ATMFLEET_COLLECTOR__FLUSH_INTERVAL_S": "0.01",
 }
-#: A live run without --duration lasts until Ctrl-C.
+#: How far ahead the simulator's schedule reaches in a live run (it is stopped earlier).
 OPEN_ENDED = timedelta(days=3650)
 #: How long the collector may take to store what was published before it is stopped.
 CATCH_UP_S = 60.0
@@ -508,7 +508,7 @@ def demo(
             devices=devices,
             backfill_days=backfill_days,
             seed=seed,
-            live_s=None if no_live else (live_s or OPEN_ENDED.total_seconds()),
+            live_s=None if no_live else (live_s or float("inf")),
             data_dir=data_dir.resolve(),
             stop=stop,
             echo=click.echo,
@@ -580,7 +580,9 @@ def run_demo(
 
         now = datetime.now(UTC).replace(microsecond=0)
         start = now - timedelta(days=backfill_days)
-        end = now + timedelta(seconds=live_s) if live_s is not None else now
+        # Live runs are open-ended for the simulator; the demo stops it --duration after
+        # the history is stored (however long the history took).
+        end = now + OPEN_ENDED if live_s is not None else now
         history_started = time.monotonic()
         thread, progress = start_simulator(run_settings, inventory, seed, start, now, end, stop)
 
@@ -615,9 +617,11 @@ def run_demo(
                 echo(f"  {line}")
             echo("")
         if running:
+            assert live_s is not None
             echo("live      devices are reporting in real time; Ctrl-C stops the demo")
             next_report = time.monotonic() + PROGRESS_EVERY_S
-            while not progress.finished.wait(0.5):
+            live_until = time.monotonic() + live_s
+            while not progress.finished.wait(0.5) and time.monotonic() < live_until:
                 collector.check_alive()
                 if time.monotonic() >= next_report:
                     totals = collector.totals() or {}
