@@ -85,7 +85,19 @@ class DeviceInputs:
 
 #: One device's kept day: (available ms, scheduled ms, counted financial transactions).
 KeptDay = tuple[int, int, int]
-KeptDays = dict[date, KeptDay]
+
+
+@dataclass(slots=True)
+class Window:
+    """One device's days of a window, aligned to its first day (None: not known yet)."""
+
+    available: list[int | None]
+    scheduled: list[int | None]
+    financial: list[int | None]
+
+    @classmethod
+    def empty(cls, n: int) -> Window:
+        return cls([None] * n, [None] * n, [None] * n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,17 +222,47 @@ class Feed:
         digest.update(f"|{devices}|{outages}".encode())
         return digest.hexdigest()[:32]
 
-    def kept_days(self, fingerprint: str, first: date, last: date) -> dict[str, KeptDays]:
-        """Kept closed days per device in ``first``..``last``."""
-        out: dict[str, KeptDays] = {}
+    def kept_days(self, fingerprint: str, first: date, last: date) -> dict[str, Window]:
+        """Kept closed days per device in ``first``..``last`` (days not kept are None)."""
+        n = (last - first).days + 1
+        in_order = list(range(n))
+        out: dict[str, Window] = {}
         with self._conn.cursor(binary=True) as cur:
             cur.execute(
                 queries()["kept_days"], {"fingerprint": fingerprint, "first": first, "last": last}
             )
-            for device_id, day_list, avail, sched, fin in cur:
-                out[device_id] = {
-                    d: (a, s, f) for d, a, s, f in zip(day_list, avail, sched, fin, strict=True)
-                }
+            for device_id, values in cur:
+                k = len(values) // 4
+                if k == n and values[:k] == in_order:  # every day, in order: the window
+                    out[device_id] = Window(
+                        values[k : 2 * k], values[2 * k : 3 * k], values[3 * k :]
+                    )
+                    continue
+                w = Window.empty(n)
+                for j in range(k):
+                    i = values[j]
+                    w.available[i] = values[k + j]
+                    w.scheduled[i] = values[2 * k + j]
+                    w.financial[i] = values[3 * k + j]
+                out[device_id] = w
+        return out
+
+    def financial_days(self, first: date, last: date) -> dict[str, dict[date, int]]:
+        """Counted financial transactions per device and local day."""
+        tz = self.rules.tz
+        out: dict[str, dict[date, int]] = {}
+        local: dict[datetime, date] = {}
+        for device_id, bucket, n in self._rows(
+            "financial_days",
+            lo=from_ms(day_span(first, tz)[0]),
+            hi=from_ms(day_span(last, tz)[1]),
+            financial=sorted(t.value for t in self.rules.transactions.financial_types),
+            counted=sorted(r.value for r in self.rules.transactions.counted_results),
+        ):
+            day = local.get(bucket)
+            if day is None:
+                day = local[bucket] = bucket.astimezone(tz).date()
+            out.setdefault(device_id, {})[day] = n
         return out
 
     def settle_txn_days(self, first: date, last: date) -> None:
@@ -354,36 +396,37 @@ def closed(feed: Feed, day: date, horizon: int) -> bool:
 
 def window_days(
     feed: Feed, devices: Sequence[Device], first: date, last: date, horizon: int
-) -> dict[str, KeptDays]:
-    """Per device and local day ``first``..``last``: (available ms, scheduled ms, counted
-    financial transactions). Kept closed days are read; the others are computed (uptime
-    from the timeline, transactions from txn_daily) and kept when closed."""
+) -> dict[str, Window]:
+    """Per device, the local days ``first``..``last``: available ms, scheduled ms and
+    counted financial transactions. Kept closed days are read; the others are computed
+    (uptime from the timeline, transactions from txn_daily) and kept when closed."""
     period = days(first, last)
+    n = len(period)
     fp = feed.fingerprint()
-    kept = feed.kept_days(fp, first, last)
-    out: dict[str, KeptDays] = {}
-    missing: dict[date, list[Device]] = {}
+    out = feed.kept_days(fp, first, last)
+    missing: dict[int, list[Device]] = {}
     for d in devices:
-        have = kept.get(d.id, {})
-        out[d.id] = have
-        for day in period:
-            if day not in have:
-                missing.setdefault(day, []).append(d)
+        w = out.get(d.id)
+        if w is None:
+            w = out[d.id] = Window.empty(n)
+        for i in range(n):
+            if w.available[i] is None:
+                missing.setdefault(i, []).append(d)
     to_keep: list[tuple[str, date, KeptDay]] = []
-    for day in sorted(missing):
-        chosen = missing[day]
-        if closed(feed, day, horizon):
+    for i in sorted(missing):
+        day, chosen = period[i], missing[i]
+        keep = closed(feed, day, horizon)
+        if keep:
             feed.settle_txn_days(day, day)
         up = uptime_for(feed, chosen, day, day, horizon)
-        txn = feed.txn_days(day, day)
-        keep = closed(feed, day, horizon)
+        fin = feed.financial_days(day, day)
         for d in chosen:
             u = up.per_device[d.id][day]
-            t = txn.get(d.id, {}).get(day)
-            value = (u.available_ms, u.scheduled_ms, t.financial if t else 0)
-            out[d.id][day] = value
+            f = fin.get(d.id, {}).get(day, 0)
+            w = out[d.id]
+            w.available[i], w.scheduled[i], w.financial[i] = u.available_ms, u.scheduled_ms, f
             if keep:
-                to_keep.append((d.id, day, value))
+                to_keep.append((d.id, day, (u.available_ms, u.scheduled_ms, f)))
     feed.keep_days(fp, to_keep)
     return out
 
@@ -400,20 +443,19 @@ def low_yield_for(
     window = rules.low_yield.window_days
     first = on - timedelta(days=window - 1)
     per_day = window_days(feed, devices, first, on, horizon)
-    period = days(first, on)
     flags: list[YieldFlag] = []
     targets = rules.uptime.targets
     for d in devices:
-        mine = per_day[d.id]
+        w = per_day[d.id]
         series = DeviceDays(
             device_id=d.id,
             type=d.type,
             commissioned=d.commissioned,
             decommissioned=d.decommissioned,
             first_day=first,
-            financial=[mine[x][2] for x in period],
-            available_ms=[mine[x][0] for x in period],
-            scheduled_ms=[mine[x][1] for x in period],
+            financial=w.financial,  # type: ignore[arg-type]  # complete after window_days
+            available_ms=w.available,  # type: ignore[arg-type]
+            scheduled_ms=w.scheduled,  # type: ignore[arg-type]
         )
         tier = inventory.subbranch_of(d).tier
         flags.append(evaluate(series, on, rules.low_yield, targets[tier]))

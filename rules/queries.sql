@@ -64,6 +64,14 @@ FROM txn_daily
 WHERE bucket >= %(lo)s AND bucket < %(hi)s
 GROUP BY device_id, bucket;
 
+-- Counted financial transactions per device on the local days in [lo, hi).
+-- name: financial_days
+SELECT device_id, bucket, sum(txns)::int8
+FROM txn_daily
+WHERE bucket >= %(lo)s AND bucket < %(hi)s
+  AND type = ANY(%(financial)s) AND result = ANY(%(counted)s)
+GROUP BY device_id, bucket;
+
 -- Teller-counter volumes per branch and local day.
 -- name: counters
 SELECT branch_id, date, financial, non_financial
@@ -80,11 +88,14 @@ SELECT (SELECT md5(coalesce(string_agg(concat_ws('|', id, type, placement, commi
        (SELECT count(*) || ':' || coalesce(max(id), 0) || ':' || coalesce(max(recorded_at)::text, '')
         FROM collector_outages);
 
--- Kept closed days per device: days, available and scheduled ms, counted financial
--- transactions, as arrays (one row per device keeps a 30-day read small).
+-- Kept closed days per device, as one int8 array per device (a 30-day read for 100,000
+-- devices is then 100,000 rows): the day offsets from the first day, then available ms,
+-- scheduled ms and counted financial transactions, in the same order (any order: the
+-- offsets say which day each value is).
 -- name: kept_days
-SELECT device_id, array_agg(day ORDER BY day), array_agg(available_ms ORDER BY day),
-       array_agg(scheduled_ms ORDER BY day), array_agg(financial ORDER BY day)
+SELECT device_id,
+       array_agg((day - %(first)s::date)::int8) || array_agg(available_ms)
+       || array_agg(scheduled_ms) || array_agg(financial)
 FROM kpi_device_days
 WHERE fingerprint = %(fingerprint)s AND day >= %(first)s AND day <= %(last)s
 GROUP BY device_id;
