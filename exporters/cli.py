@@ -1,0 +1,71 @@
+"""``atmfleet serve``: the fleet's metrics for Prometheus (docs/metrics.md).
+
+The collector's own metrics are not served here: each ``atmfleet collect
+--metrics-port`` serves its own, so a collector instance is scraped (and alerted on)
+by itself, as the example Prometheus configuration assumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+import click
+from prometheus_client import CollectorRegistry
+
+from atmfleet.settings import load_settings
+from exporters.metrics import DatabaseSource, Exporter, Targets, make_server
+from rules.config import load_rules
+
+log = logging.getLogger(__name__)
+
+
+@click.command("serve")
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=9310, show_default=True)
+@click.option(
+    "--refresh",
+    "refresh_s",
+    type=click.FloatRange(1, 3600),
+    default=30.0,
+    show_default=True,
+    help="Seconds between two reads of the devices' state (a scrape serves the last read).",
+)
+@click.option(
+    "--day-refresh",
+    "day_refresh_s",
+    type=click.FloatRange(1, 86400),
+    default=120.0,
+    show_default=True,
+    help="Seconds between two computations of today's uptime (costlier).",
+)
+def serve(host: str, port: int, refresh_s: float, day_refresh_s: float) -> None:
+    """Serve the fleet's Prometheus metrics on /metrics, read from the database."""
+    settings = load_settings()
+    rules = load_rules(settings.rules_file)
+    url = settings.require_database_url()
+    source = DatabaseSource(url, rules, day_every_s=day_refresh_s)
+    exporter = Exporter(source, CollectorRegistry(), Targets.from_rules(rules))
+    exporter.refresh()
+    server = make_server(exporter, host, port)
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        stop.set()
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    refresher = threading.Thread(target=exporter.run, args=(refresh_s, stop), daemon=True)
+    refresher.start()
+    log.info("serving on %s:%d/metrics, refresh every %g s", host, server.server_port, refresh_s)
+    try:
+        server.serve_forever()
+    finally:
+        stop.set()
+        server.server_close()
+        refresher.join(timeout=5)
+        source.close()

@@ -1,0 +1,694 @@
+"""``atmfleet serve``: the fleet's Prometheus metrics (the contract is docs/metrics.md).
+
+Three parts, one concern each:
+
+- :class:`Snapshot` holds plain values (one row per exported device, sums per branch...);
+  :func:`current_state` is the pure rule for a device's live state (docs/metrics.md,
+  "Current state").
+- :class:`DatabaseSource` reads a snapshot from the store: one query for every device's
+  newest points (:data:`DEVICE_QUERY`, here rather than in ``rules/queries.sql`` because
+  only the exporter needs it) plus the KPI feed (:mod:`rules.feed`) for today's uptime,
+  transactions and the low-yield share. The uptime and the low-yield share are costlier
+  and change slowly: they are recomputed less often than the device rows.
+- :class:`FleetCollector` is a prometheus_client custom collector on a registry passed in:
+  ``collect()`` yields fresh metric families from the current snapshot.
+  :class:`Exporter` refreshes the snapshot in the background and renders the registry
+  once per refresh, so a scrape of a 100,000-device fleet only sends bytes already made.
+
+When the store cannot be read the snapshot is :meth:`Snapshot.database_down`: the three
+target metrics and ``atmfleet_exporter_database_up 0``, nothing else (device alerts
+resolve rather than fire on stale data).
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
+
+import psycopg
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from atmfleet.errors import AtmfleetError
+from atmfleet.inventory import Device, Inventory
+from atmfleet.store.connect import connect
+from rules.config import Rules
+from rules.feed import Feed, low_yield_for, uptime_for
+from rules.lowyield import YieldStatus
+from rules.timeline import from_ms, ms
+from rules.uptime import day_span
+
+log = logging.getLogger(__name__)
+
+#: States in which a device serves customers (``atmfleet_device_up`` 1).
+UP_STATES = frozenset({"in_service", "degraded"})
+#: Dispensing cash-unit types and the statuses that leave a unit out of the cash ratio.
+DISPENSING = frozenset({"dispense", "recycle"})
+UNUSABLE = frozenset({"inop", "missing"})
+
+
+# --------------------------------------------------------------------------- pure core
+
+
+@dataclass(frozen=True, slots=True)
+class Newest:
+    """A device's newest points, as stored (times in ms since the epoch)."""
+
+    state_ts: int | None = None  # newest state message (by ts)
+    state: str | None = None
+    heartbeat_s: int | None = None
+    run_start: int | None = None  # first message of the current run of that state
+    presence_at: int | None = None  # newest presence, when it takes effect
+    presence_offline: bool = False
+
+
+def current_state(now: int, newest: Newest, timeout_factor: float) -> tuple[str, int | None]:
+    """``(state, since)`` of a device at ``now`` (docs/metrics.md, "Current state")."""
+    has_state = newest.state_ts is not None and newest.state is not None
+    if (
+        newest.presence_at is not None
+        and newest.presence_offline
+        and (not has_state or newest.presence_at >= (newest.state_ts or 0))
+    ):
+        return "offline", newest.presence_at
+    if not has_state:
+        return "unknown", None
+    assert newest.state_ts is not None and newest.state is not None
+    heartbeat = newest.heartbeat_s or 60
+    if now - newest.state_ts > timeout_factor * heartbeat * 1000:
+        return "offline", newest.state_ts
+    since = newest.run_start if newest.run_start is not None else newest.state_ts
+    return newest.state, min(since, newest.state_ts)
+
+
+def cash_ratio(cash_units: Sequence[dict[str, Any]] | None) -> float | None:
+    """Notes left over capacity in the dispensing units (None: no such unit)."""
+    count = capacity = 0
+    for unit in cash_units or ():
+        cap = unit.get("capacity")
+        if unit.get("type") not in DISPENSING or unit.get("status") in UNUSABLE or not cap:
+            continue
+        count += int(unit.get("count") or 0)
+        capacity += int(cap)
+    return count / capacity if capacity else None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    """One exported device: inventory labels and live values (times in Unix seconds)."""
+
+    device: str
+    branch: str
+    subbranch: str
+    tier: str
+    type: str
+    vendor: str
+    placement: str
+    model: str
+    state: str
+    since: float | None
+    last_seen: float | None
+    cash_ratio: float | None
+    in_window: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DayTimes:
+    """Today so far for one branch's devices, in seconds."""
+
+    scheduled: float = 0.0
+    available: float = 0.0
+    tech_scheduled: float = 0.0
+    tech_available: float = 0.0
+    unknown: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Targets:
+    uptime: dict[str, float]  # by tier
+    substitution: float
+    on_site_substitution: float
+    lowyield_max_share: float
+
+    @classmethod
+    def from_rules(cls, rules: Rules) -> Targets:
+        return cls(
+            {tier.value: value for tier, value in sorted(rules.uptime.targets.items())},
+            rules.substitution.target,
+            rules.substitution.on_site_target,
+            rules.low_yield.max_share,
+        )
+
+
+BranchKey = tuple[str, str, str]  # branch, subbranch, tier
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything one exposition shows, as plain values."""
+
+    targets: Targets
+    database_up: bool
+    read_seconds: float = 0.0
+    devices: Sequence[DeviceRow] = ()
+    subbranches: Sequence[tuple[str, str, str]] = ()  # id, tier, name
+    branches: Sequence[tuple[str, str, str, str, str]] = ()  # id, subbranch, tier, kind, name
+    day_start: float | None = None
+    day: dict[BranchKey, DayTimes] = field(default_factory=dict)
+    self_service: dict[tuple[str, str, str, str, bool], int] = field(default_factory=dict)
+    teller: dict[tuple[str, str, str, bool], int] = field(default_factory=dict)
+    lowyield_date: float | None = None
+    lowyield: dict[tuple[str, str, str], tuple[int, int]] = field(default_factory=dict)
+
+    @classmethod
+    def database_down(cls, targets: Targets, read_seconds: float = 0.0) -> Snapshot:
+        return cls(targets, False, read_seconds)
+
+
+INFO_LABELS = ("device", "branch", "subbranch", "tier", "type", "vendor", "placement", "model")
+UP_LABELS = INFO_LABELS[:-1]
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def families(snap: Snapshot) -> Iterator[Metric]:
+    """The metric families of one snapshot, in the order of docs/metrics.md."""
+    g = GaugeMetricFamily
+    if snap.database_up:
+        yield from _device_families(snap)
+        yield from _fleet_families(snap)
+    t = snap.targets
+    up_target = g("atmfleet_uptime_target_ratio", "Uptime target by tier (rules file).",
+                  labels=["tier"])  # fmt: skip
+    for tier, value in t.uptime.items():
+        up_target.add_metric([tier], value)
+    yield up_target
+    sub_target = g(
+        "atmfleet_substitution_target_ratio",
+        "Substitution rate targets (rules file).",
+        labels=["placement"],
+    )
+    sub_target.add_metric(["all"], t.substitution)
+    sub_target.add_metric(["on_site"], t.on_site_substitution)
+    yield sub_target
+    yield g(
+        "atmfleet_lowyield_target_ratio",
+        "Ceiling of the low-yield share (rules file).",
+        value=t.lowyield_max_share,
+    )
+    yield g(
+        "atmfleet_exporter_database_up",
+        "1 if the last refresh read the database.",
+        value=1 if snap.database_up else 0,
+    )
+    yield g(
+        "atmfleet_exporter_scrape_duration_seconds",
+        "Time the last refresh took to read the database.",
+        value=snap.read_seconds,
+    )
+
+
+def _device_families(snap: Snapshot) -> Iterator[Metric]:
+    g = GaugeMetricFamily
+    info = g("atmfleet_device_info", "Static properties of a device (inventory).",
+             labels=list(INFO_LABELS))  # fmt: skip
+    up = g(
+        "atmfleet_device_up",
+        "1 while the device serves customers (in_service or degraded), else 0.",
+        labels=list(UP_LABELS),
+    )
+    state = g("atmfleet_device_state", "The device's current state (one series per device).",
+              labels=["device", "state"])  # fmt: skip
+    window = g(
+        "atmfleet_device_in_service_window",
+        "1 while now is inside the device's service window.",
+        labels=["device"],
+    )
+    seen = g(
+        "atmfleet_device_last_seen_timestamp_seconds",
+        "Receive time of the device's newest stored message.",
+        labels=["device"],
+    )
+    since = g(
+        "atmfleet_device_state_since_timestamp_seconds",
+        "When the device's current state began.",
+        labels=["device"],
+    )
+    cash = g(
+        "atmfleet_device_cash_ratio",
+        "Notes left over capacity in the dispensing cash units.",
+        labels=["device"],
+    )
+    for d in snap.devices:
+        labels = [d.device, d.branch, d.subbranch, d.tier, d.type, d.vendor, d.placement]
+        info.add_metric([*labels, d.model], 1)
+        up.add_metric(labels, 1 if d.state in UP_STATES else 0)
+        state.add_metric([d.device, d.state], 1)
+        window.add_metric([d.device], 1 if d.in_window else 0)
+        if d.last_seen is not None:
+            seen.add_metric([d.device], d.last_seen)
+        if d.since is not None:
+            since.add_metric([d.device], d.since)
+        if d.cash_ratio is not None:
+            cash.add_metric([d.device], d.cash_ratio)
+    yield from (info, up, state, window, seen, since, cash)
+
+
+def _fleet_families(snap: Snapshot) -> Iterator[Metric]:
+    g = GaugeMetricFamily
+    counts: dict[tuple[str, str, str, str], int] = {}
+    for d in snap.devices:
+        key = (d.subbranch, d.tier, d.type, d.state)
+        counts[key] = counts.get(key, 0) + 1
+    devices = g("atmfleet_devices", "Devices by current state.",
+                labels=["subbranch", "tier", "type", "state"])  # fmt: skip
+    for key, n in sorted(counts.items()):
+        devices.add_metric(list(key), n)
+    yield devices
+    subs = g("atmfleet_subbranch_info", "A sub-branch (二级分行).",
+             labels=["subbranch", "tier", "name"])  # fmt: skip
+    for sid, tier, name in snap.subbranches:
+        subs.add_metric([sid, tier, name], 1)
+    yield subs
+    branches = g(
+        "atmfleet_branch_info",
+        "A branch (网点) or off-site self-service bank.",
+        labels=["branch", "subbranch", "tier", "kind", "name"],
+    )
+    for row in snap.branches:
+        branches.add_metric(list(row), 1)
+    yield branches
+    if snap.day_start is not None:
+        scheduled = g("atmfleet_day_scheduled_seconds", "Scheduled time S of today (local) so far.",
+                      labels=["branch", "subbranch", "tier", "view"])  # fmt: skip
+        available = g("atmfleet_day_available_seconds", "Available time A of today (local) so far.",
+                      labels=["branch", "subbranch", "tier", "view"])  # fmt: skip
+        unknown = g(
+            "atmfleet_day_unknown_seconds",
+            "Time of today (local) so far inside collector outages.",
+            labels=["branch", "subbranch", "tier"],
+        )
+        for bkey, times in sorted(snap.day.items()):
+            scheduled.add_metric([*bkey, "business"], times.scheduled)
+            scheduled.add_metric([*bkey, "technical"], times.tech_scheduled)
+            available.add_metric([*bkey, "business"], times.available)
+            available.add_metric([*bkey, "technical"], times.tech_available)
+            unknown.add_metric(list(bkey), times.unknown)
+        yield from (scheduled, available, unknown)
+        yield g("atmfleet_day_start_timestamp_seconds", "Today's local midnight.",
+                value=snap.day_start)  # fmt: skip
+        own = g(
+            "atmfleet_day_self_service_transactions",
+            "Today's device transactions so far (counted results).",
+            labels=["branch", "subbranch", "tier", "placement", "financial"],
+        )
+        for (b, s, t, p, fin), n in sorted(snap.self_service.items()):
+            own.add_metric([b, s, t, p, _flag(fin)], n)
+        yield own
+        teller = g(
+            "atmfleet_day_teller_transactions",
+            "Today's teller-counter volume, once imported.",
+            labels=["branch", "subbranch", "tier", "financial"],
+        )
+        for (b, s, t, fin), n in sorted(snap.teller.items()):
+            teller.add_metric([b, s, t, _flag(fin)], n)
+        yield teller
+    if snap.lowyield_date is not None:
+        low = g("atmfleet_lowyield_devices", "Low-yield devices on the last evaluated date.",
+                labels=["subbranch", "tier", "type"])  # fmt: skip
+        evaluated = g(
+            "atmfleet_lowyield_evaluated_devices",
+            "Devices evaluated on the last evaluated date.",
+            labels=["subbranch", "tier", "type"],
+        )
+        for group, (n_low, n_eval) in sorted(snap.lowyield.items()):
+            low.add_metric(list(group), n_low)
+            evaluated.add_metric(list(group), n_eval)
+        yield from (low, evaluated)
+        yield g(
+            "atmfleet_lowyield_date_timestamp_seconds",
+            "Local midnight starting the evaluated date.",
+            value=snap.lowyield_date,
+        )
+
+
+class FleetCollector(Collector):
+    """A custom collector: fresh families from whatever snapshot ``current`` returns."""
+
+    def __init__(self, current: Callable[[], Snapshot]) -> None:
+        self._current = current
+
+    def collect(self) -> Iterator[Metric]:
+        return families(self._current())
+
+
+# --------------------------------------------------------------------------- the store
+
+#: Every exported device (in the fleet on ``today``) with its newest points. ``since``
+#: walks back over the device's state runs while the state is the same, the gap between
+#: two runs is within the heartbeat timeout and no offline presence lies between them.
+DEVICE_QUERY = """
+WITH RECURSIVE fleet AS (
+    SELECT id FROM devices
+    WHERE commissioned <= %(today)s AND (decommissioned IS NULL OR decommissioned > %(today)s)
+), chain AS (
+    SELECT f.id AS device_id, r.start_ts, r.start_seq, r.state, 0 AS depth
+    FROM fleet f
+    CROSS JOIN LATERAL (
+        SELECT start_ts, start_seq, state FROM state_runs
+        WHERE device_id = f.id ORDER BY start_ts DESC, start_seq DESC LIMIT 1
+    ) r
+    UNION ALL
+    SELECT c.device_id, p.start_ts, p.start_seq, c.state, c.depth + 1
+    FROM chain c
+    CROSS JOIN LATERAL (
+        SELECT start_ts, start_seq, last_ts, state, heartbeat_s FROM state_runs
+        WHERE device_id = c.device_id AND (start_ts, start_seq) < (c.start_ts, c.start_seq)
+        ORDER BY start_ts DESC, start_seq DESC LIMIT 1
+    ) p
+    WHERE p.state = c.state AND c.depth < 10000
+      AND c.start_ts - p.last_ts <= p.heartbeat_s * %(factor)s * INTERVAL '1 second'
+      AND NOT EXISTS (
+          SELECT 1 FROM presence x
+          WHERE x.device_id = c.device_id AND x.status = 'offline'
+            AND presence_at(x.will, x.ts, x.received_at) > p.last_ts
+            AND presence_at(x.will, x.ts, x.received_at) <= c.start_ts)
+), since AS (
+    SELECT device_id, min(start_ts) AS since FROM chain GROUP BY device_id
+)
+SELECT f.id, s.ts, s.state, s.heartbeat_s, s.cash_units, p.at, p.status,
+       greatest(s.received_at, p.received_at, e.received_at, t.received_at), r.since
+FROM fleet f
+LEFT JOIN LATERAL (
+    SELECT ts, state, heartbeat_s, cash_units, received_at FROM state_samples
+    WHERE device_id = f.id ORDER BY ts DESC, seq DESC LIMIT 1
+) s ON true
+LEFT JOIN LATERAL (
+    SELECT presence_at(will, ts, received_at) AS at, status, received_at FROM presence
+    WHERE device_id = f.id ORDER BY presence_at(will, ts, received_at) DESC LIMIT 1
+) p ON true
+LEFT JOIN LATERAL (
+    SELECT received_at FROM events WHERE device_id = f.id ORDER BY ts DESC LIMIT 1
+) e ON true
+LEFT JOIN LATERAL (
+    SELECT received_at FROM transactions WHERE device_id = f.id ORDER BY ts DESC LIMIT 1
+) t ON true
+LEFT JOIN since r ON r.device_id = f.id
+ORDER BY f.id
+"""
+
+
+def _s(at: datetime | None) -> float | None:
+    return None if at is None else ms(at) / 1000
+
+
+class Source(Protocol):
+    """Where snapshots come from."""
+
+    def read(self) -> Snapshot: ...
+
+
+class DatabaseSource:
+    """Reads snapshots from the store through one connection (reopened after a failure).
+
+    Device rows are read at every :meth:`read`; today's uptime at most every
+    ``day_every_s``; the low-yield share when the evaluated date changes or at most every
+    ``lowyield_every_s``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        rules: Rules,
+        *,
+        day_every_s: float = 120.0,
+        lowyield_every_s: float = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._url = url
+        self.rules = rules
+        self.targets = Targets.from_rules(rules)
+        self._day_every = day_every_s
+        self._lowyield_every = lowyield_every_s
+        self._clock = clock
+        self._conn: psycopg.Connection | None = None
+        self._day: tuple[float, date, dict[BranchKey, DayTimes]] | None = None
+        self._lowyield: tuple[float, date, dict[tuple[str, str, str], tuple[int, int]]] | None = (
+            None
+        )
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def read(self) -> Snapshot:
+        started = time.perf_counter()
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = connect(self._url, application_name="atmfleet-serve")
+            try:
+                return self._read(self._conn, started)
+            finally:
+                if not self._conn.closed:
+                    self._conn.rollback()
+        except (psycopg.Error, AtmfleetError) as exc:
+            log.warning("cannot read the database: %s", str(exc).strip().splitlines()[0])
+            self.close()
+            return Snapshot.database_down(self.targets, time.perf_counter() - started)
+
+    def _read(self, conn: psycopg.Connection, started: float) -> Snapshot:
+        rules = self.rules
+        tz = rules.tz
+        feed = Feed(conn, rules)
+        now = feed.now_ms()
+        now_dt = from_ms(now)
+        today = now_dt.astimezone(tz).date()
+        inventory = feed.inventory()
+        subs = inventory.subbranch_by_id
+        branch_of = inventory.branch_by_id
+        devices = [
+            d
+            for d in inventory.devices
+            if d.commissioned <= today and (d.decommissioned is None or d.decommissioned > today)
+        ]
+        tier_of = {s.id: s.tier.value for s in inventory.subbranches}
+        factor = rules.heartbeat.timeout_factor
+        by_id = {d.id: d for d in devices}
+        windows: dict[str, bool] = {}
+        rows: list[DeviceRow] = []
+        with conn.cursor() as cur:
+            cur.execute(DEVICE_QUERY, {"today": today, "factor": factor})
+            for dev_id, ts, st, hb, cash, p_at, p_status, seen, since in cur:
+                d = by_id.get(dev_id)
+                if d is None:
+                    continue
+                newest = Newest(
+                    state_ts=None if ts is None else ms(ts),
+                    state=st,
+                    heartbeat_s=hb,
+                    run_start=None if since is None else ms(since),
+                    presence_at=None if p_at is None else ms(p_at),
+                    presence_offline=p_status == "offline",
+                )
+                state, began = current_state(now, newest, factor)
+                spec = rules.service_windows.spec_for(d)
+                open_now = windows.get(spec)
+                if open_now is None:
+                    open_now = windows[spec] = rules.service_windows.window_for(d).is_open(
+                        now_dt, tz
+                    )
+                branch = branch_of[d.branch]
+                rows.append(
+                    DeviceRow(
+                        d.id, d.branch, branch.subbranch, tier_of[branch.subbranch], d.type.value,
+                        d.vendor, d.placement.value, d.model, state,
+                        None if began is None else began / 1000, _s(seen),
+                        cash_ratio(cash if st is not None else None), open_now,
+                    )
+                )  # fmt: skip
+        day = self._day_times(feed, inventory, devices, today, now)
+        self_service, teller = self._transactions(feed, inventory, devices, today)
+        low_date, lowyield = self._low_yield(feed, inventory, devices, today, now)
+        conn.rollback()
+        return Snapshot(
+            targets=self.targets,
+            database_up=True,
+            read_seconds=time.perf_counter() - started,
+            devices=rows,
+            subbranches=[(s.id, s.tier.value, s.name) for s in inventory.subbranches],
+            branches=[
+                (b.id, b.subbranch, subs[b.subbranch].tier.value, b.kind.value, b.name)
+                for b in inventory.branches
+            ],
+            day_start=day_span(today, tz)[0] / 1000,
+            day=day,
+            self_service=self_service,
+            teller=teller,
+            lowyield_date=day_span(low_date, tz)[0] / 1000,
+            lowyield=lowyield,
+        )
+
+    @staticmethod
+    def _branch_key(inventory: Inventory, d: Device) -> BranchKey:
+        branch = inventory.branch_by_id[d.branch]
+        return d.branch, branch.subbranch, inventory.subbranch_by_id[branch.subbranch].tier.value
+
+    def _day_times(
+        self, feed: Feed, inventory: Inventory, devices: list[Device], today: date, now: int
+    ) -> dict[BranchKey, DayTimes]:
+        cached = self._day
+        if (
+            cached is not None
+            and cached[1] == today
+            and self._clock() - cached[0] < self._day_every
+        ):
+            return cached[2]
+        up = uptime_for(feed, devices, today, today, now)
+        sums: dict[BranchKey, list[int]] = {}
+        for d in devices:
+            u = up.per_device[d.id][today]
+            acc = sums.setdefault(self._branch_key(inventory, d), [0, 0, 0, 0, 0])
+            acc[0] += u.scheduled_ms
+            acc[1] += u.available_ms
+            acc[2] += u.tech_scheduled_ms
+            acc[3] += u.tech_available_ms
+            acc[4] += u.unknown_ms
+        out = {k: DayTimes(*(v / 1000 for v in acc)) for k, acc in sums.items()}
+        self._day = (self._clock(), today, out)
+        return out
+
+    def _transactions(
+        self, feed: Feed, inventory: Inventory, devices: list[Device], today: date
+    ) -> tuple[dict[tuple[str, str, str, str, bool], int], dict[tuple[str, str, str, bool], int]]:
+        txn = feed.txn_days(today, today)
+        own: dict[tuple[str, str, str, str, bool], int] = {}
+        keys: dict[str, BranchKey] = {}
+        for d in devices:
+            key = keys[d.branch] = self._branch_key(inventory, d)
+            day = txn.get(d.id, {}).get(today)
+            for fin in (True, False):
+                k = (*key, d.placement.value, fin)
+                n = 0 if day is None else (day.financial if fin else day.non_financial)
+                own[k] = own.get(k, 0) + n
+        teller: dict[tuple[str, str, str, bool], int] = {}
+        for branch_id, counts in feed.counters(today, today).get(today, {}).items():
+            known = keys.get(branch_id)
+            if known is None:
+                continue
+            teller[(*known, True)] = counts.financial
+            teller[(*known, False)] = counts.non_financial
+        return own, teller
+
+    def _low_yield(
+        self, feed: Feed, inventory: Inventory, devices: list[Device], today: date, now: int
+    ) -> tuple[date, dict[tuple[str, str, str], tuple[int, int]]]:
+        on = today - timedelta(days=1)
+        cached = self._lowyield
+        if (
+            cached is not None
+            and cached[1] == on
+            and self._clock() - cached[0] < self._lowyield_every
+        ):
+            return on, cached[2]
+        flags = low_yield_for(feed, inventory, devices, on, now)
+        type_of = {d.id: d.type.value for d in devices}
+        sub_of = {d.id: self._branch_key(inventory, d)[1:] for d in devices}
+        counts: dict[tuple[str, str, str], list[int]] = {}
+        for f in flags:
+            sub, tier = sub_of[f.device_id]
+            acc = counts.setdefault((sub, tier, type_of[f.device_id]), [0, 0])
+            if f.status in (YieldStatus.LOW, YieldStatus.OK):
+                acc[1] += 1
+                acc[0] += f.status is YieldStatus.LOW
+        out = {k: (v[0], v[1]) for k, v in counts.items()}
+        self._lowyield = (self._clock(), on, out)
+        return on, out
+
+
+# --------------------------------------------------------------------------- serving
+
+
+class Exporter:
+    """Keeps a snapshot fresh and the exposition of ``registry`` rendered.
+
+    :meth:`refresh` reads a snapshot from ``source`` and renders the registry (on which
+    this exporter registers its :class:`FleetCollector`); :meth:`exposition` returns the
+    bytes of the last refresh. :meth:`run` refreshes every ``every_s`` until stopped.
+    """
+
+    def __init__(self, source: Source, registry: CollectorRegistry, targets: Targets) -> None:
+        self._source = source
+        self._registry = registry
+        self._lock = threading.Lock()
+        self._snapshot = Snapshot.database_down(targets)
+        self._body = b""
+        self._gzipped = b""
+        registry.register(FleetCollector(self.snapshot))
+
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    def refresh(self) -> Snapshot:
+        snap = self._source.read()
+        self._snapshot = snap
+        body = generate_latest(self._registry)
+        gzipped = gzip.compress(body, compresslevel=1)
+        with self._lock:
+            self._body, self._gzipped = body, gzipped
+        return snap
+
+    def exposition(self, gzipped: bool = False) -> bytes:
+        with self._lock:
+            return self._gzipped if gzipped else self._body
+
+    def run(self, every_s: float, stop: threading.Event) -> None:
+        while not stop.wait(every_s):
+            started = time.monotonic()
+            try:
+                snap = self.refresh()
+            except Exception:  # a refresh must never end the loop
+                log.exception("refresh failed")
+                continue
+            log.debug(
+                "refreshed in %.3f s: %d devices, database %s",
+                time.monotonic() - started,
+                len(snap.devices),
+                "up" if snap.database_up else "down",
+            )
+
+
+def make_server(exporter: Exporter, host: str, port: int) -> ThreadingHTTPServer:
+    """An HTTP server answering ``/metrics`` (and ``/``) with the last exposition."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.split("?")[0] not in ("/metrics", "/"):
+                self.send_error(404, "only /metrics is served")
+                return
+            wants_gzip = "gzip" in self.headers.get("Accept-Encoding", "")
+            body = exporter.exposition(gzipped=wants_gzip)
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+            if wants_gzip:
+                self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("%s " + format, self.address_string(), *args)
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    return server
