@@ -211,6 +211,8 @@ def families(snap: Snapshot) -> Iterator[Metric]:
         "1 if the last refresh read the database.",
         value=1 if snap.database_up else 0,
     )
+    if not snap.database_up:
+        return  # docs/metrics.md: the targets and database_up only
     yield g(
         "atmfleet_exporter_scrape_duration_seconds",
         "Time the last refresh took to read the database.",

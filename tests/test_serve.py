@@ -1,0 +1,562 @@
+"""``atmfleet serve``: the exposition of docs/metrics.md from a small stored fleet.
+
+The fleet is stored with the real writer in a time zone chosen so that the local time is
+around noon (the day so far is about 12 h long whenever the tests run). Its devices:
+
+- ``A`` (branch B1): in service all along, cash units 400/1000 + 300/500 (+ a reject
+  unit, not counted); 3 withdrawals and 1 inquiry today, plus a failed withdrawal.
+- ``G`` (branch B1, on-site): in service, but its own service window (02:00-04:00 local)
+  is closed now.
+- ``B`` (branch B2): in service, then ``fault`` for the last 20 minutes.
+- ``C`` (branch B2): silent for the last 30 minutes (timeout 3 x 300 s): offline.
+- ``D`` (branch B3): a broker last will received 8 minutes ago: offline.
+- ``E`` (branch B3): never heard from: unknown.
+- ``F`` (branch B3): decommissioned yesterday: not exported.
+
+Branch B2 reported today's teller-counter volume (10 financial, 4 not).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from urllib.request import urlopen
+from zoneinfo import ZoneInfo
+
+import psycopg
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from atmfleet.inventory import Branch, Device, Inventory, SubBranch
+from atmfleet.protocol import (
+    CashUnit,
+    CounterMessage,
+    PresenceMessage,
+    StateMessage,
+    TxnMessage,
+    counter_topic,
+    device_topic,
+    encode,
+)
+from atmfleet.store.inventory import upsert_inventory
+from atmfleet.store.migrate import upgrade
+from atmfleet.store.writer import Accepted, BatchWriter
+from exporters.metrics import (
+    DatabaseSource,
+    DayTimes,
+    DeviceRow,
+    Exporter,
+    Newest,
+    Snapshot,
+    Targets,
+    cash_ratio,
+    current_state,
+    make_server,
+)
+from rules.config import Rules, parse_rules
+
+ROOT = Path(__file__).resolve().parent.parent
+METRICS_DOC = ROOT / "docs" / "metrics.md"
+HB = 300  # heartbeat_s of every device
+MIN = 60_000
+
+
+# ------------------------------------------------------------------------ pure rules
+
+
+class TestCurrentState:
+    """The live state rule of docs/metrics.md ("Current state"), on plain values."""
+
+    NOW = 10_000 * MIN
+
+    def test_a_device_never_heard_from_is_unknown_without_a_since(self) -> None:
+        assert current_state(self.NOW, Newest(), 3.0) == ("unknown", None)
+
+    def test_a_newest_offline_presence_makes_it_offline_from_that_presence(self) -> None:
+        newest = Newest(
+            state_ts=self.NOW - 10 * MIN,
+            state="in_service",
+            heartbeat_s=60,
+            presence_at=self.NOW - 2 * MIN,
+            presence_offline=True,
+        )
+        assert current_state(self.NOW, newest, 3.0) == ("offline", self.NOW - 2 * MIN)
+
+    def test_a_state_after_the_offline_presence_wins(self) -> None:
+        newest = Newest(
+            state_ts=self.NOW - MIN,
+            state="in_service",
+            heartbeat_s=60,
+            run_start=self.NOW - MIN,
+            presence_at=self.NOW - 2 * MIN,
+            presence_offline=True,
+        )
+        assert current_state(self.NOW, newest, 3.0) == ("in_service", self.NOW - MIN)
+
+    def test_silence_longer_than_the_timeout_is_offline_from_the_last_state(self) -> None:
+        newest = Newest(state_ts=self.NOW - 4 * MIN, state="in_service", heartbeat_s=60)
+        assert current_state(self.NOW, newest, 3.0) == ("offline", self.NOW - 4 * MIN)
+
+    def test_silence_within_the_timeout_keeps_the_state_since_its_run_began(self) -> None:
+        newest = Newest(
+            state_ts=self.NOW - 2 * MIN,
+            state="fault",
+            heartbeat_s=60,
+            run_start=self.NOW - 90 * MIN,
+        )
+        assert current_state(self.NOW, newest, 3.0) == ("fault", self.NOW - 90 * MIN)
+
+
+class TestCashRatio:
+    def test_counts_dispensing_units_with_a_capacity_that_work(self) -> None:
+        units = [
+            {"type": "dispense", "status": "ok", "count": 400, "capacity": 1000},
+            {"type": "recycle", "status": "low", "count": 300, "capacity": 500},
+            {"type": "dispense", "status": "inop", "count": 0, "capacity": 1000},
+            {"type": "reject", "status": "ok", "count": 10, "capacity": 200},
+            {"type": "dispense", "status": "ok", "count": 50, "capacity": None},
+        ]
+        assert cash_ratio(units) == pytest.approx(700 / 1500)
+
+    def test_is_absent_without_such_a_unit(self) -> None:
+        assert cash_ratio([{"type": "deposit", "status": "ok", "count": 1, "capacity": 9}]) is None
+        assert cash_ratio([]) is None
+
+
+# ------------------------------------------------------------- the documented example
+
+
+def _doc_example() -> str:
+    text = METRICS_DOC.read_text(encoding="utf-8")
+    match = re.search(r"^```text\n(.*?)^```$", text, re.S | re.M)
+    assert match
+    return match.group(1)
+
+
+def _samples(text: str) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
+    return {
+        (s.name, tuple(sorted(s.labels.items())), s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+class TestTheDocumentedExample:
+    """A snapshot holding the values of the example in docs/metrics.md renders exactly
+    the example's samples (HELP texts and number formatting aside)."""
+
+    def test_renders_the_same_samples(self) -> None:
+        snap = Snapshot(
+            targets=Targets({"1": 0.98, "2": 0.97, "3": 0.96}, 0.6, 0.6, 0.05),
+            database_up=True,
+            read_seconds=0.042,
+            devices=[
+                DeviceRow(
+                    "ATM-0001",
+                    "B01",
+                    "HLBE",
+                    "2",
+                    "atm",
+                    "GRG",
+                    "off_site",
+                    "H68N",
+                    "in_service",
+                    1795802400,
+                    1795832370,
+                    0.408,
+                    True,
+                ),
+                DeviceRow(
+                    "CRS-0002",
+                    "B01",
+                    "HLBE",
+                    "2",
+                    "crs",
+                    "Hyosung",
+                    "on_site",
+                    "6040W",
+                    "offline",
+                    1795831680,
+                    1795831680,
+                    0.71,
+                    True,
+                ),
+            ],
+            subbranches=[("HLBE", "2", "呼伦贝尔")],
+            branches=[("B01", "HLBE", "2", "outlet", "海拉尔支行营业部")],
+            day_start=1795795200,
+            day={("B01", "HLBE", "2"): DayTimes(74400, 73680, 73680, 73680, 0)},
+            self_service={
+                ("B01", "HLBE", "2", "off_site", True): 96,
+                ("B01", "HLBE", "2", "off_site", False): 31,
+                ("B01", "HLBE", "2", "on_site", True): 54,
+            },
+            teller={("B01", "HLBE", "2", True): 88},
+            lowyield_date=1795708800,
+            lowyield={("HLBE", "2", "atm"): (0, 1), ("HLBE", "2", "crs"): (1, 1)},
+        )
+        registry = CollectorRegistry()
+        exporter = Exporter(_Fixed(snap), registry, snap.targets)
+        exporter.refresh()
+        assert _samples(exporter.exposition().decode()) == _samples(_doc_example())
+
+
+@dataclass
+class _Fixed:
+    """A source that returns one snapshot (for the rendering, not for the store)."""
+
+    snap: Snapshot
+
+    def read(self) -> Snapshot:
+        return self.snap
+
+
+# ------------------------------------------------------------------ the stored fleet
+
+
+def zone_near_noon(now: datetime) -> str:
+    """A fixed-offset IANA zone in which ``now`` is between 11:30 and 12:30 local."""
+    offset = round(12 - (now.hour + now.minute / 60))
+    if offset == 0:
+        return "Etc/UTC"
+    return f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}"
+
+
+@dataclass
+class Fleet:
+    url: str
+    rules: Rules
+    now: datetime  # when the history was written (UTC)
+    midnight: datetime  # today's local midnight (UTC)
+    fault_from: datetime  # B
+    c_last: datetime  # C's newest message (ts; received 1 s later)
+    d_will_received: datetime
+    a_last_received: datetime
+
+
+def _device(id_: str, branch: str, **kw: object) -> Device:
+    fields: dict[str, object] = dict(
+        type="atm", placement="off_site", vendor="GRG", model="H68N",
+        commissioned=date(2025, 1, 1), heartbeat_s=HB,
+    )  # fmt: skip
+    fields.update(kw)
+    return Device(id=id_, branch=branch, **fields)
+
+
+def store_fleet(url: str, run_id: str) -> Fleet:
+    now = datetime.now(UTC).replace(microsecond=0)
+    tz_name = zone_near_noon(now)
+    tz = ZoneInfo(tz_name)
+    rules = parse_rules(f"timezone: {tz_name}\n")
+    today = now.astimezone(tz).date()
+    midnight = datetime(today.year, today.month, today.day, tzinfo=tz).astimezone(UTC)
+    ids = {k: f"{k}-{run_id}" for k in "ABCDEFG"}
+    inventory = Inventory(
+        subbranches=(SubBranch(id="S1", name="赤峰", tier="2"),),
+        branches=(
+            Branch(id="B1", name="Outlet 1", subbranch="S1"),
+            Branch(id="B2", name="Outlet 2", subbranch="S1"),
+            Branch(id="B3", name="Bank 3", subbranch="S1", kind="self_service_bank"),
+        ),
+        devices=(
+            _device(ids["A"], "B1"),
+            _device(ids["G"], "B1", placement="on_site", service_window="daily 02:00-04:00"),
+            _device(ids["B"], "B2", type="crs", vendor="Hyosung", model="6040W"),
+            _device(ids["C"], "B2"),
+            _device(ids["D"], "B3"),
+            _device(ids["E"], "B3"),
+            _device(ids["F"], "B3", decommissioned=today - timedelta(days=1)),
+        ),
+    )
+    start = midnight - timedelta(hours=1)
+    fault_from = now - timedelta(minutes=20)
+    c_last = now - timedelta(minutes=30)
+    d_stop = now - timedelta(minutes=10)
+    d_will = now - timedelta(minutes=8)
+    cash = [
+        CashUnit(id="1", type="dispense", denomination=100, count=400, capacity=1000, status="ok"),
+        CashUnit(id="2", type="recycle", denomination=100, count=300, capacity=500, status="low"),
+        CashUnit(id="3", type="reject", denomination=0, count=20, capacity=200, status="ok"),
+    ]
+    msgs: list[Accepted] = []
+
+    def add(m: StateMessage | TxnMessage | PresenceMessage, received: datetime) -> None:
+        kind = {StateMessage: "state", TxnMessage: "txn", PresenceMessage: "presence"}[type(m)]
+        msgs.append(Accepted(m, received, device_topic(m.device_id, kind), encode(m)))
+
+    def heartbeats(key: str, until: datetime, state_at: dict[datetime, str] | None = None) -> None:
+        points = sorted(
+            {*(start + timedelta(seconds=HB * i) for i in range(1000)), *(state_at or {})}
+        )
+        state = "in_service"
+        for seq, t in enumerate(points, start=1):
+            if t > until:
+                break
+            state = (state_at or {}).get(t, state)
+            m = StateMessage(
+                v=1, device_id=ids[key], ts=t, seq=seq, state=state, heartbeat_s=HB,
+                cash_units=cash if key == "A" else [],
+            )  # fmt: skip
+            add(m, t + timedelta(seconds=1))
+
+    heartbeats("A", now)
+    heartbeats("G", now)
+    heartbeats("B", now, {fault_from: "fault"})
+    heartbeats("C", c_last)
+    heartbeats("D", d_stop)
+    will = PresenceMessage(
+        v=1, device_id=ids["D"], status="offline", ts=start, session="s1", will=True
+    )
+    add(will, d_will)
+    at = now - timedelta(minutes=15)
+    for i, (kind, result) in enumerate(
+        [("withdrawal", "ok")] * 3 + [("inquiry", "ok"), ("withdrawal", "failed")]
+    ):
+        t = TxnMessage(
+            v=1, device_id=ids["A"], ts=at + timedelta(seconds=i), seq=100_000 + i,
+            txn_id=f"{run_id}-t{i}", type=kind, amount=Decimal("100"), fee=Decimal("0"),
+            result=result, duration_ms=1000,
+        )  # fmt: skip
+        add(t, at + timedelta(seconds=i + 1))
+    counter = CounterMessage(
+        v=1, branch_id="B2", date=today, financial=10, non_financial=4, source="core", ts=at
+    )
+    msgs.append(Accepted(counter, at, counter_topic("B2"), encode(counter)))
+    with psycopg.connect(url, autocommit=True) as conn:
+        upgrade(conn, timezone=tz_name)
+    with psycopg.connect(url) as conn:
+        upsert_inventory(conn, inventory)
+        BatchWriter(conn, "test").write(msgs)
+
+    def of(key: str) -> list[Accepted]:
+        return [m for m in msgs if getattr(m.message, "device_id", "") == ids[key]]
+
+    a_last = max(m.received_at for m in of("A"))
+    c_newest = max(m.received_at for m in of("C")) - timedelta(seconds=1)
+    return Fleet(url, rules, now, midnight, fault_from, c_newest, d_will, a_last)
+
+
+@pytest.fixture
+def fleet(database_url: str, run_id: str) -> Fleet:
+    return store_fleet(database_url, run_id)
+
+
+Labels = dict[str, str]
+
+
+class Scrape:
+    """One rendered exposition, and the refresh's time bounds (Unix seconds)."""
+
+    def __init__(self, exporter: Exporter, registry: CollectorRegistry) -> None:
+        self.before = time.time()
+        exporter.refresh()
+        self.after = time.time()
+        self.registry = registry
+        self.text = exporter.exposition().decode()
+
+    def value(self, metric: str, /, **labels: str) -> float | None:
+        return self.registry.get_sample_value(metric, labels)
+
+    def series(self, name: str) -> list[Labels]:
+        return [
+            s.labels
+            for family in text_string_to_metric_families(self.text)
+            for s in family.samples
+            if s.name == name
+        ]
+
+
+@pytest.fixture
+def scrape(fleet: Fleet) -> Iterator[Scrape]:
+    source = DatabaseSource(fleet.url, fleet.rules)
+    registry = CollectorRegistry()
+    try:
+        yield Scrape(Exporter(source, registry, Targets.from_rules(fleet.rules)), registry)
+    finally:
+        source.close()
+
+
+def _dev(scrape: Scrape, key: str) -> str:
+    return next(s["device"] for s in scrape.series("atmfleet_device_info") if s["device"][0] == key)
+
+
+@pytest.mark.integration
+class TestDevices:
+    """Per-device series equal what was stored."""
+
+    def test_only_devices_in_the_fleet_today_are_exported(self, scrape: Scrape) -> None:
+        exported = sorted(s["device"][0] for s in scrape.series("atmfleet_device_info"))
+        assert exported == list("ABCDEG")
+
+    def test_each_device_has_one_state_as_stored(self, scrape: Scrape) -> None:
+        states = {s["device"][0]: s["state"] for s in scrape.series("atmfleet_device_state")}
+        assert states == {
+            "A": "in_service", "G": "in_service", "B": "fault",
+            "C": "offline", "D": "offline", "E": "unknown",
+        }  # fmt: skip
+
+    def test_up_follows_the_state_with_the_routing_labels(self, scrape: Scrape) -> None:
+        a = _dev(scrape, "A")
+        labels = dict(device=a, branch="B1", subbranch="S1", tier="2", type="atm",
+                      vendor="GRG", placement="off_site")  # fmt: skip
+        assert scrape.value("atmfleet_device_up", **labels) == 1
+        up = {s["device"][0] for s in scrape.series("atmfleet_device_up")}
+        assert up == set("ABCDEG")
+        for key in "BCDE":
+            [series] = [s for s in scrape.series("atmfleet_device_up") if s["device"][0] == key]
+            assert scrape.value("atmfleet_device_up", **series) == 0
+
+    def test_since_is_when_the_state_began(self, fleet: Fleet, scrape: Scrape) -> None:
+        def since(key: str) -> float | None:
+            return scrape.value(
+                "atmfleet_device_state_since_timestamp_seconds", device=_dev(scrape, key)
+            )
+
+        assert since("A") == (fleet.midnight - timedelta(hours=1)).timestamp()
+        assert since("B") == fleet.fault_from.timestamp()
+        assert since("C") == fleet.c_last.timestamp()
+        assert since("D") == fleet.d_will_received.timestamp()
+        assert since("E") is None
+
+    def test_last_seen_is_the_receive_time_of_the_newest_message(
+        self, fleet: Fleet, scrape: Scrape
+    ) -> None:
+        seen = "atmfleet_device_last_seen_timestamp_seconds"
+        assert scrape.value(seen, device=_dev(scrape, "A")) == fleet.a_last_received.timestamp()
+        assert scrape.value(seen, device=_dev(scrape, "C")) == fleet.c_last.timestamp() + 1
+        assert scrape.value(seen, device=_dev(scrape, "D")) == fleet.d_will_received.timestamp()
+        assert scrape.value(seen, device=_dev(scrape, "E")) is None
+
+    def test_cash_ratio_only_for_devices_with_dispensing_units(self, scrape: Scrape) -> None:
+        ratio = "atmfleet_device_cash_ratio"
+        assert scrape.value(ratio, device=_dev(scrape, "A")) == pytest.approx(700 / 1500)
+        assert [s["device"][0] for s in scrape.series(ratio)] == ["A"]
+
+    def test_the_service_window_is_the_devices_own(self, scrape: Scrape) -> None:
+        window = "atmfleet_device_in_service_window"
+        assert scrape.value(window, device=_dev(scrape, "G")) == 0
+        assert scrape.value(window, device=_dev(scrape, "A")) == 1
+
+
+@pytest.mark.integration
+class TestFleet:
+    """Counts, today's times and transactions, the low-yield share, the targets."""
+
+    def test_devices_by_state(self, scrape: Scrape) -> None:
+        def n(type_: str, state: str) -> float | None:
+            return scrape.value(
+                "atmfleet_devices", subbranch="S1", tier="2", type=type_, state=state
+            )
+
+        assert (n("atm", "in_service"), n("crs", "fault"), n("atm", "offline")) == (2, 1, 2)
+        assert n("atm", "unknown") == 1
+        assert n("atm", "fault") is None  # only non-zero combinations
+
+    def test_todays_times_per_branch(self, fleet: Fleet, scrape: Scrape) -> None:
+        midnight = fleet.midnight.timestamp()
+        assert scrape.value("atmfleet_day_start_timestamp_seconds") == midnight
+        b1 = dict(branch="B1", subbranch="S1", tier="2")
+        s1 = scrape.value("atmfleet_day_scheduled_seconds", view="business", **b1)
+        a1 = scrape.value("atmfleet_day_available_seconds", view="business", **b1)
+        assert s1 is not None and a1 is not None
+        # A all day so far, G its 2-hour window: all available.
+        assert s1 == a1
+        assert scrape.before - midnight + 7200 - 1 <= s1 <= scrape.after - midnight + 7200 + 1
+        b2 = dict(branch="B2", subbranch="S1", tier="2")
+        s2 = scrape.value("atmfleet_day_scheduled_seconds", view="business", **b2)
+        a2 = scrape.value("atmfleet_day_available_seconds", view="business", **b2)
+        assert s2 is not None and a2 is not None
+
+        # B down since its fault, C since its last heartbeat.
+        def down(at: float) -> float:
+            return 2 * at - fleet.fault_from.timestamp() - fleet.c_last.timestamp()
+
+        assert down(scrape.before) - 1 <= s2 - a2 <= down(scrape.after) + 1
+        assert scrape.value("atmfleet_day_unknown_seconds", **b2) == 0
+
+    def test_todays_transactions_count_results_and_zeros(self, scrape: Scrape) -> None:
+        own = "atmfleet_day_self_service_transactions"
+        b1 = dict(branch="B1", subbranch="S1", tier="2")
+        assert scrape.value(own, placement="off_site", financial="true", **b1) == 3
+        assert scrape.value(own, placement="off_site", financial="false", **b1) == 1
+        assert scrape.value(own, placement="on_site", financial="true", **b1) == 0
+        assert scrape.value(own, placement="on_site", financial="false", **b1) == 0
+
+    def test_teller_volume_only_once_imported(self, scrape: Scrape) -> None:
+        teller = "atmfleet_day_teller_transactions"
+        b2 = dict(branch="B2", subbranch="S1", tier="2")
+        assert scrape.value(teller, financial="true", **b2) == 10
+        assert scrape.value(teller, financial="false", **b2) == 4
+        assert {s["branch"] for s in scrape.series(teller)} == {"B2"}
+
+    def test_low_yield_share_of_yesterday(self, fleet: Fleet, scrape: Scrape) -> None:
+        group = dict(subbranch="S1", tier="2")
+        evaluated = scrape.value("atmfleet_lowyield_evaluated_devices", type="atm", **group)
+        low = scrape.value("atmfleet_lowyield_devices", type="atm", **group)
+        # No transactions yesterday: every ATM evaluated is low-yield.
+        assert evaluated is not None and evaluated >= 1
+        assert low == evaluated
+        yesterday = (fleet.midnight - timedelta(days=1)).timestamp()
+        assert scrape.value("atmfleet_lowyield_date_timestamp_seconds") == yesterday
+
+    def test_targets_and_database_up(self, scrape: Scrape) -> None:
+        assert scrape.value("atmfleet_uptime_target_ratio", tier="2") == 0.97
+        assert scrape.value("atmfleet_substitution_target_ratio", placement="on_site") == 0.6
+        assert scrape.value("atmfleet_lowyield_target_ratio") == 0.05
+        assert scrape.value("atmfleet_exporter_database_up") == 1
+        assert scrape.value("atmfleet_branch_info", branch="B3", subbranch="S1", tier="2",
+                            kind="self_service_bank", name="Bank 3") == 1  # fmt: skip
+
+    def test_promtool_finds_nothing(self, scrape: Scrape) -> None:
+        promtool = shutil.which("promtool")
+        if promtool is None:
+            pytest.skip("promtool is not installed (Debian package prometheus)")
+        result = subprocess.run(
+            [promtool, "check", "metrics"], input=scrape.text, capture_output=True, text=True,
+            timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+
+
+@pytest.mark.integration
+class TestDatabaseDown:
+    """Without its database the endpoint still answers: database_up 0 and the targets."""
+
+    def test_a_database_gone_after_a_good_read(self, fleet: Fleet) -> None:
+        from tests.conftest import drop_database
+
+        source = DatabaseSource(fleet.url, fleet.rules)
+        registry = CollectorRegistry()
+        exporter = Exporter(source, registry, Targets.from_rules(fleet.rules))
+        exporter.refresh()
+        assert registry.get_sample_value("atmfleet_exporter_database_up") == 1
+        server = make_server(exporter, "127.0.0.1", 0)
+        import threading
+
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            drop_database(fleet.url)
+            snap = exporter.refresh()
+            assert not snap.database_up
+            body = urlopen(f"http://127.0.0.1:{server.server_port}/metrics", timeout=10).read()
+        finally:
+            server.shutdown()
+            server.server_close()
+            source.close()
+        names = {f.name for f in text_string_to_metric_families(body.decode())}
+        assert names == {
+            "atmfleet_uptime_target_ratio",
+            "atmfleet_substitution_target_ratio",
+            "atmfleet_lowyield_target_ratio",
+            "atmfleet_exporter_database_up",
+        }
+        assert "atmfleet_exporter_database_up 0.0" in body.decode()
