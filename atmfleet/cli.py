@@ -20,6 +20,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("simulator.cli", "simulate_command"),
     ("atmfleet.demo", "demo"),
     ("rules.cli", "kpi"),
+    ("exporters.bulletin_cli", "bulletin"),
     ("exporters.cli", "serve"),
 )
 
