@@ -264,7 +264,9 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         import ctypes
 
         pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6").prctl(pr_set_pdeathsig, signal.SIGTERM)
+        # Without it, a demo killed with SIGKILL would leave the collector running.
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 @dataclass
