@@ -1,0 +1,220 @@
+"""A real Prometheus scrapes ``atmfleet serve`` and the shipped rules evaluate on it.
+
+Debian's ``prometheus`` runs on a free port with its storage in a temporary directory.
+It scrapes the exporter (the small stored fleet of ``test_serve.py``) and a collector's
+own metrics (``collector.stats``, committing now, so the collector gate is open) every
+second, and evaluates ``exporters/prometheus/atmfleet.rules.yml`` with every group's
+interval and every ``for:`` shortened to one second (the expressions are the shipped
+ones; their timing is tested by ``promtool test rules``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+from urllib.request import urlopen
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry, start_http_server
+
+from collector.stats import CollectorStats
+from exporters.metrics import DatabaseSource, Exporter, Targets, make_server
+from tests.test_serve import Fleet, store_fleet
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES_FILE = ROOT / "exporters" / "prometheus" / "atmfleet.rules.yml"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def fast_rules(text: str) -> str:
+    """The shipped rules with one-second intervals and ``for:`` durations."""
+    data = yaml.safe_load(text)
+    for group in data["groups"]:
+        group["interval"] = "1s"
+        for rule in group["rules"]:
+            if "for" in rule:
+                rule["for"] = "1s"
+    return yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
+
+
+class Prometheus:
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+
+    def get(self, path: str, **params: str) -> Any:
+        query = f"?{urlencode(params)}" if params else ""
+        with urlopen(f"{self.url}{path}{query}", timeout=10) as response:
+            return json.loads(response.read())
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.get("/api/v1/query", query=expr)["data"]["result"]
+        return result
+
+    def firing(self) -> list[dict[str, Any]]:
+        alerts = self.get("/api/v1/alerts")["data"]["alerts"]
+        return [a for a in alerts if a["state"] == "firing"]
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = probe()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def prometheus(
+    database_url: str, run_id: str, tmp_path: Path
+) -> Iterator[tuple[Prometheus, Fleet]]:
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("prometheus is not installed (Debian package prometheus)")
+    fleet = store_fleet(database_url, run_id)
+    stop = threading.Event()
+    # atmfleet serve
+    source = DatabaseSource(fleet.url, fleet.rules, day_every_s=1)
+    exporter = Exporter(source, CollectorRegistry(), Targets.from_rules(fleet.rules))
+    exporter.refresh()
+    server = make_server(exporter, "127.0.0.1", 0)
+    threads = [
+        threading.Thread(target=server.serve_forever, daemon=True),
+        threading.Thread(target=exporter.run, args=(1.0, stop), daemon=True),
+    ]
+    # A collector that is storing.
+    collector_registry = CollectorRegistry()
+    stats = CollectorStats(collector_registry)
+    stats.mqtt_connected.set(1)
+
+    def commit() -> None:
+        while not stop.is_set():
+            stats.last_commit.set_to_current_time()
+            stop.wait(1)
+
+    threads.append(threading.Thread(target=commit, daemon=True))
+    collector_server, _ = start_http_server(0, "127.0.0.1", registry=collector_registry)
+    for t in threads:
+        t.start()
+    (tmp_path / "atmfleet.rules.yml").write_text(fast_rules(RULES_FILE.read_text("utf-8")))
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": ["atmfleet.rules.yml"],
+        "scrape_configs": [
+            {"job_name": "atmfleet", "scrape_timeout": "1s",
+             "static_configs": [{"targets": [f"127.0.0.1:{server.server_port}"]}]},
+            {"job_name": "atmfleet-collector", "scrape_timeout": "1s",
+             "static_configs": [{"targets": [f"127.0.0.1:{collector_server.server_port}"]}]},
+        ],
+    }  # fmt: skip
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "prometheus.log").open("wb"),
+    )
+    prom = Prometheus(port)
+    try:
+
+        def ready() -> bool:
+            try:
+                with urlopen(f"{prom.url}/-/ready", timeout=2) as response:
+                    return bool(response.status == 200)
+            except OSError:
+                return False
+
+        wait_for("Prometheus to be ready", ready, timeout=60)
+        yield prom, fleet
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        stop.set()
+        server.shutdown()
+        server.server_close()
+        collector_server.shutdown()
+        collector_server.server_close()
+        source.close()
+
+
+class TestRulesOnWhatWasScraped:
+    def test_recording_rules_count_the_scheduled_and_the_exported_devices(
+        self, prometheus: tuple[Prometheus, Fleet]
+    ) -> None:
+        prom, _fleet = prometheus
+        info = wait_for(
+            "subbranch:atmfleet_device_info:count",
+            lambda: prom.query('subbranch:atmfleet_device_info:count{subbranch="S1"}'),
+        )
+        assert float(info[0]["value"][1]) == 6
+        # B2: B (fault) and C (offline) are scheduled, neither serves.
+        scheduled = wait_for(
+            "branch:atmfleet_device_scheduled:count",
+            lambda: prom.query('branch:atmfleet_device_scheduled:count{branch="B2"}'),
+        )
+        assert float(scheduled[0]["value"][1]) == 2
+        up = prom.query('branch:atmfleet_device_up:sum{branch="B2"}')
+        assert float(up[0]["value"][1]) == 0
+        # B1: G is outside its window, A serves all day: today's uptime is 1.
+        ratio = wait_for(
+            "branch:atmfleet_day_uptime:ratio",
+            lambda: prom.query('branch:atmfleet_day_uptime:ratio{branch="B1",view="business"}'),
+        )
+        assert float(ratio[0]["value"][1]) == 1
+
+    def test_a_device_stored_as_down_in_its_window_fires_device_down(
+        self, prometheus: tuple[Prometheus, Fleet]
+    ) -> None:
+        prom, _fleet = prometheus
+
+        def device_down() -> list[dict[str, Any]]:
+            return [a for a in prom.firing() if a["labels"]["alertname"] == "AtmfleetDeviceDown"]
+
+        wait_for("AtmfleetDeviceDown to fire", device_down)
+        time.sleep(3)  # a few more evaluations: nothing else joins
+        down = {a["labels"]["device"][0]: a for a in device_down()}
+        # B (fault), C (silent), D (last will); not A (serving), G (outside its window),
+        # E (never heard from).
+        assert sorted(down) == ["B", "C", "D"]
+        b = down["B"]["labels"]
+        assert (b["branch"], b["subbranch"], b["tier"], b["type"], b["severity"]) == (
+            "B2",
+            "S1",
+            "2",
+            "crs",
+            "warning",
+        )
+        assert "current state: fault" in down["B"]["annotations"]["description"]
+        branch = [a for a in prom.firing() if a["labels"]["alertname"] == "AtmfleetBranchDown"]
+        assert [a["labels"]["branch"] for a in branch] == ["B2"]
+        monitoring = {a["labels"]["alertname"] for a in prom.firing()}
+        assert "AtmfleetMetricsUnavailable" not in monitoring
+        assert "AtmfleetCollectorDown" not in monitoring
