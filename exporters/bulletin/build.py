@@ -12,13 +12,20 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
 
-from atmfleet.inventory import Device, Inventory, Tier
+from atmfleet.inventory import Device, Inventory, Placement, Tier
 from rules.config import Rules
 from rules.feed import Feed, TxnDay, device_counts, low_yield_for, uptime_for
 from rules.labels import CAUSES, Label
 from rules.lowyield import Share, YieldFlag, low_yield_share
 from rules.network import CoverageGap, deposit_coverage, in_fleet
-from rules.substitution import CounterCounts, Substitution, branch_key, substitution, unit_volumes
+from rules.substitution import (
+    CounterCounts,
+    Substitution,
+    branch_key,
+    substitution,
+    unit_of,
+    unit_volumes,
+)
 from rules.tail import tail, uptime_entries, volume_entries
 from rules.timeline import Interval, from_ms
 from rules.uptime import Uptime, day_span, dimension_key, rollup
@@ -247,7 +254,9 @@ def daily(inputs: DailyInputs, rules: Rules, m: Messages, generated: str) -> Bul
         )  # fmt: skip
     b.tables.append(t)
 
-    # Branches (outlets and self-service banks), by sub-branch then uptime.
+    # Branches (outlets and self-service banks), by sub-branch then uptime. The on-site
+    # rate is judged only where the unit has on-site devices.
+    on_site_units = {unit_of(inv, d.id) for d in inputs.devices if d.placement is Placement.ON_SITE}
     t = Table("branches", m("t.branches"), [
         col("subbranch"), col("branch"), col("branch_name"), col("devices", Kind.INT),
         col("uptime", Kind.RATIO), col("target", Kind.RATIO), col("down_h", Kind.HOURS),
@@ -267,7 +276,8 @@ def daily(inputs: DailyInputs, rules: Rules, m: Messages, generated: str) -> Bul
              sb.financial_counter if sb and sb.rate is not None else None, rate,
              sb.on_site_rate if sb else None],
             _flag(uptime=_below(u.ratio, target), substitution=_below(rate, subst_target),
-                  on_site=_below(sb.on_site_rate if sb else None, rules.substitution.on_site_target)),
+                  on_site=br in on_site_units
+                  and _below(sb.on_site_rate if sb else None, rules.substitution.on_site_target)),
         )  # fmt: skip
     b.tables.append(t)
 

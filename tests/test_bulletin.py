@@ -1,0 +1,190 @@
+"""The bulletin's pure parts: the down-for-long rule, the model, the renderers, the
+arguments and the atomic write (no database)."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+
+import openpyxl
+import pytest
+
+from atmfleet.errors import UsageError
+from exporters.bulletin.build import HOUR_MS, long_down
+from exporters.bulletin.messages import Messages
+from exporters.bulletin.model import Bulletin, Column, Kind, Table
+from exporters.bulletin.output import check_folder, write_atomic
+from exporters.bulletin.render import sheet_names, to_csv_zip, to_html, to_json, to_xlsx
+from exporters.bulletin_cli import (
+    parse_day,
+    parse_formats,
+    parse_lang,
+    parse_month,
+    parse_quarter,
+    previous_month,
+    previous_quarter,
+)
+from rules.labels import Label
+
+H = HOUR_MS
+
+
+class TestLongDown:
+    """A device is listed when it is down at the end and has been down > 24 h."""
+
+    def test_down_for_30_hours_up_to_the_end_is_listed_with_its_start(self) -> None:
+        line = [(0, 10 * H, Label.AVAILABLE), (10 * H, 40 * H, Label.FAULT)]
+        assert long_down(line, 40 * H) == (10 * H, 30 * H, Label.FAULT)
+
+    def test_consecutive_causes_make_one_stretch_named_by_the_longest(self) -> None:
+        line = [
+            (0, 5 * H, Label.AVAILABLE),
+            (5 * H, 15 * H, Label.COMMUNICATIONS),
+            (15 * H, 48 * H, Label.CASH_OUT),
+        ]
+        assert long_down(line, 48 * H) == (5 * H, 43 * H, Label.CASH_OUT)
+
+    def test_exactly_24_hours_is_not_more_than_24_hours(self) -> None:
+        line = [(0, 24 * H, Label.AVAILABLE), (24 * H, 48 * H, Label.FAULT)]
+        assert long_down(line, 48 * H) is None
+
+    def test_a_device_back_in_service_at_the_end_is_not_listed(self) -> None:
+        line = [(0, 40 * H, Label.FAULT), (40 * H, 48 * H, Label.AVAILABLE)]
+        assert long_down(line, 48 * H) is None
+
+    @pytest.mark.parametrize("label", [Label.PLANNED, Label.CLOSED, Label.UNKNOWN])
+    def test_planned_closed_or_unknown_time_is_not_down(self, label: Label) -> None:
+        assert long_down([(0, 48 * H, label)], 48 * H) is None
+
+    def test_an_available_stretch_breaks_the_run(self) -> None:
+        line = [(0, 20 * H, Label.FAULT), (20 * H, 21 * H, Label.AVAILABLE),
+                (21 * H, 44 * H, Label.FAULT)]  # fmt: skip
+        assert long_down(line, 44 * H) is None
+
+
+def sample(lang: str = "en") -> Bulletin:
+    m = Messages(lang)
+    b = Bulletin("daily", lang, m("title.daily"), date(2026, 11, 20), date(2026, 11, 20), "now")
+    b.summary = [("uptime", m("s.uptime"), 0.975, Kind.RATIO)]
+    t = Table(
+        "subbranches", m("t.subbranches"),
+        [Column("subbranch", m("c.subbranch")), Column("uptime", m("c.uptime"), Kind.RATIO),
+         Column("fees", m("c.fees"), Kind.MONEY), Column("down_h", m("c.down_h"), Kind.HOURS)],
+        chart="uptime", chart_label="subbranch", target=0.97,
+    )  # fmt: skip
+    t.add(["赤峰", 0.9612, Decimal("12.50"), 3.5], frozenset({"uptime"}))
+    t.add(["S2", None, Decimal("0"), 0.0])
+    b.tables.append(t)
+    b.tables.append(Table("down_24h", m("t.down_24h"), [Column("device", m("c.device"))]))
+    return b
+
+
+class TestModel:
+    def test_a_row_of_the_wrong_width_is_refused_naming_the_table(self) -> None:
+        t = Table("x", "X", [Column("a", "A")])
+        with pytest.raises(ValueError, match="table x: row of 2 cells for 1 columns"):
+            t.add(["1", "2"])
+
+    def test_every_label_exists_in_both_languages(self) -> None:
+        zh, en = Messages("zh-CN"), Messages("en")
+        for key in ("title.daily", "title.monthly", "title.quarterly", "c.uptime"):
+            assert zh(key) and en(key) and zh(key) != en(key)
+        assert zh("title.monthly") == "自助业务经营管理考核评价月通报"
+        assert zh("title.quarterly") == "自助业务经营管理考核评价季通报"
+
+
+class TestRenderers:
+    """Every format carries the same cells; numbers stay numbers."""
+
+    def test_json_has_stable_keys_and_exact_money(self) -> None:
+        doc = json.loads(to_json(sample()))
+        assert list(doc) == ["kind", "lang", "title", "first", "last", "generated", "summary",
+                             "tables"]  # fmt: skip
+        rows = doc["tables"]["subbranches"]["rows"]
+        assert rows[0] == {"subbranch": "赤峰", "uptime": 0.9612, "fees": "12.50", "down_h": 3.5}
+        assert doc["tables"]["subbranches"]["below_target"] == [["uptime"], []]
+
+    def test_xlsx_keeps_numbers_freezes_the_header_and_fills_below_target_cells(self) -> None:
+        wb = openpyxl.load_workbook(io.BytesIO(to_xlsx(sample(), "Summary", "Period")))
+        ws = wb.worksheets[1]
+        assert ws.freeze_panes == "A3"
+        assert [c.value for c in ws[2]] == ["Sub-branch", "Uptime", "Fees", "Down (h)"]
+        assert ws["B3"].value == 0.9612 and ws["B3"].number_format == "0.00%"
+        assert ws["B3"].fill.fgColor.rgb.endswith("F8CBAD")
+        assert ws["B4"].value is None and ws["B4"].fill.fgColor.rgb != ws["B3"].fill.fgColor.rgb
+        assert wb.worksheets[0]["B4"].value == 0.975
+
+    def test_sheet_names_are_legal_and_unique(self) -> None:
+        b = sample()
+        b.tables = [Table("a", "剁尾巴:开机率后10名设备(按二级分行)/x" * 2, []) for _ in range(3)]
+        names = sheet_names(b, "Summary")
+        assert len(set(names)) == 3
+        assert all(len(n) <= 31 and not set(n) & set("[]:*?/\\") for n in names)
+
+    def test_csv_is_a_zip_of_one_excel_readable_file_per_table(self) -> None:
+        with zipfile.ZipFile(io.BytesIO(to_csv_zip(sample("zh-CN")))) as z:
+            assert z.namelist() == ["summary.csv", "01_subbranches.csv", "02_down_24h.csv"]
+            text = z.read("01_subbranches.csv")
+        assert text.startswith("\ufeff".encode())
+        assert text.decode("utf-8-sig").splitlines()[1] == "赤峰,0.9612,12.50,3.5"
+
+    def test_html_is_self_contained_with_an_svg_chart_and_marks_below_target(self) -> None:
+        page = to_html(sample(), {"summary": "S", "period": "P", "generated": "G",
+                                  "nothing": "none"}).decode()  # fmt: skip
+        assert "<script" not in page and "http://" not in page.replace(
+            'xmlns="http://www.w3.org/2000/svg"', ""
+        )
+        assert page.count("<svg") == 1 and '<td class="n bad">96.12%</td>' in page
+        assert '<p class="empty">none</p>' in page  # an empty table says so
+
+
+class TestArguments:
+    @pytest.mark.parametrize("text", ["2026-02-30", "20261120", "2026-11-20T00:00", ""])
+    def test_a_day_that_is_not_yyyy_mm_dd_is_refused(self, text: str) -> None:
+        with pytest.raises(UsageError, match="not a date; give a local calendar day"):
+            parse_day(text)
+
+    def test_formats_and_languages(self) -> None:
+        assert parse_formats("all") == ["xlsx", "csv", "html", "json"]
+        assert parse_formats("json, HTML,json") == ["json", "html"]
+        with pytest.raises(UsageError, match="unknown format pdf; allowed: xlsx, csv"):
+            parse_formats("xlsx,pdf")
+        assert parse_lang("zh") == "zh-CN" and parse_lang("EN") == "en"
+        with pytest.raises(UsageError, match="--lang 'de': unknown language"):
+            parse_lang("de")
+
+    def test_periods(self) -> None:
+        assert parse_month("2026-02") == (date(2026, 2, 1), date(2026, 2, 28))
+        assert parse_quarter("2026-Q4") == (date(2026, 10, 1), date(2026, 12, 31))
+        assert previous_month(date(2026, 1, 5)) == (date(2025, 12, 1), date(2025, 12, 31))
+        assert previous_quarter(date(2026, 2, 1)) == (date(2025, 10, 1), date(2025, 12, 31))
+        for bad, fn in (("2026-13", parse_month), ("2026-Q5", parse_quarter)):
+            with pytest.raises(UsageError):
+                fn(bad)
+
+
+class TestAtomicWrite:
+    def test_the_file_appears_whole_and_no_temp_file_stays(self, tmp_path: Path) -> None:
+        target = write_atomic(tmp_path / "b.json", b"{}")
+        assert target.read_bytes() == b"{}"
+        assert [p.name for p in tmp_path.iterdir()] == ["b.json"]
+
+    def test_a_failed_write_leaves_the_old_file_and_no_temp_file(self, tmp_path: Path) -> None:
+        (tmp_path / "b.json").write_bytes(b"old")
+        (tmp_path / "dir.json").mkdir()  # os.replace onto a folder fails
+        with pytest.raises(UsageError, match="cannot write"):
+            write_atomic(tmp_path / "dir.json", b"new")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "dir.json"]
+        assert (tmp_path / "b.json").read_bytes() == b"old"
+
+    def test_a_missing_folder_is_created_and_a_file_in_the_way_refused(
+        self, tmp_path: Path
+    ) -> None:
+        assert check_folder(tmp_path / "a" / "b").is_dir()
+        (tmp_path / "f").write_text("")
+        with pytest.raises(UsageError, match="cannot create the folder"):
+            check_folder(tmp_path / "f" / "x")
