@@ -24,9 +24,19 @@ from atmfleet.errors import UsageError
 from atmfleet.inventory import Device, Inventory
 from atmfleet.settings import load_settings
 from atmfleet.store.connect import connect
+from atmfleet.store.migrate import require_current
 from rules.assessment import SubBranchFigures, assess
 from rules.config import Rules, load_rules
-from rules.feed import Feed, TxnDay, device_counts, low_yield_for, timelines, uptime_for
+from rules.feed import (
+    Feed,
+    TxnDay,
+    closed,
+    device_counts,
+    low_yield_for,
+    timelines,
+    uptime_for,
+    window_days,
+)
 from rules.lowyield import YieldStatus, low_yield_share
 from rules.network import deposit_coverage, self_service_bank_ratio
 from rules.revenue import revenue
@@ -140,6 +150,7 @@ def opened(scope: str, on: date | None, first: date | None, last: date | None) -
     settings = load_settings()
     rules = load_rules(settings.rules_file)
     with connect(settings.require_database_url(), application_name="atmfleet-kpi") as conn:
+        require_current(conn)
         feed = Feed(conn, rules)
         horizon = feed.now_ms()
         today = from_ms(horizon).astimezone(rules.tz).date()
@@ -666,3 +677,26 @@ def assessment_cmd(on: datetime | None, first: datetime | None, last: datetime |
     """The monthly assessment score of each sub-branch, ranked within its tier."""
     with opened(scope, _day(on), _day(first), _day(last)) as ctx:
         emit(assessment_report(ctx), as_json)
+
+
+@kpi.command("keep-days")
+@_common
+def keep_days_cmd(on: datetime | None, first: datetime | None, last: datetime | None,
+                  scope: str, as_json: bool) -> None:  # fmt: skip
+    """Compute and keep closed days (uptime, financial volume) ahead of low-yield.
+
+    Run it daily once yesterday is closed (a few hours after midnight): the 30-day
+    low-yield evaluation then reads kept days only.
+    """
+    with opened(scope, _day(on), _day(first), _day(last)) as ctx:
+        period = [ctx.first + timedelta(days=i) for i in range((ctx.last - ctx.first).days + 1)]
+        open_days = [d for d in period if not closed(ctx.feed, d, ctx.horizon)]
+        window_days(ctx.feed, ctx.devices, ctx.first, ctx.last, ctx.horizon)
+        report = Report(
+            f"kept days {ctx.first}..{ctx.last}, {ctx.scope}",
+            ["group", "kept"],
+            [{"group": d.isoformat(), "kept": d not in open_days} for d in period],
+            {"devices": len(ctx.devices),
+             "note": "a day is kept once it is closed (its end plus the context is past)"},
+        )  # fmt: skip
+        emit(report, as_json)

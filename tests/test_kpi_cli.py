@@ -165,3 +165,21 @@ def test_without_a_database_url_the_error_names_the_setting(
     code, out = run("uptime")
     assert code == 2
     assert "ATMFLEET_DATABASE_URL is not set" in out
+
+
+class TestKeptDays:
+    def test_keeping_days_ahead_changes_no_figure(self, db: str) -> None:
+        code, before = run("low-yield", "--date", "2026-11-20", "--scope", "branch:B1", "--json")
+        assert code == 0, before
+        with psycopg.connect(db) as conn:
+            conn.execute("DELETE FROM kpi_device_days")
+        code, out = run("keep-days", "--from", "2026-11-19", "--to", "2026-11-20", "--json")
+        assert code == 0, out
+        assert [r["kept"] for r in json.loads(out)["rows"]] == [True, True]
+        with psycopg.connect(db) as conn:
+            row = conn.execute("SELECT count(*) FROM kpi_device_days").fetchone()
+        assert row == (4,)  # 2 devices x 2 days
+        code, after = run("low-yield", "--date", "2026-11-20", "--scope", "branch:B1", "--json")
+        assert after == before
+        flags = json.loads(after)
+        assert flags["rows"][0]["evaluated"] == 2
