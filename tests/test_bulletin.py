@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
+import shutil
+import subprocess
 import zipfile
 from datetime import date
 from decimal import Decimal
@@ -188,3 +192,43 @@ class TestAtomicWrite:
         (tmp_path / "f").write_text("")
         with pytest.raises(UsageError, match="cannot create the folder"):
             check_folder(tmp_path / "f" / "x")
+
+
+class TestTheSystemdUnits:
+    """deploy/: the timer writes yesterday's bulletin at 00:30 in the bank's time zone."""
+
+    DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+
+    def _ini(self, name: str) -> dict[str, str]:
+        out = {}
+        for line in (self.DEPLOY / name).read_text().splitlines():
+            if "=" in line and not line.startswith("#"):
+                key, _, value = line.partition("=")
+                out[key.strip()] = value.strip()
+        return out
+
+    def test_the_timer_fires_at_half_past_midnight_beijing_time(self) -> None:
+        timer = self._ini("atmfleet-bulletin-daily.timer")
+        assert timer["OnCalendar"] == "*-*-* 00:30:00 Asia/Shanghai"
+        assert timer["Unit"] == "atmfleet-bulletin-daily.service"
+        systemd = shutil.which("systemd-analyze")
+        if systemd is None:
+            pytest.skip("systemd-analyze is not installed")
+        out = subprocess.run(
+            [systemd, "calendar", "--iterations=2", timer["OnCalendar"]],
+            capture_output=True, text=True, check=True,
+            env={**os.environ, "TZ": "UTC"},
+        ).stdout  # fmt: skip
+        elapses = re.findall(r"(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}) UTC", out)
+        assert len(elapses) == 2 and all(e.endswith("16:30:00") for e in elapses)
+
+    def test_the_service_runs_the_daily_bulletin_command(self) -> None:
+        service = self._ini("atmfleet-bulletin-daily.service")
+        argv = service["ExecStart"].split()
+        assert argv[1:4] == ["bulletin", "daily", "--format"]
+        from click.testing import CliRunner
+
+        from atmfleet.cli import cli
+
+        result = CliRunner().invoke(cli, [*argv[1:], "--help"])
+        assert result.exit_code == 0, result.output
