@@ -47,7 +47,11 @@ def serve(host: str, port: int, refresh_s: float, day_refresh_s: float) -> None:
     rules = load_rules(settings.rules_file)
     url = settings.require_database_url()
     source = DatabaseSource(url, rules, day_every_s=day_refresh_s)
-    exporter = Exporter(source, CollectorRegistry(), Targets.from_rules(rules))
+    # Three refreshes missed (or a costly one twice over): the read is stuck; say so.
+    stale_after = max(3 * refresh_s, 2 * day_refresh_s, 300.0)
+    exporter = Exporter(
+        source, CollectorRegistry(), Targets.from_rules(rules), stale_after_s=stale_after
+    )
     exporter.refresh()
     server = make_server(exporter, host, port)
     stop = threading.Event()

@@ -462,6 +462,7 @@ class DatabaseSource:
                 # JIT compiling the device query costs more than running it (0.65 s of
                 # 0.7 s at 2,000 devices): these are index lookups, not big scans.
                 self._conn.execute("SET jit = off")
+                self._conn.execute("SET statement_timeout = '5min'")
                 self._conn.commit()
             try:
                 return self._read(self._conn, started)
@@ -631,15 +632,33 @@ class Exporter:
     :meth:`refresh` reads a snapshot from ``source`` and renders the registry (on which
     this exporter registers its :class:`FleetCollector`); :meth:`exposition` returns the
     bytes of the last refresh. :meth:`run` refreshes every ``every_s`` until stopped.
+
+    A refresh that hangs (a database that stops answering) must not leave old device
+    series on show as current: once the last rendering is older than ``stale_after_s``,
+    :meth:`exposition` answers as if the database were down.
     """
 
-    def __init__(self, source: Source, registry: CollectorRegistry, targets: Targets) -> None:
+    def __init__(
+        self,
+        source: Source,
+        registry: CollectorRegistry,
+        targets: Targets,
+        *,
+        stale_after_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._source = source
         self._registry = registry
+        self._stale_after = stale_after_s
+        self._clock = clock
         self._lock = threading.Lock()
         self._snapshot = Snapshot.database_down(targets)
-        self._body = b""
-        self._gzipped = b""
+        down = CollectorRegistry()
+        down.register(FleetCollector(lambda: Snapshot.database_down(targets)))
+        self._down = generate_latest(down)
+        self._down_gzipped = gzip.compress(self._down, compresslevel=1)
+        self._body, self._gzipped = self._down, self._down_gzipped
+        self._rendered_at = clock()
         registry.register(FleetCollector(self.snapshot))
 
     def snapshot(self) -> Snapshot:
@@ -652,10 +671,17 @@ class Exporter:
         gzipped = gzip.compress(body, compresslevel=1)
         with self._lock:
             self._body, self._gzipped = body, gzipped
+            self._rendered_at = self._clock()
         return snap
 
     def exposition(self, gzipped: bool = False) -> bytes:
         with self._lock:
+            stale = (
+                self._stale_after is not None
+                and self._clock() - self._rendered_at > self._stale_after
+            )
+            if stale:
+                return self._down_gzipped if gzipped else self._down
             return self._gzipped if gzipped else self._body
 
     def run(self, every_s: float, stop: threading.Event) -> None:

@@ -18,6 +18,7 @@ Branch B2 reported today's teller-counter volume (10 financial, 4 not).
 
 from __future__ import annotations
 
+import gzip
 import re
 import shutil
 import subprocess
@@ -560,3 +561,27 @@ class TestDatabaseDown:
             "atmfleet_exporter_database_up",
         }
         assert "atmfleet_exporter_database_up 0.0" in body.decode()
+
+
+class TestAStuckRefresh:
+    """A refresh that never returns (a database that stops answering) does not leave the
+    last device series on show: past ``stale_after_s`` the answer is "database down"."""
+
+    def test_an_old_rendering_is_replaced_by_database_down(self) -> None:
+        now = [0.0]
+        targets = Targets({"1": 0.98}, 0.6, 0.6, 0.05)
+        row = DeviceRow("D1", "B1", "S1", "1", "atm", "GRG", "off_site", "H68N",
+                        "in_service", 0.0, 0.0, None, True)  # fmt: skip
+        snap = Snapshot(targets, True, devices=[row])
+        registry = CollectorRegistry()
+        exporter = Exporter(_Fixed(snap), registry, targets, stale_after_s=90, clock=lambda: now[0])
+        exporter.refresh()
+        now[0] = 90.0
+        assert b'atmfleet_device_up{branch="B1"' in exporter.exposition()
+        now[0] = 91.0
+        text = exporter.exposition().decode()
+        assert "atmfleet_device" not in text
+        assert "atmfleet_exporter_database_up 0.0" in text
+        assert _samples(gzip.decompress(exporter.exposition(gzipped=True)).decode()) == _samples(
+            text
+        )
