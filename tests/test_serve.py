@@ -19,9 +19,14 @@ Branch B2 reported today's teller-counter volume (10 financial, 4 not).
 from __future__ import annotations
 
 import gzip
+import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -63,6 +68,7 @@ from exporters.metrics import (
     make_server,
 )
 from rules.config import Rules, parse_rules
+from tests.conftest import drop_database
 
 ROOT = Path(__file__).resolve().parent.parent
 METRICS_DOC = ROOT / "docs" / "metrics.md"
@@ -532,16 +538,12 @@ class TestDatabaseDown:
     """Without its database the endpoint still answers: database_up 0 and the targets."""
 
     def test_a_database_gone_after_a_good_read(self, fleet: Fleet) -> None:
-        from tests.conftest import drop_database
-
         source = DatabaseSource(fleet.url, fleet.rules)
         registry = CollectorRegistry()
         exporter = Exporter(source, registry, Targets.from_rules(fleet.rules))
         exporter.refresh()
         assert registry.get_sample_value("atmfleet_exporter_database_up") == 1
         server = make_server(exporter, "127.0.0.1", 0)
-        import threading
-
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         try:
@@ -585,3 +587,54 @@ class TestAStuckRefresh:
         assert _samples(gzip.decompress(exporter.exposition(gzipped=True)).decode()) == _samples(
             text
         )
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.mark.integration
+class TestCommand:
+    """``atmfleet serve`` as a user runs it."""
+
+    def test_serves_metrics_and_stops_cleanly_on_sigterm(
+        self, fleet: Fleet, tmp_path: Path
+    ) -> None:
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(f"timezone: {fleet.rules.timezone}\n")
+        env = {**os.environ, "ATMFLEET_DATABASE_URL": fleet.url, "ATMFLEET_RULES_FILE": str(rules)}
+        port = _port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "atmfleet.cli", "serve", "--host", "127.0.0.1",
+             "--port", str(port), "--refresh", "1"],
+            env=env, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    body = urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+                    break
+                except OSError:
+                    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                    assert time.monotonic() < deadline, "atmfleet serve did not start"
+                    time.sleep(0.2)
+            assert "atmfleet_exporter_database_up 1.0" in body
+            assert sum(s.startswith("atmfleet_device_state{") for s in body.splitlines()) == 6
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=20)
+        assert code == 0
+
+    def test_refuses_to_start_without_a_database_url(self, tmp_path: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "ATMFLEET_DATABASE_URL"}
+        env["ATMFLEET_SECRETS_DIR"] = str(tmp_path)
+        result = subprocess.run(
+            [sys.executable, "-m", "atmfleet.cli", "serve"],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 2
+        assert "ATMFLEET_DATABASE_URL is not set" in result.stderr
