@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import threading
 import time
 import uuid
@@ -179,6 +180,8 @@ def main() -> None:
                 f" rendering {total - snap.read_seconds:.2f} s), {len(snap.devices)} devices",
                 flush=True,
             )
+            parts = ", ".join(f"{k} {v:.2f} s" for k, v in source.timings.items())
+            print(f"  reads: {parts}", flush=True)
         body = exporter.exposition()
         samples = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
         server = make_server(exporter, "127.0.0.1", 0)
@@ -200,6 +203,8 @@ def main() -> None:
             server.shutdown()
             server.server_close()
             source.close()
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"peak RSS of this process (fill included): {rss:.0f} MiB")
     finally:
         with psycopg.connect(args.admin_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -444,6 +444,9 @@ class DatabaseSource:
         self._lowyield_every = lowyield_every_s
         self._clock = clock
         self._conn: psycopg.Connection | None = None
+        #: Seconds each part of the last successful read took (inventory and device rows,
+        #: today's uptime, transactions, low-yield share; cached parts take ~0).
+        self.timings: dict[str, float] = {}
         self._day: tuple[float, date, dict[BranchKey, DayTimes]] | None = None
         self._lowyield: tuple[float, date, dict[tuple[str, str, str], tuple[int, int]]] | None = (
             None
@@ -524,10 +527,21 @@ class DatabaseSource:
                         cash_ratio(cash if st is not None else None), open_now,
                     )
                 )  # fmt: skip
+        t_devices = time.perf_counter()
         day = self._day_times(feed, inventory, devices, today, now)
+        t_day = time.perf_counter()
         self_service, teller = self._transactions(feed, inventory, devices, today)
+        t_txn = time.perf_counter()
         low_date, lowyield = self._low_yield(feed, inventory, devices, today, now)
+        t_low = time.perf_counter()
         conn.rollback()
+        self.timings = {
+            "devices": t_devices - started,
+            "day_uptime": t_day - t_devices,
+            "transactions": t_txn - t_day,
+            "low_yield": t_low - t_txn,
+        }
+        log.debug("read times (s): %s", {k: round(v, 3) for k, v in self.timings.items()})
         return Snapshot(
             targets=self.targets,
             database_up=True,
