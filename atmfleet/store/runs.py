@@ -7,7 +7,7 @@ with one state, no silent gap longer than ``RUN_GAP`` x the earlier sample's
 
 ``RUN_GAP`` (1.5) is below any heartbeat timeout the rules allow (``timeout_factor`` >= 1.5
 is required by the feed): the engine judges the gaps *between* runs with its own timeout,
-so runs finer than its own would be give the same timeline.
+so runs finer than its own give the same timeline.
 
 :func:`compress` is the pure rule. :func:`update_runs` keeps ``state_runs`` equal to
 ``compress`` over every stored sample, in the transaction that stored a batch:
@@ -17,6 +17,10 @@ so runs finer than its own would be give the same timeline.
 - anything older (a store-and-forward backlog, a presence received late) recomputes only
   the runs between the last run that ends before it and the first run that starts after
   it, from the raw samples in between.
+
+The same call deletes the KPI engine's kept closed days (``kpi_device_days``) that new
+state, presence, ``power_restored`` or transaction rows can change: from the local day
+before the earliest of them.
 """
 
 from __future__ import annotations
