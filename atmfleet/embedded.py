@@ -244,10 +244,15 @@ def _start(bin_dir: Path, data_dir: Path, user: str | None, port: int) -> None:
     )
     if result.returncode != 0:
         tail = logfile.read_text(errors="replace")[-1500:] if logfile.exists() else ""
-        raise EmbeddedServiceError(
+        error = _PortTaken if "Address already in use" in tail else EmbeddedServiceError
+        raise error(
             f"PostgreSQL did not start on 127.0.0.1:{port} from {data_dir}: "
             f"{result.stderr.strip()[-500:]}\n{tail}"
         )
+
+
+class _PortTaken(EmbeddedServiceError):
+    """Another process took the free port between our choice and the server's bind."""
 
 
 def _stop(bin_dir: Path, data_dir: Path, user: str | None) -> None:
@@ -313,9 +318,16 @@ def embedded_postgres(
             raise EmbeddedServiceError(f"{secret} is missing; remove {data_dir} to start afresh")
         password = secret.read_text().strip()
         _stop_leftover(bin_dir, data_dir, user)
-        chosen = port or free_port()
         started = time.monotonic()
-        _start(bin_dir, data_dir, user, chosen)
+        for attempt in range(1 if port else 3):
+            chosen = port or free_port()
+            try:
+                _start(bin_dir, data_dir, user, chosen)
+                break
+            except _PortTaken:
+                if port or attempt == 2:
+                    raise
+                log.info("port %d was taken before PostgreSQL bound it; trying another", chosen)
         log.info("PostgreSQL up on 127.0.0.1:%d in %.2fs", chosen, time.monotonic() - started)
         try:
             _ensure_database(pg_url(password, chosen, "postgres"), database)

@@ -117,6 +117,17 @@ class TestEmbeddedPostgres:
         assert notes.read_text() == "mine"
         assert (after.st_uid, after.st_mode) == (before.st_uid, before.st_mode)
 
+    def test_a_port_already_taken_is_reported_with_the_server_log(self, tmp_path: Path) -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            with (
+                pytest.raises(EmbeddedServiceError, match=f"did not start on 127.0.0.1:{port}"),
+                embedded_postgres(tmp_path / "pg", port=port),
+            ):
+                pass
+
     def test_a_data_directory_in_use_is_refused_to_a_second_user(self, tmp_path: Path) -> None:
         with embedded_postgres(tmp_path / "pg") as url:
             with (
