@@ -37,9 +37,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from atmfleet.errors import AtmfleetError
+from atmfleet.errors import AtmfleetError, ConfigError
 from atmfleet.inventory import Device, Inventory
 from atmfleet.store.connect import connect
+from atmfleet.store.runs import RUN_GAP
 from rules.config import Rules
 from rules.feed import Feed, low_yield_for, uptime_for
 from rules.lowyield import YieldStatus
@@ -437,6 +438,11 @@ class DatabaseSource:
         lowyield_every_s: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if rules.heartbeat.timeout_factor < RUN_GAP:  # the feed's own condition, at start-up
+            raise ConfigError(
+                f"heartbeat.timeout_factor: {rules.heartbeat.timeout_factor} is below "
+                f"{RUN_GAP}, the gap at which the store breaks state runs; allowed: >= {RUN_GAP}"
+            )
         self._url = url
         self.rules = rules
         self.targets = Targets.from_rules(rules)
@@ -473,7 +479,8 @@ class DatabaseSource:
                 if not self._conn.closed:
                     self._conn.rollback()
         except (psycopg.Error, AtmfleetError) as exc:
-            log.warning("cannot read the database: %s", str(exc).strip().splitlines()[0])
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            log.warning("cannot read the database: %s", reason)
             self.close()
             return Snapshot.database_down(self.targets, time.perf_counter() - started)
 

@@ -638,3 +638,12 @@ class TestCommand:
         )  # fmt: skip
         assert result.returncode == 2
         assert "ATMFLEET_DATABASE_URL is not set" in result.stderr
+
+
+class TestStartUpChecks:
+    def test_a_heartbeat_timeout_below_the_run_gap_is_refused_naming_the_field(self) -> None:
+        from atmfleet.errors import ConfigError
+
+        rules = parse_rules("heartbeat: {timeout_factor: 1.2}\n")
+        with pytest.raises(ConfigError, match=r"heartbeat.timeout_factor: 1.2 .* allowed: >= 1.5"):
+            DatabaseSource("postgresql://127.0.0.1/none", rules)
