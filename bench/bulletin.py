@@ -19,6 +19,7 @@ build + that format), file sizes and the peak memory; the database is dropped at
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import resource
 import sys
@@ -105,6 +106,8 @@ def main() -> None:
                         f" {fmt}: {gather + model + took:6.2f} s; {path.stat().st_size / 1e6:.2f} MB",
                         flush=True,
                     )
+            load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+            print(f"{os.cpu_count()} CPUs, load average {load}")
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             print(f"peak memory (RSS) {peak:.0f} MB")
     finally:

@@ -46,9 +46,9 @@ DAY = date(2026, 11, 20)
 MIDNIGHT = datetime(2026, 11, 20, tzinfo=TZ).astimezone(UTC)
 
 
-def _device(ident: str, branch: str, kind: str = "atm") -> Device:
+def _device(ident: str, branch: str, kind: str = "atm", placement: str = "off_site") -> Device:
     return Device(
-        id=ident, branch=branch, type=kind, placement="off_site", vendor="GRG", model="H22N",
+        id=ident, branch=branch, type=kind, placement=placement, vendor="GRG", model="H22N",
         commissioned=date(2025, 1, 1), heartbeat_s=300,
     )  # fmt: skip
 
@@ -67,10 +67,18 @@ INVENTORY = Inventory(
         _device("bt-b", "B1"),  # in service
         _device("bt-c", "B1", "crs"),  # fault from the day before to the end: down > 24 h
         _device("bt-d", "B2", "crs"),  # in service
+        # In the banking hall, 09:00-17:00: fault 12:00-13:00 (7 h of 8).
+        _device("bt-e", "B1", "smart_teller", "on_site"),
     ),
 )
 
-FAULTS = {"bt-a": (600, 660), "bt-b": (0, 0), "bt-c": (-1500, 24 * 60 + 65), "bt-d": (0, 0)}
+FAULTS = {
+    "bt-a": (600, 660),
+    "bt-b": (0, 0),
+    "bt-c": (-1500, 24 * 60 + 65),
+    "bt-d": (0, 0),
+    "bt-e": (720, 780),
+}
 
 
 def heartbeats(device: str, fault_from: int, fault_to: int) -> list[StateMessage]:
@@ -184,8 +192,9 @@ class TestTheDailyBulletinEqualsTheEngine:
             assert round(rows[s]["uptime"], 6) == up[s]["uptime"]
             assert round(rows[s]["substitution"], 6) == sub[s]["rate"]
             assert rows[s]["devices"] == up[s]["devices"]
-        # By hand: S1 is 23 h + 24 h + 0 h of 72 h; S2 is up all day.
-        assert rows["S1"]["uptime"] == pytest.approx(47 / 72)
+        # By hand: S1 is 23 h + 24 h + 0 h + 7 h of 24 + 24 + 24 + 8 h (ΣA/ΣS, not the
+        # average of the devices' ratios); S2 is up all day.
+        assert rows["S1"]["uptime"] == pytest.approx(54 / 80)
         assert rows["S2"]["rank"] == 1 and rows["S1"]["rank"] == 2
 
         sheet = xlsx_sheet(
@@ -238,13 +247,30 @@ class TestTheDailyBulletinEqualsTheEngine:
         }
         doc = json.loads(written["en:json"].read_text())
         rows = {r["device"]: r for r in doc["tables"]["below_target"]["rows"]}
-        assert list(rows) == ["bt-c", "bt-a"]  # worst first
+        assert list(rows) == ["bt-c", "bt-e", "bt-a"]  # worst first
         for d, r in rows.items():
             assert round(r["uptime"], 6) == devices[d]["uptime"]
             assert r["down_h.fault"] == pytest.approx(
                 devices[d]["down_ms_by_cause"]["fault"] / 3_600_000
             )
         assert doc["tables"]["below_target"]["below_target"][0] == ["uptime"]
+
+    def test_the_on_site_rate_is_judged_only_where_a_branch_has_on_site_devices(
+        self, db: str, written: dict[str, Path]
+    ) -> None:
+        engine = {
+            r["group"]: r
+            for r in kpi(db, "substitution", "--date", str(DAY), "--by", "branch")["rows"]
+        }
+        table = json.loads(written["en:json"].read_text())["tables"]["branches"]
+        flagged = {
+            r["branch"]: f for r, f in zip(table["rows"], table["below_target"], strict=True)
+        }
+        rows = {r["branch"]: r for r in table["rows"]}
+        for b in ("B1", "B2"):
+            assert round(rows[b]["on_site"], 6) == engine[b]["on_site_rate"] == 0.0
+        assert "on_site" in flagged["B1"]  # bt-e is on site and did no transaction
+        assert "on_site" not in flagged["B2"]  # nothing on site to judge
 
     def test_a_device_down_since_the_day_before_is_listed_as_down_more_than_24_h(
         self, written: dict[str, Path]
@@ -275,7 +301,7 @@ class TestTheDailyBulletinEqualsTheEngine:
         ]
         total = kpi(db, "uptime", "--date", str(DAY))["total"]
         assert round(doc["summary"]["uptime"]["value"], 6) == total["uptime"]
-        assert doc["summary"]["devices"]["value"] == 4
+        assert doc["summary"]["devices"]["value"] == 5
 
 
 def distinct_pixel_bytes(png: bytes) -> int:
