@@ -13,10 +13,9 @@ import threading
 from types import FrameType
 
 import click
-from prometheus_client import CollectorRegistry
 
 from atmfleet.settings import load_settings
-from exporters.metrics import DatabaseSource, Exporter, Targets, make_server
+from exporters.metrics import start_serving
 from rules.config import load_rules
 
 log = logging.getLogger(__name__)
@@ -46,30 +45,19 @@ def serve(host: str, port: int, refresh_s: float, day_refresh_s: float) -> None:
     settings = load_settings()
     rules = load_rules(settings.rules_file)
     url = settings.require_database_url()
-    source = DatabaseSource(url, rules, day_every_s=day_refresh_s)
-    # Three refreshes missed (or a costly one twice over): the read is stuck; say so.
-    stale_after = max(3 * refresh_s, 2 * day_refresh_s, 300.0)
-    exporter = Exporter(
-        source, CollectorRegistry(), Targets.from_rules(rules), stale_after_s=stale_after
-    )
-    exporter.refresh()
-    server = make_server(exporter, host, port)
     stop = threading.Event()
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
         stop.set()
-        threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    refresher = threading.Thread(target=exporter.run, args=(refresh_s, stop), daemon=True)
-    refresher.start()
-    log.info("serving on %s:%d/metrics, refresh every %g s", host, server.server_port, refresh_s)
+    serving = start_serving(
+        url, rules, host=host, port=port, refresh_s=refresh_s, day_refresh_s=day_refresh_s
+    )
+    log.info("serving on %s:%d/metrics, refresh every %g s", host, serving.port, refresh_s)
     try:
-        server.serve_forever()
+        stop.wait()
     finally:
-        stop.set()
-        server.server_close()
-        refresher.join(timeout=5)
-        source.close()
+        serving.close()

@@ -745,3 +745,62 @@ def make_server(exporter: Exporter, host: str, port: int) -> ThreadingHTTPServer
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
     return server
+
+
+@dataclass
+class Serving:
+    """A running exporter: its HTTP server and refresh thread. :meth:`close` stops both."""
+
+    exporter: Exporter
+    source: DatabaseSource
+    server: ThreadingHTTPServer
+    stop: threading.Event
+    threads: tuple[threading.Thread, ...]
+
+    @property
+    def port(self) -> int:
+        return self.server.server_port
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+        for t in self.threads:
+            t.join(timeout=10)
+        self.source.close()
+
+
+def start_serving(
+    url: str,
+    rules: Rules,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 9310,
+    refresh_s: float = 30.0,
+    day_refresh_s: float = 120.0,
+    registry: CollectorRegistry | None = None,
+) -> Serving:
+    """Read once, then serve ``/metrics`` and refresh in background threads (what
+    ``atmfleet serve`` runs; also for embedding, e.g. in a demo). ``port`` 0 picks a free
+    port (see :attr:`Serving.port`)."""
+    source = DatabaseSource(url, rules, day_every_s=day_refresh_s)
+    # Three refreshes missed (or a costly one twice over): the read is stuck; say so.
+    stale_after = max(3 * refresh_s, 2 * day_refresh_s, 300.0)
+    exporter = Exporter(
+        source,
+        registry if registry is not None else CollectorRegistry(),
+        Targets.from_rules(rules),
+        stale_after_s=stale_after,
+    )
+    exporter.refresh()
+    server = make_server(exporter, host, port)
+    stop = threading.Event()
+    threads = (
+        threading.Thread(target=server.serve_forever, name="atmfleet-serve-http", daemon=True),
+        threading.Thread(
+            target=exporter.run, args=(refresh_s, stop), name="atmfleet-serve-refresh", daemon=True
+        ),
+    )
+    for t in threads:
+        t.start()
+    return Serving(exporter, source, server, stop, threads)
