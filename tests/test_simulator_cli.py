@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from atmfleet.cli import cli
 from atmfleet.inventory_io import save_inventory
-from simulator.config import load_config
+from simulator.config import SimConfig, load_config
 from simulator.engine import ms
 from simulator.fleet import generate_inventory
 from simulator.ledger import load_ledger, simulate
@@ -125,7 +125,7 @@ class TestLedgerFolder:
         # --duration 1s at --speed 86400 is one simulated day (it started in the past).
         run = simulate(
             data.inventory,
-            load_config_default(),
+            SimConfig(),
             4,
             start,
             start + timedelta(days=1),
@@ -140,9 +140,3 @@ class TestLedgerFolder:
         ]
         assert data.inventory == generate_inventory(12, seed=4)
         assert ms(datetime.fromisoformat(data.summary["end"])) == ms(start + timedelta(days=1))
-
-
-def load_config_default():  # the CLI's defaults
-    from simulator.config import SimConfig
-
-    return SimConfig()
