@@ -200,18 +200,19 @@ def main() -> None:
                     flush=True,
                 )
             # While a refresh runs (it holds the interpreter for seconds at a time).
-            busy = threading.Thread(target=exporter.refresh)
-            busy.start()
-            times = []
-            while busy.is_alive() or not times:
-                took, size = scrape(endpoint, False)
-                times.append(took)
-            busy.join()
-            print(
-                f"scrape (plain) while a refresh runs: {min(times):.3f} s best,"
-                f" {max(times):.3f} s worst of {len(times)}",
-                flush=True,
-            )
+            for gzip in (False, True):
+                busy = threading.Thread(target=exporter.refresh)
+                busy.start()
+                times = []
+                while busy.is_alive() or not times:
+                    took, size = scrape(endpoint, gzip)
+                    times.append(took)
+                busy.join()
+                print(
+                    f"scrape ({'gzip' if gzip else 'plain'}) while a refresh runs:"
+                    f" {min(times):.3f} s best, {max(times):.3f} s worst of {len(times)}",
+                    flush=True,
+                )
         finally:
             server.shutdown()
             server.server_close()
