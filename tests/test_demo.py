@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,17 @@ from atmfleet.cli import cli
 from atmfleet.demo import Endpoints, committed, environment, next_steps, parse_metrics
 
 DEMO = [sys.executable, "-m", "atmfleet.cli", "demo"]
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    """A temporary folder outside pytest's own: pytest resets its root to 0700 when another
+    session starts, which would lock the PostgreSQL user (as root) out of its data."""
+    path = Path(tempfile.mkdtemp(prefix="atmfleet-test-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -96,9 +110,9 @@ class TestOnAFreshMachine:
     """No ATMFLEET_ variable: embedded PostgreSQL and broker, started and stopped."""
 
     def test_it_backfills_goes_live_stores_everything_and_exits_cleanly(
-        self, tmp_path: Path
+        self, workdir: Path
     ) -> None:
-        data = tmp_path / "demo"
+        data = workdir / "demo"
         run = subprocess.run(
             [*DEMO, "--duration", "20", "--devices", "50", "--backfill-days", "1",
              "--data-dir", str(data)],
@@ -122,8 +136,8 @@ class TestOnAFreshMachine:
         assert not (data / "postgres" / "postmaster.pid").exists()
         assert not processes_using(data)
 
-    def test_ctrl_c_stops_simulator_collector_broker_and_database(self, tmp_path: Path) -> None:
-        data = tmp_path / "demo"
+    def test_ctrl_c_stops_simulator_collector_broker_and_database(self, workdir: Path) -> None:
+        data = workdir / "demo"
         proc = subprocess.Popen(
             [*DEMO, "--devices", "20", "--backfill-days", "0.25", "--data-dir", str(data)],
             env=clean_env(),

@@ -7,10 +7,12 @@ protocols the embedded broker can speak.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -36,6 +38,17 @@ from atmfleet.embedded import (
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    """A temporary folder outside pytest's own: pytest resets its root to 0700 when another
+    session starts, which would lock the PostgreSQL user (as root) out of its data."""
+    path = Path(tempfile.mkdtemp(prefix="atmfleet-test-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def wait_until(predicate: Any, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -49,9 +62,9 @@ class TestEmbeddedPostgres:
     """PostgreSQL 18 from the wheel, on a data directory that outlives the run."""
 
     def test_serves_a_database_on_localhost_that_needs_the_generated_password(
-        self, tmp_path: Path
+        self, workdir: Path
     ) -> None:
-        with embedded_postgres(tmp_path / "pg", database="demo") as url:
+        with embedded_postgres(workdir / "pg", database="demo") as url:
             assert "@127.0.0.1:" in url and url.endswith("/demo")
             with psycopg.connect(url) as conn:
                 version = conn.execute("SHOW server_version_num").fetchone()
@@ -61,24 +74,34 @@ class TestEmbeddedPostgres:
             without_password = url.replace(url.split("@")[0].split(":")[-1] + "@", "@")
             with pytest.raises(psycopg.OperationalError):
                 psycopg.connect(without_password, connect_timeout=5).close()
-        assert (tmp_path / "pg" / PASSWORD_FILE).is_file()
+        assert (workdir / "pg" / PASSWORD_FILE).is_file()
 
-    def test_a_second_run_reuses_the_data_directory(self, tmp_path: Path) -> None:
-        with embedded_postgres(tmp_path / "pg") as url, psycopg.connect(url) as conn:
+    def test_a_second_run_reuses_the_data_directory(self, workdir: Path) -> None:
+        with embedded_postgres(workdir / "pg") as url, psycopg.connect(url) as conn:
             conn.execute("CREATE TABLE kept (x int)")
             conn.execute("INSERT INTO kept VALUES (42)")
             conn.commit()
-        with embedded_postgres(tmp_path / "pg") as url, psycopg.connect(url) as conn:
+        with embedded_postgres(workdir / "pg") as url, psycopg.connect(url) as conn:
             assert conn.execute("SELECT x FROM kept").fetchall() == [(42,)]
 
-    def test_the_server_is_stopped_when_the_block_ends(self, tmp_path: Path) -> None:
-        with embedded_postgres(tmp_path / "pg") as url:
+    def test_the_server_is_stopped_when_the_block_ends(self, workdir: Path) -> None:
+        with embedded_postgres(workdir / "pg") as url:
             pass
         with pytest.raises(psycopg.OperationalError):
             psycopg.connect(url, connect_timeout=3).close()
 
-    def test_a_server_left_by_a_killed_run_is_replaced(self, tmp_path: Path) -> None:
-        data = tmp_path / "pg"
+    def test_the_server_stops_even_if_a_folder_above_was_closed_meanwhile(
+        self, workdir: Path
+    ) -> None:
+        """As pytest does to its temporary root when another session starts."""
+        with embedded_postgres(workdir / "pg") as url:
+            workdir.chmod(0o700)
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(url, connect_timeout=3).close()
+        assert not (workdir / "pg" / "postmaster.pid").exists()
+
+    def test_a_server_left_by_a_killed_run_is_replaced(self, workdir: Path) -> None:
+        data = workdir / "pg"
         script = textwrap.dedent(
             f"""
             import sys, time
@@ -102,37 +125,37 @@ class TestEmbeddedPostgres:
             psycopg.connect(first_url, connect_timeout=3).close()
 
     def test_a_non_empty_folder_that_is_no_cluster_is_refused_untouched(
-        self, tmp_path: Path
+        self, workdir: Path
     ) -> None:
-        (tmp_path / "pg").mkdir()
-        notes = tmp_path / "pg" / "notes.txt"
+        (workdir / "pg").mkdir()
+        notes = workdir / "pg" / "notes.txt"
         notes.write_text("mine")
         before = notes.stat()
         with (
             pytest.raises(EmbeddedServiceError, match="holds no PostgreSQL cluster"),
-            embedded_postgres(tmp_path / "pg"),
+            embedded_postgres(workdir / "pg"),
         ):
             pass
         after = notes.stat()
         assert notes.read_text() == "mine"
         assert (after.st_uid, after.st_mode) == (before.st_uid, before.st_mode)
 
-    def test_a_port_already_taken_is_reported_with_the_server_log(self, tmp_path: Path) -> None:
+    def test_a_port_already_taken_is_reported_with_the_server_log(self, workdir: Path) -> None:
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", 0))
             taken.listen()
             port = taken.getsockname()[1]
             with (
                 pytest.raises(EmbeddedServiceError, match=f"did not start on 127.0.0.1:{port}"),
-                embedded_postgres(tmp_path / "pg", port=port),
+                embedded_postgres(workdir / "pg", port=port),
             ):
                 pass
 
-    def test_a_data_directory_in_use_is_refused_to_a_second_user(self, tmp_path: Path) -> None:
-        with embedded_postgres(tmp_path / "pg") as url:
+    def test_a_data_directory_in_use_is_refused_to_a_second_user(self, workdir: Path) -> None:
+        with embedded_postgres(workdir / "pg") as url:
             with (
                 pytest.raises(EmbeddedServiceError, match="another process is using"),
-                embedded_postgres(tmp_path / "pg"),
+                embedded_postgres(workdir / "pg"),
             ):
                 pass
             psycopg.connect(url, connect_timeout=5).close()  # the first one is untouched
@@ -324,11 +347,11 @@ class TestEmbeddedBroker:
             socket.create_connection((host, int(port)), timeout=1).close()
 
 
-def test_running_as_root_uses_an_unprivileged_user(tmp_path: Path) -> None:
+def test_running_as_root_uses_an_unprivileged_user(workdir: Path) -> None:
     """PostgreSQL refuses root: the server process belongs to another user then."""
     if os.geteuid() != 0:
         pytest.skip("only meaningful when the tests run as root")
-    with embedded_postgres(tmp_path / "pg") as url, psycopg.connect(url) as conn:
+    with embedded_postgres(workdir / "pg") as url, psycopg.connect(url) as conn:
         pid_row = conn.execute("SELECT pg_backend_pid()").fetchone()
         assert pid_row is not None
         owner = psutil.Process(pid_row[0]).username()
