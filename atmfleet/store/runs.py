@@ -229,12 +229,23 @@ def _dt(value: int) -> datetime | str:
     return from_ms(value)
 
 
-def update_runs(cur: psycopg.Cursor[Any]) -> None:
+_STAGED_SAMPLES = "SELECT device_id, ts, seq, state, heartbeat_s FROM _stage_state"
+
+
+def update_runs(cur: psycopg.Cursor[Any], stored_states: int | None = None) -> None:
     """Bring ``state_runs`` up to date with the samples and presence messages the current
     batch inserted (staged in ``_stage_state``/``_stage_presence``; redelivered duplicates
-    were not inserted and change nothing). Runs in the caller's transaction."""
+    were not inserted and change nothing). Runs in the caller's transaction.
+
+    ``stored_states``: how many state rows the batch inserted, when the caller knows; if
+    it is every staged sample (no duplicate), they are not looked up again."""
     samples: dict[str, set[Sample]] = {}
-    for device_id, ts, seq, state, hb in cur.execute(_NEW_SAMPLES, prepare=False).fetchall():
+    rows: list[Any] = []
+    if stored_states != 0:
+        rows = cur.execute(_STAGED_SAMPLES, prepare=False).fetchall()
+        if stored_states is None or stored_states != len(rows):
+            rows = cur.execute(_NEW_SAMPLES, prepare=False).fetchall()
+    for device_id, ts, seq, state, hb in rows:
         samples.setdefault(device_id, set()).add(Sample(ms(ts), seq, state, hb))
     new_cuts: dict[str, set[int]] = {}
     for device_id, at in cur.execute(_NEW_CUTS, prepare=False).fetchall():

@@ -289,7 +289,7 @@ class BatchWriter:
                     copy.write_row(_row(rec))
         row = cur.execute(_MOVE).fetchone()
         assert row is not None
-        update_runs(cur)  # state runs of the samples and presence just inserted
+        update_runs(cur, stored_states=row[0])  # state runs (and kept KPI days) up to date
         for kind, n in zip(_KINDS, row[:5], strict=True):
             if n:
                 result.stored[kind] += n
