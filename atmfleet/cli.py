@@ -22,6 +22,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("rules.cli", "kpi"),
     ("exporters.bulletin_cli", "bulletin"),
     ("exporters.cli", "serve"),
+    ("dashboards.cli", "dashboards"),
 )
 
 
