@@ -150,6 +150,9 @@ class Envelope(_Strict):
     seq: Seq = Field(description="Per-device counter; only grows, across reboots too.")
 
 
+_COMPONENT_NAMES = frozenset(c.value for c in Component)
+
+
 class StateMessage(Envelope):
     """Heartbeat: sent every ``heartbeat_s`` seconds and at once on every change."""
 
@@ -167,8 +170,7 @@ class StateMessage(Envelope):
         """A component class this version does not know is ignored like an unknown field,
         so a newer device's heartbeat (which carries its state) is never refused for it."""
         if isinstance(value, dict):
-            known = {c.value for c in Component}
-            return {k: v for k, v in value.items() if k in known}
+            return {k: v for k, v in value.items() if k in _COMPONENT_NAMES}
         return value
 
 
@@ -421,15 +423,8 @@ def _unstorable(text: str) -> bool:
     return False
 
 
-def parse_message(topic: str, payload: bytes, received_at: datetime | None = None) -> AnyMessage:
-    """Validate one MQTT message. Raises :class:`ProtocolError` and nothing else."""
-    scope, ident, kind = parse_topic(topic)
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise ProtocolError("too_large", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
-    try:
-        text = payload.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ProtocolError("not_utf8", f"payload is not UTF-8 at byte {exc.start}") from None
+def _validate_checked(model: type[BaseModel], text: str) -> AnyMessage:
+    """The reference path: each check in turn, so a refusal gets its precise reason."""
     try:
         data: Any = json.loads(text, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:
@@ -448,11 +443,55 @@ def parse_message(topic: str, payload: bytes, received_at: datetime | None = Non
             "unknown_version",
             f"schema version {str(version)[:20]!r}; this collector reads v={SCHEMA_VERSION}",
         )
-    model = CounterMessage if scope == "branch" else _MODELS[kind]
     try:
         msg: AnyMessage = model.model_validate(data)  # type: ignore[assignment]
     except ValidationError as exc:
         raise ProtocolError("invalid", _first_error(exc)) from None
+    return msg
+
+
+#: ``"v": 1`` with any JSON whitespace, the 1 ending the value.
+_VERSION_ONE = re.compile(rb'"v"[ \t\n\r]*:[ \t\n\r]*1[ \t\n\r]*[,}]')
+
+
+def _validate_plain(model: type[BaseModel], payload: bytes) -> AnyMessage | None:
+    """The fast path for a plain message: pydantic reads the JSON itself (no Python dict
+    in between). None when the payload is not plain or not valid: the reference path
+    then decides, with its reason.
+
+    Plain means that validating the JSON directly cannot accept anything the reference
+    path refuses: no escape (``\\u0000``, lone surrogates), no ``NaN``/``Infinity``
+    (accepted by pydantic's parser, not by the reference), and exactly one ``"v"``, the
+    integer 1 (``Literal[1]`` alone also takes ``1.0`` and ``true``). Control characters,
+    invalid UTF-8 and nesting deeper than pydantic allows fail validation and fall back.
+    """
+    if (
+        b"\\u" in payload
+        or b"NaN" in payload
+        or b"Infinity" in payload
+        or payload.count(b'"v"') != 1
+        or _VERSION_ONE.search(payload) is None
+    ):
+        return None
+    try:
+        return model.model_validate_json(payload)  # type: ignore[return-value]
+    except ValidationError:
+        return None
+
+
+def parse_message(topic: str, payload: bytes, received_at: datetime | None = None) -> AnyMessage:
+    """Validate one MQTT message. Raises :class:`ProtocolError` and nothing else."""
+    scope, ident, kind = parse_topic(topic)
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise ProtocolError("too_large", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("not_utf8", f"payload is not UTF-8 at byte {exc.start}") from None
+    model = CounterMessage if scope == "branch" else _MODELS[kind]
+    msg = _validate_plain(model, payload)
+    if msg is None:
+        msg = _validate_checked(model, text)
     payload_id = msg.branch_id if isinstance(msg, CounterMessage) else msg.device_id
     if payload_id != ident:
         raise ProtocolError("device_mismatch", f"payload id {payload_id!r} != topic id {ident!r}")
