@@ -7,17 +7,24 @@ It uses the broker and the database named by ``ATMFLEET_MQTT_URL`` and
 runs. Then:
 
 1. the schema is brought up to date and the simulated fleet's inventory is loaded;
-2. the collector (``atmfleet collect``, a child process) starts on a persistent session;
-3. the simulator publishes the last ``--backfill-days`` of history as fast as the broker
-   takes it, then carries on in real time (one uninterrupted run, so every device's
-   ``seq`` keeps growing from history into live). With the defaults (200 devices, one
-   day) that is about 83,000 messages: through the embedded broker, whose 100-message
-   in-flight window makes every collector batch wait for a database round trip, the
-   collector stores 2,000-4,000 a second here, so the history takes half a minute or
-   so; more days take proportionally longer.
-4. it prints where the data is, how many rows each table holds, and what to run next;
-5. on Ctrl-C (or after ``--duration``) it stops in order: the simulator, then the
-   collector once it has stored everything published, then the broker and the database.
+2. the collector (``atmfleet collect``, a child process) starts on a persistent session,
+   serving its own metrics (on port 9311 when it is free);
+3. the simulator publishes the history as fast as the broker takes it, then carries on in
+   real time (one uninterrupted run, so every device's ``seq`` keeps growing from history
+   into live). By default the history starts an hour before yesterday's local midnight
+   (the rules' time zone), so yesterday is covered entirely: one to two days. A day of the
+   default 200 devices is about 83,000 messages: through the embedded broker, whose
+   100-message in-flight window makes every collector batch wait for a database round
+   trip, the collector stores 2,000-4,000 a second here, so the history takes half a
+   minute to a minute; ``--backfill-days`` sets another length;
+4. the fleet's metrics are served as ``atmfleet serve`` serves them (on
+   ``--metrics-port``, 9310 when it is free), and yesterday's daily bulletin is written in
+   every format (zh-CN) into ``<data-dir>/bulletins``;
+5. it prints where the data is, how many rows each table holds, the metrics URLs, the
+   bulletin files and what to run next;
+6. on Ctrl-C (or after ``--duration``) it stops in order: the simulator, then the
+   collector once it has stored everything published, the metrics server, then the broker
+   and the database.
 
 The embedded database is created afresh on every run: the simulator numbers each device's
 messages from the start of its run, so a second run into the same database would collide
@@ -33,6 +40,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -40,11 +48,12 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo
 
 import click
 import paho.mqtt.client as mqtt
@@ -62,6 +71,9 @@ from atmfleet.store.connect import connect, redact_url
 from atmfleet.store.inventory import upsert_inventory
 from atmfleet.store.migrate import upgrade
 from atmfleet.store.retention import set_policy
+
+if TYPE_CHECKING:
+    from rules.config import Rules
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +104,19 @@ OPEN_ENDED = timedelta(days=3650)
 #: How long the collector may take to store what was published before it is stopped.
 CATCH_UP_S = 60.0
 PROGRESS_EVERY_S = 30.0
+#: The ports of the example Prometheus configuration (exporters/prometheus/prometheus.yml),
+#: used when they are free.
+SERVE_PORT = 9310
+COLLECTOR_PORT = 9311
+#: How often the demo's metrics server re-reads the devices, and today's uptime.
+SERVE_REFRESH_S = 15.0
+SERVE_DAY_REFRESH_S = 60.0
+#: The default history starts this long before yesterday's local midnight, so every
+#: device has reported its state when yesterday begins (before its first state message a
+#: device counts as not communicating).
+LEAD = timedelta(hours=1)
+BULLETIN_LANG = "zh-CN"
+PROMETHEUS_CONFIG = "exporters/prometheus/prometheus.yml"
 
 
 class DemoError(AtmfleetError):
@@ -122,19 +147,93 @@ def environment(endpoints: Endpoints) -> dict[str, str]:
     }
 
 
-def next_steps(endpoints: Endpoints, psql: str) -> list[str]:
+@dataclass(frozen=True)
+class Published:
+    """What the demo publishes besides the database: metrics endpoints and a bulletin."""
+
+    metrics_port: int
+    collector_metrics_port: int
+    bulletin_day: date
+    bulletins: tuple[Path, ...]
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
+    def collector_metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.collector_metrics_port}/metrics"
+
+
+def history_start(now: datetime, backfill_days: float | None, tz: ZoneInfo) -> datetime:
+    """Where the published history begins: ``backfill_days`` before ``now``, or by default
+    :data:`LEAD` before the local midnight that starts yesterday (in ``tz``)."""
+    if backfill_days is not None:
+        return now - timedelta(days=backfill_days)
+    midnight = datetime.combine(yesterday(now, tz), datetime.min.time(), tzinfo=tz)
+    return midnight.astimezone(UTC) - LEAD
+
+
+def yesterday(now: datetime, tz: ZoneInfo) -> date:
+    """The local calendar day before ``now``'s, in ``tz``."""
+    return now.astimezone(tz).date() - timedelta(days=1)
+
+
+def covers(start: datetime, day: date, tz: ZoneInfo) -> bool:
+    """Whether a history from ``start`` covers the local ``day`` from its midnight."""
+    return start <= datetime.combine(day, datetime.min.time(), tzinfo=tz)
+
+
+def prometheus_hint(published: Published) -> str:
+    """The example Prometheus configuration, and whether its targets fit the demo's ports."""
+    if (published.metrics_port, published.collector_metrics_port) == (
+        SERVE_PORT,
+        COLLECTOR_PORT,
+    ):
+        return f"prometheus --config.file={PROMETHEUS_CONFIG}   # scrapes both endpoints"
+    return (
+        f"prometheus --config.file={PROMETHEUS_CONFIG}   # after setting its targets to "
+        f"127.0.0.1:{published.metrics_port} (atmfleet) and "
+        f"127.0.0.1:{published.collector_metrics_port} (atmfleet-collector)"
+    )
+
+
+def describe(published: Published, timezone: str, complete: bool) -> list[str]:
+    """The lines that say where the metrics are served and the bulletin was written."""
+    partly = "" if complete else "; the history covers it only in part"
+    return [
+        f"metrics   {published.metrics_url}  (the fleet, as 'atmfleet serve'; "
+        f"refreshed every {SERVE_REFRESH_S:g} s)",
+        f"metrics   {published.collector_metrics_url}  (the collector's own)",
+        f"bulletin  {published.bulletin_day} (yesterday in {timezone}), {BULLETIN_LANG}{partly}:",
+        *(f"  {path}" for path in published.bulletins),
+    ]
+
+
+def next_steps(endpoints: Endpoints, psql: str, published: Published | None = None) -> list[str]:
     """What to run next, in another terminal while the demo runs."""
     exports = [f"export {k}='{v}'" for k, v in environment(endpoints).items()]
     inventory = endpoints.data_dir / "inventory.yaml"
-    return [
+    steps = [
         *exports,
         f'{psql} "$ATMFLEET_DATABASE_URL" -c "SELECT state, count(*) FROM state_samples '
         'GROUP BY state ORDER BY 2 DESC"',
         f'{psql} "$ATMFLEET_DATABASE_URL" -c "SELECT * FROM txn_daily ORDER BY 1 DESC LIMIT 10"',
         "atmfleet db status",
         f"atmfleet inventory check {inventory}",
-        "atmfleet simulate --devices 20 --id-prefix extra- --duration 5m   # more devices, live",
     ]
+    if published is not None:
+        steps += [
+            f"curl -s {published.metrics_url} | grep '^atmfleet_device_up' | head",
+            f"curl -s {published.collector_metrics_url} | grep '^atmfleet_collector_messages'",
+            prometheus_hint(published),
+            f"atmfleet bulletin daily --date {published.bulletin_day} --format all --lang en "
+            f"--out {endpoints.data_dir / 'bulletins'}",
+        ]
+    steps.append(
+        "atmfleet simulate --devices 20 --id-prefix extra- --duration 5m   # more devices, live"
+    )
+    return steps
 
 
 def format_counts(counts: dict[str, int]) -> list[str]:
@@ -351,6 +450,60 @@ class CollectorProcess:
             self.proc.wait(10)
 
 
+# -- the metrics and the bulletin ---------------------------------------------------------------
+
+
+def port_is_free(port: int, host: str = "0.0.0.0") -> bool:
+    """Whether nothing listens on ``port`` (on any address when ``host`` is 0.0.0.0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def preferred_port(preferred: int) -> int:
+    """``preferred`` when it is free, else any free port."""
+    return preferred if port_is_free(preferred) else free_port()
+
+
+def choose_port(given: int | None, preferred: int, option: str) -> int:
+    """The port ``option`` gave (0: any free one), refused if taken; without one,
+    :func:`preferred_port`."""
+    if given is None:
+        return preferred_port(preferred)
+    if given == 0:
+        return free_port()
+    if not port_is_free(given):
+        raise UsageError(
+            f"{option} {given}: the port is taken; give another, 0 for any free port, "
+            "or leave the option out to use a free one"
+        )
+    return given
+
+
+def write_bulletin(url: str, rules: Rules, day: date, folder: Path) -> tuple[Path, ...]:
+    """Write the daily bulletin of the local ``day`` in every format into ``folder``, as
+    ``atmfleet bulletin daily --format all`` does."""
+    from exporters.bulletin import build
+    from exporters.bulletin.messages import Messages
+    from exporters.bulletin.output import check_folder
+    from exporters.bulletin.render import FORMATS
+    from exporters.bulletin_cli import write
+    from rules.feed import Feed
+
+    m = Messages(BULLETIN_LANG)
+    check_folder(folder)
+    with connect(url, application_name="atmfleet-demo-bulletin") as conn:
+        feed = Feed(conn, rules)
+        horizon = feed.now_ms()
+        inputs = build.gather_daily(feed, feed.inventory(), day, horizon)
+        bulletin = build.daily(inputs, rules, m, build.now_text(horizon, rules))
+    return tuple(write(bulletin, list(FORMATS), folder, m))
+
+
 # -- the simulator ------------------------------------------------------------------------------
 
 
@@ -475,10 +628,10 @@ def _parse_duration(text: str | None) -> float | None:
 @click.option(
     "--backfill-days",
     type=click.FloatRange(0, 90, min_open=True),
-    default=1.0,
-    show_default=True,
-    help="History published before going live (200 devices send about 83,000 messages a "
-    "day; the embedded broker's collector stores 2,000-4,000 a second).",
+    default=None,
+    help="Days of history published before going live (default: from an hour before "
+    "yesterday's local midnight, so yesterday's bulletin is complete). 200 devices send "
+    "about 83,000 messages a day; the embedded broker's collector stores 2,000-4,000 a second.",
 )
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--no-live", is_flag=True, help="Stop after the history is stored.")
@@ -488,20 +641,29 @@ def _parse_duration(text: str | None) -> float | None:
     type=click.Path(file_okay=False, path_type=Path),
     default=Path(".atmfleet"),
     show_default=True,
-    help="Where the embedded database, the inventory and the logs are kept.",
+    help="Where the embedded database, the inventory, the logs and the bulletins are kept.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help=f"Port of the fleet's metrics (as 'atmfleet serve'); 0 = any free one "
+    f"[default: {SERVE_PORT}, or a free one if taken].",
 )
 def demo(
     devices: int,
-    backfill_days: float,
+    backfill_days: float | None,
     seed: int,
     no_live: bool,
     duration: str | None,
     data_dir: Path,
+    metrics_port: int | None,
 ) -> None:
     """A simulated fleet end to end: broker, collector, database (embedded if not set)."""
     if no_live and duration:
         raise UsageError("--no-live stops after the history; it takes no --duration")
     live_s = _parse_duration(duration)
+    serve_port = choose_port(metrics_port, SERVE_PORT, "--metrics-port")
     settings = load_settings()
     stop = threading.Event()
     with _signals(stop):
@@ -514,6 +676,7 @@ def demo(
             data_dir=data_dir.resolve(),
             stop=stop,
             echo=click.echo,
+            metrics_port=serve_port,
         )
     click.echo("demo summary: " + json.dumps(summary, sort_keys=True))
 
@@ -522,15 +685,22 @@ def run_demo(
     settings: Settings,
     *,
     devices: int,
-    backfill_days: float,
+    backfill_days: float | None,
     seed: int,
     live_s: float | None,
     data_dir: Path,
     stop: threading.Event,
     echo: Callable[[str], None],
+    metrics_port: int = 0,
 ) -> dict[str, Any]:
-    """The demo; ``live_s`` None = history only. Returns the final summary."""
+    """The demo; ``live_s`` None = history only; ``backfill_days`` None = from before
+    yesterday (:func:`history_start`). Serves the fleet's metrics on ``metrics_port`` (0:
+    any free port). Returns the final summary."""
+    from exporters.metrics import start_serving
+    from rules.config import load_rules
     from simulator.fleet import generate_inventory
+
+    rules = load_rules(settings.rules_file)
 
     given = settings.model_fields_set
     own_db = "database_url" not in given or settings.database_url is None
@@ -574,14 +744,17 @@ def run_demo(
         env = {**environment(endpoints), "ATMFLEET_COLLECTOR__CLIENT_ID": COLLECTOR_ID}
         if own_broker:
             env.update({k: v for k, v in EMBEDDED_COLLECTOR.items() if k not in os.environ})
-        collector = CollectorProcess(env, data_dir / "collector.log")
+        collector = CollectorProcess(
+            env, data_dir / "collector.log", preferred_port(COLLECTOR_PORT)
+        )
         stack.callback(collector.stop)
         collector.start()
         collector.wait_ready()
         echo(f"collector running (log: {collector.log_path})")
 
         now = datetime.now(UTC).replace(microsecond=0)
-        start = now - timedelta(days=backfill_days)
+        start = history_start(now, backfill_days, rules.tz)
+        day = yesterday(now, rules.tz)
         # Live runs are open-ended for the simulator; the demo stops it --duration after
         # the history is stored (however long the history took).
         end = now + OPEN_ENDED if live_s is not None else now
@@ -594,7 +767,8 @@ def run_demo(
 
         stack.callback(stop_simulator)
         echo(
-            f"history   publishing {backfill_days:g} days of {len(inventory.devices):,} devices "
+            f"history   publishing {(now - start) / timedelta(days=1):.2f} days of "
+            f"{len(inventory.devices):,} devices "
             f"({start:%Y-%m-%d %H:%M} to {now:%Y-%m-%d %H:%M} UTC)…"
         )
         while not progress.history_sent.wait(0.5):
@@ -611,11 +785,31 @@ def run_demo(
         for line in format_counts(row_counts(db_url)):
             echo(line)
         echo("")
+
+        published: Published | None = None
+        if not stop.is_set():
+            try:
+                serving = start_serving(
+                    db_url,
+                    rules,
+                    host="127.0.0.1",
+                    port=metrics_port,
+                    refresh_s=SERVE_REFRESH_S,
+                    day_refresh_s=SERVE_DAY_REFRESH_S,
+                )
+            except OSError as exc:
+                raise DemoError(f"cannot serve the metrics on port {metrics_port}: {exc}") from None
+            stack.callback(serving.close)  # closed before the database stops
+            bulletins = write_bulletin(db_url, rules, day, data_dir / "bulletins")
+            published = Published(serving.port, collector.metrics_port, day, bulletins)
+            for line in describe(published, rules.timezone, covers(start, day, rules.tz)):
+                echo(line)
+            echo("")
         running = live_s is not None and not stop.is_set()
         if not stop.is_set():
             while_running = " while the demo runs" if (own_db or own_broker) else ""
             echo(f"next, in another terminal{while_running}:")
-            for line in next_steps(endpoints, _psql()):
+            for line in next_steps(endpoints, _psql(), published):
                 echo(f"  {line}")
             echo("")
         if running:
@@ -652,5 +846,8 @@ def run_demo(
             "rows": counts,
             "embedded_database": own_db,
             "embedded_broker": own_broker,
+            "metrics_url": published.metrics_url if published else None,
+            "collector_metrics_url": published.collector_metrics_url if published else None,
+            "bulletins": [str(p) for p in published.bulletins] if published else [],
         }
     return summary

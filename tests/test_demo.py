@@ -2,25 +2,48 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+import zipfile
 from collections.abc import Iterator
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
+import openpyxl
 import psutil
 import psycopg
 import pytest
 from click.testing import CliRunner
+from prometheus_client.parser import text_string_to_metric_families
 
 from atmfleet.cli import cli
-from atmfleet.demo import Endpoints, committed, environment, next_steps, parse_metrics
+from atmfleet.demo import (
+    Endpoints,
+    Published,
+    choose_port,
+    committed,
+    covers,
+    environment,
+    history_start,
+    next_steps,
+    parse_metrics,
+    preferred_port,
+    yesterday,
+)
+from atmfleet.embedded import free_port
+from atmfleet.errors import UsageError
 
 DEMO = [sys.executable, "-m", "atmfleet.cli", "demo"]
 
@@ -60,6 +83,73 @@ def processes_using(folder: Path) -> list[list[str]]:
     return found
 
 
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+#: What the demo prints for the fleet's metrics endpoint.
+METRICS_LINE = re.compile(r"^metrics +(http://\S+/metrics) +\(the fleet")
+
+
+def samples(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """GET a Prometheus endpoint: every sample by name, with its labels and value."""
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            found.setdefault(s.name, []).append((s.labels, s.value))
+    return found
+
+
+class TestTheHistoryCoversYesterday:
+    """By default the history starts an hour before yesterday's local midnight, so the
+    bulletin of yesterday counts the whole day."""
+
+    def test_just_after_local_midnight_it_reaches_back_a_day_and_an_hour(self) -> None:
+        now = datetime(2026, 11, 28, 16, 30, tzinfo=UTC)  # 00:30 on the 29th in Shanghai
+        assert yesterday(now, SHANGHAI) == date(2026, 11, 28)
+        assert history_start(now, None, SHANGHAI) == datetime(2026, 11, 27, 15, 0, tzinfo=UTC)
+
+    def test_just_before_local_midnight_it_reaches_back_almost_two_days(self) -> None:
+        now = datetime(2026, 11, 28, 15, 50, tzinfo=UTC)  # 23:50 on the 28th in Shanghai
+        assert yesterday(now, SHANGHAI) == date(2026, 11, 27)
+        assert history_start(now, None, SHANGHAI) == datetime(2026, 11, 26, 15, 0, tzinfo=UTC)
+
+    def test_the_default_start_covers_yesterday_and_a_short_backfill_does_not(self) -> None:
+        now = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
+        day = yesterday(now, SHANGHAI)
+        assert covers(history_start(now, None, SHANGHAI), day, SHANGHAI)
+        assert not covers(history_start(now, 0.5, SHANGHAI), day, SHANGHAI)
+
+    def test_backfill_days_given_is_taken_as_it_is(self) -> None:
+        now = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
+        assert history_start(now, 0.25, SHANGHAI) == datetime(2026, 11, 27, 20, 0, tzinfo=UTC)
+
+
+class TestMetricsPorts:
+    """The example Prometheus configuration's ports when free, another one when not."""
+
+    def test_a_taken_preferred_port_falls_back_to_a_free_one(self) -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            chosen = preferred_port(port)
+            assert chosen != port
+            assert choose_port(None, port, "--metrics-port") not in (port, 0)
+
+    def test_a_taken_port_given_is_refused_naming_the_option(self) -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            with pytest.raises(UsageError, match=f"--metrics-port {port}: the port is taken"):
+                choose_port(port, 9310, "--metrics-port")
+
+    def test_a_free_port_given_is_used_and_0_means_any_free_one(self) -> None:
+        port = free_port()
+        assert choose_port(port, 9310, "--metrics-port") == port
+        assert choose_port(0, 9310, "--metrics-port") > 0
+
+
 class TestWhatToRunNext:
     """The printed next steps point other commands at the demo's services."""
 
@@ -91,6 +181,25 @@ class TestWhatToRunNext:
         )
         assert committed(parse_metrics(text)) == 13
 
+    def test_they_name_both_metrics_urls_prometheus_and_the_bulletin_command(
+        self, tmp_path: Path
+    ) -> None:
+        endpoints = Endpoints("postgresql://h/db", "mqtt://h:1", "5", True, True, tmp_path)
+        published = Published(9310, 9311, date(2026, 11, 27), ())
+        steps = "\n".join(next_steps(endpoints, "psql", published))
+        assert "http://127.0.0.1:9310/metrics" in steps
+        assert "http://127.0.0.1:9311/metrics" in steps
+        assert "--config.file=exporters/prometheus/prometheus.yml   # scrapes both" in steps
+        assert "atmfleet bulletin daily --date 2026-11-27" in steps
+
+    def test_on_other_ports_the_prometheus_hint_says_which_targets_to_set(
+        self, tmp_path: Path
+    ) -> None:
+        endpoints = Endpoints("postgresql://h/db", "mqtt://h:1", "5", True, True, tmp_path)
+        published = Published(40001, 40002, date(2026, 11, 27), ())
+        steps = "\n".join(next_steps(endpoints, "psql", published))
+        assert "127.0.0.1:40001 (atmfleet) and 127.0.0.1:40002 (atmfleet-collector)" in steps
+
 
 class TestBadOptions:
     def test_no_live_with_a_duration_is_refused(self) -> None:
@@ -112,17 +221,46 @@ class TestOnAFreshMachine:
     def test_it_backfills_goes_live_stores_everything_and_exits_cleanly(
         self, workdir: Path
     ) -> None:
+        """Also: while live it serves the fleet's and the collector's metrics, and it has
+        written yesterday's bulletin from the history (which covers yesterday)."""
         data = workdir / "demo"
-        run = subprocess.run(
-            [*DEMO, "--duration", "20", "--devices", "50", "--backfill-days", "1",
-             "--data-dir", str(data)],
+        days = {yesterday(datetime.now(UTC), SHANGHAI).isoformat()}
+        proc = subprocess.Popen(
+            [*DEMO, "--duration", "10", "--devices", "50", "--data-dir", str(data)],
             env=clean_env(),
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
-            timeout=300,
         )  # fmt: skip
-        assert run.returncode == 0, run.stderr[-3000:] + run.stdout[-3000:]
-        summary = summary_of(run.stdout)
+        try:
+            assert proc.stdout is not None
+            seen: list[str] = []
+            for line in proc.stdout:
+                seen.append(line)
+                if line.startswith("live "):
+                    break
+            output = "".join(seen)
+            urls = [m[1] for line in seen if (m := METRICS_LINE.match(line))]
+            assert urls, output[-3000:]
+            fleet = samples(urls[0])  # the demo is live: the printed URL answers
+            up = fleet["atmfleet_device_up"]
+            assert len(up) == 50 and {labels["device"] for labels, _ in up} == {
+                labels["device"] for labels, _ in fleet["atmfleet_device_info"]
+            }
+            assert sum(value for _, value in up) > 0
+            assert fleet["atmfleet_exporter_database_up"][0][1] == 1
+            collector_url = re.search(r"metrics +(http://\S+/metrics) +\(the collector", output)
+            assert collector_url, output[-3000:]
+            own = samples(collector_url[1])
+            assert sum(v for _, v in own["atmfleet_collector_messages_stored_total"]) > 1000
+            rest, _ = proc.communicate(timeout=120)
+            output += rest
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+        assert proc.returncode == 0, output[-3000:]
+        summary = summary_of(output)
         assert summary["embedded_database"] and summary["embedded_broker"]
         assert summary["history"] > 1000
         assert summary["published"] >= summary["history"]
@@ -131,10 +269,35 @@ class TestOnAFreshMachine:
         assert rows["devices"] == 50
         assert rows["state_samples"] > 0 and rows["transactions"] > 0
         assert rows["dead_letters"] == 0
-        assert "export ATMFLEET_DATABASE_URL=" in run.stdout
+        assert "export ATMFLEET_DATABASE_URL=" in output
+        assert "prometheus --config.file=exporters/prometheus/prometheus.yml" in output
         assert (data / "postgres" / "PG_VERSION").exists()
         assert not (data / "postgres" / "postmaster.pid").exists()
         assert not processes_using(data)
+        with pytest.raises(OSError):
+            urllib.request.urlopen(urls[0], timeout=2)  # stopped with the demo
+
+        days.add(yesterday(datetime.now(UTC), SHANGHAI).isoformat())  # midnight may pass
+        files = {Path(f).name: Path(f) for f in summary["bulletins"]}
+        day = next(iter(files)).removeprefix("bulletin-daily-")[:10]
+        assert day in days, files
+        stem = f"bulletin-daily-{day}.zh-CN"
+        assert set(files) == {f"{stem}.{ext}" for ext in ("xlsx", "csv.zip", "html", "json")}
+        assert all(path.parent == data / "bulletins" for path in files.values())
+        bulletin = json.loads(files[f"{stem}.json"].read_text())
+        assert bulletin["first"] == bulletin["last"] == day
+        assert bulletin["summary"]["devices"]["value"] == 50
+        # The whole day is covered: were its first hour missing, every device would count
+        # that hour as not communicating and miss its target (96-98 %).
+        assert 0.9 < bulletin["summary"]["uptime"]["value"] <= 1
+        assert bulletin["summary"]["below_target"]["value"] < 10
+        assert bulletin["summary"]["financial"]["value"] > 0
+        assert len(bulletin["tables"]["branches"]["rows"]) > 1
+        book = openpyxl.load_workbook(files[f"{stem}.xlsx"], read_only=True)
+        assert len(book.sheetnames) > 1
+        with zipfile.ZipFile(io.BytesIO(files[f"{stem}.csv.zip"].read_bytes())) as archive:
+            assert len(archive.namelist()) > 1
+        assert "自助设备开机率和帐务性交易量日通报" in files[f"{stem}.html"].read_text()
 
     def test_ctrl_c_stops_simulator_collector_broker_and_database(self, workdir: Path) -> None:
         data = workdir / "demo"
