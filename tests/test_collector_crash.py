@@ -143,7 +143,9 @@ class TestKilledCollector:
         total = sent[0] + 1  # and the probe
         wait_until(lambda: stored(db) == total, timeout=60, what="every message")
         time.sleep(0.5)  # anything stored twice would show up now
-        assert stored(db) == total
+        rows = stored(db)
+        print(f"\nSIGKILL x{kills}: sent {total}, stored {rows}, lost {total - rows}")
+        assert rows == total
         assert scalar(db, "SELECT sum(received) FROM device_sequences") == total
         assert scalar(db, "SELECT sum(missing) FROM sequence_gaps") == 0
         assert scalar(db, "SELECT count(*) FROM collector_runs") == kills + 1

@@ -340,6 +340,7 @@ class TestDatabaseConnectionKilled:
             assert run.metric("db_errors_total", **{"class": "temporary"}) >= 1
         assert killed >= 3
         received = scalar(db, "SELECT received FROM device_sequences")
+        print(f"\npg_terminate_backend x{killed}: sent {total}, stored {stored(db)}")
         assert received == total  # each stored once, and counted once
 
 
