@@ -310,6 +310,7 @@ def low_yield() -> model.Dashboard:
                     instant=True,
                 ),
                 target=0,
+                w=18,
             ).thresholds(thresholds((None, "green"), (0.05, "red")))
         )
         .with_panel(
@@ -365,7 +366,7 @@ def vendors() -> model.Dashboard:
         "WITH runs AS ("
         " SELECT s.device_id, s.start_ts, s.state,"
         " lag(s.state) OVER (PARTITION BY s.device_id ORDER BY s.start_ts, s.start_seq) AS prev"
-        " FROM state_runs s WHERE s.last_ts >= $__timeFrom() - INTERVAL '7 days'"
+        " FROM state_runs s WHERE s.last_ts >= $__timeFrom()::timestamptz - INTERVAL '7 days'"
         " AND s.start_ts <= $__timeTo()"
         "), f AS ("
         " SELECT r.device_id, r.start_ts FROM runs r"

@@ -154,7 +154,16 @@ def time_series(
     w: int = 12,
     ds: model.DataSourceRef = PROMETHEUS,
 ) -> timeseries.Panel:
-    panel = timeseries.Panel().title(title).datasource(ds).unit(unit).height(h).span(w)
+    panel = (
+        timeseries.Panel()
+        .title(title)
+        .datasource(ds)
+        .unit(unit)
+        .height(h)
+        .span(w)
+        .line_width(1)
+        .fill_opacity(10)
+    )
     for t in targets:
         panel = panel.with_target(t)
     return panel
@@ -163,7 +172,15 @@ def time_series(
 def table_panel(
     title: str, *targets: Target, h: int = 8, w: int = 12, ds: model.DataSourceRef = PROMETHEUS
 ) -> table.Panel:
-    panel = table.Panel().title(title).datasource(ds).height(h).span(w)
+    panel = (
+        table.Panel()
+        .title(title)
+        .datasource(ds)
+        .height(h)
+        .span(w)
+        .align(common.FieldTextAlignment.AUTO)
+        .inspect(False)
+    )
     for t in targets:
         panel = panel.with_target(t)
     return panel
