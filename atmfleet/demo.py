@@ -11,8 +11,8 @@ runs. Then:
    serving its own metrics (on port 9311 when it is free);
 3. the simulator publishes the history as fast as the broker takes it, then carries on in
    real time (one uninterrupted run, so every device's ``seq`` keeps growing from history
-   into live). By default the history starts an hour before yesterday's local midnight
-   (the rules' time zone), so yesterday is covered entirely: one to two days. A day of the
+   into live). By default the history starts at yesterday's local midnight (the rules'
+   time zone), so yesterday is covered entirely: one to two days. A day of the
    default 200 devices is about 83,000 messages: through the embedded broker, whose
    100-message in-flight window makes every collector batch wait for a database round
    trip, the collector stores 2,000-4,000 a second here, so the history takes half a
@@ -111,10 +111,6 @@ COLLECTOR_PORT = 9311
 #: How often the demo's metrics server re-reads the devices, and today's uptime.
 SERVE_REFRESH_S = 15.0
 SERVE_DAY_REFRESH_S = 60.0
-#: The default history starts this long before yesterday's local midnight, so every
-#: device has reported its state when yesterday begins (before its first state message a
-#: device counts as not communicating).
-LEAD = timedelta(hours=1)
 BULLETIN_LANG = "zh-CN"
 PROMETHEUS_CONFIG = "exporters/prometheus/prometheus.yml"
 
@@ -167,11 +163,15 @@ class Published:
 
 def history_start(now: datetime, backfill_days: float | None, tz: ZoneInfo) -> datetime:
     """Where the published history begins: ``backfill_days`` before ``now``, or by default
-    :data:`LEAD` before the local midnight that starts yesterday (in ``tz``)."""
+    the local midnight that starts yesterday (in ``tz``).
+
+    Not earlier: the simulator reports every device's state at the start, so yesterday is
+    known from its first instant, and a day before it with only an hour of history would
+    count in the low-yield averages as a day of a few transactions."""
     if backfill_days is not None:
         return now - timedelta(days=backfill_days)
     midnight = datetime.combine(yesterday(now, tz), datetime.min.time(), tzinfo=tz)
-    return midnight.astimezone(UTC) - LEAD
+    return midnight.astimezone(UTC)
 
 
 def yesterday(now: datetime, tz: ZoneInfo) -> date:
@@ -629,8 +629,8 @@ def _parse_duration(text: str | None) -> float | None:
     "--backfill-days",
     type=click.FloatRange(0, 90, min_open=True),
     default=None,
-    help="Days of history published before going live (default: from an hour before "
-    "yesterday's local midnight, so yesterday's bulletin is complete). 200 devices send "
+    help="Days of history published before going live (default: from yesterday's local "
+    "midnight, so yesterday's bulletin is complete). 200 devices send "
     "about 83,000 messages a day; the embedded broker's collector stores 2,000-4,000 a second.",
 )
 @click.option("--seed", type=int, default=1, show_default=True)
@@ -659,7 +659,8 @@ def demo(
     data_dir: Path,
     metrics_port: int | None,
 ) -> None:
-    """A simulated fleet end to end: broker, collector, database (embedded if not set)."""
+    """A simulated fleet end to end: broker, collector, database (embedded if not set),
+    the fleet's metrics and yesterday's bulletin."""
     if no_live and duration:
         raise UsageError("--no-live stops after the history; it takes no --duration")
     live_s = _parse_duration(duration)

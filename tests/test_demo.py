@@ -100,18 +100,18 @@ def samples(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
 
 
 class TestTheHistoryCoversYesterday:
-    """By default the history starts an hour before yesterday's local midnight, so the
-    bulletin of yesterday counts the whole day."""
+    """By default the history starts at yesterday's local midnight, so the bulletin of
+    yesterday counts the whole day."""
 
-    def test_just_after_local_midnight_it_reaches_back_a_day_and_an_hour(self) -> None:
+    def test_just_after_local_midnight_it_reaches_back_a_day(self) -> None:
         now = datetime(2026, 11, 28, 16, 30, tzinfo=UTC)  # 00:30 on the 29th in Shanghai
         assert yesterday(now, SHANGHAI) == date(2026, 11, 28)
-        assert history_start(now, None, SHANGHAI) == datetime(2026, 11, 27, 15, 0, tzinfo=UTC)
+        assert history_start(now, None, SHANGHAI) == datetime(2026, 11, 27, 16, 0, tzinfo=UTC)
 
     def test_just_before_local_midnight_it_reaches_back_almost_two_days(self) -> None:
         now = datetime(2026, 11, 28, 15, 50, tzinfo=UTC)  # 23:50 on the 28th in Shanghai
         assert yesterday(now, SHANGHAI) == date(2026, 11, 27)
-        assert history_start(now, None, SHANGHAI) == datetime(2026, 11, 26, 15, 0, tzinfo=UTC)
+        assert history_start(now, None, SHANGHAI) == datetime(2026, 11, 26, 16, 0, tzinfo=UTC)
 
     def test_the_default_start_covers_yesterday_and_a_short_backfill_does_not(self) -> None:
         now = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
