@@ -165,3 +165,15 @@ class TestTheReadOnlyRole:
                 "SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", [ROLE]
             ).fetchone()
         assert row == (False,)
+
+
+@pytest.mark.timescale
+class TestTheReadOnlyRoleOnTimescale:
+    def test_reads_the_hypertables_and_the_continuous_aggregates(self, timescale_url: str) -> None:
+        with psycopg.connect(timescale_url, autocommit=True) as conn:
+            assert upgrade(conn, timezone="Asia/Shanghai").flavour is Flavour.TIMESCALE
+            conn.execute(f"SET ROLE {ROLE}")
+            for relation in ("state_samples", "transactions", "txn_daily", "txn_hourly"):
+                assert conn.execute(f"SELECT count(*) FROM {relation}").fetchone() == (0,)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("DELETE FROM transactions")
