@@ -210,6 +210,23 @@ def describe(published: Published, timezone: str, complete: bool) -> list[str]:
     ]
 
 
+def grafana_hint(endpoints: Endpoints, psql: str) -> list[str]:
+    """How to point a local Grafana at the provisioned dashboards (docs/dashboards.md)."""
+    db = urlsplit(endpoints.database_url)
+    return [
+        "# Grafana (docs/dashboards.md): a read-only login, then the provisioning folder",
+        f'{psql} "$ATMFLEET_DATABASE_URL" -c "CREATE ROLE grafana LOGIN PASSWORD '
+        "'change-me' IN ROLE atmfleet_grafana\"",
+        'docker run --rm --network host -v "$PWD/dashboards/provisioning:/etc/grafana/provisioning:ro" '
+        '-v "$PWD/dashboards/json:/var/lib/grafana/dashboards/atmfleet:ro" '
+        "-e ATMFLEET_PROMETHEUS_URL=http://127.0.0.1:9090 "
+        f"-e ATMFLEET_GRAFANA_DB_HOST={db.hostname}:{db.port or 5432} "
+        f"-e ATMFLEET_GRAFANA_DB_NAME={db.path.lstrip('/')} "
+        "-e ATMFLEET_GRAFANA_DB_USER=grafana -e ATMFLEET_GRAFANA_DB_PASSWORD=change-me "
+        "grafana/grafana:11.6.0   # then http://localhost:3000, folder atmfleet",
+    ]
+
+
 def next_steps(endpoints: Endpoints, psql: str, published: Published | None = None) -> list[str]:
     """What to run next, in another terminal while the demo runs."""
     exports = [f"export {k}='{v}'" for k, v in environment(endpoints).items()]
@@ -227,6 +244,7 @@ def next_steps(endpoints: Endpoints, psql: str, published: Published | None = No
             f"curl -s {published.metrics_url} | grep '^atmfleet_device_up' | head",
             f"curl -s {published.collector_metrics_url} | grep '^atmfleet_collector_messages'",
             prometheus_hint(published),
+            *grafana_hint(endpoints, psql),
             f"atmfleet bulletin daily --date {published.bulletin_day} --format all --lang en "
             f"--out {endpoints.data_dir / 'bulletins'}",
         ]

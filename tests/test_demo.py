@@ -192,6 +192,21 @@ class TestWhatToRunNext:
         assert "--config.file=exporters/prometheus/prometheus.yml   # scrapes both" in steps
         assert "atmfleet bulletin daily --date 2026-11-27" in steps
 
+    def test_they_say_how_to_point_grafana_at_the_provisioned_dashboards(
+        self, tmp_path: Path
+    ) -> None:
+        endpoints = Endpoints(
+            "postgresql://u:pw@127.0.0.1:40500/atmfleet", "mqtt://h:1", "5", True, True, tmp_path
+        )
+        published = Published(9310, 9311, date(2026, 11, 27), ())
+        steps = "\n".join(next_steps(endpoints, "psql", published))
+        assert "IN ROLE atmfleet_grafana" in steps
+        assert '-v "$PWD/dashboards/provisioning:/etc/grafana/provisioning:ro"' in steps
+        assert "-e ATMFLEET_GRAFANA_DB_HOST=127.0.0.1:40500" in steps
+        assert "-e ATMFLEET_GRAFANA_DB_NAME=atmfleet " in steps
+        docker = next(line for line in steps.splitlines() if "docker run" in line)
+        assert "u:pw" not in docker  # the demo's own credentials are not handed to Grafana
+
     def test_on_other_ports_the_prometheus_hint_says_which_targets_to_set(
         self, tmp_path: Path
     ) -> None:
