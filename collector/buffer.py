@@ -35,6 +35,10 @@ class Buffer:
         self._held = 0  # waiting + taken but not released
         self._closed = False
         self._cond = threading.Condition()
+        # What a waiting take() needs before it returns early (None: nobody waits). put()
+        # wakes it only then, or for a first message (whose age starts the clock), not
+        # for every message: each wake-up costs the network thread the GIL.
+        self._want: tuple[int, int] | None = None
 
     @property
     def held(self) -> int:
@@ -50,7 +54,12 @@ class Buffer:
             self._items.append(item)
             self._bytes += len(item.payload)
             self._held += 1
-            self._cond.notify_all()
+            if self._want is not None and (
+                len(self._items) == 1
+                or len(self._items) >= self._want[0]
+                or self._bytes >= self._want[1]
+            ):
+                self._cond.notify_all()
             return True
 
     def close(self) -> None:
@@ -67,18 +76,22 @@ class Buffer:
         with nothing waiting."""
         with self._cond:
             idle_until = time.monotonic() + idle_s
-            while True:
-                now = time.monotonic()
-                if self._items:
-                    due = self._items[0].arrived + max_age_s
-                    full = len(self._items) >= max_items or self._bytes >= max_bytes
-                    if full or self._closed or now >= due:
-                        break
-                    self._cond.wait(due - now)
-                else:
-                    if self._closed or now >= idle_until:
-                        return []
-                    self._cond.wait(idle_until - now)
+            self._want = (max_items, max_bytes)
+            try:
+                while True:
+                    now = time.monotonic()
+                    if self._items:
+                        due = self._items[0].arrived + max_age_s
+                        full = len(self._items) >= max_items or self._bytes >= max_bytes
+                        if full or self._closed or now >= due:
+                            break
+                        self._cond.wait(due - now)
+                    else:
+                        if self._closed or now >= idle_until:
+                            return []
+                        self._cond.wait(idle_until - now)
+            finally:
+                self._want = None
             batch: list[Inbound] = []
             size = 0
             while self._items and len(batch) < max_items:
