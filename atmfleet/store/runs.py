@@ -82,6 +82,14 @@ def _joins(run: Run, ts: int, state: str, cuts: Sequence[int], ci: int) -> bool:
     return not (ci < len(cuts) and cuts[ci] <= ts)
 
 
+def _grown(run: Run, last: int, last_seq: int, heartbeat_s: int, added: int) -> Run:
+    if not added:
+        return run
+    return replace(
+        run, last=last, last_seq=last_seq, heartbeat_s=heartbeat_s, samples=run.samples + added
+    )
+
+
 def compress(
     samples: Iterable[Sample],
     cuts: Iterable[int] = (),
@@ -97,21 +105,30 @@ def compress(
     """
     ordered = sorted(set(samples), key=lambda s: (s.ts, s.seq))
     cut_list = sorted(set(cuts))
+    n_cuts = len(cut_list)
     out: list[Run] = []
     cur = seed
+    # The current run's growing end lives in locals; its Run is rebuilt once, when it ends.
+    last, last_seq, hb, state, added = (
+        (seed.last, seed.last_seq, seed.heartbeat_s, seed.state, 0) if seed else (0, 0, 0, "", 0)
+    )
     ci = 0
     for s in ordered:
         if cur is not None:
-            while ci < len(cut_list) and cut_list[ci] <= cur.last:
+            while ci < n_cuts and cut_list[ci] <= last:
                 ci += 1
-            if _joins(cur, s.ts, s.state, cut_list, ci):
-                cur = replace(
-                    cur, last=s.ts, last_seq=s.seq, heartbeat_s=s.heartbeat_s,
-                    samples=cur.samples + 1,
-                )  # fmt: skip
+            if (
+                s.state == state
+                and (s.ts - last) * RUN_GAP_DEN <= RUN_GAP_NUM * hb * 1000
+                and not (ci < n_cuts and cut_list[ci] <= s.ts)
+            ):  # _joins, on the locals
+                last, last_seq, hb, added = s.ts, s.seq, s.heartbeat_s, added + 1
                 continue
-            out.append(cur)
+            out.append(_grown(cur, last, last_seq, hb, added))
         cur = Run(s.ts, s.seq, s.ts, s.seq, s.state, s.heartbeat_s)
+        last, last_seq, hb, state, added = s.ts, s.seq, s.heartbeat_s, s.state, 0
+    if cur is not None:
+        cur = _grown(cur, last, last_seq, hb, added)
     if follow is not None:
         if cur is not None:
             while ci < len(cut_list) and cut_list[ci] <= cur.last:
@@ -178,13 +195,16 @@ CROSS JOIN LATERAL (
 GROUP BY t.device_id
 """
 
+# Times are sent as int8 milliseconds and converted here (exactly): psycopg dumps a list of
+# datetimes element by element in Python, several times slower than a list of integers.
 # A point at t can change the timeline up to a heartbeat timeout before it (< 1 day):
 # the KPI engine's stored closed days from the local day before are no longer valid.
 _INVALIDATE = """
 DELETE FROM kpi_device_days k
-USING unnest(%s::text[], %s::timestamptz[]) AS u (id, at)
+USING unnest(%s::text[], %s::int8[]) AS u (id, at_ms)
 WHERE k.device_id = u.id
-  AND k.day >= ((u.at - INTERVAL '1 day') AT TIME ZONE atmfleet_timezone())::date
+  AND k.day >= ((TIMESTAMPTZ 'epoch' + u.at_ms * INTERVAL '1 millisecond' - INTERVAL '1 day')
+                AT TIME ZONE atmfleet_timezone())::date
 """
 
 _RUN_COLUMNS = "start_ts, start_seq, last_ts, last_seq, state, heartbeat_s, samples"
@@ -206,8 +226,10 @@ JOIN presence p ON p.device_id = d.id AND presence_at(p.will, p.ts, p.received_a
 
 _UPSERT = f"""
 INSERT INTO state_runs (device_id, {_RUN_COLUMNS})
-SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::int8[], %s::timestamptz[],
-                     %s::int8[], %s::text[], %s::int4[], %s::int4[])
+SELECT id, TIMESTAMPTZ 'epoch' + start_ms * INTERVAL '1 millisecond', start_seq,
+       TIMESTAMPTZ 'epoch' + last_ms * INTERVAL '1 millisecond', last_seq, state, hb, n
+FROM unnest(%s::text[], %s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::text[],
+            %s::int4[], %s::int4[]) AS u (id, start_ms, start_seq, last_ms, last_seq, state, hb, n)
 ON CONFLICT (device_id, start_ts, start_seq) DO UPDATE
 SET last_ts = excluded.last_ts, last_seq = excluded.last_seq, state = excluded.state,
     heartbeat_s = excluded.heartbeat_s, samples = excluded.samples
@@ -232,16 +254,24 @@ def _dt(value: int) -> datetime | str:
 _STAGED_SAMPLES = "SELECT device_id, ts, seq, state, heartbeat_s FROM _stage_state"
 
 
-def update_runs(cur: psycopg.Cursor[Any], stored_states: int | None = None) -> None:
+def update_runs(
+    cur: psycopg.Cursor[Any],
+    stored_states: int | None = None,
+    inserted: dict[str, set[Sample]] | None = None,
+) -> None:
     """Bring ``state_runs`` up to date with the samples and presence messages the current
     batch inserted (staged in ``_stage_state``/``_stage_presence``; redelivered duplicates
     were not inserted and change nothing). Runs in the caller's transaction.
 
     ``stored_states``: how many state rows the batch inserted, when the caller knows; if
-    it is every staged sample (no duplicate), they are not looked up again."""
+    it is every staged sample (no duplicate), they are not looked up again.
+    ``inserted``: the inserted samples by device, when the caller has them already (it
+    then knows every staged sample was inserted); nothing is read back at all."""
     samples: dict[str, set[Sample]] = {}
     rows: list[Any] = []
-    if stored_states != 0:
+    if inserted is not None:
+        samples = inserted
+    elif stored_states != 0:
         rows = cur.execute(_STAGED_SAMPLES, prepare=False).fetchall()
         if stored_states is None or stored_states != len(rows):
             rows = cur.execute(_NEW_SAMPLES, prepare=False).fetchall()
@@ -261,7 +291,7 @@ def update_runs(cur: psycopg.Cursor[Any], stored_states: int | None = None) -> N
         earliest[device_id] = min(earliest.get(device_id, _POS_INF), *times)
     if earliest:
         ids = sorted(earliest)
-        cur.execute(_INVALIDATE, (ids, [from_ms(earliest[i]) for i in ids]))
+        cur.execute(_INVALIDATE, (ids, [earliest[i] for i in ids]))
     if not devices:
         return
     # Concurrent collectors may store the same device: one maintains its runs at a time.
@@ -305,8 +335,8 @@ def update_runs(cur: psycopg.Cursor[Any], stored_states: int | None = None) -> N
         for device_id, r in out:
             for col, value in zip(
                 cols,
-                (device_id, from_ms(r.start), r.start_seq, from_ms(r.last), r.last_seq, r.state,
-                 r.heartbeat_s, r.samples),
+                (device_id, r.start, r.start_seq, r.last, r.last_seq, r.state, r.heartbeat_s,
+                 r.samples),
                 strict=True,
             ):  # fmt: skip
                 col.append(value)

@@ -20,9 +20,13 @@ from datetime import datetime
 
 import psycopg
 from psycopg.types.json import Jsonb
+from pydantic import TypeAdapter
 
 from atmfleet.protocol import (
     AnyMessage,
+    CashUnit,
+    Component,
+    ComponentStatus,
     CounterMessage,
     EventMessage,
     PresenceMessage,
@@ -30,7 +34,7 @@ from atmfleet.protocol import (
     TxnMessage,
 )
 from atmfleet.store.connect import ErrorClass, classify
-from atmfleet.store.runs import update_runs
+from atmfleet.store.runs import Sample, ms, update_runs
 
 #: Dead letters keep at most this much of the payload (``payload_size`` keeps the size).
 DEAD_LETTER_PAYLOAD_BYTES = 4096
@@ -188,13 +192,18 @@ def _kind(msg: AnyMessage) -> str:
     return "counter"
 
 
+# The JSON columns are serialised by pydantic (one call per column, no dict per cash unit).
+_COMPONENTS_JSON = TypeAdapter(dict[Component, ComponentStatus]).dump_json
+_CASH_UNITS_JSON = TypeAdapter(list[CashUnit]).dump_json
+
+
 def _row(rec: Accepted) -> tuple[object, ...]:
     m, at = rec.message, rec.received_at
     if isinstance(m, StateMessage):
         return (
             m.device_id, m.seq, m.ts, at, m.state.value, m.heartbeat_s,
-            Jsonb({k.value: v.value for k, v in m.components.items()}),
-            Jsonb([cu.model_dump(mode="json") for cu in m.cash_units]),
+            Jsonb(m.components, dumps=_COMPONENTS_JSON),
+            Jsonb(m.cash_units, dumps=_CASH_UNITS_JSON),
             list(m.faults),
         )  # fmt: skip
     if isinstance(m, EventMessage):
@@ -212,6 +221,17 @@ def _row(rec: Accepted) -> tuple[object, ...]:
         return (m.device_id, m.status.value, m.ts, at, m.session, m.will)
     assert isinstance(m, CounterMessage)
     return (m.branch_id, m.date, m.financial, m.non_financial, m.source, m.ts, at)
+
+
+def _samples(states: Sequence[Accepted]) -> dict[str, set[Sample]]:
+    out: dict[str, set[Sample]] = {}
+    for rec in states:
+        m = rec.message
+        assert isinstance(m, StateMessage)
+        out.setdefault(m.device_id, set()).add(
+            Sample(ms(m.ts), m.seq, m.state.value, m.heartbeat_s)
+        )
+    return out
 
 
 class BatchWriter:
@@ -289,7 +309,11 @@ class BatchWriter:
                     copy.write_row(_row(rec))
         row = cur.execute(_MOVE).fetchone()
         assert row is not None
-        update_runs(cur, stored_states=row[0])  # state runs (and kept KPI days) up to date
+        # State runs (and kept KPI days) up to date; when every staged sample was inserted
+        # (no redelivery), from the messages in hand rather than read back.
+        states = by_kind["state"]
+        inserted = _samples(states) if states and row[0] == len(states) else None
+        update_runs(cur, stored_states=row[0], inserted=inserted)
         for kind, n in zip(_KINDS, row[:5], strict=True):
             if n:
                 result.stored[kind] += n
