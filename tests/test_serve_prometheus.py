@@ -108,6 +108,9 @@ def prometheus(
 
     def commit() -> None:
         while not stop.is_set():
+            stats.received.inc(12)
+            stats.stored.labels(kind="state").inc(10)
+            stats.stored.labels(kind="txn").inc(2)
             stats.last_commit.set_to_current_time()
             stop.wait(1)
 
