@@ -169,7 +169,7 @@ class StateMessage(Envelope):
     def _ignore_unknown_components(cls, value: Any) -> Any:
         """A component class this version does not know is ignored like an unknown field,
         so a newer device's heartbeat (which carries its state) is never refused for it."""
-        if isinstance(value, dict):
+        if isinstance(value, dict) and not value.keys() <= _COMPONENT_NAMES:
             return {k: v for k, v in value.items() if k in _COMPONENT_NAMES}
         return value
 
