@@ -51,6 +51,16 @@ def database_url() -> Iterator[str]:
 
 
 @pytest.fixture
+def db(database_url: str) -> str:
+    """A new database with the schema applied (``atmfleet db upgrade``)."""
+    from atmfleet.store.migrate import upgrade
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        upgrade(conn)
+    return database_url
+
+
+@pytest.fixture
 def mqtt_url() -> str:
     return MQTT_URL
 

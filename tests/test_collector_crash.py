@@ -12,10 +12,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
-from atmfleet.store.migrate import upgrade
 from tests.test_collector_service import (
     Broker,
     publisher,
@@ -35,13 +33,6 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     yield b
     b.process.terminate()
     b.process.wait(10)
-
-
-@pytest.fixture
-def db(database_url: str) -> str:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        upgrade(conn)
-    return database_url
 
 
 class CollectorProcess:

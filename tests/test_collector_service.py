@@ -29,7 +29,6 @@ from prometheus_client import CollectorRegistry
 
 from atmfleet.protocol import StateMessage, TxnMessage, device_topic, encode
 from atmfleet.settings import CollectorSettings, Settings
-from atmfleet.store.migrate import upgrade
 from collector.service import Collector
 from collector.stats import CollectorStats
 
@@ -82,13 +81,6 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     yield b
     b.process.terminate()
     b.process.wait(10)
-
-
-@pytest.fixture
-def db(database_url: str) -> str:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        upgrade(conn)
-    return database_url
 
 
 # -- helpers ------------------------------------------------------------------------------

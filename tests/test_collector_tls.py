@@ -9,11 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from atmfleet.errors import ConfigError
-from atmfleet.store.migrate import upgrade
 from collector.mqtt import build_client
 from tests.test_collector_service import (
     Broker,
@@ -71,13 +69,6 @@ def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broke
     yield broker, folder
     broker.process.terminate()
     broker.process.wait(10)
-
-
-@pytest.fixture
-def db(database_url: str) -> str:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        upgrade(conn)
-    return database_url
 
 
 class TestTls:
