@@ -25,7 +25,6 @@ import resource
 import sys
 import tempfile
 import time
-import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -33,7 +32,8 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kpi_db import DAY, fill, keep_days, with_db
+from kpi_db import DAY, fill, keep_days
+from scratch import scratch_database
 
 from atmfleet.store.migrate import upgrade
 from exporters.bulletin import build
@@ -64,11 +64,7 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=100_000)
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
-    name = f"atmfleet_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = with_db(args.admin_url, name)
-    try:
+    with scratch_database(args.admin_url) as url:
         rules = load_rules()
         with psycopg.connect(url, autocommit=True) as conn:
             upgrade(conn, timezone=rules.timezone)
@@ -110,9 +106,6 @@ def main() -> None:
             print(f"{os.cpu_count()} CPUs, load average {load}")
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             print(f"peak memory (RSS) {peak:.0f} MB")
-    finally:
-        with psycopg.connect(args.admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

@@ -30,11 +30,10 @@ import argparse
 import io
 import random
 import time
-import uuid
 from datetime import date, timedelta
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+from scratch import scratch_database
 
 from atmfleet.inventory import DeviceType, Placement
 from atmfleet.store.migrate import upgrade
@@ -54,11 +53,6 @@ TYPES = (
     DeviceType.SMART_TELLER,
 )
 PLACEMENTS = (Placement.ON_SITE, Placement.OFF_SITE, Placement.SELF_SERVICE_BANK)
-
-
-def with_db(url: str, name: str) -> str:
-    p = urlsplit(url)
-    return urlunsplit((p.scheme, p.netloc, "/" + name, p.query, ""))
 
 
 def copy_text(conn: psycopg.Connection, statement: str, lines: list[str]) -> None:
@@ -187,11 +181,7 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=100_000)
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
-    name = f"atmfleet_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = with_db(args.admin_url, name)
-    try:
+    with scratch_database(args.admin_url) as url:
         rules = load_rules()
         with psycopg.connect(url, autocommit=True) as conn:
             upgrade(conn, timezone=rules.timezone)
@@ -245,9 +235,6 @@ def main() -> None:
             print(
                 f"  txn_daily read for one day (when a day is computed): {time.perf_counter() - t0:.2f} s"
             )
-    finally:
-        with psycopg.connect(args.admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

@@ -25,13 +25,12 @@ import os
 import resource
 import threading
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlsplit, urlunsplit
 from urllib.request import Request, urlopen
 
 import psycopg
 from prometheus_client import CollectorRegistry
+from scratch import scratch_database
 
 from atmfleet.store.migrate import upgrade
 from exporters.metrics import DatabaseSource, Exporter, Targets, make_server
@@ -45,11 +44,6 @@ CASH = (
     '"capacity":2500,"status":"ok"},{"id":"2","type":"reject","currency":"CNY",'
     '"denomination":0,"count":3,"capacity":200,"status":"ok"}]'
 )
-
-
-def with_db(url: str, name: str) -> str:
-    p = urlsplit(url)
-    return urlunsplit((p.scheme, p.netloc, "/" + name, p.query, ""))
 
 
 def copy_lines(conn: psycopg.Connection, statement: str, lines: list[str]) -> None:
@@ -156,11 +150,7 @@ def main() -> None:
     args = parser.parse_args()
     load = os.getloadavg()
     print(f"{os.cpu_count()} CPUs, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
-    name = f"atmfleet_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = with_db(args.admin_url, name)
-    try:
+    with scratch_database(args.admin_url) as url:
         rules = load_rules()
         with psycopg.connect(url, autocommit=True) as conn:
             upgrade(conn, timezone=rules.timezone)
@@ -219,9 +209,6 @@ def main() -> None:
             source.close()
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"peak RSS of this process (fill included): {rss:.0f} MiB")
-    finally:
-        with psycopg.connect(args.admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

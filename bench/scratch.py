@@ -1,0 +1,29 @@
+"""A throw-away database for a benchmark: created on the given server, dropped afterwards."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+
+def with_db(url: str, name: str) -> str:
+    """``url`` pointing at database ``name`` instead."""
+    p = urlsplit(url)
+    return urlunsplit((p.scheme, p.netloc, "/" + name, p.query, ""))
+
+
+@contextmanager
+def scratch_database(admin_url: str, prefix: str = "atmfleet_bench") -> Iterator[str]:
+    """Create a database next to ``admin_url``'s, yield its URL, drop it (even on error)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield with_db(admin_url, name)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
