@@ -13,7 +13,7 @@ import json
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -41,7 +41,7 @@ from rules.lowyield import YieldStatus, low_yield_share
 from rules.network import deposit_coverage, self_service_bank_ratio
 from rules.revenue import revenue
 from rules.substitution import Substitution, branch_key, substitution, unit_volumes
-from rules.tail import tail, uptime_entries, volume_entries
+from rules.tail import Entry, tail, uptime_entries, volume_entries
 from rules.timeline import from_ms
 from rules.uptime import Uptime, day_span, dimension_key, rollup, total
 from rules.vendors import incidents, mark_repeats, scorecard
@@ -387,20 +387,41 @@ def low_yield_report(ctx: Context, by: str) -> Report:
     )  # fmt: skip
 
 
-def tail_report(ctx: Context, rank: str, group: str, size: int | None) -> Report:
+def _tail_entries(ctx: Context, rank: str, key: Callable[[str], str | None]) -> list[Entry]:
+    per_device = per_device_uptime(ctx)
+    if rank == "uptime":
+        return uptime_entries(per_device, key)
+    counts = device_counts(txn_in_period(ctx))
+    volumes = {d.id: counts[d.id].financial if d.id in counts else 0 for d in ctx.devices}
+    scheduled = {d: up.scheduled_ms for d, up in per_device.items()}
+    return volume_entries(volumes, scheduled, key)
+
+
+def tail_history(
+    ctx: Context, rank: str, key: Callable[[str], str | None], size: int, periods: int
+) -> list[set[str]]:
+    """The tail members of up to ``periods`` earlier periods of the same length, oldest
+    first; periods that begin before the oldest stored data are left out (no history)."""
+    length = (ctx.last - ctx.first).days + 1
+    oldest = ctx.feed.first_run_ms()
+    past: list[set[str]] = []
+    for k in range(periods, 0, -1):
+        shift = timedelta(days=k * length)
+        earlier = replace(ctx, first=ctx.first - shift, last=ctx.last - shift)
+        if oldest is None or earlier.span[0] < oldest:
+            continue
+        members = tail(_tail_entries(earlier, rank, key), size)
+        past.append({m.id for ms in members.values() for m in ms})
+    return past
+
+
+def tail_report(ctx: Context, rank: str, group: str, size: int | None, history: int = 3) -> Report:
     if group not in ("subbranch", "tier"):
         raise UsageError(f"--group {group}: allowed: subbranch, tier")
     n = size or ctx.rules.tail.size
     key = dimension_key(ctx.inventory, group)
-    if rank == "uptime":
-        entries = uptime_entries(per_device_uptime(ctx), key)
-    else:
-        per_device = per_device_uptime(ctx)
-        counts = device_counts(txn_in_period(ctx))
-        volumes = {d.id: counts[d.id].financial if d.id in counts else 0 for d in ctx.devices}
-        scheduled = {d: up.scheduled_ms for d, up in per_device.items()}
-        entries = volume_entries(volumes, scheduled, key)
-    tails = tail(entries, n)
+    past = tail_history(ctx, rank, key, n, history)
+    tails = tail(_tail_entries(ctx, rank, key), n, past)
     rows = [
         {"group": m.group, "position": m.position, "device": m.id,
          rank: _ratio(m.value) if rank == "uptime" else int(m.value), "streak": m.streak}
@@ -412,8 +433,9 @@ def tail_report(ctx: Context, rank: str, group: str, size: int | None) -> Report
         f"{ctx.scope}",
         ["group", "position", "device", rank, "streak"],
         rows,
-        {"period": [ctx.first, ctx.last], "scope": str(ctx.scope), "size": n},
-    )
+        {"period": [ctx.first, ctx.last], "scope": str(ctx.scope), "size": n,
+         "history_periods": len(past)},
+    )  # fmt: skip
 
 
 def vendors_report(ctx: Context) -> Report:
@@ -645,11 +667,19 @@ def low_yield_cmd(on: datetime | None, first: datetime | None, last: datetime | 
 @click.option(
     "--size", type=click.IntRange(min=1), default=None, help="Default: tail.size of the rules."
 )
+@click.option(
+    "--history",
+    type=click.IntRange(min=0, max=24),
+    default=3,
+    show_default=True,
+    help="Earlier periods of the same length looked at for the streak (consecutive periods "
+    "in the tail).",
+)
 def tail_cmd(on: datetime | None, first: datetime | None, last: datetime | None, scope: str,
-             as_json: bool, rank: str, group: str, size: int | None) -> None:  # fmt: skip
+             as_json: bool, rank: str, group: str, size: int | None, history: int) -> None:  # fmt: skip
     """剁尾巴: the bottom N devices by uptime or volume within each sub-branch or tier."""
     with opened(scope, _day(on), _day(first), _day(last)) as ctx:
-        emit(tail_report(ctx, rank, group, size), as_json)
+        emit(tail_report(ctx, rank, group, size, history), as_json)
 
 
 @kpi.command("vendors")

@@ -131,6 +131,11 @@ class Feed:
     def now_ms(self) -> int:
         return ms(self._rows("now")[0][0])
 
+    def first_run_ms(self) -> int | None:
+        """When the oldest stored state run starts (None: nothing stored yet)."""
+        value = self._rows("first_run")[0][0]
+        return None if value is None else int(value)
+
     def inventory(self) -> Inventory:
         """The inventory as loaded into the store (``atmfleet db load-inventory``)."""
         subs = tuple(

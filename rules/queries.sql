@@ -18,6 +18,10 @@ FROM devices ORDER BY id;
 -- name: now
 SELECT now();
 
+-- The start of the oldest stored state run: periods before it have no history.
+-- name: first_run
+SELECT floor(extract(epoch FROM min(start_ts)) * 1000)::int8 FROM state_runs;
+
 -- State runs overlapping [lo, hi): the period with its context (the caller widens it by
 -- the longest heartbeat timeout on both sides).
 -- name: runs

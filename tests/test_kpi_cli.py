@@ -183,3 +183,51 @@ class TestKeptDays:
         assert after == before
         flags = json.loads(after)
         assert flags["rows"][0]["evaluated"] == 2
+
+
+@pytest.fixture
+def tail_db(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Three stored days, 2026-11-18..20: cli-a is down 1 h every day; cli-b is down 2 h on
+    the 20th only. Nothing is stored before 23:00 on the 17th."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        upgrade(conn)
+    first = datetime(2026, 11, 18, tzinfo=TZ).astimezone(UTC)
+    msgs: list[Accepted] = []
+    for device in ("cli-a", "cli-b"):
+        for i, minute in enumerate(range(-60, 3 * 24 * 60 + 65, 5)):
+            day, of_day = divmod(minute, 24 * 60)
+            hours_down = (600, 660) if device == "cli-a" else (600, 720) if day == 2 else (0, 0)
+            down = hours_down[0] <= of_day < hours_down[1]
+            m = StateMessage(
+                v=1, device_id=device, ts=first + timedelta(minutes=minute), seq=i,
+                state="fault" if down else "in_service", heartbeat_s=300,
+            )  # fmt: skip
+            msgs.append(Accepted(m, m.ts, device_topic(device, "state"), encode(m)))
+    with psycopg.connect(database_url) as conn:
+        upsert_inventory(conn, INVENTORY)
+        BatchWriter(conn, "test").write(msgs)
+    monkeypatch.setenv("ATMFLEET_DATABASE_URL", database_url)
+    monkeypatch.delenv("ATMFLEET_RULES_FILE", raising=False)
+    yield database_url
+
+
+class TestTailStreaks:
+    """剁尾巴 counts the consecutive periods a member has stayed in the tail."""
+
+    def tail(self, *args: str) -> list[tuple[str, int]]:
+        code, out = run("tail", "--size", "1", "--json", *args)
+        assert code == 0, out
+        return [(r["device"], r["streak"]) for r in json.loads(out)["rows"]]
+
+    def test_a_member_of_the_day_before_too_has_a_streak_of_two(self, tail_db: str) -> None:
+        assert self.tail("--date", "2026-11-19") == [("cli-a", 2)]
+
+    def test_a_new_member_starts_at_one(self, tail_db: str) -> None:
+        assert self.tail("--date", "2026-11-20") == [("cli-b", 1)]
+
+    def test_periods_before_the_stored_history_do_not_count(self, tail_db: str) -> None:
+        # 11-17 and before hold no data: every device would look offline there.
+        assert self.tail("--date", "2026-11-18") == [("cli-a", 1)]
+
+    def test_no_history_asked_means_a_streak_of_one(self, tail_db: str) -> None:
+        assert self.tail("--date", "2026-11-19", "--history", "0") == [("cli-a", 1)]
