@@ -34,7 +34,6 @@ from rules.feed import Feed, timelines, uptime_for
 from rules.labels import Label
 from rules.timeline import (
     Interval,
-    PowerRestored,
     Presence,
     StateSample,
     build_timeline,
@@ -43,9 +42,9 @@ from rules.timeline import (
 )
 from rules.uptime import UptimePolicy, WindowSpans, daily_uptime
 from simulator.config import make_config
-from simulator.engine import Emission
 from simulator.fleet import generate_inventory
 from simulator.ledger import simulate
+from tests.simulated import pure_timeline
 
 pytestmark = pytest.mark.integration
 
@@ -75,32 +74,6 @@ def write(conn: psycopg.Connection, batches: Sequence[Sequence[Accepted]]) -> No
     for batch in batches:
         result = writer.write(batch)
         assert not result.dead, result.dead
-
-
-def pure_timeline(
-    emissions: Sequence[Emission],
-    heartbeat_s: int,
-    default_heartbeat_s: int,
-    lo: int,
-    hi: int,
-    outages: Sequence[tuple[int, int]] = (),
-) -> list[Interval]:
-    """The pure core on every message of a device, as a test would call it by hand."""
-    samples, presence, power = [], [], []
-    for e in emissions:
-        if e.kind == "state":
-            samples.append(StateSample(e.ts, e.detail, heartbeat_s, e.seq))
-        elif e.kind == "presence":
-            presence.append(
-                Presence(e.ts, e.detail == "online", will=e.result == "will", received=e.t)
-            )
-        elif e.kind == "event" and e.detail == "power_restored":
-            power.append(PowerRestored(e.since, e.ts))
-    runs = compress(samples, RULES.heartbeat.timeout_factor, breaks=[p.at for p in presence])
-    return build_timeline(
-        runs, lo, hi, presence=presence, power=power, outages=outages,
-        timeout_factor=RULES.heartbeat.timeout_factor, default_heartbeat_s=default_heartbeat_s,
-    )  # fmt: skip
 
 
 class TestSimulatedFleetThroughTheWriter:

@@ -12,36 +12,15 @@ import pytest
 from rules.labels import Label
 from rules.timeline import (
     Interval,
-    PowerRestored,
-    Presence,
-    StateSample,
-    build_timeline,
-    compress,
 )
 from simulator.config import make_config
 from simulator.engine import Emission, device_heartbeat_s
 from simulator.fleet import generate_inventory
 from simulator.ledger import simulate
+from tests.simulated import pure_timeline
 
 START = datetime(2026, 11, 26, 16, tzinfo=UTC)
 END = datetime(2026, 11, 28, 16, tzinfo=UTC)  # two local days
-
-
-def timeline_from(emissions: list[Emission], heartbeat_s: int, lo: int, hi: int) -> list[Interval]:
-    samples, presence, power = [], [], []
-    for e in emissions:
-        if e.kind == "state":
-            samples.append(StateSample(e.ts, e.detail, heartbeat_s, e.seq))
-        elif e.kind == "presence":
-            presence.append(
-                Presence(e.ts, e.detail == "online", will=e.result == "will", received=e.t)
-            )
-        elif e.kind == "event" and e.detail == "power_restored":
-            power.append(PowerRestored(e.since, e.ts))
-    runs = compress(samples, breaks=[p.at for p in presence])
-    return build_timeline(
-        runs, lo, hi, presence=presence, power=power, default_heartbeat_s=heartbeat_s
-    )
 
 
 @pytest.mark.parametrize("real_wills", [True, False], ids=["broker-will", "gateway-offline"])
@@ -74,7 +53,7 @@ def test_timeline_matches_the_simulators_ground_truth(real_wills: bool) -> None:
                 expected.append((iv.start, iv.end, label))
             seen[label] += iv.end - iv.start
         hb = device_heartbeat_s(device, config)
-        got = timeline_from(by_device.get(device.id, []), hb, truth[0].start, end)
+        got = pure_timeline(by_device.get(device.id, []), hb, hb, truth[0].start, end)
         assert got == expected, device.id
     # The run exercised what the test is about.
     for label in (Label.COMMUNICATIONS, Label.POWER, Label.FAULT, Label.SUPERVISOR):
