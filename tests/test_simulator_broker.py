@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from atmfleet.inventory import Inventory
 from atmfleet.protocol import device_topic
@@ -52,7 +53,12 @@ class Subscriber:
         assert self.ready.wait(10), "subscription not acknowledged"
 
     def _on_connect(self, client, _u, _f, _rc, _p) -> None:
-        client.subscribe([("atmfleet/v1/device/+/+", 1), ("atmfleet/v1/branch/+/counter", 1)])
+        # Retained messages other runs left on the shared broker are not wanted (v5 retain
+        # handling 2): a flood of them could overflow the broker's queue for this client.
+        options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+        client.subscribe(
+            [("atmfleet/v1/device/+/+", options), ("atmfleet/v1/branch/+/counter", options)]
+        )
 
     def _on_message(self, _c, _u, msg) -> None:
         if msg.topic.split("/")[3].startswith(self.prefix) and msg.payload:
