@@ -20,7 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from atmfleet.inventory import Inventory
-from atmfleet.protocol import device_topic
+from atmfleet.protocol import TOPIC_ROOT, counter_topic, device_topic
 from atmfleet.settings import Settings
 from simulator.config import make_config
 from simulator.engine import Emission, generate, ms
@@ -32,13 +32,21 @@ pytestmark = pytest.mark.integration
 
 
 class Subscriber:
-    """A plain paho client collecting every message of the devices with ``prefix``."""
+    """A plain paho client collecting every message of the devices it follows.
+
+    It subscribes to those devices' topics only (and their branches' counters), never to a
+    wildcard: other traffic on the shared broker, and the retained messages earlier runs left
+    there, would count against the broker's queue for this client and could make it drop
+    messages of the test's own.
+    """
 
     def __init__(self, url: str, prefix: str) -> None:
         self.prefix = prefix
         self.received: list[tuple[str, bytes]] = []
         self.lock = threading.Lock()
-        self.ready = threading.Event()
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self.filters: list[str] = []
         parts = urlsplit(url)
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -46,19 +54,30 @@ class Subscriber:
             protocol=MQTTProtocolVersion.MQTTv5,
         )
         self.client.on_connect = self._on_connect
-        self.client.on_subscribe = lambda *a: self.ready.set()
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.client.on_message = self._on_message
         self.client.connect(parts.hostname or "127.0.0.1", parts.port or 1883)
         self.client.loop_start()
-        assert self.ready.wait(10), "subscription not acknowledged"
+        assert self.connected.wait(10), "not connected"
+
+    def follow(self, inventory: Inventory) -> None:
+        """Subscribe to every topic of ``inventory``'s devices and branches; wait for SUBACK."""
+        self.filters = [f"{TOPIC_ROOT}/device/{d.id}/+" for d in inventory.devices] + [
+            counter_topic(b.id) for b in inventory.branches
+        ]
+        self.subscribed.clear()
+        self._subscribe(self.client)
+        assert self.subscribed.wait(10), "subscription not acknowledged"
+
+    def _subscribe(self, client: mqtt.Client) -> None:
+        # Retained messages already on the broker are not wanted (v5 retain handling 2).
+        options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+        client.subscribe([(f, options) for f in self.filters])
 
     def _on_connect(self, client, _u, _f, _rc, _p) -> None:
-        # Retained messages other runs left on the shared broker are not wanted (v5 retain
-        # handling 2): a flood of them could overflow the broker's queue for this client.
-        options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
-        client.subscribe(
-            [("atmfleet/v1/device/+/+", options), ("atmfleet/v1/branch/+/counter", options)]
-        )
+        if self.filters:
+            self._subscribe(client)  # again after a reconnect
+        self.connected.set()
 
     def _on_message(self, _c, _u, msg) -> None:
         if msg.topic.split("/")[3].startswith(self.prefix) and msg.payload:
@@ -139,6 +158,7 @@ class TestPooledGateways:
         start = datetime(2026, 11, 2, tzinfo=UTC)
         end = start + timedelta(hours=5)
         ledger = Ledger(inv, config, 2, heartbeat_s=600)
+        subscriber.follow(inv)
         try:
             sent, wills = publish(
                 inv, generate(inv, config, 2, start, end, heartbeat_s=600), mqtt_url,
@@ -167,6 +187,7 @@ class TestPerDeviceConnections:
         start = datetime.now(UTC).replace(microsecond=0)
         end = start + timedelta(seconds=5)
         ledger = Ledger(inv, config, 3, heartbeat_s=5)
+        subscriber.follow(inv)
         try:
             sent, wills = publish(
                 inv, generate(inv, config, 3, start, end, real_wills=True, heartbeat_s=5),
@@ -192,6 +213,7 @@ class TestStopping:
         self, mqtt_url, run_id, subscriber, tmp_path
     ) -> None:
         prefix = f"sim{run_id}-"
+        subscriber.follow(generate_inventory(5, seed=1, prefix=prefix))
         cmd = [
             sys.executable, "-m", "atmfleet.cli", "simulate", "--devices", "5", "--heartbeat", "5",
             "--id-prefix", prefix, "--mqtt-url", mqtt_url, "--ledger", str(tmp_path),
