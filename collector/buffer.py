@@ -11,7 +11,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 
 @dataclass(slots=True)
@@ -22,9 +22,13 @@ class Inbound:
     qos: int
     topic: str
     payload: bytes
-    received_at: datetime
+    received: float  # time.time() on arrival (cheaper to take and to send than a datetime)
     generation: int  # the MQTT connection it arrived on (acks go only to that one)
     arrived: float = field(default_factory=time.monotonic)
+
+    @property
+    def received_at(self) -> datetime:
+        return datetime.fromtimestamp(self.received, UTC)
 
 
 class Buffer:

@@ -19,6 +19,7 @@ from atmfleet.store.writer import Accepted, BatchWriter
 from collector.counters import parse_counter_csv
 from collector.service import Collector, describe
 from collector.stats import CollectorStats
+from collector.worker import tune_gc
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ def collect(client_id: str | None, metrics_port: int | None) -> None:
     if metrics_port is not None:
         start_http_server(metrics_port, registry=registry)
     log.info("%s", describe(settings))
+    tune_gc()
     collector.run(stop)
 
 

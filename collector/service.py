@@ -1,4 +1,5 @@
-"""The collector service: the paho network thread receives, the writer loop stores and acks.
+"""The collector service: the paho network thread receives, the batch loop has each batch
+stored by the store worker (a child process, :mod:`collector.worker`) and acknowledges it.
 
 Delivery guarantee: a message is acknowledged (PUBACK) only after the transaction that
 stores it (or dead-letters it) has committed, in arrival order; acknowledgements go only
@@ -30,11 +31,10 @@ from atmfleet.settings import Settings
 from atmfleet.store import liveness
 from atmfleet.store.connect import ErrorClass, classify, redact_url
 from atmfleet.store.migrate import require_current
-from atmfleet.store.writer import Accepted, BatchWriter, Rejected
 from collector.buffer import Buffer, Inbound
-from collector.decode import decode
 from collector.mqtt import BrokerAddress, build_client, connect_properties
 from collector.stats import CollectorStats
+from collector.worker import Outcome, StoreWorker, WorkerFailure
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def subscriptions(share_group: str | None) -> list[str]:
 
 @dataclass(frozen=True)
 class Connector:
-    """Opens database connections (injected so tests can use their own database)."""
+    """Opens database connections (a dataclass, so that it can be sent to the store worker)."""
 
     url: str
     application_name: str
@@ -75,6 +75,8 @@ class Collector:
         client_id: str | None = None,
         connect_db: Callable[[], psycopg.Connection] | None = None,
     ) -> None:
+        """``connect_db`` opens the database connections, the store worker's too (so it
+        must pickle, like :class:`Connector`)."""
         self._settings = settings
         self._cs = settings.collector
         self._stats = stats
@@ -83,11 +85,12 @@ class Collector:
             settings.require_database_url(), f"atmfleet-collector {self.client_id}"
         )
         self._buffer = Buffer(self._cs.max_inflight)
+        self._stats.buffered.set_function(lambda: self._buffer.held)
         self._ack_lock = threading.Lock()
         self._generation = 0
         self._accepting = True
-        self._conn: psycopg.Connection | None = None
-        self._writer: BatchWriter | None = None
+        self._conn: psycopg.Connection | None = None  # liveness; batches: the worker's own
+        self._worker = StoreWorker(self._connect_db, self.client_id)
         self.run_id = uuid.uuid4()
         self._client = build_client(settings, self.client_id)
         self._client.on_connect = self._on_connect
@@ -148,11 +151,10 @@ class Collector:
                 qos=message.qos,
                 topic=message.topic,
                 payload=bytes(message.payload),
-                received_at=datetime.now(UTC),
+                received=time.time(),
                 generation=self._generation,
             )
             self._buffer.put(item)  # blocks while full: the network thread stops reading
-            self._stats.buffered.set(self._buffer.held)
         except Exception:
             log.exception("message on %r could not be buffered; it will be redelivered", message)
 
@@ -162,6 +164,7 @@ class Collector:
         """Collect until ``stop`` is set, then flush, acknowledge and disconnect."""
         self._open_db(stop)
         require_current(self._db())
+        self._worker.start()  # its start-up (imports) overlaps the broker's connection
         outage = liveness.start_run(
             self._db(),
             self.run_id,
@@ -199,6 +202,7 @@ class Collector:
             self._client.disconnect()
             self._client.loop_stop()
             self._stats.mqtt_connected.set(0)
+            self._worker.close()
             self._close_db()
 
     def _drain(self) -> None:
@@ -222,27 +226,18 @@ class Collector:
     def _commit(
         self, batch: Sequence[Inbound], stop: threading.Event, deadline: float | None
     ) -> bool:
-        """Store a batch (retrying temporary errors with capped backoff), then acknowledge
-        it. False if it gave up (stop or deadline): nothing acknowledged then."""
-        accepted: list[Accepted] = []
-        rejected: list[Rejected] = []
-        for item in batch:
-            record = decode(item.topic, item.payload, item.received_at)
-            if isinstance(record, Accepted):
-                accepted.append(record)
-            else:
-                rejected.append(record)
+        """Have a batch stored (retrying temporary errors with capped backoff), then
+        acknowledge it. False if it gave up (stop or deadline): nothing acknowledged then."""
         started = time.monotonic()
         backoff = 0.1
         while True:
             try:
-                result = self._writer_for(stop).write(accepted, rejected)
+                result: Outcome = self._worker.write(batch)
                 break
-            except (psycopg.Error, OSError) as exc:
-                kind = classify(exc)
-                self._stats.db_errors.labels(kind.value).inc()
-                if kind is not ErrorClass.TEMPORARY:
-                    sqlstate = getattr(exc, "sqlstate", None) or ""
+            except WorkerFailure as exc:
+                self._stats.db_errors.labels(exc.kind.value).inc()
+                if exc.kind is not ErrorClass.TEMPORARY:
+                    sqlstate = exc.sqlstate or ""
                     hint = (
                         "; is the schema current (`atmfleet db upgrade`) and may this user write?"
                         if sqlstate[:2] in ("42", "3F")
@@ -250,10 +245,11 @@ class Collector:
                     )
                     raise CollectorFatal(
                         f"database error {sqlstate or '(client side)'} while storing a batch: "
-                        f"{str(exc).strip()[:300]} (nothing was acknowledged{hint})"
+                        f"{exc.message} (nothing was acknowledged{hint})"
                     ) from exc
-                log.warning("temporary database error (%s); retrying in %.1fs", exc, backoff)
-                self._close_db()
+                log.warning(
+                    "temporary database error (%s); retrying in %.1fs", exc.message, backoff
+                )
                 if stop.wait(backoff) or (deadline is not None and time.monotonic() > deadline):
                     return False
                 backoff = min(backoff * 2, self._cs.retry_max_backoff_s)
@@ -267,9 +263,9 @@ class Collector:
         for stored_kind, n in result.stored.items():
             self._stats.stored.labels(stored_kind).inc(n)
         self._stats.duplicates.inc(result.duplicates)
-        for dead in result.dead:
-            self._stats.rejected.labels(dead.reason).inc()
-            log.info("dead-lettered a message on %r: %s", dead.topic[:200], dead.reason)
+        for topic, reason in result.dead:
+            self._stats.rejected.labels(reason).inc()
+            log.info("dead-lettered a message on %r: %s", topic[:200], reason)
         return True
 
     def _ack(self, batch: Sequence[Inbound]) -> None:
@@ -279,7 +275,6 @@ class Collector:
                 if item.qos > 0 and item.generation == generation:
                     self._client.ack(item.mid, item.qos)
         self._buffer.release(len(batch))
-        self._stats.buffered.set(self._buffer.held)
 
     def _beat(self, stop: threading.Event) -> None:
         try:
@@ -303,7 +298,6 @@ class Collector:
         while True:
             try:
                 self._conn = self._connect_db()
-                self._writer = BatchWriter(self._conn, self.client_id)
                 return
             except psycopg.OperationalError as exc:
                 self._stats.db_errors.labels(ErrorClass.TEMPORARY.value).inc()
@@ -321,11 +315,6 @@ class Collector:
             self._open_db(stop)
         return self._db()
 
-    def _writer_for(self, stop: threading.Event) -> BatchWriter:
-        self._db_or_open(stop)
-        assert self._writer is not None
-        return self._writer
-
     def _close_db(self) -> None:
         if self._conn is not None:
             try:
@@ -333,7 +322,6 @@ class Collector:
             except Exception:  # closing a broken connection must not mask the real error
                 log.debug("error while closing the database connection", exc_info=True)
         self._conn = None
-        self._writer = None
 
 
 def describe(settings: Settings) -> str:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.test_collector_service import (
@@ -63,6 +64,23 @@ class CollectorProcess:
             stdout=log,
             stderr=log,
         )
+
+    def worker(self) -> psutil.Process:
+        """The store worker (the collector's child process), once it runs."""
+        assert self.process is not None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            # The other child, if any, is multiprocessing's resource tracker.
+            workers = [
+                p
+                for p in psutil.Process(self.process.pid).children()
+                if "spawn_main" in " ".join(p.cmdline())
+            ]
+            if workers:
+                assert len(workers) == 1, workers
+                return workers[0]
+            time.sleep(0.05)
+        raise AssertionError("the collector has no store worker")
 
     def signal(self, signum: int) -> int:
         assert self.process is not None
@@ -159,6 +177,79 @@ class TestKilledCollector:
         log = (collector.logs / "collector-1.log").read_text()
         assert "received SIGTERM" in log
         assert "Traceback" not in log
+
+
+class TestStoreWorker:
+    def test_a_killed_worker_is_replaced_and_nothing_is_lost_or_stored_twice(
+        self, broker: Broker, db: str, run_id: str, collector: CollectorProcess
+    ) -> None:
+        collector.start()
+        wait_subscribed(broker, db, f"t{run_id}-probe")
+        stop = threading.Event()
+        sent: list[int] = []
+        sender = threading.Thread(target=stream, args=(broker, f"t{run_id}", stop, sent))
+        sender.start()
+        pids = []
+        for _ in range(3):
+            before = stored(db)
+            wait_until(lambda b=before: stored(db) > b + 50, what="progress")  # type: ignore[misc]
+            time.sleep(random.uniform(0, 0.1))
+            worker = collector.worker()
+            pids.append(worker.pid)
+            worker.kill()
+            worker.wait(10)
+        time.sleep(0.3)
+        stop.set()
+        sender.join(60)
+        total = sent[0] + 1
+        wait_until(lambda: stored(db) == total, timeout=60, what="every message")
+        time.sleep(0.5)
+        rows = stored(db)
+        print(
+            f"\nstore worker SIGKILL x{len(pids)}: sent {total}, stored {rows}, lost {total - rows}"
+        )
+        assert rows == total
+        assert scalar(db, "SELECT sum(received) FROM device_sequences") == total
+        assert scalar(db, "SELECT sum(missing) FROM sequence_gaps") == 0
+        assert collector.worker().pid not in pids  # a new one
+        assert collector.process is not None and collector.process.poll() is None
+        assert scalar(db, "SELECT count(*) FROM collector_runs") == 1  # the collector lived on
+        assert collector.signal(signal.SIGTERM) == 0
+        log = (collector.logs / "collector-1.log").read_text()
+        assert log.count("the store worker exited") >= 3
+
+    def test_the_worker_does_not_outlive_a_killed_collector(
+        self, broker: Broker, db: str, run_id: str, collector: CollectorProcess
+    ) -> None:
+        collector.start()
+        wait_subscribed(broker, db, f"t{run_id}-probe")
+        worker = collector.worker()
+        assert collector.process is not None
+        children = psutil.Process(collector.process.pid).children()  # with the tracker
+        assert collector.signal(signal.SIGKILL) == -signal.SIGKILL
+        gone, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, alive
+        assert worker in gone
+
+    def test_sigterm_to_the_whole_group_still_flushes_everything(
+        self, broker: Broker, db: str, run_id: str, collector: CollectorProcess
+    ) -> None:
+        """A service manager or a terminal's Ctrl-C signals every process of the group:
+        the worker keeps going until the collector has flushed and tells it to stop."""
+        collector.start()
+        wait_subscribed(broker, db, f"t{run_id}-probe")
+        worker = collector.worker()
+        with publisher(broker.url) as pub:
+            for topic, payload in states(f"t{run_id}", range(1, 501)):
+                pub.send(topic, payload)
+        worker.send_signal(signal.SIGTERM)
+        worker.send_signal(signal.SIGINT)
+        assert collector.signal(signal.SIGTERM) == 0
+        assert not worker.is_running()
+        collector.start()
+        wait_until(lambda: stored(db) == 501, what="all 500 and the probe")
+        log = (collector.logs / "collector-1.log").read_text()
+        assert "Traceback" not in log and "store worker exited" not in log
 
 
 def test_a_missing_schema_stops_the_collector_with_a_clear_error(

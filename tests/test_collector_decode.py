@@ -109,7 +109,7 @@ class TestDecodeRejectsWithAReason:
 
 
 def inbound(mid: int, size: int = 10, arrived: float | None = None) -> Inbound:
-    item = Inbound(mid, 1, "t", b"x" * size, NOW, 0)
+    item = Inbound(mid, 1, "t", b"x" * size, NOW.timestamp(), 0)
     if arrived is not None:
         item.arrived = arrived
     return item
