@@ -109,9 +109,13 @@ class StoreWorker:
 
     def start(self) -> None:
         """Start the worker now (else the first write does)."""
-        if self._process is not None and self._process.is_alive():
-            return
-        self._discard()
+        if self._process is not None:
+            if self._process.is_alive():
+                return
+            log.warning(
+                "the store worker exited (code %s) between batches; starting a new one",
+                self._discard(),
+            )
         ours, theirs = self._context.Pipe()
         process = self._context.Process(
             target=_main,
