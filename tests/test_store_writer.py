@@ -88,6 +88,17 @@ class TestIdempotentStorage:
         for table in ("state_samples", "events", "transactions", "presence"):
             assert count(conn, table) == 1, table
 
+    def test_a_batch_of_more_devices_than_the_shared_lock_table_holds_is_stored(
+        self, conn: psycopg.Connection, writer: BatchWriter
+    ) -> None:
+        """20,000 devices in one batch (a large fleet's heartbeats, or a large batch_size):
+        one lock per device in the transaction would exhaust PostgreSQL's shared lock
+        table (6,400 slots by default) and fail with "out of shared memory"."""
+        devices = 20_000
+        result = writer.write([st(1, device=f"atm-{i}") for i in range(devices)])
+        assert result.stored == {"state": devices}
+        assert count(conn, "state_runs") == devices
+
     def test_a_batch_mixing_known_and_new_devices_is_stored(
         self, conn: psycopg.Connection, writer: BatchWriter
     ) -> None:

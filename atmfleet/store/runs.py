@@ -237,6 +237,18 @@ SET last_ts = excluded.last_ts, last_seq = excluded.last_seq, state = excluded.s
     heartbeat_s = excluded.heartbeat_s, samples = excluded.samples
 """
 
+#: Devices are locked by bucket (a hash of the id): a lock per device would need one slot
+#: of PostgreSQL's shared lock table each, and a batch of more distinct devices than
+#: max_locks_per_transaction x max_connections (6,400 by default, shared by every session)
+#: fails with "out of shared memory". In bucket order, so two collectors cannot deadlock.
+RUN_LOCK_BUCKETS = 256
+
+_LOCK_DEVICES = f"""
+SELECT pg_advisory_xact_lock(hashtext('atmfleet.runs'), b)
+FROM (SELECT DISTINCT hashtext(id) & {RUN_LOCK_BUCKETS - 1} AS b FROM unnest(%b::text[]) AS d (id)) AS u
+ORDER BY b
+"""
+
 _NEG_INF = -(2**62)
 _POS_INF = 2**62
 
@@ -297,11 +309,7 @@ def update_runs(
     if not devices:
         return
     # Concurrent collectors may store the same device: one maintains its runs at a time.
-    cur.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended('atmfleet.runs:' || id, 0))"
-        " FROM unnest(%b::text[]) AS d (id) ORDER BY id",
-        (devices,),
-    )
+    cur.execute(_LOCK_DEVICES, (devices,))
     newest = {row[0]: _run(row[1:]) for row in cur.execute(_NEWEST, (devices,)).fetchall()}
     in_order: dict[str, Run | None] = {}
     late: list[str] = []
