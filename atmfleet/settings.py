@@ -27,11 +27,11 @@ class CollectorSettings(BaseModel):
         None, description="Join $share/<group>/... so several collectors split one fleet."
     )
     session_expiry_s: int = Field(7 * 24 * 3600, ge=0)
-    batch_size: int = Field(5000, ge=1, le=1_000_000)
+    batch_size: int = Field(10_000, ge=1, le=1_000_000)
     batch_max_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     flush_interval_s: float = Field(0.5, gt=0, le=60)
     max_inflight: int = Field(
-        20_000, ge=1, description="Messages held unacknowledged before reading pauses."
+        40_000, ge=1, description="Messages held unacknowledged before reading pauses."
     )
     retry_max_backoff_s: float = Field(30.0, gt=0)
     liveness_interval_s: float = Field(10.0, gt=0)

@@ -34,7 +34,7 @@ from atmfleet.store.migrate import require_current
 from collector.buffer import Buffer, Inbound
 from collector.mqtt import BrokerAddress, build_client, connect_properties
 from collector.stats import CollectorStats
-from collector.worker import Outcome, StoreWorker, WorkerFailure
+from collector.worker import Failure, Outcome, StoreWorker
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,13 @@ class Collector:
         self._generation = 0
         self._accepting = True
         self._conn: psycopg.Connection | None = None  # liveness; batches: the worker's own
-        self._worker = StoreWorker(self._connect_db, self.client_id)
+        self._worker = StoreWorker(
+            self._connect_db,
+            self.client_id,
+            self._cs.retry_max_backoff_s,
+            on_commit=self._committed,
+            on_failure=self._failed,
+        )
         self.run_id = uuid.uuid4()
         self._client = build_client(settings, self.client_id)
         self._client.on_connect = self._on_connect
@@ -184,20 +190,24 @@ class Collector:
         )
         self._client.loop_start()
         next_beat = time.monotonic() + self._cs.liveness_interval_s
+        pending: list[Inbound] = []  # taken, not yet sent (the worker has enough)
         try:
             while not stop.is_set():
-                batch = self._buffer.take(
-                    self._cs.batch_size,
-                    self._cs.batch_max_bytes,
-                    self._cs.flush_interval_s,
-                    idle_s=min(self._cs.flush_interval_s, 0.5),
-                )
-                if batch:
-                    self._commit(batch, stop, deadline=None)
+                self._raise_if_fatal()
+                if not pending:
+                    pending = self._buffer.take(
+                        self._cs.batch_size,
+                        self._cs.batch_max_bytes,
+                        self._cs.flush_interval_s,
+                        idle_s=min(self._cs.flush_interval_s, 0.5),
+                    )
+                if pending and self._worker.submit(pending, deadline=time.monotonic() + 0.5):
+                    pending = []
                 if time.monotonic() >= next_beat:
                     self._beat(stop)
                     next_beat = time.monotonic() + self._cs.liveness_interval_s
-            self._drain()
+            self._raise_if_fatal()
+            self._drain(pending)
         finally:
             self._client.disconnect()
             self._client.loop_stop()
@@ -205,58 +215,36 @@ class Collector:
             self._worker.close()
             self._close_db()
 
-    def _drain(self) -> None:
+    def _drain(self, pending: list[Inbound]) -> None:
         """Stop taking messages, store and acknowledge what is held, mark the run stopped."""
         self._accepting = False
         self._buffer.close()
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
-        never = threading.Event()
-        while batch := self._buffer.take(
-            self._cs.batch_size, self._cs.batch_max_bytes, 0.0, idle_s=0.0
+        batch = pending
+        while batch or (
+            batch := self._buffer.take(
+                self._cs.batch_size, self._cs.batch_max_bytes, 0.0, idle_s=0.0
+            )
         ):
-            if not self._commit(batch, never, deadline=deadline):
-                log.warning("stopping with messages unacknowledged; the broker will redeliver")
-                return
+            if not self._worker.submit(batch, deadline=deadline):
+                break
+            batch = []
+        if batch or not self._worker.wait_answered(deadline):
+            self._raise_if_fatal()
+            log.warning("stopping with messages unacknowledged; the broker will redeliver")
+            return
         try:
             liveness.stop_run(self._db(), self.run_id)
         except psycopg.Error as exc:
             log.warning("could not mark the run stopped: %s", exc)
         log.info("stopped: everything received was stored and acknowledged")
 
-    def _commit(
-        self, batch: Sequence[Inbound], stop: threading.Event, deadline: float | None
-    ) -> bool:
-        """Have a batch stored (retrying temporary errors with capped backoff), then
-        acknowledge it. False if it gave up (stop or deadline): nothing acknowledged then."""
-        started = time.monotonic()
-        backoff = 0.1
-        while True:
-            try:
-                result: Outcome = self._worker.write(batch)
-                break
-            except WorkerFailure as exc:
-                self._stats.db_errors.labels(exc.kind.value).inc()
-                if exc.kind is not ErrorClass.TEMPORARY:
-                    sqlstate = exc.sqlstate or ""
-                    hint = (
-                        "; is the schema current (`atmfleet db upgrade`) and may this user write?"
-                        if sqlstate[:2] in ("42", "3F")
-                        else ""
-                    )
-                    raise CollectorFatal(
-                        f"database error {sqlstate or '(client side)'} while storing a batch: "
-                        f"{exc.message} (nothing was acknowledged{hint})"
-                    ) from exc
-                log.warning(
-                    "temporary database error (%s); retrying in %.1fs", exc.message, backoff
-                )
-                if stop.wait(backoff) or (deadline is not None and time.monotonic() > deadline):
-                    return False
-                backoff = min(backoff * 2, self._cs.retry_max_backoff_s)
-        committed = time.monotonic()
+    # -- the store worker's answers (its reader thread) -----------------------------------
+
+    def _committed(self, batch: list[Inbound], result: Outcome, seconds: float) -> None:
         self._ack(batch)
         now = datetime.now(UTC)
-        self._stats.batch_seconds.observe(committed - started)
+        self._stats.batch_seconds.observe(seconds)
         self._stats.batch_messages.observe(len(batch))
         self._stats.lag.set((now - batch[0].received_at).total_seconds())
         self._stats.last_commit.set(now.timestamp())
@@ -266,7 +254,27 @@ class Collector:
         for topic, reason in result.dead:
             self._stats.rejected.labels(reason).inc()
             log.info("dead-lettered a message on %r: %s", topic[:200], reason)
-        return True
+
+    def _failed(self, failure: Failure) -> None:
+        self._stats.db_errors.labels(failure.kind).inc()
+        if failure.error_class is ErrorClass.TEMPORARY:
+            log.warning("temporary database error (%s); retrying", failure.message)
+
+    def _raise_if_fatal(self) -> None:
+        failure = self._worker.fatal
+        if failure is None:
+            return
+        sqlstate = failure.sqlstate or ""
+        hint = (
+            "; is the schema current (`atmfleet db upgrade`) and may this user write?"
+            if sqlstate[:2] in ("42", "3F")
+            else ""
+        )
+        raise CollectorFatal(
+            f"database error {sqlstate or '(client side)'} while storing a batch: "
+            f"{failure.message} (that batch and what came after it were not "
+            f"acknowledged{hint})"
+        )
 
     def _ack(self, batch: Sequence[Inbound]) -> None:
         with self._ack_lock:

@@ -5,12 +5,15 @@ rows, state runs) each need most of a CPU core. In one Python process they would
 one core (the GIL) and each halve the other's rate, so the collector keeps the MQTT
 connection, the buffer and the acknowledgements, and a worker process does the rest.
 
-The collector sends a batch of raw messages over a pipe and waits for the answer; the
-worker decodes it, stores it in one transaction on its own database connection and
-answers once it is committed (:class:`Outcome`) or with the error that stopped it
-(:class:`Failure`). One batch at a time: the collector acknowledges a batch only after
-its answer, so what the worker holds is never acknowledged before it is stored. If the
-worker dies, the batch is a temporary failure and the next write starts a new worker.
+The collector sends batches of raw messages over a pipe, at most :data:`AHEAD` of them
+unanswered, so that the worker validates the next batch while the database commits the
+current one. The worker stores each batch in one transaction on its own database
+connection and answers, in order, once it is committed (:class:`Outcome`); the collector
+acknowledges the batch then, so nothing is acknowledged before it is stored. The worker
+retries temporary database errors itself (capped backoff), telling the collector of
+each (a temporary :class:`Failure`), and gives up only on a fatal one. If the worker
+dies, the collector starts a new one and sends it every unanswered batch again (what the
+dead one committed is not stored twice).
 
 The worker ignores SIGINT and SIGTERM (a terminal or a service manager sends them to the
 whole process group): it stops when the collector tells it to, after the last batch, or
@@ -23,7 +26,11 @@ import contextlib
 import gc
 import logging
 import multiprocessing
+import queue
 import signal
+import threading
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,6 +51,9 @@ GC_YOUNG_THRESHOLD = 100_000
 
 #: How long a stopping worker may take to finish and exit before it is killed.
 STOP_TIMEOUT_S = 10.0
+
+#: Batches sent to the worker and not yet answered, at most.
+AHEAD = 2
 
 
 def tune_gc() -> None:
@@ -72,21 +82,16 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """A batch the worker could not commit (nothing of it is committed)."""
+    """A database error while storing a batch: temporary (the worker retries; a note for
+    the collector's metrics and log) or fatal (the worker gives up and exits)."""
 
     kind: str  # an ErrorClass value
     sqlstate: str | None
     message: str
 
-
-class WorkerFailure(Exception):
-    """The batch was not stored; ``kind`` says whether to retry it."""
-
-    def __init__(self, kind: ErrorClass, sqlstate: str | None, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.sqlstate = sqlstate
-        self.message = message
+    @property
+    def error_class(self) -> ErrorClass:
+        return ErrorClass(self.kind)
 
 
 #: One message on the pipe: topic, payload, receive time (seconds since the epoch).
@@ -94,66 +99,123 @@ Wire = tuple[str, bytes, float]
 
 
 class StoreWorker:
-    """The collector's handle on its worker process (started on the first write)."""
+    """The collector's handle on its worker process.
 
-    def __init__(self, connect_db: Callable[[], psycopg.Connection], collector_id: str) -> None:
+    :meth:`submit` sends a batch (blocking while :data:`AHEAD` are unanswered); a thread
+    reads the answers and calls ``on_commit(batch, outcome, seconds since it was sent)``
+    in submission order,
+    ``on_failure(failure)`` for each database error (for a fatal one, the worker has
+    stopped and nothing more is committed).
+    """
+
+    def __init__(
+        self,
+        connect_db: Callable[[], psycopg.Connection],
+        collector_id: str,
+        max_backoff_s: float,
+        on_commit: Callable[[list[Inbound], Outcome, float], None],
+        on_failure: Callable[[Failure], None],
+    ) -> None:
         self._connect_db = connect_db  # sent to the worker: must pickle (e.g. Connector)
         self._collector_id = collector_id
+        self._max_backoff_s = max_backoff_s
+        self._on_commit = on_commit
+        self._on_failure = on_failure
         self._context = multiprocessing.get_context("spawn")
         self._process: Any = None
         self._pipe: Connection | None = None
+        self._lock = threading.Condition()  # guards the fields below and the pipe's sending
+        self._unanswered: deque[tuple[list[Inbound], float]] = deque()  # (batch, sent at)
+        self._closing = False
+        self.fatal: Failure | None = None
+        self._reader: threading.Thread | None = None
 
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
+    @property
+    def unanswered(self) -> int:
+        return len(self._unanswered)
+
     def start(self) -> None:
-        """Start the worker now (else the first write does)."""
-        if self._process is not None:
-            if self._process.is_alive():
-                return
-            log.warning(
-                "the store worker exited (code %s) between batches; starting a new one",
-                self._discard(),
-            )
+        with self._lock:
+            if self._process is None:
+                self._spawn()
+        self._reader = threading.Thread(
+            target=self._read_answers, name=f"atmfleet-store-answers-{self._collector_id}",
+            daemon=True,
+        )  # fmt: skip
+        self._reader.start()
+
+    def submit(self, batch: list[Inbound], deadline: float | None = None) -> bool:
+        """Send a batch, waiting while AHEAD are unanswered. False if the deadline passed
+        or the worker stopped on a fatal error (the batch was not sent)."""
+        wire: list[Wire] = [(m.topic, m.payload, m.received) for m in batch]
+        with self._lock:
+            while len(self._unanswered) >= AHEAD and self.fatal is None:
+                wait = None if deadline is None else deadline - time.monotonic()
+                if wait is not None and wait <= 0:
+                    return False
+                self._lock.wait(wait)
+            if self.fatal is not None:
+                return False
+            self._unanswered.append((batch, time.monotonic()))
+            assert self._pipe is not None
+            with contextlib.suppress(OSError):  # a dead worker: the reader resends it
+                self._pipe.send(wire)
+        return True
+
+    def wait_answered(self, deadline: float) -> bool:
+        """Wait until every batch sent is answered; False at the deadline or a fatal error."""
+        with self._lock:
+            while self._unanswered and self.fatal is None:
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    return False
+                self._lock.wait(wait)
+            return not self._unanswered
+
+    def wait_change(self, timeout: float) -> None:
+        """Wait for an answer (or for ``timeout``)."""
+        with self._lock:
+            self._lock.wait(timeout)
+
+    def close(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Ask the worker to stop after the batches it has, wait, kill it if it lingers."""
+        with self._lock:
+            self._closing = True
+            if self._unanswered:  # given up on: nothing to wait for
+                timeout = 0.0
+            if self._pipe is not None:
+                with contextlib.suppress(OSError):
+                    self._pipe.send(None)
+            process = self._process
+        if process is not None:
+            process.join(timeout)
+            if process.is_alive():
+                process.kill()
+        if self._reader is not None:
+            self._reader.join(timeout)
+        with self._lock:
+            self._discard()
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _spawn(self) -> None:
         ours, theirs = self._context.Pipe()
         process = self._context.Process(
             target=_main,
-            args=(theirs, self._connect_db, self._collector_id, logging.getLogger().level),
+            args=(
+                theirs, self._connect_db, self._collector_id, logging.getLogger().level,
+                self._max_backoff_s,
+            ),
             name=f"atmfleet-store-{self._collector_id}",
             daemon=True,
-        )
+        )  # fmt: skip
         process.start()
         theirs.close()  # ours alone: its EOF tells the worker, and us, that the other died
         self._process, self._pipe = process, ours
-
-    def write(self, batch: Sequence[Inbound]) -> Outcome:
-        """Store a batch; returns once it is committed. Raises :class:`WorkerFailure`."""
-        self.start()
-        assert self._pipe is not None
-        wire: list[Wire] = [(m.topic, m.payload, m.received) for m in batch]
-        try:
-            self._pipe.send(wire)
-            answer = self._pipe.recv()
-        except (EOFError, OSError) as exc:
-            code = self._discard()
-            raise WorkerFailure(
-                ErrorClass.TEMPORARY, None, f"the store worker exited (code {code}): {exc!r}"
-            ) from None
-        if isinstance(answer, Failure):
-            raise WorkerFailure(ErrorClass(answer.kind), answer.sqlstate, answer.message)
-        assert isinstance(answer, Outcome)
-        return answer
-
-    def close(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """Ask the worker to stop (after its current batch), wait, kill it if it lingers."""
-        if self._process is None:
-            return
-        if self._pipe is not None:
-            with contextlib.suppress(OSError):
-                self._pipe.send(None)
-        self._process.join(timeout)
-        self._discard()
 
     def _discard(self) -> int | None:
         """Forget the worker (killing it if it still runs); its exit code."""
@@ -169,8 +231,50 @@ class StoreWorker:
         self._process, self._pipe = None, None
         return code
 
+    def _read_answers(self) -> None:
+        while True:
+            pipe = self._pipe
+            try:
+                if pipe is None:
+                    raise EOFError
+                answer = pipe.recv()
+            except (EOFError, OSError) as exc:
+                with self._lock:
+                    if self._closing or self.fatal is not None:
+                        return
+                    code = self._discard()
+                    self._spawn()  # and send it what the dead one had not answered
+                    assert self._pipe is not None
+                    for batch, _sent in self._unanswered:
+                        self._pipe.send([(m.topic, m.payload, m.received) for m in batch])
+                failure = Failure(
+                    ErrorClass.TEMPORARY.value, None,
+                    f"the store worker exited (code {code}: {exc!r}); a new one takes over",
+                )  # fmt: skip
+                self._on_failure(failure)
+                continue
+            if isinstance(answer, Failure):
+                if answer.error_class is not ErrorClass.TEMPORARY:
+                    with self._lock:
+                        self.fatal = answer
+                        self._lock.notify_all()
+                self._on_failure(answer)
+                if self.fatal is not None:
+                    return
+                continue
+            assert isinstance(answer, Outcome)
+            with self._lock:
+                batch, sent = self._unanswered[0]
+            self._on_commit(batch, answer, time.monotonic() - sent)  # acks, then frees the slot
+            with self._lock:
+                self._unanswered.popleft()
+                self._lock.notify_all()
+
 
 # -- the worker process ---------------------------------------------------------------------
+
+
+_END = None
 
 
 def _main(
@@ -178,6 +282,7 @@ def _main(
     connect_db: Callable[[], psycopg.Connection],
     collector_id: str,
     log_level: int,
+    max_backoff_s: float,
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -186,59 +291,92 @@ def _main(
         format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s",
     )
     tune_gc()
-    store = _Store(connect_db, collector_id)
-    try:
+    # The reader validates the next batch while this thread has the current one stored
+    # (the database's work releases the GIL).
+    decoded: queue.Queue[Decoded | None] = queue.Queue(maxsize=1)
+
+    def read() -> None:
         while True:
             try:
                 wire = pipe.recv()
             except (EOFError, OSError):
-                return  # the collector is gone: what it did not acknowledge is redelivered
+                wire = None  # the collector is gone: what it did not acknowledge is redelivered
             if wire is None:
+                decoded.put(_END)
                 return
-            answer = store.write(wire)
-            try:
-                pipe.send(answer)
-            except OSError:
-                return
+            decoded.put(_decode(wire))
+
+    threading.Thread(target=read, name="atmfleet-store-decode", daemon=True).start()
+    store = _Store(connect_db, collector_id, max_backoff_s)
+    try:
+        while (batch := decoded.get()) is not _END:
+            answer = store.write(batch, report=pipe.send)
+            pipe.send(answer)
+            if isinstance(answer, Failure):
+                return  # fatal: the collector stops
+    except OSError:
+        return  # the collector is gone
     finally:
         store.close()
 
 
-class _Store:
-    """Decodes and stores batches on one connection, reopened after an error."""
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    accepted: list[Accepted]
+    rejected: list[Rejected]
 
-    def __init__(self, connect_db: Callable[[], psycopg.Connection], collector_id: str) -> None:
+
+def _decode(wire: Sequence[Wire]) -> Decoded:
+    out = Decoded([], [])
+    for topic, payload, received in wire:
+        record = decode(topic, payload, datetime.fromtimestamp(received, UTC))
+        if isinstance(record, Accepted):
+            out.accepted.append(record)
+        else:
+            out.rejected.append(record)
+    return out
+
+
+class _Store:
+    """Stores batches on one connection, reopened after an error."""
+
+    def __init__(
+        self, connect_db: Callable[[], psycopg.Connection], collector_id: str, max_backoff_s: float
+    ) -> None:
         self._connect_db = connect_db
         self._collector_id = collector_id
+        self._max_backoff_s = max_backoff_s
         self._conn: psycopg.Connection | None = None
         self._writer: BatchWriter | None = None
 
-    def write(self, wire: Sequence[Wire]) -> Outcome | Failure:
-        accepted: list[Accepted] = []
-        rejected: list[Rejected] = []
-        for topic, payload, received in wire:
-            record = decode(topic, payload, datetime.fromtimestamp(received, UTC))
-            if isinstance(record, Accepted):
-                accepted.append(record)
-            else:
-                rejected.append(record)
-        try:
-            if self._writer is None:
-                self._conn = self._connect_db()
-                self._writer = BatchWriter(self._conn, self._collector_id)
-            result = self._writer.write(accepted, rejected)
-        except (psycopg.Error, OSError) as exc:
-            self.close()
-            return Failure(
-                classify(exc).value, getattr(exc, "sqlstate", None), str(exc).strip()[:300]
+    def write(self, batch: Decoded, report: Callable[[Failure], None]) -> Outcome | Failure:
+        """Commit the batch, retrying temporary errors (each reported); a fatal Failure."""
+        backoff = 0.1
+        while True:
+            try:
+                if self._writer is None:
+                    self._conn = self._connect_db()
+                    self._writer = BatchWriter(self._conn, self._collector_id)
+                result = self._writer.write(batch.accepted, batch.rejected)
+            except (psycopg.Error, OSError) as exc:
+                self.close()
+                kind = classify(exc)
+                failure = Failure(
+                    kind.value, getattr(exc, "sqlstate", None), str(exc).strip()[:300]
+                )
+                if kind is not ErrorClass.TEMPORARY:
+                    return failure
+                report(failure)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff_s)
+                continue
+            except Exception as exc:  # a bug, not the data: stop the collector, say what
+                log.exception("the store worker failed on a batch")
+                self.close()
+                return Failure(ErrorClass.FATAL.value, None, f"{type(exc).__name__}: {exc}"[:300])
+            return Outcome(
+                dict(result.stored), result.duplicates, [(r.topic, r.reason) for r in result.dead]
             )
-        except Exception as exc:  # a bug, not the data: stop the collector, say what
-            log.exception("the store worker failed on a batch")
-            self.close()
-            return Failure(ErrorClass.FATAL.value, None, f"{type(exc).__name__}: {exc}"[:300])
-        return Outcome(
-            dict(result.stored), result.duplicates, [(r.topic, r.reason) for r in result.dead]
-        )
 
     def close(self) -> None:
         if self._conn is not None:
