@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -126,38 +126,48 @@ def stream(broker: Broker, prefix: str, stop: threading.Event, sent: list[int]) 
     sent.append(seq * 10)
 
 
+def kill_three_times_mid_stream(
+    broker: Broker, db: str, run_id: str, kill: Callable[[], None], what: str
+) -> int:
+    """Devices stream while ``kill`` runs three times, each after progress at a random
+    moment; then every message must be stored exactly once. Returns how many were sent."""
+    stop = threading.Event()
+    sent: list[int] = []
+    sender = threading.Thread(target=stream, args=(broker, f"t{run_id}", stop, sent))
+    sender.start()
+    for _ in range(3):
+        before = stored(db)
+        wait_until(lambda b=before: stored(db) > b + 50, what="progress")  # type: ignore[misc]
+        time.sleep(random.uniform(0, 0.1))
+        kill()
+    time.sleep(0.3)  # the devices keep sending to the last run for a moment
+    stop.set()
+    sender.join(60)
+    total = sent[0] + 1  # and the probe
+    wait_until(lambda: stored(db) == total, timeout=60, what="every message")
+    time.sleep(0.5)  # anything stored twice would show up now
+    rows = stored(db)
+    print(f"\n{what} x3: sent {total}, stored {rows}, lost {total - rows}")
+    assert rows == total
+    assert scalar(db, "SELECT sum(received) FROM device_sequences") == total
+    assert scalar(db, "SELECT sum(missing) FROM sequence_gaps") == 0
+    return total
+
+
 class TestKilledCollector:
     def test_sigkill_mid_stream_three_times_loses_nothing_and_stores_nothing_twice(
         self, broker: Broker, db: str, run_id: str, collector: CollectorProcess
     ) -> None:
         collector.start()
         wait_subscribed(broker, db, f"t{run_id}-probe")
-        stop = threading.Event()
-        sent: list[int] = []
-        sender = threading.Thread(target=stream, args=(broker, f"t{run_id}", stop, sent))
-        sender.start()
-        kills = 0
-        for _ in range(3):
-            before = stored(db)
-            # Kill while this run is busy storing: after it made progress, at a random moment.
-            wait_until(lambda b=before: stored(db) > b + 50, what="progress")  # type: ignore[misc]
-            time.sleep(random.uniform(0, 0.1))
+
+        def kill() -> None:
             assert collector.signal(signal.SIGKILL) == -signal.SIGKILL
-            kills += 1
             time.sleep(1.0)  # longer than the outage threshold (3 beats of 0.2 s)
             collector.start()
-        time.sleep(0.3)  # the devices keep sending to the last run for a moment
-        stop.set()
-        sender.join(60)
-        total = sent[0] + 1  # and the probe
-        wait_until(lambda: stored(db) == total, timeout=60, what="every message")
-        time.sleep(0.5)  # anything stored twice would show up now
-        rows = stored(db)
-        print(f"\nSIGKILL x{kills}: sent {total}, stored {rows}, lost {total - rows}")
-        assert rows == total
-        assert scalar(db, "SELECT sum(received) FROM device_sequences") == total
-        assert scalar(db, "SELECT sum(missing) FROM sequence_gaps") == 0
-        assert scalar(db, "SELECT count(*) FROM collector_runs") == kills + 1
+
+        kill_three_times_mid_stream(broker, db, run_id, kill, "SIGKILL")
+        assert scalar(db, "SELECT count(*) FROM collector_runs") == 3 + 1  # one run per start
         assert scalar(db, "SELECT count(*) FROM collector_outages") >= 1
 
     def test_sigterm_flushes_acknowledges_and_exits_cleanly(
@@ -185,32 +195,15 @@ class TestStoreWorker:
     ) -> None:
         collector.start()
         wait_subscribed(broker, db, f"t{run_id}-probe")
-        stop = threading.Event()
-        sent: list[int] = []
-        sender = threading.Thread(target=stream, args=(broker, f"t{run_id}", stop, sent))
-        sender.start()
         pids = []
-        for _ in range(3):
-            before = stored(db)
-            wait_until(lambda b=before: stored(db) > b + 50, what="progress")  # type: ignore[misc]
-            time.sleep(random.uniform(0, 0.1))
+
+        def kill() -> None:
             worker = collector.worker()
             pids.append(worker.pid)
             worker.kill()
             worker.wait(10)
-        time.sleep(0.3)
-        stop.set()
-        sender.join(60)
-        total = sent[0] + 1
-        wait_until(lambda: stored(db) == total, timeout=60, what="every message")
-        time.sleep(0.5)
-        rows = stored(db)
-        print(
-            f"\nstore worker SIGKILL x{len(pids)}: sent {total}, stored {rows}, lost {total - rows}"
-        )
-        assert rows == total
-        assert scalar(db, "SELECT sum(received) FROM device_sequences") == total
-        assert scalar(db, "SELECT sum(missing) FROM sequence_gaps") == 0
+
+        kill_three_times_mid_stream(broker, db, run_id, kill, "store worker SIGKILL")
         assert collector.worker().pid not in pids  # a new one
         assert collector.process is not None and collector.process.poll() is None
         assert scalar(db, "SELECT count(*) FROM collector_runs") == 1  # the collector lived on
