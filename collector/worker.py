@@ -125,18 +125,12 @@ class StoreWorker:
         self._process: Any = None
         self._pipe: Connection | None = None
         self._lock = threading.Condition()  # guards the fields below and the pipe's sending
-        self._unanswered: deque[tuple[list[Inbound], float]] = deque()  # (batch, sent at)
+        # Sent and not answered: the batch, its form on the pipe (kept to resend it to a
+        # new worker), when it was sent.
+        self._unanswered: deque[tuple[list[Inbound], list[Wire], float]] = deque()
         self._closing = False
         self.fatal: Failure | None = None
         self._reader: threading.Thread | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
-    @property
-    def unanswered(self) -> int:
-        return len(self._unanswered)
 
     def start(self) -> None:
         with self._lock:
@@ -160,10 +154,10 @@ class StoreWorker:
                 self._lock.wait(wait)
             if self.fatal is not None:
                 return False
-            self._unanswered.append((batch, time.monotonic()))
-            assert self._pipe is not None
-            with contextlib.suppress(OSError):  # a dead worker: the reader resends it
-                self._pipe.send(wire)
+            self._unanswered.append((batch, wire, time.monotonic()))
+            if self._pipe is not None:  # else the next worker gets it with the others
+                with contextlib.suppress(OSError):  # a dead worker: its successor gets it
+                    self._pipe.send(wire)
         return True
 
     def wait_answered(self, deadline: float) -> bool:
@@ -175,11 +169,6 @@ class StoreWorker:
                     return False
                 self._lock.wait(wait)
             return not self._unanswered
-
-    def wait_change(self, timeout: float) -> None:
-        """Wait for an answer (or for ``timeout``)."""
-        with self._lock:
-            self._lock.wait(timeout)
 
     def close(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """Ask the worker to stop after the batches it has, wait, kill it if it lingers."""
@@ -217,6 +206,18 @@ class StoreWorker:
         theirs.close()  # ours alone: its EOF tells the worker, and us, that the other died
         self._process, self._pipe = process, ours
 
+    def _respawn(self) -> None:
+        """A new worker, sent every batch the dead one had not answered (in order)."""
+        try:
+            self._spawn()
+            assert self._pipe is not None
+            for _batch, wire, _sent in self._unanswered:
+                self._pipe.send(wire)
+        except Exception as exc:  # cannot start a process: stop the collector, say why
+            log.exception("cannot start a new store worker")
+            self.fatal = Failure(ErrorClass.FATAL.value, None, f"no store worker: {exc}"[:300])
+            self._lock.notify_all()
+
     def _discard(self) -> int | None:
         """Forget the worker (killing it if it still runs); its exit code."""
         code = None
@@ -232,6 +233,7 @@ class StoreWorker:
         return code
 
     def _read_answers(self) -> None:
+        deaths = 0  # in a row, without an answer in between
         while True:
             pipe = self._pipe
             try:
@@ -243,16 +245,21 @@ class StoreWorker:
                     if self._closing or self.fatal is not None:
                         return
                     code = self._discard()
-                    self._spawn()  # and send it what the dead one had not answered
-                    assert self._pipe is not None
-                    for batch, _sent in self._unanswered:
-                        self._pipe.send([(m.topic, m.payload, m.received) for m in batch])
-                failure = Failure(
-                    ErrorClass.TEMPORARY.value, None,
-                    f"the store worker exited (code {code}: {exc!r}); a new one takes over",
+                self._on_failure(
+                    Failure(
+                        ErrorClass.TEMPORARY.value, None,
+                        f"the store worker exited (code {code}: {exc!r}); a new one takes over",
+                    )
                 )  # fmt: skip
-                self._on_failure(failure)
+                # A worker that dies at once every time must not be restarted in a loop.
+                time.sleep(min(0.1 * 2**deaths, self._max_backoff_s))
+                deaths += 1
+                with self._lock:
+                    if self._closing:
+                        return
+                    self._respawn()
                 continue
+            deaths = 0
             if isinstance(answer, Failure):
                 if answer.error_class is not ErrorClass.TEMPORARY:
                     with self._lock:
@@ -264,7 +271,7 @@ class StoreWorker:
                 continue
             assert isinstance(answer, Outcome)
             with self._lock:
-                batch, sent = self._unanswered[0]
+                batch, _wire, sent = self._unanswered[0]
             self._on_commit(batch, answer, time.monotonic() - sent)  # acks, then frees the slot
             with self._lock:
                 self._unanswered.popleft()
