@@ -33,9 +33,8 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kpi_db import DAY, fill, keep_days
-from scratch import scratch_database
+from scratch import upgraded_database
 
-from atmfleet.store.migrate import upgrade
 from exporters.bulletin import build
 from exporters.bulletin.messages import Messages
 from exporters.bulletin.output import write_atomic
@@ -64,48 +63,49 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=100_000)
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
-    with scratch_database(args.admin_url) as url:
-        rules = load_rules()
-        with psycopg.connect(url, autocommit=True) as conn:
-            upgrade(conn, timezone=rules.timezone)
-        with psycopg.connect(url) as conn, tempfile.TemporaryDirectory() as tmp:
-            t = time.perf_counter()
-            fill(conn, args.devices, random.Random(1))
-            add_counters(conn)
-            feed = Feed(conn, rules)
-            keep_days(feed, conn, DAY - timedelta(days=29), DAY - timedelta(days=1))
-            conn.execute("ANALYZE")
-            conn.commit()
-            print(f"setup {time.perf_counter() - t:.0f} s (not measured)", flush=True)
-            horizon = day_span(DAY, rules.tz)[1] + 2 * 86_400_000  # the day is closed
+    rules = load_rules()
+    with (
+        upgraded_database(args.admin_url, rules.timezone) as url,
+        psycopg.connect(url) as conn,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        t = time.perf_counter()
+        fill(conn, args.devices, random.Random(1))
+        add_counters(conn)
+        feed = Feed(conn, rules)
+        keep_days(feed, conn, DAY - timedelta(days=29), DAY - timedelta(days=1))
+        conn.execute("ANALYZE")
+        conn.commit()
+        print(f"setup {time.perf_counter() - t:.0f} s (not measured)", flush=True)
+        horizon = day_span(DAY, rules.tz)[1] + 2 * 86_400_000  # the day is closed
 
+        t0 = time.perf_counter()
+        inventory = feed.inventory()
+        inputs = build.gather_daily(feed, inventory, DAY, horizon)
+        gather = time.perf_counter() - t0
+        print(f"gather (store reads + KPI core), {len(inputs.devices)} devices: {gather:.2f} s")
+        for lang in ("zh-CN", "en"):
+            m = Messages(lang)
             t0 = time.perf_counter()
-            inventory = feed.inventory()
-            inputs = build.gather_daily(feed, inventory, DAY, horizon)
-            gather = time.perf_counter() - t0
-            print(f"gather (store reads + KPI core), {len(inputs.devices)} devices: {gather:.2f} s")
-            for lang in ("zh-CN", "en"):
-                m = Messages(lang)
+            b = build.daily(inputs, rules, m, build.now_text(horizon, rules))
+            model = time.perf_counter() - t0
+            rows = sum(len(x.rows) for x in b.tables)
+            print(
+                f"[{lang}] build the model: {model:.2f} s ({rows} rows in {len(b.tables)} tables)"
+            )
+            for fmt in FORMATS:
                 t0 = time.perf_counter()
-                b = build.daily(inputs, rules, m, build.now_text(horizon, rules))
-                model = time.perf_counter() - t0
-                rows = sum(len(x.rows) for x in b.tables)
+                path = write_atomic(Path(tmp) / file_name(b, fmt), render(b, fmt, m))
+                took = time.perf_counter() - t0
                 print(
-                    f"[{lang}] build the model: {model:.2f} s ({rows} rows in {len(b.tables)} tables)"
+                    f"[{lang}] {fmt:5s} render+write {took:6.2f} s; the daily bulletin in"
+                    f" {fmt}: {gather + model + took:6.2f} s; {path.stat().st_size / 1e6:.2f} MB",
+                    flush=True,
                 )
-                for fmt in FORMATS:
-                    t0 = time.perf_counter()
-                    path = write_atomic(Path(tmp) / file_name(b, fmt), render(b, fmt, m))
-                    took = time.perf_counter() - t0
-                    print(
-                        f"[{lang}] {fmt:5s} render+write {took:6.2f} s; the daily bulletin in"
-                        f" {fmt}: {gather + model + took:6.2f} s; {path.stat().st_size / 1e6:.2f} MB",
-                        flush=True,
-                    )
-            load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-            print(f"{os.cpu_count()} CPUs, load average {load}")
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            print(f"peak memory (RSS) {peak:.0f} MB")
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"{os.cpu_count()} CPUs, load average {load}")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"peak memory (RSS) {peak:.0f} MB")
 
 
 if __name__ == "__main__":

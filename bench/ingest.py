@@ -17,6 +17,8 @@ c. a naive baseline: paho plus one INSERT per message in autocommit (acknowledge
 Each rate is messages / (last received-and-done - first received): the clock starts at
 the first message, so process start-up is not counted. (b) is done when every message
 is committed (stored + duplicate + dead-lettered, from the collector's own metrics).
+Use a backlog of several batches (the default is 5 of the collector's default 10,000):
+a smaller one mostly measures how long a partial batch waits (``flush_interval_s``).
 (b) and (c) write to a fresh database on the local PostgreSQL, dropped afterwards.
 
 By default the broker is a Mosquitto of our own (free port, temporary folder,
@@ -45,7 +47,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 import psutil
@@ -54,10 +56,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client.parser import text_string_to_metric_families
+from scratch import upgraded_database
 
 from atmfleet.embedded import embedded_broker, free_port
 from atmfleet.protocol import QOS, SUBSCRIPTIONS
-from atmfleet.store.migrate import upgrade
 from simulator.config import SimConfig
 from simulator.engine import generate
 from simulator.fleet import generate_inventory
@@ -349,25 +351,6 @@ def run_collector(url: str, client_id: str, db_url: str, expected: int) -> tuple
     return Result("b  collector (durable)", int(committed), done_at - first), peak
 
 
-# -- database ---------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def fresh_database(admin_url: str) -> Iterator[str]:
-    name = f"atmfleet_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    parts = urlsplit(admin_url)
-    url = urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            upgrade(conn)
-        yield url
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 # -- main -------------------------------------------------------------------------------------
 
 
@@ -400,7 +383,7 @@ def main() -> None:
         broker = embedded_broker(protocol="5")
     else:
         broker = own_mosquitto()
-    with broker as url, fresh_database(args.pg_url) as db_url:
+    with broker as url, upgraded_database(args.pg_url) as db_url:
         ids = {k: f"bench-{k}-{token}" for k in "abc"}
         for client_id in ids.values():
             create_session(url, client_id)

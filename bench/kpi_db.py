@@ -33,10 +33,9 @@ import time
 from datetime import date, timedelta
 
 import psycopg
-from scratch import scratch_database
+from scratch import upgraded_database
 
 from atmfleet.inventory import DeviceType, Placement
-from atmfleet.store.migrate import upgrade
 from rules.config import load_rules
 from rules.feed import Feed, low_yield_for, uptime_for, window_days
 from rules.lowyield import low_yield_share
@@ -181,60 +180,55 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=100_000)
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
-    with scratch_database(args.admin_url) as url:
-        rules = load_rules()
-        with psycopg.connect(url, autocommit=True) as conn:
-            upgrade(conn, timezone=rules.timezone)
-        with psycopg.connect(url) as conn:
-            t = time.perf_counter()
-            fill(conn, args.devices, random.Random(1))
-            feed = Feed(conn, rules)
-            keep_days(feed, conn, DAY - timedelta(days=29), DAY - timedelta(days=1))
-            conn.execute("ANALYZE kpi_device_days")  # as autovacuum would have
-            conn.commit()
-            print(f"setup {time.perf_counter() - t:.0f} s (not measured)", flush=True)
-            horizon = day_span(DAY, rules.tz)[1] + 2 * 86_400_000  # the day is closed
+    rules = load_rules()
+    with upgraded_database(args.admin_url, rules.timezone) as url, psycopg.connect(url) as conn:
+        t = time.perf_counter()
+        fill(conn, args.devices, random.Random(1))
+        feed = Feed(conn, rules)
+        keep_days(feed, conn, DAY - timedelta(days=29), DAY - timedelta(days=1))
+        conn.execute("ANALYZE kpi_device_days")  # as autovacuum would have
+        conn.commit()
+        print(f"setup {time.perf_counter() - t:.0f} s (not measured)", flush=True)
+        horizon = day_span(DAY, rules.tz)[1] + 2 * 86_400_000  # the day is closed
 
+        t0 = time.perf_counter()
+        inventory = feed.inventory()
+        t1 = time.perf_counter()
+        up = uptime_for(feed, inventory.devices, DAY, DAY, horizon)
+        t2 = time.perf_counter()
+        per_device = {d: total(v.values()) for d, v in up.per_device.items()}
+        for dim in ("subbranch", "fleet"):
+            groups = rollup(per_device, dimension_key(inventory, dim))
+        t3 = time.perf_counter()
+        fleet = groups["fleet"]
+        print(
+            f"uptime, {len(per_device)} devices x 1 day, with the database reads:"
+            f" {t3 - t0:.2f} s (inventory {t1 - t0:.2f} s, reads+timelines+uptime"
+            f" {t2 - t1:.2f} s, roll-ups {t3 - t2:.2f} s); fleet 开机率 {fleet.ratio:.4f}",
+            flush=True,
+        )
+        for label in ("first (29 kept days + 1 computed and kept)", "again (30 kept days)"):
             t0 = time.perf_counter()
             inventory = feed.inventory()
+            flags = low_yield_for(feed, inventory, inventory.devices, DAY, horizon)
+            for dim in ("subbranch", "tier", "type", "fleet"):
+                shares = low_yield_share(
+                    flags, dimension_key(inventory, dim), rules.low_yield.max_share
+                )
             t1 = time.perf_counter()
-            up = uptime_for(feed, inventory.devices, DAY, DAY, horizon)
-            t2 = time.perf_counter()
-            per_device = {d: total(v.values()) for d, v in up.per_device.items()}
-            for dim in ("subbranch", "fleet"):
-                groups = rollup(per_device, dimension_key(inventory, dim))
-            t3 = time.perf_counter()
-            fleet = groups["fleet"]
             print(
-                f"uptime, {len(per_device)} devices x 1 day, with the database reads:"
-                f" {t3 - t0:.2f} s (inventory {t1 - t0:.2f} s, reads+timelines+uptime"
-                f" {t2 - t1:.2f} s, roll-ups {t3 - t2:.2f} s); fleet 开机率 {fleet.ratio:.4f}",
+                f"low-yield, {len(flags)} devices x 30 days, {label}, with the database"
+                f" reads: {t1 - t0:.2f} s; fleet share {shares['fleet'].share:.4f}",
                 flush=True,
             )
-            for label in ("first (29 kept days + 1 computed and kept)", "again (30 kept days)"):
-                t0 = time.perf_counter()
-                inventory = feed.inventory()
-                flags = low_yield_for(feed, inventory, inventory.devices, DAY, horizon)
-                for dim in ("subbranch", "tier", "type", "fleet"):
-                    shares = low_yield_share(
-                        flags, dimension_key(inventory, dim), rules.low_yield.max_share
-                    )
-                t1 = time.perf_counter()
-                print(
-                    f"low-yield, {len(flags)} devices x 30 days, {label}, with the database"
-                    f" reads: {t1 - t0:.2f} s; fleet share {shares['fleet'].share:.4f}",
-                    flush=True,
-                )
-            t0 = time.perf_counter()
-            kept = window_days(feed, inventory.devices, DAY - timedelta(days=29), DAY, horizon)
-            print(
-                f"  of which kept days read: {time.perf_counter() - t0:.2f} s ({len(kept)} devices)"
-            )
-            t0 = time.perf_counter()
-            feed.txn_days(DAY, DAY)
-            print(
-                f"  txn_daily read for one day (when a day is computed): {time.perf_counter() - t0:.2f} s"
-            )
+        t0 = time.perf_counter()
+        kept = window_days(feed, inventory.devices, DAY - timedelta(days=29), DAY, horizon)
+        print(f"  of which kept days read: {time.perf_counter() - t0:.2f} s ({len(kept)} devices)")
+        t0 = time.perf_counter()
+        feed.txn_days(DAY, DAY)
+        print(
+            f"  txn_daily read for one day (when a day is computed): {time.perf_counter() - t0:.2f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -30,9 +30,8 @@ from urllib.request import Request, urlopen
 
 import psycopg
 from prometheus_client import CollectorRegistry
-from scratch import scratch_database
+from scratch import upgraded_database
 
-from atmfleet.store.migrate import upgrade
 from exporters.metrics import DatabaseSource, Exporter, Targets, make_server
 from rules.config import load_rules
 from rules.feed import Feed
@@ -150,10 +149,8 @@ def main() -> None:
     args = parser.parse_args()
     load = os.getloadavg()
     print(f"{os.cpu_count()} CPUs, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
-    with scratch_database(args.admin_url) as url:
-        rules = load_rules()
-        with psycopg.connect(url, autocommit=True) as conn:
-            upgrade(conn, timezone=rules.timezone)
+    rules = load_rules()
+    with upgraded_database(args.admin_url, rules.timezone) as url:
         with psycopg.connect(url) as conn:
             t = time.perf_counter()
             fill(conn, args.devices)

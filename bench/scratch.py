@@ -9,6 +9,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
+from atmfleet.store.migrate import upgrade
+
 
 def with_db(url: str, name: str) -> str:
     """``url`` pointing at database ``name`` instead."""
@@ -27,3 +29,12 @@ def scratch_database(admin_url: str, prefix: str = "atmfleet_bench") -> Iterator
     finally:
         with psycopg.connect(admin_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def upgraded_database(admin_url: str, timezone: str = "Asia/Shanghai") -> Iterator[str]:
+    """A scratch database with the current schema (``atmfleet db upgrade``)."""
+    with scratch_database(admin_url) as url:
+        with psycopg.connect(url, autocommit=True) as conn:
+            upgrade(conn, timezone=timezone)
+        yield url
