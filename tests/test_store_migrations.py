@@ -36,6 +36,7 @@ RELATIONS = {
     "sequence_gaps",
     "collector_runs",
     "collector_outages",
+    "store_job_runs",
     "timeline_points",
     "txn_hourly",
     "txn_daily",

@@ -1,15 +1,18 @@
-"""``atmfleet db``: create/upgrade the schema, load the inventory, prune old rows."""
+"""``atmfleet db``: create/upgrade the schema, load the inventory, prune old rows, and the
+store's maintenance jobs (TimescaleDB policies, :mod:`atmfleet.store.jobs`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import click
 
 from atmfleet.settings import load_settings
 from atmfleet.store.connect import connect
+from atmfleet.store.jobs import job_lines, read_jobs, run_policies
 from atmfleet.store.migrate import Flavour, applied_versions, discover, upgrade
-from atmfleet.store.retention import prune, set_policy
+from atmfleet.store.retention import prune, prune_dead_letters, set_policy
 
 
 @click.group("db")
@@ -45,13 +48,19 @@ def db_upgrade(flavour: str | None) -> None:
 
 @db.command("status")
 def db_status() -> None:
-    """Show which migrations are applied and which are pending."""
+    """Show which migrations are applied and which are pending, and each TimescaleDB job
+    (policy) with its latest run by the scheduler and by `atmfleet db prune`."""
     settings = load_settings()
     with connect(settings.require_database_url(), autocommit=True) as conn:
         done = applied_versions(conn)
+        jobs = read_jobs(conn)
+        row = conn.execute("SELECT clock_timestamp()").fetchone()
     for mig in discover():
         state = f"applied ({done[mig.version][0]})" if mig.version in done else "pending"
         click.echo(f"{mig.version:04d}_{mig.name}: {state}")
+    assert row is not None
+    for line in job_lines(jobs, row[0], ZoneInfo(settings.timezone)):
+        click.echo(line)
 
 
 @db.command("load-inventory")
@@ -70,12 +79,36 @@ def db_load_inventory(path: Path) -> None:
 
 @db.command("prune")
 @click.option("--days", type=click.IntRange(min=1), default=None, help="Default: the setting.")
-def db_prune(days: int | None) -> None:
-    """Delete telemetry older than the retention (plain PostgreSQL; run it daily)."""
+@click.option(
+    "--all-policies",
+    is_flag=True,
+    help="TimescaleDB: run every policy, not only those the scheduler does not keep on time.",
+)
+def db_prune(days: int | None, all_policies: bool) -> None:
+    """Plain PostgreSQL: delete telemetry older than the retention. TimescaleDB: run the
+    policies (compression, refresh, retention) its scheduler does not keep on time, then
+    delete old dead letters. Run it hourly (deploy/atmfleet-db-prune.timer)."""
     settings = load_settings()
     keep = days or settings.database_retention_days
-    if keep is None:
-        raise click.UsageError("set ATMFLEET_DATABASE_RETENTION_DAYS or pass --days")
-    with connect(settings.require_database_url()) as conn:
+    with connect(settings.require_database_url(), autocommit=True) as conn:
+        flavours = {f for f, _ in applied_versions(conn).values()}
+        if Flavour.TIMESCALE.value in flavours:
+            outcomes = run_policies(conn, everything=all_policies)
+            for o in outcomes:
+                result = "ok" if o.succeeded else f"failed: {o.error}"
+                click.echo(f"job {o.job_id} ({o.proc} {o.relation or '–'}): {result}")
+            if not outcomes:
+                click.echo(
+                    "policies: none due (each kept on time by the scheduler or an earlier run)"
+                )
+            if keep is not None:
+                with conn.transaction():
+                    n = prune_dead_letters(conn, keep)
+                click.echo(f"dead_letters: {n}")
+            if any(not o.succeeded for o in outcomes):
+                raise SystemExit(1)
+            return
+        if keep is None:
+            raise click.UsageError("set ATMFLEET_DATABASE_RETENTION_DAYS or pass --days")
         deleted = prune(conn, keep)
     click.echo(", ".join(f"{table}: {n}" for table, n in deleted.items()))
