@@ -9,7 +9,8 @@ Three parts, one concern each:
   newest points (:data:`DEVICE_QUERY`, here rather than in ``rules/queries.sql`` because
   only the exporter needs it) plus the KPI feed (:mod:`rules.feed`) for today's uptime,
   transactions and the low-yield share. The uptime and the low-yield share are costlier
-  and change slowly: they are recomputed less often than the device rows.
+  and change slowly: they are recomputed less often than the device rows. The store's
+  TimescaleDB jobs come from :func:`atmfleet.store.jobs.read_jobs`.
 - :class:`FleetCollector` is a prometheus_client custom collector on a registry passed in:
   ``collect()`` yields fresh metric families from the current snapshot.
   :class:`Exporter` refreshes the snapshot in the background and renders the registry
@@ -40,6 +41,7 @@ from prometheus_client.registry import Collector
 from atmfleet.errors import AtmfleetError, ConfigError
 from atmfleet.inventory import Device, Inventory
 from atmfleet.store.connect import connect
+from atmfleet.store.jobs import Job, read_jobs
 from atmfleet.store.runs import RUN_GAP
 from rules.config import Rules
 from rules.feed import Feed, low_yield_for, uptime_for
@@ -168,6 +170,8 @@ class Snapshot:
     teller: dict[tuple[str, str, str, bool], int] = field(default_factory=dict)
     lowyield_date: float | None = None
     lowyield: dict[tuple[str, str, str], tuple[int, int]] = field(default_factory=dict)
+    #: The store's TimescaleDB jobs (``()`` on plain PostgreSQL; None: not read).
+    jobs: Sequence[Job] | None = None
 
     @classmethod
     def database_down(cls, targets: Targets, read_seconds: float = 0.0) -> Snapshot:
@@ -219,6 +223,49 @@ def families(snap: Snapshot) -> Iterator[Metric]:
         "Time the last refresh took to read the database.",
         value=snap.read_seconds,
     )
+    if snap.jobs is not None:
+        yield from _job_families(snap.jobs)
+
+
+JOB_LABELS = ("job_id", "proc", "relation")
+
+
+def _job_families(jobs: Sequence[Job]) -> Iterator[Metric]:
+    """The store's maintenance jobs (docs/metrics.md, "the store's jobs"). ``job_id``, not
+    ``job``: Prometheus sets ``job`` to the scrape job."""
+    g = GaugeMetricFamily
+    yield g("atmfleet_store_jobs", "TimescaleDB jobs of the database (0 on plain PostgreSQL).",
+            value=len(jobs))  # fmt: skip
+    info = g("atmfleet_store_job_info", "A TimescaleDB job (policy) of the database.",
+             labels=[*JOB_LABELS, "scheduled"])  # fmt: skip
+    every = g("atmfleet_store_job_schedule_interval_seconds", "The job's schedule interval.",
+              labels=list(JOB_LABELS))  # fmt: skip
+    nxt = g("atmfleet_store_job_next_start_timestamp_seconds",
+            "When the TimescaleDB scheduler starts the job next.",
+            labels=list(JOB_LABELS))  # fmt: skip
+    runner = [*JOB_LABELS, "runner"]
+    last = g("atmfleet_store_job_last_run_timestamp_seconds",
+             "When the runner's latest run of the job started.", labels=runner)  # fmt: skip
+    success = g("atmfleet_store_job_last_success_timestamp_seconds",
+                "When the runner's latest successful run of the job ended.",
+                labels=runner)  # fmt: skip
+    failures = g("atmfleet_store_job_failures",
+                 "Failed runs in a row of the job by the runner (0 after a success).",
+                 labels=runner)  # fmt: skip
+    for j in jobs:
+        key = [str(j.job_id), j.proc, j.relation or ""]
+        info.add_metric([*key, _flag(j.scheduled)], 1)
+        every.add_metric(key, j.every.total_seconds())
+        if j.next_start is not None:
+            nxt.add_metric(key, j.next_start.timestamp())
+        for name, run in (("scheduler", j.scheduler), ("atmfleet", j.atmfleet)):
+            if run is None:
+                continue
+            last.add_metric([*key, name], run.at.timestamp())
+            if run.last_success is not None:
+                success.add_metric([*key, name], run.last_success.timestamp())
+            failures.add_metric([*key, name], run.failures)
+    yield from (info, every, nxt, last, success, failures)
 
 
 def _device_families(snap: Snapshot) -> Iterator[Metric]:
@@ -541,6 +588,7 @@ class DatabaseSource:
         t_txn = time.perf_counter()
         low_date, lowyield = self._low_yield(feed, inventory, devices, today, now)
         t_low = time.perf_counter()
+        jobs = self._jobs(conn)
         conn.rollback()
         self.timings = {
             "devices": t_devices - started,
@@ -565,7 +613,21 @@ class DatabaseSource:
             teller=teller,
             lowyield_date=day_span(low_date, tz)[0] / 1000,
             lowyield=lowyield,
+            jobs=jobs,
         )
+
+    @staticmethod
+    def _jobs(conn: psycopg.Connection) -> tuple[Job, ...] | None:
+        """The store's jobs; None (their series left out) if they cannot be read, so that
+        the fleet's metrics do not depend on the job views' permissions."""
+        try:
+            with conn.transaction():
+                jobs = read_jobs(conn)
+        except psycopg.Error as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            log.warning("cannot read the TimescaleDB jobs: %s", reason)
+            return None
+        return () if jobs is None else tuple(jobs)
 
     @staticmethod
     def _branch_key(inventory: Inventory, d: Device) -> BranchKey:
