@@ -189,3 +189,26 @@ def timescale_url(timescale_admin_url: str) -> Iterator[str]:
     finally:
         with psycopg.connect(timescale_admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+_TIMESCALE_FIXTURES = frozenset({"timescale_admin_url", "timescale_url"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every Timescale-flavoured test carries the ``timescale`` marker (``-m timescale``
+    selects them all, ``-m 'not timescale'`` none): one that uses the private TimescaleDB
+    server's fixtures or is the ``timescale`` case of a parametrised test without the
+    marker stops the collection."""
+    unmarked = []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        flavoured = _TIMESCALE_FIXTURES & set(getattr(item, "fixturenames", ())) or (
+            "timescale" in params.values()
+        )
+        if flavoured and item.get_closest_marker("timescale") is None:
+            unmarked.append(item.nodeid)
+    if unmarked:
+        raise pytest.UsageError(
+            "Timescale-flavoured tests without the `timescale` marker (use "
+            "pytest.param(..., marks=pytest.mark.timescale)): " + ", ".join(unmarked)
+        )

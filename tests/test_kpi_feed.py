@@ -63,7 +63,7 @@ def connect(request: pytest.FixtureRequest, flavour: str) -> Iterator[psycopg.Co
         yield c
 
 
-@pytest.fixture(params=["postgres", "timescale"])
+@pytest.fixture(params=["postgres", pytest.param("timescale", marks=pytest.mark.timescale)])
 def db(request: pytest.FixtureRequest) -> Iterator[psycopg.Connection]:
     with connect(request, request.param) as conn:
         yield conn
@@ -83,7 +83,7 @@ class TestSimulatedFleetThroughTheWriter:
     @pytest.mark.slow
     @pytest.mark.parametrize(
         ("flavour", "real_wills"),
-        [("postgres", True), ("timescale", False)],
+        [("postgres", True), pytest.param("timescale", False, marks=pytest.mark.timescale)],
         ids=["postgres-broker-will", "timescale-gateway-offline"],
     )
     def test_timelines_uptime_and_volumes_equal_the_pure_core_on_the_same_messages(

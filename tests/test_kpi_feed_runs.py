@@ -91,7 +91,7 @@ class TestCompress:
 # ------------------------------------------------------------------------- in the store
 
 
-@pytest.fixture(params=["postgres", "timescale"])
+@pytest.fixture(params=["postgres", pytest.param("timescale", marks=pytest.mark.timescale)])
 def conn(request: pytest.FixtureRequest) -> Iterator[psycopg.Connection]:
     url = request.getfixturevalue(
         "database_url" if request.param == "postgres" else "timescale_url"
