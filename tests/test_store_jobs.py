@@ -62,10 +62,15 @@ class TestVerdict:
     def test_a_job_that_never_ran(self) -> None:
         assert verdict(job(), NOW) == "never ran"
 
-    def test_the_latest_run_decides_whoever_ran_it(self) -> None:
+    def test_a_scheduler_failure_is_covered_by_atmfleets_own_runs_as_the_alerts_judge(
+        self,
+    ) -> None:
         early, late = NOW - timedelta(minutes=30), NOW - timedelta(minutes=5)
-        assert verdict(job(failed(early), ok(late)), NOW) == "ok"
-        assert verdict(job(failed(late), ok(early)), NOW) == "failed"
+        assert verdict(job(ok(late)), NOW) == "ok"
+        assert verdict(job(failed(late)), NOW) == "failed"
+        assert verdict(job(failed(late), ok(early)), NOW) == "ok (atmfleet)"
+        assert verdict(job(ok(late), failed(early)), NOW) == "failed"
+        assert verdict(job(failed(late), failed(early)), NOW) == "failed"
 
     def test_a_success_older_than_two_intervals_and_the_slack_is_late(self) -> None:
         every = timedelta(hours=1)
@@ -122,7 +127,7 @@ class TestJobLines:
         ]  # fmt: skip
         assert lines[3].split() == [
             "1004", "refresh", "txn_hourly", "1h", "2026-12-01", "19:57:00", "failed", "x4",
-            "2026-12-01", "19:58:00", "ok", "2026-12-01", "19:58:01", "ok",
+            "2026-12-01", "19:58:00", "ok", "2026-12-01", "19:58:01", "ok", "(atmfleet)",
         ]  # fmt: skip
         assert lines[4] == f"job 1004 (scheduler): 24000 {PORTAL_ERROR}"
 
@@ -311,7 +316,9 @@ class TestTimescaleFallback:
         status = runner.invoke(cli, ["db", "status"]).output
         rows = [line for line in status.splitlines() if line.split()[:1] in (
             [str(j.job_id)] for j in policies)]  # fmt: skip
-        assert len(rows) == 10 and all(r.rstrip().endswith(" ok") for r in rows)
+        # "ok (atmfleet)" where the scheduler ran and failed the policy meanwhile.
+        assert len(rows) == 10
+        assert all(r.rstrip().endswith((" ok", " ok (atmfleet)")) for r in rows), rows
         registry, _ = _exposition(ts_db)
         for j in policies:
             labels = {"job_id": str(j.job_id), "proc": j.proc, "relation": j.relation or ""}

@@ -267,17 +267,20 @@ def _record(
 
 
 def verdict(job: Job, now: datetime) -> str:
-    """``ok``, ``failed`` (the latest run, by either runner), ``late`` (no success within
-    :func:`late_after`) or ``never ran``."""
-    latest = job.latest
-    if latest is None:
+    """The job's state, as the alerts judge it (docs/runbook.md): ``failed`` when
+    atmfleet's latest run failed, or the scheduler's did and atmfleet never ran the job;
+    ``late`` without a success within :func:`late_after`; ``ok (atmfleet)`` when the
+    scheduler's latest run failed but atmfleet's keep the job on time; else ``ok``; and
+    ``never ran``."""
+    s, a = job.scheduler, job.atmfleet
+    if s is None and a is None:
         return "never ran"
-    if not latest.succeeded:
+    if (a is not None and not a.succeeded) or (a is None and s is not None and not s.succeeded):
         return "failed"
     success = job.last_success
     if success is None or now - success > late_after(job.every):
         return "late"
-    return "ok"
+    return "ok (atmfleet)" if s is not None and not s.succeeded else "ok"
 
 
 def _every(every: timedelta) -> str:
