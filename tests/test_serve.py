@@ -53,6 +53,7 @@ from atmfleet.protocol import (
     encode,
 )
 from atmfleet.store.inventory import upsert_inventory
+from atmfleet.store.jobs import Job, Run
 from atmfleet.store.migrate import upgrade
 from atmfleet.store.writer import Accepted, BatchWriter
 from exporters.metrics import (
@@ -148,6 +149,10 @@ def _doc_example() -> str:
     return match.group(1)
 
 
+def _at(unix: float) -> datetime:
+    return datetime.fromtimestamp(unix, UTC)
+
+
 def _samples(text: str) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
     return {
         (s.name, tuple(sorted(s.labels.items())), s.value)
@@ -209,6 +214,19 @@ class TestTheDocumentedExample:
             teller={("B01", "HLBE", "2", True): 88},
             lowyield_date=1795708800,
             lowyield={("HLBE", "2", "atm"): (0, 1), ("HLBE", "2", "crs"): (1, 1)},
+            jobs=[
+                Job(
+                    1004,
+                    "refresh",
+                    "txn_hourly",
+                    timedelta(minutes=15),
+                    True,
+                    _at(1795832700),
+                    Run(_at(1795832100), False, None, 6, '24000 cannot drop portal ""'),
+                    Run(_at(1795831200), True, _at(1795831201.5), 0, None),
+                    True,
+                )
+            ],
         )
         registry = CollectorRegistry()
         exporter = Exporter(_Fixed(snap), registry, snap.targets)
