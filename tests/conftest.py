@@ -153,6 +153,10 @@ def timescale_admin_url() -> Iterator[str]:
             "timescaledb.telemetry_level=off",
             "-c",
             "fsync=off",
+            # Room for every test database's job scheduler and its jobs: short of workers
+            # the scheduler fails a job with "failed to start job" instead of running it.
+            "-c",
+            "max_worker_processes=32",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
