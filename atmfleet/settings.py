@@ -70,7 +70,7 @@ class Settings(BaseSettings):
         ge=1,
         description="Drop telemetry older than this many days (None: keep everything). "
         "TimescaleDB: a retention policy set by `atmfleet db upgrade`; plain PostgreSQL: "
-        "`atmfleet db prune`, run daily.",
+        "`atmfleet db prune`, run hourly (on TimescaleDB it also runs late policies).",
     )
 
     inventory_file: Path | None = None
