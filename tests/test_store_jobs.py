@@ -28,7 +28,7 @@ from atmfleet.store.jobs import (
     run_policies,
     verdict,
 )
-from atmfleet.store.migrate import upgrade
+from atmfleet.store.migrate import discover, upgrade
 from atmfleet.store.retention import set_policy
 from atmfleet.store.writer import Accepted, BatchWriter
 from exporters.metrics import DatabaseSource, Exporter, Targets
@@ -163,6 +163,19 @@ class TestPlainPostgresql:
             "`atmfleet db prune` applies the retention)"
         )
 
+    def test_db_prune_deletes_old_rows_as_before(
+        self, db: str, run_id: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        _old_state_sample(db, run_id)
+        monkeypatch.setenv("ATMFLEET_DATABASE_URL", db)
+        result = CliRunner().invoke(cli, ["db", "prune", "--days", "30"])
+        assert result.exit_code == 0, result.output
+        assert result.output == (
+            "state_samples: 1, events: 0, transactions: 0, presence: 0, dead_letters: 0\n"
+        )
+        with psycopg.connect(db) as conn:
+            assert _count(conn, "SELECT count(*) FROM store_job_runs") == 0
+
     def test_serve_exports_zero_jobs_and_no_job_series(self, db: str) -> None:
         registry, text = _exposition(db)
         assert registry.get_sample_value("atmfleet_exporter_database_up") == 1
@@ -181,9 +194,22 @@ class TestPlainPostgresql:
 
 @pytest.fixture
 def ts_db(timescale_url: str) -> str:
-    """The schema and a 30-day retention on the private TimescaleDB server."""
+    """The schema and a 30-day retention on the private TimescaleDB server, its policies'
+    next scheduled starts a day away (a test starts the one it wants the scheduler to run),
+    so that the scheduler does not drop a test's old rows before ``db prune`` can."""
     with psycopg.connect(timescale_url, autocommit=True) as conn:
         set_policy(conn, upgrade(conn).flavour, 30)
+        conn.execute(
+            "SELECT alter_job(job_id, next_start => now() + interval '1 day')"
+            " FROM timescaledb_information.jobs WHERE job_id >= 1000"
+        )
+        deadline = time.monotonic() + 60  # a run started before that finishes first
+        while _count(
+            conn, "SELECT count(*) FROM timescaledb_information.job_stats"
+            " WHERE job_status = 'Running'",
+        ):  # fmt: skip
+            assert time.monotonic() < deadline, "a policy run did not finish"
+            time.sleep(0.1)
     return timescale_url
 
 
@@ -200,19 +226,28 @@ def _job_id(conn: psycopg.Connection, proc: str, relation: str) -> int:
 
 def _scheduler_run(conn: psycopg.Connection, job_id: int) -> tuple[str, str | None]:
     """Start the job now and wait (deadline 90 s) until the scheduler has finished a run of
-    it; its result, and the error it recorded if it failed."""
-    conn.execute("SELECT alter_job(%s, next_start => now())", (job_id,))
-    deadline = time.monotonic() + 90
-    while True:
+    it, then move its next start a day away (a failed job is retried within seconds) and
+    wait for any retry already started; the result of its latest run, and the error it
+    recorded if it failed."""
+
+    def stats() -> tuple[str | None, str | None, int] | None:
         row = conn.execute(
             "SELECT last_run_status, job_status, total_runs FROM timescaledb_information.job_stats"
             " WHERE job_id = %s",
             (job_id,),
         ).fetchone()
-        if row and row[2] > 0 and row[0] is not None and row[1] != "Running":
-            break
+        return None if row is None else (row[0], row[1], row[2])
+
+    conn.execute("SELECT alter_job(%s, next_start => now())", (job_id,))
+    deadline = time.monotonic() + 90
+    while not ((row := stats()) and row[2] > 0 and row[0] is not None and row[1] != "Running"):
         assert time.monotonic() < deadline, f"the scheduler did not run job {job_id}: {row}"
         time.sleep(0.2)
+    conn.execute("SELECT alter_job(%s, next_start => now() + interval '1 day')", (job_id,))
+    while (row := stats()) and row[1] == "Running":
+        assert time.monotonic() < deadline, f"job {job_id} is still running: {row}"
+        time.sleep(0.2)
+    assert row is not None and row[0] is not None
     error = conn.execute(
         "SELECT sqlerrcode || ' ' || err_message FROM timescaledb_information.job_errors"
         " WHERE job_id = %s ORDER BY start_time DESC LIMIT 1",
@@ -279,6 +314,45 @@ class TestTimescaleScheduler:
             "atmfleet_store_job_schedule_interval_seconds", labels
         ) == pytest.approx(listed.every.total_seconds())
         assert registry.get_sample_value("atmfleet_store_jobs") == len(read_jobs(ts_conn) or [])
+
+
+@pytest.mark.integration
+@pytest.mark.timescale
+class TestTimescaleListing:
+    def test_before_migration_0009_the_jobs_are_listed_without_atmfleet_runs(
+        self, timescale_url: str
+    ) -> None:
+        with psycopg.connect(timescale_url, autocommit=True) as conn:
+            upgrade(conn, migrations=[m for m in discover() if m.version < 9])
+            jobs = read_jobs(conn)
+        assert jobs is not None
+        policies = {(j.proc, j.relation) for j in jobs if j.is_policy}
+        assert ("refresh", "txn_hourly") in policies and ("compression", "events") in policies
+        assert all(j.atmfleet is None for j in jobs)
+
+    def test_a_job_altered_before_its_first_run_and_a_paused_one_are_listed(
+        self, ts_conn: psycopg.Connection
+    ) -> None:
+        # A job altered before it ever ran has job_stats "never" as -infinity.
+        ts_conn.execute(
+            "CREATE PROCEDURE noop(job_id integer, config jsonb) LANGUAGE sql AS 'SELECT 1'"
+        )
+        row = ts_conn.execute(
+            "SELECT add_job('noop', interval '1 hour', initial_start => now() + interval '1 day')"
+        ).fetchone()
+        assert row is not None
+        never = int(row[0])
+        ts_conn.execute("SELECT alter_job(%s, next_start => now() + interval '2 days')", (never,))
+        paused = _job_id(ts_conn, "retention", "events")
+        ts_conn.execute("SELECT alter_job(%s, scheduled => false)", (paused,))
+        jobs = {j.job_id: j for j in read_jobs(ts_conn) or []}
+        assert (jobs[never].proc, jobs[never].is_policy, jobs[never].scheduler) == (
+            "noop", False, None,
+        )  # fmt: skip
+        assert jobs[never].next_start is not None and not jobs[paused].scheduled
+        lines = job_lines(list(jobs.values()), datetime.now(UTC), SHANGHAI)
+        assert next(x for x in lines if x.startswith(f"{never} ")).rstrip().endswith("never ran")
+        assert next(x for x in lines if x.startswith(f"{paused} ")).rstrip().endswith("paused")
 
 
 @pytest.mark.integration

@@ -36,12 +36,15 @@ POLICIES = {
 #: fallback runs hourly (deploy/atmfleet-db-prune.timer).
 LATE_SLACK = timedelta(hours=1)
 
+#: job_stats says "never" with -infinity; a paused job's next start may be infinite too.
 JOBS_QUERY = """
 SELECT j.job_id, j.proc_schema, j.proc_name,
        coalesce(ca.view_name, j.hypertable_name) AS relation,
        j.schedule_interval, j.scheduled,
-       s.last_run_started_at, nullif(s.last_successful_finish, '-infinity'),
-       s.last_run_status, nullif(s.next_start, '-infinity'),
+       CASE WHEN isfinite(s.last_run_started_at) THEN s.last_run_started_at END,
+       CASE WHEN isfinite(s.last_successful_finish) THEN s.last_successful_finish END,
+       s.last_run_status,
+       CASE WHEN isfinite(s.next_start) THEN s.next_start END,
        coalesce(s.total_runs, 0), coalesce(s.total_failures, 0),
        e.sqlerrcode, e.err_message,
        r.started_at, r.succeeded, r.last_success_at, r.consecutive_failures,
