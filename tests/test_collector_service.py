@@ -7,6 +7,7 @@ so no other traffic reaches these collectors and the shared broker is left alone
 from __future__ import annotations
 
 import getpass
+import json
 import logging
 import os
 import shutil
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -408,6 +410,38 @@ class TestLivenessAndGaps:
             for topic, payload in [*states(dev, range(0, 5)), *states(dev, range(8, 10))]:
                 pub.send(topic, payload)
             wait_until(lambda: run.metric("sequence_gap_messages") == 3, what="3 missing")
+
+    def test_the_extreme_seqs_and_a_reboot_keep_the_beat_and_the_panel_working(
+        self, broker: Broker, db: str, run_id: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """seq 0 and 2^63-1 overflowed bigint in the gap view; the boot-epoch scheme
+        reported 2^32-2 phantom losses after a reboot."""
+        dev, boot = f"t{run_id}", 2**32
+        seqs = [0, 2**63 - 1, 2**63 - 4, 3 * boot, 3 * boot + 1, 4 * boot, 4 * boot + 2]
+        caplog.set_level(logging.WARNING)
+        with (
+            running(settings_for(broker.url, db), f"c{run_id}") as run,
+            publisher(broker.url) as pub,
+        ):
+            for seq in seqs:
+                pub.send(*states(dev, range(seq, seq + 1))[0])
+            wait_until(lambda: stored(db) == len(seqs), what="every message")
+            # 2^63-3 and 2^63-2 of the last epoch, 4·2^32+1 of the last boot.
+            wait_until(lambda: run.metric("sequence_gap_messages") == 3, what="3 missing")
+        assert "liveness beat failed" not in caplog.text
+        panel = json.loads(Path("dashboards/json/collector-health.json").read_text())
+        queries = [
+            t["rawSql"]
+            for p in panel["panels"]
+            for t in p.get("targets", [])
+            if "sequence_gaps" in t.get("rawSql", "")
+        ]
+        assert queries
+        with psycopg.connect(db) as conn:
+            for query in queries:
+                assert conn.execute(query.encode()).fetchall() == [
+                    (dev, 3, len(seqs), 0, 2**63 - 1, ANY)
+                ]
 
 
 class TestSecrets:

@@ -61,7 +61,8 @@ def stop_run(conn: psycopg.Connection, run_id: uuid.UUID) -> None:
 
 
 def missing_messages(conn: psycopg.Connection) -> int:
-    """Messages the devices numbered that were never stored, fleet-wide."""
+    """Messages the devices numbered that were never stored, fleet-wide (numeric in the
+    database: a sum over devices and epochs is not bounded by bigint)."""
     with conn.transaction():
-        row = conn.execute("SELECT coalesce(sum(missing), 0)::bigint FROM sequence_gaps").fetchone()
+        row = conn.execute("SELECT coalesce(sum(missing), 0) FROM sequence_gap_epochs").fetchone()
     return int(row[0]) if row else 0
