@@ -204,7 +204,7 @@ class Collector:
                 if pending and self._worker.submit(pending, deadline=time.monotonic() + 0.5):
                     pending = []
                 if time.monotonic() >= next_beat:
-                    self._beat(stop)
+                    self._beat()
                     next_beat = time.monotonic() + self._cs.liveness_interval_s
             self._raise_if_fatal()
             self._drain(pending)
@@ -233,11 +233,28 @@ class Collector:
             self._raise_if_fatal()
             log.warning("stopping with messages unacknowledged; the broker will redeliver")
             return
-        try:
-            liveness.stop_run(self._db(), self.run_id)
-        except psycopg.Error as exc:
-            log.warning("could not mark the run stopped: %s", exc)
+        self._mark_stopped(deadline)
         log.info("stopped: everything received was stored and acknowledged")
+
+    def _mark_stopped(self, deadline: float) -> None:
+        """Write the run's ``stopped_at``, on a new connection if the liveness one is gone
+        (a failed beat closed it, or its backend was terminated): retried until
+        ``deadline``. Not being able to is a warning, not a failure: everything was stored."""
+        backoff = 0.1
+        while True:
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = self._connect_db()
+                liveness.stop_run(self._conn, self.run_id)
+                return
+            except (psycopg.Error, OSError) as exc:
+                self._close_db()
+                if time.monotonic() + backoff >= deadline:
+                    log.warning("could not mark the run stopped: %s", exc)
+                    return
+                log.info("marking the run stopped failed (%s); retrying", exc)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
 
     # -- the store worker's answers (its reader thread) -----------------------------------
 
@@ -284,9 +301,12 @@ class Collector:
                     self._client.ack(item.mid, item.qos)
         self._buffer.release(len(batch))
 
-    def _beat(self, stop: threading.Event) -> None:
+    def _beat(self) -> None:
         try:
-            conn = self._db_or_open(stop)
+            if self._conn is None or self._conn.closed:
+                # One attempt per beat: the batch loop must not wait for the database here.
+                self._conn = self._connect_db()
+            conn = self._conn
             liveness.beat(conn, self.run_id)
             now = datetime.now(UTC)
             self._stats.last_commit.set(now.timestamp())
@@ -317,11 +337,6 @@ class Collector:
     def _db(self) -> psycopg.Connection:
         assert self._conn is not None
         return self._conn
-
-    def _db_or_open(self, stop: threading.Event) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed:
-            self._open_db(stop)
-        return self._db()
 
     def _close_db(self) -> None:
         if self._conn is not None:
