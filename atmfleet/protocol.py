@@ -350,8 +350,12 @@ def counter_topic(branch_id: str) -> str:
     return f"{TOPIC_ROOT}/branch/{branch_id}/counter"
 
 
-#: Subscriptions a collector makes.
-SUBSCRIPTIONS = (f"{TOPIC_ROOT}/device/+/+", f"{TOPIC_ROOT}/branch/+/counter")
+#: Subscriptions a collector makes: everything under the root, so that a message on any
+#: other topic is seen and dead-lettered (``bad_topic``) instead of vanishing unseen.
+SUBSCRIPTIONS = (f"{TOPIC_ROOT}/#",)
+#: What collectors subscribed to before; unsubscribed from a resumed session (a message
+#: would otherwise be delivered once per matching subscription).
+LEGACY_SUBSCRIPTIONS = (f"{TOPIC_ROOT}/device/+/+", f"{TOPIC_ROOT}/branch/+/counter")
 
 
 def parse_topic(topic: str) -> tuple[str, str, str]:

@@ -26,7 +26,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from atmfleet.errors import AtmfleetError
-from atmfleet.protocol import QOS, SUBSCRIPTIONS
+from atmfleet.protocol import LEGACY_SUBSCRIPTIONS, QOS, SUBSCRIPTIONS
 from atmfleet.settings import Settings
 from atmfleet.store import liveness
 from atmfleet.store.connect import ErrorClass, classify, redact_url
@@ -49,10 +49,10 @@ class CollectorFatal(AtmfleetError):
     """The collector cannot continue (e.g. the schema is missing); nothing was acknowledged."""
 
 
-def subscriptions(share_group: str | None) -> list[str]:
+def subscriptions(share_group: str | None, topics: Sequence[str] = SUBSCRIPTIONS) -> list[str]:
     if not share_group:
-        return list(SUBSCRIPTIONS)
-    return [f"$share/{share_group}/{topic}" for topic in SUBSCRIPTIONS]
+        return list(topics)
+    return [f"$share/{share_group}/{topic}" for topic in topics]
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,9 @@ class Collector:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
+        self._client.on_unsubscribe = self._on_unsubscribe
+        self._subscribed = False
+        self._unsubscribing: int | None = None  # mid of the legacy unsubscription
         self.connected = threading.Event()
 
     # -- MQTT callbacks (network thread; must never raise) ---------------------------------
@@ -129,13 +132,25 @@ class Collector:
             client.subscribe([(t, options) for t in topics])
         else:
             client.subscribe([(t, QOS) for t in topics])
+        if flags.session_present:  # after subscribing: no moment without a subscription
+            _rc, mid = client.unsubscribe(subscriptions(self._cs.share_group, LEGACY_SUBSCRIPTIONS))
+            self._unsubscribing = mid
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: Any, _p: Any) -> None:
         failed = [r for r in reasons if r.is_failure]
         if failed:
             log.error("subscription refused: %s", failed)
-        else:
+            return
+        self._subscribed = True
+        if self._unsubscribing is None:
             self.connected.set()
+
+    def _on_unsubscribe(self, _c: mqtt.Client, _u: Any, mid: int, _r: Any, _p: Any) -> None:
+        # "No subscription existed" is fine: the old subscriptions are gone either way.
+        if mid == self._unsubscribing:
+            self._unsubscribing = None
+            if self._subscribed:
+                self.connected.set()
 
     def _on_disconnect(
         self, _c: mqtt.Client, _u: Any, _flags: Any, reason: ReasonCode, _p: Any
@@ -144,6 +159,8 @@ class Collector:
             self._generation += 1  # nothing received so far may be acknowledged any more
         self._stats.mqtt_connected.set(0)
         self.connected.clear()
+        self._subscribed = False
+        self._unsubscribing = None
         if self._accepting:
             log.warning("disconnected from the broker (%s); reconnecting", reason)
 

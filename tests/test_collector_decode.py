@@ -179,13 +179,10 @@ class TestBufferIsBounded:
 
 class TestSubscriptions:
     def test_without_a_group_the_plain_topics(self) -> None:
-        assert subscriptions(None) == ["atmfleet/v1/device/+/+", "atmfleet/v1/branch/+/counter"]
+        assert subscriptions(None) == ["atmfleet/v1/#"]
 
     def test_a_share_group_prefixes_every_topic(self) -> None:
-        assert subscriptions("fleet") == [
-            "$share/fleet/atmfleet/v1/device/+/+",
-            "$share/fleet/atmfleet/v1/branch/+/counter",
-        ]
+        assert subscriptions("fleet") == ["$share/fleet/atmfleet/v1/#"]
 
 
 class TestCounterFile:

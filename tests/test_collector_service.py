@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry
 
 from atmfleet.protocol import StateMessage, TxnMessage, device_topic, encode
 from atmfleet.settings import CollectorSettings, Settings
+from collector.mqtt import connect_properties
 from collector.service import Collector
 from collector.stats import CollectorStats
 
@@ -253,6 +254,62 @@ class TestBadInputIsDeadLettered:
         assert seqs == list(range(9))
         assert tables == (0,)  # the hostile ids were data, never SQL
         assert run.metric("messages_rejected_total", reason="too_large") == 1
+
+
+class TestEveryTopicUnderTheRoot:
+    def test_messages_on_unknown_topics_are_dead_lettered_not_lost(
+        self, broker: Broker, db: str, run_id: str
+    ) -> None:
+        dev = f"t{run_id}"
+        topics = [
+            f"atmfleet/v1/device/{dev}/state/extra",
+            f"atmfleet/v1/device/{dev}",
+            f"atmfleet/v1/branch/{dev}/state",
+            f"atmfleet/v1/devices/{dev}/state",
+        ]
+        payload = states(dev, range(1))[0][1]
+        with (
+            running(settings_for(broker.url, db), f"c{run_id}") as run,
+            publisher(broker.url) as pub,
+        ):
+            for i in range(16):
+                for topic in topics:
+                    pub.send(topic, payload)
+                pub.send(*states(dev, range(i, i + 1))[0])
+            wait_until(lambda: stored(db) == 16, what="the good messages")
+            wait_until(
+                lambda: run.metric("messages_rejected_total", reason="bad_topic") == 64,
+                what="64 dead letters",
+            )
+        rows = scalar(db, "SELECT array_agg(DISTINCT topic || ' ' || reason) FROM dead_letters")
+        assert sorted(rows) == sorted(f"{t} bad_topic" for t in topics)
+        assert scalar(db, "SELECT count(*) FROM dead_letters") == 64
+
+    def test_a_session_with_the_old_subscriptions_gets_each_message_once(
+        self, broker: Broker, db: str, run_id: str
+    ) -> None:
+        host, port = broker.url.removeprefix("mqtt://").split(":")
+        old = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"c{run_id}", protocol=MQTTProtocolVersion.MQTTv5
+        )
+        props = connect_properties(settings_for(broker.url, db))
+        old.connect(host, int(port), clean_start=False, properties=props)
+        old.loop_start()
+        for topic in ("atmfleet/v1/device/+/+", "atmfleet/v1/branch/+/counter"):
+            old.subscribe(topic, qos=1)[1]
+        old.disconnect()
+        old.loop_stop()
+        with (
+            running(settings_for(broker.url, db), f"c{run_id}") as run,
+            publisher(broker.url) as pub,
+        ):
+            # `connected` is set once the old subscriptions are gone too.
+            for topic, payload in states(f"t{run_id}", range(21)):
+                pub.send(topic, payload)
+            # One client's messages arrive in order: a second copy of any of the first 20
+            # would have come before the 21st is stored.
+            wait_until(lambda: stored(db) == 21, what="21 stored")
+        assert run.metric("messages_received_total") == 21
 
 
 class TestAcknowledgement:
