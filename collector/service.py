@@ -106,7 +106,21 @@ class Collector:
         self._client.on_unsubscribe = self._on_unsubscribe
         self._subscribed = False
         self._unsubscribing: int | None = None  # mid of the legacy unsubscription
+        self._known_client = False  # a previous run used this client id
+        self._connected_before = False
+        # Lost sessions so far and when the last was met (written by the network thread,
+        # recorded in collector_runs by the batch loop).
+        self._sessions_lost: tuple[int, datetime | None] = (0, None)
+        self._sessions_recorded = 0
+        self._sessions_beaten = 0
         self.connected = threading.Event()
+
+    def _session_expected(self) -> bool:
+        """A session should exist: this client id connected before (in this process, or a
+        previous run), and the session outlives a disconnection."""
+        if self._settings.mqtt_protocol == "5" and self._cs.session_expiry_s == 0:
+            return False
+        return self._connected_before or self._known_client
 
     # -- MQTT callbacks (network thread; must never raise) ---------------------------------
 
@@ -118,12 +132,25 @@ class Collector:
             return
         self._stats.mqtt_connects.inc()
         self._stats.mqtt_connected.set(1)
-        log.info(
-            "connected to %s as %s (session present: %s)",
-            self._settings.mqtt_url,
-            self.client_id,
-            flags.session_present,
-        )
+        expected = self._session_expected()
+        self._connected_before = True
+        if expected and not flags.session_present:
+            self._stats.mqtt_sessions_lost.inc()
+            self._sessions_lost = (self._sessions_lost[0] + 1, datetime.now(UTC))
+            log.warning(
+                "connected to %s as %s, but the broker had lost this client's session "
+                "(session present: False): messages it held for the collector while away "
+                "may be lost; their seq gaps show in the sequence_gaps view",
+                self._settings.mqtt_url,
+                self.client_id,
+            )
+        else:
+            log.info(
+                "connected to %s as %s (session present: %s)",
+                self._settings.mqtt_url,
+                self.client_id,
+                flags.session_present,
+            )
         topics = subscriptions(self._cs.share_group)
         if self._settings.mqtt_protocol == "5":
             # retainHandling 1: retained messages only for a new subscription, not again on
@@ -188,6 +215,7 @@ class Collector:
         self._open_db(stop)
         require_current(self._db())
         self._worker.start()  # its start-up (imports) overlaps the broker's connection
+        self._known_client = liveness.known_collector(self._db(), self.client_id)
         outage = liveness.start_run(
             self._db(),
             self.run_id,
@@ -220,7 +248,8 @@ class Collector:
                     )
                 if pending and self._worker.submit(pending, deadline=time.monotonic() + 0.5):
                     pending = []
-                if time.monotonic() >= next_beat:
+                if time.monotonic() >= next_beat or self._sessions_lost[0] > self._sessions_beaten:
+                    self._sessions_beaten = self._sessions_lost[0]  # an extra beat records it
                     self._beat()
                     next_beat = time.monotonic() + self._cs.liveness_interval_s
             self._raise_if_fatal()
@@ -325,6 +354,10 @@ class Collector:
                 self._conn = self._connect_db()
             conn = self._conn
             liveness.beat(conn, self.run_id)
+            lost, last = self._sessions_lost
+            if lost != self._sessions_recorded and last is not None:
+                liveness.record_sessions_lost(conn, self.run_id, lost, last)
+                self._sessions_recorded = lost
             now = datetime.now(UTC)
             self._stats.last_commit.set(now.timestamp())
             # Idle, the lag is what still waits (nothing: 0), not the last batch's forever.

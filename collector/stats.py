@@ -73,6 +73,12 @@ class CollectorStats:
         self.mqtt_connects = Counter(
             f"{PREFIX}_mqtt_connects", "Successful MQTT (re)connections.", registry=registry
         )
+        self.mqtt_sessions_lost = Counter(
+            f"{PREFIX}_mqtt_sessions_lost",
+            "Reconnections of a known client id the broker had no session for (what it had "
+            "queued for the collector may be lost).",
+            registry=registry,
+        )
         self.mqtt_connected = Gauge(
             f"{PREFIX}_mqtt_connected", "1 while connected to the broker.", registry=registry
         )

@@ -312,6 +312,63 @@ class TestEveryTopicUnderTheRoot:
         assert run.metric("messages_received_total") == 21
 
 
+class TestLostBrokerSession:
+    def test_a_lost_session_is_a_warning_a_metric_and_recorded_in_the_run(
+        self, tmp_path: Path, db: str, run_id: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The broker forgets sessions when it restarts without persistence: that is the
+        moment a backlog may be thrown away."""
+        own = start_broker(tmp_path)
+        conf = tmp_path / "mosquitto.conf"
+        settings = settings_for(own.url, db)
+        caplog.set_level(logging.INFO, logger="collector.service")
+        try:
+            with running(settings, f"c{run_id}") as first:
+                assert first.metric("mqtt_sessions_lost_total") == 0  # a new client id
+                own.process.kill()
+                own.process.wait(10)
+                log = (tmp_path / "mosquitto.log").open("ab")
+                own.process = subprocess.Popen(
+                    [own.process.args[0], "-c", str(conf)], stdout=log, stderr=log
+                )
+                wait_until(lambda: first.metric("mqtt_connects_total") == 2, what="a reconnect")
+                wait_until(
+                    lambda: scalar(db, "SELECT sessions_lost FROM collector_runs") == 1,
+                    what="the run to record it",
+                )
+                assert first.metric("mqtt_sessions_lost_total") == 1
+            warnings = [r for r in caplog.records if "lost this client's session" in r.message]
+            assert [r.levelno for r in warnings] == [logging.WARNING]
+            # A new run of a known client id whose session the broker no longer has.
+            own.process.kill()
+            own.process.wait(10)
+            own.process = subprocess.Popen(
+                [own.process.args[0], "-c", str(conf)], stdout=log, stderr=log
+            )
+            with running(settings, f"c{run_id}") as second:
+                assert second.metric("mqtt_sessions_lost_total") == 1
+                wait_until(
+                    lambda: (
+                        scalar(db, "SELECT count(*) FROM collector_runs WHERE sessions_lost = 1")
+                        == 2
+                    ),
+                    what="the second run to record it",
+                )
+            # And one that finds its session: nothing lost.
+            with running(settings, f"c{run_id}") as third:
+                assert third.metric("mqtt_sessions_lost_total") == 0
+            assert scalar(db, "SELECT count(*) FROM collector_runs WHERE sessions_lost = 0") == 1
+            assert (
+                scalar(
+                    db, "SELECT count(*) FROM collector_runs WHERE last_session_lost_at IS NOT NULL"
+                )
+                == 2
+            )
+        finally:
+            own.process.kill()
+            own.process.wait(10)
+
+
 class TestAcknowledgement:
     def test_a_clean_stop_acknowledges_everything_so_nothing_is_redelivered(
         self, broker: Broker, db: str, run_id: str
