@@ -26,13 +26,20 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from atmfleet.errors import AtmfleetError
-from atmfleet.protocol import LEGACY_SUBSCRIPTIONS, QOS, SUBSCRIPTIONS
+from atmfleet.protocol import LEGACY_SUBSCRIPTIONS, MAX_PAYLOAD_BYTES, QOS, SUBSCRIPTIONS
 from atmfleet.settings import Settings
 from atmfleet.store import liveness
 from atmfleet.store.connect import ErrorClass, classify, redact_url
 from atmfleet.store.migrate import require_current
-from collector.buffer import Buffer, Inbound
-from collector.mqtt import BrokerAddress, build_client, connect_properties
+from atmfleet.store.writer import DEAD_LETTER_PAYLOAD_BYTES
+from collector.buffer import Buffer, Inbound, Put
+from collector.mqtt import (
+    MAX_HELD_TOPIC_CHARS,
+    BrokerAddress,
+    build_client,
+    connect_properties,
+    receive_maximum,
+)
 from collector.stats import CollectorStats
 from collector.worker import Failure, Outcome, StoreWorker
 
@@ -84,8 +91,9 @@ class Collector:
         self._connect_db = connect_db or Connector(
             settings.require_database_url(), f"atmfleet-collector {self.client_id}"
         )
-        self._buffer = Buffer(self._cs.max_inflight)
+        self._buffer = Buffer(receive_maximum(settings), self._cs.max_buffered_bytes)
         self._stats.buffered.set_function(lambda: self._buffer.held)
+        self._stats.buffered_bytes.set_function(lambda: self._buffer.held_bytes)
         self._ack_lock = threading.Lock()
         self._generation = 0
         self._accepting = True
@@ -113,6 +121,7 @@ class Collector:
         self._sessions_lost: tuple[int, datetime | None] = (0, None)
         self._sessions_recorded = 0
         self._sessions_beaten = 0
+        self._drop_logged = -60.0
         self.connected = threading.Event()
 
     def _session_expected(self) -> bool:
@@ -134,6 +143,13 @@ class Collector:
         self._stats.mqtt_connected.set(1)
         expected = self._session_expected()
         self._connected_before = True
+        if flags.session_present:
+            # What waits from the previous connection cannot be acknowledged; the broker
+            # sends it again on this one (so it is not held twice).
+            with self._ack_lock:
+                generation = self._generation
+            if dropped := self._buffer.discard_unacknowledgeable(generation):
+                log.info("%d messages of the previous connection will be redelivered", dropped)
         if expected and not flags.session_present:
             self._stats.mqtt_sessions_lost.inc()
             self._sessions_lost = (self._sessions_lost[0] + 1, datetime.now(UTC))
@@ -196,15 +212,31 @@ class Collector:
             self._stats.received.inc()
             if not self._accepting:
                 return  # stopping: left unacknowledged, redelivered to the next run
+            payload = message.payload
+            size = len(payload)
+            if size > MAX_PAYLOAD_BYTES:  # refused anyway: hold only what the dead letter keeps
+                payload = payload[:DEAD_LETTER_PAYLOAD_BYTES]
+            topic = message.topic  # a valid topic is < 100 characters
             item = Inbound(
                 mid=message.mid,
                 qos=message.qos,
-                topic=message.topic,
-                payload=bytes(message.payload),
+                topic=topic if len(topic) <= MAX_HELD_TOPIC_CHARS else topic[:MAX_HELD_TOPIC_CHARS],
+                payload=bytes(payload),
                 received=time.time(),
                 generation=self._generation,
+                size=size,
             )
-            self._buffer.put(item)  # blocks while full: the network thread stops reading
+            # Never waits: Receive Maximum keeps QoS 1 messages within the bounds.
+            if self._buffer.put(item) is Put.FULL:
+                self._stats.dropped.labels("qos0_overflow").inc()
+                now = time.monotonic()
+                if now - self._drop_logged >= 60:
+                    self._drop_logged = now
+                    log.warning(
+                        "buffer full: dropping QoS 0 messages (the protocol requires QoS 1; "
+                        "last on %r)",
+                        topic[:200],
+                    )
         except Exception:
             log.exception("message on %r could not be buffered; it will be redelivered", message)
 
@@ -229,7 +261,7 @@ class Collector:
         self._client.connect_async(
             address.host,
             address.port,
-            keepalive=30,
+            keepalive=self._cs.keepalive_s,
             clean_start=False,
             properties=connect_properties(self._settings),
         )
@@ -345,7 +377,7 @@ class Collector:
             for item in batch:  # arrival order
                 if item.qos > 0 and item.generation == generation:
                     self._client.ack(item.mid, item.qos)
-        self._buffer.release(len(batch))
+        self._buffer.release(batch)
 
     def _beat(self) -> None:
         try:

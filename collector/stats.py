@@ -48,6 +48,20 @@ class CollectorStats:
             "Messages received and not yet acknowledged.",
             registry=registry,
         )
+        self.buffered_bytes = Gauge(
+            f"{PREFIX}_buffered_bytes",
+            "Memory held by messages received and not yet acknowledged (payload, topic, "
+            "bookkeeping), at most ATMFLEET_COLLECTOR__MAX_BUFFERED_BYTES.",
+            registry=registry,
+        )
+        self.dropped = Counter(
+            f"{PREFIX}_messages_dropped",
+            "QoS 0 messages dropped because the buffer was full (QoS 1 ones are never "
+            "dropped: the broker holds them back).",
+            ["reason"],
+            registry=registry,
+        )
+        self.dropped.labels("qos0_overflow")  # exposed at 0 from the start
         self.lag = Gauge(
             f"{PREFIX}_lag_seconds",
             "Commit time minus receive time of the oldest message of the last batch; at a "

@@ -70,13 +70,20 @@ class Rejected:
 
     @classmethod
     def of(
-        cls, topic: str, payload: bytes, received_at: datetime, reason: str, detail: str
+        cls,
+        topic: str,
+        payload: bytes,
+        received_at: datetime,
+        reason: str,
+        detail: str,
+        payload_size: int | None = None,
     ) -> Rejected:
+        """``payload_size``: the original size when ``payload`` is already truncated."""
         return cls(
             received_at=received_at,
             topic=_clean(topic, 1024),
             payload=bytes(payload[:DEAD_LETTER_PAYLOAD_BYTES]),
-            payload_size=len(payload),
+            payload_size=len(payload) if payload_size is None else payload_size,
             reason=_clean(reason, 64),
             detail=_clean(detail, _DETAIL_CHARS),
         )
