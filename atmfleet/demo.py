@@ -305,7 +305,8 @@ def prepare_database(url: str, settings: Settings, inventory: Inventory, *, own:
         if not own:
             ids = [d.id for d in inventory.devices]
             row = conn.execute(
-                "SELECT count(*) FROM device_sequences WHERE device_id = ANY(%s)", (ids,)
+                "SELECT count(DISTINCT device_id) FROM device_sequences WHERE device_id = ANY(%s)",
+                (ids,),
             ).fetchone()
             if row is not None and row[0]:
                 raise UsageError(

@@ -6,6 +6,11 @@ test. A message is parsed with :func:`parse_message`, which never raises anythin
 :class:`ProtocolError` (whose ``reason`` is a short machine-readable code and whose
 message says what was wrong).
 
+Wire types are strict (pydantic strict mode, JSON input): a number is a JSON number, a
+boolean ``true``/``false``, a timestamp an RFC 3339 string; ``"7"`` for 7, ``true`` for 1,
+``"yes"`` for true, Unix time are refused (``invalid``). Models built in Python (the
+counter file import, the simulator) keep pydantic's ordinary conversions.
+
 Forward compatibility: unknown fields are ignored (a newer device may send more);
 an unknown *schema version* is refused, because its known fields may mean something else.
 """
@@ -25,6 +30,8 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     computed_field,
     field_validator,
     model_validator,
@@ -45,13 +52,36 @@ BranchId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
 Seq = Annotated[int, Field(ge=0, lt=2**63)]
 
 
+#: A timestamp on the wire: an RFC 3339 date and time (the zone is checked afterwards).
+_RFC3339_RE = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?"
+)
+
+
+def _rfc3339(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """A timestamp string is parsed here: pydantic would also read Unix time (a number, or
+    a string of digits), and in strict mode it takes no string at all."""
+    if isinstance(value, str):
+        if not _RFC3339_RE.fullmatch(value):
+            raise ValueError(
+                f"timestamp {value[:40]!r} is not RFC 3339, e.g. 2026-11-28T02:15:00.250Z"
+            )
+        try:
+            value = datetime.fromisoformat(value.upper())
+        except ValueError:
+            raise ValueError(f"timestamp {value!r} is not a valid date and time") from None
+    elif not isinstance(value, datetime):
+        raise ValueError("timestamp must be an RFC 3339 string")
+    return handler(value)
+
+
 def _require_utc(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() != timedelta(0):
         raise ValueError("timestamp must be UTC, e.g. 2026-11-28T02:15:00.250Z")
     return value.astimezone(UTC)
 
 
-UtcTimestamp = Annotated[datetime, AfterValidator(_require_utc)]
+UtcTimestamp = Annotated[datetime, WrapValidator(_rfc3339), AfterValidator(_require_utc)]
 
 
 class Kind(StrEnum):
@@ -350,8 +380,12 @@ def counter_topic(branch_id: str) -> str:
     return f"{TOPIC_ROOT}/branch/{branch_id}/counter"
 
 
-#: Subscriptions a collector makes.
-SUBSCRIPTIONS = (f"{TOPIC_ROOT}/device/+/+", f"{TOPIC_ROOT}/branch/+/counter")
+#: Subscriptions a collector makes: everything under the root, so that a message on any
+#: other topic is seen and dead-lettered (``bad_topic``) instead of vanishing unseen.
+SUBSCRIPTIONS = (f"{TOPIC_ROOT}/#",)
+#: What collectors subscribed to before; unsubscribed from a resumed session (a message
+#: would otherwise be delivered once per matching subscription).
+LEGACY_SUBSCRIPTIONS = (f"{TOPIC_ROOT}/device/+/+", f"{TOPIC_ROOT}/branch/+/counter")
 
 
 def parse_topic(topic: str) -> tuple[str, str, str]:
@@ -444,7 +478,7 @@ def _validate_checked(model: type[BaseModel], text: str) -> AnyMessage:
             f"schema version {str(version)[:20]!r}; this collector reads v={SCHEMA_VERSION}",
         )
     try:
-        msg: AnyMessage = model.model_validate(data)  # type: ignore[assignment]
+        msg: AnyMessage = model.model_validate_json(text, strict=True)  # type: ignore[assignment]
     except ValidationError as exc:
         raise ProtocolError("invalid", _first_error(exc)) from None
     return msg
@@ -474,7 +508,7 @@ def _validate_plain(model: type[BaseModel], payload: bytes) -> AnyMessage | None
     ):
         return None
     try:
-        return model.model_validate_json(payload)  # type: ignore[return-value]
+        return model.model_validate_json(payload, strict=True)  # type: ignore[return-value]
     except ValidationError:
         return None
 

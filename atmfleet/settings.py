@@ -31,9 +31,18 @@ class CollectorSettings(BaseModel):
     batch_max_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     flush_interval_s: float = Field(0.5, gt=0, le=60)
     max_inflight: int = Field(
-        40_000, ge=1, description="Messages held unacknowledged before reading pauses."
+        40_000, ge=1, description="Messages held unacknowledged, at most (MQTT 5 Receive Maximum)."
+    )
+    max_buffered_bytes: int = Field(
+        1024 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Bytes of messages held unacknowledged, at most: Receive Maximum is "
+        "lowered so that even messages of the largest size fit.",
     )
     retry_max_backoff_s: float = Field(30.0, gt=0)
+    keepalive_s: int = Field(
+        30, ge=1, le=65535, description="MQTT keep-alive: a silent broker link is dropped after it."
+    )
     liveness_interval_s: float = Field(10.0, gt=0)
 
 

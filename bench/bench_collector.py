@@ -8,7 +8,8 @@ and the mosquitto binary. Creates a throw-away database and a private Mosquitto,
   writing the same batches again (all duplicates: the redelivery path);
 - end to end: MESSAGES state messages from 1000 devices queued at the broker for the
   collector's persistent session, then the time for `Collector` to store and ack them all,
-  and the most messages it held at once.
+  the most messages it held at once, and how often it had to reconnect to the broker
+  (BENCH_KEEPALIVE_S sets the keep-alive, default 30).
 """
 
 from __future__ import annotations
@@ -117,7 +118,9 @@ def bench_end_to_end(msgs: list[StateMessage]) -> None:
         settings = Settings(
             mqtt_url=f"mqtt://127.0.0.1:{port}",
             database_url=url,
-            collector=CollectorSettings(session_expiry_s=600),
+            collector=CollectorSettings(
+                session_expiry_s=600, keepalive_s=int(os.environ.get("BENCH_KEEPALIVE_S", "30"))
+            ),
         )
 
         def collector() -> tuple[Collector, CollectorRegistry]:
@@ -162,11 +165,13 @@ def bench_end_to_end(msgs: list[StateMessage]) -> None:
                 break
             time.sleep(0.01)
         elapsed = time.perf_counter() - started
+        connects = registry.get_sample_value("atmfleet_collector_mqtt_connects_total") or 0
         stop.set()
         thread.join()
         print(f"end to end, backlog drained: {len(msgs)} in {elapsed:.2f} s = "
               f"{len(msgs) / elapsed:,.0f} msg/s (stored and acknowledged); "
-              f"most held at once: {peak:,.0f} (max_inflight {settings.collector.max_inflight})")  # fmt: skip
+              f"most held at once: {peak:,.0f} (max_inflight {settings.collector.max_inflight}); "
+              f"reconnects: {connects - 1:.0f} (keep-alive {settings.collector.keepalive_s} s)")  # fmt: skip
     finally:
         proc.terminate()
         drop_database(url)

@@ -1,8 +1,14 @@
-"""Messages between the MQTT network thread and the writer: bounded, FIFO.
+"""Messages between the MQTT network thread and the writer: FIFO, bounded in messages and
+in bytes, and never blocking the network thread.
 
-Capacity counts every message received and not yet acknowledged (waiting, or in the
-batch being written), so memory stays bounded however slow the database is: when full,
-:meth:`Buffer.put` blocks the network thread, which stops reading from the socket.
+What is held counts every message received and not yet acknowledged (waiting, or in a
+batch being written). The bound is kept by the broker, not by stopping the network
+thread: a QoS 1 message is only sent while fewer than Receive Maximum are unacknowledged
+(MQTT 5; :func:`collector.mqtt.receive_maximum` derives it from both bounds), so
+:meth:`Buffer.put` never waits and paho keeps answering keep-alives however slow the
+store is. A payload larger than the protocol allows is held as a truncated copy (all the
+dead letter keeps). A QoS 0 message (outside the protocol: nothing limits how many the
+broker sends) is dropped when the buffer is full, and counted.
 """
 
 from __future__ import annotations
@@ -10,8 +16,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import Enum
+
+#: Bytes an :class:`Inbound` costs besides its payload and topic (object, list slot, mid).
+ITEM_OVERHEAD_BYTES = 200
 
 
 @dataclass(slots=True)
@@ -21,22 +32,39 @@ class Inbound:
     mid: int
     qos: int
     topic: str
-    payload: bytes
+    payload: bytes  # at most the dead-letter copy when ``size`` is over the protocol's limit
     received: float  # time.time() on arrival (cheaper to take and to send than a datetime)
     generation: int  # the MQTT connection it arrived on (acks go only to that one)
     arrived: float = field(default_factory=time.monotonic)
+    size: int = -1  # the payload's size as received (-1: len(payload))
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            self.size = len(self.payload)
 
     @property
     def received_at(self) -> datetime:
         return datetime.fromtimestamp(self.received, UTC)
 
+    @property
+    def held_bytes(self) -> int:
+        return len(self.payload) + len(self.topic) + ITEM_OVERHEAD_BYTES
+
+
+class Put(Enum):
+    HELD = "held"
+    FULL = "full"  # a QoS 0 message while the buffer is full: dropped
+    CLOSED = "closed"
+
 
 class Buffer:
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_bytes: int | None = None) -> None:
         self._capacity = capacity
+        self._max_bytes = max_bytes
         self._items: deque[Inbound] = deque()
-        self._bytes = 0
+        self._bytes = 0  # payload bytes waiting (batches are bounded by these)
         self._held = 0  # waiting + taken but not released
+        self._held_bytes = 0  # what those cost in memory
         self._closed = False
         self._cond = threading.Condition()
         # What a waiting take() needs before it returns early (None: nobody waits). put()
@@ -48,23 +76,52 @@ class Buffer:
     def held(self) -> int:
         return self._held
 
-    def put(self, item: Inbound) -> bool:
-        """Add a message, waiting while full. False (message not taken) once closed."""
+    @property
+    def held_bytes(self) -> int:
+        return self._held_bytes
+
+    def full(self) -> bool:
+        return self._held >= self._capacity or (
+            self._max_bytes is not None and self._held_bytes >= self._max_bytes
+        )
+
+    def put(self, item: Inbound) -> Put:
+        """Add a message; never waits. A QoS 0 message is refused (``FULL``) while the
+        buffer is full; a QoS 1 one never is (the broker's flow control bounds those)."""
         with self._cond:
-            while self._held >= self._capacity and not self._closed:
-                self._cond.wait(0.5)
             if self._closed:
-                return False
+                return Put.CLOSED
+            if item.qos == 0 and self.full():
+                return Put.FULL
             self._items.append(item)
             self._bytes += len(item.payload)
             self._held += 1
+            self._held_bytes += item.held_bytes
             if self._want is not None and (
                 len(self._items) == 1
                 or len(self._items) >= self._want[0]
                 or self._bytes >= self._want[1]
             ):
                 self._cond.notify_all()
-            return True
+            return Put.HELD
+
+    def discard_unacknowledgeable(self, generation: int) -> int:
+        """Drop the waiting QoS 1 messages of connections before ``generation``: they can
+        no longer be acknowledged, and a resumed session has the broker send them again.
+        Returns how many."""
+        with self._cond:
+            keep: deque[Inbound] = deque()
+            dropped = 0
+            for item in self._items:
+                if item.qos > 0 and item.generation < generation:
+                    dropped += 1
+                    self._bytes -= len(item.payload)
+                    self._held -= 1
+                    self._held_bytes -= item.held_bytes
+                else:
+                    keep.append(item)
+            self._items = keep
+            return dropped
 
     def close(self) -> None:
         """Refuse further messages (they stay unacknowledged at the broker)."""
@@ -113,8 +170,9 @@ class Buffer:
         with self._cond:
             return self._items[0].received_at if self._items else None
 
-    def release(self, n: int) -> None:
-        """``n`` taken messages were acknowledged (or given up): make room."""
+    def release(self, batch: Sequence[Inbound]) -> None:
+        """A taken batch was acknowledged (or given up): make room."""
         with self._cond:
-            self._held -= n
+            self._held -= len(batch)
+            self._held_bytes -= sum(item.held_bytes for item in batch)
             self._cond.notify_all()

@@ -12,10 +12,17 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from atmfleet.errors import ConfigError
+from atmfleet.protocol import MAX_PAYLOAD_BYTES
 from atmfleet.settings import Settings
+from collector.buffer import ITEM_OVERHEAD_BYTES
 
 #: MQTT v5 caps Receive Maximum at 65535.
 MAX_RECEIVE_MAXIMUM = 65535
+#: The most one held message can cost: a payload of the protocol's maximum size (larger
+#: ones are held truncated to the dead-letter copy), a topic (held truncated to this), and
+#: the bookkeeping (:data:`collector.buffer.ITEM_OVERHEAD_BYTES`).
+MAX_HELD_TOPIC_CHARS = 1024
+MAX_HELD_BYTES = MAX_PAYLOAD_BYTES + MAX_HELD_TOPIC_CHARS + ITEM_OVERHEAD_BYTES
 
 
 @dataclass(frozen=True)
@@ -85,12 +92,21 @@ def build_client(settings: Settings, client_id: str | None = None) -> mqtt.Clien
     return client
 
 
+def receive_maximum(settings: Settings) -> int:
+    """How many unacknowledged messages the broker may send us: ``max_inflight``, and no
+    more than fit in ``max_buffered_bytes`` if every one had the largest size held."""
+    cs = settings.collector
+    return max(
+        1, min(cs.max_inflight, cs.max_buffered_bytes // MAX_HELD_BYTES, MAX_RECEIVE_MAXIMUM)
+    )
+
+
 def connect_properties(settings: Settings) -> Properties | None:
     """v5 CONNECT properties: session expiry, and Receive Maximum = how many unacknowledged
-    messages the broker may send us (the first line of flow control)."""
+    messages the broker may send us: the flow control (the collector never stops reading)."""
     if settings.mqtt_protocol != "5":
         return None
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = settings.collector.session_expiry_s
-    props.ReceiveMaximum = min(settings.collector.max_inflight, MAX_RECEIVE_MAXIMUM)
+    props.ReceiveMaximum = receive_maximum(settings)
     return props

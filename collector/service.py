@@ -26,13 +26,20 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from atmfleet.errors import AtmfleetError
-from atmfleet.protocol import QOS, SUBSCRIPTIONS
+from atmfleet.protocol import LEGACY_SUBSCRIPTIONS, MAX_PAYLOAD_BYTES, QOS, SUBSCRIPTIONS
 from atmfleet.settings import Settings
 from atmfleet.store import liveness
 from atmfleet.store.connect import ErrorClass, classify, redact_url
 from atmfleet.store.migrate import require_current
-from collector.buffer import Buffer, Inbound
-from collector.mqtt import BrokerAddress, build_client, connect_properties
+from atmfleet.store.writer import DEAD_LETTER_PAYLOAD_BYTES
+from collector.buffer import Buffer, Inbound, Put
+from collector.mqtt import (
+    MAX_HELD_TOPIC_CHARS,
+    BrokerAddress,
+    build_client,
+    connect_properties,
+    receive_maximum,
+)
 from collector.stats import CollectorStats
 from collector.worker import Failure, Outcome, StoreWorker
 
@@ -49,10 +56,10 @@ class CollectorFatal(AtmfleetError):
     """The collector cannot continue (e.g. the schema is missing); nothing was acknowledged."""
 
 
-def subscriptions(share_group: str | None) -> list[str]:
+def subscriptions(share_group: str | None, topics: Sequence[str] = SUBSCRIPTIONS) -> list[str]:
     if not share_group:
-        return list(SUBSCRIPTIONS)
-    return [f"$share/{share_group}/{topic}" for topic in SUBSCRIPTIONS]
+        return list(topics)
+    return [f"$share/{share_group}/{topic}" for topic in topics]
 
 
 @dataclass(frozen=True)
@@ -84,8 +91,9 @@ class Collector:
         self._connect_db = connect_db or Connector(
             settings.require_database_url(), f"atmfleet-collector {self.client_id}"
         )
-        self._buffer = Buffer(self._cs.max_inflight)
+        self._buffer = Buffer(receive_maximum(settings), self._cs.max_buffered_bytes)
         self._stats.buffered.set_function(lambda: self._buffer.held)
+        self._stats.buffered_bytes.set_function(lambda: self._buffer.held_bytes)
         self._ack_lock = threading.Lock()
         self._generation = 0
         self._accepting = True
@@ -103,7 +111,25 @@ class Collector:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
+        self._client.on_unsubscribe = self._on_unsubscribe
+        self._subscribed = False
+        self._unsubscribing: int | None = None  # mid of the legacy unsubscription
+        self._known_client = False  # a previous run used this client id
+        self._connected_before = False
+        # Lost sessions so far and when the last was met (written by the network thread,
+        # recorded in collector_runs by the batch loop).
+        self._sessions_lost: tuple[int, datetime | None] = (0, None)
+        self._sessions_recorded = 0
+        self._sessions_beaten = 0
+        self._drop_logged = -60.0
         self.connected = threading.Event()
+
+    def _session_expected(self) -> bool:
+        """A session should exist: this client id connected before (in this process, or a
+        previous run), and the session outlives a disconnection."""
+        if self._settings.mqtt_protocol == "5" and self._cs.session_expiry_s == 0:
+            return False
+        return self._connected_before or self._known_client
 
     # -- MQTT callbacks (network thread; must never raise) ---------------------------------
 
@@ -115,12 +141,32 @@ class Collector:
             return
         self._stats.mqtt_connects.inc()
         self._stats.mqtt_connected.set(1)
-        log.info(
-            "connected to %s as %s (session present: %s)",
-            self._settings.mqtt_url,
-            self.client_id,
-            flags.session_present,
-        )
+        expected = self._session_expected()
+        self._connected_before = True
+        if flags.session_present:
+            # What waits from the previous connection cannot be acknowledged; the broker
+            # sends it again on this one (so it is not held twice).
+            with self._ack_lock:
+                generation = self._generation
+            if dropped := self._buffer.discard_unacknowledgeable(generation):
+                log.info("%d messages of the previous connection will be redelivered", dropped)
+        if expected and not flags.session_present:
+            self._stats.mqtt_sessions_lost.inc()
+            self._sessions_lost = (self._sessions_lost[0] + 1, datetime.now(UTC))
+            log.warning(
+                "connected to %s as %s, but the broker had lost this client's session "
+                "(session present: False): messages it held for the collector while away "
+                "may be lost; their seq gaps show in the sequence_gaps view",
+                self._settings.mqtt_url,
+                self.client_id,
+            )
+        else:
+            log.info(
+                "connected to %s as %s (session present: %s)",
+                self._settings.mqtt_url,
+                self.client_id,
+                flags.session_present,
+            )
         topics = subscriptions(self._cs.share_group)
         if self._settings.mqtt_protocol == "5":
             # retainHandling 1: retained messages only for a new subscription, not again on
@@ -129,13 +175,25 @@ class Collector:
             client.subscribe([(t, options) for t in topics])
         else:
             client.subscribe([(t, QOS) for t in topics])
+        if flags.session_present:  # after subscribing: no moment without a subscription
+            _rc, mid = client.unsubscribe(subscriptions(self._cs.share_group, LEGACY_SUBSCRIPTIONS))
+            self._unsubscribing = mid
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: Any, _p: Any) -> None:
         failed = [r for r in reasons if r.is_failure]
         if failed:
             log.error("subscription refused: %s", failed)
-        else:
+            return
+        self._subscribed = True
+        if self._unsubscribing is None:
             self.connected.set()
+
+    def _on_unsubscribe(self, _c: mqtt.Client, _u: Any, mid: int, _r: Any, _p: Any) -> None:
+        # "No subscription existed" is fine: the old subscriptions are gone either way.
+        if mid == self._unsubscribing:
+            self._unsubscribing = None
+            if self._subscribed:
+                self.connected.set()
 
     def _on_disconnect(
         self, _c: mqtt.Client, _u: Any, _flags: Any, reason: ReasonCode, _p: Any
@@ -144,6 +202,8 @@ class Collector:
             self._generation += 1  # nothing received so far may be acknowledged any more
         self._stats.mqtt_connected.set(0)
         self.connected.clear()
+        self._subscribed = False
+        self._unsubscribing = None
         if self._accepting:
             log.warning("disconnected from the broker (%s); reconnecting", reason)
 
@@ -152,15 +212,31 @@ class Collector:
             self._stats.received.inc()
             if not self._accepting:
                 return  # stopping: left unacknowledged, redelivered to the next run
+            payload = message.payload
+            size = len(payload)
+            if size > MAX_PAYLOAD_BYTES:  # refused anyway: hold only what the dead letter keeps
+                payload = payload[:DEAD_LETTER_PAYLOAD_BYTES]
+            topic = message.topic  # a valid topic is < 100 characters
             item = Inbound(
                 mid=message.mid,
                 qos=message.qos,
-                topic=message.topic,
-                payload=bytes(message.payload),
+                topic=topic if len(topic) <= MAX_HELD_TOPIC_CHARS else topic[:MAX_HELD_TOPIC_CHARS],
+                payload=bytes(payload),
                 received=time.time(),
                 generation=self._generation,
+                size=size,
             )
-            self._buffer.put(item)  # blocks while full: the network thread stops reading
+            # Never waits: Receive Maximum keeps QoS 1 messages within the bounds.
+            if self._buffer.put(item) is Put.FULL:
+                self._stats.dropped.labels("qos0_overflow").inc()
+                now = time.monotonic()
+                if now - self._drop_logged >= 60:
+                    self._drop_logged = now
+                    log.warning(
+                        "buffer full: dropping QoS 0 messages (the protocol requires QoS 1; "
+                        "last on %r)",
+                        topic[:200],
+                    )
         except Exception:
             log.exception("message on %r could not be buffered; it will be redelivered", message)
 
@@ -171,6 +247,7 @@ class Collector:
         self._open_db(stop)
         require_current(self._db())
         self._worker.start()  # its start-up (imports) overlaps the broker's connection
+        self._known_client = liveness.known_collector(self._db(), self.client_id)
         outage = liveness.start_run(
             self._db(),
             self.run_id,
@@ -184,7 +261,7 @@ class Collector:
         self._client.connect_async(
             address.host,
             address.port,
-            keepalive=30,
+            keepalive=self._cs.keepalive_s,
             clean_start=False,
             properties=connect_properties(self._settings),
         )
@@ -203,8 +280,9 @@ class Collector:
                     )
                 if pending and self._worker.submit(pending, deadline=time.monotonic() + 0.5):
                     pending = []
-                if time.monotonic() >= next_beat:
-                    self._beat(stop)
+                if time.monotonic() >= next_beat or self._sessions_lost[0] > self._sessions_beaten:
+                    self._sessions_beaten = self._sessions_lost[0]  # an extra beat records it
+                    self._beat()
                     next_beat = time.monotonic() + self._cs.liveness_interval_s
             self._raise_if_fatal()
             self._drain(pending)
@@ -233,11 +311,28 @@ class Collector:
             self._raise_if_fatal()
             log.warning("stopping with messages unacknowledged; the broker will redeliver")
             return
-        try:
-            liveness.stop_run(self._db(), self.run_id)
-        except psycopg.Error as exc:
-            log.warning("could not mark the run stopped: %s", exc)
+        self._mark_stopped(deadline)
         log.info("stopped: everything received was stored and acknowledged")
+
+    def _mark_stopped(self, deadline: float) -> None:
+        """Write the run's ``stopped_at``, on a new connection if the liveness one is gone
+        (a failed beat closed it, or its backend was terminated): retried until
+        ``deadline``. Not being able to is a warning, not a failure: everything was stored."""
+        backoff = 0.1
+        while True:
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = self._connect_db()
+                liveness.stop_run(self._conn, self.run_id)
+                return
+            except (psycopg.Error, OSError) as exc:
+                self._close_db()
+                if time.monotonic() + backoff >= deadline:
+                    log.warning("could not mark the run stopped: %s", exc)
+                    return
+                log.info("marking the run stopped failed (%s); retrying", exc)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
 
     # -- the store worker's answers (its reader thread) -----------------------------------
 
@@ -282,12 +377,19 @@ class Collector:
             for item in batch:  # arrival order
                 if item.qos > 0 and item.generation == generation:
                     self._client.ack(item.mid, item.qos)
-        self._buffer.release(len(batch))
+        self._buffer.release(batch)
 
-    def _beat(self, stop: threading.Event) -> None:
+    def _beat(self) -> None:
         try:
-            conn = self._db_or_open(stop)
+            if self._conn is None or self._conn.closed:
+                # One attempt per beat: the batch loop must not wait for the database here.
+                self._conn = self._connect_db()
+            conn = self._conn
             liveness.beat(conn, self.run_id)
+            lost, last = self._sessions_lost
+            if lost != self._sessions_recorded and last is not None:
+                liveness.record_sessions_lost(conn, self.run_id, lost, last)
+                self._sessions_recorded = lost
             now = datetime.now(UTC)
             self._stats.last_commit.set(now.timestamp())
             # Idle, the lag is what still waits (nothing: 0), not the last batch's forever.
@@ -317,11 +419,6 @@ class Collector:
     def _db(self) -> psycopg.Connection:
         assert self._conn is not None
         return self._conn
-
-    def _db_or_open(self, stop: threading.Event) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed:
-            self._open_db(stop)
-        return self._db()
 
     def _close_db(self) -> None:
         if self._conn is not None:

@@ -48,6 +48,20 @@ class CollectorStats:
             "Messages received and not yet acknowledged.",
             registry=registry,
         )
+        self.buffered_bytes = Gauge(
+            f"{PREFIX}_buffered_bytes",
+            "Memory held by messages received and not yet acknowledged (payload, topic, "
+            "bookkeeping), at most ATMFLEET_COLLECTOR__MAX_BUFFERED_BYTES.",
+            registry=registry,
+        )
+        self.dropped = Counter(
+            f"{PREFIX}_messages_dropped",
+            "QoS 0 messages dropped because the buffer was full (QoS 1 ones are never "
+            "dropped: the broker holds them back).",
+            ["reason"],
+            registry=registry,
+        )
+        self.dropped.labels("qos0_overflow")  # exposed at 0 from the start
         self.lag = Gauge(
             f"{PREFIX}_lag_seconds",
             "Commit time minus receive time of the oldest message of the last batch; at a "
@@ -72,6 +86,12 @@ class CollectorStats:
         )
         self.mqtt_connects = Counter(
             f"{PREFIX}_mqtt_connects", "Successful MQTT (re)connections.", registry=registry
+        )
+        self.mqtt_sessions_lost = Counter(
+            f"{PREFIX}_mqtt_sessions_lost",
+            "Reconnections of a known client id the broker had no session for (what it had "
+            "queued for the collector may be lost).",
+            registry=registry,
         )
         self.mqtt_connected = Gauge(
             f"{PREFIX}_mqtt_connected", "1 while connected to the broker.", registry=registry

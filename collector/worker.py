@@ -94,8 +94,9 @@ class Failure:
         return ErrorClass(self.kind)
 
 
-#: One message on the pipe: topic, payload, receive time (seconds since the epoch).
-Wire = tuple[str, bytes, float]
+#: One message on the pipe: topic, payload (truncated if oversized), receive time (seconds
+#: since the epoch), the payload's size as received.
+Wire = tuple[str, bytes, float, int]
 
 
 class StoreWorker:
@@ -145,7 +146,7 @@ class StoreWorker:
     def submit(self, batch: list[Inbound], deadline: float | None = None) -> bool:
         """Send a batch, waiting while AHEAD are unanswered. False if the deadline passed
         or the worker stopped on a fatal error (the batch was not sent)."""
-        wire: list[Wire] = [(m.topic, m.payload, m.received) for m in batch]
+        wire: list[Wire] = [(m.topic, m.payload, m.received, m.size) for m in batch]
         with self._lock:
             while len(self._unanswered) >= AHEAD and self.fatal is None:
                 wait = None if deadline is None else deadline - time.monotonic()
@@ -335,8 +336,8 @@ class Decoded:
 
 def _decode(wire: Sequence[Wire]) -> Decoded:
     out = Decoded([], [])
-    for topic, payload, received in wire:
-        record = decode(topic, payload, datetime.fromtimestamp(received, UTC))
+    for topic, payload, received, size in wire:
+        record = decode(topic, payload, datetime.fromtimestamp(received, UTC), size)
         if isinstance(record, Accepted):
             out.accepted.append(record)
         else:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
+import psycopg
 import pytest
 
 from tests.test_collector_service import (
@@ -186,6 +187,55 @@ class TestKilledCollector:
         wait_until(lambda: stored(db) == 501, what="all 500 and the probe")
         log = (collector.logs / "collector-1.log").read_text()
         assert "received SIGTERM" in log
+        assert "Traceback" not in log
+
+
+class TestCleanStopAfterDatabaseFaults:
+    """Everything received was stored: SIGTERM exits 0 and writes stopped_at, however the
+    liveness connection was lost."""
+
+    def stopped_at(self, db: str) -> int:
+        return int(scalar(db, "SELECT count(*) FROM collector_runs WHERE stopped_at IS NOT NULL"))
+
+    def test_sigterm_after_a_failed_beat(
+        self, broker: Broker, db: str, run_id: str, collector: CollectorProcess
+    ) -> None:
+        collector.start()
+        wait_subscribed(broker, db, f"t{run_id}-probe")
+        # From now on every beat fails (stopping the run still works).
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute(
+                "CREATE FUNCTION refuse_beat() RETURNS trigger LANGUAGE plpgsql AS"
+                " $$BEGIN RAISE EXCEPTION 'beat refused by the test'; END$$"
+            )
+            conn.execute(
+                "CREATE TRIGGER refuse_beat BEFORE UPDATE ON collector_runs FOR EACH ROW"
+                " WHEN (NEW.stopped_at IS NULL) EXECUTE FUNCTION refuse_beat()"
+            )
+        log = collector.logs / "collector-1.log"
+        wait_until(lambda: "liveness beat failed" in log.read_text(), what="a failed beat")
+        assert collector.signal(signal.SIGTERM) == 0
+        assert self.stopped_at(db) == 1
+        assert "Traceback" not in log.read_text()
+
+    def test_sigterm_after_the_backends_were_terminated(
+        self, broker: Broker, db: str, run_id: str, collector: CollectorProcess
+    ) -> None:
+        collector.env["ATMFLEET_COLLECTOR__LIVENESS_INTERVAL_S"] = "3600"  # no beat reconnects
+        collector.start()
+        wait_subscribed(broker, db, f"t{run_id}-probe")
+        app = f"atmfleet-collector c{run_id}"
+        count = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = %s",
+                (app,),
+            )
+        wait_until(lambda: scalar(db, count, app) == 0, what="the backends to be gone")
+        assert collector.signal(signal.SIGTERM) == 0
+        assert self.stopped_at(db) == 1
+        log = (collector.logs / "collector-1.log").read_text()
         assert "Traceback" not in log
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -12,7 +12,7 @@ import pytest
 from atmfleet.errors import ConfigError
 from atmfleet.protocol import StateMessage, device_topic, encode
 from atmfleet.store.writer import DEAD_LETTER_PAYLOAD_BYTES, Accepted, Rejected
-from collector.buffer import Buffer, Inbound
+from collector.buffer import Buffer, Inbound, Put
 from collector.counters import parse_counter_csv
 from collector.decode import decode
 from collector.service import subscriptions
@@ -103,6 +103,19 @@ class TestDecodeRejectsWithAReason:
         assert record.payload == raw[:DEAD_LETTER_PAYLOAD_BYTES]
         assert record.payload_size == 40_000
 
+    def test_a_truncated_copy_of_an_oversized_payload_is_dead_lettered_with_its_size(
+        self,
+    ) -> None:
+        copy = b"{" * DEAD_LETTER_PAYLOAD_BYTES  # all the collector kept of 1 MiB
+        record = decode(device_topic("atm-001", "state"), copy, NOW, size=1024 * 1024)
+        assert isinstance(record, Rejected)
+        assert (record.reason, record.payload_size, record.payload) == (
+            "too_large",
+            1024 * 1024,
+            copy,
+        )
+        assert record.detail == "1048576 bytes > 16384"
+
     def test_a_nul_in_the_detail_is_escaped_so_the_database_accepts_it(self) -> None:
         record = Rejected.of("t", b"", NOW, "invalid", "code\x00x")
         assert "\x00" not in record.detail
@@ -145,47 +158,59 @@ class TestBufferBatches:
 
 
 class TestBufferIsBounded:
-    def test_put_blocks_while_unacknowledged_messages_fill_it(self) -> None:
+    """The network thread never waits: QoS 1 messages are bounded by the broker (Receive
+    Maximum), QoS 0 ones are dropped while the buffer is full."""
+
+    def test_put_never_waits_and_unacknowledged_messages_still_count(self) -> None:
         buf = Buffer(2)
-        buf.put(inbound(1))
-        buf.put(inbound(2))
+        assert [buf.put(inbound(m)) for m in (1, 2)] == [Put.HELD, Put.HELD]
         taken = buf.take(10, 10_000, 0, idle_s=0)
-        assert len(taken) == 2  # taken but not acknowledged: still counted
-        done = threading.Event()
+        assert len(taken) == 2 and buf.full()  # taken but not acknowledged: still held
+        started = time.monotonic()
+        assert buf.put(inbound(3)) is Put.HELD  # QoS 1: never refused, never waits
+        assert time.monotonic() - started < 0.1
+        assert buf.held == 3
+        buf.release(taken)
+        assert buf.held == 1 and not buf.full()
 
-        def put_third() -> None:
-            buf.put(inbound(3))
-            done.set()
+    def test_a_qos_0_message_is_dropped_while_full_by_count_or_by_bytes(self) -> None:
+        by_count = Buffer(1)
+        by_count.put(inbound(1))
+        assert by_count.put(dataclasses.replace(inbound(2), qos=0)) is Put.FULL
+        one = inbound(1, size=1000).held_bytes
+        by_bytes = Buffer(100, max_bytes=one)
+        assert by_bytes.put(inbound(1, size=1000)) is Put.HELD
+        assert by_bytes.held_bytes == one
+        assert by_bytes.put(dataclasses.replace(inbound(2), qos=0)) is Put.FULL
+        by_bytes.release(by_bytes.take(10, 10_000, 0, idle_s=0))
+        assert by_bytes.held_bytes == 0
+        assert by_bytes.put(dataclasses.replace(inbound(2), qos=0)) is Put.HELD
 
-        worker = threading.Thread(target=put_third)
-        worker.start()
-        assert not done.wait(0.3)
-        buf.release(1)
-        assert done.wait(2)
-        worker.join()
-        assert buf.held == 2
-
-    def test_a_closed_buffer_refuses_and_frees_a_blocked_put(self) -> None:
+    def test_a_closed_buffer_refuses(self) -> None:
         buf = Buffer(1)
-        buf.put(inbound(1))
-        result: list[bool] = []
-        worker = threading.Thread(target=lambda: result.append(buf.put(inbound(2))))
-        worker.start()
-        time.sleep(0.1)
         buf.close()
-        worker.join(2)
-        assert result == [False]
+        assert buf.put(inbound(1)) is Put.CLOSED
+
+    def test_qos_1_messages_of_an_earlier_connection_are_discarded_for_redelivery(
+        self,
+    ) -> None:
+        buf = Buffer(10)
+        old = [dataclasses.replace(inbound(m), generation=0) for m in (1, 2)]
+        qos0 = dataclasses.replace(inbound(3), generation=0, qos=0)
+        new = dataclasses.replace(inbound(1), generation=1)
+        for item in [*old, qos0, new]:
+            buf.put(item)
+        assert buf.discard_unacknowledgeable(1) == 2
+        assert buf.held == 2 and buf.held_bytes == qos0.held_bytes + new.held_bytes
+        assert buf.take(10, 10_000, 0, idle_s=0) == [qos0, new]  # QoS 0 is never resent
 
 
 class TestSubscriptions:
     def test_without_a_group_the_plain_topics(self) -> None:
-        assert subscriptions(None) == ["atmfleet/v1/device/+/+", "atmfleet/v1/branch/+/counter"]
+        assert subscriptions(None) == ["atmfleet/v1/#"]
 
     def test_a_share_group_prefixes_every_topic(self) -> None:
-        assert subscriptions("fleet") == [
-            "$share/fleet/atmfleet/v1/device/+/+",
-            "$share/fleet/atmfleet/v1/branch/+/counter",
-        ]
+        assert subscriptions("fleet") == ["$share/fleet/atmfleet/v1/#"]
 
 
 class TestCounterFile:

@@ -7,6 +7,7 @@ so no other traffic reaches these collectors and the shared broker is left alone
 from __future__ import annotations
 
 import getpass
+import json
 import logging
 import os
 import shutil
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -29,6 +31,7 @@ from prometheus_client import CollectorRegistry
 
 from atmfleet.protocol import StateMessage, TxnMessage, device_topic, encode
 from atmfleet.settings import CollectorSettings, Settings
+from collector.mqtt import connect_properties
 from collector.service import Collector
 from collector.stats import CollectorStats
 
@@ -253,6 +256,119 @@ class TestBadInputIsDeadLettered:
         assert run.metric("messages_rejected_total", reason="too_large") == 1
 
 
+class TestEveryTopicUnderTheRoot:
+    def test_messages_on_unknown_topics_are_dead_lettered_not_lost(
+        self, broker: Broker, db: str, run_id: str
+    ) -> None:
+        dev = f"t{run_id}"
+        topics = [
+            f"atmfleet/v1/device/{dev}/state/extra",
+            f"atmfleet/v1/device/{dev}",
+            f"atmfleet/v1/branch/{dev}/state",
+            f"atmfleet/v1/devices/{dev}/state",
+        ]
+        payload = states(dev, range(1))[0][1]
+        with (
+            running(settings_for(broker.url, db), f"c{run_id}") as run,
+            publisher(broker.url) as pub,
+        ):
+            for i in range(16):
+                for topic in topics:
+                    pub.send(topic, payload)
+                pub.send(*states(dev, range(i, i + 1))[0])
+            wait_until(lambda: stored(db) == 16, what="the good messages")
+            wait_until(
+                lambda: run.metric("messages_rejected_total", reason="bad_topic") == 64,
+                what="64 dead letters",
+            )
+        rows = scalar(db, "SELECT array_agg(DISTINCT topic || ' ' || reason) FROM dead_letters")
+        assert sorted(rows) == sorted(f"{t} bad_topic" for t in topics)
+        assert scalar(db, "SELECT count(*) FROM dead_letters") == 64
+
+    def test_a_session_with_the_old_subscriptions_gets_each_message_once(
+        self, broker: Broker, db: str, run_id: str
+    ) -> None:
+        host, port = broker.url.removeprefix("mqtt://").split(":")
+        old = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"c{run_id}", protocol=MQTTProtocolVersion.MQTTv5
+        )
+        props = connect_properties(settings_for(broker.url, db))
+        old.connect(host, int(port), clean_start=False, properties=props)
+        old.loop_start()
+        for topic in ("atmfleet/v1/device/+/+", "atmfleet/v1/branch/+/counter"):
+            old.subscribe(topic, qos=1)[1]
+        old.disconnect()
+        old.loop_stop()
+        with (
+            running(settings_for(broker.url, db), f"c{run_id}") as run,
+            publisher(broker.url) as pub,
+        ):
+            # `connected` is set once the old subscriptions are gone too.
+            for topic, payload in states(f"t{run_id}", range(21)):
+                pub.send(topic, payload)
+            # One client's messages arrive in order: a second copy of any of the first 20
+            # would have come before the 21st is stored.
+            wait_until(lambda: stored(db) == 21, what="21 stored")
+        assert run.metric("messages_received_total") == 21
+
+
+class TestLostBrokerSession:
+    def test_a_lost_session_is_a_warning_a_metric_and_recorded_in_the_run(
+        self, tmp_path: Path, db: str, run_id: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The broker forgets sessions when it restarts without persistence: that is the
+        moment a backlog may be thrown away."""
+        own = start_broker(tmp_path)
+        conf = tmp_path / "mosquitto.conf"
+        settings = settings_for(own.url, db)
+        caplog.set_level(logging.INFO, logger="collector.service")
+        try:
+            with running(settings, f"c{run_id}") as first:
+                assert first.metric("mqtt_sessions_lost_total") == 0  # a new client id
+                own.process.kill()
+                own.process.wait(10)
+                log = (tmp_path / "mosquitto.log").open("ab")
+                own.process = subprocess.Popen(
+                    [own.process.args[0], "-c", str(conf)], stdout=log, stderr=log
+                )
+                wait_until(lambda: first.metric("mqtt_connects_total") == 2, what="a reconnect")
+                wait_until(
+                    lambda: scalar(db, "SELECT sessions_lost FROM collector_runs") == 1,
+                    what="the run to record it",
+                )
+                assert first.metric("mqtt_sessions_lost_total") == 1
+            warnings = [r for r in caplog.records if "lost this client's session" in r.message]
+            assert [r.levelno for r in warnings] == [logging.WARNING]
+            # A new run of a known client id whose session the broker no longer has.
+            own.process.kill()
+            own.process.wait(10)
+            own.process = subprocess.Popen(
+                [own.process.args[0], "-c", str(conf)], stdout=log, stderr=log
+            )
+            with running(settings, f"c{run_id}") as second:
+                assert second.metric("mqtt_sessions_lost_total") == 1
+                wait_until(
+                    lambda: (
+                        scalar(db, "SELECT count(*) FROM collector_runs WHERE sessions_lost = 1")
+                        == 2
+                    ),
+                    what="the second run to record it",
+                )
+            # And one that finds its session: nothing lost.
+            with running(settings, f"c{run_id}") as third:
+                assert third.metric("mqtt_sessions_lost_total") == 0
+            assert scalar(db, "SELECT count(*) FROM collector_runs WHERE sessions_lost = 0") == 1
+            assert (
+                scalar(
+                    db, "SELECT count(*) FROM collector_runs WHERE last_session_lost_at IS NOT NULL"
+                )
+                == 2
+            )
+        finally:
+            own.process.kill()
+            own.process.wait(10)
+
+
 class TestAcknowledgement:
     def test_a_clean_stop_acknowledges_everything_so_nothing_is_redelivered(
         self, broker: Broker, db: str, run_id: str
@@ -312,27 +428,48 @@ class TestDatabaseConnectionKilled:
     def test_terminating_the_backend_mid_stream_loses_nothing(
         self, broker: Broker, db: str, run_id: str
     ) -> None:
+        """Three times: devices send, the store worker's connection is terminated as soon
+        as it exists (after the previous kill: once the worker has reconnected), and the
+        stream goes on. Each kill lands on a live backend of the worker, so none depends
+        on timing."""
         client_id = f"c{run_id}"
-        total = 1500
-        killed = 0
-        with running(settings_for(broker.url, db, batch_size=50), client_id) as run:
-            with psycopg.connect(db, autocommit=True) as admin, publisher(broker.url) as pub:
-                messages = states(f"t{run_id}", range(total))
-                for i in range(0, total, 100):
-                    for topic, payload in messages[i : i + 100]:
-                        pub.send(topic, payload)
-                    time.sleep(0.03)
-                    row = admin.execute(
-                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                        " WHERE application_name = %s",
-                        (f"atmfleet-collector {client_id}",),
-                    ).fetchone()
-                    killed += row[0] if row else 0
+        app = f"atmfleet-collector {client_id}"
+        total, rounds = 1500, 3
+        chunk = total // (rounds + 1)
+        messages = states(f"t{run_id}", range(total))
+        killed: set[int] = set()
+        # No liveness beat during the test: every backend of this collector is the worker's.
+        settings = settings_for(broker.url, db, batch_size=50, liveness_interval_s=3600)
+        with (
+            running(settings, client_id) as run,
+            psycopg.connect(db, autocommit=True) as admin,
+            publisher(broker.url) as pub,
+        ):
+
+            def backends() -> set[int]:
+                rows = admin.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (app,)
+                ).fetchall()
+                return {pid for (pid,) in rows}
+
+            for r in range(rounds):
+                for topic, payload in messages[r * chunk : (r + 1) * chunk]:
+                    pub.send(topic, payload)
+                # Storing part of this chunk proves the worker is connected (again).
+                wait_until(lambda r=r: stored(db) > r * chunk, what="the worker to reconnect")  # type: ignore[misc]
+                pids = backends() - killed
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) pid", (list(pids),)
+                )
+                killed |= pids
+                wait_until(lambda p=pids: not (backends() & p), what="the backends to end")  # type: ignore[misc]
+            for topic, payload in messages[rounds * chunk :]:
+                pub.send(topic, payload)
             wait_until(lambda: stored(db) == total, timeout=30, what="every message")
-            assert run.metric("db_errors_total", **{"class": "temporary"}) >= 1
-        assert killed >= 3
+            assert run.metric("db_errors_total", **{"class": "temporary"}) >= rounds
         received = scalar(db, "SELECT received FROM device_sequences")
-        print(f"\npg_terminate_backend x{killed}: sent {total}, stored {stored(db)}")
+        print(f"\npg_terminate_backend x{len(killed)}: sent {total}, stored {stored(db)}")
+        assert len(killed) >= rounds
         assert received == total  # each stored once, and counted once
 
 
@@ -408,6 +545,38 @@ class TestLivenessAndGaps:
             for topic, payload in [*states(dev, range(0, 5)), *states(dev, range(8, 10))]:
                 pub.send(topic, payload)
             wait_until(lambda: run.metric("sequence_gap_messages") == 3, what="3 missing")
+
+    def test_the_extreme_seqs_and_a_reboot_keep_the_beat_and_the_panel_working(
+        self, broker: Broker, db: str, run_id: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """seq 0 and 2^63-1 overflowed bigint in the gap view; the boot-epoch scheme
+        reported 2^32-2 phantom losses after a reboot."""
+        dev, boot = f"t{run_id}", 2**32
+        seqs = [0, 2**63 - 1, 2**63 - 4, 3 * boot, 3 * boot + 1, 4 * boot, 4 * boot + 2]
+        caplog.set_level(logging.WARNING)
+        with (
+            running(settings_for(broker.url, db), f"c{run_id}") as run,
+            publisher(broker.url) as pub,
+        ):
+            for seq in seqs:
+                pub.send(*states(dev, range(seq, seq + 1))[0])
+            wait_until(lambda: stored(db) == len(seqs), what="every message")
+            # 2^63-3 and 2^63-2 of the last epoch, 4·2^32+1 of the last boot.
+            wait_until(lambda: run.metric("sequence_gap_messages") == 3, what="3 missing")
+        assert "liveness beat failed" not in caplog.text
+        panel = json.loads(Path("dashboards/json/collector-health.json").read_text())
+        queries = [
+            t["rawSql"]
+            for p in panel["panels"]
+            for t in p.get("targets", [])
+            if "sequence_gaps" in t.get("rawSql", "")
+        ]
+        assert queries
+        with psycopg.connect(db) as conn:
+            for query in queries:
+                assert conn.execute(query.encode()).fetchall() == [
+                    (dev, 3, len(seqs), 0, 2**63 - 1, ANY)
+                ]
 
 
 class TestSecrets:

@@ -7,7 +7,7 @@ import re
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -172,6 +172,61 @@ class TestRoundTrip:
             {**_state(), "event": "fault", "code": "CDM:1", "text": "钞箱故障"},
         )
         assert "钞箱故障".encode() in encode(msg)
+
+
+def _txn(**over: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "v": 1, "device_id": "ATM-0001", "ts": "2026-11-28T02:15:00Z", "seq": 1,
+        "txn_id": "T1", "type": "withdrawal", "amount": "100.00", "result": "ok",
+        "duration_ms": 30000, "on_us": False,
+    }  # fmt: skip
+    data.update(over)
+    return data
+
+
+class TestStrictWireTypes:
+    """Nothing on the wire is converted: each lax form is refused on both parse paths
+    (the direct JSON one, and the checked one a ``\\u`` escape sends a message to)."""
+
+    REFUSED: ClassVar[list[tuple[str, dict[str, Any], str]]] = [
+        ("state", _state(ts=1764296100), "ts"),
+        ("state", _state(ts=1764296100.5), "ts"),
+        ("state", _state(ts="1764296100"), "ts"),
+        ("state", _state(seq=True), "seq"),
+        ("state", _state(seq="7"), "seq"),
+        ("state", _state(seq=7.0), "seq"),
+        ("state", _state(heartbeat_s="60"), "heartbeat_s"),
+        ("txn", _txn(on_us="yes"), "on_us"),
+        ("txn", _txn(on_us=1), "on_us"),
+        ("txn", _txn(duration_ms="30000"), "duration_ms"),
+        ("event", {**_state(), "event": "power_restored", "since": 1764290000}, "since"),
+    ]
+
+    @pytest.mark.parametrize("escaped", [False, True], ids=["direct", "checked"])
+    @pytest.mark.parametrize(("kind", "data", "field"), REFUSED)
+    def test_a_lax_form_is_refused_naming_the_field(
+        self, kind: str, data: dict[str, Any], field: str, escaped: bool
+    ) -> None:
+        payload = json.dumps({**data, "note": "\u00e9"} if escaped else data).encode()
+        assert (b"\\u" in payload) is escaped
+        with pytest.raises(ProtocolError) as info:
+            parse_message(device_topic("ATM-0001", kind), payload, NOW)
+        assert info.value.reason == "invalid"
+        assert info.value.detail.startswith(field)
+
+    @pytest.mark.parametrize("escaped", [False, True], ids=["direct", "checked"])
+    def test_the_strict_forms_are_accepted(self, escaped: bool) -> None:
+        data = _txn(amount=2000.5, fee="2.00", ts="2026-11-28T02:15:00.123456789Z")
+        payload = json.dumps({**data, "note": "\u00e9"} if escaped else data).encode()
+        msg = parse_message(device_topic("ATM-0001", "txn"), payload, NOW)
+        assert (msg.amount, msg.on_us) == (Decimal("2000.5"), False)
+        assert msg.ts == datetime(2026, 11, 28, 2, 15, 0, 123456, tzinfo=UTC)
+
+    def test_models_built_in_python_keep_their_conversions(self) -> None:
+        msg = CounterMessage.model_validate(
+            {"v": 1, "branch_id": "B1", "date": "2026-11-27", "financial": "412", "ts": NOW}
+        )
+        assert msg.financial == 412
 
 
 class TestTimestamps:
@@ -369,7 +424,7 @@ class TestTopicsAndIds:
         assert _reason(counter_topic("B1"), json.dumps(data).encode()) == "device_mismatch"
 
     def test_subscriptions_cover_every_topic_the_helpers_build(self) -> None:
-        assert SUBSCRIPTIONS == ("atmfleet/v1/device/+/+", "atmfleet/v1/branch/+/counter")
+        assert SUBSCRIPTIONS == ("atmfleet/v1/#",)
         for kind in ("state", "event", "txn", "presence"):
             assert parse_topic(device_topic("D1", kind)) == ("device", "D1", kind)
         assert parse_topic(counter_topic("B1")) == ("branch", "B1", "counter")

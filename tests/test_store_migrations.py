@@ -34,6 +34,7 @@ RELATIONS = {
     "dead_letters",
     "device_sequences",
     "sequence_gaps",
+    "sequence_gap_epochs",
     "collector_runs",
     "collector_outages",
     "store_job_runs",
@@ -74,6 +75,37 @@ class TestUpgrade:
         again = upgrade(conn)
         assert again.applied == []
         assert again.current == max(m.version for m in discover())
+
+    def test_sequence_accounting_is_split_into_boot_epochs_on_upgrade(
+        self, conn: psycopg.Connection
+    ) -> None:
+        """Rows written before 0007 (one per device) become one row per epoch; a row
+        spanning epochs is recounted from the stored messages."""
+        before = [m for m in discover() if m.version < 7]
+        upgrade(conn, migrations=before)
+        boot = 2**32
+        now = datetime.now(UTC)
+        for device, seqs in (("atm-1", [3, 4, 6]), ("atm-2", [boot + 0, boot + 1, 2 * boot])):
+            for seq in seqs:
+                conn.execute(
+                    "INSERT INTO state_samples VALUES (%s, %s, %s, %s, 'in_service', 60,"
+                    " '{}', '[]', '{}')",
+                    (device, seq, now, now),
+                )
+            conn.execute(
+                "INSERT INTO device_sequences VALUES (%s, %s, %s, %s, now())",
+                (device, min(seqs), max(seqs), len(seqs)),
+            )
+        upgrade(conn)
+        rows = conn.execute(
+            "SELECT device_id, epoch, min_seq, max_seq, received, missing"
+            " FROM sequence_gap_epochs ORDER BY device_id, epoch"
+        ).fetchall()
+        assert rows == [
+            ("atm-1", 0, 3, 6, 3, 1),
+            ("atm-2", 1, boot, boot + 1, 2, 0),
+            ("atm-2", 2, 2 * boot, 2 * boot, 1, 0),
+        ]
 
     def test_detects_plain_postgresql_when_timescaledb_is_not_preloaded(
         self, conn: psycopg.Connection

@@ -23,6 +23,7 @@ from atmfleet.protocol import (
 )
 from atmfleet.store.connect import ErrorClass, classify, redact_url
 from atmfleet.store.inventory import upsert_inventory
+from atmfleet.store.liveness import missing_messages
 from atmfleet.store.migrate import upgrade
 from atmfleet.store.retention import prune
 from atmfleet.store.writer import Accepted, BatchWriter, Rejected
@@ -168,6 +169,39 @@ class TestSequenceAccounting:
         writer.write([st(10), st(14)])
         writer.write([st(11), st(12), st(13), st(9)])  # store-and-forward, out of order
         assert self.gaps(conn)["atm-1"] == (9, 14, 6, 0)
+
+    def test_the_extreme_valid_seqs_do_not_overflow_the_gap_view(
+        self, conn: psycopg.Connection, writer: BatchWriter
+    ) -> None:
+        writer.write([st(0), st(2**63 - 1)])
+        # Two epochs (0 and 2^31 - 1), each with its one message: nothing missing.
+        assert self.gaps(conn)["atm-1"] == (0, 2**63 - 1, 2, 0)
+        assert missing_messages(conn) == 0
+        writer.write([st(2**63 - 3)])
+        assert missing_messages(conn) == 1  # 2^63-2 of the last epoch
+
+    def test_a_reboot_in_the_boot_epoch_scheme_is_not_loss(
+        self, conn: psycopg.Connection, writer: BatchWriter
+    ) -> None:
+        """seq = boot_count x 2^32 + counter_since_boot (docs/protocol.md §3)."""
+        boot = 2**32
+        writer.write([st(7 * boot + c) for c in range(5)])
+        writer.write([st(8 * boot + c) for c in (0, 1, 3)])  # rebooted; 8·2^32+2 lost
+        assert self.gaps(conn)["atm-1"] == (7 * boot, 8 * boot + 3, 8, 1)
+        epochs = conn.execute(
+            "SELECT epoch, min_seq, max_seq, received, missing FROM sequence_gap_epochs"
+            " ORDER BY epoch"
+        ).fetchall()
+        conn.commit()
+        assert epochs == [(7, 7 * boot, 7 * boot + 4, 5, 0), (8, 8 * boot, 8 * boot + 3, 3, 1)]
+        assert missing_messages(conn) == 1
+
+    def test_a_device_counting_from_a_persisted_mark_stays_in_epoch_0(
+        self, conn: psycopg.Connection, writer: BatchWriter
+    ) -> None:
+        writer.write([st(184_467), st(184_470)])
+        assert self.gaps(conn)["atm-1"] == (184_467, 184_470, 2, 2)
+        assert conn.execute("SELECT epoch FROM device_sequences").fetchall() == [(0,)]
 
 
 @pytest.mark.integration

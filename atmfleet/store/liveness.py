@@ -52,6 +52,27 @@ def beat(conn: psycopg.Connection, run_id: uuid.UUID) -> None:
         conn.execute("UPDATE collector_runs SET last_beat_at = now() WHERE run_id = %s", (run_id,))
 
 
+def known_collector(conn: psycopg.Connection, collector_id: str) -> bool:
+    """Whether a collector with this id (so this MQTT client id) has run before."""
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT EXISTS (SELECT FROM collector_runs WHERE collector_id = %s)", (collector_id,)
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def record_sessions_lost(
+    conn: psycopg.Connection, run_id: uuid.UUID, count: int, last: datetime
+) -> None:
+    """How many lost broker sessions this run has met so far, and the last one's time."""
+    with conn.transaction():
+        conn.execute(
+            "UPDATE collector_runs SET sessions_lost = %s, last_session_lost_at = %s"
+            " WHERE run_id = %s",
+            (count, last, run_id),
+        )
+
+
 def stop_run(conn: psycopg.Connection, run_id: uuid.UUID) -> None:
     with conn.transaction():
         conn.execute(
@@ -61,7 +82,8 @@ def stop_run(conn: psycopg.Connection, run_id: uuid.UUID) -> None:
 
 
 def missing_messages(conn: psycopg.Connection) -> int:
-    """Messages the devices numbered that were never stored, fleet-wide."""
+    """Messages the devices numbered that were never stored, fleet-wide (numeric in the
+    database: a sum over devices and epochs is not bounded by bigint)."""
     with conn.transaction():
-        row = conn.execute("SELECT coalesce(sum(missing), 0)::bigint FROM sequence_gaps").fetchone()
+        row = conn.execute("SELECT coalesce(sum(missing), 0) FROM sequence_gap_epochs").fetchone()
     return int(row[0]) if row else 0

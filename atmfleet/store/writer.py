@@ -70,13 +70,20 @@ class Rejected:
 
     @classmethod
     def of(
-        cls, topic: str, payload: bytes, received_at: datetime, reason: str, detail: str
+        cls,
+        topic: str,
+        payload: bytes,
+        received_at: datetime,
+        reason: str,
+        detail: str,
+        payload_size: int | None = None,
     ) -> Rejected:
+        """``payload_size``: the original size when ``payload`` is already truncated."""
         return cls(
             received_at=received_at,
             topic=_clean(topic, 1024),
             payload=bytes(payload[:DEAD_LETTER_PAYLOAD_BYTES]),
-            payload_size=len(payload),
+            payload_size=len(payload) if payload_size is None else payload_size,
             reason=_clean(reason, 64),
             detail=_clean(detail, _DETAIL_CHARS),
         )
@@ -158,11 +165,12 @@ WITH s AS (
     UNION ALL SELECT device_id, seq FROM e
     UNION ALL SELECT device_id, seq FROM t
 ), q AS (
-    -- Ordered by device so that concurrent collectors lock rows in the same order.
-    INSERT INTO device_sequences AS d (device_id, min_seq, max_seq, received, updated_at)
-    SELECT device_id, min(seq), max(seq), count(*), now() FROM n
-    GROUP BY device_id ORDER BY device_id
-    ON CONFLICT (device_id) DO UPDATE
+    -- Per boot epoch (seq >> 32, docs/protocol.md §3). Ordered by device and epoch so
+    -- that concurrent collectors lock rows in the same order.
+    INSERT INTO device_sequences AS d (device_id, epoch, min_seq, max_seq, received, updated_at)
+    SELECT device_id, seq >> 32, min(seq), max(seq), count(*), now() FROM n
+    GROUP BY device_id, seq >> 32 ORDER BY device_id, seq >> 32
+    ON CONFLICT (device_id, epoch) DO UPDATE
     SET min_seq = least(d.min_seq, excluded.min_seq),
         max_seq = greatest(d.max_seq, excluded.max_seq),
         received = d.received + excluded.received,
