@@ -43,6 +43,7 @@ from atmfleet.store.connect import connect
 from atmfleet.store.runs import RUN_GAP
 from rules.config import Rules
 from rules.feed import Feed, low_yield_for, uptime_for
+from rules.fleet import fleet_devices
 from rules.lowyield import YieldStatus
 from rules.timeline import from_ms, ms
 from rules.uptime import day_span
@@ -494,11 +495,7 @@ class DatabaseSource:
         inventory = feed.inventory()
         subs = inventory.subbranch_by_id
         branch_of = inventory.branch_by_id
-        devices = [
-            d
-            for d in inventory.devices
-            if d.commissioned <= today and (d.decommissioned is None or d.decommissioned > today)
-        ]
+        devices = fleet_devices(inventory.devices, today)
         tier_of = {s.id: s.tier.value for s in inventory.subbranches}
         factor = rules.heartbeat.timeout_factor
         by_id = {d.id: d for d in devices}

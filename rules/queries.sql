@@ -22,6 +22,42 @@ SELECT now();
 -- name: first_run
 SELECT floor(extract(epoch FROM min(start_ts)) * 1000)::int8 FROM state_runs;
 
+-- When monitoring began: the earliest collector run or stored state or presence message,
+-- whichever is first (before it the store holds no evidence: unknown time).
+-- name: monitoring_start
+SELECT floor(extract(epoch FROM least(
+           (SELECT min(started_at) FROM collector_runs),
+           (SELECT min(start_ts) FROM state_runs),
+           (SELECT min(presence_at(will, ts, received_at)) FROM presence))) * 1000)::int8;
+
+-- Devices that sent messages but are not in the inventory: stored (nothing is lost; loading
+-- the inventory later makes them count), listed here. Messages: state, events,
+-- transactions and presence.
+-- name: unregistered
+WITH seen AS (
+    SELECT device_id, min(ts) AS first_ts, max(ts) AS last_ts, count(*) AS n FROM state_samples
+    WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = device_id) GROUP BY device_id
+    UNION ALL
+    SELECT device_id, min(ts), max(ts), count(*) FROM events
+    WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = device_id) GROUP BY device_id
+    UNION ALL
+    SELECT device_id, min(ts), max(ts), count(*) FROM transactions
+    WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = device_id) GROUP BY device_id
+    UNION ALL
+    SELECT device_id, min(ts), max(ts), count(*) FROM presence
+    WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = device_id) GROUP BY device_id
+)
+SELECT device_id, min(first_ts), max(last_ts), sum(n)::int8 FROM seen
+GROUP BY device_id ORDER BY device_id;
+
+-- How many devices not in the inventory sent state or presence (cheap: state runs, not
+-- samples; for the metric).
+-- name: unregistered_count
+SELECT count(*) FROM (
+    SELECT device_id FROM state_runs UNION SELECT device_id FROM presence
+) seen
+WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = seen.device_id);
+
 -- State runs overlapping [lo, hi): the period with its context (the caller widens it by
 -- the longest heartbeat timeout on both sides).
 -- name: runs
