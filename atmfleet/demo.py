@@ -517,8 +517,9 @@ def write_bulletin(url: str, rules: Rules, day: date, folder: Path) -> tuple[Pat
     with connect(url, application_name="atmfleet-demo-bulletin") as conn:
         feed = Feed(conn, rules)
         horizon = feed.now_ms()
-        inputs = build.gather_daily(feed, feed.inventory(), day, horizon)
-        bulletin = build.daily(inputs, rules, m, build.now_text(horizon, rules))
+        bulletin = build.daily_bulletin(
+            feed, feed.inventory(), day, horizon, m, build.now_text(horizon, rules)
+        )
     return tuple(write(bulletin, list(FORMATS), folder, m))
 
 

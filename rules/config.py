@@ -203,8 +203,7 @@ class LowYieldRules(_Model):
         20,
         ge=1,
         le=366,
-        description="A device with fewer monitored days in the window is not evaluated "
-        "(coverage).",
+        description="A device with fewer monitored days in the window is not evaluated (coverage).",
     )
     max_share: float = Field(0.05, gt=0, le=1, description="Target: low-yield share at most this.")
 

@@ -42,6 +42,7 @@ from atmfleet.inventory import (
 )
 from atmfleet.protocol import StateMessage
 from atmfleet.store.runs import RUN_GAP
+from atmfleet.store.unregistered import unregistered_count
 from rules.config import Rules
 from rules.lowyield import DeviceDays, YieldFlag, evaluate
 from rules.substitution import CounterCounts, DeviceCounts
@@ -145,13 +146,9 @@ class Feed:
             self._monitoring_start = (None if value is None else int(value),)
         return self._monitoring_start[0]
 
-    def unregistered(self) -> list[tuple[str, datetime, datetime, int]]:
-        """Devices not in the inventory that sent messages: id, first and last message
-        time, message count."""
-        return [(d, a, b, int(n)) for d, a, b, n in self._rows("unregistered")]
-
     def unregistered_count(self) -> int:
-        return int(self._rows("unregistered_count")[0][0])
+        """Device ids not in the inventory that sent messages (atmfleet.store.unregistered)."""
+        return unregistered_count(self._conn)
 
     def unknown_before(self, lo: int) -> list[Span]:
         """The unknown span before monitoring began, as an outage from ``lo`` (none when

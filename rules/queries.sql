@@ -30,34 +30,6 @@ SELECT floor(extract(epoch FROM least(
            (SELECT min(start_ts) FROM state_runs),
            (SELECT min(presence_at(will, ts, received_at)) FROM presence))) * 1000)::int8;
 
--- Devices that sent messages but are not in the inventory: stored (nothing is lost; loading
--- the inventory later makes them count), listed here. Messages: state, events,
--- transactions and presence.
--- name: unregistered
-WITH seen AS (
-    SELECT device_id, min(ts) AS first_ts, max(ts) AS last_ts, count(*) AS n FROM state_samples
-    WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = device_id) GROUP BY device_id
-    UNION ALL
-    SELECT device_id, min(ts), max(ts), count(*) FROM events
-    WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = device_id) GROUP BY device_id
-    UNION ALL
-    SELECT device_id, min(ts), max(ts), count(*) FROM transactions
-    WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = device_id) GROUP BY device_id
-    UNION ALL
-    SELECT device_id, min(ts), max(ts), count(*) FROM presence
-    WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = device_id) GROUP BY device_id
-)
-SELECT device_id, min(first_ts), max(last_ts), sum(n)::int8 FROM seen
-GROUP BY device_id ORDER BY device_id;
-
--- How many devices not in the inventory sent state or presence (cheap: state runs, not
--- samples; for the metric).
--- name: unregistered_count
-SELECT count(*) FROM (
-    SELECT device_id FROM state_runs UNION SELECT device_id FROM presence
-) seen
-WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = seen.device_id);
-
 -- State runs overlapping [lo, hi): the period with its context (the caller widens it by
 -- the longest heartbeat timeout on both sides).
 -- name: runs
