@@ -169,6 +169,7 @@ class Snapshot:
     teller: dict[tuple[str, str, str, bool], int] = field(default_factory=dict)
     lowyield_date: float | None = None
     lowyield: dict[tuple[str, str, str], tuple[int, int]] = field(default_factory=dict)
+    unregistered: int = 0  # device ids not in the inventory that sent messages
 
     @classmethod
     def database_down(cls, targets: Targets, read_seconds: float = 0.0) -> Snapshot:
@@ -327,6 +328,11 @@ def _fleet_families(snap: Snapshot) -> Iterator[Metric]:
         for (b, s, t, fin), n in sorted(snap.teller.items()):
             teller.add_metric([b, s, t, _flag(fin)], n)
         yield teller
+    yield g(
+        "atmfleet_unregistered_devices",
+        "Device ids not in the inventory that sent messages (stored, counted nowhere).",
+        value=snap.unregistered,
+    )
     if snap.lowyield_date is not None:
         low = g("atmfleet_lowyield_devices", "Low-yield devices on the last evaluated date.",
                 labels=["subbranch", "tier", "type"])  # fmt: skip
@@ -537,6 +543,7 @@ class DatabaseSource:
         self_service, teller = self._transactions(feed, inventory, devices, today)
         t_txn = time.perf_counter()
         low_date, lowyield = self._low_yield(feed, inventory, devices, today, now)
+        unregistered = feed.unregistered_count()
         t_low = time.perf_counter()
         conn.rollback()
         self.timings = {
@@ -562,6 +569,7 @@ class DatabaseSource:
             teller=teller,
             lowyield_date=day_span(low_date, tz)[0] / 1000,
             lowyield=lowyield,
+            unregistered=unregistered,
         )
 
     @staticmethod
@@ -633,7 +641,7 @@ class DatabaseSource:
         for f in flags:
             sub, tier = sub_of[f.device_id]
             acc = counts.setdefault((sub, tier, type_of[f.device_id]), [0, 0])
-            if f.status in (YieldStatus.LOW, YieldStatus.OK):
+            if f.evaluated:
                 acc[1] += 1
                 acc[0] += f.status is YieldStatus.LOW
         out = {k: (v[0], v[1]) for k, v in counts.items()}
