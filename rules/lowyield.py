@@ -107,12 +107,18 @@ def evaluate(days: DeviceDays, on: date, rules: LowYieldRules, uptime_target: fl
         status = YieldStatus.EXEMPT
     elif threshold is None:
         status = YieldStatus.NOT_EVALUATED
-    elif monitored < min(rules.min_monitored_days, window) or average is None:
+    elif monitored < min(rules.min_monitored_days, window):
         status = YieldStatus.COVERAGE
+    elif average is None:
+        status = YieldStatus.NOT_EVALUATED  # monitored, but not one day in service
     else:
         status = YieldStatus.LOW if average < threshold else YieldStatus.OK
-    evaluated = status in (YieldStatus.LOW, YieldStatus.OK)
-    low_eff = None if uptime is None or not evaluated else uptime < uptime_target
+    # 低效 needs the window's uptime, not a threshold or a day in service: judged for
+    # every device in the fleet with enough monitored days, past its ramp-up.
+    judged = status in (YieldStatus.LOW, YieldStatus.OK) or (
+        status is YieldStatus.NOT_EVALUATED and in_fleet(days, on) and threshold is not None
+    )
+    low_eff = None if uptime is None or not judged else uptime < uptime_target
     return YieldFlag(
         days.device_id, on, status, counted, average, threshold, uptime, low_eff, monitored
     )
