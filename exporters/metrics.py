@@ -42,9 +42,10 @@ from atmfleet.inventory import Device, Inventory
 from atmfleet.store.connect import connect
 from atmfleet.store.runs import RUN_GAP
 from rules.config import Rules
-from rules.feed import Feed, low_yield_for, uptime_for
+from rules.feed import Feed
 from rules.fleet import fleet_devices
 from rules.lowyield import YieldStatus
+from rules.report import Context, Scope
 from rules.timeline import from_ms, ms
 from rules.uptime import day_span
 
@@ -587,7 +588,7 @@ class DatabaseSource:
             and self._clock() - cached[0] < self._day_every
         ):
             return cached[2]
-        up = uptime_for(feed, devices, today, today, now)
+        up = Context.make(feed, inventory, Scope("fleet", "fleet"), today, today, now).uptime_days()
         sums: dict[BranchKey, list[int]] = {}
         for d in devices:
             u = up.per_device[d.id][today]
@@ -634,9 +635,10 @@ class DatabaseSource:
             and self._clock() - cached[0] < self._lowyield_every
         ):
             return on, cached[2]
-        flags = low_yield_for(feed, inventory, devices, on, now)
-        type_of = {d.id: d.type.value for d in devices}
-        sub_of = {d.id: self._branch_key(inventory, d)[1:] for d in devices}
+        ctx = Context.make(feed, inventory, Scope("fleet", "fleet"), on, on, now)
+        flags = ctx.flags()  # the report layer's (kpi low-yield, the bulletins)
+        type_of = {d.id: d.type.value for d in inventory.devices}
+        sub_of = {d.id: self._branch_key(inventory, d)[1:] for d in inventory.devices}
         counts: dict[tuple[str, str, str], list[int]] = {}
         for f in flags:
             sub, tier = sub_of[f.device_id]
