@@ -137,9 +137,7 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
         key=lambda r: (r["uptime"], -r["down_ms"], r["group"]),
     )
     # Down for long: the timelines of the day before and the day, up to the day's end.
-    two_days = ctx.shifted(0)
-    two_days.first = day - timedelta(days=1)
-    lines = two_days.uptime_days().timelines
+    lines = replace(ctx, first=day - timedelta(days=1)).uptime_days().timelines
     end = min(day_span(day, rules.tz)[1], ctx.horizon or 2**62)
     down_long = {
         d.id: got for d in ctx.devices if (got := long_down(lines.get(d.id, []), end)) is not None
