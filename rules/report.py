@@ -264,6 +264,7 @@ def display(column: str, value: Any) -> str:
     if column.endswith("_ms") and isinstance(value, (int, float)):
         return f"{value / HOUR_MS:.2f}"
     if isinstance(value, (float, Decimal)):
+        column = column.removesuffix(" (total)")
         if column in PERCENT:
             return f"{value * 100:.2f}%"
         if column in POINTS:
