@@ -244,7 +244,8 @@ def _width(text: str) -> int:
 
 #: Columns shown as percentages in the terminal (JSON keeps the ratio).
 PERCENT = {"uptime", "technical", "rate", "on_site_rate", "diversion", "share", "coverage",
-           "substitution", "low_yield_share", "target", "previous"}  # fmt: skip
+           "substitution", "low_yield_share", "target", "previous", "on_site_target",
+           "max_share"}  # fmt: skip
 #: Shown in percentage points.
 POINTS = {"change"}
 NO_DATA = "–"
