@@ -133,11 +133,6 @@ class Feed:
     def now_ms(self) -> int:
         return ms(self._rows("now")[0][0])
 
-    def first_run_ms(self) -> int | None:
-        """When the oldest stored state run starts (None: nothing stored yet)."""
-        value = self._rows("first_run")[0][0]
-        return None if value is None else int(value)
-
     def monitoring_start_ms(self) -> int | None:
         """When monitoring began: the earliest collector run or stored state/presence
         message (None: nothing yet). Read once per feed."""

@@ -18,10 +18,6 @@ FROM devices ORDER BY id;
 -- name: now
 SELECT now();
 
--- The start of the oldest stored state run: periods before it have no history.
--- name: first_run
-SELECT floor(extract(epoch FROM min(start_ts)) * 1000)::int8 FROM state_runs;
-
 -- When monitoring began: the earliest collector run or stored state or presence message,
 -- whichever is first (before it the store holds no evidence: unknown time).
 -- name: monitoring_start

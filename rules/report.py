@@ -736,6 +736,7 @@ def assessment_report(ctx: Context) -> Report:
          "uptime": fig[a.subbranch].uptime, "substitution": fig[a.subbranch].substitution,
          "low_yield_share": fig[a.subbranch].low_yield_share,
          "fees": rev[a.subbranch].fees if a.subbranch in rev else None,
+         "fee_transactions": rev[a.subbranch].fee_transactions if a.subbranch in rev else None,
          "fees_per_device": fig[a.subbranch].revenue_per_device,
          "missing": ",".join(m.value for m in a.missing) or None}
         for a in results
@@ -743,7 +744,8 @@ def assessment_report(ctx: Context) -> Report:
     rows += [
         {"group": s, "tier": inv.subbranch_by_id[s].tier.value, "rank": None, "score": None,
          "devices": 0, "uptime": None, "substitution": None, "low_yield_share": None,
-         "fees": None, "fees_per_device": None, "missing": "not scored: no device in the fleet"}
+         "fees": None, "fee_transactions": None, "fees_per_device": None,
+         "missing": "not scored: no device in the fleet"}
         for s in every
         if s not in scored
     ]  # fmt: skip

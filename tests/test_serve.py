@@ -262,7 +262,8 @@ def store_fleet(url: str, run_id: str) -> Fleet:
     now = datetime.now(UTC).replace(microsecond=0)
     tz_name = zone_near_noon(now)
     tz = ZoneInfo(tz_name)
-    rules = parse_rules(f"timezone: {tz_name}\n")
+    # One monitored hour yesterday is enough to be evaluated for low yield here.
+    rules = parse_rules(f"timezone: {tz_name}\nlow_yield:\n  min_monitored_days: 1\n")
     today = now.astimezone(tz).date()
     midnight = datetime(today.year, today.month, today.day, tzinfo=tz).astimezone(UTC)
     ids = {k: f"{k}-{run_id}" for k in "ABCDEFG"}
@@ -514,10 +515,11 @@ class TestFleet:
         group = dict(subbranch="S1", tier="2")
         evaluated = scrape.value("atmfleet_lowyield_evaluated_devices", type="atm", **group)
         low = scrape.value("atmfleet_lowyield_devices", type="atm", **group)
-        # One day of history, 20 monitored days required: no ATM is evaluated (coverage),
-        # none is counted low-yield (days before monitoring began are no data, not down).
-        assert evaluated == 0
-        assert low == 0
+        # Yesterday's last hour is its one monitored day (min_monitored_days 1 here; the
+        # 29 days before monitoring began are no data, not down): no transaction in it,
+        # so every ATM evaluated is low-yield.
+        assert evaluated is not None and evaluated >= 1
+        assert low == evaluated
         yesterday = (fleet.midnight - timedelta(days=1)).timestamp()
         assert scrape.value("atmfleet_lowyield_date_timestamp_seconds") == yesterday
 

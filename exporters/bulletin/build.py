@@ -434,9 +434,10 @@ def assessment(
     # Revenue contribution per sub-branch (devices in the fleet in the period).
     t = Table("revenue", m("t.revenue"), [
         col("subbranch"), col("subbranch_name"), col("devices", Kind.INT),
-        col("fees", Kind.MONEY), col("fees_per_device", Kind.MONEY),
+        col("fees", Kind.MONEY), col("fee_txns", Kind.INT), col("fees_per_device", Kind.MONEY),
     ], chart="fees_per_device", chart_label="subbranch_name")  # fmt: skip
     for r in sorted(a.rows, key=lambda r: (-(r["fees_per_device"] or 0), r["group"])):
-        t.add([r["group"], subs[r["group"]].name, r["devices"], r["fees"], r["fees_per_device"]])
+        t.add([r["group"], subs[r["group"]].name, r["devices"], r["fees"], r["fee_transactions"],
+               r["fees_per_device"]])  # fmt: skip
     b.tables.append(t)
     return b
