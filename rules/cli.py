@@ -158,6 +158,10 @@ def low_yield_cmd(on: datetime | None, scope: str, as_json: bool, by: str | None
     show_default=True,
 )
 @click.option(
+    "--unit", type=click.Choice(["device", "branch"]), default="device", show_default=True,
+    help="Rank devices, or branches (ΣA/ΣS; volume against the sum of their thresholds).",
+)  # fmt: skip
+@click.option(
     "--size", type=click.IntRange(min=1), default=None, help="Default: tail.size of the rules."
 )
 @click.option(
@@ -168,11 +172,11 @@ def low_yield_cmd(on: datetime | None, scope: str, as_json: bool, by: str | None
     "in the tail; default: tail.history_periods of the rules).",
 )
 def tail_cmd(on: datetime | None, first: datetime | None, last: datetime | None, scope: str,
-             as_json: bool, rank: str, group: str, size: int | None,
+             as_json: bool, rank: str, group: str, unit: str, size: int | None,
              history: int | None) -> None:  # fmt: skip
     """剁尾巴: the bottom N of those below target, by uptime or volume, per group."""
     with opened(scope, _day(on), _day(first), _day(last)) as ctx:
-        emit(tail_report(ctx, rank, group, size, history), as_json)
+        emit(tail_report(ctx, rank, group, size, history, unit), as_json)
 
 
 @kpi.command("vendors")

@@ -536,50 +536,77 @@ def low_yield_report(ctx: Context, by: str) -> Report:
 # ----------------------------------------------------------------------------- tail
 
 
-def tail_entries(ctx: Context, rank: str, key: Callable[[str], str | None]) -> list[Entry]:
-    """The ranking of the scope's devices: uptime against the uptime target, or daily
-    financial volume (over the days with scheduled time) against the low-yield
-    threshold of the type."""
+def tail_entries(ctx: Context, rank: str, group: str, unit: str = "device") -> list[Entry]:
+    """The ranking of the scope's devices (or their branches) within each ``group``:
+    uptime against the tier's uptime target, or daily financial volume (over the days
+    with scheduled time) against the low-yield threshold (a branch: the sum of its
+    devices' thresholds). A branch's uptime is ΣA/ΣS over its devices."""
+    inv = ctx.inventory
     per_device = per_device_uptime(ctx)
+    targets = ctx.rules.uptime.targets
+    if unit == "branch":
+        of: Callable[[str], str] = lambda d: inv.device_by_id[d].branch  # noqa: E731
+        key = branch_key(inv, group)
+        sub_of = {b.id: b.subbranch for b in inv.branches}
+        target: Callable[[str], float] = lambda b: targets[inv.subbranch_by_id[sub_of[b]].tier]  # noqa: E731
+    else:
+        of, key, target = (lambda d: d), dimension_key(inv, group), ctx.target_of()
     if rank == "uptime":
-        return uptime_entries(per_device, key, ctx.target_of())
+        return uptime_entries(rollup(per_device, of), key, target)
     per_day = ctx.uptime_days().per_device
     txn = ctx.txn()
-    volumes = {d: sum(t.financial for t in txn.get(d, {}).values()) for d in per_device}
-    days_with_data = {d: sum(1 for u in per_day[d].values() if u.has_data) for d in per_device}
-    scheduled = {d: up.scheduled_ms for d, up in per_device.items()}
     thresholds = ctx.rules.low_yield.thresholds
-    type_of = {d.id: d.type for d in ctx.inventory.devices}
+    volumes: dict[str, int] = {}
+    scheduled: dict[str, int] = {}
+    days_with_data: dict[str, set[date]] = {}
+    limit: dict[str, float | None] = {}
+    for d, up in per_device.items():
+        u = of(d)
+        volumes[u] = volumes.get(u, 0) + sum(t.financial for t in txn.get(d, {}).values())
+        scheduled[u] = scheduled.get(u, 0) + up.scheduled_ms
+        days_with_data.setdefault(u, set()).update(k for k, v in per_day[d].items() if v.has_data)
+        own = thresholds.get(inv.device_by_id[d].type)
+        if own is not None:
+            limit[u] = (limit.get(u) or 0.0) + own
+        else:
+            limit.setdefault(u, None)
     return volume_entries(
-        volumes, scheduled, key, days_with_data, lambda d: thresholds.get(type_of[d])
+        volumes, scheduled, key, {u: len(v) for u, v in days_with_data.items()}, limit.get
     )
 
 
 def tail_report(
-    ctx: Context, rank: str, group: str, size: int | None = None, history: int | None = None
+    ctx: Context,
+    rank: str,
+    group: str,
+    size: int | None = None,
+    history: int | None = None,
+    unit: str = "device",
 ) -> Report:
-    """The bottom ``size`` of who falls short in each group, with streaks over up to
-    ``history`` earlier periods of the same length (rules: tail.size, tail.history_periods)."""
+    """The bottom ``size`` devices (or branches) of who falls short in each group, with
+    streaks over up to ``history`` earlier periods of the same length (rules: tail.size,
+    tail.history_periods)."""
     if group not in ("subbranch", "tier"):
         raise UsageError(f"--group {group}: allowed: subbranch, tier")
+    if unit not in ("device", "branch"):
+        raise UsageError(f"--unit {unit}: allowed: device, branch")
     n = size or ctx.rules.tail.size
     periods = ctx.rules.tail.history_periods if history is None else history
-    key = dimension_key(ctx.inventory, group)
     length = (ctx.last - ctx.first).days + 1
     past: list[set[str]] = []
     past_no_data: list[set[str]] = []
     with_data = 0
     for k in range(periods, 0, -1):
-        earlier = tail_entries(ctx.shifted(k * length), rank, key)
+        earlier = tail_entries(ctx.shifted(k * length), rank, group, unit)
         members = tail(earlier, n)
         past.append({m.id for ms in members.values() for m in ms})
         past_no_data.append({e.id for e in earlier if e.value is None})
         with_data += any(e.value is not None for e in earlier)
-    entries = tail_entries(ctx, rank, key)
+    entries = tail_entries(ctx, rank, group, unit)
     tails = tail(entries, n, past, past_no_data)
     value_key = "uptime" if rank == "uptime" else "daily_financial"
     rows = [
-        {"group": m.group, "position": m.position, "device": m.id, value_key: m.value,
+        {"group": m.group, "position": m.position, unit: m.id, value_key: m.value,
          "target": m.target, "streak": m.streak}
         for members in tails.values()
         for m in members
@@ -598,14 +625,14 @@ def tail_report(
     )  # fmt: skip
     missing = Report(
         "no data in the period (not ranked)",
-        ["group", "device"],
-        [{"group": g, "device": d} for g, ids in no_data(entries).items() for d in ids],
+        ["group", unit],
+        [{"group": g, unit: d} for g, ids in no_data(entries).items() for d in ids],
         {"key": "no_data"},
     )
     return Report(
-        f"剁尾巴 tail: the {n} lowest below target by {rank} within each {group}, "
+        f"剁尾巴 tail: the {n} {unit}s lowest below target by {rank} within each {group}, "
         f"{ctx.first}..{ctx.last}, {ctx.scope}",
-        ["group", "position", "device", value_key, "target", "streak"],
+        ["group", "position", unit, value_key, "target", "streak"],
         rows,
         {"period": [ctx.first, ctx.last], "scope": str(ctx.scope), "size": n,
          "history_periods": periods, "history_periods_with_data": with_data,

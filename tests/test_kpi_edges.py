@@ -273,6 +273,16 @@ class TestTail:
         assert groups["S2"]["short"] == 0 and groups["S2"]["note"] == "nobody below target"
         assert got["history_periods"] == 3 and got["history_periods_with_data"] == 1
 
+    def test_branches_fall_short_as_a_whole(self, store: dict[str, str]) -> None:
+        up = kpi(store, "tail", "--date", str(D1), "--unit", "branch")
+        # B1: (22 + 0 + 22) / 66 h below 97 %; B2: 22 of 22 h.
+        assert [(r["branch"], r["uptime"]) for r in up["rows"]] == [("B1", 44 / 66)]
+        vol = kpi(store, "tail", "--date", str(D1), "--unit", "branch", "--rank", "volume")
+        # B1: 10 + 0 + 5 a day against 3 x 10; B2: 10 against 10 (at the threshold).
+        assert [(r["branch"], r["daily_financial"], r["target"]) for r in vol["rows"]] == [
+            ("B1", 15.0, 30.0)
+        ]
+
     def test_a_day_without_data_ranks_nobody(self, store: dict[str, str]) -> None:
         got = kpi(store, "tail", "--date", str(DAY - timedelta(days=1)))
         assert got["rows"] == []
