@@ -335,7 +335,11 @@ def main_cause(up: Uptime) -> str | None:
 
 
 def uptime_row(
-    name: str, up: Uptime, target: float | None, previous: Uptime | None = None
+    name: str,
+    up: Uptime,
+    target: float | None,
+    previous: Uptime | None = None,
+    financial: int | None = None,
 ) -> dict[str, Any]:
     ratio = up.ratio
     row = {
@@ -353,6 +357,8 @@ def uptime_row(
         "main_cause": main_cause(up),
         "down_ms_by_cause": {c.value: v for c, v in up.down_by_cause().items() if v},
     }
+    if financial is not None:
+        row["financial"] = financial  # counted financial transactions of its devices
     if previous is not None:
         row["previous"] = previous.ratio
         row["change"] = change(ratio, previous.ratio)
@@ -403,10 +409,20 @@ def uptime_report(ctx: Context, by: str, previous: bool = False) -> Report:
         before_whole = rollup(before_dev, lambda _d: scope).get(scope, Uptime())
     targets = group_target(per_device, key, ctx.target_of())
     whole_target = group_target(per_device, lambda _d: scope, ctx.target_of()).get(scope)
+    txn = ctx.txn()
+    financial: dict[str, int] = {}
+    for d in per_device:
+        g = key(d)
+        if g is not None:
+            n = sum(t.financial for t in txn.get(d, {}).values())
+            financial[g] = financial.get(g, 0) + n
     rows = [
-        uptime_row(g, up, targets.get(g), before.get(g, Uptime()) if previous else None)
+        uptime_row(
+            g, up, targets.get(g), before.get(g, Uptime()) if previous else None,
+            financial.get(g, 0),
+        )
         for g, up in sorted(groups.items())
-    ]
+    ]  # fmt: skip
     columns = ["group", "devices", "uptime", "target", "meets_target", "technical", "coverage",
                "scheduled_ms", "down_ms", "unknown_ms", "main_cause"]  # fmt: skip
     if previous:
@@ -416,7 +432,8 @@ def uptime_report(ctx: Context, by: str, previous: bool = False) -> Report:
         columns,
         rows,
         {"period": [ctx.first, ctx.last], "scope": scope, "by": by,
-         "total": uptime_row(scope, whole, whole_target, before_whole),
+         "total": uptime_row(scope, whole, whole_target, before_whole,
+                             sum(financial.values())),
          "targets": {t.value: v for t, v in ctx.rules.uptime.targets.items()},
          "uptime (total)": whole.ratio, "coverage (total)": whole.coverage},
     )  # fmt: skip

@@ -182,7 +182,7 @@ def expected_tables(j: dict[str, dict[str, Any]], m: Messages) -> dict[str, list
         out["branches"].append(
             [branches[r["group"]].subbranch, r["group"], branches[r["group"]].name,
              r["devices"], r["uptime"], r["target"], hours(r["down_ms"]), cause(r["main_cause"]),
-             st["self_financial"] if st else None,
+             r["financial"],
              st["counter_financial"] if st and st["rate"] is not None else None,
              st["rate"] if st else None, st["on_site_rate"] if st else None]
         )  # fmt: skip

@@ -224,8 +224,7 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
         st = st_branch.get(br)
         t.add(
             [branches[br].subbranch, br, branches[br].name, r["devices"], r["uptime"],
-             r["target"], hours(r["down_ms"]), _cause(r["main_cause"], m),
-             st["self_financial"] if st else None,
+             r["target"], hours(r["down_ms"]), _cause(r["main_cause"], m), r["financial"],
              st["counter_financial"] if st and st["rate"] is not None else None,
              st["rate"] if st else None, st["on_site_rate"] if st else None],
             _flag(uptime=_failed(r), substitution=_failed(st),
