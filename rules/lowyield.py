@@ -101,23 +101,22 @@ def evaluate(days: DeviceDays, on: date, rules: LowYieldRules, uptime_target: fl
     uptime = a_sum / s_sum if s_sum else None
     threshold = rules.thresholds.get(days.type)
     average = total / counted if counted else None
+    covered = monitored >= min(rules.min_monitored_days, window)
     if not in_fleet(days, on):
         status = YieldStatus.NOT_EVALUATED
     elif (on - days.commissioned).days < rules.ramp_up_days:
         status = YieldStatus.EXEMPT
     elif threshold is None:
         status = YieldStatus.NOT_EVALUATED
-    elif monitored < min(rules.min_monitored_days, window):
+    elif not covered:
         status = YieldStatus.COVERAGE
     elif average is None:
         status = YieldStatus.NOT_EVALUATED  # monitored, but not one day in service
     else:
         status = YieldStatus.LOW if average < threshold else YieldStatus.OK
-    # 低效 needs the window's uptime, not a threshold or a day in service: judged for
-    # every device in the fleet with enough monitored days, past its ramp-up.
-    judged = status in (YieldStatus.LOW, YieldStatus.OK) or (
-        status is YieldStatus.NOT_EVALUATED and in_fleet(days, on) and threshold is not None
-    )
+    # 低效 needs only the window's uptime: judged for every device in the fleet with
+    # enough monitored days (during ramp-up too, whatever its type).
+    judged = covered and in_fleet(days, on)
     low_eff = None if uptime is None or not judged else uptime < uptime_target
     return YieldFlag(
         days.device_id, on, status, counted, average, threshold, uptime, low_eff, monitored
