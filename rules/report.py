@@ -560,14 +560,17 @@ def tail_entries(ctx: Context, rank: str, group: str, unit: str = "device") -> l
     devices' thresholds). A branch's uptime is ΣA/ΣS over its devices."""
     inv = ctx.inventory
     per_device = per_device_uptime(ctx)
-    targets = ctx.rules.uptime.targets
     if unit == "branch":
-        of: Callable[[str], str] = lambda d: inv.device_by_id[d].branch  # noqa: E731
+        unit_of = {d.id: d.branch for d in inv.devices}
+        of: Callable[[str], str] = unit_of.__getitem__
         key = branch_key(inv, group)
-        sub_of = {b.id: b.subbranch for b in inv.branches}
-        target: Callable[[str], float] = lambda b: targets[inv.subbranch_by_id[sub_of[b]].tier]  # noqa: E731
+        tier_target = {
+            b.id: ctx.rules.uptime.targets[inv.subbranch_by_id[b.subbranch].tier]
+            for b in inv.branches
+        }
+        target: Callable[[str], float] = tier_target.__getitem__
     else:
-        of, key, target = (lambda d: d), dimension_key(inv, group), ctx.target_of()
+        of, key, target = str, dimension_key(inv, group), ctx.target_of()
     if rank == "uptime":
         return uptime_entries(rollup(per_device, of), key, target)
     per_day = ctx.uptime_days().per_device
