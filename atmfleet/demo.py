@@ -256,7 +256,17 @@ def next_steps(endpoints: Endpoints, psql: str, published: Published | None = No
 
 def format_counts(counts: dict[str, int]) -> list[str]:
     width = max(len(t) for t in counts)
-    return [f"  {table:<{width}}  {n:>10,}" for table, n in counts.items()]
+    out = [f"  {table:<{width}}  {n:>10,}" for table, n in counts.items()]
+    if counts.get("counter_volumes") == 0:
+        from simulator.config import SimConfig
+
+        hour = SimConfig().counter_hour
+        out.append(
+            f"  (no counter volumes yet: the simulated core-banking feed reports each day's volumes "
+            f"at {int(hour):02d}:{int(hour % 1 * 60):02d} local; until then the substitution "
+            "rate has no data)"
+        )
+    return out
 
 
 def committed(totals: dict[str, float]) -> int:
@@ -518,8 +528,9 @@ def write_bulletin(url: str, rules: Rules, day: date, folder: Path) -> tuple[Pat
     with connect(url, application_name="atmfleet-demo-bulletin") as conn:
         feed = Feed(conn, rules)
         horizon = feed.now_ms()
-        inputs = build.gather_daily(feed, feed.inventory(), day, horizon)
-        bulletin = build.daily(inputs, rules, m, build.now_text(horizon, rules))
+        bulletin = build.daily_bulletin(
+            feed, feed.inventory(), day, horizon, m, build.now_text(horizon, rules)
+        )
     return tuple(write(bulletin, list(FORMATS), folder, m))
 
 

@@ -151,7 +151,7 @@ def _run(
         inventory = feed.inventory()
         generated = build.now_text(horizon, rules)
         if kind == "daily":
-            b = build.daily(build.gather_daily(feed, inventory, last, horizon), rules, m, generated)
+            b = build.daily_bulletin(feed, inventory, last, horizon, m, generated)
         else:
             b = build.assessment(feed, inventory, first, last, horizon, kind, m, generated)
     for path in write(b, formats, folder, m):

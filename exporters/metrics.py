@@ -44,8 +44,10 @@ from atmfleet.store.connect import connect
 from atmfleet.store.jobs import Job, read_jobs
 from atmfleet.store.runs import RUN_GAP
 from rules.config import Rules
-from rules.feed import Feed, low_yield_for, uptime_for
+from rules.feed import Feed
+from rules.fleet import fleet_devices
 from rules.lowyield import YieldStatus
+from rules.report import Context, Scope
 from rules.timeline import from_ms, ms
 from rules.uptime import day_span
 
@@ -172,6 +174,7 @@ class Snapshot:
     lowyield: dict[tuple[str, str, str], tuple[int, int]] = field(default_factory=dict)
     #: The store's TimescaleDB jobs (``()`` on plain PostgreSQL; None: not read).
     jobs: Sequence[Job] | None = None
+    unregistered: int = 0  # device ids not in the inventory that sent messages
 
     @classmethod
     def database_down(cls, targets: Targets, read_seconds: float = 0.0) -> Snapshot:
@@ -373,6 +376,11 @@ def _fleet_families(snap: Snapshot) -> Iterator[Metric]:
         for (b, s, t, fin), n in sorted(snap.teller.items()):
             teller.add_metric([b, s, t, _flag(fin)], n)
         yield teller
+    yield g(
+        "atmfleet_unregistered_devices",
+        "Device ids not in the inventory that sent messages (stored, counted nowhere).",
+        value=snap.unregistered,
+    )
     if snap.lowyield_date is not None:
         low = g("atmfleet_lowyield_devices", "Low-yield devices on the last evaluated date.",
                 labels=["subbranch", "tier", "type"])  # fmt: skip
@@ -541,11 +549,7 @@ class DatabaseSource:
         inventory = feed.inventory()
         subs = inventory.subbranch_by_id
         branch_of = inventory.branch_by_id
-        devices = [
-            d
-            for d in inventory.devices
-            if d.commissioned <= today and (d.decommissioned is None or d.decommissioned > today)
-        ]
+        devices = fleet_devices(inventory.devices, today)
         tier_of = {s.id: s.tier.value for s in inventory.subbranches}
         factor = rules.heartbeat.timeout_factor
         by_id = {d.id: d for d in devices}
@@ -587,6 +591,7 @@ class DatabaseSource:
         self_service, teller = self._transactions(feed, inventory, devices, today)
         t_txn = time.perf_counter()
         low_date, lowyield = self._low_yield(feed, inventory, devices, today, now)
+        unregistered = feed.unregistered_count()
         t_low = time.perf_counter()
         jobs = self._jobs(conn)
         conn.rollback()
@@ -614,6 +619,7 @@ class DatabaseSource:
             lowyield_date=day_span(low_date, tz)[0] / 1000,
             lowyield=lowyield,
             jobs=jobs,
+            unregistered=unregistered,
         )
 
     @staticmethod
@@ -644,7 +650,7 @@ class DatabaseSource:
             and self._clock() - cached[0] < self._day_every
         ):
             return cached[2]
-        up = uptime_for(feed, devices, today, today, now)
+        up = Context.make(feed, inventory, Scope("fleet", "fleet"), today, today, now).uptime_days()
         sums: dict[BranchKey, list[int]] = {}
         for d in devices:
             u = up.per_device[d.id][today]
@@ -691,14 +697,15 @@ class DatabaseSource:
             and self._clock() - cached[0] < self._lowyield_every
         ):
             return on, cached[2]
-        flags = low_yield_for(feed, inventory, devices, on, now)
-        type_of = {d.id: d.type.value for d in devices}
-        sub_of = {d.id: self._branch_key(inventory, d)[1:] for d in devices}
+        ctx = Context.make(feed, inventory, Scope("fleet", "fleet"), on, on, now)
+        flags = ctx.flags()  # the report layer's (kpi low-yield, the bulletins)
+        type_of = {d.id: d.type.value for d in inventory.devices}
+        sub_of = {d.id: self._branch_key(inventory, d)[1:] for d in inventory.devices}
         counts: dict[tuple[str, str, str], list[int]] = {}
         for f in flags:
             sub, tier = sub_of[f.device_id]
             acc = counts.setdefault((sub, tier, type_of[f.device_id]), [0, 0])
-            if f.status in (YieldStatus.LOW, YieldStatus.OK):
+            if f.evaluated:
                 acc[1] += 1
                 acc[0] += f.status is YieldStatus.LOW
         out = {k: (v[0], v[1]) for k, v in counts.items()}

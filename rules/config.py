@@ -199,6 +199,12 @@ class LowYieldRules(_Model):
         30, ge=0, le=366, description="Devices commissioned fewer days ago are exempt."
     )
     days_counted: DaysCounted = DaysCounted.IN_SERVICE
+    min_monitored_days: int = Field(
+        20,
+        ge=1,
+        le=366,
+        description="A device with fewer monitored days in the window is not evaluated (coverage).",
+    )
     max_share: float = Field(0.05, gt=0, le=1, description="Target: low-yield share at most this.")
 
     @field_validator("thresholds")
@@ -218,6 +224,9 @@ class LowYieldRules(_Model):
 class TailRules(_Model):
     size: int = Field(10, ge=1, le=10_000, description="How many sit in the tail (bottom N).")
     period: Literal["day", "week", "month"] = "month"
+    history_periods: int = Field(
+        3, ge=0, le=24, description="Earlier periods looked at for a streak in the tail."
+    )
 
 
 class NetworkRules(_Model):

@@ -42,6 +42,7 @@ from atmfleet.inventory import (
 )
 from atmfleet.protocol import StateMessage
 from atmfleet.store.runs import RUN_GAP
+from atmfleet.store.unregistered import unregistered_count
 from rules.config import Rules
 from rules.lowyield import DeviceDays, YieldFlag, evaluate
 from rules.substitution import CounterCounts, DeviceCounts
@@ -123,6 +124,7 @@ class Feed:
         self._conn = conn
         self.rules = rules
         self._aggregate: bool | None = None
+        self._monitoring_start: tuple[int | None] | None = None
 
     def _rows(self, name: str, **params: Any) -> list[tuple[Any, ...]]:
         with self._conn.cursor(binary=True) as cur:
@@ -131,10 +133,25 @@ class Feed:
     def now_ms(self) -> int:
         return ms(self._rows("now")[0][0])
 
-    def first_run_ms(self) -> int | None:
-        """When the oldest stored state run starts (None: nothing stored yet)."""
-        value = self._rows("first_run")[0][0]
-        return None if value is None else int(value)
+    def monitoring_start_ms(self) -> int | None:
+        """When monitoring began: the earliest collector run or stored state/presence
+        message (None: nothing yet). Read once per feed."""
+        if self._monitoring_start is None:
+            value = self._rows("monitoring_start")[0][0]
+            self._monitoring_start = (None if value is None else int(value),)
+        return self._monitoring_start[0]
+
+    def unregistered_count(self) -> int:
+        """Device ids not in the inventory that sent messages (atmfleet.store.unregistered)."""
+        return unregistered_count(self._conn)
+
+    def unknown_before(self, lo: int) -> list[Span]:
+        """The unknown span before monitoring began, as an outage from ``lo`` (none when
+        monitoring began before ``lo``)."""
+        start = self.monitoring_start_ms()
+        if start is None:
+            return [(lo, 2**62)]
+        return [(lo, start)] if start > lo else []
 
     def inventory(self) -> Inventory:
         """The inventory as loaded into the store (``atmfleet db load-inventory``)."""
@@ -197,7 +214,8 @@ class Feed:
             if inputs is None:
                 inputs = out[device_id] = DeviceInputs()
             inputs.power.append(PowerRestored(since, ts))
-        outages = [(s, e) for s, e in self._rows("outages", lo=a, hi=b)]
+        outages = self.unknown_before(lo - ctx)
+        outages += [(s, e) for s, e in self._rows("outages", lo=a, hi=b)]
         return out, outages
 
     def txn_days(self, first: date, last: date) -> dict[str, dict[date, TxnDay]]:
@@ -224,7 +242,8 @@ class Feed:
         recorded outages): a change makes a new cache, never a stale answer."""
         devices, outages = self._rows("fingerprint")[0]
         digest = hashlib.sha256(self.rules.model_dump_json().encode())
-        digest.update(f"|{devices}|{outages}".encode())
+        # v2: days before monitoring began are unknown, not down.
+        digest.update(f"|{devices}|{outages}|{self.monitoring_start_ms()}|v2".encode())
         return digest.hexdigest()[:32]
 
     def kept_days(self, fingerprint: str, first: date, last: date) -> dict[str, Window]:

@@ -13,13 +13,15 @@ from enum import StrEnum
 
 from atmfleet.inventory import DeviceType
 from rules.config import DaysCounted, LowYieldRules
+from rules.fleet import in_fleet
 
 
 class YieldStatus(StrEnum):
     LOW = "low"  # 低产
     OK = "ok"
     EXEMPT = "exempt"  # ramp-up: commissioned less than ramp_up_days ago
-    NOT_EVALUATED = "not_evaluated"  # no threshold for its type, or no day counted
+    NOT_EVALUATED = "not_evaluated"  # no threshold for its type, or not in the fleet
+    COVERAGE = "not_evaluated_coverage"  # fewer monitored days than min_monitored_days
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +47,23 @@ class YieldFlag:
     daily_average: float | None
     threshold: float | None
     uptime: float | None  # ΣA/ΣS over the window's days in the fleet
-    low_efficiency: bool | None  # uptime below target; None when S is 0
+    low_efficiency: bool | None  # uptime below target; None when not evaluated or S is 0
+    monitored_days: int = 0  # days in the fleet with monitored scheduled time
 
     @property
     def low_yield(self) -> bool:
         return self.status is YieldStatus.LOW
+
+    @property
+    def evaluated(self) -> bool:
+        return self.status in (YieldStatus.LOW, YieldStatus.OK)
+
+    @property
+    def margin(self) -> float | None:
+        """Average minus threshold (negative: low-yield); None when not evaluated."""
+        if not self.evaluated or self.daily_average is None or self.threshold is None:
+            return None
+        return self.daily_average - self.threshold
 
 
 def evaluate(days: DeviceDays, on: date, rules: LowYieldRules, uptime_target: float) -> YieldFlag:
@@ -70,28 +84,43 @@ def evaluate(days: DeviceDays, on: date, rules: LowYieldRules, uptime_target: fl
     total = 0
     a_sum = 0
     s_sum = 0
+    monitored = 0
     in_service_only = rules.days_counted is DaysCounted.IN_SERVICE
     for i in range(lo, hi):
         a = avail[i]
+        s = sched[i]
+        if s <= 0:
+            continue  # nothing scheduled the store can vouch for: not a monitored day
+        monitored += 1
         a_sum += a
-        s_sum += sched[i]
+        s_sum += s
         if in_service_only and a <= 0:
             continue
         counted += 1
         total += fin[i]
     uptime = a_sum / s_sum if s_sum else None
-    low_eff = None if uptime is None else uptime < uptime_target
     threshold = rules.thresholds.get(days.type)
     average = total / counted if counted else None
-    if on < days.commissioned or (days.decommissioned and days.decommissioned <= on):
-        status = YieldStatus.NOT_EVALUATED  # not in the fleet that day
+    covered = monitored >= min(rules.min_monitored_days, window)
+    if not in_fleet(days, on):
+        status = YieldStatus.NOT_EVALUATED
     elif (on - days.commissioned).days < rules.ramp_up_days:
         status = YieldStatus.EXEMPT
-    elif threshold is None or average is None:
+    elif threshold is None:
         status = YieldStatus.NOT_EVALUATED
+    elif not covered:
+        status = YieldStatus.COVERAGE
+    elif average is None:
+        status = YieldStatus.NOT_EVALUATED  # monitored, but not one day in service
     else:
         status = YieldStatus.LOW if average < threshold else YieldStatus.OK
-    return YieldFlag(days.device_id, on, status, counted, average, threshold, uptime, low_eff)
+    # 低效 needs only the window's uptime: judged for every device in the fleet with
+    # enough monitored days (during ramp-up too, whatever its type).
+    judged = covered and in_fleet(days, on)
+    low_eff = None if uptime is None or not judged else uptime < uptime_target
+    return YieldFlag(
+        days.device_id, on, status, counted, average, threshold, uptime, low_eff, monitored
+    )
 
 
 @dataclass(slots=True)
@@ -102,6 +131,7 @@ class Share:
     evaluated: int = 0
     low_efficiency: int = 0
     exempt: int = 0
+    not_evaluated_coverage: int = 0
     max_share: float = 0.05
 
     @property
@@ -128,6 +158,8 @@ def low_yield_share(
             acc = out[group] = Share(max_share=max_share)
         if flag.status is YieldStatus.EXEMPT:
             acc.exempt += 1
+        elif flag.status is YieldStatus.COVERAGE:
+            acc.not_evaluated_coverage += 1
         elif flag.status is not YieldStatus.NOT_EVALUATED:
             acc.evaluated += 1
             acc.low += flag.status is YieldStatus.LOW

@@ -7,14 +7,8 @@ from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
 
-from atmfleet.inventory import BranchKind, Device, Inventory
-
-
-def in_fleet(device: Device, on: date) -> bool:
-    """Commissioned on or before ``on`` and not decommissioned by then."""
-    return device.commissioned <= on and (
-        device.decommissioned is None or device.decommissioned > on
-    )
+from atmfleet.inventory import BranchKind, Inventory
+from rules.fleet import in_fleet
 
 
 @dataclass(frozen=True, slots=True)

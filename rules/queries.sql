@@ -18,9 +18,13 @@ FROM devices ORDER BY id;
 -- name: now
 SELECT now();
 
--- The start of the oldest stored state run: periods before it have no history.
--- name: first_run
-SELECT floor(extract(epoch FROM min(start_ts)) * 1000)::int8 FROM state_runs;
+-- When monitoring began: the earliest collector run or stored state or presence message,
+-- whichever is first (before it the store holds no evidence: unknown time).
+-- name: monitoring_start
+SELECT floor(extract(epoch FROM least(
+           (SELECT min(started_at) FROM collector_runs),
+           (SELECT min(start_ts) FROM state_runs),
+           (SELECT min(presence_at(will, ts, received_at)) FROM presence))) * 1000)::int8;
 
 -- State runs overlapping [lo, hi): the period with its context (the caller widens it by
 -- the longest heartbeat timeout on both sides).

@@ -17,7 +17,8 @@ class Revenue:
 
     @property
     def per_device(self) -> Decimal | None:
-        return (self.fees / self.devices).quantize(Decimal("0.01")) if self.devices else None
+        """Fees / devices in the fleet, unrounded (rounded only at display)."""
+        return self.fees / self.devices if self.devices else None
 
 
 def revenue(
@@ -25,8 +26,9 @@ def revenue(
     fees: Mapping[str, tuple[Decimal, int]],
     key: Callable[[str], str | None],
 ) -> dict[str, Revenue]:
-    """Group the fleet's devices (every one, earning or not) by ``key``; ``fees`` maps a
-    device to its (fee total, number of transactions that carried a fee)."""
+    """Group the fleet's devices (every one in the fleet in the period, earning or not:
+    :func:`rules.fleet.fleet_devices`) by ``key``; ``fees`` maps a device to its (fee
+    total, number of transactions that carried a fee)."""
     out: dict[str, Revenue] = {}
     for device_id in devices:
         group = key(device_id)

@@ -3,15 +3,20 @@
 Pure functions over transaction counts. The unit is a staffed outlet (网点): the devices
 of an off-site self-service bank count for the outlet it is attached to (``parent``).
 A unit-day without counter data (no record, or zero counter transactions) is "no data":
-it is left out of the rate and of every roll-up, never shown as 100 %.
+it is left out of the rate and of every roll-up, never shown as 100 %; its self-service
+volume is still reported (``self_financial_all``), with the reason the rate is missing.
+The on-site (附行式) rate counts only unit-days with at least one on-site device in the
+fleet: a unit without one has no on-site rate ("no data"), not 0 %.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import date
 
 from atmfleet.inventory import BranchKind, Inventory, Placement
+from rules.fleet import in_fleet
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +44,7 @@ class Volumes:
     on_site_financial: int = 0
     counter_financial: int | None = None  # None: no counter data
     counter_total: int | None = None
+    on_site_devices: int = 0  # on-site devices of the unit in the fleet
 
 
 def _ratio(num: int, den: int) -> float | None:
@@ -52,6 +58,8 @@ class Substitution:
     financial_self: int = 0  # self-service financial, in unit-days with counter data
     financial_counter: int = 0
     on_site_self: int = 0
+    on_site_counter: int = 0  # counter financial of unit-days with on-site devices
+    financial_self_all: int = 0  # self-service financial, every unit-day
     all_self: int = 0  # all transactions, in unit-days with counter data
     all_counter: int = 0
     entries: int = 0
@@ -66,10 +74,19 @@ class Substitution:
 
     @property
     def on_site_rate(self) -> float | None:
-        """The same, counting only on-site (附行式) devices on the self-service side."""
-        if not self.financial_counter:
+        """The same, counting only on-site (附行式) devices on the self-service side, over
+        the unit-days that have on-site devices; None without any."""
+        if not self.on_site_counter:
             return None
-        return _ratio(self.on_site_self, self.on_site_self + self.financial_counter)
+        return _ratio(self.on_site_self, self.on_site_self + self.on_site_counter)
+
+    @property
+    def reason(self) -> str | None:
+        """Why the rate is missing: ``no_counter_data`` (no counter volume for any of
+        its unit-days) or ``no_units``; None when there is a rate."""
+        if self.rate is not None:
+            return None
+        return "no_counter_data" if self.entries else "no_units"
 
     @property
     def diversion(self) -> float | None:
@@ -80,10 +97,13 @@ class Substitution:
 
     def add(self, v: Volumes) -> None:
         self.entries += 1
+        self.financial_self_all += v.self_financial
         if v.counter_financial:
             self.financial_self += v.self_financial
-            self.on_site_self += v.on_site_financial
             self.financial_counter += v.counter_financial
+            if v.on_site_devices:
+                self.on_site_self += v.on_site_financial
+                self.on_site_counter += v.counter_financial
         else:
             self.entries_without_counter += 1
         if v.counter_total:
@@ -106,18 +126,29 @@ def unit_volumes(
     inventory: Inventory,
     devices: Mapping[str, DeviceCounts],
     counters: Mapping[str, CounterCounts],
+    on: date | None = None,
 ) -> dict[str, Volumes]:
-    """Volumes per unit for one day (or one period) from device and counter counts.
+    """Volumes per unit for one day ``on`` (or one period, ``on`` None) from device and
+    counter counts.
 
     Every staffed outlet appears (with zeros if nothing happened); a self-service bank
-    without a parent is its own unit, which has no counters and so no data.
+    without a parent is its own unit, which has no counters and so no data. Devices out
+    of the fleet on ``on`` count neither as volume nor as on-site devices.
     """
     acc: dict[str, list[int]] = {
         b.id: [0, 0, 0] for b in inventory.branches if b.kind is BranchKind.OUTLET
     }
+    on_site_n: dict[str, int] = {}
+    for d in inventory.devices:
+        if d.placement is Placement.ON_SITE and (on is None or in_fleet(d, on)):
+            unit = unit_of(inventory, d.id)
+            if unit is not None:
+                on_site_n[unit] = on_site_n.get(unit, 0) + 1
     for device_id, counts in devices.items():
         unit = unit_of(inventory, device_id)
         if unit is None:
+            continue
+        if on is not None and not in_fleet(inventory.device_by_id[device_id], on):
             continue
         row = acc.setdefault(unit, [0, 0, 0])
         row[0] += counts.financial
@@ -133,6 +164,7 @@ def unit_volumes(
             on_site_financial=on_site,
             counter_financial=counter.financial if counter else None,
             counter_total=counter.financial + counter.non_financial if counter else None,
+            on_site_devices=on_site_n.get(unit, 0),
         )
     return out
 

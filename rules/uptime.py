@@ -61,6 +61,7 @@ class Uptime:
     tech_scheduled_ms: int = 0
     tech_available_ms: int = 0
     planned_excluded_ms: int = 0
+    monitored_ms: int = 0  # the part of S the store holds evidence about
     devices: int = 0
 
     @property
@@ -70,6 +71,18 @@ class Uptime:
     @property
     def unknown_ms(self) -> int:
         return self.by_label.get(Label.UNKNOWN, 0)
+
+    @property
+    def coverage(self) -> float | None:
+        """Monitored S / scheduled S (scheduled S = monitored S + unknown time in the
+        window); None when nothing was scheduled."""
+        scheduled = self.monitored_ms + self.unknown_ms
+        return self.monitored_ms / scheduled if scheduled else None
+
+    @property
+    def has_data(self) -> bool:
+        """S > 0: a ratio exists (otherwise "no data": never ranked, never compared)."""
+        return self.scheduled_ms > 0
 
     @property
     def ratio(self) -> float | None:
@@ -99,6 +112,7 @@ class Uptime:
         self.tech_scheduled_ms += other.tech_scheduled_ms
         self.tech_available_ms += other.tech_available_ms
         self.planned_excluded_ms += other.planned_excluded_ms
+        self.monitored_ms += other.monitored_ms
 
 
 def label_totals(timeline: Sequence[Interval], spans: Sequence[Span]) -> dict[Label, int]:
@@ -141,6 +155,7 @@ def uptime_from_totals(totals: dict[Label, int], policy: UptimePolicy) -> Uptime
         available += unknown
     business = base - sum(totals.get(c, 0) for c in policy.business_excluded)
     technical = base - sum(totals.get(c, 0) for c in policy.technical_excluded)
+    monitored = business if policy.unknown_time is UnknownTime.EXCLUDE else business - unknown
     return Uptime(
         by_label=totals,
         scheduled_ms=business,
@@ -148,6 +163,7 @@ def uptime_from_totals(totals: dict[Label, int], policy: UptimePolicy) -> Uptime
         tech_scheduled_ms=technical,
         tech_available_ms=available,
         planned_excluded_ms=planned_excluded,
+        monitored_ms=monitored,
         devices=1,
     )
 
@@ -175,8 +191,9 @@ def days(first: date, last: date) -> list[date]:
 
 
 def fleet_span(device: Device, tz: ZoneInfo) -> Span:
-    """When the device is in the fleet: from local midnight of its commissioning date to
-    local midnight of its decommissioning date (open-ended if none)."""
+    """When the device is in the fleet (:func:`rules.fleet.in_fleet`, in time): from local
+    midnight of its commissioning date to local midnight of its decommissioning date
+    (open-ended if none)."""
     lo = day_span(device.commissioned, tz)[0]
     hi = day_span(device.decommissioned, tz)[0] if device.decommissioned else 2**62
     return lo, hi

@@ -107,6 +107,7 @@ class TestRenderers:
     def test_json_has_stable_keys_and_exact_money(self) -> None:
         doc = json.loads(to_json(sample()))
         assert list(doc) == ["kind", "lang", "title", "first", "last", "generated", "summary",
+                             "footnotes",
                              "tables"]  # fmt: skip
         rows = doc["tables"]["subbranches"]["rows"]
         assert rows[0] == {"subbranch": "赤峰", "uptime": 0.9612, "fees": "12.50", "down_h": 3.5}
@@ -119,7 +120,7 @@ class TestRenderers:
         assert [c.value for c in ws[2]] == ["Sub-branch", "Uptime", "Fees", "Down (h)"]
         assert ws["B3"].value == 0.9612 and ws["B3"].number_format == "0.00%"
         assert ws["B3"].fill.fgColor.rgb.endswith("F8CBAD")
-        assert ws["B4"].value is None and ws["B4"].fill.fgColor.rgb != ws["B3"].fill.fgColor.rgb
+        assert ws["B4"].value == "–" and ws["B4"].fill.fgColor.rgb != ws["B3"].fill.fgColor.rgb
         assert wb.worksheets[0]["B4"].value == 0.975
 
     def test_sheet_names_are_legal_and_unique(self) -> None:

@@ -280,7 +280,8 @@ def store_fleet(url: str, run_id: str) -> Fleet:
     now = datetime.now(UTC).replace(microsecond=0)
     tz_name = zone_near_noon(now)
     tz = ZoneInfo(tz_name)
-    rules = parse_rules(f"timezone: {tz_name}\n")
+    # One monitored hour yesterday is enough to be evaluated for low yield here.
+    rules = parse_rules(f"timezone: {tz_name}\nlow_yield:\n  min_monitored_days: 1\n")
     today = now.astimezone(tz).date()
     midnight = datetime(today.year, today.month, today.day, tzinfo=tz).astimezone(UTC)
     ids = {k: f"{k}-{run_id}" for k in "ABCDEFG"}
@@ -337,6 +338,12 @@ def store_fleet(url: str, run_id: str) -> Fleet:
     heartbeats("B", now, {fault_from: "fault"})
     heartbeats("C", c_last)
     heartbeats("D", d_stop)
+    for seq in range(1, 4):  # a device the inventory does not list: stored, counted apart
+        ghost = StateMessage(
+            v=1, device_id=f"{run_id}-ghost", ts=now - timedelta(minutes=seq), seq=seq,
+            state="in_service", heartbeat_s=HB,
+        )  # fmt: skip
+        add(ghost, ghost.ts + timedelta(seconds=1))
     will = PresenceMessage(
         v=1, device_id=ids["D"], status="offline", ts=start, session="s1", will=True
     )
@@ -526,11 +533,17 @@ class TestFleet:
         group = dict(subbranch="S1", tier="2")
         evaluated = scrape.value("atmfleet_lowyield_evaluated_devices", type="atm", **group)
         low = scrape.value("atmfleet_lowyield_devices", type="atm", **group)
-        # No transactions yesterday: every ATM evaluated is low-yield.
+        # Yesterday's last hour is its one monitored day (min_monitored_days 1 here; the
+        # 29 days before monitoring began are no data, not down): no transaction in it,
+        # so every ATM evaluated is low-yield.
         assert evaluated is not None and evaluated >= 1
         assert low == evaluated
         yesterday = (fleet.midnight - timedelta(days=1)).timestamp()
         assert scrape.value("atmfleet_lowyield_date_timestamp_seconds") == yesterday
+
+    def test_a_device_not_in_the_inventory_is_counted_apart(self, scrape: Scrape) -> None:
+        assert scrape.value("atmfleet_unregistered_devices") == 1
+        assert all("ghost" not in s.get("device", "") for s in scrape.series("atmfleet_device_up"))
 
     def test_targets_and_database_up(self, scrape: Scrape) -> None:
         assert scrape.value("atmfleet_uptime_target_ratio", tier="2") == 0.97

@@ -1,8 +1,10 @@
-"""``atmfleet db``: create/upgrade the schema, load the inventory, prune old rows, and the
-store's maintenance jobs (TimescaleDB policies, :mod:`atmfleet.store.jobs`)."""
+"""``atmfleet db``: create/upgrade the schema, load the inventory, prune old rows, the
+store's maintenance jobs (TimescaleDB policies, :mod:`atmfleet.store.jobs`), and the
+devices that send messages but are not in the inventory."""
 
 from __future__ import annotations
 
+from datetime import UTC
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -75,6 +77,27 @@ def db_load_inventory(path: Path) -> None:
     with connect(settings.require_database_url()) as conn:
         subbranches, branches, devices = upsert_inventory(conn, inventory)
     click.echo(f"loaded {subbranches} sub-branches, {branches} branches, {devices} devices")
+
+
+@db.command("unregistered")
+def db_unregistered() -> None:
+    """List devices that send messages but are not in the inventory (stored, not counted)."""
+    from atmfleet.store.unregistered import unregistered
+
+    settings = load_settings()
+    with connect(settings.require_database_url()) as conn:
+        found = unregistered(conn)
+    if not found:
+        click.echo("no unregistered devices: every device that sent messages is in the inventory")
+        return
+    click.echo(f"{len(found)} device(s) not in the inventory; their messages are stored and "
+               "count once `atmfleet db load-inventory` lists them")  # fmt: skip
+    width = max(len("device"), *(len(u.device_id) for u in found))
+    click.echo(f"{'device':<{width}}  first seen (UTC)     last seen (UTC)      messages")
+    for u in found:
+        a = u.first_seen.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        b = u.last_seen.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(f"{u.device_id:<{width}}  {a}  {b}  {u.messages:>8}")
 
 
 @db.command("prune")

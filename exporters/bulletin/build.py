@@ -1,37 +1,37 @@
-"""Builds a :class:`~exporters.bulletin.model.Bulletin` from the KPI engine.
+"""Builds a :class:`~exporters.bulletin.model.Bulletin` from the report layer.
 
-Two steps: ``gather_*`` reads the store once through :mod:`rules.feed` into plain values
-(:class:`DailyInputs`); ``daily``/``assessment`` are pure and compute every figure with
-the same core functions as ``atmfleet kpi`` (roll-ups are ΣA/ΣS, never averages).
+Every figure comes from a :mod:`rules.report` call, the same one ``atmfleet kpi ... --json``
+makes (docs/bulletins.md lists which); cells hold exact values (ratios unrounded, hours
+as milliseconds / 3,600,000, money as Decimal): the renderers round for display.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import date, timedelta
-from decimal import Decimal
+from typing import Any
 
-from atmfleet.inventory import Device, Inventory, Placement, Tier
+from atmfleet.inventory import Inventory, Tier
 from rules.config import Rules
-from rules.feed import Feed, TxnDay, device_counts, low_yield_for, uptime_for
+from rules.feed import Feed
 from rules.labels import CAUSES, Label
-from rules.lowyield import Share, YieldFlag, low_yield_share
-from rules.network import CoverageGap, deposit_coverage, in_fleet
-from rules.substitution import (
-    CounterCounts,
-    Substitution,
-    branch_key,
-    substitution,
-    unit_of,
-    unit_volumes,
+from rules.report import (
+    Context,
+    Scope,
+    assessment_report,
+    low_yield_report,
+    network_report,
+    substitution_report,
+    tail_report,
+    uptime_report,
+    vendors_report,
 )
-from rules.tail import tail, uptime_entries, volume_entries
 from rules.timeline import Interval, from_ms
-from rules.uptime import Uptime, day_span, dimension_key, rollup
+from rules.uptime import day_span
 
 from .messages import Messages
-from .model import Bulletin, Cell, Column, Kind, Table
+from .model import Bulletin, Column, Kind, Table
 
 HOUR_MS = 3_600_000
 #: Labels that make a stretch of a device's timeline "down" for the down-for-long list.
@@ -40,46 +40,9 @@ DOWN = frozenset(CAUSES) - {Label.PLANNED, Label.CLOSED}
 LONG_DOWN_MS = 24 * HOUR_MS
 
 
-def hours(value: int) -> float:
-    return round(value / HOUR_MS, 2)
-
-
-# ------------------------------------------------------------------------- the inputs
-
-
-@dataclass
-class DailyInputs:
-    """Everything the daily bulletin is computed from, read from the store."""
-
-    inventory: Inventory
-    day: date
-    devices: list[Device]  # in the fleet on ``day``
-    uptime: dict[str, Uptime]  # per device, on ``day``
-    previous: dict[str, Uptime]  # per device, the day before
-    timelines: dict[str, list[Interval]]  # the day before and the day
-    txn: dict[str, TxnDay]  # per device, on ``day``
-    counters: dict[str, CounterCounts]  # per branch, on ``day``
-    flags: list[YieldFlag] = field(default_factory=list)
-    horizon: int = 0
-
-
-def gather_daily(feed: Feed, inventory: Inventory, day: date, horizon: int) -> DailyInputs:
-    devices = [d for d in inventory.devices if in_fleet(d, day)]
-    before = day - timedelta(days=1)
-    up = uptime_for(feed, devices, before, day, horizon)
-    txn = feed.txn_days(day, day)
-    return DailyInputs(
-        inventory=inventory,
-        day=day,
-        devices=devices,
-        uptime={d: per_day[day] for d, per_day in up.per_device.items()},
-        previous={d: per_day[before] for d, per_day in up.per_device.items()},
-        timelines=up.timelines,
-        txn={d: t[day] for d, t in txn.items() if day in t},
-        counters=feed.counters(day, day).get(day, {}),
-        flags=low_yield_for(feed, inventory, devices, day, horizon),
-        horizon=horizon,
-    )
+def hours(value: int | None) -> float | None:
+    """Milliseconds as hours, unrounded (rounded at display)."""
+    return None if value is None else value / HOUR_MS
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -93,15 +56,18 @@ def _below(value: float | None, target: float | None) -> bool:
     return value is not None and target is not None and value < target
 
 
-def _change(now: float | None, before: float | None) -> float | None:
-    return None if now is None or before is None else now - before
+def _cause(cause: str | None, m: Messages) -> str | None:
+    return m(f"cause.{cause}") if cause else None
 
 
-def _main_cause(up: Uptime, m: Messages) -> str | None:
-    causes = {c: v for c, v in up.down_by_cause().items() if v > 0}
-    if not causes:
-        return None
-    return m(f"cause.{max(causes, key=lambda c: (causes[c], c.value)).value}")
+def _failed(row: dict[str, Any] | None, key: str = "meets_target") -> bool:
+    """Highlighted: judged and short of the target (no data is never highlighted)."""
+    return row is not None and row.get(key) is False
+
+
+def _yes_no(meets: bool | None, m: Messages) -> str | None:
+    """未达标 yes/no; no data: None ("–")."""
+    return None if meets is None else m("no") if meets else m("yes")
 
 
 def long_down(
@@ -127,86 +93,73 @@ def long_down(
 # ------------------------------------------------------------------------------ daily
 
 
-def daily(inputs: DailyInputs, rules: Rules, m: Messages, generated: str) -> Bulletin:
-    """The daily bulletin (自助设备开机率和帐务性交易量日通报)."""
-    inv = inputs.inventory
-    day = inputs.day
+def daily_context(feed: Feed, inventory: Inventory, day: date, horizon: int) -> Context:
+    return Context.make(feed, inventory, Scope("fleet", "fleet"), day, day, horizon)
+
+
+def daily_bulletin(
+    feed: Feed, inventory: Inventory, day: date, horizon: int, m: Messages, generated: str
+) -> Bulletin:
+    """Read and build the daily bulletin of ``day``."""
+    ctx = daily_context(feed, inventory, day, horizon)
+    return daily(ctx, m, generated, feed.unregistered_count())
+
+
+def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> Bulletin:
+    """The daily bulletin (自助设备开机率和帐务性交易量日通报), from the reports of
+    ``atmfleet kpi uptime|substitution|low-yield|tail|network --date D --json``."""
+    inv = ctx.inventory
+    rules = ctx.rules
+    day = ctx.last
     subs = inv.subbranch_by_id
     branches = inv.branch_by_id
-    targets = rules.uptime.targets
-    sub_of = dimension_key(inv, "subbranch")
-    tier_of = dimension_key(inv, "tier")
-    ids = [d.id for d in inputs.devices]
-    up = {d: inputs.uptime[d] for d in ids}
-    prev = {d: inputs.previous[d] for d in ids}
+    sub_of = {d.id: inv.subbranch_of(d).id for d in inv.devices}
 
-    def target_of_device(device_id: str) -> float:
-        return targets[Tier(tier_of(device_id) or "")]
+    up_tier = uptime_report(ctx, "tier")
+    up_sub = uptime_report(ctx, "subbranch", previous=True)
+    up_branch = uptime_report(ctx, "branch")
+    up_dev = uptime_report(ctx, "device")
+    st_tier = {r["group"]: r for r in substitution_report(ctx, "tier").rows}
+    st_sub_report = substitution_report(ctx, "subbranch")
+    st_sub = {r["group"]: r for r in st_sub_report.rows}
+    st_branch = {r["group"]: r for r in substitution_report(ctx, "branch").rows}
+    ly = low_yield_report(ctx, "subbranch")
+    ly_sub = {r["group"]: r for r in ly.rows}
+    net = network_report(ctx)
+    tail_up = tail_report(ctx, "uptime", "subbranch")
+    tail_vol = tail_report(ctx, "volume", "subbranch")
+    total = up_sub.extra["total"]
+    st_total = st_sub_report.extra["total"]
+    ly_total = ly.extra["total"]
 
-    # Substitution: units (outlets with their self-service banks) on the day.
-    counts = device_counts({d: {day: t} for d, t in inputs.txn.items()})
-    volumes = unit_volumes(inv, counts, inputs.counters)
-    entries = list(volumes.items())
-    subst_sub = substitution(entries, branch_key(inv, "subbranch"))
-    subst_tier = substitution(entries, branch_key(inv, "tier"))
-    subst_branch = substitution(entries, branch_key(inv, "branch"))
-    subst_all = substitution(entries, lambda _u: "fleet").get("fleet", Substitution())
-    fin = {d: inputs.txn[d].financial if d in inputs.txn else 0 for d in ids}
-    fin_sub: dict[str, int] = {}
-    fin_branch: dict[str, int] = {}
-    fin_tier: dict[str, int] = {}
-    for d in ids:
-        fin_sub[sub_of(d) or ""] = fin_sub.get(sub_of(d) or "", 0) + fin[d]
-        br_id = inv.device_by_id[d].branch
-        fin_branch[br_id] = fin_branch.get(br_id, 0) + fin[d]
-        fin_tier[tier_of(d) or ""] = fin_tier.get(tier_of(d) or "", 0) + fin[d]
-
-    shares = low_yield_share(inputs.flags, sub_of, rules.low_yield.max_share)
-    share_all = low_yield_share(inputs.flags, lambda _d: "fleet", rules.low_yield.max_share)
-
-    fleet = rollup(up, lambda _d: "fleet").get("fleet", Uptime())
-    by_tier = rollup(up, tier_of)
-    by_sub = rollup(up, sub_of)
-    by_sub_prev = rollup(prev, sub_of)
-    by_branch = rollup(up, dimension_key(inv, "branch"))
-    sub_target = {s: targets[subs[s].tier] for s in by_sub}
-    subst_target = rules.substitution.target
-
-    # Devices below target, down for long, deposit coverage, the tail.
     below = sorted(
-        (d for d in ids if _below(up[d].ratio, target_of_device(d))),
-        key=lambda d: (up[d].ratio or 0.0, -up[d].down_ms, d),
+        (r for r in up_dev.rows if r["meets_target"] is False),
+        key=lambda r: (r["uptime"], -r["down_ms"], r["group"]),
     )
-    end = min(day_span(day, rules.tz)[1], inputs.horizon or 2**62)
+    # Down for long: the timelines of the day before and the day, up to the day's end.
+    lines = replace(ctx, first=day - timedelta(days=1)).uptime_days().timelines
+    end = min(day_span(day, rules.tz)[1], ctx.horizon or 2**62)
     down_long = {
-        d: got for d in ids if (got := long_down(inputs.timelines.get(d, []), end)) is not None
+        d.id: got for d in ctx.devices if (got := long_down(lines.get(d.id, []), end)) is not None
     }
-    working = {d for d in ids if up[d].available_ms > 0}
-    gaps = deposit_coverage(inv, day, working, rules.network.deposit_capable_per_outlet)
-    size = rules.tail.size
-    history = [{t.id for ms in tail(uptime_entries(prev, sub_of), size).values() for t in ms}]
-    tail_up = tail(uptime_entries(up, sub_of), size, history)
-    sched = {d: up[d].scheduled_ms for d in ids}
-    tail_vol = tail(volume_entries(fin, sched, sub_of), size)
+    gaps = net.section("deposit_coverage").rows
 
-    b = Bulletin(
-        "daily", m.lang, m("title.daily"), day, day, generated,
-    )  # fmt: skip
-    share_fleet = share_all.get("fleet")
+    b = Bulletin("daily", m.lang, m("title.daily"), day, day, generated)
     b.summary = [
-        ("devices", m("s.devices"), fleet.devices, Kind.INT),
-        ("uptime", m("s.uptime"), fleet.ratio, Kind.RATIO),
-        ("technical", m("s.technical"), fleet.tech_ratio, Kind.RATIO),
-        ("down_h", m("s.down_h"), hours(fleet.down_ms), Kind.HOURS),
-        ("unknown_h", m("s.unknown_h"), hours(fleet.unknown_ms), Kind.HOURS),
-        ("financial", m("s.financial"), sum(fin.values()), Kind.INT),
-        ("substitution", m("s.substitution"), subst_all.rate, Kind.RATIO),
-        ("low_yield_share", m("s.low_yield_share"),
-         share_fleet.share if share_fleet else None, Kind.RATIO),
+        ("devices", m("s.devices"), total["devices"], Kind.INT),
+        ("uptime", m("s.uptime"), total["uptime"], Kind.RATIO),
+        ("technical", m("s.technical"), total["technical"], Kind.RATIO),
+        ("coverage", m("s.coverage"), total["coverage"], Kind.RATIO),
+        ("down_h", m("s.down_h"), hours(total["down_ms"]), Kind.HOURS),
+        ("unknown_h", m("s.unknown_h"), hours(total["unknown_ms"]), Kind.HOURS),
+        ("financial", m("s.financial"), st_total["self_financial"], Kind.INT),
+        ("substitution", m("s.substitution"), st_total["rate"], Kind.RATIO),
+        ("low_yield_share", m("s.low_yield_share"), ly_total["share"], Kind.RATIO),
         ("below_target", m("s.below_target"), len(below), Kind.INT),
         ("down_24h", m("s.down_24h"), len(down_long), Kind.INT),
         ("no_deposit", m("s.no_deposit"), len(gaps), Kind.INT),
-    ]  # fmt: skip
+        ("unregistered", m("s.unregistered"), unregistered, Kind.INT),
+    ]
 
     def col(key: str, kind: Kind = Kind.TEXT, label: str | None = None) -> Column:
         return Column(key, label or m(f"c.{key}"), kind)
@@ -214,86 +167,85 @@ def daily(inputs: DailyInputs, rules: Rules, m: Messages, generated: str) -> Bul
     # Tiers.
     t = Table("tiers", m("t.tiers"), [
         col("tier"), col("devices", Kind.INT), col("uptime", Kind.RATIO),
-        col("target", Kind.RATIO), col("technical", Kind.RATIO), col("down_h", Kind.HOURS),
-        col("financial", Kind.INT), col("substitution", Kind.RATIO),
+        col("target", Kind.RATIO), col("technical", Kind.RATIO), col("coverage", Kind.RATIO),
+        col("down_h", Kind.HOURS), col("financial", Kind.INT), col("substitution", Kind.RATIO),
     ], chart="uptime", chart_label="tier")  # fmt: skip
-    for tier in sorted(by_tier):
-        u = by_tier[tier]
-        target = targets[Tier(tier)]
-        rate = subst_tier[tier].rate if tier in subst_tier else None
+    for r in up_tier.rows:
+        st = st_tier.get(r["group"])
         t.add(
-            [m("tier", n=tier), u.devices, u.ratio, target, u.tech_ratio, hours(u.down_ms),
-             fin_tier.get(tier, 0), rate],
-            _flag(uptime=_below(u.ratio, target), substitution=_below(rate, subst_target)),
+            [m("tier", n=r["group"]), r["devices"], r["uptime"], r["target"], r["technical"],
+             r["coverage"], hours(r["down_ms"]), st["self_financial"] if st else 0,
+             st["rate"] if st else None],
+            _flag(uptime=_failed(r), substitution=_failed(st)),
         )  # fmt: skip
     b.tables.append(t)
 
-    # Sub-branches, ranked by uptime (best first), with the change from the day before.
+    # Sub-branches ranked by uptime (best first); no data is listed last, not ranked.
     t = Table("subbranches", m("t.subbranches"), [
         col("rank", Kind.INT), col("subbranch"), col("subbranch_name"), col("tier"),
         col("devices", Kind.INT), col("uptime", Kind.RATIO), col("previous", Kind.RATIO),
         col("change", Kind.CHANGE), col("target", Kind.RATIO), col("below"),
-        col("technical", Kind.RATIO), col("down_h", Kind.HOURS), col("cause"),
-        col("financial", Kind.INT), col("substitution", Kind.RATIO),
+        col("technical", Kind.RATIO), col("coverage", Kind.RATIO), col("down_h", Kind.HOURS),
+        col("cause"), col("financial", Kind.INT), col("substitution", Kind.RATIO),
         col("low_yield_share", Kind.RATIO),
     ], chart="uptime", chart_label="subbranch_name")  # fmt: skip
-    ranked = sorted(by_sub, key=lambda s: (-(by_sub[s].ratio or -1.0), s))
-    for i, s in enumerate(ranked, 1):
-        u, before = by_sub[s], by_sub_prev.get(s)
-        ratio_before = before.ratio if before else None
-        rate = subst_sub[s].rate if s in subst_sub else None
-        share = shares[s].share if s in shares else None
-        low = _below(u.ratio, sub_target[s])
+    ranked = sorted(
+        up_sub.rows, key=lambda r: (r["uptime"] is None, -(r["uptime"] or 0.0), r["group"])
+    )
+    for i, r in enumerate(ranked, 1):
+        s = r["group"]
+        st, lys = st_sub.get(s), ly_sub.get(s)
         t.add(
-            [i, s, subs[s].name, m("tier", n=subs[s].tier.value), u.devices, u.ratio,
-             ratio_before, _change(u.ratio, ratio_before), sub_target[s],
-             m("yes") if low else m("no"), u.tech_ratio, hours(u.down_ms), _main_cause(u, m),
-             fin_sub.get(s, 0), rate, share],
-            _flag(uptime=low, below=low, substitution=_below(rate, subst_target),
-                  low_yield_share=share is not None and share > rules.low_yield.max_share),
+            [i if r["uptime"] is not None else None, s, subs[s].name,
+             m("tier", n=subs[s].tier.value), r["devices"], r["uptime"], r["previous"],
+             r["change"], r["target"], _yes_no(r["meets_target"], m), r["technical"],
+             r["coverage"], hours(r["down_ms"]), _cause(r["main_cause"], m),
+             st["self_financial"] if st else 0, st["rate"] if st else None,
+             lys["share"] if lys else None],
+            _flag(uptime=_failed(r), below=_failed(r), substitution=_failed(st),
+                  low_yield_share=_failed(lys)),
         )  # fmt: skip
     b.tables.append(t)
 
-    # Branches (outlets and self-service banks), by sub-branch then uptime. The on-site
-    # rate is judged only where the unit has on-site devices.
-    on_site_units = {unit_of(inv, d.id) for d in inputs.devices if d.placement is Placement.ON_SITE}
+    # Branches (outlets and self-service banks), by sub-branch then uptime. A branch's
+    # substitution is its unit's (an outlet with its self-service banks).
     t = Table("branches", m("t.branches"), [
         col("subbranch"), col("branch"), col("branch_name"), col("devices", Kind.INT),
         col("uptime", Kind.RATIO), col("target", Kind.RATIO), col("down_h", Kind.HOURS),
         col("cause"), col("financial", Kind.INT), col("counter_financial", Kind.INT),
         col("substitution", Kind.RATIO), col("on_site", Kind.RATIO),
     ])  # fmt: skip
-    for br in sorted(
-        by_branch, key=lambda x: (branches[x].subbranch, by_branch[x].ratio or 0.0, x)
-    ):
-        u = by_branch[br]
-        target = targets[subs[branches[br].subbranch].tier]
-        sb = subst_branch.get(br)
-        rate = sb.rate if sb else None
+    for r in sorted(
+        up_branch.rows,
+        key=lambda r: (branches[r["group"]].subbranch, r["uptime"] is None, r["uptime"] or 0.0,
+                       r["group"]),
+    ):  # fmt: skip
+        br = r["group"]
+        st = st_branch.get(br)
         t.add(
-            [branches[br].subbranch, br, branches[br].name, u.devices, u.ratio, target,
-             hours(u.down_ms), _main_cause(u, m), fin_branch.get(br, 0),
-             sb.financial_counter if sb and sb.rate is not None else None, rate,
-             sb.on_site_rate if sb else None],
-            _flag(uptime=_below(u.ratio, target), substitution=_below(rate, subst_target),
-                  on_site=br in on_site_units
-                  and _below(sb.on_site_rate if sb else None, rules.substitution.on_site_target)),
+            [branches[br].subbranch, br, branches[br].name, r["devices"], r["uptime"],
+             r["target"], hours(r["down_ms"]), _cause(r["main_cause"], m), r["financial"],
+             st["counter_financial"] if st and st["rate"] is not None else None,
+             st["rate"] if st else None, st["on_site_rate"] if st else None],
+            _flag(uptime=_failed(r), substitution=_failed(st),
+                  on_site=_failed(st, "on_site_meets_target")),
         )  # fmt: skip
     b.tables.append(t)
 
     # Devices below the uptime target, downtime by cause.
+    unit = " (h)" if m.lang == "en" else "(小时)"
     t = Table("below_target", m("t.below_target"), [
         col("device"), col("subbranch"), col("branch"), col("type"), col("vendor"),
         col("uptime", Kind.RATIO), col("target", Kind.RATIO), col("down_h", Kind.HOURS),
-        *[Column(f"down_h.{c.value}", m(f"cause.{c.value}") + (" (h)" if m.lang == "en" else "(小时)"),
-                 Kind.HOURS) for c in CAUSES],
+        *[Column(f"down_h.{c.value}", m(f"cause.{c.value}") + unit, Kind.HOURS) for c in CAUSES],
     ], note=m("note.below"))  # fmt: skip
-    for d in below:
-        dev, u = inv.device_by_id[d], up[d]
-        causes = u.down_by_cause()
+    for r in below:
+        dev = inv.device_by_id[r["group"]]
+        causes = r["down_ms_by_cause"]
         t.add(
-            [d, sub_of(d), dev.branch, m(f"type.{dev.type.value}"), dev.vendor, u.ratio,
-             target_of_device(d), hours(u.down_ms), *[hours(causes[c]) for c in CAUSES]],
+            [dev.id, sub_of[dev.id], dev.branch, m(f"type.{dev.type.value}"), dev.vendor,
+             r["uptime"], r["target"], hours(r["down_ms"]),
+             *[hours(causes.get(c.value, 0)) for c in CAUSES]],
             _flag(uptime=True),
         )  # fmt: skip
     b.tables.append(t)
@@ -307,7 +259,7 @@ def daily(inputs: DailyInputs, rules: Rules, m: Messages, generated: str) -> Bul
         dev = inv.device_by_id[d]
         local = from_ms(since).astimezone(rules.tz).strftime("%Y-%m-%d %H:%M")
         t.add(
-            [d, sub_of(d), dev.branch, m(f"type.{dev.type.value}"), dev.vendor, local,
+            [d, sub_of[d], dev.branch, m(f"type.{dev.type.value}"), dev.vendor, local,
              hours(length), m(f"cause.{label.value}")],
             _flag(down_for_h=True),
         )  # fmt: skip
@@ -319,55 +271,48 @@ def daily(inputs: DailyInputs, rules: Rules, m: Messages, generated: str) -> Bul
         col("installed", Kind.INT), col("working", Kind.INT),
     ])  # fmt: skip
     for g in gaps:
-        t.add(_gap_row(g, inv, m), _flag(reason=True))
+        t.add([g["subbranch"], g["group"], branches[g["group"]].name, m(f"reason.{g['reason']}"),
+               g["installed"], g["working"]], _flag(reason=True))  # fmt: skip
     b.tables.append(t)
 
-    # The tail, by uptime and by volume.
-    for key, members, value_kind, value_key in (
+    # The tail (only who falls short), by uptime and by daily volume.
+    for key, report, value_kind, value_key in (
         ("tail_uptime", tail_up, Kind.RATIO, "uptime"),
-        ("tail_volume", tail_vol, Kind.INT, "financial"),
+        ("tail_volume", tail_vol, Kind.NUMBER, "daily_financial"),
     ):
+        size = report.extra["size"]
+        quiet = [g["group"] for g in report.section("groups").rows if not g["short"]]
+        missing = len(report.section("no_data").rows)
         t = Table(key, m(f"t.{key}", n=size), [
             col("subbranch"), col("position", Kind.INT), col("device"), col("branch"),
-            col(value_key, value_kind), col("streak", Kind.INT),
-        ])  # fmt: skip
-        for group in sorted(members):
-            for mem in members[group]:
-                value: Cell = mem.value if value_kind is Kind.RATIO else int(mem.value)
-                t.add([group, mem.position, mem.id, inv.device_by_id[mem.id].branch, value,
-                       mem.streak])  # fmt: skip
+            col(value_key, value_kind), col("target", value_kind), col("streak", Kind.INT),
+        ], note=m("note.tail", quiet=", ".join(quiet) or m("nothing"), n=missing))  # fmt: skip
+        for r in report.rows:
+            t.add([r["group"], r["position"], r["device"], inv.device_by_id[r["device"]].branch,
+                   r[value_key], r["target"], r["streak"]], _flag(**{value_key: True}))  # fmt: skip
         b.tables.append(t)
 
-    b.tables.append(_low_yield_table(shares, share_all, rules, m, col))
-    return b
-
-
-def _gap_row(g: CoverageGap, inv: Inventory, m: Messages) -> list[Cell]:
-    return [g.subbranch, g.branch_id, inv.branch_by_id[g.branch_id].name,
-            m(f"reason.{g.reason.value}"), len(g.devices), g.working]  # fmt: skip
-
-
-def _low_yield_table(
-    shares: dict[str, Share],
-    share_all: dict[str, Share],
-    rules: Rules,
-    m: Messages,
-    col: Callable[..., Column],
-) -> Table:
+    # Low-yield share per sub-branch and the fleet.
     t = Table("low_yield", m("t.low_yield"), [
         col("subbranch"), col("low", Kind.INT), col("evaluated", Kind.INT),
         col("share", Kind.RATIO), col("max_share", Kind.RATIO), col("exempt", Kind.INT),
-        col("low_efficiency", Kind.INT),
+        col("not_evaluated_coverage", Kind.INT), col("low_efficiency", Kind.INT),
     ], chart="share", chart_label="subbranch", target=rules.low_yield.max_share)  # fmt: skip
-    rows = [(s, v) for s, v in sorted(shares.items())] + [
-        (m("fleet"), v) for v in share_all.values()
-    ]
-    for name, sh in rows:
+    for name, r in [*((r["group"], r) for r in ly.rows), (m("fleet"), ly_total)]:
         t.add(
-            [name, sh.low, sh.evaluated, sh.share, sh.max_share, sh.exempt, sh.low_efficiency],
-            _flag(share=sh.meets_target is False),
-        )
-    return t
+            [name, r["low"], r["evaluated"], r["share"], r["max_share"], r["exempt"],
+             r["not_evaluated_coverage"], r["low_efficiency"]],
+            _flag(share=_failed(r)),
+        )  # fmt: skip
+    b.tables.append(t)
+
+    b.footnotes = [m("f.no_data")]
+    if total["coverage"] is not None and total["coverage"] < 1:
+        b.footnotes.append(m("f.coverage", h=f"{total['unknown_ms'] / HOUR_MS:.2f}"))
+    b.footnotes.append(
+        m("f.unregistered", n=unregistered) if unregistered else m("f.unregistered_none")
+    )
+    return b
 
 
 def now_text(horizon: int, rules: Rules) -> str:
@@ -386,35 +331,29 @@ def assessment(
     m: Messages, generated: str,
 ) -> Bulletin:  # fmt: skip
     """The monthly or quarterly assessment (考核评价月/季通报): scores and ranks within tier,
-    sub-branch uptime, vendor scorecards, network-plan checks and revenue. The figures are
-    those of ``atmfleet kpi assessment|uptime|vendors|network`` for the same period (the
-    same report functions compute them)."""
-    from rules import cli as kpi
-    from rules.revenue import revenue
-
+    sub-branch uptime, vendor scorecards, network-plan checks and revenue, from the
+    reports of ``atmfleet kpi assessment|uptime|vendors|network`` for the same period."""
     rules = feed.rules
-    scope = kpi.Scope("fleet", "fleet")
-    devices = list(inventory.devices)
-    ctx = kpi.Context(feed, rules, inventory, scope, devices, first, last, horizon)
-    on_last = kpi.Context(feed, rules, inventory, scope, devices, last, last, horizon)
+    ctx = Context.make(feed, inventory, Scope("fleet", "fleet"), first, last, horizon)
+    on_last = replace(ctx, first=last)
     subs = inventory.subbranch_by_id
-    targets = rules.uptime.targets
     b = Bulletin(kind, m.lang, m(f"title.{kind}"), first, last, generated)
 
     def col(key: str, kind_: Kind = Kind.TEXT) -> Column:
         return Column(key, m(f"c.{key}"), kind_)
 
-    up = kpi.uptime_report(ctx, "subbranch")
+    up = uptime_report(ctx, "subbranch")
     total = up.extra["total"]
     b.summary = [
         ("devices", m("s.devices"), total["devices"], Kind.INT),
         ("uptime", m("s.uptime"), total["uptime"], Kind.RATIO),
         ("technical", m("s.technical"), total["technical"], Kind.RATIO),
-        ("down_h", m("s.down_h"), total["down_h"], Kind.HOURS),
+        ("coverage", m("s.coverage"), total["coverage"], Kind.RATIO),
+        ("down_h", m("s.down_h"), hours(total["down_ms"]), Kind.HOURS),
     ]
 
-    # Scores and ranks within tier.
-    a = kpi.assessment_report(ctx)
+    # Scores and ranks within tier; a sub-branch without devices is listed, not scored.
+    a = assessment_report(ctx)
     t = Table("assessment", m("t.assessment"), [
         col("tier"), col("rank", Kind.INT), col("subbranch"), col("subbranch_name"),
         col("score", Kind.NUMBER), col("uptime", Kind.RATIO), col("substitution", Kind.RATIO),
@@ -422,40 +361,39 @@ def assessment(
     ], chart="score", chart_label="subbranch_name")  # fmt: skip
     rows = sorted(a.rows, key=lambda r: (r["tier"], r["rank"] or 10**9, r["group"]))
     for r in rows:
-        tier = Tier(r["tier"])
+        target = rules.uptime.targets[Tier(r["tier"])]
         t.add(
             [m("tier", n=r["tier"]), r["rank"], r["group"], subs[r["group"]].name, r["score"],
              r["uptime"], r["substitution"], r["low_yield_share"], r["fees_per_device"],
              r["missing"]],
-            _flag(uptime=_below(r["uptime"], targets[tier]),
+            _flag(uptime=_below(r["uptime"], target),
                   substitution=_below(r["substitution"], rules.substitution.target),
                   low_yield_share=r["low_yield_share"] is not None
                   and r["low_yield_share"] > rules.low_yield.max_share),
         )  # fmt: skip
     b.tables.append(t)
 
-    # Sub-branch uptime over the period.
+    # Sub-branch uptime over the period; no data last, not ranked.
     t = Table("subbranches", m("t.subbranches"), [
         col("rank", Kind.INT), col("subbranch"), col("subbranch_name"), col("tier"),
         col("devices", Kind.INT), col("uptime", Kind.RATIO), col("target", Kind.RATIO),
-        col("technical", Kind.RATIO), col("down_h", Kind.HOURS), col("unknown_h", Kind.HOURS),
-        col("cause"),
+        col("technical", Kind.RATIO), col("coverage", Kind.RATIO), col("down_h", Kind.HOURS),
+        col("unknown_h", Kind.HOURS), col("cause"),
     ], chart="uptime", chart_label="subbranch_name")  # fmt: skip
-    ranked = sorted(up.rows, key=lambda r: (-(r["uptime"] or -1.0), r["group"]))
+    ranked = sorted(up.rows, key=lambda r: (r["uptime"] is None, -(r["uptime"] or 0.0), r["group"]))
     for i, r in enumerate(ranked, 1):
         s = r["group"]
-        target = targets[subs[s].tier]
-        cause = r["main_cause"]
         t.add(
-            [i, s, subs[s].name, m("tier", n=subs[s].tier.value), r["devices"], r["uptime"],
-             target, r["technical"], r["scheduled_h"] - r["available_h"], r["unknown_h"],
-             m(f"cause.{cause}") if cause else None],
-            _flag(uptime=_below(r["uptime"], target)),
+            [i if r["uptime"] is not None else None, s, subs[s].name,
+             m("tier", n=subs[s].tier.value), r["devices"], r["uptime"], r["target"],
+             r["technical"], r["coverage"], hours(r["down_ms"]), hours(r["unknown_ms"]),
+             _cause(r["main_cause"], m)],
+            _flag(uptime=_failed(r)),
         )  # fmt: skip
     b.tables.append(t)
 
     # Vendor scorecards.
-    v = kpi.vendors_report(ctx)
+    v = vendors_report(ctx)
     t = Table("vendors", m("t.vendors"), [
         col("vendor"), col("devices", Kind.INT), col("technical", Kind.RATIO),
         col("faults", Kind.INT), col("per_device_month", Kind.NUMBER),
@@ -464,11 +402,12 @@ def assessment(
     ], chart="technical", chart_label="vendor")  # fmt: skip
     for r in v.rows:
         t.add([r["group"], r["devices"], r["technical"], r["faults"], r["per_device_month"],
-               r["mttr_h"], r["response_h"], r["repeats"], r["open"], r["worst"] or None])  # fmt: skip
+               hours(r["mttr_ms"]), hours(r["response_ms"]), r["repeats"], r["open"],
+               r["worst"] or None])  # fmt: skip
     b.tables.append(t)
 
     # Network plan: self-service banks per branch, deposit coverage on the last day.
-    n = kpi.network_report(on_last)
+    n = network_report(on_last)
     t = Table("network", m("t.network"), [
         col("subbranch"), col("outlets", Kind.INT), col("self_service_banks", Kind.INT),
         col("ratio", Kind.NUMBER), col("target", Kind.NUMBER), col("meets"),
@@ -477,8 +416,7 @@ def assessment(
         name = m("fleet") if r["group"] == "fleet" else r["group"]
         meets = r["meets_target"]
         t.add(
-            [name, r["outlets"], r["self_service_banks"], r["ratio"],
-             rules.network.self_service_banks_per_outlet,
+            [name, r["outlets"], r["self_service_banks"], r["ratio"], r["target"],
              None if meets is None else m("yes") if meets else m("no")],
             _flag(ratio=meets is False, meets=meets is False),
         )  # fmt: skip
@@ -487,23 +425,18 @@ def assessment(
         col("subbranch"), col("branch"), col("branch_name"), col("reason"),
         col("installed", Kind.INT), col("working", Kind.INT),
     ])  # fmt: skip
-    for r in n.sections[0].rows:
+    for r in n.section("deposit_coverage").rows:
         t.add([r["subbranch"], r["group"], inventory.branch_by_id[r["group"]].name,
                m(f"reason.{r['reason']}"), r["installed"], r["working"]], _flag(reason=True))  # fmt: skip
     b.tables.append(t)
 
-    # Revenue contribution per sub-branch.
-    txn = feed.txn_days(first, last)
-    fees = {
-        d: (sum((x.fee for x in per.values()), Decimal("0")), sum(x.fee_txns for x in per.values()))
-        for d, per in txn.items()
-    }
-    rev = revenue([d.id for d in devices], fees, dimension_key(inventory, "subbranch"))
+    # Revenue contribution per sub-branch (devices in the fleet in the period).
     t = Table("revenue", m("t.revenue"), [
         col("subbranch"), col("subbranch_name"), col("devices", Kind.INT),
         col("fees", Kind.MONEY), col("fee_txns", Kind.INT), col("fees_per_device", Kind.MONEY),
     ], chart="fees_per_device", chart_label="subbranch_name")  # fmt: skip
-    for s, got in sorted(rev.items(), key=lambda x: (-(x[1].per_device or 0), x[0])):
-        t.add([s, subs[s].name, got.devices, got.fees, got.fee_transactions, got.per_device])
+    for r in sorted(a.rows, key=lambda r: (-(r["fees_per_device"] or 0), r["group"])):
+        t.add([r["group"], subs[r["group"]].name, r["devices"], r["fees"], r["fee_transactions"],
+               r["fees_per_device"]])  # fmt: skip
     b.tables.append(t)
     return b

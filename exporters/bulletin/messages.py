@@ -19,7 +19,7 @@ _ZH: dict[str, str] = {
     "s.technical": "技术开机率",
     "s.target": "开机率目标",
     "s.down_h": "故障停机时长(小时)",
-    "s.unknown_h": "监控中断时长(小时)",
+    "s.unknown_h": "无监控时长(小时)",
     "s.financial": "自助账务性交易量",
     "s.substitution": "账务性交易替代率",
     "s.low_yield_share": "低产设备占比",
@@ -60,7 +60,7 @@ _ZH: dict[str, str] = {
     "c.technical": "技术开机率",
     "c.scheduled_h": "应开机时长(小时)",
     "c.down_h": "停机时长(小时)",
-    "c.unknown_h": "监控中断(小时)",
+    "c.unknown_h": "无监控(小时)",
     "c.financial": "自助账务性交易量",
     "c.counter_financial": "柜面账务性交易量",
     "c.substitution": "账务性交易替代率",
@@ -125,6 +125,16 @@ _ZH: dict[str, str] = {
     "fleet": "全辖",
     "nothing": "无",
     "note.below": "标红:低于目标",
+    "note.tail": "只列未达标设备(开机率低于目标或日均账务性交易量低于低产标准);无人未达标的二级分行:{quiet};无数据设备{n}台另列,不参与排名",
+    "s.coverage": "监控覆盖率",
+    "s.unregistered": "未登记设备",
+    "c.coverage": "监控覆盖率",
+    "c.daily_financial": "日均账务性交易量",
+    "c.not_evaluated_coverage": "监控天数不足未评",
+    "f.no_data": "“–”表示无数据(无应开机时间、无柜面交易量或无参评设备),不计为0%或100%,不参与排名和比较。",
+    "f.coverage": "监控覆盖率低于100%:{h}小时无监控数据(监控开始前或采集中断),不计入应开机时间。",
+    "f.unregistered": "有{n}台未登记设备发送了报文(已保存,未计入任何指标),请用 atmfleet db unregistered 查看并补录设备清单。",
+    "f.unregistered_none": "无未登记设备发送报文。",
     "note.down_24h": "截至统计日结束仍处于停机状态且已连续停机超过24小时(回看{h}小时)",
 }
 
@@ -140,7 +150,7 @@ _EN: dict[str, str] = {
     "s.technical": "Technical uptime",
     "s.target": "Uptime target",
     "s.down_h": "Downtime (h)",
-    "s.unknown_h": "Monitoring outage (h)",
+    "s.unknown_h": "Unmonitored time (h)",
     "s.financial": "Self-service financial transactions",
     "s.substitution": "Substitution rate",
     "s.low_yield_share": "Low-yield share",
@@ -179,7 +189,7 @@ _EN: dict[str, str] = {
     "c.technical": "Technical uptime",
     "c.scheduled_h": "Scheduled (h)",
     "c.down_h": "Down (h)",
-    "c.unknown_h": "Monitoring outage (h)",
+    "c.unknown_h": "Unmonitored (h)",
     "c.financial": "Self-service financial",
     "c.counter_financial": "Counter financial",
     "c.substitution": "Substitution rate",
@@ -243,6 +253,21 @@ _EN: dict[str, str] = {
     "fleet": "Fleet",
     "nothing": "none",
     "note.below": "Red: below target",
+    "note.tail": "Only devices that fall short (uptime below target, daily financial transactions "
+    "below the low-yield threshold); sub-branches with nobody below target: {quiet}; "
+    "{n} device(s) without data listed apart, not ranked",
+    "s.coverage": "Monitoring coverage",
+    "s.unregistered": "Unregistered devices",
+    "c.coverage": "Coverage",
+    "c.daily_financial": "Daily financial transactions",
+    "c.not_evaluated_coverage": "Not evaluated (coverage)",
+    "f.no_data": "“–” means no data (no scheduled time, no counter volume or no device "
+    "evaluated): never 0 % or 100 %, never ranked or compared.",
+    "f.coverage": "Monitoring coverage below 100 %: {h} h without monitoring (before monitoring "
+    "began or a collector outage), left out of scheduled time.",
+    "f.unregistered": "{n} device(s) not in the inventory sent messages (stored, counted in no "
+    "figure): see `atmfleet db unregistered` and add them to the inventory.",
+    "f.unregistered_none": "No unregistered device sent messages.",
     "note.down_24h": "Still down at the end of the day and down for more than 24 h "
     "(looking back {h} h)",
 }

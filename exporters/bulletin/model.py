@@ -81,6 +81,7 @@ class Bulletin:
     generated: str  # ISO time, local
     summary: list[tuple[str, str, Cell, Kind]] = field(default_factory=list)  # key, label, value
     tables: list[Table] = field(default_factory=list)
+    footnotes: list[str] = field(default_factory=list)  # in the reader's language
 
     @property
     def period(self) -> str:

@@ -29,10 +29,14 @@ FORMATS = ("xlsx", "csv", "html", "json")
 EXTENSIONS = {"xlsx": "xlsx", "csv": "csv.zip", "html": "html", "json": "json"}
 
 
+#: How a cell without data reads in every table (HTML, XLSX, CSV); JSON has null.
+NO_DATA = "–"
+
+
 def display(value: Cell, kind: Kind) -> str:
     """A cell as a person reads it (HTML)."""
     if value is None:
-        return "–"
+        return NO_DATA
     if kind is Kind.RATIO and isinstance(value, (int, float)):
         return f"{value * 100:.2f}%"
     if kind is Kind.CHANGE and isinstance(value, (int, float)):
@@ -62,6 +66,7 @@ def to_json(b: Bulletin) -> bytes:
         "last": b.last.isoformat(),
         "generated": b.generated,
         "summary": {k: {"label": label, "value": _plain(v)} for k, label, v, _ in b.summary},
+        "footnotes": b.footnotes,
         "tables": {
             t.key: {
                 "title": t.title,
@@ -82,7 +87,7 @@ def _csv(header: list[str], rows: list[list[Any]]) -> bytes:
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\r\n")
     w.writerow(header)
-    w.writerows(["" if v is None else v for v in r] for r in rows)
+    w.writerows([NO_DATA if v is None else v for v in r] for r in rows)
     return ("\ufeff" + out.getvalue()).encode()
 
 
@@ -94,6 +99,8 @@ def to_csv_zip(b: Bulletin) -> bytes:
         for i, t in enumerate(b.tables, 1):
             body = _csv([c.label for c in t.columns], [[_plain(v) for v in r] for r in t.rows])
             z.writestr(f"{i:02d}_{t.key}.csv", body)
+        if b.footnotes:
+            z.writestr("footnotes.csv", _csv(["footnote"], [[f] for f in b.footnotes]))
     return buf.getvalue()
 
 
@@ -156,6 +163,8 @@ def to_xlsx(b: Bulletin, summary_label: str, period_label: str) -> bytes:
     for i, (_, label, value, kind) in enumerate(b.summary, 3):
         ws.write(i, 0, label, cell[Kind.TEXT])
         _write(ws, i, 1, value, cell[kind])
+    for i, note in enumerate(b.footnotes, len(b.summary) + 4):
+        ws.write(i, 0, note, wb.add_format(font))
     ws.set_column(0, 0, max(_width(s[1]) for s in b.summary) + 2 if b.summary else 20)
     ws.set_column(1, 1, 14)
 
@@ -181,7 +190,7 @@ def to_xlsx(b: Bulletin, summary_label: str, period_label: str) -> bytes:
 
 def _write(ws: Any, row: int, col: int, value: Cell, fmt: Any) -> None:
     if value is None:
-        ws.write_blank(row, col, None, fmt)
+        ws.write_string(row, col, NO_DATA, fmt)
     elif isinstance(value, bool):
         ws.write_boolean(row, col, value, fmt)
     elif isinstance(value, (int, float)):
@@ -302,5 +311,9 @@ def to_html(b: Bulletin, labels: dict[str, str]) -> bytes:
         )
     out.append("</tbody></table></section>")
     out.extend(_table_html(t, labels["nothing"]) for t in b.tables)
+    if b.footnotes:
+        out.append('<section id="footnotes"><ol class="footnotes">')
+        out.extend(f"<li>{html.escape(f)}</li>" for f in b.footnotes)
+        out.append("</ol></section>")
     out.append("</body></html>\n")
     return "".join(out).encode()

@@ -1,0 +1,805 @@
+"""The report layer: scope, period and rules -> report rows with exact values.
+
+``atmfleet kpi`` (rules/cli.py), the bulletins (exporters/bulletin) and ``serve`` call
+these functions, so every figure a bulletin shows is the one ``atmfleet kpi --json``
+prints. Values are exact: times in integer milliseconds, counts as integers, ratios
+unrounded, money as :class:`~decimal.Decimal`; rounding happens once, at display
+(:func:`render` here, the bulletin renderers there).
+
+``--scope`` (one meaning everywhere, docs/kpis.md "Scope"): the devices of the inventory
+that match (``fleet``, ``tier:N``, ``subbranch:ID``, ``branch:ID``, ``device:ID``,
+``vendor:NAME``, ``type:TYPE``) and are in the fleet on at least one day of the period
+(:mod:`rules.fleet`). Per-branch indicators (substitution, the network checks, the
+assessment) take only the geographic scopes (fleet, tier, subbranch, branch; the
+assessment fleet or tier): a branch's figure does not split by vendor or type.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from atmfleet.errors import UsageError
+from atmfleet.inventory import Device, Inventory, Tier
+from rules.assessment import SubBranchFigures, assess
+from rules.config import Rules
+from rules.feed import Feed, TxnDay, UptimeDays, device_counts, low_yield_for, timelines, uptime_for
+from rules.fleet import fleet_devices
+from rules.lowyield import Share, YieldFlag, YieldStatus, low_yield_share
+from rules.network import deposit_coverage, self_service_bank_ratio
+from rules.revenue import revenue
+from rules.substitution import Substitution, Volumes, branch_key, substitution, unit_volumes
+from rules.tail import Entry, no_data, tail, uptime_entries, volume_entries
+from rules.uptime import Uptime, day_span, dimension_key, rollup, total
+from rules.vendors import incidents, mark_repeats, scorecard
+
+HOUR_MS = 3_600_000
+
+#: Scope kinds and the inventory dimension each selects on.
+SCOPES = {
+    "fleet": "fleet",
+    "tier": "tier",
+    "subbranch": "subbranch",
+    "sub-branch": "subbranch",
+    "branch": "branch",
+    "device": "device",
+    "vendor": "vendor",
+    "type": "type",
+}
+#: What a scope is broken down by, unless --by says otherwise.
+DEFAULT_BY = {
+    "fleet": "subbranch",
+    "tier": "subbranch",
+    "subbranch": "branch",
+    "branch": "device",
+    "device": "device",
+    "vendor": "type",
+    "type": "subbranch",
+}
+
+
+# ----------------------------------------------------------------------------- input
+
+#: The scopes a per-branch indicator accepts.
+GEOGRAPHIC = ("fleet", "tier", "subbranch", "branch")
+
+
+@dataclass(frozen=True)
+class Scope:
+    kind: str  # an inventory dimension
+    value: str
+
+    @classmethod
+    def parse(cls, text: str) -> Scope:
+        kind, _, value = text.partition(":")
+        dim = SCOPES.get(kind.strip().lower())
+        if dim is None:
+            allowed = "fleet, tier:N, subbranch:ID, branch:ID, device:ID, vendor:NAME, type:TYPE"
+            raise UsageError(f"--scope {text!r}: unknown scope kind {kind!r}; allowed: {allowed}")
+        if dim == "fleet":
+            return cls("fleet", "fleet")
+        if not value.strip():
+            raise UsageError(f"--scope {text!r}: give a value, e.g. {kind}:<id>")
+        return cls(dim, value.strip())
+
+    def __str__(self) -> str:
+        return "fleet" if self.kind == "fleet" else f"{self.kind}:{self.value}"
+
+    def require(self, allowed: Sequence[str], what: str) -> None:
+        if self.kind not in allowed:
+            raise UsageError(f"--scope {self}: {what}; use {', '.join(allowed)}")
+
+    def matching(self, inventory: Inventory) -> list[Device]:
+        """Every inventory device the scope names, in the fleet or not (an unknown value
+        is refused, naming the known ones)."""
+        key = dimension_key(inventory, self.kind)
+        chosen = [d for d in inventory.devices if key(d.id) == self.value]
+        known_branch = self.kind == "branch" and self.value in inventory.branch_by_id
+        known_sub = self.kind == "subbranch" and self.value in inventory.subbranch_by_id
+        known_tier = self.kind == "tier" and self.value in {t.value for t in Tier}
+        if not chosen and not (known_branch or known_sub or known_tier or self.kind == "fleet"):
+            known = sorted({k for d in inventory.devices if (k := key(d.id)) is not None})
+            shown = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
+            raise UsageError(
+                f"--scope {self}: no {self.kind} {self.value!r} in the inventory "
+                f"(known: {shown or 'none: load the inventory with `atmfleet db load-inventory`'})"
+            )
+        return chosen
+
+    def devices(self, inventory: Inventory, first: date, last: date) -> list[Device]:
+        """The scope's devices in the fleet on some day of ``first``..``last``."""
+        return fleet_devices(self.matching(inventory), first, last)
+
+    def subbranches(self, inventory: Inventory) -> list[str]:
+        """The sub-branches a geographic scope covers (empty ones included)."""
+        if self.kind == "fleet":
+            return sorted(inventory.subbranch_by_id)
+        if self.kind == "tier":
+            return sorted(s.id for s in inventory.subbranches if s.tier.value == self.value)
+        if self.kind == "subbranch":
+            return [self.value]
+        if self.kind == "branch":
+            return [inventory.branch_by_id[self.value].subbranch]
+        return sorted({inventory.subbranch_of(d).id for d in self.matching(inventory)})
+
+
+def resolve_period(
+    on: date | None, first: date | None, last: date | None, today: date
+) -> tuple[date, date]:
+    """``--date`` or ``--from``/``--to`` (default: yesterday); refuses the future."""
+    if on is not None and (first is not None or last is not None):
+        raise UsageError("give either --date or --from/--to, not both")
+    if on is not None:
+        first = last = on
+    elif first is None and last is None:
+        first = last = today - timedelta(days=1)
+    elif first is None or last is None:
+        first = first or last
+        last = last or first
+    assert first is not None and last is not None
+    if last < first:
+        raise UsageError(f"--to {last} is before --from {first}")
+    if last > today:
+        raise UsageError(f"{last} is in the future (today is {today} in the rules' time zone)")
+    return first, last
+
+
+@dataclass
+class Context:
+    """One computation: the store, the rules, the scope and the period. Reads are
+    memoised per period, so the reports of one bulletin read each day once."""
+
+    feed: Feed
+    rules: Rules
+    inventory: Inventory
+    scope: Scope
+    first: date
+    last: date
+    horizon: int  # now, ms
+    cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def make(
+        cls, feed: Feed, inventory: Inventory, scope: Scope, first: date, last: date, horizon: int
+    ) -> Context:
+        scope.matching(inventory)  # refuses an unknown scope value
+        return cls(feed, feed.rules, inventory, scope, first, last, horizon)
+
+    @property
+    def devices(self) -> list[Device]:
+        return self.scope.devices(self.inventory, self.first, self.last)
+
+    @property
+    def span(self) -> tuple[int, int]:
+        return day_span(self.first, self.rules.tz)[0], day_span(self.last, self.rules.tz)[1]
+
+    def shifted(self, days: int) -> Context:
+        """The same computation ``days`` earlier (sharing the cache)."""
+        shift = timedelta(days=days)
+        return replace(self, first=self.first - shift, last=self.last - shift)
+
+    def memo(self, key: Any, compute: Callable[[], Any]) -> Any:
+        if key not in self.cache:
+            self.cache[key] = compute()
+        return self.cache[key]
+
+    def uptime_days(self) -> UptimeDays:
+        """Every in-fleet device of the scope, each local day of the period."""
+        devices = self.devices
+        return self.memo(  # type: ignore[no-any-return]
+            ("uptime", str(self.scope), self.first, self.last),
+            lambda: uptime_for(self.feed, devices, self.first, self.last, self.horizon),
+        )
+
+    def txn(self) -> dict[str, dict[date, TxnDay]]:
+        return self.memo(  # type: ignore[no-any-return]
+            ("txn", self.first, self.last), lambda: self.feed.txn_days(self.first, self.last)
+        )
+
+    def flags(self) -> list[YieldFlag]:
+        devices = self.devices
+        return self.memo(  # type: ignore[no-any-return]
+            ("flags", str(self.scope), self.last),
+            lambda: low_yield_for(self.feed, self.inventory, devices, self.last, self.horizon),
+        )
+
+    def target_of(self) -> Callable[[str], float]:
+        """device id -> its uptime target (its sub-branch's tier)."""
+        tier = dimension_key(self.inventory, "tier")
+        targets = self.rules.uptime.targets
+        return lambda d: targets[Tier(tier(d) or "1")]
+
+
+# ---------------------------------------------------------------------------- output
+
+
+@dataclass
+class Report:
+    """What a subcommand prints: a title, rows of named cells, and the same as JSON."""
+
+    title: str
+    columns: list[str]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    sections: list[Report] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"title": self.title, **self.extra, "rows": self.rows}
+        for s in self.sections:
+            out[s.extra.get("key", s.title)] = s.as_json()
+        return out
+
+    def section(self, key: str) -> Report:
+        return next(s for s in self.sections if s.extra.get("key") == key)
+
+
+def _width(text: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+#: Columns shown as percentages in the terminal (JSON keeps the ratio).
+PERCENT = {"uptime", "technical", "rate", "on_site_rate", "diversion", "share", "coverage",
+           "substitution", "low_yield_share", "target", "previous", "on_site_target",
+           "max_share"}  # fmt: skip
+#: Shown in percentage points.
+POINTS = {"change"}
+NO_DATA = "–"
+
+
+def header(column: str) -> str:
+    """A column's heading in the terminal: milliseconds are shown as hours."""
+    return column[:-3] + "_h" if column.endswith("_ms") else column
+
+
+def display(column: str, value: Any) -> str:
+    """A value as a person reads it: the one place the terminal rounds."""
+    if value is None:
+        return NO_DATA
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if column.endswith("_ms") and isinstance(value, (int, float)):
+        return f"{value / HOUR_MS:.2f}"
+    if isinstance(value, (float, Decimal)):
+        column = column.removesuffix(" (total)")
+        if column in PERCENT:
+            return f"{value * 100:.2f}%"
+        if column in POINTS:
+            return f"{value * 100:+.2f}"
+        return f"{value:.2f}"
+    return str(value)
+
+
+def render(report: Report) -> str:
+    lines = [report.title]
+    for key, value in report.extra.items():
+        if key != "key" and not isinstance(value, (dict, list)):
+            lines.append(f"  {key}: {display(key, value)}")
+    if report.rows:
+        cells = [[display(c, r.get(c)) for c in report.columns] for r in report.rows]
+        heads = [header(c) for c in report.columns]
+        numeric = [
+            all(
+                isinstance(r.get(c), (int, float, Decimal)) or r.get(c) is None for r in report.rows
+            )
+            for c in report.columns
+        ]
+        widths = [max([_width(h)] + [_width(row[i]) for row in cells]) for i, h in enumerate(heads)]
+
+        def line(values: Sequence[str], head: bool = False) -> str:
+            out = []
+            for v, w, num in zip(values, widths, numeric, strict=True):
+                pad = " " * (w - _width(v))
+                out.append(pad + v if num and not head else v + pad)
+            return "  ".join(out).rstrip()
+
+        lines.append(line(heads, head=True))
+        lines.append("  ".join("-" * w for w in widths))
+        lines.extend(line(row) for row in cells)
+    else:
+        lines.append(f"  ({report.extra.get('empty', 'nothing')})")
+    for s in report.sections:
+        lines.append("")
+        lines.append(render(s))
+    return "\n".join(lines)
+
+
+def to_json(report: Report) -> str:
+    return json.dumps(report.as_json(), ensure_ascii=False, indent=1, default=_json)
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    raise TypeError(type(value).__name__)
+
+
+def change(now: float | None, before: float | None) -> float | None:
+    """A difference of ratios; None against no data."""
+    return None if now is None or before is None else now - before
+
+
+# --------------------------------------------------------------------------- uptime
+
+
+def main_cause(up: Uptime) -> str | None:
+    """The cause with most downtime (ties: the name), None without downtime."""
+    causes = {c.value: v for c, v in up.down_by_cause().items() if v > 0}
+    return max(causes, key=lambda c: (causes[c], c)) if causes else None
+
+
+def uptime_row(
+    name: str,
+    up: Uptime,
+    target: float | None,
+    previous: Uptime | None = None,
+    financial: int | None = None,
+) -> dict[str, Any]:
+    ratio = up.ratio
+    row = {
+        "group": name,
+        "devices": up.devices,
+        "uptime": ratio,
+        "target": target,
+        "meets_target": None if ratio is None or target is None else ratio >= target,
+        "technical": up.tech_ratio,
+        "coverage": up.coverage,
+        "scheduled_ms": up.scheduled_ms,
+        "available_ms": up.available_ms,
+        "down_ms": up.down_ms,
+        "unknown_ms": up.unknown_ms,
+        "main_cause": main_cause(up),
+        "down_ms_by_cause": {c.value: v for c, v in up.down_by_cause().items() if v},
+    }
+    if financial is not None:
+        row["financial"] = financial  # counted financial transactions of its devices
+    if previous is not None:
+        row["previous"] = previous.ratio
+        row["change"] = change(ratio, previous.ratio)
+    return row
+
+
+def per_device_uptime(ctx: Context) -> dict[str, Uptime]:
+    return {d: total(per_day.values()) for d, per_day in ctx.uptime_days().per_device.items()}
+
+
+def group_target(
+    per_device: dict[str, Uptime], key: Callable[[str], str | None], target: Callable[[str], float]
+) -> dict[str, float | None]:
+    """A group's uptime target: its devices' common target, or, for a group across tiers,
+    the S-weighted mean of theirs (it meets its target when ΣA reaches Σ target x S);
+    None when the group has no scheduled time and mixed targets."""
+    weights: dict[str, list[float]] = {}
+    seen: dict[str, set[float]] = {}
+    for d, up in per_device.items():
+        g = key(d)
+        if g is None:
+            continue
+        acc = weights.setdefault(g, [0.0, 0.0])
+        acc[0] += target(d) * up.scheduled_ms
+        acc[1] += up.scheduled_ms
+        seen.setdefault(g, set()).add(target(d))
+    out: dict[str, float | None] = {}
+    for g, (num, den) in weights.items():
+        if len(seen[g]) == 1:
+            out[g] = next(iter(seen[g]))
+        else:
+            out[g] = num / den if den else None
+    return out
+
+
+def uptime_report(ctx: Context, by: str, previous: bool = False) -> Report:
+    per_device = per_device_uptime(ctx)
+    key = dimension_key(ctx.inventory, by)
+    scope = str(ctx.scope)
+    groups = rollup(per_device, key)
+    whole = rollup(per_device, lambda _d: scope).get(scope, Uptime())
+    before: dict[str, Uptime] = {}
+    before_whole: Uptime | None = None
+    if previous:
+        earlier = ctx.shifted((ctx.last - ctx.first).days + 1)
+        before_dev = per_device_uptime(earlier)
+        before = rollup(before_dev, key)
+        before_whole = rollup(before_dev, lambda _d: scope).get(scope, Uptime())
+    targets = group_target(per_device, key, ctx.target_of())
+    whole_target = group_target(per_device, lambda _d: scope, ctx.target_of()).get(scope)
+    txn = ctx.txn()
+    financial: dict[str, int] = {}
+    for d in per_device:
+        g = key(d)
+        if g is not None:
+            n = sum(t.financial for t in txn.get(d, {}).values())
+            financial[g] = financial.get(g, 0) + n
+    rows = [
+        uptime_row(
+            g, up, targets.get(g), before.get(g, Uptime()) if previous else None,
+            financial.get(g, 0),
+        )
+        for g, up in sorted(groups.items())
+    ]  # fmt: skip
+    columns = ["group", "devices", "uptime", "target", "meets_target", "technical", "coverage",
+               "scheduled_ms", "down_ms", "unknown_ms", "main_cause"]  # fmt: skip
+    if previous:
+        columns[4:4] = ["previous", "change"]
+    return Report(
+        f"开机率 uptime {ctx.first}..{ctx.last}, {ctx.scope}, by {by}",
+        columns,
+        rows,
+        {"period": [ctx.first, ctx.last], "scope": scope, "by": by,
+         "total": uptime_row(scope, whole, whole_target, before_whole,
+                             sum(financial.values())),
+         "targets": {t.value: v for t, v in ctx.rules.uptime.targets.items()},
+         "uptime (total)": whole.ratio, "coverage (total)": whole.coverage},
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------- substitution
+
+
+def unit_entries(ctx: Context) -> list[tuple[str, Volumes]]:
+    """(unit, volumes) of every unit-day of the period in the scope."""
+    txn = ctx.txn()
+    counters = ctx.memo(("counters", ctx.first, ctx.last),
+                        lambda: ctx.feed.counters(ctx.first, ctx.last))  # fmt: skip
+    scope_key = branch_key(ctx.inventory, ctx.scope.kind)
+    entries = []
+    day = ctx.first
+    while day <= ctx.last:
+        counts = device_counts({d: {day: t[day]} for d, t in txn.items() if day in t})
+        for unit, vol in unit_volumes(ctx.inventory, counts, counters.get(day, {}), day).items():
+            if scope_key(unit) == ctx.scope.value:
+                entries.append((unit, vol))
+        day += timedelta(days=1)
+    return entries
+
+
+def substitution_row(name: str, s: Substitution, rules: Rules) -> dict[str, Any]:
+    return {
+        "group": name,
+        "rate": s.rate,
+        "meets_target": None if s.rate is None else s.rate >= rules.substitution.target,
+        "on_site_rate": s.on_site_rate,
+        "on_site_meets_target": None
+        if s.on_site_rate is None
+        else s.on_site_rate >= rules.substitution.on_site_target,
+        "diversion": s.diversion,
+        "self_financial": s.financial_self_all,
+        "self_financial_with_counter": s.financial_self,
+        "counter_financial": s.financial_counter,
+        "unit_days": s.entries,
+        "without_counter": s.entries_without_counter,
+        "reason": s.reason,
+    }
+
+
+def substitution_report(ctx: Context, by: str) -> Report:
+    ctx.scope.require(GEOGRAPHIC, "substitution is per branch")
+    if by not in GEOGRAPHIC:
+        raise UsageError(f"--by {by}: allowed for substitution: {', '.join(GEOGRAPHIC)}")
+    entries = unit_entries(ctx)
+    groups = substitution(entries, branch_key(ctx.inventory, by))
+    scope = str(ctx.scope)
+    whole = substitution(entries, lambda _u: scope).get(scope, Substitution())
+    return Report(
+        f"账务性交易替代率 substitution {ctx.first}..{ctx.last}, {ctx.scope}, by {by}",
+        ["group", "rate", "meets_target", "on_site_rate", "diversion", "self_financial",
+         "counter_financial", "unit_days", "without_counter", "reason"],
+        [substitution_row(g, s, ctx.rules) for g, s in sorted(groups.items())],
+        {"period": [ctx.first, ctx.last], "scope": scope,
+         "total": substitution_row(scope, whole, ctx.rules),
+         "target": ctx.rules.substitution.target,
+         "on_site_target": ctx.rules.substitution.on_site_target, "rate (total)": whole.rate,
+         "note": "rate: unit-days with counter volume only; self_financial: every unit-day"},
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------ low yield
+
+
+def share_row(name: str, s: Share) -> dict[str, Any]:
+    return {"group": name, "low": s.low, "evaluated": s.evaluated, "share": s.share,
+            "max_share": s.max_share, "meets_target": s.meets_target, "exempt": s.exempt,
+            "not_evaluated_coverage": s.not_evaluated_coverage,
+            "low_efficiency": s.low_efficiency}  # fmt: skip
+
+
+def flag_row(f: YieldFlag) -> dict[str, Any]:
+    return {"group": f.device_id, "status": f.status.value, "average": f.daily_average,
+            "threshold": f.threshold, "margin": f.margin, "days_counted": f.days_counted,
+            "monitored_days": f.monitored_days, "uptime": f.uptime,
+            "low_efficiency": f.low_efficiency}  # fmt: skip
+
+
+def low_yield_report(ctx: Context, by: str) -> Report:
+    if ctx.first != ctx.last:
+        raise UsageError("low-yield is evaluated on one date: use --date")
+    flags = ctx.flags()
+    max_share = ctx.rules.low_yield.max_share
+    shares = low_yield_share(flags, dimension_key(ctx.inventory, by), max_share)
+    scope = str(ctx.scope)
+    whole = low_yield_share(flags, lambda _d: scope, max_share)
+    whole_row = share_row(scope, whole.get(scope, Share(max_share=max_share)))
+    order = {YieldStatus.LOW: 0, YieldStatus.OK: 1, YieldStatus.COVERAGE: 2,
+             YieldStatus.EXEMPT: 3, YieldStatus.NOT_EVALUATED: 4}  # fmt: skip
+    listed = sorted(
+        flags,
+        key=lambda f: (order[f.status], f.margin if f.margin is not None else 0.0, f.device_id),
+    )
+    devices = Report(
+        "devices: every one evaluated (lowest margin first), then those not evaluated",
+        ["group", "status", "average", "threshold", "margin", "days_counted", "monitored_days",
+         "uptime", "low_efficiency"],
+        [flag_row(f) for f in listed],
+        {"key": "devices"},
+    )  # fmt: skip
+    return Report(
+        f"低产 low-yield on {ctx.last} ({ctx.rules.low_yield.window_days}-day window), "
+        f"{ctx.scope}, by {by}",
+        ["group", "low", "evaluated", "share", "meets_target", "exempt",
+         "not_evaluated_coverage", "low_efficiency"],
+        [share_row(g, s) for g, s in sorted(shares.items())],
+        {"date": ctx.last, "scope": scope, "total": whole_row, "share (total)": whole_row["share"],
+         "max_share": max_share, "min_monitored_days": ctx.rules.low_yield.min_monitored_days},
+        [devices],
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- tail
+
+
+def tail_entries(ctx: Context, rank: str, group: str, unit: str = "device") -> list[Entry]:
+    """The ranking of the scope's devices (or their branches) within each ``group``:
+    uptime against the tier's uptime target, or daily financial volume (over the days
+    with scheduled time) against the low-yield threshold (a branch: the sum of its
+    devices' thresholds). A branch's uptime is ΣA/ΣS over its devices."""
+    inv = ctx.inventory
+    per_device = per_device_uptime(ctx)
+    if unit == "branch":
+        unit_of = {d.id: d.branch for d in inv.devices}
+        of: Callable[[str], str] = unit_of.__getitem__
+        key = branch_key(inv, group)
+        tier_target = {
+            b.id: ctx.rules.uptime.targets[inv.subbranch_by_id[b.subbranch].tier]
+            for b in inv.branches
+        }
+        target: Callable[[str], float] = tier_target.__getitem__
+    else:
+        of, key, target = str, dimension_key(inv, group), ctx.target_of()
+    if rank == "uptime":
+        return uptime_entries(rollup(per_device, of), key, target)
+    per_day = ctx.uptime_days().per_device
+    txn = ctx.txn()
+    thresholds = ctx.rules.low_yield.thresholds
+    volumes: dict[str, int] = {}
+    scheduled: dict[str, int] = {}
+    days_with_data: dict[str, set[date]] = {}
+    limit: dict[str, float | None] = {}
+    for d, up in per_device.items():
+        u = of(d)
+        volumes[u] = volumes.get(u, 0) + sum(t.financial for t in txn.get(d, {}).values())
+        scheduled[u] = scheduled.get(u, 0) + up.scheduled_ms
+        days_with_data.setdefault(u, set()).update(k for k, v in per_day[d].items() if v.has_data)
+        own = thresholds.get(inv.device_by_id[d].type)
+        if own is not None:
+            limit[u] = (limit.get(u) or 0.0) + own
+        else:
+            limit.setdefault(u, None)
+    return volume_entries(
+        volumes, scheduled, key, {u: len(v) for u, v in days_with_data.items()}, limit.get
+    )
+
+
+def tail_report(
+    ctx: Context,
+    rank: str,
+    group: str,
+    size: int | None = None,
+    history: int | None = None,
+    unit: str = "device",
+) -> Report:
+    """The bottom ``size`` devices (or branches) of who falls short in each group, with
+    streaks over up to ``history`` earlier periods of the same length (rules: tail.size,
+    tail.history_periods)."""
+    if group not in ("subbranch", "tier"):
+        raise UsageError(f"--group {group}: allowed: subbranch, tier")
+    if unit not in ("device", "branch"):
+        raise UsageError(f"--unit {unit}: allowed: device, branch")
+    n = size or ctx.rules.tail.size
+    periods = ctx.rules.tail.history_periods if history is None else history
+    length = (ctx.last - ctx.first).days + 1
+    past: list[set[str]] = []
+    past_no_data: list[set[str]] = []
+    with_data = 0
+    for k in range(periods, 0, -1):
+        earlier = tail_entries(ctx.shifted(k * length), rank, group, unit)
+        members = tail(earlier, n)
+        past.append({m.id for ms in members.values() for m in ms})
+        past_no_data.append({e.id for e in earlier if e.value is None})
+        with_data += any(e.value is not None for e in earlier)
+    entries = tail_entries(ctx, rank, group, unit)
+    tails = tail(entries, n, past, past_no_data)
+    value_key = "uptime" if rank == "uptime" else "daily_financial"
+    rows = [
+        {"group": m.group, "position": m.position, unit: m.id, value_key: m.value,
+         "target": m.target, "streak": m.streak}
+        for members in tails.values()
+        for m in members
+    ]  # fmt: skip
+    groups: dict[str, dict[str, int]] = {}
+    for e in entries:
+        g = groups.setdefault(e.group, {"ranked": 0, "short": 0, "no_data": 0})
+        g["ranked" if e.value is not None else "no_data"] += 1
+        g["short"] += e.short
+    summary = Report(
+        f"groups: who falls short ({'below the uptime target' if rank == 'uptime' else 'below the low-yield threshold'})",
+        ["group", "ranked", "short", "no_data", "note"],
+        [{"group": g, **c, "note": None if c["short"] else "nobody below target"}
+         for g, c in sorted(groups.items())],
+        {"key": "groups"},
+    )  # fmt: skip
+    missing = Report(
+        "no data in the period (not ranked)",
+        ["group", unit],
+        [{"group": g, unit: d} for g, ids in no_data(entries).items() for d in ids],
+        {"key": "no_data"},
+    )
+    return Report(
+        f"剁尾巴 tail: the {n} {unit}s lowest below target by {rank} within each {group}, "
+        f"{ctx.first}..{ctx.last}, {ctx.scope}",
+        ["group", "position", unit, value_key, "target", "streak"],
+        rows,
+        {"period": [ctx.first, ctx.last], "scope": str(ctx.scope), "size": n,
+         "history_periods": periods, "history_periods_with_data": with_data,
+         "empty": "nobody below target"},
+        [summary, missing],
+    )  # fmt: skip
+
+
+# -------------------------------------------------------------------------- vendors
+
+
+def vendors_report(ctx: Context) -> Report:
+    rules = ctx.rules
+    per_device = per_device_uptime(ctx)
+    devices = ctx.devices
+    lo, hi = ctx.span
+    # Incidents need history (repeats, open faults) and what followed (repairs).
+    back = lo - rules.vendors.repeat_fault_days * 86_400_000
+    ahead = min(ctx.horizon, hi + 7 * 86_400_000)
+    lines = timelines(ctx.feed, devices, back, ahead, ctx.horizon)
+    faults, arrivals = ctx.feed.service_events(back, ahead)
+    found = []
+    for d in devices:
+        found += incidents(d.id, lines[d.id], faults.get(d.id, []), arrivals.get(d.id, []))
+    scores = scorecard(
+        devices, per_device, mark_repeats(found, rules.vendors.repeat_fault_days),
+        (lo, hi), ctx.first, ctx.last, rules.vendors,
+    )  # fmt: skip
+    rows = [
+        {"group": f"{s.vendor} {s.model}", "devices": s.devices,
+         "technical": s.technical_availability, "faults": s.faults,
+         "per_device_month": s.faults_per_device_month,
+         "mttr_ms": None if s.mttr_ms is None else round(s.mttr_ms),
+         "response_ms": None if s.mean_response_ms is None else round(s.mean_response_ms),
+         "repeats": s.repeat_faults, "open": s.open_incidents,
+         "worst": " ".join(w.device_id for w in s.worst)}
+        for s in scores
+    ]  # fmt: skip
+    return Report(
+        f"设备服务厂商考核 vendors {ctx.first}..{ctx.last}, {ctx.scope}",
+        ["group", "devices", "technical", "faults", "per_device_month", "mttr_ms",
+         "response_ms", "repeats", "open", "worst"],
+        rows,
+        {"period": [ctx.first, ctx.last], "scope": str(ctx.scope)},
+    )  # fmt: skip
+
+
+# -------------------------------------------------------------------------- network
+
+
+def network_report(ctx: Context) -> Report:
+    if ctx.first != ctx.last:
+        raise UsageError("the network checks are for one date: use --date")
+    ctx.scope.require(GEOGRAPHIC, "the network checks are per branch")
+    rules = ctx.rules
+    inv = ctx.inventory
+    ratios = self_service_bank_ratio(inv, rules.network.self_service_banks_per_outlet)
+    up = ctx.uptime_days()
+    working = {d for d, per_day in up.per_device.items() if per_day[ctx.last].available_ms > 0}
+    gaps = deposit_coverage(inv, ctx.last, working, rules.network.deposit_capable_per_outlet)
+    in_scope = set(ctx.scope.subbranches(inv))
+    rows = [
+        {"group": sub, "outlets": r.outlets, "self_service_banks": r.self_service_banks,
+         "ratio": r.ratio, "target": r.target, "meets_target": r.meets_target}
+        for sub, r in sorted(ratios.items())
+        if sub in in_scope or (sub == "fleet" and ctx.scope.kind == "fleet")
+    ]  # fmt: skip
+    branch = ctx.scope.value if ctx.scope.kind == "branch" else None
+    coverage = Report(
+        f"deposit coverage on {ctx.last}: outlets short of "
+        f"{rules.network.deposit_capable_per_outlet} deposit-capable device(s) in service",
+        ["group", "subbranch", "reason", "installed", "working"],
+        [
+            {"group": g.branch_id, "subbranch": g.subbranch, "reason": g.reason.value,
+             "installed": len(g.devices), "working": g.working}
+            for g in gaps
+            if g.subbranch in in_scope and (branch is None or g.branch_id == branch)
+        ],
+        {"key": "deposit_coverage"},
+    )  # fmt: skip
+    return Report(
+        f"网点布局 network on {ctx.last}: self-service banks per outlet "
+        f"(target {rules.network.self_service_banks_per_outlet}:1), {ctx.scope}",
+        ["group", "outlets", "self_service_banks", "ratio", "meets_target"],
+        rows,
+        {"date": ctx.last, "scope": str(ctx.scope)},
+        [coverage],
+    )
+
+
+# ----------------------------------------------------------------------- assessment
+
+
+def assessment_report(ctx: Context) -> Report:
+    ctx.scope.require(("fleet", "tier"), "the assessment ranks sub-branches")
+    inv = ctx.inventory
+    by_sub = dimension_key(inv, "subbranch")
+    devices = ctx.devices
+    per_device = per_device_uptime(ctx)
+    uptime = rollup(per_device, by_sub)
+    subst = substitution(unit_entries(ctx), branch_key(inv, "subbranch"))
+    shares = low_yield_share(ctx.flags(), by_sub, ctx.rules.low_yield.max_share)
+    txn = ctx.txn()
+    fees = {
+        d: (sum((x.fee for x in t.values()), Decimal("0")), sum(x.fee_txns for x in t.values()))
+        for d, t in txn.items()
+    }
+    rev = revenue([d.id for d in devices], fees, by_sub)
+    scored = {s for d in devices if (s := by_sub(d.id))}
+    every = ctx.scope.subbranches(inv)
+    figures = [
+        SubBranchFigures(
+            s,
+            inv.subbranch_by_id[s].tier,
+            uptime[s].ratio if s in uptime else None,
+            subst[s].rate if s in subst else None,
+            shares[s].share if s in shares else None,
+            rev[s].per_device if s in rev else None,
+        )
+        for s in every
+        if s in scored
+    ]
+    results = assess(figures, ctx.rules)
+    fig = {f.subbranch: f for f in figures}
+    rows = [
+        {"group": a.subbranch, "tier": a.tier.value, "rank": a.rank, "score": a.score,
+         "devices": rev[a.subbranch].devices if a.subbranch in rev else 0,
+         "uptime": fig[a.subbranch].uptime, "substitution": fig[a.subbranch].substitution,
+         "low_yield_share": fig[a.subbranch].low_yield_share,
+         "fees": rev[a.subbranch].fees if a.subbranch in rev else None,
+         "fee_transactions": rev[a.subbranch].fee_transactions if a.subbranch in rev else None,
+         "fees_per_device": fig[a.subbranch].revenue_per_device,
+         "missing": ",".join(m.value for m in a.missing) or None}
+        for a in results
+    ]  # fmt: skip
+    rows += [
+        {"group": s, "tier": inv.subbranch_by_id[s].tier.value, "rank": None, "score": None,
+         "devices": 0, "uptime": None, "substitution": None, "low_yield_share": None,
+         "fees": None, "fee_transactions": None, "fees_per_device": None,
+         "missing": "not scored: no device in the fleet"}
+        for s in every
+        if s not in scored
+    ]  # fmt: skip
+    return Report(
+        f"自助业务经营管理考核评价 assessment {ctx.first}..{ctx.last}, {ctx.scope}",
+        ["group", "tier", "rank", "score", "devices", "uptime", "substitution",
+         "low_yield_share", "fees_per_device", "missing"],
+        rows,
+        {"period": [ctx.first, ctx.last], "scope": str(ctx.scope)},
+    )  # fmt: skip
