@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 
+from atmfleet.cli_types import Day
 from atmfleet.errors import UsageError
 from atmfleet.inventory import Device, Inventory
 from atmfleet.settings import load_settings
@@ -584,16 +585,14 @@ def _common(fn: Callable[..., None]) -> Callable[..., None]:
         "--scope", default="fleet", show_default=True,
         help="fleet, tier:N, subbranch:ID, branch:ID, device:ID, vendor:NAME or type:TYPE.",
     )(fn)  # fmt: skip
-    fn = click.option("--to", "last", type=click.DateTime(["%Y-%m-%d"]), help="Last local day.")(fn)
-    fn = click.option(
-        "--from", "first", type=click.DateTime(["%Y-%m-%d"]), help="First local day."
-    )(fn)
-    fn = click.option("--date", "on", type=click.DateTime(["%Y-%m-%d"]), help="One local day (default: yesterday).")(fn)  # fmt: skip
+    fn = click.option("--to", "last", type=Day(), help="Last local day.")(fn)
+    fn = click.option("--from", "first", type=Day(), help="First local day.")(fn)
+    fn = click.option("--date", "on", type=Day(), help="One local day (default: yesterday).")(fn)  # fmt: skip
     return fn
 
 
-def _day(value: datetime | None) -> date | None:
-    return value.date() if value is not None else None
+def _day(value: date | None) -> date | None:
+    return value.date() if isinstance(value, datetime) else value
 
 
 _BY = click.option(
