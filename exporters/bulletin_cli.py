@@ -96,13 +96,14 @@ def file_name(b: Bulletin, fmt: str) -> str:
 
 
 def render(b: Bulletin, fmt: str, m: Messages) -> bytes:
+    labels = {k: m(k) for k in ("summary", "period", "generated", "nothing")}
+    labels.update(m.prefixed("r."))
     if fmt == "xlsx":
-        return to_xlsx(b, m("summary"), m("period"))
+        return to_xlsx(b, m("summary"), m("period"), labels)
     if fmt == "csv":
         return to_csv_zip(b)
     if fmt == "html":
-        keys = ("summary", "period", "generated", "nothing")
-        return to_html(b, {k: m(k) for k in keys})
+        return to_html(b, labels)
     return to_json(b)
 
 

@@ -119,8 +119,8 @@ class TestRenderers:
         assert [c.value for c in ws[2]] == ["Sub-branch", "Uptime", "Fees", "Down (h)"]
         assert ws["B3"].value == 0.9612 and ws["B3"].number_format == "0.00%"
         assert ws["B3"].fill.fgColor.rgb.endswith("F8CBAD")
-        assert ws["B4"].value is None and ws["B4"].fill.fgColor.rgb != ws["B3"].fill.fgColor.rgb
-        assert wb.worksheets[0]["B4"].value == 0.975
+        assert ws["B4"].value == "–" and ws["B4"].fill.fgColor.rgb != ws["B3"].fill.fgColor.rgb
+        assert wb.worksheets[0]["B5"].value == 0.975
 
     def test_sheet_names_are_legal_and_unique(self) -> None:
         b = sample()
