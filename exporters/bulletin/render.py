@@ -153,23 +153,21 @@ _STEPS = [m * 10.0**e for e in range(-4, 7) for m in (1, 2, 2.5, 5)]
 def axis(values: list[float], kind: Kind) -> tuple[float, float, float]:
     """``(lo, hi, step)`` of a bar chart's value axis.
 
-    Amounts (counts, money) start at zero. Ratios and scores start at a round floor a
-    little below the smallest value, so a one-point difference is a visible length (with
-    the floor printed on the chart); a ratio axis ends at 100 % unless a value is above."""
+    Amounts (counts, money) start at zero, and so do ratios and scores that are far apart.
+    Ratios and scores close together (spread over less than half the largest) start at a
+    round floor a little below the smallest, so a one-point difference is a visible
+    length; the chart prints that floor. An axis of ratios near 100 % ends at 100 %."""
     lo_v, hi_v = min(values), max(values)
-    if kind is Kind.RATIO and hi_v <= 1.0:
+    if kind is Kind.RATIO and 0.9 <= hi_v <= 1.0:
         hi_v = 1.0
-    zero = kind not in (Kind.RATIO, Kind.NUMBER)
-    if zero or lo_v <= 0:
-        lo_v = min(lo_v, 0.0)
-    span = (hi_v - lo_v) or abs(hi_v) or 1.0
-    floor = lo_v if zero or lo_v <= 0 else lo_v - span * 0.25
+    clustered = kind in (Kind.RATIO, Kind.NUMBER) and lo_v > 0 and hi_v - lo_v < 0.5 * hi_v
+    floor = lo_v - (hi_v - lo_v) * 0.25 if clustered else min(lo_v, 0.0)
     step = next((s for s in _STEPS if (hi_v - floor) / s <= 6), _STEPS[-1])
-    lo = 0.0 if zero or lo_v <= 0 else max(0.0, math.floor(floor / step) * step)
+    lo = max(0.0, math.floor(floor / step) * step) if clustered else min(lo_v, 0.0)
     hi = math.ceil(hi_v / step - 1e-9) * step
     if hi <= lo:
         hi = lo + step
-    return lo, hi, step
+    return round(lo, 10), round(hi, 10), step
 
 
 def subbranch_names(b: Bulletin) -> dict[str, str]:
@@ -350,7 +348,7 @@ def _native_chart(wb: Any, sheet: str, t: Table, lab: dict[str, str], summary_sh
     keys = [c.key for c in t.columns]
     col, by = keys.index(t.chart or ""), keys.index(t.chart_label or "")
     kind = t.columns[col].kind
-    last = 1 + len(t.rows)
+    last = 2 + len(t.rows)  # the last data row, as Excel numbers rows (from 1)
     quoted = "'" + sheet.replace("'", "''") + "'"
     values = [v for r in t.rows if (v := _number(r[col])) is not None]
     target_col = keys.index("target") if "target" in keys else None
@@ -429,12 +427,12 @@ body{margin:0;font-size:10pt}
 nav,.legend-screen{display:none}
 h1{font-size:15pt}h2{font-size:12pt;margin:14px 0 6px;break-after:avoid}
 .cards{grid-template-columns:repeat(6,1fr)}
-table{font-size:8pt}table.wide{font-size:7pt}
+table{font-size:9pt}table.wide{font-size:7.5pt}
 th{position:static}thead{display:table-header-group}tr{break-inside:avoid}
 th,td{padding:1px 4px}
 details::details-content{content-visibility:visible;display:block}
 details>summary{list-style:none}details>summary::-webkit-details-marker{display:none}
-.pair{gap:12px}svg.chart{max-width:100%;height:auto}
+.pair{gap:12px}svg.chart{width:62%;height:auto}
 tr:nth-child(even) td:not(.bad){background:#fff}
 *{-webkit-print-color-adjust:exact;print-color-adjust:exact}
 """
