@@ -460,7 +460,7 @@ th{background:#1F4E79;color:#fff;font-weight:600;position:sticky;top:0;
 vertical-align:bottom;line-height:1.25}
 th small{font-weight:400;font-size:11px;opacity:.9}
 td.n{text-align:right;font-variant-numeric:tabular-nums}
-td.na{color:#999}
+td.na{color:#999}td.z{color:#b0b0b0}
 td.bad{background:#F8CBAD;color:#9C0006;font-weight:600}
 td.wrap{white-space:normal;max-width:26em}td.wrap span{white-space:nowrap}
 tr:nth-child(even) td:not(.bad){background:#f4f7fa}
@@ -492,7 +492,7 @@ CHART_MAX_BARS = 60
 _OK, _BAD, _TARGET = "#4F81BD", "#C0504D", "#1a1a1a"
 
 
-def _chart(t: Table, lab: dict[str, str]) -> str:
+def _chart(t: Table, lab: dict[str, str], names: dict[str, str] | None = None) -> str:
     """A horizontal bar chart of ``t.chart`` by ``t.chart_label``, as inline SVG.
 
     The value axis comes from :func:`axis` (ratios and scores from a round floor, printed
@@ -513,6 +513,8 @@ def _chart(t: Table, lab: dict[str, str]) -> str:
         value = _number(row[idx[t.chart]])
         target = _number(row[idx["target"]]) if per_row else t.target
         name = row[idx[t.chart_label]]
+        if t.chart_label == "subbranch" and names and isinstance(name, str):
+            name = names.get(name, name)  # a sub-branch by its name, as in the other charts
         points.append(
             (str(name) if name is not None else "–", value, _is_bad(t, n, t.chart, value), target)
         )
@@ -523,7 +525,7 @@ def _chart(t: Table, lab: dict[str, str]) -> str:
     lo, hi, step = axis(values + targets, kind)
     longest = max(_width(name) for name, *_ in points)
     label_w = min(max(60, longest * 7 + 14), 230)
-    bar_w, value_w, row_h, top = 600, 190, 22, 6
+    bar_w, value_w, row_h, top = 600, 170, 22, 6
     height = top + row_h * len(points) + 34
     width = label_w + bar_w + value_w
 
@@ -565,12 +567,13 @@ def _chart(t: Table, lab: dict[str, str]) -> str:
             shown += " " + gap
             text += f' <tspan class="gap">{html.escape(gap)}</tspan>'
         end = label_w + w + 4
-        if per_row and target is not None:
+        if target is not None and lo <= target <= hi:
             tx = x(target)
-            parts.append(
-                f'<line x1="{tx:.1f}" y1="{y}" x2="{tx:.1f}" y2="{y + row_h}" '
-                f'stroke="{_TARGET}" stroke-width="2"/>'
-            )
+            if per_row:
+                parts.append(
+                    f'<line x1="{tx:.1f}" y1="{y}" x2="{tx:.1f}" y2="{y + row_h}" '
+                    f'stroke="{_TARGET}" stroke-width="2"/>'
+                )
             if end - 2 <= tx <= end + _width(shown) * 7:  # the words would cross the mark
                 end = tx + 4
         parts.append(f'<text x="{end:.1f}" y="{y + 15}">{text}</text>')
@@ -639,6 +642,8 @@ def _cell_html(t: Table, n: int, c: Column, v: Cell) -> str:
         classes.append("na")
     elif _is_bad(t, n, c.key, v):
         classes.append("bad")
+    elif c.kind is Kind.HOURS and v == 0:
+        classes.append("z")  # no hours: grey, so the hours there are stand out
     text = display(v, c.kind)
     body = html.escape(text)
     if c.kind is Kind.TEXT and " " in text and len(text) > 24:
@@ -679,7 +684,7 @@ def _table_html(t: Table, lab: dict[str, str], names: dict[str, str]) -> str:
     every = list(range(len(t.columns)))
     grouped = groups(t)
     if grouped is None:
-        chart = _chart(t, lab)
+        chart = _chart(t, lab, names)
         body = _rows_html(t, list(range(len(t.rows))), every)
         out.append(f'<div class="pair">{chart}<div>{body}</div></div>' if chart else body)
     else:
