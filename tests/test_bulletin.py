@@ -370,3 +370,20 @@ class TestTheWorkbook:
         assert "'Sub-branches'!$B$3:$B$5" in xml  # the uptime column, every row
         assert "'Sub-branches'!$C$3:$C$5" in xml  # the targets
         assert '<c:min val="0.95"/>' in xml and '<c:max val="1.0"/>' in xml
+
+
+class TestNoDataAnywhere:
+    def test_every_format_renders_a_bulletin_whose_numbers_are_all_none(self) -> None:
+        b = sample("zh-CN")
+        b.summary = [(k, label, None, kind) for k, label, _, kind in b.summary]
+        t = uptime_table([None, None], [0.97, 0.98])
+        t.rows = [[r[0], *[None] * (len(r) - 1)] for r in t.rows]  # even the targets
+        b.tables = [t]
+        m = Messages("zh-CN")
+        page = to_html(b, m.prefixed("")).decode()
+        assert "bad" not in page.split("<body>", 1)[1].split("</style>")[-1]
+        assert page.count("–") >= 8
+        book = openpyxl.load_workbook(io.BytesIO(to_xlsx(b, "S", "P", m.prefixed("r."))))
+        assert [c.value for c in book.worksheets[1][3]] == ["S0", "–", "–", "–", "–"]
+        assert json.loads(to_json(b))["tables"]["subbranches"]["rows"][0]["uptime"] is None
+        assert to_csv_zip(b)

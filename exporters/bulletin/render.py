@@ -248,7 +248,10 @@ def xlsx_value(value: Cell, kind: Kind) -> Cell:
 def _chart_table(b: Bulletin) -> Table | None:
     """The table drawn natively on the summary sheet: the longest one with a ratio chart
     and a target per row (the sub-branches), else the first with any chart."""
-    charted = [t for t in b.tables if t.chart and t.chart_label and t.rows]
+    charted = [
+        t for t in b.tables
+        if t.rows and {t.chart, t.chart_label} <= {c.key for c in t.columns}
+    ]  # fmt: skip
     with_target = [
         t for t in charted
         if any(c.key == "target" for c in t.columns)
