@@ -387,3 +387,14 @@ class TestNoDataAnywhere:
         assert [c.value for c in book.worksheets[1][3]] == ["S0", "–", "–", "–", "–"]
         assert json.loads(to_json(b))["tables"]["subbranches"]["rows"][0]["uptime"] is None
         assert to_csv_zip(b)
+
+
+class TestTheRenderersWords:
+    @pytest.mark.parametrize("lang", ["zh-CN", "en"])
+    def test_every_word_around_the_tables_exists_in_both_languages(self, lang: str) -> None:
+        m = Messages(lang)
+        words = {**m.prefixed("r."), **{k: m(k) for k in ("summary", "period", "generated",
+                                                           "nothing")}}  # fmt: skip
+        assert set(render.DEFAULT_LABELS) == set(words)
+        if lang == "zh-CN":
+            assert all(words[k] != render.DEFAULT_LABELS[k] for k in words if k != "r.page")

@@ -136,7 +136,6 @@ _ZH: dict[str, str] = {
     "r.over": "超 {v} 个百分点",
     "r.details": "明细(按二级分行)",
     "r.group": "共 {n} 行,未达标 {k} 行",
-    "r.contents": "目录",
     "r.page": "第 &P 页,共 &N 页",
 }
 
@@ -266,7 +265,6 @@ _EN: dict[str, str] = {
     "r.over": "{v} pp over",
     "r.details": "Details (per sub-branch)",
     "r.group": "rows: {n} · below target: {k}",
-    "r.contents": "Contents",
     "r.page": "Page &P of &N",
 }
 

@@ -116,7 +116,6 @@ DEFAULT_LABELS: dict[str, str] = {
     "r.over": "{v} pp over",
     "r.details": "Details",
     "r.group": "rows: {n} · below target: {k}",
-    "r.contents": "Contents",
     "r.page": "Page &P of &N",
 }
 
