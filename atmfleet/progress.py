@@ -8,6 +8,7 @@ always a last one when the step ends.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -66,9 +67,9 @@ class StepProgress:
         done = min(max(done, 0.0), self.total) if self.total else max(done, 0.0)
         self._note = note
         if self._bar is not None:
-            self._bar.update(done - self._done)
             if note:
                 self._bar.set_postfix_str(note, refresh=False)
+            self._bar.update(done - self._done)
             self._done = done
             return
         self._done = done
@@ -97,7 +98,8 @@ class StepProgress:
 
 
 def _isatty(stream: TextIO) -> bool:
+    """A terminal that says how wide it is (a bar needs the columns; without them, lines)."""
     try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
+        return stream.isatty() and os.get_terminal_size(stream.fileno()).columns >= 40
+    except (AttributeError, ValueError, OSError):
         return False

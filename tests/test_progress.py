@@ -67,3 +67,51 @@ class TestOnATerminal:
         assert lines == []
         assert "storing 100%|" in out and "2,000/2,000 messages" in out
         assert "2,000 stored" in out and "\r" in out
+
+
+def on_a_pty(columns: int) -> str:
+    """What a StepProgress prints on a pseudo-terminal ``columns`` wide."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    code = (
+        "from atmfleet.progress import StepProgress\n"
+        "p = StepProgress('history  ', 48, 'h', echo=print)\n"
+        "for i in range(0, 49, 12):\n"
+        "    p.update(i, f'{i * 100:,} sent')\n"
+        "p.close()\n"
+    )
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 30, columns, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=follower, stdout=follower,
+                            stderr=follower)  # fmt: skip
+    os.close(follower)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(leader)
+    assert proc.wait(30) == 0
+    return out.decode()
+
+
+class TestOnARealTerminal:
+    def test_a_terminal_gets_a_bar(self) -> None:
+        out = on_a_pty(100)
+        assert "history 100%|" in out and "48/48 h" in out and "4,800 sent" in out
+        assert "█" in out
+
+    def test_a_terminal_that_says_no_width_gets_lines(self) -> None:
+        out = on_a_pty(0)
+        assert "|" not in out
+        assert "history   100%  48 of 48 h, 4,800 sent" in out
