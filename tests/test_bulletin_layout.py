@@ -174,6 +174,28 @@ class TestOnA1400PxScreen:
         assert "2026-12-01 19:37" in meta and "T19" not in meta and "+08:00" not in meta
 
 
+class TestRoomForMoreColumns:
+    """The widest tables keep fitting with two more columns (coverage, monitoring outage)."""
+
+    @pytest.mark.parametrize("lang", ["zh-CN", "en"])
+    def test_the_sub_branch_table_with_two_more_columns_still_fits(
+        self, lang: str, tmp_path: Path
+    ) -> None:
+        m = Messages(lang)
+        b = realistic(lang)
+        t = b.table("subbranches")
+        t.columns += [Column("coverage", "监控覆盖率" if lang == "zh-CN" else "Coverage",
+                             Kind.RATIO), Column("unknown_h", m("c.unknown_h"), Kind.HOURS)]  # fmt: skip
+        t.rows = [[*r, 0.9876, 0.0] for r in t.rows]
+        page = tmp_path / f"wider.{lang}.html"
+        page.write_bytes(render_format(b, "html", m))
+        screen = layout(page, 1400, tmp_path)
+        paper = layout(page, A4_LANDSCAPE_PX, tmp_path,
+                       PRINT_CSS.replace("@page{size:A4 landscape;margin:10mm}", ""))  # fmt: skip
+        assert screen["outside"] == paper["outside"] == []
+        assert screen["wraps"] == paper["wraps"] == []
+
+
 class TestOnAnA4LandscapePage:
     def test_with_the_print_rules_every_table_fits_the_page_width_unwrapped(
         self, page: Path

@@ -429,7 +429,8 @@ body{margin:0;font-size:10pt}
 nav,.legend-screen{display:none}
 h1{font-size:15pt}h2{font-size:12pt;margin:14px 0 6px;break-after:avoid}
 .cards{grid-template-columns:repeat(6,1fr)}
-table{font-size:9pt}table.wide{font-size:7.5pt}
+table{font-size:9pt}table.wide{font-size:7.5pt}table.wider{font-size:7pt}
+table.wider th,table.wider td{padding:1px 3px}
 th{position:static}thead{display:table-header-group}tr{break-inside:avoid}
 th,td{padding:1px 4px}
 details::details-content{content-visibility:visible;display:block}
@@ -457,6 +458,7 @@ max-width:1352px}
 .pair{display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start}
 table{border-collapse:collapse;font-size:13px;margin:4px 0}
 table.wide{font-size:12px}
+table.wider{font-size:11px}table.wider th,table.wider td{padding:3px 5px}
 th,td{border:1px solid #c8d0d8;padding:3px 7px;white-space:nowrap}
 th{background:#1F4E79;color:#fff;font-weight:600;position:sticky;top:0;
 vertical-align:bottom;line-height:1.25}
@@ -666,7 +668,8 @@ def _head_html(columns: list[Column]) -> str:
 
 
 def _rows_html(t: Table, rows: list[int], columns: list[int]) -> str:
-    wide = " wide" if len(columns) > 10 else ""
+    # Many columns: a smaller type, so the table still fits the screen and the page.
+    wide = " wide wider" if len(columns) > 15 else " wide" if len(columns) > 10 else ""
     out = [f'<table class="data{wide}">', _head_html([t.columns[j] for j in columns]), "<tbody>"]
     for n in rows[:HTML_MAX_ROWS]:
         row = t.rows[n]
