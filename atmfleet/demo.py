@@ -39,10 +39,12 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -65,6 +67,7 @@ from atmfleet.embedded import BROKER_INFLIGHT, embedded_broker, embedded_postgre
 from atmfleet.errors import AtmfleetError, UsageError
 from atmfleet.inventory import Inventory
 from atmfleet.inventory_io import save_inventory
+from atmfleet.progress import StepProgress
 from atmfleet.protocol import QOS, SUBSCRIPTIONS
 from atmfleet.settings import Settings, load_settings
 from atmfleet.store.connect import connect, redact_url
@@ -141,6 +144,41 @@ def environment(endpoints: Endpoints) -> dict[str, str]:
         "ATMFLEET_MQTT_URL": endpoints.mqtt_url,
         "ATMFLEET_MQTT_PROTOCOL": endpoints.mqtt_protocol,
     }
+
+
+#: The file (in the data folder) holding the ``export`` lines of the running demo.
+ENV_FILE = "env.sh"
+
+
+def env_file(endpoints: Endpoints) -> Path:
+    return endpoints.data_dir / ENV_FILE
+
+
+def write_env_file(path: Path, variables: dict[str, str]) -> Path:
+    """Write ``export NAME='value'`` lines for ``source``: readable by the owner only (0600
+    from the start: the database URL holds a password), through a temp file and a rename."""
+    lines = [
+        "# The services of the running 'atmfleet demo': source this file in another shell.",
+        *(f"export {name}={shlex.quote(value)}" for name, value in variables.items()),
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def shown_path(path: Path) -> str:
+    """``path`` relative to the working folder when it is under it (shorter to type)."""
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd()))
+    return str(path)
 
 
 @dataclass(frozen=True)
@@ -228,11 +266,11 @@ def grafana_hint(endpoints: Endpoints, psql: str) -> list[str]:
 
 
 def next_steps(endpoints: Endpoints, psql: str, published: Published | None = None) -> list[str]:
-    """What to run next, in another terminal while the demo runs."""
-    exports = [f"export {k}='{v}'" for k, v in environment(endpoints).items()]
+    """What to run next, in another terminal while the demo runs: the first line points
+    the shell at the demo's services (:func:`write_env_file`; no secret on the screen)."""
     inventory = endpoints.data_dir / "inventory.yaml"
     steps = [
-        *exports,
+        f"source {shlex.quote(shown_path(env_file(endpoints)))}",
         f'{psql} "$ATMFLEET_DATABASE_URL" -c "SELECT state, count(*) FROM state_samples '
         'GROUP BY state ORDER BY 2 DESC"',
         f'{psql} "$ATMFLEET_DATABASE_URL" -c "SELECT * FROM txn_daily ORDER BY 1 DESC LIMIT 10"',
@@ -453,8 +491,15 @@ class CollectorProcess:
             time.sleep(0.1)
         raise DemoError(f"the collector did not connect within {timeout:.0f}s; see {self.log_path}")
 
-    def wait_committed(self, count: int, timeout: float, stop: threading.Event | None) -> int:
-        """Wait until ``count`` messages are committed; the number committed at the end."""
+    def wait_committed(
+        self,
+        count: int,
+        timeout: float,
+        stop: threading.Event | None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Wait until ``count`` messages are committed; the number committed at the end.
+        ``on_progress(committed)`` is called after each look at the collector."""
         done = 0
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
@@ -462,6 +507,8 @@ class CollectorProcess:
             totals = self.totals()
             if totals is not None:
                 done = committed(totals)
+                if on_progress is not None:
+                    on_progress(done)
                 if done >= count:
                     break
             time.sleep(0.1)
@@ -542,6 +589,7 @@ class Progress:
     """What the simulator thread has sent; read by the main thread."""
 
     sent: int = 0
+    sim_t: int = 0  # the simulated time (ms) of the last message sent
     history: int | None = None  # messages before "now", once all of them were sent
     error: BaseException | None = None
     finished: threading.Event = field(default_factory=threading.Event)
@@ -577,8 +625,9 @@ def start_simulator(
                 progress.history_sent.set()
             yield e
 
-    def on_sent(_e: Emission) -> None:
+    def on_sent(e: Emission) -> None:
         progress.sent += 1
+        progress.sim_t = e.t
 
     branch_of = {d.id: d.branch for d in inventory.devices}.__getitem__
     publisher = FleetPublisher(
@@ -761,6 +810,9 @@ def run_demo(
         run_settings = settings.model_copy(
             update={"mqtt_url": mqtt_url, "collector": collector_settings}
         )
+        env_path = write_env_file(env_file(endpoints), environment(endpoints))
+        if own_db or own_broker:  # it points at services that stop with the demo
+            stack.callback(lambda: env_path.unlink(missing_ok=True))
         echo(f"database  {redact_url(db_url)}  ({db_note})")
         echo(f"broker    {mqtt_url}, MQTT {settings.mqtt_protocol}  ({broker_note})")
 
@@ -802,12 +854,38 @@ def run_demo(
             f"{len(inventory.devices):,} devices "
             f"({start:%Y-%m-%d %H:%M} to {now:%Y-%m-%d %H:%M} UTC)…"
         )
-        while not progress.history_sent.wait(0.5):
-            collector.check_alive()
+        hours = (now - start) / timedelta(hours=1)
+        publishing = StepProgress(
+            "history  ", hours, "h", echo=echo,
+            describe=lambda d, t: f"{d:,.1f} of {t:,.1f} simulated hours published",
+        )  # fmt: skip
+        start_ms = int(start.timestamp() * 1000)
+        try:
+            while not progress.history_sent.wait(0.5):
+                collector.check_alive()
+                totals = collector.totals()
+                publishing.update(
+                    (progress.sim_t - start_ms) / 3_600_000 if progress.sent else 0.0,
+                    f"{progress.sent:,} messages sent"
+                    + (f", {committed(totals):,} stored" if totals is not None else ""),
+                )
+            if progress.error is None:
+                publishing.update(hours, f"{progress.history or 0:,} messages sent")
+        finally:
+            publishing.close()
         if progress.error is not None:
             raise DemoError(f"the simulator failed: {progress.error}")
         history = progress.history or 0
-        stored = collector.wait_committed(history, timeout=max(600.0, history / 50), stop=stop)
+        storing = StepProgress(
+            "storing  ", history, "messages", echo=echo,
+            describe=lambda d, t: f"{d:,.0f} of {t:,.0f} messages stored",
+        )  # fmt: skip
+        try:
+            stored = collector.wait_committed(
+                history, timeout=max(600.0, history / 50), stop=stop, on_progress=storing.update
+            )
+        finally:
+            storing.close()
         seconds = time.monotonic() - history_started
         echo(f"history   {history:,} messages published, {stored:,} stored in {seconds:.1f}s")
 

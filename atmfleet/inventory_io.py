@@ -60,6 +60,9 @@ class Row:
     values: dict[str, Any]
     lines: dict[str, int] = field(default_factory=dict)
     section: str | None = None  # the YAML section; None for CSV (the file says it)
+    #: What makes the record unreadable as a whole (a CSV line of the wrong width, a field
+    #: given twice); reported with the others, and the record is not validated.
+    problem: str | None = None
 
     def where(self, field_name: str | None = None) -> str:
         line = self.lines.get(field_name, self.line) if field_name else self.line
@@ -68,20 +71,39 @@ class Row:
 
 
 class _Problems:
-    """Collects messages; raises them together."""
+    """Collects messages; raises them together, in file order and then line order."""
 
-    def __init__(self) -> None:
-        self.messages: list[str] = []
+    def __init__(self, sources: Sequence[str] = ()) -> None:
+        self._sources = {source: i for i, source in enumerate(dict.fromkeys(sources))}
+        self._found: list[tuple[int, int, int, int, str]] = []
+        self._bad: dict[int, set[str]] = {}  # id(row) -> fields with an error
+
+    @property
+    def messages(self) -> list[str]:
+        return [text for *_, text in sorted(self._found)]
 
     def add(self, row: Row, field_name: str | None, text: str) -> None:
         prefix = f"{row.where(field_name)}: "
-        self.messages.append(prefix + (f"field {field_name!r}: {text}" if field_name else text))
+        line = row.lines.get(field_name, row.line) if field_name else row.line
+        rank = self._sources.setdefault(row.source, len(self._sources))
+        message = prefix + (f"field {field_name!r}: {text}" if field_name else text)
+        # On one line (a CSV record), the fields in the order they are written.
+        fields = list(row.values)
+        column = fields.index(field_name) if field_name in fields else len(fields)
+        self._found.append((rank, line, column, len(self._found), message))
+        self._bad.setdefault(id(row), set()).add(field_name or "")
+
+    def bad(self, row: Row, field_name: str) -> bool:
+        """Whether ``row`` has an error in ``field_name`` (or as a whole) already."""
+        found = self._bad.get(id(row), set())
+        return field_name in found or row.problem is not None
 
     def raise_if_any(self) -> None:
-        if not self.messages:
+        if not self._found:
             return
-        shown = self.messages[:MAX_REPORTED]
-        more = len(self.messages) - len(shown)
+        messages = self.messages
+        shown = messages[:MAX_REPORTED]
+        more = len(messages) - len(shown)
         if more:
             shown.append(f"... and {more} more problems")
         raise ConfigError("\n".join(shown))
@@ -146,59 +168,104 @@ def _known(ids: Iterable[str], source: str) -> str:
     return f"is not an id in {source} (known: {shown or 'none'})"
 
 
+def _text(row: Row, name: str, problems: _Problems) -> str | None:
+    """A field's raw value when it is text without an error of its own, else ``None``."""
+    value = row.values.get(name)
+    return value if isinstance(value, str) and not problems.bad(row, name) else None
+
+
+def _raw_date(row: Row, name: str, problems: _Problems) -> date | None:
+    text = _text(row, name, problems)
+    try:
+        return date.fromisoformat(text) if text is not None else None
+    except ValueError:
+        return None
+
+
 def build_inventory(
     subbranch_rows: Sequence[Row], branch_rows: Sequence[Row], device_rows: Sequence[Row]
 ) -> Inventory:
-    """Validate rows and cross-check them; raise one :class:`ConfigError` listing problems."""
-    problems = _Problems()
-    # A reference to a row already reported as invalid is not reported again.
-    subbranches, bad_sub_ids = _unique(SubBranch, subbranch_rows, problems)
-    branches, bad_branch_ids = _unique(Branch, branch_rows, problems)
+    """Validate rows and cross-check them; raise one :class:`ConfigError` listing every
+    problem, sorted by file and line.
+
+    The cross-checks (duplicate ids, references to sub-branches and branches) look at the
+    raw values of every record, including records with a field error, so one run reports
+    everything. A reference to an id whose record has an error is not reported again, and
+    neither is a reference in a field that has an error of its own.
+    """
+    problems = _Problems([r.source for r in (*subbranch_rows, *branch_rows, *device_rows)])
+    subbranches, sub_ids = _unique(SubBranch, subbranch_rows, problems)
+    branches, branch_ids = _unique(Branch, branch_rows, problems)
     devices, _ = _unique(Device, device_rows, problems)
 
-    sub_ids = {s.id for s, _ in subbranches}
+    valid_subs = {s.id for s, _ in subbranches}
     branch_by_id = {b.id: b for b, _ in branches}
     sub_source = subbranch_rows[0].source if subbranch_rows else "subbranches"
     branch_source = branch_rows[0].source if branch_rows else "branches"
+    valid_branch = {id(row): b for b, row in branches}
+    kinds = {k.value: k for k in BranchKind}
 
-    for branch, row in branches:
-        if branch.subbranch not in sub_ids and branch.subbranch not in bad_sub_ids:
-            problems.add(row, "subbranch", f"{branch.subbranch!r} {_known(sub_ids, sub_source)}")
-        if branch.kind is BranchKind.SELF_SERVICE_BANK and branch.parent is not None:
-            parent = branch_by_id.get(branch.parent)
-            if parent is None and branch.parent not in bad_branch_ids:
-                problems.add(
-                    row, "parent", f"{branch.parent!r} {_known(branch_by_id, branch_source)}"
-                )
+    for row in branch_rows:
+        if row.problem is not None:
+            continue
+        sub = _text(row, "subbranch", problems)
+        if sub is not None and sub not in sub_ids:
+            problems.add(row, "subbranch", f"{sub!r} {_known(valid_subs, sub_source)}")
+        model = valid_branch.get(id(row))
+        if model is not None:
+            kind: BranchKind | None = model.kind
+        else:
+            kind = (
+                None if problems.bad(row, "kind") else kinds.get(row.values.get("kind", "outlet"))
+            )
+        parent_id = _text(row, "parent", problems)
+        if parent_id is None or kind is None:
+            continue
+        if kind is BranchKind.SELF_SERVICE_BANK:
+            parent = branch_by_id.get(parent_id)
+            if parent is None and parent_id not in branch_ids:
+                problems.add(row, "parent", f"{parent_id!r} {_known(branch_by_id, branch_source)}")
             elif parent is not None and parent.kind is not BranchKind.OUTLET:
                 problems.add(
                     row,
                     "parent",
-                    f"{branch.parent!r} is a {parent.kind.value}; the parent of a "
+                    f"{parent_id!r} is a {parent.kind.value}; the parent of a "
                     "self-service bank must be an outlet",
                 )
-        elif branch.kind is BranchKind.OUTLET and branch.parent is not None:
+        else:
             problems.add(
                 row,
                 "parent",
-                f"{branch.parent!r}: only a self_service_bank has a parent (this is an outlet)",
+                f"{parent_id!r}: only a self_service_bank has a parent (this is an outlet)",
             )
 
-    for device, row in devices:
-        if device.branch not in branch_by_id and device.branch not in bad_branch_ids:
-            problems.add(row, "branch", f"{device.branch!r} {_known(branch_by_id, branch_source)}")
-        if device.decommissioned is not None and device.decommissioned < device.commissioned:
+    valid_device = {id(row): d for d, row in devices}
+    for row in device_rows:
+        if row.problem is not None:
+            continue
+        branch = _text(row, "branch", problems)
+        if branch is not None and branch not in branch_ids:
+            problems.add(row, "branch", f"{branch!r} {_known(branch_by_id, branch_source)}")
+        device = valid_device.get(id(row))
+        commissioned: date | None
+        if device is not None:
+            commissioned, decommissioned = device.commissioned, device.decommissioned
+        else:
+            commissioned = _raw_date(row, "commissioned", problems)
+            decommissioned = _raw_date(row, "decommissioned", problems)
+        if commissioned and decommissioned and decommissioned < commissioned:
             problems.add(
                 row,
                 "decommissioned",
-                f"'{device.decommissioned.isoformat()}' is before commissioned "
-                f"'{device.commissioned.isoformat()}'",
+                f"'{decommissioned.isoformat()}' is before commissioned "
+                f"'{commissioned.isoformat()}'",
             )
-        if device.service_window is not None:
+        window = _text(row, "service_window", problems)
+        if window is not None:
             try:
-                ServiceWindow.parse(device.service_window)
+                ServiceWindow.parse(window)
             except ValueError as exc:
-                problems.add(row, "service_window", f"{device.service_window!r}: {exc}")
+                problems.add(row, "service_window", f"{window!r}: {exc}")
 
     problems.raise_if_any()
     return Inventory(
@@ -211,27 +278,31 @@ def build_inventory(
 def _unique(
     model: type[_M], rows: Sequence[Row], problems: _Problems
 ) -> tuple[list[tuple[_M, Row]], set[str]]:
-    """Validate each row; report an id seen before (with the line where it was first).
+    """Validate each row; report an id seen before (with the line where it was first),
+    whether or not either record has other errors.
 
-    Returns the valid rows and the ids of the invalid ones.
+    Returns the valid rows and every id given (valid or not): the ids other records may
+    refer to without being reported.
     """
     out: list[tuple[_M, Row]] = []
-    failed: set[str] = set()
     first_line: dict[str, Row] = {}
     for row in rows:
-        item = _validate(model, row, problems)
-        if item is None:
-            if isinstance(row.values.get("id"), str):
-                failed.add(row.values["id"])
+        if row.problem is not None:
+            problems.add(row, None, row.problem)
+        item = _validate(model, row, problems) if row.problem is None else None
+        raw = row.values.get("id")
+        ident = getattr(item, "id") if item is not None else raw  # noqa: B009
+        if not isinstance(ident, str):
             continue
-        ident: str = getattr(item, "id")  # noqa: B009 - every inventory model has an id
         seen = first_line.get(ident)
         if seen is not None:
-            problems.add(row, "id", f"{ident!r} is a duplicate (first at line {seen.line})")
+            if not problems.bad(row, "id"):
+                problems.add(row, "id", f"{ident!r} is a duplicate (first at line {seen.line})")
             continue
         first_line[ident] = row
-        out.append((item, row))
-    return out, failed
+        if item is not None:
+            out.append((item, row))
+    return out, set(first_line)
 
 
 # --------------------------------------------------------------------------- reading
@@ -241,7 +312,16 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     """Read a YAML file or a folder of CSV files (picked by suffix / directory)."""
     path = Path(path)
     if path.is_dir():
-        return build_inventory(*(_read_csv(path / f"{name}.csv", model) for name, model in TABLES))
+        tables: list[list[Row]] = []
+        unreadable: list[str] = []
+        for name, model in TABLES:
+            try:
+                tables.append(_read_csv(path / f"{name}.csv", model))
+            except ConfigError as exc:
+                unreadable.append(str(exc))
+        if unreadable:
+            raise ConfigError("\n".join(unreadable))
+        return build_inventory(*tables)
     if path.suffix.lower() in YAML_SUFFIXES:
         return build_inventory(*_read_yaml(path))
     if not path.exists():
@@ -304,10 +384,13 @@ def _read_csv(path: Path, model: type[BaseModel]) -> list[Row]:
             if not any(c.strip() for c in cells):
                 continue  # blank line
             if len(cells) != width:
-                raise ConfigError(
-                    f"{source} line {line}: {len(cells)} cells, the header has {width} "
-                    f"({','.join(columns)})"
-                )
+                # The cells cannot be matched to columns; the id (first, by convention)
+                # keeps references to this record from being reported as unknown.
+                first = cells[0].strip() if cells and columns[0] == "id" else ""
+                rows.append(Row(source, line, {"id": first} if first else {}, problem=(
+                    f"{len(cells)} cells, the header has {width} ({','.join(columns)})"
+                )))  # fmt: skip
+                continue
             values = {c: v.strip() for c, v in zip(columns, cells, strict=True) if v.strip()}
             rows.append(Row(source, line, values))
     except csv.Error as exc:
@@ -385,17 +468,21 @@ def _yaml_rows(source: str, section: str, node: yaml.Node) -> Iterator[Row]:
             )
         values: dict[str, Any] = {}
         lines: dict[str, int] = {}
+        twice: list[tuple[str, int]] = []
         for key_node, value_node in item.value:
             key = str(_scalar(key_node))
-            if key in values:
-                raise ConfigError(
-                    f"{source} line {_line(key_node)} ({section}): field {key!r} appears twice"
-                )
+            if key in lines:
+                twice.append((key, _line(key_node)))
+                continue
             value = _plain(value_node)
             lines[key] = _line(value_node)
             if value is not None and value != "":
                 values[key] = value
-        yield Row(source, _line(item), values, lines, section)
+        if twice:
+            key, line = twice[0]
+            yield Row(source, line, values, lines, section, f"field {key!r} appears twice")
+        else:
+            yield Row(source, _line(item), values, lines, section)
 
 
 # --------------------------------------------------------------------------- writing

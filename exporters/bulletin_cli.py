@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from atmfleet import cli_types
 from atmfleet.errors import UsageError
 from atmfleet.settings import load_settings
 from atmfleet.store.connect import connect
@@ -50,16 +51,7 @@ def parse_lang(text: str) -> str:
 
 
 def parse_day(text: str) -> date:
-    try:
-        return date.fromisoformat(text) if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text) else _bad()
-    except ValueError:
-        raise UsageError(
-            f"--date {text!r}: not a date; give a local calendar day as YYYY-MM-DD"
-        ) from None
-
-
-def _bad() -> date:
-    raise ValueError
+    return cli_types.parse_day(text, "--date")
 
 
 def parse_month(text: str) -> tuple[date, date]:
@@ -104,13 +96,14 @@ def file_name(b: Bulletin, fmt: str) -> str:
 
 
 def render(b: Bulletin, fmt: str, m: Messages) -> bytes:
+    labels = {k: m(k) for k in ("summary", "period", "generated", "nothing")}
+    labels.update(m.prefixed("r."))
     if fmt == "xlsx":
-        return to_xlsx(b, m("summary"), m("period"))
+        return to_xlsx(b, m("summary"), m("period"), labels)
     if fmt == "csv":
         return to_csv_zip(b)
     if fmt == "html":
-        keys = ("summary", "period", "generated", "nothing")
-        return to_html(b, {k: m(k) for k in keys})
+        return to_html(b, labels)
     return to_json(b)
 
 

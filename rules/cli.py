@@ -17,6 +17,7 @@ from datetime import date, datetime, timedelta
 
 import click
 
+from atmfleet.cli_types import Day
 from atmfleet.errors import UsageError
 from atmfleet.settings import load_settings
 from atmfleet.store.connect import connect
@@ -62,8 +63,6 @@ def emit(report: Report, as_json: bool) -> None:
 
 # ---------------------------------------------------------------------------- commands
 
-_DAY = click.DateTime(["%Y-%m-%d"])
-
 
 def _common(fn: Callable[..., None], period: bool = True) -> Callable[..., None]:
     """--json, --scope, --date, and --from/--to for the subcommands that take a period."""
@@ -74,9 +73,9 @@ def _common(fn: Callable[..., None], period: bool = True) -> Callable[..., None]
         "(the devices in the fleet that match; docs/kpis.md, Scope).",
     )(fn)  # fmt: skip
     if period:
-        fn = click.option("--to", "last", type=_DAY, help="Last local day.")(fn)
-        fn = click.option("--from", "first", type=_DAY, help="First local day.")(fn)
-    fn = click.option("--date", "on", type=_DAY, help="One local day (default: yesterday).")(fn)
+        fn = click.option("--to", "last", type=Day(), help="Last local day.")(fn)
+        fn = click.option("--from", "first", type=Day(), help="First local day.")(fn)
+    fn = click.option("--date", "on", type=Day(), help="One local day (default: yesterday).")(fn)  # fmt: skip
     return fn
 
 
@@ -84,8 +83,8 @@ def _one_day(fn: Callable[..., None]) -> Callable[..., None]:
     return _common(fn, period=False)
 
 
-def _day(value: datetime | None) -> date | None:
-    return value.date() if value is not None else None
+def _day(value: date | None) -> date | None:
+    return value.date() if isinstance(value, datetime) else value
 
 
 _BY = click.option(

@@ -149,6 +149,7 @@ def simulate_command(
 
     now = datetime.now(UTC).replace(microsecond=0)
     pacing: Pacing | None
+    wall_seconds: float | None = None
     if backfill is not None:
         start, end = now - timedelta(days=backfill), now
         heartbeat = heartbeat or config.backfill_heartbeat_s
@@ -182,7 +183,12 @@ def simulate_command(
     emissions = generate(
         inventory, config, seed, start, end, real_wills=real_wills, heartbeat_s=heartbeat
     )
-    mode = "per-device" if per_device else f"{pool or DEFAULT_POOL} gateway connections"
+    n_pool = pool or DEFAULT_POOL
+    mode = (
+        "one connection per device"
+        if per_device
+        else f"{n_pool} gateway connection{'s' if n_pool != 1 else ''}"
+    )
     click.echo(
         f"simulating {len(inventory.devices):,} devices from {start.isoformat()} to "
         f"{'open end' if end - start >= OPEN_ENDED else end.isoformat()}"
@@ -211,9 +217,13 @@ def simulate_command(
                 client_prefix=f"atmfleet-sim-{id_prefix or seed}",
                 stop=stop,
             )
+            # Live with --duration: the run lasts that wall time, however early its last
+            # message is due (a small fleet may have nothing to say for minutes).
+            hold = time.time() + wall_seconds if pacing is not None and wall_seconds else None
             stats = publisher.run(
-                emissions, branch_of=branch_of, pacing=pacing, on_sent=ledger.record
-            )
+                emissions, branch_of=branch_of, pacing=pacing, on_sent=ledger.record,
+                hold_until=hold,
+            )  # fmt: skip
             click.echo(
                 f"published {stats.published:,} messages"
                 f"{f' (+{stats.wills} last wills)' if stats.wills else ''} in {stats.seconds:.1f}s: "

@@ -389,8 +389,13 @@ class FleetPublisher:
         branch_of: Callable[[str], str],
         pacing: Pacing | None = None,
         on_sent: Callable[[Emission], None] | None = None,
+        hold_until: float | None = None,
     ) -> PublishStats:
-        """Publish until the emissions end or ``stop`` is set; then wait for every PUBACK."""
+        """Publish until the emissions end or ``stop`` is set; then wait for every PUBACK.
+
+        ``hold_until`` (wall-clock seconds since the epoch): a live run whose last message
+        goes out earlier keeps its connections (keep-alives, no wills) until then, so the
+        run lasts the wall time asked for, not until its last message."""
         started = time.monotonic()
         pool = 1 if self._per_device else self._pool_size
         self._pool = [self._open(f"gw{i}") for i in range(pool)]
@@ -414,6 +419,12 @@ class FleetPublisher:
                     self._pump(0)
                     self._misc()
                     last_misc = now
+            while hold_until is not None and not self._stop.is_set():
+                wait = hold_until - time.time()
+                if wait <= 0:
+                    break
+                self._pump(min(wait, 0.5))
+                self._misc()
         finally:
             conns = list(self._by_client.values())
             self.stats.complete = self._drain(conns, self._drain_timeout)

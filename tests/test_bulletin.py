@@ -18,6 +18,7 @@ import openpyxl
 import pytest
 
 from atmfleet.errors import UsageError
+from exporters.bulletin import render
 from exporters.bulletin.build import HOUR_MS, long_down
 from exporters.bulletin.messages import Messages
 from exporters.bulletin.model import Bulletin, Column, Kind, Table
@@ -121,7 +122,7 @@ class TestRenderers:
         assert ws["B3"].value == 0.9612 and ws["B3"].number_format == "0.00%"
         assert ws["B3"].fill.fgColor.rgb.endswith("F8CBAD")
         assert ws["B4"].value == "–" and ws["B4"].fill.fgColor.rgb != ws["B3"].fill.fgColor.rgb
-        assert wb.worksheets[0]["B4"].value == 0.975
+        assert wb.worksheets[0]["B5"].value == 0.975
 
     def test_sheet_names_are_legal_and_unique(self) -> None:
         b = sample()
@@ -233,3 +234,168 @@ class TestTheSystemdUnits:
 
         result = CliRunner().invoke(cli, [*argv[1:], "--help"])
         assert result.exit_code == 0, result.output
+
+
+def uptime_table(values: list[float | None], targets: list[float]) -> Table:
+    t = Table(
+        "subbranches", "Sub-branches",
+        [Column("subbranch", "Sub-branch"), Column("uptime", "Uptime", Kind.RATIO),
+         Column("target", "Target", Kind.RATIO), Column("change", "Change (pp)", Kind.CHANGE),
+         Column("down_h", "Down (h)", Kind.HOURS)],
+        chart="uptime", chart_label="subbranch",
+    )  # fmt: skip
+    for i, (v, target) in enumerate(zip(values, targets, strict=True)):
+        bad = v is not None and v < target
+        # The change is flagged too (as a build might), and is None for the first row.
+        t.add([f"S{i}", v, target, None if i == 0 else 0.0097, 1.0],
+              frozenset({"uptime", "change"}) if bad or v is None else frozenset())  # fmt: skip
+    return t
+
+
+def bars(svg: str) -> list[float]:
+    return [
+        float(w) for w in re.findall(r'<rect x="\d+" y="[\d.]+" width="([\d.]+)" height="16"', svg)
+    ]
+
+
+class TestTheChart:
+    """Bars of ratios from a round floor: one point is a visible length; the target shows."""
+
+    def test_one_point_is_dozens_of_pixels_and_the_floor_is_printed(self) -> None:
+        b = sample()
+        b.tables = [uptime_table([1.0, 0.99, 0.9757], [0.96, 0.97, 0.98])]
+        page = to_html(b, {"summary": "S", "period": "P", "generated": "G", "nothing": "-"})
+        svg = page.decode().split("<svg", 1)[1].split("</svg>", 1)[0]
+        full, ninety_nine, worst = bars(svg)
+        assert full - ninety_nine >= 60  # 1 percentage point
+        assert full - worst > 2 * (full - ninety_nine)
+        assert "axis starts at 95%" in svg  # below the lowest target, 96 %
+        assert svg.count('stroke-width="2"/>') == 3 + 1  # a target mark per bar, the legend
+        assert "0.43 pp short" in svg and svg.count("pp short") == 1
+        assert f'fill="{render._BAD}"' in svg
+
+    def test_a_row_without_data_has_no_bar_and_reads_a_dash(self) -> None:
+        b = sample()
+        b.tables = [uptime_table([0.99, None], [0.97, 0.97])]
+        svg = to_html(b, {}).decode().split("<svg", 1)[1]
+        assert len(bars(svg)) == 1 and '<text class="na"' in svg and ">–</text>" in svg
+
+    @pytest.mark.parametrize(("values", "kind", "lo", "hi"), [
+        ([0.9757, 1.0, 0.98], Kind.RATIO, 0.96, 1.0),  # a point is a quarter of the axis
+        ([0.5, 0.62], Kind.RATIO, 0.45, 0.65),  # close together, away from 100 %
+        ([0.2, 0.62], Kind.RATIO, 0.0, 0.8),  # far apart: from zero
+        ([0.0, 0.2, 0.05], Kind.RATIO, 0.0, 0.2),  # small shares: up to their largest
+        ([60.04, 64.65, 70.41], Kind.NUMBER, 55.0, 72.5),  # close scores
+        ([34.87, 70.41], Kind.NUMBER, 0.0, 80.0),  # scores far apart
+        ([8.25, 45.83], Kind.MONEY, 0.0, 50.0),  # amounts always from zero
+        ([3, 17], Kind.INT, 0.0, 20.0),
+    ])  # fmt: skip
+    def test_the_axis(self, values: list[float], kind: Kind, lo: float, hi: float) -> None:
+        got_lo, got_hi, step = render.axis(values, kind)
+        assert (round(got_lo, 6), round(got_hi, 6)) == (lo, hi)
+        assert got_lo <= min(values) and got_hi >= max(values) and 2 <= (hi - lo) / step <= 8
+
+
+class TestTheHtmlCells:
+    def test_no_data_is_a_grey_dash_even_where_flagged(self) -> None:
+        b = sample()
+        b.tables = [uptime_table([None, 0.99], [0.97, 0.97])]
+        page = to_html(b, {}).decode()
+        rows = page.split("<tbody>", 1)[1].split("</tr>")
+        assert '<td class="n na">–</td>' in rows[0]  # uptime: None, flagged
+        assert "bad" not in rows[0]
+        assert '<td class="n">+0.97</td>' in rows[1]
+
+    def test_headers_put_the_unit_on_its_own_line(self) -> None:
+        page = to_html(sample("zh-CN"), Messages("zh-CN").prefixed("")).decode()
+        assert "<th>停机时长<br><small>(小时)</small></th>" in page
+        assert "<th>开机率</th>" in page
+
+    def test_the_generated_time_is_local_without_a_t(self) -> None:
+        b = sample()
+        b.generated = "2026-12-01T19:37:05+08:00"
+        assert "G: 2026-12-01 19:37</p>" in to_html(b, {"generated": "G"}).decode()
+        assert render.local_time("not a time") == "not a time"
+
+    def test_a_list_of_devices_wraps_between_devices_only(self) -> None:
+        b = sample()
+        t = Table("vendors", "V", [Column("worst", "Worst devices")])
+        t.add(["HHHT-0001-01 BT-S0002-05 CF-0006-02"])
+        b.tables = [t]
+        page = to_html(b, {}).decode()
+        assert ('<td class="wrap"><span>HHHT-0001-01</span> <span>BT-S0002-05</span> '
+                "<span>CF-0006-02</span></td>") in page  # fmt: skip
+
+
+class TestTheWorkbook:
+    """Autofilter, print setup, a native chart; changes in points; no data as "–"."""
+
+    @pytest.fixture
+    def book(self) -> bytes:
+        b = sample("zh-CN")
+        b.tables = [uptime_table([1.0, 0.9757, None], [0.96, 0.98, 0.97])]
+        m = Messages("zh-CN")
+        return to_xlsx(b, m("summary"), m("period"), m.prefixed("r."))
+
+    def test_autofilter_frozen_header_widths_and_cells(self, book: bytes) -> None:
+        ws = openpyxl.load_workbook(io.BytesIO(book)).worksheets[1]
+        assert ws.auto_filter.ref == "A2:E5"
+        assert ws.freeze_panes == "A3"
+        assert ws.column_dimensions["D"].width >= len("Change (pp)")
+        assert (
+            ws["D4"].value == pytest.approx(0.97) and ws["D4"].number_format == "+0.00;-0.00;0.00"
+        )
+        assert ws["D3"].value == "–" and ws["B5"].value == "–"
+        assert not ws["B5"].fill.fgColor.rgb.endswith("F8CBAD")  # flagged, but no data
+        assert ws["B4"].fill.fgColor.rgb.endswith("F8CBAD")
+
+    def test_every_sheet_prints_a4_landscape_one_page_wide_with_its_header(
+        self, book: bytes
+    ) -> None:
+        for ws in openpyxl.load_workbook(io.BytesIO(book)).worksheets:
+            assert ws.page_setup.orientation == "landscape"
+            assert ws.page_setup.paperSize == 9  # A4
+            assert ws.sheet_properties.pageSetUpPr.fitToPage
+            assert ws.page_setup.fitToWidth in (None, 1)  # 1 is the default, left out
+            assert ws.page_setup.fitToHeight == 0
+            assert ws.print_title_rows.replace("$", "") in ("2:2", "4:4")
+            assert "&P" in ws.oddFooter.right.text
+
+    def test_the_summary_sheet_has_a_native_chart_of_the_sub_branches(self, book: bytes) -> None:
+        with zipfile.ZipFile(io.BytesIO(book)) as z:
+            (chart,) = [n for n in z.namelist() if n.startswith("xl/charts/chart")]
+            xml = z.read(chart).decode()
+            rels = z.read("xl/worksheets/_rels/sheet1.xml.rels").decode()
+        assert "drawing" in rels  # on the summary sheet
+        assert "<c:barChart>" in xml and "<c:lineChart>" in xml  # uptime, and the targets
+        assert "'Sub-branches'!$B$3:$B$5" in xml  # the uptime column, every row
+        assert "'Sub-branches'!$C$3:$C$5" in xml  # the targets
+        assert '<c:min val="0.95"/>' in xml and '<c:max val="1.0"/>' in xml
+
+
+class TestNoDataAnywhere:
+    def test_every_format_renders_a_bulletin_whose_numbers_are_all_none(self) -> None:
+        b = sample("zh-CN")
+        b.summary = [(k, label, None, kind) for k, label, _, kind in b.summary]
+        t = uptime_table([None, None], [0.97, 0.98])
+        t.rows = [[r[0], *[None] * (len(r) - 1)] for r in t.rows]  # even the targets
+        b.tables = [t]
+        m = Messages("zh-CN")
+        page = to_html(b, m.prefixed("")).decode()
+        assert "bad" not in page.split("<body>", 1)[1].split("</style>")[-1]
+        assert page.count("–") >= 8
+        book = openpyxl.load_workbook(io.BytesIO(to_xlsx(b, "S", "P", m.prefixed("r."))))
+        assert [c.value for c in book.worksheets[1][3]] == ["S0", "–", "–", "–", "–"]
+        assert json.loads(to_json(b))["tables"]["subbranches"]["rows"][0]["uptime"] is None
+        assert to_csv_zip(b)
+
+
+class TestTheRenderersWords:
+    @pytest.mark.parametrize("lang", ["zh-CN", "en"])
+    def test_every_word_around_the_tables_exists_in_both_languages(self, lang: str) -> None:
+        m = Messages(lang)
+        words = {**m.prefixed("r."), **{k: m(k) for k in ("summary", "period", "generated",
+                                                           "nothing")}}  # fmt: skip
+        assert set(render.DEFAULT_LABELS) == set(words)
+        if lang == "zh-CN":
+            assert all(words[k] != render.DEFAULT_LABELS[k] for k in words if k != "r.page")

@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import zipfile
@@ -37,6 +38,8 @@ from atmfleet.protocol import (
 from atmfleet.store.inventory import upsert_inventory
 from atmfleet.store.migrate import upgrade
 from atmfleet.store.writer import Accepted, BatchWriter
+from exporters.bulletin.render import PRINT_CSS
+from tests.browser import layout
 from tests.conftest import create_database, drop_database
 
 pytestmark = pytest.mark.integration
@@ -346,8 +349,29 @@ class TestTheHtmlRendersInChromium:
         dom = subprocess.run(
             [*base, "--dump-dom", page], capture_output=True, text=True, timeout=120, check=True
         ).stdout
-        assert dom.count("<table") >= 10
+        assert dom.count("<section") >= 10 and dom.count("<table") >= 6  # summary, tables
+        summary = json.loads(written["zh-CN:json"].read_text())["summary"]
+        assert dom.count('class="card"') == len(summary)  # one card per summary figure
         assert "自助设备开机率和帐务性交易量日通报" in dom and "<svg" in dom
+
+    @pytest.mark.parametrize("lang", ["zh-CN", "en"])
+    def test_at_1400_px_no_header_or_cell_wraps_and_the_page_is_short(
+        self, written: dict[str, Path], tmp_path: Path, lang: str
+    ) -> None:
+        facts = layout(written[f"{lang}:html"], 1400, tmp_path)
+        assert facts["wraps"] == []  # no "排/名", no "第3梯/队"
+        assert facts["outside"] == [] and facts["width"] <= facts["view"]
+        assert facts["charts"] >= 2
+        assert facts["height"] < 4000  # five devices: a short page
+        assert re.search(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}$", facts["meta"].strip()), facts["meta"]
+
+    @pytest.mark.parametrize("lang", ["zh-CN", "en"])
+    def test_on_an_a4_landscape_page_every_table_fits(
+        self, written: dict[str, Path], tmp_path: Path, lang: str
+    ) -> None:
+        css = PRINT_CSS.replace("@page{size:A4 landscape;margin:10mm}", "")
+        facts = layout(written[f"{lang}:html"], 1047, tmp_path, css)
+        assert facts["outside"] == [] and facts["wraps"] == []
 
 
 class TestTheAssessments:

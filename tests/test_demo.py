@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import openpyxl
@@ -35,11 +36,13 @@ from atmfleet.demo import (
     choose_port,
     committed,
     covers,
+    env_file,
     environment,
     history_start,
     next_steps,
     parse_metrics,
     preferred_port,
+    write_env_file,
     yesterday,
 )
 from atmfleet.embedded import free_port
@@ -153,19 +156,58 @@ class TestMetricsPorts:
 class TestWhatToRunNext:
     """The printed next steps point other commands at the demo's services."""
 
-    def test_the_exports_name_the_demo_services(self, tmp_path: Path) -> None:
+    def test_one_source_line_points_at_the_demo_services_and_no_secret_shows(
+        self, tmp_path: Path
+    ) -> None:
         endpoints = Endpoints(
-            "postgresql://postgres:pw@127.0.0.1:5999/atmfleet",
+            "postgresql://postgres:s3cret-pw@127.0.0.1:5999/atmfleet",
             "mqtt://127.0.0.1:1999",
             "5",
             True,
             True,
             tmp_path,
         )
-        steps = next_steps(endpoints, "psql")
-        for name, value in environment(endpoints).items():
-            assert f"export {name}='{value}'" in steps
+        steps = next_steps(endpoints, "psql", Published(9310, 9311, date(2026, 11, 27), ()))
+        assert steps[0] == f"source {tmp_path / 'env.sh'}"
+        assert [s for s in steps if s.startswith(("source ", "export "))] == steps[:1]
+        assert "s3cret-pw" not in "\n".join(steps)
         assert any(str(tmp_path / "inventory.yaml") in s for s in steps)
+
+
+class TestTheEnvFile:
+    """The demo's ``export`` lines go to <data-dir>/env.sh, readable by its owner only."""
+
+    ENDPOINTS = Endpoints(
+        "postgresql://postgres:it's $ecret@127.0.0.1:5999/atmfleet",
+        "mqtt://127.0.0.1:1999",
+        "5",
+        True,
+        True,
+        Path("unused"),
+    )
+
+    def test_it_is_0600_and_a_shell_reads_back_every_value(self, tmp_path: Path) -> None:
+        variables = environment(self.ENDPOINTS)
+        path = write_env_file(tmp_path / "demo" / "env.sh", variables)
+        assert path.stat().st_mode & 0o777 == 0o600
+        script = f"source {path} && " + " && ".join(f'printf "%s\\n" "${k}"' for k in variables)
+        out = subprocess.run(
+            ["bash", "-c", script], capture_output=True, text=True, check=True, env={}
+        ).stdout
+        assert out.splitlines() == list(variables.values())
+        assert list(tmp_path.joinpath("demo").iterdir()) == [path]  # no temp file left
+
+    def test_rewriting_keeps_0600_even_over_a_readable_file(self, tmp_path: Path) -> None:
+        path = tmp_path / "env.sh"
+        path.write_text("old")
+        path.chmod(0o644)
+        write_env_file(path, environment(self.ENDPOINTS))
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert "old" not in path.read_text()
+
+    def test_it_lives_in_the_data_folder(self, tmp_path: Path) -> None:
+        endpoints = Endpoints("postgresql://h/db", "mqtt://h:1", "5", True, True, tmp_path)
+        assert env_file(endpoints) == tmp_path / "env.sh"
 
     def test_committed_counts_stored_duplicate_and_dead_lettered_messages(self) -> None:
         text = (
@@ -257,6 +299,15 @@ class TestOnAFreshMachine:
             output = "".join(seen)
             urls = [m[1] for line in seen if (m := METRICS_LINE.match(line))]
             assert urls, output[-3000:]
+            env_mode = (data / "env.sh").stat().st_mode & 0o777
+            env_while_live = dict(
+                line.removeprefix("export ").split("=", 1)
+                for line in subprocess.run(
+                    ["bash", "-c", f"source {data / 'env.sh'} && export -p | grep ATMFLEET_"],
+                    capture_output=True, text=True, check=True, env={},
+                ).stdout.replace("declare -x ", "export ").splitlines()
+            )  # fmt: skip
+            env_while_live = {k: v.strip('"') for k, v in env_while_live.items()}
             fleet = samples(urls[0])  # the demo is live: the printed URL answers
             up = fleet["atmfleet_device_up"]
             assert len(up) == 50 and {labels["device"] for labels, _ in up} == {
@@ -284,7 +335,17 @@ class TestOnAFreshMachine:
         assert rows["devices"] == 50
         assert rows["state_samples"] > 0 and rows["transactions"] > 0
         assert rows["dead_letters"] == 0
-        assert "export ATMFLEET_DATABASE_URL=" in output
+        env_line = f"  source {data / 'env.sh'}\n"
+        assert env_line in seen, output[-3000:]
+        assert "export " not in output
+        password = urlsplit(env_while_live["ATMFLEET_DATABASE_URL"]).password
+        assert password and password not in output
+        assert env_mode == 0o600
+        assert not (data / "env.sh").exists()  # its services stopped with the demo
+        assert re.search(
+            r"^history +100%  [\d.,]+ of [\d.,]+ simulated hours published", output, re.M
+        )
+        assert re.search(r"^storing +100%  [\d,]+ of [\d,]+ messages stored", output, re.M)
         assert "prometheus --config.file=exporters/prometheus/prometheus.yml" in output
         assert (data / "postgres" / "PG_VERSION").exists()
         assert not (data / "postgres" / "postmaster.pid").exists()

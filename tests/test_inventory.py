@@ -556,3 +556,97 @@ class TestDocumentedFormats:
         inv = load_inventory(write_csv_folder(tmp_path, subbranches, branches, devices))
         assert inv.device_by_id["CRS-CF-0003"].heartbeat_s == 30
         assert inv.branch_by_id["SSB-CF-001"].parent == "BR-CF-001"
+
+
+class TestOnePass:
+    """Every problem of every kind in one run, sorted by file and line: field errors,
+    duplicate ids and unknown references together (a record with a field error is still
+    cross-checked on its other fields)."""
+
+    def test_a_yaml_file_lists_everything_in_line_order(self, tmp_path: Path) -> None:
+        text = (
+            (
+                YAML_HEAD
+                # line 10: a bad type and an unknown branch in the same entry
+                + YAML_DEVICE.replace("branch: BR-1", "branch: BR-9").replace(
+                    "type: atm", "type: atmm"
+                )
+                # line 17: the same id again, with a bad date
+                + YAML_DEVICE.replace("2021-03-15", "2021-13-15")
+                # line 24: the same id a third time, otherwise fine
+                + YAML_DEVICE
+                + "  - id: ATM-4\n    branch: BR-1\n    type: atm\n    placement: on_site\n"
+                "    vendor: GRG\n    model: H68N\n    commissioned: 2021-03-15\n"
+                "    decommissioned: 2020-01-01\n"  # line 38
+            ).replace("    subbranch: HLBE\n", "    subbranch: HLB\n")
+        )  # line 8
+        path = write_yaml(tmp_path, text)
+        known = "is not an id in"
+        assert load_error(path).splitlines() == [
+            f"{path} line 8 (branches): field 'subbranch': 'HLB' {known} {path} (known: HLBE)",
+            f"{path} line 11 (devices): field 'branch': 'BR-9' {known} {path} (known: BR-1)",
+            f"{path} line 12 (devices): field 'type': 'atmm' is not one of "
+            "atm, deposit, crs, smart_teller, passbook, inquiry",
+            f"{path} line 17 (devices): field 'id': 'ATM-1' is a duplicate (first at line 10)",
+            f"{path} line 23 (devices): field 'commissioned': '2021-13-15' is not a date YYYY-MM-DD",
+            f"{path} line 24 (devices): field 'id': 'ATM-1' is a duplicate (first at line 10)",
+            f"{path} line 38 (devices): field 'decommissioned': '2020-01-01' is before "
+            "commissioned '2021-03-15'",
+        ]
+
+    def test_a_csv_folder_lists_file_by_file_then_by_line(self, tmp_path: Path) -> None:
+        branches = BRANCHES_CSV + "BR-3,三号支行,XX,outlet,\n"  # line 5: unknown sub-branch
+        devices = (
+            DEVICES_CSV.replace("ATM-1,BR-1,atm", "ATM-1,BR-1,atmm").replace(  # line 2: field error
+                "CRS-2,SSB-1,", "CRS-2,SSB-7,"
+            )  # line 3: unknown branch
+            + "ATM-1,BR-1,atm,on_site,GRG,H68N,2021-03-15,,\n"  # line 5: duplicate of line 2
+            + "ATM-6,BR-1,atm\n"  # line 6: too few cells
+            + "ATM-7,SSB-1,atm,on_site,GRG,H68N,2021-03-15,,\n"  # line 7: fine
+        )
+        folder = write_csv_folder(tmp_path, branches=branches, devices=devices)
+        lines = load_error(folder).splitlines()
+        b, d = folder / "branches.csv", folder / "devices.csv"
+        assert [line.split(": field")[0].split(": ")[0] for line in lines] == [
+            f"{b} line 5", f"{d} line 2", f"{d} line 3", f"{d} line 5", f"{d} line 6",
+        ]  # fmt: skip
+        assert "'XX' is not an id in" in lines[0]
+        assert "'atmm' is not one of" in lines[1]
+        assert "'SSB-7' is not an id in" in lines[2]
+        assert "'ATM-1' is a duplicate (first at line 2)" in lines[3]
+        assert lines[4].endswith("3 cells, the header has 9 (" + DEVICES_CSV.split("\n")[0] + ")")
+
+    def test_a_reference_to_a_record_with_an_error_is_not_reported_again(
+        self, tmp_path: Path
+    ) -> None:
+        devices = DEVICES_CSV + "ATM-9,BR-2,atm,on_site,GRG,H68N,2021-03-15,,\n"
+        branches = BRANCHES_CSV.replace("BR-2,红山支行,CF,,", "BR-2,红山支行,CF,bank,")
+        message = load_error(write_csv_folder(tmp_path, branches=branches, devices=devices))
+        assert message.splitlines() == [
+            f"{tmp_path / 'branches.csv'} line 4: field 'kind': 'bank' is not one of "
+            "outlet, self_service_bank"
+        ]
+
+    def test_the_header_errors_of_every_file_come_together(self, tmp_path: Path) -> None:
+        folder = write_csv_folder(
+            tmp_path,
+            branches=BRANCHES_CSV.replace("subbranch,", "sub_branch,"),
+            devices=DEVICES_CSV.replace("vendor,", "vendr,"),
+        )
+        lines = load_error(folder).splitlines()
+        assert len(lines) == 2
+        assert "branches.csv line 1: column 'sub_branch' is not a known column" in lines[0]
+        assert "devices.csv line 1: column 'vendr' is not a known column" in lines[1]
+
+    def test_the_check_command_prints_them_all(self, tmp_path: Path) -> None:
+        devices = DEVICES_CSV.replace("ATM-1,BR-1,atm", "ATM-1,BR-9,atmm") + (
+            "ATM-1,BR-1,atm,on_site,GRG,H68N,2021-03-15,,\n"
+        )
+        folder = write_csv_folder(tmp_path, devices=devices)
+        result = CliRunner().invoke(cli, ["inventory", "check", str(folder)])
+        assert result.exit_code == 2
+        err = result.stderr.splitlines()
+        assert len(err) == 3 and err[0].startswith("atmfleet: error: ")
+        assert "line 2: field 'branch': 'BR-9'" in err[0]
+        assert "line 2: field 'type': 'atmm'" in err[1]
+        assert "line 5: field 'id': 'ATM-1' is a duplicate (first at line 2)" in err[2]

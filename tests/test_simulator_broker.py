@@ -236,3 +236,33 @@ class TestStopping:
             p for t, p in subscriber.received if t.endswith("/presence") and b'"offline"' in p
         ]
         assert offline == []
+
+
+class TestDuration:
+    """``--duration`` is wall time: a small quiet fleet stays connected until it has passed,
+    however early its last message was due."""
+
+    def test_a_live_run_lasts_its_duration_and_names_its_connections(
+        self, mqtt_url, run_id, subscriber
+    ) -> None:
+        prefix = f"sim{run_id}-"
+        inv = generate_inventory(3, seed=1, prefix=prefix)
+        subscriber.follow(inv)
+        cmd = [
+            sys.executable, "-m", "atmfleet.cli", "simulate", "--devices", "3",
+            "--heartbeat", "300", "--duration", "4s", "--id-prefix", prefix,
+            "--mqtt-url", mqtt_url,
+        ]  # fmt: skip
+        started = time.monotonic()
+        try:
+            run = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+        finally:
+            clear_retained(mqtt_url, inv)
+        elapsed = time.monotonic() - started
+        assert run.returncode == 0, run.stderr
+        # Heartbeats every 300 s: every message of the run is due in its first second.
+        assert elapsed >= 4.0, (elapsed, run.stderr)
+        assert "over one connection per device" in run.stderr
+        assert "over per-device" not in run.stderr
+        assert "published" in run.stdout
+        assert not [p for t, p in subscriber.received if b'"offline"' in p and b'"will"' in p]

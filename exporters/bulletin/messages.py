@@ -136,6 +136,17 @@ _ZH: dict[str, str] = {
     "f.unregistered": "有{n}台未登记设备发送了报文(已保存,未计入任何指标),请用 atmfleet db unregistered 查看并补录设备清单。",
     "f.unregistered_none": "无未登记设备发送报文。",
     "note.down_24h": "截至统计日结束仍处于停机状态且已连续停机超过24小时(回看{h}小时)",
+    # around the tables and charts (HTML, XLSX)
+    "r.no_data": "–:无数据",
+    "r.below": "未达标",
+    "r.meets": "达标",
+    "r.target": "目标",
+    "r.axis_from": "坐标轴自 {v} 起",
+    "r.short": "差 {v} 个百分点",
+    "r.over": "超 {v} 个百分点",
+    "r.details": "明细(按二级分行)",
+    "r.group": "共 {n} 行,未达标 {k} 行",
+    "r.page": "第 &P 页,共 &N 页",
 }
 
 _EN: dict[str, str] = {
@@ -270,6 +281,16 @@ _EN: dict[str, str] = {
     "f.unregistered_none": "No unregistered device sent messages.",
     "note.down_24h": "Still down at the end of the day and down for more than 24 h "
     "(looking back {h} h)",
+    "r.no_data": "–: no data",
+    "r.below": "below target",
+    "r.meets": "meets target",
+    "r.target": "target",
+    "r.axis_from": "axis starts at {v}",
+    "r.short": "{v} pp short",
+    "r.over": "{v} pp over",
+    "r.details": "Details (per sub-branch)",
+    "r.group": "rows: {n} · below target: {k}",
+    "r.page": "Page &P of &N",
 }
 
 _TABLES = {"zh-CN": _ZH, "en": _EN}
@@ -291,3 +312,7 @@ class Messages:
 
     def get(self, key: str, default: str) -> str:
         return self._table.get(key, default)
+
+    def prefixed(self, *prefixes: str) -> dict[str, str]:
+        """Every label whose key starts with one of ``prefixes`` (for a renderer)."""
+        return {k: v for k, v in self._table.items() if k.startswith(prefixes)}
