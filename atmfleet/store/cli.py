@@ -8,7 +8,7 @@ import click
 
 from atmfleet.settings import load_settings
 from atmfleet.store.connect import connect
-from atmfleet.store.migrate import Flavour, applied_versions, discover, upgrade
+from atmfleet.store.migrate import Flavour, applied_versions, discover, require_current, upgrade
 from atmfleet.store.retention import prune, set_policy
 
 
@@ -52,6 +52,17 @@ def db_status() -> None:
     for mig in discover():
         state = f"applied ({done[mig.version][0]})" if mig.version in done else "pending"
         click.echo(f"{mig.version:04d}_{mig.name}: {state}")
+
+
+@db.command("roles")
+def db_roles() -> None:
+    """Print the commands that create least-privilege logins (owner, writer, reader)."""
+    from atmfleet.store.roles import role_commands
+
+    settings = load_settings()
+    with connect(settings.require_database_url(), autocommit=True) as conn:
+        require_current(conn)
+        click.echo(role_commands(conn), nl=False)
 
 
 @db.command("load-inventory")
