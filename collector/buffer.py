@@ -37,6 +37,10 @@ class Buffer:
         self._items: deque[Inbound] = deque()
         self._bytes = 0
         self._held = 0  # waiting + taken but not released
+        # Taken batches not yet released (in order), and how much of the first is released:
+        # the oldest message received and not acknowledged is the first of what remains.
+        self._taken: deque[list[Inbound]] = deque()
+        self._taken_offset = 0
         self._closed = False
         self._cond = threading.Condition()
         # What a waiting take() needs before it returns early (None: nobody waits). put()
@@ -106,15 +110,34 @@ class Buffer:
                 size += len(item.payload)
                 batch.append(item)
             self._bytes -= size
+            if batch:
+                self._taken.append(batch)
             return batch
 
-    def oldest_received(self) -> datetime | None:
-        """Receive time of the oldest message waiting, or None when nothing waits."""
+    def oldest_unacknowledged(self) -> float | None:
+        """Receive time (``time.time()``) of the oldest message received and not yet
+        acknowledged, taken or waiting; None when there is none."""
         with self._cond:
-            return self._items[0].received_at if self._items else None
+            if self._taken:
+                return self._taken[0][self._taken_offset].received
+            return self._items[0].received if self._items else None
+
+    def lag_seconds(self) -> float:
+        """Age of the oldest message received and not yet acknowledged (0 when none)."""
+        oldest = self.oldest_unacknowledged()
+        return max(0.0, time.time() - oldest) if oldest is not None else 0.0
 
     def release(self, n: int) -> None:
-        """``n`` taken messages were acknowledged (or given up): make room."""
+        """``n`` taken messages were acknowledged (or given up), oldest first: make room."""
         with self._cond:
             self._held -= n
+            while n > 0 and self._taken:
+                left = len(self._taken[0]) - self._taken_offset
+                if n >= left:
+                    self._taken.popleft()
+                    self._taken_offset = 0
+                    n -= left
+                else:
+                    self._taken_offset += n
+                    n = 0
             self._cond.notify_all()
