@@ -564,3 +564,21 @@ class TestDevicesWithPasswords:
                 finally:
                     b.close()
                 wait_until(lambda: rows(db, "ATM-B") == 1, what="ATM-B stored")
+
+
+class TestSharedSubscription:
+    def test_collectors_sharing_the_fleet_may_subscribe_and_store(
+        self, secured: Secured, db: str
+    ) -> None:
+        settings = settings_for(
+            secured.collector_url,
+            db,
+            top={
+                "mqtt_username": COLLECTOR,
+                "mqtt_password": secured.password(COLLECTOR),
+                "mqtt_ca_file": secured.creds / "ca.pem",
+            },
+            share_group="atmfleet",
+        )
+        with running(settings, COLLECTOR):
+            stored_after(db, secured, "ATM-B", 900)
