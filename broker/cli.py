@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from atmfleet.errors import ConfigError
-from broker.credentials import DeviceAuth, _write, generate
+from broker.credentials import DeviceAuth, generate, write_file
 from broker.policy import (
     DEFAULT_FEED,
     Identity,
@@ -144,5 +144,5 @@ def broker_acl(
         return
     if out.is_dir():
         raise ConfigError(f"--out {out}: is a folder; give the ACL file's path")
-    _write(out, text.encode(), 0o644)
+    write_file(out, text.encode(), 0o644)
     click.echo(f"{out}: {len(idents)} identities")

@@ -51,7 +51,7 @@ class Report:
         )  # fmt: skip
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
+def write_file(path: Path, data: bytes, mode: int) -> None:
     """Atomically, with ``mode`` from the start (a secret is never world-readable)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -87,8 +87,8 @@ def generate(
         pki.load_cert(out / "server.pem"), ca
     ):
         skey, scert = pki.make_server(key, ca, list(server_names))
-        _write(out / "server.key", pki.key_pem(skey), 0o600)
-        _write(out / "server.pem", pki.cert_pem(scert), 0o644)
+        write_file(out / "server.key", pki.key_pem(skey), 0o600)
+        write_file(out / "server.pem", pki.cert_pem(scert), 0o644)
 
     wanted_pw = {i.name for i in idents if not _uses_cert(i, device_auth)}
     wanted_cert = {i.name for i in idents if _uses_cert(i, device_auth)}
@@ -104,10 +104,10 @@ def generate(
             report.kept.append(name)
             continue
         secret = passwords.new_password()
-        _write(secret_file, secret.encode(), 0o600)
+        write_file(secret_file, secret.encode(), 0o600)
         hashes[name] = passwords.hash_password(secret)
         report.added.append(name)
-    _write(out / "passwords", passwords.render(hashes).encode(), 0o640)
+    write_file(out / "passwords", passwords.render(hashes).encode(), 0o640)
     if secrets_dir.is_dir():
         for path in secrets_dir.glob("*.password"):
             if path.name.removesuffix(".password") not in wanted_pw:
@@ -125,8 +125,8 @@ def generate(
                 report.kept.append(name)
                 continue
         ckey, cert = pki.make_client(key, ca, name)
-        _write(clients / f"{name}.key", pki.key_pem(ckey), 0o600)
-        _write(pem, pki.cert_pem(cert), 0o644)
+        write_file(clients / f"{name}.key", pki.key_pem(ckey), 0o600)
+        write_file(pem, pki.cert_pem(cert), 0o644)
         report.added.append(name)
     if clients.is_dir():
         for pem in sorted(clients.glob("*.pem")):
@@ -140,7 +140,7 @@ def generate(
             (clients / f"{name}.key").unlink(missing_ok=True)
             if name not in report.revoked:
                 report.revoked.append(name)
-    _write(out / "crl.pem", pki.cert_pem_crl(pki.make_crl(key, ca, revoked)), 0o644)
+    write_file(out / "crl.pem", pki.cert_pem_crl(pki.make_crl(key, ca, revoked)), 0o644)
     return report
 
 
@@ -151,7 +151,7 @@ def _ca(out: Path, ca_cert: Path | None, ca_key: Path | None) -> tuple[x509.Cert
         cert, key = pki.load_cert(ca_cert), pki.load_key(ca_key)
         if cert.public_key() != key.public_key():
             raise ConfigError(f"{ca_key} is not the key of {ca_cert}")
-        _write(out / "ca.pem", pki.cert_pem(cert), 0o644)
+        write_file(out / "ca.pem", pki.cert_pem(cert), 0o644)
         return cert, key
     if (out / "ca.pem").exists():
         if not (out / "ca.key").exists():
@@ -160,8 +160,8 @@ def _ca(out: Path, ca_cert: Path | None, ca_key: Path | None) -> tuple[x509.Cert
             )
         return pki.load_cert(out / "ca.pem"), pki.load_key(out / "ca.key")
     key, cert = pki.make_ca()
-    _write(out / "ca.key", pki.key_pem(key), 0o600)
-    _write(out / "ca.pem", pki.cert_pem(cert), 0o644)
+    write_file(out / "ca.key", pki.key_pem(key), 0o600)
+    write_file(out / "ca.pem", pki.cert_pem(cert), 0o644)
     return cert, key
 
 
