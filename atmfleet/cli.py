@@ -23,6 +23,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("exporters.bulletin_cli", "bulletin"),
     ("exporters.cli", "serve"),
     ("dashboards.cli", "dashboards"),
+    ("broker.cli", "broker"),
 )
 
 

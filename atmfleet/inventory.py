@@ -85,6 +85,11 @@ class Device(_Frozen):
     )
     deposit_capable: bool | None = Field(None, description="Default: derived from type.")
     heartbeat_s: int = Field(60, ge=5, le=3600)
+    gateway: str | None = Field(
+        None,
+        pattern=DEVICE_ID_PATTERN,
+        description="The gateway (concentrator) that may publish for this device, if any.",
+    )
 
     @property
     def can_deposit(self) -> bool:

@@ -9,6 +9,7 @@ never have to appear in the environment or in a log line.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -92,13 +93,23 @@ class Settings(BaseSettings):
     @field_validator("mqtt_url")
     @classmethod
     def _check_mqtt_url(cls, value: str) -> str:
-        parts = urlsplit(value)
+        try:
+            parts = urlsplit(value)
+            port = parts.port
+        except ValueError:
+            raise ValueError("not a URL (bad host or port); use mqtt://host:port") from None
         if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
             raise ValueError(
                 f"scheme {parts.scheme!r} is not allowed; use mqtt://host:port or mqtts://host:port"
             )
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(
+                "no user or password in the URL; use ATMFLEET_MQTT_USERNAME and "
+                "ATMFLEET_MQTT_PASSWORD (or a secret file)"
+            )
         if not parts.hostname:
             raise ValueError("no host; use mqtt://host:port")
+        del port
         return value
 
     @field_validator("database_url")
@@ -106,9 +117,9 @@ class Settings(BaseSettings):
     def _check_database_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None:
             return None
-        parts = urlsplit(value.get_secret_value())
-        if parts.scheme not in ("postgresql", "postgres"):
-            raise ValueError("must start with postgresql://")
+        problem = database_url_problem(value.get_secret_value())
+        if problem:
+            raise ValueError(problem)
         return value
 
     def require_database_url(self) -> str:
@@ -117,6 +128,39 @@ class Settings(BaseSettings):
                 "ATMFLEET_DATABASE_URL is not set (e.g. postgresql://user@127.0.0.1:5432/atmfleet)"
             )
         return self.database_url.get_secret_value()
+
+
+#: Fields whose value is, or may contain, a secret: an error never shows it.
+SECRET_FIELDS = frozenset({"database_url", "mqtt_password", "mqtt_url"})
+
+
+def database_url_problem(url: str) -> str | None:
+    """Why ``url`` is not a PostgreSQL URL psycopg can use (never quoting it), or None."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme not in ("postgresql", "postgres"):
+        if not scheme and "=" in url:
+            return (
+                "a keyword DSN (host=... dbname=...) is not accepted; use postgresql://host:port/db"
+            )
+        shown = repr(scheme) if re.fullmatch(r"[a-z][a-z0-9+.-]{0,30}", scheme) else "not"
+        return f"it must start with postgresql:// (the scheme is {shown})"
+    try:
+        conninfo_to_dict(url)
+    except ProgrammingError as exc:
+        text = str(exc)
+        if "percent-encoded" in text:
+            return "a % in it is not followed by two hex digits (write % as %25)"
+        if "IPv6" in text:
+            return "an IPv6 host without its closing ]"
+        return "libpq cannot parse it"
+    try:
+        urlsplit(url).port  # noqa: B018 (a bad port raises)
+    except ValueError:
+        return "the port is not a number from 0 to 65535"
+    return None
 
 
 def load_settings() -> Settings:
@@ -128,6 +172,7 @@ def load_settings() -> Settings:
 
 
 def format_validation_error(exc: ValidationError, prefix: str = "", source: str = "") -> str:
+    """One line per error, naming the field; the value only for fields that hold no secret."""
     lines = []
     for err in exc.errors():
         loc = (
@@ -136,6 +181,14 @@ def format_validation_error(exc: ValidationError, prefix: str = "", source: str 
             else ".".join(str(p) for p in err["loc"])
         )
         where = f"{source}: " if source else ""
+        if err["loc"] and err["loc"][0] == "database_url" and err["type"] == "value_error":
+            reason = str(err.get("ctx", {}).get("error", err["msg"]))
+            lines.append(f"{where}{prefix}{loc} is not a PostgreSQL URL: {reason}")
+            continue
+        if err["loc"] and str(err["loc"][0]) in SECRET_FIELDS:
+            msg = str(err.get("ctx", {}).get("error", err["msg"]))
+            lines.append(f"{where}{prefix}{loc}: {msg} (value not shown: it may hold a secret)")
+            continue
         value = err.get("input")
         shown = "" if isinstance(value, dict) else f" (got {value!r})"
         lines.append(f"{where}{prefix}{loc}: {err['msg']}{shown}")

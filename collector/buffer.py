@@ -65,6 +65,9 @@ class Buffer:
         self._bytes = 0  # payload bytes waiting (batches are bounded by these)
         self._held = 0  # waiting + taken but not released
         self._held_bytes = 0  # what those cost in memory
+        # Taken batches not yet released, oldest first: the oldest message received and not
+        # acknowledged is the first of the first one (or, with none taken, the first waiting).
+        self._taken: deque[Sequence[Inbound]] = deque()
         self._closed = False
         self._cond = threading.Condition()
         # What a waiting take() needs before it returns early (None: nobody waits). put()
@@ -163,16 +166,33 @@ class Buffer:
                 size += len(item.payload)
                 batch.append(item)
             self._bytes -= size
+            if batch:
+                self._taken.append(batch)
             return batch
 
-    def oldest_received(self) -> datetime | None:
-        """Receive time of the oldest message waiting, or None when nothing waits."""
+    def oldest_unacknowledged(self) -> float | None:
+        """Receive time (``time.time()``) of the oldest message received and not yet
+        acknowledged, taken or waiting; None when there is none."""
         with self._cond:
-            return self._items[0].received_at if self._items else None
+            if self._taken:
+                return self._taken[0][0].received
+            return self._items[0].received if self._items else None
+
+    def lag_seconds(self) -> float:
+        """Age of the oldest message received and not yet acknowledged (0 when none)."""
+        oldest = self.oldest_unacknowledged()
+        return max(0.0, time.time() - oldest) if oldest is not None else 0.0
 
     def release(self, batch: Sequence[Inbound]) -> None:
         """A taken batch was acknowledged (or given up): make room."""
         with self._cond:
             self._held -= len(batch)
             self._held_bytes -= sum(item.held_bytes for item in batch)
+            if self._taken and self._taken[0] is batch:
+                self._taken.popleft()
+            else:  # released out of order (a batch given up): drop it where it is
+                for i, taken in enumerate(self._taken):
+                    if taken is batch:
+                        del self._taken[i]
+                        break
             self._cond.notify_all()

@@ -94,6 +94,8 @@ class Collector:
         self._buffer = Buffer(receive_maximum(settings), self._cs.max_buffered_bytes)
         self._stats.buffered.set_function(lambda: self._buffer.held)
         self._stats.buffered_bytes.set_function(lambda: self._buffer.held_bytes)
+        # Measured here, at each scrape: a stuck store worker makes it grow.
+        self._stats.lag.set_function(self._buffer.lag_seconds)
         self._ack_lock = threading.Lock()
         self._generation = 0
         self._accepting = True
@@ -341,7 +343,6 @@ class Collector:
         now = datetime.now(UTC)
         self._stats.batch_seconds.observe(seconds)
         self._stats.batch_messages.observe(len(batch))
-        self._stats.lag.set((now - batch[0].received_at).total_seconds())
         self._stats.last_commit.set(now.timestamp())
         for stored_kind, n in result.stored.items():
             self._stats.stored.labels(stored_kind).inc(n)
@@ -390,11 +391,7 @@ class Collector:
             if lost != self._sessions_recorded and last is not None:
                 liveness.record_sessions_lost(conn, self.run_id, lost, last)
                 self._sessions_recorded = lost
-            now = datetime.now(UTC)
-            self._stats.last_commit.set(now.timestamp())
-            # Idle, the lag is what still waits (nothing: 0), not the last batch's forever.
-            oldest = self._buffer.oldest_received()
-            self._stats.lag.set((now - oldest).total_seconds() if oldest else 0.0)
+            self._stats.last_commit.set(datetime.now(UTC).timestamp())
             self._stats.sequence_gaps.set(liveness.missing_messages(conn))
         except (psycopg.Error, OSError) as exc:
             self._stats.db_errors.labels(classify(exc).value).inc()

@@ -64,8 +64,8 @@ class CollectorStats:
         self.dropped.labels("qos0_overflow")  # exposed at 0 from the start
         self.lag = Gauge(
             f"{PREFIX}_lag_seconds",
-            "Commit time minus receive time of the oldest message of the last batch; at a "
-            "liveness beat, the age of the oldest message waiting (0 when none).",
+            "Age of the oldest message received and not yet acknowledged (0 when none), "
+            "measured at scrape time by the process that holds the MQTT connection.",
             registry=registry,
         )
         self.last_commit = Gauge(

@@ -38,6 +38,9 @@ def drop_database(url: str) -> None:
     name = urlsplit(url).path.lstrip("/")
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        # The database's own roles (migration 0006); roles are cluster-wide.
+        for kind in ("owner", "writer", "reader"):
+            conn.execute(f'DROP ROLE IF EXISTS "{name}_{kind}"')
 
 
 @pytest.fixture
@@ -193,6 +196,9 @@ def timescale_url(timescale_admin_url: str) -> Iterator[str]:
     finally:
         with psycopg.connect(timescale_admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            # The database's own roles (migration 0006); roles are cluster-wide.
+            for kind in ("owner", "writer", "reader"):
+                conn.execute(f'DROP ROLE IF EXISTS "{name}_{kind}"')
 
 
 _TIMESCALE_FIXTURES = frozenset({"timescale_admin_url", "timescale_url"})

@@ -13,7 +13,7 @@ import click
 from atmfleet.settings import load_settings
 from atmfleet.store.connect import connect
 from atmfleet.store.jobs import job_lines, read_jobs, run_policies
-from atmfleet.store.migrate import Flavour, applied_versions, discover, upgrade
+from atmfleet.store.migrate import Flavour, applied_versions, discover, require_current, upgrade
 from atmfleet.store.retention import prune, prune_dead_letters, set_policy
 
 
@@ -63,6 +63,17 @@ def db_status() -> None:
     assert row is not None
     for line in job_lines(jobs, row[0], ZoneInfo(settings.timezone)):
         click.echo(line)
+
+
+@db.command("roles")
+def db_roles() -> None:
+    """Print the commands that create least-privilege logins (owner, writer, reader)."""
+    from atmfleet.store.roles import role_commands
+
+    settings = load_settings()
+    with connect(settings.require_database_url(), autocommit=True) as conn:
+        require_current(conn)
+        click.echo(role_commands(conn), nl=False)
 
 
 @db.command("load-inventory")

@@ -9,15 +9,28 @@ import psycopg
 
 from atmfleet.errors import ConfigError
 
+_SECRET_PARAMS = ("password", "sslpassword")
+
 
 def redact_url(url: str) -> str:
-    """The URL without its password, fit for a log line or an error message."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = parts.username or ""
-    return urlunsplit((parts.scheme, f"{user}:***@{netloc[-1]}", parts.path, parts.query, ""))
+    """The URL without its password (userinfo or ``?password=``), fit for a log line or an
+    error message. Something that is not a URL is not shown at all."""
+    try:
+        parts = urlsplit(url)
+        host = parts.netloc.rsplit("@", 1)[-1]
+        user = parts.username
+    except ValueError:
+        return "(a malformed URL, not shown)"
+    if not parts.scheme or "://" not in url:
+        return "(not a URL, not shown)"
+    netloc = host
+    if user is not None:
+        netloc = f"{user}:***@{host}" if parts.password is not None else f"{user}@{host}"
+    query = "&".join(
+        f"{k}=***" if k.lower() in _SECRET_PARAMS else (f"{k}={v}" if sep else k)
+        for k, sep, v in (item.partition("=") for item in parts.query.split("&") if item)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def connect(
@@ -34,6 +47,10 @@ def connect(
     except psycopg.OperationalError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"cannot connect to {redact_url(url)}: {reason}") from None
+    except psycopg.ProgrammingError:  # libpq cannot parse it; its message quotes the URL
+        raise ConfigError(
+            "the database URL is not a PostgreSQL URL libpq can parse (value not shown)"
+        ) from None
 
 
 class ErrorClass(Enum):

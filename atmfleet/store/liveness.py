@@ -8,8 +8,6 @@ from datetime import datetime, timedelta
 
 import psycopg
 
-_LOCK_KEY = 0x61746D6C69766531  # serialises start-ups, so one outage is recorded once
-
 
 @dataclass(frozen=True)
 class Outage:
@@ -27,7 +25,9 @@ def start_run(
     """Register a run. If no collector beat for longer than ``threshold``, record the silence
     (from the newest beat of any run until now) as an outage and return it."""
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        # Serialises start-ups, so one outage is recorded once. A table lock, not an
+        # advisory one: this mode needs UPDATE on the table, which no reader has.
+        conn.execute("LOCK TABLE collector_runs IN SHARE ROW EXCLUSIVE MODE")
         row = conn.execute("SELECT max(last_beat_at), now() FROM collector_runs").fetchone()
         assert row is not None
         last, now = row

@@ -241,12 +241,16 @@ SET last_ts = excluded.last_ts, last_seq = excluded.last_seq, state = excluded.s
 #: of PostgreSQL's shared lock table each, and a batch of more distinct devices than
 #: max_locks_per_transaction x max_connections (6,400 by default, shared by every session)
 #: fails with "out of shared memory". In bucket order, so two collectors cannot deadlock.
+#: The locks are row locks on ``run_locks`` (migration 0006): locking a row needs UPDATE
+#: on the table, which only the writer and owner roles have, so a reader cannot stall
+#: ingestion the way it could hold a (public) advisory lock.
 RUN_LOCK_BUCKETS = 256
 
 _LOCK_DEVICES = f"""
-SELECT pg_advisory_xact_lock(hashtext('atmfleet.runs'), b)
-FROM (SELECT DISTINCT hashtext(id) & {RUN_LOCK_BUCKETS - 1} AS b FROM unnest(%b::text[]) AS d (id)) AS u
-ORDER BY b
+SELECT bucket FROM run_locks
+WHERE bucket IN (SELECT hashtext(id) & {RUN_LOCK_BUCKETS - 1} FROM unnest(%b::text[]) AS d (id))
+ORDER BY bucket
+FOR UPDATE
 """
 
 _NEG_INF = -(2**62)

@@ -1,0 +1,1 @@
+"""The MQTT broker's identities, credentials and ACL, generated from the inventory."""
