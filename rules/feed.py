@@ -18,6 +18,7 @@ the state last seen before the gap; the feed then sees no state before the gap.)
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +59,8 @@ from rules.timeline import (
 )
 from rules.uptime import Uptime, UptimePolicy, WindowSpans, daily_uptime, day_span, days
 from rules.vendors import FaultEvent
+
+log = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000
 #: The longest heartbeat a device may declare (the protocol's bound on heartbeat_s).
@@ -124,6 +127,9 @@ class Feed:
         self._conn = conn
         self.rules = rules
         self._aggregate: bool | None = None
+        # False once this login may not keep days (a reader: serve, bulletins, Grafana's
+        # role): the days are then computed each time, as correct, only slower.
+        self.may_keep = True
         self._monitoring_start: tuple[int | None] | None = None
 
     def _rows(self, name: str, **params: Any) -> list[tuple[Any, ...]]:
@@ -311,13 +317,31 @@ class Feed:
                 queries()["refresh_txn_daily"],
                 {"lo": from_ms(day_span(first, tz)[0]), "hi": from_ms(day_span(last, tz)[1])},
             )
+        except psycopg.errors.InsufficientPrivilege:
+            self._cannot_keep("refresh txn_daily")
         finally:
             self._conn.autocommit = False
 
+    def _cannot_keep(self, what: str) -> None:
+        if self.may_keep:
+            log.info(
+                "this database login may not %s (a reader): closed days are computed each "
+                "time, not kept; `atmfleet kpi keep-days` as the writer keeps them",
+                what,
+            )
+        self.may_keep = False
+
     def keep_days(self, fingerprint: str, values: Sequence[tuple[str, date, KeptDay]]) -> None:
-        """Keep closed days per device; committed at once."""
-        if not values:
+        """Keep closed days per device; committed at once. Nothing is kept (and nothing
+        fails) where the login may only read."""
+        if not values or not self.may_keep:
             return
+        try:
+            self._keep_days(fingerprint, values)
+        except psycopg.errors.InsufficientPrivilege:
+            self._cannot_keep("keep days in kpi_device_days")
+
+    def _keep_days(self, fingerprint: str, values: Sequence[tuple[str, date, KeptDay]]) -> None:
         with self._conn.transaction(), self._conn.cursor() as cur:
             cur.execute(
                 queries()["keep_days"],

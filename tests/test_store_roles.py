@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -163,3 +164,59 @@ class TestRoles:
             assert f"\\password {name}_{kind}" in result.output
         assert "PASSWORD '" not in result.output
         assert 'REVOKE CONNECT, TEMPORARY ON DATABASE "postgres" FROM PUBLIC;' in result.output
+
+
+class TestTheReaderComputesWhatItMayNotKeep:
+    """serve, the bulletins and `atmfleet kpi` may run as the reader: the closed days that a
+    writer would keep in kpi_device_days are computed each time instead, with the same
+    figures, and nothing fails."""
+
+    def test_low_yield_and_the_bulletin_as_the_reader(
+        self, db: str, logins: dict[str, str], tmp_path: Path
+    ) -> None:
+        from datetime import time, timedelta
+        from zoneinfo import ZoneInfo
+
+        from atmfleet.store.inventory import upsert_inventory
+        from collector.decode import decode
+        from simulator.config import make_config
+        from simulator.engine import generate
+        from simulator.fleet import generate_inventory
+
+        tz = ZoneInfo("Asia/Shanghai")
+        day = datetime(2026, 11, 20).date()
+        inventory = generate_inventory(6, 3, prefix="rd", config=make_config())
+        start = datetime.combine(day - timedelta(days=2), time(13), tzinfo=tz).astimezone(UTC)
+        end = datetime.combine(day + timedelta(days=1), time(2), tzinfo=tz).astimezone(UTC)
+        msgs = []
+        for e in generate(inventory, make_config(), 3, start, end, heartbeat_s=300):
+            got = decode(e.topic, e.payload, datetime.fromtimestamp(e.t / 1000, UTC))
+            if isinstance(got, Accepted):
+                msgs.append(got)
+        with psycopg.connect(db) as conn:
+            upsert_inventory(conn, inventory)
+            BatchWriter(conn, "roles-test").write(msgs)
+
+        def run(url: str, *args: str) -> str:
+            env = {"ATMFLEET_DATABASE_URL": url, "ATMFLEET_RULES_FILE": None}
+            result = CliRunner().invoke(cli, list(args), env=env)
+            assert result.exit_code == 0, result.output
+            return result.output
+
+        def kept() -> int:
+            with psycopg.connect(db) as conn:
+                row = conn.execute("SELECT count(*) FROM kpi_device_days").fetchone()
+            assert row is not None
+            return int(row[0])
+
+        low = ["kpi", "low-yield", "--date", str(day), "--json"]
+        as_reader = run(logins["reader"], *low)
+        assert kept() == 0  # the reader kept nothing, and did not fail
+        bulletin = run(
+            logins["reader"], "bulletin", "daily", "--date", str(day), "--format", "json",
+            "--out", str(tmp_path),
+        )  # fmt: skip
+        assert bulletin.strip().endswith(".json") and kept() == 0
+        as_writer = run(logins["writer"], *low)
+        assert kept() > 0  # the writer keeps the closed days
+        assert run(logins["reader"], *low) == as_reader == as_writer  # kept or not: the same
