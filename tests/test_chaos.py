@@ -29,6 +29,9 @@ SCALE = chaos.Scale(
     broker_devices=20,
     broker_rounds=20,  # 400 messages per restart, twice what a busy collector holds
     fuzz=2_000,
+    backend_kills=2,
+    pg_outage_s=3,
+    pg_inflight=2_000,
 )
 
 
@@ -85,3 +88,21 @@ def test_broker_killed_without_persistence_every_loss_is_in_the_gap_view(lab: An
     assert result.lost == SCALE.broker_devices * SCALE.broker_rounds  # the whole backlog
     assert result.gaps == result.lost
     assert result.duplicates == 0
+
+
+def test_backends_terminated_inside_a_batch_lose_nothing(lab: Any) -> None:
+    result = chaos.backend_kills(lab, SCALE, random.Random(12))
+    show(result)
+    assert result.details["killed"] == SCALE.backend_kills
+    assert result.details["retries"] >= SCALE.backend_kills
+    assert (result.lost, result.duplicates, result.gaps) == (0, 0, 0)
+
+
+def test_a_stopped_database_stops_the_reading_at_max_inflight_and_loses_nothing(
+    lab: Any,
+) -> None:
+    result = chaos.postgres_outage(lab, SCALE, random.Random(12))
+    show(result)
+    # The stream (1,000/s for 3 s) outruns the buffer: it fills, then reading stops.
+    assert result.details["peak_held"] == SCALE.pg_inflight
+    assert (result.lost, result.duplicates, result.gaps) == (0, 0, 0)
