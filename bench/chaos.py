@@ -917,7 +917,8 @@ def hostile_message(prefix: str) -> Any:
     duplicate keys, non-objects)."""
     from hypothesis import strategies as st
 
-    now = datetime.now(UTC)
+    # A whole second: the same seed draws the same timestamps to the millisecond.
+    now = datetime.now(UTC).replace(microsecond=0)
     # What Mosquitto takes in a topic (no NUL, controls, noncharacters; no wildcards):
     # anything else would be refused by the broker, not by the collector.
     topic_text = st.text(
@@ -1149,7 +1150,25 @@ def fuzz(the_lab: Lab, scale: Scale, rng: random.Random) -> Result:
         if col.process is not None and col.process.poll() is None:
             col.wait_idle()
         alive = col.process is not None and col.process.poll() is None
-        code = col.stop()
+        died: list[str] = []
+        if alive:
+            code = col.stop()
+        else:
+            assert col.process is not None
+            code = col.process.poll()
+            died.append(f"the collector exited {code}: {last_error(col.log_text())}")
+            # Does it get past the message that stopped it? (The broker redelivers it.)
+            col.process = None
+            col.start()
+            with contextlib.suppress(ServiceError):
+                until(lambda: col.process is not None and col.process.poll() is not None, "", 60)
+            again = col.process.poll() if col.process is not None else None
+            died.append(
+                f"restarted: it exited again ({again}: {last_error(col.log_text()[-2000:])})"
+                if again is not None
+                else "restarted: it runs"
+            )
+            col.stop()
         t = tally(db)
         log = col.log_text()
         with psycopg.connect(db) as conn:
@@ -1183,6 +1202,7 @@ def fuzz(the_lab: Lab, scale: Scale, rng: random.Random) -> Result:
                 f"{oracle.unseen:,} on topics the collector does not subscribe to (never seen)",
                 "dead letters: "
                 + ", ".join(f"{k} {v:,}" for k, v in sorted(t.dead_by_reason.items())),
+                *died,
             ],
         )
         result.details = {
@@ -1196,6 +1216,13 @@ def fuzz(the_lab: Lab, scale: Scale, rng: random.Random) -> Result:
             "dead_by_reason": t.dead_by_reason,
         }
         return result
+
+
+def last_error(log: str) -> str:
+    """The collector's own last error line (``atmfleet: error: …``), or its last line."""
+    lines = [line for line in log.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("atmfleet: error:")]
+    return (errors or lines or ["(no log)"])[-1][:300]
 
 
 # -- backlog -----------------------------------------------------------------------------------
@@ -1316,6 +1343,8 @@ def main() -> None:
         if getattr(args, arg) is not None:
             setattr(scale, attr, getattr(args, arg))
     names = args.scenario or list(SCENARIOS)
+    # Stopped by a timeout or a terminal: unwind, so the services stop and the mount goes.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(
         f"chaos: {len(names)} scenarios, seed {args.seed}, {os.cpu_count()} CPUs, "
         f"load {os.getloadavg()[0]:.1f}; {scale}",
