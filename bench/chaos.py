@@ -841,7 +841,7 @@ def broker_case(the_lab: Lab, scale: Scale, case: BrokerCase) -> Result:
         try:
             until(lambda: arrived() >= len(fleet.ids), "every device's last message", 60)
             col.wait_idle()
-        except ChaosError:
+        except ServiceError:
             notes.append(
                 f"only {arrived()} of the {len(fleet.ids)} last messages arrived in 60 s "
                 "(the broker delivers nothing more to the session)"
