@@ -1218,6 +1218,46 @@ def fuzz(the_lab: Lab, scale: Scale, rng: random.Random) -> Result:
         return result
 
 
+def twin_states(the_lab: Lab, scale: Scale, rng: random.Random) -> Result:
+    """Two state messages of one device with the same ``seq`` and timestamps less than a
+    millisecond apart, in different states (a device clock with microseconds, a replay),
+    between valid messages of other devices: each is stored or dead-lettered, the
+    collector lives on."""
+    started = time.monotonic()
+    name = "twin states (same seq, same millisecond)"
+    fleet = Fleet(20)
+    twin = f"{fleet.prefix}-twin"
+    pair = [
+        (
+            f"atmfleet/v1/device/{twin}/state",
+            b'{"v":1,"device_id":"%s","ts":"2026-11-30T10:00:00.000%d00Z","seq":7,'
+            b'"state":"%s"}' % (twin.encode(), i + 1, state),
+        )
+        for i, state in enumerate((b"in_service", b"fault"))
+    ]
+    with setup(the_lab, "twins") as (mq, db, col):
+        col.start()
+        col.wait_connected()
+        with publishing(mq.url) as pub:
+            pub.send_all([*fleet.round(), *pair, *fleet.round()])
+            sent = pub.acked
+        code: int | None = None
+
+        def settled() -> bool:
+            return state_rows(db) >= sent or col.process is None or col.process.poll() is not None
+
+        with contextlib.suppress(ServiceError):
+            until(settled, "every message stored", 60)
+        if col.process is not None and col.process.poll() is not None:
+            code = col.process.poll()
+            note = f"the collector exited {code}: {last_error(col.log_text())}"
+        else:
+            col.wait_idle()
+            code = col.stop()
+            note = f"collector exit {code}"
+        return Result.of(name, sent, tally(db), col, started, notes=[note])
+
+
 def last_error(log: str) -> str:
     """The collector's own last error line (``atmfleet: error: …``), or its last line."""
     lines = [line for line in log.splitlines() if line.strip()]
@@ -1284,6 +1324,7 @@ SCENARIOS: dict[str, Scenario] = {
     "disk-full": disk_full,
     **{c.key: _broker(c) for c in BROKER_CASES},
     "fuzz": fuzz,
+    "twin-states": twin_states,
     "backlog": backlog_drain,
 }
 
