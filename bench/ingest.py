@@ -31,10 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import getpass
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -57,6 +54,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client.parser import text_string_to_metric_families
 from scratch import upgraded_database
+from services import Mosquitto, ServiceError
 
 from atmfleet.embedded import embedded_broker, free_port
 from atmfleet.protocol import QOS, SUBSCRIPTIONS
@@ -85,36 +83,17 @@ class Result:
 
 @contextlib.contextmanager
 def own_mosquitto() -> Iterator[str]:
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(binary).exists():
-        sys.exit("mosquitto is not installed (apt-get install mosquitto), or pass --mqtt-url")
+    """Our own Mosquitto (free port, temporary folder, unlimited queue)."""
     with tempfile.TemporaryDirectory(prefix="atmfleet-bench-") as tmp:
-        port = free_port()
-        user = f"user {getpass.getuser()}\n" if os.geteuid() == 0 else ""
-        conf = Path(tmp) / "mosquitto.conf"
-        conf.write_text(
-            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            f"max_queued_messages 0\n{user}"
-        )
-        with (Path(tmp) / "mosquitto.log").open("wb") as log:
-            proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
-            try:
-                wait_port(port)
-                yield f"mqtt://127.0.0.1:{port}"
-            finally:
-                proc.terminate()
-                proc.wait(10)
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+        broker = Mosquitto(Path(tmp))
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on 127.0.0.1:{port}")
+            broker.start()
+        except ServiceError as exc:
+            sys.exit(str(exc))
+        try:
+            yield broker.url
+        finally:
+            broker.stop()
 
 
 def host_port(url: str) -> tuple[str, int]:
