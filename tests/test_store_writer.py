@@ -49,7 +49,9 @@ def rec(msg: BaseModel, topic: str = "") -> Accepted:
 
 
 def st(seq: int, device: str = "atm-1", ts: datetime = NOW, **kw: object) -> Accepted:
-    msg = StateMessage(v=1, device_id=device, ts=ts, seq=seq, state="in_service", **kw)
+    msg = StateMessage(
+        **{"v": 1, "device_id": device, "ts": ts, "seq": seq, "state": "in_service", **kw}
+    )
     return rec(msg, device_topic(device, "state"))
 
 
@@ -230,6 +232,45 @@ class TestRowsTheDatabaseRefuses:
             "SELECT payload_size, length(payload) FROM dead_letters"
         ).fetchone() or (0, 0)
         assert (size, stored) == (10_000, 4096)
+
+
+@pytest.mark.integration
+class TestTwoStatesAtOneInstant:
+    """A device reporting two states with one seq within one millisecond (a clock with
+    microseconds, a replay): both samples are stored, the run at that instant is the worse
+    state whatever the order, and the batch does not fail (it used to stop the collector
+    with SQLSTATE 21000 on every redelivery)."""
+
+    TWINS = ("fault", "in_service")
+
+    def twin(self, state: str, micros: int) -> Accepted:
+        return st(7, ts=NOW.replace(microsecond=micros), state=state)
+
+    def runs(self, conn: psycopg.Connection) -> list[tuple[object, ...]]:
+        rows = conn.execute(
+            "SELECT device_id, start_seq, state, samples FROM state_runs"
+            " ORDER BY device_id, start_ts"
+        ).fetchall()
+        conn.commit()
+        return rows
+
+    @pytest.mark.parametrize("first", TWINS)
+    def test_in_one_batch(self, conn: psycopg.Connection, writer: BatchWriter, first: str) -> None:
+        second = next(s for s in self.TWINS if s != first)
+        result = writer.write([st(6, device="atm-2"), self.twin(first, 100),
+                               self.twin(second, 200), st(8, device="atm-2")])  # fmt: skip
+        assert result.stored == {"state": 4}
+        assert self.runs(conn) == [("atm-1", 7, "fault", 1), ("atm-2", 6, "in_service", 2)]
+
+    @pytest.mark.parametrize("first", TWINS)
+    def test_in_two_batches(
+        self, conn: psycopg.Connection, writer: BatchWriter, first: str
+    ) -> None:
+        second = next(s for s in self.TWINS if s != first)
+        writer.write([self.twin(first, 100)])
+        result = writer.write([self.twin(second, 200)])
+        assert result.stored == {"state": 1}
+        assert self.runs(conn) == [("atm-1", 7, "fault", 1)]
 
 
 @pytest.mark.integration

@@ -90,6 +90,23 @@ def _grown(run: Run, last: int, last_seq: int, heartbeat_s: int, added: int) -> 
     )
 
 
+def _one_per_instant(samples: Iterable[Sample]) -> list[Sample]:
+    """The samples in (ts, seq) order, one per (ts, seq): a device that reports two states
+    for the same millisecond and seq (stored apart: the store keeps microseconds) counts
+    the worse one, any state but ``in_service`` first, then by name, so that uptime is
+    never overstated and the result does not depend on the order of arrival. Two runs
+    with one key would also make the batch's upsert fail (SQLSTATE 21000)."""
+    ordered = sorted(
+        set(samples), key=lambda s: (s.ts, s.seq, s.state == "in_service", s.state, s.heartbeat_s)
+    )
+    out: list[Sample] = []
+    for s in ordered:
+        if out and out[-1].ts == s.ts and out[-1].seq == s.seq:
+            continue
+        out.append(s)
+    return out
+
+
 def compress(
     samples: Iterable[Sample],
     cuts: Iterable[int] = (),
@@ -103,7 +120,7 @@ def compress(
     just after them (it may be merged): the result replaces seed..follow. ``cuts`` are the
     presence times; those at or before the seed's last sample are irrelevant.
     """
-    ordered = sorted(set(samples), key=lambda s: (s.ts, s.seq))
+    ordered = _one_per_instant(samples)
     cut_list = sorted(set(cuts))
     n_cuts = len(cut_list)
     out: list[Run] = []
