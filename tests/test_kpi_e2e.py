@@ -62,7 +62,7 @@ def test_kpis_from_the_store_equal_the_simulators_ground_truth(
     config = make_config(
         {
             "incidents": {
-                "branch_power_cuts_per_year": 300,
+                "branch_power_cuts_per_year": 1000,  # a cut in the day for any device ids
                 "subbranch_network_outages_per_year": 400,
                 "device_link_drops_per_year": 600,
             }
