@@ -338,6 +338,7 @@ class TestErrorClassification:
             ("55P03", ErrorClass.TEMPORARY),  # lock not available
             ("22021", ErrorClass.DATA),  # bad byte sequence
             ("23514", ErrorClass.DATA),  # check violation
+            ("21000", ErrorClass.DATA),  # cardinality: one key twice in a batch's upsert
             ("42P01", ErrorClass.FATAL),  # undefined table: schema missing
             ("42501", ErrorClass.FATAL),  # insufficient privilege
         ],

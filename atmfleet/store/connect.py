@@ -67,8 +67,10 @@ class ErrorClass(Enum):
 #: (55P03), idle session timeouts (25P03, 57P05).
 _TEMPORARY_CLASSES = frozenset({"08", "40", "53", "57", "58"})
 _TEMPORARY_CODES = frozenset({"55P03", "25P03"})
-#: Data exceptions (22) and integrity violations (23) belong to a row.
-_DATA_CLASSES = frozenset({"22", "23"})
+#: Data exceptions (22), integrity violations (23) and cardinality violations (21: two rows
+#: of one batch for one key, e.g. ON CONFLICT DO UPDATE "cannot affect row a second time")
+#: come from the rows: the batch is bisected and a row that fails alone dead-lettered.
+_DATA_CLASSES = frozenset({"21", "22", "23"})
 
 
 def classify(exc: BaseException) -> ErrorClass:

@@ -25,12 +25,15 @@ before the earliest of them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+
+log = logging.getLogger(__name__)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -362,8 +365,18 @@ def update_runs(
             )
         )
     if out:
-        cols: list[list[Any]] = [[] for _ in range(8)]
+        # One row per key: the upsert fails (SQLSTATE 21000) on two rows with one key, and
+        # the batch would never be stored. The rule gives none; should it ever, the last
+        # computed run of a key wins (as sequential upserts would), and it is logged.
+        unique: dict[tuple[str, int, int], Run] = {}
         for device_id, r in out:
+            key = (device_id, r.start, r.start_seq)
+            if key in unique:
+                log.warning("two state runs of %r start at %d ms, seq %d; keeping the later",
+                            device_id, r.start, r.start_seq)  # fmt: skip
+            unique[key] = r
+        cols: list[list[Any]] = [[] for _ in range(8)]
+        for (device_id, _start, _seq), r in unique.items():
             for col, value in zip(
                 cols,
                 (device_id, r.start, r.start_seq, r.last, r.last_seq, r.state, r.heartbeat_s,
