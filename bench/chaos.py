@@ -139,19 +139,18 @@ class Collector:
         until(connected, "the collector to connect")
 
     def wait_idle(self) -> None:
-        """Until everything this run received is committed and nothing is held."""
+        """Until nothing is held and nothing new arrives: two scrapes in a row with no
+        message held and the same count received. (Received and stored need not match:
+        after a reconnect, what the old connection still held is dropped from memory and
+        counted again when the broker redelivers it.)"""
+        seen: list[float] = []
 
         def idle() -> bool:
             m = self.metrics()
-            done = sum(
-                m.get(f"atmfleet_collector_messages_{k}_total", 0.0)
-                for k in ("stored", "duplicate", "rejected")
-            )
-            return (
-                bool(m)
-                and m.get("atmfleet_collector_buffered_messages", 1) == 0
-                and (done >= m.get("atmfleet_collector_messages_received_total", 0.0))
-            )
+            received = m.get("atmfleet_collector_messages_received_total", -1.0)
+            quiet = bool(m) and m.get("atmfleet_collector_buffered_messages", 1) == 0
+            seen.append(received if quiet else -1.0)
+            return quiet and len(seen) >= 2 and seen[-2] == received
 
         until(idle, "the collector to be idle")
 
