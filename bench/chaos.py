@@ -57,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or i
 from ingest import scrape, session_client, tree_rss
 from services import EVENT_TIMEOUT_S, Mosquitto, Postgres, ServiceError, until
 
-from atmfleet.embedded import free_port
+from app.embedded import free_port
 from atmfleet.protocol import SUBSCRIPTIONS, TOPIC_ROOT, ProtocolError, parse_message
 
 
@@ -96,7 +96,7 @@ class Collector:
             [
                 sys.executable,
                 "-m",
-                "atmfleet.cli",
+                "app.cli",
                 "collect",
                 "--metrics-port",
                 str(self.metrics_port),

@@ -56,7 +56,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from scratch import upgraded_database
 from services import Mosquitto, ServiceError
 
-from atmfleet.embedded import embedded_broker, free_port
+from app.embedded import embedded_broker, free_port
 from atmfleet.protocol import QOS, SUBSCRIPTIONS
 from simulator.config import SimConfig
 from simulator.engine import generate
@@ -283,7 +283,7 @@ def run_collector(url: str, client_id: str, db_url: str, expected: int) -> tuple
     )
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "atmfleet.cli", "collect", "--metrics-port", str(metrics_port)],
+            [sys.executable, "-m", "app.cli", "collect", "--metrics-port", str(metrics_port)],
             env=env,
             stdout=log,
             stderr=log,

@@ -34,7 +34,7 @@ ADMIN = os.environ.get("ATMFLEET_TEST_PG_URL", "postgresql://postgres@127.0.0.1:
 def collect(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     out = log.open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "atmfleet.cli", "collect"], env=env, stdout=out, stderr=out
+        [sys.executable, "-m", "app.cli", "collect"], env=env, stdout=out, stderr=out
     )
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psycopg
 
-from atmfleet.embedded import free_port
+from app.embedded import free_port
 from atmfleet.store.migrate import upgrade
 
 #: Longest wait for any one event before a scenario gives up (and says what it waited for).

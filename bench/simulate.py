@@ -118,7 +118,7 @@ def bench_publish(devices: int, seconds: float, url: str) -> None:
 def bench_backfill(devices: int, days: int, url: str, workdir: Path) -> None:
     ledger = workdir / "ledger"
     cmd = [
-        sys.executable, "-m", "atmfleet.cli", "simulate", "--devices", str(devices),
+        sys.executable, "-m", "app.cli", "simulate", "--devices", str(devices),
         "--backfill", str(days), "--mqtt-url", url, "--ledger", str(ledger),
         "--id-prefix", "bf-",
     ]  # fmt: skip

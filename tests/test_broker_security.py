@@ -27,7 +27,7 @@ from click.testing import CliRunner
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from atmfleet.cli import cli
+from app.cli import cli
 from atmfleet.protocol import CounterMessage, StateMessage, counter_topic, device_topic, encode
 from broker import passwords, pki
 from broker.policy import command_topic

@@ -230,7 +230,7 @@ class TestTheSystemdUnits:
         assert argv[1:4] == ["bulletin", "daily", "--format"]
         from click.testing import CliRunner
 
-        from atmfleet.cli import cli
+        from app.cli import cli
 
         result = CliRunner().invoke(cli, [*argv[1:], "--help"])
         assert result.exit_code == 0, result.output

@@ -29,7 +29,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from atmfleet.cli import cli
+from app.cli import cli
 from atmfleet.inventory import Inventory
 from atmfleet.store.inventory import upsert_inventory
 from atmfleet.store.migrate import upgrade

@@ -9,7 +9,7 @@ from datetime import date
 import pytest
 from click.testing import CliRunner
 
-from atmfleet.cli import cli
+from app.cli import cli
 from atmfleet.cli_types import parse_day
 from atmfleet.errors import UsageError
 

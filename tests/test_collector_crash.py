@@ -60,7 +60,7 @@ class CollectorProcess:
         self.runs += 1
         log = (self.logs / f"collector-{self.runs}.log").open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "atmfleet.cli", "collect"],
+            [sys.executable, "-m", "app.cli", "collect"],
             env=self.env,
             stdout=log,
             stderr=log,

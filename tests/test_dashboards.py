@@ -16,7 +16,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from atmfleet.cli import cli
+from app.cli import cli
 from atmfleet.errors import UsageError
 from dashboards.build import DEFAULT_DIR, differences, queries, rendered, write
 from dashboards.catalog import DASHBOARDS

@@ -29,8 +29,8 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from atmfleet.cli import cli
-from atmfleet.demo import (
+from app.cli import cli
+from app.demo import (
     Endpoints,
     Published,
     choose_port,
@@ -45,10 +45,10 @@ from atmfleet.demo import (
     write_env_file,
     yesterday,
 )
-from atmfleet.embedded import free_port
+from app.embedded import free_port
 from atmfleet.errors import UsageError
 
-DEMO = [sys.executable, "-m", "atmfleet.cli", "demo"]
+DEMO = [sys.executable, "-m", "app.cli", "demo"]
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import psutil
 import psycopg
 import pytest
 
-from atmfleet.embedded import embedded_broker, embedded_postgres
+from app.embedded import embedded_broker, embedded_postgres
 
 
 @pytest.fixture

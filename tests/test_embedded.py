@@ -28,7 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from atmfleet.embedded import (
+from app.embedded import (
     PASSWORD_FILE,
     EmbeddedServiceError,
     embedded_broker,
@@ -106,7 +106,7 @@ class TestEmbeddedPostgres:
             f"""
             import sys, time
             from pathlib import Path
-            from atmfleet.embedded import embedded_postgres
+            from app.embedded import embedded_postgres
             with embedded_postgres(Path({str(data)!r})) as url:
                 print(url, flush=True)
                 time.sleep(600)

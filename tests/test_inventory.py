@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from atmfleet.cli import cli
+from app.cli import cli
+from app.inventory_cli import summarize
 from atmfleet.errors import ConfigError
 from atmfleet.inventory import (
     Branch,
@@ -21,7 +22,6 @@ from atmfleet.inventory import (
     SubBranch,
     Tier,
 )
-from atmfleet.inventory_cli import summarize
 from atmfleet.inventory_io import MAX_REPORTED, load_inventory, save_inventory
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "examples" / "inventory.yaml"

@@ -32,7 +32,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from atmfleet.cli import cli
+from app.cli import cli
 from atmfleet.inventory import Branch, Device, Inventory, SubBranch
 from atmfleet.protocol import (
     CounterMessage,

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 from click.testing import CliRunner
 
-from atmfleet.cli import cli
+from app.cli import cli
 
 pytestmark = pytest.mark.integration
 
@@ -206,13 +206,13 @@ class TestNoSecretInOutput:
         }
         if form != "bad % escape":
             with_schema = subprocess.run(
-                [sys.executable, "-m", "atmfleet.cli", "db", "upgrade"],
+                [sys.executable, "-m", "app.cli", "db", "upgrade"],
                 env=env, capture_output=True, text=True, timeout=120, check=False,
             )  # fmt: skip
             assert with_schema.returncode == 0, with_schema.stderr
             assert SECRET not in with_schema.stdout + with_schema.stderr
         process = subprocess.Popen(
-            [sys.executable, "-m", "atmfleet.cli", "-vv", "collect"],
+            [sys.executable, "-m", "app.cli", "-vv", "collect"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert process.stderr is not None

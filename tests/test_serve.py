@@ -639,7 +639,7 @@ class TestCommand:
         env = {**os.environ, "ATMFLEET_DATABASE_URL": fleet.url, "ATMFLEET_RULES_FILE": str(rules)}
         port = _port()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "atmfleet.cli", "serve", "--host", "127.0.0.1",
+            [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1",
              "--port", str(port), "--refresh", "1"],
             env=env, stderr=subprocess.PIPE,
         )  # fmt: skip
@@ -664,7 +664,7 @@ class TestCommand:
         env = {k: v for k, v in os.environ.items() if k != "ATMFLEET_DATABASE_URL"}
         env["ATMFLEET_SECRETS_DIR"] = str(tmp_path)
         result = subprocess.run(
-            [sys.executable, "-m", "atmfleet.cli", "serve"],
+            [sys.executable, "-m", "app.cli", "serve"],
             env=env, capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert result.returncode == 2

@@ -217,7 +217,7 @@ class TestStopping:
         prefix = f"sim{run_id}-"
         subscriber.follow(generate_inventory(5, seed=1, prefix=prefix))
         cmd = [
-            sys.executable, "-m", "atmfleet.cli", "simulate", "--devices", "5", "--heartbeat", "5",
+            sys.executable, "-m", "app.cli", "simulate", "--devices", "5", "--heartbeat", "5",
             "--id-prefix", prefix, "--mqtt-url", mqtt_url, "--ledger", str(tmp_path),
         ]  # fmt: skip
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -251,7 +251,7 @@ class TestDuration:
         inv = generate_inventory(3, seed=1, prefix=prefix)
         subscriber.follow(inv)
         cmd = [
-            sys.executable, "-m", "atmfleet.cli", "simulate", "--devices", "3",
+            sys.executable, "-m", "app.cli", "simulate", "--devices", "3",
             "--heartbeat", "300", "--duration", "4s", "--id-prefix", prefix,
             "--mqtt-url", mqtt_url,
         ]  # fmt: skip

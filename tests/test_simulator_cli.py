@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from atmfleet.cli import cli
+from app.cli import cli
 from atmfleet.inventory_io import save_inventory
 from simulator.config import SimConfig, load_config
 from simulator.engine import ms

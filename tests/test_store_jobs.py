@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from atmfleet.cli import cli
+from app.cli import cli
 from atmfleet.protocol import StateMessage, device_topic, encode
 from atmfleet.store.jobs import (
     Job,

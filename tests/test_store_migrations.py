@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from atmfleet.cli import cli
+from app.cli import cli
 from atmfleet.errors import ConfigError
 from atmfleet.protocol import TxnMessage, device_topic
 from atmfleet.store.migrate import Flavour, discover, split_statements, upgrade

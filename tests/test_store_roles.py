@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from atmfleet.cli import cli
+from app.cli import cli
 from atmfleet.protocol import StateMessage, encode
 from atmfleet.store.roles import group_roles
 from atmfleet.store.writer import Accepted, BatchWriter

@@ -2,7 +2,7 @@
 
 It uses the broker and the database named by ``ATMFLEET_MQTT_URL`` and
 ``ATMFLEET_DATABASE_URL`` when they are set; otherwise it starts its own (see
-:mod:`atmfleet.embedded`): PostgreSQL 18 from a wheel with its data in
+:mod:`app.embedded`): PostgreSQL 18 from a wheel with its data in
 ``.atmfleet/postgres`` (kept between runs), and the iotcore broker for as long as the demo
 runs. Then:
 
@@ -63,7 +63,7 @@ import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
-from atmfleet.embedded import BROKER_INFLIGHT, embedded_broker, embedded_postgres, free_port
+from app.embedded import BROKER_INFLIGHT, embedded_broker, embedded_postgres, free_port
 from atmfleet.errors import AtmfleetError, UsageError
 from atmfleet.inventory import Inventory
 from atmfleet.inventory_io import save_inventory
@@ -454,7 +454,7 @@ class CollectorProcess:
                 [
                     sys.executable,
                     "-m",
-                    "atmfleet.cli",
+                    "app.cli",
                     "-v",
                     "collect",
                     "--metrics-port",
