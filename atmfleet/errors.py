@@ -13,3 +13,11 @@ class ConfigError(AtmfleetError):
 
 class UsageError(AtmfleetError):
     """A command was called with values it cannot work with."""
+
+
+class Forbidden(AtmfleetError):
+    """The actor may not do this (role or organisational scope); nothing was changed."""
+
+
+class Conflict(AtmfleetError):
+    """Someone else changed the object first; nothing was changed. Reload and retry."""
