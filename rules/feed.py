@@ -224,6 +224,19 @@ class Feed:
         outages += [(s, e) for s, e in self._rows("outages", lo=a, hi=b)]
         return out, outages
 
+    def warning_spans(
+        self, lo: int, hi: int, horizon: int, params: dict[str, list[str]]
+    ) -> dict[str, list[Span]]:
+        """资源预警率: per device, the spans of state messages reporting a warning (to the
+        next state message; open-ended: ``2**62``), for a timeline of ``[lo, hi)`` at
+        ``horizon``; ``params`` from :meth:`rules.resource.WarningPolicy.query_params`."""
+        ctx = self.context_ms()
+        a, b = from_ms(lo - ctx), from_ms(max(min(horizon, hi + ctx), lo))
+        out: dict[str, list[Span]] = {}
+        for device_id, start, until in self._rows("warning_spans", lo=a, hi=b, **params):
+            out.setdefault(device_id, []).append((start, 2**62 if until is None else until))
+        return out
+
     def txn_days(self, first: date, last: date) -> dict[str, dict[date, TxnDay]]:
         """Counted transactions per device and local day, ``first``..``last`` inclusive."""
         tz = self.rules.tz

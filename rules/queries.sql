@@ -47,6 +47,36 @@ SELECT DISTINCT device_id, floor(extract(epoch FROM since) * 1000)::int8, floor(
 FROM events
 WHERE event = 'power_restored' AND since IS NOT NULL AND ts >= %(lo)s AND since < %(hi)s;
 
+-- 资源预警率: per device, the spans from a state message reporting a cash or consumables
+-- warning (a state in %(states)s, a cash unit matching one of %(units)s, a component
+-- matching one of %(components)s, an active fault code in %(faults)s) to the next state
+-- message that reports none (NULL: none yet), over state messages in [lo, hi). Only the
+-- changes leave the database; the engine cuts the spans with the 开机率 timeline.
+-- name: warning_spans
+WITH marked AS (
+    SELECT device_id, ts, seq,
+           (state = ANY(%(states)s::text[])
+            OR cash_units @> ANY(%(units)s::jsonb[])
+            OR components @> ANY(%(components)s::jsonb[])
+            OR faults && %(faults)s::text[]) AS warning
+    FROM state_samples
+    WHERE ts >= %(lo)s AND ts < %(hi)s
+), changes AS (
+    SELECT device_id, ts, seq, warning
+    FROM (SELECT marked.*,
+                 lag(warning) OVER (PARTITION BY device_id ORDER BY ts, seq) AS before
+          FROM marked) m
+    WHERE before IS DISTINCT FROM warning
+), spans AS (
+    SELECT device_id, ts, warning,
+           lead(ts) OVER (PARTITION BY device_id ORDER BY ts, seq) AS until
+    FROM changes
+)
+SELECT device_id, floor(extract(epoch FROM ts) * 1000)::int8, floor(extract(epoch FROM until) * 1000)::int8
+FROM spans
+WHERE warning
+ORDER BY 1, 2;
+
 -- Collector outages (time the monitoring cannot vouch for) overlapping [lo, hi).
 -- name: outages
 SELECT floor(extract(epoch FROM started_at) * 1000)::int8, floor(extract(epoch FROM ended_at) * 1000)::int8 FROM collector_outages

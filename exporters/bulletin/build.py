@@ -18,15 +18,18 @@ from rules.feed import Feed
 from rules.labels import CAUSES, Label
 from rules.report import (
     Context,
+    Report,
     Scope,
     assessment_report,
     low_yield_report,
     network_report,
+    resource_report,
     substitution_report,
     tail_report,
     uptime_report,
     vendors_report,
 )
+from rules.resource import ranked
 from rules.timeline import Interval, from_ms
 from rules.uptime import day_span
 
@@ -128,6 +131,8 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
     net = network_report(ctx)
     tail_up = tail_report(ctx, "uptime", "subbranch")
     tail_vol = tail_report(ctx, "volume", "subbranch")
+    rw_sub = resource_report(ctx, "subbranch")
+    rw_branch = resource_report(ctx, "branch")
     total = up_sub.extra["total"]
     st_total = st_sub_report.extra["total"]
     ly_total = ly.extra["total"]
@@ -155,6 +160,7 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
         ("financial", m("s.financial"), st_total["self_financial"], Kind.INT),
         ("substitution", m("s.substitution"), st_total["rate"], Kind.RATIO),
         ("low_yield_share", m("s.low_yield_share"), ly_total["share"], Kind.RATIO),
+        ("resource_warning", m("s.resource_warning"), rw_sub.extra["total"]["rate"], Kind.RATIO),
         ("below_target", m("s.below_target"), len(below), Kind.INT),
         ("down_24h", m("s.down_24h"), len(down_long), Kind.INT),
         ("no_deposit", m("s.no_deposit"), len(gaps), Kind.INT),
@@ -231,6 +237,8 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
                   on_site=_failed(st, "on_site_meets_target")),
         )  # fmt: skip
     b.tables.append(t)
+
+    resource_tables(b, rw_sub, rw_branch, inv, m)
 
     # Devices below the uptime target, downtime by cause.
     unit = " (h)" if m.lang == "en" else "(小时)"
@@ -313,6 +321,51 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
         m("f.unregistered", n=unregistered) if unregistered else m("f.unregistered_none")
     )
     return b
+
+
+def resource_tables(b: Bulletin, by_sub: Report, by_branch: Report, inv: Inventory,
+                    m: Messages) -> None:  # fmt: skip
+    """资源预警率 of ``atmfleet kpi resource-warnings --by subbranch|branch``: sub-branches
+    ranked ascending (lower is better), then branches ranked within their sub-branch;
+    no data ("–") last, unranked; each with its 开机率 beside it."""
+    subs = inv.subbranch_by_id
+    branches = inv.branch_by_id
+
+    def col(key: str, kind: Kind = Kind.TEXT) -> Column:
+        return Column(key, m(f"c.{key}"), kind)
+
+    t = Table("rw_subbranches", m("t.rw_subbranches"), [
+        col("rank", Kind.INT), col("subbranch"), col("subbranch_name"), col("tier"),
+        col("devices", Kind.INT), col("resource_warning", Kind.RATIO),
+        col("warning_h", Kind.HOURS), col("scheduled_h", Kind.HOURS), col("uptime", Kind.RATIO),
+    ], note=m("note.rw"))  # fmt: skip
+    for r in by_sub.rows:  # already ranked ascending
+        s = r["group"]
+        t.add(
+            [r["rank"], s, subs[s].name, m("tier", n=subs[s].tier.value), r["devices"], r["rate"],
+             hours(r["warning_ms"]), hours(r["scheduled_ms"]), r["uptime"]],
+            _flag(resource_warning=_failed(r)),
+        )  # fmt: skip
+    b.tables.append(t)
+    t = Table("rw_branches", m("t.rw_branches"), [
+        col("subbranch"), col("rank", Kind.INT), col("branch"), col("branch_name"),
+        col("devices", Kind.INT), col("resource_warning", Kind.RATIO),
+        col("warning_h", Kind.HOURS), col("scheduled_h", Kind.HOURS), col("uptime", Kind.RATIO),
+    ], note=m("note.rw"))  # fmt: skip
+    by_group = {r["group"]: r for r in by_branch.rows}
+    per_sub: dict[str, dict[str, Any]] = {}
+    for br in by_group:
+        per_sub.setdefault(branches[br].subbranch, {})[br] = by_group[br]
+    for s in sorted(per_sub):
+        rates = {br: r["rate"] for br, r in per_sub[s].items()}
+        for rank, br in ranked(rates):
+            r = by_group[br]
+            t.add(
+                [s, rank, br, branches[br].name, r["devices"], r["rate"],
+                 hours(r["warning_ms"]), hours(r["scheduled_ms"]), r["uptime"]],
+                _flag(resource_warning=_failed(r)),
+            )  # fmt: skip
+    b.tables.append(t)
 
 
 def now_text(horizon: int, rules: Rules) -> str:

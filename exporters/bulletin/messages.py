@@ -137,6 +137,13 @@ _ZH: dict[str, str] = {
     "f.unregistered_none": "无未登记设备发送报文。",
     "note.down_24h": "截至统计日结束仍处于停机状态且已连续停机超过24小时(回看{h}小时)",
     # around the tables and charts (HTML, XLSX)
+    # 资源预警率 (resource-warning rate)
+    "s.resource_warning": "资源预警率",
+    "t.rw_subbranches": "二级分行资源预警率排名(越低越好)",
+    "t.rw_branches": "网点资源预警率排名(按二级分行,越低越好)",
+    "c.resource_warning": "资源预警率",
+    "c.warning_h": "预警时长(小时)",
+    "note.rw": "资源预警率 = 应开机时间内处于现金或耗材预警(钞少、断钞、钞箱将满/满、凭条纸少/缺纸等)的时长 ÷ 应开机时长,按升序排名;“–”表示无应开机时间,不参与排名",
     "r.no_data": "–:无数据",
     "r.below": "未达标",
     "r.meets": "达标",
@@ -281,6 +288,14 @@ _EN: dict[str, str] = {
     "f.unregistered_none": "No unregistered device sent messages.",
     "note.down_24h": "Still down at the end of the day and down for more than 24 h "
     "(looking back {h} h)",
+    "s.resource_warning": "Resource-warning rate",
+    "t.rw_subbranches": "Sub-branches ranked by resource-warning rate (lower is better)",
+    "t.rw_branches": "Branches ranked by resource-warning rate (per sub-branch, lower is better)",
+    "c.resource_warning": "Resource-warning rate",
+    "c.warning_h": "In warning (h)",
+    "note.rw": "Resource-warning rate = time in a cash or consumables warning (cash low or "
+    "out, deposit cassette nearly full or full, receipt paper low or out...) within the "
+    "scheduled time ÷ the scheduled time, ranked ascending; “–”: no scheduled time, not ranked",
     "r.no_data": "–: no data",
     "r.below": "below target",
     "r.meets": "meets target",
