@@ -48,8 +48,8 @@ FROM events
 WHERE event = 'power_restored' AND since IS NOT NULL AND ts >= %(lo)s AND since < %(hi)s;
 
 -- 资源预警率: per device, the spans from a state message reporting a cash or consumables
--- warning (a state in %(states)s, a cash unit matching one of %(units)s, a component
--- matching one of %(components)s, an active fault code in %(faults)s) to the next state
+-- warning (a state in `states`, a cash unit containing one of `units`, components
+-- containing one of `components`, an active fault code in `faults`) to the next state
 -- message that reports none (NULL: none yet), over state messages in [lo, hi). Only the
 -- changes leave the database; the engine cuts the spans with the 开机率 timeline.
 -- name: warning_spans
