@@ -43,6 +43,7 @@ from atmfleet.inventory import Device, Inventory
 from atmfleet.store.connect import connect
 from atmfleet.store.jobs import Job, read_jobs
 from atmfleet.store.runs import RUN_GAP
+from exporters import resource_metrics
 from rules.config import Rules
 from rules.feed import Feed
 from rules.fleet import fleet_devices
@@ -175,6 +176,8 @@ class Snapshot:
     #: The store's TimescaleDB jobs (``()`` on plain PostgreSQL; None: not read).
     jobs: Sequence[Job] | None = None
     unregistered: int = 0  # device ids not in the inventory that sent messages
+    #: 资源预警率: today's seconds in a resource warning per branch (resource_metrics).
+    resource_warning: dict[BranchKey, float] = field(default_factory=dict)
 
     @classmethod
     def database_down(cls, targets: Targets, read_seconds: float = 0.0) -> Snapshot:
@@ -358,6 +361,7 @@ def _fleet_families(snap: Snapshot) -> Iterator[Metric]:
             available.add_metric([*bkey, "technical"], times.tech_available)
             unknown.add_metric(list(bkey), times.unknown)
         yield from (scheduled, available, unknown)
+        yield from resource_metrics.families(snap.resource_warning)
         yield g("atmfleet_day_start_timestamp_seconds", "Today's local midnight.",
                 value=snap.day_start)  # fmt: skip
         own = g(
@@ -508,7 +512,9 @@ class DatabaseSource:
         #: Seconds each part of the last successful read took (inventory and device rows,
         #: today's uptime, transactions, low-yield share; cached parts take ~0).
         self.timings: dict[str, float] = {}
-        self._day: tuple[float, date, dict[BranchKey, DayTimes]] | None = None
+        self._day: (
+            tuple[float, date, dict[BranchKey, DayTimes], dict[BranchKey, float]] | None
+        ) = None
         self._lowyield: tuple[float, date, dict[tuple[str, str, str], tuple[int, int]]] | None = (
             None
         )
@@ -586,7 +592,7 @@ class DatabaseSource:
                     )
                 )  # fmt: skip
         t_devices = time.perf_counter()
-        day = self._day_times(feed, inventory, devices, today, now)
+        day, warning = self._day_times(feed, inventory, devices, today, now)
         t_day = time.perf_counter()
         self_service, teller = self._transactions(feed, inventory, devices, today)
         t_txn = time.perf_counter()
@@ -620,6 +626,7 @@ class DatabaseSource:
             lowyield=lowyield,
             jobs=jobs,
             unregistered=unregistered,
+            resource_warning=warning,
         )
 
     @staticmethod
@@ -642,15 +649,16 @@ class DatabaseSource:
 
     def _day_times(
         self, feed: Feed, inventory: Inventory, devices: list[Device], today: date, now: int
-    ) -> dict[BranchKey, DayTimes]:
+    ) -> tuple[dict[BranchKey, DayTimes], dict[BranchKey, float]]:
         cached = self._day
         if (
             cached is not None
             and cached[1] == today
             and self._clock() - cached[0] < self._day_every
         ):
-            return cached[2]
-        up = Context.make(feed, inventory, Scope("fleet", "fleet"), today, today, now).uptime_days()
+            return cached[2], cached[3]
+        ctx = Context.make(feed, inventory, Scope("fleet", "fleet"), today, today, now)
+        up = ctx.uptime_days()
         sums: dict[BranchKey, list[int]] = {}
         for d in devices:
             u = up.per_device[d.id][today]
@@ -661,8 +669,9 @@ class DatabaseSource:
             acc[3] += u.tech_available_ms
             acc[4] += u.unknown_ms
         out = {k: DayTimes(*(v / 1000 for v in acc)) for k, acc in sums.items()}
-        self._day = (self._clock(), today, out)
-        return out
+        warning = resource_metrics.day_warning(ctx, devices, today)  # on the same timelines
+        self._day = (self._clock(), today, out, warning)
+        return out, warning
 
     def _transactions(
         self, feed: Feed, inventory: Inventory, devices: list[Device], today: date
