@@ -512,9 +512,9 @@ class DatabaseSource:
         #: Seconds each part of the last successful read took (inventory and device rows,
         #: today's uptime, transactions, low-yield share; cached parts take ~0).
         self.timings: dict[str, float] = {}
-        self._day: (
-            tuple[float, date, dict[BranchKey, DayTimes], dict[BranchKey, float]] | None
-        ) = None
+        self._day: tuple[float, date, dict[BranchKey, DayTimes], dict[BranchKey, float]] | None = (
+            None
+        )
         self._lowyield: tuple[float, date, dict[tuple[str, str, str], tuple[int, int]]] | None = (
             None
         )

@@ -272,9 +272,7 @@ class TestRollUp:
             assert rw[branch]["uptime"] == up[branch]["uptime"]
 
     def test_a_period_is_the_sum_of_its_days(self, store: dict[str, str]) -> None:
-        got = rows(
-            kpi(store, "rwr", "--from", str(DAY), "--to", str(D1), "--by", "device")
-        )
+        got = rows(kpi(store, "rwr", "--from", str(DAY), "--to", str(D1), "--by", "device"))
         assert wh(got["MID"]) == (4, 46)
 
 
@@ -310,3 +308,92 @@ class TestBulletin:
         assert code == 0, out
         text = Path(out.strip()).read_text()
         assert "资源预警率" in text and "二级分行资源预警率排名" in text
+
+
+@pytest.mark.timescale
+def test_timescaledb_gives_the_same_figures_from_compressed_chunks(
+    store: dict[str, str], timescale_url: str
+) -> None:
+    """The same query on TimescaleDB hypertables (compressed) as on plain PostgreSQL."""
+    from atmfleet.store.migrate import Flavour, upgrade
+
+    with psycopg.connect(timescale_url, autocommit=True) as conn:
+        assert upgrade(conn).flavour is Flavour.TIMESCALE
+    with psycopg.connect(timescale_url) as conn:
+        upsert_inventory(conn, INVENTORY)
+        BatchWriter(conn, "test").write(messages())
+        conn.execute(
+            "INSERT INTO collector_outages (started_at, ended_at, detected_by) "
+            "VALUES (%s, %s, 'test')",
+            OUTAGE,
+        )
+        conn.execute("SELECT compress_chunk(c) FROM show_chunks('state_samples') c")
+        conn.commit()
+    ts = {"ATMFLEET_DATABASE_URL": timescale_url}
+    for day in (DAY, D1):
+        assert by_device(ts, day) == by_device(store, day)
+
+
+class TestCore:
+    """The pure core, without a database."""
+
+    def test_a_warning_holds_until_the_next_message_and_duplicates_count_once(self) -> None:
+        from rules.resource import OPEN_END, WarningSample, warning_spans
+
+        samples = [
+            WarningSample(0, False, 1), WarningSample(10, True, 2), WarningSample(20, True, 3),
+            WarningSample(20, True, 3), WarningSample(30, False, 4), WarningSample(40, True, 5),
+        ]  # fmt: skip
+        assert warning_spans(reversed(samples)) == [(10, 30), (40, OPEN_END)]
+
+    def test_w_is_cut_by_the_timeline_and_the_schedule(self) -> None:
+        from rules.labels import Label
+        from rules.resource import warning_ms
+
+        line = [(0, 10, Label.AVAILABLE), (10, 20, Label.COMMUNICATIONS), (20, 40, Label.FAULT)]
+        counted = frozenset({Label.AVAILABLE, Label.FAULT})
+        assert warning_ms(line, [(5, 35)], [(0, 30)], counted) == 5 + 10
+        assert warning_ms(line, [(5, 35)], [], counted) == 0
+
+    def test_ranks_ascending_ties_share_no_data_last(self) -> None:
+        from rules.resource import ranked
+
+        got = ranked({"a": 0.2, "b": None, "c": 0.1, "d": 0.2, "e": 0.0})
+        assert got == [(1, "e"), (2, "c"), (3, "a"), (3, "d"), (None, "b")]
+
+    def test_the_policy_matches_what_the_sql_matches(self) -> None:
+        from rules.config import load_rules
+        from rules.resource import WarningPolicy
+
+        policy = WarningPolicy.from_rules(load_rules())
+        assert policy.is_warning("cash_out")
+        assert policy.is_warning("in_service", LOW) and not policy.is_warning("in_service", OK)
+        assert policy.is_warning("in_service", components={"ptr": "warning"})
+        assert not policy.is_warning("in_service", components={"cdm": "warning"})
+        assert policy.is_warning("fault", faults=["PTR:PAPER_OUT"])
+        assert not policy.is_warning("fault", faults=["CDM:PICK_FAILURE"])
+        inop = [{**OK[0], "status": "inop"}]
+        assert not policy.is_warning("in_service", inop)
+
+
+class TestRules:
+    def test_the_section_is_validated_naming_the_field(self) -> None:
+        from atmfleet.errors import ConfigError
+        from rules.config import parse_rules
+
+        with pytest.raises(ConfigError, match="resource_warning.counted_in.*'planned' cannot"):
+            parse_rules("resource_warning:\n  counted_in: [available, planned]\n")
+        with pytest.raises(ConfigError, match="unknown key 'resource_warning.colour'"):
+            parse_rules("resource_warning:\n  colour: red\n")
+        with pytest.raises(ConfigError, match="resource_warning.cash_units"):
+            parse_rules("resource_warning:\n  cash_units: {dispense: [sparkly]}\n")
+        with pytest.raises(ConfigError, match="resource_warning.fault_codes"):
+            parse_rules("resource_warning:\n  fault_codes: ['PAPER OUT']\n")
+
+    def test_a_business_excluded_cause_never_counts(self) -> None:
+        from rules.config import parse_rules
+        from rules.labels import Label
+        from rules.resource import WarningPolicy
+
+        rules = parse_rules("uptime:\n  business_excluded_causes: [cash_out]\n")
+        assert Label.CASH_OUT not in WarningPolicy.from_rules(rules).counted
