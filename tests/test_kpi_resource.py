@@ -381,13 +381,13 @@ class TestRules:
         from atmfleet.errors import ConfigError
         from rules.config import parse_rules
 
-        with pytest.raises(ConfigError, match="resource_warning.counted_in.*'planned' cannot"):
+        with pytest.raises(ConfigError, match=r"resource_warning\.counted_in.*'planned' cannot"):
             parse_rules("resource_warning:\n  counted_in: [available, planned]\n")
-        with pytest.raises(ConfigError, match="unknown key 'resource_warning.colour'"):
+        with pytest.raises(ConfigError, match=r"unknown key 'resource_warning\.colour'"):
             parse_rules("resource_warning:\n  colour: red\n")
-        with pytest.raises(ConfigError, match="resource_warning.cash_units"):
+        with pytest.raises(ConfigError, match=r"resource_warning\.cash_units"):
             parse_rules("resource_warning:\n  cash_units: {dispense: [sparkly]}\n")
-        with pytest.raises(ConfigError, match="resource_warning.fault_codes"):
+        with pytest.raises(ConfigError, match=r"resource_warning\.fault_codes"):
             parse_rules("resource_warning:\n  fault_codes: ['PAPER OUT']\n")
 
     def test_a_business_excluded_cause_never_counts(self) -> None:
