@@ -484,7 +484,8 @@ class DatabaseSource:
     """Reads snapshots from the store through one connection (reopened after a failure).
 
     Device rows are read at every :meth:`read`; today's uptime at most every
-    ``day_every_s``; the low-yield share when the evaluated date changes or at most every
+    ``day_every_s``; today's resource-warning time at most every ``resource_every_s``; the
+    low-yield share when the evaluated date changes or at most every
     ``lowyield_every_s``.
     """
 
@@ -495,6 +496,7 @@ class DatabaseSource:
         *,
         day_every_s: float = 120.0,
         lowyield_every_s: float = 3600.0,
+        resource_every_s: float = 900.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if rules.heartbeat.timeout_factor < RUN_GAP:  # the feed's own condition, at start-up
@@ -512,9 +514,11 @@ class DatabaseSource:
         #: Seconds each part of the last successful read took (inventory and device rows,
         #: today's uptime, transactions, low-yield share; cached parts take ~0).
         self.timings: dict[str, float] = {}
-        self._day: tuple[float, date, dict[BranchKey, DayTimes], dict[BranchKey, float]] | None = (
-            None
-        )
+        self._day: tuple[float, date, dict[BranchKey, DayTimes]] | None = None
+        #: 资源预警率: (computed at, day, seconds per branch); its own cadence, since it
+        #: scans the day's state messages (docs/metrics.md).
+        self._resource: tuple[float, date, dict[BranchKey, float]] | None = None
+        self._resource_every = resource_every_s
         self._lowyield: tuple[float, date, dict[tuple[str, str, str], tuple[int, int]]] | None = (
             None
         )
@@ -592,8 +596,10 @@ class DatabaseSource:
                     )
                 )  # fmt: skip
         t_devices = time.perf_counter()
-        day, warning = self._day_times(feed, inventory, devices, today, now)
+        day = self._day_times(feed, inventory, devices, today, now)
         t_day = time.perf_counter()
+        warning = self._resource_warning(feed, inventory, devices, today, now)
+        t_warning = time.perf_counter()
         self_service, teller = self._transactions(feed, inventory, devices, today)
         t_txn = time.perf_counter()
         low_date, lowyield = self._low_yield(feed, inventory, devices, today, now)
@@ -604,7 +610,8 @@ class DatabaseSource:
         self.timings = {
             "devices": t_devices - started,
             "day_uptime": t_day - t_devices,
-            "transactions": t_txn - t_day,
+            "resource_warning": t_warning - t_day,
+            "transactions": t_txn - t_warning,
             "low_yield": t_low - t_txn,
         }
         log.debug("read times (s): %s", {k: round(v, 3) for k, v in self.timings.items()})
@@ -649,16 +656,15 @@ class DatabaseSource:
 
     def _day_times(
         self, feed: Feed, inventory: Inventory, devices: list[Device], today: date, now: int
-    ) -> tuple[dict[BranchKey, DayTimes], dict[BranchKey, float]]:
+    ) -> dict[BranchKey, DayTimes]:
         cached = self._day
         if (
             cached is not None
             and cached[1] == today
             and self._clock() - cached[0] < self._day_every
         ):
-            return cached[2], cached[3]
-        ctx = Context.make(feed, inventory, Scope("fleet", "fleet"), today, today, now)
-        up = ctx.uptime_days()
+            return cached[2]
+        up = Context.make(feed, inventory, Scope("fleet", "fleet"), today, today, now).uptime_days()
         sums: dict[BranchKey, list[int]] = {}
         for d in devices:
             u = up.per_device[d.id][today]
@@ -669,9 +675,23 @@ class DatabaseSource:
             acc[3] += u.tech_available_ms
             acc[4] += u.unknown_ms
         out = {k: DayTimes(*(v / 1000 for v in acc)) for k, acc in sums.items()}
-        warning = resource_metrics.day_warning(ctx, devices, today)  # on the same timelines
-        self._day = (self._clock(), today, out, warning)
-        return out, warning
+        self._day = (self._clock(), today, out)
+        return out
+
+    def _resource_warning(
+        self, feed: Feed, inventory: Inventory, devices: list[Device], today: date, now: int
+    ) -> dict[BranchKey, float]:
+        cached = self._resource
+        if (
+            cached is not None
+            and cached[1] == today
+            and self._clock() - cached[0] < self._resource_every
+        ):
+            return cached[2]
+        ctx = Context.make(feed, inventory, Scope("fleet", "fleet"), today, today, now)
+        out = resource_metrics.day_warning(ctx, devices, today)
+        self._resource = (self._clock(), today, out)
+        return out
 
     def _transactions(
         self, feed: Feed, inventory: Inventory, devices: list[Device], today: date

@@ -230,8 +230,9 @@ class Feed:
         """资源预警率: per device, the spans of state messages reporting a warning (to the
         next state message; open-ended: ``2**62``), for a timeline of ``[lo, hi)`` at
         ``horizon``; ``params`` from :meth:`rules.resource.WarningPolicy.query_params`."""
-        ctx = self.context_ms()
-        a, b = from_ms(lo - ctx), from_ms(max(min(horizon, hi + ctx), lo))
+        # Before the period: the context (the message in force at lo may be that old).
+        # After it: nothing (a span still open at the end is cut by the timeline there).
+        a, b = from_ms(lo - self.context_ms()), from_ms(max(min(horizon, hi), lo))
         out: dict[str, list[Span]] = {}
         for device_id, start, until in self._rows("warning_spans", lo=a, hi=b, **params):
             out.setdefault(device_id, []).append((start, 2**62 if until is None else until))
