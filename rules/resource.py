@@ -30,6 +30,7 @@ from rules.config import Rules
 from rules.feed import Feed, UptimeDays
 from rules.labels import Label
 from rules.timeline import Interval, Span
+from rules.timeline import _merge_spans as merge  # sorted, disjoint, touching joined
 from rules.uptime import WindowSpans, day_span, scheduled_spans
 
 #: Open end of a warning span with no later state message (cut by the timeline).
@@ -121,20 +122,6 @@ def warning_spans(samples: Iterable[WarningSample]) -> list[Span]:
     if start is not None:
         spans.append((start, OPEN_END))
     return merge(spans)
-
-
-def merge(spans: Iterable[Span]) -> list[Span]:
-    """Sorted, non-overlapping spans (overlapping or touching ones joined)."""
-    out: list[Span] = []
-    for a, b in sorted(spans):
-        if b <= a:
-            continue
-        if out and a <= out[-1][1]:
-            if b > out[-1][1]:
-                out[-1] = (out[-1][0], b)
-        else:
-            out.append((a, b))
-    return out
 
 
 def counted_spans(

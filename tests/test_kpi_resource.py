@@ -157,6 +157,21 @@ def messages() -> list[Accepted]:
     ]  # fmt: skip
 
 
+def load(url: str, compress: bool = False) -> None:
+    """The inventory, the messages and the collector outage, as ingest leaves them."""
+    with psycopg.connect(url) as conn:
+        upsert_inventory(conn, INVENTORY)
+        BatchWriter(conn, "test").write(messages())
+        conn.execute(
+            "INSERT INTO collector_outages (started_at, ended_at, detected_by) "
+            "VALUES (%s, %s, 'test')",
+            OUTAGE,
+        )
+        if compress:
+            conn.execute("SELECT compress_chunk(c) FROM show_chunks('state_samples') c")
+        conn.commit()
+
+
 @pytest.fixture(scope="module")
 def store() -> Iterator[dict[str, str]]:
     from atmfleet.store.migrate import upgrade
@@ -166,15 +181,7 @@ def store() -> Iterator[dict[str, str]]:
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             upgrade(conn)
-        with psycopg.connect(url) as conn:
-            upsert_inventory(conn, INVENTORY)
-            BatchWriter(conn, "test").write(messages())
-            conn.execute(
-                "INSERT INTO collector_outages (started_at, ended_at, detected_by) "
-                "VALUES (%s, %s, 'test')",
-                OUTAGE,
-            )
-            conn.commit()
+        load(url)
         yield {"ATMFLEET_DATABASE_URL": url}
     finally:
         drop_database(url)
@@ -271,6 +278,15 @@ class TestRollUp:
             assert rw[branch]["scheduled_ms"] == up[branch]["scheduled_ms"]
             assert rw[branch]["uptime"] == up[branch]["uptime"]
 
+    def test_a_scope_selects_its_devices_and_an_unknown_one_is_refused(
+        self, store: dict[str, str]
+    ) -> None:
+        got = kpi(store, "rwr", "--date", str(DAY), "--scope", "branch:B2")
+        assert got["by"] == "device" and set(rows(got)) == {"PLN", "DWN", "OFF", "OVL", "NOS"}
+        assert wh(got["total"]) == (13, 86) and got["total"]["group"] == "branch:B2"
+        code, out = run(store, "kpi", "rwr", "--date", str(DAY), "--scope", "branch:NOPE")
+        assert code == 2 and "no branch 'NOPE'" in out and "Traceback" not in out
+
     def test_a_period_is_the_sum_of_its_days(self, store: dict[str, str]) -> None:
         got = rows(kpi(store, "rwr", "--from", str(DAY), "--to", str(D1), "--by", "device"))
         assert wh(got["MID"]) == (4, 46)
@@ -319,16 +335,7 @@ def test_timescaledb_gives_the_same_figures_from_compressed_chunks(
 
     with psycopg.connect(timescale_url, autocommit=True) as conn:
         assert upgrade(conn).flavour is Flavour.TIMESCALE
-    with psycopg.connect(timescale_url) as conn:
-        upsert_inventory(conn, INVENTORY)
-        BatchWriter(conn, "test").write(messages())
-        conn.execute(
-            "INSERT INTO collector_outages (started_at, ended_at, detected_by) "
-            "VALUES (%s, %s, 'test')",
-            OUTAGE,
-        )
-        conn.execute("SELECT compress_chunk(c) FROM show_chunks('state_samples') c")
-        conn.commit()
+    load(timescale_url, compress=True)
     ts = {"ATMFLEET_DATABASE_URL": timescale_url}
     for day in (DAY, D1):
         assert by_device(ts, day) == by_device(store, day)
