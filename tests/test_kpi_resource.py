@@ -292,6 +292,23 @@ class TestRollUp:
         assert wh(got["MID"]) == (4, 46)
 
 
+class TestOwner:
+    def test_the_read_only_login_computes_it(self, store: dict[str, str]) -> None:
+        """kpi, bulletins and serve run as the reader (SELECT only): so does the rate."""
+        from rules.config import load_rules
+        from rules.feed import Feed
+        from rules.report import Context, Scope, resource_report
+
+        url = store["ATMFLEET_DATABASE_URL"]
+        with psycopg.connect(url) as conn:
+            conn.execute(f'SET ROLE "{url.rsplit("/", 1)[1]}_reader"')
+            feed = Feed(conn, load_rules())
+            ctx = Context.make(
+                feed, feed.inventory(), Scope("fleet", "fleet"), DAY, DAY, feed.now_ms()
+            )
+            assert resource_report(ctx, "subbranch").extra["total"]["rate"] == 19 / 158
+
+
 class TestBulletin:
     def test_the_daily_bulletin_shows_the_cli_figures(
         self, store: dict[str, str], tmp_path: Path
