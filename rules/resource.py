@@ -16,6 +16,8 @@ Pure functions over plain values, all in integer milliseconds:
   the labels out of S (planned, unknown, business-excluded causes) never count.
 
 Roll-ups add W and S; the ratio is ΣW / ΣS, never a mean of ratios; no S is no data.
+:func:`resource_for` (at the end) puts the feed's read and this core together, as
+``rules.feed``'s ``*_for`` functions do for the other indicators.
 """
 
 from __future__ import annotations

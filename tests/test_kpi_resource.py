@@ -33,6 +33,7 @@ import pytest
 from click.testing import CliRunner
 
 from app.cli import cli
+from rules.timeline import from_ms
 from atmfleet.inventory import Branch, Device, Inventory, SubBranch
 from atmfleet.protocol import StateMessage, device_topic, encode
 from atmfleet.store.inventory import upsert_inventory
@@ -290,6 +291,35 @@ class TestRollUp:
     def test_a_period_is_the_sum_of_its_days(self, store: dict[str, str]) -> None:
         got = rows(kpi(store, "rwr", "--from", str(DAY), "--to", str(D1), "--by", "device"))
         assert wh(got["MID"]) == (4, 46)
+
+
+class TestSqlEqualsCore:
+    def test_the_feed_finds_the_spans_the_core_finds_in_the_raw_messages(
+        self, store: dict[str, str]
+    ) -> None:
+        from rules.config import load_rules
+        from rules.feed import Feed
+        from rules.resource import WarningPolicy, WarningSample, warning_spans
+        from rules.timeline import ms
+        from rules.uptime import day_span
+
+        rules = load_rules()
+        policy = WarningPolicy.from_rules(rules)
+        lo, hi = day_span(DAY, rules.tz)
+        with psycopg.connect(store["ATMFLEET_DATABASE_URL"]) as conn:
+            feed = Feed(conn, rules)
+            got = feed.warning_spans(lo, hi, hi, policy.query_params())
+            raw: dict[str, list[WarningSample]] = {}
+            for dev, ts, seq, state, cash, comps, faults in conn.execute(
+                "SELECT device_id, ts, seq, state, cash_units, components, faults"
+                " FROM state_samples WHERE ts >= %s AND ts < %s",
+                (from_ms(lo - feed.context_ms()), from_ms(hi)),
+            ):
+                warning = policy.is_warning(state, cash, comps, faults)
+                raw.setdefault(dev, []).append(WarningSample(ms(ts), warning, seq))
+        want = {d: spans for d, s in raw.items() if (spans := warning_spans(s))}
+        assert got == want
+        assert set(got) == {"MID", "WIN", "UNK", "PLN", "DWN", "OFF", "OVL", "NOS", "OUT"}
 
 
 class TestOwner:
