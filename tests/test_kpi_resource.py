@@ -33,11 +33,11 @@ import pytest
 from click.testing import CliRunner
 
 from app.cli import cli
-from rules.timeline import from_ms
 from atmfleet.inventory import Branch, Device, Inventory, SubBranch
 from atmfleet.protocol import StateMessage, device_topic, encode
 from atmfleet.store.inventory import upsert_inventory
 from atmfleet.store.writer import Accepted, BatchWriter
+from rules.timeline import from_ms
 
 pytestmark = pytest.mark.integration
 
