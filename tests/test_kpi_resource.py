@@ -339,6 +339,26 @@ class TestOwner:
             assert resource_report(ctx, "subbranch").extra["total"]["rate"] == 19 / 158
 
 
+class TestChoices:
+    def test_a_bank_may_count_warnings_only_while_the_device_serves(
+        self, store: dict[str, str]
+    ) -> None:
+        from rules.config import parse_rules
+        from rules.feed import Feed
+        from rules.report import Context, Scope, resource_report
+
+        rules = parse_rules("resource_warning:\n  counted_in: [available]\n")
+        with psycopg.connect(store["ATMFLEET_DATABASE_URL"]) as conn:
+            feed = Feed(conn, rules)
+            ctx = Context.make(
+                feed, feed.inventory(), Scope("fleet", "fleet"), DAY, DAY, feed.now_ms()
+            )
+            got = {r["group"]: wh(r) for r in resource_report(ctx, "device").rows}
+        assert got["DWN"] == (2, 22)  # the 2 h of fault no longer count
+        assert got["OUT"] == (0, 22)  # nor does a cash-out state
+        assert got["OVL"] == (5, 22)
+
+
 class TestBulletin:
     def test_the_daily_bulletin_shows_the_cli_figures(
         self, store: dict[str, str], tmp_path: Path
