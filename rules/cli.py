@@ -224,7 +224,7 @@ def assessment_cmd(on: datetime | None, first: datetime | None, last: datetime |
 @_common
 def keep_days_cmd(on: datetime | None, first: datetime | None, last: datetime | None,
                   scope: str, as_json: bool) -> None:  # fmt: skip
-    """Compute and keep closed days (uptime, financial volume) ahead of low-yield.
+    """Compute and keep closed days (uptime, financial volume, resource-warning time).
 
     Run it daily once yesterday is closed (a few hours after midnight): the 30-day
     low-yield evaluation then reads kept days only.
@@ -234,6 +234,7 @@ def keep_days_cmd(on: datetime | None, first: datetime | None, last: datetime | 
         open_days = [d for d in period if not closed(ctx.feed, d, ctx.horizon)]
         devices = ctx.devices
         window_days(ctx.feed, devices, ctx.first, ctx.last, ctx.horizon)
+        ctx.resource_days()  # 资源预警率: W of the days just kept, beside their S
         report = Report(
             f"kept days {ctx.first}..{ctx.last}, {ctx.scope}",
             ["group", "kept"],

@@ -369,6 +369,37 @@ class Feed:
                 },
             )
 
+    def kept_warnings(
+        self, fingerprint: str, first: date, last: date
+    ) -> dict[str, dict[date, tuple[int, int]]]:
+        """资源预警率 of kept closed days: per device and day, (W ms, S ms)."""
+        out: dict[str, dict[date, tuple[int, int]]] = {}
+        for device_id, day, warning, scheduled in self._rows(
+            "kept_warnings", fingerprint=fingerprint, first=first, last=last
+        ):
+            out.setdefault(device_id, {})[day] = (warning, scheduled)
+        return out
+
+    def keep_warnings(self, fingerprint: str, values: Sequence[tuple[str, date, int, int]]) -> None:
+        """Keep W (with the S it was computed over) of closed days in the kept days that
+        hold them; committed at once. Nothing is kept where the login may only read."""
+        if not values or not self.may_keep:
+            return
+        try:
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                cur.execute(
+                    queries()["keep_warnings"],
+                    {
+                        "fingerprint": fingerprint,
+                        "ids": [v[0] for v in values],
+                        "days": [v[1] for v in values],
+                        "warning": [v[2] for v in values],
+                        "scheduled": [v[3] for v in values],
+                    },
+                )
+        except psycopg.errors.InsufficientPrivilege:
+            self._cannot_keep("keep resource warnings in kpi_device_days")
+
     def counters(self, first: date, last: date) -> dict[date, dict[str, CounterCounts]]:
         out: dict[date, dict[str, CounterCounts]] = {}
         for branch_id, day, fin, non_fin in self._rows("counters", first=first, last=last):

@@ -148,6 +148,22 @@ ON CONFLICT (fingerprint, device_id, day) DO UPDATE
 SET available_ms = excluded.available_ms, scheduled_ms = excluded.scheduled_ms,
     financial = excluded.financial, computed_at = now();
 
+-- 资源预警率 of kept closed days (migration 0017): W and S per device and day, where W has
+-- been computed.
+-- name: kept_warnings
+SELECT device_id, day, warning_ms, scheduled_ms
+FROM kpi_device_days
+WHERE fingerprint = %(fingerprint)s AND day >= %(first)s AND day <= %(last)s
+  AND warning_ms IS NOT NULL;
+
+-- W of closed days, into the kept days that hold their S (a day not kept: nothing).
+-- name: keep_warnings
+UPDATE kpi_device_days k SET warning_ms = u.warning_ms
+FROM unnest(%(ids)s::text[], %(days)s::date[], %(warning)s::int8[], %(scheduled)s::int8[])
+     AS u (id, day, warning_ms, scheduled_ms)
+WHERE k.fingerprint = %(fingerprint)s AND k.device_id = u.id AND k.day = u.day
+  AND k.scheduled_ms = u.scheduled_ms;
+
 -- TimescaleDB only: txn_daily is a continuous aggregate; late rows for a bucket already
 -- materialised show up at its next refresh. Before a day is kept, refresh it.
 -- name: txn_daily_is_aggregate

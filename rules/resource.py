@@ -29,7 +29,7 @@ from datetime import date
 
 from atmfleet.inventory import Device
 from rules.config import Rules
-from rules.feed import Feed, UptimeDays
+from rules.feed import Feed, UptimeDays, closed
 from rules.labels import Label
 from rules.timeline import Interval, Span
 from rules.timeline import _merge_spans as merge  # sorted, disjoint, touching joined
@@ -236,29 +236,43 @@ def resource_for(
     feed: Feed, devices: Sequence[Device], up: UptimeDays, horizon: int
 ) -> dict[str, dict[date, ResourceWarning]]:
     """Every device's W and S for each local day of ``up`` (the 开机率 computation of the
-    same devices and period, whose timelines and S are reused)."""
+    same devices and period, whose timelines and S are reused). Kept closed days are read
+    (their W was kept over the same S); the other days are computed from the state
+    messages, which are read only over the days that need it, and kept once closed."""
     rules = feed.rules
     tz = rules.tz
     policy = WarningPolicy.from_rules(rules)
-    lo, hi = day_span(up.days[0], tz)[0], day_span(up.days[-1], tz)[1]
-    spans = feed.warning_spans(lo, hi, horizon, policy.query_params())
+    fingerprint = feed.fingerprint()
+    kept = feed.kept_warnings(fingerprint, up.days[0], up.days[-1])
+
+    def usable(device_id: str, day: date) -> bool:
+        got = kept.get(device_id, {}).get(day)
+        return got is not None and got[1] == up.per_device[device_id][day].scheduled_ms
+
+    missing = sorted({day for d in devices for day in up.days if not usable(d.id, day)})
+    spans: dict[str, list[Span]] = {}
+    if missing:
+        lo, hi = day_span(missing[0], tz)[0], day_span(missing[-1], tz)[1]
+        spans = feed.warning_spans(lo, hi, horizon, policy.query_params())
     windows = WindowSpans(tz)
+    is_closed = {day: closed(feed, day, horizon) for day in missing}
     out: dict[str, dict[date, ResourceWarning]] = {}
+    to_keep: list[tuple[str, date, int, int]] = []
     for d in devices:
         warnings = merge(spans.get(d.id, ()))
         line = up.timelines[d.id]
-        days = up.per_device[d.id]
-        out[d.id] = {
-            day: ResourceWarning(
-                warning_ms(
-                    line, scheduled_spans(d, day, rules, windows, horizon), warnings,
-                    policy.counted,
-                ),
-                u.scheduled_ms,
-                1,
-            )
-            for day, u in days.items()
-        }  # fmt: skip
+        per_day: dict[date, ResourceWarning] = {}
+        for day, u in up.per_device[d.id].items():
+            if usable(d.id, day):
+                per_day[day] = ResourceWarning(kept[d.id][day][0], u.scheduled_ms, 1)
+                continue
+            sched = scheduled_spans(d, day, rules, windows, horizon)
+            w = warning_ms(line, sched, warnings, policy.counted)
+            per_day[day] = ResourceWarning(w, u.scheduled_ms, 1)
+            if is_closed.get(day, False):
+                to_keep.append((d.id, day, w, u.scheduled_ms))
+        out[d.id] = per_day
+    feed.keep_warnings(fingerprint, to_keep)
     return out
 
 

@@ -471,3 +471,47 @@ class TestRules:
 
         rules = parse_rules("uptime:\n  business_excluded_causes: [cash_out]\n")
         assert Label.CASH_OUT not in WarningPolicy.from_rules(rules).counted
+
+
+class TestKeptDays:
+    def test_closed_days_keep_w_and_late_telemetry_makes_it_computed_again(self) -> None:
+        """`kpi keep-days` keeps W beside S; `kpi rwr` then reads it (a marker shows it);
+        a late state message deletes the kept day and W is computed again."""
+        from atmfleet.store.migrate import upgrade
+        from tests.conftest import create_database, drop_database
+
+        url = create_database()
+        env = {"ATMFLEET_DATABASE_URL": url}
+        try:
+            with psycopg.connect(url, autocommit=True) as conn:
+                upgrade(conn)
+            load(url)
+            before = by_device(env)
+            code, out = run(env, "kpi", "keep-days", "--from", str(DAY), "--to", str(D1))
+            assert code == 0, out
+            with psycopg.connect(url) as conn:
+                kept = dict(
+                    conn.execute(
+                        "SELECT device_id, warning_ms FROM kpi_device_days WHERE day = %s",
+                        (DAY,),
+                    ).fetchall()
+                )
+                assert kept["OVL"] == 5 * H and kept["NOS"] == 0 and len(kept) == 9
+                assert by_device(env) == before  # read back, the same figures
+                conn.execute(
+                    "UPDATE kpi_device_days SET warning_ms = 1 WHERE device_id = 'OVL'"
+                    " AND day = %s",
+                    (DAY,),
+                )
+                conn.commit()
+                assert by_device(env)["OVL"]["warning_ms"] == 1  # the kept value is read
+                late = StateMessage(
+                    v=1, device_id="OVL", ts=at(DAY, 20) + timedelta(seconds=1), seq=10**6,
+                    state="in_service", heartbeat_s=300,
+                )  # fmt: skip
+                BatchWriter(conn, "test").write(
+                    [Accepted(late, at(D1, 9), device_topic("OVL", "state"), encode(late))]
+                )
+            assert by_device(env)["OVL"]["warning_ms"] == 5 * H  # computed again
+        finally:
+            drop_database(url)
