@@ -415,3 +415,28 @@ def test_the_bulletin_shows_planned_time_as_kpi_does(url: str, tmp_path: Path) -
     total = kpi["total"]["planned_ms"] / H
     assert doc["summary"]["planned_h"]["value"] == total
     assert any(f"{total:.2f}" in note for note in doc["footnotes"])
+
+
+def test_the_monthly_assessment_shows_planned_time_as_kpi_does(url: str, tmp_path: Path) -> None:
+    got = invoke(url, "bulletin", "monthly", "--month", "2026-11", "--format", "json",
+                 "--out", str(tmp_path))  # fmt: skip
+    assert got.exit_code == 0, got.output
+    doc = json.loads(Path(got.output.strip().splitlines()[0]).read_text())
+    kpi = json.loads(invoke(url, "kpi", "uptime", "--by", "subbranch", "--from", "2026-11-01",
+                            "--to", "2026-11-30", "--json").output)  # fmt: skip
+    rows = {r["subbranch"]: r for r in doc["tables"]["planned"]["rows"]}
+    assert {g: rows[g]["planned_h"] for g in rows if g.startswith("PS")} == {
+        r["group"]: r["planned_ms"] / H for r in kpi["rows"]
+    }
+    assert doc["summary"]["planned_h"]["value"] == kpi["total"]["planned_ms"] / H
+
+
+def test_a_reader_login_is_refused_in_one_line(url: str) -> None:
+    """The register is written with the writer (or owner) login; the reader may list."""
+    name = url.rsplit("/", 1)[1]
+    as_reader = f"{url}?options=-c%20role%3D{name}_reader"
+    got = invoke(as_reader, "stops", "add", "--device", "P-S1", "--from", "2030-01-01 10:00",
+                 "--to", "2030-01-01 11:00", "--reason", "装修")  # fmt: skip
+    assert got.exit_code == 2
+    assert got.output.startswith("atmfleet: error: this database login may not change the register")
+    assert invoke(as_reader, "stops", "list", "--json").exit_code == 0
