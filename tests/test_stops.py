@@ -396,10 +396,18 @@ def test_the_command_line(url: str, tmp_path: Path) -> None:
 
 
 def test_the_bulletin_shows_planned_time_as_kpi_does(url: str, tmp_path: Path) -> None:
-    """PS3 (only P-B1, fault 10-14) with a stop 10-13: 3 h planned in the bulletin's
-    planned table and summary, the same numbers `atmfleet kpi uptime` prints."""
+    """PS3 (only P-B1 of PB5, fault 10-14): a device stop 10-13 registered ahead, a branch
+    stop 13:00-13:30 registered the next day, and a request never approved (00-01): 3.5 h
+    planned in the bulletin's planned table and summary, the numbers `atmfleet kpi
+    uptime` prints, and the two approved stops listed."""
     with psycopg.connect(url) as conn:
         ahead(conn, 10, 13, device_id="P-B1")
+        next_day = local(10, DAY + timedelta(days=1))
+        retro = service.add(conn, ALICE, rules=RULES, starts_at=local(13), ends_at=local(13.5),
+                            reason="断电检修", branch_id="PB5", now=next_day)  # fmt: skip
+        service.approve(conn, retro.id, BOB, rules=RULES, now=next_day)
+        service.add(conn, ALICE, rules=RULES, starts_at=local(0), ends_at=local(1),
+                    reason="未批", device_id="P-B1", now=AHEAD)  # fmt: skip
     got = invoke(url, "bulletin", "daily", "--date", str(DAY), "--format", "json",
                  "--out", str(tmp_path))  # fmt: skip
     assert got.exit_code == 0, got.output
@@ -411,10 +419,24 @@ def test_the_bulletin_shows_planned_time_as_kpi_does(url: str, tmp_path: Path) -
     for r in kpi["rows"]:
         assert rows[r["group"]]["planned_h"] == r["planned_ms"] / H
         assert rows[r["group"]]["scheduled_h"] == r["scheduled_ms"] / H
-    assert rows["PS3"]["planned_h"] == 3
+    assert (rows["PS3"]["planned_h"], rows["PS3"]["scheduled_h"]) == (3.5, 20.5)
     total = kpi["total"]["planned_ms"] / H
     assert doc["summary"]["planned_h"]["value"] == total
     assert any(f"{total:.2f}" in note for note in doc["footnotes"])
+    listed = {r["target"]: r for r in doc["tables"]["stops"]["rows"]}
+    device, branch = listed["P-B1"], listed["PB5"]
+    assert (device["starts"], device["ends"]) == ("2026-11-27 10:00", "2026-11-27 13:00")
+    assert (device["requester"], device["approver"], device["retroactive"]) == (
+        "alice",
+        "bob",
+        "否",
+    )
+    assert (branch["subbranch"], branch["retroactive"], branch["stop_reason"]) == (
+        "PS3",
+        "是",
+        "断电检修",
+    )
+    assert "未批" not in {r["stop_reason"] for r in doc["tables"]["stops"]["rows"]}
 
 
 def test_the_monthly_assessment_shows_planned_time_as_kpi_does(url: str, tmp_path: Path) -> None:
