@@ -462,3 +462,40 @@ def test_a_reader_login_is_refused_in_one_line(url: str) -> None:
     assert got.exit_code == 2
     assert got.output.startswith("atmfleet: error: this database login may not change the register")
     assert invoke(as_reader, "stops", "list", "--json").exit_code == 0
+
+
+def test_two_approvers_at_once_one_wins_the_other_is_told(url: str) -> None:
+    """Bob's approval holds the row until it commits; Ada's, at the same moment, waits
+    for it and is then told the stop is approved (only cancel is left)."""
+    import threading
+
+    with psycopg.connect(url) as first, psycopg.connect(url) as second:
+        stop = service.add(first, ALICE, rules=RULES, starts_at=local(2), ends_at=local(3),
+                           reason="并发", device_id="P-R2", now=AHEAD)  # fmt: skip
+        outcome: list[BaseException | service.Stop] = []
+
+        def other() -> None:
+            try:
+                outcome.append(service.approve(second, stop.id, ADA, rules=RULES, now=AHEAD))
+            except BaseException as exc:  # the outcome is asserted below
+                outcome.append(exc)
+
+        with first.transaction():  # Bob's approval, not committed yet
+            service.approve(first, stop.id, BOB, rules=RULES, now=AHEAD)
+            worker = threading.Thread(target=other)
+            worker.start()
+            with psycopg.connect(url, autocommit=True) as watch:
+                for _ in range(600):  # until Ada's statement waits on the row lock
+                    row = watch.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND wait_event_type = 'Lock'"
+                    ).fetchone()
+                    if row and row[0]:
+                        break
+                    worker.join(0.05)
+                else:
+                    pytest.fail("the second approval never waited for the first")
+        worker.join(30)
+        assert len(outcome) == 1 and isinstance(outcome[0], UsageError)
+        assert "it is approved; allowed: cancel" in str(outcome[0])
+        assert service.get(first, stop.id, ALICE).approver == "bob"
