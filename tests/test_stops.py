@@ -185,6 +185,20 @@ def test_the_merge_rule_on_plain_intervals() -> None:
     ]
 
 
+def test_local_times_on_the_command_line() -> None:
+    from stops.cli import parse_local
+
+    assert parse_local("2026-12-03 09:00", RULES, "--from") == local(9, date(2026, 12, 3))
+    assert parse_local("2026-12-03T9:30", RULES, "--from") == local(9.5, date(2026, 12, 3))
+    assert parse_local("2026-12-03", RULES, "--from") == local(0, date(2026, 12, 3))
+    assert parse_local("2026-12-03", RULES, "--to", end=True) == local(0, date(2026, 12, 4))
+    assert parse_local("2026-12-03T01:00:00+00:00", RULES, "--to") == local(9, date(2026, 12, 3))
+    with pytest.raises(UsageError, match=r"--from 'tomorrow': give local time"):
+        parse_local("tomorrow", RULES, "--from")
+    with pytest.raises(UsageError, match="--to '2026-02-30'"):
+        parse_local("2026-02-30", RULES, "--to", end=True)
+
+
 # ------------------------------------------------------------------ the figures of S
 
 
