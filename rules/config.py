@@ -113,6 +113,22 @@ class PlannedMaintenanceRules(_Model):
     )
 
 
+class PlannedStopsRules(_Model):
+    """The planned-stop register (stops/, docs/stops.md)."""
+
+    max_retroactive_days: int = Field(
+        3,
+        ge=0,
+        le=366,
+        description="A stop registered after it started may start at most this many local "
+        "days before today (0: today only); it needs an approver like any other.",
+    )
+    approver_role: Literal["operator", "admin"] = Field(
+        "operator",
+        description="The least role that may approve or reject a stop (never the requester).",
+    )
+
+
 class WindowRule(_Model):
     placement: Placement | None = None
     type: DeviceType | None = None
@@ -282,6 +298,7 @@ class Rules(_Model):
     heartbeat: HeartbeatRules = HeartbeatRules()
     uptime: UptimeRules = UptimeRules()
     planned_maintenance: PlannedMaintenanceRules = PlannedMaintenanceRules()
+    planned_stops: PlannedStopsRules = PlannedStopsRules()
     service_windows: ServiceWindowRules = ServiceWindowRules()
     transactions: TransactionRules = TransactionRules()
     substitution: SubstitutionRules = SubstitutionRules()
