@@ -23,6 +23,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import smtplib
 import ssl
 import threading
@@ -44,6 +45,11 @@ from notify.config import (
     WeComAppChannel,
     WeComRobotChannel,
 )
+
+# httpx logs every request's full URL at INFO, query string included: the WeCom robot key
+# and the DingTalk/WeCom tokens travel there. Never let it.
+for _noisy in ("httpx", "httpcore"):
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
 
 #: Content limits of the vendors (bytes of UTF-8): WeCom robot markdown 4096, WeCom app
 #: text 2048, DingTalk markdown 20000. A longer message is cut with a note.

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 CURSOR = "incident_events"
 BATCH = 500
+#: Incidents listed in an aggregated event's message, at most.
+MEMBERS_SHOWN = 30
 
 
 def _exists(conn: psycopg.Connection[Any], table: str) -> bool:
@@ -87,7 +89,7 @@ def tail(conn: psycopg.Connection[Any], config: NotifyConfig, tz: ZoneInfo) -> i
         with conn.cursor(row_factory=psycopg.rows.dict_row) as c:
             events = c.execute(
                 "SELECT e.id, e.incident_id, e.at, e.kind, e.from_state, e.to_state, e.detail,"
-                " e.recipients, i.device_id, i.branch_id, i.subbranch_id, i.vendor,"
+                " e.recipients, e.incident_ids, i.device_id, i.branch_id, i.subbranch_id, i.vendor,"
                 " i.class AS class FROM incident_events e"
                 " LEFT JOIN incidents i ON i.id = e.incident_id"
                 " WHERE e.id > %s ORDER BY e.id LIMIT %s",
@@ -95,18 +97,31 @@ def tail(conn: psycopg.Connection[Any], config: NotifyConfig, tz: ZoneInfo) -> i
             ).fetchall()
         has_maintainers = _exists(conn, "maintainers")
 
-        def maintainer(ident: str) -> tuple[str | None, str | None]:
+        def contact(role: str, ident: str) -> tuple[str | None, str | None]:
             if not has_maintainers:
                 return None, None
-            row = conn.execute(
-                "SELECT email, phone FROM maintainers WHERE id::text = %s", (ident,)
-            ).fetchone()
+            if role == "maintainer":
+                sql = "SELECT email, phone FROM maintainers WHERE id = %s"
+            else:  # vendor_manager: the vendor's manager, its catch-all region first
+                sql = (
+                    "SELECT manager_email, manager_phone FROM maintainers WHERE vendor = %s"
+                    " AND (manager_email IS NOT NULL OR manager_phone IS NOT NULL)"
+                    " ORDER BY region <> '*', region LIMIT 1"
+                )
+            row = conn.execute(sql, (ident,)).fetchone()
             return (row[0], row[1]) if row else (None, None)
 
         for ev in events:
+            if ev.get("incident_id") is None and ev.get("incident_ids"):
+                with conn.cursor(row_factory=psycopg.rows.dict_row) as c:
+                    ev["members"] = c.execute(
+                        "SELECT id, subbranch_id, branch_id, device_id FROM incidents"
+                        " WHERE id = ANY(%s) ORDER BY subbranch_id, branch_id, device_id LIMIT %s",
+                        (ev["incident_ids"], MEMBERS_SHOWN + 1),
+                    ).fetchall()
             title, body = render(ev, tz, t)
             for key in ev.get("recipients") or []:
-                targets = resolve(config, key, maintainer)
+                targets = resolve(config, key, contact)
                 if not targets:
                     log.warning("incident event %s: recipient %s maps to no channel", ev["id"], key)
                     count(conn, UNROUTED, "failed")

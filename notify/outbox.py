@@ -66,18 +66,19 @@ def backoff_s(retry: Retry, attempts: int) -> float:
 def resolve(
     config: NotifyConfig,
     key: str,
-    maintainer: Callable[[str], tuple[str | None, str | None]] | None = None,
+    contact: Callable[[str, str], tuple[str | None, str | None]] | None = None,
 ) -> list[Resolved]:
-    """The targets of a recipient key or a channel name. ``maintainer:<id>`` uses
-    ``maintainer(id) -> (email, phone)`` and the ``maintainers`` section; ``<role>:*`` in
-    ``recipients`` is a role's fallback. Empty when nothing maps it."""
+    """The targets of a recipient key or a channel name. A key in ``recipients`` wins;
+    else ``maintainer:<id>`` and ``vendor_manager:<vendor>`` use ``contact(role, id) ->
+    (email, phone)`` (the maintainers table) and the ``maintainers`` section; else
+    ``<role>:*`` in ``recipients`` is a role's fallback. Empty when nothing maps it."""
     if key in config.channels and key not in config.recipients:
         return [Resolved(key)]
     targets: Sequence[Target] | None = config.recipients.get(key)
     if targets is None and ":" in key:
         role, _, ident = key.partition(":")
-        if role == "maintainer" and maintainer is not None and ident:
-            email, phone = maintainer(ident)
+        if role in ("maintainer", "vendor_manager") and contact is not None and ident:
+            email, phone = contact(role, ident)
             found = []
             if email and config.maintainers.email_channel:
                 found.append(Resolved(config.maintainers.email_channel, (email,)))
