@@ -43,7 +43,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def _binary(*names: str) -> str:
     found = next((b for b in map(shutil.which, names) if b), None)
     if found is None:
-        pytest.skip("Alertmanager is not installed (Debian: apt-get install prometheus-alertmanager)")
+        pytest.skip(
+            "Alertmanager is not installed (Debian: apt-get install prometheus-alertmanager)"
+        )
     return found
 
 
@@ -110,7 +112,9 @@ def receiver(db: str, standin: si.StandIn, monkeypatch: pytest.MonkeyPatch) -> I
     tz = ZoneInfo("Asia/Shanghai")
     worker = Worker(db, config, senders, tz)
     server = make_server("127.0.0.1", 0, db, config, tz, on_accept=worker.wake.set)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     worker.thread.start()
     try:
         yield server.server_address[1]
@@ -171,7 +175,10 @@ def alertmanager(receiver: int, standin: si.StandIn, tmp_path: Path) -> Iterator
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
                 log.flush()
-                pytest.fail("Alertmanager did not start: " + (tmp_path / "alertmanager.log").read_text()[-2000:])
+                pytest.fail(
+                    "Alertmanager did not start: "
+                    + (tmp_path / "alertmanager.log").read_text()[-2000:]
+                )
             time.sleep(0.1)
         yield url
     finally:
