@@ -43,6 +43,7 @@ from atmfleet.inventory import Device, Inventory
 from atmfleet.store.connect import connect
 from atmfleet.store.jobs import Job, read_jobs
 from atmfleet.store.runs import RUN_GAP
+from notify.metrics import NotifyCollector
 from rules.config import Rules
 from rules.feed import Feed
 from rules.fleet import fleet_devices
@@ -855,9 +856,16 @@ def start_serving(
     source = DatabaseSource(url, rules, day_every_s=day_refresh_s)
     # Three refreshes missed (or a costly one twice over): the read is stuck; say so.
     stale_after = max(3 * refresh_s, 2 * day_refresh_s, 300.0)
+    registry = registry if registry is not None else CollectorRegistry()
+    # notify/: the notifier's delivery counters and outbox (docs/notifications.md).
+    registry.register(
+        NotifyCollector(
+            lambda: connect(url, application_name="atmfleet-serve-notify", autocommit=True)
+        )
+    )
     exporter = Exporter(
         source,
-        registry if registry is not None else CollectorRegistry(),
+        registry,
         Targets.from_rules(rules),
         stale_after_s=stale_after,
     )

@@ -15,6 +15,8 @@ from typing import Any
 import psycopg
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from atmfleet.errors import AtmfleetError
+
 log = logging.getLogger(__name__)
 
 Connect = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
@@ -66,7 +68,7 @@ class NotifyCollector:
         try:
             with self.connect() as conn:
                 data = read(conn)
-        except psycopg.Error as exc:
+        except (psycopg.Error, AtmfleetError) as exc:
             log.warning("notify metrics: cannot read the store: %s", type(exc).__name__)
             up.add_metric([], 0)
             yield up
