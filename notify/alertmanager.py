@@ -63,8 +63,8 @@ def render(payload: dict[str, Any], tz: ZoneInfo, t: Texts) -> tuple[str, str]:
         sev = labels.get("severity")
         text = ann.get("summary") or labels.get("alertname", "")
         first = f"- **{text}**"
-        place = _where(labels, t)
-        if place and place != where:
+        place = _where({k: v for k, v in labels.items() if common.get(k) != v}, t)
+        if place:
             first += f"（{place}）" if t.lang == "zh-CN" else f" ({place})"
         lines.append(first)
         if sev:
