@@ -11,11 +11,13 @@ logged and counted (``(unrouted)`` in ``atmfleet notify status``), never silentl
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
 
+from atmfleet.store.audit import SECRET_KEYS
 from notify.config import NotifyConfig
 from notify.messages import Texts
 from notify.outbox import UNROUTED, count, enqueue, resolve
@@ -33,31 +35,90 @@ def _exists(conn: psycopg.Connection[Any], table: str) -> bool:
     return bool(row and row[0])
 
 
+def _local(value: object, tz: ZoneInfo) -> str | None:
+    """A stored time (datetime or ISO text) as local ``YYYY-MM-DD HH:MM:SS``."""
+    when: datetime
+    if isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    elif isinstance(value, datetime):
+        when = value
+    else:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _item_line(item: dict[str, Any], tz: ZoneInfo, t: Texts, zone: str) -> str:
+    """One incident of an aggregated notification (the engine's ``detail.items``)."""
+    parts = [f"#{item.get('incident_id')}"]
+    parts += [str(item[k]) for k in ("subbranch_id", "branch_id", "device_id") if item.get(k)]
+    line = "- " + " ".join(parts)
+    extra = []
+    if item.get("class"):
+        extra.append(f"{t('class')}：{t('cls.' + str(item['class']))}")
+    if item.get("vendor"):
+        extra.append(f"{t('vendor')}：{item['vendor']}")
+    if started := _local(item.get("started_at"), tz):
+        extra.append(f"{t('starts')}：{started}")
+    if item.get("deadline"):
+        due = _local(item.get("due_at"), tz)
+        level = f" L{item['level']}" if item.get("level") else ""
+        extra.append(f"{t('dl.' + str(item['deadline']))}{level}：{due or '–'}")
+    if extra:
+        line += "（" + "，".join(extra) + f"，{zone}）"
+    return line
+
+
 def render(event: dict[str, Any], tz: ZoneInfo, t: Texts) -> tuple[str, str]:
-    """``(title, body)`` of one incident event, times in ``tz``."""
+    """``(title, body)`` of one incident event, times in ``tz``. An engine notification
+    (``detail.items``: one entry per incident, all for this recipient) lists each
+    incident, at most ``MEMBERS_SHOWN``."""
     kind = str(event["kind"])
     label = t(f"ev.{kind}") if f"ev.{kind}" in _known(t) else t("ev.state")
-    where = " ".join(
-        str(event[k]) for k in ("subbranch_id", "branch_id", "device_id") if event.get(k)
-    )
-    title = f"[{label}] {t('incident', id=event['incident_id'])} {where}".rstrip()
     zone = t.local_label(tz.key)
-    lines = [f"- {t('at')}：{event['at'].astimezone(tz):%Y-%m-%d %H:%M:%S}（{zone}）"]
+    raw = event.get("detail")
+    detail: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    items = detail.get("items") if isinstance(detail.get("items"), list) else None
+    if items is None and event.get("members"):
+        items = [{"incident_id": m["id"], **m} for m in event["members"]]
+    ids = event.get("incident_ids") or []
+    if items is not None and (len(items) > 1 or event.get("incident_id") is None):
+        title = f"[{label}] {t('incidents', n=max(len(ids), len(items)))}"
+    else:
+        one = items[0] if items else event
+        where = " ".join(
+            str(one[k]) for k in ("subbranch_id", "branch_id", "device_id") if one.get(k)
+        )
+        ident = event.get("incident_id") or one.get("incident_id")
+        title = f"[{label}] {t('incident', id=ident)} {where}".rstrip()
+    lines = [f"- {t('at')}：{_local(event['at'], tz)}（{zone}）"]
     if event.get("from_state") or event.get("to_state"):
         lines.append(
-            f"- {t('state')}：{event.get('from_state') or '–'} → {event.get('to_state') or '–'}"
+            f"- {t('state')}：{t('st.' + str(event.get('from_state')))} → "
+            f"{t('st.' + str(event.get('to_state')))}"
         )
-    for key, field in (("class", "class"), ("vendor", "vendor")):
-        if event.get(field):
-            lines.append(f"- {t(key)}：{event[field]}")
-    detail = event.get("detail") or {}
-    if isinstance(detail, dict):
+    if items is not None:
+        lines += [_item_line(i, tz, t, zone) for i in items[:MEMBERS_SHOWN] if isinstance(i, dict)]
+        if len(items) > MEMBERS_SHOWN:
+            lines.append(f"- {t('more', n=len(items) - MEMBERS_SHOWN)}")
+    else:
+        for key in ("class", "vendor"):
+            if event.get(key):
+                value = t("cls." + str(event[key])) if key == "class" else event[key]
+                lines.append(f"- {t(key)}：{value}")
         for k, v in sorted(detail.items()):
-            if k.lower() in {"secret", "token", "password", "key"}:
+            if k.lower() in SECRET_KEYS or k in ("notification", "count"):
                 continue
-            lines.append(f"- {k}：{v}")
+            lines.append(f"- {k}：{_local(v, tz) if k.endswith('_at') else v}")
     if t.lang != "zh-CN":
-        lines = [line.replace("：", ": ").replace("（", " (").replace("）", ")") for line in lines]
+        lines = [
+            line.replace("：", ": ").replace("（", " (").replace("）", ")").replace("，", ", ")
+            for line in lines
+        ]
     return title, "\n".join(lines)
 
 

@@ -23,6 +23,20 @@ TEXTS: dict[str, dict[str, str]] = {
         "more": "…另有 {n} 条，见 atmfleet notify status",
         "incident": "故障工单 #{id}",
         "incidents": "{n} 起故障工单",
+        "cls.component": "部件故障",
+        "cls.cash": "钞箱",
+        "cls.network": "通讯",
+        "cls.power": "电力",
+        "cls.software": "软件",
+        "dl.response": "到场时限",
+        "dl.repair": "修复时限",
+        "st.open": "待受理",
+        "st.acknowledged": "已受理",
+        "st.dispatched": "已派单",
+        "st.on_site": "已到场",
+        "st.restored": "已修复",
+        "st.closed": "已关闭",
+        "st.None": "–",
         "ev.opened": "新故障",
         "ev.sla_warning": "时限预警",
         "ev.sla_breach": "超时",
@@ -67,6 +81,20 @@ TEXTS: dict[str, dict[str, str]] = {
         "more": "... {n} more, see atmfleet notify status",
         "incident": "Incident #{id}",
         "incidents": "{n} incidents",
+        "cls.component": "component fault",
+        "cls.cash": "cash",
+        "cls.network": "network",
+        "cls.power": "power",
+        "cls.software": "software",
+        "dl.response": "on-site deadline",
+        "dl.repair": "repair deadline",
+        "st.open": "open",
+        "st.acknowledged": "acknowledged",
+        "st.dispatched": "dispatched",
+        "st.on_site": "on site",
+        "st.restored": "restored",
+        "st.closed": "closed",
+        "st.None": "–",
         "ev.opened": "Opened",
         "ev.sla_warning": "SLA warning",
         "ev.sla_breach": "SLA breached",
@@ -101,7 +129,9 @@ class Texts:
         self.lang = lang if lang in TEXTS else "zh-CN"
 
     def __call__(self, key: str, **values: Any) -> str:
-        text = TEXTS[self.lang].get(key) or TEXTS["zh-CN"].get(key) or key
+        text = TEXTS[self.lang].get(key) or TEXTS["zh-CN"].get(key)
+        if text is None:  # an unknown state or class: shown as stored
+            text = key.partition(".")[2] if "." in key else key
         return text.format(**values) if values else text
 
     def local_label(self, tz: str) -> str:

@@ -286,3 +286,51 @@ class TestIncidentEvents:
         (ding,) = standin.received("/robot/send")
         assert ding.json()["at"]["atMobiles"] == ["13700000000"]
         assert metric(db, "atmfleet_notify_failed_total", "(unrouted)") == 1
+
+    def test_an_engine_notification_lists_its_incidents_in_local_time(
+        self, db: str, conn: Any, standin: si.StandIn
+    ) -> None:
+        """The engine writes one event per recipient and pass, its incidents in
+        ``detail.items`` (incidents/engine.py); written here with the engine's own call."""
+        from datetime import UTC, datetime
+        from zoneinfo import ZoneInfo
+
+        from incidents.service import write_event
+        from notify.incidents import tail
+
+        config = make_config(
+            standin.base, recipients={"subbranch_manager:*": [{"channel": "wecom"}]}
+        )
+        conn.execute(  # start after whatever other tests of the module wrote
+            "INSERT INTO notify_cursors (name, position)"
+            " SELECT 'incident_events', coalesce(max(id), 0) FROM incident_events"
+        )
+        at = datetime(2026, 12, 1, 8, 3, 5, tzinfo=UTC)
+        ids = []
+        for dev in ("D101", "D102"):
+            row = conn.execute(
+                "INSERT INTO incidents (device_id, subbranch_id, branch_id, vendor, model, class,"
+                " cause, started_at, opened_at, cycle_at) VALUES (%s, 'TL', 'B10', 'NCR', 'SS22',"
+                " 'power', 'power', %s, %s, %s) RETURNING id",
+                (dev, at, at, at),
+            ).fetchone()
+            ids.append(row[0])
+        items = [
+            {"incident_id": i, "device_id": d, "branch_id": "B10", "subbranch_id": "TL",
+             "vendor": "NCR", "class": "power", "cause": "power", "started_at": at.isoformat(),
+             "deadline": "response", "level": 0, "due_at": "2026-12-01T10:03:05+00:00"}
+            for i, d in zip(ids, ("D101", "D102"), strict=True)
+        ]  # fmt: skip
+        write_event(
+            conn, incident_ids=ids, kind="sla_warning", actor="system", at=at,
+            detail={"notification": True, "count": 2, "items": items},
+            recipients=["subbranch_manager:TL"],
+        )  # fmt: skip
+        assert tail(conn, config, ZoneInfo("Asia/Shanghai")) == 1
+        dispatch(conn, config, build_senders(config)[0])
+        content = standin.wait("/cgi-bin/webhook/send", 1)[-1].json()["markdown"]["content"]
+        assert content.startswith("**[时限预警] 2 起故障工单**")
+        assert (
+            f"- #{ids[0]} TL B10 D101（类别：电力，厂商：NCR，开始时间：2026-12-01 16:03:05，"
+            "到场时限：2026-12-01 18:03:05，北京时间）"
+        ) in content
