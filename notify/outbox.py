@@ -106,7 +106,8 @@ def enqueue(
     dedup_key: str | None = None,
 ) -> int | None:
     """Add one row in the caller's transaction; its id, or None when ``dedup_key`` was
-    enqueued before. A row with attachments or HTML is never merged with another."""
+    enqueued before. A row with attachments or HTML is never merged with another, so it
+    does not wait ``group_wait_s`` either."""
     channel = config.channels[target.channel]
     group = target.group_key()
     if attachments or html is not None:
@@ -137,7 +138,7 @@ def enqueue(
                 ]
             ),
             dedup_key,
-            channel.group_wait_s,
+            0.0 if attachments or html is not None else channel.group_wait_s,
         ),
     ).fetchone()
     return None if row is None else int(row[0])

@@ -36,6 +36,17 @@ TOKEN = "access-token-xyz-987"
 DING_TOKEN = "ding-access-token-555"
 DING_SECRET = "SECding-sign-secret-777"
 HOOK_SECRET = "hook-hmac-secret-333"
+SMTP_USER = "atmfleet"
+SMTP_PASSWORD = "smtp-pass-424242"
+#: The variables the tests' notify configurations name (``{env: ...}``) and their values.
+SECRET_ENV = {
+    "T_WECOM_KEY": WECOM_KEY,
+    "T_CORP_SECRET": CORP_SECRET,
+    "T_DING_TOKEN": DING_TOKEN,
+    "T_DING_SECRET": DING_SECRET,
+    "T_HOOK_SECRET": HOOK_SECRET,
+    "T_SMTP_PASSWORD": SMTP_PASSWORD,
+}
 
 
 @dataclass
@@ -214,10 +225,6 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
         )
     )
     return cert_file, key_file
-
-
-SMTP_USER = "atmfleet"
-SMTP_PASSWORD = "smtp-pass-424242"
 
 
 class Smtp:

@@ -79,11 +79,7 @@ def standin() -> Iterator[si.StandIn]:
 
 @pytest.fixture
 def receiver(db: str, standin: si.StandIn, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
-    for var, value in (
-        ("T_WECOM_KEY", si.WECOM_KEY), ("T_DING_TOKEN", si.DING_TOKEN),
-        ("T_DING_SECRET", si.DING_SECRET), ("T_HOOK_SECRET", si.HOOK_SECRET),
-        ("T_CORP_SECRET", si.CORP_SECRET), ("T_RECEIVER_TOKEN", TOKEN),
-    ):  # fmt: skip
+    for var, value in {**si.SECRET_ENV, "T_RECEIVER_TOKEN": TOKEN}.items():
         monkeypatch.setenv(var, value)
     ch = channels(standin.base)
     for name in ("wecom", "ding", "hook"):

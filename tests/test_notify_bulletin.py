@@ -86,9 +86,8 @@ def env(clean: str, services: tuple[si.StandIn, si.Smtp], tmp_path: Path,
     standin, smtp = services
     monkeypatch.setenv("ATMFLEET_DATABASE_URL", clean)
     monkeypatch.setenv("ATMFLEET_USER", "sched")
-    monkeypatch.setenv("T_DING_TOKEN", si.DING_TOKEN)
-    monkeypatch.setenv("T_DING_SECRET", si.DING_SECRET)
-    monkeypatch.setenv("T_SMTP_PASSWORD", si.SMTP_PASSWORD)
+    for var, value in si.SECRET_ENV.items():
+        monkeypatch.setenv(var, value)
     config = {
         "retry": {"max_attempts": 3, "base_s": 0.1, "max_s": 0.5},
         "channels": {

@@ -45,12 +45,8 @@ def standin() -> Iterator[si.StandIn]:
 
 @pytest.fixture
 def secrets_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("T_WECOM_KEY", si.WECOM_KEY)
-    monkeypatch.setenv("T_CORP_SECRET", si.CORP_SECRET)
-    monkeypatch.setenv("T_DING_TOKEN", si.DING_TOKEN)
-    monkeypatch.setenv("T_DING_SECRET", si.DING_SECRET)
-    monkeypatch.setenv("T_HOOK_SECRET", si.HOOK_SECRET)
-    monkeypatch.setenv("T_SMTP_PASSWORD", si.SMTP_PASSWORD)
+    for var, value in si.SECRET_ENV.items():
+        monkeypatch.setenv(var, value)
 
 
 def channels(

@@ -30,11 +30,8 @@ def standin() -> Iterator[si.StandIn]:
 
 @pytest.fixture(autouse=True)
 def _secrets(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("T_WECOM_KEY", si.WECOM_KEY)
-    monkeypatch.setenv("T_CORP_SECRET", si.CORP_SECRET)
-    monkeypatch.setenv("T_DING_TOKEN", si.DING_TOKEN)
-    monkeypatch.setenv("T_DING_SECRET", si.DING_SECRET)
-    monkeypatch.setenv("T_HOOK_SECRET", si.HOOK_SECRET)
+    for var, value in si.SECRET_ENV.items():
+        monkeypatch.setenv(var, value)
 
 
 def make_config(base: str, **over: Any) -> NotifyConfig:
