@@ -460,6 +460,45 @@ def reopen(
         )  # fmt: skip
 
 
+def continue_outage(
+    conn: psycopg.Connection[Any],
+    incident_id: int,
+    actor: Actor,
+    *,
+    to_state: str,
+    at: datetime,
+    detail: Mapping[str, Any] | None = None,
+) -> Incident:
+    """A flap (the engine only): the device went down again within ``merge_flaps_s`` of
+    being restored, so the restored incident continues in the state it was restored from,
+    as one outage (an event ``merged``; its SLA clocks were never reset)."""
+    if not is_engine(actor):
+        raise Forbidden("only the incident engine merges a flap into an incident")
+    with conn.transaction():
+        incident = load(conn, incident_id, for_update=True)
+        if incident is None:
+            raise UsageError(f"no incident {incident_id}")
+        if incident.state != State.RESTORED.value:
+            raise UsageError(f"incident {incident_id} is {incident.state}, not restored")
+        row = conn.execute(
+            f"UPDATE incidents SET state = %s, restored_at = NULL, last_down_at = %s,"
+            f" version = version + 1, updated_at = clock_timestamp() WHERE id = %s"
+            f" RETURNING {SELECT_COLUMNS}",
+            (State(to_state).value, at, incident_id),
+        ).fetchone()
+        assert row is not None
+        after = from_row(row)
+        write_event(
+            conn, incident_ids=[incident_id], kind="merged", actor=actor.name, at=at,
+            from_state=incident.state, to_state=after.state, detail=detail,
+        )  # fmt: skip
+        record(
+            conn, actor, "incident.merge", "incident", incident_id,
+            before=_audit_view(incident), after=_audit_view(after),
+        )  # fmt: skip
+        return after
+
+
 ACTIONS = {
     Action.ACK: ack,
     Action.DISPATCH: dispatch,
@@ -587,6 +626,7 @@ __all__ = [
     "arrive",
     "authorise",
     "close",
+    "continue_outage",
     "covers",
     "dispatch",
     "list_incidents",
