@@ -614,6 +614,37 @@ def list_incidents(
     return [from_row(r) for r in rows]
 
 
+def sla_statuses(conn: psycopg.Connection[Any], incidents: Sequence[Incident]) -> dict[int, str]:
+    """Each incident's SLA status in its current cycle (incidents.sla.status): none, ok,
+    warning, breached or suspended; from the marks the engine stored."""
+    from incidents.sla import status
+
+    kinds: dict[int, list[str]] = {i.id: [] for i in incidents}
+    cycle = {i.id: i.cycle for i in incidents}
+    rows = conn.execute(
+        "SELECT incident_id, cycle, kind FROM incident_sla WHERE incident_id = ANY(%s)",
+        ([i.id for i in incidents],),
+    ).fetchall()
+    for incident_id, c, kind in rows:
+        if cycle.get(incident_id) == c:
+            kinds[incident_id].append(kind)
+    return {
+        i.id: status(kinds[i.id], i.suspended and i.active, i.contract is not None)
+        for i in incidents
+    }
+
+
+def sla_marks(conn: psycopg.Connection[Any], incident_id: int) -> list[dict[str, Any]]:
+    """The incident's SLA marks (every cycle), oldest first."""
+    rows = conn.execute(
+        "SELECT cycle, deadline, kind, level, due_at, at, event_id FROM incident_sla"
+        " WHERE incident_id = %s ORDER BY due_at, deadline, kind, level",
+        (incident_id,),
+    ).fetchall()
+    keys = ("cycle", "deadline", "kind", "level", "due_at", "at", "event_id")
+    return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
 def allowed_table() -> dict[str, list[str]]:
     """Action -> states it is allowed from (for documentation and surfaces)."""
     return {a.value: sorted(s.value for s in ALLOWED_FROM[a]) for a in Action}
