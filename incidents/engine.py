@@ -398,7 +398,7 @@ class Engine:
             try:
                 with self.conn.transaction():
                     if incident is not None:
-                        self._follow_incident(incident, obs, got, stats)
+                        self._follow_incident(incident, obs, got, now_ms, stats)
                         self.watch.add(device_id)
                     elif device_id in to_open:
                         if device_id in planned:
@@ -454,7 +454,12 @@ class Engine:
         return out
 
     def _follow_incident(
-        self, incident: Incident, obs: Observation, got: DeviceInputs, stats: PassStats
+        self,
+        incident: Incident,
+        obs: Observation,
+        got: DeviceInputs,
+        now_ms: int,
+        stats: PassStats,
     ) -> None:
         """An active incident: restored when the device is available, on site when it
         entered maintenance mode during the outage."""
@@ -470,7 +475,11 @@ class Engine:
             since = ms(incident.cycle_at) - int(self.rules.incidents.merge_flaps_s * 1000)
             since = max(since, ms(incident.started_at))
             arrival = next(
-                (r.start for r in got.runs if r.state == MAINTENANCE_STATE and r.end >= since),
+                (
+                    r.start
+                    for r in got.runs
+                    if r.state == MAINTENANCE_STATE and r.end >= since and r.start < now_ms
+                ),
                 None,
             )
             if arrival is not None:
@@ -563,7 +572,7 @@ class Engine:
             if previous is not None:
                 stats.repeats += 1
             # Already in maintenance mode when it opened: the technician is there.
-            self._follow_incident(incident, Observation(None, None, outage), got, stats)
+            self._follow_incident(incident, Observation(None, None, outage), got, now_ms, stats)
         return incident
 
     def _merge(self, incident: Incident, outage: Outage) -> None:
