@@ -25,6 +25,8 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("dashboards.cli", "dashboards"),
     ("broker.cli", "broker"),
     ("notify.cli", "notify"),
+    ("stops.cli", "stops"),
+    ("incidents.cli", "incidents"),
 )
 
 
