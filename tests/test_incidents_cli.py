@@ -64,7 +64,12 @@ def test_the_work_order_from_the_command_line(db: str) -> None:
     assert "viewer" in invoke(db, "incidents", "ack", iid, user="vera").output
 
     shown = json.loads(invoke(db, "incidents", "show", iid, "--json").output)
-    assert [e["kind"] for e in shown["events"]] == ["opened", "opened", "acknowledged", "dispatched"]
+    assert [e["kind"] for e in shown["events"]] == [
+        "opened",
+        "opened",
+        "acknowledged",
+        "dispatched",
+    ]
     assert shown["events"][-1]["recipients"] == ["maintainer:M-GRG-S1"]
     assert shown["allowed"] == ["arrive", "suspend", "restore"]
     assert "故障开始" in invoke(db, "incidents", "show", iid).output

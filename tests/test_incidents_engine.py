@@ -139,9 +139,37 @@ class TestOpening:
         run(conn, "S1-B1-D000", now - 25 * MIN, now, "powered_off")
         run(conn, "S1-B1-D001", now - 25 * MIN, now, "powered_off")
         conn.commit()
-        stats = engine(conn, rules).run_once(now)
+        engine(conn, rules).run_once(now)
         assert [r[0] for r in incidents(conn)] == ["S1-B1-D001"]
-        assert stats.skipped_planned == 1
+
+    def test_after_a_planned_stop_the_debounce_starts_at_its_end(
+        self, conn: psycopg.Connection[Any]
+    ) -> None:
+        from stops import service as stops
+
+        rules = Rules()
+        now = db_now(conn)
+        stop = stops.add(
+            conn, ALICE, rules=rules, starts_at=now - 60 * MIN, ends_at=now - 2 * MIN,
+            reason="系统升级", device_id="S1-B1-D000",
+        )  # fmt: skip
+        stops.approve(conn, stop.id, CAROL, rules=rules)
+        run(conn, "S1-B1-D000", now - 50 * MIN, now, "powered_off")  # 2 min past the stop
+        conn.commit()
+        assert engine(conn, rules).run_once(now).opened == 0
+
+    def test_the_covering_hook_is_asked_before_opening(self, conn: psycopg.Connection[Any]) -> None:
+        now = db_now(conn)
+        run(conn, "S1-B1-D000", now - 20 * MIN, now, "powered_off")
+        conn.commit()
+        asked: list[list[str]] = []
+
+        def covering(c: Any, ids: Any, at: datetime) -> set[str]:
+            asked.append(sorted(ids))
+            return set(ids)
+
+        stats = engine(conn, covering=covering).run_once(now)
+        assert (stats.opened, stats.skipped_planned, asked) == (0, 1, [["S1-B1-D000"]])
 
 
 class TestLifecycleFromTheDevice:
