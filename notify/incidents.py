@@ -129,7 +129,8 @@ def _known(t: Texts) -> set[str]:
 
 
 def tail(conn: psycopg.Connection[Any], config: NotifyConfig, tz: ZoneInfo) -> int:
-    """Enqueue the events after the cursor; returns how many events were read. Does
+    """Enqueue the events after the cursor that name recipients (the engine's notification
+    rows; index incident_events_notify); returns how many were read. Does
     nothing (0) while the incident engine's tables are absent."""
     if not _exists(conn, "incident_events"):
         return 0
@@ -153,7 +154,7 @@ def tail(conn: psycopg.Connection[Any], config: NotifyConfig, tz: ZoneInfo) -> i
                 " e.recipients, e.incident_ids, i.device_id, i.branch_id, i.subbranch_id, i.vendor,"
                 " i.class AS class FROM incident_events e"
                 " LEFT JOIN incidents i ON i.id = e.incident_id"
-                " WHERE e.id > %s ORDER BY e.id LIMIT %s",
+                " WHERE e.id > %s AND e.recipients <> '{}' ORDER BY e.id LIMIT %s",
                 (position, BATCH),
             ).fetchall()
         has_maintainers = _exists(conn, "maintainers")

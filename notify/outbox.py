@@ -30,7 +30,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from atmfleet.errors import AtmfleetError
-from notify.channels import Attachment, DeliveryError, Message, Sender
+from notify.channels import LIMITS, Attachment, DeliveryError, Message, Sender, cut
 from notify.config import Channel, NotifyConfig, Retry, Target
 from notify.messages import Texts
 
@@ -178,8 +178,10 @@ class PassResult:
     errors: list[str] = field(default_factory=list)
 
 
-def merge(rows: Sequence[Row], t: Texts) -> Message:
-    """One message for the rows of one group (oldest first)."""
+def merge(rows: Sequence[Row], t: Texts, limit: int | None = None) -> Message:
+    """One message for the rows of one group (oldest first). With ``limit`` (the channel's
+    content limit in bytes), each row's body is cut to its share, so that every row's
+    title still shows however many are merged."""
     addresses = tuple(a for a in rows[0].addresses if not a.startswith("@"))
     mentions = tuple(a[1:] for a in rows[0].addresses if a.startswith("@"))
     attachments = tuple(
@@ -191,7 +193,14 @@ def merge(rows: Sequence[Row], t: Texts) -> Message:
         r = rows[0]
         return Message(r.title, r.body, r.html, attachments, addresses, mentions)
     title = t("merged", n=len(rows), first=rows[0].title)
-    body = "\n\n---\n\n".join(f"**{r.title}**\n{r.body}" for r in rows)
+    parts = []
+    for r in rows:
+        body = r.body
+        if limit is not None:
+            share = limit // len(rows) - len(r.title.encode("utf-8")) - 16
+            body = cut(body, max(share, 0), "…") if share > 8 else ""
+        parts.append(f"**{r.title}**\n{body}".rstrip())
+    body = "\n\n---\n\n".join(parts)
     return Message(title, body, None, attachments, addresses, mentions, {"count": len(rows)})
 
 
@@ -271,7 +280,7 @@ def dispatch(
             log.info("%s: %d message(s) held until %s (window/rate limit)", name, len(ids), until)
             continue
         try:
-            sender.send(merge(group, t))
+            sender.send(merge(group, t, LIMITS.get(sender.kind)))
         except (DeliveryError, AtmfleetError) as exc:
             _fail(conn, config.retry, name, group, str(exc), result)
             continue
