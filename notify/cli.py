@@ -253,9 +253,11 @@ def _bulletin(kind: str, on: str | None, day: str | None, force: bool, wait_s: f
     delivery = getattr(config.bulletins, kind)
     if not delivery.email and not delivery.summary:
         raise ConfigError(f"bulletins.{kind}: no email or summary recipients")
-    b, xlsx, html = nb.build(kind, delivery.lang, today, chosen)
     actor = cli_actor()
     url = load_settings().require_database_url()
+    with connect(url, application_name="atmfleet-notify", autocommit=True) as conn:
+        _fleet_operator(conn, actor)  # before the costly part; checked again when enqueuing
+    b, xlsx, html = nb.build(kind, delivery.lang, today, chosen)
     senders, _broken = build_senders(config)
     with connect(url, application_name="atmfleet-notify", autocommit=True) as conn:
         got = nb.enqueue_bulletin(conn, config, b, xlsx, html, actor)

@@ -139,22 +139,39 @@ class Worker:
         self.wake = threading.Event()
         self.thread = threading.Thread(target=self.run, name="notify-worker", daemon=True)
 
-    def once(self) -> None:
-        with connect(self.url, application_name="atmfleet-notify", autocommit=True) as conn:
-            while incidents.tail(conn, self.config, self.tz) == incidents.BATCH:
-                pass
-            dispatch(conn, self.config, self.senders)
+    def once(self, conn: psycopg.Connection[Any] | None = None) -> None:
+        if conn is None:
+            with connect(self.url, application_name="atmfleet-notify", autocommit=True) as c:
+                self.once(c)
+            return
+        while incidents.tail(conn, self.config, self.tz) == incidents.BATCH:
+            pass
+        dispatch(conn, self.config, self.senders)
 
     def run(self) -> None:
+        conn: psycopg.Connection[Any] | None = None
+        failures = 0
         while not self.stop.is_set():
             try:
-                self.once()
-            except psycopg.Error as exc:
+                if conn is None or conn.closed:
+                    conn = connect(self.url, application_name="atmfleet-notify", autocommit=True)
+                self.once(conn)
+                failures = 0
+            except (psycopg.Error, ConfigError) as exc:
+                failures += 1
                 log.error("notify worker: store error %s; retrying", type(exc).__name__)
+                if conn is not None:
+                    conn.close()
+                conn = None
             except Exception:
+                failures += 1
                 log.exception("notify worker: unexpected error; retrying")
-            self.wake.wait(self.config.poll_s)
+            # After errors, wait longer (capped at a minute) instead of hammering the store.
+            wait = min(60.0, self.config.poll_s * 2 ** min(failures, 6))
+            self.wake.wait(wait if failures else self.config.poll_s)
             self.wake.clear()
+        if conn is not None:
+            conn.close()
 
 
 def make_server(
