@@ -234,7 +234,11 @@ def make_server(
                     404, f"no route {route!r}; routes: {', '.join(sorted(receiver.routes))}\n"
                 )
                 return
-            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                self._answer(400, "bad Content-Length\n")
+                return
             if length > receiver.max_body_bytes:
                 self._answer(413, "too large\n")
                 return

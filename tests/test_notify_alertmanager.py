@@ -260,3 +260,64 @@ def test_the_receiver_refuses_without_the_token(db: str, receiver: int) -> None:
         assert conn.execute(
             "SELECT count(*) FROM audit_log WHERE action = 'notify.alerts.accept'"
         ).fetchone() == (0,)
+
+
+def test_notify_serve_as_a_process(db: str, standin: si.StandIn, tmp_path: Path) -> None:
+    """`atmfleet notify serve` as the service runs it: accepts a webhook, delivers it,
+    stops on SIGTERM, and its output carries no secret."""
+    import os
+    import signal
+    import sys
+
+    ch = channels(standin.base)
+    ch["wecom"].update(group_wait_s=0)
+    config = {
+        "channels": {"wecom": ch["wecom"]},
+        "poll_s": 0.2,
+        "recipients": {"team:": [{"channel": "wecom"}]},
+        "receiver": {
+            "bearer_token": {"file": str(tmp_path / "token")},
+            "routes": {"wecom": ["team:"]},
+        },
+    }
+    (tmp_path / "token").write_text(TOKEN + "\n", encoding="utf-8")
+    path = tmp_path / "notify.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    port = _free_port()
+    env = {
+        **os.environ,
+        **si.SECRET_ENV,
+        "ATMFLEET_DATABASE_URL": db,
+        "ATMFLEET_NOTIFY_FILE": str(path),
+    }
+    exe = str(Path(sys.executable).with_name("atmfleet"))
+    proc = subprocess.Popen(
+        [exe, "-v", "notify", "serve", "--port", str(port)], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        body = json.dumps(
+            {"status": "firing", "alerts": [_device_alert("D077") | {"status": "firing"}]}
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/alertmanager/wecom", data=body.encode(), method="POST",
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            )  # fmt: skip
+            try:
+                with urllib.request.urlopen(request, timeout=2) as response:
+                    assert response.status == 200
+                    break
+            except urllib.error.URLError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        (got,) = standin.wait("/cgi-bin/webhook/send", 1)
+        assert "设备 D077 离线超过 10 分钟" in got.json()["markdown"]["content"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "webhook wecom from alertmanager: 1 alert(s), 1 outbox row(s)" in out
+    for secret in (TOKEN, si.WECOM_KEY):
+        assert secret not in out
