@@ -274,7 +274,11 @@ def _bulletin(kind: str, on: str | None, day: str | None, force: bool, wait_s: f
 def _bulletin_command(kind: str, doc: str) -> click.Command:
     @click.command(kind, help=doc)
     @click.option(
-        "--date", "day", default=None, help="Daily: the local day to send (default: yesterday)."
+        "--date",
+        "day",
+        default=None,
+        help="Daily: the local day to send (default: yesterday). Monthly, quarterly: the day it"
+        " runs as (as --today); it sends the month or quarter before.",
     )
     @click.option(
         "--today",
@@ -296,9 +300,9 @@ def _bulletin_command(kind: str, doc: str) -> click.Command:
         day: str | None, on: str | None, force: bool, wait_s: float, config_path: Path | None
     ) -> None:
         if kind != "daily" and day is not None:
-            raise UsageError(
-                f"--date is for the daily bulletin; the {kind} one sends the last whole period"
-            )
+            if on is not None and on != day:
+                raise UsageError(f"--date and --today differ; the {kind} bulletin takes one day")
+            on, day = day, None  # the day it runs as: the period is the one before it
         _bulletin(kind, on, day, force, wait_s, config_path)
 
     return cmd  # fmt: skip

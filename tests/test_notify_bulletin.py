@@ -186,7 +186,7 @@ def test_monthly_only_on_the_first_working_day(
 ) -> None:
     standin, smtp = services
     # 2026-10-01..02 and 05 holidays, 03-04 a weekend: the first working day is the 6th.
-    early = run("notify", "bulletin", "monthly", "--today", "2026-10-05", "--config", str(env))
+    early = run("notify", "bulletin", "monthly", "--date", "2026-10-05", "--config", str(env))
     assert early.exit_code == 0, early.output
     assert "2026-10-05 is not the day it goes out (first working day: 2026-10-06)" in early.output
     assert smtp.messages == [] and standin.received("/robot/send") == []
