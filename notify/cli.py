@@ -6,7 +6,7 @@ Who may use what (every surface has an owner):
   webhook it serves admits only the bearer token / basic-auth holder, audited per post.
 - ``status``: any registered user (viewer or above); reads only.
 - ``check``: anyone who can read the configuration file; reads only, no database.
-- ``bulletin``, ``test``, ``retry``: an operator with fleet scope (``ATMFLEET_USER``);
+- ``bulletin``, ``test``, ``retry``, ``prune``: an operator with fleet scope (``ATMFLEET_USER``);
   each writes an audit row in the transaction that enqueues.
 """
 
@@ -186,6 +186,23 @@ def retry_cmd(ids: tuple[int, ...], all_failed: bool) -> None:
         )
         conn.commit()
     click.echo(f"{len(rows)} delivery(ies) queued again")
+
+
+@notify.command("prune")
+@click.option("--days", type=click.IntRange(1, 3650), default=90, show_default=True)
+def prune_cmd(days: int) -> None:
+    """Delete sent notifications older than --days (counters and given-up rows stay)."""
+    from notify.outbox import prune
+
+    actor = cli_actor()
+    url = load_settings().require_database_url()
+    with connect(url, application_name="atmfleet-notify") as conn:
+        _fleet_operator(conn, actor)
+        outbox, deliveries = prune(conn, days)
+        record(conn, actor, "notify.prune", "notify_outbox", None,
+               after={"days": days, "rows": outbox, "deliveries": deliveries})  # fmt: skip
+        conn.commit()
+    click.echo(f"deleted {outbox} sent notification(s) and {deliveries} delivery record(s)")
 
 
 @notify.command("test")

@@ -297,7 +297,8 @@ def dispatch(
             assert d is not None
             conn.execute(
                 "UPDATE notify_outbox SET status = 'sent', sent_at = now(), attempts = attempts + 1,"
-                " last_attempt_at = now(), delivery_id = %s WHERE id = ANY(%s)",
+                " last_attempt_at = now(), delivery_id = %s, attachments = '[]'"  # sent: not kept
+                " WHERE id = ANY(%s)",
                 (d[0], ids),
             )
             count(conn, name, "sent")
@@ -343,6 +344,19 @@ def _fail(
                 "%s: attempt %d of %d failed, retrying in %.0f s: %s",
                 name, attempts, retry.max_attempts, wait, error,
             )  # fmt: skip
+
+
+def prune(conn: psycopg.Connection[Any], days: int) -> tuple[int, int]:
+    """Delete sent rows and delivery records older than ``days`` (the counters stay);
+    ``(outbox rows, deliveries)`` deleted. Rows given up are kept until retried."""
+    outbox = conn.execute(
+        "DELETE FROM notify_outbox WHERE status = 'sent' AND sent_at < now() - make_interval(days => %s)",
+        (days,),
+    ).rowcount
+    deliveries = conn.execute(
+        "DELETE FROM notify_deliveries WHERE at < now() - make_interval(days => %s)", (days,)
+    ).rowcount
+    return outbox, deliveries
 
 
 def build_senders(config: NotifyConfig) -> tuple[dict[str, Sender], dict[str, str]]:

@@ -161,6 +161,17 @@ def test_daily_by_mail_and_dingtalk_with_the_bulletins_figures(
     assert "0 delivery(ies) queued, 2 already queued before" in again.output
     assert len(smtp.messages) == 1 and len(standin.received("/robot/send")) == 1
 
+    # Sent rows keep no attachment; `notify prune` deletes old sent rows, not counters.
+    with psycopg.connect(os.environ["ATMFLEET_DATABASE_URL"], autocommit=True) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM notify_outbox WHERE status = 'sent' AND attachments = '[]'"
+        ).fetchone() == (2,)
+        conn.execute("UPDATE notify_outbox SET sent_at = sent_at - interval '100 days'")
+    pruned = run("notify", "prune", "--days", "90")
+    assert pruned.exit_code == 0, pruned.output
+    assert "deleted 2 sent notification(s)" in pruned.output
+    assert re.search(r"mail\s+1\s+0\s+0\s+0", run("notify", "status").output)
+
 
 def test_a_failed_delivery_is_retried_reported_and_fails_the_command(
     env: Path, services: tuple[si.StandIn, si.Smtp]
