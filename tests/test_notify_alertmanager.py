@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -30,6 +28,7 @@ import yaml
 from notify.config import parse_config
 from notify.outbox import build_senders
 from notify.receiver import Worker, make_server
+from tests import alertmanager_proc
 from tests import notify_standins as si
 from tests.test_notify_channels import channels
 
@@ -40,24 +39,8 @@ TOKEN = "receiver-bearer-token-31337"
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _binary(*names: str) -> str:
-    found = next((b for b in map(shutil.which, names) if b), None)
-    if found is None:
-        pytest.skip(
-            "Alertmanager is not installed (Debian: apt-get install prometheus-alertmanager)"
-        )
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def test_the_shipped_configuration_checks() -> None:
-    amtool = _binary("amtool")
+    amtool = alertmanager_proc.binary("amtool")
     out = subprocess.run(
         [amtool, "check-config", str(SHIPPED)], capture_output=True, text=True, timeout=60
     )
@@ -147,44 +130,10 @@ def _test_config(receiver_port: int, token_file: Path, standin: si.StandIn) -> d
 
 @pytest.fixture
 def alertmanager(receiver: int, standin: si.StandIn, tmp_path: Path) -> Iterator[str]:
-    binary = _binary("prometheus-alertmanager", "alertmanager")
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n", encoding="utf-8")
-    config = tmp_path / "alertmanager.yml"
-    config.write_text(yaml.safe_dump(_test_config(receiver, token_file, standin)), encoding="utf-8")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = (tmp_path / "alertmanager.log").open("w")
-    proc = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                pytest.fail(
-                    "Alertmanager did not start: "
-                    + (tmp_path / "alertmanager.log").read_text()[-2000:]
-                )
-            time.sleep(0.1)
+    with alertmanager_proc.running(_test_config(receiver, token_file, standin), tmp_path) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def _post_alerts(url: str, alerts: list[dict[str, Any]]) -> None:
@@ -283,7 +232,7 @@ def test_notify_serve_as_a_process(db: str, standin: si.StandIn, tmp_path: Path)
     (tmp_path / "token").write_text(TOKEN + "\n", encoding="utf-8")
     path = tmp_path / "notify.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    port = _free_port()
+    port = alertmanager_proc.free_port()
     env = {
         **os.environ,
         **si.SECRET_ENV,
