@@ -80,17 +80,21 @@ def planned_stop_covering(
 
 
 _MS = "floor(extract(epoch FROM {}) * 1000)::int8"
+# Every read is bounded by the horizon ``at`` (the database's now when live; a time in
+# the past when replaying history: nothing stored after it is seen).
 Q_LATEST = f"""
-SELECT DISTINCT ON (device_id) device_id, {_MS.format("last_ts")}, state, heartbeat_s
-FROM state_runs ORDER BY device_id, start_ts DESC, start_seq DESC
+SELECT DISTINCT ON (device_id) device_id, {_MS.format("least(last_ts, %(at)s)")}, state,
+       heartbeat_s
+FROM state_runs WHERE start_ts <= %(at)s ORDER BY device_id, start_ts DESC, start_seq DESC
 """
 Q_FOLLOW = f"""
-SELECT device_id, {_MS.format("last_ts")}, state, heartbeat_s FROM state_runs
-WHERE tstzrange(start_ts, last_ts, '[]') && tstzrange(%(since)s, NULL)
+SELECT device_id, {_MS.format("least(last_ts, %(at)s)")}, state, heartbeat_s FROM state_runs
+WHERE tstzrange(start_ts, last_ts, '[]') && tstzrange(%(since)s, NULL) AND start_ts <= %(at)s
 ORDER BY last_ts, start_ts
 """
 Q_FOLLOW_PRESENCE = """
-SELECT DISTINCT device_id FROM presence WHERE presence_at(will, ts, received_at) >= %(since)s
+SELECT DISTINCT device_id FROM presence
+WHERE presence_at(will, ts, received_at) >= %(since)s AND presence_at(will, ts, received_at) <= %(at)s
 """
 Q_RUNS = f"""
 SELECT device_id, {_MS.format("start_ts")}, start_seq, {_MS.format("last_ts")}, state, heartbeat_s
@@ -107,7 +111,7 @@ WHERE device_id = ANY(%(ids)s) AND presence_at(will, ts, received_at) >= %(lo)s
 Q_POWER = f"""
 SELECT DISTINCT device_id, {_MS.format("since")}, {_MS.format("ts")} FROM events
 WHERE device_id = ANY(%(ids)s) AND event = 'power_restored' AND since IS NOT NULL
-  AND ts >= %(lo)s AND since < %(hi)s
+  AND ts >= %(lo)s AND since < %(hi)s AND ts <= %(hi)s
 """
 Q_OUTAGES = f"""
 SELECT {_MS.format("started_at")}, {_MS.format("ended_at")} FROM collector_outages
@@ -216,15 +220,18 @@ class Engine:
         self.maintainers = {(v, r): i for v, r, i in rows}
         self._inventory_at = time.monotonic()
 
-    def start(self) -> None:
-        """Read the inventory, the cursor and every device's latest run (once)."""
+    def start(self, at: datetime | None = None) -> None:
+        """Read the inventory, the cursor and every device's latest run by ``at`` (default
+        the database's now), once."""
         self._load_inventory()
+        if at is None:
+            at = self.conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
         row = self.conn.execute(
             f"SELECT {_MS.format('cursor_at')} FROM incident_engine WHERE name = %s",
             (self.name,),
         ).fetchone()
         self.cursor = None if row is None or row[0] is None else int(row[0])
-        for device_id, last, state, hb in self.conn.execute(Q_LATEST).fetchall():
+        for device_id, last, state, hb in self.conn.execute(Q_LATEST, {"at": at}).fetchall():
             self._seen(device_id, last, state, hb)
         active = self.conn.execute(
             "SELECT device_id FROM incidents WHERE state = ANY(%s)",
@@ -246,7 +253,7 @@ class Engine:
     def run_once(self, now: datetime | None = None) -> PassStats:
         """One pass; ``now`` (default: the database's clock) is the horizon evaluated."""
         if not self.started:
-            self.start()
+            self.start(now)
         if time.monotonic() - self._inventory_at > self.rules.incidents.inventory_refresh_s:
             self._load_inventory()
         stats = PassStats(started=time.monotonic())
@@ -303,13 +310,14 @@ class Engine:
         assert self.inventory is not None
         slack = int(self.rules.incidents.follow_slack_s * 1000)
         since = (now_ms if self.cursor is None else self.cursor) - slack
-        rows = self.conn.execute(Q_FOLLOW, {"since": from_ms(since)}).fetchall()
+        bounds = {"since": from_ms(since), "at": from_ms(now_ms)}
+        rows = self.conn.execute(Q_FOLLOW, bounds).fetchall()
         stats.followed = len(rows)
         changed: set[str] = set()
         for device_id, last, state, hb in rows:
             self._seen(device_id, last, state, hb)
             changed.add(device_id)
-        presence = {d for (d,) in self.conn.execute(Q_FOLLOW_PRESENCE, {"since": from_ms(since)})}
+        presence = {d for (d,) in self.conn.execute(Q_FOLLOW_PRESENCE, bounds)}
         factor = self.rules.heartbeat.timeout_factor
         candidates = set(self.watch) | presence
         candidates |= {d for d in changed if self.latest_state.get(d) not in AVAILABLE_STATES}
