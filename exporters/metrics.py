@@ -878,12 +878,6 @@ def start_serving(
     # Three refreshes missed (or a costly one twice over): the read is stuck; say so.
     stale_after = max(3 * refresh_s, 2 * day_refresh_s, 300.0)
     registry = registry if registry is not None else CollectorRegistry()
-    # notify/: the notifier's delivery counters and outbox (docs/notifications.md).
-    registry.register(
-        NotifyCollector(
-            lambda: connect(url, application_name="atmfleet-serve-notify", autocommit=True)
-        )
-    )
     exporter = Exporter(
         source,
         registry,
@@ -892,6 +886,14 @@ def start_serving(
     )
     exporter.refresh()
     server = make_server(exporter, host, port)
+    # notify/: the notifier's delivery counters and outbox (docs/notifications.md), from the
+    # next refresh on; registered once the port is bound, so that its connection's
+    # ephemeral port cannot be the one asked for.
+    registry.register(
+        NotifyCollector(
+            lambda: connect(url, application_name="atmfleet-serve-notify", autocommit=True)
+        )
+    )
     stop = threading.Event()
     threads = (
         threading.Thread(target=server.serve_forever, name="atmfleet-serve-http", daemon=True),

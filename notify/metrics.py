@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from typing import Any
 
 import psycopg
@@ -19,7 +18,7 @@ from atmfleet.errors import AtmfleetError
 
 log = logging.getLogger(__name__)
 
-Connect = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
+Connect = Callable[[], psycopg.Connection[Any]]
 
 
 def read(conn: psycopg.Connection[Any]) -> dict[str, Any]:
@@ -53,21 +52,33 @@ def read(conn: psycopg.Connection[Any]) -> dict[str, Any]:
 
 
 class NotifyCollector:
-    """Yields fresh families from the store on each ``collect()``."""
+    """Yields fresh families from the store on each ``collect()``, over one connection
+    (``connect()`` an autocommit connection), opened on first use and again after an
+    error."""
 
     def __init__(self, connect: Connect) -> None:
         self.connect = connect
+        self._conn: psycopg.Connection[Any] | None = None
 
     def describe(self) -> list[Metric]:
         return []
+
+    def _read(self) -> dict[str, Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = self.connect()
+        try:
+            return read(self._conn)
+        except psycopg.Error:
+            self._conn.close()
+            self._conn = None
+            raise
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(
             "atmfleet_notify_store_up", "1 if the notifier's tables could be read."
         )
         try:
-            with self.connect() as conn:
-                data = read(conn)
+            data = self._read()
         except (psycopg.Error, AtmfleetError) as exc:
             log.warning("notify metrics: cannot read the store: %s", type(exc).__name__)
             up.add_metric([], 0)

@@ -189,10 +189,11 @@ def make_server(
     creds = Credentials.of(receiver)
     registry = CollectorRegistry()
 
-    def _connect() -> Any:
-        return connect(url, application_name="atmfleet-notify-metrics", autocommit=True)
-
-    registry.register(NotifyCollector(_connect))
+    registry.register(
+        NotifyCollector(
+            lambda: connect(url, application_name="atmfleet-notify-metrics", autocommit=True)
+        )
+    )
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "atmfleet-notify"

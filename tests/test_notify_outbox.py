@@ -112,8 +112,13 @@ def drain(
 
 def metric(conn_url: str, name: str, channel: str) -> float | None:
     registry = CollectorRegistry()
-    registry.register(NotifyCollector(lambda: psycopg.connect(conn_url, autocommit=True)))
-    return registry.get_sample_value(name, {"channel": channel})
+    collector = NotifyCollector(lambda: psycopg.connect(conn_url, autocommit=True))
+    registry.register(collector)
+    try:
+        return registry.get_sample_value(name, {"channel": channel})
+    finally:
+        if collector._conn is not None:
+            collector._conn.close()
 
 
 class TestDelivery:
