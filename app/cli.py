@@ -24,7 +24,9 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("exporters.cli", "serve"),
     ("dashboards.cli", "dashboards"),
     ("broker.cli", "broker"),
+    ("notify.cli", "notify"),
     ("stops.cli", "stops"),
+    ("incidents.cli", "incidents"),
 )
 
 

@@ -79,6 +79,7 @@ COMMANDS: list[list[str]] = [
     ["kpi", "assessment"],
     ["bulletin", "daily", "--out", "OUT"],
     ["dashboards", "build", "--out", "OUT"],
+    ["notify", "status"],
 ]
 
 MALFORMED = {
