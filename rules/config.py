@@ -275,6 +275,25 @@ class AssessmentRules(_Model):
         return value
 
 
+class CommandRules(_Model):
+    """Remote commands (docs/commands.md)."""
+
+    default_expiry_s: int = Field(
+        120, ge=5, le=86_400, description="A command not answered by then is expired."
+    )
+    max_expiry_s: int = Field(3_600, ge=5, le=7 * 86_400, description="Longest expiry allowed.")
+    journal_max_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, le=2**31 - 1, description="Largest journal stored."
+    )
+    journal_chunk_bytes: int = Field(
+        256 * 1024, ge=1024, le=8 * 1024 * 1024, description="Chunk size asked of devices."
+    )
+    journal_max_range_h: int = Field(
+        24 * 31, ge=1, le=24 * 366, description="Longest time range of one journal fetch."
+    )
+    sweep_s: float = Field(1.0, gt=0, le=600, description="How often expiry is enforced.")
+
+
 class Rules(_Model):
     """Everything ``rules/`` needs to compute the indicators (see ``docs/kpis.md``)."""
 
@@ -290,6 +309,7 @@ class Rules(_Model):
     network: NetworkRules = NetworkRules()
     vendors: VendorRules = VendorRules()
     assessment: AssessmentRules = AssessmentRules()
+    commands: CommandRules = CommandRules()
 
     @field_validator("timezone")
     @classmethod
