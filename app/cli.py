@@ -24,6 +24,8 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("exporters.cli", "serve"),
     ("dashboards.cli", "dashboards"),
     ("broker.cli", "broker"),
+    ("commands.cli", "command"),
+    ("simulator.devices_cli", "simulate_devices"),
 )
 
 

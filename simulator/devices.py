@@ -122,6 +122,7 @@ class SimDevice:
     )
     runs: dict[str, int] = field(default_factory=dict)  # command id -> times run
     restarts: int = 0
+    repeats: int = 0  # redelivered commands answered again (not run)
     v5: bool = True
 
     def next_seq(self) -> int:
@@ -235,7 +236,10 @@ class CommandDevices:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = 3600  # commands queued while the link is down
         try:
-            dev.client.connect(self._host, self._port, 60, clean_start=False, properties=props)
+            if self._v5:
+                dev.client.connect(self._host, self._port, 60, clean_start=False, properties=props)
+            else:  # a persistent session: set on the client (clean_session=False)
+                dev.client.connect(self._host, self._port, 60)
         except (OSError, ValueError) as exc:
             raise DeviceSideError(f"{dev.id}: cannot connect to the broker: {exc}") from None
         sock = dev.client.socket()
@@ -429,6 +433,7 @@ class CommandDevices:
                         reply[0])  # fmt: skip
         seen = dev.recent.get(req.command_id)
         if seen is not None:  # a redelivery: the same answers again, nothing runs
+            dev.repeats += 1
             for topic, payload, p in list(seen):
                 self._publish(dev, topic, payload, p)
             return
