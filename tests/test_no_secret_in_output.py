@@ -79,6 +79,8 @@ COMMANDS: list[list[str]] = [
     ["kpi", "assessment"],
     ["bulletin", "daily", "--out", "OUT"],
     ["dashboards", "build", "--out", "OUT"],
+    ["command", "list"],
+    ["command", "send", "ATM-HLBE-0001", "refresh", "--no-wait"],
 ]
 
 MALFORMED = {
