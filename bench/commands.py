@@ -98,17 +98,14 @@ def main() -> None:
             )
             t0 = time.monotonic()
             sim_log = base / "devices.log"
+            sim = [ATMFLEET, "simulate-devices", str(inv_path), "--config", str(base / "sim.yaml")]
             with sim_log.open("wb") as out:
-                procs.append(
-                    subprocess.Popen(
-                        [ATMFLEET, "simulate-devices", str(inv_path), "--config",
-                         str(base / "sim.yaml")],
-                        env=env, stdout=out, stderr=out,
-                    )  # fmt: skip
-                )
+                procs.append(subprocess.Popen(sim, env=env, stdout=out, stderr=out))
             until(
-                lambda: "devices connected" in sim_log.read_text(errors="replace")
-                or procs[-1].poll() is not None,
+                lambda: (
+                    "devices connected" in sim_log.read_text(errors="replace")
+                    or procs[-1].poll() is not None
+                ),
                 "the devices to connect",
                 timeout=600,
             )

@@ -69,6 +69,10 @@ log = logging.getLogger(__name__)
 IN_SERVICE = "in_service"
 OUT_OF_SERVICE = "maintenance"  # what a device taken out of service reports (§5)
 FAULT = "fault"
+#: Keep-alive work per slice and how often a slice runs: 100 every 10 ms is every device
+#: of 10,000 once a second, far inside the 60 s keep-alive.
+MISC_BATCH = 100
+MISC_EVERY_S = 0.01
 
 
 class DeviceSideError(AtmfleetError):
@@ -302,9 +306,12 @@ class CommandDevices:
                 self._publish_state(dev)
             self._pump(0.05)
             self.ready.set()
+            # Keep-alives in small slices (MISC_BATCH devices every MISC_EVERY_S), never
+            # all 10,000 at once: a full sweep would hold every command up behind it.
+            ring = itertools.cycle(list(self.devices.values()))
             last_misc = time.monotonic()
             while not self._stop.is_set():
-                wait = 0.2
+                wait = MISC_EVERY_S
                 if self._timers:
                     wait = max(0.0, min(wait, self._timers[0][0] - time.monotonic()))
                 self._pump(wait)
@@ -312,8 +319,8 @@ class CommandDevices:
                 while self._timers and self._timers[0][0] <= now:
                     _, _, action = heapq.heappop(self._timers)
                     action()
-                if now - last_misc > 1.0:
-                    for dev in self.devices.values():
+                if now - last_misc >= MISC_EVERY_S:
+                    for dev in itertools.islice(ring, MISC_BATCH):
                         if dev.client is not None:
                             dev.client.loop_misc()
                             self._write(dev)

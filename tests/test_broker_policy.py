@@ -68,8 +68,9 @@ def test_a_gateway_gets_exactly_its_devices_topics() -> None:
 def test_only_the_commands_identity_reads_results_and_uploads() -> None:
     idents = identities(load_inventory(EXAMPLE))
     readers = {
-        i.name for i in idents if any(t.startswith(("atmfleet/v1/result", "atmfleet/v1/data"))
-                                      for t in i.read)
+        i.name
+        for i in idents
+        if any(t.startswith(("atmfleet/v1/result", "atmfleet/v1/data")) for t in i.read)
     }
     assert readers == {"atmfleet-commands"}
     commands = next(i for i in idents if i.role is Role.COMMANDS)
