@@ -144,6 +144,8 @@ def _follow(
         time.sleep(0.1)  # polling the database: the listener writes what devices answer
     if cmd.result and cmd.state in FINAL:
         click.echo(f"{text['h.result']}: {json.dumps(cmd.result, ensure_ascii=False)}")
+    if cmd.journal_bytes is not None:
+        click.echo(f"atmfleet command journal {cmd.id} --out FILE")
     if wait and cmd.state != State.DONE:
         raise SystemExit(1)
 

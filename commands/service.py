@@ -377,6 +377,9 @@ def _transition(
         if RANK[target] <= RANK[current]:
             return "duplicate"
         final = target in FINAL
+        if current is State.QUEUED and source == "device":
+            # The device answered before send() recorded the broker's PUBACK: it was sent.
+            _event(conn, command_id, State.SENT, "server", {"implied_by": target.value})
         conn.execute(
             "UPDATE commands SET state = %s, reason = coalesce(%s, reason),"
             " result = coalesce(%s, result), updated_at = clock_timestamp(),"
