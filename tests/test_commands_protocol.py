@@ -93,3 +93,13 @@ def test_the_simulated_journal_is_deterministic_and_of_the_asked_size() -> None:
     one = journal_bytes("ATM-1", since, until, 100_000)
     assert one == journal_bytes("ATM-1", since, until, 100_000) and len(one) == 200_000
     assert one != journal_bytes("ATM-2", since, until, 100_000)
+
+
+def test_simulate_devices_refuses_a_device_the_inventory_does_not_have() -> None:
+    from click.testing import CliRunner
+
+    from app.cli import cli
+
+    inventory = Path(__file__).resolve().parent.parent / "docs" / "examples" / "inventory.yaml"
+    result = CliRunner().invoke(cli, ["simulate-devices", str(inventory), "--device", "NOPE"])
+    assert result.exit_code == 2 and "NOPE" in result.output
