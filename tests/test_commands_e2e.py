@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -44,16 +43,8 @@ from rules.config import CommandRules
 from simulator.config import CommandSide
 from simulator.devices import CommandDevices, Credentials, journal_bytes
 from tests.conftest import create_database, drop_database
-from tests.test_broker_security import (
-    SHIPPED,
-    Secured,
-    _wait_for_port,
-    configure,
-    generate,
-    peer,
-    write_inventory,
-)
-from tests.test_collector_service import free_port, wait_until
+from tests.test_broker_security import Secured, peer, shipped_broker
+from tests.test_collector_service import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -114,66 +105,56 @@ def _rules_file(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    base = tmp_path_factory.mktemp("commands")
-    creds, data = base / "creds", base / "data"
-    data.mkdir()
-    inventory = base / "inventory.yaml"
-    write_inventory(inventory, DEVICES)
-    generate(inventory, creds)
-    ports = (free_port(), free_port())
-    log = base / "mosquitto.log"
-    conf = base / "mosquitto.conf"
-    conf.write_text(configure(SHIPPED.read_text(), creds, data, log, ports))
-    out = (base / "mosquitto.out").open("wb")
-    process = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=out, stderr=out)
     db = create_database()
     started: list[Any] = []
-    try:
-        for port in ports:
-            _wait_for_port(port, process, log)
-        secured = Secured(creds, inventory, ports[0], ports[1], process, log)
-        with psycopg.connect(db, autocommit=True) as conn:
-            upgrade(conn)
-            upsert_inventory(conn, load_inventory(inventory))
-            for name, role, kind, scope in [
-                ("olga", "operator", "fleet", None),
-                ("vera", "viewer", "fleet", None),
-                ("otto", "operator", "branch", "BR-9"),
-            ]:
-                conn.execute(
-                    "INSERT INTO users (username, role, scope_kind, scope_id) VALUES (%s,%s,%s,%s)",
-                    (name, role, kind, scope),
-                )
-        listener = CommandListener(_settings(secured, "atmfleet-commands"), db, RULES)
-        w = World(secured, db, _rules_file(base / "rules.yaml"), [], listener)
-        listener.start()
-        started.append(listener)
-        wait_until(listener.subscribed.is_set, what="the listener subscribed")
-        url = f"mqtts://127.0.0.1:{secured.cert_port}"
-        side = CommandSide(journal_bytes_per_hour=PER_HOUR, restart_s=0.2)
-        for ids, protocol, cfg, faulty in [
-            (["ATM-A", "ATM-F"], "5", side, ["ATM-F"]),
-            (["ATM-B"], "3.1.1", side, []),
-            (["ATM-S"], "5", side.model_copy(update={"silent_share": 1.0}), []),
+    with shipped_broker(tmp_path_factory.mktemp("commands"), devices=DEVICES) as secured:
+        try:
+            yield _world(secured, db, started)
+        finally:
+            for thing in reversed(started):
+                thing.stop()
+            drop_database(db)
+
+
+def _world(secured: Secured, db: str, started: list[Any]) -> World:
+    """The database (schema, inventory, users), the listener and the simulated devices."""
+    creds, inventory = secured.creds, secured.inventory
+    with psycopg.connect(db, autocommit=True) as conn:
+        upgrade(conn)
+        upsert_inventory(conn, load_inventory(inventory))
+        for name, role, kind, scope in [
+            ("olga", "operator", "fleet", None),
+            ("vera", "viewer", "fleet", None),
+            ("otto", "operator", "branch", "BR-9"),
         ]:
-            devices = CommandDevices(
-                ids,
-                mqtt_url=url,
-                protocol=protocol,
-                config=cfg,
-                credentials=Credentials(creds),
-                faulty=faulty,
+            conn.execute(
+                "INSERT INTO users (username, role, scope_kind, scope_id) VALUES (%s,%s,%s,%s)",
+                (name, role, kind, scope),
             )
-            devices.start()
-            started.append(devices)
-            w.devices.append(devices)
-        yield w
-    finally:
-        for thing in reversed(started):
-            thing.stop()
-        process.terminate()
-        process.wait(10)
-        drop_database(db)
+    listener = CommandListener(_settings(secured, "atmfleet-commands"), db, RULES)
+    w = World(secured, db, _rules_file(creds.parent / "rules.yaml"), [], listener)
+    listener.start()
+    started.append(listener)
+    wait_until(listener.subscribed.is_set, what="the listener subscribed")
+    url = f"mqtts://127.0.0.1:{secured.cert_port}"
+    side = CommandSide(journal_bytes_per_hour=PER_HOUR, restart_s=0.2)
+    for ids, protocol, cfg, faulty in [
+        (["ATM-A", "ATM-F"], "5", side, ["ATM-F"]),
+        (["ATM-B"], "3.1.1", side, []),
+        (["ATM-S"], "5", side.model_copy(update={"silent_share": 1.0}), []),
+    ]:
+        devices = CommandDevices(
+            ids,
+            mqtt_url=url,
+            protocol=protocol,
+            config=cfg,
+            credentials=Credentials(creds),
+            faulty=faulty,
+        )
+        devices.start()
+        started.append(devices)
+        w.devices.append(devices)
+    return w
 
 
 def run(world: World, user: str, *args: str) -> Result:
