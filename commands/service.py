@@ -95,7 +95,7 @@ def new_command_id(now: datetime) -> str:
 # --------------------------------------------------------------------------- scope
 
 
-def _org(conn: psycopg.Connection[Any], device_id: str) -> tuple[str, str]:
+def _org(conn: psycopg.Connection[Any], device_id: str, *, active: bool = False) -> tuple[str, str]:
     row = conn.execute(
         "SELECT d.branch, b.subbranch, d.decommissioned FROM devices d"
         " JOIN branches b ON b.id = d.branch WHERE d.id = %s",
@@ -103,7 +103,7 @@ def _org(conn: psycopg.Connection[Any], device_id: str) -> tuple[str, str]:
     ).fetchone()
     if row is None:
         raise UsageError(f"device {device_id!r} is not in the inventory")
-    if row[2] is not None:
+    if active and row[2] is not None:
         raise UsageError(f"device {device_id!r} is decommissioned")
     return str(row[0]), str(row[1])
 
@@ -116,9 +116,11 @@ def _covers(user: User, branch: str, subbranch: str) -> bool:
     return user.scope_id == branch
 
 
-def _require(conn: psycopg.Connection[Any], actor: Actor, role: str, device_id: str) -> User:
+def _require(
+    conn: psycopg.Connection[Any], actor: Actor, role: str, device_id: str, *, active: bool = False
+) -> User:
     user = require_role(conn, actor, role)
-    branch, subbranch = _org(conn, device_id)
+    branch, subbranch = _org(conn, device_id, active=active)
     if not _covers(user, branch, subbranch):
         raise Forbidden(
             f"user {actor.name!r} may act on {user.scope_kind} {user.scope_id}; "
@@ -298,8 +300,16 @@ def send(
     now = now or datetime.now(UTC)
     command_id = new_command_id(now)
     expires_at = now + timedelta(seconds=expiry)
+    try:
+        with conn.transaction():
+            _require(conn, actor, "operator", device_id, active=True)
+    except Forbidden as exc:  # a refused attempt is worth a row too (who tried what)
+        with conn.transaction():
+            record(conn, actor, "command.refused", "device", device_id,
+                   after={"kind": what.value}, detail=str(exc))  # fmt: skip
+        raise
     with conn.transaction():
-        user = _require(conn, actor, "operator", device_id)
+        user = _require(conn, actor, "operator", device_id, active=True)
         if what in DISRUPTIVE and not confirm:
             raise UsageError(
                 f"{what.value} interrupts the service of {device_id}: confirm it (--yes)"

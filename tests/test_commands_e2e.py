@@ -293,6 +293,13 @@ class TestWhoMay:
         stranger = run(world, "mallory", "send", "ATM-A", "refresh")
         assert stranger.exit_code == 2 and "not registered" in stranger.output
         assert rows(world, "SELECT count(*) FROM commands WHERE requested_by <> 'olga'") == [(0,)]
+        refused = rows(
+            world, "SELECT actor, action, object_id FROM audit_log WHERE action = 'command.refused'"
+        )
+        assert sorted(refused) == [
+            ("otto", "command.refused", "ATM-A"),
+            ("vera", "command.refused", "ATM-A"),
+        ]
 
     def test_another_device_cannot_read_a_command_or_spoof_its_result(self, world: World) -> None:
         x = peer(world.secured, identity="ATM-X", cert=True)
