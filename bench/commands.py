@@ -68,7 +68,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="atmfleet-bench-commands-") as tmp:
         base = Path(tmp)
         base.chmod(0o755)  # as root, PostgreSQL runs as postgres and must get in
-        broker = Mosquitto(base / "mqtt", {"max_connections": "-1"})
+        broker = Mosquitto(base / "mqtt", {"max_connections": "-1", "set_tcp_nodelay": "true"})
         pg = Postgres(base / "pg")
         procs: list[subprocess.Popen[bytes]] = []
         broker.start()
@@ -143,11 +143,18 @@ def main() -> None:
                 send_s = time.monotonic() - start
                 until(lambda: _open(url, sent) == 0, "every command to finish", timeout=300)
                 trips, states = _round_trips(url, sent)
+                segments = _segments(url, sent)
                 print(
                     f"round trip ({len(sent)} refresh commands at {len(sent) / send_s:.0f}/s "
                     f"to random devices of {args.devices}): p50 {percentile(trips, 0.5) * 1000:.0f}"
                     f" ms, p99 {percentile(trips, 0.99) * 1000:.0f} ms, max "
                     f"{max(trips) * 1000:.0f} ms; states {states}"
+                )
+                print(
+                    "  p99 of each leg: "
+                    + ", ".join(
+                        f"{k} {percentile(v, 0.99) * 1000:.0f} ms" for k, v in segments.items()
+                    )
                 )
 
                 hours = args.journal_mb * 1_000_000 / per_hour
@@ -217,6 +224,33 @@ def _round_trips(url: str, ids: list[str]) -> tuple[list[float], dict[str, int]]
         if state == "done":
             trips.append(float(seconds))
     return trips, states
+
+
+def _segments(url: str, ids: list[str]) -> dict[str, list[float]]:
+    """Where the time goes: send() up to the PUBACK (sent), to the device's accepted (as the
+    listener recorded it), accepted to done."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT c.created_at, e.state, e.at FROM commands c JOIN command_events e"
+            " ON e.command_id = c.id WHERE c.id = ANY(%s) ORDER BY c.id, e.id",
+            (ids,),
+        ).fetchall()
+    at: dict[tuple[datetime, str], datetime] = {}
+    created: list[datetime] = []
+    for c_at, state, e_at in rows:
+        if (c_at, "queued") not in at:
+            created.append(c_at)
+        at[(c_at, state)] = e_at
+    legs: dict[str, list[float]] = {"to sent": [], "to accepted": [], "accepted to done": []}
+    for c in created:
+        sent, acc, done = at.get((c, "sent")), at.get((c, "accepted")), at.get((c, "done"))
+        if sent:
+            legs["to sent"].append((sent - c).total_seconds())
+        if acc:
+            legs["to accepted"].append((acc - c).total_seconds())
+        if acc and done:
+            legs["accepted to done"].append((done - acc).total_seconds())
+    return legs
 
 
 if __name__ == "__main__":

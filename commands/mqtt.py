@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 import time
 from typing import Any
@@ -64,6 +65,10 @@ def _connect(client: mqtt.Client, settings: Settings, props: Properties | None) 
         raise BrokerUnavailable(
             f"cannot connect to the broker at {settings.mqtt_url}: {exc}"
         ) from None
+    sock = client.socket()
+    if isinstance(sock, socket.socket):  # commands are small and interactive: no Nagle delay
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class BrokerPublisher:

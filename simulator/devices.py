@@ -248,6 +248,7 @@ class CommandDevices:
             raise DeviceSideError(f"{dev.id}: cannot connect to the broker: {exc}") from None
         sock = dev.client.socket()
         assert isinstance(sock, socket.socket | ssl.SSLSocket)
+        nodelay(sock)
         dev.sock = sock
         self._by_fd[sock.fileno()] = dev
         self._selector.register(sock, selectors.EVENT_READ, dev)
@@ -266,6 +267,7 @@ class CommandDevices:
             return
         sock = dev.client.socket()
         assert isinstance(sock, socket.socket | ssl.SSLSocket)
+        nodelay(sock)
         dev.sock = sock
         self._selector.register(sock, selectors.EVENT_READ, dev)
 
@@ -534,6 +536,12 @@ class CommandDevices:
     def state_of(self, device_id: str) -> str:
         with self._lock:
             return self.devices[device_id].state
+
+
+def nodelay(sock: socket.socket) -> None:
+    """Small answers go out at once (no Nagle delay behind the previous one's ACK)."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _wait_writable(sock: socket.socket, timeout: float = 1.0) -> None:
