@@ -29,7 +29,7 @@ from atmfleet.store.audit import cli_actor
 from atmfleet.store.connect import connect
 from atmfleet.store.migrate import require_current
 from commands import service
-from commands.messages import LANGUAGES, messages
+from commands.messages import LANGUAGES, messages, reason
 from commands.mqtt import BrokerPublisher, CommandListener
 from commands.protocol import DISRUPTIVE, FINAL, CommandKind, State
 from rules.config import Rules, load_rules
@@ -134,10 +134,10 @@ def _follow(
     while True:
         cmd = service.show(conn, actor, cmd.id)
         for event in cmd.history[printed:]:
-            reason = (event.detail or {}).get("reason")
+            why = reason(text, (event.detail or {}).get("reason"))
             late = " (late)" if (event.detail or {}).get("late") else ""
             line = f"{_local(event.at, tz)}  {text.get(event.state, event.state)}{late}"
-            click.echo(line + (f"  {reason}" if reason else ""))
+            click.echo(line + (f"  {why}" if why else ""))
         printed = len(cmd.history)
         if not wait or cmd.state in FINAL:
             break
@@ -176,7 +176,7 @@ def list_cmd(
     for c in cmds:
         rows.append(
             [c.id, c.device_id, text[c.kind], text[c.state], c.requested_by,
-             _local(c.created_at, rules.tz), c.reason or ""]
+             _local(c.created_at, rules.tz), reason(text, c.reason)]
         )  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     for r in rows:
@@ -213,13 +213,17 @@ def show_cmd(command_id: str, as_json: bool, lang: str) -> None:
     tz = rules.tz
     click.echo(f"{text['h.id']}: {c.id}")
     click.echo(f"{text['h.device']}: {c.device_id}")
-    click.echo(f"{text['h.kind']}: {text[c.kind]} {json.dumps(c.params) if c.params else ''}")
+    shown = dict(c.params)
+    for key in ("since", "until"):  # the range in the bank's local time
+        if key in shown:
+            shown[key] = _local(datetime.fromisoformat(shown[key]), tz)
+    click.echo(f"{text['h.kind']}: {text[c.kind]} {json.dumps(shown) if shown else ''}".rstrip())
     click.echo(f"{text['h.state']}: {text[c.state]}")
     click.echo(f"{text['h.by']}: {c.requested_by} ({c.surface})")
     click.echo(f"{text['h.created']}: {_local(c.created_at, tz)}")
     click.echo(f"{text['h.expires']}: {_local(c.expires_at, tz)}")
     if c.reason:
-        click.echo(f"{text['h.reason']}: {c.reason}")
+        click.echo(f"{text['h.reason']}: {reason(text, c.reason)}")
     if c.result:
         click.echo(f"{text['h.result']}: {json.dumps(c.result, ensure_ascii=False)}")
     if c.journal_bytes is not None:

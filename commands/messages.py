@@ -34,6 +34,8 @@ _ZH = {
     "waiting": "等待设备应答(最长至 {at})……",
     "saved": "已保存 {n} 字节到 {path}(SHA-256 已校验)",
     "none": "没有指令",
+    # reasons the server itself gives (a device's own reasons are shown as it sent them)
+    "r.no answer by the expiry": "到期未应答",
 }
 _EN = {
     "queued": "queued",
@@ -64,6 +66,13 @@ _EN = {
     "saved": "saved {n} bytes to {path} (SHA-256 checked)",
     "none": "no commands",
 }
+
+
+def reason(text: dict[str, str], value: str | None) -> str:
+    """A reason for a person: the server's own in the chosen language, a device's as sent."""
+    if not value:
+        return ""
+    return text.get(f"r.{value}", value)
 
 
 def messages(lang: str) -> dict[str, str]:
