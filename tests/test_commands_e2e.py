@@ -255,7 +255,7 @@ class TestCommandLife:
         assert ("system", "command.expired") in audit(world, cid)
         shown = run(world, "vera", "show", cid)
         assert "已过期" in shown.output and "到期未应答" in shown.output, shown.output
-        assert "已完成  [device]  {\"late\": true" in shown.output, shown.output
+        assert '已完成  [device]  {"late": true' in shown.output, shown.output
 
     def test_a_redelivered_command_runs_once(self, world: World) -> None:
         now = datetime.now(UTC)
