@@ -8,6 +8,8 @@ real device would (docs/protocol.md §14):
   service while in a fault, out of service while already out): ``rejected``;
 - otherwise ``accepted``, then after ``work_s`` ``done`` (or ``failed`` for a configured
   share); a configured share is never answered at all (the server expires it);
+- it speaks the telemetry protocol as far as the collector needs: a last will and a
+  retained birth (§8) on every connect, a state message then and every ``heartbeat_s``;
 - ``out_of_service`` / ``in_service`` / ``restart`` really change what the device reports:
   a state message on its telemetry topic, so the collector sees it; a restart is a new
   boot epoch (``seq >> 32`` grows, §3);
@@ -47,7 +49,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from atmfleet.errors import AtmfleetError
-from atmfleet.protocol import StateMessage, device_topic, encode
+from atmfleet.protocol import PresenceMessage, PresenceStatus, StateMessage, device_topic, encode
 from commands.protocol import (
     CommandKind,
     CommandRequest,
@@ -126,6 +128,8 @@ class SimDevice:
     )
     runs: dict[str, int] = field(default_factory=dict)  # command id -> times run
     restarts: int = 0
+    sessions: int = 0
+    last_state: float = 0.0  # monotonic time of the last state message
     repeats: int = 0  # redelivered commands answered again (not run)
     v5: bool = True
 
@@ -217,6 +221,9 @@ class CommandDevices:
             userdata=dev,
         )
         self._creds.apply(client, dev.id, self._tls)
+        dev.sessions += 1
+        will = self._presence(dev, PresenceStatus.OFFLINE, will=True)
+        client.will_set(device_topic(dev.id, "presence"), will, qos=1, retain=True)
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
@@ -229,6 +236,20 @@ class CommandDevices:
             return
         dev.connected = True
         client.subscribe(command_topic(dev.id), qos=1)
+        # birth (retained), then the state: what a device does after every connect (§4)
+        birth = self._presence(dev, PresenceStatus.ONLINE, will=False)
+        client.publish(device_topic(dev.id, "presence"), birth, qos=1, retain=True)
+        self._publish_state(dev)
+
+    def _session(self, dev: SimDevice) -> str:
+        return f"{dev.epoch}.{dev.sessions}"
+
+    def _presence(self, dev: SimDevice, status: PresenceStatus, *, will: bool) -> bytes:
+        msg = PresenceMessage(
+            v=1, device_id=dev.id, status=status, ts=self._clock(), session=self._session(dev),
+            will=will,
+        )  # fmt: skip
+        return encode(msg)
 
     def _on_disconnect(self, _c: mqtt.Client, dev: SimDevice, _f: Any, _rc: Any, _p: Any) -> None:
         dev.connected = False
@@ -304,8 +325,6 @@ class CommandDevices:
                 subscribed = sum(1 for d in self.devices.values() if d.connected)
                 if time.monotonic() > deadline:
                     raise DeviceSideError(f"{subscribed} of {len(self.devices)} connected")
-            for dev in self.devices.values():
-                self._publish_state(dev)
             self._pump(0.05)
             self.ready.set()
             # Keep-alives in small slices (MISC_BATCH devices every MISC_EVERY_S), never
@@ -324,6 +343,8 @@ class CommandDevices:
                 if now - last_misc >= MISC_EVERY_S:
                     for dev in itertools.islice(ring, MISC_BATCH):
                         if dev.client is not None:
+                            if dev.connected and now - dev.last_state >= self.config.heartbeat_s:
+                                self._publish_state(dev)  # the heartbeat
                             dev.client.loop_misc()
                             self._write(dev)
                     last_misc = now
@@ -383,6 +404,7 @@ class CommandDevices:
             heartbeat_s=self.config.heartbeat_s,
             faults=["SIM-FAULT"] if dev.state == FAULT else [],
         )
+        dev.last_state = time.monotonic()
         self._publish(dev, device_topic(dev.id, "state"), encode(msg))
 
     def _answer(

@@ -44,13 +44,14 @@ from simulator.config import CommandSide
 from simulator.devices import CommandDevices, Credentials, journal_bytes
 from tests.conftest import create_database, drop_database
 from tests.test_broker_security import Secured, peer, shipped_broker
-from tests.test_collector_service import wait_until
+from tests.test_collector_service import running, settings_for, wait_until
 
 pytestmark = pytest.mark.integration
 
 DEVICES = {"ATM-A": None, "ATM-B": None, "ATM-F": None, "ATM-S": None, "ATM-X": None}
 #: 1 MB an hour: a 3-hour journal is 3 MB.
 PER_HOUR = 1_000_000
+COLLECTOR = "atmfleet-collector-1"
 RULES = CommandRules(journal_max_bytes=8_000_000, journal_chunk_bytes=128 * 1024, sweep_s=0.2)
 
 
@@ -208,28 +209,42 @@ class TestCommandLife:
         assert result.exit_code == 0, result.output
         assert state_of(world, command_id_of(result)) == "done"
 
-    def test_out_of_service_and_back_change_what_the_collector_reads(self, world: World) -> None:
-        collector = peer(world.secured, identity="atmfleet-collector-1")
-        states: list[str] = []
-        collector.client.on_message = lambda _c, _u, m: states.append(
-            json.loads(m.payload)["state"]
+    def test_out_of_service_back_and_restart_are_stored_by_the_collector(
+        self, world: World
+    ) -> None:
+        settings = settings_for(
+            world.secured.collector_url,
+            world.db,
+            top={
+                "mqtt_username": COLLECTOR,
+                "mqtt_password": world.secured.password(COLLECTOR),
+                "mqtt_ca_file": world.secured.creds / "ca.pem",
+            },
         )
-        try:
-            collector.subscribe("atmfleet/v1/device/ATM-A/state")
+
+        def stored() -> list[tuple[int, str]]:
+            found = rows(
+                world,
+                "SELECT seq >> 32, state FROM state_samples WHERE device_id = 'ATM-A' ORDER BY seq",
+            )
+            return [(int(epoch), str(state)) for epoch, state in found]
+
+        with running(settings, COLLECTOR):
             refused = run(world, "olga", "send", "ATM-A", "out_of_service")
             assert refused.exit_code == 2 and "--yes" in refused.output
             out = run(world, "olga", "send", "ATM-A", "out_of_service", "--yes")
             assert out.exit_code == 0, out.output
-            wait_until(lambda: "maintenance" in states, what="the out-of-service state")
+            wait_until(lambda: "maintenance" in [s for _, s in stored()], what="out of service")
             assert world.device("ATM-A").state_of("ATM-A") == "maintenance"
             back = run(world, "olga", "send", "ATM-A", "in_service")
             assert back.exit_code == 0, back.output
-            wait_until(lambda: states[-1:] == ["in_service"], what="back in service")
+            wait_until(lambda: stored()[-1][1] == "in_service", what="back in service stored")
+            epoch = stored()[-1][0]
             restart = run(world, "olga", "send", "ATM-A", "restart", "--yes")
             assert restart.exit_code == 0, restart.output
+            # a restart is a new boot epoch in the sequence numbers the collector stores
+            wait_until(lambda: stored()[-1][0] == epoch + 1, what="the new boot epoch stored")
             assert world.device("ATM-A").devices["ATM-A"].restarts == 1
-        finally:
-            collector.close()
 
     def test_a_device_refuses_what_it_cannot_do_in_its_state(self, world: World) -> None:
         result = run(world, "olga", "send", "ATM-F", "in_service", "--lang", "en")
