@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import secrets
 import socket
 import threading
 import time
@@ -77,7 +79,11 @@ class BrokerPublisher:
     def __init__(self, settings: Settings, *, timeout_s: float = 10.0) -> None:
         self._settings = settings
         self._timeout = timeout_s
-        self._client = build_client(settings, settings.mqtt_username or "atmfleet-ops")
+        # A client id of its own (two CLI runs at once must not take each other's
+        # connection); the shipped broker replaces it with the username anyway, so give
+        # each long-running sender (a web process) its own operators' identity.
+        name = settings.mqtt_username or "atmfleet-ops"
+        self._client = build_client(settings, f"{name}-{os.getpid()}-{secrets.token_hex(3)}")
         self._connected = threading.Event()
         self._refused: str | None = None
         self._client.on_connect = self._on_connect

@@ -3,7 +3,8 @@
 itself (client certificates), PostgreSQL, and the ``atmfleet command`` CLI.
 
 Devices: ATM-A (MQTT 5), ATM-B (MQTT 3.1.1: answers through the payload's reply_to),
-ATM-F (starts in a fault), ATM-S (never answers), ATM-X (a raw client: the attacker).
+ATM-F (starts in a fault), ATM-S (never answers), ATM-X (a raw client: the attacker),
+ATM-G1 (behind the gateway GW-1, a raw client).
 """
 
 from __future__ import annotations
@@ -48,7 +49,14 @@ from tests.test_collector_service import running, settings_for, wait_until
 
 pytestmark = pytest.mark.integration
 
-DEVICES = {"ATM-A": None, "ATM-B": None, "ATM-F": None, "ATM-S": None, "ATM-X": None}
+DEVICES = {
+    "ATM-A": None,
+    "ATM-B": None,
+    "ATM-F": None,
+    "ATM-S": None,
+    "ATM-X": None,
+    "ATM-G1": "GW-1",
+}
 #: 1 MB an hour: a 3-hour journal is 3 MB.
 PER_HOUR = 1_000_000
 COLLECTOR = "atmfleet-collector-1"
@@ -342,6 +350,23 @@ class TestWhoMay:
             wait_until(lambda: state_of(world, cid) == "done", what="the real answer")
         finally:
             x.close()
+
+    def test_a_gateway_answers_for_its_devices_only(self, world: World) -> None:
+        result = run(world, "olga", "send", "ATM-G1", "refresh", "--no-wait")
+        cid = command_id_of(result)
+        gw = peer(world.secured, identity="GW-1", cert=True)
+        try:
+            gw.subscribe(command_topic("ATM-G1"))
+            answer = ResultMessage(
+                command_id=cid, device_id="ATM-G1", result=Outcome.DONE, ts=datetime.now(UTC)
+            )
+            assert gw.publish(result_topic("ATM-A"), encode_result(answer)) == "Not authorized"
+            gw.close()
+            gw = peer(world.secured, identity="GW-1", cert=True)
+            assert gw.publish(result_topic("ATM-G1"), encode_result(answer)) == "Success"
+            wait_until(lambda: state_of(world, cid) == "done", what="the gateway's answer")
+        finally:
+            gw.close()
 
 
 class TestJournal:
