@@ -373,43 +373,58 @@ def _transition(
         cmd = _load(conn, command_id, lock=True)
         if cmd is None:
             return "unknown"
-        current = State(cmd.state)
-        if current in FINAL:
-            if target in FINAL and target.value != current.value:
-                _event(conn, command_id, target, source, {"late": True, "reason": reason})
-                if actor is not None:
-                    record(conn, actor, f"command.{target.value}", "command", command_id,
-                           before={"state": current.value}, after={"state": current.value},
-                           detail=f"late answer {target.value} after {current.value}: kept"
-                           " in the history, the state stays")  # fmt: skip
-                return "late"
-            return "duplicate"
-        if RANK[target] <= RANK[current]:
-            return "duplicate"
-        final = target in FINAL
-        if current is State.QUEUED and source == "device":
-            # The device answered before send() recorded the broker's PUBACK: it was sent.
-            _event(conn, command_id, State.SENT, "server", {"implied_by": target.value})
-        conn.execute(
-            "UPDATE commands SET state = %s, reason = coalesce(%s, reason),"
-            " result = coalesce(%s, result), updated_at = clock_timestamp(),"
-            " finished_at = CASE WHEN %s THEN clock_timestamp() END WHERE id = %s",
-            (target.value, reason, None if result is None else Jsonb(result), final, command_id),
+        return _move(conn, cmd, target, source, reason=reason, result=result, actor=actor)
+
+
+def _move(
+    conn: psycopg.Connection[Any],
+    cmd: Command,
+    target: State,
+    source: str,
+    *,
+    reason: str | None,
+    result: dict[str, Any] | None,
+    actor: Actor | None,
+) -> str:
+    """:func:`_transition` on a command already locked in the caller's transaction."""
+    command_id = cmd.id
+    current = State(cmd.state)
+    if current in FINAL:
+        if target in FINAL and target.value != current.value:
+            _event(conn, command_id, target, source, {"late": True, "reason": reason})
+            if actor is not None:
+                record(conn, actor, f"command.{target.value}", "command", command_id,
+                       before={"state": current.value}, after={"state": current.value},
+                       detail=f"late answer {target.value} after {current.value}: kept"
+                       " in the history, the state stays")  # fmt: skip
+            return "late"
+        return "duplicate"
+    if RANK[target] <= RANK[current]:
+        return "duplicate"
+    final = target in FINAL
+    if current is State.QUEUED and source == "device":
+        # The device answered before send() recorded the broker's PUBACK: it was sent.
+        _event(conn, command_id, State.SENT, "server", {"implied_by": target.value})
+    conn.execute(
+        "UPDATE commands SET state = %s, reason = coalesce(%s, reason),"
+        " result = coalesce(%s, result), updated_at = clock_timestamp(),"
+        " finished_at = CASE WHEN %s THEN clock_timestamp() END WHERE id = %s",
+        (target.value, reason, None if result is None else Jsonb(result), final, command_id),
+    )
+    _event(conn, command_id, target, source, {"reason": reason} if reason else None)
+    if final and cmd.kind == CommandKind.JOURNAL:
+        conn.execute("DELETE FROM command_journal_chunks WHERE command_id = %s", (command_id,))
+    if actor is not None:
+        record(
+            conn,
+            actor,
+            f"command.{target.value}",
+            "command",
+            command_id,
+            before={"state": current.value},
+            after={"state": target.value, "reason": reason, "result": result},
         )
-        _event(conn, command_id, target, source, {"reason": reason} if reason else None)
-        if final:
-            conn.execute("DELETE FROM command_journal_chunks WHERE command_id = %s", (command_id,))
-        if actor is not None:
-            record(
-                conn,
-                actor,
-                f"command.{target.value}",
-                "command",
-                command_id,
-                before={"state": current.value},
-                after={"state": target.value, "reason": reason, "result": result},
-            )
-        return "moved"
+    return "moved"
 
 
 def _device_actor(device_id: str) -> Actor:
@@ -422,24 +437,24 @@ def apply_result(
     """Record a device's answer. Only the device the command was for may answer it (the
     topic's device, which the broker's ACL vouches for, and the message must agree)."""
     _check_autocommit(conn)
-    cmd = _load(conn, msg.command_id)
-    if cmd is None:
-        return "unknown"
-    if topic_device != cmd.device_id or msg.device_id != cmd.device_id:
-        log.warning(
-            "result for command %s of %s came from %s: ignored",
-            msg.command_id,
-            cmd.device_id,
-            topic_device,
-        )
-        return "mismatch"
     target = State(msg.result.value)
-    actor = _device_actor(cmd.device_id)
-    if target is State.DONE and cmd.kind == CommandKind.JOURNAL:
-        return _journal_done(conn, cmd, msg, rules)
-    result = dict(msg.detail) or None
-    return _transition(conn, cmd.id, target, "device", reason=msg.reason, result=result,
-                       actor=actor)  # fmt: skip
+    with conn.transaction():  # one transaction, one lock: the listener's hot path
+        cmd = _load(conn, msg.command_id, lock=True)
+        if cmd is None:
+            return "unknown"
+        if topic_device != cmd.device_id or msg.device_id != cmd.device_id:
+            log.warning(
+                "result for command %s of %s came from %s: ignored",
+                msg.command_id,
+                cmd.device_id,
+                topic_device,
+            )
+            return "mismatch"
+        if not (target is State.DONE and cmd.kind == CommandKind.JOURNAL):
+            result = dict(msg.detail) or None
+            return _move(conn, cmd, target, "device", reason=msg.reason, result=result,
+                         actor=_device_actor(cmd.device_id))  # fmt: skip
+    return _journal_done(conn, cmd, msg, rules)
 
 
 def _journal_done(
