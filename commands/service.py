@@ -36,7 +36,6 @@ from commands.protocol import (
     ChunkHeader,
     CommandKind,
     CommandRequest,
-    Outcome,
     ResultMessage,
     State,
     WireError,
@@ -603,10 +602,3 @@ def _expire_if_allowed(conn: psycopg.Connection[Any]) -> None:
         expire_due(conn)
     except psycopg.errors.InsufficientPrivilege:
         log.debug("read-only connection: expiry left to atmfleet command listen")
-
-
-def outcome_of(state: str) -> Outcome | None:
-    try:
-        return Outcome(state)
-    except ValueError:
-        return None

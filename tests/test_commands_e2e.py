@@ -319,6 +319,11 @@ class TestWhoMay:
         stranger = run(world, "mallory", "send", "ATM-A", "refresh")
         assert stranger.exit_code == 2 and "not registered" in stranger.output
         assert rows(world, "SELECT count(*) FROM commands WHERE requested_by <> 'olga'") == [(0,)]
+        seen_outside = run(world, "otto", "list", "--json")
+        assert seen_outside.exit_code == 0 and json.loads(seen_outside.output) == []
+        mine = command_id_of(run(world, "olga", "send", "ATM-A", "refresh", "--no-wait"))
+        seen = run(world, "vera", "list", "--json", "--device", "ATM-A")
+        assert seen.exit_code == 0 and mine in [c["id"] for c in json.loads(seen.output)]
         refused = rows(
             world, "SELECT actor, action, object_id FROM audit_log WHERE action = 'command.refused'"
         )
