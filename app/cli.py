@@ -24,6 +24,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("exporters.cli", "serve"),
     ("dashboards.cli", "dashboards"),
     ("broker.cli", "broker"),
+    ("stops.cli", "stops"),
     ("commands.cli", "command"),
     ("simulator.devices_cli", "simulate_devices"),
 )

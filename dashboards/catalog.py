@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from grafana_foundation_sdk.builders import bargauge
 from grafana_foundation_sdk.builders import dashboard as dash
 from grafana_foundation_sdk.models import dashboard as model
 
 from dashboards.panels import (
     MATCH,
     POSTGRES,
+    Target,
     bars,
     inventory_variables,
     promql,
@@ -288,8 +290,44 @@ def branches() -> model.Dashboard:
                 ds=POSTGRES,
             )
         )
+        .with_panel(
+            warning_bars(
+                "Resource-warning rate (资源预警率) today by sub-branch, lowest first",
+                promql(
+                    f"sort(subbranch:atmfleet_day_resource_warning:ratio{{{SB}}})",
+                    "{{subbranch}}",
+                    instant=True,
+                ),
+            )
+        )
+        .with_panel(
+            warning_bars(
+                "Resource-warning rate (资源预警率) today by branch, lowest first",
+                promql(
+                    f"sort(branch:atmfleet_day_resource_warning:ratio{{{SB},{BR}}})",
+                    "{{branch}}",
+                    instant=True,
+                ),
+            )
+        )
     )
     return board.build()
+
+
+def warning_bars(title: str, target: Target) -> bargauge.Panel:
+    """资源预警率 bars: the share of scheduled time in a cash or consumables warning
+    (ΣW / ΣS), lower is better; no target, so one colour."""
+    return (
+        bars(title, target, unit="percentunit")
+        .min(0)
+        .max(1)
+        .thresholds(thresholds((None, "orange")))
+        .description(
+            "Share of today's scheduled time (the same S as uptime) in which the devices "
+            "reported cash low/out, deposit nearly full/full or consumables low/out. "
+            "Ranked ascending: lower is better. No bar: nothing scheduled yet (no data)."
+        )
+    )
 
 
 def low_yield() -> model.Dashboard:

@@ -43,6 +43,7 @@ from atmfleet.inventory import Device, Inventory
 from atmfleet.store.connect import connect
 from atmfleet.store.jobs import Job, read_jobs
 from atmfleet.store.runs import RUN_GAP
+from exporters import resource_metrics
 from rules.config import Rules
 from rules.feed import Feed
 from rules.fleet import fleet_devices
@@ -175,6 +176,8 @@ class Snapshot:
     #: The store's TimescaleDB jobs (``()`` on plain PostgreSQL; None: not read).
     jobs: Sequence[Job] | None = None
     unregistered: int = 0  # device ids not in the inventory that sent messages
+    #: 资源预警率: today's seconds in a resource warning per branch (resource_metrics).
+    resource_warning: dict[BranchKey, float] = field(default_factory=dict)
 
     @classmethod
     def database_down(cls, targets: Targets, read_seconds: float = 0.0) -> Snapshot:
@@ -358,6 +361,7 @@ def _fleet_families(snap: Snapshot) -> Iterator[Metric]:
             available.add_metric([*bkey, "technical"], times.tech_available)
             unknown.add_metric(list(bkey), times.unknown)
         yield from (scheduled, available, unknown)
+        yield from resource_metrics.families(snap.resource_warning)
         yield g("atmfleet_day_start_timestamp_seconds", "Today's local midnight.",
                 value=snap.day_start)  # fmt: skip
         own = g(
@@ -480,7 +484,8 @@ class DatabaseSource:
     """Reads snapshots from the store through one connection (reopened after a failure).
 
     Device rows are read at every :meth:`read`; today's uptime at most every
-    ``day_every_s``; the low-yield share when the evaluated date changes or at most every
+    ``day_every_s``; today's resource-warning time at most every ``resource_every_s``; the
+    low-yield share when the evaluated date changes or at most every
     ``lowyield_every_s``.
     """
 
@@ -491,6 +496,7 @@ class DatabaseSource:
         *,
         day_every_s: float = 120.0,
         lowyield_every_s: float = 3600.0,
+        resource_every_s: float = 900.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if rules.heartbeat.timeout_factor < RUN_GAP:  # the feed's own condition, at start-up
@@ -509,6 +515,10 @@ class DatabaseSource:
         #: today's uptime, transactions, low-yield share; cached parts take ~0).
         self.timings: dict[str, float] = {}
         self._day: tuple[float, date, dict[BranchKey, DayTimes]] | None = None
+        #: 资源预警率: (computed at, day, seconds per branch); its own cadence, since it
+        #: scans the day's state messages (docs/metrics.md).
+        self._resource: tuple[float, date, dict[BranchKey, float]] | None = None
+        self._resource_every = resource_every_s
         self._lowyield: tuple[float, date, dict[tuple[str, str, str], tuple[int, int]]] | None = (
             None
         )
@@ -588,6 +598,8 @@ class DatabaseSource:
         t_devices = time.perf_counter()
         day = self._day_times(feed, inventory, devices, today, now)
         t_day = time.perf_counter()
+        warning = self._resource_warning(feed, inventory, devices, today, now)
+        t_warning = time.perf_counter()
         self_service, teller = self._transactions(feed, inventory, devices, today)
         t_txn = time.perf_counter()
         low_date, lowyield = self._low_yield(feed, inventory, devices, today, now)
@@ -598,7 +610,8 @@ class DatabaseSource:
         self.timings = {
             "devices": t_devices - started,
             "day_uptime": t_day - t_devices,
-            "transactions": t_txn - t_day,
+            "resource_warning": t_warning - t_day,
+            "transactions": t_txn - t_warning,
             "low_yield": t_low - t_txn,
         }
         log.debug("read times (s): %s", {k: round(v, 3) for k, v in self.timings.items()})
@@ -620,6 +633,7 @@ class DatabaseSource:
             lowyield=lowyield,
             jobs=jobs,
             unregistered=unregistered,
+            resource_warning=warning,
         )
 
     @staticmethod
@@ -662,6 +676,21 @@ class DatabaseSource:
             acc[4] += u.unknown_ms
         out = {k: DayTimes(*(v / 1000 for v in acc)) for k, acc in sums.items()}
         self._day = (self._clock(), today, out)
+        return out
+
+    def _resource_warning(
+        self, feed: Feed, inventory: Inventory, devices: list[Device], today: date, now: int
+    ) -> dict[BranchKey, float]:
+        cached = self._resource
+        if (
+            cached is not None
+            and cached[1] == today
+            and self._clock() - cached[0] < self._resource_every
+        ):
+            return cached[2]
+        ctx = Context.make(feed, inventory, Scope("fleet", "fleet"), today, today, now)
+        out = resource_metrics.day_warning(ctx, devices, today)
+        self._resource = (self._clock(), today, out)
         return out
 
     def _transactions(

@@ -34,6 +34,7 @@ from rules.report import (
     network_report,
     render,
     resolve_period,
+    resource_report,
     substitution_report,
     tail_report,
     to_json,
@@ -117,6 +118,21 @@ def uptime_cmd(on: datetime | None, first: datetime | None, last: datetime | Non
     dim = _by(by, scope)
     with opened(scope, _day(on), _day(first), _day(last)) as ctx:
         emit(uptime_report(ctx, dim, previous), as_json)
+
+
+@kpi.command("resource-warnings")
+@_common
+@_BY
+def resource_cmd(on: datetime | None, first: datetime | None, last: datetime | None,
+                 scope: str, as_json: bool, by: str | None) -> None:  # fmt: skip
+    """资源预警率: share of scheduled time in a cash or consumables warning (ΣW/ΣS),
+    ranked ascending (lower is better). Alias: rwr."""
+    dim = _by(by, scope)
+    with opened(scope, _day(on), _day(first), _day(last)) as ctx:
+        emit(resource_report(ctx, dim), as_json)
+
+
+kpi.add_command(resource_cmd, "rwr")
 
 
 @kpi.command("substitution")
@@ -208,7 +224,7 @@ def assessment_cmd(on: datetime | None, first: datetime | None, last: datetime |
 @_common
 def keep_days_cmd(on: datetime | None, first: datetime | None, last: datetime | None,
                   scope: str, as_json: bool) -> None:  # fmt: skip
-    """Compute and keep closed days (uptime, financial volume) ahead of low-yield.
+    """Compute and keep closed days (uptime, financial volume, resource-warning time).
 
     Run it daily once yesterday is closed (a few hours after midnight): the 30-day
     low-yield evaluation then reads kept days only.
@@ -218,6 +234,7 @@ def keep_days_cmd(on: datetime | None, first: datetime | None, last: datetime | 
         open_days = [d for d in period if not closed(ctx.feed, d, ctx.horizon)]
         devices = ctx.devices
         window_days(ctx.feed, devices, ctx.first, ctx.last, ctx.horizon)
+        ctx.resource_days()  # 资源预警率: W of the days just kept, beside their S
         report = Report(
             f"kept days {ctx.first}..{ctx.last}, {ctx.scope}",
             ["group", "kept"],

@@ -9,6 +9,7 @@ names the file, the line, the field, the bad value and what is allowed.
 from __future__ import annotations
 
 import math
+import re
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
@@ -20,7 +21,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from atmfleet.errors import ConfigError
 from atmfleet.inventory import Device, DeviceType, Placement, Tier
-from atmfleet.protocol import TxnResult, TxnType
+from atmfleet.protocol import (
+    CashUnitStatus,
+    CashUnitType,
+    Component,
+    ComponentStatus,
+    DeviceState,
+    TxnResult,
+    TxnType,
+)
 from atmfleet.windows import ServiceWindow
 from rules.labels import CAUSES, Label
 
@@ -110,6 +119,22 @@ class PlannedMaintenanceRules(_Model):
         ge=0,
         description="Planned time beyond this many seconds per device per local day counts "
         "as down (cause planned); null = no cap.",
+    )
+
+
+class PlannedStopsRules(_Model):
+    """The planned-stop register (stops/, docs/stops.md)."""
+
+    max_retroactive_days: int = Field(
+        3,
+        ge=0,
+        le=3660,
+        description="A stop registered after it started may start at most this many local "
+        "days before today (0: today only); it needs an approver like any other.",
+    )
+    approver_role: Literal["operator", "admin"] = Field(
+        "operator",
+        description="The least role that may approve or reject a stop (never the requester).",
     )
 
 
@@ -275,6 +300,86 @@ class AssessmentRules(_Model):
         return value
 
 
+#: Timeline labels a resource warning can never count in: planned maintenance is out of S
+#: (or, past a cap, down for being planned), and unknown time holds no evidence.
+_NEVER_WARNING_LABELS = (Label.PLANNED, Label.UNKNOWN)
+
+
+_DEFAULT_COMPONENT_WARNINGS: dict[Component, tuple[ComponentStatus, ...]] = {
+    Component.PTR: (ComponentStatus.WARNING,),
+    Component.PBK: (ComponentStatus.WARNING,),
+}
+
+
+class ResourceWarningRules(_Model):
+    """资源预警率: what counts as a cash or consumables warning (docs/kpis.md)."""
+
+    states: tuple[DeviceState, ...] = Field(
+        (DeviceState.CASH_OUT, DeviceState.DEPOSIT_FULL),
+        description="Device states that are a warning by themselves (断钞, 钞箱满).",
+    )
+    cash_units: dict[CashUnitType, tuple[CashUnitStatus, ...]] = Field(
+        default_factory=lambda: {
+            CashUnitType.DISPENSE: (CashUnitStatus.LOW, CashUnitStatus.EMPTY),
+            CashUnitType.RECYCLE: (
+                CashUnitStatus.LOW,
+                CashUnitStatus.EMPTY,
+                CashUnitStatus.HIGH,
+                CashUnitStatus.FULL,
+            ),
+            CashUnitType.DEPOSIT: (CashUnitStatus.HIGH, CashUnitStatus.FULL),
+            CashUnitType.REJECT: (CashUnitStatus.FULL,),
+            CashUnitType.RETRACT: (CashUnitStatus.FULL,),
+        },
+        description="Cash-unit statuses that are a warning, per unit type.",
+    )
+    components: dict[Component, tuple[ComponentStatus, ...]] = Field(
+        default_factory=lambda: _DEFAULT_COMPONENT_WARNINGS.copy(),
+        description="Component statuses that are a consumables warning (paper low).",
+    )
+    fault_codes: tuple[str, ...] = Field(
+        ("PTR:PAPER_OUT", "PTR:PAPER_LOW", "PBK:PAPER_OUT", "PBK:RIBBON_OUT"),
+        description="Active fault codes (the state's faults) that are a consumables warning.",
+    )
+    counted_in: tuple[Label, ...] = Field(
+        (
+            Label.AVAILABLE,
+            Label.FAULT,
+            Label.CASH_OUT,
+            Label.DEPOSIT_FULL,
+            Label.SUPERVISOR,
+            Label.CLOSED,
+        ),
+        description="Timeline labels in which a reported warning counts in W.",
+    )
+    target: float | None = Field(
+        None, gt=0.0, le=1.0, description="Ceiling of the rate (null: no target)."
+    )
+
+    @field_validator("fault_codes")
+    @classmethod
+    def _codes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for code in value:
+            if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,32}", code):
+                raise ValueError(
+                    f"fault code {code!r}; allowed: 1-32 characters of A-Za-z0-9_.:- "
+                    "(the protocol's fault codes)"
+                )
+        return tuple(dict.fromkeys(value))
+
+    @field_validator("counted_in")
+    @classmethod
+    def _counted(cls, value: tuple[Label, ...]) -> tuple[Label, ...]:
+        allowed = [x.value for x in Label if x not in _NEVER_WARNING_LABELS]
+        for label in value:
+            if label in _NEVER_WARNING_LABELS:
+                raise ValueError(
+                    f"{label.value!r} cannot be listed (planned time is out of S, unknown "
+                    f"time holds no evidence); allowed: {allowed}"
+                )
+        return tuple(dict.fromkeys(value))
+
+
 class CommandRules(_Model):
     """Remote commands (docs/commands.md)."""
 
@@ -301,6 +406,7 @@ class Rules(_Model):
     heartbeat: HeartbeatRules = HeartbeatRules()
     uptime: UptimeRules = UptimeRules()
     planned_maintenance: PlannedMaintenanceRules = PlannedMaintenanceRules()
+    planned_stops: PlannedStopsRules = PlannedStopsRules()
     service_windows: ServiceWindowRules = ServiceWindowRules()
     transactions: TransactionRules = TransactionRules()
     substitution: SubstitutionRules = SubstitutionRules()
@@ -309,6 +415,7 @@ class Rules(_Model):
     network: NetworkRules = NetworkRules()
     vendors: VendorRules = VendorRules()
     assessment: AssessmentRules = AssessmentRules()
+    resource_warning: ResourceWarningRules = ResourceWarningRules()
     commands: CommandRules = CommandRules()
 
     @field_validator("timezone")

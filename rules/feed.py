@@ -85,6 +85,7 @@ class DeviceInputs:
     runs: list[StateRun] = field(default_factory=list)
     presence: list[Presence] = field(default_factory=list)
     power: list[PowerRestored] = field(default_factory=list)
+    stops: list[Span] = field(default_factory=list)  # approved registered planned stops
 
 
 #: One device's kept day: (available ms, scheduled ms, counted financial transactions).
@@ -102,6 +103,22 @@ class Window:
     @classmethod
     def empty(cls, n: int) -> Window:
         return cls([None] * n, [None] * n, [None] * n)
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovedStop:
+    """An approved planned stop of the register (stops/), as the bulletins list it."""
+
+    id: int
+    device_id: str | None
+    branch_id: str | None
+    subbranch: str | None
+    start: int  # ms
+    end: int  # ms
+    reason: str
+    requester: str
+    approver: str
+    retroactive: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +212,8 @@ class Feed:
     def timeline_inputs(
         self, lo: int, hi: int, horizon: int
     ) -> tuple[dict[str, DeviceInputs], list[Span]]:
-        """Runs, presence and power cuts per device, and collector outages, for a timeline
+        """Runs, presence, power cuts and approved planned stops per device, and collector
+        outages, for a timeline
         of ``[lo, hi)`` evaluated at ``horizon``."""
         ctx = self.context_ms()
         a, b = from_ms(lo - ctx), from_ms(max(min(horizon, hi + ctx), lo))
@@ -220,9 +238,28 @@ class Feed:
             if inputs is None:
                 inputs = out[device_id] = DeviceInputs()
             inputs.power.append(PowerRestored(since, ts))
+        for device_id, start, end in self._rows("planned_stops", lo=from_ms(lo), hi=b):
+            inputs = out.get(device_id)
+            if inputs is None:
+                inputs = out[device_id] = DeviceInputs()
+            inputs.stops.append((start, end))
         outages = self.unknown_before(lo - ctx)
         outages += [(s, e) for s, e in self._rows("outages", lo=a, hi=b)]
         return out, outages
+
+    def warning_spans(
+        self, lo: int, hi: int, horizon: int, params: dict[str, list[str]]
+    ) -> dict[str, list[Span]]:
+        """资源预警率: per device, the spans of state messages reporting a warning (to the
+        next state message; open-ended: ``2**62``), for a timeline of ``[lo, hi)`` at
+        ``horizon``; ``params`` from :meth:`rules.resource.WarningPolicy.query_params`."""
+        # Before the period: the context (the message in force at lo may be that old).
+        # After it: nothing (a span still open at the end is cut by the timeline there).
+        a, b = from_ms(lo - self.context_ms()), from_ms(max(min(horizon, hi), lo))
+        out: dict[str, list[Span]] = {}
+        for device_id, start, until in self._rows("warning_spans", lo=a, hi=b, **params):
+            out.setdefault(device_id, []).append((start, 2**62 if until is None else until))
+        return out
 
     def txn_days(self, first: date, last: date) -> dict[str, dict[date, TxnDay]]:
         """Counted transactions per device and local day, ``first``..``last`` inclusive."""
@@ -355,11 +392,49 @@ class Feed:
                 },
             )
 
+    def kept_warnings(
+        self, fingerprint: str, first: date, last: date
+    ) -> dict[str, dict[date, tuple[int, int]]]:
+        """资源预警率 of kept closed days: per device and day, (W ms, S ms)."""
+        out: dict[str, dict[date, tuple[int, int]]] = {}
+        for device_id, day, warning, scheduled in self._rows(
+            "kept_warnings", fingerprint=fingerprint, first=first, last=last
+        ):
+            out.setdefault(device_id, {})[day] = (warning, scheduled)
+        return out
+
+    def keep_warnings(self, fingerprint: str, values: Sequence[tuple[str, date, int, int]]) -> None:
+        """Keep W (with the S it was computed over) of closed days in the kept days that
+        hold them; committed at once. Nothing is kept where the login may only read."""
+        if not values or not self.may_keep:
+            return
+        try:
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                cur.execute(
+                    queries()["keep_warnings"],
+                    {
+                        "fingerprint": fingerprint,
+                        "ids": [v[0] for v in values],
+                        "days": [v[1] for v in values],
+                        "warning": [v[2] for v in values],
+                        "scheduled": [v[3] for v in values],
+                    },
+                )
+        except psycopg.errors.InsufficientPrivilege:
+            self._cannot_keep("keep resource warnings in kpi_device_days")
+
     def counters(self, first: date, last: date) -> dict[date, dict[str, CounterCounts]]:
         out: dict[date, dict[str, CounterCounts]] = {}
         for branch_id, day, fin, non_fin in self._rows("counters", first=first, last=last):
             out.setdefault(day, {})[branch_id] = CounterCounts(fin, non_fin)
         return out
+
+    def approved_stops(self, lo: int, hi: int) -> list[ApprovedStop]:
+        """Approved registered planned stops overlapping ``[lo, hi)``, by start."""
+        return [
+            ApprovedStop(*row)
+            for row in self._rows("approved_stops", lo=from_ms(lo), hi=from_ms(hi))
+        ]
 
     def service_events(
         self, lo: int, hi: int
@@ -393,6 +468,7 @@ def timelines(
         out[d.id] = build_timeline(
             got.runs, lo, hi, horizon=horizon, presence=got.presence, power=got.power,
             outages=outages, timeout_factor=factor, default_heartbeat_s=d.heartbeat_s,
+            stops=got.stops,
         )  # fmt: skip
     return out
 

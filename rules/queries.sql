@@ -47,11 +47,67 @@ SELECT DISTINCT device_id, floor(extract(epoch FROM since) * 1000)::int8, floor(
 FROM events
 WHERE event = 'power_restored' AND since IS NOT NULL AND ts >= %(lo)s AND since < %(hi)s;
 
+-- 资源预警率: per device, the spans from a state message reporting a cash or consumables
+-- warning (a state in `states`, a cash unit containing one of `units`, components
+-- containing one of `components`, an active fault code in `faults`) to the next state
+-- message that reports none (NULL: none yet), over state messages in [lo, hi). Only the
+-- changes leave the database; the engine cuts the spans with the 开机率 timeline.
+-- MATERIALIZED: the flag is computed once per message, before the sort, so the window
+-- sorts narrow rows (twice as fast as sorting the messages with their cash units).
+-- name: warning_spans
+WITH marked AS MATERIALIZED (
+    SELECT device_id, ts, seq,
+           (state = ANY(%(states)s::text[])
+            OR cash_units @> ANY(%(units)s::jsonb[])
+            OR components @> ANY(%(components)s::jsonb[])
+            OR faults && %(faults)s::text[]) AS warning
+    FROM state_samples
+    WHERE ts >= %(lo)s AND ts < %(hi)s
+), changes AS (
+    SELECT device_id, ts, seq, warning
+    FROM (SELECT marked.*,
+                 lag(warning) OVER (PARTITION BY device_id ORDER BY ts, seq) AS before
+          FROM marked) m
+    WHERE before IS DISTINCT FROM warning
+), spans AS (
+    SELECT device_id, ts, warning,
+           lead(ts) OVER (PARTITION BY device_id ORDER BY ts, seq) AS until
+    FROM changes
+)
+SELECT device_id, floor(extract(epoch FROM ts) * 1000)::int8, floor(extract(epoch FROM until) * 1000)::int8
+FROM spans
+WHERE warning
+ORDER BY 1, 2;
+
 -- Collector outages (time the monitoring cannot vouch for) overlapping [lo, hi).
 -- name: outages
 SELECT floor(extract(epoch FROM started_at) * 1000)::int8, floor(extract(epoch FROM ended_at) * 1000)::int8 FROM collector_outages
 WHERE ended_at >= %(lo)s AND started_at < %(hi)s
 ORDER BY 1;
+
+-- Approved registered planned stops (stops/, migration 0012) overlapping [lo, hi), per
+-- device: a device's own stops and those of its branch.
+-- name: planned_stops
+SELECT device_id, floor(extract(epoch FROM starts_at) * 1000)::int8, floor(extract(epoch FROM ends_at) * 1000)::int8
+FROM planned_stops
+WHERE status = 'approved' AND device_id IS NOT NULL AND ends_at > %(lo)s AND starts_at < %(hi)s
+UNION ALL
+SELECT d.id, floor(extract(epoch FROM s.starts_at) * 1000)::int8, floor(extract(epoch FROM s.ends_at) * 1000)::int8
+FROM planned_stops s JOIN devices d ON d.branch = s.branch_id
+WHERE s.status = 'approved' AND s.branch_id IS NOT NULL AND s.ends_at > %(lo)s AND s.starts_at < %(hi)s
+ORDER BY 1, 2;
+
+-- The approved stops themselves, overlapping [lo, hi) (listed in the bulletins).
+-- name: approved_stops
+SELECT s.id, s.device_id, s.branch_id, coalesce(b.subbranch, db.subbranch),
+       floor(extract(epoch FROM s.starts_at) * 1000)::int8, floor(extract(epoch FROM s.ends_at) * 1000)::int8,
+       s.reason, s.requester, s.approver, s.retroactive
+FROM planned_stops s
+LEFT JOIN branches b ON b.id = s.branch_id
+LEFT JOIN devices d ON d.id = s.device_id
+LEFT JOIN branches db ON db.id = d.branch
+WHERE s.status = 'approved' AND s.ends_at > %(lo)s AND s.starts_at < %(hi)s
+ORDER BY s.starts_at, s.id;
 
 -- Fault events and technician arrivals (vendor scorecard) in [lo, hi).
 -- name: service_events
@@ -115,6 +171,22 @@ SELECT %(fingerprint)s, * FROM unnest(%(ids)s::text[], %(days)s::date[], %(avail
 ON CONFLICT (fingerprint, device_id, day) DO UPDATE
 SET available_ms = excluded.available_ms, scheduled_ms = excluded.scheduled_ms,
     financial = excluded.financial, computed_at = now();
+
+-- 资源预警率 of kept closed days (migration 0017): W and S per device and day, where W has
+-- been computed.
+-- name: kept_warnings
+SELECT device_id, day, warning_ms, scheduled_ms
+FROM kpi_device_days
+WHERE fingerprint = %(fingerprint)s AND day >= %(first)s AND day <= %(last)s
+  AND warning_ms IS NOT NULL;
+
+-- W of closed days, into the kept days that hold their S (a day not kept: nothing).
+-- name: keep_warnings
+UPDATE kpi_device_days k SET warning_ms = u.warning_ms
+FROM unnest(%(ids)s::text[], %(days)s::date[], %(warning)s::int8[], %(scheduled)s::int8[])
+     AS u (id, day, warning_ms, scheduled_ms)
+WHERE k.fingerprint = %(fingerprint)s AND k.device_id = u.id AND k.day = u.day
+  AND k.scheduled_ms = u.scheduled_ms;
 
 -- TimescaleDB only: txn_daily is a continuous aggregate; late rows for a bucket already
 -- materialised show up at its next refresh. Before a day is kept, refresh it.

@@ -32,6 +32,9 @@ from rules.feed import Feed, TxnDay, UptimeDays, device_counts, low_yield_for, t
 from rules.fleet import fleet_devices
 from rules.lowyield import Share, YieldFlag, YieldStatus, low_yield_share
 from rules.network import deposit_coverage, self_service_bank_ratio
+from rules.resource import ResourceWarning, ranked, resource_for
+from rules.resource import rollup as resource_rollup
+from rules.resource import total as resource_total
 from rules.revenue import revenue
 from rules.substitution import Substitution, Volumes, branch_key, substitution, unit_volumes
 from rules.tail import Entry, no_data, tail, uptime_entries, volume_entries
@@ -196,6 +199,15 @@ class Context:
             lambda: uptime_for(self.feed, devices, self.first, self.last, self.horizon),
         )
 
+    def resource_days(self) -> dict[str, dict[date, ResourceWarning]]:
+        """资源预警率: W and S of every in-fleet device of the scope, each local day (on
+        the timelines and S of :meth:`uptime_days`)."""
+        devices = self.devices
+        return self.memo(  # type: ignore[no-any-return]
+            ("resource", str(self.scope), self.first, self.last),
+            lambda: resource_for(self.feed, devices, self.uptime_days(), self.horizon),
+        )
+
     def txn(self) -> dict[str, dict[date, TxnDay]]:
         return self.memo(  # type: ignore[no-any-return]
             ("txn", self.first, self.last), lambda: self.feed.txn_days(self.first, self.last)
@@ -243,7 +255,7 @@ def _width(text: str) -> int:
 
 
 #: Columns shown as percentages in the terminal (JSON keeps the ratio).
-PERCENT = {"uptime", "technical", "rate", "on_site_rate", "diversion", "share", "coverage",
+PERCENT = {"uptime", "technical", "rate", "resource_warning", "on_site_rate", "diversion", "share", "coverage",
            "substitution", "low_yield_share", "target", "previous", "on_site_target",
            "max_share"}  # fmt: skip
 #: Shown in percentage points.
@@ -354,6 +366,8 @@ def uptime_row(
         "available_ms": up.available_ms,
         "down_ms": up.down_ms,
         "unknown_ms": up.unknown_ms,
+        # planned maintenance taken out of S (device-declared and registered stops, once)
+        "planned_ms": up.planned_excluded_ms,
         "main_cause": main_cause(up),
         "down_ms_by_cause": {c.value: v for c, v in up.down_by_cause().items() if v},
     }
@@ -424,7 +438,7 @@ def uptime_report(ctx: Context, by: str, previous: bool = False) -> Report:
         for g, up in sorted(groups.items())
     ]  # fmt: skip
     columns = ["group", "devices", "uptime", "target", "meets_target", "technical", "coverage",
-               "scheduled_ms", "down_ms", "unknown_ms", "main_cause"]  # fmt: skip
+               "scheduled_ms", "down_ms", "unknown_ms", "planned_ms", "main_cause"]  # fmt: skip
     if previous:
         columns[4:4] = ["previous", "change"]
     return Report(
@@ -436,6 +450,54 @@ def uptime_report(ctx: Context, by: str, previous: bool = False) -> Report:
                              sum(financial.values())),
          "targets": {t.value: v for t, v in ctx.rules.uptime.targets.items()},
          "uptime (total)": whole.ratio, "coverage (total)": whole.coverage},
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------ resource warnings
+
+
+def resource_row(
+    name: str, rw: ResourceWarning, up: Uptime | None, target: float | None, rank: int | None
+) -> dict[str, Any]:
+    rate = rw.rate
+    return {
+        "group": name,
+        "rank": rank,
+        "devices": rw.devices,
+        "rate": rate,
+        "target": target,
+        "meets_target": None if rate is None or target is None else rate <= target,
+        "warning_ms": rw.warning_ms,
+        "scheduled_ms": rw.scheduled_ms,
+        "uptime": None if up is None else up.ratio,
+    }
+
+
+def resource_report(ctx: Context, by: str) -> Report:
+    """资源预警率 W/S by ``by``, ranked ascending (lower is better; no data last, unranked),
+    with each group's 开机率 beside it."""
+    per_device = {d: resource_total(days.values()) for d, days in ctx.resource_days().items()}
+    key = dimension_key(ctx.inventory, by)
+    scope = str(ctx.scope)
+    groups = resource_rollup(per_device, key)
+    whole = resource_rollup(per_device, lambda _d: scope).get(scope, ResourceWarning())
+    up_device = per_device_uptime(ctx)
+    up_groups = rollup(up_device, key)
+    up_whole = rollup(up_device, lambda _d: scope).get(scope)
+    target = ctx.rules.resource_warning.target
+    rows = [
+        resource_row(g, groups[g], up_groups.get(g), target, rank)
+        for rank, g in ranked({g: rw.rate for g, rw in groups.items()})
+    ]
+    return Report(
+        f"资源预警率 resource warnings {ctx.first}..{ctx.last}, {ctx.scope}, by {by} "
+        "(lower is better)",
+        ["rank", "group", "devices", "rate", "target", "meets_target", "warning_ms",
+         "scheduled_ms", "uptime"],
+        rows,
+        {"period": [ctx.first, ctx.last], "scope": scope, "by": by,
+         "total": resource_row(scope, whole, up_whole, target, None),
+         "rate (total)": whole.rate, "target": target},
     )  # fmt: skip
 
 

@@ -5,7 +5,7 @@ middle of the day before the bulletin's day, so the previous-day column covers a
 day and the days before it have no data. The daily bulletin is written in every format and
 both languages; each cell of each table computed by ``atmfleet kpi`` (tiers, sub-branches
 with the previous day and the change, branches, devices below target, deposit coverage,
-both tails with their streaks, low-yield) is compared with the CLI's JSON: exactly in the
+both tails with their streaks, low-yield, 资源预警率 by sub-branch and branch) is compared with the CLI's JSON: exactly in the
 JSON and the XLSX, as written text in the CSV. The table of devices down for more than
 24 h has no ``kpi`` counterpart (it reads the timeline): its devices are checked to be
 fully down in ``kpi uptime``.
@@ -74,7 +74,8 @@ def db() -> Iterator[str]:
             upgrade(conn)
         start = datetime.combine(BEFORE, time(13, 30), tzinfo=TZ).astimezone(UTC)
         end = datetime.combine(DAY + timedelta(days=1), time(2), tzinfo=TZ).astimezone(UTC)
-        config = make_config()
+        # Small loads, so that cash runs low and cassettes fill (资源预警率 has something to show).
+        config = make_config({"cash": {"notes_loaded": 400, "deposit_capacity": 400}})
         msgs = []
         for e in generate(INVENTORY, config, 11, start, end, heartbeat_s=300):
             got = decode(e.topic, e.payload, datetime.fromtimestamp(e.t / 1000, UTC))
@@ -115,6 +116,8 @@ def cli_json(db: str) -> dict[str, dict[str, Any]]:
         "tail_uptime": kpi(db, "tail", "--rank", "uptime"),
         "tail_volume": kpi(db, "tail", "--rank", "volume"),
         "network": kpi(db, "network"),
+        "rw_subbranch": kpi(db, "resource-warnings", "--by", "subbranch"),
+        "rw_branch": kpi(db, "rwr", "--by", "branch"),
     }
 
 
@@ -216,6 +219,25 @@ def expected_tables(j: dict[str, dict[str, Any]], m: Messages) -> dict[str, list
         for name, r in [*((r["group"], r) for r in j["low_yield"]["rows"]),
                         (m("fleet"), j["low_yield"]["total"])]
     ]  # fmt: skip
+    # 资源预警率: the CLI's rows are already ranked ascending; branches within sub-branch.
+    out["rw_subbranches"] = [
+        [r["rank"], r["group"], subs[r["group"]].name, m("tier", n=subs[r["group"]].tier.value),
+         r["devices"], r["rate"], hours(r["warning_ms"]), hours(r["scheduled_ms"]), r["uptime"]]
+        for r in j["rw_subbranch"]["rows"]
+    ]  # fmt: skip
+    out["rw_branches"] = []
+    for sub in sorted({branches[r["group"]].subbranch for r in j["rw_branch"]["rows"]}):
+        mine = [r for r in j["rw_branch"]["rows"] if branches[r["group"]].subbranch == sub]
+        mine.sort(key=lambda r: (r["rate"] is None, r["rate"] or 0.0, r["group"]))
+        rank, previous = 0, None
+        for i, r in enumerate(mine, 1):
+            if r["rate"] is not None and r["rate"] != previous:
+                rank, previous = i, r["rate"]
+            out["rw_branches"].append(
+                [sub, rank if r["rate"] is not None else None, r["group"],
+                 branches[r["group"]].name, r["devices"], r["rate"], hours(r["warning_ms"]),
+                 hours(r["scheduled_ms"]), r["uptime"]]
+            )  # fmt: skip
     return out
 
 
@@ -290,7 +312,8 @@ class TestTheDailyBulletinEqualsTheCli:
         assert summary["substitution"] == cli_json["s_subbranch"]["total"]["rate"]
         assert summary["low_yield_share"] == cli_json["low_yield"]["total"]["share"]
         assert summary["below_target"] == len(expected["below_target"])
-        compared += 8
+        assert summary["resource_warning"] == cli_json["rw_subbranch"]["total"]["rate"]
+        compared += 9
         # Devices down for more than 24 h have no kpi table: each is fully down in kpi uptime.
         devices = by_group(cli_json["device"])
         for r in doc["tables"]["down_24h"]["rows"]:
@@ -314,3 +337,5 @@ class TestTheDailyBulletinEqualsTheCli:
         tail_ids = {r["device"] for r in cli_json["tail_uptime"]["rows"]}
         at_target = {r["group"] for r in cli_json["device"]["rows"] if r["meets_target"]}
         assert not tail_ids & at_target  # a device at target is never the tail
+        # The simulated fleet runs low on cash and fills deposit cassettes: W > 0 somewhere.
+        assert any(r["warning_ms"] > 0 for r in cli_json["rw_branch"]["rows"])

@@ -214,6 +214,7 @@ class TestTheDocumentedExample:
             teller={("B01", "HLBE", "2", True): 88},
             lowyield_date=1795708800,
             lowyield={("HLBE", "2", "atm"): (0, 1), ("HLBE", "2", "crs"): (1, 1)},
+            resource_warning={("B01", "HLBE", "2"): 5400},
             jobs=[
                 Job(
                     1004,
@@ -513,6 +514,15 @@ class TestFleet:
 
         assert down(scrape.before) - 1 <= s2 - a2 <= down(scrape.after) + 1
         assert scrape.value("atmfleet_day_unknown_seconds", **b2) == 0
+
+    def test_todays_resource_warning_time_per_branch(self, fleet: Fleet, scrape: Scrape) -> None:
+        midnight = fleet.midnight.timestamp()
+        name = "atmfleet_day_resource_warning_seconds"
+        w1 = scrape.value(name, branch="B1", subbranch="S1", tier="2")
+        # A's recycle unit is low all day: W = A's S so far; G sends no cash units.
+        assert w1 is not None
+        assert scrape.before - midnight - 1 <= w1 <= scrape.after - midnight + 1
+        assert scrape.value(name, branch="B2", subbranch="S1", tier="2") == 0
 
     def test_todays_transactions_count_results_and_zeros(self, scrape: Scrape) -> None:
         own = "atmfleet_day_self_service_transactions"

@@ -18,15 +18,18 @@ from rules.feed import Feed
 from rules.labels import CAUSES, Label
 from rules.report import (
     Context,
+    Report,
     Scope,
     assessment_report,
     low_yield_report,
     network_report,
+    resource_report,
     substitution_report,
     tail_report,
     uptime_report,
     vendors_report,
 )
+from rules.resource import ranked
 from rules.timeline import Interval, from_ms
 from rules.uptime import day_span
 
@@ -90,6 +93,55 @@ def long_down(
     return since, length, max(by_label, key=lambda k: (by_label[k], k.value))
 
 
+def planned_table(up_sub: Any, inventory: Inventory, m: Messages) -> Table:
+    """Planned time taken out of S per sub-branch and for the whole scope: the
+    ``planned_ms`` of ``atmfleet kpi uptime --by subbranch`` (device-declared planned
+    maintenance and approved registered stops, an overlap counted once, under the cap)."""
+    subs = inventory.subbranch_by_id
+    t = Table("planned", m("t.planned"), [
+        Column("subbranch", m("c.subbranch"), Kind.TEXT),
+        Column("subbranch_name", m("c.subbranch_name"), Kind.TEXT),
+        Column("devices", m("c.devices"), Kind.INT),
+        Column("planned_h", m("c.planned_h"), Kind.HOURS),
+        Column("scheduled_h", m("c.scheduled_h"), Kind.HOURS),
+    ], note=m("note.planned"))  # fmt: skip
+    for r in up_sub.rows:
+        t.add([r["group"], subs[r["group"]].name, r["devices"], hours(r["planned_ms"]),
+               hours(r["scheduled_ms"])])  # fmt: skip
+    total = up_sub.extra["total"]
+    t.add([m("fleet"), "", total["devices"], hours(total["planned_ms"]),
+           hours(total["scheduled_ms"])])  # fmt: skip
+    return t
+
+
+def stops_table(ctx: Context, m: Messages) -> Table:
+    """The approved registered stops overlapping the period (the register's entries
+    behind the planned time), times in the rules' time zone."""
+    lo, hi = ctx.span
+    tz = ctx.rules.tz
+    t = Table("stops", m("t.stops"), [
+        Column(k, m("c.stop_target" if k == "target" else f"c.{k}"), kind) for k, kind in (
+            ("stop_id", Kind.INT), ("target", Kind.TEXT), ("subbranch", Kind.TEXT),
+            ("starts", Kind.TEXT), ("ends", Kind.TEXT), ("stop_reason", Kind.TEXT),
+            ("requester", Kind.TEXT), ("approver", Kind.TEXT), ("retroactive", Kind.TEXT),
+        )
+    ], note=m("note.stops", tz=ctx.rules.timezone))  # fmt: skip
+
+    def local(at: int) -> str:
+        return from_ms(at).astimezone(tz).strftime("%Y-%m-%d %H:%M")
+
+    for s in ctx.feed.approved_stops(lo, min(hi, ctx.horizon)):
+        t.add([s.id, s.device_id or s.branch_id, s.subbranch, local(s.start), local(s.end),
+               s.reason, s.requester, s.approver, m("yes") if s.retroactive else m("no")])  # fmt: skip
+    return t
+
+
+def planned_footnote(total: dict[str, Any], rules: Rules, m: Messages) -> str:
+    cap = rules.planned_maintenance.max_excluded_s_per_day
+    capped = "" if cap is None else m("f.planned_cap", h=f"{cap / 3600:g}")
+    return m("f.planned", h=f"{total['planned_ms'] / HOUR_MS:.2f}", cap=capped)
+
+
 # ------------------------------------------------------------------------------ daily
 
 
@@ -128,6 +180,8 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
     net = network_report(ctx)
     tail_up = tail_report(ctx, "uptime", "subbranch")
     tail_vol = tail_report(ctx, "volume", "subbranch")
+    rw_sub = resource_report(ctx, "subbranch")
+    rw_branch = resource_report(ctx, "branch")
     total = up_sub.extra["total"]
     st_total = st_sub_report.extra["total"]
     ly_total = ly.extra["total"]
@@ -152,9 +206,11 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
         ("coverage", m("s.coverage"), total["coverage"], Kind.RATIO),
         ("down_h", m("s.down_h"), hours(total["down_ms"]), Kind.HOURS),
         ("unknown_h", m("s.unknown_h"), hours(total["unknown_ms"]), Kind.HOURS),
+        ("planned_h", m("s.planned_h"), hours(total["planned_ms"]), Kind.HOURS),
         ("financial", m("s.financial"), st_total["self_financial"], Kind.INT),
         ("substitution", m("s.substitution"), st_total["rate"], Kind.RATIO),
         ("low_yield_share", m("s.low_yield_share"), ly_total["share"], Kind.RATIO),
+        ("resource_warning", m("s.resource_warning"), rw_sub.extra["total"]["rate"], Kind.RATIO),
         ("below_target", m("s.below_target"), len(below), Kind.INT),
         ("down_24h", m("s.down_24h"), len(down_long), Kind.INT),
         ("no_deposit", m("s.no_deposit"), len(gaps), Kind.INT),
@@ -232,6 +288,8 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
         )  # fmt: skip
     b.tables.append(t)
 
+    resource_tables(b, rw_sub, rw_branch, inv, m)
+
     # Devices below the uptime target, downtime by cause.
     unit = " (h)" if m.lang == "en" else "(小时)"
     t = Table("below_target", m("t.below_target"), [
@@ -306,13 +364,63 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
         )  # fmt: skip
     b.tables.append(t)
 
+    # Planned time, apart from the downtime (registered stops and declared maintenance).
+    b.tables.append(planned_table(up_sub, inv, m))
+    b.tables.append(stops_table(ctx, m))
+
     b.footnotes = [m("f.no_data")]
     if total["coverage"] is not None and total["coverage"] < 1:
         b.footnotes.append(m("f.coverage", h=f"{total['unknown_ms'] / HOUR_MS:.2f}"))
+    b.footnotes.append(planned_footnote(total, rules, m))
     b.footnotes.append(
         m("f.unregistered", n=unregistered) if unregistered else m("f.unregistered_none")
     )
     return b
+
+
+def resource_tables(b: Bulletin, by_sub: Report, by_branch: Report, inv: Inventory,
+                    m: Messages) -> None:  # fmt: skip
+    """资源预警率 of ``atmfleet kpi resource-warnings --by subbranch|branch``: sub-branches
+    ranked ascending (lower is better), then branches ranked within their sub-branch;
+    no data ("–") last, unranked; each with its 开机率 beside it."""
+    subs = inv.subbranch_by_id
+    branches = inv.branch_by_id
+
+    def col(key: str, kind: Kind = Kind.TEXT) -> Column:
+        return Column(key, m(f"c.{key}"), kind)
+
+    t = Table("rw_subbranches", m("t.rw_subbranches"), [
+        col("rank", Kind.INT), col("subbranch"), col("subbranch_name"), col("tier"),
+        col("devices", Kind.INT), col("resource_warning", Kind.RATIO),
+        col("warning_h", Kind.HOURS), col("scheduled_h", Kind.HOURS), col("uptime", Kind.RATIO),
+    ], note=m("note.rw"))  # fmt: skip
+    for r in by_sub.rows:  # already ranked ascending
+        s = r["group"]
+        t.add(
+            [r["rank"], s, subs[s].name, m("tier", n=subs[s].tier.value), r["devices"], r["rate"],
+             hours(r["warning_ms"]), hours(r["scheduled_ms"]), r["uptime"]],
+            _flag(resource_warning=_failed(r)),
+        )  # fmt: skip
+    b.tables.append(t)
+    t = Table("rw_branches", m("t.rw_branches"), [
+        col("subbranch"), col("rank", Kind.INT), col("branch"), col("branch_name"),
+        col("devices", Kind.INT), col("resource_warning", Kind.RATIO),
+        col("warning_h", Kind.HOURS), col("scheduled_h", Kind.HOURS), col("uptime", Kind.RATIO),
+    ], note=m("note.rw"))  # fmt: skip
+    by_group = {r["group"]: r for r in by_branch.rows}
+    per_sub: dict[str, dict[str, Any]] = {}
+    for br in by_group:
+        per_sub.setdefault(branches[br].subbranch, {})[br] = by_group[br]
+    for s in sorted(per_sub):
+        rates = {br: r["rate"] for br, r in per_sub[s].items()}
+        for rank, br in ranked(rates):
+            r = by_group[br]
+            t.add(
+                [s, rank, br, branches[br].name, r["devices"], r["rate"],
+                 hours(r["warning_ms"]), hours(r["scheduled_ms"]), r["uptime"]],
+                _flag(resource_warning=_failed(r)),
+            )  # fmt: skip
+    b.tables.append(t)
 
 
 def now_text(horizon: int, rules: Rules) -> str:
@@ -350,6 +458,7 @@ def assessment(
         ("technical", m("s.technical"), total["technical"], Kind.RATIO),
         ("coverage", m("s.coverage"), total["coverage"], Kind.RATIO),
         ("down_h", m("s.down_h"), hours(total["down_ms"]), Kind.HOURS),
+        ("planned_h", m("s.planned_h"), hours(total["planned_ms"]), Kind.HOURS),
     ]
 
     # Scores and ranks within tier; a sub-branch without devices is listed, not scored.
@@ -439,4 +548,9 @@ def assessment(
         t.add([r["group"], subs[r["group"]].name, r["devices"], r["fees"], r["fee_transactions"],
                r["fees_per_device"]])  # fmt: skip
     b.tables.append(t)
+
+    # Planned time, apart from the downtime.
+    b.tables.append(planned_table(up, inventory, m))
+    b.tables.append(stops_table(ctx, m))
+    b.footnotes.append(planned_footnote(total, rules, m))
     return b
