@@ -395,6 +395,14 @@ class TestJournal:
         assert hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(expected).digest()
         assert rows(world, "SELECT count(*) FROM command_journal_chunks") == [(0,)]
         assert ("olga", "command.journal_read") in audit(world, cid)
+        # the reader login (serve, Grafana) sees that it exists, never what it says
+        with psycopg.connect(world.db) as conn:
+            name = conn.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
+            conn.execute(f'SET ROLE "{name}_reader"')
+            size = conn.execute("SELECT bytes FROM command_journals WHERE command_id = %s", (cid,))
+            assert size.fetchone() == (3 * PER_HOUR,)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("SELECT data FROM command_journals")
 
     def test_a_journal_beyond_the_limit_is_refused_by_the_device(self, world: World) -> None:
         result = run(world, "olga", "send", "ATM-A", "journal", "--since",

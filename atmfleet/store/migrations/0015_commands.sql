@@ -54,3 +54,17 @@ CREATE TABLE command_journals (
     data       bytea       NOT NULL,
     stored_at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );
+
+-- An uploaded journal holds customer transactions: the reader login (serve, bulletins,
+-- Grafana) may see that a journal exists and its size and checksum, never its content;
+-- the writer (`atmfleet command listen`, `atmfleet command journal`) reads and writes it.
+DO $$
+DECLARE
+    reader text := current_database() || '_reader';
+BEGIN
+    EXECUTE format('REVOKE ALL ON command_journal_chunks FROM %I', reader);
+    EXECUTE format('REVOKE ALL ON command_journals FROM %I', reader);
+    EXECUTE format('GRANT SELECT (command_id, bytes, sha256, stored_at) ON command_journals TO %I',
+                   reader);
+END
+$$;
