@@ -27,6 +27,8 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("notify.cli", "notify"),
     ("stops.cli", "stops"),
     ("incidents.cli", "incidents"),
+    ("commands.cli", "command"),
+    ("simulator.devices_cli", "simulate_devices"),
 )
 
 
