@@ -1,0 +1,214 @@
+"""The figures of the console's device and KPI pages, from the report layer
+(rules/report.py): the same calls ``atmfleet kpi`` makes, so a number on a page is the one
+the command prints.
+
+A device page reads only its own device: :class:`DeviceFeed` is the KPI feed restricted to
+a set of devices (each device's timeline and uptime depend on its own telemetry and the
+fleet-wide collector outages only, so the figures equal ``atmfleet kpi uptime --scope
+device:ID``), with an inventory of just that device, its branch and sub-branch.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from typing import Any
+
+import psycopg
+
+from atmfleet.errors import UsageError
+from atmfleet.inventory import (
+    Branch,
+    BranchKind,
+    Device,
+    DeviceType,
+    Inventory,
+    Placement,
+    SubBranch,
+    Tier,
+)
+from atmfleet.store.audit import User
+from rules.config import Rules
+from rules.feed import Feed, queries
+from rules.report import (
+    Context,
+    Report,
+    Scope,
+    low_yield_report,
+    resolve_period,
+    substitution_report,
+    uptime_report,
+)
+from rules.timeline import from_ms
+from rules.uptime import day_span
+from web.scope import require_within
+
+#: The feed's per-device reads (each has a device_id column).
+_PER_DEVICE = frozenset({"runs", "presence", "power", "txn_days", "financial_days"})
+
+
+class DeviceFeed(Feed):
+    """The KPI feed, reading the per-device queries for ``device_ids`` only."""
+
+    def __init__(self, conn: psycopg.Connection, rules: Rules, device_ids: list[str]) -> None:
+        super().__init__(conn, rules)
+        self._ids = device_ids
+        self.may_keep = False
+
+    def _rows(self, name: str, **params: Any) -> list[tuple[Any, ...]]:
+        if name not in _PER_DEVICE:
+            return super()._rows(name, **params)
+        text = queries()[name]
+        order = ""
+        if "ORDER BY" in text:
+            text, _, order = text.rpartition("ORDER BY")
+            order = "ORDER BY " + order.strip().rstrip(";")
+        body = text.strip().rstrip(";")
+        sql = f"SELECT * FROM ({body}) AS q WHERE q.device_id = ANY(%(web_ids)s) {order}"
+        with self._conn.cursor(binary=True) as cur:
+            return cur.execute(sql, {**params, "web_ids": self._ids}).fetchall()  # type: ignore[call-overload, no-any-return]
+
+
+def device_inventory(conn: psycopg.Connection, device_id: str) -> Inventory | None:
+    row = conn.execute(
+        "SELECT d.id, d.branch, d.type, d.placement, d.vendor, d.model, d.commissioned,"
+        " d.decommissioned, d.service_window, d.deposit_capable, d.heartbeat_s,"
+        " b.name, b.subbranch, b.kind, b.parent, s.name, s.tier"
+        " FROM devices d JOIN branches b ON b.id = d.branch JOIN subbranches s"
+        " ON s.id = b.subbranch WHERE d.id = %s",
+        (device_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    (i, b, t, p, v, m, c, dc, w, dep, hb, bname, sub, kind, parent, sname, tier) = row
+    device = Device.model_construct(
+        id=i, branch=b, type=DeviceType(t), placement=Placement(p), vendor=v, model=m,
+        commissioned=c, decommissioned=dc, service_window=w, deposit_capable=dep,
+        heartbeat_s=hb,
+    )  # fmt: skip
+    return Inventory.model_construct(
+        subbranches=(SubBranch.model_construct(id=sub, name=sname, tier=Tier(tier)),),
+        branches=(
+            Branch.model_construct(
+                id=b, name=bname, subbranch=sub, kind=BranchKind(kind), parent=parent
+            ),
+        ),
+        devices=(device,),
+    )
+
+
+def device_figures(conn: psycopg.Connection, rules: Rules, device_id: str) -> dict[str, Any]:
+    """Today's and the last 7 days' timeline, uptime against target, transactions per day
+    and the daily financial average against the low-yield threshold, of one device."""
+    inv = device_inventory(conn, device_id)
+    if inv is None:
+        raise UsageError(f"no device {device_id!r}")
+    feed = DeviceFeed(conn, rules, [device_id])
+    horizon = feed.now_ms()
+    tz = rules.tz
+    today = from_ms(horizon).astimezone(tz).date()
+    first = today - timedelta(days=7)
+    ctx = Context.make(feed, inv, Scope("device", device_id), first, today, horizon)
+    week = Context.make(feed, inv, Scope("device", device_id), first, today - timedelta(days=1),
+                        horizon)  # fmt: skip
+    days = ctx.uptime_days()
+    lines = days.timelines.get(device_id, [])
+    per_day = days.per_device.get(device_id, {})
+    txn = ctx.txn().get(device_id, {})
+    device = inv.devices[0]
+    threshold = rules.low_yield.thresholds.get(device.type)
+    week_report = uptime_report(week, "device")
+    today_report = uptime_report(replace_days(ctx, today, today), "device")
+
+    def span_of(day: date) -> list[dict[str, Any]]:
+        lo, hi = day_span(day, tz)
+        return [
+            {"from": max(a, lo), "to": min(b, hi), "label": str(label)}
+            for a, b, label in lines
+            if b > lo and a < hi
+        ]
+
+    rows = []
+    for i in range(8):
+        day = first + timedelta(days=i)
+        up = per_day.get(day)
+        t = txn.get(day)
+        rows.append({
+            "date": day.isoformat(), "uptime": None if up is None else up.ratio,
+            "scheduled_ms": None if up is None else up.scheduled_ms,
+            "available_ms": None if up is None else up.available_ms,
+            "financial": None if t is None else t.financial,
+            "non_financial": None if t is None else t.non_financial,
+            "timeline": span_of(day),
+        })  # fmt: skip
+    counted = [r for r in rows[:-1] if r["scheduled_ms"]]
+    average = sum(r["financial"] or 0 for r in counted) / len(counted) if counted else None
+    return {
+        "device": device_id,
+        "today": today.isoformat(),
+        "days": rows,
+        "week": week_report.extra["total"],
+        "today_uptime": today_report.extra["total"],
+        "target": week_report.extra["total"]["target"],
+        "low_yield_threshold": threshold,
+        "financial_daily_average": average,
+        "meets_yield": None if average is None or threshold is None else average >= threshold,
+        "tz": str(tz),
+    }
+
+
+def replace_days(ctx: Context, first: date, last: date) -> Context:
+    from dataclasses import replace
+
+    return replace(ctx, first=first, last=last)
+
+
+# ------------------------------------------------------------------------ KPI page
+
+KPI_KINDS = ("uptime", "substitution", "low-yield")
+
+
+def check_scope(conn: psycopg.Connection, user: User, scope: Scope) -> None:
+    """Refuse a KPI scope outside the user's org scope (403)."""
+    if user.scope_kind == "fleet":
+        return
+    if scope.kind in ("fleet", "tier", "vendor", "type"):
+        require_within(user, None, None, f"scope {scope}")
+    if scope.kind == "subbranch":
+        require_within(user, scope.value, None, f"scope {scope}")
+    elif scope.kind in ("branch", "device"):
+        q = (
+            "SELECT b.subbranch, b.id FROM branches b WHERE b.id = %s"
+            if scope.kind == "branch"
+            else "SELECT b.subbranch, b.id FROM devices d JOIN branches b ON b.id = d.branch"
+            " WHERE d.id = %s"
+        )
+        row = conn.execute(q, (scope.value,)).fetchone()
+        require_within(user, row[0] if row else None, row[1] if row else None, f"scope {scope}")
+
+
+def kpi_report(
+    conn: psycopg.Connection, rules: Rules, user: User, kind: str, scope_text: str,
+    first: date | None, last: date | None, by: str | None = None,
+) -> Report:  # fmt: skip
+    """One KPI report for the user's choice of scope and period (``atmfleet kpi KIND
+    --scope S --from F --to T --json``)."""
+    if kind not in KPI_KINDS:
+        raise UsageError(f"kind {kind!r}: allowed: {', '.join(KPI_KINDS)}")
+    scope = Scope.parse(scope_text)
+    check_scope(conn, user, scope)
+    feed = Feed(conn, rules)
+    feed.may_keep = False
+    horizon = feed.now_ms()
+    today = from_ms(horizon).astimezone(rules.tz).date()
+    if kind == "low-yield":
+        first = last = last or first
+    f, t = resolve_period(None, first, last, today)
+    ctx = Context.make(feed, feed.inventory(), scope, f, t, horizon)
+    default_by = {"fleet": "subbranch", "tier": "subbranch", "subbranch": "branch"}.get(
+        scope.kind, "branch" if kind == "substitution" else "device"
+    )
+    if kind == "uptime":
+        return uptime_report(ctx, by or default_by)
+    if kind == "substitution":
+        return substitution_report(ctx, by or default_by)
+    return low_yield_report(ctx, by or default_by)
