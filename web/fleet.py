@@ -31,7 +31,7 @@ STATES = ("in_service", "degraded", "fault", "cash_out", "deposit_full", "superv
 #: How the wall groups states into colours (a tile shows the worst).
 SEVERITY = {"fault": 0, "cash_out": 1, "deposit_full": 1, "offline": 2, "comms_down": 2,
             "powered_off": 2, "degraded": 3, "maintenance": 4, "supervisor": 4,
-            "planned_maintenance": 5, "unknown": 6, "closed": 7, "in_service": 8}  # fmt: skip
+            "planned_maintenance": 5, "closed": 7, "in_service": 8, "unknown": 9}  # fmt: skip
 #: Late telemetry: a refresh rereads this far before the previous one.
 OVERLAP = timedelta(minutes=2)
 
@@ -239,7 +239,7 @@ class Fleet:
         names = inv.subbranches if level == "fleet" else inv.branches
         tiles = [
             {"id": k, "name": names.get(k, ("", ""))[0], "total": sum(v.values()),
-             "counts": v, "worst": min(v, key=lambda s: SEVERITY.get(s, 9))}
+             "counts": v, "worst": min(v, key=lambda s: SEVERITY.get(s, 10))}
             for k, v in sorted(groups.items())
         ]  # fmt: skip
         listed.sort(key=lambda x: (SEVERITY.get(x[1], 9), x[0].id))

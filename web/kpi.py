@@ -57,11 +57,12 @@ class DeviceFeed(Feed):
     def _rows(self, name: str, **params: Any) -> list[tuple[Any, ...]]:
         if name not in _PER_DEVICE:
             return super()._rows(name, **params)
-        text = queries()[name]
+        lines = [x for x in queries()[name].splitlines() if not x.lstrip().startswith("--")]
+        text = "\n".join(lines).strip().rstrip(";")
         order = ""
-        if "ORDER BY" in text:
+        if "ORDER BY" in text:  # runs: by device, start (the output's first columns)
             text, _, order = text.rpartition("ORDER BY")
-            order = "ORDER BY " + order.strip().rstrip(";")
+            order = "ORDER BY " + ", ".join(str(i + 1) for i in range(order.count(",") + 1))
         body = text.strip().rstrip(";")
         sql = f"SELECT * FROM ({body}) AS q WHERE q.device_id = ANY(%(web_ids)s) {order}"
         with self._conn.cursor(binary=True) as cur:

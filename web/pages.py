@@ -193,7 +193,6 @@ def incident(request: Request, incident_id: int) -> Response:
 
 @router.post("/incidents/{incident_id}/{action}")
 async def incident_act(request: Request, incident_id: int, action: str) -> Response:
-    c = console_of(request)
     form = dict((await request.form()).items())
     values = {k: str(v) for k, v in form.items()}
     return await _run(request, lambda: _incident_act(request, incident_id, action, values))
