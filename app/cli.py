@@ -27,6 +27,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("incidents.cli", "incidents"),
     ("web.cli", "web"),
     ("web.cli", "users"),
+    ("stops.cli", "stops"),
 )
 
 

@@ -126,7 +126,7 @@ class PlannedStopsRules(_Model):
     max_retroactive_days: int = Field(
         3,
         ge=0,
-        le=366,
+        le=3660,
         description="A stop registered after it started may start at most this many local "
         "days before today (0: today only); it needs an approver like any other.",
     )

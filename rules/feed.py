@@ -85,6 +85,7 @@ class DeviceInputs:
     runs: list[StateRun] = field(default_factory=list)
     presence: list[Presence] = field(default_factory=list)
     power: list[PowerRestored] = field(default_factory=list)
+    stops: list[Span] = field(default_factory=list)  # approved registered planned stops
 
 
 #: One device's kept day: (available ms, scheduled ms, counted financial transactions).
@@ -195,7 +196,8 @@ class Feed:
     def timeline_inputs(
         self, lo: int, hi: int, horizon: int
     ) -> tuple[dict[str, DeviceInputs], list[Span]]:
-        """Runs, presence and power cuts per device, and collector outages, for a timeline
+        """Runs, presence, power cuts and approved planned stops per device, and collector
+        outages, for a timeline
         of ``[lo, hi)`` evaluated at ``horizon``."""
         ctx = self.context_ms()
         a, b = from_ms(lo - ctx), from_ms(max(min(horizon, hi + ctx), lo))
@@ -220,6 +222,11 @@ class Feed:
             if inputs is None:
                 inputs = out[device_id] = DeviceInputs()
             inputs.power.append(PowerRestored(since, ts))
+        for device_id, start, end in self._rows("planned_stops", lo=from_ms(lo), hi=b):
+            inputs = out.get(device_id)
+            if inputs is None:
+                inputs = out[device_id] = DeviceInputs()
+            inputs.stops.append((start, end))
         outages = self.unknown_before(lo - ctx)
         outages += [(s, e) for s, e in self._rows("outages", lo=a, hi=b)]
         return out, outages
@@ -393,6 +400,7 @@ def timelines(
         out[d.id] = build_timeline(
             got.runs, lo, hi, horizon=horizon, presence=got.presence, power=got.power,
             outages=outages, timeout_factor=factor, default_heartbeat_s=d.heartbeat_s,
+            stops=got.stops,
         )  # fmt: skip
     return out
 

@@ -53,6 +53,18 @@ SELECT floor(extract(epoch FROM started_at) * 1000)::int8, floor(extract(epoch F
 WHERE ended_at >= %(lo)s AND started_at < %(hi)s
 ORDER BY 1;
 
+-- Approved registered planned stops (stops/, migration 0012) overlapping [lo, hi), per
+-- device: a device's own stops and those of its branch.
+-- name: planned_stops
+SELECT device_id, floor(extract(epoch FROM starts_at) * 1000)::int8, floor(extract(epoch FROM ends_at) * 1000)::int8
+FROM planned_stops
+WHERE status = 'approved' AND device_id IS NOT NULL AND ends_at > %(lo)s AND starts_at < %(hi)s
+UNION ALL
+SELECT d.id, floor(extract(epoch FROM s.starts_at) * 1000)::int8, floor(extract(epoch FROM s.ends_at) * 1000)::int8
+FROM planned_stops s JOIN devices d ON d.branch = s.branch_id
+WHERE s.status = 'approved' AND s.branch_id IS NOT NULL AND s.ends_at > %(lo)s AND s.starts_at < %(hi)s
+ORDER BY 1, 2;
+
 -- Fault events and technician arrivals (vendor scorecard) in [lo, hi).
 -- name: service_events
 SELECT device_id, floor(extract(epoch FROM ts) * 1000)::int8, event, component, code

@@ -354,6 +354,8 @@ def uptime_row(
         "available_ms": up.available_ms,
         "down_ms": up.down_ms,
         "unknown_ms": up.unknown_ms,
+        # planned maintenance taken out of S (device-declared and registered stops, once)
+        "planned_ms": up.planned_excluded_ms,
         "main_cause": main_cause(up),
         "down_ms_by_cause": {c.value: v for c, v in up.down_by_cause().items() if v},
     }
@@ -424,7 +426,7 @@ def uptime_report(ctx: Context, by: str, previous: bool = False) -> Report:
         for g, up in sorted(groups.items())
     ]  # fmt: skip
     columns = ["group", "devices", "uptime", "target", "meets_target", "technical", "coverage",
-               "scheduled_ms", "down_ms", "unknown_ms", "main_cause"]  # fmt: skip
+               "scheduled_ms", "down_ms", "unknown_ms", "planned_ms", "main_cause"]  # fmt: skip
     if previous:
         columns[4:4] = ["previous", "change"]
     return Report(

@@ -139,13 +139,15 @@ def build_timeline(
     outages: Sequence[Span] = (),
     timeout_factor: float = 3.0,
     default_heartbeat_s: int = 60,
+    stops: Sequence[Span] = (),
 ) -> list[Interval]:
     """The labelled timeline of ``[start, min(end, horizon))``.
 
     Give the feed's context: the last points before ``start`` and the first after
     ``end`` (so a gap across the period's edges is judged as a whole). ``horizon`` is the
     moment of evaluation (default ``end``): with no point after the last one, the silence
-    up to the horizon is a gap like any other.
+    up to the horizon is a gap like any other. ``stops`` are approved registered planned
+    stops of the device (:func:`registered_stops`).
     """
     stop = end if horizon is None else min(end, horizon)
     until = end if horizon is None else horizon
@@ -202,9 +204,24 @@ def build_timeline(
     if power:
         spans = _merge_spans((p.since, p.ts) for p in power)
         timeline = overlay(timeline, spans, Label.POWER, keep=(Label.UNKNOWN,))
+    if stops:
+        timeline = registered_stops(timeline, stops)
     if merged_outages:
         timeline = overlay(timeline, merged_outages, Label.UNKNOWN)
     return timeline
+
+
+def registered_stops(timeline: Sequence[Interval], stops: Iterable[Span]) -> list[Interval]:
+    """Merge approved registered planned stops (stops/, docs/kpis.md "Registered planned
+    stops") into a timeline: inside a stop, every downtime cause the device reported
+    (fault, cash-out, offline, power, supervisor, closed) becomes ``planned``; time it was
+    available stays available (it served) and unknown time stays unknown (no evidence).
+    Device-declared planned time is planned already, so the planned time of a day is the
+    union of both, counted once (the daily cap then applies to that union)."""
+    spans = _merge_spans(stops)
+    if not spans or not timeline:
+        return list(timeline)
+    return overlay(timeline, spans, Label.PLANNED, keep=(Label.AVAILABLE, Label.UNKNOWN))
 
 
 def _merge_spans(spans: Iterable[Span]) -> list[Span]:

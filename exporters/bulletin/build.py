@@ -90,6 +90,33 @@ def long_down(
     return since, length, max(by_label, key=lambda k: (by_label[k], k.value))
 
 
+def planned_table(up_sub: Any, inventory: Inventory, m: Messages) -> Table:
+    """Planned time taken out of S per sub-branch and for the whole scope: the
+    ``planned_ms`` of ``atmfleet kpi uptime --by subbranch`` (device-declared planned
+    maintenance and approved registered stops, an overlap counted once, under the cap)."""
+    subs = inventory.subbranch_by_id
+    t = Table("planned", m("t.planned"), [
+        Column("subbranch", m("c.subbranch"), Kind.TEXT),
+        Column("subbranch_name", m("c.subbranch_name"), Kind.TEXT),
+        Column("devices", m("c.devices"), Kind.INT),
+        Column("planned_h", m("c.planned_h"), Kind.HOURS),
+        Column("scheduled_h", m("c.scheduled_h"), Kind.HOURS),
+    ], note=m("note.planned"))  # fmt: skip
+    for r in up_sub.rows:
+        t.add([r["group"], subs[r["group"]].name, r["devices"], hours(r["planned_ms"]),
+               hours(r["scheduled_ms"])])  # fmt: skip
+    total = up_sub.extra["total"]
+    t.add([m("fleet"), "", total["devices"], hours(total["planned_ms"]),
+           hours(total["scheduled_ms"])])  # fmt: skip
+    return t
+
+
+def planned_footnote(total: dict[str, Any], rules: Rules, m: Messages) -> str:
+    cap = rules.planned_maintenance.max_excluded_s_per_day
+    capped = "" if cap is None else m("f.planned_cap", h=f"{cap / 3600:g}")
+    return m("f.planned", h=f"{total['planned_ms'] / HOUR_MS:.2f}", cap=capped)
+
+
 # ------------------------------------------------------------------------------ daily
 
 
@@ -152,6 +179,7 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
         ("coverage", m("s.coverage"), total["coverage"], Kind.RATIO),
         ("down_h", m("s.down_h"), hours(total["down_ms"]), Kind.HOURS),
         ("unknown_h", m("s.unknown_h"), hours(total["unknown_ms"]), Kind.HOURS),
+        ("planned_h", m("s.planned_h"), hours(total["planned_ms"]), Kind.HOURS),
         ("financial", m("s.financial"), st_total["self_financial"], Kind.INT),
         ("substitution", m("s.substitution"), st_total["rate"], Kind.RATIO),
         ("low_yield_share", m("s.low_yield_share"), ly_total["share"], Kind.RATIO),
@@ -306,9 +334,13 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
         )  # fmt: skip
     b.tables.append(t)
 
+    # Planned time, apart from the downtime (registered stops and declared maintenance).
+    b.tables.append(planned_table(up_sub, inv, m))
+
     b.footnotes = [m("f.no_data")]
     if total["coverage"] is not None and total["coverage"] < 1:
         b.footnotes.append(m("f.coverage", h=f"{total['unknown_ms'] / HOUR_MS:.2f}"))
+    b.footnotes.append(planned_footnote(total, rules, m))
     b.footnotes.append(
         m("f.unregistered", n=unregistered) if unregistered else m("f.unregistered_none")
     )
@@ -350,6 +382,7 @@ def assessment(
         ("technical", m("s.technical"), total["technical"], Kind.RATIO),
         ("coverage", m("s.coverage"), total["coverage"], Kind.RATIO),
         ("down_h", m("s.down_h"), hours(total["down_ms"]), Kind.HOURS),
+        ("planned_h", m("s.planned_h"), hours(total["planned_ms"]), Kind.HOURS),
     ]
 
     # Scores and ranks within tier; a sub-branch without devices is listed, not scored.
@@ -439,4 +472,8 @@ def assessment(
         t.add([r["group"], subs[r["group"]].name, r["devices"], r["fees"], r["fee_transactions"],
                r["fees_per_device"]])  # fmt: skip
     b.tables.append(t)
+
+    # Planned time, apart from the downtime.
+    b.tables.append(planned_table(up, inventory, m))
+    b.footnotes.append(planned_footnote(total, rules, m))
     return b
