@@ -101,8 +101,45 @@ def seed(url: str) -> datetime:
         BatchWriter(conn, "test").write(msgs)
         for name, (role, scope) in USERS.items():
             auth.add_user(conn, Actor("admin", "cli"), name, role, scope, PASSWORD, name)
+        conn.execute(
+            "INSERT INTO maintainers (id, vendor, region, name, phone) VALUES"
+            " ('grg-nm', 'GRG', '*', '广电运通内蒙古', '0471-0000000'),"
+            " ('hy-nm', 'Hyosung', '*', '晓星内蒙古', '0471-1111111')"
+        )
+        conn.commit()
+        open_incidents(conn, now)
         conn.commit()
     return now
+
+
+#: The incidents the tests act on: device -> (class, cause, hours ago).
+INCIDENTS = {
+    "wa-2": ("component", "fault", 3),  # S1
+    "wa-3": ("cash", "cash_out", 1),  # S1
+    "wb-1": ("network", "communications", 2),  # S2
+    "wb-2": ("component", "fault", 5),  # S2
+}
+
+
+def open_incidents(conn: psycopg.Connection, now: datetime) -> dict[str, int]:
+    from incidents.model import IncidentClass
+    from incidents.service import open_incident
+
+    out = {}
+    by_id = INVENTORY.device_by_id
+    for device_id, (cls, cause, hours) in INCIDENTS.items():
+        d = by_id[device_id]
+        sub = INVENTORY.branch_by_id[d.branch].subbranch
+        inc = open_incident(
+            conn, device_id=device_id, subbranch_id=sub, branch_id=d.branch, vendor=d.vendor,
+            model=d.model, cls=IncidentClass(cls), cause=cause,
+            component="cdm" if cls == "component" else None,
+            started_at=now - timedelta(hours=hours), opened_at=now - timedelta(hours=hours),
+            maintainer_id=None, contract="default",
+        )  # fmt: skip
+        assert inc is not None
+        out[device_id] = inc.id
+    return out
 
 
 if __name__ == "__main__":  # a manual look: python -m tests.web_fleet URL

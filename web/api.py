@@ -165,7 +165,7 @@ def incidents(
     c = console_of(request)
     who = c.principal(request)
     with c.conn() as conn:
-        return ops.incidents_board(conn, who.user, include_closed, page, c.settings.page_size,
+        return ops.incidents_board(conn, c.rules, who.user, include_closed, page, c.settings.page_size,
                                    state)  # fmt: skip
 
 
@@ -175,7 +175,7 @@ def incident(request: Request, incident_id: Annotated[int, Path(ge=1, le=2**62)]
     c = console_of(request)
     who = c.principal(request)
     with c.conn() as conn:
-        return ops.incident_detail(conn, who.user, incident_id)
+        return ops.incident_detail(conn, c.rules, who.user, incident_id)
 
 
 @router.post("/incidents/{incident_id}/{action}", response_model=Obj,

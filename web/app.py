@@ -136,7 +136,7 @@ class Console:
     def page_text(self, request: Request, key: str) -> str:
         return i18n.t(self.lang(request), key)
 
-    def page(self, request: Request, name: str, status: int = 200, **values: Any) -> Response:
+    def page(self, request: Request, name: str, code: int = 200, **values: Any) -> Response:
         lang = self.lang(request)
         who = getattr(request.state, "principal", None)
 
@@ -152,7 +152,7 @@ class Console:
             t=tr, lang=lang, who=who, request=request, other_lang_url=other_lang_url(),
             refresh_s=self.settings.refresh_s, **values,
         )  # fmt: skip
-        return Response(html, status, media_type="text/html; charset=utf-8",
+        return Response(html, code, media_type="text/html; charset=utf-8",
                         headers=SECURITY_HEADERS)  # fmt: skip
 
 

@@ -51,7 +51,7 @@ def _incident_dict(inc: Any, now: datetime | None = None) -> dict[str, Any]:
 
 
 def incidents_board(
-    conn: Conn, user: User, include_closed: bool = False, page: int = 1, page_size: int = 200,
+    conn: Conn, rules: Rules, user: User, include_closed: bool = False, page: int = 1, page_size: int = 200,
     state: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """The board: open incidents in the user's scope (oldest first: they are closest to
@@ -80,7 +80,7 @@ def incidents_board(
         [*params, page_size, (page - 1) * page_size],
     ).fetchall()
     found = [from_row(r) for r in rows]
-    due = sla_due(conn, found)
+    due = sla_due(conn, rules, found)
     items = []
     for inc in found:
         d = _incident_dict(inc)
@@ -93,30 +93,102 @@ def incidents_board(
     }  # fmt: skip
 
 
-def sla_due(conn: Conn, found: list[Any]) -> dict[int, dict[str, Any] | None]:
-    """Each incident's next SLA deadline (what the incidents part computes), or None."""
-    try:
-        from incidents import sla as sla_mod
-    except ImportError:
+def sla_due(conn: Conn, rules: Rules, found: list[Any]) -> dict[int, dict[str, Any] | None]:
+    """Each incident's next running SLA deadline — the breach of its response clock
+    (dispatch -> on site) or repair clock (open -> restored) that falls due first — by the
+    incidents part's own clock arithmetic (incidents.sla.due_at: the contract's calendar
+    or service hours, suspensions paused); None when no clock runs or no contract applies.
+    """
+    from incidents.sla import due_at, pauses_from
+    from rules.timeline import from_ms, ms
+    from rules.uptime import WindowSpans, scheduled_spans
+
+    if not found:
         return {}
-    fn = getattr(sla_mod, "next_deadline", None)
-    if fn is None:
-        return {}
+    ids = [i.id for i in found]
+    history: dict[int, list[tuple[str, int]]] = {}
+    for incident_id, kind, at in conn.execute(
+        "SELECT incident_id, kind, at FROM incident_events WHERE incident_id = ANY(%s)"
+        " AND kind IN ('suspended', 'resumed') ORDER BY id",
+        (ids,),
+    ):
+        history.setdefault(incident_id, []).append((kind, ms(at)))
+    devices = _devices(conn, sorted({i.device_id for i in found}))
+    windows = WindowSpans(rules.tz)
+
+    def local_date(value: int) -> date:
+        return from_ms(value).astimezone(rules.tz).date()
+
     out: dict[int, dict[str, Any] | None] = {}
     for inc in found:
-        got = fn(conn, inc)
-        out[inc.id] = None if got is None else {k: _plain(v) for k, v in got.items()}
+        contract = rules.sla.by_name(inc.contract)
+        out[inc.id] = None
+        if contract is None or inc.state in ("restored", "closed"):
+            continue
+        device = devices.get(inc.device_id)
+        day_spans = None
+        if contract.clock == "service" and device is not None:
+
+            def day_spans(day: date, device: Any = device) -> list[tuple[int, int]]:
+                return scheduled_spans(device, day, rules, windows)
+
+        since = ms(inc.cycle_at)
+        pauses = pauses_from(history.get(inc.id, []), since) if contract.suspension_pauses else []
+        running = []
+        if inc.dispatched_at and not inc.on_site_at and contract.response_hours:
+            running.append(("response", ms(inc.dispatched_at), contract.response_hours))
+        if contract.repair_hours:
+            repair_start = (
+                inc.started_at if contract.repair_from == "started" and inc.cycle == 0
+                else inc.cycle_at
+            )  # fmt: skip
+            running.append(("repair", ms(repair_start), contract.repair_hours))
+        best: tuple[int, str] | None = None
+        for name, begin, hours in running:
+            due = due_at(begin, hours * 3600, pauses, day_spans,
+                         local_date if day_spans else None)  # fmt: skip
+            if due is not None and (best is None or due < best[0]):
+                best = (due, name)
+        if best is not None:
+            out[inc.id] = {"deadline": best[1], "due_at": from_ms(best[0]).isoformat(),
+                           "contract": contract.name}  # fmt: skip
     return out
 
 
-def incident_detail(conn: Conn, user: User, incident_id: int) -> dict[str, Any]:
+def _devices(conn: Conn, ids: list[str]) -> dict[str, Any]:
+    from atmfleet.inventory import Device, DeviceType, Placement
+
+    rows = conn.execute(
+        "SELECT id, branch, type, placement, vendor, model, commissioned, decommissioned,"
+        " service_window, deposit_capable, heartbeat_s FROM devices WHERE id = ANY(%s)",
+        (ids,),
+    ).fetchall()
+    return {
+        r[0]: Device.model_construct(
+            id=r[0],
+            branch=r[1],
+            type=DeviceType(r[2]),
+            placement=Placement(r[3]),
+            vendor=r[4],
+            model=r[5],
+            commissioned=r[6],
+            decommissioned=r[7],
+            service_window=r[8],
+            deposit_capable=r[9],
+            heartbeat_s=r[10],
+        )  # fmt: skip
+        for r in rows
+    }
+
+
+def incident_detail(conn: Conn, rules: Rules, user: User, incident_id: int) -> dict[str, Any]:
     from incidents.model import events_of, load
 
     inc = load(conn, incident_id)
     if inc is None or not sees(user, inc.subbranch_id, inc.branch_id):
         raise NotFound(f"no incident {incident_id}")
     d = _incident_dict(inc)
-    d["sla"] = sla_due(conn, [inc]).get(inc.id)
+    d["sla"] = sla_due(conn, rules, [inc]).get(inc.id)
     d["events"] = [
         {"id": e.id, "at": _plain(e.at), "kind": e.kind, "actor": e.actor,
          "from_state": e.from_state, "to_state": e.to_state, "detail": e.detail}

@@ -176,7 +176,7 @@ def incidents(request: Request, page: int = 1, closed: int = 0, state: str = "")
     if not ops.incidents_available():
         return c.page(request, "unavailable.html", key="inc.unavailable")
     with c.conn() as conn:
-        board = ops.incidents_board(conn, who.user, bool(closed), page, c.settings.page_size,
+        board = ops.incidents_board(conn, c.rules, who.user, bool(closed), page, c.settings.page_size,
                                     state or None)  # fmt: skip
     return c.page(request, "incidents.html", board=board, closed=closed, state=state,
                   tz=c.rules.tz)  # fmt: skip
@@ -187,7 +187,7 @@ def incident(request: Request, incident_id: int) -> Response:
     c = console_of(request)
     who = c.principal(request)
     with c.conn() as conn:
-        inc = ops.incident_detail(conn, who.user, incident_id)
+        inc = ops.incident_detail(conn, c.rules, who.user, incident_id)
     return c.page(request, "incident.html", inc=inc, tz=c.rules.tz)
 
 
