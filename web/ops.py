@@ -176,7 +176,7 @@ def _devices(conn: Conn, ids: list[str]) -> dict[str, Any]:
             service_window=r[8],
             deposit_capable=r[9],
             heartbeat_s=r[10],
-        )  # fmt: skip
+        )
         for r in rows
     }
 
