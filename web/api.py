@@ -116,8 +116,8 @@ OptId = Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
 def me(request: Request) -> Me:
     who = console_of(request).principal(request)
     u = who.user
-    return Me(username=u.username, display_name=u.display_name, role=u.role,  # type: ignore[arg-type]
-              scope_kind=u.scope_kind, scope_id=u.scope_id, via=who.via)  # type: ignore[arg-type]  # fmt: skip
+    return Me(username=u.username, display_name=u.display_name, role=u.role,
+              scope_kind=u.scope_kind, scope_id=u.scope_id, via=who.via)  # fmt: skip
 
 
 @router.get("/wall", response_model=Wall, summary="The fleet wall at one level (any role)")

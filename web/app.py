@@ -76,7 +76,11 @@ class Console:
             STATES=STATES, SEVERITY=SEVERITY, labels=frozenset(i18n.M), day0=self._day0
         )
         self.templates.filters.update(
-            localtime=self._localtime, mstime=self._mstime, pageq=_pageq, cell=_cell
+            localtime=self._localtime,
+            mstime=self._mstime,
+            pageq=_pageq,
+            cell=_cell,
+            plain=self._plain,
         )
 
     def _localtime(self, value: Any, tz: Any = None) -> str:
@@ -84,6 +88,15 @@ class Console:
             return "–"
         when = datetime.fromisoformat(value) if isinstance(value, str) else value
         return str(when.astimezone(tz or self.rules.tz).strftime("%Y-%m-%d %H:%M:%S"))
+
+    def _plain(self, value: Any) -> str:
+        """An event detail value: a time in the bank's local time, the rest as it is."""
+        if isinstance(value, str) and len(value) >= 19 and value[10:11] == "T":
+            try:
+                return self._localtime(datetime.fromisoformat(value))
+            except ValueError:
+                return value
+        return str(value)
 
     def _mstime(self, value: int, tz: Any = None) -> str:
         return str(from_ms(value).astimezone(tz or self.rules.tz).strftime("%H:%M"))
@@ -172,8 +185,13 @@ def _pageq(query: str, page: int) -> str:
     return urlencode([*pairs, ("page", str(page))])
 
 
-def _cell(value: Any, column: str) -> str:
-    """A report cell as a person reads it (rules.report.display: the CLI's rounding)."""
+def _cell(value: Any, column: str, lang: str = i18n.DEFAULT) -> str:
+    """A report cell as a person reads it (rules.report.display: the CLI's rounding; yes,
+    no and causes in the reader's language)."""
+    if isinstance(value, bool):
+        return i18n.t(lang, "yes" if value else "no")
+    if isinstance(value, str) and f"label.{value}" in i18n.M:
+        return i18n.t(lang, f"label.{value}")
     if isinstance(value, dict | list):
         return ", ".join(f"{k} {display(column, v)}" for k, v in value.items()) if isinstance(
             value, dict) else ", ".join(map(str, value))  # fmt: skip

@@ -10,8 +10,11 @@ import getpass
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
+import psycopg
+from fastapi import FastAPI
 
 from atmfleet.errors import UsageError
 from atmfleet.settings import load_settings
@@ -37,7 +40,7 @@ def _password(given_env: str | None) -> str:
     return first
 
 
-def _conn():  # type: ignore[no-untyped-def]
+def _conn() -> psycopg.Connection[Any]:
     settings = load_settings()
     conn = connect(settings.require_database_url(), application_name="atmfleet-users")
     require_current(conn)
@@ -121,7 +124,7 @@ def token_add(username: str, name: str, days: int | None) -> None:
 @token.command("list")
 def token_list() -> None:
     with _conn() as conn:
-        for tid, user, name, prefix, created, expires, used, revoked in auth.list_tokens(conn):
+        for tid, user, name, prefix, _created, expires, used, revoked in auth.list_tokens(conn):
             state = "revoked" if revoked else ("expires " + expires.date().isoformat()
                                                if expires else "no expiry")  # fmt: skip
             click.echo(f"{tid:<5} {user:<20} {name:<20} {prefix}…  {state}"
@@ -139,7 +142,7 @@ def token_revoke(token_id: int) -> None:
 # ---------------------------------------------------------------------------- web
 
 
-def build_app(database_url: str, output_dir: Path | None = None):  # type: ignore[no-untyped-def]
+def build_app(database_url: str, output_dir: Path | None = None) -> FastAPI:
     """The console over ``database_url`` with the settings of the environment."""
     from psycopg_pool import ConnectionPool
 

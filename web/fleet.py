@@ -262,7 +262,7 @@ class Fleet:
                     "state": s,
                 }
                 for d, s in chunk
-            ],  # fmt: skip
+            ],
             "device_total": len(listed),
             "page": page,
             "pages": pages,

@@ -66,7 +66,7 @@ class DeviceFeed(Feed):
         body = text.strip().rstrip(";")
         sql = f"SELECT * FROM ({body}) AS q WHERE q.device_id = ANY(%(web_ids)s) {order}"
         with self._conn.cursor(binary=True) as cur:
-            return cur.execute(sql, {**params, "web_ids": self._ids}).fetchall()  # type: ignore[call-overload, no-any-return]
+            return cur.execute(sql, {**params, "web_ids": self._ids}).fetchall()
 
 
 def device_inventory(conn: psycopg.Connection, device_id: str) -> Inventory | None:
@@ -141,8 +141,12 @@ def device_figures(conn: psycopg.Connection, rules: Rules, device_id: str) -> di
             "non_financial": None if t is None else t.non_financial,
             "timeline": span_of(day),
         })  # fmt: skip
-    counted = [r for r in rows[:-1] if r["scheduled_ms"]]
-    average = sum(r["financial"] or 0 for r in counted) / len(counted) if counted else None
+    fin = [
+        (t.financial if (t := txn.get(first + timedelta(days=i))) else 0)
+        for i in range(7)
+        if (u := per_day.get(first + timedelta(days=i))) is not None and u.scheduled_ms
+    ]
+    average = sum(fin) / len(fin) if fin else None
     return {
         "device": device_id,
         "today": today.isoformat(),

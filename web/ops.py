@@ -126,11 +126,13 @@ def sla_due(conn: Conn, rules: Rules, found: list[Any]) -> dict[int, dict[str, A
         if contract is None or inc.state in ("restored", "closed"):
             continue
         device = devices.get(inc.device_id)
-        day_spans = None
+        day_spans: Any = None
         if contract.clock == "service" and device is not None:
 
-            def day_spans(day: date, device: Any = device) -> list[tuple[int, int]]:
+            def spans_of(day: date, device: Any = device) -> list[tuple[int, int]]:
                 return scheduled_spans(device, day, rules, windows)
+
+            day_spans = spans_of
 
         since = ms(inc.cycle_at)
         pauses = pauses_from(history.get(inc.id, []), since) if contract.suspension_pauses else []
@@ -249,7 +251,8 @@ def incident_action(
     elif act in (Action.ACK, Action.RESUME):
         kwargs["remarks"] = remarks
     with conn.transaction():
-        done = ACTIONS[act](conn, incident_id, who.actor, **kwargs)
+        run: Any = ACTIONS[act]
+        done = run(conn, incident_id, who.actor, **kwargs)
     return _incident_dict(done)
 
 

@@ -211,7 +211,7 @@ def _incident_act(
 async def _run(request: Request, fn: Any) -> Response:
     from starlette.concurrency import run_in_threadpool
 
-    return await run_in_threadpool(fn)  # type: ignore[no-any-return]
+    return await run_in_threadpool(fn)
 
 
 # --------------------------------------------------------------------------- stops
@@ -320,10 +320,16 @@ def kpi(
         report = kpi_report(conn, c.rules, who.user, kind, scope, f, t)
     rows = report.rows
     value_key = {"uptime": "uptime", "substitution": "rate", "low-yield": "share"}[kind]
+    target = {
+        "uptime": report.extra.get("total", {}).get("target"),
+        "substitution": report.extra.get("target"),
+        "low-yield": report.extra.get("max_share"),
+    }[kind]
     chart = json.dumps({
         "groups": [r["group"] for r in rows],
         "values": [r.get(value_key) for r in rows],
-        "target": report.extra.get("target") if kind != "low-yield" else report.extra.get("max_share"),
+        "targets": [r.get("target", target) if kind == "uptime" else target for r in rows],
+        "target": target,
     })  # fmt: skip
     return c.page(request, "kpi.html", kind=kind, scope=scope, first=first, last=last,
                   report=report, value_key=value_key, chart=chart, error=error,

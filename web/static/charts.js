@@ -22,14 +22,16 @@ document.addEventListener("DOMContentLoaded", () => {
   if (kpi) {
     const data = JSON.parse(document.getElementById("kpi-data").textContent);
     const chart = echarts.init(kpi, null, {renderer: "svg"});
-    const series = [{name: labels.value, type: "bar", data: data.values.map((v) => v === null ? null : +(v * 100).toFixed(2))}];
-    if (data.target !== null && data.target !== undefined) {
-      series[0].markLine = {symbol: "none", data: [{yAxis: +(data.target * 100).toFixed(2), name: labels.target}],
-        label: {formatter: labels.target + " {c}%"}};
+    const pct = (v) => v === null || v === undefined ? null : +(v * 100).toFixed(2);
+    const series = [{name: labels.value, type: "bar", data: data.values.map(pct),
+      itemStyle: {color: "#3f7fd0"}}];
+    if (data.targets && data.targets.some((v) => v !== null)) {
+      series.push({name: labels.target, type: "line", step: "middle", symbol: "none",
+        lineStyle: {type: "dashed", color: "#d32f2f"}, data: data.targets.map(pct)});
     }
     chart.setOption({
       animation: false, tooltip: {trigger: "axis", valueFormatter: (v) => v === null ? "–" : v + "%"},
-      grid: {left: 50, right: 20, top: 20, bottom: 60},
+      legend: {top: 0}, grid: {left: 50, right: 20, top: 30, bottom: 60},
       xAxis: {type: "category", data: data.groups, axisLabel: {rotate: data.groups.length > 12 ? 45 : 0}},
       yAxis: {type: "value", axisLabel: {formatter: "{value}%"}},
       series,
