@@ -9,6 +9,7 @@ an :class:`~web.auth.Authenticator`), so a test builds its own.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
@@ -239,6 +240,14 @@ def create_app(console: Console) -> FastAPI:
                                 headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
         here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"/login?next={quote(here, safe='')}", 303)
+
+    @app.middleware("http")
+    async def server_timing(request: Request, call_next: Callable[..., Any]) -> Response:
+        started = time.perf_counter()
+        response: Response = await call_next(request)
+        took = (time.perf_counter() - started) * 1000
+        response.headers["Server-Timing"] = f"app;dur={took:.1f}"
+        return response
 
     for kind in (UsageError, Forbidden, Conflict):
         app.add_exception_handler(kind, handle)
