@@ -170,7 +170,9 @@ def main() -> None:
             figures["wall JSON (the poll)"] = median("/api/wall")
             figures["wall, one sub-branch"] = median("/wall?subbranch=S03")
             figures["wall, state filter"] = median("/wall?state=fault")
-            devices = [f"/devices/D{random.Random(i).randrange(args.devices):06d}" for i in range(5)]
+            devices = [
+                f"/devices/D{random.Random(i).randrange(args.devices):06d}" for i in range(5)
+            ]
             figures["device page"] = median("", devices)
             figures["incidents board"] = median("/incidents")
             figures["incidents JSON"] = median("/api/incidents")

@@ -123,8 +123,9 @@ class TestInTheBrowser:
         page.click("#act-close button")
         expect(state).to_have_text("已关闭")
         history = page.locator("#history")
-        for kind in ("acknowledged", "dispatched", "on_site", "restored", "closed"):
+        for kind in ("开单", "受理", "派单", "到场", "修复", "关闭"):
             expect(history).to_contain_text(kind)
+        expect(history).to_contain_text("s2op")  # who did it
 
     def test_register_and_approve_a_planned_stop(
         self, page: Any, browser: Any, srv: Server

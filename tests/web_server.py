@@ -66,6 +66,7 @@ def serve(out: Path, **settings: Any) -> Iterator[Server]:
     """A seeded database and the console serving it, until the generator is closed."""
     db = create_database("atmfleet_web")
     pool: ConnectionPool[Any] | None = None
+    console: Console | None = None
     server: uvicorn.Server | None = None
     thread: threading.Thread | None = None
     try:
@@ -74,6 +75,7 @@ def serve(out: Path, **settings: Any) -> Iterator[Server]:
                   "login_max_failures": 5, "page_size": 50, **settings}  # fmt: skip
         pool = ConnectionPool(db, min_size=1, max_size=6, open=True)
         console = Console(pool, load_rules(), WebSettings(**values), out)
+        console.fleet.start()
         app = create_app(console)
         port = free_port()
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
@@ -96,6 +98,8 @@ def serve(out: Path, **settings: Any) -> Iterator[Server]:
             server.should_exit = True
         if thread is not None:
             thread.join(timeout=10)
+        if console is not None:
+            console.fleet.close()
         if pool is not None:
             pool.close()
         drop_database(db)

@@ -157,6 +157,7 @@ def build_app(database_url: str, output_dir: Path | None = None) -> FastAPI:
         kwargs={"application_name": "atmfleet-web"},
     )  # fmt: skip
     console = Console(pool, rules, web_settings, output_dir or settings.output_dir)
+    console.fleet.start()  # the wall's snapshot, loaded before the first request
     return create_app(console)
 
 

@@ -26,10 +26,12 @@ class Running:
     server: Any
     thread: threading.Thread
     pool: Any
+    console: Any
 
     def close(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        self.console.fleet.close()
         self.pool.close()
 
 
@@ -66,4 +68,5 @@ def start_console(database_url: str, host: str, port: int, output_dir: Path) -> 
             app.state.console.pool.close()
             raise AtmfleetError(f"the web console could not listen on {host}:{port}")
         time.sleep(0.05)
-    return Running(f"http://{host}:{port}/", server, thread, app.state.console.pool)
+    console = app.state.console
+    return Running(f"http://{host}:{port}/", server, thread, console.pool, console)

@@ -12,6 +12,7 @@ time index on presence).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -33,7 +34,9 @@ SEVERITY = {"fault": 0, "cash_out": 1, "deposit_full": 1, "offline": 2, "comms_d
             "powered_off": 2, "degraded": 3, "maintenance": 4, "supervisor": 4,
             "planned_maintenance": 5, "closed": 7, "in_service": 8, "unknown": 9}  # fmt: skip
 #: Late telemetry: a refresh rereads this far before the previous one.
-OVERLAP = timedelta(minutes=2)
+OVERLAP = timedelta(seconds=30)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -55,14 +58,15 @@ class Inventory:
     subbranches: dict[str, tuple[str, str]] = field(default_factory=dict)  # id -> (name, tier)
     types: list[str] = field(default_factory=list)
     vendors: list[str] = field(default_factory=list)
+    by_subbranch: dict[str, list[DeviceRow]] = field(default_factory=dict)
+    by_branch: dict[str, list[DeviceRow]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
 class Seen:
     state: str
     last: datetime
-    heartbeat_s: int
-    offline_at: datetime | None = None  # latest presence offline, if after last
+    silent_after: float  # epoch seconds: past it, the device is offline (heartbeat timeout)
 
 
 class Fleet:
@@ -90,24 +94,56 @@ class Fleet:
         self._since: datetime | None = None
         self._state_at = -1e18
         self.now: datetime | None = None
+        self._states: dict[str, str] = {}
+        self._sub_counts: dict[str, dict[str, int]] = {}
+        self._branch_counts: dict[str, dict[str, int]] = {}
+        self._now_s = 0.0
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
 
     # ------------------------------------------------------------------ refresh
 
     def fresh(self) -> Fleet:
-        """Refresh what is older than its interval (one caller at a time), then self."""
+        """The snapshot; refreshed first by the caller when no thread keeps it fresh."""
+        if self._thread is None or self.now is None:
+            self._refresh()
+        return self
+
+    def _refresh(self) -> None:
+        """Refresh what is older than its interval (one caller at a time)."""
         now = self._clock()
         if now - self._inv_at < self._inv_every and now - self._state_at < self._state_every:
-            return self
+            return
         with self._lock:
             now = self._clock()
             with self._pool.connection() as conn:
                 if now - self._inv_at >= self._inv_every:
                     self._load_inventory(conn)
                     self._inv_at = now
+                    self._state_at = -1e18  # new devices get their states at once
                 if now - self._state_at >= self._state_every:
                     self._load_states(conn)
                     self._state_at = now
-        return self
+
+    def start(self) -> None:
+        """Load everything now, then keep it fresh from a thread: requests never wait for a
+        refresh (a live fleet changes most devices' runs within any few seconds)."""
+        self.fresh()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="fleet-refresh", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(min(self._state_every, self._inv_every)):
+            try:
+                self._refresh()
+            except Exception:  # a database hiccup: the snapshot stays, the next pass retries
+                log.warning("refreshing the fleet snapshot failed", exc_info=True)
 
     def invalidate(self) -> None:
         self._inv_at = self._state_at = -1e18
@@ -126,6 +162,9 @@ class Fleet:
             for i, b, t, v, m, p, hb in cur:
                 sub = inv.branches.get(b, ("", ""))[1]
                 inv.devices[i] = DeviceRow(i, b, sub, t, v, m, p, hb)
+        for d in inv.devices.values():
+            inv.by_subbranch.setdefault(d.subbranch, []).append(d)
+            inv.by_branch.setdefault(d.branch, []).append(d)
         inv.types = sorted({d.type for d in inv.devices.values()})
         inv.vendors = sorted({d.vendor for d in inv.devices.values()})
         self.inventory = inv
@@ -146,10 +185,13 @@ class Fleet:
                     " && tstzrange(%s, NULL) ORDER BY device_id, start_ts DESC, start_seq DESC",
                     (since,),
                 )
+            factor = self._factor
             for device_id, state, last, hb in cur:
                 old = self._seen.get(device_id)
                 if old is None or last >= old.last:
-                    self._seen[device_id] = Seen(state, last, hb)
+                    self._seen[device_id] = Seen(
+                        state, last, last.timestamp() + factor * max(hb, 1)
+                    )
             cur.execute(
                 "SELECT DISTINCT ON (device_id) device_id, status = 'online',"
                 " presence_at(will, ts, received_at) AS at FROM presence"
@@ -163,20 +205,33 @@ class Fleet:
                     self._presence[device_id] = (online, at)
         self._since = now - OVERLAP
         self.now = now
+        self._now_s = now.timestamp()
+        states = {d: self._compute(d) for d in self.inventory.devices}
+        # Counts per sub-branch and per branch, for the wall without a filter.
+        by_sub: dict[str, dict[str, int]] = {}
+        by_branch: dict[str, dict[str, int]] = {}
+        for d in self.inventory.devices.values():
+            st = states[d.id]
+            g = by_sub.setdefault(d.subbranch, {})
+            g[st] = g.get(st, 0) + 1
+            g = by_branch.setdefault(d.branch, {})
+            g[st] = g.get(st, 0) + 1
+        self._states, self._sub_counts, self._branch_counts = states, by_sub, by_branch
 
     # -------------------------------------------------------------------- reads
 
     def state_of(self, device_id: str) -> str:
+        got = self._states.get(device_id)
+        return got if got is not None else self._compute(device_id)
+
+    def _compute(self, device_id: str) -> str:
         seen = self._seen.get(device_id)
         if seen is None:
             return "unknown"
         presence = self._presence.get(device_id)
         if presence is not None and not presence[0] and presence[1] > seen.last:
             return "offline"
-        now = self.now
-        if now is not None and now - seen.last > timedelta(
-            seconds=self._factor * max(seen.heartbeat_s, 1)
-        ):
+        if self._now_s > seen.silent_after:
             return "offline"
         return seen.state
 
@@ -184,14 +239,37 @@ class Fleet:
         seen = self._seen.get(device_id)
         return None if seen is None else seen.last
 
-    def visible(self, user: User) -> Iterable[DeviceRow]:
-        """The devices the user may see (the scope check of every wall read)."""
-        devices = self.inventory.devices.values()
+    def visible(
+        self, user: User, subbranch: str | None = None, branch: str | None = None
+    ) -> Iterable[DeviceRow]:
+        """The devices the user may see (the scope check of every wall read), narrowed to
+        a sub-branch or branch."""
+        inv = self.inventory
+        if branch:
+            chosen: Iterable[DeviceRow] = inv.by_branch.get(branch, [])
+        elif subbranch:
+            chosen = inv.by_subbranch.get(subbranch, [])
+        elif user.scope_kind == "subbranch":
+            return inv.by_subbranch.get(user.scope_id or "", [])
+        elif user.scope_kind == "branch":
+            return inv.by_branch.get(user.scope_id or "", [])
+        else:
+            return inv.devices.values()
         if user.scope_kind == "fleet":
-            return devices
-        if user.scope_kind == "subbranch":
-            return (d for d in devices if d.subbranch == user.scope_id)
-        return (d for d in devices if d.branch == user.scope_id)
+            return chosen
+        return [d for d in chosen if sees(user, d.subbranch, d.branch)]
+
+    def choices(self, user: User, subbranch: str | None) -> tuple[list[str], list[str]]:
+        """The sub-branches and branches (of ``subbranch``, or all) the filters offer."""
+        inv = self.inventory
+        subs = sorted(s for s in inv.by_subbranch if sees(user, s, None)
+                      or (user.scope_kind == "branch"
+                          and inv.branches.get(user.scope_id or "", ("", ""))[1] == s))  # fmt: skip
+        branches = sorted(
+            b for b, (_, sub) in inv.branches.items()
+            if (not subbranch or sub == subbranch) and sees(user, sub, b) and b in inv.by_branch
+        )  # fmt: skip
+        return subs, branches
 
     def device(self, user: User, device_id: str) -> DeviceRow | None:
         """The device, or None when it does not exist or is outside the user's scope."""
@@ -199,6 +277,48 @@ class Fleet:
         if d is None or not sees(user, d.subbranch, d.branch):
             return None
         return d
+
+    def _aggregated(
+        self, user: User, level: str, subbranch: str | None, inv: Inventory
+    ) -> dict[str, Any]:
+        """The wall without a filter, from the counts kept at refresh."""
+        if level == "fleet":
+            if user.scope_kind == "fleet":
+                keys = list(self._sub_counts)
+            elif user.scope_kind == "subbranch":
+                keys = [user.scope_id or ""]
+            else:
+                keys = []  # a branch user: its branch's sub-branch, counted below
+            source, names = self._sub_counts, inv.subbranches
+            groups = {k: source[k] for k in keys if k in source}
+            if user.scope_kind == "branch":
+                b = user.scope_id or ""
+                sub = inv.branches.get(b, ("", ""))[1]
+                if b in self._branch_counts:
+                    groups = {sub: self._branch_counts[b]}
+        else:
+            names = inv.branches
+            groups = {}
+            for b, per_state in self._branch_counts.items():
+                if inv.branches.get(b, ("", ""))[1] != subbranch:
+                    continue
+                if not sees(user, subbranch, b):
+                    continue
+                groups[b] = per_state
+        counts: dict[str, int] = {}
+        for g in groups.values():
+            for st, n in g.items():
+                counts[st] = counts.get(st, 0) + n
+        tiles = [
+            {"id": k, "name": names.get(k, ("", ""))[0], "total": sum(v.values()),
+             "counts": dict(v), "worst": min(v, key=lambda st: SEVERITY.get(st, 10))}
+            for k, v in sorted(groups.items())
+        ]  # fmt: skip
+        return {
+            "level": level, "total": sum(counts.values()), "counts": counts, "tiles": tiles,
+            "devices": [], "device_total": 0, "page": 1, "pages": 1,
+            "as_of": None if self.now is None else self.now.isoformat(),
+        }  # fmt: skip
 
     def wall(
         self,
@@ -218,16 +338,17 @@ class Fleet:
         groups: dict[str, dict[str, int]] = {}
         level = "branch" if branch else ("subbranch" if subbranch else "fleet")
         listed: list[tuple[DeviceRow, str]] = []
-        for d in self.visible(user):
+        states = self._states
+        if level != "branch" and not (type_ or vendor or state):
+            return self._aggregated(user, level, subbranch, inv)
+        for d in self.visible(user, subbranch, branch):
             if subbranch and d.subbranch != subbranch:
-                continue
-            if branch and d.branch != branch:
                 continue
             if type_ and d.type != type_:
                 continue
             if vendor and d.vendor != vendor:
                 continue
-            s = self.state_of(d.id)
+            s = states.get(d.id) or self._compute(d.id)
             if state and s != state:
                 continue
             counts[s] = counts.get(s, 0) + 1

@@ -10,6 +10,7 @@ device:ID``), with an inventory of just that device, its branch and sub-branch.
 
 from __future__ import annotations
 
+import time
 from datetime import date, timedelta
 from typing import Any
 
@@ -37,13 +38,20 @@ from rules.report import (
     resolve_period,
     substitution_report,
     uptime_report,
+    uptime_row,
 )
 from rules.timeline import from_ms
-from rules.uptime import day_span
+from rules.uptime import Uptime, day_span, total
 from web.scope import require_within
 
 #: The feed's per-device reads (each has a device_id column).
 _PER_DEVICE = frozenset({"runs", "presence", "power", "txn_days", "financial_days"})
+
+
+#: When monitoring began (Feed.monitoring_start_ms), per database: it only moves when the
+#: store's earliest evidence does (retention), so it is reread once a minute, not per page.
+_MONITORING_START: dict[str, tuple[float, int | None]] = {}
+MONITORING_START_TTL_S = 60.0
 
 
 class DeviceFeed(Feed):
@@ -53,6 +61,15 @@ class DeviceFeed(Feed):
         super().__init__(conn, rules)
         self._ids = device_ids
         self.may_keep = False
+
+    def monitoring_start_ms(self) -> int | None:
+        key = self._conn.info.dbname + "@" + self._conn.info.host
+        now = time.monotonic()
+        got = _MONITORING_START.get(key)
+        if got is None or now - got[0] > MONITORING_START_TTL_S:
+            got = (now, super().monitoring_start_ms())
+            _MONITORING_START[key] = got
+        return got[1]
 
     def _rows(self, name: str, **params: Any) -> list[tuple[Any, ...]]:
         if name not in _PER_DEVICE:
@@ -109,16 +126,17 @@ def device_figures(conn: psycopg.Connection, rules: Rules, device_id: str) -> di
     today = from_ms(horizon).astimezone(tz).date()
     first = today - timedelta(days=7)
     ctx = Context.make(feed, inv, Scope("device", device_id), first, today, horizon)
-    week = Context.make(feed, inv, Scope("device", device_id), first, today - timedelta(days=1),
-                        horizon)  # fmt: skip
     days = ctx.uptime_days()
     lines = days.timelines.get(device_id, [])
     per_day = days.per_device.get(device_id, {})
     txn = ctx.txn().get(device_id, {})
     device = inv.devices[0]
     threshold = rules.low_yield.thresholds.get(device.type)
-    week_report = uptime_report(week, "device")
-    today_report = uptime_report(replace_days(ctx, today, today), "device")
+    # What `atmfleet kpi uptime --scope device:ID` reports for the 7 days and for today:
+    # the device's total over those days (rules.report.per_device_uptime sums them so).
+    target = ctx.target_of()(device_id)
+    week_total = uptime_row(device_id, total(per_day[d] for d in per_day if d < today), target)
+    today_total = uptime_row(device_id, per_day.get(today, Uptime()), target)
 
     def span_of(day: date) -> list[dict[str, Any]]:
         lo, hi = day_span(day, tz)
@@ -151,20 +169,14 @@ def device_figures(conn: psycopg.Connection, rules: Rules, device_id: str) -> di
         "device": device_id,
         "today": today.isoformat(),
         "days": rows,
-        "week": week_report.extra["total"],
-        "today_uptime": today_report.extra["total"],
-        "target": week_report.extra["total"]["target"],
+        "week": week_total,
+        "today_uptime": today_total,
+        "target": target,
         "low_yield_threshold": threshold,
         "financial_daily_average": average,
         "meets_yield": None if average is None or threshold is None else average >= threshold,
         "tz": str(tz),
     }
-
-
-def replace_days(ctx: Context, first: date, last: date) -> Context:
-    from dataclasses import replace
-
-    return replace(ctx, first=first, last=last)
 
 
 # ------------------------------------------------------------------------ KPI page

@@ -130,11 +130,7 @@ def wall(request: Request) -> Response:
     args = wall_args(request)
     fleet = c.fleet.fresh()
     data = fleet.wall(who.user, page_size=c.settings.page_size, **args)
-    visible = list(fleet.visible(who.user))
-    subs = sorted({d.subbranch for d in visible})
-    branches = sorted(
-        {d.branch for d in visible if not args["subbranch"] or d.subbranch == args["subbranch"]}
-    )
+    subs, branches = fleet.choices(who.user, args["subbranch"])
     return c.page(
         request, "wall.html", data=data, args=args, subs=subs, branches=branches,
         inv=fleet.inventory, query=request.url.query,

@@ -39,7 +39,7 @@ class WebSettings(BaseSettings):
         5.0, ge=1, le=10, description="How often the wall and the board refresh, seconds."
     )
     state_refresh_s: float = Field(
-        2.0, gt=0, le=60, description="How often the server reads new device states."
+        4.0, gt=0, le=60, description="How often the server reads new device states."
     )
     inventory_refresh_s: float = Field(
         60.0, gt=0, description="How often the server rereads the inventory, seconds."
