@@ -24,10 +24,10 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("exporters.cli", "serve"),
     ("dashboards.cli", "dashboards"),
     ("broker.cli", "broker"),
+    ("stops.cli", "stops"),
     ("incidents.cli", "incidents"),
     ("web.cli", "web"),
     ("web.cli", "users"),
-    ("stops.cli", "stops"),
 )
 
 

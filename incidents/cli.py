@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import signal
+import time as clock
 import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -24,7 +25,7 @@ from typing import Any
 import click
 import psycopg
 
-from atmfleet.errors import UsageError
+from atmfleet.errors import ConfigError, UsageError
 from atmfleet.settings import load_settings
 from atmfleet.store.audit import Actor, User, cli_actor, require_role
 from atmfleet.store.connect import connect
@@ -374,24 +375,42 @@ def run_command(once: bool, name: str, as_json: bool) -> None:
 
     settings = load_settings()
     rules = load_rules(settings.rules_file)
-    with connect(settings.require_database_url(), application_name="atmfleet-incidents") as conn:
-        require_current(conn)
-        engine = Engine(conn, rules, name=name)
+    url = settings.require_database_url()
 
-        def report(stats: Any) -> None:
-            if as_json:
-                click.echo(json.dumps({k: v for k, v in vars(stats).items() if k != "started"}))
-            elif once or stats.opened or stats.restored or stats.marks or stats.errors:
-                click.echo(stats.line())
+    def report(stats: Any) -> None:
+        if as_json:
+            click.echo(json.dumps({k: v for k, v in vars(stats).items() if k != "started"}))
+        elif once or stats.opened or stats.restored or stats.marks or stats.errors:
+            click.echo(stats.line())
 
-        if once:
-            report(engine.run_once())
-            return
-        stopping = {"now": False}
+    stopping = {"now": False}
+    if not once:
 
         def stop(signum: int, frame: Any) -> None:
             stopping["now"] = True
 
         signal.signal(signal.SIGTERM, stop)
-        with suppress(KeyboardInterrupt):
-            engine.run(stop=lambda: stopping["now"], on_pass=report)
+    connected_once = False
+    backoff = rules.incidents.poll_s
+    with suppress(KeyboardInterrupt):
+        while not stopping["now"]:
+            try:
+                with connect(url, application_name="atmfleet-incidents") as conn:
+                    require_current(conn)
+                    connected_once = True
+                    backoff = rules.incidents.poll_s
+                    engine = Engine(conn, rules, name=name)
+                    if once:
+                        report(engine.run_once())
+                        return
+                    engine.run(stop=lambda: stopping["now"], on_pass=report)
+                    return
+            except (psycopg.OperationalError, ConfigError) as exc:
+                # The database went away (restart, failover): reconnect with capped backoff;
+                # the new engine resumes from its stored cursor. A first connection that
+                # fails is a configuration problem: said once, exit 2.
+                if not connected_once or once:
+                    raise ConfigError(str(exc).strip().splitlines()[0]) from None
+                log.warning("incident engine: database lost (%s); reconnecting", exc)
+                clock.sleep(min(backoff, 30.0))
+                backoff *= 2

@@ -53,7 +53,7 @@ from incidents.model import (
 )
 from incidents.sla import Clock, Mark, marks, pauses_from
 from rules.config import Rules, SlaContract
-from rules.feed import DeviceInputs, Feed
+from rules.feed import DeviceInputs, Feed, queries
 from rules.labels import STATE_LABEL, Label
 from rules.timeline import PowerRestored, Presence, Span, StateRun, build_timeline, from_ms, ms
 from rules.uptime import WindowSpans, days, scheduled_spans
@@ -205,7 +205,7 @@ class Engine:
         self.started = False
         # SLA: incident id -> (version, marks it can set); marks stored per incident.
         self._sla_cache: dict[int, tuple[int, list[Mark]]] = {}
-        self._stored_marks: set[tuple[int, int, str, str, int]] = set()
+        self._stored_marks: dict[int, set[tuple[int, str, str, int]]] = defaultdict(set)
 
     # ------------------------------------------------------------------ start-up
 
@@ -330,6 +330,7 @@ class Engine:
         ctx = self.feed.context_ms()
         params = {"ids": ids, "lo": from_ms(lo - ctx), "hi": from_ms(hi)}
         out: dict[str, DeviceInputs] = defaultdict(DeviceInputs)
+        wanted = set(ids)
         with self.conn.cursor(binary=True) as cur:
             for device_id, start, seq, last, state, hb in cur.execute(Q_RUNS, params):
                 out[device_id].runs.append(StateRun(start, last, state, hb, seq))
@@ -337,6 +338,12 @@ class Engine:
                 out[device_id].presence.append(Presence(ts, online, will, received))
             for device_id, since, ts in cur.execute(Q_POWER, {**params, "lo": from_ms(lo)}):
                 out[device_id].power.append(PowerRestored(since, ts))
+            # Approved planned stops: planned time in the timeline, as for 开机率.
+            for device_id, a, b in cur.execute(
+                queries()["planned_stops"], {"lo": from_ms(lo), "hi": from_ms(hi)}
+            ):
+                if device_id in wanted:
+                    out[device_id].stops.append((a, b))
             outages = self.feed.unknown_before(lo - ctx)
             outages += [(a, b) for a, b in cur.execute(Q_OUTAGES, params)]
         return out, outages
@@ -370,6 +377,7 @@ class Engine:
             timeline = build_timeline(
                 got.runs, lo, now_ms, horizon=now_ms, presence=got.presence, power=got.power,
                 outages=outages, timeout_factor=factor, default_heartbeat_s=device.heartbeat_s,
+                stops=got.stops,
             )  # fmt: skip
             if not got.runs and not got.presence and device_id not in self.last_seen:
                 continue  # never heard from: not installed yet, not an outage
@@ -398,7 +406,7 @@ class Engine:
             try:
                 with self.conn.transaction():
                     if incident is not None:
-                        self._follow_incident(incident, obs, got, stats)
+                        self._follow_incident(incident, obs, got, now_ms, stats)
                         self.watch.add(device_id)
                     elif device_id in to_open:
                         if device_id in planned:
@@ -454,7 +462,12 @@ class Engine:
         return out
 
     def _follow_incident(
-        self, incident: Incident, obs: Observation, got: DeviceInputs, stats: PassStats
+        self,
+        incident: Incident,
+        obs: Observation,
+        got: DeviceInputs,
+        now_ms: int,
+        stats: PassStats,
     ) -> None:
         """An active incident: restored when the device is available, on site when it
         entered maintenance mode during the outage."""
@@ -470,7 +483,11 @@ class Engine:
             since = ms(incident.cycle_at) - int(self.rules.incidents.merge_flaps_s * 1000)
             since = max(since, ms(incident.started_at))
             arrival = next(
-                (r.start for r in got.runs if r.state == MAINTENANCE_STATE and r.end >= since),
+                (
+                    r.start
+                    for r in got.runs
+                    if r.state == MAINTENANCE_STATE and r.end >= since and r.start < now_ms
+                ),
                 None,
             )
             if arrival is not None:
@@ -563,7 +580,7 @@ class Engine:
             if previous is not None:
                 stats.repeats += 1
             # Already in maintenance mode when it opened: the technician is there.
-            self._follow_incident(incident, Observation(None, None, outage), got, stats)
+            self._follow_incident(incident, Observation(None, None, outage), got, now_ms, stats)
         return incident
 
     def _merge(self, incident: Incident, outage: Outage) -> None:
@@ -648,9 +665,10 @@ class Engine:
 
     def _sla(self, at: datetime, now_ms: int, stats: PassStats) -> None:
         lookback = from_ms(now_ms - int(self.rules.incidents.lookback_hours * 3_600_000))
+        # Not closed (the partial index), and closed ones opened within the lookback whose
+        # marks may have fallen due while no engine ran.
         incidents = self._incidents(
-            "contract IS NOT NULL AND (state = ANY(%s) OR restored_at >= %s)",
-            [s.value for s in ACTIVE_STATES],
+            "contract IS NOT NULL AND (state <> 'closed' OR (state = 'closed' AND opened_at >= %s))",
             lookback,
         )
         if not incidents:
@@ -670,19 +688,20 @@ class Engine:
                 " WHERE incident_id = ANY(%s)",
                 (ids,),
             ):
-                self._stored_marks.add((incident_id, cycle, deadline, kind, level))
+                self._stored_marks[incident_id].add((cycle, deadline, kind, level))
             for incident in stale:
                 pauses = pauses_from(history[incident.id], ms(incident.cycle_at))
                 self._sla_cache[incident.id] = (incident.version, self._marks_of(incident, pauses))
         live = {i.id for i in incidents}
         for gone in [k for k in self._sla_cache if k not in live]:
             del self._sla_cache[gone]
+            self._stored_marks.pop(gone, None)
 
         due: list[tuple[Incident, Mark]] = []
         for incident in incidents:
             for mark in self._sla_cache[incident.id][1]:
-                key = (incident.id, incident.cycle, mark.deadline, mark.kind, mark.level)
-                if mark.due <= now_ms and key not in self._stored_marks:
+                key = (incident.cycle, mark.deadline, mark.kind, mark.level)
+                if mark.due <= now_ms and key not in self._stored_marks[incident.id]:
                     due.append((incident, mark))
         if not due:
             return
@@ -701,8 +720,8 @@ class Engine:
                     break
         fresh = [pair for pair, new in zip(due, inserted, strict=True) if new]
         for incident, mark in due:
-            self._stored_marks.add(
-                (incident.id, incident.cycle, mark.deadline, mark.kind, mark.level)
+            self._stored_marks[incident.id].add(
+                (incident.cycle, mark.deadline, mark.kind, mark.level)
             )
         stats.marks += len(fresh)
         by_kind: dict[str, dict[str, _Notice]] = defaultdict(lambda: defaultdict(_Notice))

@@ -106,6 +106,22 @@ class Window:
 
 
 @dataclass(frozen=True, slots=True)
+class ApprovedStop:
+    """An approved planned stop of the register (stops/), as the bulletins list it."""
+
+    id: int
+    device_id: str | None
+    branch_id: str | None
+    subbranch: str | None
+    start: int  # ms
+    end: int  # ms
+    reason: str
+    requester: str
+    approver: str
+    retroactive: bool
+
+
+@dataclass(frozen=True, slots=True)
 class TxnDay:
     """Counted transactions of one device on one local day."""
 
@@ -367,6 +383,13 @@ class Feed:
         for branch_id, day, fin, non_fin in self._rows("counters", first=first, last=last):
             out.setdefault(day, {})[branch_id] = CounterCounts(fin, non_fin)
         return out
+
+    def approved_stops(self, lo: int, hi: int) -> list[ApprovedStop]:
+        """Approved registered planned stops overlapping ``[lo, hi)``, by start."""
+        return [
+            ApprovedStop(*row)
+            for row in self._rows("approved_stops", lo=from_ms(lo), hi=from_ms(hi))
+        ]
 
     def service_events(
         self, lo: int, hi: int

@@ -65,6 +65,18 @@ FROM planned_stops s JOIN devices d ON d.branch = s.branch_id
 WHERE s.status = 'approved' AND s.branch_id IS NOT NULL AND s.ends_at > %(lo)s AND s.starts_at < %(hi)s
 ORDER BY 1, 2;
 
+-- The approved stops themselves, overlapping [lo, hi) (listed in the bulletins).
+-- name: approved_stops
+SELECT s.id, s.device_id, s.branch_id, coalesce(b.subbranch, db.subbranch),
+       floor(extract(epoch FROM s.starts_at) * 1000)::int8, floor(extract(epoch FROM s.ends_at) * 1000)::int8,
+       s.reason, s.requester, s.approver, s.retroactive
+FROM planned_stops s
+LEFT JOIN branches b ON b.id = s.branch_id
+LEFT JOIN devices d ON d.id = s.device_id
+LEFT JOIN branches db ON db.id = d.branch
+WHERE s.status = 'approved' AND s.ends_at > %(lo)s AND s.starts_at < %(hi)s
+ORDER BY s.starts_at, s.id;
+
 -- Fault events and technician arrivals (vendor scorecard) in [lo, hi).
 -- name: service_events
 SELECT device_id, floor(extract(epoch FROM ts) * 1000)::int8, event, component, code

@@ -21,7 +21,8 @@ covers, in the same transaction, so the next computation sees it.
 Every action takes ``expected_version`` (optimistic concurrency, like the incident
 service): given and not the stored version, :class:`Conflict`. Two people acting on one
 stop at once: the row lock serialises them, one wins, the other gets :class:`Conflict` or
-a :class:`UsageError` naming the actions the stop now allows.
+a :class:`UsageError` naming the actions the stop now allows. ``now`` defaults to the
+database's clock; tests pass it (a surface a person uses never does).
 """
 
 from __future__ import annotations

@@ -23,7 +23,12 @@ S1, S2 = "S1", "S2"
 B1, B2 = "S1-B1", "S2-B1"
 
 
-def inventory(devices_per_branch: int = 3, vendor: str = "GRG") -> Inventory:
+def inventory(
+    devices_per_branch: int = 3, vendor: str = "GRG", windows: dict[str, str] | None = None
+) -> Inventory:
+    """Two sub-branches (tiers 1 and 3), one branch each, ``devices_per_branch`` off-site
+    ATMs in each (ids ``S1-B1-D000``...), and GRG's teams: one for S1, one for the rest."""
+    windows = windows or {}
     subs = (
         SubBranch(id=S1, name="一分行", tier=Tier.FIRST),
         SubBranch(id=S2, name="二分行", tier=Tier.THIRD),
@@ -41,6 +46,7 @@ def inventory(devices_per_branch: int = 3, vendor: str = "GRG") -> Inventory:
             vendor=vendor,
             model="H68",
             commissioned=date(2020, 1, 1),
+            service_window=windows.get(f"{b.id}-D{i:03d}"),
         )
         for b in branches
         for i in range(devices_per_branch)

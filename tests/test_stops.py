@@ -185,6 +185,20 @@ def test_the_merge_rule_on_plain_intervals() -> None:
     ]
 
 
+def test_local_times_on_the_command_line() -> None:
+    from stops.cli import parse_local
+
+    assert parse_local("2026-12-03 09:00", RULES, "--from") == local(9, date(2026, 12, 3))
+    assert parse_local("2026-12-03T9:30", RULES, "--from") == local(9.5, date(2026, 12, 3))
+    assert parse_local("2026-12-03", RULES, "--from") == local(0, date(2026, 12, 3))
+    assert parse_local("2026-12-03", RULES, "--to", end=True) == local(0, date(2026, 12, 4))
+    assert parse_local("2026-12-03T01:00:00+00:00", RULES, "--to") == local(9, date(2026, 12, 3))
+    with pytest.raises(UsageError, match=r"--from 'tomorrow': give local time"):
+        parse_local("tomorrow", RULES, "--from")
+    with pytest.raises(UsageError, match="--to '2026-02-30'"):
+        parse_local("2026-02-30", RULES, "--to", end=True)
+
+
 # ------------------------------------------------------------------ the figures of S
 
 
@@ -396,10 +410,18 @@ def test_the_command_line(url: str, tmp_path: Path) -> None:
 
 
 def test_the_bulletin_shows_planned_time_as_kpi_does(url: str, tmp_path: Path) -> None:
-    """PS3 (only P-B1, fault 10-14) with a stop 10-13: 3 h planned in the bulletin's
-    planned table and summary, the same numbers `atmfleet kpi uptime` prints."""
+    """PS3 (only P-B1 of PB5, fault 10-14): a device stop 10-13 registered ahead, a branch
+    stop 13:00-13:30 registered the next day, and a request never approved (00-01): 3.5 h
+    planned in the bulletin's planned table and summary, the numbers `atmfleet kpi
+    uptime` prints, and the two approved stops listed."""
     with psycopg.connect(url) as conn:
         ahead(conn, 10, 13, device_id="P-B1")
+        next_day = local(10, DAY + timedelta(days=1))
+        retro = service.add(conn, ALICE, rules=RULES, starts_at=local(13), ends_at=local(13.5),
+                            reason="断电检修", branch_id="PB5", now=next_day)  # fmt: skip
+        service.approve(conn, retro.id, BOB, rules=RULES, now=next_day)
+        service.add(conn, ALICE, rules=RULES, starts_at=local(0), ends_at=local(1),
+                    reason="未批", device_id="P-B1", now=AHEAD)  # fmt: skip
     got = invoke(url, "bulletin", "daily", "--date", str(DAY), "--format", "json",
                  "--out", str(tmp_path))  # fmt: skip
     assert got.exit_code == 0, got.output
@@ -411,10 +433,24 @@ def test_the_bulletin_shows_planned_time_as_kpi_does(url: str, tmp_path: Path) -
     for r in kpi["rows"]:
         assert rows[r["group"]]["planned_h"] == r["planned_ms"] / H
         assert rows[r["group"]]["scheduled_h"] == r["scheduled_ms"] / H
-    assert rows["PS3"]["planned_h"] == 3
+    assert (rows["PS3"]["planned_h"], rows["PS3"]["scheduled_h"]) == (3.5, 20.5)
     total = kpi["total"]["planned_ms"] / H
     assert doc["summary"]["planned_h"]["value"] == total
     assert any(f"{total:.2f}" in note for note in doc["footnotes"])
+    listed = {r["target"]: r for r in doc["tables"]["stops"]["rows"]}
+    device, branch = listed["P-B1"], listed["PB5"]
+    assert (device["starts"], device["ends"]) == ("2026-11-27 10:00", "2026-11-27 13:00")
+    assert (device["requester"], device["approver"], device["retroactive"]) == (
+        "alice",
+        "bob",
+        "否",
+    )
+    assert (branch["subbranch"], branch["retroactive"], branch["stop_reason"]) == (
+        "PS3",
+        "是",
+        "断电检修",
+    )
+    assert "未批" not in {r["stop_reason"] for r in doc["tables"]["stops"]["rows"]}
 
 
 def test_the_monthly_assessment_shows_planned_time_as_kpi_does(url: str, tmp_path: Path) -> None:
@@ -440,3 +476,40 @@ def test_a_reader_login_is_refused_in_one_line(url: str) -> None:
     assert got.exit_code == 2
     assert got.output.startswith("atmfleet: error: this database login may not change the register")
     assert invoke(as_reader, "stops", "list", "--json").exit_code == 0
+
+
+def test_two_approvers_at_once_one_wins_the_other_is_told(url: str) -> None:
+    """Bob's approval holds the row until it commits; Ada's, at the same moment, waits
+    for it and is then told the stop is approved (only cancel is left)."""
+    import threading
+
+    with psycopg.connect(url) as first, psycopg.connect(url) as second:
+        stop = service.add(first, ALICE, rules=RULES, starts_at=local(2), ends_at=local(3),
+                           reason="并发", device_id="P-R2", now=AHEAD)  # fmt: skip
+        outcome: list[BaseException | service.Stop] = []
+
+        def other() -> None:
+            try:
+                outcome.append(service.approve(second, stop.id, ADA, rules=RULES, now=AHEAD))
+            except BaseException as exc:  # the outcome is asserted below
+                outcome.append(exc)
+
+        with first.transaction():  # Bob's approval, not committed yet
+            service.approve(first, stop.id, BOB, rules=RULES, now=AHEAD)
+            worker = threading.Thread(target=other)
+            worker.start()
+            with psycopg.connect(url, autocommit=True) as watch:
+                for _ in range(600):  # until Ada's statement waits on the row lock
+                    row = watch.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND wait_event_type = 'Lock'"
+                    ).fetchone()
+                    if row and row[0]:
+                        break
+                    worker.join(0.05)
+                else:
+                    pytest.fail("the second approval never waited for the first")
+        worker.join(30)
+        assert len(outcome) == 1 and isinstance(outcome[0], UsageError)
+        assert "it is approved; allowed: cancel" in str(outcome[0])
+        assert service.get(first, stop.id, ALICE).approver == "bob"

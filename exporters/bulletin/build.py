@@ -111,6 +111,28 @@ def planned_table(up_sub: Any, inventory: Inventory, m: Messages) -> Table:
     return t
 
 
+def stops_table(ctx: Context, m: Messages) -> Table:
+    """The approved registered stops overlapping the period (the register's entries
+    behind the planned time), times in the rules' time zone."""
+    lo, hi = ctx.span
+    tz = ctx.rules.tz
+    t = Table("stops", m("t.stops"), [
+        Column(k, m("c.stop_target" if k == "target" else f"c.{k}"), kind) for k, kind in (
+            ("stop_id", Kind.INT), ("target", Kind.TEXT), ("subbranch", Kind.TEXT),
+            ("starts", Kind.TEXT), ("ends", Kind.TEXT), ("stop_reason", Kind.TEXT),
+            ("requester", Kind.TEXT), ("approver", Kind.TEXT), ("retroactive", Kind.TEXT),
+        )
+    ], note=m("note.stops", tz=ctx.rules.timezone))  # fmt: skip
+
+    def local(at: int) -> str:
+        return from_ms(at).astimezone(tz).strftime("%Y-%m-%d %H:%M")
+
+    for s in ctx.feed.approved_stops(lo, min(hi, ctx.horizon)):
+        t.add([s.id, s.device_id or s.branch_id, s.subbranch, local(s.start), local(s.end),
+               s.reason, s.requester, s.approver, m("yes") if s.retroactive else m("no")])  # fmt: skip
+    return t
+
+
 def planned_footnote(total: dict[str, Any], rules: Rules, m: Messages) -> str:
     cap = rules.planned_maintenance.max_excluded_s_per_day
     capped = "" if cap is None else m("f.planned_cap", h=f"{cap / 3600:g}")
@@ -336,6 +358,7 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
 
     # Planned time, apart from the downtime (registered stops and declared maintenance).
     b.tables.append(planned_table(up_sub, inv, m))
+    b.tables.append(stops_table(ctx, m))
 
     b.footnotes = [m("f.no_data")]
     if total["coverage"] is not None and total["coverage"] < 1:
@@ -475,5 +498,6 @@ def assessment(
 
     # Planned time, apart from the downtime.
     b.tables.append(planned_table(up, inventory, m))
+    b.tables.append(stops_table(ctx, m))
     b.footnotes.append(planned_footnote(total, rules, m))
     return b
