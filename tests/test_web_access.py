@@ -7,25 +7,25 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.web_fleet import INCIDENTS, PASSWORD
-from tests.web_server import Server, serve
+from tests.web_server import Server
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    yield from serve(tmp_path_factory.mktemp("web-out"))
+@pytest.fixture
+def srv(web_server: Server) -> Server:
+    """The session's console (tests/conftest.py): these tests leave what they change."""
+    return web_server
 
 
 def incident_of(srv: Server, device: str) -> int:
     with srv.client("admin") as c:
-        items = c.get("/api/incidents").json()["items"]
+        items = c.get("/api/incidents", params={"include_closed": True}).json()["items"]
     return next(i["id"] for i in items if i["device_id"] == device)
 
 
@@ -84,7 +84,7 @@ class TestScope:
             assert c.get(f"/api/incidents/{inc}").status_code == 404
             assert c.get(f"/incidents/{inc}").status_code == 404
             assert c.post(f"/api/incidents/{inc}/ack", json={}).status_code == 404
-            board = c.get("/api/incidents").json()
+            board = c.get("/api/incidents", params={"include_closed": True}).json()
         devices = {i["device_id"] for i in board["items"]}
         assert devices == {d for d in INCIDENTS if d.startswith("wb")}
 
