@@ -184,7 +184,8 @@ PAGES = {
     "wall-branch": "/wall?subbranch=S1&branch=B1", "wall-fault": "/wall?state=fault",
     "device": "/devices/wa-2", "incidents": "/incidents", "incident": "/incidents/{inc}",
     "stops": "/stops", "bulletins": "/bulletins", "kpi": "/kpi",
-    "kpi-substitution": "/kpi?kind=substitution", "audit": "/audit", "not-found": "/devices/nope",
+    "kpi-substitution": "/kpi?kind=substitution", "kpi-low-yield": "/kpi?kind=low-yield",
+    "kpi-branch": "/kpi?scope=subbranch:S1", "audit": "/audit", "not-found": "/devices/nope",
 }  # fmt: skip
 
 

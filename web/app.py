@@ -8,6 +8,7 @@ an :class:`~web.auth.Authenticator`), so a test builds its own.
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -83,6 +84,7 @@ class Console:
             cell=_cell,
             plain=self._plain,
         )
+        self.templates.globals["changes"] = _changes
 
     def _localtime(self, value: Any, tz: Any = None) -> str:
         if value is None or value == "":
@@ -97,7 +99,7 @@ class Console:
                 return self._localtime(datetime.fromisoformat(value))
             except ValueError:
                 return value
-        return str(value)
+        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
     def _mstime(self, value: int, tz: Any = None) -> str:
         return str(from_ms(value).astimezone(tz or self.rules.tz).strftime("%H:%M"))
@@ -197,6 +199,15 @@ def _cell(value: Any, column: str, lang: str = i18n.DEFAULT) -> str:
         return ", ".join(f"{k} {display(column, v)}" for k, v in value.items()) if isinstance(
             value, dict) else ", ".join(map(str, value))  # fmt: skip
     return display(column, value)
+
+
+def _changes(before: Any, after: Any) -> list[tuple[str, Any, Any]]:
+    """An audit row's before -> after as the keys that differ (all of them when one side
+    is missing), each with its two values."""
+    b = before if isinstance(before, dict) else {}
+    a = after if isinstance(after, dict) else {}
+    keys = sorted(set(b) | set(a))
+    return [(k, b.get(k), a.get(k)) for k in keys if b.get(k) != a.get(k) or not (b and a)]
 
 
 def _status(exc: Exception) -> int:

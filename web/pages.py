@@ -329,7 +329,14 @@ def kpi(
     })  # fmt: skip
     return c.page(request, "kpi.html", kind=kind, scope=scope, first=first, last=last,
                   report=report, value_key=value_key, chart=chart, error=error,
+                  by=report.extra.get("by") or _by_of(report),
                   kinds=KPI_KINDS)  # fmt: skip
+
+
+def _by_of(report: Any) -> str:
+    """What a report is broken down by (the title says it for those without ``by``)."""
+    title = str(report.title)
+    return title.rsplit("by ", 1)[-1] if "by " in title else ""
 
 
 # --------------------------------------------------------------------------- audit

@@ -26,8 +26,9 @@ document.addEventListener("DOMContentLoaded", () => {
     const series = [{name: labels.value, type: "bar", data: data.values.map(pct),
       itemStyle: {color: "#3f7fd0"}}];
     if (data.targets && data.targets.some((v) => v !== null)) {
-      series.push({name: labels.target, type: "line", step: "middle", symbol: "none",
-        lineStyle: {type: "dashed", color: "#d32f2f"}, data: data.targets.map(pct)});
+      series.push({name: labels.target, type: "scatter", symbol: "rect",
+        symbolSize: [Math.max(12, Math.min(80, 600 / data.groups.length)), 3],
+        itemStyle: {color: "#d32f2f"}, data: data.targets.map(pct), z: 3});
     }
     chart.setOption({
       animation: false, tooltip: {trigger: "axis", valueFormatter: (v) => v === null ? "–" : v + "%"},
