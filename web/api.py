@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from web import ops
 from web.app import console_of
-from web.kpi import device_figures, kpi_report
+from web.kpi import kpi_report
 from web.scope import report_scope
 
 
@@ -138,18 +138,10 @@ def wall(
 
 @router.get("/devices/{device_id}", response_model=Obj, summary="A device (any role)")
 def device(request: Request, device_id: str) -> Obj:
-    c = console_of(request)
-    who = c.principal(request)
-    fleet = c.fleet.fresh()
-    d = fleet.device(who.user, device_id)
-    if d is None:
-        raise ops.NotFound(f"no device {device_id}")
-    with c.conn() as conn:
-        figures = device_figures(conn, c.rules, device_id)
-        sample = ops.latest_sample(conn, device_id)
+    v = console_of(request).device_view(request, device_id)
+    d = v.pop("device")
     return {"id": d.id, "branch": d.branch, "subbranch": d.subbranch, "type": d.type,
-            "vendor": d.vendor, "model": d.model, "state": fleet.state_of(d.id),
-            "latest": sample, "figures": figures}  # fmt: skip
+            "vendor": d.vendor, "model": d.model, "placement": d.placement, **v}  # fmt: skip
 
 
 @router.get("/incidents", response_model=Obj, summary="The incidents board (any role)")

@@ -133,6 +133,27 @@ class Console:
         request.state.principal = found
         return found
 
+    def device_view(self, request: Request, device_id: str) -> dict[str, Any]:
+        """A device the caller may see (404 otherwise) with everything its page shows:
+        the figures of the KPI layer, the last state message, its incidents and stops."""
+        from web import ops
+        from web.kpi import device_figures
+
+        who = self.principal(request)
+        fleet = self.fleet.fresh()
+        d = fleet.device(who.user, device_id)
+        if d is None:
+            raise NotFound(f"no device {device_id}")
+        with self.conn() as conn:
+            return {
+                "device": d, "state": fleet.state_of(device_id),
+                "last_seen": fleet.last_seen(device_id),
+                "figures": device_figures(conn, self.rules, device_id),
+                "latest": ops.latest_sample(conn, device_id),
+                "incidents": ops.device_incidents(conn, who.user, device_id),
+                "stops": ops.device_stops(conn, who, device_id),
+            }  # fmt: skip
+
     def writer(self, request: Request, csrf: str | None, role: str = "operator") -> Principal:
         """The caller of a write: authenticated, with the CSRF token of its session
         (a bearer token carries none), and at least ``role``."""

@@ -27,7 +27,7 @@ from web.auth import (
 )
 from web.fleet import STATES
 from web.i18n import LANGUAGES
-from web.kpi import KPI_KINDS, device_figures, kpi_report
+from web.kpi import KPI_KINDS, kpi_report
 from web.scope import report_scope
 
 router = APIRouter(include_in_schema=False)
@@ -145,21 +145,21 @@ def wall(request: Request) -> Response:
 @router.get("/devices/{device_id}")
 def device(request: Request, device_id: str) -> Response:
     c = console_of(request)
-    who = c.principal(request)
-    fleet = c.fleet.fresh()
-    d = fleet.device(who.user, device_id)
-    if d is None:
-        raise ops.NotFound(f"no device {device_id}")
-    with c.conn() as conn:
-        figures = device_figures(conn, c.rules, device_id)
-        sample = ops.latest_sample(conn, device_id)
-        incidents = ops.device_incidents(conn, who.user, device_id)
-        stops = ops.device_stops(conn, who, device_id)
+    v = c.device_view(request, device_id)
     return c.page(
-        request, "device.html", d=d, state=fleet.state_of(device_id), figures=figures,
-        sample=sample, incidents=incidents, stops=stops, last_seen=fleet.last_seen(device_id),
-        tz=c.rules.tz, inv=fleet.inventory, chart=json.dumps(figures["days"]),
-    )  # fmt: skip
+        request,
+        "device.html",
+        d=v["device"],
+        state=v["state"],
+        figures=v["figures"],
+        sample=v["latest"],
+        incidents=v["incidents"],
+        stops=v["stops"],
+        last_seen=v["last_seen"],
+        tz=c.rules.tz,
+        inv=c.fleet.inventory,
+        chart=json.dumps(v["figures"]["days"]),
+    )
 
 
 # ----------------------------------------------------------------------- incidents
