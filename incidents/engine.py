@@ -80,17 +80,21 @@ def planned_stop_covering(
 
 
 _MS = "floor(extract(epoch FROM {}) * 1000)::int8"
+# Every read is bounded by the horizon ``at`` (the database's now when live; a time in
+# the past when replaying history: nothing stored after it is seen).
 Q_LATEST = f"""
-SELECT DISTINCT ON (device_id) device_id, {_MS.format("last_ts")}, state, heartbeat_s
-FROM state_runs ORDER BY device_id, start_ts DESC, start_seq DESC
+SELECT DISTINCT ON (device_id) device_id, {_MS.format("least(last_ts, %(at)s)")}, state,
+       heartbeat_s
+FROM state_runs WHERE start_ts <= %(at)s ORDER BY device_id, start_ts DESC, start_seq DESC
 """
 Q_FOLLOW = f"""
-SELECT device_id, {_MS.format("last_ts")}, state, heartbeat_s FROM state_runs
-WHERE tstzrange(start_ts, last_ts, '[]') && tstzrange(%(since)s, NULL)
+SELECT device_id, {_MS.format("least(last_ts, %(at)s)")}, state, heartbeat_s FROM state_runs
+WHERE tstzrange(start_ts, last_ts, '[]') && tstzrange(%(since)s, NULL) AND start_ts <= %(at)s
 ORDER BY last_ts, start_ts
 """
 Q_FOLLOW_PRESENCE = """
-SELECT DISTINCT device_id FROM presence WHERE presence_at(will, ts, received_at) >= %(since)s
+SELECT DISTINCT device_id FROM presence
+WHERE presence_at(will, ts, received_at) >= %(since)s AND presence_at(will, ts, received_at) <= %(at)s
 """
 Q_RUNS = f"""
 SELECT device_id, {_MS.format("start_ts")}, start_seq, {_MS.format("last_ts")}, state, heartbeat_s
@@ -107,7 +111,7 @@ WHERE device_id = ANY(%(ids)s) AND presence_at(will, ts, received_at) >= %(lo)s
 Q_POWER = f"""
 SELECT DISTINCT device_id, {_MS.format("since")}, {_MS.format("ts")} FROM events
 WHERE device_id = ANY(%(ids)s) AND event = 'power_restored' AND since IS NOT NULL
-  AND ts >= %(lo)s AND since < %(hi)s
+  AND ts >= %(lo)s AND since < %(hi)s AND ts <= %(hi)s
 """
 Q_OUTAGES = f"""
 SELECT {_MS.format("started_at")}, {_MS.format("ended_at")} FROM collector_outages
@@ -201,6 +205,8 @@ class Engine:
         self.latest_state: dict[str, str] = {}
         self.heartbeat: dict[str, int] = {}
         self.watch: set[str] = set()
+        # Devices with an active incident -> their last sample when last evaluated.
+        self._settled: dict[str, int] = {}
         self.cursor: int | None = None
         self.started = False
         # SLA: incident id -> (version, marks it can set); marks stored per incident.
@@ -216,15 +222,18 @@ class Engine:
         self.maintainers = {(v, r): i for v, r, i in rows}
         self._inventory_at = time.monotonic()
 
-    def start(self) -> None:
-        """Read the inventory, the cursor and every device's latest run (once)."""
+    def start(self, at: datetime | None = None) -> None:
+        """Read the inventory, the cursor and every device's latest run by ``at`` (default
+        the database's now), once."""
         self._load_inventory()
+        if at is None:
+            at = self.conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
         row = self.conn.execute(
             f"SELECT {_MS.format('cursor_at')} FROM incident_engine WHERE name = %s",
             (self.name,),
         ).fetchone()
         self.cursor = None if row is None or row[0] is None else int(row[0])
-        for device_id, last, state, hb in self.conn.execute(Q_LATEST).fetchall():
+        for device_id, last, state, hb in self.conn.execute(Q_LATEST, {"at": at}).fetchall():
             self._seen(device_id, last, state, hb)
         active = self.conn.execute(
             "SELECT device_id FROM incidents WHERE state = ANY(%s)",
@@ -246,7 +255,7 @@ class Engine:
     def run_once(self, now: datetime | None = None) -> PassStats:
         """One pass; ``now`` (default: the database's clock) is the horizon evaluated."""
         if not self.started:
-            self.start()
+            self.start(now)
         if time.monotonic() - self._inventory_at > self.rules.incidents.inventory_refresh_s:
             self._load_inventory()
         stats = PassStats(started=time.monotonic())
@@ -275,6 +284,7 @@ class Engine:
         except BaseException:
             self._sla_cache.clear()
             self._stored_marks.clear()
+            self._settled.clear()
             raise
         self.cursor = now_ms
         stats.seconds = time.monotonic() - stats.started
@@ -303,13 +313,14 @@ class Engine:
         assert self.inventory is not None
         slack = int(self.rules.incidents.follow_slack_s * 1000)
         since = (now_ms if self.cursor is None else self.cursor) - slack
-        rows = self.conn.execute(Q_FOLLOW, {"since": from_ms(since)}).fetchall()
+        bounds = {"since": from_ms(since), "at": from_ms(now_ms)}
+        rows = self.conn.execute(Q_FOLLOW, bounds).fetchall()
         stats.followed = len(rows)
         changed: set[str] = set()
         for device_id, last, state, hb in rows:
             self._seen(device_id, last, state, hb)
             changed.add(device_id)
-        presence = {d for (d,) in self.conn.execute(Q_FOLLOW_PRESENCE, {"since": from_ms(since)})}
+        presence = {d for (d,) in self.conn.execute(Q_FOLLOW_PRESENCE, bounds)}
         factor = self.rules.heartbeat.timeout_factor
         candidates = set(self.watch) | presence
         candidates |= {d for d in changed if self.latest_state.get(d) not in AVAILABLE_STATES}
@@ -320,7 +331,15 @@ class Engine:
             ):
                 candidates.add(device_id)
         known = self.inventory.device_by_id
-        return {d for d in candidates if d in known}
+        # A device whose incident is open and which sent nothing new since it was last
+        # looked at cannot change it (on site and restored need new data): skipped, so a
+        # long outage of thousands of devices does not re-read them every pass.
+        settled = self._settled
+        return {
+            d
+            for d in candidates
+            if d in known and (d in presence or settled.get(d, -2) != self.last_seen.get(d, -1))
+        }
 
     # ------------------------------------------------------------------ evaluate
 
@@ -403,23 +422,29 @@ class Engine:
         opened: list[Incident] = []
         for device_id, (obs, got) in observations.items():
             incident = by_device.get(device_id)
+            self._settled.pop(device_id, None)
             try:
                 with self.conn.transaction():
                     if incident is not None:
                         self._follow_incident(incident, obs, got, now_ms, stats)
                         self.watch.add(device_id)
+                        if not obs.available:
+                            self._settled[device_id] = self.last_seen.get(device_id, -1)
                     elif device_id in to_open:
                         if device_id in planned:
                             stats.skipped_planned += 1
                             self.watch.add(device_id)
                             continue
                         outage = to_open[device_id]
+                        merged_before = stats.merged
                         new = self._open(
                             device_id, outage, components.get(device_id, []),
                             recent.get(device_id, []), at, now_ms, got, stats,
                         )  # fmt: skip
                         if new is not None:
                             opened.append(new)
+                        if new is not None or stats.merged > merged_before:
+                            self._settled[device_id] = self.last_seen.get(device_id, -1)
                         self.watch.add(device_id)
                     elif obs.available:
                         self.watch.discard(device_id)
