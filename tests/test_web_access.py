@@ -186,7 +186,7 @@ class TestAudit:
             text = c.get("/audit.csv").text
         table = list(csv.DictReader(io.StringIO(text.lstrip("\ufeff"))))
         assert any(r["action"] == "incident.ack" and r["object_id"] == str(inc) for r in table)
-        assert {"token.issue", "user.add"} <= {r["action"] for r in table}
+        assert {"token.issue", "user.add", "session.login"} <= {r["action"] for r in table}
 
 
 class TestNothingFromOutside:

@@ -179,4 +179,10 @@ def web(host: str | None, port: int | None) -> None:
     app = build_app(url)
     h, p = host or web_settings.host, port or web_settings.port
     click.echo(f"atmfleet web console on http://{h}:{p}/", err=True)
+    if web_settings.cookie_secure and h not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(
+            "atmfleet web: browsers keep the (Secure) session cookie over HTTPS only: put a "
+            "TLS-terminating proxy in front (docs/web.md, Access)",
+            err=True,
+        )
     uvicorn.run(app, host=h, port=p, log_level="warning", proxy_headers=False)

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from atmfleet.errors import UsageError
+from atmfleet.store.audit import Actor, record
 from web import ops
 from web.app import LANG_COOKIE, SESSION_COOKIE, console_of
 from web.auth import (
@@ -70,6 +71,7 @@ def login(
             conn.commit()
             return c.page(request, "login.html", 401, next=_safe_next(next), error="login.bad")
         login_succeeded(conn, username, ip)
+        record(conn, Actor(who, "web"), "session.login", "user", who, detail=f"from {ip}")
         value, _csrf = open_session(conn, who, s.session_hours, ip,
                                     request.headers.get("user-agent"))  # fmt: skip
         conn.commit()
@@ -88,6 +90,7 @@ def logout(request: Request, csrf: FormStr = "") -> Response:
     with c.conn() as conn:
         if who.session:
             close_session(conn, who.session)
+            record(conn, who.actor, "session.logout", "user", who.user.username)
     out = RedirectResponse("/login", 303)
     out.delete_cookie(SESSION_COOKIE, path="/")
     return out
