@@ -29,10 +29,11 @@ from web.scope import sees
 STATES = ("in_service", "degraded", "fault", "cash_out", "deposit_full", "supervisor",
           "maintenance", "planned_maintenance", "comms_down", "closed", "powered_off",
           "offline", "unknown")  # fmt: skip
-#: How the wall groups states into colours (a tile shows the worst).
+#: How the wall orders states (a tile shows the worst; closed by schedule and no data
+#: colour a tile only when nothing else is in it).
 SEVERITY = {"fault": 0, "cash_out": 1, "deposit_full": 1, "offline": 2, "comms_down": 2,
             "powered_off": 2, "degraded": 3, "maintenance": 4, "supervisor": 4,
-            "planned_maintenance": 5, "closed": 7, "in_service": 8, "unknown": 9}  # fmt: skip
+            "planned_maintenance": 5, "in_service": 8, "closed": 9, "unknown": 10}  # fmt: skip
 #: Late telemetry: a refresh rereads this far before the previous one.
 OVERLAP = timedelta(seconds=30)
 
@@ -311,7 +312,7 @@ class Fleet:
                 counts[st] = counts.get(st, 0) + n
         tiles = [
             {"id": k, "name": names.get(k, ("", ""))[0], "total": sum(v.values()),
-             "counts": dict(v), "worst": min(v, key=lambda st: SEVERITY.get(st, 10))}
+             "counts": dict(v), "worst": min(v, key=lambda st: SEVERITY.get(st, 11))}
             for k, v in sorted(groups.items())
         ]  # fmt: skip
         return {
@@ -360,10 +361,10 @@ class Fleet:
         names = inv.subbranches if level == "fleet" else inv.branches
         tiles = [
             {"id": k, "name": names.get(k, ("", ""))[0], "total": sum(v.values()),
-             "counts": v, "worst": min(v, key=lambda s: SEVERITY.get(s, 10))}
+             "counts": v, "worst": min(v, key=lambda s: SEVERITY.get(s, 11))}
             for k, v in sorted(groups.items())
         ]  # fmt: skip
-        listed.sort(key=lambda x: (SEVERITY.get(x[1], 9), x[0].id))
+        listed.sort(key=lambda x: (SEVERITY.get(x[1], 11), x[0].id))
         pages = max(1, -(-len(listed) // page_size))
         page = min(max(page, 1), pages)
         chunk = listed[(page - 1) * page_size : page * page_size]
