@@ -236,10 +236,14 @@ def incident_action(
     remarks = (values.get("remarks") or "").strip() or None
     if act is Action.DISPATCH:
         eta = _when(values.get("eta"), rules, "eta")
-        if eta is None:
+        contract = rules.sla.by_name(inc.contract)
+        if eta is None and contract is not None and contract.response_hours:
+            # No ETA given: the contract's response deadline (dispatch -> on site).
             now = conn.execute("SELECT now()").fetchone()
             assert now is not None
-            eta = now[0] + timedelta(hours=rules_eta_hours(rules))
+            eta = now[0] + timedelta(hours=contract.response_hours)
+        if eta is None:
+            raise UsageError("dispatch needs an ETA (eta: the local time the technician arrives)")
         kwargs.update(eta=eta, maintainer_id=(values.get("maintainer_id") or None),
                       remarks=remarks)  # fmt: skip
     elif act is Action.SUSPEND:
@@ -254,16 +258,6 @@ def incident_action(
         run: Any = ACTIONS[act]
         done = run(conn, incident_id, who.actor, **kwargs)
     return _incident_dict(done)
-
-
-def rules_eta_hours(rules: Rules) -> float:
-    """The ETA a dispatch without one gets: the rules' repair deadline if the incidents
-    part configures one, else 4 hours."""
-    inc = getattr(rules, "incidents", None)
-    for name in ("default_eta_hours", "eta_hours"):
-        if inc is not None and hasattr(inc, name):
-            return float(getattr(inc, name))
-    return 4.0
 
 
 def device_incidents(conn: Conn, user: User, device_id: str) -> list[dict[str, Any]]:
