@@ -1,0 +1,286 @@
+"""From devices' cash units and their history to expected times, per cash unit.
+
+Pure: plain values in (:class:`DeviceCash`, :class:`History`), plain values out
+(:class:`UnitForecast`, :class:`DeviceForecast`); the SQL that feeds it is
+:mod:`cash.store`, the arithmetic :mod:`cash.model`.
+
+A device runs out (缺钞) when any denomination it dispenses runs out: units of one
+denomination are drawn together, the denominations in the shares of the rules'
+``dispense_mix``. A cash recycler's dispensing units are refilled by a share
+(``recycle_share``) of its deposits. A deposit cassette fills at ``deposit_full_share`` of
+its capacity with deposits of ``deposit_note_value`` per note.
+
+No data is a value: a device monitored for fewer than ``min_history_days`` days, or
+reporting no cash units, gets no time (``None``, with the reason), never a made-up one.
+A time beyond the horizon is ``None`` with ``beyond_horizon`` set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from cash.model import (
+    F32,
+    HOUR_MS,
+    Fit,
+    Hours,
+    Params,
+    crossings,
+    cumulative_variance,
+    fit,
+    hour_axis,
+    z_of,
+)
+from rules.config import CashRules
+
+DISPENSING = frozenset({"dispense", "recycle"})
+DEPOSIT = frozenset({"deposit"})
+UNUSABLE = frozenset({"inop", "missing"})
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """A cash unit as its device reports it (protocol §5, ``cash_units[]``)."""
+
+    id: str
+    type: str
+    denomination: int
+    count: int
+    capacity: int | None
+    status: str
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Unit:
+        cap = data.get("capacity")
+        return cls(
+            str(data["id"]),
+            str(data["type"]),
+            int(data.get("denomination") or 0),  # type: ignore[call-overload]
+            int(data.get("count") or 0),  # type: ignore[call-overload]
+            None if cap is None else int(cap),  # type: ignore[call-overload]
+            str(data.get("status") or "ok"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceCash:
+    """A device's cash units now, and what the forecast needs to know of it."""
+
+    device_id: str
+    group: str  # devices of one group share a shape and calendar factors (placement/type)
+    units: tuple[Unit, ...]
+    units_at: int | None  # ms: when the units were reported (None: never)
+
+
+@dataclass
+class History:
+    """Per device (rows in the order of the devices) and hour of ``hours``: the value
+    withdrawn, the value deposited, and the weight of the hour (0..1, 0 = unknown)."""
+
+    hours: Hours
+    withdrawn: F32
+    deposited: F32
+    weight: F32
+
+
+@dataclass(frozen=True, slots=True)
+class UnitForecast:
+    device_id: str
+    unit_id: str
+    kind: str  # cash_out | deposit_full
+    denomination: int
+    count: int
+    capacity: int | None
+    at: datetime | None  # local time; None: no data or beyond the horizon
+    earliest: datetime | None
+    latest: datetime | None
+    beyond_horizon: bool
+    reason: str | None  # why there is no time: no_history, no_cash_units, None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceForecast:
+    device_id: str
+    units: tuple[UnitForecast, ...]
+    reason: str | None = None
+
+    def first(self, kind: str) -> UnitForecast | None:
+        """The unit of ``kind`` expected first (None: no such unit or no time)."""
+        timed = [u for u in self.units if u.kind == kind and u.at is not None]
+        if timed:
+            return min(timed, key=lambda u: u.at or datetime.max.replace(tzinfo=UTC))
+        return None
+
+    def cash_out(self) -> UnitForecast | None:
+        return self.first("cash_out")
+
+    def deposit_full(self) -> UnitForecast | None:
+        return self.first("deposit_full")
+
+
+@dataclass
+class Forecast:
+    """The forecast of a fleet at ``now`` (ms), local times in ``tz``."""
+
+    now: int
+    tz: ZoneInfo
+    horizon_hours: int
+    devices: list[DeviceForecast] = field(default_factory=list)
+
+    def by_device(self) -> dict[str, DeviceForecast]:
+        return {d.device_id: d for d in self.devices}
+
+
+def _shares(denoms: Sequence[int], rules: CashRules) -> dict[int, float]:
+    raw = {d: rules.dispense_mix.get(d, 0.0) for d in denoms}
+    total = sum(raw.values())
+    if total <= 0:  # none of its denominations is in the mix: equal value shares
+        return {d: 1.0 / len(denoms) for d in denoms}
+    return {d: v / total for d, v in raw.items()}
+
+
+@dataclass
+class _Target:
+    device: int  # row
+    unit_ids: list[str]
+    kind: str
+    denomination: int
+    count: int
+    capacity: int | None
+    need_value: float  # amount of the drain series at which it is reached
+    net: bool  # recycler: withdrawals minus recycled deposits
+
+
+def targets_of(dev: DeviceCash, row: int, rules: CashRules) -> list[_Target]:
+    """What can run out (or fill up) in one device, with the amount that does it."""
+    out: list[_Target] = []
+    usable = [u for u in dev.units if u.status not in UNUSABLE]
+    dispensing = [u for u in usable if u.type in DISPENSING and u.denomination > 0]
+    recycler = any(u.type == "recycle" for u in dispensing)
+    by_denom: dict[int, list[Unit]] = {}
+    for u in dispensing:
+        by_denom.setdefault(u.denomination, []).append(u)
+    shares = _shares(sorted(by_denom), rules) if by_denom else {}
+    for denom, units in sorted(by_denom.items()):
+        count = sum(u.count for u in units)
+        need_notes = count - rules.out_below_notes * len(units) + 1
+        share = shares[denom]
+        need = max(need_notes, 0) * denom / share if share > 0 else float("inf")
+        caps = [u.capacity for u in units]
+        cap = None if any(c is None for c in caps) else sum(c or 0 for c in caps)
+        out.append(
+            _Target(row, [u.id for u in units], "cash_out", denom, count, cap, need, recycler)
+        )
+    for u in usable:
+        if u.type not in DEPOSIT:
+            continue
+        cap = u.capacity if u.capacity is not None else rules.plan.cassette_capacity_notes
+        room = cap * rules.deposit_full_share - u.count
+        out.append(
+            _Target(
+                row, [u.id], "deposit_full", u.denomination, u.count, u.capacity,
+                max(room, 0.0) * rules.deposit_note_value, False,
+            )
+        )  # fmt: skip
+    return out
+
+
+def forecast(
+    devices: Sequence[DeviceCash],
+    history: History,
+    now: int,
+    rules: CashRules,
+    tz: ZoneInfo,
+) -> Forecast:
+    """The expected times for every device, from its history up to ``now`` (ms)."""
+    params = Params.from_rules(rules)
+    group_names = sorted({d.group for d in devices})
+    group = np.asarray([group_names.index(d.group) for d in devices], np.int64)
+    horizon = rules.horizon_days * 24
+    start = now // HOUR_MS * HOUR_MS
+    future = hour_axis(start, horizon, tz, rules.calendar)
+    out = Forecast(now, tz, horizon)
+    if not devices:
+        return out
+    fits: dict[str, Fit] = {
+        "w": fit(history.withdrawn, history.weight, history.hours, group, params),
+        "d": fit(history.deposited, history.weight, history.hours, group, params),
+    }
+    ok = fits["w"].ok
+    targets: list[_Target] = []
+    for row, dev in enumerate(devices):
+        if ok[row] and dev.units:
+            targets.extend(targets_of(dev, row, rules))
+    left = 1.0 - (now - start) / HOUR_MS  # of the current hour
+
+    def series(kind: str, rows: np.ndarray) -> tuple[F32, F32]:
+        f = fits[kind]
+        sub = Fit(f.rate[rows], f.factor, f.group[rows], f.phi[rows], f.level_cv2[rows], f.ok[rows])
+        mean = sub.mean(future)
+        mean[:, 0] *= np.float32(left)
+        return mean, cumulative_variance(sub, mean)
+
+    z = z_of(rules.interval)
+    results: dict[int, tuple[float, float, float]] = {}
+    for kind, net in (("cash_out", False), ("cash_out", True), ("deposit_full", False)):
+        chosen = [i for i, t in enumerate(targets) if t.kind == kind and t.net == net]
+        if not chosen:
+            continue
+        rows = np.asarray(sorted({targets[i].device for i in chosen}), np.int64)
+        pos = {r: k for k, r in enumerate(rows.tolist())}
+        if kind == "deposit_full":
+            mean, var = series("d", rows)
+        else:
+            mean, var = series("w", rows)
+            if net:
+                d_mean, d_var = series("d", rows)
+                r = np.float32(rules.recycle_share)
+                mean = mean - r * d_mean
+                var = var + r * r * d_var
+        # A unit's share of the device's drain: scale the need, not the series.
+        need = np.asarray([targets[i].need_value for i in chosen], np.float64)
+        idx = np.asarray([pos[targets[i].device] for i in chosen], np.int64)
+        c = crossings(mean, var, idx, need, z)
+        for k, i in enumerate(chosen):
+            results[i] = (c.at[k], c.earliest[k], c.latest[k])
+
+    def local(hours_ahead: float) -> datetime | None:
+        if np.isnan(hours_ahead):
+            return None
+        at = max(now, start + round(hours_ahead * HOUR_MS))
+        return datetime.fromtimestamp(at / 1000, UTC).astimezone(tz).replace(microsecond=0)
+
+    by_row: dict[int, list[UnitForecast]] = {}
+    for i, t in enumerate(targets):
+        at, lo, hi = results.get(i, (np.nan, np.nan, np.nan))
+        dev = devices[t.device]
+        for uid in t.unit_ids:
+            by_row.setdefault(t.device, []).append(
+                UnitForecast(
+                    dev.device_id, uid, t.kind, t.denomination, t.count, t.capacity,
+                    local(at), local(lo), local(hi), bool(np.isnan(at)), None,
+                )
+            )  # fmt: skip
+    for row, dev in enumerate(devices):
+        if not dev.units:
+            out.devices.append(DeviceForecast(dev.device_id, (), "no_cash_units"))
+        elif not ok[row]:
+            out.devices.append(DeviceForecast(dev.device_id, (), "no_history"))
+        else:
+            out.devices.append(DeviceForecast(dev.device_id, tuple(by_row.get(row, ()))))
+    return out
+
+
+def local_iso(at: datetime | None) -> str | None:
+    return None if at is None else at.isoformat()
+
+
+def ahead(at: datetime | None, now: int) -> timedelta | None:
+    if at is None:
+        return None
+    return at - datetime.fromtimestamp(now / 1000, UTC)
