@@ -17,7 +17,7 @@ A time beyond the horizon is ``None`` with ``beyond_horizon`` set.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -190,6 +190,39 @@ def targets_of(dev: DeviceCash, row: int, rules: CashRules) -> list[_Target]:
     return out
 
 
+@dataclass(frozen=True)
+class Fits:
+    """The fitted model of a fleet: withdrawals and deposits, devices in row order."""
+
+    withdrawn: Fit
+    deposited: Fit
+
+
+def fit_fleet(devices: Sequence[DeviceCash], history: History, rules: CashRules) -> Fits:
+    params = Params.from_rules(rules)
+    names = sorted({d.group for d in devices})
+    index = {g: i for i, g in enumerate(names)}
+    group = np.asarray([index[d.group] for d in devices], np.int64)
+    return Fits(
+        fit(history.withdrawn, history.weight, history.hours, group, params),
+        fit(history.deposited, history.weight, history.hours, group, params),
+    )
+
+
+#: (kind "w" or "d", rows, future hours) -> (mean, cumulative variance) [rows, hours]
+Means = Callable[[str, np.ndarray, Hours], tuple[F32, F32]]
+
+
+def model_means(fits: Fits) -> Means:
+    def means(kind: str, rows: np.ndarray, future: Hours) -> tuple[F32, F32]:
+        f = fits.withdrawn if kind == "w" else fits.deposited
+        sub = Fit(f.rate[rows], f.factor, f.group[rows], f.phi[rows], f.level_cv2[rows], f.ok[rows])
+        mean = sub.mean(future)
+        return mean, cumulative_variance(sub, mean)
+
+    return means
+
+
 def forecast(
     devices: Sequence[DeviceCash],
     history: History,
@@ -198,32 +231,37 @@ def forecast(
     tz: ZoneInfo,
 ) -> Forecast:
     """The expected times for every device, from its history up to ``now`` (ms)."""
-    params = Params.from_rules(rules)
-    group_names = sorted({d.group for d in devices})
-    group = np.asarray([group_names.index(d.group) for d in devices], np.int64)
+    if not devices:
+        return Forecast(now, tz, rules.horizon_days * 24)
+    fits = fit_fleet(devices, history, rules)
+    return predict(devices, fits.withdrawn.ok, model_means(fits), now, rules, tz)
+
+
+def predict(
+    devices: Sequence[DeviceCash],
+    ok: np.ndarray,
+    means: Means,
+    now: int,
+    rules: CashRules,
+    tz: ZoneInfo,
+) -> Forecast:
+    """Times from ``now`` for the devices whose row in ``ok`` is true, the amounts per
+    future hour given by ``means`` (the model's, or a baseline's)."""
     horizon = rules.horizon_days * 24
     start = now // HOUR_MS * HOUR_MS
     future = hour_axis(start, horizon, tz, rules.calendar)
     out = Forecast(now, tz, horizon)
-    if not devices:
-        return out
-    fits: dict[str, Fit] = {
-        "w": fit(history.withdrawn, history.weight, history.hours, group, params),
-        "d": fit(history.deposited, history.weight, history.hours, group, params),
-    }
-    ok = fits["w"].ok
     targets: list[_Target] = []
     for row, dev in enumerate(devices):
         if ok[row] and dev.units:
             targets.extend(targets_of(dev, row, rules))
-    left = 1.0 - (now - start) / HOUR_MS  # of the current hour
+    left = np.float32(1.0 - (now - start) / HOUR_MS)  # of the current hour
 
     def series(kind: str, rows: np.ndarray) -> tuple[F32, F32]:
-        f = fits[kind]
-        sub = Fit(f.rate[rows], f.factor, f.group[rows], f.phi[rows], f.level_cv2[rows], f.ok[rows])
-        mean = sub.mean(future)
-        mean[:, 0] *= np.float32(left)
-        return mean, cumulative_variance(sub, mean)
+        mean, var = means(kind, rows, future)
+        mean = mean.copy()
+        mean[:, 0] *= left
+        return mean, var
 
     z = z_of(rules.interval)
     results: dict[int, tuple[float, float, float]] = {}
@@ -242,7 +280,6 @@ def forecast(
                 r = np.float32(rules.recycle_share)
                 mean = mean - r * d_mean
                 var = var + r * r * d_var
-        # A unit's share of the device's drain: scale the need, not the series.
         need = np.asarray([targets[i].need_value for i in chosen], np.float64)
         idx = np.asarray([pos[targets[i].device] for i in chosen], np.int64)
         c = crossings(mean, var, idx, need, z)
