@@ -14,8 +14,8 @@ weekdays at a local time. For a plan date D:
 - a device whose round does not fall on D is listed as **extra visit** (加急) when it is
   expected to run out before its next round;
 - the amount per denomination fills each unit to its capacity (``capacity`` reported, else
-  ``cassette_capacity_notes``) from its expected count at the round, rounded up to whole
-  bundles of 100 notes (一把), never above the capacity;
+  ``cassette_capacity_notes``) from its expected count at the round, in whole bundles
+  of 100 notes (一把) that fit (rounded down: a cassette cannot take more);
 - a device with no forecast (no history, no cash units reported) is listed apart as
   "no forecast": no data is never "needs no cash".
 
@@ -178,8 +178,9 @@ def round_times(r: Round, after: datetime, tz: Any, count: int = 2) -> list[date
     return out
 
 
-def _ceil_bundle(notes: float) -> int:
-    return int(math.ceil(max(notes, 0.0) / BUNDLE - 1e-9)) * BUNDLE
+def _bundles(notes: float) -> int:
+    """Whole bundles that fit in ``notes`` of room."""
+    return int(math.floor(max(notes, 0.0) / BUNDLE + 1e-9)) * BUNDLE
 
 
 def build_plan(
@@ -235,7 +236,7 @@ def build_plan(
             for denom in sorted(caps, reverse=True):
                 left = counts[denom] - drawn.get(dev.device_id, {}).get(denom, 0.0)
                 room = caps[denom] - max(left, 0.0)
-                notes = min(_ceil_bundle(room), int(caps[denom]))
+                notes = _bundles(room)
                 if notes > 0:
                     amounts.append(Amount(denom, notes))
         subs[branch.subbranch].devices.append(
@@ -297,6 +298,16 @@ def expected_drawn(
     return out
 
 
+def own_devices(user: User, inventory: Inventory) -> list[Any]:
+    """The devices of the user's org scope (fleet, a sub-branch or a branch)."""
+    if user.scope_kind == "fleet":
+        return list(inventory.devices)
+    branches = inventory.branch_by_id
+    if user.scope_kind == "subbranch":
+        return [d for d in inventory.devices if branches[d.branch].subbranch == user.scope_id]
+    return [d for d in inventory.devices if d.branch == user.scope_id]
+
+
 def _in_scope(user: User, scope: Scope, inventory: Inventory) -> Scope:
     """The scope asked for, refused when it reaches past the user's own."""
     if user.scope_kind == "fleet":
@@ -305,7 +316,7 @@ def _in_scope(user: User, scope: Scope, inventory: Inventory) -> Scope:
     if scope.kind == "fleet":
         return own
     asked = {d.id for d in scope.matching(inventory)}
-    allowed = {d.id for d in own.matching(inventory)}
+    allowed = {d.id for d in own_devices(user, inventory)}
     if not asked <= allowed:
         raise Forbidden(
             f"user {user.username!r} may see {own} only; {scope} reaches beyond it"
