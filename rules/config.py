@@ -394,6 +394,9 @@ class CashRules(_Model):
         24.0, gt=0, le=24 * 14,
         description="Alert when cash-out is expected within this many service hours.",
     )  # fmt: skip
+    forecast_every_s: float = Field(
+        300.0, ge=10, le=86_400, description="How often atmfleet serve recomputes the forecast."
+    )
     calendar: CashCalendar = CashCalendar()
     plan: CashPlanRules = CashPlanRules()
 
