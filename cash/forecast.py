@@ -203,10 +203,24 @@ def fit_fleet(devices: Sequence[DeviceCash], history: History, rules: CashRules)
     names = sorted({d.group for d in devices})
     index = {g: i for i, g in enumerate(names)}
     group = np.asarray([index[d.group] for d in devices], np.int64)
-    return Fits(
-        fit(history.withdrawn, history.weight, history.hours, group, params),
-        fit(history.deposited, history.weight, history.hours, group, params),
+    withdrawn = fit(history.withdrawn, history.weight, history.hours, group, params)
+    # Deposits only for the devices that take them (a fleet is mostly ATMs).
+    takes = np.asarray(
+        [any(u.type in DEPOSIT or u.type == "recycle" for u in d.units) for d in devices], bool
     )
+    rows = np.flatnonzero(takes)
+    n = len(devices)
+    rate = np.zeros((n, withdrawn.rate.shape[1]), np.float32)
+    phi, cv2 = np.zeros(n), np.zeros(n)
+    factor = withdrawn.factor.copy()
+    if len(rows):
+        sub = fit(
+            history.deposited[rows], history.weight[rows], history.hours, group[rows], params
+        )
+        rate[rows], phi[rows], cv2[rows] = sub.rate, sub.phi, sub.level_cv2
+        factor[: sub.factor.shape[0]] = sub.factor
+    deposited = Fit(rate, factor, group, phi, cv2, withdrawn.ok)
+    return Fits(withdrawn, deposited)
 
 
 #: (kind "w" or "d", rows, future hours) -> (mean, cumulative variance) [rows, hours]

@@ -164,10 +164,9 @@ def fit(
         yw, ww = rows(part)
         num[part] = (yw * normal) @ onehot
         den[part] = (ww * normal) @ onehot
-    g_num = np.zeros((groups, WEEK_HOURS), np.float64)
-    g_den = np.zeros((groups, WEEK_HOURS), np.float64)
-    np.add.at(g_num, group, num)
-    np.add.at(g_den, group, den)
+    member = (group[:, None] == np.arange(groups)[None, :]).astype(np.float64)  # [n, groups]
+    g_num = member.T @ num.astype(np.float64)
+    g_den = member.T @ den.astype(np.float64)
     g_rate = np.divide(g_num, g_den, out=np.zeros_like(g_num), where=g_den > 0)
     g_mean = g_rate.mean(axis=1, keepdims=True)
     g_shape = np.divide(g_rate, g_mean, out=np.ones_like(g_rate), where=g_mean > 0)
@@ -197,8 +196,8 @@ def fit(
         rate[part] = shape[part] * level[:, None]
         fitted = s_t * level[:, None] * ww
         for i, (_kind, sel) in enumerate(special):
-            np.add.at(got[i], group[part], yw[:, sel].sum(axis=1))
-            np.add.at(exp[i], group[part], fitted[:, sel].sum(axis=1))
+            got[i] += np.bincount(group[part], yw[:, sel].sum(axis=1), minlength=groups)
+            exp[i] += np.bincount(group[part], fitted[:, sel].sum(axis=1), minlength=groups)
     factor = np.tile(np.asarray(params.priors, np.float64), (groups, 1))
     for i, (kind, _sel) in enumerate(special):
         has = exp[i] > 0
