@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -137,11 +138,19 @@ class Forecast:
 
 
 def _shares(denoms: Sequence[int], rules: CashRules) -> dict[int, float]:
-    raw = {d: rules.dispense_mix.get(d, 0.0) for d in denoms}
+    return dict(_shares_of(tuple(denoms), tuple(sorted(rules.dispense_mix.items()))))
+
+
+@lru_cache(maxsize=256)
+def _shares_of(
+    denoms: tuple[int, ...], mix_items: tuple[tuple[int, float], ...]
+) -> tuple[tuple[int, float], ...]:
+    mix = dict(mix_items)
+    raw = {d: mix.get(d, 0.0) for d in denoms}
     total = sum(raw.values())
     if total <= 0:  # none of its denominations is in the mix: equal value shares
-        return {d: 1.0 / len(denoms) for d in denoms}
-    return {d: v / total for d, v in raw.items()}
+        return tuple((d, 1.0 / len(denoms)) for d in denoms)
+    return tuple((d, v / total) for d, v in raw.items())
 
 
 @dataclass
@@ -278,13 +287,14 @@ def predict(
         return mean, var
 
     z = z_of(rules.interval)
-    results: dict[int, tuple[float, float, float]] = {}
-    for kind, net in (("cash_out", False), ("cash_out", True), ("deposit_full", False)):
-        chosen = [i for i, t in enumerate(targets) if t.kind == kind and t.net == net]
-        if not chosen:
-            continue
-        rows = np.asarray(sorted({targets[i].device for i in chosen}), np.int64)
-        pos = {r: k for k, r in enumerate(rows.tolist())}
+    n_t = len(targets)
+    res_at, res_lo, res_hi = np.full(n_t, np.nan), np.full(n_t, np.nan), np.full(n_t, np.nan)
+    kinds: dict[tuple[str, bool], list[int]] = {}
+    for i, t in enumerate(targets):
+        kinds.setdefault((t.kind, t.net), []).append(i)
+    for (kind, net), chosen in kinds.items():
+        dev_rows = np.asarray([targets[i].device for i in chosen], np.int64)
+        rows, idx = np.unique(dev_rows, return_inverse=True)
         if kind == "deposit_full":
             mean, var = series("d", rows)
         else:
@@ -295,26 +305,28 @@ def predict(
                 mean = mean - r * d_mean
                 var = var + r * r * d_var
         need = np.asarray([targets[i].need_value for i in chosen], np.float64)
-        idx = np.asarray([pos[targets[i].device] for i in chosen], np.int64)
-        c = crossings(mean, var, idx, need, z)
-        for k, i in enumerate(chosen):
-            results[i] = (c.at[k], c.earliest[k], c.latest[k])
+        c = crossings(mean, var, idx.astype(np.int64), need, z)
+        sel = np.asarray(chosen, np.int64)
+        res_at[sel], res_lo[sel], res_hi[sel] = c.at, c.earliest, c.latest
 
-    def local(hours_ahead: float) -> datetime | None:
-        if np.isnan(hours_ahead):
-            return None
-        at = max(now, start + round(hours_ahead * HOUR_MS))
-        return datetime.fromtimestamp(at / 1000, UTC).astimezone(tz).replace(microsecond=0)
+    def stamps(hours_ahead: np.ndarray) -> list[datetime | None]:
+        at_s = np.maximum(now, start + np.round(np.nan_to_num(hours_ahead) * HOUR_MS)) // 1000
+        nan = np.isnan(hours_ahead)
+        return [
+            None if missing else datetime.fromtimestamp(int(x), tz)
+            for x, missing in zip(at_s.tolist(), nan.tolist(), strict=True)
+        ]
 
+    t_at, t_lo, t_hi = stamps(res_at), stamps(res_lo), stamps(res_hi)
+    beyond = np.isnan(res_at).tolist()
     by_row: dict[int, list[UnitForecast]] = {}
     for i, t in enumerate(targets):
-        at, lo, hi = results.get(i, (np.nan, np.nan, np.nan))
         dev = devices[t.device]
         for uid in t.unit_ids:
             by_row.setdefault(t.device, []).append(
                 UnitForecast(
                     dev.device_id, uid, t.kind, t.denomination, t.count, t.capacity,
-                    local(at), local(lo), local(hi), bool(np.isnan(at)), None,
+                    t_at[i], t_lo[i], t_hi[i], beyond[i], None,
                 )
             )  # fmt: skip
     for row, dev in enumerate(devices):

@@ -135,6 +135,22 @@ def _onehot(how: I64) -> F32:
     return m
 
 
+def _periodic(index: I64, period: int) -> int | None:
+    """The offset if ``index`` is ``(offset + t) % period`` for every t (a zone without
+    daylight saving time), else None."""
+    off = int(index[0]) if len(index) else 0
+    return off if np.array_equal(index, (off + np.arange(len(index))) % period) else None
+
+
+def _fold(x: F32, offset: int, period: int) -> F32:
+    """Sums of ``x`` [n, h] by ``(offset + t) % period``: a reshape, not a product."""
+    n, h = x.shape
+    pad = (-(offset + h)) % period
+    padded = np.zeros((n, offset + h + pad), np.float32)
+    padded[:, offset : offset + h] = x
+    return padded.reshape(n, -1, period).sum(axis=1, dtype=np.float32)
+
+
 def fit(
     y: F32, w: F32, hours: Hours, group: I64, params: Params, chunk: int = 8192
 ) -> Fit:
@@ -149,7 +165,12 @@ def fit(
         raise ValueError("y, w, hours and group do not agree in shape")
     groups = int(group.max()) + 1 if n else 1
     normal = (hours.kind == NORMAL).astype(np.float32)
-    onehot = _onehot(hours.how)
+    how_off = _periodic(hours.how, WEEK_HOURS)
+    onehot = _onehot(hours.how) if how_off is None else None
+
+    def by_how(x: F32) -> F32:
+        return x @ onehot if onehot is not None else _fold(x, how_off or 0, WEEK_HOURS)
+
     spans = [slice(a, min(a + chunk, n)) for a in range(0, n, chunk)]
 
     def rows(part: slice) -> tuple[F32, F32]:
@@ -162,8 +183,8 @@ def fit(
     den = np.empty((n, WEEK_HOURS), np.float32)
     for part in spans:
         yw, ww = rows(part)
-        num[part] = (yw * normal) @ onehot
-        den[part] = (ww * normal) @ onehot
+        num[part] = by_how(yw * normal)
+        den[part] = by_how(ww * normal)
     member = (group[:, None] == np.arange(groups)[None, :]).astype(np.float64)  # [n, groups]
     g_num = member.T @ num.astype(np.float64)
     g_den = member.T @ den.astype(np.float64)
@@ -204,18 +225,30 @@ def fit(
         factor[has, kind] = got[i][has] / exp[i][has]
     # Pass 3: the spread, from daily residuals of observed, fitted amounts.
     days, day_idx = np.unique(hours.day, return_inverse=True)
-    day_onehot = np.zeros((h, len(days)), np.float32)
-    day_onehot[np.arange(h), day_idx] = 1.0
+    day_off = int(hours.how[0] % 24) if how_off is not None else None
+    day_onehot = None
+    if day_off is None:
+        day_onehot = np.zeros((h, len(days)), np.float32)
+        day_onehot[np.arange(h), day_idx] = 1.0
+
+    def by_day(x: F32) -> F32:
+        if day_onehot is not None:
+            return x @ day_onehot
+        n_, h_ = x.shape
+        pad = (-(day_off + h_)) % 24
+        padded = np.zeros((n_, day_off + h_ + pad), np.float32)
+        padded[:, day_off : day_off + h_] = x
+        return padded.reshape(n_, -1, 24).sum(axis=2, dtype=np.float32)
     resid2 = np.zeros(n)
     f_sum = np.zeros(n)
     observed = np.zeros(n)
     for part in spans:
         yw, ww = rows(part)
         fitted = rate[part][:, hours.how] * ww
-        fitted *= factor[group[part]][:, hours.kind].astype(np.float32)
-        a_day = yw @ day_onehot
-        f_day = fitted @ day_onehot
-        full = (ww @ day_onehot) >= 12  # days observed at least half
+        fitted *= factor.astype(np.float32)[group[part]][:, hours.kind]
+        a_day = by_day(yw)
+        f_day = by_day(fitted)
+        full = by_day(ww) >= 12  # days observed at least half
         resid2[part] = np.where(full, (a_day - f_day) ** 2, 0.0).sum(axis=1)
         f_sum[part] = np.where(full, f_day, 0.0).sum(axis=1)
         observed[part] = ww.sum(axis=1) / 24.0
