@@ -102,9 +102,13 @@ def main(argv: list[str]) -> int:
     snap = snapshot_of(fc, specs, rules)
     t3 = time.perf_counter()
     timed = sum(1 for d in fc.devices for u in d.units if u.at is not None)
-    print(f"forecast (fit + every unit's time and interval): {t2 - t1:6.2f} s"
-          f"  ({timed:,} unit times within {rules.cash.horizon_days} days)")
-    print(f"metric snapshot (service hours):                 {t3 - t2:6.2f} s  ({len(snap.rows):,} rows)")
+    print(
+        f"forecast (fit + every unit's time and interval): {t2 - t1:6.2f} s"
+        f"  ({timed:,} unit times within {rules.cash.horizon_days} days)"
+    )
+    print(
+        f"metric snapshot (service hours):                 {t3 - t2:6.2f} s  ({len(snap.rows):,} rows)"
+    )
     total = t3 - t1
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"total {total:.2f} s for {n:,} devices (target <= 30 s): {'ok' if total <= 30 else 'OVER'}"

@@ -84,7 +84,9 @@ def cash_fleet(devices: int, seed: int, commissioned_before: date) -> Inventory:
     )
 
 
-def observe(inv: Inventory, config: SimConfig, seed: int, start: datetime, end: datetime) -> Observed:
+def observe(
+    inv: Inventory, config: SimConfig, seed: int, start: datetime, end: datetime
+) -> Observed:
     t0 = time.perf_counter()
     ids = [d.id for d in inv.devices]
     row = {d: i for i, d in enumerate(ids)}
@@ -176,7 +178,9 @@ def _devices_at(obs: Observed, rows: list[int], at: int) -> list[DeviceCash]:
     return out
 
 
-def naive_means(obs: Observed, col: int) -> Callable[[str, np.ndarray, Hours], tuple[np.ndarray, np.ndarray]]:
+def naive_means(
+    obs: Observed, col: int
+) -> Callable[[str, np.ndarray, Hours], tuple[np.ndarray, np.ndarray]]:
     """Seasonal naive from the week before hour ``col`` (absolute column of the arrays)."""
 
     def means(kind: str, rows: np.ndarray, future: Hours) -> tuple[np.ndarray, np.ndarray]:
@@ -251,15 +255,24 @@ def backtest(
                     continue
                 col = (issue - obs.lo) // HOUR_MS
                 real = datetime.fromtimestamp(t / 1000, UTC)
-                for s, means in ((model, _rows_of(model_means(fits), r)), (base, naive_means_for(obs, r, col))):
-                    u = predict(dev, np.asarray([True]), means, issue, cash, tz).devices[0].cash_out()
+                for s, means in (
+                    (model, _rows_of(model_means(fits), r)),
+                    (base, naive_means_for(obs, r, col)),
+                ):
+                    u = (
+                        predict(dev, np.asarray([True]), means, issue, cash, tz)
+                        .devices[0]
+                        .cash_out()
+                    )
                     s.cash_outs[lead_h] = s.cash_outs.get(lead_h, 0) + 1
                     if u is None or u.at is None:
                         continue
                     if abs((u.at - real).total_seconds()) <= tolerance:
                         s.hits[lead_h] = s.hits.get(lead_h, 0) + 1
-                    if u.earliest is not None and u.earliest <= real and (
-                        u.latest is None or real <= u.latest
+                    if (
+                        u.earliest is not None
+                        and u.earliest <= real
+                        and (u.latest is None or real <= u.latest)
                     ):
                         s.covered[lead_h] = s.covered.get(lead_h, 0) + 1
     return model, base
@@ -329,7 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     end = datetime(*(first + timedelta(days=args.days + 2)).timetuple()[:3], tzinfo=tz).astimezone(UTC)  # fmt: skip
     inv = cash_fleet(args.devices, args.seed, first - timedelta(days=hist))
     config = make_config({})
-    print(f"simulating {len(inv.devices)} cash-dispensing devices, {start:%Y-%m-%d} .. {end:%Y-%m-%d} UTC")
+    print(
+        f"simulating {len(inv.devices)} cash-dispensing devices, {start:%Y-%m-%d} .. {end:%Y-%m-%d} UTC"
+    )
     obs = observe(inv, config, args.seed, start, end)
     print(f"simulated and recorded in {obs.seconds:.1f} s; {len(obs.cash_outs)} cash-outs")
     t0 = time.perf_counter()

@@ -42,7 +42,9 @@ def cash() -> None:
 @click.option("--scope", default="fleet", show_default=True,
               help="fleet, subbranch:ID, branch:ID, device:ID, ...")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="JSON (local times, ISO 8601).")
-@click.option("--limit", type=int, default=50, show_default=True, help="Rows in the table (0: all).")
+@click.option(
+    "--limit", type=int, default=50, show_default=True, help="Rows in the table (0: all)."
+)
 @click.option("--lang", default="zh-CN", show_default=True, help="zh-CN or en.")
 def forecast_cmd(scope: str, as_json: bool, limit: int, lang: str) -> None:
     """Expected cash-out (and deposit-full) time per device and cash unit, soonest first."""
@@ -65,8 +67,12 @@ def forecast_cmd(scope: str, as_json: bool, limit: int, lang: str) -> None:
 @click.option("--scope", default="fleet", show_default=True,
               help="fleet, subbranch:ID, branch:ID, ... (within the user's own scope).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
-@click.option("--xlsx", "xlsx_path", type=click.Path(path_type=Path), help="Write an XLSX workbook.")
-@click.option("--json-file", "json_path", type=click.Path(path_type=Path), help="Write JSON to a file.")
+@click.option(
+    "--xlsx", "xlsx_path", type=click.Path(path_type=Path), help="Write an XLSX workbook."
+)
+@click.option(
+    "--json-file", "json_path", type=click.Path(path_type=Path), help="Write JSON to a file."
+)
 @click.option("--lang", default="zh-CN", show_default=True, help="zh-CN or en.")
 def plan_cmd(on: date | datetime, scope: str, as_json: bool, xlsx_path: Path | None,
              json_path: Path | None, lang: str) -> None:  # fmt: skip

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -223,9 +223,7 @@ def fit_fleet(devices: Sequence[DeviceCash], history: History, rules: CashRules)
     phi, cv2 = np.zeros(n), np.zeros(n)
     factor = withdrawn.factor.copy()
     if len(rows):
-        sub = fit(
-            history.deposited[rows], history.weight[rows], history.hours, group[rows], params
-        )
+        sub = fit(history.deposited[rows], history.weight[rows], history.hours, group[rows], params)
         rate[rows], phi[rows], cv2[rows] = sub.rate, sub.phi, sub.level_cv2
         factor[: sub.factor.shape[0]] = sub.factor
     deposited = Fit(rate, factor, group, phi, cv2, withdrawn.ok)

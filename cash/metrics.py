@@ -161,10 +161,7 @@ class CashMetrics:
             return self.snapshot
         fc = forecast(loaded.devices, loaded.history, loaded.now, self.rules.cash, self.rules.tz)
         windows = self.rules.service_windows
-        specs = {
-            d.id: windows.spec_for(d)
-            for d in loaded.inventory.devices
-        }
+        specs = {d.id: windows.spec_for(d) for d in loaded.inventory.devices}
         snap = snapshot_of(fc, specs, self.rules)
         snap.seconds = time.perf_counter() - started
         self.snapshot = snap

@@ -148,12 +148,11 @@ def _fold(x: F32, offset: int, period: int) -> F32:
     pad = (-(offset + h)) % period
     padded = np.zeros((n, offset + h + pad), np.float32)
     padded[:, offset : offset + h] = x
-    return padded.reshape(n, -1, period).sum(axis=1, dtype=np.float32)
+    out: F32 = padded.reshape(n, -1, period).sum(axis=1, dtype=np.float32)
+    return out
 
 
-def fit(
-    y: F32, w: F32, hours: Hours, group: I64, params: Params, chunk: int = 8192
-) -> Fit:
+def fit(y: F32, w: F32, hours: Hours, group: I64, params: Params, chunk: int = 8192) -> Fit:
     """Fit on ``y`` [n, hours] (amount per hour) with weights ``w`` [n, hours] in 0..1
     (the share of the hour the device was observed serving or closed; 0 = unknown).
 
@@ -238,7 +237,9 @@ def fit(
         pad = (-(day_off + h_)) % 24
         padded = np.zeros((n_, day_off + h_ + pad), np.float32)
         padded[:, day_off : day_off + h_] = x
-        return padded.reshape(n_, -1, 24).sum(axis=2, dtype=np.float32)
+        out: F32 = padded.reshape(n_, -1, 24).sum(axis=2, dtype=np.float32)
+        return out
+
     resid2 = np.zeros(n)
     f_sum = np.zeros(n)
     observed = np.zeros(n)
@@ -266,7 +267,7 @@ def fit(
 
 def seasonal_naive(y: F32, n_future: int) -> F32:
     """The baseline: every future hour = the same hour one week before (repeated weekly)."""
-    n, h = y.shape
+    _n, h = y.shape
     if h < WEEK_HOURS:
         raise ValueError("the seasonal-naive baseline needs a week of history")
     last_week = y[:, h - WEEK_HOURS :]
@@ -307,9 +308,7 @@ class Crossing:
     latest: F64
 
 
-def crossings(
-    mean: F32, var: F32, rows: I64, need: F64, z: float, chunk: int = 8192
-) -> Crossing:
+def crossings(mean: F32, var: F32, rows: I64, need: F64, z: float, chunk: int = 8192) -> Crossing:
     """For each target ``i``: when the cumulative ``mean[rows[i]]`` reaches ``need[i]``,
     and when its ``z``-interval does (earliest: upper bound, latest: lower bound)."""
     m = len(rows)

@@ -155,8 +155,8 @@ def plan_xlsx(plan: Plan, lang: str = "zh-CN") -> bytes:
     if plan.no_forecast:
         ws = wb.add_worksheet(t(lang, "no_forecast")[:31])
         ws.write_row(0, 0, [t(lang, "device"), t(lang, "reason")], bold)
-        for i, (d, r) in enumerate(plan.no_forecast, start=1):
-            ws.write_row(i, 0, [d, t(lang, "reason." + r)])
+        for i, (dev_id, why) in enumerate(plan.no_forecast, start=1):
+            ws.write_row(i, 0, [dev_id, t(lang, "reason." + why)])
     wb.close()
     return buf.getvalue()
 
@@ -198,14 +198,21 @@ def forecast_json(fc: Forecast) -> str:
                 {
                     "device_id": d.device_id,
                     "reason": d.reason,
-                    "cash_out_at": iso(d.cash_out().at) if d.cash_out() else None,
+                    "cash_out_at": iso(first.at) if (first := d.cash_out()) else None,
                     "units": [
-                        {"unit_id": u.unit_id, "kind": u.kind, "denomination": u.denomination,
-                         "count": u.count, "at": iso(u.at), "earliest": iso(u.earliest),
-                         "latest": iso(u.latest), "beyond_horizon": u.beyond_horizon}
+                        {
+                            "unit_id": u.unit_id,
+                            "kind": u.kind,
+                            "denomination": u.denomination,
+                            "count": u.count,
+                            "at": iso(u.at),
+                            "earliest": iso(u.earliest),
+                            "latest": iso(u.latest),
+                            "beyond_horizon": u.beyond_horizon,
+                        }
                         for u in d.units
                     ],
-                }  # fmt: skip
+                }
                 for d in fc.devices
             ],
         },

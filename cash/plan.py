@@ -180,7 +180,7 @@ def round_times(r: Round, after: datetime, tz: Any, count: int = 2) -> list[date
 
 def _bundles(notes: float) -> int:
     """Whole bundles that fit in ``notes`` of room."""
-    return int(math.floor(max(notes, 0.0) / BUNDLE + 1e-9)) * BUNDLE
+    return math.floor(max(notes, 0.0) / BUNDLE + 1e-9) * BUNDLE
 
 
 def build_plan(
@@ -205,7 +205,9 @@ def build_plan(
         branch = inventory.branch_by_id[d.branch]
         f: DeviceForecast | None = by_id.get(dev.device_id)
         if f is None or f.reason is not None:
-            no_forecast.append((dev.device_id, f.reason if f is not None else "no_history"))
+            no_forecast.append(
+                (dev.device_id, (f.reason if f is not None else None) or "no_history")
+            )
             continue
         r = round_of(rules, d.branch, d.placement.value)
         first, second = round_times(r, day_start, tz)
@@ -230,7 +232,9 @@ def build_plan(
             counts: dict[int, int] = {}
             for u in dev.units:
                 if u.type in DISPENSING and u.status not in UNUSABLE and u.denomination > 0:
-                    cap = u.capacity if u.capacity is not None else rules.plan.cassette_capacity_notes
+                    cap = (
+                        u.capacity if u.capacity is not None else rules.plan.cassette_capacity_notes
+                    )
                     caps[u.denomination] = caps.get(u.denomination, 0) + cap
                     counts[u.denomination] = counts.get(u.denomination, 0) + u.count
             for denom in sorted(caps, reverse=True):
@@ -318,9 +322,7 @@ def _in_scope(user: User, scope: Scope, inventory: Inventory) -> Scope:
     asked = {d.id for d in scope.matching(inventory)}
     allowed = {d.id for d in own_devices(user, inventory)}
     if not asked <= allowed:
-        raise Forbidden(
-            f"user {user.username!r} may see {own} only; {scope} reaches beyond it"
-        )
+        raise Forbidden(f"user {user.username!r} may see {own} only; {scope} reaches beyond it")
     return scope
 
 
@@ -356,13 +358,13 @@ def plan_for(
     return plan
 
 
-def _plan(loaded: Loaded, rows: list[int], on: date, cash: CashRules, scope: str, rules: Rules) -> Plan:
+def _plan(
+    loaded: Loaded, rows: list[int], on: date, cash: CashRules, scope: str, rules: Rules
+) -> Plan:
     tz = rules.tz
     devices = loaded.devices
     fits = fit_fleet(devices, loaded.history, cash)  # the whole fleet: shapes are pooled
-    forecast = predict(
-        devices, fits.withdrawn.ok, model_means(fits), loaded.now, cash, tz
-    )
+    forecast = predict(devices, fits.withdrawn.ok, model_means(fits), loaded.now, cash, tz)
     chosen = [devices[i] for i in rows]
     day_start = datetime.combine(on, time(0, 0), tz)
     until = {}

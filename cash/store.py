@@ -70,9 +70,7 @@ def group_of(placement: str, device_type: str) -> str:
     return f"{placement}/{device_type}"
 
 
-def coverage(
-    rows: np.ndarray, a: np.ndarray, b: np.ndarray, n: int, hours: int
-) -> np.ndarray:
+def coverage(rows: np.ndarray, a: np.ndarray, b: np.ndarray, n: int, hours: int) -> np.ndarray:
     """[n, hours] share of each hour covered by intervals ``[a, b)`` (fractional hours
     from the axis start) of row ``rows``; overlapping intervals are not expected."""
     out = np.zeros((n, hours + 1), np.float64)

@@ -298,8 +298,9 @@ class CashCalendar(_Model):
     """Days on which people draw more (pay days, the days before a holiday) or less cash."""
 
     pay_days: tuple[int, ...] = Field(
-        (10, 25), description="Days of the month salaries are paid (1-31; a 31 in a short "
-        "month is its last day)."
+        (10, 25),
+        description="Days of the month salaries are paid (1-31; a 31 in a short "
+        "month is its last day).",
     )
     pay_day_span_days: int = Field(2, ge=1, le=10, description="The pay day and the days after it.")
     pre_holiday_days: int = Field(2, ge=0, le=10, description="Days before a holiday that count.")
@@ -321,7 +322,9 @@ class CashCalendar(_Model):
 class Round(_Model):
     """A replenishment round: who goes, on which weekdays, at what local time."""
 
-    by: Literal["branch", "cit"] = Field(description="branch staff, or the cash-in-transit company.")
+    by: Literal["branch", "cit"] = Field(
+        description="branch staff, or the cash-in-transit company."
+    )
     days: tuple[Weekday, ...] = Field(min_length=1)
     at: str = Field(pattern=_HHMM, description="Local time HH:MM the round reaches the devices.")
 
@@ -405,9 +408,7 @@ class CashRules(_Model):
     def _mix(cls, value: dict[int, float]) -> dict[int, float]:
         for denom, share in value.items():
             if denom <= 0 or share < 0 or not math.isfinite(share):
-                raise ValueError(
-                    f"{denom}: {share}; allowed: a denomination > 0 and a share >= 0"
-                )
+                raise ValueError(f"{denom}: {share}; allowed: a denomination > 0 and a share >= 0")
         if sum(value.values()) <= 0:
             raise ValueError("the shares sum to 0; at least one must be positive")
         return value

@@ -23,7 +23,9 @@ DAYS = 7
 def observed():  # type: ignore[no-untyped-def]
     tz = RULES.tz
     start = datetime.combine(FIRST - timedelta(days=14), datetime.min.time(), tz).astimezone(UTC)
-    end = datetime.combine(FIRST + timedelta(days=DAYS + 2), datetime.min.time(), tz).astimezone(UTC)
+    end = datetime.combine(FIRST + timedelta(days=DAYS + 2), datetime.min.time(), tz).astimezone(
+        UTC
+    )
     inv = cash_fleet(40, 3, FIRST - timedelta(days=14))
     return observe(inv, make_config({}), 3, start, end)
 

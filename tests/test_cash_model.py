@@ -77,7 +77,10 @@ def _fleet() -> tuple[list[DeviceCash], History, int]:
     w = np.ones_like(y)
     w[1] = 0.0  # never observed
     units = (Unit("CST1", "dispense", 100, 505, 3000, "ok"),)
-    devices = [DeviceCash("A", "off_site/atm", units, now), DeviceCash("C", "off_site/atm", units, now)]
+    devices = [
+        DeviceCash("A", "off_site/atm", units, now),
+        DeviceCash("C", "off_site/atm", units, now),
+    ]
     return devices, History(hours, y, np.zeros_like(y), w), now
 
 
@@ -90,12 +93,21 @@ class TestMetrics:
         metrics.snapshot = snap
         reg = CollectorRegistry()
         reg.register(CashCollector(metrics))
-        at = reg.get_sample_value("atmfleet_device_cash_out_forecast_timestamp_seconds", {"device": "A"})
+        at = reg.get_sample_value(
+            "atmfleet_device_cash_out_forecast_timestamp_seconds", {"device": "A"}
+        )
         assert at == pytest.approx(now / 1000 + 50.1 * 3600, abs=60)
-        hours = reg.get_sample_value("atmfleet_device_cash_out_forecast_service_hours", {"device": "A"})
+        hours = reg.get_sample_value(
+            "atmfleet_device_cash_out_forecast_service_hours", {"device": "A"}
+        )
         assert hours == pytest.approx(50.1, abs=0.05)
         # No history: no series at all, never a made-up time.
-        assert reg.get_sample_value("atmfleet_device_cash_out_forecast_timestamp_seconds", {"device": "C"}) is None
+        assert (
+            reg.get_sample_value(
+                "atmfleet_device_cash_out_forecast_timestamp_seconds", {"device": "C"}
+            )
+            is None
+        )
         assert reg.get_sample_value("atmfleet_cash_out_forecast_alert_service_hours") == 24.0
 
     def test_service_hours_count_only_the_window(self) -> None:
