@@ -304,7 +304,19 @@ class CashCalendar(_Model):
     )
     pay_day_span_days: int = Field(2, ge=1, le=10, description="The pay day and the days after it.")
     pre_holiday_days: int = Field(2, ge=0, le=10, description="Days before a holiday that count.")
-    holidays: tuple[Holiday, ...] = ()
+    holidays: tuple[Holiday, ...] = Field(
+        default_factory=lambda: tuple(
+            Holiday(name=n, first=date.fromisoformat(a), last=date.fromisoformat(b))
+            for n, a, b in (
+                ("元旦", "2027-01-01", "2027-01-01"),
+                ("春节", "2027-02-06", "2027-02-12"),
+                ("清明节", "2027-04-05", "2027-04-05"),
+                ("劳动节", "2027-05-01", "2027-05-05"),
+                ("国庆节", "2027-10-01", "2027-10-07"),
+            )
+        ),
+        description="Public holidays (local days, inclusive); check them every year.",
+    )
     #: Priors used until the history holds such a day (then the fleet's own figure wins).
     pay_day_factor: float = Field(1.3, gt=0, le=10)
     pre_holiday_factor: float = Field(1.4, gt=0, le=10)
