@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from bisect import bisect_right
@@ -39,17 +40,22 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-import numpy as np
+# Run as a script, this file's folder is first on sys.path, and bench/cash.py would hide
+# the ``cash`` package.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
-from atmfleet.inventory import CASH_DISPENSING_TYPES, Inventory
-from cash.forecast import DeviceCash, History, Unit, fit_fleet, model_means, predict
-from cash.model import HOUR_MS, WEEK_HOURS, Hours, hour_axis, seasonal_naive
-from cash.store import EVIDENCE_STATES, coverage, group_of
-from rules.config import Rules, load_rules
-from simulator.config import SimConfig, make_config
-from simulator.engine import generate
-from simulator.fleet import generate_inventory
-from simulator.ledger import Ledger
+import numpy as np  # noqa: E402
+
+from atmfleet.inventory import CASH_DISPENSING_TYPES, Inventory  # noqa: E402
+from cash.forecast import DeviceCash, History, Unit, fit_fleet, model_means, predict  # noqa: E402
+from cash.model import HOUR_MS, WEEK_HOURS, Hours, hour_axis, seasonal_naive  # noqa: E402
+from cash.store import EVIDENCE_STATES, coverage, group_of  # noqa: E402
+from rules.config import Rules, load_rules  # noqa: E402
+from simulator.config import SimConfig, make_config  # noqa: E402
+from simulator.engine import generate  # noqa: E402
+from simulator.fleet import generate_inventory  # noqa: E402
+from simulator.ledger import Ledger  # noqa: E402
 
 
 @dataclass
