@@ -7,7 +7,7 @@ Pure: plain values in (:class:`DeviceCash`, :class:`History`), plain values out
 A device runs out (缺钞) when any denomination it dispenses runs out: units of one
 denomination are drawn together, the denominations in the shares of the rules'
 ``dispense_mix``. A cash recycler's dispensing units are refilled by a share
-(``recycle_share``) of its deposits. A deposit cassette fills at ``deposit_full_share`` of
+(``recycle_share``) of its deposits, and its deposit cassette takes the rest. A deposit cassette fills at ``deposit_full_share`` of
 its capacity with deposits of ``deposit_note_value`` per note.
 
 No data is a value: a device monitored for fewer than ``min_history_days`` days, or
@@ -189,13 +189,13 @@ def targets_of(dev: DeviceCash, row: int, rules: CashRules) -> list[_Target]:
         if u.type not in DEPOSIT:
             continue
         cap = u.capacity if u.capacity is not None else rules.plan.cassette_capacity_notes
-        room = cap * rules.deposit_full_share - u.count
+        room = max(cap * rules.deposit_full_share - u.count, 0.0) * rules.deposit_note_value
+        # A recycler's cassette takes only the deposits it does not recycle.
+        kept = 1.0 - rules.recycle_share if recycler else 1.0
+        need = room / kept if kept > 0 else float("inf")
         out.append(
-            _Target(
-                row, [u.id], "deposit_full", u.denomination, u.count, u.capacity,
-                max(room, 0.0) * rules.deposit_note_value, False,
-            )
-        )  # fmt: skip
+            _Target(row, [u.id], "deposit_full", u.denomination, u.count, u.capacity, need, False)
+        )
     return out
 
 

@@ -36,7 +36,8 @@ class TestCalendar:
     def test_a_pay_day_past_the_end_of_a_short_month_is_its_last_day(self) -> None:
         cal = parse_rules("cash: {calendar: {pay_days: [31], pay_day_span_days: 1}}").cash.calendar
         assert day_kind(date(2026, 11, 30), cal) == PAY_DAY
-        assert day_kind(date(2026, 12, 30), cal) == NORMAL
+        assert day_kind(date(2026, 10, 30), cal) == NORMAL  # October has a 31st
+        assert day_kind(date(2026, 10, 31), cal) == PAY_DAY
 
 
 class TestModel:
