@@ -150,6 +150,7 @@ class Scores:
     cash_outs: dict[float, int] = field(default_factory=dict)  # by lead (h)
     hits: dict[float, int] = field(default_factory=dict)
     covered: dict[float, int] = field(default_factory=dict)
+    errors: dict[float, list[float]] = field(default_factory=dict)  # forecast - real (h)
 
     @property
     def mape(self) -> float | None:
@@ -175,25 +176,29 @@ def _devices_at(obs: Observed, rows: list[int], at: int) -> list[DeviceCash]:
         d = inv.device_by_id[obs.ids[r]]
         i = bisect_right(obs.counts_at[r], at) - 1
         units: tuple[Unit, ...] = ()
+        reported = obs.counts_at[r][i] if i >= 0 else None
         if i >= 0 and obs.templates[r]:
             units = tuple(
                 Unit(u.id, u.type, u.denomination, c, u.capacity, "ok")
                 for u, c in zip(obs.templates[r], obs.counts[r][i], strict=True)
             )
-        out.append(DeviceCash(d.id, group_of(d.placement.value, d.type.value), units, None))
+        out.append(DeviceCash(d.id, group_of(d.placement.value, d.type.value), units, reported))
     return out
 
 
 def naive_means(
     obs: Observed, col: int
 ) -> Callable[[str, np.ndarray, Hours], tuple[np.ndarray, np.ndarray]]:
-    """Seasonal naive from the week before hour ``col`` (absolute column of the arrays)."""
+    """Seasonal naive: each hour of the axis = the same hour one week before, or as many
+    weeks before as it takes to be an hour known at ``col`` (absolute column of the
+    arrays: the hour of the forecast)."""
 
     def means(kind: str, rows: np.ndarray, future: Hours) -> tuple[np.ndarray, np.ndarray]:
         src = obs.withdrawn if kind == "w" else obs.deposited
-        hist = src[rows, max(0, col - WEEK_HOURS) : col]
-        mean = seasonal_naive(hist, future.n)
-        return mean, np.zeros_like(mean)
+        t = (future.start_ms - obs.lo) // HOUR_MS + np.arange(future.n)
+        weeks = np.maximum(1, -(-(t - col + 1) // WEEK_HOURS))
+        mean = src[np.asarray(rows)[:, None], (t - weeks * WEEK_HOURS)[None, :]]
+        return mean.astype(np.float32), np.zeros((len(rows), future.n), np.float32)
 
     return means
 
@@ -273,6 +278,7 @@ def backtest(
                     s.cash_outs[lead_h] = s.cash_outs.get(lead_h, 0) + 1
                     if u is None or u.at is None:
                         continue
+                    s.errors.setdefault(lead_h, []).append((u.at - real).total_seconds() / 3600)
                     if abs((u.at - real).total_seconds()) <= tolerance:
                         s.hits[lead_h] = s.hits.get(lead_h, 0) + 1
                     if (
@@ -326,6 +332,10 @@ def table(model: Scores, base: Scores, tolerance_share: float = 0.25) -> tuple[s
             f"{'  of cash-outs / inside the interval':48} {model.cash_outs[lead]:>9} "
             f"{_pct(model.covered_share(lead)):>9}"
         )
+        med = [
+            f"{np.median(e):+.1f} h" if (e := s.errors.get(lead)) else "–" for s in (model, base)
+        ]
+        lines.append(f"{'  median error (forecast - real)':48} {med[0]:>9} {med[1]:>9}")
     return "\n".join(lines), ok1 and ok3
 
 

@@ -269,20 +269,20 @@ def predict(
     """Times from ``now`` for the devices whose row in ``ok`` is true, the amounts per
     future hour given by ``means`` (the model's, or a baseline's)."""
     horizon = rules.horizon_days * 24
-    start = now // HOUR_MS * HOUR_MS
-    future = hour_axis(start, horizon, tz, rules.calendar)
-    out = Forecast(now, tz, horizon)
     targets: list[_Target] = []
     for row, dev in enumerate(devices):
         if ok[row] and dev.units:
             targets.extend(targets_of(dev, row, rules))
-    left = np.float32(1.0 - (now - start) / HOUR_MS)  # of the current hour
+    # Counts are as of their report: the drain is counted from then, not from now.
+    since = [now if d.units_at is None else min(now, d.units_at) for d in devices]
+    first = min((since[t.device] for t in targets), default=now)
+    start = first // HOUR_MS * HOUR_MS
+    n_hours = -(-(now + horizon * HOUR_MS - start) // HOUR_MS)
+    future = hour_axis(start, n_hours, tz, rules.calendar)
+    out = Forecast(now, tz, horizon)
 
     def series(kind: str, rows: np.ndarray) -> tuple[F32, F32]:
-        mean, var = means(kind, rows, future)
-        mean = mean.copy()
-        mean[:, 0] *= left
-        return mean, var
+        return means(kind, rows, future)
 
     z = z_of(rules.interval)
     n_t = len(targets)
@@ -303,7 +303,10 @@ def predict(
                 mean = mean - r * d_mean
                 var = var + r * r * d_var
         need = np.asarray([targets[i].need_value for i in chosen], np.float64)
-        c = crossings(mean, var, idx.astype(np.int64), need, z)
+        offsets = np.asarray(
+            [(since[targets[i].device] - start) / HOUR_MS for i in chosen], np.float64
+        )
+        c = crossings(mean, var, idx.astype(np.int64), need, z, offsets)
         sel = np.asarray(chosen, np.int64)
         res_at[sel], res_lo[sel], res_hi[sel] = c.at, c.earliest, c.latest
 

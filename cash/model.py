@@ -308,19 +308,45 @@ class Crossing:
     latest: F64
 
 
-def crossings(mean: F32, var: F32, rows: I64, need: F64, z: float, chunk: int = 8192) -> Crossing:
-    """For each target ``i``: when the cumulative ``mean[rows[i]]`` reaches ``need[i]``,
-    and when its ``z``-interval does (earliest: upper bound, latest: lower bound)."""
+def _at(cum: F32, step: F32, x: F64) -> F64:
+    """The cumulative amount at fractional hour ``x`` of each row (``cum`` at the end of
+    each hour, ``step`` each hour's own amount)."""
+    rows = np.arange(len(x))
+    k = np.clip(np.floor(x).astype(np.int64), 0, cum.shape[1] - 1)
+    prev = np.where(k > 0, cum[rows, np.maximum(k - 1, 0)], 0.0)
+    return (prev + (x - k) * step[rows, k]).astype(np.float64)
+
+
+def crossings(
+    mean: F32,
+    var: F32,
+    rows: I64,
+    need: F64,
+    z: float,
+    offsets: F64 | None = None,
+    chunk: int = 8192,
+) -> Crossing:
+    """For each target ``i``: when the cumulative ``mean[rows[i]]``, counted from the
+    fractional hour ``offsets[i]`` (when its count was taken; default 0), reaches
+    ``need[i]``, and when its ``z``-interval does (earliest: upper bound, latest: lower
+    bound). Hours are from the start of the axis."""
     m = len(rows)
     at, lo, hi = np.full(m, np.nan), np.full(m, np.nan), np.full(m, np.nan)
+    off = np.zeros(m) if offsets is None else offsets
     for a in range(0, m, chunk):
         r = rows[a : a + chunk]
-        cum = np.cumsum(mean[r], axis=1, dtype=np.float32)
-        sd = np.sqrt(np.maximum(var[r], 0)).astype(np.float32)
-        nd = need[a : a + chunk]
-        at[a : a + chunk] = first_crossing(cum, nd)
-        lo[a : a + chunk] = first_crossing(cum + np.float32(z) * sd, nd)
-        hi[a : a + chunk] = first_crossing(np.maximum(cum - np.float32(z) * sd, 0), nd)
+        step = mean[r]
+        cum = np.cumsum(step, axis=1, dtype=np.float32)
+        v = np.maximum(var[r], 0)
+        o = off[a : a + chunk]
+        base = _at(cum, step, o)
+        v0 = _at(v, np.diff(v, axis=1, prepend=0).astype(np.float32), o)
+        sd = np.sqrt(np.maximum(v - v0[:, None].astype(np.float32), 0)).astype(np.float32)
+        nd = need[a : a + chunk] + base
+        zs = np.float32(z) * sd
+        at[a : a + chunk] = np.maximum(first_crossing(cum, nd), o)
+        lo[a : a + chunk] = np.maximum(first_crossing(cum + zs, nd), o)
+        hi[a : a + chunk] = np.maximum(first_crossing(np.maximum(cum - zs, 0), nd), o)
     return Crossing(at, lo, hi)
 
 

@@ -265,12 +265,14 @@ def expected_drawn(
     rules: CashRules,
     tz: Any,
 ) -> dict[str, dict[int, float]]:
-    """Per device, the notes per dispensing denomination expected to be drawn from ``now``
-    until ``until[device]`` (the model's mean; recyclers net of recycled deposits)."""
+    """Per device, the notes per dispensing denomination expected to be drawn from when
+    its counts were reported until ``until[device]`` (the model's mean; recyclers net of
+    recycled deposits)."""
     from cash.forecast import _shares  # the same split as the forecast's
 
-    start = now // HOUR_MS * HOUR_MS
     rows = [i for i, d in enumerate(devices) if d.device_id in until]
+    counted = [now if d.units_at is None else min(now, d.units_at) for d in devices]
+    start = min((counted[i] for i in rows), default=now) // HOUR_MS * HOUR_MS
     if not rows:
         return {}
     last = max(until[devices[i].device_id] for i in rows)
@@ -283,8 +285,9 @@ def expected_drawn(
     out: dict[str, dict[int, float]] = {}
     for k, i in enumerate(rows):
         dev = devices[i]
-        # The share of each hour inside [now, until): hour j is [start + j, start + j + 1).
-        lo = (now - start) / HOUR_MS
+        # The share of each hour inside [counted, until): hour j is [start + j, start + j + 1).
+        counted = now if dev.units_at is None else min(now, dev.units_at)
+        lo = (counted - start) / HOUR_MS
         hi = (until[dev.device_id].timestamp() * 1000 - start) / HOUR_MS
         j = np.arange(n_hours)
         weights = np.clip(np.minimum(j + 1, hi) - np.maximum(j, lo), 0, 1)

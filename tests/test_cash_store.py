@@ -157,7 +157,8 @@ def _forecast(url: str):  # type: ignore[no-untyped-def]
 
 
 def at(hours: float) -> datetime:
-    return (NOW_LOCAL + timedelta(hours=hours)).replace(microsecond=0)
+    """``hours`` after the counts were reported (one minute before now)."""
+    return (NOW_LOCAL - timedelta(minutes=1) + timedelta(hours=hours)).replace(microsecond=0)
 
 
 class TestForecastTimes:
