@@ -188,6 +188,12 @@ def fit(y: F32, w: F32, hours: Hours, group: I64, params: Params, chunk: int = 8
     g_num = member.T @ num.astype(np.float64)
     g_den = member.T @ den.astype(np.float64)
     g_rate = np.divide(g_num, g_den, out=np.zeros_like(g_num), where=g_den > 0)
+    # An hour of the week never seen on a normal day (both Fridays of a short history a
+    # pay day and a holiday) takes the group's mean of that hour of the day instead.
+    hod_num = g_num.reshape(groups, 7, 24).sum(axis=1)
+    hod_den = g_den.reshape(groups, 7, 24).sum(axis=1)
+    hod_rate = np.divide(hod_num, hod_den, out=np.zeros_like(hod_num), where=hod_den > 0)
+    g_rate = np.where(g_den > 0, g_rate, np.tile(hod_rate, (1, 7)))
     g_mean = g_rate.mean(axis=1, keepdims=True)
     g_shape = np.divide(g_rate, g_mean, out=np.ones_like(g_rate), where=g_mean > 0)
     shape_g = g_shape[group].astype(np.float32)  # [n, 168]

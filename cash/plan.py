@@ -286,8 +286,7 @@ def expected_drawn(
     for k, i in enumerate(rows):
         dev = devices[i]
         # The share of each hour inside [counted, until): hour j is [start + j, start + j + 1).
-        counted = now if dev.units_at is None else min(now, dev.units_at)
-        lo = (counted - start) / HOUR_MS
+        lo = (counted[i] - start) / HOUR_MS
         hi = (until[dev.device_id].timestamp() * 1000 - start) / HOUR_MS
         j = np.arange(n_hours)
         weights = np.clip(np.minimum(j + 1, hi) - np.maximum(j, lo), 0, 1)
