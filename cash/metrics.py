@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -144,16 +144,18 @@ class CashCollector(Collector):
 class CashMetrics:
     """Recomputes the forecast from the store; :attr:`snapshot` is the last one."""
 
-    def __init__(self, url: str, rules: Rules) -> None:
+    def __init__(self, url: str, rules: Rules, now: Callable[[], int] | None = None) -> None:
+        """``now``: the forecast's clock (ms); default the database's."""
         self.url = url
         self.rules = rules
+        self._now = now
         self.snapshot = CashSnapshot(rules.cash.alert_service_hours)
 
     def refresh(self) -> CashSnapshot:
         started = time.perf_counter()
         try:
             with connect(self.url, application_name="atmfleet-serve-cash") as conn:
-                loaded = load(conn, self.rules)
+                loaded = load(conn, self.rules, now=None if self._now is None else self._now())
         except (psycopg.Error, AtmfleetError) as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             log.warning("cash forecast: cannot read the database: %s", reason)

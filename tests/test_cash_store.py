@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 from click.testing import CliRunner
+from prometheus_client import CollectorRegistry
 
 from app.cli import cli
 from atmfleet.errors import Forbidden, UsageError
@@ -25,6 +26,7 @@ from atmfleet.store.audit import Actor
 from atmfleet.store.inventory import upsert_inventory
 from atmfleet.store.writer import Accepted, BatchWriter
 from cash.forecast import forecast
+from cash.metrics import CashCollector, CashMetrics
 from cash.plan import plan_for
 from cash.store import load
 from rules.config import parse_rules
@@ -275,6 +277,35 @@ class TestPlan:
             ).fetchall()
         assert rows == [("ops", "test", "cash.plan", "2026-12-01",
                          {"scope": "fleet", "devices": 2, "no_forecast": 1, "outputs": []})]  # fmt: skip
+
+
+class TestMetrics:
+    def test_the_forecast_as_metrics_from_the_store(self, stored: str) -> None:
+        metrics = CashMetrics(stored, RULES, now=lambda: NOW_MS)
+        metrics.refresh()
+        reg = CollectorRegistry()
+        reg.register(CashCollector(metrics))
+
+        def value(name: str, device: str) -> float | None:
+            return reg.get_sample_value(name, {"device": device})
+
+        a = value("atmfleet_device_cash_out_forecast_timestamp_seconds", "A")
+        assert a is not None and abs(a - at(50.1).timestamp()) <= 60
+        hours = value("atmfleet_device_cash_out_forecast_service_hours", "A")
+        assert hours is not None and abs(hours - (50.1 - 1 / 60)) <= 0.02
+        full = value("atmfleet_device_deposit_full_forecast_timestamp_seconds", "D")
+        assert full is not None and abs(full - at(50).timestamp()) <= 60
+        for device in ("C", "Z"):  # no history; nothing expected within the horizon
+            assert value("atmfleet_device_cash_out_forecast_timestamp_seconds", device) is None
+
+    def test_a_database_that_cannot_be_read_leaves_no_device_series(self) -> None:
+        metrics = CashMetrics("postgresql://nobody@127.0.0.1:1/none", RULES)
+        metrics.refresh()
+        reg = CollectorRegistry()
+        reg.register(CashCollector(metrics))
+        assert reg.get_sample_value("atmfleet_cash_out_forecast_alert_service_hours") == 24.0
+        names = {m.name for m in reg.collect()}
+        assert "atmfleet_device_cash_out_forecast_timestamp_seconds" not in names
 
 
 class TestCli:
