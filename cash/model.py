@@ -125,7 +125,10 @@ class Fit:
     def mean(self, hours: Hours) -> F32:
         """[n, hours] expected amount per future hour."""
         out = self.rate[:, hours.how]
-        out *= self.factor[self.group][:, hours.kind].astype(np.float32)
+        special = hours.kind != NORMAL  # normal hours have factor 1
+        if special.any():
+            f = self.factor.astype(np.float32)[self.group][:, hours.kind[special]]
+            out[:, special] *= f
         return out
 
 
@@ -220,6 +223,8 @@ def fit(y: F32, w: F32, hours: Hours, group: I64, params: Params, chunk: int = 8
         e_num = (yw * decay).sum(axis=1)
         level = np.divide(e_num, e_den, out=np.zeros(len(e_num), np.float32), where=e_den > 0)
         rate[part] = shape[part] * level[:, None]
+        if not special:
+            continue
         fitted = s_t * level[:, None] * ww
         for i, (_kind, sel) in enumerate(special):
             got[i] += np.bincount(group[part], yw[:, sel].sum(axis=1), minlength=groups)
@@ -228,6 +233,7 @@ def fit(y: F32, w: F32, hours: Hours, group: I64, params: Params, chunk: int = 8
     for i, (kind, _sel) in enumerate(special):
         has = exp[i] > 0
         factor[has, kind] = got[i][has] / exp[i][has]
+    special_cols = hours.kind != NORMAL
     # Pass 3: the spread, from daily residuals of observed, fitted amounts.
     days, day_idx = np.unique(hours.day, return_inverse=True)
     day_off = int(hours.how[0] % 24) if how_off is not None else None
@@ -252,7 +258,9 @@ def fit(y: F32, w: F32, hours: Hours, group: I64, params: Params, chunk: int = 8
     for part in spans:
         yw, ww = rows(part)
         fitted = rate[part][:, hours.how] * ww
-        fitted *= factor.astype(np.float32)[group[part]][:, hours.kind]
+        if special_cols.any():
+            f = factor.astype(np.float32)[group[part]][:, hours.kind[special_cols]]
+            fitted[:, special_cols] *= f
         a_day = by_day(yw)
         f_day = by_day(fitted)
         full = by_day(ww) >= 12  # days observed at least half
@@ -323,6 +331,15 @@ def _at(cum: F32, step: F32, x: F64) -> F64:
     return (prev + (x - k) * step[rows, k]).astype(np.float64)
 
 
+def _between(v: F32, x: F64) -> F64:
+    """Linear interpolation of each row of ``v`` (values at the end of each hour, 0 at
+    the start of the axis) at fractional hour ``x``."""
+    rows = np.arange(len(x))
+    k = np.clip(np.floor(x).astype(np.int64), 0, v.shape[1] - 1)
+    prev = np.where(k > 0, v[rows, np.maximum(k - 1, 0)], 0.0)
+    return (prev + (x - k) * (v[rows, k] - prev)).astype(np.float64)
+
+
 def crossings(
     mean: F32,
     var: F32,
@@ -346,7 +363,7 @@ def crossings(
         v = np.maximum(var[r], 0)
         o = off[a : a + chunk]
         base = _at(cum, step, o)
-        v0 = _at(v, np.diff(v, axis=1, prepend=0).astype(np.float32), o)
+        v0 = _between(v, o)
         sd = np.sqrt(np.maximum(v - v0[:, None].astype(np.float32), 0)).astype(np.float32)
         nd = need[a : a + chunk] + base
         zs = np.float32(z) * sd
