@@ -907,12 +907,12 @@ def start_serving(
     # Three refreshes missed (or a costly one twice over): the read is stuck; say so.
     stale_after = max(3 * refresh_s, 2 * day_refresh_s, 300.0)
     registry = registry if registry is not None else CollectorRegistry()
-    exporter = Exporter(
-        source,
-        registry,
-        Targets.from_rules(rules),
-        stale_after_s=stale_after,
-    )
+    exporter = Exporter(source, registry, Targets.from_rules(rules), stale_after_s=stale_after)
+    # Cash-out forecasts (cash/metrics.py): their own collector and refresh thread.
+    from cash.metrics import CashCollector, CashMetrics
+
+    cash = CashMetrics(url, rules)
+    registry.register(CashCollector(cash))
     exporter.refresh()
     server = make_server(exporter, host, port)
     # notify/: the notifier's delivery counters and outbox (docs/notifications.md), from the
@@ -929,6 +929,7 @@ def start_serving(
         threading.Thread(
             target=exporter.run, args=(refresh_s, stop), name="atmfleet-serve-refresh", daemon=True
         ),
+        threading.Thread(target=cash.run, args=(stop,), name="atmfleet-serve-cash", daemon=True),
     )
     for t in threads:
         t.start()
