@@ -30,6 +30,8 @@ One private Mosquitto and one private PostgreSQL cluster (``bench/services.py``)
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import random
 import signal
 import subprocess
@@ -38,9 +40,11 @@ import threading
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or imported
@@ -153,11 +157,33 @@ def committed(col: Collector) -> float:
     )
 
 
-def drain(cols: list[Collector], expected: int) -> tuple[float, list[int], float]:
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its children (the store worker)."""
+    total = 0.0
+    with contextlib.suppress(psutil.Error):
+        proc = psutil.Process(pid)
+        for p in (proc, *proc.children(recursive=True)):
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
+    return total
+
+
+@dataclass
+class Drained:
+    seconds: float
+    shares: list[int]
+    rss_mib: float
+    cpu_s: float  # CPU seconds of every member (with its store worker), start-up included
+    load: float  # the machine's 1-minute load average at the end
+
+
+def drain(cols: list[Collector], expected: int) -> Drained:
     """Start the group, wait until it committed ``expected``; seconds from the first
-    message received to the last commit, each member's share, peak RSS of all (MiB)."""
+    message received to the last commit, each member's share, peak RSS of all."""
     for col in cols:
         col.start()
+    cpu = [0.0] * len(cols)
     first: float | None = None
     stalled_at = time.monotonic() + 180
     done: list[float] = [0.0] * len(cols)
@@ -166,6 +192,7 @@ def drain(cols: list[Collector], expected: int) -> tuple[float, list[int], float
             if col.process is None or col.process.poll() is not None:
                 raise SystemExit(f"collector {col.client_id} exited: {col.log_text()[-2000:]}")
             done[i] = committed(col)
+            cpu[i] = max(cpu[i], tree_cpu(col.process.pid))
         if first is None and any(c.metric("messages_received_total") for c in cols):
             first = time.time()
         if sum(done) >= expected:
@@ -174,12 +201,19 @@ def drain(cols: list[Collector], expected: int) -> tuple[float, list[int], float
             raise SystemExit(f"the group committed {sum(done):.0f} of {expected}")
         time.sleep(0.05 if first is None else 0.25)
     last = max(c.metric("last_commit_timestamp_seconds") for c in cols)
-    shares = [int(d) for d in done]
+    for i, col in enumerate(cols):
+        assert col.process is not None
+        cpu[i] = max(cpu[i], tree_cpu(col.process.pid))
     for col in cols:
         col.stop()
-    peak = sum(c.peak_rss for c in cols) / 2**20
     assert first is not None
-    return last - first, shares, peak
+    return Drained(
+        seconds=last - first,
+        shares=[int(d) for d in done],
+        rss_mib=sum(c.peak_rss for c in cols) / 2**20,
+        cpu_s=sum(cpu),
+        load=os.getloadavg()[0],
+    )
 
 
 def bytes_per_row(db: str) -> list[tuple[str, int, int, int]]:
@@ -225,12 +259,17 @@ def kill_one(
         until(lambda: all(c.metric("messages_stored_total") > 0 for c in cols), "3 storing")
         time.sleep(random.uniform(0.2, 1.5))
         held = victim.metric("buffered_messages")
+        assert victim.process is not None
+        orphans = psutil.Process(victim.process.pid).children(recursive=True)
         victim.signal(signal.SIGKILL)
         killed_at = time.monotonic()
+        gone, _alive = psutil.wait_procs(orphans, timeout=30)
+        out["worker_exit_s"] = time.monotonic() - killed_at if len(gone) == len(orphans) else None
         out["held_when_killed"] = int(held)
         stored_at_kill = state_rows(db)
         time.sleep(args.down_s)
         out["stored_while_down"] = state_rows(db) - stored_at_kill
+        out["window_s"] = time.monotonic() - killed_at
         sent = stream.stop()
         out["down_s"] = time.monotonic() - killed_at
     for col in cols[:2]:
@@ -298,7 +337,8 @@ def main() -> None:
             )
             print(
                 f"   {'collectors':>10} {'seconds':>8} {'msgs/s':>8} {'speed-up':>8} "
-                f"{'per member':>24} {'dup':>4} {'gaps':>5} {'RSS MiB':>8}"
+                f"{'per member':>24} {'dup':>4} {'gaps':>5} {'RSS MiB':>8} {'CPU s':>6} "
+                f"{'msgs/CPU-s':>9} {'load':>5}"
             )
             base = 0.0
             sizes: list[tuple[str, int, int, int]] = []
@@ -309,16 +349,17 @@ def main() -> None:
                 for i in range(n):
                     (logs / f"m{i}").mkdir()
                     cols.append(member(mq.url, db, logs / f"m{i}", group, f"{group}-{i}"))
-                secs, shares, rss = drain(cols, len(items))
-                rate = len(items) / secs
+                d = drain(cols, len(items))
+                rate = len(items) / d.seconds
                 base = base or rate
                 t = tally(db)
                 for col in cols:
                     col.close()
                 print(
-                    f"   {n:>10} {secs:>8.2f} {rate:>8,.0f} {rate / base:>7.2f}x "
-                    f"{'/'.join(f'{s:,}' for s in shares):>24} {t.duplicates:>4} "
-                    f"{t.gaps:>5} {rss:>8.0f}",
+                    f"   {n:>10} {d.seconds:>8.2f} {rate:>8,.0f} {rate / base:>7.2f}x "
+                    f"{'/'.join(f'{s:,}' for s in d.shares):>24} {t.duplicates:>4} "
+                    f"{t.gaps:>5} {d.rss_mib:>8.0f} {d.cpu_s:>6.1f} "
+                    f"{len(items) / d.cpu_s:>9,.0f} {d.load:>5.1f}",
                     flush=True,
                 )
                 if n == 1:
@@ -336,8 +377,15 @@ def main() -> None:
                 print(f"{title}: {args.live_devices:,} devices at {args.rate:,.0f} msgs/s")
                 print(
                     f"   held by the killed member at the kill {r['held_when_killed']:,}; "
-                    f"stored in the {r['down_s']:.1f}s it was down {r['stored_while_down']:,} "
-                    f"(~{r['stored_while_down'] / r['down_s']:,.0f}/s of {args.rate:,.0f}/s sent)"
+                    f"stored in the first {r['window_s']:.1f}s it was down {r['stored_while_down']:,} "
+                    f"(~{r['stored_while_down'] / r['window_s']:,.0f}/s of {args.rate:,.0f}/s sent); "
+                    f"its store worker exited "
+                    + (
+                        f"{r['worker_exit_s']:.1f}s after"
+                        if r["worker_exit_s"] is not None
+                        else "not within 30 s of"
+                    )
+                    + " the kill"
                 )
                 print(
                     f"   published {r['sent']:,}; stored by the survivors alone "

@@ -233,11 +233,10 @@ class Collector:
             return
         self._broker = (self._broker + 1) % len(self._brokers)
         address = BrokerAddress.parse(self.broker_url)
-        try:
-            self._client.host = address.host
-            self._client.port = address.port
-        except RuntimeError:  # still open: paho reconnects to the same broker; fine
-            log.debug("connection still open; staying on the broker", exc_info=True)
+        # paho's host/port setters refuse while the state is "connection lost" (the state
+        # its own reconnect loop is in here); its reconnect() reads these two fields.
+        self._client._host = address.host
+        self._client._port = address.port
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         try:
