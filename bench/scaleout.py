@@ -67,7 +67,6 @@ def stickiness(url: str, members: int = 3, devices: int = 20, rounds: int = 60) 
     host, port = host_port(url)
     group = f"probe{uuid.uuid4().hex[:4]}"
     got: dict[tuple[str, int], int] = {}
-    order: list[int] = []  # member of each message, in the broker's delivery order
     lock = threading.Lock()
     clients = []
     for m in range(members):
@@ -78,7 +77,6 @@ def stickiness(url: str, members: int = 3, devices: int = 20, rounds: int = 60) 
             device, seq = msg.payload.decode().split(":")
             with lock:
                 got[(device, int(seq))] = m
-                order.append(m)
 
         client.on_message = on_message
         client.on_subscribe = lambda *_a, e=subscribed: e.set()
@@ -110,7 +108,6 @@ def stickiness(url: str, members: int = 3, devices: int = 20, rounds: int = 60) 
         got[(name, seq)] != got[(name, seq - 1)] for name in names for seq in range(1, rounds)
     )
     pairs = devices * (rounds - 1)
-    rotation = sum(order[i] == (order[i - 1] + 1) % members for i in range(1, len(order)))
     return {
         "members": members,
         "messages": total,
@@ -118,7 +115,6 @@ def stickiness(url: str, members: int = 3, devices: int = 20, rounds: int = 60) 
         "switch_ratio": switches / pairs,
         "switches": switches,
         "pairs": pairs,
-        "rotation_ratio": rotation / (len(order) - 1),
     }
 
 
@@ -174,7 +170,7 @@ class Drained:
     seconds: float
     shares: list[int]
     rss_mib: float
-    cpu_s: float  # CPU seconds of every member (with its store worker), start-up included
+    cpu_s: float  # CPU seconds of every member (with its store worker) from the first message
     load: float  # the machine's 1-minute load average at the end
 
 
@@ -184,6 +180,7 @@ def drain(cols: list[Collector], expected: int) -> Drained:
     for col in cols:
         col.start()
     cpu = [0.0] * len(cols)
+    cpu_at_first = 0.0
     first: float | None = None
     stalled_at = time.monotonic() + 180
     done: list[float] = [0.0] * len(cols)
@@ -195,6 +192,7 @@ def drain(cols: list[Collector], expected: int) -> Drained:
             cpu[i] = max(cpu[i], tree_cpu(col.process.pid))
         if first is None and any(c.metric("messages_received_total") for c in cols):
             first = time.time()
+            cpu_at_first = sum(cpu)
         if sum(done) >= expected:
             break
         if time.monotonic() > stalled_at:
@@ -211,7 +209,7 @@ def drain(cols: list[Collector], expected: int) -> Drained:
         seconds=last - first,
         shares=[int(d) for d in done],
         rss_mib=sum(c.peak_rss for c in cols) / 2**20,
-        cpu_s=sum(cpu),
+        cpu_s=sum(cpu) - cpu_at_first,
         load=os.getloadavg()[0],
     )
 
@@ -322,8 +320,7 @@ def main() -> None:
             print(
                 f"   split {p['split']}; consecutive messages of one device on different "
                 f"members: {p['switches']:,} of {p['pairs']:,} ({p['switch_ratio']:.1%}; "
-                f"no stickiness = 66.7%); next message to the next member in turn: "
-                f"{p['rotation_ratio']:.1%} of all"
+                f"no stickiness = 66.7%)"
             )
             items = backlog(args.devices, args.messages, token)
             groups = {n: f"g{n}{token}" for n in (1, 2, 3)}
