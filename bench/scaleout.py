@@ -170,7 +170,7 @@ class Drained:
     seconds: float
     shares: list[int]
     rss_mib: float
-    cpu_s: float  # CPU seconds of every member (with its store worker) from the first message
+    cpu_s: float  # CPU seconds of the members (with their store workers) from their first message
     load: float  # the machine's 1-minute load average at the end
 
 
@@ -180,7 +180,7 @@ def drain(cols: list[Collector], expected: int) -> Drained:
     for col in cols:
         col.start()
     cpu = [0.0] * len(cols)
-    cpu_at_first = 0.0
+    started: list[float | None] = [None] * len(cols)
     first: float | None = None
     stalled_at = time.monotonic() + 180
     done: list[float] = [0.0] * len(cols)
@@ -190,9 +190,10 @@ def drain(cols: list[Collector], expected: int) -> Drained:
                 raise SystemExit(f"collector {col.client_id} exited: {col.log_text()[-2000:]}")
             done[i] = committed(col)
             cpu[i] = max(cpu[i], tree_cpu(col.process.pid))
+            if started[i] is None and col.metric("messages_received_total"):
+                started[i] = cpu[i]  # its start-up (imports, connections) is not counted
         if first is None and any(c.metric("messages_received_total") for c in cols):
             first = time.time()
-            cpu_at_first = sum(cpu)
         if sum(done) >= expected:
             break
         if time.monotonic() > stalled_at:
@@ -209,7 +210,7 @@ def drain(cols: list[Collector], expected: int) -> Drained:
         seconds=last - first,
         shares=[int(d) for d in done],
         rss_mib=sum(c.peak_rss for c in cols) / 2**20,
-        cpu_s=sum(cpu) - cpu_at_first,
+        cpu_s=sum(c - (s or 0.0) for c, s in zip(cpu, started, strict=True)),
         load=os.getloadavg()[0],
     )
 

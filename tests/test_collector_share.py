@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import random
 import signal
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,17 +18,15 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-from prometheus_client import CollectorRegistry
 
 from atmfleet.errors import ConfigError
 from atmfleet.protocol import StateMessage, device_topic, encode
-from atmfleet.settings import Settings, load_settings
+from atmfleet.settings import load_settings
 from atmfleet.store.runs import rebuild_runs
-from collector.service import Collector
-from collector.stats import CollectorStats
 from tests.test_collector_service import (
     Broker,
     publisher,
+    running,
     scalar,
     settings_for,
     start_broker,
@@ -52,40 +48,14 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     b.process.wait(10)
 
 
-@contextmanager
-def collecting(
-    settings: Settings, client_id: str, seen: dict[tuple[str, int], str]
-) -> Iterator[Collector]:
-    """A collector in a thread; ``seen`` records which collector got each (device, seq)."""
-    collector = Collector(settings, CollectorStats(CollectorRegistry()), client_id=client_id)
-    original = collector._client.on_message  # the collector's own handler
+def tap(seen: dict[tuple[str, int], str], client_id: str) -> Callable[[mqtt.MQTTMessage], None]:
+    """Records which collector got each (device, seq)."""
 
-    def on_message(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        parts = message.topic.split("/")
+    def record(message: mqtt.MQTTMessage) -> None:
         seq = int(message.payload.split(b'"seq":')[1].split(b",")[0])
-        seen[(parts[3], seq)] = client_id
-        original(client, userdata, message)
+        seen[(message.topic.split("/")[3], seq)] = client_id
 
-    collector._client.on_message = on_message
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def main() -> None:
-        try:
-            collector.run(stop)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=main, name=f"collector-{client_id}")
-    thread.start()
-    assert collector.connected.wait(10), "collector did not subscribe"
-    try:
-        yield collector
-    finally:
-        stop.set()
-        thread.join(30)
-    assert not thread.is_alive()
-    assert not errors, errors
+    return record
 
 
 def history(run_id: str) -> list[tuple[str, bytes]]:
@@ -140,8 +110,8 @@ class TestSharedSubscription:
         seen: dict[tuple[str, int], str] = {}
         total = DEVICES * MESSAGES
         with (
-            collecting(settings, f"a{run_id}", seen),
-            collecting(settings, f"b{run_id}", seen),
+            running(settings, f"a{run_id}", tap(seen, f"a{run_id}")),
+            running(settings, f"b{run_id}", tap(seen, f"b{run_id}")),
             publisher(broker.url) as pub,
         ):
             for topic, payload in history(run_id):
@@ -191,8 +161,8 @@ class TestBrokerList:
             settings = settings_for(first.url, db).model_copy(
                 update={"mqtt_urls": f"{first.url},{second.url}"}
             )
-            seen: dict[tuple[str, int], str] = {}
-            with collecting(settings, f"f{run_id}", seen) as collector:
+            with running(settings, f"f{run_id}") as r:
+                collector = r.collector
                 assert collector.broker_url == first.url
                 with publisher(first.url) as pub:
                     pub.send(*history(run_id)[0])
