@@ -852,7 +852,8 @@ def run_demo(
         )
         collector_settings = settings.collector.model_copy(update={"client_id": COLLECTOR_ID})
         run_settings = settings.model_copy(
-            update={"mqtt_url": mqtt_url, "collector": collector_settings}
+            # One broker for the demo: ATMFLEET_MQTT_URLS (a cluster) is not used here.
+            update={"mqtt_url": mqtt_url, "mqtt_urls": None, "collector": collector_settings}
         )
         env_path = write_env_file(env_file(endpoints), environment(endpoints))
         if own_db or own_broker:  # it points at services that stop with the demo
