@@ -77,7 +77,9 @@ class TestWhoMay:
             assert op.post("/devices/wa-1/commands", data={"kind": "refresh"}).status_code == 403
             assert op.post("/devices/wa-1/commands",
                            data={"kind": "refresh", "csrf": "x" + csrf}).status_code == 403  # fmt: skip
-            assert op.post("/api/devices/wa-1/commands", json={"kind": "refresh"}).status_code == 403
+            assert (
+                op.post("/api/devices/wa-1/commands", json={"kind": "refresh"}).status_code == 403
+            )
 
 
 class TestSending:
@@ -168,3 +170,61 @@ class TestCash:
         with web_server.client("op") as c:
             fc: dict[str, Any] = c.get("/api/devices/wb-9").json()["forecast"]
         assert fc["cash_out"] is None
+
+
+def sample_plan(day: date, scope: str = "subbranch:S1") -> Any:
+    """A plan with devices in it (the seeded fleet has too little history for one)."""
+    from cash.plan import Amount, Plan, PlanDevice, SubbranchPlan
+
+    at = datetime.combine(day, datetime.min.time(), TZ)
+    dev = PlanDevice(
+        device_id="wa-1", branch="B1", branch_name="红山支行", subbranch="S1",
+        placement="off_site", type="atm", by="cit", action="replenish",
+        round_at=at + timedelta(hours=9), next_round_at=at + timedelta(days=2, hours=9),
+        cash_out_at=at + timedelta(hours=20), cash_out_earliest=at + timedelta(hours=15),
+        deposit_full_at=None, needs_cash=True, empty_deposit=False,
+        amounts=(Amount(100, 2000), Amount(50, 300)),
+    )  # fmt: skip
+    extra = PlanDevice(
+        device_id="wa-3", branch="B2", branch_name="松山支行", subbranch="S1",
+        placement="off_site", type="atm", by="branch", action="extra_visit", round_at=None,
+        next_round_at=at + timedelta(days=1, hours=9), cash_out_at=None,
+        cash_out_earliest=None, deposit_full_at=None, needs_cash=True, empty_deposit=True,
+        amounts=(Amount(100, 1500),),
+    )  # fmt: skip
+    return Plan(day, at + timedelta(hours=7), scope,
+                [SubbranchPlan("S1", "赤峰", [dev, extra])], [("wa-2", "no_history")])  # fmt: skip
+
+
+def sample_forecast(device_id: str) -> Any:
+    from cash.forecast import DeviceForecast, UnitForecast
+
+    now = datetime.now(TZ).replace(microsecond=0)
+    return DeviceForecast(device_id, (
+        UnitForecast(device_id, "C1", "cash_out", 100, 1500, 2500, now + timedelta(hours=30),
+                     now + timedelta(hours=22), now + timedelta(hours=41), False, None),
+        UnitForecast(device_id, "D1", "deposit_full", 0, 300, 2500, None, None, None, True, None),
+    ))  # fmt: skip
+
+
+class TestCashRendering:
+    def test_a_plan_with_devices_and_a_forecast_with_its_interval(
+        self, web_server: Server, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from web import cash
+
+        day = datetime.now(TZ).date()
+        monkeypatch.setattr(cash, "plan", lambda *_a: sample_plan(day))
+        monkeypatch.setattr(web_server.console.forecasts, "device",
+                            lambda _c, _r, d: sample_forecast(d))  # fmt: skip
+        op, _csrf = web_server.session("s1op")
+        with op:
+            page = op.get("/cash/plan").text
+            en = op.get("/cash/plan", params={"lang": "en"}).text
+            dev = op.get("/devices/wa-1").text
+            xlsx = op.get("/cash/plan.xlsx")
+        assert 'id="plan-wa-1"' in page and "¥100 × 2000" in page and "押运公司" in page
+        assert "215,000" in page and "支行 S1" in page
+        assert "CIT company" in en and "extra visit" in en
+        assert zipfile.ZipFile(io.BytesIO(xlsx.content)).testzip() is None
+        assert 'id="fc-cash-out"' in dev and "预测期外" in dev

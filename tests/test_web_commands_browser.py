@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from simulator.devices import CommandDevices, Credentials
 from tests.test_broker_security import shipped_broker
 from tests.test_collector_service import wait_until
 from tests.test_commands_e2e import RULES, _settings
-from tests.web_fleet import PASSWORD
+from tests.web_fleet import PASSWORD, TZ
 from tests.web_server import Server, serve
 from web.commands import ConsolePublisher
 
@@ -110,8 +111,13 @@ def test_a_restart_is_confirmed_then_done(page: Any, srv: Server) -> None:
 
 
 def test_screenshots_of_the_new_pages_in_both_languages(
-    page: Any, srv: Server, shots: Path
+    page: Any, srv: Server, shots: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The new pages in zh-CN and English; a plan with devices and a forecast with its
+    interval from a sample (the seeded fleet has less history than a forecast needs)."""
+    from tests.test_web_commands import sample_forecast, sample_plan
+    from web import cash
+
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
@@ -120,12 +126,21 @@ def test_screenshots_of_the_new_pages_in_both_languages(
                      "since": "2026-12-01T08:00", "until": "2026-12-01T09:00"}).json()["id"]  # fmt: skip
         wait_until(lambda: c.get(f"/api/commands/{cid}").json()["final"], what="the journal")
     pages = {"device-commands": "/devices/wa-1", "commands": "/commands",
-             "command": f"/commands/{cid}", "cash-plan": "/cash/plan"}  # fmt: skip
+             "command": f"/commands/{cid}", "cash-plan": "/cash/plan",
+             "cash-plan-sample": "/cash/plan?sample", "device-forecast-sample": "/devices/wa-3?sample"}  # fmt: skip
+    real_plan, real_forecast = cash.plan, srv.console.forecasts.device
+    day = datetime.now(TZ).date()
     for lang in ("zh-CN", "en"):
         page.context.clear_cookies()
         page.goto(srv.url + f"/lang?to={lang}&next=/login")
         login(page, srv, "op")
         for name, path in pages.items():
+            sample = path.endswith("?sample")
+            monkeypatch.setattr(
+                cash, "plan", (lambda *_a: sample_plan(day)) if sample else real_plan
+            )
+            monkeypatch.setattr(srv.console.forecasts, "device",
+                                (lambda _c, _r, d: sample_forecast(d)) if sample else real_forecast)  # fmt: skip
             r = page.goto(srv.url + path)
             assert r is not None and r.status == 200, (name, r and r.status)
             page.screenshot(path=shots / f"{name}.{lang}.png", full_page=True)

@@ -310,9 +310,15 @@ M: dict[str, tuple[str, str]] = {
     "cmd.what": ("内容", "What"),
     "cmd.what.journal": ("电子日志", "Electronic journal"),
     "cmd.what.logs": ("应用日志", "Application logs"),
-    "cmd.no_broker": ("未配置 MQTT 服务器，无法下发指令", "No MQTT broker is configured: commands cannot be sent"),
+    "cmd.no_broker": (
+        "未配置 MQTT 服务器，无法下发指令",
+        "No MQTT broker is configured: commands cannot be sent",
+    ),
     "cmd.confirm_title": ("确认指令", "Confirm the command"),
-    "cmd.confirm_text": ("“{kind}”会中断设备 {device} 的服务。确定要下发吗？", "“{kind}” interrupts the service of device {device}. Send it?"),
+    "cmd.confirm_text": (
+        "“{kind}”会中断设备 {device} 的服务。确定要下发吗？",
+        "“{kind}” interrupts the service of device {device}. Send it?",
+    ),
     "cmd.confirm_yes": ("确定{kind}", "Yes, {kind}"),
     "cmd.confirm_no": ("取消", "Cancel"),
     "fc.title": ("缺钞预测", "Cash-out forecast"),
