@@ -86,6 +86,7 @@ class Console:
         )
         self.templates.filters.update(
             localtime=self._localtime,
+            localminute=self._localminute,
             mstime=self._mstime,
             pageq=_pageq,
             cell=_cell,
@@ -98,6 +99,11 @@ class Console:
             return "–"
         when = datetime.fromisoformat(value) if isinstance(value, str) else value
         return str(when.astimezone(tz or self.rules.tz).strftime("%Y-%m-%d %H:%M:%S"))
+
+    def _localminute(self, value: Any, tz: Any = None) -> str:
+        """A forecast's time: to the minute (its interval is hours wide)."""
+        text = self._localtime(value, tz)
+        return text[:16] if text != "–" else text
 
     def _plain(self, value: Any) -> str:
         """An event detail value: a time in the bank's local time, the rest as it is."""

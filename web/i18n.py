@@ -274,7 +274,7 @@ M: dict[str, tuple[str, str]] = {
     "nav.cash": ("加钞计划", "Cash plan"),
     "cmd.title": ("远程指令", "Remote commands"),
     "cmd.one": ("指令", "Command"),
-    "cmd.id": ("指令号", "Command"),
+    "cmd.id": ("指令号", "ID"),
     "cmd.device": ("设备", "Device"),
     "cmd.kind": ("指令", "Command"),
     "cmd.kind.refresh": ("刷新状态", "Refresh status"),
