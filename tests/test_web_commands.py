@@ -140,7 +140,7 @@ class TestCash:
         with s1:
             page = s1.get("/cash/plan", params={"date": day})
             assert page.status_code == 200, page.text
-            assert "加钞计划" in page.text and "subbranch:S1" in page.text
+            assert "加钞计划" in page.text and "支行 S1" in page.text
             xlsx = s1.get("/cash/plan.xlsx", params={"date": day})
             assert xlsx.status_code == 200
             assert zipfile.ZipFile(io.BytesIO(xlsx.content)).testzip() is None

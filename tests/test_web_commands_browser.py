@@ -7,7 +7,6 @@ screenshots of the new pages in both languages."""
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from datetime import datetime
@@ -22,28 +21,18 @@ from simulator.devices import CommandDevices, Credentials
 from tests.test_broker_security import shipped_broker
 from tests.test_collector_service import wait_until
 from tests.test_commands_e2e import RULES, _settings
-from tests.web_fleet import PASSWORD, TZ
+from tests.test_web_browser import (  # noqa: F401 (the browser fixtures)
+    browser_context_args,
+    browser_type_launch_args,
+    expect,
+    login,
+    shots,
+)
+from tests.web_fleet import TZ
 from tests.web_server import Server, serve
 from web.commands import ConsolePublisher
 
 pytestmark = pytest.mark.integration
-
-CHROMIUM = "/usr/bin/chromium"
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
-
-expect = pytest.importorskip("playwright.sync_api").expect
-
-
-@pytest.fixture(scope="session")
-def browser_type_launch_args() -> dict[str, Any]:
-    return {"executable_path": CHROMIUM, "args": ["--no-sandbox", "--disable-gpu"]}
-
-
-@pytest.fixture(scope="session")
-def browser_context_args() -> dict[str, Any]:
-    return {"viewport": {"width": 1366, "height": 860}, "locale": "zh-CN",
-            "accept_downloads": True}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -68,22 +57,6 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             listener.stop()
             publisher.close()
             gen.close()
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = os.environ.get("WEB_SCREENSHOTS_DIR")
-    path = Path(folder) if folder else tmp_path_factory.mktemp("screenshots")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def login(page: Any, srv: Server, user: str) -> None:
-    page.goto(srv.url + "/login")
-    page.fill("input[name=username]", user)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    expect(page).to_have_url(re.compile(r"/wall$"))
 
 
 def test_a_refresh_sent_from_the_device_page_reaches_done(page: Any, srv: Server) -> None:
@@ -111,7 +84,10 @@ def test_a_restart_is_confirmed_then_done(page: Any, srv: Server) -> None:
 
 
 def test_screenshots_of_the_new_pages_in_both_languages(
-    page: Any, srv: Server, shots: Path, monkeypatch: pytest.MonkeyPatch
+    page: Any,
+    srv: Server,
+    shots: Path,  # noqa: F811 (the fixture of tests/test_web_browser.py)
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The new pages in zh-CN and English; a plan with devices and a forecast with its
     interval from a sample (the seeded fleet has less history than a forecast needs)."""

@@ -388,9 +388,7 @@ def command_journal(request: Request, command_id: CommandId) -> Response:
     c = console_of(request)
     who = c.principal(request)
     with c.conn() as conn:
-        data = cmds.journal(conn, who, command_id)
-    return Response(data, media_type="application/octet-stream", headers={
-        "Content-Disposition": f"attachment; filename=journal-{command_id}.txt"})  # fmt: skip
+        return cmds.journal_response(conn, who, command_id)  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------------------- cash

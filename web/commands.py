@@ -152,6 +152,15 @@ def journal(conn: Conn, who: Principal, command_id: str) -> bytes:
         return service.journal(conn, who.actor, command_id)
 
 
+def journal_response(conn: Conn, who: Principal, command_id: str) -> Any:
+    """The journal as a download (pages and API alike)."""
+    from fastapi.responses import Response
+
+    data = journal(conn, who, command_id)
+    return Response(data, media_type="application/octet-stream", headers={
+        "Content-Disposition": f"attachment; filename=journal-{command_id}.txt"})  # fmt: skip
+
+
 def journal_params(values: dict[str, str], tz: Any) -> dict[str, Any]:
     """The journal's range from the form (local date-times) as the service takes it."""
     out: dict[str, Any] = {}
