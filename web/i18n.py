@@ -326,6 +326,7 @@ M: dict[str, tuple[str, str]] = {
     "fc.reason.no_history": ("历史数据不足", "not enough history"),
     "fc.reason.no_cash_units": ("未上报钞箱", "no cash units reported"),
     "fc.interval": ("区间", "interval"),
+    "fc.interval_head": ("区间", "Interval"),
     "fc.kind": ("预测", "Forecast"),
     "fc.kind.cash_out": ("缺钞", "cash-out"),
     "fc.kind.deposit_full": ("存款箱满", "deposit full"),
