@@ -238,12 +238,30 @@ class NetworkRules(_Model):
     )
 
 
+class IncidentClassName(StrEnum):
+    """The incident engine's classes (incidents.model.IncidentClass)."""
+
+    COMPONENT = "component"
+    CASH = "cash"
+    NETWORK = "network"
+    POWER = "power"
+    SOFTWARE = "software"
+
+
 class VendorRules(_Model):
     repeat_fault_days: int = Field(
         7, ge=1, le=365, description="Same device and component again within this many days."
     )
     worst_devices: int = Field(5, ge=0, le=1000)
     device_month_days: float = Field(30.0, gt=0, description="Days in one device-month.")
+    incident_classes: list[IncidentClassName] = Field(
+        default_factory=lambda: [IncidentClassName.COMPONENT, IncidentClassName.SOFTWARE],
+        min_length=1,
+        description="Incident classes the vendor answers for (counted in the scorecard).",
+    )
+    high_quantile: float = Field(
+        0.9, gt=0.5, le=1, description="The upper quantile shown beside the median (p90)."
+    )
 
 
 class AssessmentComponent(StrEnum):

@@ -533,7 +533,13 @@ def simulate(
     ledger = Ledger(inventory, config, seed, heartbeat_s=heartbeat_s)
     kept: list[Emission] = []
     for e in generate(
-        inventory, config, seed, start, end, real_wills=real_wills, heartbeat_s=heartbeat_s,
+        inventory,
+        config,
+        seed,
+        start,
+        end,
+        real_wills=real_wills,
+        heartbeat_s=heartbeat_s,
         on_repair=ledger.record_repair,
     ):
         ledger.record(e)
