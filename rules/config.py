@@ -261,14 +261,7 @@ class NetworkRules(_Model):
     )
 
 
-class IncidentClassName(StrEnum):
-    """The incident engine's classes (incidents.model.IncidentClass)."""
-
-    COMPONENT = "component"
-    CASH = "cash"
-    NETWORK = "network"
-    POWER = "power"
-    SOFTWARE = "software"
+IncidentClassName = Literal["component", "cash", "network", "power", "software"]
 
 
 class VendorRules(_Model):
@@ -278,7 +271,7 @@ class VendorRules(_Model):
     worst_devices: int = Field(5, ge=0, le=1000)
     device_month_days: float = Field(30.0, gt=0, description="Days in one device-month.")
     incident_classes: list[IncidentClassName] = Field(
-        default_factory=lambda: [IncidentClassName.COMPONENT, IncidentClassName.SOFTWARE],
+        default_factory=lambda: ["component", "software"],
         min_length=1,
         description="Incident classes the vendor answers for (counted in the scorecard).",
     )
@@ -333,7 +326,6 @@ INCIDENT_CLASSES = ("component", "cash", "network", "power", "software")
 RECIPIENT_ROLES = ("branch", "subbranch_manager", "head_office", "vendor_manager", "maintainer")
 
 Recipient = Literal["branch", "subbranch_manager", "head_office", "vendor_manager", "maintainer"]
-IncidentClassName = Literal["component", "cash", "network", "power", "software"]
 
 
 class RepeatRules(_Model):

@@ -219,7 +219,7 @@ def scorecard(
     ``first_day``..``last_day``): cycles of ``rules.incident_classes`` counted in the
     period their outage starts in, on the devices given."""
     lo, hi = period
-    classes = {c.value for c in rules.incident_classes}
+    classes = set(rules.incident_classes)
     by_device: dict[str, list[IncidentCycle]] = {}
     for c in cycles:
         if lo <= c.started < hi and c.cls in classes:
