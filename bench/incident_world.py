@@ -58,11 +58,20 @@ def accepted(emissions: Sequence[Emission]) -> list[Accepted]:
     return out
 
 
-def engine_pass(conn: psycopg.Connection[Any], rules: Rules, now: datetime) -> None:
-    """One pass of the incident engine as of ``now`` (simulated time)."""
-    from incidents import engine
+PassFn = Callable[[datetime], None]
 
-    engine.run_pass(conn, rules, now=now)
+
+def engine_passes(conn: psycopg.Connection[Any], rules: Rules) -> PassFn:
+    """Passes of one incident engine (``atmfleet incidents run``'s), each as of the
+    simulated instant given."""
+    from incidents.engine import Engine
+
+    engine = Engine(conn, rules)
+
+    def run(now: datetime) -> None:
+        engine.run_once(now=now)
+
+    return run
 
 
 @dataclass
@@ -115,13 +124,15 @@ class World:
             self.messages += len(batch)
         self.conn.commit()
 
-    def pass_at(self, t: int, pass_fn: Callable[..., None] = engine_pass) -> None:
+    def pass_at(self, t: int, pass_fn: PassFn) -> None:
         self.store_until(t)
-        pass_fn(self.conn, self.rules, at_ms(t))
+        pass_fn(at_ms(t))
         self.conn.commit()
         self.passes += 1
 
-    def play(self, pass_fn: Callable[..., None] = engine_pass) -> None:
+    def play(self, pass_fn: PassFn | None = None) -> None:
+        """The whole stretch (``pass_fn`` default: :func:`engine_passes`)."""
+        pass_fn = pass_fn or engine_passes(self.conn, self.rules)
         end = self.ledger.end
         assert end is not None
         actor = Actor(OPERATOR, "cli")
