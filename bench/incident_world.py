@@ -61,6 +61,11 @@ def accepted(emissions: Sequence[Emission]) -> list[Accepted]:
 PassFn = Callable[[datetime], None]
 
 
+def fault_debounce_s(rules: Rules) -> int:
+    """The debounce of a fault outage (component and software incidents)."""
+    return next(v for k, v in rules.incidents.debounce_s.items() if k.value == "fault")
+
+
 def engine_passes(conn: psycopg.Connection[Any], rules: Rules) -> PassFn:
     """Passes of one incident engine (``atmfleet incidents run``'s), each as of the
     simulated instant given."""
@@ -130,19 +135,39 @@ class World:
         self.conn.commit()
         self.passes += 1
 
-    def play(self, pass_fn: PassFn | None = None) -> None:
-        """The whole stretch (``pass_fn`` default: :func:`engine_passes`)."""
+    def play(self, pass_fn: PassFn | None = None, every_ms: int = 1_800_000) -> None:
+        """The whole stretch. A live engine passes every ``incidents.poll_s``; here a pass
+        comes at each instant where the outcome of one can change — just after a fault's
+        debounce ends (the incident opens), at each dispatch of the ledger (then the
+        operator dispatches), just after each technician's arrival (maintenance mode:
+        on site) and each repair — and every ``every_ms`` of simulated time (warnings,
+        breaches, escalations fall due on the clock). ``pass_fn`` default:
+        :func:`engine_passes`."""
         pass_fn = pass_fn or engine_passes(self.conn, self.rules)
         end = self.ledger.end
-        assert end is not None
+        start = self.ledger.first
+        assert end is not None and start is not None
+        debounce = 1000 * fault_debounce_s(self.rules)
         actor = Actor(OPERATOR, "cli")
-        for r in sorted(
-            (r for r in self.ledger.repairs if r.dispatch is not None),
-            key=lambda r: (r.dispatch or 0, r.device_id),
-        ):
-            assert r.dispatch is not None
-            self.pass_at(r.dispatch, pass_fn)
-            self._dispatch(r, actor)
+        plan: list[tuple[int, int, str, Repair | None]] = []
+        for r in self.ledger.repairs:
+            plan.append((r.fault + debounce + 1, 0, r.device_id, None))
+            if r.dispatch is not None:
+                plan.append((r.dispatch, 1, r.device_id, r))
+            for t in (r.arrival, r.repair):
+                if t is not None:
+                    plan.append((t + 1, 0, r.device_id, None))
+        plan += [(t, 0, "", None) for t in range(start + every_ms, end, every_ms)]
+        plan.sort(key=lambda p: p[:3])
+        last = -1
+        for t, _kind, _device, r in plan:
+            if t >= end:
+                break
+            if t != last:
+                self.pass_at(t, pass_fn)
+                last = t
+            if r is not None:
+                self._dispatch(r, actor)
         self.pass_at(end - 1, pass_fn)
 
     def _dispatch(self, r: Repair, actor: Actor) -> None:
@@ -180,7 +205,7 @@ def ledger_incidents(ledger: Ledger, rules: Rules) -> list[TrueIncident]:
         ledger.repairs,
         ledger.intervals,
         end,
-        debounce_ms=inc.debounce_s[next(k for k in inc.debounce_s if k.value == "fault")] * 1000,
+        debounce_ms=fault_debounce_s(rules) * 1000,
         merge_ms=inc.merge_flaps_s * 1000,
         repeat_ms=rules.vendors.repeat_fault_days * 86_400_000,
     )
@@ -200,7 +225,7 @@ def ledger_scorecard(
     classes = set(rules.vendors.incident_classes)
     devices = inventory.device_by_id
     tiers = {s.id: s.tier for s in inventory.subbranches}
-    debounce = next(v for k, v in rules.incidents.debounce_s.items() if k.value == "fault")
+    debounce = fault_debounce_s(rules)
     groups: dict[str, list[TrueIncident]] = {}
     for i in incidents:
         if i.cls not in classes or not period[0] <= i.started < period[1]:

@@ -14,7 +14,8 @@ arrival, repair), with the incident rules' few numbers given as plain values:
 - class: the outage's first cause other than supervisor — ``fault`` gives ``component``
   when the fault named one, else ``software``; cash, network, power otherwise;
 - repeat: a new incident on the same device and component within ``repeat_ms`` of the
-  previous one's restore.
+  previous one's restore (a software fault names no component: software faults repeat
+  one another, as the engine links them).
 
 ``docs/kpis.md`` ("Vendors") says why a scorecard from the store must equal these figures.
 """
@@ -97,7 +98,7 @@ def true_incidents(
         mine.sort(key=lambda r: r.fault)
         outages = _outages(sorted(by_device.get(device_id, []), key=lambda i: i.start), end)
         incidents: list[TrueIncident] = []
-        last_restore: dict[str, int] = {}
+        last_restore: dict[str, int] = {}  # component ('' = software) -> restored
         for start, restored, cause in outages:
             inside = [
                 r for r in mine if start <= r.fault and (restored is None or r.fault < restored)
@@ -114,14 +115,13 @@ def true_incidents(
             if prev is not None and prev.restored is not None and start - prev.restored < merge_ms:
                 incidents[-1] = replace(prev, restored=restored)
                 continue
-            repeat = False
-            if first.component is not None:
-                before = last_restore.get(first.component)
-                repeat = before is not None and start - before <= repeat_ms
+            key = first.component or ""  # software faults repeat one another
+            before = last_restore.get(key)
+            repeat = before is not None and start - before <= repeat_ms
             inc = TrueIncident(device_id, first.vendor, first.model, cls, first.component,
                                start, restored, first.dispatch, first.arrival, repeat)  # fmt: skip
             incidents.append(inc)
-            if first.component is not None and restored is not None:
-                last_restore[first.component] = restored
+            if restored is not None:
+                last_restore[key] = restored
         result.extend(incidents)
     return sorted(result, key=lambda i: (i.started, i.device_id))

@@ -11,8 +11,9 @@ response and repair median and p90 to the millisecond, breaches, repeats, open o
 The fleet is kept to what the comparison is about: every device 24x7 (an outage outside
 a service window opens no incident), no power cuts, network outages, link drops or
 planned maintenance (they make incidents of other classes, or hide a fault), short
-cash visits (a visit never outlasts its own debounce); the contract counts calendar
-hours from the outage start.
+cash visits (a visit never outlasts its own debounce), no deposit-module fault that
+leaves a CRS available (degraded: no outage, but its repair visit is maintenance mode);
+the contract counts calendar hours from the outage start.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ CONFIG = make_config(
         "incidents": {"branch_power_cuts_per_year": 0, "subbranch_network_outages_per_year": 0,
                       "device_link_drops_per_year": 0, "planned_every_days": 3650},
         "cash": {"supervisor_min": 10},
+        "degraded_share": 0,
     }
 )  # fmt: skip
 RULES = load_rules().model_copy(
