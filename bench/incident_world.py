@@ -227,6 +227,9 @@ def ledger_scorecard(
     tiers = {s.id: s.tier for s in inventory.subbranches}
     debounce = fault_debounce_s(rules)
     groups: dict[str, list[TrueIncident]] = {}
+    for d in inventory.devices:
+        groups.setdefault(d.vendor, [])
+        groups.setdefault(f"{d.vendor} {d.model}", [])
     for i in incidents:
         if i.cls not in classes or not period[0] <= i.started < period[1]:
             continue

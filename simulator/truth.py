@@ -4,9 +4,10 @@ Independent of the incident engine: from the ledger's own intervals (the ground 
 what the devices' messages mean) and its repairs (``repairs.csv``: fault, dispatch,
 arrival, repair), with the incident rules' few numbers given as plain values:
 
-- an **outage** is a maximal run of the device's intervals whose cause is not
-  ``available``; it starts at its first interval and is restored at the next available
-  one (None when the ledger ends first);
+- an **outage** is a maximal run of the device's intervals whose cause is neither
+  ``available`` nor ``closed`` (outside its service window a device that reports no
+  fault is not down); it starts at its first interval and is restored at the next
+  available or closed one (None when the ledger ends first);
 - a fault's incident is the outage that holds the fault's time; several faults in one
   outage make one incident (the first fault's dispatch and arrival count);
 - an outage shorter than ``debounce_ms`` opens nothing; one starting within ``merge_ms``
@@ -62,7 +63,7 @@ def _outages(intervals: Sequence[Interval], end: int) -> list[tuple[int, int | N
     start: int | None = None
     cause = "supervisor"
     for iv in intervals:
-        if iv.cause == "available":
+        if iv.cause in ("available", "closed"):
             if start is not None:
                 out.append((start, iv.start, cause))
                 start, cause = None, "supervisor"
