@@ -24,6 +24,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("exporters.cli", "serve"),
     ("dashboards.cli", "dashboards"),
     ("broker.cli", "broker"),
+    ("incidents.cli", "incidents"),
 )
 
 

@@ -43,6 +43,8 @@ from atmfleet.inventory import Device, Inventory
 from atmfleet.store.connect import connect
 from atmfleet.store.jobs import Job, read_jobs
 from atmfleet.store.runs import RUN_GAP
+from incidents.metrics import families as incident_families
+from incidents.metrics import read as read_incidents
 from rules.config import Rules
 from rules.feed import Feed
 from rules.fleet import fleet_devices
@@ -175,6 +177,8 @@ class Snapshot:
     #: The store's TimescaleDB jobs (``()`` on plain PostgreSQL; None: not read).
     jobs: Sequence[Job] | None = None
     unregistered: int = 0  # device ids not in the inventory that sent messages
+    #: Incidents (incidents/metrics.py; None: not read).
+    incidents: Any = None
 
     @classmethod
     def database_down(cls, targets: Targets, read_seconds: float = 0.0) -> Snapshot:
@@ -228,6 +232,9 @@ def families(snap: Snapshot) -> Iterator[Metric]:
     )
     if snap.jobs is not None:
         yield from _job_families(snap.jobs)
+    # --- incidents (incidents/metrics.py) ---
+    if snap.incidents is not None:
+        yield from incident_families(snap.incidents)
 
 
 JOB_LABELS = ("job_id", "proc", "relation")
@@ -594,6 +601,7 @@ class DatabaseSource:
         unregistered = feed.unregistered_count()
         t_low = time.perf_counter()
         jobs = self._jobs(conn)
+        incidents = self._incidents(conn)
         conn.rollback()
         self.timings = {
             "devices": t_devices - started,
@@ -620,6 +628,7 @@ class DatabaseSource:
             lowyield=lowyield,
             jobs=jobs,
             unregistered=unregistered,
+            incidents=incidents,
         )
 
     @staticmethod
@@ -634,6 +643,18 @@ class DatabaseSource:
             log.warning("cannot read the TimescaleDB jobs: %s", reason)
             return None
         return () if jobs is None else tuple(jobs)
+
+    @staticmethod
+    def _incidents(conn: psycopg.Connection) -> Any:
+        """The incident metrics' values (incidents/metrics.py); None (left out) if they
+        cannot be read, so that the fleet's metrics do not depend on them."""
+        try:
+            with conn.transaction():
+                return read_incidents(conn)
+        except psycopg.Error as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            log.warning("cannot read the incidents: %s", reason)
+            return None
 
     @staticmethod
     def _branch_key(inventory: Inventory, d: Device) -> BranchKey:

@@ -460,6 +460,45 @@ def reopen(
         )  # fmt: skip
 
 
+def continue_outage(
+    conn: psycopg.Connection[Any],
+    incident_id: int,
+    actor: Actor,
+    *,
+    to_state: str,
+    at: datetime,
+    detail: Mapping[str, Any] | None = None,
+) -> Incident:
+    """A flap (the engine only): the device went down again within ``merge_flaps_s`` of
+    being restored, so the restored incident continues in the state it was restored from,
+    as one outage (an event ``merged``; its SLA clocks were never reset)."""
+    if not is_engine(actor):
+        raise Forbidden("only the incident engine merges a flap into an incident")
+    with conn.transaction():
+        incident = load(conn, incident_id, for_update=True)
+        if incident is None:
+            raise UsageError(f"no incident {incident_id}")
+        if incident.state != State.RESTORED.value:
+            raise UsageError(f"incident {incident_id} is {incident.state}, not restored")
+        row = conn.execute(
+            f"UPDATE incidents SET state = %s, restored_at = NULL, last_down_at = %s,"
+            f" version = version + 1, updated_at = clock_timestamp() WHERE id = %s"
+            f" RETURNING {SELECT_COLUMNS}",
+            (State(to_state).value, at, incident_id),
+        ).fetchone()
+        assert row is not None
+        after = from_row(row)
+        write_event(
+            conn, incident_ids=[incident_id], kind="merged", actor=actor.name, at=at,
+            from_state=incident.state, to_state=after.state, detail=detail,
+        )  # fmt: skip
+        record(
+            conn, actor, "incident.merge", "incident", incident_id,
+            before=_audit_view(incident), after=_audit_view(after),
+        )  # fmt: skip
+        return after
+
+
 ACTIONS = {
     Action.ACK: ack,
     Action.DISPATCH: dispatch,
@@ -575,6 +614,37 @@ def list_incidents(
     return [from_row(r) for r in rows]
 
 
+def sla_statuses(conn: psycopg.Connection[Any], incidents: Sequence[Incident]) -> dict[int, str]:
+    """Each incident's SLA status in its current cycle (incidents.sla.status): none, ok,
+    warning, breached or suspended; from the marks the engine stored."""
+    from incidents.sla import status
+
+    kinds: dict[int, list[str]] = {i.id: [] for i in incidents}
+    cycle = {i.id: i.cycle for i in incidents}
+    rows = conn.execute(
+        "SELECT incident_id, cycle, kind FROM incident_sla WHERE incident_id = ANY(%s)",
+        ([i.id for i in incidents],),
+    ).fetchall()
+    for incident_id, c, kind in rows:
+        if cycle.get(incident_id) == c:
+            kinds[incident_id].append(kind)
+    return {
+        i.id: status(kinds[i.id], i.suspended and i.active, i.contract is not None)
+        for i in incidents
+    }
+
+
+def sla_marks(conn: psycopg.Connection[Any], incident_id: int) -> list[dict[str, Any]]:
+    """The incident's SLA marks (every cycle), oldest first."""
+    rows = conn.execute(
+        "SELECT cycle, deadline, kind, level, due_at, at, event_id FROM incident_sla"
+        " WHERE incident_id = %s ORDER BY due_at, deadline, kind, level",
+        (incident_id,),
+    ).fetchall()
+    keys = ("cycle", "deadline", "kind", "level", "due_at", "at", "event_id")
+    return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
 def allowed_table() -> dict[str, list[str]]:
     """Action -> states it is allowed from (for documentation and surfaces)."""
     return {a.value: sorted(s.value for s in ALLOWED_FROM[a]) for a in Action}
@@ -587,6 +657,7 @@ __all__ = [
     "arrive",
     "authorise",
     "close",
+    "continue_outage",
     "covers",
     "dispatch",
     "list_incidents",

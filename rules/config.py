@@ -351,7 +351,7 @@ class IncidentRules(_Model):
         "before an incident opens; a cause left out never opens one.",
     )
     classes: dict[Label, IncidentClassName] = Field(
-        default_factory=lambda: {
+        default_factory=lambda: {  # type: ignore[arg-type]
             Label.FAULT: "component",
             Label.CASH_OUT: "cash",
             Label.DEPOSIT_FULL: "cash",
@@ -384,7 +384,10 @@ class IncidentRules(_Model):
         description="Runs whose last sample is this much older than the engine's last pass "
         "are read again (device clocks and ingest latency).",
     )
-    poll_s: float = Field(1.0, gt=0, le=600, description="Seconds between engine passes.")
+    poll_s: float = Field(0.5, gt=0, le=600, description="Seconds between engine passes.")
+    inventory_refresh_s: float = Field(
+        300, gt=0, le=86_400, description="Seconds between two reads of the inventory."
+    )
     opened_recipients: tuple[Recipient, ...] = Field(
         ("branch",), description="Who is told of a new incident (one message per pass)."
     )
