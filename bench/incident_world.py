@@ -160,14 +160,14 @@ class World:
         plan += [(t, 0, "", None) for t in range(start + every_ms, end, every_ms)]
         plan.sort(key=lambda p: p[:3])
         last = -1
-        for t, _kind, _device, r in plan:
+        for t, _kind, _device, todo in plan:
             if t >= end:
                 break
             if t != last:
                 self.pass_at(t, pass_fn)
                 last = t
-            if r is not None:
-                self._dispatch(r, actor)
+            if todo is not None:
+                self._dispatch(todo, actor)
         self.pass_at(end - 1, pass_fn)
 
     def _dispatch(self, r: Repair, actor: Actor) -> None:

@@ -271,7 +271,7 @@ class VendorRules(_Model):
     worst_devices: int = Field(5, ge=0, le=1000)
     device_month_days: float = Field(30.0, gt=0, description="Days in one device-month.")
     incident_classes: list[IncidentClassName] = Field(
-        default_factory=lambda: ["component", "software"],
+        default_factory=lambda: list[IncidentClassName](["component", "software"]),
         min_length=1,
         description="Incident classes the vendor answers for (counted in the scorecard).",
     )
