@@ -100,7 +100,7 @@ def main() -> None:
         stored = [
             (d, int(s), c, None if r is None else int(r))
             for d, s, c, r in conn.execute(
-                'SELECT device_id, floor(extract(epoch FROM started_at) * 1000)::int8, "class",'
+                "SELECT device_id, floor(extract(epoch FROM started_at) * 1000)::int8, cause,"
                 " floor(extract(epoch FROM restored_at) * 1000)::int8 FROM incidents"
             )
         ]
@@ -121,12 +121,12 @@ def unmatched(
     ledger: Ledger,
 ) -> None:
     """Incidents on one side only (vendor classes, outage started in the period)."""
-    classes = set(rules.vendors.incident_classes)
-    mine = {(d, s): (c, r) for d, s, c, r in stored if c in classes and period[0] <= s < period[1]}
+    causes = {c.value for c in rules.vendors.incident_causes}
+    mine = {(d, s): (c, r) for d, s, c, r in stored if c in causes and period[0] <= s < period[1]}
     theirs = {
-        (i.device_id, i.started): (i.cls, i.restored)
+        (i.device_id, i.started): (i.cause, i.restored)
         for i in truth
-        if i.cls in classes and period[0] <= i.started < period[1]
+        if i.cause in causes and period[0] <= i.started < period[1]
     }
     only_store = sorted(set(mine) - set(theirs))
     only_ledger = sorted(set(theirs) - set(mine))
@@ -138,7 +138,7 @@ def unmatched(
         faults.setdefault(r.device_id, []).append(r)
     for side, keys, table in (("store", only_store, mine), ("ledger", only_ledger, theirs)):
         for d, s in keys:
-            cls, restored = table[(d, s)]
+            cause, restored = table[(d, s)]
             near = [r for r in faults.get(d, []) if abs(r.fault - s) < 86_400_000]
             what = ", ".join(
                 f"fault {iso(r.fault)}{' software' if r.software else ''}"
@@ -150,7 +150,7 @@ def unmatched(
                 for iv in ledger.intervals_of(d)
                 if s - 3_600_000 <= iv.start <= (restored or s) + 60_000
             ]
-            print(f"  only in the {side}: {d} {cls} from {iso(s)} to "
+            print(f"  only in the {side}: {d} {cause} from {iso(s)} to "
                   f"{iso(restored) if restored else 'open'}; ledger: {what or 'no fault'};"
                   f" timeline {' '.join(causes[:8])}")  # fmt: skip
 

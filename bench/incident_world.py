@@ -34,6 +34,8 @@ from atmfleet.store.writer import Accepted, BatchWriter
 from collector.decode import decode
 from incidents import service
 from rules.config import Rules
+from rules.timeline import from_ms
+from rules.uptime import WindowSpans, scheduled_spans
 from rules.vendors import quantile
 from simulator.engine import Emission, Repair
 from simulator.ledger import Ledger
@@ -198,16 +200,30 @@ class World:
 
 
 def ledger_incidents(ledger: Ledger, rules: Rules) -> list[TrueIncident]:
-    end = ledger.end
-    assert end is not None
-    inc = rules.incidents
+    """The ledger's incidents under the rules' numbers; the service windows are the ones
+    开机率 counts (rules' ``service_windows`` ∩ the device's time in the fleet)."""
+    end, first = ledger.end, ledger.first
+    assert end is not None and first is not None
+    inv = ledger.inventory
+    windows = WindowSpans(rules.tz)
+    day, last = from_ms(first).astimezone(rules.tz).date(), from_ms(end).astimezone(rules.tz).date()
+    local_days = []
+    while day <= last:
+        local_days.append(day)
+        day += timedelta(days=1)
+
+    def scheduled(device_id: str) -> list[tuple[int, int]]:
+        device = inv.device_by_id[device_id]
+        return [s for d in local_days for s in scheduled_spans(device, d, rules, windows)]
+
     return true_incidents(
         ledger.repairs,
         ledger.intervals,
         end,
         debounce_ms=fault_debounce_s(rules) * 1000,
-        merge_ms=inc.merge_flaps_s * 1000,
+        merge_ms=rules.incidents.merge_flaps_s * 1000,
         repeat_ms=rules.vendors.repeat_fault_days * 86_400_000,
+        scheduled=scheduled,
     )
 
 
@@ -222,7 +238,7 @@ def ledger_scorecard(
     ledger's incidents, breaches judged in calendar hours against the contract's
     deadlines (response from the dispatch, repair from the outage start or from the
     outage start + the debounce when the contract counts from the opening)."""
-    classes = set(rules.vendors.incident_classes)
+    causes = {c.value for c in rules.vendors.incident_causes}
     devices = inventory.device_by_id
     tiers = {s.id: s.tier for s in inventory.subbranches}
     debounce = fault_debounce_s(rules)
@@ -231,7 +247,7 @@ def ledger_scorecard(
         groups.setdefault(d.vendor, [])
         groups.setdefault(f"{d.vendor} {d.model}", [])
     for i in incidents:
-        if i.cls not in classes or not period[0] <= i.started < period[1]:
+        if i.cause not in causes or not period[0] <= i.started < period[1]:
             continue
         groups.setdefault(i.vendor, []).append(i)
         groups.setdefault(f"{i.vendor} {i.model}", []).append(i)

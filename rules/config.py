@@ -270,10 +270,11 @@ class VendorRules(_Model):
     )
     worst_devices: int = Field(5, ge=0, le=1000)
     device_month_days: float = Field(30.0, gt=0, description="Days in one device-month.")
-    incident_classes: list[IncidentClassName] = Field(
-        default_factory=lambda: list[IncidentClassName](["component", "software"]),
+    incident_causes: list[Label] = Field(
+        default_factory=lambda: [Label.FAULT],
         min_length=1,
-        description="Incident classes the vendor answers for (counted in the scorecard).",
+        description="Causes of the incidents the vendor answers for (counted in the "
+        "scorecard): fault, cash_out, deposit_full, communications, power, supervisor.",
     )
     high_quantile: float = Field(
         0.9, gt=0.5, le=1, description="The upper quantile shown beside the median (p90)."

@@ -365,8 +365,8 @@ class Feed:
         """The cycles of the incidents opened or reopened in ``[lo, hi)`` (ms), with their
         history and breach marks (rules/vendors.py)."""
         rows = [
-            IncidentRow(int(i), d, c, comp, int(start), rep)
-            for i, d, c, comp, start, rep in self._rows(
+            IncidentRow(int(i), d, c, cause, comp, int(start), rep)
+            for i, d, c, cause, comp, start, rep in self._rows(
                 "incident_rows", lo=from_ms(lo), hi=from_ms(hi)
             )
         ]

@@ -123,7 +123,7 @@ CALL refresh_continuous_aggregate('txn_daily', %(lo)s::timestamptz, %(hi)s::time
 -- then their history and their breach marks (rules/vendors.py). Only the lifecycle's own
 -- rows (to_state set): a notification row about the same incident repeats its kind.
 -- name: incident_rows
-SELECT i.id, i.device_id, i."class", i.component,
+SELECT i.id, i.device_id, i."class", i.cause, i.component,
        floor(extract(epoch FROM i.started_at) * 1000)::int8, i.repeat_of
 FROM incidents i
 WHERE i.id IN (SELECT incident_id FROM incident_events

@@ -701,7 +701,7 @@ def vendors_report(ctx: Context) -> Report:
          "response_breaches", "repair_breaches", "repeat_rate", "open", "worst"],
         [vendor_row(s, high) for s in scores],
         {"period": [ctx.first, ctx.last], "scope": str(ctx.scope),
-         "classes": list(rules.vendors.incident_classes),
+         "causes": [c.value for c in rules.vendors.incident_causes],
          "high_quantile": high,
          "note": "response: dispatched -> on site; repair: outage start -> restored"},
     )  # fmt: skip

@@ -4,7 +4,8 @@ The incident engine (``incidents/``) opens one incident per outage and records i
 lifecycle in ``incident_events``; an incident reopened for a repeat fault has several
 cycles. The scorecard counts **cycles** (:class:`IncidentCycle`, read back from the
 history by :func:`cycles_from_events`) of the classes the vendor answers for
-(``vendors.incident_classes``: component and software faults by default), in the period
+(``vendors.incident_causes``: incidents a fault opened, of class component or
+software, by default), in the period
 their outage starts in:
 
 - response time = on site - dispatched (the technician's travel, what the contract's
@@ -41,6 +42,7 @@ class IncidentCycle:
     cycle: int
     device_id: str
     cls: str
+    cause: str  # the timeline label that opened it
     component: str | None
     started: int  # outage start, ms
     dispatched: int | None = None
@@ -78,6 +80,7 @@ class IncidentRow:
     id: int
     device_id: str
     cls: str
+    cause: str
     component: str | None
     started: int  # ms
     repeat_of: int | None
@@ -123,7 +126,8 @@ def cycles_from_events(
         inc = rows[c["id"]]
         cycles.append(
             IncidentCycle(
-                inc.id, c["cycle"], inc.device_id, inc.cls, inc.component, c["started"],
+                inc.id, c["cycle"], inc.device_id, inc.cls, inc.cause, inc.component,
+                c["started"],
                 c.get("dispatched"), c.get("on_site"), c.get("restored"), c["repeat"],
                 (inc.id, c["cycle"], "response") in breached,
                 (inc.id, c["cycle"], "repair") in breached,
@@ -216,13 +220,13 @@ def scorecard(
     rules: VendorRules,
 ) -> list[VendorScore]:
     """Per vendor, then per model of it, over ``period`` (ms; the local days
-    ``first_day``..``last_day``): cycles of ``rules.incident_classes`` counted in the
+    ``first_day``..``last_day``): cycles opened by ``rules.incident_causes`` counted in the
     period their outage starts in, on the devices given."""
     lo, hi = period
-    classes = set(rules.incident_classes)
+    causes = {c.value for c in rules.incident_causes}
     by_device: dict[str, list[IncidentCycle]] = {}
     for c in cycles:
-        if lo <= c.started < hi and c.cls in classes:
+        if lo <= c.started < hi and c.cause in causes:
             by_device.setdefault(c.device_id, []).append(c)
     scores: dict[tuple[str, str | None], VendorScore] = {}
     ranked: dict[tuple[str, str | None], list[WorstDevice]] = {}

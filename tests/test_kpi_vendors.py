@@ -32,7 +32,7 @@ def dev(ident: str, vendor: str, model: str, commissioned: date = date(2025, 1, 
 
 class TestCyclesFromHistory:
     def test_opened_dispatched_on_site_restored_make_one_cycle(self) -> None:
-        rows = [IncidentRow(1, "D1", "component", "cdm", T0, None)]
+        rows = [IncidentRow(1, "D1", "component", "fault", "cdm", T0, None)]
         events = [
             HistoryRow(1, T0 + 5 * M, "opened", {}),
             HistoryRow(1, T0 + 20 * M, "acknowledged", {}),
@@ -48,7 +48,7 @@ class TestCyclesFromHistory:
         assert (c.response_breach, c.repair_breach, c.repeat) == (True, False, False)
 
     def test_a_reopened_incident_is_a_second_cycle_and_a_repeat(self) -> None:
-        rows = [IncidentRow(1, "D1", "component", "cdm", T0, None)]
+        rows = [IncidentRow(1, "D1", "component", "fault", "cdm", T0, None)]
         events = [
             HistoryRow(1, T0 + 5 * M, "opened", {}),
             HistoryRow(1, T0 + H, "restored", {}),
@@ -73,13 +73,13 @@ class TestScorecard:
     def test_per_vendor_then_per_model(self) -> None:
         devices = [dev("D1", "A", "X"), dev("D2", "A", "Y"), dev("D3", "B", "Z")]
         cycles = [
-            IncidentCycle(1, 0, "D1", "component", "cdm", T0, T0 + M, T0 + 61 * M, T0 + 2 * H,
+            IncidentCycle(1, 0, "D1", "component", "fault", "cdm", T0, T0 + M, T0 + 61 * M, T0 + 2 * H,
                           response_breach=True),
-            IncidentCycle(2, 0, "D1", "software", None, T0 + 50 * H, restored=T0 + 51 * H,
+            IncidentCycle(2, 0, "D1", "software", "fault", None, T0 + 50 * H, restored=T0 + 51 * H,
                           repeat=True),
-            IncidentCycle(3, 0, "D2", "component", "idc", T0 + 3 * H, T0 + 4 * H),  # open
-            IncidentCycle(4, 0, "D2", "network", None, T0 + 5 * H, restored=T0 + 6 * H),
-            IncidentCycle(5, 0, "D3", "component", "cdm", T0 - H, restored=T0),  # before
+            IncidentCycle(3, 0, "D2", "component", "fault", "idc", T0 + 3 * H, T0 + 4 * H),  # open
+            IncidentCycle(4, 0, "D2", "network", "communications", None, T0 + 5 * H, restored=T0 + 6 * H),
+            IncidentCycle(5, 0, "D3", "component", "fault", "cdm", T0 - H, restored=T0),  # before
         ]  # fmt: skip
         uptime = {"D1": Uptime(tech_scheduled_ms=10 * H, tech_available_ms=7 * H)}
         period = (T0, T0 + 30 * 24 * H)
