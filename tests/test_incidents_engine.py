@@ -19,11 +19,46 @@ from incidents import service
 from incidents.engine import Engine
 from incidents.model import IncidentClass, events_of, load
 from rules.config import Rules, parse_rules
-from tests.incident_helpers import B1, B2, S1, S2, db_now, fault_event, inventory, run, setup
+from tests.incident_helpers import (
+    B1,
+    B2,
+    S1,
+    S2,
+    copy_database,
+    db_now,
+    fault_event,
+    inventory,
+    run,
+    setup,
+    template_database,
+)
 
 MIN = timedelta(minutes=1)
 ALICE = Actor("alice", "cli")
 CAROL = Actor("carol", "cli")
+
+
+@pytest.fixture(scope="module")
+def template() -> Iterator[str]:
+    from tests.conftest import drop_database
+
+    url = template_database()
+    try:
+        yield url
+    finally:
+        drop_database(url)
+
+
+@pytest.fixture
+def db(template: str) -> Iterator[str]:
+    """A fresh upgraded database per test, copied from the module's template."""
+    from tests.conftest import drop_database
+
+    url = copy_database(template)
+    try:
+        yield url
+    finally:
+        drop_database(url)
 
 
 @pytest.fixture
