@@ -9,7 +9,8 @@
    nothing more (a heartbeat of a healthy device costs a tuple).
 2. **Evaluate** the candidates: the devices the engine watches (down, or with an active
    incident), the ones whose latest run is not available, the ones with presence news,
-   and the ones silent past their heartbeat timeout. For each, the indicators' own
+   and the ones silent past their heartbeat timeout (not those whose incident is open and
+   that sent nothing new since they were last looked at). For each, the indicators' own
    timeline (:func:`rules.timeline.build_timeline`) over ``lookback_hours`` and the
    scheduled spans 开机率 counts (:func:`rules.uptime.scheduled_spans`) give the outage
    (:mod:`incidents.detect`); then: open (after the debounce, unless an approved planned
@@ -22,7 +23,9 @@
    notification row per recipient for the whole pass, however many incidents it covers.
 4. The cursor (``incident_engine``) is saved in the pass's transaction.
 
-All writes of a pass are one transaction (a device whose step fails is rolled back to its
+Every read is bounded by the pass's horizon (``run_once(at)``): a pass at a past horizon
+sees only what was stored by then, so history can be replayed. All writes of a pass are
+one transaction (a device whose step fails is rolled back to its
 savepoint, logged and retried next pass); a crash loses only the pass in flight.
 """
 
