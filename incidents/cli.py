@@ -415,6 +415,12 @@ def run_command(once: bool, name: str, as_json: bool) -> None:
                         return
                     engine.run(stop=lambda: stopping["now"], on_pass=report)
                     return
+            except psycopg.errors.InsufficientPrivilege as exc:
+                first = (str(exc).strip().splitlines() or ["permission denied"])[0]
+                raise Forbidden(
+                    f"the database login may not run the engine ({first}): use the store's"
+                    " writer login (docs/security.md)"
+                ) from None
             except (psycopg.OperationalError, ConfigError) as exc:
                 # The database went away (restart, failover): reconnect with capped backoff;
                 # the new engine resumes from its stored cursor. A first connection that

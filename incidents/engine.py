@@ -303,8 +303,8 @@ class Engine:
                 stats = self.run_once()
                 if on_pass is not None:
                     on_pass(stats)
-            except psycopg.OperationalError:
-                raise
+            except (psycopg.OperationalError, psycopg.errors.InsufficientPrivilege):
+                raise  # the connection is gone, or this login may never do it
             except psycopg.Error as exc:
                 log.warning("incident engine pass failed (%s); retrying", exc)
                 self.conn.rollback()
