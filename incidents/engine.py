@@ -45,7 +45,7 @@ from atmfleet.errors import AtmfleetError
 from atmfleet.inventory import Device, Inventory
 from atmfleet.store.audit import Actor
 from incidents import service
-from incidents.detect import Observation, Outage, observe
+from incidents.detect import DOWN_LABELS, Observation, Outage, observe
 from incidents.model import (
     ACTIVE_STATES,
     SELECT_COLUMNS,
@@ -65,6 +65,8 @@ log = logging.getLogger(__name__)
 
 #: Reported states that are available (the labels say which).
 AVAILABLE_STATES = frozenset(s for s, label in STATE_LABEL.items() if label is Label.AVAILABLE)
+#: Reported states whose label may open an incident (fault, cash_out, ..., supervisor).
+DOWN_STATES = frozenset(s for s, label in STATE_LABEL.items() if label in DOWN_LABELS)
 #: The raw state that means a technician is working on the device.
 MAINTENANCE_STATE = "maintenance"
 SYSTEM = Actor.system(service.ENGINE_SURFACE)
@@ -243,7 +245,7 @@ class Engine:
             ([s.value for s in ACTIVE_STATES],),
         ).fetchall()
         self.watch = {d for (d,) in active}
-        self.watch |= {d for d, s in self.latest_state.items() if s not in AVAILABLE_STATES}
+        self.watch |= {d for d, s in self.latest_state.items() if s in DOWN_STATES}
         self.conn.commit()
         self.started = True
 
@@ -326,7 +328,9 @@ class Engine:
         presence = {d for (d,) in self.conn.execute(Q_FOLLOW_PRESENCE, bounds)}
         factor = self.rules.heartbeat.timeout_factor
         candidates = set(self.watch) | presence
-        candidates |= {d for d in changed if self.latest_state.get(d) not in AVAILABLE_STATES}
+        # A new run in a state that can open an incident (closed by schedule and declared
+        # planned maintenance cannot; the timeline's silence is caught below).
+        candidates |= {d for d in changed if self.latest_state.get(d) in DOWN_STATES}
         for device_id, last in self.last_seen.items():
             if (
                 device_id not in candidates
@@ -449,10 +453,12 @@ class Engine:
                         if new is not None or stats.merged > merged_before:
                             self._settled[device_id] = self.last_seen.get(device_id, -1)
                         self.watch.add(device_id)
-                    elif obs.available:
-                        self.watch.discard(device_id)
+                    elif obs.outage is not None:
+                        self.watch.add(device_id)  # down, its debounce still running
                     else:
-                        self.watch.add(device_id)
+                        # Available, or closed/planned/unknown: nothing can open until it
+                        # sends something new or falls silent.
+                        self.watch.discard(device_id)
             except (AtmfleetError, psycopg.errors.IntegrityError) as exc:
                 stats.errors += 1
                 log.warning("incident engine: device %s: %s", device_id, exc)
