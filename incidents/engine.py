@@ -261,12 +261,15 @@ class Engine:
         """One pass; ``now`` (default: the database's clock) is the horizon evaluated."""
         if not self.started:
             self.start(now)
-        if time.monotonic() - self._inventory_at > self.rules.incidents.inventory_refresh_s:
-            self._load_inventory()
         stats = PassStats(started=time.monotonic())
         conn = self.conn
         try:
+            # Everything a pass reads and writes is in its one transaction (a read outside
+            # it would leave an implicit transaction open, and the pass's own would then be
+            # a savepoint inside it, never committed).
             with conn.transaction():
+                if time.monotonic() - self._inventory_at > self.rules.incidents.inventory_refresh_s:
+                    self._load_inventory()
                 at = now or conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
                 now_ms = ms(at)
                 t0 = time.perf_counter()

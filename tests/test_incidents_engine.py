@@ -366,6 +366,24 @@ sla:
 """
 
 
+class TestCommits:
+    def test_every_pass_commits_also_after_the_inventory_is_read_again(self, db: str) -> None:
+        """Seen from another connection: each pass's writes are committed, including the
+        passes that re-read the inventory first."""
+        rules = parse_rules("incidents:\n  inventory_refresh_s: 0.001\n")
+        with psycopg.connect(db) as conn, psycopg.connect(db, autocommit=True) as other:
+            setup(conn, inventory())
+            now = db_now(conn)
+            eng = engine(conn, rules)
+            for k, d in enumerate(("S1-B1-D000", "S1-B1-D001", "S1-B1-D002")):
+                run(conn, d, now - 30 * MIN, now, "fault")
+                conn.commit()
+                eng.run_once(now - (2 - k) * MIN)
+                assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+                seen = other.execute("SELECT count(*), max(passes) FROM incidents, incident_engine")
+                assert seen.fetchone() == (k + 1, k + 1)
+
+
 class TestEscalation:
     def test_a_restarted_engine_recomputes_the_timers_and_repeats_nothing(
         self, conn: psycopg.Connection[Any]
