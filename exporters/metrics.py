@@ -945,6 +945,8 @@ class Exporter:
         self._clock = clock
         self._lock = threading.Lock()
         self._refreshing = threading.Lock()  # one refresh at a time (two threads call it)
+        #: Set once a refresh has rendered (the device rows are on show, or database down).
+        self.refreshed = threading.Event()
         self._snapshot = Snapshot.database_down(targets)
         down = CollectorRegistry()
         down.register(FleetCollector(lambda: Snapshot.database_down(targets)))
@@ -967,6 +969,7 @@ class Exporter:
                 self._body, self._gzipped = body, gzipped
                 self._rendered_at = self._clock()
             del body, gzipped
+            self.refreshed.set()
             return snap
 
     def exposition(self, gzipped: bool = False) -> bytes:
@@ -1052,6 +1055,10 @@ class Serving:
     @property
     def port(self) -> int:
         return self.server.server_port
+
+    def wait_refreshed(self, timeout_s: float) -> bool:
+        """Wait until the first refresh has rendered; False if ``timeout_s`` passed."""
+        return self.exporter.refreshed.wait(timeout_s)
 
     def close(self) -> None:
         self.stop.set()
