@@ -24,7 +24,11 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("exporters.cli", "serve"),
     ("dashboards.cli", "dashboards"),
     ("broker.cli", "broker"),
+    ("notify.cli", "notify"),
     ("stops.cli", "stops"),
+    ("incidents.cli", "incidents"),
+    ("commands.cli", "command"),
+    ("simulator.devices_cli", "simulate_devices"),
 )
 
 

@@ -39,6 +39,17 @@ def summarize(inv: Inventory) -> str:
     ):
         lines += ["", f"{title} (active devices):"]
         lines += [f"  {key:<18}{n:>7}" for key, n in sorted(counts.items())]
+    lines += ["", f"maintainers: {len(inv.maintainers)}"]
+    uncovered = sorted(
+        {
+            (d.vendor, branch_sub[d.branch])
+            for d in active
+            if inv.maintainer_for(d.vendor, branch_sub[d.branch]) is None
+        }
+    )
+    if uncovered:
+        lines.append("  no maintainer (vendor, sub-branch): incidents there need --maintainer")
+        lines += [f"    {vendor}  {sub}" for vendor, sub in uncovered]
     return "\n".join(lines)
 
 

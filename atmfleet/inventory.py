@@ -1,4 +1,4 @@
-"""The fleet's static facts: sub-branches, branches and devices.
+"""The fleet's static facts: sub-branches, branches, devices and their maintainers.
 
 The models here are the contract; ``atmfleet.inventory_io`` loads and saves them from the
 documented YAML and CSV formats (``docs/inventory.md``).
@@ -98,6 +98,28 @@ class Device(_Frozen):
         return self.type in DEPOSIT_CAPABLE_TYPES
 
 
+#: A maintainer's region that covers every sub-branch without a team of its own.
+ANY_REGION = "*"
+
+
+class Maintainer(_Frozen):
+    """A vendor's service team for a region (维保: the technicians an incident is
+    dispatched to): a sub-branch id, or ``*`` for everywhere else."""
+
+    id: str = Field(pattern=DEVICE_ID_PATTERN)
+    vendor: str = Field(min_length=1, max_length=64)
+    region: str = Field(ANY_REGION, pattern=r"^(\*|[A-Za-z0-9_.-]{1,64})$")
+    name: str = Field(min_length=1, max_length=128)
+    phone: str | None = Field(None, max_length=64)
+    email: str | None = Field(None, max_length=254)
+    wecom: str | None = Field(None, max_length=64, description="WeCom user id.")
+    manager: str | None = Field(
+        None, max_length=128, description="The vendor's manager escalations go to."
+    )
+    manager_phone: str | None = Field(None, max_length=64)
+    manager_email: str | None = Field(None, max_length=254)
+
+
 class Inventory(BaseModel):
     """A whole fleet. Cross-references are checked by the loader."""
 
@@ -106,6 +128,7 @@ class Inventory(BaseModel):
     subbranches: tuple[SubBranch, ...]
     branches: tuple[Branch, ...]
     devices: tuple[Device, ...]
+    maintainers: tuple[Maintainer, ...] = ()
 
     @cached_property
     def subbranch_by_id(self) -> dict[str, SubBranch]:
@@ -118,6 +141,17 @@ class Inventory(BaseModel):
     @cached_property
     def device_by_id(self) -> dict[str, Device]:
         return {d.id: d for d in self.devices}
+
+    def maintainer_for(self, vendor: str, subbranch_id: str) -> Maintainer | None:
+        """The vendor's team for the sub-branch, else its team for every region."""
+        fallback = None
+        for m in self.maintainers:
+            if m.vendor == vendor:
+                if m.region == subbranch_id:
+                    return m
+                if m.region == ANY_REGION:
+                    fallback = m
+        return fallback
 
     def devices_of_branch(self, branch_id: str) -> Iterable[Device]:
         return (d for d in self.devices if d.branch == branch_id)

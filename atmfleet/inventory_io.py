@@ -1,8 +1,9 @@
 """Load and save the inventory (``docs/inventory.md``): one YAML file, or a folder of CSVs.
 
 ``load_inventory(path)`` reads ``*.yaml``/``*.yml`` as one file with the keys
-``subbranches``, ``branches`` and ``devices``, and a folder as ``subbranches.csv``,
-``branches.csv`` and ``devices.csv`` (for big fleets). Every problem is reported as a
+``subbranches``, ``branches`` and ``devices`` (and optionally ``maintainers``), and a
+folder as ``subbranches.csv``, ``branches.csv`` and ``devices.csv`` (and optionally
+``maintainers.csv``) (for big fleets). Every problem is reported as a
 :class:`~atmfleet.errors.ConfigError` whose message names the file, the line, the field, the
 bad value and what is allowed; all problems found are reported together (up to
 ``MAX_REPORTED``), not one per run.
@@ -29,7 +30,15 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from atmfleet.errors import ConfigError
-from atmfleet.inventory import Branch, BranchKind, Device, Inventory, SubBranch
+from atmfleet.inventory import (
+    ANY_REGION,
+    Branch,
+    BranchKind,
+    Device,
+    Inventory,
+    Maintainer,
+    SubBranch,
+)
 from atmfleet.protocol import DEVICE_ID_PATTERN
 from atmfleet.windows import ServiceWindow
 
@@ -39,6 +48,8 @@ TABLES: tuple[tuple[str, type[BaseModel]], ...] = (
     ("branches", Branch),
     ("devices", Device),
 )
+#: Tables a fleet may leave out: (section / CSV file stem, model).
+OPTIONAL_TABLES: tuple[tuple[str, type[BaseModel]], ...] = (("maintainers", Maintainer),)
 YAML_SUFFIXES = (".yaml", ".yml")
 #: At most this many problems are listed in one error message.
 MAX_REPORTED = 20
@@ -183,7 +194,10 @@ def _raw_date(row: Row, name: str, problems: _Problems) -> date | None:
 
 
 def build_inventory(
-    subbranch_rows: Sequence[Row], branch_rows: Sequence[Row], device_rows: Sequence[Row]
+    subbranch_rows: Sequence[Row],
+    branch_rows: Sequence[Row],
+    device_rows: Sequence[Row],
+    maintainer_rows: Sequence[Row] = (),
 ) -> Inventory:
     """Validate rows and cross-check them; raise one :class:`ConfigError` listing every
     problem, sorted by file and line.
@@ -193,7 +207,9 @@ def build_inventory(
     everything. A reference to an id whose record has an error is not reported again, and
     neither is a reference in a field that has an error of its own.
     """
-    problems = _Problems([r.source for r in (*subbranch_rows, *branch_rows, *device_rows)])
+    problems = _Problems(
+        [r.source for r in (*subbranch_rows, *branch_rows, *device_rows, *maintainer_rows)]
+    )
     subbranches, sub_ids = _unique(SubBranch, subbranch_rows, problems)
     branches, branch_ids = _unique(Branch, branch_rows, problems)
     devices, _ = _unique(Device, device_rows, problems)
@@ -267,11 +283,33 @@ def build_inventory(
             except ValueError as exc:
                 problems.add(row, "service_window", f"{window!r}: {exc}")
 
+    maintainers, _ = _unique(Maintainer, maintainer_rows, problems)
+    regions: dict[tuple[str, str], int] = {}
+    for item, row in maintainers:
+        if item.region != ANY_REGION and item.region not in sub_ids:
+            problems.add(
+                row,
+                "region",
+                f"{item.region!r} {_known(valid_subs, sub_source)} (or '{ANY_REGION}' for every"
+                " region)",
+            )
+        key = (item.vendor, item.region)
+        if key in regions:
+            problems.add(
+                row,
+                "region",
+                f"vendor {item.vendor!r} already has a maintainer for region {item.region!r}"
+                f" (line {regions[key]})",
+            )
+        else:
+            regions[key] = row.line
+
     problems.raise_if_any()
     return Inventory(
         subbranches=tuple(s for s, _ in subbranches),
         branches=tuple(b for b, _ in branches),
         devices=tuple(d for d, _ in devices),
+        maintainers=tuple(m for m, _ in maintainers),
     )
 
 
@@ -319,6 +357,14 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
                 tables.append(_read_csv(path / f"{name}.csv", model))
             except ConfigError as exc:
                 unreadable.append(str(exc))
+        for name, model in OPTIONAL_TABLES:
+            if (path / f"{name}.csv").exists():
+                try:
+                    tables.append(_read_csv(path / f"{name}.csv", model))
+                except ConfigError as exc:
+                    unreadable.append(str(exc))
+            else:
+                tables.append([])
         if unreadable:
             raise ConfigError("\n".join(unreadable))
         return build_inventory(*tables)
@@ -398,7 +444,7 @@ def _read_csv(path: Path, model: type[BaseModel]) -> list[Row]:
     return rows
 
 
-def _read_yaml(path: Path) -> tuple[list[Row], list[Row], list[Row]]:
+def _read_yaml(path: Path) -> tuple[list[Row], list[Row], list[Row], list[Row]]:
     text = _read_text(path)
     source = str(path)
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -419,10 +465,10 @@ def _read_yaml(path: Path) -> tuple[list[Row], list[Row], list[Row]]:
     sections: dict[str, yaml.Node] = {}
     for key_node, value_node in root.value:
         key = _scalar(key_node)
-        if key not in dict(TABLES):
+        if key not in dict(TABLES + OPTIONAL_TABLES):
             raise ConfigError(
                 f"{source} line {_line(key_node)}: key {key!r} is not one of "
-                f"{', '.join(n for n, _ in TABLES)}"
+                f"{', '.join(n for n, _ in TABLES + OPTIONAL_TABLES)}"
             )
         if key in sections:
             raise ConfigError(f"{source} line {_line(key_node)}: key {key!r} appears twice")
@@ -433,7 +479,10 @@ def _read_yaml(path: Path) -> tuple[list[Row], list[Row], list[Row]]:
         if node is None:
             raise ConfigError(f"{source}: key {name!r} is missing (use '{name}: []' for none)")
         out.append(list(_yaml_rows(source, name, node)))
-    return out[0], out[1], out[2]
+    for name, _ in OPTIONAL_TABLES:
+        node = sections.get(name)
+        out.append([] if node is None else list(_yaml_rows(source, name, node)))
+    return out[0], out[1], out[2], out[3]
 
 
 def _line(node: yaml.Node) -> int:
@@ -511,7 +560,8 @@ def save_inventory(inv: Inventory, path: str | os.PathLike[str]) -> None:
         _write_atomic(path, _yaml_text(inv))
         return
     path.mkdir(parents=True, exist_ok=True)
-    for name, model in TABLES:
+    optional = tuple((n, m) for n, m in OPTIONAL_TABLES if getattr(inv, n))
+    for name, model in TABLES + optional:
         buf = io.StringIO(newline="")
         writer = csv.writer(buf, lineterminator="\n")
         columns = list(model.model_fields)
@@ -524,7 +574,8 @@ def save_inventory(inv: Inventory, path: str | os.PathLike[str]) -> None:
 def _yaml_text(inv: Inventory) -> str:
     data = {
         name: [item.model_dump(mode="json", exclude_defaults=True) for item in getattr(inv, name)]
-        for name, _ in TABLES
+        for name, _ in TABLES + OPTIONAL_TABLES
+        if name in dict(TABLES) or getattr(inv, name)
     }
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
     text: str = yaml.dump(

@@ -113,17 +113,14 @@ def write(b: Bulletin, formats: list[str], folder: Path, m: Messages) -> list[Pa
     return [write_atomic(folder / file_name(b, fmt), data) for fmt, data in rendered]
 
 
-def _run(
-    kind: str,
-    fmt: str,
-    lang: str,
-    out: Path | None,
-    period: Callable[[date], tuple[date, date]],
-) -> None:
-    formats = parse_formats(fmt)
+def compute(
+    kind: str, lang: str, period: Callable[[date], tuple[date, date]]
+) -> tuple[Bulletin, Messages]:
+    """The bulletin of ``kind`` for the period ``period(today)`` picks (a period still in
+    progress: up to yesterday), read from the store with the rules file; the same figures
+    the files and ``atmfleet kpi`` show (also used by ``atmfleet notify bulletin``)."""
     m = Messages(parse_lang(lang))
     settings = load_settings()
-    folder = check_folder(out if out is not None else settings.output_dir)
     rules = load_rules(settings.rules_file)
     with connect(settings.require_database_url(), application_name="atmfleet-bulletin") as conn:
         feed = Feed(conn, rules)
@@ -147,6 +144,21 @@ def _run(
             b = build.daily_bulletin(feed, inventory, last, horizon, m, generated)
         else:
             b = build.assessment(feed, inventory, first, last, horizon, kind, m, generated)
+    return b, m
+
+
+def _run(
+    kind: str,
+    fmt: str,
+    lang: str,
+    out: Path | None,
+    period: Callable[[date], tuple[date, date]],
+) -> None:
+    formats = parse_formats(fmt)
+    parse_lang(lang)
+    settings = load_settings()
+    folder = check_folder(out if out is not None else settings.output_dir)
+    b, m = compute(kind, lang, period)
     for path in write(b, formats, folder, m):
         click.echo(str(path))
 

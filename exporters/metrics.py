@@ -46,6 +46,9 @@ from atmfleet.store.connect import connect
 from atmfleet.store.jobs import Job, read_jobs
 from atmfleet.store.runs import RUN_GAP
 from exporters import resource_metrics
+from incidents.metrics import families as incident_families
+from incidents.metrics import read as read_incidents
+from notify.metrics import NotifyCollector
 from rules.config import Rules
 from rules.feed import Feed
 from rules.fleet import fleet_devices
@@ -180,6 +183,8 @@ class Snapshot:
     unregistered: int = 0  # device ids not in the inventory that sent messages
     #: 资源预警率: today's seconds in a resource warning per branch (resource_metrics).
     resource_warning: dict[BranchKey, float] = field(default_factory=dict)
+    #: Incidents (incidents/metrics.py; None: not read).
+    incidents: Any = None
     #: Unix time the read ended (the staleness of everything above), and when each
     #: costlier part (day, low_yield, resource_warning) on show was computed.
     refreshed_at: float | None = None
@@ -251,6 +256,9 @@ def families(snap: Snapshot) -> Iterator[Metric]:
     yield computed
     if snap.jobs is not None:
         yield from _job_families(snap.jobs)
+    # --- incidents (incidents/metrics.py) ---
+    if snap.incidents is not None:
+        yield from incident_families(snap.incidents)
 
 
 JOB_LABELS = ("job_id", "proc", "relation")
@@ -793,6 +801,7 @@ class DatabaseSource:
         unregistered = feed.unregistered_count()
         t_low = time.perf_counter()
         jobs = self._jobs(conn)
+        incidents = self._incidents(conn)
         conn.rollback()
         self.timings = {
             "devices": t_devices - started,
@@ -821,6 +830,7 @@ class DatabaseSource:
             jobs=jobs,
             unregistered=unregistered,
             resource_warning=warning,
+            incidents=incidents,
             refreshed_at=time.time(),
             computed_at=dict(self._computed_at),
         )
@@ -837,6 +847,18 @@ class DatabaseSource:
             log.warning("cannot read the TimescaleDB jobs: %s", reason)
             return None
         return () if jobs is None else tuple(jobs)
+
+    @staticmethod
+    def _incidents(conn: psycopg.Connection) -> Any:
+        """The incident metrics' values (incidents/metrics.py); None (left out) if they
+        cannot be read, so that the fleet's metrics do not depend on them."""
+        try:
+            with conn.transaction():
+                return read_incidents(conn)
+        except psycopg.Error as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            log.warning("cannot read the incidents: %s", reason)
+            return None
 
     @staticmethod
     def _branch_key(inventory: Inventory, d: Device) -> BranchKey:
@@ -1128,13 +1150,22 @@ def start_serving(
     source = DatabaseSource(url, rules, day_every_s=day_refresh_s, background=True)
     # Three refreshes missed (or a costly one twice over): the read is stuck; say so.
     stale_after = max(3 * refresh_s, 2 * day_refresh_s, 300.0)
+    registry = registry if registry is not None else CollectorRegistry()
     exporter = Exporter(
         source,
-        registry if registry is not None else CollectorRegistry(),
+        registry,
         Targets.from_rules(rules),
         stale_after_s=stale_after,
     )
     server = make_server(exporter, host, port)
+    # notify/: the notifier's delivery counters and outbox (docs/notifications.md), from the
+    # next refresh on; registered once the port is bound, so that its connection's
+    # ephemeral port cannot be the one asked for.
+    registry.register(
+        NotifyCollector(
+            lambda: connect(url, application_name="atmfleet-serve-notify", autocommit=True)
+        )
+    )
     stop = threading.Event()
     threads = (
         threading.Thread(target=server.serve_forever, name="atmfleet-serve-http", daemon=True),

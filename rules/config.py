@@ -17,7 +17,14 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from atmfleet.errors import ConfigError
 from atmfleet.inventory import Device, DeviceType, Placement, Tier
@@ -380,6 +387,227 @@ class ResourceWarningRules(_Model):
         return tuple(dict.fromkeys(value))
 
 
+# --- incidents and SLA contracts (incidents/, docs/incidents.md) ----------------------
+
+#: Causes that may open an incident (the timeline labels a device is down with).
+INCIDENT_CAUSES = (
+    Label.FAULT,
+    Label.CASH_OUT,
+    Label.DEPOSIT_FULL,
+    Label.COMMUNICATIONS,
+    Label.POWER,
+    Label.SUPERVISOR,
+)
+#: Incident classes.
+INCIDENT_CLASSES = ("component", "cash", "network", "power", "software")
+#: Who can be told: role names, resolved per incident to recipient keys <role>:<id>.
+RECIPIENT_ROLES = ("branch", "subbranch_manager", "head_office", "vendor_manager", "maintainer")
+
+Recipient = Literal["branch", "subbranch_manager", "head_office", "vendor_manager", "maintainer"]
+IncidentClassName = Literal["component", "cash", "network", "power", "software"]
+
+
+class RepeatRules(_Model):
+    action: Literal["link", "reopen"] = Field(
+        "link",
+        description="A fault of the same device and component within vendors.repeat_fault_days "
+        "after the last one was restored: link (a new incident, repeat_of the last) or reopen "
+        "the last one (a new cycle).",
+    )
+
+
+class IncidentRules(_Model):
+    debounce_s: dict[Label, int] = Field(
+        default_factory=lambda: {
+            Label.FAULT: 300,
+            Label.CASH_OUT: 600,
+            Label.DEPOSIT_FULL: 600,
+            Label.COMMUNICATIONS: 300,
+            Label.POWER: 300,
+            Label.SUPERVISOR: 3600,
+        },
+        description="Seconds a device must be down inside its service window, by cause, "
+        "before an incident opens; a cause left out never opens one.",
+    )
+    classes: dict[Label, IncidentClassName] = Field(
+        default_factory=lambda: {  # type: ignore[arg-type]
+            Label.FAULT: "component",
+            Label.CASH_OUT: "cash",
+            Label.DEPOSIT_FULL: "cash",
+            Label.COMMUNICATIONS: "network",
+            Label.POWER: "power",
+            Label.SUPERVISOR: "software",
+        },
+        description="Class of an incident by its cause; a fault with no component known "
+        "is class software.",
+    )
+    merge_flaps_s: int = Field(
+        900,
+        ge=0,
+        le=7 * 86_400,
+        description="An outage starting within this many seconds after the device was "
+        "restored continues the same incident.",
+    )
+    repeat: RepeatRules = RepeatRules()
+    lookback_hours: float = Field(
+        72,
+        gt=0,
+        le=24 * 31,
+        description="How far back the engine reads a device's timeline to find where its "
+        "outage began (at least the longest debounce, in service time).",
+    )
+    follow_slack_s: float = Field(
+        10,
+        ge=0,
+        le=3600,
+        description="Runs whose last sample is this much older than the engine's last pass "
+        "are read again (device clocks and ingest latency).",
+    )
+    poll_s: float = Field(0.5, gt=0, le=600, description="Seconds between engine passes.")
+    inventory_refresh_s: float = Field(
+        300, gt=0, le=86_400, description="Seconds between two reads of the inventory."
+    )
+    opened_recipients: tuple[Recipient, ...] = Field(
+        ("branch",), description="Who is told of a new incident (one message per pass)."
+    )
+
+    @field_validator("debounce_s", "classes")
+    @classmethod
+    def _causes(cls, value: dict[Label, Any]) -> dict[Label, Any]:
+        for cause in value:
+            if cause not in INCIDENT_CAUSES:
+                raise ValueError(
+                    f"{cause.value!r} cannot open an incident; allowed: "
+                    f"{[c.value for c in INCIDENT_CAUSES]}"
+                )
+        return value
+
+    @field_validator("debounce_s")
+    @classmethod
+    def _debounce(cls, value: dict[Label, int]) -> dict[Label, int]:
+        for cause, seconds in value.items():
+            if not 0 <= seconds <= 7 * 86_400:
+                raise ValueError(
+                    f"debounce of {cause.value} is {seconds}; allowed: 0 to 604800 seconds"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _lookback(self) -> IncidentRules:
+        longest = max(self.debounce_s.values(), default=0)
+        if longest > self.lookback_hours * 3600:
+            raise ValueError(
+                f"lookback_hours {self.lookback_hours:g} is shorter than the longest debounce "
+                f"({longest} s)"
+            )
+        return self
+
+
+class EscalationLevel(_Model):
+    after_hours: float = Field(
+        ge=0, le=24 * 365, description="Hours past the deadline (in the contract's clock)."
+    )
+    recipients: tuple[Recipient, ...] = Field(min_length=1)
+
+
+def _default_levels() -> tuple[EscalationLevel, ...]:
+    return (
+        EscalationLevel(after_hours=0, recipients=("branch",)),
+        EscalationLevel(after_hours=2, recipients=("subbranch_manager",)),
+        EscalationLevel(after_hours=4, recipients=("head_office", "vendor_manager")),
+    )
+
+
+class SlaContract(_Model):
+    name: str = Field(min_length=1, max_length=64)
+    vendor: str = Field("*", min_length=1, description="Vendor, or * for every vendor.")
+    tier: Tier | None = None
+    placement: Placement | None = None
+    fault_class: IncidentClassName | None = None
+    response_hours: float | None = Field(
+        4, gt=0, le=24 * 365, description="Dispatch -> on site; null: no response deadline."
+    )
+    repair_hours: float | None = Field(
+        8, gt=0, le=24 * 365, description="Open -> restored; null: no repair deadline."
+    )
+    repair_from: Literal["opened", "started"] = Field(
+        "opened",
+        description="The repair clock starts when the incident opened, or when the outage started.",
+    )
+    clock: Literal["calendar", "service"] = Field(
+        "calendar", description="Hours counted on the calendar or in the device's service window."
+    )
+    suspension_pauses: bool = Field(True, description="A suspension (挂起) stops the clocks.")
+    warning_share: float | None = Field(
+        0.8, gt=0, lt=1, description="Warning at this share of a deadline; null: none."
+    )
+    warning_recipients: tuple[Recipient, ...] = ("maintainer", "branch")
+    breach_recipients: tuple[Recipient, ...] = ("maintainer",)
+    escalation: tuple[EscalationLevel, ...] = Field(default_factory=_default_levels)
+
+    @field_validator("escalation")
+    @classmethod
+    def _levels(cls, value: tuple[EscalationLevel, ...]) -> tuple[EscalationLevel, ...]:
+        afters = [level.after_hours for level in value]
+        if afters != sorted(afters):
+            raise ValueError(f"levels must come in order of after_hours; got {afters}")
+        return value
+
+    def matches(self, vendor: str, tier: Tier, placement: Placement, cls: str) -> bool:
+        return (
+            (self.vendor == "*" or self.vendor == vendor)
+            and (self.tier is None or self.tier is tier)
+            and (self.placement is None or self.placement is placement)
+            and (self.fault_class is None or self.fault_class == cls)
+        )
+
+
+class SlaRules(_Model):
+    contracts: tuple[SlaContract, ...] = Field(
+        (SlaContract(name="default"),),
+        description="First matching contract wins; an incident none matches has no deadline.",
+    )
+
+    @field_validator("contracts")
+    @classmethod
+    def _names(cls, value: tuple[SlaContract, ...]) -> tuple[SlaContract, ...]:
+        names = [c.name for c in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"contract names must be unique; repeated: {dupes}")
+        return value
+
+    def contract_for(
+        self, vendor: str, tier: Tier, placement: Placement, cls: str
+    ) -> SlaContract | None:
+        for contract in self.contracts:
+            if contract.matches(vendor, tier, placement, cls):
+                return contract
+        return None
+
+    def by_name(self, name: str | None) -> SlaContract | None:
+        return next((c for c in self.contracts if c.name == name), None)
+
+
+class CommandRules(_Model):
+    """Remote commands (docs/commands.md)."""
+
+    default_expiry_s: int = Field(
+        120, ge=5, le=86_400, description="A command not answered by then is expired."
+    )
+    max_expiry_s: int = Field(3_600, ge=5, le=7 * 86_400, description="Longest expiry allowed.")
+    journal_max_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, le=2**31 - 1, description="Largest journal stored."
+    )
+    journal_chunk_bytes: int = Field(
+        256 * 1024, ge=1024, le=8 * 1024 * 1024, description="Chunk size asked of devices."
+    )
+    journal_max_range_h: int = Field(
+        24 * 31, ge=1, le=24 * 366, description="Longest time range of one journal fetch."
+    )
+    sweep_s: float = Field(1.0, gt=0, le=600, description="How often expiry is enforced.")
+
+
 class Rules(_Model):
     """Everything ``rules/`` needs to compute the indicators (see ``docs/kpis.md``)."""
 
@@ -397,6 +625,9 @@ class Rules(_Model):
     vendors: VendorRules = VendorRules()
     assessment: AssessmentRules = AssessmentRules()
     resource_warning: ResourceWarningRules = ResourceWarningRules()
+    incidents: IncidentRules = IncidentRules()
+    sla: SlaRules = SlaRules()
+    commands: CommandRules = CommandRules()
 
     @field_validator("timezone")
     @classmethod

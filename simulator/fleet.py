@@ -8,6 +8,7 @@ largest cities. Deterministic for a given ``(devices, seed)``.
 from __future__ import annotations
 
 import random
+import re
 from datetime import date, timedelta
 
 from atmfleet.errors import UsageError
@@ -17,6 +18,7 @@ from atmfleet.inventory import (
     Device,
     DeviceType,
     Inventory,
+    Maintainer,
     Placement,
     SubBranch,
     Tier,
@@ -167,4 +169,35 @@ def generate_inventory(
                 service_window=window,
             )
         )
-    return Inventory(subbranches=subs, branches=tuple(branches), devices=tuple(out))
+    return Inventory(
+        subbranches=subs,
+        branches=tuple(branches),
+        devices=tuple(out),
+        maintainers=maintainers(subs, sorted({d.vendor for d in out}), prefix),
+    )
+
+
+def maintainers(
+    subs: tuple[SubBranch, ...], vendors: list[str], prefix: str = ""
+) -> tuple[Maintainer, ...]:
+    """Each vendor's service team per sub-branch (维保 contacts the incidents are dispatched
+    to), with made-up contacts. Drawn from no random stream, so adding them changed no
+    other part of a generated fleet."""
+    out = []
+    for vendor in vendors:
+        slug = re.sub(r"[^A-Za-z0-9_.-]", "_", vendor)[:24]
+        for k, sub in enumerate(subs):
+            ident = f"{prefix}M-{slug}-{sub.id.removeprefix(prefix)}"[:64]
+            out.append(
+                Maintainer(
+                    id=ident,
+                    vendor=vendor,
+                    region=sub.id,
+                    name=f"{vendor} {sub.name}维保站",
+                    phone=f"400-800-{k:04d}",
+                    email=f"{ident.lower()}@service.example",
+                    manager=f"{vendor} 区域经理",
+                    manager_email=f"{slug.lower()}-manager@service.example",
+                )
+            )
+    return tuple(out)

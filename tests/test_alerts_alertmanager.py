@@ -11,9 +11,6 @@ receiver got.
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import subprocess
 import threading
 import time
 import urllib.request
@@ -26,18 +23,12 @@ from typing import Any
 import pytest
 import yaml
 
+from tests import alertmanager_proc
+
 ROOT = Path(__file__).resolve().parent.parent
 ALERTMANAGER_FILE = ROOT / "exporters" / "prometheus" / "alertmanager.yml"
-ALERTMANAGER_BINARIES = ("prometheus-alertmanager", "alertmanager")
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -145,53 +136,9 @@ class Alertmanager:
 
 @pytest.fixture
 def alertmanager(inbox: tuple[Inbox, int], tmp_path: Path) -> Iterator[Alertmanager]:
-    binary = next((b for b in map(shutil.which, ALERTMANAGER_BINARIES) if b), None)
-    if binary is None:
-        pytest.skip(
-            "Alertmanager is not installed (Debian: apt-get install prometheus-alertmanager)"
-        )
     _box, webhook_port = inbox
-    config = tmp_path / "alertmanager.yml"
-    config.write_text(yaml.safe_dump(_test_config(webhook_port)), encoding="utf-8")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = (tmp_path / "alertmanager.log").open("w")
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                pytest.fail(
-                    "Alertmanager did not start: "
-                    + (tmp_path / "alertmanager.log").read_text(encoding="utf-8")[-2000:]
-                )
-            time.sleep(0.1)
+    with alertmanager_proc.running(_test_config(webhook_port), tmp_path) as url:
         yield Alertmanager(url)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def _device(name: str, device: str, branch: str, subbranch: str, **extra: str) -> dict[str, str]:

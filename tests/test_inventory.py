@@ -351,7 +351,7 @@ class TestYamlStructureErrors:
     def test_unknown_top_level_key(self, tmp_path: Path) -> None:
         path = write_yaml(tmp_path, YAML_HEAD + YAML_DEVICE + "device:\n  - id: X\n")
         assert load_error(path) == (
-            f"{path} line 17: key 'device' is not one of subbranches, branches, devices"
+            f"{path} line 17: key 'device' is not one of subbranches, branches, devices, maintainers"
         )
 
     def test_missing_section(self, tmp_path: Path) -> None:

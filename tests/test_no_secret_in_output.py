@@ -79,6 +79,9 @@ COMMANDS: list[list[str]] = [
     ["kpi", "assessment"],
     ["bulletin", "daily", "--out", "OUT"],
     ["dashboards", "build", "--out", "OUT"],
+    ["notify", "status"],
+    ["command", "list"],
+    ["command", "send", "ATM-HLBE-0001", "refresh", "--no-wait"],
 ]
 
 MALFORMED = {

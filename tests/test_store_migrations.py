@@ -221,6 +221,10 @@ class TestDbCommand:
         assert subbranches == 4  # the example's HLBE, CF, TL, WH
         assert first.output.startswith(f"loaded {subbranches} sub-branches")
         assert f", {devices} devices" in first.output
+        assert first.output.rstrip().endswith(", 6 maintainers")  # docs/examples' teams
+        with psycopg.connect(database_url) as conn:
+            teams = conn.execute("SELECT count(*) FROM maintainers").fetchone()
+        assert teams == (6,)
 
     def test_counters_import_stores_and_a_later_import_replaces(
         self, database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path

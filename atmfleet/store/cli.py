@@ -87,7 +87,10 @@ def db_load_inventory(path: Path) -> None:
     settings = load_settings()
     with connect(settings.require_database_url()) as conn:
         subbranches, branches, devices = upsert_inventory(conn, inventory)
-    click.echo(f"loaded {subbranches} sub-branches, {branches} branches, {devices} devices")
+    click.echo(
+        f"loaded {subbranches} sub-branches, {branches} branches, {devices} devices,"
+        f" {len(inventory.maintainers)} maintainers"
+    )
 
 
 @db.command("unregistered")

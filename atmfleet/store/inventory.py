@@ -8,8 +8,9 @@ from atmfleet.inventory import Inventory
 
 
 def upsert_inventory(conn: psycopg.Connection, inventory: Inventory) -> tuple[int, int, int]:
-    """Insert or update every sub-branch, branch and device. Nothing is deleted: a device
-    that left the fleet should be given a ``decommissioned`` date instead."""
+    """Insert or update every sub-branch, branch, device and maintainer. Nothing is
+    deleted: a device that left the fleet should be given a ``decommissioned`` date
+    instead; a maintainer team that changed keeps its id and gets new contacts."""
     with conn.transaction(), conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO subbranches (id, name, tier) VALUES (%s, %s, %s)"
@@ -48,4 +49,24 @@ def upsert_inventory(conn: psycopg.Connection, inventory: Inventory) -> tuple[in
                 for d in inventory.devices
             ],
         )
+        if inventory.maintainers:
+            # A team moving to another (vendor, region) must not collide with the row that
+            # held it before the load: free the pairs being taken first.
+            cur.executemany(
+                "DELETE FROM maintainers WHERE vendor = %s AND region = %s AND id <> %s",
+                [(m.vendor, m.region, m.id) for m in inventory.maintainers],
+            )
+            cur.executemany(
+                "INSERT INTO maintainers (id, vendor, region, name, phone, email, wecom, manager,"
+                " manager_phone, manager_email) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (id) DO UPDATE SET vendor = excluded.vendor,"
+                " region = excluded.region, name = excluded.name, phone = excluded.phone,"
+                " email = excluded.email, wecom = excluded.wecom, manager = excluded.manager,"
+                " manager_phone = excluded.manager_phone, manager_email = excluded.manager_email",
+                [
+                    (m.id, m.vendor, m.region, m.name, m.phone, m.email, m.wecom, m.manager,
+                     m.manager_phone, m.manager_email)
+                    for m in inventory.maintainers
+                ],
+            )  # fmt: skip
     return len(inventory.subbranches), len(inventory.branches), len(inventory.devices)

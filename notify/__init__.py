@@ -1,0 +1,1 @@
+"""Notifications: channels, the durable outbox, the Alertmanager receiver, bulletins."""
