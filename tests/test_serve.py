@@ -215,6 +215,8 @@ class TestTheDocumentedExample:
             lowyield_date=1795708800,
             lowyield={("HLBE", "2", "atm"): (0, 1), ("HLBE", "2", "crs"): (1, 1)},
             resource_warning={("B01", "HLBE", "2"): 5400},
+            refreshed_at=1795832399.5,
+            computed_at={"day": 1795832340, "low_yield": 1795830000},
             jobs=[
                 Job(
                     1004,
