@@ -492,9 +492,18 @@ class _Just(Collector):
         return iter(self._metrics)
 
 
-def render(registry: Collector) -> bytes:
+#: What ``atmfleet serve --lean`` leaves out: the families no shipped rule, alert or
+#: dashboard reads (docs/metrics.md, "What a scrape carries"). 100,000 series of a
+#: 100,000-device fleet and one per branch.
+LEAN_LEAVES_OUT = frozenset(
+    {"atmfleet_device_last_seen_timestamp_seconds", "atmfleet_day_unknown_seconds"}
+)
+
+
+def render(registry: Collector, leave_out: frozenset[str] = frozenset()) -> bytes:
     """The text exposition of ``registry``, byte for byte what ``generate_latest`` writes,
-    with :class:`ColumnFamily` families written straight from their columns."""
+    with :class:`ColumnFamily` families written straight from their columns and the
+    families named in ``leave_out`` left out."""
     out: list[str] = []
     plain: list[Metric] = []
 
@@ -504,6 +513,8 @@ def render(registry: Collector) -> bytes:
             plain.clear()
 
     for metric in registry.collect():
+        if metric.name in leave_out:
+            continue
         if isinstance(metric, ColumnFamily):
             flush()
             _column_text(metric, out)
@@ -1000,8 +1011,10 @@ class Exporter:
         *,
         stale_after_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        leave_out: frozenset[str] = frozenset(),
     ) -> None:
         self._source = source
+        self._leave_out = leave_out
         self._registry = registry
         self._stale_after = stale_after_s
         self._clock = clock
@@ -1025,7 +1038,7 @@ class Exporter:
         with self._refreshing:
             snap = self._source.read()
             self._snapshot = snap
-            body = render(self._registry)
+            body = render(self._registry, self._leave_out)
             gzipped = gzip.compress(body, compresslevel=1)
             with self._lock:
                 self._body, self._gzipped = body, gzipped
@@ -1140,13 +1153,15 @@ def start_serving(
     refresh_s: float = 30.0,
     day_refresh_s: float = 120.0,
     registry: CollectorRegistry | None = None,
+    lean: bool = False,
 ) -> Serving:
     """Serve ``/metrics`` at once and refresh in background threads (what ``atmfleet
     serve`` runs; also for embedding, e.g. in a demo). ``port`` 0 picks a free port (see
     :attr:`Serving.port`). Until the first refresh ends the exposition is the
     database-down one (targets, ``atmfleet_exporter_database_up 0``); the device rows
     come with the first refresh, today's uptime, the low-yield share and the
-    resource-warning time as soon as the slow thread has each (docs/metrics.md)."""
+    resource-warning time as soon as the slow thread has each (docs/metrics.md). With
+    ``lean`` the families of :data:`LEAN_LEAVES_OUT` are left out."""
     source = DatabaseSource(url, rules, day_every_s=day_refresh_s, background=True)
     # Three refreshes missed (or a costly one twice over): the read is stuck; say so.
     stale_after = max(3 * refresh_s, 2 * day_refresh_s, 300.0)
@@ -1156,6 +1171,7 @@ def start_serving(
         registry,
         Targets.from_rules(rules),
         stale_after_s=stale_after,
+        leave_out=LEAN_LEAVES_OUT if lean else frozenset(),
     )
     server = make_server(exporter, host, port)
     # notify/: the notifier's delivery counters and outbox (docs/notifications.md), from the
