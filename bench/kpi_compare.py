@@ -12,7 +12,8 @@ PYTHONPATH) times, through that checkout's ``rules``:
 - the 30-day low-yield evaluation with the day measured not yet kept (computed, then
   kept), and the share by sub-branch, tier, type and fleet.
 
-The day measured is deleted from the kept days before each child, so both compute it.
+Each child keeps the 29 days under its own fingerprint first (not timed), so both read
+29 kept days and compute the day measured.
 The children run one after the other on a shared machine: compare the ratios.
 """
 
@@ -35,7 +36,7 @@ ROOT = HERE.parent
 
 
 def child(url: str) -> None:
-    from kpi_db import DAY
+    from kpi_db import DAY, keep_days
 
     from rules.config import load_rules
     from rules.feed import Feed, low_yield_for, uptime_for
@@ -45,6 +46,13 @@ def child(url: str) -> None:
     rules = load_rules()
     with psycopg.connect(url) as conn:
         feed = Feed(conn, rules)
+        # The 29 closed days before DAY kept under this checkout's fingerprint (its rules
+        # model may differ from the other's), as its daily job would have left them.
+        conn.execute("DELETE FROM kpi_device_days")
+        conn.execute("SELECT setseed(0.42)")  # the same kept values for both checkouts
+        keep_days(feed, conn, DAY - timedelta(days=29), DAY - timedelta(days=1))
+        conn.execute("ANALYZE kpi_device_days")
+        conn.commit()
         horizon = day_span(DAY, rules.tz)[1] + 2 * 86_400_000
         t0 = time.perf_counter()
         inventory = feed.inventory()
@@ -85,11 +93,10 @@ def main() -> None:
     if args.child:
         child(args.child)
         return
-    from kpi_db import DAY, fill, keep_days
+    from kpi_db import fill
     from scratch import upgraded_database
 
     from rules.config import load_rules
-    from rules.feed import Feed
 
     rules = load_rules()
     rows = []
@@ -97,15 +104,8 @@ def main() -> None:
         with upgraded_database(args.admin_url, rules.timezone) as url:
             with psycopg.connect(url) as conn:
                 fill(conn, n, random.Random(1))
-                keep_days(
-                    Feed(conn, rules), conn, DAY - timedelta(days=29), DAY - timedelta(days=1)
-                )
-                conn.execute("ANALYZE kpi_device_days")
-                conn.commit()
             got = {}
             for label, tree in (("before", args.before.resolve()), ("after", ROOT)):
-                with psycopg.connect(url, autocommit=True) as conn:
-                    conn.execute("DELETE FROM kpi_device_days WHERE day = %s", (DAY,))
                 load = os.getloadavg()[0]
                 out = subprocess.run(
                     [sys.executable, str(HERE / "kpi_compare.py"), "--before", ".", "--child", url],
