@@ -17,7 +17,8 @@ does and reports:
 - scrape: one plain HTTP GET of /metrics, its bytes and samples;
 - peak RSS of the child.
 
-Yesterday's kept days are deleted before each child, so both compute it. The two
+Each child first keeps the closed days up to the day before yesterday under its own
+fingerprint (not timed), so both read 29 kept days and compute yesterday. The two
 children run one after the other on a shared machine: compare the ratio, not the
 seconds alone.
 """
@@ -40,12 +41,31 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 
+KEEP = """
+INSERT INTO kpi_device_days (fingerprint, device_id, day, available_ms, scheduled_ms, financial)
+SELECT %(fp)s, id, d::date, 86400000 - s, 86400000, f
+FROM generate_series((now() AT TIME ZONE %(tz)s)::date - 30,
+                     (now() AT TIME ZONE %(tz)s)::date - 2, INTERVAL '1 day') AS d
+CROSS JOIN (SELECT id, (floor(random() * 4) * 1800000)::int8 AS s,
+                   floor(random() * 120)::int8 AS f FROM devices ORDER BY id) dev
+"""
+
+
 def child(url: str) -> None:
     """Runs in the child: the checkout on PYTHONPATH is the one measured."""
     from exporters.metrics import start_serving
     from rules.config import load_rules
+    from rules.feed import Feed
 
     rules = load_rules()
+    # The closed days up to the day before yesterday kept under this checkout's
+    # fingerprint (its rules model may differ from the other's), as bench/scrape.py's
+    # fill keeps them, with a fixed seed: the same values for both checkouts. Not timed.
+    with psycopg.connect(url) as conn:
+        conn.execute("DELETE FROM kpi_device_days")
+        conn.execute("SELECT setseed(0.42)")
+        conn.execute(KEEP, {"fp": Feed(conn, rules).fingerprint(), "tz": rules.timezone})
+        conn.execute("ANALYZE kpi_device_days")
     t0 = time.perf_counter()
     serving = start_serving(url, rules, port=0, refresh_s=3600, day_refresh_s=3600)
     endpoint = f"http://127.0.0.1:{serving.port}/metrics"
@@ -123,7 +143,6 @@ def main() -> None:
     from rules.config import load_rules
 
     rules = load_rules()
-    yesterday = "(now() AT TIME ZONE %(tz)s)::date - 1"
     rows = []
     for n in [int(x) for x in args.devices.split(",")]:
         with upgraded_database(args.admin_url, rules.timezone) as url:
@@ -131,9 +150,6 @@ def main() -> None:
                 fill(conn, n)
             got = {}
             for label, tree in (("before", args.before.resolve()), ("after", ROOT)):
-                with psycopg.connect(url, autocommit=True) as conn:
-                    conn.execute(f"DELETE FROM kpi_device_days WHERE day >= {yesterday}",
-                                 {"tz": rules.timezone})  # fmt: skip
                 load = os.getloadavg()[0]
                 got[label] = run_child(tree, url)
                 got[label]["load"] = load
