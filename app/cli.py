@@ -29,6 +29,9 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("incidents.cli", "incidents"),
     ("commands.cli", "command"),
     ("simulator.devices_cli", "simulate_devices"),
+    ("web.cli", "web"),
+    ("web.cli", "users"),
+    ("cash.cli", "cash"),
 )
 
 

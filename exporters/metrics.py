@@ -1173,6 +1173,11 @@ def start_serving(
         stale_after_s=stale_after,
         leave_out=LEAN_LEAVES_OUT if lean else frozenset(),
     )
+    # Cash-out forecasts (cash/metrics.py): their own collector and refresh thread.
+    from cash.metrics import CashCollector, CashMetrics
+
+    cash = CashMetrics(url, rules)
+    registry.register(CashCollector(cash))
     server = make_server(exporter, host, port)
     # notify/: the notifier's delivery counters and outbox (docs/notifications.md), from the
     # next refresh on; registered once the port is bound, so that its connection's
@@ -1198,6 +1203,7 @@ def start_serving(
             name="atmfleet-serve-day",
             daemon=True,
         ),
+        threading.Thread(target=cash.run, args=(stop,), name="atmfleet-serve-cash", daemon=True),
     )
     for t in threads:
         t.start()

@@ -131,6 +131,7 @@ class _Context:
     heartbeat_override: int | None
     tz: ZoneInfo
     _hours: dict[int, tuple[int, int]] = field(default_factory=dict)
+    _factors: dict[int, float] = field(default_factory=dict)
     _windows: dict[str, list[int]] = field(default_factory=dict)
     _power: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     _network: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
@@ -151,6 +152,15 @@ class _Context:
             local = from_ms(h * HOUR).astimezone(self.tz)
             got = (local.hour, local.weekday())
             self._hours[h] = got
+        return got
+
+    def withdrawal_factor(self, t: int) -> float:
+        """The calendar's factor on withdrawals in the UTC hour holding ``t``."""
+        h = t // HOUR
+        got = self._factors.get(h)
+        if got is None:
+            day = from_ms(h * HOUR).astimezone(self.tz).date()
+            got = self._factors[h] = self.config.calendar.withdrawal_factor(day)
         return got
 
     def local_date(self, t: int) -> date:
@@ -230,10 +240,26 @@ class DeviceProfile:
     substitution: float  # for outlets only: the branch's target substitution rate
 
 
-def financial_share(config: SimConfig, device_type: DeviceType) -> float:
+def _mix(config: SimConfig, device_type: DeviceType, factor: float) -> dict[TxnType, float]:
+    """The type mix with withdrawals weighted by the calendar's ``factor``."""
     mix = config.txn[device_type].mix
+    if factor == 1.0:
+        return dict(mix)
+    return {t: w * factor if t is TxnType.WITHDRAWAL else w for t, w in mix.items()}
+
+
+def financial_share(config: SimConfig, device_type: DeviceType, factor: float = 1.0) -> float:
+    mix = _mix(config, device_type, factor)
     total = sum(mix.values())
     return sum(w for t, w in mix.items() if t in FINANCIAL_TYPES) / total
+
+
+def withdrawal_boost(config: SimConfig, device_type: DeviceType, factor: float) -> float:
+    """How much more a device transacts on a day whose withdrawals are ``factor`` x."""
+    if factor == 1.0:
+        return 1.0
+    base = config.txn[device_type].mix
+    return sum(_mix(config, device_type, factor).values()) / sum(base.values())
 
 
 def device_profile(device: Device, config: SimConfig, seed: int) -> DeviceProfile:
@@ -345,7 +371,9 @@ def _counters(ctx: _Context) -> Iterator[Emission]:
                         continue
                     rhythm = config.rhythm[d.placement]
                     weekly = rhythm.weekly[day.weekday()] / (sum(rhythm.weekly) / 7)
-                    expected += prof.volume * weekly * financial_share(config, d.type) * ok_share
+                    boost = withdrawal_boost(config, d.type, config.calendar.withdrawal_factor(day))
+                    fin = financial_share(config, d.type, config.calendar.withdrawal_factor(day))
+                    expected += prof.volume * weekly * boost * fin * ok_share
                 rng = random.Random(f"{ctx.seed}:counter:{branch_id}:{day.isoformat()}")
                 fin = round(expected * (1 - rate) / rate * _lognormal(rng, 1.0, 0.1))
                 non_fin = round(fin * rng.uniform(0.3, 0.5))
@@ -435,6 +463,16 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
     tx_types, tx_cum = ctx.shared(
         ("txn", dtype), lambda: (list(txp.mix), _cum(list(txp.mix.values())))
     )
+
+    def boosted(factor: float) -> tuple[list[TxnType], list[float], float]:
+        """Types, cumulative weights and rate factor on a day of withdrawals x factor."""
+
+        def make() -> tuple[list[TxnType], list[float], float]:
+            mix = _mix(config, dtype, factor)
+            return list(mix), _cum(list(mix.values())), withdrawal_boost(config, dtype, factor)
+
+        return ctx.shared(("boosted", dtype, factor), make)
+
     rhythm = config.rhythm[dev.placement]
     hour_rate = ctx.shared(
         ("hourly", dev.placement), lambda: _hourly_per_ms(rhythm.hourly, rhythm.weekly)
@@ -629,6 +667,9 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
             h_end = (t // HOUR + 1) * HOUR
             local_hour, weekday = ctx.hour(t)
             lam = volume * hour_rate[local_hour] * weekly[weekday]
+            factor = ctx.withdrawal_factor(t)
+            if factor != 1.0:
+                lam *= boosted(factor)[2]
             if lam > 0:
                 t_next = t + int(rng.expovariate(lam)) + 1
                 if t_next < h_end:
@@ -667,7 +708,9 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
     def transaction(t: int) -> None:
         """A customer at the device; cash and deposit levels follow."""
         nonlocal cash, cash_low_sent, cash_out, deposit, deposit_full, t_emergency
-        ttype = tx_types[bisect.bisect_left(tx_cum, rng.random() * tx_cum[-1])]
+        factor = ctx.withdrawal_factor(t)
+        types, cum = (tx_types, tx_cum) if factor == 1.0 else boosted(factor)[:2]
+        ttype = types[bisect.bisect_left(cum, rng.random() * cum[-1])]
         if ttype is TxnType.DEPOSIT and (deposit_full or fault_degrades):
             return  # deposits are refused right now: the customer goes elsewhere
         result = res_names[bisect.bisect_left(res_cum, rng.random() * res_cum[-1])]
