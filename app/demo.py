@@ -983,6 +983,7 @@ def run_demo(
             except OSError as exc:
                 raise DemoError(f"cannot serve the metrics on port {metrics_port}: {exc}") from None
             stack.callback(serving.close)  # closed before the database stops
+            serving.wait_refreshed(60.0)  # the URL printed below answers with the devices
             bulletins = write_bulletin(db_url, rules, day, data_dir / "bulletins")
             published = Published(serving.port, collector.metrics_port, day, bulletins)
             for line in describe(published, rules.timezone, covers(start, day, rules.tz)):
