@@ -67,7 +67,7 @@ class Console:
         #: Hands command requests to the broker (web.commands.ConsolePublisher); None
         #: when no broker is configured: the command buttons say so.
         self.publisher = publisher
-        self.forecasts = ForecastCache(settings.cash_forecast_ttl_s)
+        self.forecasts = ForecastCache(settings.cash_forecast_ttl_s, pool.connection)
         self.rules = rules
         self.settings = settings
         self.bulletins = output_dir / "bulletins-web"

@@ -10,6 +10,7 @@ its device from that.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from datetime import date
@@ -25,6 +26,7 @@ from rules.config import Rules
 from web.auth import Principal
 
 Conn = psycopg.Connection[Any]
+log = logging.getLogger(__name__)
 
 
 def plan(conn: Conn, rules: Rules, who: Principal, day: date) -> Plan:
@@ -43,24 +45,55 @@ def plan_file(the_plan: Plan, fmt: str, lang: str) -> tuple[bytes, str, str]:
 
 
 class ForecastCache:
-    """The fleet's forecast, recomputed when older than ``ttl_s``."""
+    """The fleet's forecast, recomputed when older than ``ttl_s``.
 
-    def __init__(self, ttl_s: float) -> None:
+    Only the first device page after start waits for it. Later, a page that finds it
+    stale gets the last one at once and starts a recomputation in the background (on a
+    connection of its own from ``connect``), so no page waits for the fleet's forecast
+    (seconds at 100,000 devices) more than once.
+    """
+
+    def __init__(self, ttl_s: float, connect: Any = None) -> None:
         self.ttl_s = ttl_s
+        self._connect = connect  # () -> context manager giving a connection
         self._lock = threading.Lock()
         self._at = 0.0
         self._fc: Forecast | None = None
         self._by: dict[str, DeviceForecast] = {}
+        self._refreshing = False
+
+    def _compute(self, conn: Conn, rules: Rules) -> None:
+        loaded = load(conn, rules)
+        fc = forecast(loaded.devices, loaded.history, loaded.now, rules.cash, rules.tz)
+        by = fc.by_device()
+        with self._lock:
+            self._fc, self._by, self._at = fc, by, time.monotonic()
+
+    def _background(self, rules: Rules) -> None:
+        try:
+            with self._connect() as conn:
+                self._compute(conn, rules)
+        except Exception:  # keep the last forecast; the next stale page tries again
+            log.exception("the cash-out forecast could not be refreshed")
+        finally:
+            with self._lock:
+                self._refreshing = False
 
     def device(self, conn: Conn, rules: Rules, device_id: str) -> DeviceForecast | None:
         """The device's forecast (None: not a cash-handling device)."""
         with self._lock:
-            if self._fc is None or time.monotonic() - self._at > self.ttl_s:
-                loaded = load(conn, rules)
-                self._fc = forecast(loaded.devices, loaded.history, loaded.now, rules.cash,
-                                    rules.tz)  # fmt: skip
-                self._by = self._fc.by_device()
-                self._at = time.monotonic()
+            have = self._fc is not None
+            stale = not have or time.monotonic() - self._at > self.ttl_s
+            start = stale and have and not self._refreshing and self._connect is not None
+            if start:
+                self._refreshing = True
+        if start:
+            threading.Thread(
+                target=self._background, args=(rules,), name="web-cash-forecast", daemon=True
+            ).start()
+        elif stale and not have:
+            self._compute(conn, rules)
+        with self._lock:
             return self._by.get(device_id)
 
 
