@@ -159,6 +159,17 @@ class World:
             for t in (r.arrival, r.repair):
                 if t is not None:
                     plan.append((t + 1, 0, r.device_id, None))
+        # Where the truth says an incident opens (its debounce reached inside the service
+        # window, which the fault's own debounce above misses for a fault at night) and
+        # where it is restored: a short outage between two regular passes is still seen,
+        # as an engine passing every poll_s sees it.
+        scheduled = ledger_scheduled(self.ledger, self.rules)
+        for inc in ledger_incidents(self.ledger, self.rules):
+            opens = opens_at(inc.started, scheduled(inc.device_id), debounce)
+            if opens is not None:
+                plan.append((opens + 1, 0, inc.device_id, None))
+            if inc.restored is not None:
+                plan.append((inc.restored + 1, 0, inc.device_id, None))
         plan += [(t, 0, "", None) for t in range(start + every_ms, end, every_ms)]
         plan.sort(key=lambda p: p[:3])
         last = -1
@@ -199,9 +210,23 @@ class World:
 # ------------------------------------------------------------------ the ledger's figures
 
 
-def ledger_incidents(ledger: Ledger, rules: Rules) -> list[TrueIncident]:
-    """The ledger's incidents under the rules' numbers; the service windows are the ones
-    开机率 counts (rules' ``service_windows`` ∩ the device's time in the fleet)."""
+def opens_at(start: int, spans: Sequence[tuple[int, int]], debounce_ms: int) -> int | None:
+    """When an outage from ``start`` has lasted ``debounce_ms`` inside ``spans`` (sorted):
+    the instant the engine opens its incident (None: the spans end first)."""
+    need = debounce_ms
+    for s0, s1 in spans:
+        lo = max(s0, start)
+        if lo >= s1:
+            continue
+        if s1 - lo >= need:
+            return lo + need
+        need -= s1 - lo
+    return None
+
+
+def ledger_scheduled(ledger: Ledger, rules: Rules) -> Callable[[str], list[tuple[int, int]]]:
+    """A device's scheduled spans over the run: the ones 开机率 counts (rules'
+    ``service_windows`` ∩ the device's time in the fleet)."""
     end, first = ledger.end, ledger.first
     assert end is not None and first is not None
     inv = ledger.inventory
@@ -216,6 +241,15 @@ def ledger_incidents(ledger: Ledger, rules: Rules) -> list[TrueIncident]:
         device = inv.device_by_id[device_id]
         return [s for d in local_days for s in scheduled_spans(device, d, rules, windows)]
 
+    return scheduled
+
+
+def ledger_incidents(ledger: Ledger, rules: Rules) -> list[TrueIncident]:
+    """The ledger's incidents under the rules' numbers; the service windows are the ones
+    开机率 counts (rules' ``service_windows`` ∩ the device's time in the fleet)."""
+    end, first = ledger.end, ledger.first
+    assert end is not None and first is not None
+    scheduled = ledger_scheduled(ledger, rules)
     return true_incidents(
         ledger.repairs,
         ledger.intervals,

@@ -464,6 +464,23 @@ def _hourly_per_ms(hourly: list[float], weekly: list[float]) -> list[float]:
     return [h / scale for h in hourly]
 
 
+def in_window_after(bounds: list[int], t: int, need: int) -> int:
+    """The first instant at which ``need`` ms of the window (``bounds``: sorted open,
+    close, open, ... instants) have passed since ``t`` (NEVER if the window ends first)."""
+    i = bisect.bisect_right(bounds, t)
+    at = t
+    while True:
+        if i % 2 == 1:  # open from ``at`` until bounds[i]
+            close = bounds[i] if i < len(bounds) else NEVER
+            if close - at >= need:
+                return at + need
+            need -= close - at
+        if i + 1 >= len(bounds):
+            return NEVER
+        at = bounds[i] if i % 2 == 0 else bounds[i + 1]
+        i += 1 if i % 2 == 0 else 2
+
+
 def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
     """One device's life: a small discrete-event loop over its next due times."""
     config, cash_cfg, inc = ctx.config, ctx.config.cash, ctx.config.incidents
@@ -944,8 +961,12 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
                 )
                 emit_event(t, "fault", component=comp, code=code,
                            severity="warning" if fault_degrades else "critical")  # fmt: skip
-                dispatch = t + max(
-                    dispatch_floor, int(_lognormal(tech_rng, rel.dispatch_h * HOUR, 0.6))
+                # The bank dispatches an incident that exists: never before the floor
+                # has passed inside the service window (the engine's debounce counts
+                # only there), so a fault at night is dispatched after the window opens.
+                dispatch = max(
+                    in_window_after(window_bounds, t, dispatch_floor),
+                    t + int(_lognormal(tech_rng, rel.dispatch_h * HOUR, 0.6)),
                 )
                 # The technician sets out when dispatched; response_h is dispatch -> on site.
                 t_tech = dispatch + max(MINUTE, int(_lognormal(rng, rel.response_h * HOUR, 0.7)))

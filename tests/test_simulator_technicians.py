@@ -6,8 +6,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
+from atmfleet.windows import ServiceWindow
 from simulator.config import make_config
+from simulator.engine import device_window, in_window_after, ms
 from simulator.fleet import generate_inventory
 from simulator.ledger import load_ledger, simulate
 
@@ -29,17 +32,35 @@ def run():  # type: ignore[no-untyped-def]
     return simulate(inv, CONFIG, 3, START, END, heartbeat_s=300)
 
 
+def bounds(spec: str) -> list[int]:
+    out: list[int] = []
+    tz = ZoneInfo("Asia/Shanghai")
+    for a, b in ServiceWindow.parse(spec).open_intervals(START, END, tz):
+        out.extend((ms(a), ms(b)))
+    return out
+
+
 def test_each_hardware_fault_is_dispatched_then_reached_then_repaired() -> None:
     r = run()
     repairs = r.ledger.repairs
     hardware = [x for x in repairs if not x.software]
     assert len(hardware) >= 10
+    devices = r.ledger.inventory.device_by_id
+    night = 0
     for x in hardware:
-        assert x.dispatch is not None and x.dispatch >= x.fault + 12 * 60_000
+        # Dispatched once the incident exists: 12 minutes inside the service window
+        # after the fault (a fault after hours waits for the window to open).
+        floor = in_window_after(bounds(device_window(devices[x.device_id])), x.fault, 12 * 60_000)
+        night += floor > x.fault + 12 * 60_000
+        if floor >= ms(END):
+            assert x.dispatch is None
+            continue
+        assert x.dispatch is not None and x.dispatch >= floor
         if x.arrival is not None:
             assert x.arrival >= x.dispatch
         if x.repair is not None:
             assert x.arrival is not None and x.repair >= x.arrival
+    assert night  # some faults came outside their device's service window
     for x in repairs:
         if x.software:
             assert (x.dispatch, x.arrival, x.component) == (None, None, None)
