@@ -350,8 +350,9 @@ class Technicians(_Model):
         10.0,
         ge=0,
         le=1440,
-        description="The earliest dispatch after a fault (keep it above the incident "
-        "engine's debounce: the operator dispatches an incident that exists).",
+        description="The earliest dispatch after a fault, in minutes counted inside the "
+        "device's service window (keep it above the incident engine's debounce: the "
+        "operator dispatches an incident that exists).",
     )
 
 
