@@ -31,7 +31,15 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
-from incident_world import COMPARED, World, ledger_incidents, ledger_scorecard, scorecard_rows
+from incident_world import (
+    COMPARED,
+    World,
+    ledger_incidents,
+    ledger_scheduled,
+    ledger_scorecard,
+    opens_at,
+    scorecard_rows,
+)
 from scratch import upgraded_database
 
 from rules.config import Rules, load_rules
@@ -93,6 +101,7 @@ def main() -> None:
         why = Counter(_reason(w) for _d, _t, w in world.missed)
         for reason, n in why.most_common():
             print(f"  not dispatched: {n} ({reason})")
+        missed_detail(world.missed, ledger, rules)
         feed = Feed(conn, rules)
         ctx = Context.make(feed, feed.inventory(), Scope("fleet", "fleet"), first, last,
                            ms(datetime.now(UTC)))  # fmt: skip
@@ -107,7 +116,14 @@ def main() -> None:
     got = scorecard_rows(report.rows)
     assert ledger.end is not None
     truth = ledger_incidents(ledger, rules)
-    expected = ledger_scorecard(truth, inventory, rules, ledger.end - 1, (ms(start), ms(end)))
+    expected = ledger_scorecard(
+        truth,
+        inventory,
+        rules,
+        ledger.end - 1,
+        (ms(start), ms(end)),
+        ledger_scheduled(ledger, rules),
+    )
     print()
     compare(got, expected)
     unmatched(stored, truth, rules, (ms(start), ms(end)), ledger)
@@ -153,6 +169,24 @@ def unmatched(
             print(f"  only in the {side}: {d} {cause} from {iso(s)} to "
                   f"{iso(restored) if restored else 'open'}; ledger: {what or 'no fault'};"
                   f" timeline {' '.join(causes[:8])}")  # fmt: skip
+
+
+def missed_detail(missed: list[tuple[str, int, str]], ledger: Ledger, rules: Rules) -> None:
+    """Each dispatch the operator could not make: the fault, and the ledger's incident
+    for it (when the truth says it opens) if any."""
+    truth = {(i.device_id, i.dispatched): i for i in ledger_incidents(ledger, rules)}
+    scheduled = ledger_scheduled(ledger, rules)
+    debounce = 1000 * next(v for k, v in rules.incidents.debounce_s.items() if k.value == "fault")
+    for device_id, at, why in missed:
+        r = next(x for x in ledger.repairs if x.device_id == device_id and x.dispatch == at)
+        kind = "software" if r.software else ("degraded: available" if r.degraded else r.component)
+        inc = truth.get((device_id, at))
+        if inc is None:
+            says = "no incident in the ledger's truth"
+        else:
+            opens = opens_at(inc.started, scheduled(device_id), debounce)
+            says = f"the truth opens one at {iso(opens) if opens else 'never'}"
+        print(f"    {device_id}: fault {iso(r.fault)} ({kind}), dispatch {iso(at)}: {why}; {says}")
 
 
 def _reason(text: str) -> str:

@@ -267,11 +267,13 @@ def ledger_scorecard(
     rules: Rules,
     end: int,
     period: tuple[int, int],
+    scheduled: Callable[[str], Sequence[tuple[int, int]]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Per vendor and per ``vendor model``: the figures ``kpi vendors`` shows, from the
     ledger's incidents, breaches judged in calendar hours against the contract's
-    deadlines (response from the dispatch, repair from the outage start or from the
-    outage start + the debounce when the contract counts from the opening)."""
+    deadlines (response from the dispatch, repair from the outage start or, when the
+    contract counts from the opening, from the instant the outage has lasted the debounce
+    inside the device's ``scheduled`` spans — :func:`opens_at`; None: always open)."""
     causes = {c.value for c in rules.vendors.incident_causes}
     devices = inventory.device_by_id
     tiers = {s.id: s.tier for s in inventory.subbranches}
@@ -301,7 +303,10 @@ def ledger_scorecard(
                 arrived = i.on_site if i.on_site is not None else end
                 r_breach += arrived - i.dispatched > contract.response_hours * HOUR
             if contract.repair_hours is not None:
-                start = i.started + (debounce * 1000 if contract.repair_from == "opened" else 0)
+                start = i.started
+                if contract.repair_from == "opened":
+                    spans = scheduled(i.device_id) if scheduled else [(i.started, end)]
+                    start = opens_at(i.started, spans, debounce * 1000) or i.started
                 restored = i.restored if i.restored is not None else end
                 p_breach += restored - start > contract.repair_hours * HOUR
         out[name] = {

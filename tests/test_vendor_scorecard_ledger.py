@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from incident_world import (
     World,
     ledger_incidents,
+    ledger_scheduled,
     ledger_scorecard,
     scorecard_rows,
 )
@@ -104,7 +105,14 @@ def test_the_scorecard_from_the_store_equals_the_ledger(database_url: str) -> No
 
     truth = ledger_incidents(ledger, RULES)
     assert ledger.end is not None
-    expected = ledger_scorecard(truth, inventory, RULES, ledger.end - 1, (ms(START), ms(END)))
+    expected = ledger_scorecard(
+        truth,
+        inventory,
+        RULES,
+        ledger.end - 1,
+        (ms(START), ms(END)),
+        ledger_scheduled(ledger, RULES),
+    )
     # The stretch exercised what the comparison is about.
     assert len(truth) >= 30 and world.dispatched >= 20
     assert sum(g["response_breaches"] for k, g in expected.items() if " " not in k) > 0
