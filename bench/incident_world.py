@@ -140,7 +140,9 @@ class World:
     def play(self, pass_fn: PassFn | None = None, every_ms: int = 1_800_000) -> None:
         """The whole stretch. A live engine passes every ``incidents.poll_s``; here a pass
         comes at each instant where the outcome of one can change — just after a fault's
-        debounce ends (the incident opens), at each dispatch of the ledger (then the
+        debounce ends and just after the instant the truth opens an incident (its debounce
+        reached inside the service window: a fault at night on an in-hall device opens
+        only after the window opens), just after the truth restores one, at each dispatch of the ledger (then the
         operator dispatches), just after each technician's arrival (maintenance mode:
         on site) and each repair — and every ``every_ms`` of simulated time (warnings,
         breaches, escalations fall due on the clock). ``pass_fn`` default:
