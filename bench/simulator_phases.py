@@ -143,10 +143,16 @@ def main() -> None:
     trees = {"before": args.before.resolve(), "after": HERE}
     print(f"{'':<52} {'BEFORE':>14} {'AFTER':>14} {'after/before':>8}")
 
-    setup = {k: child(t, "setup", str(args.devices), str(args.setup_seconds)) for k, t in trees.items()}
+    setup = {
+        k: child(t, "setup", str(args.devices), str(args.setup_seconds)) for k, t in trees.items()
+    }
     b, a = setup["before"], setup["after"]
     row(f"{args.devices:,} devices: inventory (s)", b["inventory_s"], a["inventory_s"])
-    row(f"{args.devices:,} devices: set-up to first message (s)", b["first_message_s"], a["first_message_s"])
+    row(
+        f"{args.devices:,} devices: set-up to first message (s)",
+        b["first_message_s"],
+        a["first_message_s"],
+    )
     row(
         f"{args.devices:,} devices: through first {args.setup_seconds:.0f} sim s (s)",
         b["through_s"],
@@ -164,8 +170,18 @@ def main() -> None:
         b["busiest_second_share_median"], a["busiest_second_share_median"], "{:.1%}")  # fmt: skip
     row(f"{label}: busiest second, share of minute (max)",
         b["busiest_second_share_max"], a["busiest_second_share_max"], "{:.1%}")  # fmt: skip
-    row(f"{label}: state messages per minute", b["state_per_minute"], a["state_per_minute"], "{:,.0f}")
-    row(f"{label}: messages stamped before the start", b["before_start"], a["before_start"], "{:,.0f}")
+    row(
+        f"{label}: state messages per minute",
+        b["state_per_minute"],
+        a["state_per_minute"],
+        "{:,.0f}",
+    )
+    row(
+        f"{label}: messages stamped before the start",
+        b["before_start"],
+        a["before_start"],
+        "{:,.0f}",
+    )
     row(f"{label}: devices with such messages", b["devices_before"], a["devices_before"], "{:,.0f}")
     row(f"{label}: messages", b["messages"], a["messages"], "{:,.0f}")
 

@@ -57,7 +57,9 @@ def test_kpis_from_the_store_equal_the_simulators_ground_truth(
 ) -> None:
     tz = ZoneInfo(RULES.timezone)
     day = (datetime.now(tz) - timedelta(days=3)).date()
-    start = datetime.combine(day, time(0), tzinfo=tz).astimezone(UTC)
+    # One heartbeat before the day: every device comes up within a heartbeat of the
+    # simulation's start, so the whole fleet is up when the day begins.
+    start = datetime.combine(day, time(0), tzinfo=tz).astimezone(UTC) - timedelta(seconds=HB)
     end = start + timedelta(days=1, hours=2)  # the day, and what follows it
     config = make_config(
         {
