@@ -87,6 +87,33 @@ class Emission(NamedTuple):
 _T = attrgetter("t")
 
 
+class Repair(NamedTuple):
+    """The incident truth of one fault: what the simulated world did about it.
+
+    ``dispatch``: when the bank dispatched the vendor's technician (no message: an
+    operator's call, replayed through the incident service by tests); ``arrival``: the
+    technician on site (the device enters ``maintenance``); ``repair``: the fault cleared
+    (hardware: the technician leaves; software: the remote reboot). ``None``: not by the
+    end of the run (or never: a software fault has no technician).
+    """
+
+    device_id: str
+    vendor: str
+    model: str
+    component: str | None  # None for a software fault
+    code: str
+    software: bool
+    degraded: bool  # the device stayed available (a CRS deposit module): no outage
+    fault: int
+    dispatch: int | None
+    arrival: int | None
+    repair: int | None
+
+
+#: Receives each fault's truth once: when it is repaired, or at the end of the run.
+RepairSink = Callable[[Repair], None]
+
+
 def ms(at: datetime) -> int:
     delta = at - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
@@ -154,6 +181,7 @@ class _Context:
     real_wills: bool
     heartbeat_override: int | None
     tz: ZoneInfo
+    on_repair: RepairSink | None = None
     _hours: dict[int, tuple[int, int]] = field(default_factory=dict)
     _factors: dict[int, float] = field(default_factory=dict)
     _windows: dict[str, list[int]] = field(default_factory=dict)
@@ -342,8 +370,12 @@ def generate(
     *,
     real_wills: bool = False,
     heartbeat_s: int | None = None,
+    on_repair: RepairSink | None = None,
 ) -> Iterator[Emission]:
     """Everything the fleet sends in ``[start, end)``, in publish-time order.
+
+    ``on_repair`` receives the incident truth of every fault (:class:`Repair`) as the
+    generator passes its repair (or the end of the run): the ledger's ``repairs.csv``.
 
     ``real_wills``: a dropped link is announced by the broker's last will (the publisher
     kills the device's own connection); otherwise by a presence message with
@@ -360,6 +392,7 @@ def generate(
         real_wills=real_wills,
         heartbeat_override=heartbeat_s,
         tz=ZoneInfo(config.timezone),
+        on_repair=on_repair,
     )
     return _merge(ctx, sorted(inventory.devices, key=attrgetter("id")))
 
@@ -493,6 +526,14 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
     """One device's life: a small discrete-event loop over its next due times."""
     config, cash_cfg, inc = ctx.config, ctx.config.cash, ctx.config.incidents
     rng = random.Random(f"{ctx.seed}:{dev.id}")
+    # The technician's dispatch is drawn apart, so adding it left the device's own
+    # sequence of draws (and every other behaviour) as it was.
+    tech_rng = random.Random(f"{ctx.seed}:tech:{dev.id}")
+    dispatch_floor = int(config.technicians.dispatch_after_min * MINUTE)
+    sink = ctx.on_repair
+    #: The fault being handled: [fault, component, code, software, degraded, dispatch,
+    #: arrival].
+    pending: list[Any] | None = None
     prof = device_profile(dev, config, ctx.seed)
     rel = config.reliability(dev.vendor, dev.model)
     hb = device_heartbeat_s(dev, config, ctx.heartbeat_override)
@@ -575,6 +616,14 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
     reported: str | None = None
     t_hb = NEVER  # next heartbeat
     t_emergency = NEVER  # an unscheduled cash visit after a cash-out or full cassette
+
+    def report(repaired: int | None) -> None:
+        nonlocal pending
+        if pending is not None and sink is not None:
+            f_at, comp_, code_, soft, degraded, dispatched, arrived = pending
+            sink(Repair(d_id, dev.vendor, dev.model, comp_, code_, soft, degraded, f_at,
+                        dispatched, arrived, repaired))  # fmt: skip
+        pending = None
 
     def is_open(t: int) -> bool:
         return bisect.bisect_right(window_bounds, t) % 2 == 1
@@ -869,6 +918,7 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
         t = min(t_hb, t_txn, t_win, t_fault, t_reboot, t_tech, t_repair, t_visit, t_emergency,
                 t_visit_end, t_plan, t_plan_end, t_link, t_link_up, t_cut, t_outage)  # fmt: skip
         if t >= t_end:
+            report(None)
             return
         if not powered and t in (t_fault, t_reboot, t_tech, t_repair, t_visit, t_emergency,
                                  t_visit_end, t_plan, t_plan_end, t_link, t_link_up):  # fmt: skip
@@ -946,6 +996,7 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
                 fault, fault_comp, fault_degrades = code, "", False
                 emit_event(t, "fault", code=code, severity="critical", text="application error")
                 t_reboot = t + int(rng.uniform(4, 15) * MINUTE)
+                pending = [t, None, code, True, False, None, None]
             else:
                 code = f"{comp.upper()}-{rng.randint(1, 9999):04d}"
                 fault, fault_comp = code, comp
@@ -956,7 +1007,12 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
                 )
                 emit_event(t, "fault", component=comp, code=code,
                            severity="warning" if fault_degrades else "critical")  # fmt: skip
-                t_tech = t + max(MINUTE, int(_lognormal(rng, rel.response_h * HOUR, 0.7)))
+                dispatch = t + max(
+                    dispatch_floor, int(_lognormal(tech_rng, rel.dispatch_h * HOUR, 0.6))
+                )
+                # The technician sets out when dispatched; response_h is dispatch -> on site.
+                t_tech = dispatch + max(MINUTE, int(_lognormal(rng, rel.response_h * HOUR, 0.7)))
+                pending = [t, comp, code, False, fault_degrades, dispatch, None]
             emit_state(t)
         elif t == t_reboot:
             t_reboot = NEVER
@@ -966,10 +1022,13 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
             fault = None
             t_fault = next_fault(t)
             emit_state(t)
+            report(t)
         elif t == t_tech:
             t_tech = NEVER
             tech = True
             emit_event(t, "technician_arrived", component=fault_comp or None, code=fault)
+            if pending is not None:
+                pending[6] = t
             t_repair = t + max(5 * MINUTE, int(_lognormal(rng, rel.repair_h * HOUR, 0.6)))
             emit_state(t)
         elif t == t_repair:
@@ -979,6 +1038,7 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
             fault, fault_comp, fault_degrades, tech = None, "", False, False
             t_fault = next_fault(t)
             emit_state(t)
+            report(t)
         elif t in (t_visit, t_emergency):
             if t == t_visit:
                 t_visit = next_visit(t, prof.replenish_every_days)
