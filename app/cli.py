@@ -27,6 +27,10 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("notify.cli", "notify"),
     ("stops.cli", "stops"),
     ("incidents.cli", "incidents"),
+    ("commands.cli", "command"),
+    ("simulator.devices_cli", "simulate_devices"),
+    ("web.cli", "web"),
+    ("web.cli", "users"),
 )
 
 

@@ -146,6 +146,40 @@ def environment(endpoints: Endpoints) -> dict[str, str]:
     }
 
 
+#: The web console's preferred port.
+WEB_PORT = 8080
+
+
+def start_web(
+    stack: contextlib.ExitStack,
+    endpoints: Endpoints,
+    env_path: Path,
+    port: int | None,
+    echo: Callable[[str], None],
+) -> str | None:
+    """Start the web console (web/) in a thread with a demo admin; the password goes into
+    the env file (0600), never onto the terminal. None when ``port`` is None (not asked)."""
+    if port is None:
+        return None
+    from web.demo import demo_login, start_console
+
+    login = demo_login(endpoints.database_url)
+    running = start_console(endpoints.database_url, "127.0.0.1", port, endpoints.data_dir / "web")
+    stack.callback(running.close)  # closed before the database stops
+    echo(f"web       {running.url}  (the console: fleet wall, devices, incidents, stops, "
+         "bulletins, KPIs)")  # fmt: skip
+    if login is None:
+        echo("          log in as an admin of this database (atmfleet users add)")
+        return running.url
+    user, password = login
+    variables = {**environment(endpoints), "ATMFLEET_DEMO_WEB_USER": user,
+                 "ATMFLEET_DEMO_WEB_PASSWORD": password}  # fmt: skip
+    write_env_file(env_path, variables)
+    echo(f"          log in as {user!r}, password: the ATMFLEET_DEMO_WEB_PASSWORD line of "
+         f"{shown_path(env_path)} (new every run)")  # fmt: skip
+    return running.url
+
+
 #: The file (in the data folder) holding the ``export`` lines of the running demo.
 ENV_FILE = "env.sh"
 
@@ -723,6 +757,12 @@ def _parse_duration(text: str | None) -> float | None:
     help="Where the embedded database, the inventory, the logs and the bulletins are kept.",
 )
 @click.option(
+    "--web-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help=f"Port of the web console; 0 = any free one [default: {WEB_PORT}, or a free one if taken].",
+)
+@click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
     default=None,
@@ -737,6 +777,7 @@ def demo(
     duration: str | None,
     data_dir: Path,
     metrics_port: int | None,
+    web_port: int | None,
 ) -> None:
     """A simulated fleet end to end: broker, collector, database (embedded if not set),
     the fleet's metrics and yesterday's bulletin."""
@@ -744,6 +785,7 @@ def demo(
         raise UsageError("--no-live stops after the history; it takes no --duration")
     live_s = _parse_duration(duration)
     serve_port = choose_port(metrics_port, SERVE_PORT, "--metrics-port")
+    console_port = choose_port(web_port, WEB_PORT, "--web-port")
     settings = load_settings()
     stop = threading.Event()
     with _signals(stop):
@@ -757,6 +799,7 @@ def demo(
             stop=stop,
             echo=click.echo,
             metrics_port=serve_port,
+            web_port=console_port,
         )
     click.echo("demo summary: " + json.dumps(summary, sort_keys=True))
 
@@ -772,6 +815,7 @@ def run_demo(
     stop: threading.Event,
     echo: Callable[[str], None],
     metrics_port: int = 0,
+    web_port: int | None = None,
 ) -> dict[str, Any]:
     """The demo; ``live_s`` None = history only; ``backfill_days`` None = from before
     yesterday (:func:`history_start`). Serves the fleet's metrics on ``metrics_port`` (0:
@@ -896,6 +940,7 @@ def run_demo(
         echo("")
 
         published: Published | None = None
+        web_url: str | None = None
         if not stop.is_set():
             try:
                 serving = start_serving(
@@ -913,6 +958,7 @@ def run_demo(
             published = Published(serving.port, collector.metrics_port, day, bulletins)
             for line in describe(published, rules.timezone, covers(start, day, rules.tz)):
                 echo(line)
+            web_url = start_web(stack, endpoints, env_path, web_port, echo)
             echo("")
         running = live_s is not None and not stop.is_set()
         if not stop.is_set():
@@ -958,5 +1004,6 @@ def run_demo(
             "metrics_url": published.metrics_url if published else None,
             "collector_metrics_url": published.collector_metrics_url if published else None,
             "bulletins": [str(p) for p in published.bulletins] if published else [],
+            "web_url": web_url,
         }
     return summary

@@ -39,6 +39,12 @@ _services = [
         multiple=True,
         help="An operators' tool identity (repeat; default atmfleet-ops).",
     ),
+    click.option(
+        "--commands",
+        "commands",
+        multiple=True,
+        help="The remote-command listener's identity (default atmfleet-commands).",
+    ),
 ]
 
 
@@ -52,11 +58,20 @@ def _with_services(f: _F) -> _F:
 
 
 def _identities(
-    inventory_path: Path, collectors: tuple[str, ...], feed: str, operators: tuple[str, ...]
+    inventory_path: Path,
+    collectors: tuple[str, ...],
+    feed: str,
+    operators: tuple[str, ...],
+    commands: tuple[str, ...] = (),
 ) -> list[Identity]:
     from atmfleet.inventory_io import load_inventory
 
-    services = Services(collectors or Services.collectors, feed, operators or Services.operators)
+    services = Services(
+        collectors or Services.collectors,
+        feed,
+        operators or Services.operators,
+        commands or Services.commands,
+    )
     idents = identities(load_inventory(inventory_path), services)
     check_names(idents)
     return idents
@@ -102,10 +117,11 @@ def broker_credentials(
     collectors: tuple[str, ...],
     feed: str,
     operators: tuple[str, ...],
+    commands: tuple[str, ...],
 ) -> None:
     """Write the password file, certificates and CRL for every identity of the inventory;
     revoke the identities it no longer has. Reload the broker afterwards (SIGHUP)."""
-    idents = _identities(inventory, collectors, feed, operators)
+    idents = _identities(inventory, collectors, feed, operators, commands)
     report = generate(
         out,
         idents,
@@ -135,9 +151,10 @@ def broker_acl(
     collectors: tuple[str, ...],
     feed: str,
     operators: tuple[str, ...],
+    commands: tuple[str, ...],
 ) -> None:
     """Write the Mosquitto ACL: each identity may use only its own topics."""
-    idents = _identities(inventory, collectors, feed, operators)
+    idents = _identities(inventory, collectors, feed, operators, commands)
     text = render_acl(idents)
     if out is None:
         click.echo(text, nl=False)

@@ -8,7 +8,10 @@ the certificate's common name, see ``use_identity_as_username``):
   the devices attached to it, and nothing else;
 - the **collector** identities read the device and counter topics, and they alone;
 - the **counter feed** (core banking) alone writes ``branch/+/counter``;
-- the **operators' tools** write command topics and read the broker's ``$SYS`` statistics.
+- the **operators' tools** write command topics and read the broker's ``$SYS`` statistics;
+- the **commands** identities (``atmfleet command listen``) alone read what devices answer
+  to commands (``result/<id>``) and the journals they upload (``data/<id>``), which only
+  the device itself (or its gateway) may write.
 
 The ACL lists each identity with explicit topics (no ``pattern`` lines): an identity the
 inventory no longer has gets no line at all, so it can do nothing even with a certificate
@@ -24,19 +27,17 @@ from enum import StrEnum
 from atmfleet.errors import ConfigError
 from atmfleet.inventory import Inventory
 from atmfleet.protocol import TOPIC_ROOT, Kind, device_topic
+from commands.protocol import COMMAND_ROOT, DATA_ROOT, RESULT_ROOT, data_topic, result_topic
+from commands.protocol import command_topic as command_topic
 
 #: The default service identities (their client ids too: the broker forces client id =
 #: username, so nobody else can take the collector's session).
 DEFAULT_COLLECTORS = ("atmfleet-collector-1",)
 DEFAULT_FEED = "atmfleet-feed"
 DEFAULT_OPERATORS = ("atmfleet-ops",)
+DEFAULT_COMMANDS = ("atmfleet-commands",)
 
-#: Commands for a device (for later remote commands), outside the collector's subscriptions.
-COMMAND_ROOT = f"{TOPIC_ROOT}/command"
-
-
-def command_topic(device_id: str) -> str:
-    return f"{COMMAND_ROOT}/{device_id}"
+__all__ = ["COMMAND_ROOT", "DATA_ROOT", "RESULT_ROOT", "command_topic"]
 
 
 class Role(StrEnum):
@@ -45,6 +46,7 @@ class Role(StrEnum):
     COLLECTOR = "collector"
     FEED = "feed"
     OPERATOR = "operator"
+    COMMANDS = "commands"
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,9 @@ class Identity:
 
 
 def _device_topics(device_id: str) -> tuple[str, ...]:
-    return tuple(device_topic(device_id, kind) for kind in Kind)
+    """What a device (or its gateway) may publish: telemetry, command results, uploads."""
+    telemetry = tuple(device_topic(device_id, kind) for kind in Kind)
+    return (*telemetry, result_topic(device_id), data_topic(device_id))
 
 
 @dataclass(frozen=True)
@@ -65,9 +69,10 @@ class Services:
     collectors: tuple[str, ...] = DEFAULT_COLLECTORS
     feed: str = DEFAULT_FEED
     operators: tuple[str, ...] = DEFAULT_OPERATORS
+    commands: tuple[str, ...] = DEFAULT_COMMANDS
 
     def names(self) -> list[str]:
-        return [*self.collectors, self.feed, *self.operators]
+        return [*self.collectors, self.feed, *self.operators, *self.commands]
 
 
 def identities(inventory: Inventory, services: Services | None = None) -> list[Identity]:
@@ -89,6 +94,10 @@ def identities(inventory: Inventory, services: Services | None = None) -> list[I
     out.extend(
         Identity(name, Role.OPERATOR, write=(f"{COMMAND_ROOT}/+",), read=("$SYS/#",))
         for name in services.operators
+    )
+    out.extend(
+        Identity(name, Role.COMMANDS, read=(f"{RESULT_ROOT}/+", f"{DATA_ROOT}/+"))
+        for name in services.commands
     )
     active = sorted((d for d in inventory.devices if d.decommissioned is None), key=lambda d: d.id)
     gateways: dict[str, list[str]] = {}

@@ -32,7 +32,7 @@ from atmfleet.store.connect import connect
 from atmfleet.store.migrate import require_current
 from incidents import service
 from incidents.messages import LANGUAGES, words
-from incidents.model import Event, Incident, events_of, load
+from incidents.model import Event, Incident, State, events_of, load
 from rules.config import Rules, load_rules
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,10 @@ def incidents() -> None:
 
 
 @incidents.command("list")
-@click.option("--state", "states", multiple=True, help="Only these states (repeatable).")
+@click.option(
+    "--state", "states", multiple=True, type=click.Choice([s.value for s in State]),
+    help="Only these states (repeatable).",
+)  # fmt: skip
 @click.option("--all", "everything", is_flag=True, help="Closed ones too.")
 @click.option("--device", help="Only this device.")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=200, show_default=True)

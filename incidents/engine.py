@@ -205,6 +205,8 @@ class Engine:
         self.latest_state: dict[str, str] = {}
         self.heartbeat: dict[str, int] = {}
         self.watch: set[str] = set()
+        # Devices with an active incident -> their last sample when last evaluated.
+        self._settled: dict[str, int] = {}
         self.cursor: int | None = None
         self.started = False
         # SLA: incident id -> (version, marks it can set); marks stored per incident.
@@ -282,6 +284,7 @@ class Engine:
         except BaseException:
             self._sla_cache.clear()
             self._stored_marks.clear()
+            self._settled.clear()
             raise
         self.cursor = now_ms
         stats.seconds = time.monotonic() - stats.started
@@ -328,7 +331,15 @@ class Engine:
             ):
                 candidates.add(device_id)
         known = self.inventory.device_by_id
-        return {d for d in candidates if d in known}
+        # A device whose incident is open and which sent nothing new since it was last
+        # looked at cannot change it (on site and restored need new data): skipped, so a
+        # long outage of thousands of devices does not re-read them every pass.
+        settled = self._settled
+        return {
+            d
+            for d in candidates
+            if d in known and (d in presence or settled.get(d, -2) != self.last_seen.get(d, -1))
+        }
 
     # ------------------------------------------------------------------ evaluate
 
@@ -411,23 +422,29 @@ class Engine:
         opened: list[Incident] = []
         for device_id, (obs, got) in observations.items():
             incident = by_device.get(device_id)
+            self._settled.pop(device_id, None)
             try:
                 with self.conn.transaction():
                     if incident is not None:
                         self._follow_incident(incident, obs, got, now_ms, stats)
                         self.watch.add(device_id)
+                        if not obs.available:
+                            self._settled[device_id] = self.last_seen.get(device_id, -1)
                     elif device_id in to_open:
                         if device_id in planned:
                             stats.skipped_planned += 1
                             self.watch.add(device_id)
                             continue
                         outage = to_open[device_id]
+                        merged_before = stats.merged
                         new = self._open(
                             device_id, outage, components.get(device_id, []),
                             recent.get(device_id, []), at, now_ms, got, stats,
                         )  # fmt: skip
                         if new is not None:
                             opened.append(new)
+                        if new is not None or stats.merged > merged_before:
+                            self._settled[device_id] = self.last_seen.get(device_id, -1)
                         self.watch.add(device_id)
                     elif obs.available:
                         self.watch.discard(device_id)

@@ -538,7 +538,13 @@ def open_incident(
     two)."""
     actor = actor or Actor.system(ENGINE_SURFACE)
     if not is_engine(actor):
-        require_role(conn, actor, "operator")
+        user = require_role(conn, actor, "operator")
+        scope = {"fleet": None, "subbranch": subbranch_id, "branch": branch_id}[user.scope_kind]
+        if scope is not None and scope != user.scope_id:
+            raise Forbidden(
+                f"user {actor.name!r} acts on {user.scope_kind} {user.scope_id}; device"
+                f" {device_id} is of branch {branch_id} (sub-branch {subbranch_id})"
+            )
     with conn.transaction():
         row = conn.execute(
             "INSERT INTO incidents (device_id, subbranch_id, branch_id, vendor, model,"

@@ -589,6 +589,25 @@ class SlaRules(_Model):
         return next((c for c in self.contracts if c.name == name), None)
 
 
+class CommandRules(_Model):
+    """Remote commands (docs/commands.md)."""
+
+    default_expiry_s: int = Field(
+        120, ge=5, le=86_400, description="A command not answered by then is expired."
+    )
+    max_expiry_s: int = Field(3_600, ge=5, le=7 * 86_400, description="Longest expiry allowed.")
+    journal_max_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, le=2**31 - 1, description="Largest journal stored."
+    )
+    journal_chunk_bytes: int = Field(
+        256 * 1024, ge=1024, le=8 * 1024 * 1024, description="Chunk size asked of devices."
+    )
+    journal_max_range_h: int = Field(
+        24 * 31, ge=1, le=24 * 366, description="Longest time range of one journal fetch."
+    )
+    sweep_s: float = Field(1.0, gt=0, le=600, description="How often expiry is enforced.")
+
+
 class Rules(_Model):
     """Everything ``rules/`` needs to compute the indicators (see ``docs/kpis.md``)."""
 
@@ -608,6 +627,7 @@ class Rules(_Model):
     resource_warning: ResourceWarningRules = ResourceWarningRules()
     incidents: IncidentRules = IncidentRules()
     sla: SlaRules = SlaRules()
+    commands: CommandRules = CommandRules()
 
     @field_validator("timezone")
     @classmethod

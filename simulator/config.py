@@ -265,6 +265,27 @@ class Incidents(_Model):
     planned_min: float = Field(120.0, gt=0, le=7 * 1440)
 
 
+class CommandSide(_Model):
+    """How simulated devices answer remote commands (``atmfleet simulate-devices``)."""
+
+    silent_share: float = Field(
+        0.0, ge=0, le=1, description="Share of commands never answered (they expire)."
+    )
+    fail_share: float = Field(0.0, ge=0, le=1, description="Share of commands that fail.")
+    work_s: float = Field(0.0, ge=0, le=600, description="Time from accepted to done.")
+    restart_s: float = Field(1.0, ge=0, le=600, description="Time an application restart takes.")
+    remember_ids: int = Field(
+        10_000, ge=1, le=10_000_000, description="Recent command ids a device keeps."
+    )
+    journal_bytes_per_hour: int = Field(
+        50_000, ge=0, le=10**9, description="Size of a device's journal per hour."
+    )
+    heartbeat_s: int = Field(60, ge=5, le=3600, description="Heartbeat of the state messages.")
+    fault_share: float = Field(
+        0.0, ge=0, le=1, description="Share of devices that start in a fault."
+    )
+
+
 class SimConfig(_Model):
     """Everything the simulated fleet does; all defaults embedded."""
 
@@ -306,6 +327,7 @@ class SimConfig(_Model):
     )
     cash: Cash = Cash()
     incidents: Incidents = Incidents()
+    commands: CommandSide = CommandSide()
     store_forward_max: int = Field(
         20_000, ge=0, description="Messages a device buffers while its link is down."
     )

@@ -222,3 +222,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             "Timescale-flavoured tests without the `timescale` marker (use "
             "pytest.param(..., marks=pytest.mark.timescale)): " + ", ".join(unmarked)
         )
+
+
+@pytest.fixture(scope="session")
+def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """The web console over a seeded database, shared by the web tests (tests/web_server.py)."""
+    from tests.web_server import serve
+
+    yield from serve(tmp_path_factory.mktemp("web-out"))

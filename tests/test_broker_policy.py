@@ -57,8 +57,24 @@ def test_a_gateway_gets_exactly_its_devices_topics() -> None:
     gw = next(i for i in identities(inv) if i.role is Role.GATEWAY)
     dev = inv.devices[0].id
     assert gw.name == "GW-9" and gw.speaks_for == (dev,)
-    assert all(f"/device/{dev}/" in t for t in gw.write)
+    assert all(f"/{dev}" in t for t in gw.write)
+    assert {t for t in gw.write if "/device/" not in t} == {
+        f"atmfleet/v1/result/{dev}",
+        f"atmfleet/v1/data/{dev}",
+    }
     assert gw.read == (f"atmfleet/v1/command/{dev}",)
+
+
+def test_only_the_commands_identity_reads_results_and_uploads() -> None:
+    idents = identities(load_inventory(EXAMPLE))
+    readers = {
+        i.name
+        for i in idents
+        if any(t.startswith(("atmfleet/v1/result", "atmfleet/v1/data")) for t in i.read)
+    }
+    assert readers == {"atmfleet-commands"}
+    commands = next(i for i in idents if i.role is Role.COMMANDS)
+    assert commands.write == ()
 
 
 def test_rerunning_keeps_credentials_and_revokes_removed_ones(tmp_path: Path) -> None:

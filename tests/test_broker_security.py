@@ -125,12 +125,16 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> No
 
 
 @contextmanager
-def shipped_broker(base: Path, *credential_args: str) -> Iterator[Secured]:
-    """Mosquitto with the shipped configuration and freshly generated credentials."""
+def shipped_broker(
+    base: Path, *credential_args: str, devices: dict[str, str | None] | None = None
+) -> Iterator[Secured]:
+    """Mosquitto with the shipped configuration and freshly generated credentials for
+    ``devices`` (``{device id: gateway or None}``)."""
     creds, data = base / "creds", base / "data"
     data.mkdir()
     inventory = base / "inventory.yaml"
-    write_inventory(inventory, {"ATM-A": None, "ATM-B": None, "ATM-G1": "GW-1", "ATM-R": None})
+    default = {"ATM-A": None, "ATM-B": None, "ATM-G1": "GW-1", "ATM-R": None}
+    write_inventory(inventory, default if devices is None else devices)
     generate(inventory, creds, *credential_args)
     ports = (free_port(), free_port())
     log = base / "mosquitto.log"

@@ -281,6 +281,22 @@ class TestWhoMayAct:
         seen_by_bob = {i.id for i in service.list_incidents(conn, user=_user(conn, "bob"))}
         assert mine in seen_by_bob and other not in seen_by_bob
 
+    def test_an_operator_opens_by_hand_only_in_its_scope(
+        self, conn: psycopg.Connection[Any]
+    ) -> None:
+        now = db_now(conn)
+        kwargs: dict[str, Any] = dict(
+            device_id=f"{B1}-H{next(_devices):04d}", subbranch_id=S1, branch_id=B1,
+            vendor="GRG", model="H68", cls=IncidentClass.SOFTWARE, cause="fault",
+            component=None, started_at=now, opened_at=now, maintainer_id=None, contract=None,
+        )  # fmt: skip
+        with pytest.raises(Forbidden, match=f"acts on subbranch {S2}"):
+            service.open_incident(conn, actor=BOB, **kwargs)
+        conn.rollback()
+        incident = service.open_incident(conn, actor=ALICE, **kwargs)
+        assert incident is not None
+        assert events_of(conn, incident.id)[0].actor == "alice"
+
     def test_the_engine_may_not_close(self, conn: psycopg.Connection[Any]) -> None:
         incident_id = opened(conn)
         drive_to(conn, incident_id, State.RESTORED, False)

@@ -80,6 +80,8 @@ COMMANDS: list[list[str]] = [
     ["bulletin", "daily", "--out", "OUT"],
     ["dashboards", "build", "--out", "OUT"],
     ["notify", "status"],
+    ["command", "list"],
+    ["command", "send", "ATM-HLBE-0001", "refresh", "--no-wait"],
 ]
 
 MALFORMED = {
