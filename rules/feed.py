@@ -570,8 +570,10 @@ def window_days(
         keep = closed(feed, day, horizon)
         if keep:
             feed.settle_txn_days(day, day)
-        if known is not None and known.days == [day] and all(
-            d.id in known.per_device for d in chosen
+        if (
+            known is not None
+            and known.days == [day]
+            and all(d.id in known.per_device for d in chosen)
         ):
             up = known
         else:
