@@ -31,6 +31,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("simulator.devices_cli", "simulate_devices"),
     ("web.cli", "web"),
     ("web.cli", "users"),
+    ("cash.cli", "cash"),
 )
 
 

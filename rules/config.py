@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import date
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
@@ -270,12 +271,24 @@ class NetworkRules(_Model):
     )
 
 
+IncidentClassName = Literal["component", "cash", "network", "power", "software"]
+
+
 class VendorRules(_Model):
     repeat_fault_days: int = Field(
         7, ge=1, le=365, description="Same device and component again within this many days."
     )
     worst_devices: int = Field(5, ge=0, le=1000)
     device_month_days: float = Field(30.0, gt=0, description="Days in one device-month.")
+    incident_causes: list[Label] = Field(
+        default_factory=lambda: [Label.FAULT],
+        min_length=1,
+        description="Causes of the incidents the vendor answers for (counted in the "
+        "scorecard): fault, cash_out, deposit_full, communications, power, supervisor.",
+    )
+    high_quantile: float = Field(
+        0.9, gt=0.5, le=1, description="The upper quantile shown beside the median (p90)."
+    )
 
 
 class AssessmentComponent(StrEnum):
@@ -404,7 +417,6 @@ INCIDENT_CLASSES = ("component", "cash", "network", "power", "software")
 RECIPIENT_ROLES = ("branch", "subbranch_manager", "head_office", "vendor_manager", "maintainer")
 
 Recipient = Literal["branch", "subbranch_manager", "head_office", "vendor_manager", "maintainer"]
-IncidentClassName = Literal["component", "cash", "network", "power", "software"]
 
 
 class RepeatRules(_Model):
@@ -608,6 +620,165 @@ class CommandRules(_Model):
     sweep_s: float = Field(1.0, gt=0, le=600, description="How often expiry is enforced.")
 
 
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+_HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+class Holiday(_Model):
+    name: str = Field(min_length=1, max_length=64)
+    first: date = Field(alias="from", description="First local day of the holiday.")
+    last: date = Field(alias="to", description="Last local day of the holiday.")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Holiday:
+        if self.last < self.first:
+            raise ValueError(f"holiday {self.name!r}: to {self.last} is before from {self.first}")
+        return self
+
+
+class CashCalendar(_Model):
+    """Days on which people draw more (pay days, the days before a holiday) or less cash."""
+
+    pay_days: tuple[int, ...] = Field(
+        (10, 25),
+        description="Days of the month salaries are paid (1-31; a 31 in a short "
+        "month is its last day).",
+    )
+    pay_day_span_days: int = Field(2, ge=1, le=10, description="The pay day and the days after it.")
+    pre_holiday_days: int = Field(2, ge=0, le=10, description="Days before a holiday that count.")
+    holidays: tuple[Holiday, ...] = Field(
+        default_factory=lambda: tuple(
+            Holiday(name=n, first=date.fromisoformat(a), last=date.fromisoformat(b))
+            for n, a, b in (
+                ("元旦", "2027-01-01", "2027-01-01"),
+                ("春节", "2027-02-06", "2027-02-12"),
+                ("清明节", "2027-04-05", "2027-04-05"),
+                ("劳动节", "2027-05-01", "2027-05-05"),
+                ("国庆节", "2027-10-01", "2027-10-07"),
+            )
+        ),
+        description="Public holidays (local days, inclusive); check them every year.",
+    )
+    #: Priors used until the history holds such a day (then the fleet's own figure wins).
+    pay_day_factor: float = Field(1.3, gt=0, le=10)
+    pre_holiday_factor: float = Field(1.4, gt=0, le=10)
+    holiday_factor: float = Field(0.8, gt=0, le=10)
+
+    @field_validator("pay_days")
+    @classmethod
+    def _days(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        for day in value:
+            if not 1 <= day <= 31:
+                raise ValueError(f"pay day {day} is not a day of the month; allowed: 1-31")
+        return tuple(sorted(set(value)))
+
+
+class Round(_Model):
+    """A replenishment round: who goes, on which weekdays, at what local time."""
+
+    by: Literal["branch", "cit"] = Field(
+        description="branch staff, or the cash-in-transit company."
+    )
+    days: tuple[Weekday, ...] = Field(min_length=1)
+    at: str = Field(pattern=_HHMM, description="Local time HH:MM the round reaches the devices.")
+
+
+class CashPlanRules(_Model):
+    safety_margin_hours: float = Field(
+        12.0, ge=0, le=24 * 14,
+        description="A device needs cash when its earliest expected cash-out falls before "
+        "the next round plus this margin.",
+    )  # fmt: skip
+    cassette_capacity_notes: int = Field(
+        2500, ge=1, le=100_000, description="Capacity of a unit that reports none."
+    )
+    rounds: dict[Placement, Round] = Field(
+        default_factory=lambda: {
+            Placement.ON_SITE: Round(by="branch", days=("mon", "wed", "fri"), at="10:00"),
+            Placement.SELF_SERVICE_BANK: Round(by="cit", days=("tue", "thu", "sat"), at="09:00"),
+            Placement.OFF_SITE: Round(by="cit", days=("tue", "thu", "sat"), at="09:00"),
+        },
+        description="The bank's rounds by placement.",
+    )
+    branches: dict[str, Round] = Field(
+        default_factory=dict, description="Rounds of particular branches (by branch id)."
+    )
+
+    @field_validator("rounds")
+    @classmethod
+    def _all_placements(cls, value: dict[Placement, Round]) -> dict[Placement, Round]:
+        missing = [p.value for p in Placement if p not in value]
+        if missing:
+            raise ValueError(f"a round is needed for every placement; missing {missing}")
+        return value
+
+
+class CashRules(_Model):
+    """Cash-out forecasts and the replenishment plan (docs/cash.md)."""
+
+    out_below_notes: int = Field(
+        5, ge=0, le=10_000, description="A dispensing unit is out below this many notes."
+    )
+    deposit_full_share: float = Field(
+        1.0, gt=0, le=1, description="A deposit cassette is full at this share of capacity."
+    )
+    history_days: int = Field(28, ge=7, le=366, description="History the forecast reads.")
+    min_history_days: int = Field(
+        7, ge=1, le=366, description="Fewer monitored days: no forecast (null)."
+    )
+    horizon_days: int = Field(14, ge=1, le=60, description="How far ahead it looks.")
+    interval: float = Field(0.8, gt=0, lt=1, description="Probability inside the interval.")
+    level_half_life_days: float = Field(
+        7.0, gt=0, le=366, description="Recent trend: a day's weight halves every N days."
+    )
+    profile_shrink: float = Field(
+        3.0, ge=0, le=1000,
+        description="Weight (in weeks) of the placement's hour-of-week shape against the "
+        "device's own.",
+    )  # fmt: skip
+    dispense_mix: dict[int, float] = Field(
+        default_factory=lambda: {100: 0.85, 50: 0.1, 20: 0.03, 10: 0.02},
+        description="Share of the withdrawn value by denomination (normalised over the "
+        "denominations a device holds).",
+    )
+    deposit_note_value: float = Field(
+        100.0, gt=0, le=100_000, description="Mean value of a deposited note."
+    )
+    recycle_share: float = Field(
+        0.6, ge=0, le=1, description="Share of deposited notes a recycler puts back to dispense."
+    )
+    alert_service_hours: float = Field(
+        24.0, gt=0, le=24 * 14,
+        description="Alert when cash-out is expected within this many service hours.",
+    )  # fmt: skip
+    forecast_every_s: float = Field(
+        300.0, ge=10, le=86_400, description="How often atmfleet serve recomputes the forecast."
+    )
+    calendar: CashCalendar = CashCalendar()
+    plan: CashPlanRules = CashPlanRules()
+
+    @field_validator("dispense_mix")
+    @classmethod
+    def _mix(cls, value: dict[int, float]) -> dict[int, float]:
+        for denom, share in value.items():
+            if denom <= 0 or share < 0 or not math.isfinite(share):
+                raise ValueError(f"{denom}: {share}; allowed: a denomination > 0 and a share >= 0")
+        if sum(value.values()) <= 0:
+            raise ValueError("the shares sum to 0; at least one must be positive")
+        return value
+
+    @model_validator(mode="after")
+    def _history(self) -> CashRules:
+        if self.min_history_days > self.history_days:
+            raise ValueError(
+                f"min_history_days {self.min_history_days} is more than history_days "
+                f"{self.history_days}"
+            )
+        return self
+
+
 class Rules(_Model):
     """Everything ``rules/`` needs to compute the indicators (see ``docs/kpis.md``)."""
 
@@ -628,6 +799,7 @@ class Rules(_Model):
     incidents: IncidentRules = IncidentRules()
     sla: SlaRules = SlaRules()
     commands: CommandRules = CommandRules()
+    cash: CashRules = CashRules()
 
     @field_validator("timezone")
     @classmethod
@@ -738,17 +910,21 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
 
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     model: Any = Rules
+    key_next = False  # the next part is a key of a mapping (e.g. a placement), not a field
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) or key_next:
+            key_next = False
             continue
         is_model = isinstance(model, type) and issubclass(model, BaseModel)
         field = model.model_fields.get(str(part)) if is_model else None
         if field is None:
             return []
         annotation = field.annotation
-        # tuple[WindowRule, ...] -> WindowRule
+        # tuple[WindowRule, ...] -> WindowRule; dict[Placement, Round] -> Round
         args = getattr(annotation, "__args__", ())
-        model = args[0] if args and not isinstance(annotation, type) else annotation
+        key_next = getattr(annotation, "__origin__", None) is dict
+        models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = models[-1] if models else annotation
     if isinstance(model, type) and issubclass(model, BaseModel):
-        return list(model.model_fields)
+        return [f.alias or name for name, f in model.model_fields.items()]
     return []

@@ -218,6 +218,15 @@ class WindowSpans:
     def __init__(self, tz: ZoneInfo) -> None:
         self.tz = tz
         self._cache: dict[tuple[str, date], list[Span]] = {}
+        self._fleet: dict[tuple[date, date | None], Span] = {}
+
+    def fleet_span(self, device: Device) -> Span:
+        """:func:`fleet_span`, memoised per (commissioned, decommissioned)."""
+        key = (device.commissioned, device.decommissioned)
+        got = self._fleet.get(key)
+        if got is None:
+            got = self._fleet[key] = fleet_span(device, self.tz)
+        return got
 
     def day(self, spec: str, day: date) -> list[Span]:
         key = (spec, day)
@@ -236,7 +245,7 @@ def scheduled_spans(
 ) -> list[Span]:
     """Window ∩ local ``day`` ∩ the device's time in the fleet (∩ before ``until``)."""
     spans = windows.day(rules.service_windows.spec_for(device), day)
-    lo, hi = fleet_span(device, windows.tz)
+    lo, hi = windows.fleet_span(device)
     if until is not None:
         hi = min(hi, until)
     return intersect(spans, lo, hi)

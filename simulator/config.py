@@ -13,6 +13,8 @@ what is allowed (``ConfigError``). See ``docs/simulator.md`` for the meaning of 
 
 from __future__ import annotations
 
+from calendar import monthrange
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +39,15 @@ class Reliability(_Model):
 
     mtbf_days: float = Field(gt=0, le=10_000, description="Mean days between faults.")
     response_h: float = Field(
-        gt=0, le=240, description="Mean hours from fault to technician on site."
+        gt=0, le=240, description="Mean hours from the dispatch to the technician on site."
     )
     repair_h: float = Field(gt=0, le=240, description="Mean hours the technician works.")
+    dispatch_h: float = Field(
+        0.5,
+        gt=0,
+        le=240,
+        description="Mean hours from a hardware fault to the bank dispatching the maintainer.",
+    )
     software_share: float = Field(
         0.25, ge=0, le=1, description="Share of faults cleared by a remote reboot."
     )
@@ -252,6 +260,55 @@ class Cash(_Model):
         return value
 
 
+class HolidaySpan(_Model):
+    name: str = Field(min_length=1)
+    first: date = Field(alias="from")
+    last: date = Field(alias="to")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Calendar(_Model):
+    """Days on which customers draw more cash (pay days, the days before a holiday) or
+    less (holidays): a factor on the rate of withdrawals only (other types unchanged)."""
+
+    pay_days: list[int] = Field([10, 25], description="Days of the month (31 = last day).")
+    pay_day_span_days: int = Field(2, ge=1, le=10)
+    pay_day_factor: float = Field(1.4, gt=0, le=10)
+    pre_holiday_days: int = Field(2, ge=0, le=10)
+    pre_holiday_factor: float = Field(1.6, gt=0, le=10)
+    holiday_factor: float = Field(0.75, gt=0, le=10)
+    holidays: list[HolidaySpan] = Field(
+        default_factory=lambda: [
+            HolidaySpan(name="国庆节", first=date(2026, 10, 1), last=date(2026, 10, 7)),
+            HolidaySpan(name="元旦", first=date(2027, 1, 1), last=date(2027, 1, 1)),
+            HolidaySpan(name="春节", first=date(2027, 2, 6), last=date(2027, 2, 12)),
+        ]
+    )
+
+    @field_validator("pay_days")
+    @classmethod
+    def _days(cls, value: list[int]) -> list[int]:
+        if any(not 1 <= d <= 31 for d in value):
+            raise ValueError(f"pay days must be days of the month 1-31 (got {value})")
+        return value
+
+    def withdrawal_factor(self, day: date) -> float:
+        """The factor on withdrawals of a local day."""
+        for h in self.holidays:
+            if h.first <= day <= h.last:
+                return self.holiday_factor
+        for h in self.holidays:
+            if h.first - timedelta(days=self.pre_holiday_days) <= day < h.first:
+                return self.pre_holiday_factor
+        for back in range(self.pay_day_span_days):
+            d = day - timedelta(days=back)
+            last = monthrange(d.year, d.month)[1]
+            if any(min(p, last) == d.day for p in self.pay_days):
+                return self.pay_day_factor
+        return 1.0
+
+
 class Incidents(_Model):
     """Correlated and individual outages (rates per unit per year, durations in minutes)."""
 
@@ -286,6 +343,18 @@ class CommandSide(_Model):
     )
 
 
+class Technicians(_Model):
+    """The vendors' technicians: when the bank dispatches one (``docs/simulator.md``)."""
+
+    dispatch_after_min: float = Field(
+        10.0,
+        ge=0,
+        le=1440,
+        description="The earliest dispatch after a fault (keep it above the incident "
+        "engine's debounce: the operator dispatches an incident that exists).",
+    )
+
+
 class SimConfig(_Model):
     """Everything the simulated fleet does; all defaults embedded."""
 
@@ -301,6 +370,7 @@ class SimConfig(_Model):
     )
     vendors: dict[str, VendorProfile] = Field(default_factory=_default_vendors, min_length=1)
     default_reliability: Reliability = Reliability(mtbf_days=40, response_h=3.0, repair_h=2.0)
+    technicians: Technicians = Technicians()
     txn: dict[DeviceType, TxnProfile] = Field(default_factory=_default_txn)
     rhythm: dict[Placement, Rhythm] = Field(default_factory=_default_rhythm)
     txn_result_weights: dict[str, float] = Field(
@@ -326,6 +396,7 @@ class SimConfig(_Model):
         20.0, ge=0, lt=24, description="Local hour the core system reports the day's counters."
     )
     cash: Cash = Cash()
+    calendar: Calendar = Calendar()
     incidents: Incidents = Incidents()
     commands: CommandSide = CommandSide()
     store_forward_max: int = Field(

@@ -87,6 +87,33 @@ class Emission(NamedTuple):
 _T = attrgetter("t")
 
 
+class Repair(NamedTuple):
+    """The incident truth of one fault: what the simulated world did about it.
+
+    ``dispatch``: when the bank dispatched the vendor's technician (no message: an
+    operator's call, replayed through the incident service by tests); ``arrival``: the
+    technician on site (the device enters ``maintenance``); ``repair``: the fault cleared
+    (hardware: the technician leaves; software: the remote reboot). ``None``: not by the
+    end of the run (or never: a software fault has no technician).
+    """
+
+    device_id: str
+    vendor: str
+    model: str
+    component: str | None  # None for a software fault
+    code: str
+    software: bool
+    degraded: bool  # the device stayed available (a CRS deposit module): no outage
+    fault: int
+    dispatch: int | None
+    arrival: int | None
+    repair: int | None
+
+
+#: Receives each fault's truth once: when it is repaired, or at the end of the run.
+RepairSink = Callable[[Repair], None]
+
+
 def ms(at: datetime) -> int:
     delta = at - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
@@ -130,7 +157,9 @@ class _Context:
     real_wills: bool
     heartbeat_override: int | None
     tz: ZoneInfo
+    on_repair: RepairSink | None = None
     _hours: dict[int, tuple[int, int]] = field(default_factory=dict)
+    _factors: dict[int, float] = field(default_factory=dict)
     _windows: dict[str, list[int]] = field(default_factory=dict)
     _power: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     _network: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
@@ -151,6 +180,15 @@ class _Context:
             local = from_ms(h * HOUR).astimezone(self.tz)
             got = (local.hour, local.weekday())
             self._hours[h] = got
+        return got
+
+    def withdrawal_factor(self, t: int) -> float:
+        """The calendar's factor on withdrawals in the UTC hour holding ``t``."""
+        h = t // HOUR
+        got = self._factors.get(h)
+        if got is None:
+            day = from_ms(h * HOUR).astimezone(self.tz).date()
+            got = self._factors[h] = self.config.calendar.withdrawal_factor(day)
         return got
 
     def local_date(self, t: int) -> date:
@@ -230,10 +268,26 @@ class DeviceProfile:
     substitution: float  # for outlets only: the branch's target substitution rate
 
 
-def financial_share(config: SimConfig, device_type: DeviceType) -> float:
+def _mix(config: SimConfig, device_type: DeviceType, factor: float) -> dict[TxnType, float]:
+    """The type mix with withdrawals weighted by the calendar's ``factor``."""
     mix = config.txn[device_type].mix
+    if factor == 1.0:
+        return dict(mix)
+    return {t: w * factor if t is TxnType.WITHDRAWAL else w for t, w in mix.items()}
+
+
+def financial_share(config: SimConfig, device_type: DeviceType, factor: float = 1.0) -> float:
+    mix = _mix(config, device_type, factor)
     total = sum(mix.values())
     return sum(w for t, w in mix.items() if t in FINANCIAL_TYPES) / total
+
+
+def withdrawal_boost(config: SimConfig, device_type: DeviceType, factor: float) -> float:
+    """How much more a device transacts on a day whose withdrawals are ``factor`` x."""
+    if factor == 1.0:
+        return 1.0
+    base = config.txn[device_type].mix
+    return sum(_mix(config, device_type, factor).values()) / sum(base.values())
 
 
 def device_profile(device: Device, config: SimConfig, seed: int) -> DeviceProfile:
@@ -292,8 +346,12 @@ def generate(
     *,
     real_wills: bool = False,
     heartbeat_s: int | None = None,
+    on_repair: RepairSink | None = None,
 ) -> Iterator[Emission]:
     """Everything the fleet sends in ``[start, end)``, in publish-time order.
+
+    ``on_repair`` receives the incident truth of every fault (:class:`Repair`) as the
+    generator passes its repair (or the end of the run): the ledger's ``repairs.csv``.
 
     ``real_wills``: a dropped link is announced by the broker's last will (the publisher
     kills the device's own connection); otherwise by a presence message with
@@ -310,6 +368,7 @@ def generate(
         real_wills=real_wills,
         heartbeat_override=heartbeat_s,
         tz=ZoneInfo(config.timezone),
+        on_repair=on_repair,
     )
     streams: list[Iterator[Emission]] = [_counters(ctx)]
     for device in sorted(inventory.devices, key=attrgetter("id")):
@@ -345,7 +404,9 @@ def _counters(ctx: _Context) -> Iterator[Emission]:
                         continue
                     rhythm = config.rhythm[d.placement]
                     weekly = rhythm.weekly[day.weekday()] / (sum(rhythm.weekly) / 7)
-                    expected += prof.volume * weekly * financial_share(config, d.type) * ok_share
+                    boost = withdrawal_boost(config, d.type, config.calendar.withdrawal_factor(day))
+                    fin = financial_share(config, d.type, config.calendar.withdrawal_factor(day))
+                    expected += prof.volume * weekly * boost * fin * ok_share
                 rng = random.Random(f"{ctx.seed}:counter:{branch_id}:{day.isoformat()}")
                 fin = round(expected * (1 - rate) / rate * _lognormal(rng, 1.0, 0.1))
                 non_fin = round(fin * rng.uniform(0.3, 0.5))
@@ -407,6 +468,14 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
     """One device's life: a small discrete-event loop over its next due times."""
     config, cash_cfg, inc = ctx.config, ctx.config.cash, ctx.config.incidents
     rng = random.Random(f"{ctx.seed}:{dev.id}")
+    # The technician's dispatch is drawn apart, so adding it left the device's own
+    # sequence of draws (and every other behaviour) as it was.
+    tech_rng = random.Random(f"{ctx.seed}:tech:{dev.id}")
+    dispatch_floor = int(config.technicians.dispatch_after_min * MINUTE)
+    sink = ctx.on_repair
+    #: The fault being handled: [fault, component, code, software, degraded, dispatch,
+    #: arrival].
+    pending: list[Any] | None = None
     prof = device_profile(dev, config, ctx.seed)
     rel = config.reliability(dev.vendor, dev.model)
     hb = device_heartbeat_s(dev, config, ctx.heartbeat_override)
@@ -435,6 +504,16 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
     tx_types, tx_cum = ctx.shared(
         ("txn", dtype), lambda: (list(txp.mix), _cum(list(txp.mix.values())))
     )
+
+    def boosted(factor: float) -> tuple[list[TxnType], list[float], float]:
+        """Types, cumulative weights and rate factor on a day of withdrawals x factor."""
+
+        def make() -> tuple[list[TxnType], list[float], float]:
+            mix = _mix(config, dtype, factor)
+            return list(mix), _cum(list(mix.values())), withdrawal_boost(config, dtype, factor)
+
+        return ctx.shared(("boosted", dtype, factor), make)
+
     rhythm = config.rhythm[dev.placement]
     hour_rate = ctx.shared(
         ("hourly", dev.placement), lambda: _hourly_per_ms(rhythm.hourly, rhythm.weekly)
@@ -476,6 +555,14 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
     reported: str | None = None
     t_hb = NEVER  # next heartbeat
     t_emergency = NEVER  # an unscheduled cash visit after a cash-out or full cassette
+
+    def report(repaired: int | None) -> None:
+        nonlocal pending
+        if pending is not None and sink is not None:
+            f_at, comp_, code_, soft, degraded, dispatched, arrived = pending
+            sink(Repair(d_id, dev.vendor, dev.model, comp_, code_, soft, degraded, f_at,
+                        dispatched, arrived, repaired))  # fmt: skip
+        pending = None
 
     def is_open(t: int) -> bool:
         return bisect.bisect_right(window_bounds, t) % 2 == 1
@@ -629,6 +716,9 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
             h_end = (t // HOUR + 1) * HOUR
             local_hour, weekday = ctx.hour(t)
             lam = volume * hour_rate[local_hour] * weekly[weekday]
+            factor = ctx.withdrawal_factor(t)
+            if factor != 1.0:
+                lam *= boosted(factor)[2]
             if lam > 0:
                 t_next = t + int(rng.expovariate(lam)) + 1
                 if t_next < h_end:
@@ -667,7 +757,9 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
     def transaction(t: int) -> None:
         """A customer at the device; cash and deposit levels follow."""
         nonlocal cash, cash_low_sent, cash_out, deposit, deposit_full, t_emergency
-        ttype = tx_types[bisect.bisect_left(tx_cum, rng.random() * tx_cum[-1])]
+        factor = ctx.withdrawal_factor(t)
+        types, cum = (tx_types, tx_cum) if factor == 1.0 else boosted(factor)[:2]
+        ttype = types[bisect.bisect_left(cum, rng.random() * cum[-1])]
         if ttype is TxnType.DEPOSIT and (deposit_full or fault_degrades):
             return  # deposits are refused right now: the customer goes elsewhere
         result = res_names[bisect.bisect_left(res_cum, rng.random() * res_cum[-1])]
@@ -763,6 +855,7 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
         t = min(t_hb, t_txn, t_win, t_fault, t_reboot, t_tech, t_repair, t_visit, t_emergency,
                 t_visit_end, t_plan, t_plan_end, t_link, t_link_up, t_cut, t_outage)  # fmt: skip
         if t >= t_end:
+            report(None)
             return
         if not powered and t in (t_fault, t_reboot, t_tech, t_repair, t_visit, t_emergency,
                                  t_visit_end, t_plan, t_plan_end, t_link, t_link_up):  # fmt: skip
@@ -840,6 +933,7 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
                 fault, fault_comp, fault_degrades = code, "", False
                 emit_event(t, "fault", code=code, severity="critical", text="application error")
                 t_reboot = t + int(rng.uniform(4, 15) * MINUTE)
+                pending = [t, None, code, True, False, None, None]
             else:
                 code = f"{comp.upper()}-{rng.randint(1, 9999):04d}"
                 fault, fault_comp = code, comp
@@ -850,7 +944,12 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
                 )
                 emit_event(t, "fault", component=comp, code=code,
                            severity="warning" if fault_degrades else "critical")  # fmt: skip
-                t_tech = t + max(MINUTE, int(_lognormal(rng, rel.response_h * HOUR, 0.7)))
+                dispatch = t + max(
+                    dispatch_floor, int(_lognormal(tech_rng, rel.dispatch_h * HOUR, 0.6))
+                )
+                # The technician sets out when dispatched; response_h is dispatch -> on site.
+                t_tech = dispatch + max(MINUTE, int(_lognormal(rng, rel.response_h * HOUR, 0.7)))
+                pending = [t, comp, code, False, fault_degrades, dispatch, None]
             emit_state(t)
         elif t == t_reboot:
             t_reboot = NEVER
@@ -860,10 +959,13 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
             fault = None
             t_fault = next_fault(t)
             emit_state(t)
+            report(t)
         elif t == t_tech:
             t_tech = NEVER
             tech = True
             emit_event(t, "technician_arrived", component=fault_comp or None, code=fault)
+            if pending is not None:
+                pending[6] = t
             t_repair = t + max(5 * MINUTE, int(_lognormal(rng, rel.repair_h * HOUR, 0.6)))
             emit_state(t)
         elif t == t_repair:
@@ -873,6 +975,7 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
             fault, fault_comp, fault_degrades, tech = None, "", False, False
             t_fault = next_fault(t)
             emit_state(t)
+            report(t)
         elif t in (t_visit, t_emergency):
             if t == t_visit:
                 t_visit = next_visit(t, prof.replenish_every_days)
