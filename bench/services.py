@@ -128,6 +128,8 @@ class Postgres:
                 path.mkdir(parents=True, exist_ok=True)
                 shutil.chown(path, "postgres")
         self.process: subprocess.Popen[bytes] | None = None
+        #: More server settings (``-c name=value``), e.g. ``track_commit_timestamp``.
+        self.options: dict[str, str] = {}
         self.log_path = base / "postgres.log"
         subprocess.run(
             [
@@ -173,6 +175,7 @@ class Postgres:
                 "fsync=off",
                 "-c",
                 "shared_buffers=64MB",
+                *(a for k, v in self.options.items() for a in ("-c", f"{k}={v}")),
             ],
             stdout=log,
             stderr=log,
