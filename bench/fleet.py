@@ -13,7 +13,8 @@ ports, a Prometheus with its data in a temporary folder); nothing shared is touc
   of another commit, e.g. ``git worktree add /tmp/before <commit>``) that checkout's
   collector runs beside it on the same broker, its own session and its own database:
   both receive every message of the same load, on the same busy machine, at the same
-  time, so their figures compare side by side.
+  time, so their figures compare side by side. ``--simulator CHECKOUT`` plays the fleet
+  with another checkout's simulator (e.g. one that spreads the heartbeats' phases).
 - ``atmfleet serve`` and ``atmfleet incidents run`` work on this checkout's database;
   Prometheus scrapes ``serve`` and the collectors every 15 s and evaluates
   ``exporters/prometheus/atmfleet.rules.yml`` every 30 s.
@@ -366,6 +367,7 @@ def run_parts(
     )
     wait_port(prom_port, 30)
     sim_started = time.time()
+    sim_checkout = Path(args.simulator).resolve() if args.simulator else ROOT
     sim = spawn(
         "simulator",
         atmfleet(
@@ -380,8 +382,8 @@ def run_parts(
             "--mqtt-url",
             broker.url,
         ),
-        env,
-        ROOT,
+        env_for(main_db, broker.url, sim_checkout),
+        sim_checkout,
         logs,
     )
     watched.append(sim)
@@ -549,6 +551,11 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument(
         "--before", default=None, help="A checkout of another commit: run its collector beside."
+    )
+    parser.add_argument(
+        "--simulator",
+        default=None,
+        help="A checkout of another commit: play the fleet with its simulator instead.",
     )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
