@@ -438,6 +438,7 @@ def run_parts(
     for w in watched:
         w.sample(time.monotonic())
     rule_round = _rule_round(prom_port)
+    print(f"Prometheus targets: {_targets(prom_port)}", flush=True)
     report(args, stores, watched, published, wills, pub_seconds, sim_started,
            flow_started or sim_started, sim_ended, rule_round)  # fmt: skip
 
@@ -468,6 +469,24 @@ def _rule_round(prom_port: int) -> tuple[float | None, float | None]:
         if values:
             return sum(values), max(values)
     return None, None
+
+
+def _targets(prom_port: int) -> str:
+    """Each scrape target's health and last error, as Prometheus saw it at the end."""
+    import json
+
+    url = f"http://127.0.0.1:{prom_port}/api/v1/targets"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            active = json.load(resp)["data"]["activeTargets"]
+    except (OSError, KeyError, ValueError) as exc:
+        return f"targets unknown ({exc})"
+    return "; ".join(
+        f"{t['labels'].get('job')} {t['health']}"
+        + (f" ({t['lastError'][:80]})" if t.get("lastError") else "")
+        + f", last scrape {float(t.get('lastScrapeDuration', 0)):.1f}s"
+        for t in active
+    )
 
 
 def report(
