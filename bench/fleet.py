@@ -329,6 +329,7 @@ def run_parts(
         assert checkout is not None
         env = env_for(s.db_url, broker.url, checkout)
         env.update(ATMFLEET_MQTT_PROTOCOL="5", ATMFLEET_COLLECTOR__CLIENT_ID=f"fleet-{i}-{token}")
+        env.update(dict(kv.split("=", 1) for kv in (args.set if i == 0 else [])))
         s.watched = spawn(
             s.name.replace(" ", "-"),
             atmfleet(checkout, "collect", "--metrics-port", str(s.metrics_port)),
@@ -585,6 +586,14 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument(
         "--before", default=None, help="A checkout of another commit: run its collector beside."
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="An environment setting of this checkout's collector only (e.g. "
+        "ATMFLEET_COLLECTOR__BATCH_SIZE=2000), to compare settings side by side with --before.",
     )
     parser.add_argument(
         "--simulator",
