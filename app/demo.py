@@ -164,10 +164,15 @@ def start_web(
     from web.demo import demo_login, start_console
 
     login = demo_login(endpoints.database_url)
-    running = start_console(endpoints.database_url, "127.0.0.1", port, endpoints.data_dir / "web")
+    settings = load_settings().model_copy(
+        update={"mqtt_url": endpoints.mqtt_url, "mqtt_protocol": endpoints.mqtt_protocol}
+    )
+    running = start_console(endpoints.database_url, "127.0.0.1", port, endpoints.data_dir / "web",
+                            settings=settings)  # fmt: skip
     stack.callback(running.close)  # closed before the database stops
     echo(f"web       {running.url}  (the console: fleet wall, devices, incidents, stops, "
-         "bulletins, KPIs)")  # fmt: skip
+         "bulletins, KPIs, remote commands, the replenishment plan)")  # fmt: skip
+    start_command_listener(stack, endpoints, settings, echo)
     if login is None:
         echo("          log in as an admin of this database (atmfleet users add)")
         return running.url
@@ -178,6 +183,29 @@ def start_web(
     echo(f"          log in as {user!r}, password: the ATMFLEET_DEMO_WEB_PASSWORD line of "
          f"{shown_path(env_path)} (new every run)")  # fmt: skip
     return running.url
+
+
+def start_command_listener(
+    stack: contextlib.ExitStack, endpoints: Endpoints, settings: Any, echo: Callable[[str], None]
+) -> None:
+    """Record what devices answer to the console's commands (``atmfleet command listen``
+    in a thread). The demo's simulated fleet does not answer commands itself: its
+    commands expire unless ``atmfleet simulate-devices`` runs for the device."""
+    from atmfleet.errors import AtmfleetError
+    from commands.mqtt import CommandListener
+    from rules.config import load_rules
+
+    rules = load_rules(settings.rules_file)
+    listener = CommandListener(settings, endpoints.database_url, rules.commands)
+    try:
+        listener.start()
+    except AtmfleetError as exc:
+        echo(f"          remote commands: no listener ({exc})")
+        return
+    stack.callback(listener.stop)
+    inventory = shown_path(endpoints.data_dir / "inventory.yaml")
+    echo("          remote commands: the simulated fleet does not answer them (they expire);"
+         f" a device that does: atmfleet simulate-devices {inventory} --device ID")  # fmt: skip
 
 
 #: The file (in the data folder) holding the ``export`` lines of the running demo.
@@ -852,7 +880,8 @@ def run_demo(
         )
         collector_settings = settings.collector.model_copy(update={"client_id": COLLECTOR_ID})
         run_settings = settings.model_copy(
-            update={"mqtt_url": mqtt_url, "collector": collector_settings}
+            # One broker for the demo: ATMFLEET_MQTT_URLS (a cluster) is not used here.
+            update={"mqtt_url": mqtt_url, "mqtt_urls": None, "collector": collector_settings}
         )
         env_path = write_env_file(env_file(endpoints), environment(endpoints))
         if own_db or own_broker:  # it points at services that stop with the demo
@@ -954,6 +983,7 @@ def run_demo(
             except OSError as exc:
                 raise DemoError(f"cannot serve the metrics on port {metrics_port}: {exc}") from None
             stack.callback(serving.close)  # closed before the database stops
+            serving.wait_refreshed(60.0)  # the URL printed below answers with the devices
             bulletins = write_bulletin(db_url, rules, day, data_dir / "bulletins")
             published = Published(serving.port, collector.metrics_port, day, bulletins)
             for line in describe(published, rules.timezone, covers(start, day, rules.tz)):

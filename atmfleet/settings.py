@@ -63,6 +63,11 @@ class Settings(BaseSettings):
         "mqtt://127.0.0.1:1883",
         description="mqtt://host:port or mqtts://host:port (TLS).",
     )
+    mqtt_urls: str | None = Field(
+        None,
+        description="Comma-separated broker URLs of one cluster, tried in turn: the collector "
+        "moves to the next when its broker is lost or refuses it (replaces mqtt_url).",
+    )
     mqtt_protocol: Literal["5", "3.1.1"] = "5"
     mqtt_username: str | None = None
     mqtt_password: SecretStr | None = None
@@ -93,24 +98,30 @@ class Settings(BaseSettings):
     @field_validator("mqtt_url")
     @classmethod
     def _check_mqtt_url(cls, value: str) -> str:
-        try:
-            parts = urlsplit(value)
-            port = parts.port
-        except ValueError:
-            raise ValueError("not a URL (bad host or port); use mqtt://host:port") from None
-        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise ValueError(
-                f"scheme {parts.scheme!r} is not allowed; use mqtt://host:port or mqtts://host:port"
-            )
-        if parts.username is not None or parts.password is not None:
-            raise ValueError(
-                "no user or password in the URL; use ATMFLEET_MQTT_USERNAME and "
-                "ATMFLEET_MQTT_PASSWORD (or a secret file)"
-            )
-        if not parts.hostname:
-            raise ValueError("no host; use mqtt://host:port")
-        del port
-        return value
+        return check_mqtt_url(value)
+
+    @field_validator("mqtt_urls")
+    @classmethod
+    def _check_mqtt_urls(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        urls = [u.strip() for u in value.split(",") if u.strip()]
+        if not urls:
+            raise ValueError("no URL; use mqtt://host1:1883,mqtt://host2:1883")
+        for i, url in enumerate(urls, 1):
+            try:
+                check_mqtt_url(url)
+            except ValueError as exc:
+                raise ValueError(f"URL {i}: {exc}") from None
+        if len({url.split("://", 1)[0] in ("mqtts", "ssl") for url in urls}) > 1:
+            raise ValueError("mix of mqtt:// and mqtts://; all brokers of a cluster use one")
+        return ",".join(urls)
+
+    def broker_urls(self) -> list[str]:
+        """The brokers to connect to, in the order tried: ``mqtt_urls``, else ``mqtt_url``."""
+        if self.mqtt_urls:
+            return self.mqtt_urls.split(",")
+        return [self.mqtt_url]
 
     @field_validator("database_url")
     @classmethod
@@ -130,8 +141,30 @@ class Settings(BaseSettings):
         return self.database_url.get_secret_value()
 
 
+def check_mqtt_url(value: str) -> str:
+    """``value`` if it is a broker URL the collector can use, else ValueError saying why."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        raise ValueError("not a URL (bad host or port); use mqtt://host:port") from None
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ValueError(
+            f"scheme {parts.scheme!r} is not allowed; use mqtt://host:port or mqtts://host:port"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            "no user or password in the URL; use ATMFLEET_MQTT_USERNAME and "
+            "ATMFLEET_MQTT_PASSWORD (or a secret file)"
+        )
+    if not parts.hostname:
+        raise ValueError("no host; use mqtt://host:port")
+    del port
+    return value
+
+
 #: Fields whose value is, or may contain, a secret: an error never shows it.
-SECRET_FIELDS = frozenset({"database_url", "mqtt_password", "mqtt_url"})
+SECRET_FIELDS = frozenset({"database_url", "mqtt_password", "mqtt_url", "mqtt_urls"})
 
 
 def database_url_problem(url: str) -> str | None:

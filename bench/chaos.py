@@ -189,13 +189,22 @@ class Publisher:
     At most ``window`` messages wait for their PUBACK at once (paho's message ids wrap at
     65,535)."""
 
-    def __init__(self, mqtt_url: str, qos: int = 1, window: int = 20_000) -> None:
+    def __init__(
+        self, mqtt_url: str, qos: int = 1, window: int = 20_000, protocol: str = "5"
+    ) -> None:
         self.qos = qos
         self.window = window
         self.acked = 0
         self.outstanding = 0
         self._cv = threading.Condition()
-        self.client = session_client(f"chaos-pub-{uuid.uuid4().hex[:6]}")
+        cid = f"chaos-pub-{uuid.uuid4().hex[:6]}"
+        self.client = (
+            session_client(cid)
+            if protocol == "5"
+            else mqtt.Client(
+                mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv311
+            )
+        )
         self.client.max_inflight_messages_set(1000)
         self.client.on_publish = self._on_publish
         host, port = mqtt_url.removeprefix("mqtt://").split(":")
@@ -244,10 +253,10 @@ class Stream:
     """Devices sending state messages round robin from a thread, at a bounded rate, until
     stopped; ``sent`` is what the broker acknowledged."""
 
-    def __init__(self, fleet: Fleet, mqtt_url: str, rate: float) -> None:
+    def __init__(self, fleet: Fleet, mqtt_url: str, rate: float, protocol: str = "5") -> None:
         self.fleet = fleet
         self.rate = rate
-        self.publisher = Publisher(mqtt_url)
+        self.publisher = Publisher(mqtt_url, protocol=protocol)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.error: BaseException | None = None

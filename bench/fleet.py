@@ -266,8 +266,7 @@ class Store:
 @contextlib.contextmanager
 def services(tmp: Path) -> Iterator[tuple[Mosquitto, Postgres]]:
     broker = Mosquitto(tmp / "mosquitto")
-    pg = Postgres(tmp / "pg")
-    pg.options = {"track_commit_timestamp": "on", "max_connections": "200"}
+    pg = Postgres(tmp / "pg", settings={"track_commit_timestamp": "on", "max_connections": "200"})
     try:
         broker.start()
         pg.start()

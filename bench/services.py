@@ -114,8 +114,12 @@ class Postgres:
     stopping the server.
     """
 
-    def __init__(self, base: Path, data: Path | None = None) -> None:
+    def __init__(
+        self, base: Path, data: Path | None = None, settings: dict[str, str] | None = None
+    ) -> None:
         self.base = base
+        #: More ``-c name=value`` server settings (e.g. shared_preload_libraries).
+        self.settings = settings or {}
         self.data = data or base / "data"
         self.wal = base / "wal"
         self.port = free_port()
@@ -128,8 +132,6 @@ class Postgres:
                 path.mkdir(parents=True, exist_ok=True)
                 shutil.chown(path, "postgres")
         self.process: subprocess.Popen[bytes] | None = None
-        #: More server settings (``-c name=value``), e.g. ``track_commit_timestamp``.
-        self.options: dict[str, str] = {}
         self.log_path = base / "postgres.log"
         subprocess.run(
             [
@@ -175,7 +177,7 @@ class Postgres:
                 "fsync=off",
                 "-c",
                 "shared_buffers=64MB",
-                *(a for k, v in self.options.items() for a in ("-c", f"{k}={v}")),
+                *(arg for k, v in self.settings.items() for arg in ("-c", f"{k}={v}")),
             ],
             stdout=log,
             stderr=log,

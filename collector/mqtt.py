@@ -62,7 +62,7 @@ def build_client(settings: Settings, client_id: str | None = None) -> mqtt.Clien
     if settings.mqtt_username:
         password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
         client.username_pw_set(settings.mqtt_username, password)
-    address = BrokerAddress.parse(settings.mqtt_url)
+    address = BrokerAddress.parse(settings.broker_urls()[0])
     if address.tls:
         for name in ("mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file"):
             path = getattr(settings, name)
@@ -85,8 +85,8 @@ def build_client(settings: Settings, client_id: str | None = None) -> mqtt.Clien
             raise ConfigError(f"MQTT TLS files cannot be loaded: {exc}") from None
     elif settings.mqtt_ca_file or settings.mqtt_cert_file:
         raise ConfigError(
-            f"ATMFLEET_MQTT_CA_FILE/CERT_FILE are set but ATMFLEET_MQTT_URL "
-            f"({settings.mqtt_url!r}) is not mqtts://"
+            "ATMFLEET_MQTT_CA_FILE/CERT_FILE are set but the broker URL "
+            f"({settings.broker_urls()[0]!r}) is not mqtts://"
         )
     client.reconnect_delay_set(min_delay=1, max_delay=30)
     return client

@@ -114,6 +114,11 @@ class Collector:
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
         self._client.on_unsubscribe = self._on_unsubscribe
+        self._client.on_connect_fail = self._on_connect_fail
+        # The brokers of one cluster, tried in turn (ATMFLEET_MQTT_URLS): the next one after
+        # a lost connection or a failed attempt.
+        self._brokers = settings.broker_urls()
+        self._broker = 0
         self._subscribed = False
         self._unsubscribing: int | None = None  # mid of the legacy unsubscription
         self._known_client = False  # a previous run used this client id
@@ -139,7 +144,7 @@ class Collector:
         self, client: mqtt.Client, _u: Any, flags: Any, reason: ReasonCode, _p: Any
     ) -> None:
         if reason.is_failure:
-            log.error("broker refused the connection: %s", reason)
+            log.error("broker %s refused the connection: %s", self.broker_url, reason)
             return
         self._stats.mqtt_connects.inc()
         self._stats.mqtt_connected.set(1)
@@ -159,13 +164,13 @@ class Collector:
                 "connected to %s as %s, but the broker had lost this client's session "
                 "(session present: False): messages it held for the collector while away "
                 "may be lost; their seq gaps show in the sequence_gaps view",
-                self._settings.mqtt_url,
+                self.broker_url,
                 self.client_id,
             )
         else:
             log.info(
                 "connected to %s as %s (session present: %s)",
-                self._settings.mqtt_url,
+                self.broker_url,
                 self.client_id,
                 flags.session_present,
             )
@@ -207,7 +212,31 @@ class Collector:
         self._subscribed = False
         self._unsubscribing = None
         if self._accepting:
-            log.warning("disconnected from the broker (%s); reconnecting", reason)
+            log.warning(
+                "disconnected from the broker %s (%s); reconnecting", self.broker_url, reason
+            )
+            self._next_broker()
+
+    def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
+        if self._accepting:
+            log.warning("cannot connect to the broker %s; retrying", self.broker_url)
+            self._next_broker()
+
+    @property
+    def broker_url(self) -> str:
+        """The broker connected to, or tried next."""
+        return self._brokers[self._broker]
+
+    def _next_broker(self) -> None:
+        """Point the client at the next broker of the list (network thread, connection closed)."""
+        if len(self._brokers) < 2:
+            return
+        self._broker = (self._broker + 1) % len(self._brokers)
+        address = BrokerAddress.parse(self.broker_url)
+        # paho's host/port setters refuse while the state is "connection lost" (the state
+        # its own reconnect loop is in here); its reconnect() reads these two fields.
+        self._client._host = address.host
+        self._client._port = address.port
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         try:
@@ -259,7 +288,7 @@ class Collector:
         )
         if outage:
             log.warning("no collector was alive from %s to %s", outage.started_at, outage.ended_at)
-        address = BrokerAddress.parse(self._settings.mqtt_url)
+        address = BrokerAddress.parse(self.broker_url)
         self._client.connect_async(
             address.host,
             address.port,
@@ -430,7 +459,7 @@ def describe(settings: Settings) -> str:
     """A start-up line with no secret in it."""
     db = redact_url(settings.database_url.get_secret_value()) if settings.database_url else "-"
     return (
-        f"collector {settings.collector.client_id}: broker {settings.mqtt_url} "
+        f"collector {settings.collector.client_id}: broker {', '.join(settings.broker_urls())} "
         f"(MQTT {settings.mqtt_protocol}), database {db}, "
         f"share group {settings.collector.share_group or '-'}"
     )

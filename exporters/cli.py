@@ -40,7 +40,13 @@ log = logging.getLogger(__name__)
     show_default=True,
     help="Seconds between two computations of today's uptime (costlier).",
 )
-def serve(host: str, port: int, refresh_s: float, day_refresh_s: float) -> None:
+@click.option(
+    "--lean",
+    is_flag=True,
+    help="Leave out the series no shipped rule, alert or dashboard reads (each device's "
+    "last-seen time, each branch's unknown time): docs/metrics.md.",
+)
+def serve(host: str, port: int, refresh_s: float, day_refresh_s: float, lean: bool) -> None:
     """Serve the fleet's Prometheus metrics on /metrics, read from the database."""
     settings = load_settings()
     rules = load_rules(settings.rules_file)
@@ -54,8 +60,9 @@ def serve(host: str, port: int, refresh_s: float, day_refresh_s: float) -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     serving = start_serving(
-        url, rules, host=host, port=port, refresh_s=refresh_s, day_refresh_s=day_refresh_s
-    )
+        url, rules, host=host, port=port, refresh_s=refresh_s, day_refresh_s=day_refresh_s,
+        lean=lean,
+    )  # fmt: skip
     log.info("serving on %s:%d/metrics, refresh every %g s", host, serving.port, refresh_s)
     try:
         stop.wait()

@@ -37,6 +37,8 @@ import psycopg
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from atmfleet.errors import AtmfleetError, ConfigError
 from atmfleet.inventory import Device, Inventory
@@ -183,6 +185,10 @@ class Snapshot:
     resource_warning: dict[BranchKey, float] = field(default_factory=dict)
     #: Incidents (incidents/metrics.py; None: not read).
     incidents: Any = None
+    #: Unix time the read ended (the staleness of everything above), and when each
+    #: costlier part (day, low_yield, resource_warning) on show was computed.
+    refreshed_at: float | None = None
+    computed_at: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def database_down(cls, targets: Targets, read_seconds: float = 0.0) -> Snapshot:
@@ -234,6 +240,20 @@ def families(snap: Snapshot) -> Iterator[Metric]:
         "Time the last refresh took to read the database.",
         value=snap.read_seconds,
     )
+    if snap.refreshed_at is not None:
+        yield g(
+            "atmfleet_exporter_refresh_timestamp_seconds",
+            "When the last refresh read the device rows (time() minus this: their age).",
+            value=snap.refreshed_at,
+        )
+    computed = g(
+        "atmfleet_exporter_part_timestamp_seconds",
+        "When each costlier part on show (day, low_yield, resource_warning) was computed.",
+        labels=["part"],
+    )
+    for part, at in sorted(snap.computed_at.items()):
+        computed.add_metric([part], at)
+    yield computed
     if snap.jobs is not None:
         yield from _job_families(snap.jobs)
     # --- incidents (incidents/metrics.py) ---
@@ -283,48 +303,40 @@ def _job_families(jobs: Sequence[Job]) -> Iterator[Metric]:
 
 
 def _device_families(snap: Snapshot) -> Iterator[Metric]:
-    g = GaugeMetricFamily
-    info = g("atmfleet_device_info", "Static properties of a device (inventory).",
-             labels=list(INFO_LABELS))  # fmt: skip
-    up = g(
+    c = ColumnFamily
+    info = c("atmfleet_device_info", "Static properties of a device (inventory).", INFO_LABELS)
+    up = c(
         "atmfleet_device_up",
         "1 while the device serves customers (in_service or degraded), else 0.",
-        labels=list(UP_LABELS),
+        UP_LABELS,
     )
-    state = g("atmfleet_device_state", "The device's current state (one series per device).",
-              labels=["device", "state"])  # fmt: skip
-    window = g(
+    state = c("atmfleet_device_state", "The device's current state (one series per device).",
+              ("device", "state"))  # fmt: skip
+    one = ("device",)
+    window = c(
         "atmfleet_device_in_service_window",
         "1 while now is inside the device's service window.",
-        labels=["device"],
+        one,
     )
-    seen = g(
-        "atmfleet_device_last_seen_timestamp_seconds",
-        "Receive time of the device's newest stored message.",
-        labels=["device"],
-    )
-    since = g(
-        "atmfleet_device_state_since_timestamp_seconds",
-        "When the device's current state began.",
-        labels=["device"],
-    )
-    cash = g(
-        "atmfleet_device_cash_ratio",
-        "Notes left over capacity in the dispensing cash units.",
-        labels=["device"],
-    )
+    seen = c("atmfleet_device_last_seen_timestamp_seconds",
+             "Receive time of the device's newest stored message.", one)  # fmt: skip
+    since = c("atmfleet_device_state_since_timestamp_seconds",
+              "When the device's current state began.", one)  # fmt: skip
+    cash = c("atmfleet_device_cash_ratio",
+             "Notes left over capacity in the dispensing cash units.", one)  # fmt: skip
     for d in snap.devices:
-        labels = [d.device, d.branch, d.subbranch, d.tier, d.type, d.vendor, d.placement]
-        info.add_metric([*labels, d.model], 1)
-        up.add_metric(labels, 1 if d.state in UP_STATES else 0)
-        state.add_metric([d.device, d.state], 1)
-        window.add_metric([d.device], 1 if d.in_window else 0)
+        labels = (d.device, d.branch, d.subbranch, d.tier, d.type, d.vendor, d.placement)
+        dev = (d.device,)
+        info.add((*labels, d.model), 1)
+        up.add(labels, 1 if d.state in UP_STATES else 0)
+        state.add((d.device, d.state), 1)
+        window.add(dev, 1 if d.in_window else 0)
         if d.last_seen is not None:
-            seen.add_metric([d.device], d.last_seen)
+            seen.add(dev, d.last_seen)
         if d.since is not None:
-            since.add_metric([d.device], d.since)
+            since.add(dev, d.since)
         if d.cash_ratio is not None:
-            cash.add_metric([d.device], d.cash_ratio)
+            cash.add(dev, d.cash_ratio)
     yield from (info, up, state, window, seen, since, cash)
 
 
@@ -412,6 +424,106 @@ def _fleet_families(snap: Snapshot) -> Iterator[Metric]:
         )
 
 
+# --------------------------------------------------------------------------- rendering
+
+
+class ColumnFamily(Metric):
+    """A gauge family held as columns (label tuples, values) rather than one
+    ``prometheus_client`` Sample per series: the per-device families hold 100,000 rows
+    each, and :func:`render` writes them without building a Sample for each. Anything
+    else reading ``samples`` (a plain ``generate_latest``) still gets them, built on
+    demand."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
+        super().__init__(name, documentation, "gauge")
+        self.labelnames = tuple(labelnames)
+        self.rows: list[tuple[str, ...]] = []
+        self.values: list[float] = []
+
+    def add(self, labels: tuple[str, ...], value: float) -> None:
+        self.rows.append(labels)
+        self.values.append(value)
+
+    @property
+    def samples(self) -> list[Sample]:
+        names = self.labelnames
+        return [
+            Sample(self.name, dict(zip(names, row, strict=True)), value)
+            for row, value in zip(self.rows, self.values, strict=True)
+        ]
+
+    @samples.setter
+    def samples(self, value: list[Sample]) -> None:  # Metric.__init__ sets []
+        pass
+
+
+_VALUES = {0: "0.0", 1: "1.0"}
+
+
+def _escape(value: str) -> str:
+    if "\\" in value or "\n" in value or '"' in value:
+        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    return value
+
+
+def _column_text(family: ColumnFamily, out: list[str]) -> None:
+    """``family`` as ``generate_latest`` writes it (labels sorted by name)."""
+    name = family.name
+    doc = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
+    out.append(f"# HELP {name} {doc}\n# TYPE {name} gauge\n")
+    names = family.labelnames
+    order = sorted(range(len(names)), key=names.__getitem__)
+    template = name + "{" + ",".join(f'{names[j]}="%s"' for j in order) + "} %s\n"
+    for row, value in zip(family.rows, family.values, strict=True):
+        labels = [row[j] for j in order]
+        joined = "".join(labels)
+        if "\\" in joined or "\n" in joined or '"' in joined:
+            labels = [_escape(v) for v in labels]
+        text = _VALUES.get(value) if type(value) is int else None
+        labels.append(text or floatToGoString(value))  # type: ignore[no-untyped-call]
+        out.append(template % tuple(labels))
+
+
+class _Just(Collector):
+    def __init__(self, metrics: list[Metric]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._metrics)
+
+
+#: What ``atmfleet serve --lean`` leaves out: the families no shipped rule, alert or
+#: dashboard reads (docs/metrics.md, "What a scrape carries"). 100,000 series of a
+#: 100,000-device fleet and one per branch.
+LEAN_LEAVES_OUT = frozenset(
+    {"atmfleet_device_last_seen_timestamp_seconds", "atmfleet_day_unknown_seconds"}
+)
+
+
+def render(registry: Collector, leave_out: frozenset[str] = frozenset()) -> bytes:
+    """The text exposition of ``registry``, byte for byte what ``generate_latest`` writes,
+    with :class:`ColumnFamily` families written straight from their columns and the
+    families named in ``leave_out`` left out."""
+    out: list[str] = []
+    plain: list[Metric] = []
+
+    def flush() -> None:
+        if plain:
+            out.append(generate_latest(_Just(list(plain))).decode())
+            plain.clear()
+
+    for metric in registry.collect():
+        if metric.name in leave_out:
+            continue
+        if isinstance(metric, ColumnFamily):
+            flush()
+            _column_text(metric, out)
+        else:
+            plain.append(metric)
+    flush()
+    return "".join(out).encode()
+
+
 class FleetCollector(Collector):
     """A custom collector: fresh families from whatever snapshot ``current`` returns."""
 
@@ -478,6 +590,23 @@ ORDER BY f.id
 """
 
 
+#: Today's counted transactions of the devices in the fleet today, summed in the store
+#: by branch and placement (what summing ``rules.feed.Feed.txn_days`` per device gives,
+#: without a row per device through Python).
+TXN_QUERY = """
+SELECT d.branch, d.placement,
+       coalesce(sum(t.txns) FILTER (WHERE t.type = ANY(%(financial)s)
+                                      AND t.result = ANY(%(counted)s)), 0)::int8,
+       coalesce(sum(t.txns) FILTER (WHERE t.type <> ALL(%(financial)s)
+                                      AND t.result = ANY(%(counted)s)), 0)::int8
+FROM txn_daily t
+JOIN devices d ON d.id = t.device_id
+WHERE t.bucket >= %(lo)s AND t.bucket < %(hi)s
+  AND d.commissioned <= %(today)s AND (d.decommissioned IS NULL OR d.decommissioned > %(today)s)
+GROUP BY d.branch, d.placement
+"""
+
+
 def _s(at: datetime | None) -> float | None:
     return None if at is None else ms(at) / 1000
 
@@ -495,6 +624,12 @@ class DatabaseSource:
     ``day_every_s``; today's resource-warning time at most every ``resource_every_s``; the
     low-yield share when the evaluated date changes or at most every
     ``lowyield_every_s``.
+
+    With ``background`` (what ``atmfleet serve`` runs) :meth:`read` never computes those
+    three costlier parts: it shows the last ones :meth:`refresh_slow` computed (on a
+    connection of its own, in another thread), so that a refresh of the device rows
+    stays short; a part not computed yet is left out, and
+    ``atmfleet_exporter_part_timestamp_seconds`` says how old each shown part is.
     """
 
     def __init__(
@@ -506,6 +641,7 @@ class DatabaseSource:
         lowyield_every_s: float = 3600.0,
         resource_every_s: float = 900.0,
         clock: Callable[[], float] = time.monotonic,
+        background: bool = False,
     ) -> None:
         if rules.heartbeat.timeout_factor < RUN_GAP:  # the feed's own condition, at start-up
             raise ConfigError(
@@ -519,6 +655,9 @@ class DatabaseSource:
         self._lowyield_every = lowyield_every_s
         self._clock = clock
         self._conn: psycopg.Connection | None = None
+        self._background = background
+        self._slow_conn: psycopg.Connection | None = None
+        self._computed_at: dict[str, float] = {}
         #: Seconds each part of the last successful read took (inventory and device rows,
         #: today's uptime, transactions, low-yield share; cached parts take ~0).
         self.timings: dict[str, float] = {}
@@ -532,20 +671,66 @@ class DatabaseSource:
         )
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        for conn in (self._conn, self._slow_conn):
+            if conn is not None:
+                conn.close()
+        self._conn = self._slow_conn = None
+
+    def _connect(self) -> psycopg.Connection:
+        conn = connect(self._url, application_name="atmfleet-serve")
+        # JIT compiling the device query costs more than running it (0.65 s of
+        # 0.7 s at 2,000 devices): these are index lookups, not big scans.
+        conn.execute("SET jit = off")
+        conn.execute("SET statement_timeout = '5min'")
+        conn.commit()
+        return conn
+
+    def refresh_slow(self, on_part: Callable[[], None] = lambda: None) -> bool:
+        """Compute the costlier parts whose time has come (today's uptime first, then the
+        low-yield share, then the resource-warning time), calling ``on_part`` after each
+        one computed; True if any was. Errors are logged (the parts on show stay)."""
+        any_done = False
+        try:
+            if self._slow_conn is None or self._slow_conn.closed:
+                self._slow_conn = self._connect()
+            conn = self._slow_conn
+            try:
+                feed = Feed(conn, self.rules)
+                now = feed.now_ms()
+                today = from_ms(now).astimezone(self.rules.tz).date()
+                inventory = feed.inventory()
+                devices = fleet_devices(inventory.devices, today)
+                parts: list[tuple[str, Callable[[], object], Callable[[], object]]] = [
+                    ("day", lambda: self._day,
+                     lambda: self._day_times(feed, inventory, devices, today, now)),
+                    ("low_yield", lambda: self._lowyield,
+                     lambda: self._low_yield(feed, inventory, devices, today, now)),
+                    ("resource_warning", lambda: self._resource,
+                     lambda: self._resource_warning(feed, inventory, devices, today, now)),
+                ]  # fmt: skip
+                for _name, cached, compute in parts:
+                    before = cached()
+                    compute()
+                    conn.rollback()
+                    if cached() is not before:
+                        any_done = True
+                        on_part()
+            finally:
+                if not conn.closed:
+                    conn.rollback()
+        except (psycopg.Error, AtmfleetError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            log.warning("cannot compute the day figures: %s", reason)
+            if self._slow_conn is not None:
+                self._slow_conn.close()
+                self._slow_conn = None
+        return any_done
 
     def read(self) -> Snapshot:
         started = time.perf_counter()
         try:
             if self._conn is None or self._conn.closed:
-                self._conn = connect(self._url, application_name="atmfleet-serve")
-                # JIT compiling the device query costs more than running it (0.65 s of
-                # 0.7 s at 2,000 devices): these are index lookups, not big scans.
-                self._conn.execute("SET jit = off")
-                self._conn.execute("SET statement_timeout = '5min'")
-                self._conn.commit()
+                self._conn = self._connect()
             try:
                 return self._read(self._conn, started)
             finally:
@@ -604,13 +789,26 @@ class DatabaseSource:
                     )
                 )  # fmt: skip
         t_devices = time.perf_counter()
-        day = self._day_times(feed, inventory, devices, today, now)
-        t_day = time.perf_counter()
-        warning = self._resource_warning(feed, inventory, devices, today, now)
-        t_warning = time.perf_counter()
-        self_service, teller = self._transactions(feed, inventory, devices, today)
+        low_date: date | None
+        if self._background:  # refresh_slow computes them; show the last ones
+            day = self._day[2] if self._day is not None and self._day[1] == today else {}
+            t_day = time.perf_counter()
+            res = self._resource
+            warning = res[2] if res is not None and res[1] == today else {}
+            t_warning = time.perf_counter()
+        else:
+            day = self._day_times(feed, inventory, devices, today, now)
+            t_day = time.perf_counter()
+            warning = self._resource_warning(feed, inventory, devices, today, now)
+            t_warning = time.perf_counter()
+        self_service, teller = self._transactions(conn, feed, inventory, devices, today)
         t_txn = time.perf_counter()
-        low_date, lowyield = self._low_yield(feed, inventory, devices, today, now)
+        if self._background:
+            low = self._lowyield
+            on = today - timedelta(days=1)
+            low_date, lowyield = (on, low[2]) if low is not None and low[1] == on else (None, {})
+        else:
+            low_date, lowyield = self._low_yield(feed, inventory, devices, today, now)
         unregistered = feed.unregistered_count()
         t_low = time.perf_counter()
         jobs = self._jobs(conn)
@@ -638,12 +836,14 @@ class DatabaseSource:
             day=day,
             self_service=self_service,
             teller=teller,
-            lowyield_date=day_span(low_date, tz)[0] / 1000,
+            lowyield_date=None if low_date is None else day_span(low_date, tz)[0] / 1000,
             lowyield=lowyield,
             jobs=jobs,
             unregistered=unregistered,
             resource_warning=warning,
             incidents=incidents,
+            refreshed_at=time.time(),
+            computed_at=dict(self._computed_at),
         )
 
     @staticmethod
@@ -698,6 +898,7 @@ class DatabaseSource:
             acc[4] += u.unknown_ms
         out = {k: DayTimes(*(v / 1000 for v in acc)) for k, acc in sums.items()}
         self._day = (self._clock(), today, out)
+        self._computed_at["day"] = time.time()
         return out
 
     def _resource_warning(
@@ -713,21 +914,43 @@ class DatabaseSource:
         ctx = Context.make(feed, inventory, Scope("fleet", "fleet"), today, today, now)
         out = resource_metrics.day_warning(ctx, devices, today)
         self._resource = (self._clock(), today, out)
+        self._computed_at["resource_warning"] = time.time()
         return out
 
     def _transactions(
-        self, feed: Feed, inventory: Inventory, devices: list[Device], today: date
+        self,
+        conn: psycopg.Connection,
+        feed: Feed,
+        inventory: Inventory,
+        devices: list[Device],
+        today: date,
     ) -> tuple[dict[tuple[str, str, str, str, bool], int], dict[tuple[str, str, str, bool], int]]:
-        txn = feed.txn_days(today, today)
         own: dict[tuple[str, str, str, str, bool], int] = {}
         keys: dict[str, BranchKey] = {}
-        for d in devices:
-            key = keys[d.branch] = self._branch_key(inventory, d)
-            day = txn.get(d.id, {}).get(today)
-            for fin in (True, False):
-                k = (*key, d.placement.value, fin)
-                n = 0 if day is None else (day.financial if fin else day.non_financial)
-                own[k] = own.get(k, 0) + n
+        for d in devices:  # every branch and placement with a device shows, 0 or not
+            key = keys.get(d.branch)
+            if key is None:
+                key = keys[d.branch] = self._branch_key(inventory, d)
+            own[(*key, d.placement.value, True)] = 0
+            own[(*key, d.placement.value, False)] = 0
+        tz = self.rules.tz
+        txn = self.rules.transactions
+        lo, hi = day_span(today, tz)
+        with conn.cursor() as cur:
+            cur.execute(
+                TXN_QUERY,
+                {
+                    "lo": from_ms(lo), "hi": from_ms(hi), "today": today,
+                    "financial": sorted(t.value for t in txn.financial_types),
+                    "counted": sorted(r.value for r in txn.counted_results),
+                },
+            )  # fmt: skip
+            for branch_id, placement, fin, non_fin in cur.fetchall():
+                key = keys.get(branch_id)
+                if key is None:
+                    continue
+                own[(*key, placement, True)] += int(fin)
+                own[(*key, placement, False)] += int(non_fin)
         teller: dict[tuple[str, str, str, bool], int] = {}
         for branch_id, counts in feed.counters(today, today).get(today, {}).items():
             known = keys.get(branch_id)
@@ -761,6 +984,7 @@ class DatabaseSource:
                 acc[0] += f.status is YieldStatus.LOW
         out = {k: (v[0], v[1]) for k, v in counts.items()}
         self._lowyield = (self._clock(), on, out)
+        self._computed_at["low_yield"] = time.time()
         return on, out
 
 
@@ -787,16 +1011,21 @@ class Exporter:
         *,
         stale_after_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        leave_out: frozenset[str] = frozenset(),
     ) -> None:
         self._source = source
+        self._leave_out = leave_out
         self._registry = registry
         self._stale_after = stale_after_s
         self._clock = clock
         self._lock = threading.Lock()
+        self._refreshing = threading.Lock()  # one refresh at a time (two threads call it)
+        #: Set once a refresh has rendered (the device rows are on show, or database down).
+        self.refreshed = threading.Event()
         self._snapshot = Snapshot.database_down(targets)
         down = CollectorRegistry()
         down.register(FleetCollector(lambda: Snapshot.database_down(targets)))
-        self._down = generate_latest(down)
+        self._down = render(down)
         self._down_gzipped = gzip.compress(self._down, compresslevel=1)
         self._body, self._gzipped = self._down, self._down_gzipped
         self._rendered_at = clock()
@@ -806,14 +1035,17 @@ class Exporter:
         return self._snapshot
 
     def refresh(self) -> Snapshot:
-        snap = self._source.read()
-        self._snapshot = snap
-        body = generate_latest(self._registry)
-        gzipped = gzip.compress(body, compresslevel=1)
-        with self._lock:
-            self._body, self._gzipped = body, gzipped
-            self._rendered_at = self._clock()
-        return snap
+        with self._refreshing:
+            snap = self._source.read()
+            self._snapshot = snap
+            body = render(self._registry, self._leave_out)
+            gzipped = gzip.compress(body, compresslevel=1)
+            with self._lock:
+                self._body, self._gzipped = body, gzipped
+                self._rendered_at = self._clock()
+            del body, gzipped
+            self.refreshed.set()
+            return snap
 
     def exposition(self, gzipped: bool = False) -> bytes:
         with self._lock:
@@ -825,20 +1057,38 @@ class Exporter:
                 return self._down_gzipped if gzipped else self._down
             return self._gzipped if gzipped else self._body
 
-    def run(self, every_s: float, stop: threading.Event) -> None:
+    def run(self, every_s: float, stop: threading.Event, *, at_once: bool = False) -> None:
+        """Refresh every ``every_s`` (the first one at once with ``at_once``) until
+        ``stop``."""
+        if at_once and not stop.is_set():
+            self._refresh_logged()
         while not stop.wait(every_s):
-            started = time.monotonic()
+            self._refresh_logged()
+
+    def run_slow(self, source: DatabaseSource, every_s: float, stop: threading.Event) -> None:
+        """Compute the source's costlier parts (:meth:`DatabaseSource.refresh_slow`) at
+        once, then every ``every_s``, rendering again as soon as each one is ready."""
+        while not stop.is_set():
             try:
-                snap = self.refresh()
-            except Exception:  # a refresh must never end the loop
-                log.exception("refresh failed")
-                continue
-            log.debug(
-                "refreshed in %.3f s: %d devices, database %s",
-                time.monotonic() - started,
-                len(snap.devices),
-                "up" if snap.database_up else "down",
-            )
+                source.refresh_slow(on_part=self._refresh_logged)
+            except Exception:  # the loop must never end
+                log.exception("computing the day figures failed")
+            if stop.wait(every_s):
+                return
+
+    def _refresh_logged(self) -> None:
+        started = time.monotonic()
+        try:
+            snap = self.refresh()
+        except Exception:  # a refresh must never end the loop
+            log.exception("refresh failed")
+            return
+        log.debug(
+            "refreshed in %.3f s: %d devices, database %s",
+            time.monotonic() - started,
+            len(snap.devices),
+            "up" if snap.database_up else "down",
+        )
 
 
 def make_server(exporter: Exporter, host: str, port: int) -> ThreadingHTTPServer:
@@ -881,6 +1131,10 @@ class Serving:
     def port(self) -> int:
         return self.server.server_port
 
+    def wait_refreshed(self, timeout_s: float) -> bool:
+        """Wait until the first refresh has rendered; False if ``timeout_s`` passed."""
+        return self.exporter.refreshed.wait(timeout_s)
+
     def close(self) -> None:
         self.stop.set()
         self.server.shutdown()
@@ -899,21 +1153,31 @@ def start_serving(
     refresh_s: float = 30.0,
     day_refresh_s: float = 120.0,
     registry: CollectorRegistry | None = None,
+    lean: bool = False,
 ) -> Serving:
-    """Read once, then serve ``/metrics`` and refresh in background threads (what
-    ``atmfleet serve`` runs; also for embedding, e.g. in a demo). ``port`` 0 picks a free
-    port (see :attr:`Serving.port`)."""
-    source = DatabaseSource(url, rules, day_every_s=day_refresh_s)
+    """Serve ``/metrics`` at once and refresh in background threads (what ``atmfleet
+    serve`` runs; also for embedding, e.g. in a demo). ``port`` 0 picks a free port (see
+    :attr:`Serving.port`). Until the first refresh ends the exposition is the
+    database-down one (targets, ``atmfleet_exporter_database_up 0``); the device rows
+    come with the first refresh, today's uptime, the low-yield share and the
+    resource-warning time as soon as the slow thread has each (docs/metrics.md). With
+    ``lean`` the families of :data:`LEAN_LEAVES_OUT` are left out."""
+    source = DatabaseSource(url, rules, day_every_s=day_refresh_s, background=True)
     # Three refreshes missed (or a costly one twice over): the read is stuck; say so.
     stale_after = max(3 * refresh_s, 2 * day_refresh_s, 300.0)
     registry = registry if registry is not None else CollectorRegistry()
-    exporter = Exporter(source, registry, Targets.from_rules(rules), stale_after_s=stale_after)
+    exporter = Exporter(
+        source,
+        registry,
+        Targets.from_rules(rules),
+        stale_after_s=stale_after,
+        leave_out=LEAN_LEAVES_OUT if lean else frozenset(),
+    )
     # Cash-out forecasts (cash/metrics.py): their own collector and refresh thread.
     from cash.metrics import CashCollector, CashMetrics
 
     cash = CashMetrics(url, rules)
     registry.register(CashCollector(cash))
-    exporter.refresh()
     server = make_server(exporter, host, port)
     # notify/: the notifier's delivery counters and outbox (docs/notifications.md), from the
     # next refresh on; registered once the port is bound, so that its connection's
@@ -927,7 +1191,17 @@ def start_serving(
     threads = (
         threading.Thread(target=server.serve_forever, name="atmfleet-serve-http", daemon=True),
         threading.Thread(
-            target=exporter.run, args=(refresh_s, stop), name="atmfleet-serve-refresh", daemon=True
+            target=exporter.run,
+            args=(refresh_s, stop),
+            kwargs={"at_once": True},
+            name="atmfleet-serve-refresh",
+            daemon=True,
+        ),
+        threading.Thread(
+            target=exporter.run_slow,
+            args=(source, min(day_refresh_s, refresh_s * 4), stop),
+            name="atmfleet-serve-day",
+            daemon=True,
         ),
         threading.Thread(target=cash.run, args=(stop,), name="atmfleet-serve-cash", daemon=True),
     )

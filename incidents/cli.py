@@ -25,7 +25,7 @@ from typing import Any
 import click
 import psycopg
 
-from atmfleet.errors import ConfigError, UsageError
+from atmfleet.errors import ConfigError, Forbidden, UsageError
 from atmfleet.settings import load_settings
 from atmfleet.store.audit import Actor, User, cli_actor, require_role
 from atmfleet.store.connect import connect
@@ -128,7 +128,14 @@ def _session() -> Iterator[tuple[psycopg.Connection[Any], Rules, Actor]]:
     rules = load_rules(settings.rules_file)
     with connect(settings.require_database_url(), application_name="atmfleet-incidents") as conn:
         require_current(conn)
-        yield conn, rules, cli_actor()
+        try:
+            yield conn, rules, cli_actor()
+        except psycopg.errors.InsufficientPrivilege as exc:
+            first = (str(exc).strip().splitlines() or ["permission denied"])[0]
+            raise Forbidden(
+                f"the database login may not do this ({first}): acting on incidents needs the"
+                " store's writer login (docs/security.md)"
+            ) from None
 
 
 def _viewer(conn: psycopg.Connection[Any], actor: Actor) -> User:
@@ -408,6 +415,12 @@ def run_command(once: bool, name: str, as_json: bool) -> None:
                         return
                     engine.run(stop=lambda: stopping["now"], on_pass=report)
                     return
+            except psycopg.errors.InsufficientPrivilege as exc:
+                first = (str(exc).strip().splitlines() or ["permission denied"])[0]
+                raise Forbidden(
+                    f"the database login may not run the engine ({first}): use the store's"
+                    " writer login (docs/security.md)"
+                ) from None
             except (psycopg.OperationalError, ConfigError) as exc:
                 # The database went away (restart, failover): reconnect with capped backoff;
                 # the new engine resumes from its stored cursor. A first connection that

@@ -9,7 +9,8 @@
    nothing more (a heartbeat of a healthy device costs a tuple).
 2. **Evaluate** the candidates: the devices the engine watches (down, or with an active
    incident), the ones whose latest run is not available, the ones with presence news,
-   and the ones silent past their heartbeat timeout. For each, the indicators' own
+   and the ones silent past their heartbeat timeout (not those whose incident is open and
+   that sent nothing new since they were last looked at). For each, the indicators' own
    timeline (:func:`rules.timeline.build_timeline`) over ``lookback_hours`` and the
    scheduled spans 开机率 counts (:func:`rules.uptime.scheduled_spans`) give the outage
    (:mod:`incidents.detect`); then: open (after the debounce, unless an approved planned
@@ -22,7 +23,9 @@
    notification row per recipient for the whole pass, however many incidents it covers.
 4. The cursor (``incident_engine``) is saved in the pass's transaction.
 
-All writes of a pass are one transaction (a device whose step fails is rolled back to its
+Every read is bounded by the pass's horizon (``run_once(at)``): a pass at a past horizon
+sees only what was stored by then, so history can be replayed. All writes of a pass are
+one transaction (a device whose step fails is rolled back to its
 savepoint, logged and retried next pass); a crash loses only the pass in flight.
 """
 
@@ -42,7 +45,7 @@ from atmfleet.errors import AtmfleetError
 from atmfleet.inventory import Device, Inventory
 from atmfleet.store.audit import Actor
 from incidents import service
-from incidents.detect import Observation, Outage, observe
+from incidents.detect import DOWN_LABELS, Observation, Outage, observe
 from incidents.model import (
     ACTIVE_STATES,
     SELECT_COLUMNS,
@@ -62,6 +65,8 @@ log = logging.getLogger(__name__)
 
 #: Reported states that are available (the labels say which).
 AVAILABLE_STATES = frozenset(s for s, label in STATE_LABEL.items() if label is Label.AVAILABLE)
+#: Reported states whose label may open an incident (fault, cash_out, ..., supervisor).
+DOWN_STATES = frozenset(s for s, label in STATE_LABEL.items() if label in DOWN_LABELS)
 #: The raw state that means a technician is working on the device.
 MAINTENANCE_STATE = "maintenance"
 SYSTEM = Actor.system(service.ENGINE_SURFACE)
@@ -240,7 +245,7 @@ class Engine:
             ([s.value for s in ACTIVE_STATES],),
         ).fetchall()
         self.watch = {d for (d,) in active}
-        self.watch |= {d for d, s in self.latest_state.items() if s not in AVAILABLE_STATES}
+        self.watch |= {d for d, s in self.latest_state.items() if s in DOWN_STATES}
         self.conn.commit()
         self.started = True
 
@@ -256,12 +261,15 @@ class Engine:
         """One pass; ``now`` (default: the database's clock) is the horizon evaluated."""
         if not self.started:
             self.start(now)
-        if time.monotonic() - self._inventory_at > self.rules.incidents.inventory_refresh_s:
-            self._load_inventory()
         stats = PassStats(started=time.monotonic())
         conn = self.conn
         try:
+            # Everything a pass reads and writes is in its one transaction (a read outside
+            # it would leave an implicit transaction open, and the pass's own would then be
+            # a savepoint inside it, never committed).
             with conn.transaction():
+                if time.monotonic() - self._inventory_at > self.rules.incidents.inventory_refresh_s:
+                    self._load_inventory()
                 at = now or conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
                 now_ms = ms(at)
                 t0 = time.perf_counter()
@@ -300,8 +308,8 @@ class Engine:
                 stats = self.run_once()
                 if on_pass is not None:
                     on_pass(stats)
-            except psycopg.OperationalError:
-                raise
+            except (psycopg.OperationalError, psycopg.errors.InsufficientPrivilege):
+                raise  # the connection is gone, or this login may never do it
             except psycopg.Error as exc:
                 log.warning("incident engine pass failed (%s); retrying", exc)
                 self.conn.rollback()
@@ -323,7 +331,9 @@ class Engine:
         presence = {d for (d,) in self.conn.execute(Q_FOLLOW_PRESENCE, bounds)}
         factor = self.rules.heartbeat.timeout_factor
         candidates = set(self.watch) | presence
-        candidates |= {d for d in changed if self.latest_state.get(d) not in AVAILABLE_STATES}
+        # A new run in a state that can open an incident (closed by schedule and declared
+        # planned maintenance cannot; the timeline's silence is caught below).
+        candidates |= {d for d in changed if self.latest_state.get(d) in DOWN_STATES}
         for device_id, last in self.last_seen.items():
             if (
                 device_id not in candidates
@@ -446,10 +456,12 @@ class Engine:
                         if new is not None or stats.merged > merged_before:
                             self._settled[device_id] = self.last_seen.get(device_id, -1)
                         self.watch.add(device_id)
-                    elif obs.available:
-                        self.watch.discard(device_id)
+                    elif obs.outage is not None:
+                        self.watch.add(device_id)  # down, its debounce still running
                     else:
-                        self.watch.add(device_id)
+                        # Available, or closed/planned/unknown: nothing can open until it
+                        # sends something new or falls silent.
+                        self.watch.discard(device_id)
             except (AtmfleetError, psycopg.errors.IntegrityError) as exc:
                 stats.errors += 1
                 log.warning("incident engine: device %s: %s", device_id, exc)

@@ -271,12 +271,24 @@ class NetworkRules(_Model):
     )
 
 
+IncidentClassName = Literal["component", "cash", "network", "power", "software"]
+
+
 class VendorRules(_Model):
     repeat_fault_days: int = Field(
         7, ge=1, le=365, description="Same device and component again within this many days."
     )
     worst_devices: int = Field(5, ge=0, le=1000)
     device_month_days: float = Field(30.0, gt=0, description="Days in one device-month.")
+    incident_causes: list[Label] = Field(
+        default_factory=lambda: [Label.FAULT],
+        min_length=1,
+        description="Causes of the incidents the vendor answers for (counted in the "
+        "scorecard): fault, cash_out, deposit_full, communications, power, supervisor.",
+    )
+    high_quantile: float = Field(
+        0.9, gt=0.5, le=1, description="The upper quantile shown beside the median (p90)."
+    )
 
 
 class AssessmentComponent(StrEnum):
@@ -405,7 +417,6 @@ INCIDENT_CLASSES = ("component", "cash", "network", "power", "software")
 RECIPIENT_ROLES = ("branch", "subbranch_manager", "head_office", "vendor_manager", "maintainer")
 
 Recipient = Literal["branch", "subbranch_manager", "head_office", "vendor_manager", "maintainer"]
-IncidentClassName = Literal["component", "cash", "network", "power", "software"]
 
 
 class RepeatRules(_Model):

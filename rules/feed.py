@@ -58,7 +58,7 @@ from rules.timeline import (
     ms,
 )
 from rules.uptime import Uptime, UptimePolicy, WindowSpans, daily_uptime, day_span, days
-from rules.vendors import FaultEvent
+from rules.vendors import HistoryRow, IncidentCycle, IncidentRow, cycles_from_events
 
 log = logging.getLogger(__name__)
 
@@ -436,20 +436,24 @@ class Feed:
             for row in self._rows("approved_stops", lo=from_ms(lo), hi=from_ms(hi))
         ]
 
-    def service_events(
-        self, lo: int, hi: int
-    ) -> tuple[dict[str, list[FaultEvent]], dict[str, list[int]]]:
-        """Fault events and technician arrivals per device in ``[lo, hi)``."""
-        faults: dict[str, list[FaultEvent]] = {}
-        arrivals: dict[str, list[int]] = {}
-        for device_id, ts, event, component, code in self._rows(
-            "service_events", lo=from_ms(lo), hi=from_ms(hi)
-        ):
-            if event == "fault":
-                faults.setdefault(device_id, []).append(FaultEvent(ts, component, code))
-            else:
-                arrivals.setdefault(device_id, []).append(ts)
-        return faults, arrivals
+    def incident_cycles(self, lo: int, hi: int) -> list[IncidentCycle]:
+        """The cycles of the incidents opened or reopened in ``[lo, hi)`` (ms), with their
+        history and breach marks (rules/vendors.py)."""
+        rows = [
+            IncidentRow(int(i), d, c, cause, comp, int(start), rep)
+            for i, d, c, cause, comp, start, rep in self._rows(
+                "incident_rows", lo=from_ms(lo), hi=from_ms(hi)
+            )
+        ]
+        if not rows:
+            return []
+        ids = [r.id for r in rows]
+        history = [
+            HistoryRow(int(i), int(at), kind, detail or {})
+            for i, at, kind, detail in self._rows("incident_history", ids=ids)
+        ]
+        breaches = [(int(i), int(c), d) for i, c, d in self._rows("incident_breaches", ids=ids)]
+        return cycles_from_events(rows, history, breaches)
 
 
 # ------------------------------------------------------------------ feed + pure core

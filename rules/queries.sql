@@ -109,13 +109,6 @@ LEFT JOIN branches db ON db.id = d.branch
 WHERE s.status = 'approved' AND s.ends_at > %(lo)s AND s.starts_at < %(hi)s
 ORDER BY s.starts_at, s.id;
 
--- Fault events and technician arrivals (vendor scorecard) in [lo, hi).
--- name: service_events
-SELECT device_id, floor(extract(epoch FROM ts) * 1000)::int8, event, component, code
-FROM events
-WHERE event IN ('fault', 'technician_arrived') AND ts >= %(lo)s AND ts < %(hi)s
-ORDER BY 1, 2;
-
 -- Transactions per device and local day (bucket = local midnight), split by the rules'
 -- financial types and counted results.
 -- name: txn_days
@@ -196,3 +189,27 @@ SELECT relkind = 'v' FROM pg_class WHERE oid = 'txn_daily'::regclass;
 
 -- name: refresh_txn_daily
 CALL refresh_continuous_aggregate('txn_daily', %(lo)s::timestamptz, %(hi)s::timestamptz);
+
+-- Incidents whose (first or reopened) cycle opened in [lo, hi), for the vendor scorecard;
+-- then their history and their breach marks (rules/vendors.py). Only the lifecycle's own
+-- rows (to_state set): a notification row about the same incident repeats its kind.
+-- name: incident_rows
+SELECT i.id, i.device_id, i."class", i.cause, i.component,
+       floor(extract(epoch FROM i.started_at) * 1000)::int8, i.repeat_of
+FROM incidents i
+WHERE i.id IN (SELECT incident_id FROM incident_events
+               WHERE kind IN ('opened', 'reopened') AND to_state IS NOT NULL
+                 AND at >= %(lo)s AND at < %(hi)s)
+ORDER BY 1;
+
+-- name: incident_history
+SELECT e.incident_id, floor(extract(epoch FROM e.at) * 1000)::int8, e.kind, e.detail
+FROM incident_events e
+WHERE e.incident_id = ANY(%(ids)s) AND e.to_state IS NOT NULL
+  AND e.kind IN ('opened', 'reopened', 'dispatched', 'on_site', 'restored')
+ORDER BY e.id;
+
+-- name: incident_breaches
+SELECT incident_id, cycle, deadline
+FROM incident_sla
+WHERE incident_id = ANY(%(ids)s) AND kind = 'breach';

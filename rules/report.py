@@ -28,7 +28,7 @@ from atmfleet.errors import UsageError
 from atmfleet.inventory import Device, Inventory, Tier
 from rules.assessment import SubBranchFigures, assess
 from rules.config import Rules
-from rules.feed import Feed, TxnDay, UptimeDays, device_counts, low_yield_for, timelines, uptime_for
+from rules.feed import Feed, TxnDay, UptimeDays, device_counts, low_yield_for, uptime_for
 from rules.fleet import fleet_devices
 from rules.lowyield import Share, YieldFlag, YieldStatus, low_yield_share
 from rules.network import deposit_coverage, self_service_bank_ratio
@@ -39,7 +39,7 @@ from rules.revenue import revenue
 from rules.substitution import Substitution, Volumes, branch_key, substitution, unit_volumes
 from rules.tail import Entry, no_data, tail, uptime_entries, volume_entries
 from rules.uptime import Uptime, day_span, dimension_key, rollup, total
-from rules.vendors import incidents, mark_repeats, scorecard
+from rules.vendors import VendorScore, scorecard
 
 HOUR_MS = 3_600_000
 
@@ -257,7 +257,7 @@ def _width(text: str) -> int:
 #: Columns shown as percentages in the terminal (JSON keeps the ratio).
 PERCENT = {"uptime", "technical", "rate", "resource_warning", "on_site_rate", "diversion", "share", "coverage",
            "substitution", "low_yield_share", "target", "previous", "on_site_target",
-           "max_share"}  # fmt: skip
+           "max_share", "repeat_rate"}  # fmt: skip
 #: Shown in percentage points.
 POINTS = {"change"}
 NO_DATA = "–"
@@ -726,39 +726,46 @@ def tail_report(
 # -------------------------------------------------------------------------- vendors
 
 
+def vendor_row(s: VendorScore, high: float) -> dict[str, Any]:
+    """A scorecard row: a vendor (model None) or one model of it."""
+    return {
+        "group": s.vendor if s.model is None else f"{s.vendor} {s.model}",
+        "vendor": s.vendor, "model": s.model, "devices": s.devices,
+        "technical": s.technical_availability, "incidents": s.incidents,
+        "per_device_month": s.incidents_per_device_month,
+        "response_median_ms": s.response(0.5), "response_p90_ms": s.response(high),
+        "repair_median_ms": s.repair(0.5), "repair_p90_ms": s.repair(high),
+        "responded": s.dispatched, "repaired": len(s.repair_ms),
+        "response_breaches": s.response_breaches, "repair_breaches": s.repair_breaches,
+        "repeats": s.repeats, "repeat_rate": s.repeat_rate, "open": s.open_incidents,
+        "worst": " ".join(w.device_id for w in s.worst),
+    }  # fmt: skip
+
+
 def vendors_report(ctx: Context) -> Report:
+    """The scorecard per vendor and per model, from the incidents (rules/vendors.py):
+    incidents whose outage started in the period; their repairs may come later (up to
+    the horizon)."""
     rules = ctx.rules
     per_device = per_device_uptime(ctx)
-    devices = ctx.devices
     lo, hi = ctx.span
-    # Incidents need history (repeats, open faults) and what followed (repairs).
-    back = lo - rules.vendors.repeat_fault_days * 86_400_000
-    ahead = min(ctx.horizon, hi + 7 * 86_400_000)
-    lines = timelines(ctx.feed, devices, back, ahead, ctx.horizon)
-    faults, arrivals = ctx.feed.service_events(back, ahead)
-    found = []
-    for d in devices:
-        found += incidents(d.id, lines[d.id], faults.get(d.id, []), arrivals.get(d.id, []))
-    scores = scorecard(
-        devices, per_device, mark_repeats(found, rules.vendors.repeat_fault_days),
-        (lo, hi), ctx.first, ctx.last, rules.vendors,
-    )  # fmt: skip
-    rows = [
-        {"group": f"{s.vendor} {s.model}", "devices": s.devices,
-         "technical": s.technical_availability, "faults": s.faults,
-         "per_device_month": s.faults_per_device_month,
-         "mttr_ms": None if s.mttr_ms is None else round(s.mttr_ms),
-         "response_ms": None if s.mean_response_ms is None else round(s.mean_response_ms),
-         "repeats": s.repeat_faults, "open": s.open_incidents,
-         "worst": " ".join(w.device_id for w in s.worst)}
-        for s in scores
-    ]  # fmt: skip
+    # An incident opens after its outage started (debounce, engine lag): read a day on.
+    cycles = ctx.memo(
+        ("incident_cycles", lo, hi), lambda: ctx.feed.incident_cycles(lo, hi + 86_400_000)
+    )
+    scores = scorecard(ctx.devices, per_device, cycles, (lo, hi), ctx.first, ctx.last,
+                       rules.vendors)  # fmt: skip
+    high = rules.vendors.high_quantile
     return Report(
         f"设备服务厂商考核 vendors {ctx.first}..{ctx.last}, {ctx.scope}",
-        ["group", "devices", "technical", "faults", "per_device_month", "mttr_ms",
-         "response_ms", "repeats", "open", "worst"],
-        rows,
-        {"period": [ctx.first, ctx.last], "scope": str(ctx.scope)},
+        ["group", "devices", "technical", "incidents", "per_device_month",
+         "response_median_ms", "response_p90_ms", "repair_median_ms", "repair_p90_ms",
+         "response_breaches", "repair_breaches", "repeat_rate", "open", "worst"],
+        [vendor_row(s, high) for s in scores],
+        {"period": [ctx.first, ctx.last], "scope": str(ctx.scope),
+         "causes": [c.value for c in rules.vendors.incident_causes],
+         "high_quantile": high,
+         "note": "response: dispatched -> on site; repair: outage start -> restored"},
     )  # fmt: skip
 
 

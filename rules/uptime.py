@@ -218,6 +218,15 @@ class WindowSpans:
     def __init__(self, tz: ZoneInfo) -> None:
         self.tz = tz
         self._cache: dict[tuple[str, date], list[Span]] = {}
+        self._fleet: dict[tuple[date, date | None], Span] = {}
+
+    def fleet_span(self, device: Device) -> Span:
+        """:func:`fleet_span`, memoised per (commissioned, decommissioned)."""
+        key = (device.commissioned, device.decommissioned)
+        got = self._fleet.get(key)
+        if got is None:
+            got = self._fleet[key] = fleet_span(device, self.tz)
+        return got
 
     def day(self, spec: str, day: date) -> list[Span]:
         key = (spec, day)
@@ -236,7 +245,7 @@ def scheduled_spans(
 ) -> list[Span]:
     """Window ∩ local ``day`` ∩ the device's time in the fleet (∩ before ``until``)."""
     spans = windows.day(rules.service_windows.spec_for(device), day)
-    lo, hi = fleet_span(device, windows.tz)
+    lo, hi = windows.fleet_span(device)
     if until is not None:
         hi = min(hi, until)
     return intersect(spans, lo, hi)
@@ -270,20 +279,27 @@ def dimension_key(inventory: Inventory, dimension: str) -> Callable[[str], str |
     devices = inventory.device_by_id
     branches = inventory.branch_by_id
     subs = inventory.subbranch_by_id
-    table: dict[str, str] = {}
-    for d in devices.values():
-        branch = branches.get(d.branch)
-        sub = subs.get(branch.subbranch) if branch else None
-        table[d.id] = {
-            "device": d.id,
-            "branch": d.branch,
-            "subbranch": branch.subbranch if branch else "",
-            "tier": sub.tier.value if sub else "",
-            "type": d.type.value,
-            "placement": d.placement.value,
-            "vendor": d.vendor,
-            "fleet": "fleet",
-        }[dimension]
+    # Only the dimension asked for is computed (one dict lookup per device, not eight).
+    if dimension == "device":
+        table = {i: i for i in devices}
+    elif dimension == "branch":
+        table = {i: d.branch for i, d in devices.items()}
+    elif dimension == "type":
+        table = {i: d.type.value for i, d in devices.items()}
+    elif dimension == "placement":
+        table = {i: d.placement.value for i, d in devices.items()}
+    elif dimension == "vendor":
+        table = {i: d.vendor for i, d in devices.items()}
+    elif dimension == "fleet":
+        table = dict.fromkeys(devices, "fleet")
+    else:  # subbranch, tier: through the device's branch
+        of_branch: dict[str, str] = {}
+        for b in branches.values():
+            sub = subs.get(b.subbranch)
+            of_branch[b.id] = (
+                b.subbranch if dimension == "subbranch" else (sub.tier.value if sub else "")
+            )
+        table = {i: of_branch.get(d.branch, "") for i, d in devices.items()}
     return table.get
 
 

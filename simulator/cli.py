@@ -181,7 +181,14 @@ def simulate_command(
     messages = open_messages(ledger_dir) if ledger_dir else None
     ledger = Ledger(inventory, config, seed, heartbeat_s=heartbeat, messages_out=messages)
     emissions = generate(
-        inventory, config, seed, start, end, real_wills=real_wills, heartbeat_s=heartbeat
+        inventory,
+        config,
+        seed,
+        start,
+        end,
+        real_wills=real_wills,
+        heartbeat_s=heartbeat,
+        on_repair=ledger.record_repair,
     )
     n_pool = pool or DEFAULT_POOL
     mode = (

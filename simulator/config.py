@@ -39,9 +39,15 @@ class Reliability(_Model):
 
     mtbf_days: float = Field(gt=0, le=10_000, description="Mean days between faults.")
     response_h: float = Field(
-        gt=0, le=240, description="Mean hours from fault to technician on site."
+        gt=0, le=240, description="Mean hours from the dispatch to the technician on site."
     )
     repair_h: float = Field(gt=0, le=240, description="Mean hours the technician works.")
+    dispatch_h: float = Field(
+        0.5,
+        gt=0,
+        le=240,
+        description="Mean hours from a hardware fault to the bank dispatching the maintainer.",
+    )
     software_share: float = Field(
         0.25, ge=0, le=1, description="Share of faults cleared by a remote reboot."
     )
@@ -337,6 +343,18 @@ class CommandSide(_Model):
     )
 
 
+class Technicians(_Model):
+    """The vendors' technicians: when the bank dispatches one (``docs/simulator.md``)."""
+
+    dispatch_after_min: float = Field(
+        10.0,
+        ge=0,
+        le=1440,
+        description="The earliest dispatch after a fault (keep it above the incident "
+        "engine's debounce: the operator dispatches an incident that exists).",
+    )
+
+
 class SimConfig(_Model):
     """Everything the simulated fleet does; all defaults embedded."""
 
@@ -350,8 +368,23 @@ class SimConfig(_Model):
     backfill_heartbeat_s: int = Field(
         300, ge=5, le=3600, description="Heartbeat used by --backfill (keeps history small)."
     )
+    start_spread_heartbeats: float = Field(
+        1.0,
+        ge=0,
+        le=100,
+        description="Each device comes up at its own moment within this many heartbeats of "
+        "the run's start (0 = all at once), so the fleet's heartbeats spread over the minute.",
+    )
+    heartbeat_drift: float = Field(
+        0.001,
+        ge=0,
+        le=0.05,
+        description="Each device's heartbeat period is off by up to this share (its own "
+        "clock), so the phases keep drifting apart.",
+    )
     vendors: dict[str, VendorProfile] = Field(default_factory=_default_vendors, min_length=1)
     default_reliability: Reliability = Reliability(mtbf_days=40, response_h=3.0, repair_h=2.0)
+    technicians: Technicians = Technicians()
     txn: dict[DeviceType, TxnProfile] = Field(default_factory=_default_txn)
     rhythm: dict[Placement, Rhythm] = Field(default_factory=_default_rhythm)
     txn_result_weights: dict[str, float] = Field(

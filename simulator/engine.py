@@ -87,6 +87,33 @@ class Emission(NamedTuple):
 _T = attrgetter("t")
 
 
+class Repair(NamedTuple):
+    """The incident truth of one fault: what the simulated world did about it.
+
+    ``dispatch``: when the bank dispatched the vendor's technician (no message: an
+    operator's call, replayed through the incident service by tests); ``arrival``: the
+    technician on site (the device enters ``maintenance``); ``repair``: the fault cleared
+    (hardware: the technician leaves; software: the remote reboot). ``None``: not by the
+    end of the run (or never: a software fault has no technician).
+    """
+
+    device_id: str
+    vendor: str
+    model: str
+    component: str | None  # None for a software fault
+    code: str
+    software: bool
+    degraded: bool  # the device stayed available (a CRS deposit module): no outage
+    fault: int
+    dispatch: int | None
+    arrival: int | None
+    repair: int | None
+
+
+#: Receives each fault's truth once: when it is repaired, or at the end of the run.
+RepairSink = Callable[[Repair], None]
+
+
 def ms(at: datetime) -> int:
     delta = at - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
@@ -111,6 +138,30 @@ def device_heartbeat_s(device: Device, config: SimConfig, override: int | None =
     return override or config.heartbeat_s or device.heartbeat_s
 
 
+def device_phase(device: Device, config: SimConfig, seed: int, hb_ms: int) -> tuple[int, int]:
+    """(start offset ms, heartbeat period ms) of a device: when, after the run's start (or
+    its commissioning), it comes up, and its own slightly drifting heartbeat period. Drawn
+    from ``(seed, "phase", device_id)``, apart from the device's own sequence of draws."""
+    rng = random.Random(f"{seed}:phase:{device.id}")
+    offset = int(rng.random() * config.start_spread_heartbeats * hb_ms)
+    drift = config.heartbeat_drift
+    period = max(1000, round(hb_ms * (1 + rng.uniform(-drift, drift))))
+    return offset, period
+
+
+def device_start(device: Device, config: SimConfig, seed: int, start: int, hb_ms: int) -> int:
+    """When a device's first message (its birth) goes out in a run from ``start`` (ms);
+    the run's start or later, never earlier."""
+    offset, _ = device_phase(device, config, seed, hb_ms)
+    base = datetime(
+        device.commissioned.year,
+        device.commissioned.month,
+        device.commissioned.day,
+        tzinfo=ZoneInfo(config.timezone),
+    )
+    return max(start, ms(base)) + offset
+
+
 def device_window(device: Device) -> str:
     return device.service_window or default_window(device.placement, device.type)
 
@@ -130,6 +181,7 @@ class _Context:
     real_wills: bool
     heartbeat_override: int | None
     tz: ZoneInfo
+    on_repair: RepairSink | None = None
     _hours: dict[int, tuple[int, int]] = field(default_factory=dict)
     _factors: dict[int, float] = field(default_factory=dict)
     _windows: dict[str, list[int]] = field(default_factory=dict)
@@ -318,8 +370,12 @@ def generate(
     *,
     real_wills: bool = False,
     heartbeat_s: int | None = None,
+    on_repair: RepairSink | None = None,
 ) -> Iterator[Emission]:
     """Everything the fleet sends in ``[start, end)``, in publish-time order.
+
+    ``on_repair`` receives the incident truth of every fault (:class:`Repair`) as the
+    generator passes its repair (or the end of the run): the ledger's ``repairs.csv``.
 
     ``real_wills``: a dropped link is announced by the broker's last will (the publisher
     kills the device's own connection); otherwise by a presence message with
@@ -336,11 +392,46 @@ def generate(
         real_wills=real_wills,
         heartbeat_override=heartbeat_s,
         tz=ZoneInfo(config.timezone),
+        on_repair=on_repair,
     )
-    streams: list[Iterator[Emission]] = [_counters(ctx)]
-    for device in sorted(inventory.devices, key=attrgetter("id")):
-        streams.append(_device(ctx, device))
-    return heapq.merge(*streams, key=_T)
+    return _merge(ctx, sorted(inventory.devices, key=attrgetter("id")))
+
+
+def _merge(ctx: _Context, devices: list[Device]) -> Iterator[Emission]:
+    """The counters' and the devices' streams merged by publish time, ties in stream order
+    (the counters, then the devices by id), as ``heapq.merge`` would.
+
+    A device's stream is set up only when the run reaches the moment it comes up (its
+    first message is its birth at that moment): the first message of a big fleet goes
+    out at once, and a device that comes up after the run's end costs nothing."""
+    pending: list[tuple[int, int, Device]] = []
+    for i, dev in enumerate(devices, start=1):
+        hb_ms = device_heartbeat_s(dev, ctx.config, ctx.heartbeat_override) * 1000
+        t0 = device_start(dev, ctx.config, ctx.seed, ctx.start, hb_ms)
+        if t0 < ctx.end:
+            pending.append((t0, i, dev))
+    pending.sort(key=lambda p: (p[0], p[1]))
+    pending.reverse()  # popped from the end, earliest first
+    heap: list[tuple[int, int, Emission, Iterator[Emission]]] = []
+    first = next(counters := _counters(ctx), None)
+    if first is not None:
+        heap.append((first.t, 0, first, counters))
+    while heap or pending:
+        while pending and (not heap or pending[-1][0] <= heap[0][0]):
+            _, i, dev = pending.pop()
+            stream = _device(ctx, dev)
+            e = next(stream, None)
+            if e is not None:
+                heapq.heappush(heap, (e.t, i, e, stream))
+        if not heap:
+            continue
+        _, i, e, stream = heap[0]
+        yield e
+        nxt = next(stream, None)
+        if nxt is None:
+            heapq.heappop(heap)
+        else:
+            heapq.heapreplace(heap, (nxt.t, i, nxt, stream))
 
 
 def _counters(ctx: _Context) -> Iterator[Emission]:
@@ -435,6 +526,15 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
     """One device's life: a small discrete-event loop over its next due times."""
     config, cash_cfg, inc = ctx.config, ctx.config.cash, ctx.config.incidents
     rng = random.Random(f"{ctx.seed}:{dev.id}")
+    # The technician's dispatch is drawn apart, so adding it left the device's own
+    # sequence of draws (and every other behaviour) as it was.
+    # Made at the first fault (the same stream, 2.5 KB a device less until then).
+    tech_rng: random.Random | None = None
+    dispatch_floor = int(config.technicians.dispatch_after_min * MINUTE)
+    sink = ctx.on_repair
+    #: The fault being handled: [fault, component, code, software, degraded, dispatch,
+    #: arrival].
+    pending: list[Any] | None = None
     prof = device_profile(dev, config, ctx.seed)
     rel = config.reliability(dev.vendor, dev.model)
     hb = device_heartbeat_s(dev, config, ctx.heartbeat_override)
@@ -450,7 +550,10 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
     topic_txn = device_topic(d_id, "txn")
     topic_presence = device_topic(d_id, "presence")
 
-    t0 = max(ctx.start, ctx.local_time(dev.commissioned, 0))
+    # Devices come up at their own moments and their clocks drift: the fleet's heartbeats
+    # spread over the seconds of a minute instead of all beating at once.
+    offset, hb_period = device_phase(dev, config, ctx.seed, hb_ms)
+    t0 = max(ctx.start, ctx.local_time(dev.commissioned, 0)) + offset
     t_end = ctx.end
     if dev.decommissioned is not None:
         t_end = min(t_end, ctx.local_time(dev.decommissioned, 0))
@@ -514,6 +617,14 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
     reported: str | None = None
     t_hb = NEVER  # next heartbeat
     t_emergency = NEVER  # an unscheduled cash visit after a cash-out or full cassette
+
+    def report(repaired: int | None) -> None:
+        nonlocal pending
+        if pending is not None and sink is not None:
+            f_at, comp_, code_, soft, degraded, dispatched, arrived = pending
+            sink(Repair(d_id, dev.vendor, dev.model, comp_, code_, soft, degraded, f_at,
+                        dispatched, arrived, repaired))  # fmt: skip
+        pending = None
 
     def is_open(t: int) -> bool:
         return bisect.bisect_right(window_bounds, t) % 2 == 1
@@ -603,7 +714,7 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
         reported = state
         next_seq()
         send(t, "state", topic_state, state_payload(t, state), state)
-        t_hb = t + hb_ms
+        t_hb = t + hb_period
 
     def emit_event(t: int, event: str, component: str | None = None, code: str | None = None,
                    severity: str = "info", text: str | None = None, since: int = -1) -> None:  # fmt: skip
@@ -688,9 +799,11 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
         every = inc.planned_every_days * DAY
         gap = rng.uniform(0, every) if first else every * rng.uniform(0.9, 1.1)
         day = ctx.local_date(t + int(gap))
-        while day.weekday() >= 5:
+        hour = rng.uniform(9.5, 14.0)
+        # A weekday, and never before ``t``: the first one may fall earlier the same day.
+        while day.weekday() >= 5 or ctx.local_time(day, hour) < t:
             day += timedelta(days=1)
-        return ctx.local_time(day, rng.uniform(9.5, 14.0))
+        return ctx.local_time(day, hour)
 
     def next_link_drop(t: int) -> int:
         if inc.device_link_drops_per_year <= 0:
@@ -806,6 +919,7 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
         t = min(t_hb, t_txn, t_win, t_fault, t_reboot, t_tech, t_repair, t_visit, t_emergency,
                 t_visit_end, t_plan, t_plan_end, t_link, t_link_up, t_cut, t_outage)  # fmt: skip
         if t >= t_end:
+            report(None)
             return
         if not powered and t in (t_fault, t_reboot, t_tech, t_repair, t_visit, t_emergency,
                                  t_visit_end, t_plan, t_plan_end, t_link, t_link_up):  # fmt: skip
@@ -883,6 +997,7 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
                 fault, fault_comp, fault_degrades = code, "", False
                 emit_event(t, "fault", code=code, severity="critical", text="application error")
                 t_reboot = t + int(rng.uniform(4, 15) * MINUTE)
+                pending = [t, None, code, True, False, None, None]
             else:
                 code = f"{comp.upper()}-{rng.randint(1, 9999):04d}"
                 fault, fault_comp = code, comp
@@ -893,7 +1008,14 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
                 )
                 emit_event(t, "fault", component=comp, code=code,
                            severity="warning" if fault_degrades else "critical")  # fmt: skip
-                t_tech = t + max(MINUTE, int(_lognormal(rng, rel.response_h * HOUR, 0.7)))
+                if tech_rng is None:
+                    tech_rng = random.Random(f"{ctx.seed}:tech:{d_id}")
+                dispatch = t + max(
+                    dispatch_floor, int(_lognormal(tech_rng, rel.dispatch_h * HOUR, 0.6))
+                )
+                # The technician sets out when dispatched; response_h is dispatch -> on site.
+                t_tech = dispatch + max(MINUTE, int(_lognormal(rng, rel.response_h * HOUR, 0.7)))
+                pending = [t, comp, code, False, fault_degrades, dispatch, None]
             emit_state(t)
         elif t == t_reboot:
             t_reboot = NEVER
@@ -903,10 +1025,13 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
             fault = None
             t_fault = next_fault(t)
             emit_state(t)
+            report(t)
         elif t == t_tech:
             t_tech = NEVER
             tech = True
             emit_event(t, "technician_arrived", component=fault_comp or None, code=fault)
+            if pending is not None:
+                pending[6] = t
             t_repair = t + max(5 * MINUTE, int(_lognormal(rng, rel.repair_h * HOUR, 0.6)))
             emit_state(t)
         elif t == t_repair:
@@ -916,6 +1041,7 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
             fault, fault_comp, fault_degrades, tech = None, "", False, False
             t_fault = next_fault(t)
             emit_state(t)
+            report(t)
         elif t in (t_visit, t_emergency):
             if t == t_visit:
                 t_visit = next_visit(t, prof.replenish_every_days)

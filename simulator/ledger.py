@@ -39,6 +39,7 @@ from simulator.config import SimConfig
 from simulator.engine import (
     HOUR,
     Emission,
+    Repair,
     device_heartbeat_s,
     device_profile,
     from_ms,
@@ -226,6 +227,8 @@ class Ledger:
         #: (device_id, local date) -> [financial ok, ok, all, fee in fen]
         self.txn_days: dict[tuple[str, str], list[int]] = {}
         self.intervals: list[Interval] = []
+        #: The incident truth of every fault (simulator.engine.Repair), in fault order.
+        self.repairs: list[Repair] = []
         self.first: int | None = None
         self.last: int | None = None
         self.end: int | None = None
@@ -283,9 +286,26 @@ class Ledger:
         elif kind == "event" and e.detail == "power_restored":
             dev.power.append((e.since, e.ts))
 
+    def record_repair(self, r: Repair) -> None:
+        """The generator's ``on_repair``: one fault's truth."""
+        self.repairs.append(r)
+
     def finish(self, end: int) -> None:
-        """Derive the intervals up to ``end`` (ms): the run's end or when it was stopped."""
+        """Derive the intervals up to ``end`` (ms): the run's end or when it was stopped.
+        Of the repairs, what happened from ``end`` on did not happen (yet)."""
         self.end = end
+        kept = []
+        for r in self.repairs:
+            if r.fault >= end:
+                continue
+            kept.append(
+                r._replace(
+                    dispatch=_before(r.dispatch, end),
+                    arrival=_before(r.arrival, end),
+                    repair=_before(r.repair, end),
+                )
+            )
+        self.repairs = sorted(kept, key=lambda r: (r.fault, r.device_id))
         out: list[Interval] = []
         for device_id in sorted(self._points):
             dev = self._points[device_id]
@@ -322,6 +342,16 @@ class Ledger:
             ((iv.device_id, iso(iv.start), iso(iv.end), iv.state, iv.cause) for iv in self.intervals),
         )  # fmt: skip
         _atomic_csv(
+            folder / "repairs.csv",
+            REPAIR_FIELDS,
+            (
+                (r.device_id, r.vendor, r.model, r.component or "", r.code, int(r.software),
+                 int(r.degraded), iso(r.fault), _iso_or_empty(r.dispatch),
+                 _iso_or_empty(r.arrival), _iso_or_empty(r.repair))
+                for r in self.repairs
+            ),
+        )  # fmt: skip
+        _atomic_csv(
             folder / "counters.csv",
             ("branch_id", "date", "financial", "non_financial"),
             self.counters,
@@ -352,6 +382,20 @@ class Ledger:
         _atomic_text(
             folder / "summary.json", json.dumps(self.summary(), indent=1, ensure_ascii=False)
         )
+
+
+REPAIR_FIELDS = (
+    "device_id", "vendor", "model", "component", "code", "software", "degraded", "fault",
+    "dispatch", "arrival", "repair",
+)  # fmt: skip
+
+
+def _before(t: int | None, end: int) -> int | None:
+    return t if t is not None and t < end else None
+
+
+def _iso_or_empty(t: int | None) -> str:
+    return "" if t is None else iso(t)
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -396,6 +440,7 @@ class LedgerData:
     counters: list[CounterRow]
     txn_days: dict[tuple[str, str], tuple[int, int, int, str]]
     low_yield: set[str]
+    repairs: list[Repair] = field(default_factory=list)
 
     def messages(self) -> Iterator[dict[str, str]]:
         """Every message sent, as CSV rows (``MESSAGE_FIELDS``), in publish order."""
@@ -408,6 +453,10 @@ class LedgerData:
 
 def _ms_of(text: str) -> int:
     return ms(datetime.fromisoformat(text))
+
+
+def _opt_ms(text: str) -> int | None:
+    return _ms_of(text) if text else None
 
 
 def load_ledger(folder: Path) -> LedgerData:
@@ -439,9 +488,19 @@ def load_ledger(folder: Path) -> LedgerData:
             }
         with (folder / "devices.csv").open(encoding="utf-8", newline="") as fh:
             low = {r["device_id"] for r in csv.DictReader(fh) if r["low_yield"] == "1"}
+        repairs = []
+        if (folder / "repairs.csv").exists():  # ledgers written before technicians had none
+            with (folder / "repairs.csv").open(encoding="utf-8", newline="") as fh:
+                repairs = [
+                    Repair(r["device_id"], r["vendor"], r["model"], r["component"] or None,
+                           r["code"], r["software"] == "1", r["degraded"] == "1",
+                           _ms_of(r["fault"]), _opt_ms(r["dispatch"]), _opt_ms(r["arrival"]),
+                           _opt_ms(r["repair"]))
+                    for r in csv.DictReader(fh)
+                ]  # fmt: skip
     except (OSError, KeyError, ValueError, ConfigError) as exc:
         raise UsageError(f"{folder} is not a complete simulator ledger: {exc}") from None
-    return LedgerData(folder, summary, inventory, intervals, counters, days, low)
+    return LedgerData(folder, summary, inventory, intervals, counters, days, low, repairs)
 
 
 # ------------------------------------------------------------------------ in-process runs
@@ -474,7 +533,14 @@ def simulate(
     ledger = Ledger(inventory, config, seed, heartbeat_s=heartbeat_s)
     kept: list[Emission] = []
     for e in generate(
-        inventory, config, seed, start, end, real_wills=real_wills, heartbeat_s=heartbeat_s
+        inventory,
+        config,
+        seed,
+        start,
+        end,
+        real_wills=real_wills,
+        heartbeat_s=heartbeat_s,
+        on_repair=ledger.record_repair,
     ):
         ledger.record(e)
         if keep_emissions:

@@ -121,9 +121,22 @@ class Running:
 
 
 @contextmanager
-def running(settings: Settings, client_id: str) -> Iterator[Running]:
+def running(
+    settings: Settings,
+    client_id: str,
+    tap: Callable[[mqtt.MQTTMessage], None] | None = None,
+) -> Iterator[Running]:
+    """A collector in a thread; ``tap`` sees every message before the collector does."""
     registry = CollectorRegistry()
     collector = Collector(settings, CollectorStats(registry), client_id=client_id)
+    if tap is not None:
+        handler = collector._client.on_message
+
+        def on_message(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+            tap(message)
+            handler(client, userdata, message)
+
+        collector._client.on_message = on_message
     stop = threading.Event()
     errors: list[BaseException] = []
 

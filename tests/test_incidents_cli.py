@@ -4,16 +4,49 @@ refusals in one line, local times, ``run --once``)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import psycopg
+import pytest
 from click.testing import CliRunner
 
 from app.cli import cli
-from tests.incident_helpers import db_now, fault_event, inventory, run, setup
+from tests.incident_helpers import (
+    copy_database,
+    db_now,
+    fault_event,
+    inventory,
+    run,
+    setup,
+    template_database,
+)
 
 MIN = timedelta(minutes=1)
+
+
+@pytest.fixture(scope="module")
+def template() -> Iterator[str]:
+    from tests.conftest import drop_database
+
+    url = template_database()
+    try:
+        yield url
+    finally:
+        drop_database(url)
+
+
+@pytest.fixture
+def db(template: str) -> Iterator[str]:
+    """A fresh upgraded database per test, copied from the module's template."""
+    from tests.conftest import drop_database
+
+    url = copy_database(template)
+    try:
+        yield url
+    finally:
+        drop_database(url)
 
 
 def invoke(url: str, *args: str, user: str = "alice") -> Any:

@@ -19,11 +19,46 @@ from incidents import service
 from incidents.engine import Engine
 from incidents.model import IncidentClass, events_of, load
 from rules.config import Rules, parse_rules
-from tests.incident_helpers import B1, B2, S1, S2, db_now, fault_event, inventory, run, setup
+from tests.incident_helpers import (
+    B1,
+    B2,
+    S1,
+    S2,
+    copy_database,
+    db_now,
+    fault_event,
+    inventory,
+    run,
+    setup,
+    template_database,
+)
 
 MIN = timedelta(minutes=1)
 ALICE = Actor("alice", "cli")
 CAROL = Actor("carol", "cli")
+
+
+@pytest.fixture(scope="module")
+def template() -> Iterator[str]:
+    from tests.conftest import drop_database
+
+    url = template_database()
+    try:
+        yield url
+    finally:
+        drop_database(url)
+
+
+@pytest.fixture
+def db(template: str) -> Iterator[str]:
+    """A fresh upgraded database per test, copied from the module's template."""
+    from tests.conftest import drop_database
+
+    url = copy_database(template)
+    try:
+        yield url
+    finally:
+        drop_database(url)
 
 
 @pytest.fixture
@@ -329,6 +364,24 @@ sla:
         - {after_hours: 2, recipients: [subbranch_manager]}
         - {after_hours: 4, recipients: [head_office, vendor_manager]}
 """
+
+
+class TestCommits:
+    def test_every_pass_commits_also_after_the_inventory_is_read_again(self, db: str) -> None:
+        """Seen from another connection: each pass's writes are committed, including the
+        passes that re-read the inventory first."""
+        rules = parse_rules("incidents:\n  inventory_refresh_s: 0.001\n")
+        with psycopg.connect(db) as conn, psycopg.connect(db, autocommit=True) as other:
+            setup(conn, inventory())
+            now = db_now(conn)
+            eng = engine(conn, rules)
+            for k, d in enumerate(("S1-B1-D000", "S1-B1-D001", "S1-B1-D002")):
+                run(conn, d, now - 30 * MIN, now, "fault")
+                conn.commit()
+                eng.run_once(now - (2 - k) * MIN)
+                assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+                seen = other.execute("SELECT count(*), max(passes) FROM incidents, incident_engine")
+                assert seen.fetchone() == (k + 1, k + 1)
 
 
 class TestEscalation:

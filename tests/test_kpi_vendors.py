@@ -1,128 +1,109 @@
-"""Vendor scorecard: fault incidents, MTTR, response, repeat faults, worst devices."""
+"""The vendor scorecard from incidents (rules/vendors.py): cycles read back from the
+incident history, nearest-rank quantiles, per vendor and per model, no data as None."""
 
 from __future__ import annotations
 
-from datetime import date, datetime
-from zoneinfo import ZoneInfo
-
-import pytest
+from datetime import UTC, date, datetime
 
 from atmfleet.inventory import Device, DeviceType, Placement
 from rules.config import VendorRules
-from rules.labels import Label
-from rules.timeline import Interval, ms
+from rules.timeline import ms
 from rules.uptime import Uptime
-from rules.vendors import FaultEvent, Incident, incidents, mark_repeats, scorecard
+from rules.vendors import (
+    HistoryRow,
+    IncidentCycle,
+    IncidentRow,
+    cycles_from_events,
+    quantile,
+    scorecard,
+)
 
-SH = ZoneInfo("Asia/Shanghai")
 M = 60_000
 H = 60 * M
+T0 = ms(datetime(2026, 11, 2, tzinfo=UTC))
 
 
-def at(day: int, hh: int, mm: int = 0) -> int:
-    return ms(datetime(2026, 11, day, hh, mm, tzinfo=SH))
-
-
-A, F, SUP, CASH = Label.AVAILABLE, Label.FAULT, Label.SUPERVISOR, Label.CASH_OUT
-
-# D1: fault 10:00 (cdm) and a second fault 10:10 (idc) while down, technician 10:30,
-# then out of cash until 11:30; again a cdm fault on the 5th, technician arrived 09:20.
-D1_TIMELINE: list[Interval] = [
-    (at(1, 0), at(2, 10), A),
-    (at(2, 10), at(2, 10, 30), F),
-    (at(2, 10, 30), at(2, 11), SUP),
-    (at(2, 11), at(2, 11, 30), CASH),
-    (at(2, 11, 30), at(5, 9), A),
-    (at(5, 9), at(5, 10), F),
-    (at(5, 10), at(30, 12), A),
-]
-D1_FAULTS = [
-    FaultEvent(at(2, 10), "cdm", "E1"),
-    FaultEvent(at(2, 10, 10), "idc", "E2"),
-    FaultEvent(at(5, 9) - 2000, "cdm", "E1"),  # event logged 2 s before the state change
-]
-
-
-def d1_incidents() -> list[Incident]:
-    return incidents("D1", D1_TIMELINE, D1_FAULTS, arrivals=[at(5, 9, 20)])
-
-
-class TestIncidents:
-    def test_overlapping_faults_are_one_incident_until_back_in_service(self) -> None:
-        first, _second = d1_incidents()
-        assert (first.start, first.end, first.component) == (at(2, 10), at(2, 11, 30), "cdm")
-        assert first.repair_ms == 90 * M  # fault start -> back in service, via cash-out
-
-    def test_response_is_the_first_maintenance_mode_or_technician_arrival(self) -> None:
-        first, second = d1_incidents()
-        assert first.response_ms == 30 * M
-        assert second.response_ms == 20 * M
-
-    def test_repeat_is_same_device_and_component_within_7_days_of_the_repair(self) -> None:
-        marked = mark_repeats(d1_incidents(), repeat_days=7)
-        assert [i.repeat for i in marked] == [False, True]
-        assert [i.repeat for i in mark_repeats(d1_incidents(), repeat_days=2)] == [False, False]
-
-    def test_a_fault_still_open_has_no_repair_time(self) -> None:
-        tl: list[Interval] = [(at(1, 0), at(29, 8), A), (at(29, 8), at(30, 0), F)]
-        (only,) = incidents("D2", tl)
-        assert only.end is None and only.repair_ms is None and only.response_ms is None
-
-
-def dev(ident: str, vendor: str, model: str) -> Device:
+def dev(ident: str, vendor: str, model: str, commissioned: date = date(2025, 1, 1)) -> Device:
     return Device(
-        id=ident,
-        branch="B1",
-        type=DeviceType.ATM,
-        placement=Placement.OFF_SITE,
-        vendor=vendor,
-        model=model,
-        commissioned=date(2025, 1, 1),
-    )
+        id=ident, branch="B1", type=DeviceType.ATM, placement=Placement.OFF_SITE,
+        vendor=vendor, model=model, commissioned=commissioned,
+    )  # fmt: skip
+
+
+class TestCyclesFromHistory:
+    def test_opened_dispatched_on_site_restored_make_one_cycle(self) -> None:
+        rows = [IncidentRow(1, "D1", "component", "fault", "cdm", T0, None)]
+        events = [
+            HistoryRow(1, T0 + 5 * M, "opened", {}),
+            HistoryRow(1, T0 + 20 * M, "acknowledged", {}),
+            HistoryRow(1, T0 + 30 * M, "dispatched", {}),
+            HistoryRow(1, T0 + 150 * M, "on_site", {}),
+            HistoryRow(1, T0 + 4 * H, "restored", {}),
+        ]
+        (c,) = cycles_from_events(rows, events, [(1, 0, "response")])
+        assert (c.started, c.dispatched, c.on_site, c.restored) == (
+            T0, T0 + 30 * M, T0 + 150 * M, T0 + 4 * H,
+        )  # fmt: skip
+        assert (c.response_ms, c.repair_ms) == (120 * M, 4 * H)  # repair from the outage start
+        assert (c.response_breach, c.repair_breach, c.repeat) == (True, False, False)
+
+    def test_a_reopened_incident_is_a_second_cycle_and_a_repeat(self) -> None:
+        rows = [IncidentRow(1, "D1", "component", "fault", "cdm", T0, None)]
+        events = [
+            HistoryRow(1, T0 + 5 * M, "opened", {}),
+            HistoryRow(1, T0 + H, "restored", {}),
+            HistoryRow(1, T0 + 30 * H, "reopened", {"cycle": 1}),
+            HistoryRow(1, T0 + 31 * H, "on_site", {}),
+        ]
+        first, second = cycles_from_events(rows, events, [(1, 1, "repair")])
+        assert (first.cycle, first.repair_ms, first.repeat) == (0, H, False)
+        assert (second.cycle, second.started, second.repeat) == (1, T0 + 30 * H, True)
+        assert (second.response_ms, second.repair_ms, second.repair_breach) == (None, None, True)
+
+
+def test_quantiles_are_nearest_rank_values_of_the_data() -> None:
+    assert quantile([], 0.5) is None
+    assert quantile([7], 0.9) == 7
+    assert quantile([4, 1, 3, 2], 0.5) == 2
+    assert quantile(list(range(1, 11)), 0.9) == 9
+    assert quantile(list(range(1, 12)), 0.9) == 10
 
 
 class TestScorecard:
-    def test_per_vendor_and_model(self) -> None:
-        devices = [dev("D1", "A", "X"), dev("D2", "A", "X"), dev("D3", "B", "Y")]
-        d2_open = incidents("D2", [(at(1, 0), at(29, 8), A), (at(29, 8), at(30, 0), F)])
-        all_incidents = mark_repeats([*d1_incidents(), *d2_open], 7)
-        uptime = {
-            "D1": Uptime(tech_scheduled_ms=720 * H, tech_available_ms=718 * H),
-            "D2": Uptime(tech_scheduled_ms=720 * H, tech_available_ms=704 * H),
-            "D3": Uptime(tech_scheduled_ms=720 * H, tech_available_ms=720 * H),
-        }
-        period = (at(1, 0), ms(datetime(2026, 12, 1, tzinfo=SH)))
-        cards = scorecard(
-            devices,
-            uptime,
-            all_incidents,
-            period,
-            date(2026, 11, 1),
-            date(2026, 11, 30),
-            VendorRules(),
+    def test_per_vendor_then_per_model(self) -> None:
+        devices = [dev("D1", "A", "X"), dev("D2", "A", "Y"), dev("D3", "B", "Z")]
+        cycles = [
+            IncidentCycle(1, 0, "D1", "component", "fault", "cdm", T0, T0 + M, T0 + 61 * M, T0 + 2 * H,
+                          response_breach=True),
+            IncidentCycle(2, 0, "D1", "software", "fault", None, T0 + 50 * H, restored=T0 + 51 * H,
+                          repeat=True),
+            IncidentCycle(3, 0, "D2", "component", "fault", "idc", T0 + 3 * H, T0 + 4 * H),  # open
+            IncidentCycle(4, 0, "D2", "network", "communications", None, T0 + 5 * H, restored=T0 + 6 * H),
+            IncidentCycle(5, 0, "D3", "component", "fault", "cdm", T0 - H, restored=T0),  # before
+        ]  # fmt: skip
+        uptime = {"D1": Uptime(tech_scheduled_ms=10 * H, tech_available_ms=7 * H)}
+        period = (T0, T0 + 30 * 24 * H)
+        a, ax, ay, b, bz = scorecard(
+            devices, uptime, cycles, period, date(2026, 11, 2), date(2026, 12, 1), VendorRules()
         )
-        ax, by = cards
-        assert (ax.vendor, ax.model, ax.devices, ax.device_days) == ("A", "X", 2, 60)
-        assert ax.technical_availability == pytest.approx(1422 / 1440)
-        assert ax.faults == 3 and ax.faults_per_device_month == pytest.approx(1.5)
-        assert ax.mttr_ms == pytest.approx(75 * M)  # (90 + 60) / 2; the open one left out
-        assert ax.mean_response_ms == pytest.approx(25 * M)
-        assert (ax.repeat_faults, ax.open_incidents) == (1, 1)
-        assert [w.device_id for w in ax.worst] == ["D2", "D1"]
-        assert (by.faults, by.mttr_ms, by.technical_availability) == (0, None, 1.0)
-        assert by.worst == []
+        assert (a.vendor, a.model, ax.model, ay.model, b.model, bz.model) == (
+            "A", None, "X", "Y", None, "Z",
+        )  # fmt: skip
+        assert (a.devices, a.device_days, a.incidents) == (2, 60, 3)  # the network one is not
+        assert a.incidents_per_device_month == 1.5
+        assert (a.response(0.5), a.repair(0.5), a.repair(0.9)) == (60 * M, H, 2 * H)
+        assert (a.response_breaches, a.repair_breaches, a.open_incidents) == (1, 0, 1)
+        assert a.repeat_rate == 1 / 3
+        assert (ax.incidents, ay.incidents, ay.response(0.5)) == (2, 1, None)
+        assert [w.device_id for w in a.worst] == ["D1", "D2"]
+        # No incident: counts are 0, every time and rate is no data.
+        assert (b.incidents, b.incidents_per_device_month) == (0, 0.0)
+        assert (b.response(0.5), b.repair(0.9), b.repeat_rate) == (None, None, None)
+        assert b.technical_availability is None
 
     def test_device_commissioned_mid_month_counts_its_days_only(self) -> None:
-        late = Device(
-            id="D9",
-            branch="B1",
-            type=DeviceType.ATM,
-            placement=Placement.OFF_SITE,
-            vendor="A",
-            model="X",
-            commissioned=date(2026, 11, 21),
-        )
-        (card,) = scorecard(
+        late = dev("D9", "A", "X", commissioned=date(2026, 11, 21))
+        a, _ax = scorecard(
             [late], {}, [], (0, 1), date(2026, 11, 1), date(2026, 11, 30), VendorRules()
         )
-        assert card.device_days == 10 and card.faults_per_device_month == 0
+        assert a.device_days == 10 and a.incidents_per_device_month == 0

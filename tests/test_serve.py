@@ -57,6 +57,7 @@ from atmfleet.store.jobs import Job, Run
 from atmfleet.store.migrate import upgrade
 from atmfleet.store.writer import Accepted, BatchWriter
 from exporters.metrics import (
+    LEAN_LEAVES_OUT,
     DatabaseSource,
     DayTimes,
     DeviceRow,
@@ -215,6 +216,8 @@ class TestTheDocumentedExample:
             lowyield_date=1795708800,
             lowyield={("HLBE", "2", "atm"): (0, 1), ("HLBE", "2", "crs"): (1, 1)},
             resource_warning={("B01", "HLBE", "2"): 5400},
+            refreshed_at=1795832399.5,
+            computed_at={"day": 1795832340, "low_yield": 1795830000},
             jobs=[
                 Job(
                     1004,
@@ -233,6 +236,13 @@ class TestTheDocumentedExample:
         exporter = Exporter(_Fixed(snap), registry, snap.targets)
         exporter.refresh()
         assert _samples(exporter.exposition().decode()) == _samples(_doc_example())
+        # --lean: the same, without the families no rule, alert or dashboard reads.
+        lean = Exporter(_Fixed(snap), CollectorRegistry(), snap.targets, leave_out=LEAN_LEAVES_OUT)
+        lean.refresh()
+        assert _samples(lean.exposition().decode()) == {
+            s for s in _samples(_doc_example()) if s[0] not in LEAN_LEAVES_OUT
+        }
+        assert all(name in _doc_example() for name in LEAN_LEAVES_OUT)
 
 
 @dataclass
@@ -655,15 +665,16 @@ class TestCommand:
         )  # fmt: skip
         try:
             deadline = time.monotonic() + 60
-            while True:
+            while True:  # the port opens at once; the device rows come with the first read
                 try:
                     body = urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-                    break
+                    if "atmfleet_exporter_database_up 1.0" in body:
+                        break
                 except OSError:
-                    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-                    assert time.monotonic() < deadline, "atmfleet serve did not start"
-                    time.sleep(0.2)
-            assert "atmfleet_exporter_database_up 1.0" in body
+                    pass
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.monotonic() < deadline, "atmfleet serve did not start"
+                time.sleep(0.2)
             assert sum(s.startswith("atmfleet_device_state{") for s in body.splitlines()) == 6
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -688,3 +699,12 @@ class TestStartUpChecks:
         rules = parse_rules("heartbeat: {timeout_factor: 1.2}\n")
         with pytest.raises(ConfigError, match=r"heartbeat.timeout_factor: 1.2 .* allowed: >= 1.5"):
             DatabaseSource("postgresql://127.0.0.1/none", rules)
+
+
+def test_lean_leaves_out_only_what_no_rule_or_dashboard_reads() -> None:
+    root = Path(__file__).resolve().parent.parent
+    read = [root / "exporters" / "prometheus" / "atmfleet.rules.yml"]
+    read += [p for p in (root / "dashboards").rglob("*") if p.suffix in (".json", ".py", ".yml")]
+    for path in read:
+        text = path.read_text(encoding="utf-8")
+        assert not [name for name in LEAN_LEAVES_OUT if name in text], path

@@ -186,6 +186,7 @@ PAGES = {
     "stops": "/stops", "bulletins": "/bulletins", "kpi": "/kpi",
     "kpi-substitution": "/kpi?kind=substitution", "kpi-low-yield": "/kpi?kind=low-yield",
     "kpi-branch": "/kpi?scope=subbranch:S1", "audit": "/audit", "not-found": "/devices/nope",
+    "commands": "/commands", "cash-plan": "/cash/plan",
 }  # fmt: skip
 
 

@@ -62,8 +62,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def serve(out: Path, **settings: Any) -> Iterator[Server]:
-    """A seeded database and the console serving it, until the generator is closed."""
+def serve(out: Path, publisher: Any = None, **settings: Any) -> Iterator[Server]:
+    """A seeded database and the console serving it (sending commands through
+    ``publisher``, none by default), until the generator is closed."""
     db = create_database("atmfleet_web")
     pool: ConnectionPool[Any] | None = None
     console: Console | None = None
@@ -74,7 +75,7 @@ def serve(out: Path, **settings: Any) -> Iterator[Server]:
         values = {"refresh_s": 1.0, "state_refresh_s": 0.3, "inventory_refresh_s": 600.0,
                   "login_max_failures": 5, "page_size": 50, **settings}  # fmt: skip
         pool = ConnectionPool(db, min_size=1, max_size=6, open=True)
-        console = Console(pool, load_rules(), WebSettings(**values), out)
+        console = Console(pool, load_rules(), WebSettings(**values), out, publisher=publisher)
         console.fleet.start()
         app = create_app(console)
         port = free_port()

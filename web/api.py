@@ -13,7 +13,7 @@ from datetime import date
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 
 from web import ops
@@ -286,3 +286,122 @@ def audit(
     who = c.principal(request)
     with c.conn() as conn:
         return ops.audit_rows(conn, who, limit, actor, action)
+
+
+# ------------------------------------------------------------------------ commands
+
+CommandId = Annotated[str, Path(max_length=40, pattern=r"^[0-9]{14}-[0-9a-f]{8}$")]
+DeviceId = Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class CommandIn(BaseModel):
+    kind: Literal["refresh", "restart", "out_of_service", "in_service", "journal"]
+    confirm: bool = Field(False, description="Required for restart and out_of_service")
+    since: str | None = Field(None, max_length=40,
+                              description="journal: local date-time, e.g. 2026-12-01T09:00")  # fmt: skip
+    until: str | None = Field(None, max_length=40)
+    what: Literal["journal", "logs"] = "journal"
+    expires_s: int | None = Field(None, ge=5, le=86_400)
+
+
+class CommandEvent(BaseModel):
+    at: str | None
+    state: str
+    source: str
+    detail: dict[str, Any] | None
+
+
+class CommandOut(BaseModel):
+    id: str
+    device_id: str
+    kind: str
+    params: dict[str, Any]
+    state: Literal["queued", "sent", "accepted", "done", "failed", "rejected", "expired"]
+    final: bool
+    requested_by: str
+    surface: str
+    created_at: str | None
+    expires_at: str | None
+    updated_at: str | None
+    finished_at: str | None
+    reason: str | None
+    result: dict[str, Any] | None
+    history: list[CommandEvent]
+    journal_bytes: int | None
+
+
+@router.get("/commands", response_model=list[CommandOut],
+            summary="The latest commands of the caller's scope, newest first (any role)")  # fmt: skip
+def commands_list(
+    request: Request,
+    device_id: OptId = None,
+    state: Annotated[
+        Literal["queued", "sent", "accepted", "done", "failed", "rejected", "expired"] | None,
+        Query(),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> list[Obj]:
+    from web import commands as cmds
+
+    c = console_of(request)
+    who = c.principal(request)
+    with c.conn() as conn:
+        return [cmds.as_dict(x) for x in cmds.listing(conn, who, device_id, state, limit)]
+
+
+@router.get("/commands/{command_id}", response_model=CommandOut,
+            summary="A command and its state history (any role, within the scope)")  # fmt: skip
+def command(request: Request, command_id: CommandId) -> Obj:
+    from web import commands as cmds
+
+    c = console_of(request)
+    who = c.principal(request)
+    with c.conn() as conn:
+        return cmds.as_dict(cmds.show(conn, who, command_id))
+
+
+@router.post("/devices/{device_id}/commands", response_model=CommandOut, status_code=201,
+             summary="Send a command to a device (operator, within the scope; restart and "
+             "out_of_service need confirm)")  # fmt: skip
+def command_send(
+    request: Request, device_id: DeviceId, body: CommandIn, x_csrf_token: Csrf = None
+) -> Obj:
+    from web import commands as cmds
+
+    c = console_of(request)
+    who = c.writer(request, x_csrf_token, "viewer")
+    c.device_view_check(request, device_id)
+    params = (cmds.journal_params(body.model_dump(exclude_none=True), c.rules.tz)
+              if body.kind == "journal" else {})  # fmt: skip
+    with c.conn() as conn:
+        cmd = cmds.send(conn, who, c.rules, c.publisher, device_id, body.kind, params,
+                        body.confirm, body.expires_s)  # fmt: skip
+    return cmds.as_dict(cmd)
+
+
+@router.get("/commands/{command_id}/journal", summary="Download a command's journal (operator)",
+            response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {}}}})  # fmt: skip
+def command_journal(request: Request, command_id: CommandId) -> Response:
+    from web import commands as cmds
+
+    c = console_of(request)
+    who = c.principal(request)
+    with c.conn() as conn:
+        return cmds.journal_response(conn, who, command_id)  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------------------- cash
+
+
+@router.get("/cash/plan", response_model=Obj,
+            summary="The replenishment plan 加钞计划 of a day for the caller's scope (any role)")  # fmt: skip
+def cash_plan(request: Request, day: Annotated[date | None, Query(alias="date")] = None) -> Obj:
+    from web import cash
+    from web.pages import _plan_day
+
+    c = console_of(request)
+    who = c.principal(request)
+    chosen = _plan_day(request, day.isoformat() if day else "")
+    with c.conn() as conn:
+        return cash.plan(conn, c.rules, who, chosen).as_json()

@@ -59,8 +59,15 @@ class Console:
         settings: WebSettings,
         output_dir: Path,
         authenticator: Authenticator | None = None,
+        publisher: Any = None,
     ) -> None:
+        from web.cash import ForecastCache
+
         self.pool = pool
+        #: Hands command requests to the broker (web.commands.ConsolePublisher); None
+        #: when no broker is configured: the command buttons say so.
+        self.publisher = publisher
+        self.forecasts = ForecastCache(settings.cash_forecast_ttl_s, pool.connection)
         self.rules = rules
         self.settings = settings
         self.bulletins = output_dir / "bulletins-web"
@@ -79,6 +86,7 @@ class Console:
         )
         self.templates.filters.update(
             localtime=self._localtime,
+            localminute=self._localminute,
             mstime=self._mstime,
             pageq=_pageq,
             cell=_cell,
@@ -91,6 +99,11 @@ class Console:
             return "–"
         when = datetime.fromisoformat(value) if isinstance(value, str) else value
         return str(when.astimezone(tz or self.rules.tz).strftime("%Y-%m-%d %H:%M:%S"))
+
+    def _localminute(self, value: Any, tz: Any = None) -> str:
+        """A forecast's time: to the minute (its interval is hours wide)."""
+        text = self._localtime(value, tz)
+        return text[:16] if text != "–" else text
 
     def _plain(self, value: Any) -> str:
         """An event detail value: a time in the bank's local time, the rest as it is."""
@@ -136,7 +149,8 @@ class Console:
     def device_view(self, request: Request, device_id: str) -> dict[str, Any]:
         """A device the caller may see (404 otherwise) with everything its page shows:
         the figures of the KPI layer, the last state message, its incidents and stops."""
-        from web import ops
+        from web import cash, ops
+        from web import commands as cmds
         from web.kpi import device_figures
 
         who = self.principal(request)
@@ -152,7 +166,16 @@ class Console:
                 "latest": ops.latest_sample(conn, device_id),
                 "incidents": ops.device_incidents(conn, who.user, device_id),
                 "stops": ops.device_stops(conn, who, device_id),
+                "commands": [cmds.as_dict(x) for x in cmds.listing(
+                    conn, who, device_id=device_id, limit=self.settings.device_commands)],
+                "forecast": cash.device_view(self.forecasts.device(conn, self.rules, device_id)),
             }  # fmt: skip
+
+    def device_view_check(self, request: Request, device_id: str) -> None:
+        """404 unless the caller sees the device (its scope, the inventory)."""
+        who = self.principal(request)
+        if self.fleet.fresh().device(who.user, device_id) is None:
+            raise NotFound(f"no device {device_id}")
 
     def writer(self, request: Request, csrf: str | None, role: str = "operator") -> Principal:
         """The caller of a write: authenticated, with the CSRF token of its session

@@ -142,21 +142,26 @@ def token_revoke(token_id: int) -> None:
 # ---------------------------------------------------------------------------- web
 
 
-def build_app(database_url: str, output_dir: Path | None = None) -> FastAPI:
-    """The console over ``database_url`` with the settings of the environment."""
+def build_app(database_url: str, output_dir: Path | None = None, settings: Any = None) -> FastAPI:
+    """The console over ``database_url`` with the settings of the environment (or
+    ``settings``: the broker a demo started); commands go to ATMFLEET_MQTT_URL as the
+    identity ATMFLEET_MQTT_USERNAME (``atmfleet-ops`` in the shipped ACL)."""
     from psycopg_pool import ConnectionPool
 
     from rules.config import load_rules
     from web.app import Console, create_app
+    from web.commands import ConsolePublisher
 
-    settings = load_settings()
+    settings = settings or load_settings()
     web_settings = load_web_settings()
     rules = load_rules(settings.rules_file)
+    publisher = ConsolePublisher(settings) if web_settings.commands else None
     pool: ConnectionPool = ConnectionPool(
         database_url, min_size=1, max_size=web_settings.pool_size, open=True,
         kwargs={"application_name": "atmfleet-web"},
     )  # fmt: skip
-    console = Console(pool, rules, web_settings, output_dir or settings.output_dir)
+    console = Console(pool, rules, web_settings, output_dir or settings.output_dir,
+                      publisher=publisher)  # fmt: skip
     console.fleet.start()  # the wall's snapshot, loaded before the first request
     return create_app(console)
 

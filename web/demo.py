@@ -32,6 +32,8 @@ class Running:
         self.server.should_exit = True
         self.thread.join(timeout=10)
         self.console.fleet.close()
+        if self.console.publisher is not None:
+            self.console.publisher.close()
         self.pool.close()
 
 
@@ -51,13 +53,16 @@ def demo_login(database_url: str) -> tuple[str, str] | None:
     return DEMO_USER, password
 
 
-def start_console(database_url: str, host: str, port: int, output_dir: Path) -> Running:
-    """Serve the console on ``host:port`` in a thread; returns once it listens."""
+def start_console(
+    database_url: str, host: str, port: int, output_dir: Path, settings: Any = None
+) -> Running:
+    """Serve the console on ``host:port`` in a thread; returns once it listens (commands
+    go to the broker of ``settings``, the environment's by default)."""
     import uvicorn
 
     from web.cli import build_app
 
-    app = build_app(database_url, output_dir)
+    app = build_app(database_url, output_dir, settings)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="atmfleet-web", daemon=True)

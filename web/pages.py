@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import date
+from datetime import date, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -29,6 +29,7 @@ from web.auth import (
 from web.fleet import STATES
 from web.i18n import LANGUAGES
 from web.kpi import KPI_KINDS, kpi_report
+from web.ops import NotFound
 from web.scope import report_scope
 
 router = APIRouter(include_in_schema=False)
@@ -158,6 +159,9 @@ def device(request: Request, device_id: str) -> Response:
         sample=v["latest"],
         incidents=v["incidents"],
         stops=v["stops"],
+        commands=v["commands"],
+        forecast=v["forecast"],
+        can_send=c.publisher is not None,
         last_seen=v["last_seen"],
         tz=c.rules.tz,
         inv=c.fleet.inventory,
@@ -369,6 +373,118 @@ def audit_csv(request: Request, actor: str = "", action: str = "") -> Response:
                     else ("" if r[k] is None else r[k]) for k in ops.AUDIT_COLUMNS])  # fmt: skip
     return Response("\ufeff" + buf.getvalue(), media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": "attachment; filename=audit.csv"})  # fmt: skip
+
+
+# ------------------------------------------------------------------------ commands
+
+
+@router.post("/devices/{device_id}/commands")
+async def command_send(request: Request, device_id: str) -> Response:
+    """Send a command (operator, inside the scope, CSRF): a disruptive one (restart, out of
+    service) first shows a confirmation page whose form repeats it with confirm=1."""
+    values = {k: str(v) for k, v in (await request.form()).items()}
+
+    def run() -> Response:
+        from web import commands as cmds
+
+        c = console_of(request)
+        who = c.writer(request, values.get("csrf"), "viewer")
+        c.device_view_check(request, device_id)
+        kind = values.get("kind", "")
+        params = cmds.journal_params(values, c.rules.tz) if kind == "journal" else {}
+        if kind in cmds.DISRUPTIVE_KINDS and values.get("confirm") != "1":
+            who.require("operator")
+            return c.page(request, "command_confirm.html", device_id=device_id, kind=kind)
+        with c.conn() as conn:
+            cmd = cmds.send(conn, who, c.rules, c.publisher, device_id, kind, params,
+                            values.get("confirm") == "1")  # fmt: skip
+        return RedirectResponse(f"/commands/{cmd.id}", 303)
+
+    return await _run(request, run)
+
+
+@router.get("/commands")
+def commands_list(request: Request, state: str = "", device: str = "") -> Response:
+    from web import commands as cmds
+
+    c = console_of(request)
+    who = c.principal(request)
+    with c.conn() as conn:
+        found = cmds.listing(conn, who, device_id=device or None, state=state or None,
+                             limit=c.settings.page_size)  # fmt: skip
+    return c.page(request, "commands.html", found=found, state=state, device=device,
+                  tz=c.rules.tz, states=_COMMAND_STATES)  # fmt: skip
+
+
+_COMMAND_STATES = ("queued", "sent", "accepted", "done", "failed", "rejected", "expired")
+
+
+@router.get("/commands/{command_id}")
+def command_page(request: Request, command_id: str) -> Response:
+    from web import commands as cmds
+
+    c = console_of(request)
+    who = c.principal(request)
+    with c.conn() as conn:
+        cmd = cmds.show(conn, who, command_id)
+    return c.page(request, "command.html", cmd=cmd, tz=c.rules.tz,
+                  final=cmd.state in cmds.FINAL_STATES,
+                  poll_ms=int(c.settings.command_poll_s * 1000))  # fmt: skip
+
+
+@router.get("/commands/{command_id}/journal")
+def command_journal(request: Request, command_id: str) -> Response:
+    from web import commands as cmds
+
+    c = console_of(request)
+    who = c.principal(request)
+    with c.conn() as conn:
+        return cmds.journal_response(conn, who, command_id)  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------------------- cash
+
+
+def _plan_day(request: Request, value: str) -> date:
+    c = console_of(request)
+    today = datetime.now(c.rules.tz).date()
+    if not value:
+        return today
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        raise UsageError("date: give a day as YYYY-MM-DD") from None
+    if day > today + timedelta(days=c.settings.cash_plan_days_ahead):
+        raise UsageError(f"date: at most {c.settings.cash_plan_days_ahead} days ahead")
+    return day
+
+
+@router.get("/cash/plan")
+def cash_plan(request: Request, date: str = "") -> Response:
+    from web import cash
+
+    c = console_of(request)
+    who = c.principal(request)
+    day = _plan_day(request, date)
+    with c.conn() as conn:
+        plan = cash.plan(conn, c.rules, who, day)
+    return c.page(request, "cash_plan.html", plan=plan, day=day.isoformat(), tz=c.rules.tz)
+
+
+@router.get("/cash/plan.{fmt}")
+def cash_plan_file(request: Request, fmt: str, date: str = "", lang: str = "") -> Response:
+    from web import cash
+
+    if fmt not in ("xlsx", "json"):
+        raise NotFound(f"no plan format {fmt!r}")
+    c = console_of(request)
+    who = c.principal(request)
+    day = _plan_day(request, date)
+    with c.conn() as conn:
+        plan = cash.plan(conn, c.rules, who, day)
+    data, media, name = cash.plan_file(plan, fmt, lang if lang in LANGUAGES else c.lang(request))
+    return Response(data, media_type=media,
+                    headers={"Content-Disposition": f"attachment; filename={name}"})  # fmt: skip
 
 
 __all__ = ["quote", "router"]

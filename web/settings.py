@@ -46,6 +46,23 @@ class WebSettings(BaseSettings):
     )
     page_size: int = Field(200, ge=10, le=5000, description="Rows or tiles per page.")
     pool_size: int = Field(6, ge=1, le=64, description="Database connections of the console.")
+    commands: bool = Field(
+        True,
+        description="Send remote commands through the broker of ATMFLEET_MQTT_* (off: the "
+        "console shows commands but its buttons say that no broker is configured).",
+    )
+    command_poll_s: float = Field(
+        1.0, ge=0.2, le=10, description="How often a command's page asks for its state, seconds."
+    )
+    device_commands: int = Field(
+        10, ge=1, le=200, description="Recent commands listed on a device's page."
+    )
+    cash_forecast_ttl_s: float = Field(
+        300.0, ge=1, description="How long the fleet's cash-out forecast is reused, seconds."
+    )
+    cash_plan_days_ahead: int = Field(
+        31, ge=1, le=366, description="How far ahead a replenishment plan may be asked for, days."
+    )
 
 
 def load_web_settings() -> WebSettings:

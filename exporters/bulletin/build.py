@@ -505,13 +505,17 @@ def assessment(
     v = vendors_report(ctx)
     t = Table("vendors", m("t.vendors"), [
         col("vendor"), col("devices", Kind.INT), col("technical", Kind.RATIO),
-        col("faults", Kind.INT), col("per_device_month", Kind.NUMBER),
-        col("mttr_h", Kind.HOURS), col("response_h", Kind.HOURS), col("repeats", Kind.INT),
-        col("open", Kind.INT), col("worst"),
+        col("incidents", Kind.INT), col("per_device_month", Kind.NUMBER),
+        col("response_median_h", Kind.HOURS), col("response_p90_h", Kind.HOURS),
+        col("repair_median_h", Kind.HOURS), col("repair_p90_h", Kind.HOURS),
+        col("response_breaches", Kind.INT), col("repair_breaches", Kind.INT),
+        col("repeat_rate", Kind.RATIO), col("open", Kind.INT), col("worst"),
     ], chart="technical", chart_label="vendor")  # fmt: skip
     for r in v.rows:
-        t.add([r["group"], r["devices"], r["technical"], r["faults"], r["per_device_month"],
-               hours(r["mttr_ms"]), hours(r["response_ms"]), r["repeats"], r["open"],
+        t.add([r["group"], r["devices"], r["technical"], r["incidents"], r["per_device_month"],
+               hours(r["response_median_ms"]), hours(r["response_p90_ms"]),
+               hours(r["repair_median_ms"]), hours(r["repair_p90_ms"]),
+               r["response_breaches"], r["repair_breaches"], r["repeat_rate"], r["open"],
                r["worst"] or None])  # fmt: skip
     b.tables.append(t)
 

@@ -81,5 +81,37 @@
     }, every);
   }
 
-  document.addEventListener("DOMContentLoaded", () => { wall(); countdowns(); board(); });
+  // ---- a command's page: ask for its state until it is final (done, failed, rejected, expired).
+  function command() {
+    const el = $("#command");
+    if (!el || el.dataset.final === "1") return;
+    const labels = JSON.parse(($("#cmd-labels") || {}).textContent || "{}");
+    const every = Math.max(200, parseInt(el.dataset.poll || "1000", 10));
+    const local = (iso) => iso ? new Date(iso).toLocaleString(document.body.dataset.lang === "en" ? "en-GB" : "zh-CN", {hour12: false}) : "–";
+    async function tick() {
+      try {
+        const r = await fetch(el.dataset.api, {credentials: "same-origin", headers: {Accept: "application/json"}});
+        if (r.ok) {
+          const c = await r.json();
+          const badge = $("#cmd-state");
+          badge.className = "badge cmd-" + c.state;
+          badge.dataset.state = c.state;
+          badge.textContent = labels.state[c.state] || c.state;
+          const rows = c.history.map((e) => `<tr><td>${esc(local(e.at))}</td><td>${esc(labels.state[e.state] || e.state)}</td><td>${esc(e.source)}</td><td>${e.detail ? esc(JSON.stringify(e.detail)) : ""}</td></tr>`);
+          const table = $("#cmd-history");
+          table.innerHTML = table.rows[0].outerHTML + rows.join("");
+          $("#cmd-reason").textContent = c.reason ? `${labels.reason}: ${c.reason}` : "";
+          if (c.journal_bytes !== null && labels.journal) {
+            $("#cmd-journal").innerHTML = `<a href="/commands/${encodeURIComponent(c.id)}/journal">${esc(labels.download)} (${c.journal_bytes} B)</a>`;
+          }
+          el.dataset.updated = String(Date.now());
+          if (c.final) { el.dataset.final = "1"; $("#cmd-waiting").hidden = true; return; }
+        }
+      } catch (e) { /* the next tick tries again */ }
+      setTimeout(tick, every);
+    }
+    setTimeout(tick, every);
+  }
+
+  document.addEventListener("DOMContentLoaded", () => { wall(); countdowns(); board(); command(); });
 })();
