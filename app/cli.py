@@ -11,32 +11,45 @@ import click
 
 from atmfleet.errors import AtmfleetError
 
-#: (module, attribute) of each subcommand; the parts own their commands.
-COMMANDS: tuple[tuple[str, str], ...] = (
-    ("atmfleet.store.cli", "db"),
-    ("collector.cli", "collect"),
-    ("collector.cli", "counters"),
-    ("app.inventory_cli", "inventory"),
-    ("simulator.cli", "simulate_command"),
-    ("app.demo", "demo"),
-    ("rules.cli", "kpi"),
-    ("exporters.bulletin_cli", "bulletin"),
-    ("exporters.cli", "serve"),
-    ("dashboards.cli", "dashboards"),
-    ("broker.cli", "broker"),
-    ("notify.cli", "notify"),
-    ("stops.cli", "stops"),
-    ("incidents.cli", "incidents"),
-    ("commands.cli", "command"),
-    ("simulator.devices_cli", "simulate_devices"),
-    ("web.cli", "web"),
-    ("web.cli", "users"),
-    ("cash.cli", "cash"),
+#: (name, module, attribute) of each subcommand; the parts own their commands. A part's
+#: module is imported only when its command runs (or for --help), so that e.g. the
+#: collector does not load the web console, the cash forecast's numpy and the rest.
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("db", "atmfleet.store.cli", "db"),
+    ("collect", "collector.cli", "collect"),
+    ("counters", "collector.cli", "counters"),
+    ("inventory", "app.inventory_cli", "inventory"),
+    ("simulate", "simulator.cli", "simulate_command"),
+    ("demo", "app.demo", "demo"),
+    ("kpi", "rules.cli", "kpi"),
+    ("bulletin", "exporters.bulletin_cli", "bulletin"),
+    ("serve", "exporters.cli", "serve"),
+    ("dashboards", "dashboards.cli", "dashboards"),
+    ("broker", "broker.cli", "broker"),
+    ("notify", "notify.cli", "notify"),
+    ("stops", "stops.cli", "stops"),
+    ("incidents", "incidents.cli", "incidents"),
+    ("command", "commands.cli", "command"),
+    ("simulate-devices", "simulator.devices_cli", "simulate_devices"),
+    ("web", "web.cli", "web"),
+    ("users", "web.cli", "users"),
+    ("cash", "cash.cli", "cash"),
 )
 
 
 class AtmfleetGroup(click.Group):
-    """Turns a user-facing error into one line on stderr and exit code 2."""
+    """Loads each part's command on first use, and turns a user-facing error into one line
+    on stderr and exit code 2."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *(name for name, _m, _a in COMMANDS)})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        for name, module, attr in COMMANDS:
+            if name == cmd_name:
+                command: click.Command = getattr(importlib.import_module(module), attr)
+                return command
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -55,10 +68,6 @@ def cli(verbose: int) -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-
-
-for _module, _attr in COMMANDS:
-    cli.add_command(getattr(importlib.import_module(_module), _attr))
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ the state last seen before the gap; the feed then sees no state before the gap.)
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 from collections.abc import Iterable, Sequence
@@ -129,6 +130,24 @@ class TxnDay:
     non_financial: int = 0
     fee: Decimal = Decimal("0")
     fee_txns: int = 0
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (set, frozenset)):
+        return sorted((_canonical(v) for v in value), key=lambda v: json.dumps(v, default=str))
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def rules_text(rules: Rules) -> str:
+    """The rules as text that is the same in every process for the same rules (sets
+    sorted: their order depends on the process's string hashing)."""
+    return json.dumps(
+        _canonical(rules.model_dump(mode="python")), sort_keys=True, default=str, ensure_ascii=False
+    )
 
 
 class Feed:
@@ -284,9 +303,11 @@ class Feed:
         """Identifies what a stored closed day was computed with (rules, inventory,
         recorded outages): a change makes a new cache, never a stale answer."""
         devices, outages = self._rows("fingerprint")[0]
-        digest = hashlib.sha256(self.rules.model_dump_json().encode())
+        digest = hashlib.sha256(rules_text(self.rules).encode())
         # v2: days before monitoring began are unknown, not down.
-        digest.update(f"|{devices}|{outages}|{self.monitoring_start_ms()}|v2".encode())
+        # v3: the rules in a canonical form (a set's order changed from one process to
+        # the next, so no process found the days another had kept).
+        digest.update(f"|{devices}|{outages}|{self.monitoring_start_ms()}|v3".encode())
         return digest.hexdigest()[:32]
 
     def kept_days(self, fingerprint: str, first: date, last: date) -> dict[str, Window]:
@@ -523,11 +544,18 @@ def closed(feed: Feed, day: date, horizon: int) -> bool:
 
 
 def window_days(
-    feed: Feed, devices: Sequence[Device], first: date, last: date, horizon: int
+    feed: Feed,
+    devices: Sequence[Device],
+    first: date,
+    last: date,
+    horizon: int,
+    known: UptimeDays | None = None,
 ) -> dict[str, Window]:
     """Per device, the local days ``first``..``last``: available ms, scheduled ms and
     counted financial transactions. Kept closed days are read; the others are computed
-    (uptime from the timeline, transactions from txn_daily) and kept when closed."""
+    (uptime from the timeline, transactions from txn_daily) and kept when closed.
+    ``known``: the uptime of one day already computed for these devices (at ``horizon``),
+    used instead of computing that day again."""
     period = days(first, last)
     n = len(period)
     fp = feed.fingerprint()
@@ -546,7 +574,14 @@ def window_days(
         keep = closed(feed, day, horizon)
         if keep:
             feed.settle_txn_days(day, day)
-        up = uptime_for(feed, chosen, day, day, horizon)
+        if (
+            known is not None
+            and known.days == [day]
+            and all(d.id in known.per_device for d in chosen)
+        ):
+            up = known
+        else:
+            up = uptime_for(feed, chosen, day, day, horizon)
         fin = feed.financial_days(day, day)
         for d in chosen:
             u = up.per_device[d.id][day]
@@ -565,12 +600,14 @@ def low_yield_for(
     devices: Sequence[Device],
     on: date,
     horizon: int,
+    known: UptimeDays | None = None,
 ) -> list[YieldFlag]:
-    """低产/低效 flags of ``devices`` on ``on``, over the rules' trailing window."""
+    """低产/低效 flags of ``devices`` on ``on``, over the rules' trailing window
+    (``known``: see :func:`window_days`)."""
     rules = feed.rules
     window = rules.low_yield.window_days
     first = on - timedelta(days=window - 1)
-    per_day = window_days(feed, devices, first, on, horizon)
+    per_day = window_days(feed, devices, first, on, horizon, known)
     flags: list[YieldFlag] = []
     targets = rules.uptime.targets
     for d in devices:

@@ -28,7 +28,15 @@ from atmfleet.errors import UsageError
 from atmfleet.inventory import Device, Inventory, Tier
 from rules.assessment import SubBranchFigures, assess
 from rules.config import Rules
-from rules.feed import Feed, TxnDay, UptimeDays, device_counts, low_yield_for, uptime_for
+from rules.feed import (
+    Feed,
+    TxnDay,
+    UptimeDays,
+    device_counts,
+    low_yield_for,
+    uptime_for,
+    window_days,
+)
 from rules.fleet import fleet_devices
 from rules.lowyield import Share, YieldFlag, YieldStatus, low_yield_share
 from rules.network import deposit_coverage, self_service_bank_ratio
@@ -175,7 +183,10 @@ class Context:
 
     @property
     def devices(self) -> list[Device]:
-        return self.scope.devices(self.inventory, self.first, self.last)
+        return self.memo(  # type: ignore[no-any-return]
+            ("devices", str(self.scope), self.first, self.last),
+            lambda: self.scope.devices(self.inventory, self.first, self.last),
+        )
 
     @property
     def span(self) -> tuple[int, int]:
@@ -215,9 +226,14 @@ class Context:
 
     def flags(self) -> list[YieldFlag]:
         devices = self.devices
+        # The day's uptime, when this computation already has it (a day not yet kept is
+        # then not computed twice).
+        known = self.cache.get(("uptime", str(self.scope), self.last, self.last))
         return self.memo(  # type: ignore[no-any-return]
             ("flags", str(self.scope), self.last),
-            lambda: low_yield_for(self.feed, self.inventory, devices, self.last, self.horizon),
+            lambda: low_yield_for(
+                self.feed, self.inventory, devices, self.last, self.horizon, known
+            ),
         )
 
     def target_of(self) -> Callable[[str], float]:
@@ -380,7 +396,52 @@ def uptime_row(
 
 
 def per_device_uptime(ctx: Context) -> dict[str, Uptime]:
-    return {d: total(per_day.values()) for d, per_day in ctx.uptime_days().per_device.items()}
+    """Each in-fleet device's uptime over the whole period (memoised: read, do not change)."""
+    return ctx.memo(  # type: ignore[no-any-return]
+        ("per_device_uptime", str(ctx.scope), ctx.first, ctx.last),
+        lambda: {d: total(per_day.values()) for d, per_day in ctx.uptime_days().per_device.items()},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DayFigures:
+    """A device's 开机率 A and S (as an :class:`Uptime` holding only those) and counted
+    financial transactions over a one-day period."""
+
+    uptime: Uptime
+    financial: int
+
+
+def day_figures(ctx: Context) -> dict[str, DayFigures] | None:
+    """Per in-fleet device of the scope, A, S and financial transactions of a one-day
+    period, from the kept closed days (:func:`rules.feed.window_days`: a day not kept is
+    computed from its timeline as :meth:`Context.uptime_days` does, and kept once
+    closed), so an earlier day a report only compares with is not rebuilt from its
+    timeline. None for a longer period (whose figures come from its timelines)."""
+    if ctx.first != ctx.last:
+        return None
+
+    def compute() -> dict[str, DayFigures]:
+        known = ctx.cache.get(("uptime", str(ctx.scope), ctx.first, ctx.last))
+        windows = window_days(ctx.feed, ctx.devices, ctx.first, ctx.last, ctx.horizon, known)
+        out = {}
+        for d in ctx.devices:
+            w = windows[d.id]
+            a, s, f = w.available[0], w.scheduled[0], w.financial[0]
+            assert a is not None and s is not None and f is not None  # complete
+            out[d.id] = DayFigures(Uptime(scheduled_ms=s, available_ms=a, devices=1), f)
+        return out
+
+    return ctx.memo(("day_figures", str(ctx.scope), ctx.first), compute)  # type: ignore[no-any-return]
+
+
+def compared_uptime(ctx: Context) -> dict[str, Uptime]:
+    """Per device, the uptime a report compares with (the day before, a tail's earlier
+    periods): only A and S for a one-day period (:func:`day_figures`), else the whole."""
+    figures = day_figures(ctx)
+    if figures is None:
+        return per_device_uptime(ctx)
+    return {d: f.uptime for d, f in figures.items()}
 
 
 def group_target(
@@ -418,7 +479,7 @@ def uptime_report(ctx: Context, by: str, previous: bool = False) -> Report:
     before_whole: Uptime | None = None
     if previous:
         earlier = ctx.shifted((ctx.last - ctx.first).days + 1)
-        before_dev = per_device_uptime(earlier)
+        before_dev = compared_uptime(earlier)  # only its ratio is shown
         before = rollup(before_dev, key)
         before_whole = rollup(before_dev, lambda _d: scope).get(scope, Uptime())
     targets = group_target(per_device, key, ctx.target_of())
@@ -615,13 +676,19 @@ def low_yield_report(ctx: Context, by: str) -> Report:
 # ----------------------------------------------------------------------------- tail
 
 
-def tail_entries(ctx: Context, rank: str, group: str, unit: str = "device") -> list[Entry]:
+def tail_entries(
+    ctx: Context, rank: str, group: str, unit: str = "device", earlier: bool = False
+) -> list[Entry]:
     """The ranking of the scope's devices (or their branches) within each ``group``:
     uptime against the tier's uptime target, or daily financial volume (over the days
     with scheduled time) against the low-yield threshold (a branch: the sum of its
-    devices' thresholds). A branch's uptime is ΣA/ΣS over its devices."""
+    devices' thresholds). A branch's uptime is ΣA/ΣS over its devices. ``earlier``: a
+    period compared with (the same entries, from the kept days when it is one day)."""
     inv = ctx.inventory
-    per_device = per_device_uptime(ctx)
+    figures = day_figures(ctx) if earlier else None
+    per_device = (
+        per_device_uptime(ctx) if figures is None else {d: f.uptime for d, f in figures.items()}
+    )
     if unit == "branch":
         unit_of = {d.id: d.branch for d in inv.devices}
         of: Callable[[str], str] = unit_of.__getitem__
@@ -635,18 +702,24 @@ def tail_entries(ctx: Context, rank: str, group: str, unit: str = "device") -> l
         of, key, target = str, dimension_key(inv, group), ctx.target_of()
     if rank == "uptime":
         return uptime_entries(rollup(per_device, of), key, target)
-    per_day = ctx.uptime_days().per_device
-    txn = ctx.txn()
     thresholds = ctx.rules.low_yield.thresholds
     volumes: dict[str, int] = {}
     scheduled: dict[str, int] = {}
     days_with_data: dict[str, set[date]] = {}
     limit: dict[str, float | None] = {}
+    if figures is not None:  # one day: financial transactions and S of that day
+        fin = {d: f.financial for d, f in figures.items()}
+        with_data = {d: {ctx.first} if f.uptime.has_data else set() for d, f in figures.items()}
+    else:
+        txn = ctx.txn()
+        per_day = ctx.uptime_days().per_device
+        fin = {d: sum(t.financial for t in txn.get(d, {}).values()) for d in per_device}
+        with_data = {d: {k for k, v in per_day[d].items() if v.has_data} for d in per_device}
     for d, up in per_device.items():
         u = of(d)
-        volumes[u] = volumes.get(u, 0) + sum(t.financial for t in txn.get(d, {}).values())
+        volumes[u] = volumes.get(u, 0) + fin[d]
         scheduled[u] = scheduled.get(u, 0) + up.scheduled_ms
-        days_with_data.setdefault(u, set()).update(k for k, v in per_day[d].items() if v.has_data)
+        days_with_data.setdefault(u, set()).update(with_data[d])
         own = thresholds.get(inv.device_by_id[d].type)
         if own is not None:
             limit[u] = (limit.get(u) or 0.0) + own
@@ -679,7 +752,7 @@ def tail_report(
     past_no_data: list[set[str]] = []
     with_data = 0
     for k in range(periods, 0, -1):
-        earlier = tail_entries(ctx.shifted(k * length), rank, group, unit)
+        earlier = tail_entries(ctx.shifted(k * length), rank, group, unit, earlier=True)
         members = tail(earlier, n)
         past.append({m.id for ms in members.values() for m in ms})
         past_no_data.append({e.id for e in earlier if e.value is None})

@@ -272,35 +272,55 @@ def daily_uptime(
 DIMENSIONS = ("device", "branch", "subbranch", "tier", "type", "placement", "vendor", "fleet")
 
 
+#: The last few inventories' dimension tables (an inventory is read once per command or
+#: refresh; a report asks for the same dimension many times).
+_KEYS: dict[int, tuple[Inventory, dict[str, dict[str, str]]]] = {}
+_KEEP_INVENTORIES = 4
+
+
+def _dimension_table(inventory: Inventory, dimension: str) -> dict[str, str]:
+    got = _KEYS.get(id(inventory))
+    if got is None or got[0] is not inventory:
+        while len(_KEYS) >= _KEEP_INVENTORIES:
+            del _KEYS[next(iter(_KEYS))]
+        got = _KEYS[id(inventory)] = (inventory, {})
+    tables = got[1]
+    table = tables.get(dimension)
+    if table is None:
+        devices = inventory.device_by_id
+        branches = inventory.branch_by_id
+        subs = inventory.subbranch_by_id
+        if dimension == "device":
+            table = {d: d for d in devices}
+        elif dimension == "branch":
+            table = {d.id: d.branch for d in devices.values()}
+        elif dimension == "type":
+            table = {d.id: d.type.value for d in devices.values()}
+        elif dimension == "placement":
+            table = {d.id: d.placement.value for d in devices.values()}
+        elif dimension == "vendor":
+            table = {d.id: d.vendor for d in devices.values()}
+        elif dimension == "fleet":
+            table = dict.fromkeys(devices, "fleet")
+        else:
+            sub_of = {b.id: b.subbranch for b in branches.values()}
+            if dimension == "subbranch":
+                table = {d.id: sub_of.get(d.branch, "") for d in devices.values()}
+            else:  # tier
+                tier_of = {s.id: s.tier.value for s in subs.values()}
+                table = {
+                    d.id: tier_of.get(sub_of[d.branch], "") if d.branch in sub_of else ""
+                    for d in devices.values()
+                }
+        tables[dimension] = table
+    return table
+
+
 def dimension_key(inventory: Inventory, dimension: str) -> Callable[[str], str | None]:
     """device id -> the group it belongs to in ``dimension`` (None: not in the inventory)."""
     if dimension not in DIMENSIONS:
         raise ValueError(f"unknown dimension {dimension!r}; allowed: {', '.join(DIMENSIONS)}")
-    devices = inventory.device_by_id
-    branches = inventory.branch_by_id
-    subs = inventory.subbranch_by_id
-    # Only the dimension asked for is computed (one dict lookup per device, not eight).
-    if dimension == "device":
-        table = {i: i for i in devices}
-    elif dimension == "branch":
-        table = {i: d.branch for i, d in devices.items()}
-    elif dimension == "type":
-        table = {i: d.type.value for i, d in devices.items()}
-    elif dimension == "placement":
-        table = {i: d.placement.value for i, d in devices.items()}
-    elif dimension == "vendor":
-        table = {i: d.vendor for i, d in devices.items()}
-    elif dimension == "fleet":
-        table = dict.fromkeys(devices, "fleet")
-    else:  # subbranch, tier: through the device's branch
-        of_branch: dict[str, str] = {}
-        for b in branches.values():
-            sub = subs.get(b.subbranch)
-            of_branch[b.id] = (
-                b.subbranch if dimension == "subbranch" else (sub.tier.value if sub else "")
-            )
-        table = {i: of_branch.get(d.branch, "") for i, d in devices.items()}
-    return table.get
+    return _dimension_table(inventory, dimension).get
 
 
 def rollup(

@@ -369,6 +369,20 @@ class SimConfig(_Model):
     backfill_heartbeat_s: int = Field(
         300, ge=5, le=3600, description="Heartbeat used by --backfill (keeps history small)."
     )
+    start_spread_heartbeats: float = Field(
+        1.0,
+        ge=0,
+        le=100,
+        description="Each device comes up at its own moment within this many heartbeats of "
+        "the run's start (0 = all at once), so the fleet's heartbeats spread over the minute.",
+    )
+    heartbeat_drift: float = Field(
+        0.001,
+        ge=0,
+        le=0.05,
+        description="Each device's heartbeat period is off by up to this share (its own "
+        "clock), so the phases keep drifting apart.",
+    )
     vendors: dict[str, VendorProfile] = Field(default_factory=_default_vendors, min_length=1)
     default_reliability: Reliability = Reliability(mtbf_days=40, response_h=3.0, repair_h=2.0)
     technicians: Technicians = Technicians()

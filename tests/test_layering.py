@@ -47,3 +47,24 @@ def test_ground_imports_no_part(path: Path) -> None:
 )
 def test_no_part_imports_the_roof(path: Path) -> None:
     assert "app" not in imported_tops(path), f"{path.relative_to(ROOT)} imports app"
+
+
+def test_a_command_loads_only_its_own_part() -> None:
+    """`atmfleet collect` does not import the web console, the cash forecast (numpy) or any
+    other part it does not use: each part's command is loaded when it runs."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from app.cli import cli\n"
+        "try:\n"
+        "    cli.main(['collect', '--help'], standalone_mode=False)\n"
+        "finally:\n"
+        "    print(sorted(m for m in ('web', 'cash', 'numpy', 'fastapi', 'notify', 'incidents')"
+        " if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout
+    assert out.strip().splitlines()[-1] == "[]", out

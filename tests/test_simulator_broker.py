@@ -184,7 +184,12 @@ class TestPerDeviceConnections:
     def test_real_last_wills_reach_the_subscriber(self, mqtt_url, run_id, subscriber) -> None:
         inv = generate_inventory(6, seed=3, prefix=f"sim{run_id}-")
         config = make_config(
-            {"incidents": {"device_link_drops_per_year": 10_000_000, "link_drop_min": 0.04}}
+            # Every device up for the whole 5 s (not coming up within its heartbeat): a
+            # short run with many link drops, to see the broker's wills.
+            {
+                "incidents": {"device_link_drops_per_year": 10_000_000, "link_drop_min": 0.04},
+                "start_spread_heartbeats": 0,
+            }
         )
         start = datetime.now(UTC).replace(microsecond=0)
         end = start + timedelta(seconds=5)

@@ -1,0 +1,611 @@
+"""The whole system live: simulator -> Mosquitto -> collector -> PostgreSQL, with
+``atmfleet serve`` scraped by a real Prometheus evaluating the shipped rules and the
+incident engine following the store.
+
+    python bench/fleet.py [--devices 100000] [--minutes 10] [--before CHECKOUT]
+
+Everything runs on services of our own (a Mosquitto and a PostgreSQL cluster on free
+ports, a Prometheus with its data in a temporary folder); nothing shared is touched.
+
+- The fleet's inventory (``simulator.fleet.generate_inventory``, seed 1) is loaded, then
+  ``atmfleet simulate --devices N --duration M`` plays it live (speed 1).
+- ``atmfleet collect`` (this checkout) stores it. With ``--before CHECKOUT`` (a checkout
+  of another commit, e.g. ``git worktree add /tmp/before <commit>``) that checkout's
+  collector runs beside it on the same broker, its own session and its own database:
+  both receive every message of the same load, on the same busy machine, at the same
+  time, so their figures compare side by side. ``--simulator CHECKOUT`` plays the fleet
+  with another checkout's simulator (e.g. one that spreads the heartbeats' phases).
+- ``atmfleet serve`` and ``atmfleet incidents run`` work on this checkout's database;
+  Prometheus scrapes ``serve`` and the collectors every 15 s and evaluates
+  ``exporters/prometheus/atmfleet.rules.yml`` every 30 s.
+
+The PostgreSQL runs with ``track_commit_timestamp = on``, so each stored row knows when
+it was committed: *receive -> commit* (``commit - received_at``) and *device timestamp ->
+stored* (``commit - ts``, for heartbeats: the state samples) are exact per message, not
+sampled. The collector's own lag gauge (age of the oldest message not yet acknowledged)
+is also scraped every second. Device time up to ``--warmup`` seconds after the first
+message is left out of the latencies (and shown apart): the simulator sets up every
+device's state machine after its clock has started, so what falls due meanwhile goes out
+late. CPU means are over the time messages flow (first message to the simulator's end).
+
+Per process (with its children: the collector's store worker, PostgreSQL's backends) it
+prints CPU % of one core (mean over the run, and the largest 10-second mean) and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psutil
+import psycopg
+from ingest import scrape
+from services import Mosquitto, Postgres, ServiceError, until, wait_port
+
+from app.embedded import free_port
+from atmfleet.store.inventory import upsert_inventory
+from simulator.fleet import generate_inventory
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ROOT / "exporters" / "prometheus" / "atmfleet.rules.yml"
+SAMPLE_S = 1.0
+WINDOW_S = 10.0
+
+
+# -- processes ------------------------------------------------------------------------------
+
+
+@dataclass
+class Watched:
+    """A process tree whose CPU and memory are sampled."""
+
+    name: str
+    root: psutil.Process
+    popen: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+    peak_rss: int = 0
+    cpu0: float | None = None
+    cpu_last: float = 0.0
+    cpu_flow: float | None = None  # CPU seconds when the first message arrived
+    flow_window: int = 0  # windows before it
+    windows: list[float] = field(default_factory=list)
+    _window_cpu: float = 0.0
+    _window_at: float = 0.0
+    _seen: dict[int, float] = field(default_factory=dict)
+    _gone: float = 0.0
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the tree, counting children that have already exited."""
+        procs = [self.root]
+        with contextlib.suppress(psutil.Error):
+            procs += self.root.children(recursive=True)
+        now: dict[int, float] = {}
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                now[p.pid] = t.user + t.system
+        for pid, last in self._seen.items():
+            if pid not in now:
+                self._gone += last
+        self._seen = now
+        return self._gone + sum(now.values())
+
+    def rss(self) -> int:
+        total = 0
+        procs = [self.root]
+        with contextlib.suppress(psutil.Error):
+            procs += self.root.children(recursive=True)
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_info().rss
+        return total
+
+    def sample(self, now: float) -> None:
+        cpu = self.cpu_seconds()
+        self.peak_rss = max(self.peak_rss, self.rss())
+        if self.cpu0 is None:
+            self.cpu0, self._window_cpu, self._window_at = cpu, cpu, now
+        elif now - self._window_at >= WINDOW_S:
+            self.windows.append(100 * (cpu - self._window_cpu) / (now - self._window_at))
+            self._window_cpu, self._window_at = cpu, now
+        self.cpu_last = cpu
+
+
+def env_for(db_url: str, mqtt_url: str, checkout: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATMFLEET_")}
+    env.update(
+        ATMFLEET_DATABASE_URL=db_url,
+        ATMFLEET_MQTT_URL=mqtt_url,
+        PYTHONPATH=str(checkout),
+        **{k: v for k, v in os.environ.items() if k.startswith("ATMFLEET_COLLECTOR__")},
+    )
+    return env
+
+
+def spawn(name: str, args: list[str], env: dict[str, str], cwd: Path, logs: Path) -> Watched:
+    log_path = logs / f"{name}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=log, stderr=log)
+    return Watched(name, psutil.Process(proc.pid), proc, log_path)
+
+
+def atmfleet(checkout: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "app.cli", *args]
+
+
+def tail(path: Path | None, chars: int = 2000) -> str:
+    if path is None or not path.exists():
+        return ""
+    return path.read_text(errors="replace")[-chars:]
+
+
+def stop_all(watched: list[Watched]) -> None:
+    for w in watched:
+        if w.popen is not None and w.popen.poll() is None:
+            w.popen.send_signal(signal.SIGTERM)
+    for w in watched:
+        if w.popen is not None:
+            try:
+                w.popen.wait(60)
+            except subprocess.TimeoutExpired:
+                w.popen.kill()
+
+
+# -- prometheus -------------------------------------------------------------------------------
+
+
+def prometheus_config(folder: Path, serve_port: int, collector_ports: list[int]) -> Path:
+    shutil.copy(RULES, folder / "atmfleet.rules.yml")
+    targets = ", ".join(f'"127.0.0.1:{p}"' for p in collector_ports)
+    text = f"""global:
+  scrape_interval: 15s
+  evaluation_interval: 30s
+rule_files:
+  - atmfleet.rules.yml
+scrape_configs:
+  - job_name: atmfleet
+    scrape_interval: 30s
+    scrape_timeout: 25s
+    static_configs:
+      - targets: ["127.0.0.1:{serve_port}"]
+  - job_name: atmfleet-collector
+    static_configs:
+      - targets: [{targets}]
+"""
+    path = folder / "prometheus.yml"
+    path.write_text(text)
+    return path
+
+
+# -- figures ----------------------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def fmt(v: float | None, unit: str = "s") -> str:
+    return "–" if v is None else f"{v:.2f}{unit}"
+
+
+LATENCY = """
+SELECT count(*),
+       percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY
+           extract(epoch FROM pg_xact_commit_timestamp(xmin) - received_at)),
+       percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY
+           extract(epoch FROM pg_xact_commit_timestamp(xmin) - ts)),
+       percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY
+           extract(epoch FROM received_at - ts))
+FROM {table} WHERE ts >= %s AND ts < %s
+"""
+
+STORED = """
+SELECT (SELECT count(*) FROM state_samples) + (SELECT count(*) FROM events)
+     + (SELECT count(*) FROM transactions) + (SELECT count(*) FROM presence),
+       (SELECT count(*) FROM dead_letters)
+"""
+
+#: Heartbeats sharing one second of the minute: the simulator's burst.
+BURST = """
+SELECT max(n)::float / sum(n) FROM (
+  SELECT count(*) AS n FROM state_samples WHERE ts >= %s AND ts < %s
+  GROUP BY extract(second FROM ts)::int) s
+"""
+
+
+@dataclass
+class Store:
+    name: str
+    db_url: str
+    metrics_port: int
+    watched: Watched | None = None
+    lags: list[float] = field(default_factory=list)
+    rates: list[float] = field(default_factory=list)
+    last: tuple[float, float] | None = None
+    values: dict[str, float] = field(default_factory=dict)
+
+    def poll(self, now: float) -> None:
+        try:
+            self.values = scrape(self.metrics_port)
+        except OSError:
+            return
+        self.lags.append(self.values.get("atmfleet_collector_lag_seconds", 0.0))
+        stored = self.values.get("atmfleet_collector_messages_stored_total", 0.0)
+        if self.last is not None and now > self.last[0]:
+            self.rates.append((stored - self.last[1]) / (now - self.last[0]))
+        self.last = (now, stored)
+
+    def done(self) -> float:
+        return sum(
+            self.values.get(f"atmfleet_collector_messages_{k}_total", 0.0)
+            for k in ("stored", "duplicate", "rejected")
+        )
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def services(tmp: Path) -> Iterator[tuple[Mosquitto, Postgres]]:
+    broker = Mosquitto(tmp / "mosquitto")
+    pg = Postgres(tmp / "pg", settings={"track_commit_timestamp": "on", "max_connections": "200"})
+    try:
+        broker.start()
+        pg.start()
+        yield broker, pg
+    finally:
+        broker.stop()
+        pg.stop()
+
+
+def postgres_tree(pg: Postgres) -> Watched:
+    pid = int((pg.data / "postmaster.pid").read_text().split()[0])
+    return Watched("postgres", psutil.Process(pid))
+
+
+def run(args: argparse.Namespace) -> None:
+    before = Path(args.before).resolve() if args.before else None
+    with tempfile.TemporaryDirectory(prefix="atmfleet-fleet-") as tmp_name:
+        tmp = Path(tmp_name)
+        tmp.chmod(0o755)  # the postgres user must reach its folder
+        logs = tmp / "logs"
+        logs.mkdir()
+        with services(tmp) as (broker, pg):
+            t = time.monotonic()
+            inventory = generate_inventory(args.devices, seed=1)
+            stores = [Store("collector", pg.database(), free_port())]
+            if before is not None:
+                stores.append(Store("collector BEFORE", pg.database(), free_port()))
+            for s in stores:
+                with psycopg.connect(s.db_url) as conn:
+                    upsert_inventory(conn, inventory)
+            del inventory
+            print(
+                f"set-up: {args.devices:,} devices loaded into {len(stores)} database(s) in "
+                f"{time.monotonic() - t:.0f}s; broker {broker.url}; PostgreSQL :{pg.port}",
+                flush=True,
+            )
+            watched: list[Watched] = [postgres_tree(pg)]
+            if broker.process is not None:
+                watched.append(Watched("mosquitto", psutil.Process(broker.process.pid)))
+            try:
+                run_parts(args, tmp, logs, broker, stores, before, watched)
+            finally:
+                stop_all(watched)
+
+
+def run_parts(
+    args: argparse.Namespace,
+    tmp: Path,
+    logs: Path,
+    broker: Mosquitto,
+    stores: list[Store],
+    before: Path | None,
+    watched: list[Watched],
+) -> None:
+    main_db = stores[0].db_url
+    token = uuid.uuid4().hex[:6]
+    for i, s in enumerate(stores):
+        checkout = ROOT if i == 0 else before
+        assert checkout is not None
+        env = env_for(s.db_url, broker.url, checkout)
+        env.update(ATMFLEET_MQTT_PROTOCOL="5", ATMFLEET_COLLECTOR__CLIENT_ID=f"fleet-{i}-{token}")
+        env.update(dict(kv.split("=", 1) for kv in (args.set if i == 0 else [])))
+        s.watched = spawn(
+            s.name.replace(" ", "-"),
+            atmfleet(checkout, "collect", "--metrics-port", str(s.metrics_port)),
+            env,
+            checkout,
+            logs,
+        )
+        watched.append(s.watched)
+    for s in stores:
+        until(functools.partial(_up, s), f"{s.name} metrics", 60)
+    env = env_for(main_db, broker.url, ROOT)
+    serve_port = free_port()
+    watched.append(
+        spawn(
+            "serve",
+            atmfleet(ROOT, "serve", "--host", "127.0.0.1", "--port", str(serve_port)),
+            env,
+            ROOT,
+            logs,
+        )
+    )
+    watched.append(spawn("incidents", atmfleet(ROOT, "incidents", "run"), env, ROOT, logs))
+    prom_dir = tmp / "prometheus"
+    prom_dir.mkdir()
+    prom_port = free_port()
+    conf = prometheus_config(prom_dir, serve_port, [s.metrics_port for s in stores])
+    watched.append(
+        spawn(
+            "prometheus",
+            [
+                "prometheus",
+                f"--config.file={conf}",
+                f"--storage.tsdb.path={prom_dir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+            ],
+            env,
+            prom_dir,
+            logs,
+        )
+    )
+    wait_port(prom_port, 30)
+    sim_started = time.time()
+    sim_checkout = Path(args.simulator).resolve() if args.simulator else ROOT
+    sim = spawn(
+        "simulator",
+        atmfleet(
+            ROOT,
+            "simulate",
+            "--devices",
+            str(args.devices),
+            "--seed",
+            "1",
+            "--duration",
+            f"{args.minutes * 60:.0f}s",
+            "--mqtt-url",
+            broker.url,
+        ),
+        env_for(main_db, broker.url, sim_checkout),
+        sim_checkout,
+        logs,
+    )
+    watched.append(sim)
+    print(
+        f"running: simulator, Mosquitto, {len(stores)} collector(s), PostgreSQL, serve, "
+        f"incidents run, Prometheus; {args.minutes:g} min live",
+        flush=True,
+    )
+    assert sim.popen is not None
+    next_report = time.monotonic() + 60
+    flow_started: float | None = None
+    while sim.popen.poll() is None:
+        now = time.time()
+        for w in watched:
+            w.sample(time.monotonic())
+        for s in stores:
+            s.poll(now)
+        if flow_started is None and any(
+            s.values.get("atmfleet_collector_messages_received_total") for s in stores
+        ):
+            flow_started = now  # the simulator has set up its devices and publishes
+            for w in watched:
+                w.cpu_flow, w.flow_window = w.cpu_last, len(w.windows)
+        for w in watched:
+            if w.popen is not None and w is not sim and w.popen.poll() is not None:
+                raise ServiceError(f"{w.name} exited early:\n{tail(w.log)}")
+        if time.monotonic() >= next_report:
+            next_report += 60
+            line = "; ".join(
+                f"{s.name} {s.values.get('atmfleet_collector_messages_received_total', 0):,.0f} "
+                f"received, lag {s.lags[-1] if s.lags else 0:.1f}s"
+                for s in stores
+            )
+            print(f"  {(now - sim_started) / 60:4.1f} min: {line}; load "
+                  f"{os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+        time.sleep(SAMPLE_S)
+    sim_ended = time.time()
+    out = tail(sim.log, 4000)
+    m = re.search(r"published ([\d,]+) messages(?: \(\+([\d,]+) last wills\))? in ([\d.]+)s", out)
+    if sim.popen.returncode != 0 or m is None:
+        raise ServiceError(f"the simulator failed:\n{out}")
+    published = int(m.group(1).replace(",", ""))
+    wills = int((m.group(2) or "0").replace(",", ""))
+    pub_seconds = float(m.group(3))
+    # Drain: every collector has acknowledged what it received.
+    for s in stores:
+        until(functools.partial(_drained, s), f"{s.name} to store the rest", 300)
+    for w in watched:
+        w.sample(time.monotonic())
+    rule_round = _rule_round(prom_port)
+    print(f"Prometheus targets: {_targets(prom_port)}", flush=True)
+    report(args, stores, watched, published, wills, pub_seconds, sim_started,
+           flow_started or sim_started, sim_ended, rule_round)  # fmt: skip
+
+
+def _up(s: Store) -> bool:
+    s.poll(time.time())
+    return bool(s.values)
+
+
+def _drained(s: Store) -> bool:
+    s.poll(time.time())
+    received = s.values.get("atmfleet_collector_messages_received_total", 0.0)
+    return received > 0 and s.values.get("atmfleet_collector_buffered_messages", 1) == 0
+
+
+def _rule_round(prom_port: int) -> tuple[float | None, float | None]:
+    """Seconds of the last round of the shipped rules (summed over groups), and the
+    longest group, from Prometheus' own rules API; None when it has not evaluated one."""
+    import json
+
+    url = f"http://127.0.0.1:{prom_port}/api/v1/rules"
+    with contextlib.suppress(OSError, KeyError, ValueError):
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            groups = json.load(resp)["data"]["groups"]
+        values = [
+            float(g["evaluationTime"]) for g in groups if g.get("lastEvaluation", "")[:4] > "2000"
+        ]
+        if values:
+            return sum(values), max(values)
+    return None, None
+
+
+def _targets(prom_port: int) -> str:
+    """Each scrape target's health and last error, as Prometheus saw it at the end."""
+    import json
+
+    url = f"http://127.0.0.1:{prom_port}/api/v1/targets"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            active = json.load(resp)["data"]["activeTargets"]
+    except (OSError, KeyError, ValueError) as exc:
+        return f"targets unknown ({exc})"
+    return "; ".join(
+        f"{t['labels'].get('job')} {t['health']}"
+        + (f" ({t['lastError'][:80]})" if t.get("lastError") else "")
+        + f", last scrape {float(t.get('lastScrapeDuration', 0)):.1f}s"
+        for t in active
+    )
+
+
+def report(
+    args: argparse.Namespace,
+    stores: list[Store],
+    watched: list[Watched],
+    published: int,
+    wills: int,
+    pub_seconds: float,
+    sim_started: float,
+    flow_started: float,
+    sim_ended: float,
+    rule_round: tuple[float | None, float | None],
+) -> None:
+    wall = sim_ended - flow_started
+    print()
+    print(
+        f"{args.devices:,} devices, {args.minutes:g} min live: the simulator's set-up took "
+        f"{flow_started - sim_started:.0f}s, then {wall:.0f}s of messages (the figures below); "
+        f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} "
+        f"(1 min) / {os.getloadavg()[2]:.1f} (15 min)"
+    )
+    print(f"published: {published:,} messages (+{wills:,} last wills) in {pub_seconds:.0f}s = "
+          f"{published / max(pub_seconds, 1e-9):,.0f} msgs/s")  # fmt: skip
+    print()
+    print(f"{'process':18} {'CPU % mean':>10} {'CPU % max10s':>12} {'peak RSS':>10}")
+    for w in watched:
+        base = w.cpu_flow if w.cpu_flow is not None else (w.cpu0 or 0.0)
+        mean = 100 * (w.cpu_last - base) / wall
+        windows = w.windows[w.flow_window :]
+        peak = max(windows) if windows else None
+        print(f"{w.name:18} {mean:>10.1f} {fmt(peak, ''):>12} {w.peak_rss / 2**20:>7.0f} MiB")
+    print()
+    t0 = datetime.fromtimestamp(sim_started, UTC)
+    cut = datetime.fromtimestamp(flow_started + args.warmup, UTC)
+    t1 = datetime.fromtimestamp(sim_ended + 60, UTC)
+    head = (f"{'collector':18} {'stored':>10} {'dead':>5} {'msgs/s mean':>11} {'peak':>7} "
+            f"{'lag gauge p50/p99':>18} {'recv→commit p50/p99':>20} "
+            f"{'hb ts→stored p50/p99':>21} {'hb ts→recv p99':>15}")  # fmt: skip
+    print(head)
+    warm_rows = []
+    for s in stores:
+        with psycopg.connect(s.db_url) as conn:
+            stored, dead = conn.execute(STORED).fetchone() or (0, 0)
+            _n, rc, ts_st, ts_rc = conn.execute(
+                LATENCY.format(table="state_samples"), (cut, t1)
+            ).fetchone() or (0, None, None, None)
+            wn, _wrc, wts, _w = conn.execute(
+                LATENCY.format(table="state_samples"), (t0 - timedelta(hours=1), cut)
+            ).fetchone() or (0, None, None, None)
+            burst = conn.execute(BURST, (cut, t1)).fetchone()
+        rc, ts_st, ts_rc = rc or [None, None], ts_st or [None, None], ts_rc or [None, None]
+        rates = s.rates
+        print(
+            f"{s.name:18} {stored:>10,} {dead:>5,} "
+            f"{(sum(rates) / len(rates)) if rates else 0:>11,.0f} "
+            f"{max(rates) if rates else 0:>7,.0f} "
+            f"{fmt(pct(s.lags, 0.5)) + ' / ' + fmt(pct(s.lags, 0.99)):>18} "
+            f"{fmt(rc[0]) + ' / ' + fmt(rc[1]):>20} "
+            f"{fmt(ts_st[0]) + ' / ' + fmt(ts_st[1]):>21} {fmt(ts_rc[1]):>15}"
+        )
+        warm_rows.append((s.name, wn, wts, burst[0] if burst else None))
+    print()
+    print(f"published vs stored: {published + wills:,} published (messages + wills); "
+          + "; ".join(f"{s.name} stored {_stored(s):,}" for s in stores))  # fmt: skip
+    for name, wn, wts, burst in warm_rows:
+        p99 = wts[1] if wts else None
+        share = "–" if burst is None else f"{100 * burst:.1f} %"
+        print(f"{name}: device time up to {args.warmup:.0f}s after the first message (due "
+              f"during the simulator's set-up, sent late; left out above): {wn:,} heartbeats, ts→stored p99 {fmt(p99)}; heartbeats after it in "
+              f"their busiest second of the minute: {share} (a spread fleet: ~1.7 %)")  # fmt: skip
+    total, longest = rule_round
+    print(f"Prometheus: last round of the shipped rules {fmt(total)} (longest group "
+          f"{fmt(longest)})")  # fmt: skip
+    if len(stores) == 2:
+        a, b = (s.watched for s in stores)
+        if a is not None and b is not None:
+            ca, cb = a.cpu_last - (a.cpu_flow or 0), b.cpu_last - (b.cpu_flow or 0)
+            print(f"collector CPU after / before: {ca / cb if cb else float('nan'):.2f} "
+                  f"({ca:.0f}s vs {cb:.0f}s of CPU, same load, same time)")  # fmt: skip
+
+
+def _stored(s: Store) -> int:
+    with psycopg.connect(s.db_url) as conn:
+        row = conn.execute(STORED).fetchone()
+    return int(row[0]) if row else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--devices", type=int, default=100_000)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument(
+        "--warmup", type=float, default=60.0,
+        help="Seconds of device time at the start left out of the latencies.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--before", default=None, help="A checkout of another commit: run its collector beside."
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="An environment setting of this checkout's collector only (e.g. "
+        "ATMFLEET_COLLECTOR__BATCH_SIZE=2000), to compare settings side by side with --before.",
+    )
+    parser.add_argument(
+        "--simulator",
+        default=None,
+        help="A checkout of another commit: play the fleet with its simulator instead.",
+    )
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        run(args)
+    except ServiceError as exc:
+        sys.exit(f"fleet: {exc}")
+
+
+if __name__ == "__main__":
+    main()
