@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 
 import click
 from prometheus_client import CollectorRegistry, start_http_server
 
 from atmfleet.protocol import counter_topic, encode
 from atmfleet.settings import load_settings
+from atmfleet.signals import stop_on_signals
 from atmfleet.store.connect import connect
 from atmfleet.store.writer import Accepted, BatchWriter
 from collector.counters import parse_counter_csv
@@ -38,14 +36,7 @@ def collect(client_id: str | None, metrics_port: int | None) -> None:
     registry = CollectorRegistry()
     stats = CollectorStats(registry)
     collector = Collector(settings, stats, client_id=client_id)
-    stop = threading.Event()
-
-    def _stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s: flushing and stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stop = stop_on_signals(log, "flushing and stopping")
     if metrics_port is not None:
         start_http_server(metrics_port, registry=registry)
     log.info("%s", describe(settings))

@@ -8,13 +8,11 @@ by itself, as the example Prometheus configuration assumes.
 from __future__ import annotations
 
 import logging
-import signal
-import threading
-from types import FrameType
 
 import click
 
 from atmfleet.settings import load_settings
+from atmfleet.signals import stop_on_signals
 from exporters.metrics import start_serving
 from rules.config import load_rules
 
@@ -51,14 +49,7 @@ def serve(host: str, port: int, refresh_s: float, day_refresh_s: float, lean: bo
     settings = load_settings()
     rules = load_rules(settings.rules_file)
     url = settings.require_database_url()
-    stop = threading.Event()
-
-    def _stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s: stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stop = stop_on_signals(log)
     serving = start_serving(
         url, rules, host=host, port=port, refresh_s=refresh_s, day_refresh_s=day_refresh_s,
         lean=lean,

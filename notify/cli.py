@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
 from datetime import date, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -27,6 +25,7 @@ import click
 from atmfleet import cli_types
 from atmfleet.errors import ConfigError, Forbidden, UsageError
 from atmfleet.settings import load_settings
+from atmfleet.signals import stop_on_signals
 from atmfleet.store.audit import Actor, cli_actor, record, require_role
 from atmfleet.store.connect import connect
 from notify.config import NotifyConfig, load_config
@@ -87,14 +86,7 @@ def serve_cmd(config_path: Path | None, host: str, port: int) -> None:
     senders, _broken = build_senders(config)
     worker = Worker(url, config, senders, tz)
     server = make_server(host, port, url, config, tz, on_accept=worker.wake.set)
-    stop = threading.Event()
-
-    def _stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s: stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stop = stop_on_signals(log)
     worker.thread.start()
     threading.Thread(target=server.serve_forever, name="notify-http", daemon=True).start()
     log.warning("notify: listening on %s:%d", host, server.server_address[1])
