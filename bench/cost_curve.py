@@ -139,27 +139,49 @@ def format_cell(key: str, cell: dict[str, Any] | None) -> str:
     return text
 
 
+#: The commands whose seconds include the start-up (row 0): their growth is also shown net
+#: of it.
+NET_OF_STARTUP = frozenset({"uptime", "lowyield_first", "lowyield_kept", "bulletin"})
+RATIO_W = 20
+
+
 def table(counts: Sequence[int], results: dict[int, dict[str, dict[str, Any]]]) -> str:
     """One row per path, a column per fleet size (seconds, peak RSS), and the growth per
-    10x of devices between neighbouring sizes."""
+    10x of devices between neighbouring sizes (for the commands also net of the start-up
+    of row 0, when it was timed)."""
     width = max(
         22, *(len(format_cell(k, results.get(n, {}).get(k))) + 2 for n in counts for k, _ in ROWS)
     )
     label_w = max(len(label) for _, label in ROWS)
     steps = list(itertools.pairwise(counts))
     head = f"{'devices':<{label_w}}" + "".join(f"{n:>{width},}" for n in counts)
-    head += "".join(f"{'x per 10x ' + _short(a) + '→' + _short(b):>18}" for a, b in steps)
+    head += "".join(f"{'x per 10x ' + _short(a) + '→' + _short(b):>{RATIO_W}}" for a, b in steps)
     lines = [head]
+    startup = [_main_figure("startup", results.get(n, {}).get("startup")) for n in counts]
     for key, label in ROWS:
         cells = [results.get(n, {}).get(key) for n in counts]
         if all(c is None for c in cells):
             continue
         line = f"{label:<{label_w}}" + "".join(f"{format_cell(key, c):>{width}}" for c in cells)
-        for (a, b), (ca, cb) in zip(steps, itertools.pairwise(cells), strict=True):
-            r = per_10x(_main_figure(key, ca), _main_figure(key, cb), a, b)
-            line += f"{'–' if r is None else f'{r:.1f}':>18}"
+        figures = [_main_figure(key, c) for c in cells]
+        for i, (a, b) in enumerate(steps):
+            r = per_10x(figures[i], figures[i + 1], a, b)
+            text = "–" if r is None else f"{r:.1f}"
+            if key in NET_OF_STARTUP and r is not None:
+                net = per_10x(
+                    _minus(figures[i], startup[i]), _minus(figures[i + 1], startup[i + 1]), a, b
+                )
+                if net is not None:
+                    text += f" (net {net:.1f})"
+            line += f"{text:>{RATIO_W}}"
         lines.append(line)
     return "\n".join(lines)
+
+
+def _minus(value: float | None, fixed: float | None) -> float | None:
+    if value is None or fixed is None:
+        return None
+    return value - fixed
 
 
 def _short(n: int) -> str:
@@ -512,7 +534,13 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, help="save the raw figures as JSON")
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument(
+        "--show", type=Path, metavar="FILE.json", help="print the table of a saved run and end"
+    )
     args = parser.parse_args()
+    if args.show is not None:
+        report(json.loads(args.show.read_text()))
+        return
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # finally blocks clean up
     started = datetime.now(UTC)
     figures: dict[str, Any] = {
@@ -543,12 +571,20 @@ def main() -> None:
             figures["results"] = {str(n): r for n, r in results.items()}
             if args.out is not None:
                 args.out.write_text(json.dumps(figures, indent=1) + "\n")
+    report(figures)
+    if failed:
+        sys.exit(f"cost_curve: {failed}")
+
+
+def report(figures: dict[str, Any]) -> None:
+    """The table and the load averages of a run's figures (as ``--out`` saves them)."""
+    results = {int(n): r for n, r in figures["results"].items()}
     print()
     print(
-        f"cost curve, commit {figures['commit']}, {os.cpu_count()} CPUs; D = "
-        f"{_day()} for 1-3, now for 4-5; seconds (peak RSS)"
+        f"cost curve, commit {figures['commit']}, {figures['cpus']} CPUs, started "
+        f"{figures['started']}; D = {_day()} for 1-3, now for 4-5; seconds (peak RSS)"
     )
-    print(table(args.devices, results))
+    print(table(figures["devices"], results))
     for n, load in figures["load_average"].items():
         start, end = load["start"], load.get("end")
         print(
@@ -558,13 +594,11 @@ def main() -> None:
         )
     for n, r in results.items():
         for key, cell in r.items():
-            if cell.get("error") or cell.get("note") or cell.get("rule_errors"):
-                print(
-                    f"{n:,} {key}: {cell.get('error') or cell.get('note') or ''}"
-                    f"{' rules in error: ' + str(cell['rule_errors']) if cell.get('rule_errors') else ''}"
-                )
-    if failed:
-        sys.exit(f"cost_curve: {failed}")
+            problem = cell.get("error") or cell.get("note")
+            if cell.get("rule_errors"):
+                problem = f"{cell['rule_errors']} rules in error"
+            if problem:
+                print(f"{n:,} {key}: {problem}")
 
 
 def _day() -> str:

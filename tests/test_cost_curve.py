@@ -67,6 +67,15 @@ def test_table() -> None:
     assert "failed" in bulletin and bulletin.split()[-1] == "–"
     assert bulletin.split()[-2] == "–"  # no figure at 10,000 either: no ratio
     assert "serve" not in text  # rows without any figure are left out
+    # With the start-up timed, the commands' growth is also shown net of it.
+    results[1000]["startup"] = {"seconds": 1.5, "rss_mib": 50.0}
+    results[10000]["startup"] = {"seconds": 1.5, "rss_mib": 50.0}
+    up = next(
+        line
+        for line in cost.table([1000, 10000], results).splitlines()
+        if line.startswith("1. kpi uptime")
+    )
+    assert up.endswith("2.5 (net 7.0)")
 
 
 def test_prometheus_times() -> None:
