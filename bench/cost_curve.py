@@ -3,9 +3,11 @@
     python bench/cost_curve.py [--devices 1000,10000,100000] [--out FILE.json]
                                [--paths uptime,low-yield,bulletin,scrape,rules]
                                [--admin-url postgresql://postgres@127.0.0.1/postgres]
+    python bench/cost_curve.py --show FILE.json      # the table of a saved run
 
 For each fleet size, through the real commands run as processes (this checkout's
-``atmfleet``; seconds are wall time of the process, peak RSS its own ``ru_maxrss``;
+``atmfleet``; seconds are wall time of the process, peak RSS its ``ru_maxrss`` as a
+small launcher sees it, see ``LAUNCH``;
 ``atmfleet kpi --help``, best of three, is timed too: the start-up every command's
 seconds include):
 
@@ -327,7 +329,10 @@ def upgraded_database(admin_url: str, timezone: str) -> Iterator[str]:
         yield url
 
 
-def kpi_paths(n: int, admin_url: str, paths: list[str], tmp: Path) -> dict[str, dict[str, Any]]:
+def kpi_paths(
+    n: int, admin_url: str, paths: list[str], tmp: Path, out: dict[str, dict[str, Any]]
+) -> None:
+    """Paths 1-3 at ``n`` devices, their figures put in ``out`` as they come."""
     import psycopg
     from kpi_db import DAY, fill, keep_days
 
@@ -336,7 +341,6 @@ def kpi_paths(n: int, admin_url: str, paths: list[str], tmp: Path) -> dict[str, 
 
     rules = load_rules()
     day = DAY.isoformat()
-    out: dict[str, dict[str, Any]] = {}
 
     def reset(conn: psycopg.Connection) -> None:
         conn.execute("DELETE FROM kpi_device_days WHERE day >= %s", (DAY,))
@@ -394,7 +398,6 @@ def kpi_paths(n: int, admin_url: str, paths: list[str], tmp: Path) -> dict[str, 
                 ["bulletin", "daily", "--date", day, "--format", "all", "--out", str(folder)],
             )
             out["bulletin"]["files"] = sorted(p.name for p in folder.iterdir())
-    return out
 
 
 def _full(endpoint: str) -> bool:
@@ -415,7 +418,10 @@ def _full(endpoint: str) -> bool:
     return {p.decode() for p in parts} >= FULL_PARTS
 
 
-def serve_paths(n: int, admin_url: str, paths: list[str], tmp: Path) -> dict[str, dict[str, Any]]:
+def serve_paths(
+    n: int, admin_url: str, paths: list[str], tmp: Path, out: dict[str, dict[str, Any]]
+) -> None:
+    """Paths 4-5 at ``n`` devices, their figures put in ``out`` as they come."""
     import promrun
     import psycopg
     from scrape import fill
@@ -424,7 +430,6 @@ def serve_paths(n: int, admin_url: str, paths: list[str], tmp: Path) -> dict[str
     from rules.config import load_rules
 
     rules = load_rules()
-    out: dict[str, dict[str, Any]] = {}
     with upgraded_database(admin_url, rules.timezone) as url:
         with psycopg.connect(url) as conn:
             t = time.perf_counter()
@@ -464,7 +469,6 @@ def serve_paths(n: int, admin_url: str, paths: list[str], tmp: Path) -> dict[str
             if "rules" in paths:
                 out.update(rule_round(n, port, tmp, promrun))
             out["scrape"]["rss_mib"] = peak_rss_mib(serve.pid)
-    return out
 
 
 def rule_round(n: int, serve_port: int, tmp: Path, promrun: Any) -> dict[str, dict[str, Any]]:
@@ -566,7 +570,7 @@ def main() -> None:
     if args.show is not None:
         report(json.loads(args.show.read_text()))
         return
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # finally blocks clean up
+    signal.signal(signal.SIGTERM, _interrupt)  # finally blocks clean up
     started = datetime.now(UTC)
     figures: dict[str, Any] = {
         "commit": commit(),
@@ -586,12 +590,14 @@ def main() -> None:
                 figures["load_average"][str(n)] = {"start": os.getloadavg()}
                 results[n] = {}
                 if {"uptime", "low-yield", "bulletin"} & set(args.paths):
-                    results[n].update(kpi_paths(n, args.admin_url, args.paths, tmp))
+                    kpi_paths(n, args.admin_url, args.paths, tmp, results[n])
                 if {"scrape", "rules"} & set(args.paths):
-                    results[n].update(serve_paths(n, args.admin_url, args.paths, tmp))
+                    serve_paths(n, args.admin_url, args.paths, tmp, results[n])
                 figures["load_average"][str(n)]["end"] = os.getloadavg()
         except BenchError as exc:
             failed = str(exc)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: cleaned up on the way out
+            failed = "interrupted; the figures so far:"
         finally:
             figures["results"] = {str(n): r for n, r in results.items()}
             if args.out is not None:
@@ -599,6 +605,10 @@ def main() -> None:
     report(figures)
     if failed:
         sys.exit(f"cost_curve: {failed}")
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
 
 
 def report(figures: dict[str, Any]) -> None:
