@@ -597,7 +597,7 @@ def main() -> None:
         except BenchError as exc:
             failed = str(exc)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: cleaned up on the way out
-            failed = "interrupted; the figures so far:"
+            failed = "interrupted: the table holds what was measured before"
         finally:
             figures["results"] = {str(n): r for n, r in results.items()}
             if args.out is not None:
