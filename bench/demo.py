@@ -52,7 +52,7 @@ HERE = Path(__file__).resolve().parent.parent
 POINTS = ("url", "web", "kpis", "serve", "ready")
 WEB_LINE = re.compile(r"^web +(http://\S+)")
 METRICS_LINE = re.compile(r"^metrics +(http://\S+/metrics) +\(the fleet")
-HISTORY_LINE = re.compile(r"^history +publishing .*")
+HISTORY_LINE = re.compile(r"^history +(publishing|storing) .*")
 
 
 @dataclass
