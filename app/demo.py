@@ -70,6 +70,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
 from app.embedded import BROKER_INFLIGHT, embedded_broker, embedded_postgres, free_port
+from app.history import HistoryWriters
 from atmfleet.errors import AtmfleetError, UsageError
 from atmfleet.inventory import Inventory
 from atmfleet.inventory_io import save_inventory
@@ -666,84 +667,10 @@ class Progress:
     history_sent: threading.Event = field(default_factory=threading.Event)
 
 
-#: The collector id the history's rows carry (the live part's carry COLLECTOR_ID).
-HISTORY_ID = "atmfleet-demo-history"
-#: Messages per transaction when the history is stored (the collector's batches are
-#: smaller because it acknowledges each one to the broker).
-HISTORY_BATCH = 5000
-
-
-def received(t: int) -> datetime:
-    """A simulated publish time (ms) as the instant the collector received the message."""
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=t)
-
-
-def store_history(
-    url: str,
-    emissions: Iterator[Emission],
-    now_ms: int,
-    progress: Progress,
-    stop: threading.Event,
-) -> Emission | None:
-    """Store every emission published before ``now_ms`` the way the collector stores what
-    it receives: each message through its decoder (validated; a bad one becomes a dead
-    letter) and its batch writer, received at its publish time. Decoding (here) and
-    writing (a second thread, so the database works while the next batch is decoded) run
-    side by side. Returns the first emission at or after ``now_ms`` (None if none)."""
-    import queue
-
-    from atmfleet.store.writer import Accepted, BatchWriter, Rejected
-    from collector.decode import decode
-
-    batches: queue.Queue[tuple[list[Accepted], list[Rejected]] | None] = queue.Queue(2)
-    failed: list[BaseException] = []
-
-    def write() -> None:
-        try:
-            with connect(url, application_name=HISTORY_ID) as conn:
-                writer = BatchWriter(conn, HISTORY_ID)
-                while (batch := batches.get()) is not None:
-                    result = writer.write(*batch)
-                    progress.stored += (
-                        sum(result.stored.values()) + result.duplicates + len(result.dead)
-                    )
-        except BaseException as exc:
-            failed.append(exc)
-            while batches.get() is not None:  # let the decoder finish
-                pass
-
-    writer = threading.Thread(target=write, name="demo-history-writer", daemon=True)
-    writer.start()
-    first_live: Emission | None = None
-    accepted: list[Accepted] = []
-    rejected: list[Rejected] = []
-    try:
-        for e in emissions:
-            if e.t >= now_ms:
-                first_live = e
-                break
-            if stop.is_set() or failed:
-                break
-            got = decode(e.topic, e.payload, received(e.t))
-            (accepted if isinstance(got, Accepted) else rejected).append(got)  # type: ignore[arg-type]
-            progress.sent += 1
-            progress.sim_t = e.t
-            if len(accepted) + len(rejected) >= HISTORY_BATCH:
-                batches.put((accepted, rejected))
-                accepted, rejected = [], []
-        if accepted or rejected:
-            batches.put((accepted, rejected))
-    finally:
-        batches.put(None)
-        writer.join()
-    if failed:
-        raise DemoError(f"the history could not be stored: {failed[0]}") from failed[0]
-    return first_live
-
-
 def start_simulator(
     settings: Settings,
     url: str,
+    writers: HistoryWriters,
     inventory: Inventory,
     seed: int,
     start: datetime,
@@ -753,7 +680,7 @@ def start_simulator(
 ) -> tuple[threading.Thread, Progress]:
     """Run the simulator over [start, end) in one run (every device's ``seq`` keeps
     growing from history into live): the history (before ``now``) is stored directly
-    through the collector's decoder and writer (:func:`store_history`), the rest is
+    through the collector's decoder and writer (:mod:`app.history`), the rest is
     published to the broker in real time (the simulator's pacing never lets simulated
     time pass the wall clock) for the collector to store."""
     from simulator.config import SimConfig
@@ -775,7 +702,7 @@ def start_simulator(
 
     def run() -> None:
         try:
-            first_live = store_history(url, emissions, now_ms, progress, stop)
+            first_live = writers.store(url, emissions, now_ms, progress, stop, branch_of)
             progress.history = progress.sent
             progress.history_sent.set()
             if first_live is None or stop.is_set():
@@ -949,6 +876,8 @@ def run_demo(
     save_inventory(inventory, data_dir / "inventory.yaml")
 
     with contextlib.ExitStack() as stack:
+        writers = HistoryWriters()  # they start while the database does
+        stack.callback(writers.close)
         if own_db:
             db_url = stack.enter_context(embedded_postgres(data_dir / "postgres"))
             recreate_database(db_url)
@@ -1001,7 +930,7 @@ def run_demo(
         end = now + OPEN_ENDED if live_s is not None else now
         history_started = time.monotonic()
         thread, progress = start_simulator(
-            run_settings, db_url, inventory, seed, start, now, end, stop
+            run_settings, db_url, writers, inventory, seed, start, now, end, stop
         )
 
         def stop_simulator() -> None:  # also when something failed: before the broker stops

@@ -2,9 +2,9 @@
 same as what the collector stores from the broker: every row, every figure.
 
 The collector decodes each message as it receives it and writes batches of at most 100
-(the embedded broker's in-flight window); the demo's history (:func:`app.demo.store_history`)
-decodes each message with its publish time as its receive time and writes batches of
-5,000. The same simulated day stored both ways into two databases gives the same rows in
+(the embedded broker's in-flight window); the demo's history (:mod:`app.history`) decodes each
+message with its publish time as its receive time and writes batches of 5,000, in two
+processes side by side (each for its own branches). The same simulated day stored both ways into two databases gives the same rows in
 every table (but the receive time and the collector's id, which say how a row came) and
 the same daily bulletin.
 """
@@ -22,7 +22,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from app.demo import Progress, store_history, write_bulletin
+from app.demo import Progress, write_bulletin
+from app.history import HistoryWriters
 from atmfleet.store.inventory import upsert_inventory
 from atmfleet.store.migrate import upgrade
 from atmfleet.store.writer import Accepted, BatchWriter, Rejected
@@ -115,7 +116,14 @@ def test_the_history_stored_directly_equals_what_the_collector_stores(
 
     assert as_the_collector_stores(broker_path, emissions) == len(emissions)
     progress = Progress()
-    left = store_history(direct_path, iter(emissions), ms(now), progress, threading.Event())
+    writers = HistoryWriters()
+    try:
+        branch_of = {d.id: d.branch for d in inventory.devices}.__getitem__
+        left = writers.store(
+            direct_path, iter(emissions), ms(now), progress, threading.Event(), branch_of
+        )
+    finally:
+        writers.close()
     assert left is None
     assert progress.sent == progress.stored == len(emissions)
 
