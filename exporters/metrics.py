@@ -1176,7 +1176,7 @@ def start_serving(
     # Cash-out forecasts (cash/metrics.py): their own collector and refresh thread.
     from cash.metrics import CashCollector, CashMetrics
 
-    cash = CashMetrics(url, rules)
+    cash = CashMetrics(url, rules, isolated=True)
     registry.register(CashCollector(cash))
     server = make_server(exporter, host, port)
     # notify/: the notifier's delivery counters and outbox (docs/notifications.md), from the
