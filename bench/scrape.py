@@ -51,14 +51,14 @@ def copy_lines(conn: psycopg.Connection, statement: str, lines: list[str]) -> No
             copy.write("".join(lines[i : i + 100_000]))
 
 
-def fill(conn: psycopg.Connection, n: int) -> None:
+def fill(conn: psycopg.Connection, n: int, per_branch: int = 50) -> None:
     rules = load_rules()
     tz = rules.tz
     now = datetime.now(UTC).replace(microsecond=0)
     today = now.astimezone(tz).date()
     midnight = datetime(today.year, today.month, today.day, tzinfo=tz).astimezone(UTC)
     start = midnight - timedelta(hours=1)
-    nb = max(1, n // 50)
+    nb = max(1, n // per_branch)
     copy_lines(conn, "COPY subbranches FROM STDIN",
                [f"S{i:02d}\ts{i}\t{i % 3 + 1}\n" for i in range(12)])  # fmt: skip
     copy_lines(conn, "COPY branches FROM STDIN",
