@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 
 #: States in which a device serves customers (``atmfleet_device_up`` 1).
 UP_STATES = frozenset({"in_service", "degraded"})
+#: States in which a device inside its service window is not scheduled to serve.
+UNSCHEDULED_STATES = frozenset({"planned_maintenance", "unknown"})
 #: Dispensing cash-unit types and the statuses that leave a unit out of the cash ratio.
 DISPENSING = frozenset({"dispense", "recycle"})
 UNUSABLE = frozenset({"inop", "missing"})
@@ -324,6 +326,13 @@ def _device_families(snap: Snapshot) -> Iterator[Metric]:
               "When the device's current state began.", one)  # fmt: skip
     cash = c("atmfleet_device_cash_ratio",
              "Notes left over capacity in the dispensing cash units.", one)  # fmt: skip
+    down = c(
+        "atmfleet_device_scheduled_down",
+        "1 for each scheduled device (in its window, not planned maintenance, not unknown) "
+        "that does not serve; absent for the others.",
+        UP_LABELS,
+    )
+    scheduled: dict[tuple[str, str, str], int] = {}
     for d in snap.devices:
         labels = (d.device, d.branch, d.subbranch, d.tier, d.type, d.vendor, d.placement)
         dev = (d.device,)
@@ -337,7 +346,20 @@ def _device_families(snap: Snapshot) -> Iterator[Metric]:
             since.add(dev, d.since)
         if d.cash_ratio is not None:
             cash.add(dev, d.cash_ratio)
-    yield from (info, up, state, window, seen, since, cash)
+        if d.in_window and d.state not in UNSCHEDULED_STATES:
+            key = (d.branch, d.subbranch, d.tier)
+            scheduled[key] = scheduled.get(key, 0) + 1
+            if d.state not in UP_STATES:
+                down.add(labels, 1)
+    per_branch = c(
+        "atmfleet_branch_scheduled_devices",
+        "Devices of the branch scheduled to serve now (in their window, not planned "
+        "maintenance, not unknown); only branches with one.",
+        ("branch", "subbranch", "tier"),
+    )
+    for key, n in sorted(scheduled.items()):
+        per_branch.add(key, n)
+    yield from (info, up, state, window, seen, since, cash, down, per_branch)
 
 
 def _fleet_families(snap: Snapshot) -> Iterator[Metric]:
@@ -493,10 +515,14 @@ class _Just(Collector):
 
 
 #: What ``atmfleet serve --lean`` leaves out: the families no shipped rule, alert or
-#: dashboard reads (docs/metrics.md, "What a scrape carries"). 100,000 series of a
-#: 100,000-device fleet and one per branch.
+#: dashboard reads (docs/metrics.md, "What a scrape carries"): two series per device
+#: and one per branch. ``atmfleet serve`` leaves them out unless run with ``--full``.
 LEAN_LEAVES_OUT = frozenset(
-    {"atmfleet_device_last_seen_timestamp_seconds", "atmfleet_day_unknown_seconds"}
+    {
+        "atmfleet_device_last_seen_timestamp_seconds",
+        "atmfleet_device_in_service_window",
+        "atmfleet_day_unknown_seconds",
+    }
 )
 
 
@@ -569,7 +595,7 @@ WITH RECURSIVE fleet AS (
     SELECT device_id, min(start_ts) AS since FROM chain GROUP BY device_id
 )
 SELECT f.id, s.ts, s.state, s.heartbeat_s, s.cash_units, p.at, p.status,
-       greatest(s.received_at, p.received_at, e.received_at, t.received_at), r.since
+       {seen}, r.since
 FROM fleet f
 LEFT JOIN LATERAL (
     SELECT ts, state, heartbeat_s, cash_units, received_at FROM state_samples
@@ -579,15 +605,28 @@ LEFT JOIN LATERAL (
     SELECT presence_at(will, ts, received_at) AS at, status, received_at FROM presence
     WHERE device_id = f.id ORDER BY presence_at(will, ts, received_at) DESC LIMIT 1
 ) p ON true
-LEFT JOIN LATERAL (
+{seen_joins}
+LEFT JOIN since r ON r.device_id = f.id
+ORDER BY f.id
+"""
+
+#: The newest receive time of any kind (``atmfleet_device_last_seen_timestamp_seconds``):
+#: two more index lookups per device, left out of the query when that family is.
+_SEEN = "greatest(s.received_at, p.received_at, e.received_at, t.received_at)"
+_SEEN_JOINS = """LEFT JOIN LATERAL (
     SELECT received_at FROM events WHERE device_id = f.id ORDER BY ts DESC LIMIT 1
 ) e ON true
 LEFT JOIN LATERAL (
     SELECT received_at FROM transactions WHERE device_id = f.id ORDER BY ts DESC LIMIT 1
-) t ON true
-LEFT JOIN since r ON r.device_id = f.id
-ORDER BY f.id
-"""
+) t ON true"""
+
+
+def device_query(last_seen: bool = True) -> str:
+    """:data:`DEVICE_QUERY`, with each device's newest receive time or (without
+    ``last_seen``) NULL in its place."""
+    if last_seen:
+        return DEVICE_QUERY.replace("{seen}", _SEEN).replace("{seen_joins}", _SEEN_JOINS)
+    return DEVICE_QUERY.replace("{seen}", "NULL::timestamptz").replace("{seen_joins}", "")
 
 
 #: Today's counted transactions of the devices in the fleet today, summed in the store
@@ -642,6 +681,7 @@ class DatabaseSource:
         resource_every_s: float = 900.0,
         clock: Callable[[], float] = time.monotonic,
         background: bool = False,
+        last_seen: bool = True,
     ) -> None:
         if rules.heartbeat.timeout_factor < RUN_GAP:  # the feed's own condition, at start-up
             raise ConfigError(
@@ -656,6 +696,7 @@ class DatabaseSource:
         self._clock = clock
         self._conn: psycopg.Connection | None = None
         self._background = background
+        self._device_query = device_query(last_seen)
         self._slow_conn: psycopg.Connection | None = None
         self._computed_at: dict[str, float] = {}
         #: Seconds each part of the last successful read took (inventory and device rows,
@@ -759,7 +800,7 @@ class DatabaseSource:
         windows: dict[str, bool] = {}
         rows: list[DeviceRow] = []
         with conn.cursor() as cur:
-            cur.execute(DEVICE_QUERY, {"today": today, "factor": factor})
+            cur.execute(self._device_query, {"today": today, "factor": factor})
             for dev_id, ts, st, hb, cash, p_at, p_status, seen, since in cur:
                 d = by_id.get(dev_id)
                 if d is None:
@@ -1153,7 +1194,7 @@ def start_serving(
     refresh_s: float = 30.0,
     day_refresh_s: float = 120.0,
     registry: CollectorRegistry | None = None,
-    lean: bool = False,
+    lean: bool = True,
 ) -> Serving:
     """Serve ``/metrics`` at once and refresh in background threads (what ``atmfleet
     serve`` runs; also for embedding, e.g. in a demo). ``port`` 0 picks a free port (see
@@ -1161,8 +1202,11 @@ def start_serving(
     database-down one (targets, ``atmfleet_exporter_database_up 0``); the device rows
     come with the first refresh, today's uptime, the low-yield share and the
     resource-warning time as soon as the slow thread has each (docs/metrics.md). With
-    ``lean`` the families of :data:`LEAN_LEAVES_OUT` are left out."""
-    source = DatabaseSource(url, rules, day_every_s=day_refresh_s, background=True)
+    ``lean`` (the default) the families of :data:`LEAN_LEAVES_OUT` are left out, and
+    the device query does not look up what only they show."""
+    source = DatabaseSource(
+        url, rules, day_every_s=day_refresh_s, background=True, last_seen=not lean
+    )
     # Three refreshes missed (or a costly one twice over): the read is stuck; say so.
     stale_after = max(3 * refresh_s, 2 * day_refresh_s, 300.0)
     registry = registry if registry is not None else CollectorRegistry()

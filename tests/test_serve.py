@@ -478,6 +478,43 @@ class TestDevices:
         assert scrape.value(seen, device=_dev(scrape, "D")) == fleet.d_will_received.timestamp()
         assert scrape.value(seen, device=_dev(scrape, "E")) is None
 
+    def test_the_scheduled_set_is_what_window_state_and_up_say(self, scrape: Scrape) -> None:
+        """atmfleet_device_scheduled_down and atmfleet_branch_scheduled_devices hold what
+        the recording rules used to join from the per-device families: in the window,
+        not planned maintenance, not unknown (and, for the down set, not serving)."""
+        state = {s["device"]: s["state"] for s in scrape.series("atmfleet_device_state")}
+        window = {
+            s["device"]: scrape.value("atmfleet_device_in_service_window", **s)
+            for s in scrape.series("atmfleet_device_in_service_window")
+        }
+        scheduled = {
+            d for d, st in state.items()
+            if window[d] == 1 and st not in ("planned_maintenance", "unknown")
+        }  # fmt: skip
+        routing = {s["device"]: s for s in scrape.series("atmfleet_device_up")}
+        down = [
+            r for d, r in sorted(routing.items())
+            if d in scheduled and scrape.value("atmfleet_device_up", **r) == 0
+        ]  # fmt: skip
+        assert sorted(scrape.series("atmfleet_device_scheduled_down"), key=str) == sorted(
+            down, key=str
+        )
+        assert all(scrape.value("atmfleet_device_scheduled_down", **r) == 1 for r in down)
+        per_branch: dict[tuple[str, str, str], int] = {}
+        for d in scheduled:
+            r = routing[d]
+            key = (r["branch"], r["subbranch"], r["tier"])
+            per_branch[key] = per_branch.get(key, 0) + 1
+        got = {
+            (s["branch"], s["subbranch"], s["tier"]): scrape.value(
+                "atmfleet_branch_scheduled_devices", **s
+            )
+            for s in scrape.series("atmfleet_branch_scheduled_devices")
+        }
+        assert got == per_branch
+        # The fleet holds a scheduled device down, one outside its window, one unknown.
+        assert down and len(scheduled) < len(state)
+
     def test_cash_ratio_only_for_devices_with_dispensing_units(self, scrape: Scrape) -> None:
         ratio = "atmfleet_device_cash_ratio"
         assert scrape.value(ratio, device=_dev(scrape, "A")) == pytest.approx(700 / 1500)
