@@ -195,11 +195,12 @@ def main() -> None:
     from scrape import fill
     from scratch import upgraded_database
 
+    from atmfleet.store.migrate import Flavour
     from rules.config import load_rules
 
     rules = load_rules()
     got: dict[str, dict[str, Any]] = {}
-    with upgraded_database(args.admin_url, rules.timezone) as url:
+    with upgraded_database(args.admin_url, rules.timezone, Flavour.POSTGRES) as url:
         with psycopg.connect(url) as conn:
             fill(conn, args.devices, args.per_branch)
         for label, tree in (("before", args.before.resolve()), ("after", ROOT)):

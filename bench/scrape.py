@@ -32,6 +32,7 @@ import psycopg
 from prometheus_client import CollectorRegistry
 from scratch import upgraded_database
 
+from atmfleet.store.migrate import Flavour
 from exporters.metrics import DatabaseSource, Exporter, Targets, make_server
 from rules.config import load_rules
 from rules.feed import Feed
@@ -150,7 +151,7 @@ def main() -> None:
     load = os.getloadavg()
     print(f"{os.cpu_count()} CPUs, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     rules = load_rules()
-    with upgraded_database(args.admin_url, rules.timezone) as url:
+    with upgraded_database(args.admin_url, rules.timezone, Flavour.POSTGRES) as url:
         with psycopg.connect(url) as conn:
             t = time.perf_counter()
             fill(conn, args.devices)

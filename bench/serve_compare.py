@@ -140,12 +140,13 @@ def main() -> None:
     from scrape import fill
     from scratch import upgraded_database
 
+    from atmfleet.store.migrate import Flavour
     from rules.config import load_rules
 
     rules = load_rules()
     rows = []
     for n in [int(x) for x in args.devices.split(",")]:
-        with upgraded_database(args.admin_url, rules.timezone) as url:
+        with upgraded_database(args.admin_url, rules.timezone, Flavour.POSTGRES) as url:
             with psycopg.connect(url) as conn:
                 fill(conn, n)
             got = {}
