@@ -378,49 +378,52 @@ def _fleet_families(snap: Snapshot) -> Iterator[Metric]:
     for sid, tier, name in snap.subbranches:
         subs.add_metric([sid, tier, name], 1)
     yield subs
-    branches = g(
+    # The per-branch families (tens of thousands of series in a national fleet) as
+    # columns, like the per-device ones: rendered without a Sample per series.
+    c = ColumnFamily
+    branches = c(
         "atmfleet_branch_info",
         "A branch (网点) or off-site self-service bank.",
-        labels=["branch", "subbranch", "tier", "kind", "name"],
+        ("branch", "subbranch", "tier", "kind", "name"),
     )
     for row in snap.branches:
-        branches.add_metric(list(row), 1)
+        branches.add(tuple(row), 1)
     yield branches
     if snap.day_start is not None:
-        scheduled = g("atmfleet_day_scheduled_seconds", "Scheduled time S of today (local) so far.",
-                      labels=["branch", "subbranch", "tier", "view"])  # fmt: skip
-        available = g("atmfleet_day_available_seconds", "Available time A of today (local) so far.",
-                      labels=["branch", "subbranch", "tier", "view"])  # fmt: skip
-        unknown = g(
+        scheduled = c("atmfleet_day_scheduled_seconds", "Scheduled time S of today (local) so far.",
+                      ("branch", "subbranch", "tier", "view"))  # fmt: skip
+        available = c("atmfleet_day_available_seconds", "Available time A of today (local) so far.",
+                      ("branch", "subbranch", "tier", "view"))  # fmt: skip
+        unknown = c(
             "atmfleet_day_unknown_seconds",
             "Time of today (local) so far inside collector outages.",
-            labels=["branch", "subbranch", "tier"],
+            ("branch", "subbranch", "tier"),
         )
         for bkey, times in sorted(snap.day.items()):
-            scheduled.add_metric([*bkey, "business"], times.scheduled)
-            scheduled.add_metric([*bkey, "technical"], times.tech_scheduled)
-            available.add_metric([*bkey, "business"], times.available)
-            available.add_metric([*bkey, "technical"], times.tech_available)
-            unknown.add_metric(list(bkey), times.unknown)
+            scheduled.add((*bkey, "business"), times.scheduled)
+            scheduled.add((*bkey, "technical"), times.tech_scheduled)
+            available.add((*bkey, "business"), times.available)
+            available.add((*bkey, "technical"), times.tech_available)
+            unknown.add(bkey, times.unknown)
         yield from (scheduled, available, unknown)
         yield from resource_metrics.families(snap.resource_warning)
         yield g("atmfleet_day_start_timestamp_seconds", "Today's local midnight.",
                 value=snap.day_start)  # fmt: skip
-        own = g(
+        own = c(
             "atmfleet_day_self_service_transactions",
             "Today's device transactions so far (counted results).",
-            labels=["branch", "subbranch", "tier", "placement", "financial"],
+            ("branch", "subbranch", "tier", "placement", "financial"),
         )
         for (b, s, t, p, fin), n in sorted(snap.self_service.items()):
-            own.add_metric([b, s, t, p, _flag(fin)], n)
+            own.add((b, s, t, p, _flag(fin)), n)
         yield own
-        teller = g(
+        teller = c(
             "atmfleet_day_teller_transactions",
             "Today's teller-counter volume, once imported.",
-            labels=["branch", "subbranch", "tier", "financial"],
+            ("branch", "subbranch", "tier", "financial"),
         )
         for (b, s, t, fin), n in sorted(snap.teller.items()):
-            teller.add_metric([b, s, t, _flag(fin)], n)
+            teller.add((b, s, t, _flag(fin)), n)
         yield teller
     yield g(
         "atmfleet_unregistered_devices",
@@ -646,6 +649,22 @@ GROUP BY d.branch, d.placement
 """
 
 
+#: Changes whenever anything :meth:`rules.feed.Feed.inventory` reads changes: the
+#: inventory (100,000 devices take seconds to build) is built again only then.
+INVENTORY_SIGNATURE = """
+SELECT (SELECT md5(coalesce(string_agg(concat_ws('|', id, name, tier), ',' ORDER BY id), ''))
+        FROM subbranches),
+       (SELECT md5(coalesce(string_agg(concat_ws('|', id, name, subbranch, kind, parent),
+                                       ',' ORDER BY id), ''))
+        FROM branches),
+       (SELECT md5(coalesce(string_agg(concat_ws('|', id, branch, type, placement, vendor, model,
+                                                 commissioned, decommissioned, service_window,
+                                                 deposit_capable, heartbeat_s),
+                                       ',' ORDER BY id), ''))
+        FROM devices)
+"""
+
+
 def _s(at: datetime | None) -> float | None:
     return None if at is None else ms(at) / 1000
 
@@ -710,6 +729,21 @@ class DatabaseSource:
         self._lowyield: tuple[float, date, dict[tuple[str, str, str], tuple[int, int]]] | None = (
             None
         )
+        #: (signature, inventory) of the last inventory built (:data:`INVENTORY_SIGNATURE`).
+        self._inventory_cache: tuple[tuple[Any, ...], Inventory] | None = None
+        self._inventory_lock = threading.Lock()
+
+    def _inventory(self, conn: psycopg.Connection, feed: Feed) -> Inventory:
+        """The store's inventory, built again only when its signature changed."""
+        signature = tuple(conn.execute(INVENTORY_SIGNATURE).fetchone() or ())
+        with self._inventory_lock:
+            cached = self._inventory_cache
+            if cached is not None and cached[0] == signature:
+                return cached[1]
+        inventory = feed.inventory()
+        with self._inventory_lock:
+            self._inventory_cache = (signature, inventory)
+        return inventory
 
     def close(self) -> None:
         for conn in (self._conn, self._slow_conn):
@@ -739,7 +773,7 @@ class DatabaseSource:
                 feed = Feed(conn, self.rules)
                 now = feed.now_ms()
                 today = from_ms(now).astimezone(self.rules.tz).date()
-                inventory = feed.inventory()
+                inventory = self._inventory(conn, feed)
                 devices = fleet_devices(inventory.devices, today)
                 parts: list[tuple[str, Callable[[], object], Callable[[], object]]] = [
                     ("day", lambda: self._day,
@@ -790,7 +824,7 @@ class DatabaseSource:
         now = feed.now_ms()
         now_dt = from_ms(now)
         today = now_dt.astimezone(tz).date()
-        inventory = feed.inventory()
+        inventory = self._inventory(conn, feed)
         subs = inventory.subbranch_by_id
         branch_of = inventory.branch_by_id
         devices = fleet_devices(inventory.devices, today)

@@ -598,6 +598,25 @@ class TestFleet:
         yesterday = (fleet.midnight - timedelta(days=1)).timestamp()
         assert scrape.value("atmfleet_lowyield_date_timestamp_seconds") == yesterday
 
+    def test_an_inventory_change_shows_at_the_next_refresh(self, fleet: Fleet) -> None:
+        """The inventory is built again only when it changed: a change shows at once."""
+        source = DatabaseSource(fleet.url, fleet.rules)
+        registry = CollectorRegistry()
+        exporter = Exporter(source, registry, Targets.from_rules(fleet.rules))
+        try:
+            exporter.refresh()
+            first = Scrape(exporter, registry)
+            device = _dev(first, "A")
+            [row] = [s for s in first.series("atmfleet_device_info") if s["device"] == device]
+            assert row["vendor"] == "GRG"
+            with psycopg.connect(fleet.url, autocommit=True) as conn:
+                conn.execute("UPDATE devices SET vendor = 'NCR' WHERE id = %s", (device,))
+            again = Scrape(exporter, registry)
+            [row] = [s for s in again.series("atmfleet_device_info") if s["device"] == device]
+            assert row["vendor"] == "NCR"
+        finally:
+            source.close()
+
     def test_a_device_not_in_the_inventory_is_counted_apart(self, scrape: Scrape) -> None:
         assert scrape.value("atmfleet_unregistered_devices") == 1
         assert all("ghost" not in s.get("device", "") for s in scrape.series("atmfleet_device_up"))
