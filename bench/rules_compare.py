@@ -183,10 +183,15 @@ def main() -> None:
     parser.add_argument("--per-branch", type=int, default=3, help="devices per branch")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument(
+        "--url", help="an already filled database to use (kept), instead of a fresh one"
+    )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
+        # bench/ is first on the path (the script's folder): its cash.py is not cash/.
+        sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
         serve_child(args.serve, args.port)
         return
     if args.before is None:
@@ -200,14 +205,21 @@ def main() -> None:
 
     rules = load_rules()
     got: dict[str, dict[str, Any]] = {}
-    with upgraded_database(args.admin_url, rules.timezone, Flavour.POSTGRES) as url:
-        with psycopg.connect(url) as conn:
-            fill(conn, args.devices, args.per_branch)
+
+    def both(url: str) -> None:
         for label, tree in (("before", args.before.resolve()), ("after", ROOT)):
             load = os.getloadavg()[0]
             got[label] = measure(tree, url, args.rounds)
             got[label]["load"] = load
             print(f"  {label}: {json.dumps(got[label])}", flush=True)
+
+    if args.url:
+        both(args.url)
+    else:
+        with upgraded_database(args.admin_url, rules.timezone, Flavour.POSTGRES) as url:
+            with psycopg.connect(url) as conn:
+                fill(conn, args.devices, args.per_branch)
+            both(url)
     b, a = got["before"], got["after"]
     print()
     print(f"{args.devices} devices, {args.per_branch} per branch")

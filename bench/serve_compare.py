@@ -134,6 +134,8 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        # bench/ is first on the path (the script's folder): its cash.py is not cash/.
+        sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
         child(args.child)
         return
     sys.path.insert(0, str(HERE))
