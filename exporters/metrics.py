@@ -24,6 +24,7 @@ resolve rather than fire on stale data).
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import threading
 import time
@@ -597,7 +598,7 @@ WITH RECURSIVE fleet AS (
 ), since AS (
     SELECT device_id, min(start_ts) AS since FROM chain GROUP BY device_id
 )
-SELECT f.id, s.ts, s.state, s.heartbeat_s, s.cash_units, p.at, p.status,
+SELECT f.id, s.ts, s.state, s.heartbeat_s, s.cash_units::text, p.at, p.status,
        {seen}, r.since
 FROM fleet f
 LEFT JOIN LATERAL (
@@ -732,6 +733,20 @@ class DatabaseSource:
         #: (signature, inventory) of the last inventory built (:data:`INVENTORY_SIGNATURE`).
         self._inventory_cache: tuple[tuple[Any, ...], Inventory] | None = None
         self._inventory_lock = threading.Lock()
+        self._cash_ratios: dict[str, float | None] = {}
+
+    def _cash_ratio(self, text: str | None) -> float | None:
+        """:func:`cash_ratio` of a stored ``cash_units`` (as text), decoded once per
+        distinct value: a device reports the same units until its next transaction."""
+        if text is None:
+            return None
+        cache = self._cash_ratios
+        if text in cache:
+            return cache[text]
+        if len(cache) > 400_000:
+            cache.clear()
+        ratio = cache[text] = cash_ratio(json.loads(text))
+        return ratio
 
     def _inventory(self, conn: psycopg.Connection, feed: Feed) -> Inventory:
         """The store's inventory, built again only when its signature changed."""
@@ -860,7 +875,7 @@ class DatabaseSource:
                         d.id, d.branch, branch.subbranch, tier_of[branch.subbranch], d.type.value,
                         d.vendor, d.placement.value, d.model, state,
                         None if began is None else began / 1000, _s(seen),
-                        cash_ratio(cash if st is not None else None), open_now,
+                        None if st is None else self._cash_ratio(cash), open_now,
                     )
                 )  # fmt: skip
         t_devices = time.perf_counter()
