@@ -500,14 +500,30 @@ def _column_text(family: ColumnFamily, out: list[str]) -> None:
     names = family.labelnames
     order = sorted(range(len(names)), key=names.__getitem__)
     template = name + "{" + ",".join(f'{names[j]}="%s"' for j in order) + "} %s\n"
+    # A line is a pure function of (family, row, value): the lines of the last rendering
+    # are reused (most series keep their value from one refresh to the next). 0 is not
+    # cached (0 and -0.0 are equal keys but render apart), nor are NaN (never equal).
+    before = _LINES.get((name, names), {})
+    lines: dict[tuple[tuple[str, ...], float], str] = {}
     for row, value in zip(family.rows, family.values, strict=True):
-        labels = [row[j] for j in order]
-        joined = "".join(labels)
-        if "\\" in joined or "\n" in joined or '"' in joined:
-            labels = [_escape(v) for v in labels]
-        text = _VALUES.get(value) if type(value) is int else None
-        labels.append(text or floatToGoString(value))  # type: ignore[no-untyped-call]
-        out.append(template % tuple(labels))
+        key = (row, value)
+        line = before.get(key) if value else None
+        if line is None:
+            labels = [row[j] for j in order]
+            joined = "".join(labels)
+            if "\\" in joined or "\n" in joined or '"' in joined:
+                labels = [_escape(v) for v in labels]
+            text = _VALUES.get(value) if type(value) is int else None
+            labels.append(text or floatToGoString(value))  # type: ignore[no-untyped-call]
+            line = template % tuple(labels)
+        if value:
+            lines[key] = line
+        out.append(line)
+    _LINES[(name, names)] = lines
+
+
+#: The lines of each column family's last rendering (see :func:`_column_text`).
+_LINES: dict[tuple[str, tuple[str, ...]], dict[tuple[tuple[str, ...], float], str]] = {}
 
 
 class _Just(Collector):
