@@ -62,12 +62,14 @@ from exporters.metrics import (
     DayTimes,
     DeviceRow,
     Exporter,
+    FleetCollector,
     Newest,
     Snapshot,
     Targets,
     cash_ratio,
     current_state,
     make_server,
+    render,
 )
 from rules.config import Rules, parse_rules
 from tests.conftest import drop_database
@@ -243,6 +245,38 @@ class TestTheDocumentedExample:
             s for s in _samples(_doc_example()) if s[0] not in LEAN_LEAVES_OUT
         }
         assert all(name in _doc_example() for name in LEAN_LEAVES_OUT)
+
+
+def test_the_rendering_is_generate_latest_byte_for_byte_again_and_again() -> None:
+    """render() (columns, lines of the last rendering reused) writes what prometheus_client
+    writes, for a first rendering and for later ones whose values changed or not."""
+    from prometheus_client import generate_latest
+
+    def snap(ratio: float, state: str, seconds: float) -> Snapshot:
+        rows = [
+            DeviceRow("A", "B1", "S1", "2", "atm", 'Ven"dor', "off_site", "M\\1",
+                      state, 1795802400.5, None, ratio, True),
+            DeviceRow("B", "B1", "S1", "2", "crs", "V", "on_site", "M2",
+                      "in_service", 0.0, None, 0.0, False),
+        ]  # fmt: skip
+        return Snapshot(
+            targets=Targets({"1": 0.98}, 0.6, 0.6, 0.05),
+            database_up=True,
+            devices=rows,
+            branches=[("B1", "S1", "2", "outlet", "名\n")],
+            day_start=1795795200,
+            day={("B1", "S1", "2"): DayTimes(seconds, -0.0, 1e-9, 12345678901.25, 0)},
+            self_service={("B1", "S1", "2", "off_site", True): 96},
+        )
+
+    current = [snap(0.25, "fault", 3600.0)]
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(lambda: current[0]))
+    for later in (None, snap(0.25, "fault", 3600.0), snap(0.5, "in_service", 7200.0),
+                  snap(0.25, "fault", 3600.0)):  # fmt: skip
+        if later is not None:
+            current[0] = later
+        assert render(registry) == generate_latest(registry)
 
 
 @dataclass
