@@ -26,9 +26,11 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import multiprocessing
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -718,6 +720,7 @@ class DatabaseSource:
         clock: Callable[[], float] = time.monotonic,
         background: bool = False,
         last_seen: bool = True,
+        isolate_slow: bool = False,
     ) -> None:
         if rules.heartbeat.timeout_factor < RUN_GAP:  # the feed's own condition, at start-up
             raise ConfigError(
@@ -733,6 +736,7 @@ class DatabaseSource:
         self._conn: psycopg.Connection | None = None
         self._background = background
         self._device_query = device_query(last_seen)
+        self._isolate_slow = isolate_slow
         self._slow_conn: psycopg.Connection | None = None
         self._computed_at: dict[str, float] = {}
         #: Seconds each part of the last successful read took (inventory and device rows,
@@ -791,10 +795,55 @@ class DatabaseSource:
         conn.commit()
         return conn
 
+    def _due(self, today: date) -> list[str]:
+        """The costlier parts whose time has come (the checks of their methods)."""
+        clock = self._clock()
+        due = []
+        if self._day is None or self._day[1] != today or clock - self._day[0] >= self._day_every:
+            due.append("day")
+        low, on = self._lowyield, today - timedelta(days=1)
+        if low is None or low[1] != on or clock - low[0] >= self._lowyield_every:
+            due.append("low_yield")
+        res = self._resource
+        if res is None or res[1] != today or clock - res[0] >= self._resource_every:
+            due.append("resource_warning")
+        return due
+
+    def _refresh_slow_isolated(self, on_part: Callable[[], None]) -> bool:
+        """:meth:`refresh_slow` with the parts computed in a fresh child process, which
+        exits when done (the KPI core's memory at 100,000 devices is about 1 GiB while it
+        runs, and a long-running exporter would keep it)."""
+        now_dt = datetime.now(self.rules.tz)
+        due = self._due(now_dt.date())
+        if not due:
+            return False
+        context = multiprocessing.get_context("spawn")
+        try:
+            with ProcessPoolExecutor(1, mp_context=context, max_tasks_per_child=1) as pool:
+                results = pool.submit(compute_parts, self._url, self.rules, due).result()
+        except Exception as exc:  # the child died or could not read: the parts on show stay
+            log.warning("cannot compute the day figures: %s", exc)
+            return False
+        clock = self._clock()
+        for name, (on, out) in results.items():
+            if name == "day":
+                self._day = (clock, on, out)
+            elif name == "low_yield":
+                self._lowyield = (clock, on, out)
+            else:
+                self._resource = (clock, on, out)
+            self._computed_at[name] = time.time()
+        if results:
+            on_part()
+        return bool(results)
+
     def refresh_slow(self, on_part: Callable[[], None] = lambda: None) -> bool:
         """Compute the costlier parts whose time has come (today's uptime first, then the
         low-yield share, then the resource-warning time), calling ``on_part`` after each
-        one computed; True if any was. Errors are logged (the parts on show stay)."""
+        one computed (with ``isolate_slow``: once, after all, computed in a child
+        process); True if any was. Errors are logged (the parts on show stay)."""
+        if self._isolate_slow:
+            return self._refresh_slow_isolated(on_part)
         any_done = False
         try:
             if self._slow_conn is None or self._slow_conn.closed:
@@ -1094,6 +1143,37 @@ class DatabaseSource:
         return on, out
 
 
+def compute_parts(
+    url: str, rules: Rules, names: Sequence[str], now_ms: int | None = None
+) -> dict[str, tuple[date, Any]]:
+    """The costlier parts ``names`` (day, low_yield, resource_warning) computed afresh, as
+    :meth:`DatabaseSource.refresh_slow` computes them, each with the date it is for: what
+    a child process hands back. ``now_ms``: the instant (default the database's now)."""
+    source = DatabaseSource(url, rules)
+    conn = source._connect()
+    try:
+        feed = Feed(conn, rules)
+        now = feed.now_ms() if now_ms is None else now_ms
+        today = from_ms(now).astimezone(rules.tz).date()
+        inventory = feed.inventory()
+        devices = fleet_devices(inventory.devices, today)
+        out: dict[str, tuple[date, Any]] = {}
+        for name in names:
+            if name == "day":
+                out[name] = (today, source._day_times(feed, inventory, devices, today, now))
+            elif name == "low_yield":
+                out[name] = source._low_yield(feed, inventory, devices, today, now)
+            elif name == "resource_warning":
+                out[name] = (
+                    today,
+                    source._resource_warning(feed, inventory, devices, today, now),
+                )
+            conn.rollback()
+        return out
+    finally:
+        conn.close()
+
+
 # --------------------------------------------------------------------------- serving
 
 
@@ -1260,6 +1340,7 @@ def start_serving(
     day_refresh_s: float = 120.0,
     registry: CollectorRegistry | None = None,
     lean: bool = True,
+    isolate_slow: bool = True,
 ) -> Serving:
     """Serve ``/metrics`` at once and refresh in background threads (what ``atmfleet
     serve`` runs; also for embedding, e.g. in a demo). ``port`` 0 picks a free port (see
@@ -1268,10 +1349,12 @@ def start_serving(
     come with the first refresh, today's uptime, the low-yield share and the
     resource-warning time as soon as the slow thread has each (docs/metrics.md). With
     ``lean`` (the default) the families of :data:`LEAN_LEAVES_OUT` are left out, and
-    the device query does not look up what only they show."""
+    the device query does not look up what only they show. With ``isolate_slow`` (the
+    default) the costlier parts are computed in a short-lived child process each time."""
     source = DatabaseSource(
-        url, rules, day_every_s=day_refresh_s, background=True, last_seen=not lean
-    )
+        url, rules, day_every_s=day_refresh_s, background=True, last_seen=not lean,
+        isolate_slow=isolate_slow,
+    )  # fmt: skip
     # Three refreshes missed (or a costly one twice over): the read is stuck; say so.
     stale_after = max(3 * refresh_s, 2 * day_refresh_s, 300.0)
     registry = registry if registry is not None else CollectorRegistry()

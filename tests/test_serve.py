@@ -651,6 +651,30 @@ class TestFleet:
         finally:
             source.close()
 
+    def test_the_costlier_parts_from_a_child_process_are_the_same(self, fleet: Fleet) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        from exporters.metrics import compute_parts
+
+        names = ["day", "low_yield", "resource_warning"]
+        now = int(time.time() * 1000)
+        inline = compute_parts(fleet.url, fleet.rules, names, now)
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+            child = pool.submit(compute_parts, fleet.url, fleet.rules, names, now).result()
+        assert child == inline and all(inline[n][1] for n in names)
+        # As serve runs it: every part shows once refresh_slow has run its child.
+        isolated = DatabaseSource(fleet.url, fleet.rules, background=True, isolate_slow=True)
+        try:
+            assert isolated.refresh_slow()
+            snap = isolated.read()
+            assert snap.day and snap.lowyield and snap.resource_warning
+            assert set(snap.computed_at) == set(names)
+            assert not isolated.refresh_slow()  # nothing due again at once
+        finally:
+            isolated.close()
+
     def test_a_device_not_in_the_inventory_is_counted_apart(self, scrape: Scrape) -> None:
         assert scrape.value("atmfleet_unregistered_devices") == 1
         assert all("ghost" not in s.get("device", "") for s in scrape.series("atmfleet_device_up"))
