@@ -539,13 +539,24 @@ class _Just(Collector):
 #: What ``atmfleet serve --lean`` leaves out: the families no shipped rule, alert or
 #: dashboard reads (docs/metrics.md, "What a scrape carries"): two series per device
 #: and one per branch. ``atmfleet serve`` leaves them out unless run with ``--full``.
-LEAN_LEAVES_OUT = frozenset(
+LEAN_FLEET_LEAVES_OUT = frozenset(
     {
         "atmfleet_device_last_seen_timestamp_seconds",
         "atmfleet_device_in_service_window",
         "atmfleet_day_unknown_seconds",
     }
 )
+#: The cash-out forecast's per-device times (cash/metrics.py): the alert reads only the
+#: service hours; ``atmfleet cash forecast`` and the web console show the times.
+LEAN_CASH_LEAVES_OUT = frozenset(
+    {
+        "atmfleet_device_cash_out_forecast_timestamp_seconds",
+        "atmfleet_device_cash_out_forecast_earliest_timestamp_seconds",
+        "atmfleet_device_cash_out_forecast_latest_timestamp_seconds",
+        "atmfleet_device_deposit_full_forecast_timestamp_seconds",
+    }
+)
+LEAN_LEAVES_OUT = LEAN_FLEET_LEAVES_OUT | LEAN_CASH_LEAVES_OUT
 
 
 def render(registry: Collector, leave_out: frozenset[str] = frozenset()) -> bytes:

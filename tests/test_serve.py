@@ -57,6 +57,7 @@ from atmfleet.store.jobs import Job, Run
 from atmfleet.store.migrate import upgrade
 from atmfleet.store.writer import Accepted, BatchWriter
 from exporters.metrics import (
+    LEAN_FLEET_LEAVES_OUT,
     LEAN_LEAVES_OUT,
     DatabaseSource,
     DayTimes,
@@ -244,7 +245,9 @@ class TestTheDocumentedExample:
         assert _samples(lean.exposition().decode()) == {
             s for s in _samples(_doc_example()) if s[0] not in LEAN_LEAVES_OUT
         }
-        assert all(name in _doc_example() for name in LEAN_LEAVES_OUT)
+        assert all(name in _doc_example() for name in LEAN_FLEET_LEAVES_OUT)
+        cash_doc = METRICS_DOC.read_text(encoding="utf-8").split("## Cash-out forecasts")[1]
+        assert all(f"`{name}`" in cash_doc for name in LEAN_LEAVES_OUT - LEAN_FLEET_LEAVES_OUT)
 
 
 def test_the_rendering_is_generate_latest_byte_for_byte_again_and_again() -> None:
