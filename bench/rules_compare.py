@@ -12,7 +12,10 @@ PYTHONPATH), and once its exposition holds today's figures, a real ``prometheus`
 evaluation time (``/api/v1/rules`` ``evaluationTime``) over ``--rounds`` rounds after two
 of warm-up, the sum of all groups per round, the scrape's duration and samples,
 Prometheus's peak resident memory and serve's (with its children). The two run one after
-the other on a shared machine: compare the ratios.
+the other on a shared machine: compare the ratios. No collector is scraped, so
+``fleet:atmfleet_collector_impaired:bool`` is 1 and the device alerts are held (their
+templates cost nothing here). The fill is relative to when it was made: with ``--url``
+a database filled more than a few minutes before shows its devices offline.
 """
 
 from __future__ import annotations
