@@ -32,6 +32,7 @@ import psycopg
 from prometheus_client import CollectorRegistry
 from scratch import upgraded_database
 
+from atmfleet.store.migrate import Flavour
 from exporters.metrics import DatabaseSource, Exporter, Targets, make_server
 from rules.config import load_rules
 from rules.feed import Feed
@@ -51,14 +52,14 @@ def copy_lines(conn: psycopg.Connection, statement: str, lines: list[str]) -> No
             copy.write("".join(lines[i : i + 100_000]))
 
 
-def fill(conn: psycopg.Connection, n: int) -> None:
+def fill(conn: psycopg.Connection, n: int, per_branch: int = 50) -> None:
     rules = load_rules()
     tz = rules.tz
     now = datetime.now(UTC).replace(microsecond=0)
     today = now.astimezone(tz).date()
     midnight = datetime(today.year, today.month, today.day, tzinfo=tz).astimezone(UTC)
     start = midnight - timedelta(hours=1)
-    nb = max(1, n // 50)
+    nb = max(1, n // per_branch)
     copy_lines(conn, "COPY subbranches FROM STDIN",
                [f"S{i:02d}\ts{i}\t{i % 3 + 1}\n" for i in range(12)])  # fmt: skip
     copy_lines(conn, "COPY branches FROM STDIN",
@@ -150,7 +151,7 @@ def main() -> None:
     load = os.getloadavg()
     print(f"{os.cpu_count()} CPUs, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     rules = load_rules()
-    with upgraded_database(args.admin_url, rules.timezone) as url:
+    with upgraded_database(args.admin_url, rules.timezone, Flavour.POSTGRES) as url:
         with psycopg.connect(url) as conn:
             t = time.perf_counter()
             fill(conn, args.devices)

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from atmfleet.store.migrate import upgrade
+from atmfleet.store.migrate import Flavour, upgrade
 
 
 def with_db(url: str, name: str) -> str:
@@ -32,9 +32,12 @@ def scratch_database(admin_url: str, prefix: str = "atmfleet_bench") -> Iterator
 
 
 @contextmanager
-def upgraded_database(admin_url: str, timezone: str = "Asia/Shanghai") -> Iterator[str]:
-    """A scratch database with the current schema (``atmfleet db upgrade``)."""
+def upgraded_database(
+    admin_url: str, timezone: str = "Asia/Shanghai", flavour: Flavour | None = None
+) -> Iterator[str]:
+    """A scratch database with the current schema (``atmfleet db upgrade``); ``flavour``
+    forces plain PostgreSQL or TimescaleDB (default: TimescaleDB where installed)."""
     with scratch_database(admin_url) as url:
         with psycopg.connect(url, autocommit=True) as conn:
-            upgrade(conn, timezone=timezone)
+            upgrade(conn, timezone=timezone, flavour=flavour)
         yield url

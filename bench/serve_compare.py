@@ -110,6 +110,8 @@ def child(url: str) -> None:
                 "families": families,
                 "reads_s": timings,
                 "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                # the largest child that ended (the cash-out forecast's process, if any)
+                "child_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
             }
         )
     )
@@ -131,30 +133,42 @@ def main() -> None:
     parser.add_argument("--before", type=Path, required=True, help="checkout of the old code")
     parser.add_argument("--devices", default="100000", help="comma-separated fleet sizes")
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--per-branch", type=int, default=50, help="devices per branch")
+    parser.add_argument("--url", help="an already filled database to use (kept)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        # bench/ is first on the path (the script's folder): its cash.py is not cash/.
+        sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
         child(args.child)
         return
     sys.path.insert(0, str(HERE))
     from scrape import fill
     from scratch import upgraded_database
 
+    from atmfleet.store.migrate import Flavour
     from rules.config import load_rules
 
     rules = load_rules()
     rows = []
+
+    def both(n: int, url: str) -> None:
+        got = {}
+        for label, tree in (("before", args.before.resolve()), ("after", ROOT)):
+            load = os.getloadavg()[0]
+            got[label] = run_child(tree, url)
+            got[label]["load"] = load
+            print(f"  {n} devices, {label}: {json.dumps(got[label])}", flush=True)
+        rows.append((n, got))
+
     for n in [int(x) for x in args.devices.split(",")]:
-        with upgraded_database(args.admin_url, rules.timezone) as url:
+        if args.url:  # filled already (by bench/scrape.py's fill, n devices)
+            both(n, args.url)
+            continue
+        with upgraded_database(args.admin_url, rules.timezone, Flavour.POSTGRES) as url:
             with psycopg.connect(url) as conn:
-                fill(conn, n)
-            got = {}
-            for label, tree in (("before", args.before.resolve()), ("after", ROOT)):
-                load = os.getloadavg()[0]
-                got[label] = run_child(tree, url)
-                got[label]["load"] = load
-                print(f"  {n} devices, {label}: {json.dumps(got[label])}", flush=True)
-            rows.append((n, got))
+                fill(conn, n, args.per_branch)
+            both(n, url)
     print()
     print(f"{'devices':>8} {'measure':<28} {'before':>12} {'after':>12} {'ratio':>7}")
     for n, got in rows:
@@ -168,6 +182,7 @@ def main() -> None:
             ("exposition (MB)", b["bytes"] / 1e6, a["bytes"] / 1e6),
             ("samples", b["samples"], a["samples"]),
             ("peak RSS (MiB)", b["rss_mib"], a["rss_mib"]),
+            ("peak RSS of a child (MiB)", b.get("child_rss_mib", 0), a.get("child_rss_mib", 0)),
             ("load average at start", b["load"], a["load"]),
         ]
         for name, x, y in lines:

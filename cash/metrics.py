@@ -3,16 +3,21 @@
 :class:`CashCollector` is a custom collector: ``collect()`` yields fresh families from the
 last forecast. :class:`CashMetrics` recomputes it from the store every
 ``cash.forecast_every_s`` in its own thread (a forecast of a large fleet takes seconds;
-the scrape never waits for it). A device without a forecast (no history, no cash units,
+the scrape never waits for it). With ``isolated`` (what ``atmfleet serve`` runs) each
+forecast is made in a short-lived child process that hands back only the rows: the
+forecast of a 100,000-device fleet holds about 1.6 GiB of history while it runs, and a
+long-lived exporter would keep that memory for good (docs/metrics.md, "Cost"). A device without a forecast (no history, no cash units,
 beyond the horizon) has no series: no data is never a made-up time.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -144,28 +149,31 @@ class CashCollector(Collector):
 class CashMetrics:
     """Recomputes the forecast from the store; :attr:`snapshot` is the last one."""
 
-    def __init__(self, url: str, rules: Rules, now: Callable[[], int] | None = None) -> None:
-        """``now``: the forecast's clock (ms); default the database's."""
+    def __init__(
+        self,
+        url: str,
+        rules: Rules,
+        now: Callable[[], int] | None = None,
+        *,
+        isolated: bool = False,
+    ) -> None:
+        """``now``: the forecast's clock (ms); default the database's. ``isolated``: make
+        each forecast in a child process."""
         self.url = url
         self.rules = rules
         self._now = now
+        self._isolated = isolated
         self.snapshot = CashSnapshot(rules.cash.alert_service_hours)
 
     def refresh(self) -> CashSnapshot:
         started = time.perf_counter()
-        try:
-            with connect(self.url, application_name="atmfleet-serve-cash") as conn:
-                loaded = load(conn, self.rules, now=None if self._now is None else self._now())
-        except (psycopg.Error, AtmfleetError) as exc:
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            log.warning("cash forecast: cannot read the database: %s", reason)
-            self.snapshot = CashSnapshot(self.rules.cash.alert_service_hours)
-            return self.snapshot
-        fc = forecast(loaded.devices, loaded.history, loaded.now, self.rules.cash, self.rules.tz)
-        windows = self.rules.service_windows
-        specs = {d.id: windows.spec_for(d) for d in loaded.inventory.devices}
-        snap = snapshot_of(fc, specs, self.rules)
-        snap.seconds = time.perf_counter() - started
+        now = None if self._now is None else self._now()
+        if self._isolated:
+            snap = _in_child(self.url, self.rules, now)
+        else:
+            snap = compute(self.url, self.rules, now)
+        if snap.ok:
+            snap.seconds = time.perf_counter() - started
         self.snapshot = snap
         return snap
 
@@ -177,3 +185,30 @@ class CashMetrics:
                 log.exception("cash forecast failed")
             if stop.wait(self.rules.cash.forecast_every_s):
                 return
+
+
+def compute(url: str, rules: Rules, now: int | None = None) -> CashSnapshot:
+    """One forecast from the store (an empty, not-ok snapshot if it cannot be read)."""
+    try:
+        with connect(url, application_name="atmfleet-serve-cash") as conn:
+            loaded = load(conn, rules, now=now)
+    except (psycopg.Error, AtmfleetError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        log.warning("cash forecast: cannot read the database: %s", reason)
+        return CashSnapshot(rules.cash.alert_service_hours)
+    fc = forecast(loaded.devices, loaded.history, loaded.now, rules.cash, rules.tz)
+    windows = rules.service_windows
+    specs = {d.id: windows.spec_for(d) for d in loaded.inventory.devices}
+    return snapshot_of(fc, specs, rules)
+
+
+def _in_child(url: str, rules: Rules, now: int | None) -> CashSnapshot:
+    """:func:`compute` in a fresh process (spawned: no copy of this one's threads and
+    connections), which exits when done and so gives its memory back."""
+    context = multiprocessing.get_context("spawn")
+    try:
+        with ProcessPoolExecutor(1, mp_context=context, max_tasks_per_child=1) as pool:
+            return pool.submit(compute, url, rules, now).result()
+    except Exception as exc:  # the child died (killed, out of memory): no forecast shown
+        log.warning("cash forecast: the forecast process failed: %s", exc)
+        return CashSnapshot(rules.cash.alert_service_hours)

@@ -24,10 +24,13 @@ resolve rather than fire on stale data).
 from __future__ import annotations
 
 import gzip
+import json
 import logging
+import multiprocessing
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -61,6 +64,8 @@ log = logging.getLogger(__name__)
 
 #: States in which a device serves customers (``atmfleet_device_up`` 1).
 UP_STATES = frozenset({"in_service", "degraded"})
+#: States in which a device inside its service window is not scheduled to serve.
+UNSCHEDULED_STATES = frozenset({"planned_maintenance", "unknown"})
 #: Dispensing cash-unit types and the statuses that leave a unit out of the cash ratio.
 DISPENSING = frozenset({"dispense", "recycle"})
 UNUSABLE = frozenset({"inop", "missing"})
@@ -324,6 +329,13 @@ def _device_families(snap: Snapshot) -> Iterator[Metric]:
               "When the device's current state began.", one)  # fmt: skip
     cash = c("atmfleet_device_cash_ratio",
              "Notes left over capacity in the dispensing cash units.", one)  # fmt: skip
+    down = c(
+        "atmfleet_device_scheduled_down",
+        "1 for each scheduled device (in its window, not planned maintenance, not unknown) "
+        "that does not serve; absent for the others.",
+        UP_LABELS,
+    )
+    scheduled: dict[tuple[str, str, str], int] = {}
     for d in snap.devices:
         labels = (d.device, d.branch, d.subbranch, d.tier, d.type, d.vendor, d.placement)
         dev = (d.device,)
@@ -337,7 +349,20 @@ def _device_families(snap: Snapshot) -> Iterator[Metric]:
             since.add(dev, d.since)
         if d.cash_ratio is not None:
             cash.add(dev, d.cash_ratio)
-    yield from (info, up, state, window, seen, since, cash)
+        if d.in_window and d.state not in UNSCHEDULED_STATES:
+            key = (d.branch, d.subbranch, d.tier)
+            scheduled[key] = scheduled.get(key, 0) + 1
+            if d.state not in UP_STATES:
+                down.add(labels, 1)
+    per_branch = c(
+        "atmfleet_branch_scheduled_devices",
+        "Devices of the branch scheduled to serve now (in their window, not planned "
+        "maintenance, not unknown); only branches with one.",
+        ("branch", "subbranch", "tier"),
+    )
+    for key, n in sorted(scheduled.items()):
+        per_branch.add(key, n)
+    yield from (info, up, state, window, seen, since, cash, down, per_branch)
 
 
 def _fleet_families(snap: Snapshot) -> Iterator[Metric]:
@@ -356,49 +381,52 @@ def _fleet_families(snap: Snapshot) -> Iterator[Metric]:
     for sid, tier, name in snap.subbranches:
         subs.add_metric([sid, tier, name], 1)
     yield subs
-    branches = g(
+    # The per-branch families (tens of thousands of series in a national fleet) as
+    # columns, like the per-device ones: rendered without a Sample per series.
+    c = ColumnFamily
+    branches = c(
         "atmfleet_branch_info",
         "A branch (网点) or off-site self-service bank.",
-        labels=["branch", "subbranch", "tier", "kind", "name"],
+        ("branch", "subbranch", "tier", "kind", "name"),
     )
     for row in snap.branches:
-        branches.add_metric(list(row), 1)
+        branches.add(tuple(row), 1)
     yield branches
     if snap.day_start is not None:
-        scheduled = g("atmfleet_day_scheduled_seconds", "Scheduled time S of today (local) so far.",
-                      labels=["branch", "subbranch", "tier", "view"])  # fmt: skip
-        available = g("atmfleet_day_available_seconds", "Available time A of today (local) so far.",
-                      labels=["branch", "subbranch", "tier", "view"])  # fmt: skip
-        unknown = g(
+        scheduled = c("atmfleet_day_scheduled_seconds", "Scheduled time S of today (local) so far.",
+                      ("branch", "subbranch", "tier", "view"))  # fmt: skip
+        available = c("atmfleet_day_available_seconds", "Available time A of today (local) so far.",
+                      ("branch", "subbranch", "tier", "view"))  # fmt: skip
+        unknown = c(
             "atmfleet_day_unknown_seconds",
             "Time of today (local) so far inside collector outages.",
-            labels=["branch", "subbranch", "tier"],
+            ("branch", "subbranch", "tier"),
         )
         for bkey, times in sorted(snap.day.items()):
-            scheduled.add_metric([*bkey, "business"], times.scheduled)
-            scheduled.add_metric([*bkey, "technical"], times.tech_scheduled)
-            available.add_metric([*bkey, "business"], times.available)
-            available.add_metric([*bkey, "technical"], times.tech_available)
-            unknown.add_metric(list(bkey), times.unknown)
+            scheduled.add((*bkey, "business"), times.scheduled)
+            scheduled.add((*bkey, "technical"), times.tech_scheduled)
+            available.add((*bkey, "business"), times.available)
+            available.add((*bkey, "technical"), times.tech_available)
+            unknown.add(bkey, times.unknown)
         yield from (scheduled, available, unknown)
         yield from resource_metrics.families(snap.resource_warning)
         yield g("atmfleet_day_start_timestamp_seconds", "Today's local midnight.",
                 value=snap.day_start)  # fmt: skip
-        own = g(
+        own = c(
             "atmfleet_day_self_service_transactions",
             "Today's device transactions so far (counted results).",
-            labels=["branch", "subbranch", "tier", "placement", "financial"],
+            ("branch", "subbranch", "tier", "placement", "financial"),
         )
         for (b, s, t, p, fin), n in sorted(snap.self_service.items()):
-            own.add_metric([b, s, t, p, _flag(fin)], n)
+            own.add((b, s, t, p, _flag(fin)), n)
         yield own
-        teller = g(
+        teller = c(
             "atmfleet_day_teller_transactions",
             "Today's teller-counter volume, once imported.",
-            labels=["branch", "subbranch", "tier", "financial"],
+            ("branch", "subbranch", "tier", "financial"),
         )
         for (b, s, t, fin), n in sorted(snap.teller.items()):
-            teller.add_metric([b, s, t, _flag(fin)], n)
+            teller.add((b, s, t, _flag(fin)), n)
         yield teller
     yield g(
         "atmfleet_unregistered_devices",
@@ -474,14 +502,30 @@ def _column_text(family: ColumnFamily, out: list[str]) -> None:
     names = family.labelnames
     order = sorted(range(len(names)), key=names.__getitem__)
     template = name + "{" + ",".join(f'{names[j]}="%s"' for j in order) + "} %s\n"
+    # A line is a pure function of (family, row, value): the lines of the last rendering
+    # are reused (most series keep their value from one refresh to the next). 0 is not
+    # cached (0 and -0.0 are equal keys but render apart), nor are NaN (never equal).
+    before = _LINES.get((name, names), {})
+    lines: dict[tuple[tuple[str, ...], float], str] = {}
     for row, value in zip(family.rows, family.values, strict=True):
-        labels = [row[j] for j in order]
-        joined = "".join(labels)
-        if "\\" in joined or "\n" in joined or '"' in joined:
-            labels = [_escape(v) for v in labels]
-        text = _VALUES.get(value) if type(value) is int else None
-        labels.append(text or floatToGoString(value))  # type: ignore[no-untyped-call]
-        out.append(template % tuple(labels))
+        key = (row, value)
+        line = before.get(key) if value else None
+        if line is None:
+            labels = [row[j] for j in order]
+            joined = "".join(labels)
+            if "\\" in joined or "\n" in joined or '"' in joined:
+                labels = [_escape(v) for v in labels]
+            text = _VALUES.get(value) if type(value) is int else None
+            labels.append(text or floatToGoString(value))  # type: ignore[no-untyped-call]
+            line = template % tuple(labels)
+        if value:
+            lines[key] = line
+        out.append(line)
+    _LINES[(name, names)] = lines
+
+
+#: The lines of each column family's last rendering (see :func:`_column_text`).
+_LINES: dict[tuple[str, tuple[str, ...]], dict[tuple[tuple[str, ...], float], str]] = {}
 
 
 class _Just(Collector):
@@ -493,11 +537,26 @@ class _Just(Collector):
 
 
 #: What ``atmfleet serve --lean`` leaves out: the families no shipped rule, alert or
-#: dashboard reads (docs/metrics.md, "What a scrape carries"). 100,000 series of a
-#: 100,000-device fleet and one per branch.
-LEAN_LEAVES_OUT = frozenset(
-    {"atmfleet_device_last_seen_timestamp_seconds", "atmfleet_day_unknown_seconds"}
+#: dashboard reads (docs/metrics.md, "What a scrape carries"): two series per device
+#: and one per branch. ``atmfleet serve`` leaves them out unless run with ``--full``.
+LEAN_FLEET_LEAVES_OUT = frozenset(
+    {
+        "atmfleet_device_last_seen_timestamp_seconds",
+        "atmfleet_device_in_service_window",
+        "atmfleet_day_unknown_seconds",
+    }
 )
+#: The cash-out forecast's per-device times (cash/metrics.py): the alert reads only the
+#: service hours; ``atmfleet cash forecast`` and the web console show the times.
+LEAN_CASH_LEAVES_OUT = frozenset(
+    {
+        "atmfleet_device_cash_out_forecast_timestamp_seconds",
+        "atmfleet_device_cash_out_forecast_earliest_timestamp_seconds",
+        "atmfleet_device_cash_out_forecast_latest_timestamp_seconds",
+        "atmfleet_device_deposit_full_forecast_timestamp_seconds",
+    }
+)
+LEAN_LEAVES_OUT = LEAN_FLEET_LEAVES_OUT | LEAN_CASH_LEAVES_OUT
 
 
 def render(registry: Collector, leave_out: frozenset[str] = frozenset()) -> bytes:
@@ -568,8 +627,8 @@ WITH RECURSIVE fleet AS (
 ), since AS (
     SELECT device_id, min(start_ts) AS since FROM chain GROUP BY device_id
 )
-SELECT f.id, s.ts, s.state, s.heartbeat_s, s.cash_units, p.at, p.status,
-       greatest(s.received_at, p.received_at, e.received_at, t.received_at), r.since
+SELECT f.id, s.ts, s.state, s.heartbeat_s, s.cash_units::text, p.at, p.status,
+       {seen}, r.since
 FROM fleet f
 LEFT JOIN LATERAL (
     SELECT ts, state, heartbeat_s, cash_units, received_at FROM state_samples
@@ -579,15 +638,28 @@ LEFT JOIN LATERAL (
     SELECT presence_at(will, ts, received_at) AS at, status, received_at FROM presence
     WHERE device_id = f.id ORDER BY presence_at(will, ts, received_at) DESC LIMIT 1
 ) p ON true
-LEFT JOIN LATERAL (
+{seen_joins}
+LEFT JOIN since r ON r.device_id = f.id
+ORDER BY f.id
+"""
+
+#: The newest receive time of any kind (``atmfleet_device_last_seen_timestamp_seconds``):
+#: two more index lookups per device, left out of the query when that family is.
+_SEEN = "greatest(s.received_at, p.received_at, e.received_at, t.received_at)"
+_SEEN_JOINS = """LEFT JOIN LATERAL (
     SELECT received_at FROM events WHERE device_id = f.id ORDER BY ts DESC LIMIT 1
 ) e ON true
 LEFT JOIN LATERAL (
     SELECT received_at FROM transactions WHERE device_id = f.id ORDER BY ts DESC LIMIT 1
-) t ON true
-LEFT JOIN since r ON r.device_id = f.id
-ORDER BY f.id
-"""
+) t ON true"""
+
+
+def device_query(last_seen: bool = True) -> str:
+    """:data:`DEVICE_QUERY`, with each device's newest receive time or (without
+    ``last_seen``) NULL in its place."""
+    if last_seen:
+        return DEVICE_QUERY.replace("{seen}", _SEEN).replace("{seen_joins}", _SEEN_JOINS)
+    return DEVICE_QUERY.replace("{seen}", "NULL::timestamptz").replace("{seen_joins}", "")
 
 
 #: Today's counted transactions of the devices in the fleet today, summed in the store
@@ -604,6 +676,22 @@ JOIN devices d ON d.id = t.device_id
 WHERE t.bucket >= %(lo)s AND t.bucket < %(hi)s
   AND d.commissioned <= %(today)s AND (d.decommissioned IS NULL OR d.decommissioned > %(today)s)
 GROUP BY d.branch, d.placement
+"""
+
+
+#: Changes whenever anything :meth:`rules.feed.Feed.inventory` reads changes: the
+#: inventory (100,000 devices take seconds to build) is built again only then.
+INVENTORY_SIGNATURE = """
+SELECT (SELECT md5(coalesce(string_agg(concat_ws('|', id, name, tier), ',' ORDER BY id), ''))
+        FROM subbranches),
+       (SELECT md5(coalesce(string_agg(concat_ws('|', id, name, subbranch, kind, parent),
+                                       ',' ORDER BY id), ''))
+        FROM branches),
+       (SELECT md5(coalesce(string_agg(concat_ws('|', id, branch, type, placement, vendor, model,
+                                                 commissioned, decommissioned, service_window,
+                                                 deposit_capable, heartbeat_s),
+                                       ',' ORDER BY id), ''))
+        FROM devices)
 """
 
 
@@ -642,6 +730,8 @@ class DatabaseSource:
         resource_every_s: float = 900.0,
         clock: Callable[[], float] = time.monotonic,
         background: bool = False,
+        last_seen: bool = True,
+        isolate_slow: bool = False,
     ) -> None:
         if rules.heartbeat.timeout_factor < RUN_GAP:  # the feed's own condition, at start-up
             raise ConfigError(
@@ -656,6 +746,8 @@ class DatabaseSource:
         self._clock = clock
         self._conn: psycopg.Connection | None = None
         self._background = background
+        self._device_query = device_query(last_seen)
+        self._isolate_slow = isolate_slow
         self._slow_conn: psycopg.Connection | None = None
         self._computed_at: dict[str, float] = {}
         #: Seconds each part of the last successful read took (inventory and device rows,
@@ -669,6 +761,35 @@ class DatabaseSource:
         self._lowyield: tuple[float, date, dict[tuple[str, str, str], tuple[int, int]]] | None = (
             None
         )
+        #: (signature, inventory) of the last inventory built (:data:`INVENTORY_SIGNATURE`).
+        self._inventory_cache: tuple[tuple[Any, ...], Inventory] | None = None
+        self._inventory_lock = threading.Lock()
+        self._cash_ratios: dict[str, float | None] = {}
+
+    def _cash_ratio(self, text: str | None) -> float | None:
+        """:func:`cash_ratio` of a stored ``cash_units`` (as text), decoded once per
+        distinct value: a device reports the same units until its next transaction."""
+        if text is None:
+            return None
+        cache = self._cash_ratios
+        if text in cache:
+            return cache[text]
+        if len(cache) > 400_000:
+            cache.clear()
+        ratio = cache[text] = cash_ratio(json.loads(text))
+        return ratio
+
+    def _inventory(self, conn: psycopg.Connection, feed: Feed) -> Inventory:
+        """The store's inventory, built again only when its signature changed."""
+        signature = tuple(conn.execute(INVENTORY_SIGNATURE).fetchone() or ())
+        with self._inventory_lock:
+            cached = self._inventory_cache
+            if cached is not None and cached[0] == signature:
+                return cached[1]
+        inventory = feed.inventory()
+        with self._inventory_lock:
+            self._inventory_cache = (signature, inventory)
+        return inventory
 
     def close(self) -> None:
         for conn in (self._conn, self._slow_conn):
@@ -685,10 +806,55 @@ class DatabaseSource:
         conn.commit()
         return conn
 
+    def _due(self, today: date) -> list[str]:
+        """The costlier parts whose time has come (the checks of their methods)."""
+        clock = self._clock()
+        due = []
+        if self._day is None or self._day[1] != today or clock - self._day[0] >= self._day_every:
+            due.append("day")
+        low, on = self._lowyield, today - timedelta(days=1)
+        if low is None or low[1] != on or clock - low[0] >= self._lowyield_every:
+            due.append("low_yield")
+        res = self._resource
+        if res is None or res[1] != today or clock - res[0] >= self._resource_every:
+            due.append("resource_warning")
+        return due
+
+    def _refresh_slow_isolated(self, on_part: Callable[[], None]) -> bool:
+        """:meth:`refresh_slow` with the parts computed in a fresh child process, which
+        exits when done (the KPI core's memory at 100,000 devices is about 1 GiB while it
+        runs, and a long-running exporter would keep it)."""
+        now_dt = datetime.now(self.rules.tz)
+        due = self._due(now_dt.date())
+        if not due:
+            return False
+        context = multiprocessing.get_context("spawn")
+        try:
+            with ProcessPoolExecutor(1, mp_context=context, max_tasks_per_child=1) as pool:
+                results = pool.submit(compute_parts, self._url, self.rules, due).result()
+        except Exception as exc:  # the child died or could not read: the parts on show stay
+            log.warning("cannot compute the day figures: %s", exc)
+            return False
+        clock = self._clock()
+        for name, (on, out) in results.items():
+            if name == "day":
+                self._day = (clock, on, out)
+            elif name == "low_yield":
+                self._lowyield = (clock, on, out)
+            else:
+                self._resource = (clock, on, out)
+            self._computed_at[name] = time.time()
+        if results:
+            on_part()
+        return bool(results)
+
     def refresh_slow(self, on_part: Callable[[], None] = lambda: None) -> bool:
         """Compute the costlier parts whose time has come (today's uptime first, then the
         low-yield share, then the resource-warning time), calling ``on_part`` after each
-        one computed; True if any was. Errors are logged (the parts on show stay)."""
+        one computed (with ``isolate_slow``: once, after all, computed in a child
+        process); True if any was. Errors are logged (the parts on show stay)."""
+        if self._isolate_slow:
+            return self._refresh_slow_isolated(on_part)
         any_done = False
         try:
             if self._slow_conn is None or self._slow_conn.closed:
@@ -698,7 +864,7 @@ class DatabaseSource:
                 feed = Feed(conn, self.rules)
                 now = feed.now_ms()
                 today = from_ms(now).astimezone(self.rules.tz).date()
-                inventory = feed.inventory()
+                inventory = self._inventory(conn, feed)
                 devices = fleet_devices(inventory.devices, today)
                 parts: list[tuple[str, Callable[[], object], Callable[[], object]]] = [
                     ("day", lambda: self._day,
@@ -749,7 +915,7 @@ class DatabaseSource:
         now = feed.now_ms()
         now_dt = from_ms(now)
         today = now_dt.astimezone(tz).date()
-        inventory = feed.inventory()
+        inventory = self._inventory(conn, feed)
         subs = inventory.subbranch_by_id
         branch_of = inventory.branch_by_id
         devices = fleet_devices(inventory.devices, today)
@@ -759,7 +925,7 @@ class DatabaseSource:
         windows: dict[str, bool] = {}
         rows: list[DeviceRow] = []
         with conn.cursor() as cur:
-            cur.execute(DEVICE_QUERY, {"today": today, "factor": factor})
+            cur.execute(self._device_query, {"today": today, "factor": factor})
             for dev_id, ts, st, hb, cash, p_at, p_status, seen, since in cur:
                 d = by_id.get(dev_id)
                 if d is None:
@@ -785,7 +951,7 @@ class DatabaseSource:
                         d.id, d.branch, branch.subbranch, tier_of[branch.subbranch], d.type.value,
                         d.vendor, d.placement.value, d.model, state,
                         None if began is None else began / 1000, _s(seen),
-                        cash_ratio(cash if st is not None else None), open_now,
+                        None if st is None else self._cash_ratio(cash), open_now,
                     )
                 )  # fmt: skip
         t_devices = time.perf_counter()
@@ -988,6 +1154,37 @@ class DatabaseSource:
         return on, out
 
 
+def compute_parts(
+    url: str, rules: Rules, names: Sequence[str], now_ms: int | None = None
+) -> dict[str, tuple[date, Any]]:
+    """The costlier parts ``names`` (day, low_yield, resource_warning) computed afresh, as
+    :meth:`DatabaseSource.refresh_slow` computes them, each with the date it is for: what
+    a child process hands back. ``now_ms``: the instant (default the database's now)."""
+    source = DatabaseSource(url, rules)
+    conn = source._connect()
+    try:
+        feed = Feed(conn, rules)
+        now = feed.now_ms() if now_ms is None else now_ms
+        today = from_ms(now).astimezone(rules.tz).date()
+        inventory = feed.inventory()
+        devices = fleet_devices(inventory.devices, today)
+        out: dict[str, tuple[date, Any]] = {}
+        for name in names:
+            if name == "day":
+                out[name] = (today, source._day_times(feed, inventory, devices, today, now))
+            elif name == "low_yield":
+                out[name] = source._low_yield(feed, inventory, devices, today, now)
+            elif name == "resource_warning":
+                out[name] = (
+                    today,
+                    source._resource_warning(feed, inventory, devices, today, now),
+                )
+            conn.rollback()
+        return out
+    finally:
+        conn.close()
+
+
 # --------------------------------------------------------------------------- serving
 
 
@@ -1153,7 +1350,8 @@ def start_serving(
     refresh_s: float = 30.0,
     day_refresh_s: float = 120.0,
     registry: CollectorRegistry | None = None,
-    lean: bool = False,
+    lean: bool = True,
+    isolate_slow: bool = True,
 ) -> Serving:
     """Serve ``/metrics`` at once and refresh in background threads (what ``atmfleet
     serve`` runs; also for embedding, e.g. in a demo). ``port`` 0 picks a free port (see
@@ -1161,8 +1359,13 @@ def start_serving(
     database-down one (targets, ``atmfleet_exporter_database_up 0``); the device rows
     come with the first refresh, today's uptime, the low-yield share and the
     resource-warning time as soon as the slow thread has each (docs/metrics.md). With
-    ``lean`` the families of :data:`LEAN_LEAVES_OUT` are left out."""
-    source = DatabaseSource(url, rules, day_every_s=day_refresh_s, background=True)
+    ``lean`` (the default) the families of :data:`LEAN_LEAVES_OUT` are left out, and
+    the device query does not look up what only they show. With ``isolate_slow`` (the
+    default) the costlier parts are computed in a short-lived child process each time."""
+    source = DatabaseSource(
+        url, rules, day_every_s=day_refresh_s, background=True, last_seen=not lean,
+        isolate_slow=isolate_slow,
+    )  # fmt: skip
     # Three refreshes missed (or a costly one twice over): the read is stuck; say so.
     stale_after = max(3 * refresh_s, 2 * day_refresh_s, 300.0)
     registry = registry if registry is not None else CollectorRegistry()
@@ -1176,7 +1379,7 @@ def start_serving(
     # Cash-out forecasts (cash/metrics.py): their own collector and refresh thread.
     from cash.metrics import CashCollector, CashMetrics
 
-    cash = CashMetrics(url, rules)
+    cash = CashMetrics(url, rules, isolated=True)
     registry.register(CashCollector(cash))
     server = make_server(exporter, host, port)
     # notify/: the notifier's delivery counters and outbox (docs/notifications.md), from the

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import date
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
 from atmfleet.inventory import Device, Inventory
 from rules.report import Context
@@ -38,11 +38,13 @@ def day_warning(ctx: Context, devices: Sequence[Device], today: date) -> dict[Br
 
 
 def families(day: Mapping[BranchKey, float]) -> Iterator[Metric]:
-    warning = GaugeMetricFamily(
+    from exporters.metrics import ColumnFamily  # one per branch: rendered as columns
+
+    warning = ColumnFamily(
         "atmfleet_day_resource_warning_seconds",
         "Scheduled time of today (local) so far in a cash or consumables warning (资源预警).",
-        labels=["branch", "subbranch", "tier"],
+        ("branch", "subbranch", "tier"),
     )
     for key, seconds in sorted(day.items()):
-        warning.add_metric(list(key), seconds)
+        warning.add(key, seconds)
     yield warning

@@ -298,6 +298,12 @@ class TestMetrics:
         for device in ("C", "Z"):  # no history; nothing expected within the horizon
             assert value("atmfleet_device_cash_out_forecast_timestamp_seconds", device) is None
 
+    def test_the_forecast_made_in_a_child_process_is_the_same(self, stored: str) -> None:
+        inline = CashMetrics(stored, RULES, now=lambda: NOW_MS).refresh()
+        isolated = CashMetrics(stored, RULES, now=lambda: NOW_MS, isolated=True).refresh()
+        assert isolated.ok and isolated.rows == inline.rows and isolated.at == inline.at
+        assert any(r.cash_out is not None for r in isolated.rows)
+
     def test_a_database_that_cannot_be_read_leaves_no_device_series(self) -> None:
         metrics = CashMetrics("postgresql://nobody@127.0.0.1:1/none", RULES)
         metrics.refresh()

@@ -57,17 +57,20 @@ from atmfleet.store.jobs import Job, Run
 from atmfleet.store.migrate import upgrade
 from atmfleet.store.writer import Accepted, BatchWriter
 from exporters.metrics import (
+    LEAN_FLEET_LEAVES_OUT,
     LEAN_LEAVES_OUT,
     DatabaseSource,
     DayTimes,
     DeviceRow,
     Exporter,
+    FleetCollector,
     Newest,
     Snapshot,
     Targets,
     cash_ratio,
     current_state,
     make_server,
+    render,
 )
 from rules.config import Rules, parse_rules
 from tests.conftest import drop_database
@@ -242,7 +245,41 @@ class TestTheDocumentedExample:
         assert _samples(lean.exposition().decode()) == {
             s for s in _samples(_doc_example()) if s[0] not in LEAN_LEAVES_OUT
         }
-        assert all(name in _doc_example() for name in LEAN_LEAVES_OUT)
+        assert all(name in _doc_example() for name in LEAN_FLEET_LEAVES_OUT)
+        cash_doc = METRICS_DOC.read_text(encoding="utf-8").split("## Cash-out forecasts")[1]
+        assert all(f"`{name}`" in cash_doc for name in LEAN_LEAVES_OUT - LEAN_FLEET_LEAVES_OUT)
+
+
+def test_the_rendering_is_generate_latest_byte_for_byte_again_and_again() -> None:
+    """render() (columns, lines of the last rendering reused) writes what prometheus_client
+    writes, for a first rendering and for later ones whose values changed or not."""
+    from prometheus_client import generate_latest
+
+    def snap(ratio: float, state: str, seconds: float) -> Snapshot:
+        rows = [
+            DeviceRow("A", "B1", "S1", "2", "atm", 'Ven"dor', "off_site", "M\\1",
+                      state, 1795802400.5, None, ratio, True),
+            DeviceRow("B", "B1", "S1", "2", "crs", "V", "on_site", "M2",
+                      "in_service", 0.0, None, 0.0, False),
+        ]  # fmt: skip
+        return Snapshot(
+            targets=Targets({"1": 0.98}, 0.6, 0.6, 0.05),
+            database_up=True,
+            devices=rows,
+            branches=[("B1", "S1", "2", "outlet", "名\n")],
+            day_start=1795795200,
+            day={("B1", "S1", "2"): DayTimes(seconds, -0.0, 1e-9, 12345678901.25, 0)},
+            self_service={("B1", "S1", "2", "off_site", True): 96},
+        )
+
+    current = [snap(0.25, "fault", 3600.0)]
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(lambda: current[0]))
+    for later in (None, snap(0.25, "fault", 3600.0), snap(0.5, "in_service", 7200.0),
+                  snap(0.25, "fault", 3600.0)):  # fmt: skip
+        if later is not None:
+            current[0] = later
+        assert render(registry) == generate_latest(registry)
 
 
 @dataclass
@@ -478,6 +515,43 @@ class TestDevices:
         assert scrape.value(seen, device=_dev(scrape, "D")) == fleet.d_will_received.timestamp()
         assert scrape.value(seen, device=_dev(scrape, "E")) is None
 
+    def test_the_scheduled_set_is_what_window_state_and_up_say(self, scrape: Scrape) -> None:
+        """atmfleet_device_scheduled_down and atmfleet_branch_scheduled_devices hold what
+        the recording rules used to join from the per-device families: in the window,
+        not planned maintenance, not unknown (and, for the down set, not serving)."""
+        state = {s["device"]: s["state"] for s in scrape.series("atmfleet_device_state")}
+        window = {
+            s["device"]: scrape.value("atmfleet_device_in_service_window", **s)
+            for s in scrape.series("atmfleet_device_in_service_window")
+        }
+        scheduled = {
+            d for d, st in state.items()
+            if window[d] == 1 and st not in ("planned_maintenance", "unknown")
+        }  # fmt: skip
+        routing = {s["device"]: s for s in scrape.series("atmfleet_device_up")}
+        down = [
+            r for d, r in sorted(routing.items())
+            if d in scheduled and scrape.value("atmfleet_device_up", **r) == 0
+        ]  # fmt: skip
+        assert sorted(scrape.series("atmfleet_device_scheduled_down"), key=str) == sorted(
+            down, key=str
+        )
+        assert all(scrape.value("atmfleet_device_scheduled_down", **r) == 1 for r in down)
+        per_branch: dict[tuple[str, str, str], int] = {}
+        for d in scheduled:
+            r = routing[d]
+            key = (r["branch"], r["subbranch"], r["tier"])
+            per_branch[key] = per_branch.get(key, 0) + 1
+        got = {
+            (s["branch"], s["subbranch"], s["tier"]): scrape.value(
+                "atmfleet_branch_scheduled_devices", **s
+            )
+            for s in scrape.series("atmfleet_branch_scheduled_devices")
+        }
+        assert got == per_branch
+        # The fleet holds a scheduled device down, one outside its window, one unknown.
+        assert down and len(scheduled) < len(state)
+
     def test_cash_ratio_only_for_devices_with_dispensing_units(self, scrape: Scrape) -> None:
         ratio = "atmfleet_device_cash_ratio"
         assert scrape.value(ratio, device=_dev(scrape, "A")) == pytest.approx(700 / 1500)
@@ -560,6 +634,49 @@ class TestFleet:
         assert low == evaluated
         yesterday = (fleet.midnight - timedelta(days=1)).timestamp()
         assert scrape.value("atmfleet_lowyield_date_timestamp_seconds") == yesterday
+
+    def test_an_inventory_change_shows_at_the_next_refresh(self, fleet: Fleet) -> None:
+        """The inventory is built again only when it changed: a change shows at once."""
+        source = DatabaseSource(fleet.url, fleet.rules)
+        registry = CollectorRegistry()
+        exporter = Exporter(source, registry, Targets.from_rules(fleet.rules))
+        try:
+            exporter.refresh()
+            first = Scrape(exporter, registry)
+            device = _dev(first, "A")
+            [row] = [s for s in first.series("atmfleet_device_info") if s["device"] == device]
+            assert row["vendor"] == "GRG"
+            with psycopg.connect(fleet.url, autocommit=True) as conn:
+                conn.execute("UPDATE devices SET vendor = 'NCR' WHERE id = %s", (device,))
+            again = Scrape(exporter, registry)
+            [row] = [s for s in again.series("atmfleet_device_info") if s["device"] == device]
+            assert row["vendor"] == "NCR"
+        finally:
+            source.close()
+
+    def test_the_costlier_parts_from_a_child_process_are_the_same(self, fleet: Fleet) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        from exporters.metrics import compute_parts
+
+        names = ["day", "low_yield", "resource_warning"]
+        now = int(time.time() * 1000)
+        inline = compute_parts(fleet.url, fleet.rules, names, now)
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+            child = pool.submit(compute_parts, fleet.url, fleet.rules, names, now).result()
+        assert child == inline and all(inline[n][1] for n in names)
+        # As serve runs it: every part shows once refresh_slow has run its child.
+        isolated = DatabaseSource(fleet.url, fleet.rules, background=True, isolate_slow=True)
+        try:
+            assert isolated.refresh_slow()
+            snap = isolated.read()
+            assert snap.day and snap.lowyield and snap.resource_warning
+            assert set(snap.computed_at) == set(names)
+            assert not isolated.refresh_slow()  # nothing due again at once
+        finally:
+            isolated.close()
 
     def test_a_device_not_in_the_inventory_is_counted_apart(self, scrape: Scrape) -> None:
         assert scrape.value("atmfleet_unregistered_devices") == 1

@@ -1,7 +1,8 @@
 """What the shipped rules cost a real Prometheus on a large fleet.
 
 Serves a synthetic exposition of ``--devices`` devices, shaped as docs/metrics.md
-specifies (seven series per device plus the day and fleet families) and a healthy
+specifies (five series per device, as ``atmfleet serve`` sends them by default, the
+scheduled-down set, plus the day and fleet families) and a healthy
 collector, lets a real ``prometheus`` scrape it and evaluate
 ``exporters/prometheus/atmfleet.rules.yml``, and prints each rule group's evaluation time
 over several evaluations, the scrape's duration and size, and Prometheus's memory.
@@ -63,12 +64,13 @@ def fleet_exposition(devices: int, seed: int = 7) -> bytes:
             "atmfleet_device_info",
             "atmfleet_device_up",
             "atmfleet_device_state",
-            "atmfleet_device_in_service_window",
-            "atmfleet_device_last_seen_timestamp_seconds",
             "atmfleet_device_state_since_timestamp_seconds",
             "atmfleet_device_cash_ratio",
+            "atmfleet_device_scheduled_down",
         )
     }
+    scheduled_by_branch: dict[tuple[str, str, str], int] = {}
+    devices_by_state: dict[tuple[str, str, str, str], int] = {}
     day: dict[tuple[str, ...], list[float]] = {}
     now = time.time()
     weights = [w for _s, w in STATES]
@@ -95,12 +97,16 @@ def fleet_exposition(devices: int, seed: int = 7) -> bytes:
         lines["atmfleet_device_state"].append(
             f'atmfleet_device_state{{device="{device}",state="{state}"}} 1'
         )
-        lines["atmfleet_device_in_service_window"].append(
-            f'atmfleet_device_in_service_window{{device="{device}"}} {window}'
-        )
-        lines["atmfleet_device_last_seen_timestamp_seconds"].append(
-            f'atmfleet_device_last_seen_timestamp_seconds{{device="{device}"}} {now - 30:.3f}'
-        )
+        # What atmfleet serve derives from the window and the state (exporters/metrics.py).
+        if window and state not in ("planned_maintenance", "unknown"):
+            key = (branch, subbranch, tier)
+            scheduled_by_branch[key] = scheduled_by_branch.get(key, 0) + 1
+            if not up:
+                lines["atmfleet_device_scheduled_down"].append(
+                    f"atmfleet_device_scheduled_down{{{route}}} 1"
+                )
+        skey = (subbranch, tier, kind, state)
+        devices_by_state[skey] = devices_by_state.get(skey, 0) + 1
         lines["atmfleet_device_state_since_timestamp_seconds"].append(
             f'atmfleet_device_state_since_timestamp_seconds{{device="{device}"}} {now - 3600:.3f}'
         )
@@ -126,6 +132,18 @@ def fleet_exposition(devices: int, seed: int = 7) -> bytes:
                     f'{metric}{{branch="{branch}",subbranch="{subbranch}",tier="{tier}",'
                     f'view="{view}"}} {values[index]}'
                 )
+    out.append("# TYPE atmfleet_branch_scheduled_devices gauge")
+    for (branch, subbranch, tier), n in scheduled_by_branch.items():
+        out.append(
+            f'atmfleet_branch_scheduled_devices{{branch="{branch}",subbranch="{subbranch}",'
+            f'tier="{tier}"}} {n}'
+        )
+    out.append("# TYPE atmfleet_devices gauge")
+    for (subbranch, tier, kind, state), n in devices_by_state.items():
+        out.append(
+            f'atmfleet_devices{{state="{state}",subbranch="{subbranch}",tier="{tier}",'
+            f'type="{kind}"}} {n}'
+        )
     out.append("# TYPE atmfleet_uptime_target_ratio gauge")
     out.extend(f'atmfleet_uptime_target_ratio{{tier="{t}"}} 0.97' for t in "123")
     out.append("# TYPE atmfleet_exporter_database_up gauge")
