@@ -394,17 +394,16 @@ class Feed:
 
     def kept_sums(
         self, fingerprint: str, first: date, last: date, in_service_only: bool
-    ) -> dict[str, tuple[WindowSums, list[int] | None]]:
+    ) -> dict[str, tuple[WindowSums, int]]:
         """Per device, the low-yield sums of its kept closed days in ``first``..``last``
-        (every kept day added: :class:`rules.lowyield.WindowSums`) and the offsets from
-        ``first`` of the days kept, None when all are."""
-        n = (last - first).days + 1
-        out: dict[str, tuple[WindowSums, list[int] | None]] = {}
+        (every kept day added: :class:`rules.lowyield.WindowSums`) and which days are
+        kept, as bits (bit i: ``first`` + i days; only the first 63 days)."""
+        out: dict[str, tuple[WindowSums, int]] = {}
         for device_id, monitored, a, s, counted, fin, kept in self._rows(
-            "kept_sums", fingerprint=fingerprint, first=first, last=last, n=n,
+            "kept_sums", fingerprint=fingerprint, first=first, last=last,
             in_service=in_service_only,
         ):  # fmt: skip
-            out[device_id] = (WindowSums(monitored, a, s, counted, fin), kept)
+            out[device_id] = (WindowSums(monitored, a, s, counted, fin), kept or 0)
         return out
 
     def financial_days(self, first: date, last: date) -> dict[str, dict[date, int]]:
@@ -709,19 +708,23 @@ def low_yield_for(
     n = len(period)
     in_service_only = rules.low_yield.days_counted is DaysCounted.IN_SERVICE
     fp = feed.fingerprint()
+    if n > 63:  # more days than kept_sums marks: every day read one by one
+        return _low_yield_by_day(feed, inventory, devices, on, horizon, known)
     kept = feed.kept_sums(fp, first, on, in_service_only)
     sums: dict[str, WindowSums] = {}
     partial: list[Device] = []
     missing: dict[int, list[Device]] = {}
-    every_day = range(n)
+    not_kept: dict[int, list[int]] = {}  # kept bits -> the days not kept
     for d in devices:
         got = kept.get(d.id)
-        offsets: Iterable[int]
+        bits = 0
         if got is None:
-            sums[d.id], offsets = WindowSums(), every_day
+            sums[d.id] = WindowSums()
         else:
-            sums[d.id] = got[0]
-            offsets = () if got[1] is None else set(every_day).difference(got[1])
+            sums[d.id], bits = got
+        offsets = not_kept.get(bits)
+        if offsets is None:
+            offsets = not_kept[bits] = [i for i in range(n) if not bits >> i & 1]
         for i in offsets:
             missing.setdefault(i, []).append(d)
         if window_bounds(d.commissioned, d.decommissioned, first, on, window, n) != (0, n):
@@ -757,4 +760,37 @@ def low_yield_for(
             scheduled_ms=w.scheduled,  # type: ignore[arg-type]
         )
         flags.append(evaluate(series, on, rules.low_yield, target))
+    return flags
+
+
+def _low_yield_by_day(
+    feed: Feed,
+    inventory: Inventory,
+    devices: Sequence[Device],
+    on: date,
+    horizon: int,
+    known: UptimeDays | None = None,
+) -> list[YieldFlag]:
+    """:func:`low_yield_for` from every device's :func:`window_days`, one day at a time
+    (the reference the sums must equal; used for a window longer than 63 days)."""
+    rules = feed.rules
+    window = rules.low_yield.window_days
+    first = on - timedelta(days=window - 1)
+    per_day = window_days(feed, devices, first, on, horizon, known)
+    flags: list[YieldFlag] = []
+    targets = rules.uptime.targets
+    for d in devices:
+        w = per_day[d.id]
+        series = DeviceDays(
+            device_id=d.id,
+            type=d.type,
+            commissioned=d.commissioned,
+            decommissioned=d.decommissioned,
+            first_day=first,
+            financial=w.financial,  # type: ignore[arg-type]  # complete after window_days
+            available_ms=w.available,  # type: ignore[arg-type]
+            scheduled_ms=w.scheduled,  # type: ignore[arg-type]
+        )
+        tier = inventory.subbranch_of(d).tier
+        flags.append(evaluate(series, on, rules.low_yield, targets[tier]))
     return flags

@@ -182,9 +182,9 @@ GROUP BY device_id;
 -- Low-yield: per device, the sums of its kept closed days first..last the evaluation is
 -- judged on (rules/lowyield.py, WindowSums): days with S > 0, their ΣA and ΣS, and of
 -- those the days counted (A > 0 too when only days in service count) with their
--- financial transactions. Then how many days are kept and, when not all n, which (day
--- offsets from first): the others are computed. One narrow row per device instead of
--- its 4 x 30 values.
+-- financial transactions; then which days are kept, as bits (bit i: first + i; the
+-- first 63 days, a longer window reads its days one by one): the others are computed.
+-- One narrow row per device instead of its 4 x 30 values.
 -- name: kept_sums
 SELECT device_id,
        count(*) FILTER (WHERE scheduled_ms > 0),
@@ -193,7 +193,7 @@ SELECT device_id,
        count(*) FILTER (WHERE scheduled_ms > 0 AND (available_ms > 0 OR NOT %(in_service)s)),
        coalesce(sum(financial) FILTER (WHERE scheduled_ms > 0
                                          AND (available_ms > 0 OR NOT %(in_service)s)), 0)::int8,
-       CASE WHEN count(*) < %(n)s THEN array_agg((day - %(first)s::date)::int8) END
+       bit_or(1::int8 << (day - %(first)s::date)) FILTER (WHERE day - %(first)s::date < 63)
 FROM kpi_device_days
 WHERE fingerprint = %(fingerprint)s AND day >= %(first)s AND day <= %(last)s
 GROUP BY device_id;
