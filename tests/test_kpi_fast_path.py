@@ -101,8 +101,7 @@ def fill(conn: psycopg.Connection, rng: random.Random, n: int = 40) -> None:
                     (dev, seq, from_ms(t), from_ms(t), since),
                 )
     conn.execute(
-        "INSERT INTO collector_outages (started_at, ended_at, detected_by)"
-        " VALUES (%s, %s, 'test')",
+        "INSERT INTO collector_outages (started_at, ended_at, detected_by) VALUES (%s, %s, 'test')",
         (from_ms(lo + 30 * H), from_ms(lo + 31 * H + 17 * 60_000)),
     )
     for i, (device, branch) in enumerate((("D001", None), (None, "B2"))):
