@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import re
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -46,9 +47,11 @@ from atmfleet.protocol import StateMessage
 from atmfleet.store.runs import RUN_GAP
 from atmfleet.store.unregistered import unregistered_count
 from rules.config import DaysCounted, Rules
+from rules.labels import STATE_LABEL
 from rules.lowyield import DeviceDays, WindowSums, YieldFlag, evaluate, flag_of, window_bounds
 from rules.substitution import CounterCounts, DeviceCounts
 from rules.timeline import (
+    STATE,
     Interval,
     Point,
     PowerRestored,
@@ -58,7 +61,6 @@ from rules.timeline import (
     from_ms,
     merge_spans,
     ms,
-    state_points,
     timeline_of_points,
 )
 from rules.uptime import Uptime, UptimePolicy, WindowSpans, daily_uptime, day_span, days
@@ -71,6 +73,10 @@ DAY_MS = 86_400_000
 MAX_HEARTBEAT_S = next(
     int(m.le) for m in StateMessage.model_fields["heartbeat_s"].metadata if hasattr(m, "le")
 )
+#: One run of ``runs_by_device``: start and last (µs since 2000-01-01), start_seq, heartbeat_s.
+_RUN = struct.Struct("!qqqi")
+#: 2000-01-01 (PostgreSQL's epoch of its binary timestamps) in µs since 1970-01-01.
+_PG_EPOCH_US = 946_684_800_000_000
 _NAME = re.compile(r"^-- name: ([a-z_]+)\s*$", re.MULTILINE)
 
 
@@ -307,15 +313,18 @@ class Feed:
         self, lo: int, hi: int, horizon: int
     ) -> tuple[dict[str, list[Point]], dict[str, DeviceInputs], list[Span]]:
         """:meth:`timeline_inputs` with the runs as timeline points per device
-        (:func:`rules.timeline.state_points`; the inputs hold no runs)."""
+        (:func:`rules.timeline.timeline_of_points`; the inputs hold no runs)."""
         ctx = self.context_ms()
         a, b = from_ms(lo - ctx), from_ms(max(min(horizon, hi + ctx), lo))
-        points = {
-            device_id: state_points(starts, seqs, ends, states, heartbeats)
-            for device_id, starts, seqs, ends, states, heartbeats in self._rows(
-                "runs_by_device", lo=a, hi=b
-            )
-        }
+        points: dict[str, list[Point]] = {}
+        unpack = _RUN.iter_unpack
+        label = STATE_LABEL
+        for device_id, packed, states in self._rows("runs_by_device", lo=a, hi=b):
+            # floor(epoch ms) of the microseconds since 2000, as the runs query computes it
+            points[device_id] = [
+                ((s0 + _PG_EPOCH_US) // 1000, STATE, q, (s1 + _PG_EPOCH_US) // 1000, label[st], h)
+                for (s0, q, s1, h), st in zip(unpack(packed), states.split(","), strict=True)
+            ]
         out, outages = self._other_inputs(lo, a, b)
         return points, out, outages
 
@@ -556,7 +565,7 @@ def timelines(
 ) -> dict[str, list[Interval]]:
     """Each device's labelled timeline of ``[lo, min(hi, horizon))``: the same as
     :func:`rules.timeline.build_timeline` of :meth:`Feed.timeline_inputs`, with the runs
-    read as columns per device (:meth:`Feed.run_points`)."""
+    read packed per device (:meth:`Feed.timeline_points`)."""
     points, others, outages = feed.timeline_points(lo, hi, horizon)
     merged = merge_spans(outages)
     factor = feed.rules.heartbeat.timeout_factor

@@ -34,14 +34,17 @@ FROM state_runs
 WHERE tstzrange(start_ts, last_ts, '[]') && tstzrange(%(lo)s, %(hi)s, '[)')
 ORDER BY device_id, start_ts, start_seq;
 
--- The same runs as columns, one row per device (the order of a device's runs does not
--- matter: the timeline sorts its points): 100,000 rows for a fleet instead of a row per
--- run, and no Python object per run.
+-- The same runs, one row per device, packed: per run its start and last timestamps as
+-- sent in binary (int8 microseconds since 2000-01-01), start_seq (int8) and heartbeat_s
+-- (int4), 28 bytes a run, then the states joined by commas, in the same order (both
+-- aggregates see the group's rows in one order; the order of a device's runs does not
+-- matter, the timeline sorts its points). 100,000 rows for a fleet, unpacked in C, and
+-- no epoch arithmetic in numeric (rules/feed.py, Feed.timeline_points).
 -- name: runs_by_device
 SELECT device_id,
-       array_agg(floor(extract(epoch FROM start_ts) * 1000)::int8), array_agg(start_seq),
-       array_agg(floor(extract(epoch FROM last_ts) * 1000)::int8), array_agg(state),
-       array_agg(heartbeat_s)
+       string_agg(timestamptz_send(start_ts) || int8send(start_seq)
+                  || timestamptz_send(last_ts) || int4send(heartbeat_s), ''::bytea),
+       string_agg(state, ',')
 FROM state_runs
 WHERE tstzrange(start_ts, last_ts, '[]') && tstzrange(%(lo)s, %(hi)s, '[)')
 GROUP BY device_id;

@@ -92,6 +92,8 @@ class PowerRestored:
 
 # Point kinds, in the order they are applied when they share a timestamp.
 _ONLINE, _STATE, _OFFLINE, _KEEP = 0, 1, 2, 3
+#: The kind of a state run's point (a feed building points itself: :data:`Point`).
+STATE = _STATE
 
 
 def compress(
@@ -161,22 +163,6 @@ def build_timeline(
     )  # fmt: skip
 
 
-def state_points(
-    starts: Sequence[int],
-    seqs: Sequence[int],
-    ends: Sequence[int],
-    states: Sequence[str],
-    heartbeats: Sequence[int],
-) -> list[Point]:
-    """The points of state runs given as columns (start, seq, end, state, heartbeat_s
-    of each run), as :func:`build_timeline` makes them from :class:`StateRun` values."""
-    label = STATE_LABEL
-    return [
-        (a, _STATE, q, b, label[st], h)
-        for a, q, b, st, h in zip(starts, seqs, ends, states, heartbeats, strict=True)
-    ]
-
-
 def timeline_of_points(
     points: list[Point],
     start: int,
@@ -190,9 +176,10 @@ def timeline_of_points(
     default_heartbeat_s: int = 60,
     stops: Sequence[Span] = (),
 ) -> list[Interval]:
-    """:func:`build_timeline` of the runs' :func:`state_points` (``points`` is extended
-    and sorted in place); ``outages`` already merged (:func:`merge_spans`), as a feed
-    merges them once for every device."""
+    """:func:`build_timeline` of the runs' points (``(start, STATE, seq, end, label,
+    heartbeat_s)`` each, as it makes them; ``points`` is extended and sorted in place);
+    ``outages`` already merged (:func:`merge_spans`), as a feed merges them once for
+    every device."""
     stop = end if horizon is None else min(end, horizon)
     until = end if horizon is None else horizon
     if stop <= start:

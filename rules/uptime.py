@@ -105,8 +105,10 @@ class Uptime:
         return out
 
     def add(self, other: Uptime) -> None:
+        mine = self.by_label
+        get = mine.get
         for label, value in other.by_label.items():
-            self.by_label[label] = self.by_label.get(label, 0) + value
+            mine[label] = get(label, 0) + value
         self.scheduled_ms += other.scheduled_ms
         self.available_ms += other.available_ms
         self.tech_scheduled_ms += other.tech_scheduled_ms
