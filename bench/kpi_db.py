@@ -215,7 +215,7 @@ def digest(value):
 with psycopg.connect(url) as conn:
     feed = Feed(conn, rules)
     horizon = day_span(day, rules.tz)[1] + 2 * 86_400_000  # the day is closed
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     inventory = feed.inventory()
     t1 = time.perf_counter()
     up = uptime_for(feed, inventory.devices, day, day, horizon)
@@ -225,16 +225,18 @@ with psycopg.connect(url) as conn:
         groups = rollup(per_device, dimension_key(inventory, dim))
     t3 = time.perf_counter()
     out["uptime"] = [t3 - t0, t1 - t0, t2 - t1, t3 - t2]
+    out["uptime_cpu"] = time.process_time() - c0
     out["uptime_ratio"] = groups["fleet"].ratio
     out["uptime_digest"] = digest(sorted((d, repr(u)) for d, u in up.per_device.items()))
     out["devices"] = len(per_device)
     for key in ("low_yield_first", "low_yield_again"):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         inventory = feed.inventory()
         flags = low_yield_for(feed, inventory, inventory.devices, day, horizon)
         for dim in ("subbranch", "tier", "type", "fleet"):
             shares = low_yield_share(flags, dimension_key(inventory, dim), rules.low_yield.max_share)
         out[key] = time.perf_counter() - t0
+        out[key + "_cpu"] = time.process_time() - c0
         out[key + "_digest"] = digest(sorted(map(repr, flags)))
         out["low_yield_share"] = shares["fleet"].share
     t0 = time.perf_counter()
@@ -251,7 +253,8 @@ RUNNER = (
     "try:\n"
     "    cli.main(sys.argv[1:], prog_name='atmfleet', standalone_mode=False)\n"
     "finally:\n"
-    "    print('maxrss', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    "    r = resource.getrusage(resource.RUSAGE_SELF)\n"
+    "    print('maxrss', r.ru_maxrss, r.ru_utime + r.ru_stime, file=sys.stderr)\n"
 )
 
 
@@ -280,8 +283,9 @@ def measure(code: Path, url: str) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def command(code: Path, url: str, args: list[str]) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS MiB, stdout) of ``atmfleet ARGS`` with ``code``."""
+def command(code: Path, url: str, args: list[str]) -> tuple[float, float, str, float]:
+    """(wall seconds, peak RSS MiB, stdout, CPU seconds) of ``atmfleet ARGS`` with
+    ``code``."""
     t = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-c", RUNNER, *args],
@@ -290,11 +294,11 @@ def command(code: Path, url: str, args: list[str]) -> tuple[float, float, str]:
     took = time.perf_counter() - t
     if done.returncode != 0:
         raise SystemExit(f"{code}: atmfleet {' '.join(args)}: {done.stderr.strip()[-2000:]}")
-    rss = 0.0
+    rss = cpu = 0.0
     for line in done.stderr.splitlines():
         if line.startswith("maxrss "):
-            rss = int(line.split()[1]) / 1024
-    return took, rss, done.stdout
+            rss, cpu = int(line.split()[1]) / 1024, float(line.split()[2])
+    return took, rss, done.stdout, cpu
 
 
 def report(url: str, before: Path | None) -> None:
@@ -302,14 +306,18 @@ def report(url: str, before: Path | None) -> None:
     got = {label: measure(code, url) for label, code in codes}
     cmd = ["kpi", "uptime", "--date", DAY.isoformat()]
     runs = {label: command(code, url, cmd) for label, code in codes}
+    cpu = "  its CPU (this process; the database's is not in it)"
     rows: list[tuple[str, Callable[[dict[str, Any]], float]]] = [
         ("uptime, 1 day, with the database reads", lambda g: g["uptime"][0]),
         ("  inventory", lambda g: g["uptime"][1]),
         ("  reads+timelines+uptime", lambda g: g["uptime"][2]),
         ("  roll-ups", lambda g: g["uptime"][3]),
+        (cpu, lambda g: g["uptime_cpu"]),
         ("low-yield, 30 days, first (29 kept + 1 computed and kept)",
          lambda g: g["low_yield_first"]),
+        (cpu, lambda g: g["low_yield_first_cpu"]),
         ("low-yield, 30 days, again (30 kept days)", lambda g: g["low_yield_again"]),
+        (cpu, lambda g: g["low_yield_again_cpu"]),
         ("window_days, 30 kept days read", lambda g: g["window_days"]),
     ]  # fmt: skip
     after = got["after"]
@@ -327,6 +335,11 @@ def report(url: str, before: Path | None) -> None:
     b = f"{b_run[0]:8.2f}s" if b_run else ""
     ratio = f"  x{b_run[0] / a_run[0]:5.1f} faster" if b_run else ""
     print(f"{cmd_text:58s} {b:>9s} {a_run[0]:8.2f}s{ratio}")
+    b = f"{b_run[3]:8.2f}s" if b_run else ""
+    ratio = f"  x{b_run[3] / a_run[3]:5.1f} less" if b_run and a_run[3] else ""
+    print(
+        f"{'  its CPU (the process; the database not in it)':58s} {b:>9s} {a_run[3]:8.2f}s{ratio}"
+    )
     print(f"{'  peak RSS, MiB':58s} {f'{b_run[1]:8.0f}' if b_run else '':>9s}"
           f" {a_run[1]:8.0f}")  # fmt: skip
     print(f"fleet 开机率 {after['uptime_ratio']:.4f}, fleet low-yield share "
