@@ -254,7 +254,16 @@ class Context:
         """device id -> its uptime target (its sub-branch's tier)."""
         tier = dimension_key(self.inventory, "tier")
         targets = self.rules.uptime.targets
-        return lambda d: targets[Tier(tier(d) or "1")]
+        memo: dict[str, float] = {}  # per tier value (a fleet has three)
+
+        def target(d: str) -> float:
+            value = tier(d) or "1"
+            got = memo.get(value)
+            if got is None:
+                got = memo[value] = targets[Tier(value)]
+            return got
+
+        return target
 
 
 # ---------------------------------------------------------------------------- output
