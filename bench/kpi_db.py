@@ -25,7 +25,7 @@ then times, through rules.feed and the pure core (in a fresh process per code):
    settings, inventory, report, output).
 
 With ``--before CHECKOUT`` (a checkout of the earlier code, e.g. ``git worktree add
-/tmp/kpi-before main``, put first on PYTHONPATH) each step runs with that code and with
+../kpi-before main``, put first on PYTHONPATH) each step runs with that code and with
 this tree's, one right after the other on the same database (the day a run kept is
 removed first, so both start from the same store), and prints both, the ratio, and
 whether every figure is equal: a digest of every device's uptime of the day, of every
