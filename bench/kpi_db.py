@@ -1,6 +1,7 @@
-"""How long the KPIs take at fleet scale INCLUDING the database reads.
+"""How long the KPIs take at fleet scale INCLUDING the database reads, BEFORE and AFTER.
 
-    python bench/kpi_db.py [--devices 100000] [--admin-url postgresql://postgres@127.0.0.1/postgres]
+    python bench/kpi_db.py [--before CHECKOUT] [--devices 100000] [--database URL]
+                           [--admin-url postgresql://postgres@127.0.0.1/postgres]
 
 Creates a throw-away database (plain PostgreSQL), fills it (not timed) with what ingest
 would have left there for a fleet of DEVICES devices:
@@ -13,34 +14,54 @@ would have left there for a fleet of DEVICES devices:
 - kept closed days (kpi_device_days) for the 29 days before the day measured, under the
   fingerprint the feed computes, as the daily job would have left them;
 
-then times, through rules.feed and the pure core:
+then times, through rules.feed and the pure core (in a fresh process per code):
 
 1. uptime of one local day for every device: inventory, runs, presence, power and
    outages read, timelines, both views, and the roll-ups by sub-branch and fleet;
 2. the 30-day low-yield evaluation (low-yield, low-efficiency, share by sub-branch,
    tier, type, fleet): kept days read, the one day not yet kept computed and kept,
-   transactions read from txn_daily; then again with all 30 days kept.
+   transactions read from txn_daily; then again with all 30 days kept;
+3. the command ``atmfleet kpi uptime --date D`` end to end, as a process (imports,
+   settings, inventory, report, output).
 
-Prints seconds for each; the database is dropped at the end.
+With ``--before CHECKOUT`` (a checkout of the earlier code, e.g. ``git worktree add
+../kpi-before main``, put first on PYTHONPATH) each step runs with that code and with
+this tree's, one right after the other on the same database (the day a run kept is
+removed first, so both start from the same store), and prints both, the ratio, and
+whether every figure is equal: a digest of every device's uptime of the day, of every
+low-yield flag, and the command's output. The machine may be shared: compare the
+ratios. ``--database URL``: an already filled database (not dropped). The database
+made here is dropped at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
+import os
 import random
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
 
 import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 from scratch import upgraded_database
 
 from atmfleet.inventory import DeviceType, Placement
 from rules.config import load_rules
-from rules.feed import Feed, low_yield_for, uptime_for, window_days
-from rules.lowyield import low_yield_share
+from rules.feed import Feed
 from rules.timeline import from_ms
-from rules.uptime import day_span, dimension_key, rollup, total
+from rules.uptime import day_span
+
+HERE = Path(__file__).resolve().parent.parent
 
 DAY = date(2026, 11, 20)
 HB_MS = 60_000
@@ -175,60 +196,185 @@ def keep_days(feed: Feed, conn: psycopg.Connection, first: date, last: date) -> 
     conn.commit()
 
 
+#: Steps 1 and 2 in a process of their own, through the public API only (so the code of
+#: an earlier checkout runs it too); prints one JSON line: seconds and digests.
+MEASURE = r"""
+import hashlib, json, sys, time
+from datetime import date, timedelta
+import psycopg
+from rules.config import load_rules
+from rules.feed import Feed, low_yield_for, uptime_for, window_days
+from rules.lowyield import low_yield_share
+from rules.uptime import day_span, dimension_key, rollup, total
+
+url, day = sys.argv[1], date.fromisoformat(sys.argv[2])
+rules = load_rules()
+out = {}
+def digest(value):
+    return hashlib.sha256(repr(value).encode()).hexdigest()[:16]
+with psycopg.connect(url) as conn:
+    feed = Feed(conn, rules)
+    horizon = day_span(day, rules.tz)[1] + 2 * 86_400_000  # the day is closed
+    c0, t0 = time.process_time(), time.perf_counter()
+    inventory = feed.inventory()
+    t1 = time.perf_counter()
+    up = uptime_for(feed, inventory.devices, day, day, horizon)
+    t2 = time.perf_counter()
+    per_device = {d: total(v.values()) for d, v in up.per_device.items()}
+    for dim in ("subbranch", "fleet"):
+        groups = rollup(per_device, dimension_key(inventory, dim))
+    t3 = time.perf_counter()
+    out["uptime"] = [t3 - t0, t1 - t0, t2 - t1, t3 - t2]
+    out["uptime_cpu"] = time.process_time() - c0
+    out["uptime_ratio"] = groups["fleet"].ratio
+    out["uptime_digest"] = digest(sorted((d, repr(u)) for d, u in up.per_device.items()))
+    out["devices"] = len(per_device)
+    for key in ("low_yield_first", "low_yield_again"):
+        c0, t0 = time.process_time(), time.perf_counter()
+        inventory = feed.inventory()
+        flags = low_yield_for(feed, inventory, inventory.devices, day, horizon)
+        for dim in ("subbranch", "tier", "type", "fleet"):
+            shares = low_yield_share(flags, dimension_key(inventory, dim), rules.low_yield.max_share)
+        out[key] = time.perf_counter() - t0
+        out[key + "_cpu"] = time.process_time() - c0
+        out[key + "_digest"] = digest(sorted(map(repr, flags)))
+        out["low_yield_share"] = shares["fleet"].share
+    t0 = time.perf_counter()
+    kept = window_days(feed, inventory.devices, day - timedelta(days=29), day, horizon)
+    out["window_days"] = time.perf_counter() - t0
+    out["window_days_digest"] = digest(sorted((d, repr(w)) for d, w in kept.items()))
+print(json.dumps(out))
+"""
+
+#: Runs the command in this process and prints its peak RSS (KiB) last, on stderr.
+RUNNER = (
+    "import resource, sys\n"
+    "from app.cli import cli\n"
+    "try:\n"
+    "    cli.main(sys.argv[1:], prog_name='atmfleet', standalone_mode=False)\n"
+    "finally:\n"
+    "    r = resource.getrusage(resource.RUSAGE_SELF)\n"
+    "    print('maxrss', r.ru_maxrss, r.ru_utime + r.ru_stime, file=sys.stderr)\n"
+)
+
+
+def reset(url: str) -> None:
+    """Forget what a run kept: the kept days from the day measured on."""
+    with psycopg.connect(url) as conn:
+        conn.execute("DELETE FROM kpi_device_days WHERE day >= %s", (DAY,))
+        conn.commit()
+
+
+def _env(code: Path, url: str) -> dict[str, str]:
+    env = dict(os.environ, ATMFLEET_DATABASE_URL=url, PYTHONPATH=str(code))
+    env.pop("ATMFLEET_RULES_FILE", None)
+    return env
+
+
+def measure(code: Path, url: str) -> dict[str, Any]:
+    """Steps 1 and 2 with the code of ``code``, in a process of its own."""
+    reset(url)
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE, url, DAY.isoformat()],
+        env=_env(code, url), cwd=code, capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise SystemExit(f"{code}: {done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def command(code: Path, url: str, args: list[str]) -> tuple[float, float, str, float]:
+    """(wall seconds, peak RSS MiB, stdout, CPU seconds) of ``atmfleet ARGS`` with
+    ``code``."""
+    t = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", RUNNER, *args],
+        env=_env(code, url), cwd=code, capture_output=True, text=True,
+    )  # fmt: skip
+    took = time.perf_counter() - t
+    if done.returncode != 0:
+        raise SystemExit(f"{code}: atmfleet {' '.join(args)}: {done.stderr.strip()[-2000:]}")
+    rss = cpu = 0.0
+    for line in done.stderr.splitlines():
+        if line.startswith("maxrss "):
+            rss, cpu = int(line.split()[1]) / 1024, float(line.split()[2])
+    return took, rss, done.stdout, cpu
+
+
+def report(url: str, before: Path | None) -> None:
+    codes = ([("before", before.resolve())] if before else []) + [("after", HERE)]
+    got = {label: measure(code, url) for label, code in codes}
+    cmd = ["kpi", "uptime", "--date", DAY.isoformat()]
+    runs = {label: command(code, url, cmd) for label, code in codes}
+    cpu = "  its CPU (this process; the database's is not in it)"
+    rows: list[tuple[str, Callable[[dict[str, Any]], float]]] = [
+        ("uptime, 1 day, with the database reads", lambda g: g["uptime"][0]),
+        ("  inventory", lambda g: g["uptime"][1]),
+        ("  reads+timelines+uptime", lambda g: g["uptime"][2]),
+        ("  roll-ups", lambda g: g["uptime"][3]),
+        (cpu, lambda g: g["uptime_cpu"]),
+        ("low-yield, 30 days, first (29 kept + 1 computed and kept)",
+         lambda g: g["low_yield_first"]),
+        (cpu, lambda g: g["low_yield_first_cpu"]),
+        ("low-yield, 30 days, again (30 kept days)", lambda g: g["low_yield_again"]),
+        (cpu, lambda g: g["low_yield_again_cpu"]),
+        ("window_days, 30 kept days read", lambda g: g["window_days"]),
+    ]  # fmt: skip
+    after = got["after"]
+    print(f"\n{after['devices']} devices, {os.cpu_count()} CPUs, load average "
+          + ", ".join(f"{x:.1f}" for x in os.getloadavg()))  # fmt: skip
+    print(f"{'':58s} {'before':>9s} {'after':>9s}")
+    for name, value in rows:
+        b = f"{value(got['before']):8.2f}s" if before else ""
+        a = value(after)
+        ratio = f"  x{value(got['before']) / a:5.1f} faster" if before and a else ""
+        print(f"{name:58s} {b:>9s} {a:8.2f}s{ratio}")
+    cmd_text = "atmfleet " + " ".join(cmd) + " (a process)"
+    b_run = runs.get("before")
+    a_run = runs["after"]
+    b = f"{b_run[0]:8.2f}s" if b_run else ""
+    ratio = f"  x{b_run[0] / a_run[0]:5.1f} faster" if b_run else ""
+    print(f"{cmd_text:58s} {b:>9s} {a_run[0]:8.2f}s{ratio}")
+    b = f"{b_run[3]:8.2f}s" if b_run else ""
+    ratio = f"  x{b_run[3] / a_run[3]:5.1f} less" if b_run and a_run[3] else ""
+    print(
+        f"{'  its CPU (the process; the database not in it)':58s} {b:>9s} {a_run[3]:8.2f}s{ratio}"
+    )
+    print(f"{'  peak RSS, MiB':58s} {f'{b_run[1]:8.0f}' if b_run else '':>9s}"
+          f" {a_run[1]:8.0f}")  # fmt: skip
+    print(f"fleet 开机率 {after['uptime_ratio']:.4f}, fleet low-yield share "
+          f"{after['low_yield_share']:.4f}")  # fmt: skip
+    if before:
+        keys = ("uptime_digest", "low_yield_first_digest", "low_yield_again_digest",
+                "window_days_digest", "uptime_ratio", "low_yield_share")  # fmt: skip
+        differ = [k for k in keys if got["before"][k] != after[k]]
+        if b_run is not None and b_run[2] != a_run[2]:
+            differ.append("the command's output")
+        print("figures: " + ("EQUAL (every device's uptime, every flag, the kept days, the "
+              "command's output)" if not differ else "DIFFER: " + ", ".join(differ)))  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=100_000)
+    parser.add_argument("--before", type=Path, help="checkout of the old code")
+    parser.add_argument("--database", help="an already filled database (kept)")
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
+    if args.database:
+        report(args.database, args.before)
+        return
     rules = load_rules()
-    with upgraded_database(args.admin_url, rules.timezone) as url, psycopg.connect(url) as conn:
-        t = time.perf_counter()
-        fill(conn, args.devices, random.Random(1))
-        feed = Feed(conn, rules)
-        keep_days(feed, conn, DAY - timedelta(days=29), DAY - timedelta(days=1))
-        conn.execute("ANALYZE kpi_device_days")  # as autovacuum would have
-        conn.commit()
-        print(f"setup {time.perf_counter() - t:.0f} s (not measured)", flush=True)
-        horizon = day_span(DAY, rules.tz)[1] + 2 * 86_400_000  # the day is closed
-
-        t0 = time.perf_counter()
-        inventory = feed.inventory()
-        t1 = time.perf_counter()
-        up = uptime_for(feed, inventory.devices, DAY, DAY, horizon)
-        t2 = time.perf_counter()
-        per_device = {d: total(v.values()) for d, v in up.per_device.items()}
-        for dim in ("subbranch", "fleet"):
-            groups = rollup(per_device, dimension_key(inventory, dim))
-        t3 = time.perf_counter()
-        fleet = groups["fleet"]
-        print(
-            f"uptime, {len(per_device)} devices x 1 day, with the database reads:"
-            f" {t3 - t0:.2f} s (inventory {t1 - t0:.2f} s, reads+timelines+uptime"
-            f" {t2 - t1:.2f} s, roll-ups {t3 - t2:.2f} s); fleet 开机率 {fleet.ratio:.4f}",
-            flush=True,
-        )
-        for label in ("first (29 kept days + 1 computed and kept)", "again (30 kept days)"):
-            t0 = time.perf_counter()
-            inventory = feed.inventory()
-            flags = low_yield_for(feed, inventory, inventory.devices, DAY, horizon)
-            for dim in ("subbranch", "tier", "type", "fleet"):
-                shares = low_yield_share(
-                    flags, dimension_key(inventory, dim), rules.low_yield.max_share
-                )
-            t1 = time.perf_counter()
-            print(
-                f"low-yield, {len(flags)} devices x 30 days, {label}, with the database"
-                f" reads: {t1 - t0:.2f} s; fleet share {shares['fleet'].share:.4f}",
-                flush=True,
-            )
-        t0 = time.perf_counter()
-        kept = window_days(feed, inventory.devices, DAY - timedelta(days=29), DAY, horizon)
-        print(f"  of which kept days read: {time.perf_counter() - t0:.2f} s ({len(kept)} devices)")
-        t0 = time.perf_counter()
-        feed.txn_days(DAY, DAY)
-        print(
-            f"  txn_daily read for one day (when a day is computed): {time.perf_counter() - t0:.2f} s"
-        )
+    with upgraded_database(args.admin_url, rules.timezone) as url:
+        with psycopg.connect(url) as conn:
+            t = time.perf_counter()
+            fill(conn, args.devices, random.Random(1))
+            feed = Feed(conn, rules)
+            keep_days(feed, conn, DAY - timedelta(days=29), DAY - timedelta(days=1))
+            conn.execute("ANALYZE kpi_device_days")  # as autovacuum would have
+            conn.commit()
+            print(f"setup {time.perf_counter() - t:.0f} s (not measured)", flush=True)
+        report(url, args.before)
 
 
 if __name__ == "__main__":

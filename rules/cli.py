@@ -23,7 +23,7 @@ from atmfleet.settings import load_settings
 from atmfleet.store.connect import connect
 from atmfleet.store.migrate import require_current
 from rules.config import load_rules
-from rules.feed import Feed, closed, window_days
+from rules.feed import Feed, closed, gc_paused, window_days
 from rules.report import (
     DEFAULT_BY,
     Context,
@@ -49,7 +49,10 @@ from rules.uptime import DIMENSIONS
 def opened(scope: str, on: date | None, first: date | None, last: date | None) -> Iterator[Context]:
     settings = load_settings()
     rules = load_rules(settings.rules_file)
-    with connect(settings.require_database_url(), application_name="atmfleet-kpi") as conn:
+    with (
+        gc_paused(),  # a one-shot command over the fleet: see rules.feed.gc_paused
+        connect(settings.require_database_url(), application_name="atmfleet-kpi") as conn,
+    ):
         require_current(conn)
         feed = Feed(conn, rules)
         horizon = feed.now_ms()

@@ -17,17 +17,20 @@ the state last seen before the gap; the feed then sees no state before the gap.)
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
 import re
-from collections.abc import Iterable, Sequence
+import struct
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from functools import cache
+from functools import cache, wraps
 from importlib import resources
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import psycopg
 
@@ -45,18 +48,22 @@ from atmfleet.inventory import (
 from atmfleet.protocol import StateMessage
 from atmfleet.store.runs import RUN_GAP
 from atmfleet.store.unregistered import unregistered_count
-from rules.config import Rules
-from rules.lowyield import DeviceDays, YieldFlag, evaluate
+from rules.config import DaysCounted, Rules
+from rules.labels import STATE_LABEL
+from rules.lowyield import DeviceDays, WindowSums, YieldFlag, evaluate, flag_of, window_bounds
 from rules.substitution import CounterCounts, DeviceCounts
 from rules.timeline import (
+    STATE,
     Interval,
+    Point,
     PowerRestored,
     Presence,
     Span,
     StateRun,
-    build_timeline,
     from_ms,
+    merge_spans,
     ms,
+    timeline_of_points,
 )
 from rules.uptime import Uptime, UptimePolicy, WindowSpans, daily_uptime, day_span, days
 from rules.vendors import HistoryRow, IncidentCycle, IncidentRow, cycles_from_events
@@ -68,7 +75,40 @@ DAY_MS = 86_400_000
 MAX_HEARTBEAT_S = next(
     int(m.le) for m in StateMessage.model_fields["heartbeat_s"].metadata if hasattr(m, "le")
 )
+#: One run of ``runs_by_device``: start and last (µs since 2000-01-01), start_seq, heartbeat_s.
+_RUN = struct.Struct("!qqqi")
+#: 2000-01-01 (PostgreSQL's epoch of its binary timestamps) in µs since 1970-01-01.
+_PG_EPOCH_US = 946_684_800_000_000
 _NAME = re.compile(r"^-- name: ([a-z_]+)\s*$", re.MULTILINE)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: reading a fleet allocates millions of small
+    tuples and dicts (none of them in a cycle), and every collection the allocations
+    trigger walks every object alive; at 100,000 devices that more than doubled the
+    Python time of a day's uptime. Process-wide while it lasts; nests."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _without_gc(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    @wraps(fn)
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with gc_paused():
+            return fn(*args, **kwargs)
+
+    return run
 
 
 @cache
@@ -77,6 +117,46 @@ def queries() -> dict[str, str]:
     text = resources.files("rules").joinpath("queries.sql").read_text(encoding="utf-8")
     parts = _NAME.split(text)
     return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+#: The columns of ``inventory_devices``, in its order (the model's fields, less ``gateway``).
+_DEVICE_COLUMNS = (
+    "id", "branch", "type", "placement", "vendor", "model", "commissioned", "decommissioned",
+    "service_window", "deposit_capable", "heartbeat_s",
+)  # fmt: skip
+
+
+def _devices(rows: Iterable[tuple[Any, ...]]) -> tuple[Device, ...]:
+    """``Device.model_construct(id=..., ...)`` of each row of ``inventory_devices``
+    (enums converted), without its per-field loop: the same ``__dict__`` (the fields in
+    the model's order, the defaults of those not read) and the same fields set, in a
+    tenth of the time at 100,000 devices."""
+    fields = list(Device.model_fields)
+    n = len(_DEVICE_COLUMNS)
+    # The columns are the model's first fields, in its order; the rest take defaults.
+    assert tuple(fields[:n]) == _DEVICE_COLUMNS and not Device.__pydantic_post_init__
+    defaults = [
+        (name, Device.model_fields[name].get_default(call_default_factory=True))
+        for name in fields[n:]
+    ]
+    types = {t.value: t for t in DeviceType}
+    placements = {p.value: p for p in Placement}
+    new = Device.__new__
+    setattr_ = object.__setattr__
+    out = []
+    for row in rows:
+        values = dict(zip(_DEVICE_COLUMNS, row, strict=True))
+        values["type"] = types[values["type"]]
+        values["placement"] = placements[values["placement"]]
+        for name, default in defaults:
+            values[name] = default
+        m = new(Device)
+        setattr_(m, "__dict__", values)
+        setattr_(m, "__pydantic_fields_set__", set(_DEVICE_COLUMNS))
+        setattr_(m, "__pydantic_extra__", None)
+        setattr_(m, "__pydantic_private__", None)
+        out.append(m)
+    return tuple(out)
 
 
 @dataclass(slots=True)
@@ -195,6 +275,7 @@ class Feed:
             return [(lo, 2**62)]
         return [(lo, start)] if start > lo else []
 
+    @_without_gc
     def inventory(self) -> Inventory:
         """The inventory as loaded into the store (``atmfleet db load-inventory``)."""
         subs = tuple(
@@ -205,22 +286,7 @@ class Feed:
             Branch.model_construct(id=i, name=n, subbranch=s, kind=BranchKind(k), parent=p)
             for i, n, s, k, p in self._rows("inventory_branches")
         )
-        devices = tuple(
-            Device.model_construct(
-                id=i,
-                branch=b,
-                type=DeviceType(t),
-                placement=Placement(p),
-                vendor=v,
-                model=m,
-                commissioned=c,
-                decommissioned=dc,
-                service_window=w,
-                deposit_capable=dep,
-                heartbeat_s=hb,
-            )
-            for i, b, t, p, v, m, c, dc, w, dep, hb in self._rows("inventory_devices")
-        )
+        devices = _devices(self._rows("inventory_devices"))
         return Inventory.model_construct(subbranches=subs, branches=branches, devices=devices)
 
     def context_ms(self) -> int:
@@ -247,6 +313,15 @@ class Feed:
                     current = out[device_id] = DeviceInputs()
             assert current is not None
             current.runs.append(StateRun(start, last, state, hb, seq))
+        others, outages = self._other_inputs(lo, a, b, out)
+        return others, outages
+
+    def _other_inputs(
+        self, lo: int, a: datetime, b: datetime, out: dict[str, DeviceInputs] | None = None
+    ) -> tuple[dict[str, DeviceInputs], list[Span]]:
+        """Presence, power cuts and approved planned stops per device (into ``out``), and
+        the collector outages, read from ``a`` (``lo`` for power and stops) to ``b``."""
+        out = {} if out is None else out
         for device_id, ts, online, will, received in self._rows("presence", lo=a, hi=b):
             inputs = out.get(device_id)
             if inputs is None:
@@ -262,9 +337,28 @@ class Feed:
             if inputs is None:
                 inputs = out[device_id] = DeviceInputs()
             inputs.stops.append((start, end))
-        outages = self.unknown_before(lo - ctx)
+        outages = self.unknown_before(lo - self.context_ms())
         outages += [(s, e) for s, e in self._rows("outages", lo=a, hi=b)]
         return out, outages
+
+    def timeline_points(
+        self, lo: int, hi: int, horizon: int
+    ) -> tuple[dict[str, list[Point]], dict[str, DeviceInputs], list[Span]]:
+        """:meth:`timeline_inputs` with the runs as timeline points per device
+        (:func:`rules.timeline.timeline_of_points`; the inputs hold no runs)."""
+        ctx = self.context_ms()
+        a, b = from_ms(lo - ctx), from_ms(max(min(horizon, hi + ctx), lo))
+        points: dict[str, list[Point]] = {}
+        unpack = _RUN.iter_unpack
+        label = STATE_LABEL
+        for device_id, packed, states in self._rows("runs_by_device", lo=a, hi=b):
+            # floor(epoch ms) of the microseconds since 2000, as the runs query computes it
+            points[device_id] = [
+                ((s0 + _PG_EPOCH_US) // 1000, STATE, q, (s1 + _PG_EPOCH_US) // 1000, label[st], h)
+                for (s0, q, s1, h), st in zip(unpack(packed), states.split(","), strict=True)
+            ]
+        out, outages = self._other_inputs(lo, a, b)
+        return points, out, outages
 
     def warning_spans(
         self, lo: int, hi: int, horizon: int, params: dict[str, list[str]]
@@ -280,6 +374,7 @@ class Feed:
             out.setdefault(device_id, []).append((start, 2**62 if until is None else until))
         return out
 
+    @_without_gc
     def txn_days(self, first: date, last: date) -> dict[str, dict[date, TxnDay]]:
         """Counted transactions per device and local day, ``first``..``last`` inclusive."""
         tz = self.rules.tz
@@ -310,15 +405,20 @@ class Feed:
         digest.update(f"|{devices}|{outages}|{self.monitoring_start_ms()}|v3".encode())
         return digest.hexdigest()[:32]
 
-    def kept_days(self, fingerprint: str, first: date, last: date) -> dict[str, Window]:
-        """Kept closed days per device in ``first``..``last`` (days not kept are None)."""
+    @_without_gc
+    def kept_days(
+        self, fingerprint: str, first: date, last: date, ids: Sequence[str] | None = None
+    ) -> dict[str, Window]:
+        """Kept closed days per device in ``first``..``last`` (days not kept are None);
+        ``ids``: of those devices only (default: every device)."""
         n = (last - first).days + 1
         in_order = list(range(n))
         out: dict[str, Window] = {}
+        params: dict[str, Any] = {"fingerprint": fingerprint, "first": first, "last": last}
+        if ids is not None:
+            params["ids"] = list(ids)
         with self._conn.cursor(binary=True) as cur:
-            cur.execute(
-                queries()["kept_days"], {"fingerprint": fingerprint, "first": first, "last": last}
-            )
+            cur.execute(queries()["kept_days" if ids is None else "kept_days_of"], params)
             for device_id, values in cur:
                 k = len(values) // 4
                 if k == n and values[:k] == in_order:  # every day, in order: the window
@@ -335,6 +435,22 @@ class Feed:
                 out[device_id] = w
         return out
 
+    @_without_gc
+    def kept_sums(
+        self, fingerprint: str, first: date, last: date, in_service_only: bool
+    ) -> dict[str, tuple[WindowSums, int]]:
+        """Per device, the low-yield sums of its kept closed days in ``first``..``last``
+        (every kept day added: :class:`rules.lowyield.WindowSums`) and which days are
+        kept, as bits (bit i: ``first`` + i days; only the first 63 days)."""
+        out: dict[str, tuple[WindowSums, int]] = {}
+        for device_id, monitored, a, s, counted, fin, kept in self._rows(
+            "kept_sums", fingerprint=fingerprint, first=first, last=last,
+            in_service=in_service_only,
+        ):  # fmt: skip
+            out[device_id] = (WindowSums(monitored, a, s, counted, fin), kept or 0)
+        return out
+
+    @_without_gc
     def financial_days(self, first: date, last: date) -> dict[str, dict[date, int]]:
         """Counted financial transactions per device and local day."""
         tz = self.rules.tz
@@ -483,17 +599,20 @@ class Feed:
 def timelines(
     feed: Feed, devices: Iterable[Device], lo: int, hi: int, horizon: int
 ) -> dict[str, list[Interval]]:
-    """Each device's labelled timeline of ``[lo, min(hi, horizon))``."""
-    inputs, outages = feed.timeline_inputs(lo, hi, horizon)
+    """Each device's labelled timeline of ``[lo, min(hi, horizon))``: the same as
+    :func:`rules.timeline.build_timeline` of :meth:`Feed.timeline_inputs`, with the runs
+    read packed per device (:meth:`Feed.timeline_points`)."""
+    points, others, outages = feed.timeline_points(lo, hi, horizon)
+    merged = merge_spans(outages)
     factor = feed.rules.heartbeat.timeout_factor
     empty = DeviceInputs()
     out: dict[str, list[Interval]] = {}
     for d in devices:
-        got = inputs.get(d.id, empty)
-        out[d.id] = build_timeline(
-            got.runs, lo, hi, horizon=horizon, presence=got.presence, power=got.power,
-            outages=outages, timeout_factor=factor, default_heartbeat_s=d.heartbeat_s,
-            stops=got.stops,
+        got = others.get(d.id, empty)
+        out[d.id] = timeline_of_points(
+            points.get(d.id, [])[:], lo, hi, horizon=horizon, presence=got.presence,
+            power=got.power, outages=merged, timeout_factor=factor,
+            default_heartbeat_s=d.heartbeat_s, stops=got.stops,
         )  # fmt: skip
     return out
 
@@ -507,6 +626,7 @@ class UptimeDays:
     timelines: dict[str, list[Interval]]
 
 
+@_without_gc
 def uptime_for(
     feed: Feed, devices: Sequence[Device], first: date, last: date, horizon: int
 ) -> UptimeDays:
@@ -543,6 +663,7 @@ def closed(feed: Feed, day: date, horizon: int) -> bool:
     return context <= DAY_MS + 1 and day_span(day, feed.rules.tz)[1] + context <= horizon
 
 
+@_without_gc
 def window_days(
     feed: Feed,
     devices: Sequence[Device],
@@ -568,6 +689,24 @@ def window_days(
         for i in range(n):
             if w.available[i] is None:
                 missing.setdefault(i, []).append(d)
+    for d, i, (a, s, f) in computed_days(feed, fp, period, missing, horizon, known):
+        w = out[d.id]
+        w.available[i], w.scheduled[i], w.financial[i] = a, s, f
+    return out
+
+
+def computed_days(
+    feed: Feed,
+    fingerprint: str,
+    period: Sequence[date],
+    missing: dict[int, list[Device]],
+    horizon: int,
+    known: UptimeDays | None = None,
+) -> list[tuple[Device, int, KeptDay]]:
+    """The days of ``period`` not kept (``missing``: day index -> devices), computed
+    (uptime from the timeline, transactions from txn_daily) and kept when closed, as
+    (device, day index, value); ``known``: see :func:`window_days`."""
+    got: list[tuple[Device, int, KeptDay]] = []
     to_keep: list[tuple[str, date, KeptDay]] = []
     for i in sorted(missing):
         day, chosen = period[i], missing[i]
@@ -585,15 +724,15 @@ def window_days(
         fin = feed.financial_days(day, day)
         for d in chosen:
             u = up.per_device[d.id][day]
-            f = fin.get(d.id, {}).get(day, 0)
-            w = out[d.id]
-            w.available[i], w.scheduled[i], w.financial[i] = u.available_ms, u.scheduled_ms, f
+            value = (u.available_ms, u.scheduled_ms, fin.get(d.id, {}).get(day, 0))
+            got.append((d, i, value))
             if keep:
-                to_keep.append((d.id, day, (u.available_ms, u.scheduled_ms, f)))
-    feed.keep_days(fp, to_keep)
-    return out
+                to_keep.append((d.id, day, value))
+    feed.keep_days(fingerprint, to_keep)
+    return got
 
 
+@_without_gc
 def low_yield_for(
     feed: Feed,
     inventory: Inventory,
@@ -603,7 +742,86 @@ def low_yield_for(
     known: UptimeDays | None = None,
 ) -> list[YieldFlag]:
     """低产/低效 flags of ``devices`` on ``on``, over the rules' trailing window
-    (``known``: see :func:`window_days`)."""
+    (``known``: see :func:`window_days`).
+
+    The same flags as :func:`rules.lowyield.evaluate` of each device's
+    :func:`window_days`, read cheaper: a device in the fleet the whole window is judged
+    on the sums of its kept days (:meth:`Feed.kept_sums`, added up by the database) plus
+    the days computed; only a device commissioned or decommissioned inside the window
+    has its days read one by one."""
+    rules = feed.rules
+    window = rules.low_yield.window_days
+    first = on - timedelta(days=window - 1)
+    period = days(first, on)
+    n = len(period)
+    in_service_only = rules.low_yield.days_counted is DaysCounted.IN_SERVICE
+    fp = feed.fingerprint()
+    if n > 63:  # more days than kept_sums marks: every day read one by one
+        return _low_yield_by_day(feed, inventory, devices, on, horizon, known)
+    kept = feed.kept_sums(fp, first, on, in_service_only)
+    sums: dict[str, WindowSums] = {}
+    partial: list[Device] = []
+    missing: dict[int, list[Device]] = {}
+    not_kept: dict[int, list[int]] = {}  # kept bits -> the days not kept
+    for d in devices:
+        got = kept.get(d.id)
+        bits = 0
+        if got is None:
+            sums[d.id] = WindowSums()
+        else:
+            sums[d.id], bits = got
+        offsets = not_kept.get(bits)
+        if offsets is None:
+            offsets = not_kept[bits] = [i for i in range(n) if not bits >> i & 1]
+        for i in offsets:
+            missing.setdefault(i, []).append(d)
+        if window_bounds(d.commissioned, d.decommissioned, first, on, window, n) != (0, n):
+            partial.append(d)
+    computed = computed_days(feed, fp, period, missing, horizon, known)
+    windows: dict[str, Window] = {}
+    if partial:
+        windows = feed.kept_days(fp, first, on, [d.id for d in partial])
+        for d in partial:
+            windows.setdefault(d.id, Window.empty(n))
+    for d, i, (a, s, f) in computed:
+        w = windows.get(d.id)
+        if w is not None:
+            w.available[i], w.scheduled[i], w.financial[i] = a, s, f
+        else:
+            sums[d.id].add(a, s, f, in_service_only)
+    flags: list[YieldFlag] = []
+    targets = rules.uptime.targets
+    for d in devices:
+        target = targets[inventory.subbranch_of(d).tier]
+        w = windows.get(d.id)
+        if w is None:
+            flags.append(flag_of(d.id, d, d.type, sums[d.id], on, rules.low_yield, target))
+            continue
+        series = DeviceDays(
+            device_id=d.id,
+            type=d.type,
+            commissioned=d.commissioned,
+            decommissioned=d.decommissioned,
+            first_day=first,
+            financial=w.financial,  # type: ignore[arg-type]  # complete once computed
+            available_ms=w.available,  # type: ignore[arg-type]
+            scheduled_ms=w.scheduled,  # type: ignore[arg-type]
+        )
+        flags.append(evaluate(series, on, rules.low_yield, target))
+    return flags
+
+
+@_without_gc
+def _low_yield_by_day(
+    feed: Feed,
+    inventory: Inventory,
+    devices: Sequence[Device],
+    on: date,
+    horizon: int,
+    known: UptimeDays | None = None,
+) -> list[YieldFlag]:
+    """:func:`low_yield_for` from every device's :func:`window_days`, one day at a time
+    (the reference the sums must equal; used for a window longer than 63 days)."""
     rules = feed.rules
     window = rules.low_yield.window_days
     first = on - timedelta(days=window - 1)

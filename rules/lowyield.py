@@ -13,7 +13,7 @@ from enum import StrEnum
 
 from atmfleet.inventory import DeviceType
 from rules.config import DaysCounted, LowYieldRules
-from rules.fleet import in_fleet
+from rules.fleet import InService, in_fleet
 
 
 class YieldStatus(StrEnum):
@@ -66,45 +66,78 @@ class YieldFlag:
         return self.daily_average - self.threshold
 
 
+@dataclass(slots=True)
+class WindowSums:
+    """What a flag is judged on: the sums over a device's days in the window and in the
+    fleet that have monitored scheduled time (S > 0). Integers, so a sum is the same
+    whatever the order its days are added in (in Python, or in SQL over kept days)."""
+
+    monitored: int = 0  # days with S > 0
+    available_ms: int = 0  # ΣA over those days
+    scheduled_ms: int = 0  # ΣS over those days
+    counted: int = 0  # the days counted for the average (in service, if the rules say so)
+    financial: int = 0  # counted financial transactions over the counted days
+
+    def add(self, available: int, scheduled: int, financial: int, in_service_only: bool) -> None:
+        """One day (nothing if S <= 0: not a monitored day)."""
+        if scheduled <= 0:
+            return  # nothing scheduled the store can vouch for: not a monitored day
+        self.monitored += 1
+        self.available_ms += available
+        self.scheduled_ms += scheduled
+        if in_service_only and available <= 0:
+            return
+        self.counted += 1
+        self.financial += financial
+
+
+def window_bounds(
+    commissioned: date, decommissioned: date | None, first_day: date, on: date, window: int, n: int
+) -> tuple[int, int]:
+    """``[lo, hi)``: the indexes (from ``first_day``, ``n`` days held) of the days of the
+    window ending ``on`` (inclusive) that a device is in the fleet."""
+    end = (on - first_day).days + 1  # exclusive index
+    start = end - window
+    first_in = (commissioned - first_day).days
+    last_out = (decommissioned - first_day).days if decommissioned else end  # exclusive
+    return max(start, first_in, 0), min(end, last_out, n)
+
+
 def evaluate(days: DeviceDays, on: date, rules: LowYieldRules, uptime_target: float) -> YieldFlag:
     """Flags of one device on date ``on`` over the window ending that day (inclusive)."""
-    window = rules.window_days
-    end = (on - days.first_day).days + 1  # exclusive index
-    start = end - window
-    first_in = (days.commissioned - days.first_day).days
-    last_out = (
-        (days.decommissioned - days.first_day).days if days.decommissioned else end
-    )  # exclusive
-    lo = max(start, first_in, 0)
-    hi = min(end, last_out, len(days.financial))
+    lo, hi = window_bounds(
+        days.commissioned, days.decommissioned, days.first_day, on, rules.window_days,
+        len(days.financial),
+    )  # fmt: skip
+    sums = WindowSums()
+    in_service_only = rules.days_counted is DaysCounted.IN_SERVICE
     fin = days.financial
     avail = days.available_ms
     sched = days.scheduled_ms
-    counted = 0
-    total = 0
-    a_sum = 0
-    s_sum = 0
-    monitored = 0
-    in_service_only = rules.days_counted is DaysCounted.IN_SERVICE
     for i in range(lo, hi):
-        a = avail[i]
-        s = sched[i]
-        if s <= 0:
-            continue  # nothing scheduled the store can vouch for: not a monitored day
-        monitored += 1
-        a_sum += a
-        s_sum += s
-        if in_service_only and a <= 0:
-            continue
-        counted += 1
-        total += fin[i]
-    uptime = a_sum / s_sum if s_sum else None
-    threshold = rules.thresholds.get(days.type)
+        sums.add(avail[i], sched[i], fin[i], in_service_only)
+    return flag_of(days.device_id, days, days.type, sums, on, rules, uptime_target)
+
+
+def flag_of(
+    device_id: str,
+    dates: InService,
+    type: DeviceType,
+    sums: WindowSums,
+    on: date,
+    rules: LowYieldRules,
+    uptime_target: float,
+) -> YieldFlag:
+    """The flags of a device (``dates``: its commissioning dates) from its window's sums."""
+    window = rules.window_days
+    counted, total, monitored = sums.counted, sums.financial, sums.monitored
+    uptime = sums.available_ms / sums.scheduled_ms if sums.scheduled_ms else None
+    threshold = rules.thresholds.get(type)
     average = total / counted if counted else None
     covered = monitored >= min(rules.min_monitored_days, window)
-    if not in_fleet(days, on):
+    if not in_fleet(dates, on):
         status = YieldStatus.NOT_EVALUATED
-    elif (on - days.commissioned).days < rules.ramp_up_days:
+    elif (on - dates.commissioned).days < rules.ramp_up_days:
         status = YieldStatus.EXEMPT
     elif threshold is None:
         status = YieldStatus.NOT_EVALUATED
@@ -116,11 +149,9 @@ def evaluate(days: DeviceDays, on: date, rules: LowYieldRules, uptime_target: fl
         status = YieldStatus.LOW if average < threshold else YieldStatus.OK
     # 低效 needs only the window's uptime: judged for every device in the fleet with
     # enough monitored days (during ramp-up too, whatever its type).
-    judged = covered and in_fleet(days, on)
+    judged = covered and in_fleet(dates, on)
     low_eff = None if uptime is None or not judged else uptime < uptime_target
-    return YieldFlag(
-        days.device_id, on, status, counted, average, threshold, uptime, low_eff, monitored
-    )
+    return YieldFlag(device_id, on, status, counted, average, threshold, uptime, low_eff, monitored)
 
 
 @dataclass(slots=True)

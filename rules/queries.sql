@@ -34,6 +34,21 @@ FROM state_runs
 WHERE tstzrange(start_ts, last_ts, '[]') && tstzrange(%(lo)s, %(hi)s, '[)')
 ORDER BY device_id, start_ts, start_seq;
 
+-- The same runs, one row per device, packed: per run its start and last timestamps as
+-- sent in binary (int8 microseconds since 2000-01-01), start_seq (int8) and heartbeat_s
+-- (int4), 28 bytes a run, then the states joined by commas, in the same order (both
+-- aggregates see the group's rows in one order; the order of a device's runs does not
+-- matter, the timeline sorts its points). 100,000 rows for a fleet, unpacked in C, and
+-- no epoch arithmetic in numeric (rules/feed.py, Feed.timeline_points).
+-- name: runs_by_device
+SELECT device_id,
+       string_agg(timestamptz_send(start_ts) || int8send(start_seq)
+                  || timestamptz_send(last_ts) || int4send(heartbeat_s), ''::bytea),
+       string_agg(state, ',')
+FROM state_runs
+WHERE tstzrange(start_ts, last_ts, '[]') && tstzrange(%(lo)s, %(hi)s, '[)')
+GROUP BY device_id;
+
 -- Presence taking effect in [lo, hi) (a broker will: when it was received).
 -- name: presence
 SELECT device_id, floor(extract(epoch FROM ts) * 1000)::int8, status = 'online', will, floor(extract(epoch FROM received_at) * 1000)::int8
@@ -153,6 +168,35 @@ SELECT (SELECT md5(coalesce(string_agg(concat_ws('|', id, type, placement, commi
 SELECT device_id,
        array_agg((day - %(first)s::date)::int8) || array_agg(available_ms)
        || array_agg(scheduled_ms) || array_agg(financial)
+FROM kpi_device_days
+WHERE fingerprint = %(fingerprint)s AND day >= %(first)s AND day <= %(last)s
+GROUP BY device_id;
+
+-- The same for a few devices only (those whose window is cut by their commissioning).
+-- name: kept_days_of
+SELECT device_id,
+       array_agg((day - %(first)s::date)::int8) || array_agg(available_ms)
+       || array_agg(scheduled_ms) || array_agg(financial)
+FROM kpi_device_days
+WHERE fingerprint = %(fingerprint)s AND day >= %(first)s AND day <= %(last)s
+  AND device_id = ANY(%(ids)s::text[])
+GROUP BY device_id;
+
+-- Low-yield: per device, the sums of its kept closed days first..last the evaluation is
+-- judged on (rules/lowyield.py, WindowSums): days with S > 0, their ΣA and ΣS, and of
+-- those the days counted (A > 0 too when only days in service count) with their
+-- financial transactions; then which days are kept, as bits (bit i: first + i; the
+-- first 63 days, a longer window reads its days one by one): the others are computed.
+-- One narrow row per device instead of its 4 x 30 values.
+-- name: kept_sums
+SELECT device_id,
+       count(*) FILTER (WHERE scheduled_ms > 0),
+       coalesce(sum(available_ms) FILTER (WHERE scheduled_ms > 0), 0)::int8,
+       coalesce(sum(scheduled_ms) FILTER (WHERE scheduled_ms > 0), 0)::int8,
+       count(*) FILTER (WHERE scheduled_ms > 0 AND (available_ms > 0 OR NOT %(in_service)s)),
+       coalesce(sum(financial) FILTER (WHERE scheduled_ms > 0
+                                         AND (available_ms > 0 OR NOT %(in_service)s)), 0)::int8,
+       bit_or(1::int8 << (day - %(first)s::date)) FILTER (WHERE day - %(first)s::date < 63)
 FROM kpi_device_days
 WHERE fingerprint = %(fingerprint)s AND day >= %(first)s AND day <= %(last)s
 GROUP BY device_id;

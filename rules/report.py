@@ -224,6 +224,20 @@ class Context:
             ("txn", self.first, self.last), lambda: self.feed.txn_days(self.first, self.last)
         )
 
+    def financial(self) -> dict[str, int]:
+        """Counted financial transactions per device over the period: from :meth:`txn`
+        when this computation has it already, else read alone (a third of its cost)."""
+        txn = self.cache.get(("txn", self.first, self.last))
+        if txn is not None:
+            return {d: sum(t.financial for t in per_day.values()) for d, per_day in txn.items()}
+        return self.memo(  # type: ignore[no-any-return]
+            ("financial", self.first, self.last),
+            lambda: {
+                d: sum(per_day.values())
+                for d, per_day in self.feed.financial_days(self.first, self.last).items()
+            },
+        )
+
     def flags(self) -> list[YieldFlag]:
         devices = self.devices
         # The day's uptime, when this computation already has it (a day not yet kept is
@@ -240,7 +254,16 @@ class Context:
         """device id -> its uptime target (its sub-branch's tier)."""
         tier = dimension_key(self.inventory, "tier")
         targets = self.rules.uptime.targets
-        return lambda d: targets[Tier(tier(d) or "1")]
+        memo: dict[str, float] = {}  # per tier value (a fleet has three)
+
+        def target(d: str) -> float:
+            value = tier(d) or "1"
+            got = memo.get(value)
+            if got is None:
+                got = memo[value] = targets[Tier(value)]
+            return got
+
+        return target
 
 
 # ---------------------------------------------------------------------------- output
@@ -484,13 +507,12 @@ def uptime_report(ctx: Context, by: str, previous: bool = False) -> Report:
         before_whole = rollup(before_dev, lambda _d: scope).get(scope, Uptime())
     targets = group_target(per_device, key, ctx.target_of())
     whole_target = group_target(per_device, lambda _d: scope, ctx.target_of()).get(scope)
-    txn = ctx.txn()
+    per_device_financial = ctx.financial()
     financial: dict[str, int] = {}
     for d in per_device:
         g = key(d)
         if g is not None:
-            n = sum(t.financial for t in txn.get(d, {}).values())
-            financial[g] = financial.get(g, 0) + n
+            financial[g] = financial.get(g, 0) + per_device_financial.get(d, 0)
     rows = [
         uptime_row(
             g, up, targets.get(g), before.get(g, Uptime()) if previous else None,

@@ -28,6 +28,8 @@ from rules.labels import STATE_LABEL, Label
 
 Interval = tuple[int, int, Label]
 Span = tuple[int, int]
+#: A point of the timeline's sweep: (ts, kind, seq, end, label, heartbeat_s).
+Point = tuple[int, int, int, int, "Label | None", int]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -90,6 +92,8 @@ class PowerRestored:
 
 # Point kinds, in the order they are applied when they share a timestamp.
 _ONLINE, _STATE, _OFFLINE, _KEEP = 0, 1, 2, 3
+#: The kind of a state run's point (a feed building points itself: :data:`Point`).
+STATE = _STATE
 
 
 def compress(
@@ -149,21 +153,44 @@ def build_timeline(
     up to the horizon is a gap like any other. ``stops`` are approved registered planned
     stops of the device (:func:`registered_stops`).
     """
+    points: list[Point] = [
+        (r.start, _STATE, r.seq, r.end, STATE_LABEL[r.state], r.heartbeat_s) for r in runs
+    ]
+    return timeline_of_points(
+        points, start, end, horizon=horizon, presence=presence, power=power,
+        outages=_merge_spans(outages), timeout_factor=timeout_factor,
+        default_heartbeat_s=default_heartbeat_s, stops=stops,
+    )  # fmt: skip
+
+
+def timeline_of_points(
+    points: list[Point],
+    start: int,
+    end: int,
+    *,
+    horizon: int | None = None,
+    presence: Sequence[Presence] = (),
+    power: Sequence[PowerRestored] = (),
+    outages: Sequence[Span] = (),
+    timeout_factor: float = 3.0,
+    default_heartbeat_s: int = 60,
+    stops: Sequence[Span] = (),
+) -> list[Interval]:
+    """:func:`build_timeline` of the runs' points (``(start, STATE, seq, end, label,
+    heartbeat_s)`` each, as it makes them; ``points`` is extended and sorted in place);
+    ``outages`` already merged (:func:`merge_spans`), as a feed merges them once for
+    every device."""
     stop = end if horizon is None else min(end, horizon)
     until = end if horizon is None else horizon
     if stop <= start:
         return []
-    points: list[tuple[int, int, int, int, Label | None, int]] = []
-    # (ts, kind, seq, end, label, heartbeat_s)
-    for r in runs:
-        points.append((r.start, _STATE, r.seq, r.end, STATE_LABEL[r.state], r.heartbeat_s))
     for p in presence:
         at = p.at
         if p.online:
             points.append((at, _ONLINE, -1, at, None, 0))
         else:
             points.append((at, _OFFLINE, -1, at, Label.COMMUNICATIONS, 0))
-    merged_outages = _merge_spans(outages)
+    merged_outages = outages
     for a, b in merged_outages:
         # Our outage's edges count as points: the device is not blamed for our silence.
         points.append((a, _KEEP, -1, a, None, 0))
@@ -222,6 +249,11 @@ def registered_stops(timeline: Sequence[Interval], stops: Iterable[Span]) -> lis
     if not spans or not timeline:
         return list(timeline)
     return overlay(timeline, spans, Label.PLANNED, keep=(Label.AVAILABLE, Label.UNKNOWN))
+
+
+def merge_spans(spans: Iterable[Span]) -> list[Span]:
+    """Sorted, non-overlapping spans covering the same time (empty ones dropped)."""
+    return _merge_spans(spans)
 
 
 def _merge_spans(spans: Iterable[Span]) -> list[Span]:

@@ -105,8 +105,10 @@ class Uptime:
         return out
 
     def add(self, other: Uptime) -> None:
+        mine = self.by_label
+        get = mine.get
         for label, value in other.by_label.items():
-            self.by_label[label] = self.by_label.get(label, 0) + value
+            mine[label] = get(label, 0) + value
         self.scheduled_ms += other.scheduled_ms
         self.available_ms += other.available_ms
         self.tech_scheduled_ms += other.tech_scheduled_ms
@@ -153,8 +155,14 @@ def uptime_from_totals(totals: dict[Label, int], policy: UptimePolicy) -> Uptime
         base -= unknown
     elif policy.unknown_time is UnknownTime.AVAILABLE:
         available += unknown
-    business = base - sum(totals.get(c, 0) for c in policy.business_excluded)
-    technical = base - sum(totals.get(c, 0) for c in policy.technical_excluded)
+    business = technical = base
+    business_excluded = policy.business_excluded
+    technical_excluded = policy.technical_excluded
+    for label, value in totals.items():  # the few labels present, not every excluded one
+        if label in business_excluded:
+            business -= value
+        if label in technical_excluded:
+            technical -= value
     monitored = business if policy.unknown_time is UnknownTime.EXCLUDE else business - unknown
     return Uptime(
         by_label=totals,
@@ -219,6 +227,7 @@ class WindowSpans:
         self.tz = tz
         self._cache: dict[tuple[str, date], list[Span]] = {}
         self._fleet: dict[tuple[date, date | None], Span] = {}
+        self._scheduled: dict[tuple[str, date, date, date | None, int | None], list[Span]] = {}
 
     def fleet_span(self, device: Device) -> Span:
         """:func:`fleet_span`, memoised per (commissioned, decommissioned)."""
@@ -226,6 +235,19 @@ class WindowSpans:
         got = self._fleet.get(key)
         if got is None:
             got = self._fleet[key] = fleet_span(device, self.tz)
+        return got
+
+    def scheduled(self, spec: str, device: Device, day: date, until: int | None) -> list[Span]:
+        """:func:`scheduled_spans` of a device whose window is ``spec``, memoised per
+        (spec, day, time in the fleet, until): the fleet's devices share a few (do not
+        change the list returned)."""
+        key = (spec, day, device.commissioned, device.decommissioned, until)
+        got = self._scheduled.get(key)
+        if got is None:
+            lo, hi = self.fleet_span(device)
+            if until is not None:
+                hi = min(hi, until)
+            got = self._scheduled[key] = intersect(self.day(spec, day), lo, hi)
         return got
 
     def day(self, spec: str, day: date) -> list[Span]:
@@ -261,8 +283,9 @@ def daily_uptime(
     horizon: int | None = None,
 ) -> dict[date, Uptime]:
     """One device's uptime for each local day (a period is the :func:`total` of its days)."""
+    spec = rules.service_windows.spec_for(device)
     return {
-        day: device_uptime(timeline, scheduled_spans(device, day, rules, windows, horizon), policy)
+        day: device_uptime(timeline, windows.scheduled(spec, device, day, horizon), policy)
         for day in local_days
     }
 
