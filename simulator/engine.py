@@ -401,8 +401,14 @@ def generate(
     real_wills: bool = False,
     heartbeat_s: int | None = None,
     on_repair: RepairSink | None = None,
+    part: tuple[int, int] | None = None,
 ) -> Iterator[Emission]:
     """Everything the fleet sends in ``[start, end)``, in publish-time order.
+
+    ``part=(k, n)``: only the ``k``-th of ``n`` contiguous slices of the devices (in id
+    order), the counters in the first; each device's messages are exactly those of the
+    whole run, and merging the parts by publish time (ties: the lower part first)
+    gives the whole run's order. Several processes publish a big fleet this way.
 
     ``on_repair`` receives the incident truth of every fault (:class:`Repair`) as the
     generator passes its repair (or the end of the run): the ledger's ``repairs.csv``.
@@ -424,10 +430,20 @@ def generate(
         tz=ZoneInfo(config.timezone),
         on_repair=on_repair,
     )
-    return _merge(ctx, sorted(inventory.devices, key=attrgetter("id")))
+    devices = sorted(inventory.devices, key=attrgetter("id"))
+    if part is None:
+        return _merge(ctx, devices)
+    k, n = part
+    if not 0 <= k < n:
+        raise UsageError(f"part {k} of {n} does not exist")
+    lo, hi = len(devices) * k // n, len(devices) * (k + 1) // n
+    return _merge(ctx, devices, lo, hi, counters=k == 0)
 
 
-def _merge(ctx: _Context, devices: list[Device]) -> Iterator[Emission]:
+def _merge(
+    ctx: _Context, devices: list[Device], lo: int = 0, hi: int | None = None, *,
+    counters: bool = True,
+) -> Iterator[Emission]:  # fmt: skip
     """The counters' and the devices' streams merged by publish time, ties in stream order
     (the counters, then the devices by id), as ``heapq.merge`` would.
 
@@ -435,7 +451,7 @@ def _merge(ctx: _Context, devices: list[Device]) -> Iterator[Emission]:
     first message is its birth at that moment): the first message of a big fleet goes
     out at once, and a device that comes up after the run's end costs nothing."""
     pending: list[tuple[int, int, Device]] = []
-    for i, dev in enumerate(devices, start=1):
+    for i, dev in enumerate(devices[lo:hi], start=lo + 1):
         hb_ms = device_heartbeat_s(dev, ctx.config, ctx.heartbeat_override) * 1000
         phase = device_phase(dev, ctx.config, ctx.seed, hb_ms)
         t0 = max(ctx.start, ctx.local_time(dev.commissioned, 0)) + phase[0]
@@ -445,9 +461,11 @@ def _merge(ctx: _Context, devices: list[Device]) -> Iterator[Emission]:
     pending.sort(key=lambda p: (p[0], p[1]))
     pending.reverse()  # popped from the end, earliest first
     heap: list[tuple[int, int, Emission, Iterator[Emission]]] = []
-    first = next(counters := _counters(ctx), None)
-    if first is not None:
-        heap.append((first.t, 0, first, counters))
+    if counters:
+        stream = _counters(ctx)
+        first = next(stream, None)
+        if first is not None:
+            heap.append((first.t, 0, first, stream))
     while heap or pending:
         while pending and (not heap or pending[-1][0] <= heap[0][0]):
             _, i, dev = pending.pop()
