@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -151,6 +152,10 @@ def simulate_command(
     dry_run: bool,
 ) -> None:
     """Play a realistic fleet of self-service devices over MQTT."""
+    # A big fleet is millions of long-lived objects (every device's generator, closures and
+    # Random): at the default threshold (700 allocations) the cyclic collector walks them
+    # again and again while the fleet comes up; this process (and its workers) rarely.
+    gc.set_threshold(50_000, 20, 20)
     config = load_config(config_path) if config_path else SimConfig()
     inventory = _inventory(devices, inventory_path, seed, id_prefix, config)
     if not speed > 0:
