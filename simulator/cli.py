@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import os
 import signal
 import sys
 import threading
@@ -24,10 +26,20 @@ from simulator.engine import Emission, check_run, from_ms, generate, ms
 from simulator.fleet import MAX_DEVICES, generate_inventory
 from simulator.ledger import Ledger, open_messages
 from simulator.publisher import DEFAULT_POOL, PER_DEVICE_MAX, FleetPublisher, Pacing
+from simulator.workers import Run, publish_in_parts
 
 #: A live run without --duration stops on Ctrl-C/SIGTERM, or after this long.
 OPEN_ENDED = timedelta(days=366)
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+#: Fleets from this size on are published from several processes by default.
+WORKERS_FROM = 500
+MAX_WORKERS = 64
+
+
+def default_workers(devices: int) -> int:
+    """Processes publishing a pooled fleet when ``--workers`` is not given: one per CPU
+    (at most 4) from ``WORKERS_FROM`` devices on, else one."""
+    return 1 if devices < WORKERS_FROM else max(1, min(4, os.cpu_count() or 1))
 
 
 def parse_duration(text: str) -> float:
@@ -111,6 +123,13 @@ def parse_connections(text: str) -> int | None:
     help=f"per-device, or a number of gateway connections (default: per-device up to "
     f"{PER_DEVICE_MAX} devices live, else {DEFAULT_POOL}).",
 )
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help=f"Processes publishing (gateway connections only; default: one per CPU, at most "
+    f"4, from {WORKERS_FROM} devices on, else 1).",
+)
 @click.option("--heartbeat", type=int, default=None, help="Heartbeat seconds of every device.")
 @click.option("--mqtt-url", default=None, help="Broker (default: ATMFLEET_MQTT_URL).")
 @click.option("--id-prefix", default="", help="Prefix of every generated id.")
@@ -126,12 +145,17 @@ def simulate_command(
     start_text: str | None,
     ledger_dir: Path | None,
     connections_text: str | None,
+    workers: int | None,
     heartbeat: int | None,
     mqtt_url: str | None,
     id_prefix: str,
     dry_run: bool,
 ) -> None:
     """Play a realistic fleet of self-service devices over MQTT."""
+    # A big fleet is millions of long-lived objects (every device's generator, closures and
+    # Random): at the default threshold (700 allocations) the cyclic collector walks them
+    # again and again while the fleet comes up; this process (and its workers) rarely.
+    gc.set_threshold(50_000, 20, 20)
     config = load_config(config_path) if config_path else SimConfig()
     inventory = _inventory(devices, inventory_path, seed, id_prefix, config)
     if not speed > 0:
@@ -146,6 +170,12 @@ def simulate_command(
     per_device = connections_text == "per-device" or (
         connections_text is None and backfill is None and len(inventory.devices) <= PER_DEVICE_MAX
     )
+    if workers is not None and not 1 <= workers <= MAX_WORKERS:
+        raise UsageError(f"--workers must be between 1 and {MAX_WORKERS} (got {workers})")
+    if workers is not None and workers > 1 and per_device:
+        raise UsageError("--workers > 1 needs gateway connections (--connections N)")
+    n_workers = 1 if per_device else (workers or default_workers(len(inventory.devices)))
+    n_workers = min(n_workers, len(inventory.devices))
 
     now = datetime.now(UTC).replace(microsecond=0)
     pacing: Pacing | None
@@ -194,7 +224,8 @@ def simulate_command(
     mode = (
         "one connection per device"
         if per_device
-        else f"{n_pool} gateway connection{'s' if n_pool != 1 else ''}"
+        else f"{max(n_pool, n_workers)} gateway connection{'s' if n_pool != 1 else ''}"
+        + (f" from {n_workers} processes" if n_workers > 1 else "")
     )
     click.echo(
         f"simulating {len(inventory.devices):,} devices from {start.isoformat()} to "
@@ -216,21 +247,31 @@ def simulate_command(
             stopped_at = end if not stop.is_set() else _sim_now(ledger, end)
         else:
             settings = _settings(mqtt_url)
-            branch_of = {d.id: d.branch for d in inventory.devices}.__getitem__
-            publisher = FleetPublisher(
-                settings,
-                per_device=per_device,
-                pool_size=pool or DEFAULT_POOL,
-                client_prefix=f"atmfleet-sim-{id_prefix or seed}",
-                stop=stop,
-            )
+            prefix = f"atmfleet-sim-{id_prefix or seed}"
             # Live with --duration: the run lasts that wall time, however early its last
             # message is due (a small fleet may have nothing to say for minutes).
             hold = time.time() + wall_seconds if pacing is not None and wall_seconds else None
-            stats = publisher.run(
-                emissions, branch_of=branch_of, pacing=pacing, on_sent=ledger.record,
-                hold_until=hold,
-            )  # fmt: skip
+            if n_workers > 1:
+                run = Run(
+                    inventory, config, seed, start, end, real_wills, heartbeat, settings,
+                    n_pool, prefix, pacing, hold,
+                )  # fmt: skip
+                stats = publish_in_parts(
+                    run, n_workers, ledger, stop, messages=messages, work_dir=ledger_dir
+                )
+            else:
+                publisher = FleetPublisher(
+                    settings,
+                    per_device=per_device,
+                    pool_size=n_pool,
+                    client_prefix=prefix,
+                    stop=stop,
+                )
+                branch_of = {d.id: d.branch for d in inventory.devices}.__getitem__
+                stats = publisher.run(
+                    emissions, branch_of=branch_of, pacing=pacing, on_sent=ledger.record,
+                    hold_until=hold,
+                )  # fmt: skip
             click.echo(
                 f"published {stats.published:,} messages"
                 f"{f' (+{stats.wills} last wills)' if stats.wills else ''} in {stats.seconds:.1f}s: "

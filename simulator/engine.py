@@ -123,14 +123,29 @@ def from_ms(value: int) -> datetime:
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=value)
 
 
+_ISO_HOURS: dict[int, str] = {}
+
+
 def iso(value: int) -> str:
     """``2026-11-28T02:15:00.250Z``."""
     sec, milli = divmod(value, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{milli:03d}Z"
+    hour, rest = divmod(sec, 3600)
+    prefix = _ISO_HOURS.get(hour)
+    if prefix is None:
+        if len(_ISO_HOURS) > 100_000:
+            _ISO_HOURS.clear()
+        prefix = _ISO_HOURS[hour] = time.strftime("%Y-%m-%dT%H:", time.gmtime(hour * 3600))
+    minute, second = divmod(rest, 60)
+    return f"{prefix}{minute:02d}:{second:02d}.{milli:03d}Z"
+
+
+#: One encoder for every payload: ``json.dumps`` with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_json = _ENCODER.encode
 
 
 def _dumps(data: dict[str, Any]) -> bytes:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    return _json(data).encode()
 
 
 def device_heartbeat_s(device: Device, config: SimConfig, override: int | None = None) -> int:
@@ -188,6 +203,16 @@ class _Context:
     _power: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     _network: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     _shared: dict[Hashable, Any] = field(default_factory=dict)
+    #: Each device's (start offset, heartbeat period), drawn once when the run is set up.
+    phases: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: Device profiles drawn for the counters, reused by the devices' own streams.
+    profiles: dict[str, DeviceProfile] = field(default_factory=dict)
+
+    def profile(self, device: Device) -> DeviceProfile:
+        got = self.profiles.get(device.id)
+        if got is None:
+            got = self.profiles[device.id] = device_profile(device, self.config, self.seed)
+        return got
 
     def shared(self, key: Hashable, make: Callable[[], _V]) -> _V:
         """A table computed once per run and shared by the devices that need it."""
@@ -354,11 +379,16 @@ def check_run(inventory: Inventory, start: datetime, end: datetime) -> None:
         raise UsageError(f"end {end.isoformat()} is not after start {start.isoformat()}")
     if not inventory.devices:
         raise UsageError("the inventory has no devices; a fleet needs at least one")
+    checked: set[str] = set()
     for device in inventory.devices:
+        spec = device_window(device)
+        if spec in checked:
+            continue
         try:
-            ServiceWindow.parse(device_window(device))
+            ServiceWindow.parse(spec)
         except ValueError as exc:
             raise UsageError(f"device {device.id}: service window: {exc}") from None
+        checked.add(spec)
 
 
 def generate(
@@ -371,8 +401,14 @@ def generate(
     real_wills: bool = False,
     heartbeat_s: int | None = None,
     on_repair: RepairSink | None = None,
+    part: tuple[int, int] | None = None,
 ) -> Iterator[Emission]:
     """Everything the fleet sends in ``[start, end)``, in publish-time order.
+
+    ``part=(k, n)``: only the ``k``-th of ``n`` contiguous slices of the devices (in id
+    order), the counters in the first; each device's messages are exactly those of the
+    whole run, and merging the parts by publish time (ties: the lower part first)
+    gives the whole run's order. Several processes publish a big fleet this way.
 
     ``on_repair`` receives the incident truth of every fault (:class:`Repair`) as the
     generator passes its repair (or the end of the run): the ledger's ``repairs.csv``.
@@ -394,10 +430,20 @@ def generate(
         tz=ZoneInfo(config.timezone),
         on_repair=on_repair,
     )
-    return _merge(ctx, sorted(inventory.devices, key=attrgetter("id")))
+    devices = sorted(inventory.devices, key=attrgetter("id"))
+    if part is None:
+        return _merge(ctx, devices)
+    k, n = part
+    if not 0 <= k < n:
+        raise UsageError(f"part {k} of {n} does not exist")
+    lo, hi = len(devices) * k // n, len(devices) * (k + 1) // n
+    return _merge(ctx, devices, lo, hi, counters=k == 0)
 
 
-def _merge(ctx: _Context, devices: list[Device]) -> Iterator[Emission]:
+def _merge(
+    ctx: _Context, devices: list[Device], lo: int = 0, hi: int | None = None, *,
+    counters: bool = True,
+) -> Iterator[Emission]:  # fmt: skip
     """The counters' and the devices' streams merged by publish time, ties in stream order
     (the counters, then the devices by id), as ``heapq.merge`` would.
 
@@ -405,17 +451,21 @@ def _merge(ctx: _Context, devices: list[Device]) -> Iterator[Emission]:
     first message is its birth at that moment): the first message of a big fleet goes
     out at once, and a device that comes up after the run's end costs nothing."""
     pending: list[tuple[int, int, Device]] = []
-    for i, dev in enumerate(devices, start=1):
+    for i, dev in enumerate(devices[lo:hi], start=lo + 1):
         hb_ms = device_heartbeat_s(dev, ctx.config, ctx.heartbeat_override) * 1000
-        t0 = device_start(dev, ctx.config, ctx.seed, ctx.start, hb_ms)
+        phase = device_phase(dev, ctx.config, ctx.seed, hb_ms)
+        t0 = max(ctx.start, ctx.local_time(dev.commissioned, 0)) + phase[0]
         if t0 < ctx.end:
+            ctx.phases[dev.id] = phase
             pending.append((t0, i, dev))
     pending.sort(key=lambda p: (p[0], p[1]))
     pending.reverse()  # popped from the end, earliest first
     heap: list[tuple[int, int, Emission, Iterator[Emission]]] = []
-    first = next(counters := _counters(ctx), None)
-    if first is not None:
-        heap.append((first.t, 0, first, counters))
+    if counters:
+        stream = _counters(ctx)
+        first = next(stream, None)
+        if first is not None:
+            heap.append((first.t, 0, first, stream))
     while heap or pending:
         while pending and (not heap or pending[-1][0] <= heap[0][0]):
             _, i, dev = pending.pop()
@@ -446,7 +496,7 @@ def _counters(ctx: _Context) -> Iterator[Emission]:
     devices: dict[str, list[tuple[Device, DeviceProfile]]] = {b: [] for b in outlets}
     for d in inv.devices:
         if d.branch in devices:
-            devices[d.branch].append((d, device_profile(d, config, ctx.seed)))
+            devices[d.branch].append((d, ctx.profile(d)))
     ok_share = config.txn_result_weights["ok"] / sum(config.txn_result_weights.values())
     day = ctx.local_date(ctx.start) - timedelta(days=1)
     last = ctx.local_date(ctx.end)
@@ -542,7 +592,8 @@ def in_window_after(bounds: list[int], t: int, need: int) -> int:
 def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
     """One device's life: a small discrete-event loop over its next due times."""
     config, cash_cfg, inc = ctx.config, ctx.config.cash, ctx.config.incidents
-    rng = random.Random(f"{ctx.seed}:{dev.id}")
+    d_id = dev.id
+    rng = random.Random(f"{ctx.seed}:{d_id}")
     # The technician's dispatch is drawn apart, so adding it left the device's own
     # sequence of draws (and every other behaviour) as it was.
     # Made at the first fault (the same stream, 2.5 KB a device less until then).
@@ -552,7 +603,7 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
     #: The fault being handled: [fault, component, code, software, degraded, dispatch,
     #: arrival].
     pending: list[Any] | None = None
-    prof = device_profile(dev, config, ctx.seed)
+    prof = ctx.profiles.pop(d_id, None) or device_profile(dev, config, ctx.seed)
     rel = config.reliability(dev.vendor, dev.model)
     hb = device_heartbeat_s(dev, config, ctx.heartbeat_override)
     hb_ms = hb * 1000
@@ -561,7 +612,6 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
     has_deposit = dev.can_deposit
     handles_cash = has_cash or has_deposit
     branch = ctx.inventory.branch_by_id[dev.branch]
-    d_id = dev.id
     topic_state = device_topic(d_id, "state")
     topic_event = device_topic(d_id, "event")
     topic_txn = device_topic(d_id, "txn")
@@ -569,7 +619,8 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
 
     # Devices come up at their own moments and their clocks drift: the fleet's heartbeats
     # spread over the seconds of a minute instead of all beating at once.
-    offset, hb_period = device_phase(dev, config, ctx.seed, hb_ms)
+    phase = ctx.phases.pop(d_id, None)
+    offset, hb_period = phase or device_phase(dev, config, ctx.seed, hb_ms)
     t0 = max(ctx.start, ctx.local_time(dev.commissioned, 0)) + offset
     t_end = ctx.end
     if dev.decommissioned is not None:
@@ -669,38 +720,52 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
             return "degraded"
         return "in_service"
 
+    # The state and txn payloads are written from templates: byte for byte what
+    # ``_dumps`` makes of the same dict (tests/test_simulator_payloads.py), at a
+    # fraction of the cost. Every value not known to be a plain number or an ASCII
+    # constant goes through the JSON encoder.
+    j_id = _json(d_id)
+    head = '{"v":1,"device_id":' + j_id + ',"ts":"'
+    txn_head = ',"txn_id":' + j_id[:-1] + "-"
+    res_json = ctx.shared("results_json", lambda: {r: _json(r) for r in res_names})
+    j_hb = _json(hb)
+    comps_ok = ctx.shared(
+        ("components_json", dtype), lambda: ",".join(f'"{c}":"ok"' for c in comp_names)
+    )
+
+    def comps_json() -> str:
+        if fault is None or fault_comp not in comps:
+            return comps_ok
+        return ctx.shared(
+            ("components_json", dtype, fault_comp),
+            lambda: ",".join(f'"{c}":"{"fault" if c == fault_comp else "ok"}"' for c in comp_names),
+        )
+
+    cdm_head = (
+        ',"cash_units":[{"id":"CDM1","type":"'
+        + ("recycle" if has_deposit else "dispense")
+        + '","denomination":100,"count":'
+    )
+    cdm_tail = ',"capacity":' + _json(cash_cfg.notes_loaded) + ',"status":"'
+    cim_head = (
+        ",{" if has_cash else ',"cash_units":[{'
+    ) + '"id":"CIM1","type":"deposit","denomination":100,"count":'
+    cim_tail = ',"capacity":' + _json(cash_cfg.deposit_capacity) + ',"status":"'
+
     def state_payload(t: int, state: str) -> bytes:
-        components = {}
-        for c in comp_names:
-            components[c] = "fault" if (fault is not None and c == fault_comp) else "ok"
-        data: dict[str, Any] = {
-            "v": 1,
-            "device_id": d_id,
-            "ts": iso(t),
-            "seq": seq,
-            "state": state,
-            "heartbeat_s": hb,
-            "components": components,
-        }
-        units = []
+        parts = [head, iso(t), '","seq":', str(seq), ',"state":"', state, '","heartbeat_s":',
+                 j_hb, ',"components":{', comps_json(), "}"]  # fmt: skip
         if has_cash:
             status = "empty" if cash_out else ("low" if cash_low_sent else "ok")
-            units.append(
-                {"id": "CDM1", "type": "recycle" if has_deposit else "dispense",
-                 "denomination": 100, "count": cash, "capacity": cash_cfg.notes_loaded,
-                 "status": status}
-            )  # fmt: skip
+            parts += (cdm_head, str(cash), cdm_tail, status, '"}')
         if has_deposit:
-            units.append(
-                {"id": "CIM1", "type": "deposit", "denomination": 100, "count": deposit,
-                 "capacity": cash_cfg.deposit_capacity,
-                 "status": "full" if deposit_full else "ok"}
-            )  # fmt: skip
-        if units:
-            data["cash_units"] = units
+            parts += (cim_head, str(deposit), cim_tail, "full" if deposit_full else "ok", '"}')
+        if has_cash or has_deposit:
+            parts.append("]")
         if fault is not None:
-            data["faults"] = [fault]
-        return _dumps(data)
+            parts += (',"faults":[', _json(fault), "]")
+        parts.append("}")
+        return "".join(parts).encode()
 
     out: list[Emission] = []
 
@@ -865,15 +930,13 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
         s = next_seq()
         txn_id = f"{d_id}-{s}"
         financial = ttype in FINANCIAL_TYPES
-        payload = _dumps(
-            {
-                "v": 1, "device_id": d_id, "ts": iso(t), "seq": s, "txn_id": txn_id,
-                "type": ttype.value, "amount": f"{amount}.00", "currency": "CNY",
-                "fee": f"{fee // 100}.{fee % 100:02d}", "result": result,
-                "duration_ms": int(_DURATION_MS[ttype] * rng.uniform(0.6, 1.6)),
-                "on_us": on_us,
-            }
-        )  # fmt: skip
+        payload = (
+            f'{head}{iso(t)}","seq":{s}{txn_head}{s}","type":"{ttype.value}",'
+            f'"amount":"{amount}.00","currency":"CNY","fee":"{fee // 100}.{fee % 100:02d}",'
+            f'"result":{res_json.get(result) or _json(result)},"duration_ms":'
+            f"{int(_DURATION_MS[ttype] * rng.uniform(0.6, 1.6))},"
+            f'"on_us":{"true" if on_us else "false"}}}'
+        ).encode()
         send(t, "txn", topic_txn, payload, ttype.value, txn_id=txn_id, result=result,
              amount=fee, flag=financial)  # fmt: skip
         if result != "ok":

@@ -200,6 +200,18 @@ def infer_intervals(
     return merged
 
 
+class LedgerPart(NamedTuple):
+    """What a ledger recorded of its devices (:meth:`Ledger.part`), without the files."""
+
+    counts: Counter[str]
+    counters: list[CounterRow]
+    txn_days: dict[tuple[str, str], list[int]]
+    points: dict[str, _DevicePoints]
+    repairs: list[Repair]
+    first: int | None
+    last: int | None
+
+
 class Ledger:
     """Records emissions as they are sent; :meth:`finish` derives the intervals."""
 
@@ -285,6 +297,23 @@ class Ledger:
                 dev.add(e.t if e.result == "will" else e.ts, _OFFLINE)
         elif kind == "event" and e.detail == "power_restored":
             dev.power.append((e.since, e.ts))
+
+    def part(self) -> LedgerPart:
+        """What this ledger recorded, to be merged into another (a worker's slice)."""
+        return LedgerPart(self.counts, self.counters, self.txn_days, self._points,
+                          self.repairs, self.first, self.last)  # fmt: skip
+
+    def absorb(self, part: LedgerPart) -> None:
+        """Add what another ledger recorded of other devices (``part()``) to this one."""
+        self.counts.update(part.counts)
+        self.counters.extend(part.counters)
+        self.txn_days.update(part.txn_days)
+        self._points.update(part.points)
+        self.repairs.extend(part.repairs)
+        if part.first is not None:
+            self.first = part.first if self.first is None else min(self.first, part.first)
+        if part.last is not None:
+            self.last = part.last if self.last is None else max(self.last, part.last)
 
     def record_repair(self, r: Repair) -> None:
         """The generator's ``on_repair``: one fault's truth."""
