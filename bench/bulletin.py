@@ -10,17 +10,22 @@ volumes for every branch. Then, for each device count and each kind, runs
 
     atmfleet bulletin daily --date D --format all          (xlsx, csv, html, json)
     atmfleet bulletin monthly --month M --format all
+    atmfleet bulletin quarterly --quarter Q --format all
 
 as a process, once with the code of ``--before`` (a checkout of the earlier commit, put
 first on PYTHONPATH) and once with this tree's, on the same database, one right after the
 other (the machine is shared: compare the ratio, not the seconds). Before each run the
 days the previous run kept are removed, so both start from the same store. Prints wall
-seconds and the peak RSS of each run, and the ratio. The database is dropped at the end.
+seconds and the peak RSS of each run, and the ratio, and checks that the two JSON files
+hold the same bulletin (every key but ``generated``): speed work must not change a figure.
+The database is dropped at the end. ``--url`` runs on a database filled before (as this
+script fills it, for one device count) instead, and leaves it there.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import subprocess
@@ -35,8 +40,9 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kpi_db import DAY, fill, keep_days
-from scratch import upgraded_database
+from scratch import scratch_database
 
+from atmfleet.store.migrate import Flavour, upgrade
 from rules.config import load_rules
 from rules.feed import Feed
 
@@ -73,6 +79,29 @@ def reset(conn: psycopg.Connection) -> None:
     conn.commit()
 
 
+def bulletin_json(folder: str) -> dict[str, object] | None:
+    """The JSON bulletin a run wrote into ``folder``, without its ``generated`` time."""
+    found = sorted(Path(folder).glob("*.json"))
+    if not found:
+        return None
+    doc = json.loads(found[0].read_text(encoding="utf-8"))
+    doc.pop("generated", None)
+    return doc  # type: ignore[no-any-return]
+
+
+def differences(a: object, b: object, at: str = "") -> list[str]:
+    """Where two JSON documents differ (paths, the first few)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = [f"{at}/{k}: only on one side" for k in sorted(set(a) ^ set(b))]
+        for k in sorted(set(a) & set(b)):
+            out += differences(a[k], b[k], f"{at}/{k}")
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True))
+                for d in differences(x, y, f"{at}[{i}]")]  # fmt: skip
+    return [] if a == b else [f"{at}: {str(a)[:60]} != {str(b)[:60]}"]
+
+
 def run(code: Path, url: str, args: list[str]) -> tuple[float, float, str]:
     """(seconds, peak RSS MiB, error text) of one run of the command with ``code``."""
     env = dict(os.environ, ATMFLEET_DATABASE_URL=url, PYTHONPATH=str(code))
@@ -90,44 +119,76 @@ def run(code: Path, url: str, args: list[str]) -> tuple[float, float, str]:
     return took, rss, " | ".join(err) if err else ""
 
 
+def command(kind: str) -> list[str]:
+    if kind == "daily":
+        return ["bulletin", "daily", "--date", DAY.isoformat()]
+    if kind == "monthly":
+        return ["bulletin", "monthly", "--month", DAY.strftime("%Y-%m")]
+    if kind == "quarterly":
+        return ["bulletin", "quarterly", "--quarter", f"{DAY.year}-Q{(DAY.month - 1) // 3 + 1}"]
+    raise SystemExit(f"--kinds: unknown kind {kind!r}; allowed: daily, monthly, quarterly")
+
+
+def measure(
+    n: int, url: str, conn: psycopg.Connection, kinds: list[str], before: Path
+) -> list[str]:
+    """Each kind with the old code, then the new, on the same store; one line per kind."""
+    results = []
+    for kind in kinds:
+        cmd = command(kind)
+        got = {}
+        docs = {}
+        for label, code in (("before", before.resolve()), ("after", HERE)):
+            reset(conn)
+            with tempfile.TemporaryDirectory() as out:
+                got[label] = run(code, url, [*cmd, "--format", "all", "--out", out])
+                docs[label] = bulletin_json(out)
+            s, rss, err = got[label]
+            print(f"  {kind:9s} {label:6s} {s:7.1f} s  {rss:7.0f} MiB  {err}", flush=True)
+        (b, brss, _), (a, arss, _) = got["before"], got["after"]
+        if docs["before"] is None or docs["after"] is None:
+            same = "JSON missing"
+        else:
+            diff = differences(docs["before"], docs["after"])
+            same = "JSON equal" if not diff else f"JSON DIFFERS ({len(diff)}): {diff[:3]}"
+        results.append(
+            f"{n:>7} {kind:9s} all 4 formats  before {b:7.1f} s {brss:6.0f} MiB   "
+            f"after {a:6.1f} s {arss:5.0f} MiB   x{b / a:5.1f} faster   {same}"
+        )
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", type=Path, required=True, help="checkout of the old code")
     parser.add_argument("--devices", default="100000", help="comma-separated counts")
-    parser.add_argument("--kinds", default="daily,monthly")
+    parser.add_argument("--kinds", default="daily,monthly", help="daily,monthly,quarterly")
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--url", help="a database this script filled before (not dropped)")
     args = parser.parse_args()
     rules = load_rules()
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    for kind in kinds:
+        command(kind)  # refuses an unknown kind before the long set-up
     results: list[str] = []
-    for n in [int(x) for x in args.devices.split(",")]:
-        with upgraded_database(args.admin_url, rules.timezone) as url, psycopg.connect(url) as conn:
+    if args.url:
+        with psycopg.connect(args.url) as conn:
+            n = conn.execute("SELECT count(*) FROM devices").fetchone()[0]  # type: ignore[index]
+            results += measure(n, args.url, conn, kinds, args.before)
+    for n in [] if args.url else [int(x) for x in args.devices.split(",")]:
+        with scratch_database(args.admin_url) as url, psycopg.connect(url) as conn:
             t = time.perf_counter()
+            # Plain PostgreSQL even where the server offers TimescaleDB: the fill writes
+            # txn_daily as the trigger keeps it (a table there, a view under TimescaleDB).
+            with psycopg.connect(url, autocommit=True) as admin:
+                upgrade(admin, timezone=rules.timezone, flavour=Flavour.POSTGRES)
             fill(conn, n, random.Random(1))
             add_counters(conn)
             keep_days(Feed(conn, rules), conn, DAY - timedelta(days=29), DAY - timedelta(days=1))
             conn.execute("ANALYZE")
             conn.commit()
             print(f"{n} devices: setup {time.perf_counter() - t:.0f} s (not measured)", flush=True)
-            for kind in kinds:
-                if kind == "daily":
-                    cmd = ["bulletin", "daily", "--date", DAY.isoformat()]
-                else:
-                    cmd = ["bulletin", kind, f"--{'month' if kind == 'monthly' else 'quarter'}",
-                           DAY.strftime("%Y-%m") if kind == "monthly"
-                           else f"{DAY.year}-Q{(DAY.month - 1) // 3 + 1}"]  # fmt: skip
-                got = {}
-                for label, code in (("before", args.before.resolve()), ("after", HERE)):
-                    reset(conn)
-                    with tempfile.TemporaryDirectory() as out:
-                        got[label] = run(code, url, [*cmd, "--format", "all", "--out", out])
-                    s, rss, err = got[label]
-                    print(f"  {kind:9s} {label:6s} {s:7.1f} s  {rss:7.0f} MiB  {err}", flush=True)
-                (b, brss, _), (a, arss, _) = got["before"], got["after"]
-                results.append(
-                    f"{n:>7} {kind:9s} all 4 formats  before {b:7.1f} s {brss:6.0f} MiB   "
-                    f"after {a:6.1f} s {arss:5.0f} MiB   x{b / a:5.1f} faster"
-                )
+            results += measure(n, url, conn, kinds, args.before)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\n{os.cpu_count()} CPUs, load average {load}")
     print("\n".join(results))

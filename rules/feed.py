@@ -547,6 +547,10 @@ class Feed:
             return
         try:
             with self._conn.transaction(), self._conn.cursor() as cur:
+                # One row per device and day, found by its key: the planner otherwise
+                # hashes every kept day of every device (all the history) for the join.
+                cur.execute("SET LOCAL enable_hashjoin = off")
+                cur.execute("SET LOCAL enable_mergejoin = off")
                 cur.execute(
                     queries()["keep_warnings"],
                     {

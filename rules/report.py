@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -426,6 +426,78 @@ def per_device_uptime(ctx: Context) -> dict[str, Uptime]:
     )
 
 
+#: Inventory dimensions nested in one another: each is a function of the one before
+#: (a device's branch decides its sub-branch, which decides its tier).
+NESTED = ("device", "branch", "subbranch", "tier")
+
+
+def regroup(
+    groups: dict[str, Uptime], of: Callable[[str], str | None], inner: Callable[[str], str | None],
+    devices: Iterable[str],
+) -> dict[str, Uptime]:  # fmt: skip
+    """The roll-up by ``of`` from the roll-up ``groups`` by ``inner`` (``of`` a function of
+    ``inner`` over ``devices``): the same sums as :func:`rules.uptime.rollup` over the
+    devices (integers: the order of the additions does not change them)."""
+    parent: dict[str, str | None] = {}
+    for d in devices:
+        g = inner(d)
+        if g is not None and g not in parent:
+            parent[g] = of(d)
+    out: dict[str, Uptime] = {}
+    for g, up in groups.items():
+        p = parent[g]
+        if p is None:
+            continue
+        acc = out.get(p)
+        if acc is None:
+            acc = out[p] = Uptime()
+        acc.add(up)
+        acc.devices += up.devices
+    return out
+
+
+def grouped_uptime(
+    ctx: Context, per_device: dict[str, Uptime], by: str, name: str = "period"
+) -> dict[str, Uptime]:
+    """``rollup(per_device, dimension_key(inventory, by))``, memoised per computation
+    (``name``: which per-device figures) and built from the finer nested roll-up
+    (device -> branch -> sub-branch -> tier), so a bulletin adds each device once."""
+
+    def compute() -> dict[str, Uptime]:
+        if by == "scope":  # the whole scope, one group named after it
+            scope = str(ctx.scope)
+            key: Callable[[str], str | None] = lambda _d: scope  # noqa: E731
+            inner = "tier"
+        else:
+            key = dimension_key(ctx.inventory, by)
+            inner = NESTED[NESTED.index(by) - 1] if by in NESTED[2:] else ""
+        if by == "device":
+            # A group of one: the device's own figures (every id here is an inventory one).
+            return {d: up for d, up in per_device.items() if key(d) is not None}
+        if inner:
+            inner_key = dimension_key(ctx.inventory, inner)
+            if all(inner_key(d) is not None for d in per_device):
+                finer = grouped_uptime(ctx, per_device, inner, name)
+                return regroup(finer, key, inner_key, per_device)
+        return rollup(per_device, key)
+
+    return ctx.memo(  # type: ignore[no-any-return]
+        ("grouped_uptime", name, str(ctx.scope), ctx.first, ctx.last, by), compute
+    )
+
+
+def financial_per_device(ctx: Context) -> dict[str, int]:
+    """Counted financial transactions of each in-fleet device of the scope in the period."""
+
+    def compute() -> dict[str, int]:
+        counted = ctx.financial()
+        return {d: counted.get(d, 0) for d in per_device_uptime(ctx)}
+
+    return ctx.memo(  # type: ignore[no-any-return]
+        ("financial", str(ctx.scope), ctx.first, ctx.last), compute
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class DayFigures:
     """A device's 开机率 A and S (as an :class:`Uptime` holding only those) and counted
@@ -492,33 +564,62 @@ def group_target(
     return out
 
 
-def uptime_report(ctx: Context, by: str, previous: bool = False) -> Report:
+def group_targets(ctx: Context, by: str) -> dict[str, float | None]:
+    """:func:`group_target` of the period's devices by ``by`` (``scope``: the whole),
+    memoised per computation; a device's own target when ``by`` is ``device``."""
+
+    def compute() -> dict[str, float | None]:
+        per_device = per_device_uptime(ctx)
+        target = ctx.target_of()
+        if by == "device":  # a group of one device: its target
+            key = dimension_key(ctx.inventory, by)
+            return {d: target(d) for d in per_device if key(d) is not None}
+        scope = str(ctx.scope)
+        key = (lambda _d: scope) if by == "scope" else dimension_key(ctx.inventory, by)
+        return group_target(per_device, key, target)
+
+    return ctx.memo(  # type: ignore[no-any-return]
+        ("group_targets", str(ctx.scope), ctx.first, ctx.last, by), compute
+    )
+
+
+def uptime_report(
+    ctx: Context, by: str, previous: bool = False, below_target_only: bool = False
+) -> Report:
+    """开机率 by ``by``; ``below_target_only``: only the rows that miss their target
+    (``meets_target`` false; the total is the whole scope's all the same)."""
     per_device = per_device_uptime(ctx)
     key = dimension_key(ctx.inventory, by)
     scope = str(ctx.scope)
-    groups = rollup(per_device, key)
-    whole = rollup(per_device, lambda _d: scope).get(scope, Uptime())
+    groups = grouped_uptime(ctx, per_device, by)
+    whole = grouped_uptime(ctx, per_device, "scope").get(scope, Uptime())
     before: dict[str, Uptime] = {}
     before_whole: Uptime | None = None
     if previous:
         earlier = ctx.shifted((ctx.last - ctx.first).days + 1)
         before_dev = compared_uptime(earlier)  # only its ratio is shown
-        before = rollup(before_dev, key)
-        before_whole = rollup(before_dev, lambda _d: scope).get(scope, Uptime())
-    targets = group_target(per_device, key, ctx.target_of())
-    whole_target = group_target(per_device, lambda _d: scope, ctx.target_of()).get(scope)
-    per_device_financial = ctx.financial()
+        before = grouped_uptime(earlier, before_dev, by, "compared")
+        before_whole = grouped_uptime(earlier, before_dev, "scope", "compared").get(scope, Uptime())
+    targets = group_targets(ctx, by)
+    whole_target = group_targets(ctx, "scope").get(scope)
+    per_device_financial = financial_per_device(ctx)
     financial: dict[str, int] = {}
-    for d in per_device:
+    for d, n in per_device_financial.items():
         g = key(d)
         if g is not None:
-            financial[g] = financial.get(g, 0) + per_device_financial.get(d, 0)
+            financial[g] = financial.get(g, 0) + n
+    shown = sorted(groups.items())
+    if below_target_only:
+        shown = [
+            (g, up) for g, up in shown
+            if (r := up.ratio) is not None and (t := targets.get(g)) is not None and r < t
+        ]  # fmt: skip
     rows = [
         uptime_row(
             g, up, targets.get(g), before.get(g, Uptime()) if previous else None,
             financial.get(g, 0),
         )
-        for g, up in sorted(groups.items())
+        for g, up in shown
     ]  # fmt: skip
     columns = ["group", "devices", "uptime", "target", "meets_target", "technical", "coverage",
                "scheduled_ms", "down_ms", "unknown_ms", "planned_ms", "main_cause"]  # fmt: skip
@@ -559,14 +660,17 @@ def resource_row(
 def resource_report(ctx: Context, by: str) -> Report:
     """资源预警率 W/S by ``by``, ranked ascending (lower is better; no data last, unranked),
     with each group's 开机率 beside it."""
-    per_device = {d: resource_total(days.values()) for d, days in ctx.resource_days().items()}
+    per_device = ctx.memo(
+        ("resource_per_device", str(ctx.scope), ctx.first, ctx.last),
+        lambda: {d: resource_total(days.values()) for d, days in ctx.resource_days().items()},
+    )
     key = dimension_key(ctx.inventory, by)
     scope = str(ctx.scope)
     groups = resource_rollup(per_device, key)
     whole = resource_rollup(per_device, lambda _d: scope).get(scope, ResourceWarning())
     up_device = per_device_uptime(ctx)
-    up_groups = rollup(up_device, key)
-    up_whole = rollup(up_device, lambda _d: scope).get(scope)
+    up_groups = grouped_uptime(ctx, up_device, by)
+    up_whole = grouped_uptime(ctx, up_device, "scope").get(scope)
     target = ctx.rules.resource_warning.target
     rows = [
         resource_row(g, groups[g], up_groups.get(g), target, rank)
@@ -588,7 +692,14 @@ def resource_report(ctx: Context, by: str) -> Report:
 
 
 def unit_entries(ctx: Context) -> list[tuple[str, Volumes]]:
-    """(unit, volumes) of every unit-day of the period in the scope."""
+    """(unit, volumes) of every unit-day of the period in the scope (memoised: read, do
+    not change)."""
+    return ctx.memo(  # type: ignore[no-any-return]
+        ("unit_entries", str(ctx.scope), ctx.first, ctx.last), lambda: _unit_entries(ctx)
+    )
+
+
+def _unit_entries(ctx: Context) -> list[tuple[str, Volumes]]:
     txn = ctx.txn()
     counters = ctx.memo(("counters", ctx.first, ctx.last),
                         lambda: ctx.feed.counters(ctx.first, ctx.last))  # fmt: skip
@@ -723,20 +834,35 @@ def tail_entries(
     else:
         of, key, target = str, dimension_key(inv, group), ctx.target_of()
     if rank == "uptime":
-        return uptime_entries(rollup(per_device, of), key, target)
+        # A device is its own unit: its figures as they are (a roll-up of one).
+        units = per_device if unit == "device" else rollup(per_device, of)
+        return uptime_entries(units, key, target)
     thresholds = ctx.rules.low_yield.thresholds
+    if figures is not None:  # one day: financial transactions and S of that day
+        fin = {d: f.financial for d, f in figures.items()}
+        with_data: dict[str, set[date]] | None = None
+        data_days = {d: 1 if f.uptime.has_data else 0 for d, f in figures.items()}
+    else:
+        per_day = ctx.uptime_days().per_device
+        fin = financial_per_device(ctx)
+        with_data = {d: {k for k, v in per_day[d].items() if v.has_data} for d in per_device}
+        data_days = {d: len(v) for d, v in with_data.items()}
+    if unit == "device":  # each device its own unit: the sums below are its own figures
+        limit_of: dict[str, float | None] = {}
+        for d in per_device:
+            own = thresholds.get(inv.device_by_id[d].type)
+            limit_of[d] = None if own is None else 0.0 + own
+        return volume_entries(
+            {d: fin[d] for d in per_device},
+            {d: up.scheduled_ms for d, up in per_device.items()},
+            key, data_days, limit_of.get,
+        )  # fmt: skip
+    if with_data is None:
+        with_data = {d: {ctx.first} if n else set() for d, n in data_days.items()}
     volumes: dict[str, int] = {}
     scheduled: dict[str, int] = {}
     days_with_data: dict[str, set[date]] = {}
     limit: dict[str, float | None] = {}
-    if figures is not None:  # one day: financial transactions and S of that day
-        fin = {d: f.financial for d, f in figures.items()}
-        with_data = {d: {ctx.first} if f.uptime.has_data else set() for d, f in figures.items()}
-    else:
-        txn = ctx.txn()
-        per_day = ctx.uptime_days().per_device
-        fin = {d: sum(t.financial for t in txn.get(d, {}).values()) for d in per_device}
-        with_data = {d: {k for k, v in per_day[d].items() if v.has_data} for d in per_device}
     for d, up in per_device.items():
         u = of(d)
         volumes[u] = volumes.get(u, 0) + fin[d]

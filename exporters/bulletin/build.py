@@ -14,7 +14,7 @@ from typing import Any
 
 from atmfleet.inventory import Inventory, Tier
 from rules.config import Rules
-from rules.feed import Feed
+from rules.feed import Feed, timelines
 from rules.labels import CAUSES, Label
 from rules.report import (
     Context,
@@ -167,10 +167,24 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
     branches = inv.branch_by_id
     sub_of = {d.id: inv.subbranch_of(d).id for d in inv.devices}
 
+    # In this order, so that what only some reports need is let go early: the day's
+    # timelines (resource warnings read them), then the two days' (down for long).
     up_tier = uptime_report(ctx, "tier")
     up_sub = uptime_report(ctx, "subbranch", previous=True)
     up_branch = uptime_report(ctx, "branch")
-    up_dev = uptime_report(ctx, "device")
+    up_dev = uptime_report(ctx, "device", below_target_only=True)
+    rw_sub = resource_report(ctx, "subbranch")
+    rw_branch = resource_report(ctx, "branch")
+    # Down for long: the timelines of the day before and the day, up to the day's end
+    # (only the timelines: the two days' uptime is not needed).
+    span = day_span(day - timedelta(days=1), rules.tz)[0], day_span(day, rules.tz)[1]
+    lines = timelines(ctx.feed, ctx.devices, *span, ctx.horizon)
+    end = min(day_span(day, rules.tz)[1], ctx.horizon or 2**62)
+    down_long = {
+        d.id: got for d in ctx.devices if (got := long_down(lines.get(d.id, []), end)) is not None
+    }
+    del lines
+    ctx.uptime_days().timelines.clear()  # no report below reads a timeline
     st_tier = {r["group"]: r for r in substitution_report(ctx, "tier").rows}
     st_sub_report = substitution_report(ctx, "subbranch")
     st_sub = {r["group"]: r for r in st_sub_report.rows}
@@ -180,22 +194,14 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
     net = network_report(ctx)
     tail_up = tail_report(ctx, "uptime", "subbranch")
     tail_vol = tail_report(ctx, "volume", "subbranch")
-    rw_sub = resource_report(ctx, "subbranch")
-    rw_branch = resource_report(ctx, "branch")
     total = up_sub.extra["total"]
     st_total = st_sub_report.extra["total"]
     ly_total = ly.extra["total"]
 
     below = sorted(
-        (r for r in up_dev.rows if r["meets_target"] is False),
+        (r for r in up_dev.rows if r["meets_target"] is False),  # all of them
         key=lambda r: (r["uptime"], -r["down_ms"], r["group"]),
     )
-    # Down for long: the timelines of the day before and the day, up to the day's end.
-    lines = replace(ctx, first=day - timedelta(days=1)).uptime_days().timelines
-    end = min(day_span(day, rules.tz)[1], ctx.horizon or 2**62)
-    down_long = {
-        d.id: got for d in ctx.devices if (got := long_down(lines.get(d.id, []), end)) is not None
-    }
     gaps = net.section("deposit_coverage").rows
 
     b = Bulletin("daily", m.lang, m("title.daily"), day, day, generated)
