@@ -322,8 +322,9 @@ class TestOnAFreshMachine:
             deadline = time.monotonic() + 600  # a guard: a heartbeat comes every few s
             live_stored = 0.0
             while not live_stored and time.monotonic() < deadline and proc.poll() is None:
-                own = samples(collector_url[1])
-                live_stored = sum(v for _, v in own["atmfleet_collector_messages_stored_total"])
+                # The labelled counter has no sample until the first live message is stored.
+                own = samples(collector_url[1]).get("atmfleet_collector_messages_stored_total")
+                live_stored = sum(v for _, v in own or ())
                 time.sleep(0.2)
             assert live_stored > 0, output[-3000:]
             proc.send_signal(signal.SIGINT)
