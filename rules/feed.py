@@ -801,18 +801,22 @@ def low_yield_for(
         if w is None:
             flags.append(flag_of(d.id, d, d.type, sums[d.id], on, rules.low_yield, target))
             continue
-        series = DeviceDays(
-            device_id=d.id,
-            type=d.type,
-            commissioned=d.commissioned,
-            decommissioned=d.decommissioned,
-            first_day=first,
-            financial=w.financial,  # type: ignore[arg-type]  # complete once computed
-            available_ms=w.available,  # type: ignore[arg-type]
-            scheduled_ms=w.scheduled,  # type: ignore[arg-type]
-        )
-        flags.append(evaluate(series, on, rules.low_yield, target))
+        flags.append(evaluate(_series(d, first, w), on, rules.low_yield, target))
     return flags
+
+
+def _series(d: Device, first: date, w: Window) -> DeviceDays:
+    """A device's day-by-day window as the low-yield rule reads it (complete once computed)."""
+    return DeviceDays(
+        device_id=d.id,
+        type=d.type,
+        commissioned=d.commissioned,
+        decommissioned=d.decommissioned,
+        first_day=first,
+        financial=w.financial,  # type: ignore[arg-type]
+        available_ms=w.available,  # type: ignore[arg-type]
+        scheduled_ms=w.scheduled,  # type: ignore[arg-type]
+    )
 
 
 @_without_gc
@@ -833,17 +837,6 @@ def _low_yield_by_day(
     flags: list[YieldFlag] = []
     targets = rules.uptime.targets
     for d in devices:
-        w = per_day[d.id]
-        series = DeviceDays(
-            device_id=d.id,
-            type=d.type,
-            commissioned=d.commissioned,
-            decommissioned=d.decommissioned,
-            first_day=first,
-            financial=w.financial,  # type: ignore[arg-type]  # complete after window_days
-            available_ms=w.available,  # type: ignore[arg-type]
-            scheduled_ms=w.scheduled,  # type: ignore[arg-type]
-        )
         tier = inventory.subbranch_of(d).tier
-        flags.append(evaluate(series, on, rules.low_yield, targets[tier]))
+        flags.append(evaluate(_series(d, first, per_day[d.id]), on, rules.low_yield, targets[tier]))
     return flags
