@@ -33,7 +33,9 @@ from rules.feed import (
     TxnDay,
     UptimeDays,
     device_counts,
+    gc_paused,
     low_yield_for,
+    timelines,
     uptime_for,
     window_days,
 )
@@ -46,7 +48,17 @@ from rules.resource import total as resource_total
 from rules.revenue import revenue
 from rules.substitution import Substitution, Volumes, branch_key, substitution, unit_volumes
 from rules.tail import Entry, no_data, tail, uptime_entries, volume_entries
-from rules.uptime import Uptime, day_span, dimension_key, rollup, total
+from rules.uptime import (
+    Uptime,
+    UptimePolicy,
+    WindowSpans,
+    day_span,
+    days,
+    device_uptime,
+    dimension_key,
+    rollup,
+    total,
+)
 from rules.vendors import VendorScore, scorecard
 
 HOUR_MS = 3_600_000
@@ -424,6 +436,40 @@ def per_device_uptime(ctx: Context) -> dict[str, Uptime]:
         ("per_device_uptime", str(ctx.scope), ctx.first, ctx.last),
         lambda: {d: total(per_day.values()) for d, per_day in ctx.uptime_days().per_device.items()},
     )
+
+
+def period_uptime(ctx: Context) -> dict[str, Uptime]:
+    """:func:`per_device_uptime` without holding each device-day: a device's days are
+    added up as they are computed and its timeline let go at once (the same integer sums,
+    in the same order, as :func:`rules.uptime.total` of :meth:`Context.uptime_days`).
+    For a computation that needs no per-day figure of the period (the monthly and
+    quarterly assessments): a report asking :meth:`Context.uptime_days` later reads the
+    timelines again. Memoised under :func:`per_device_uptime`'s key."""
+    key = ("per_device_uptime", str(ctx.scope), ctx.first, ctx.last)
+    if key in ctx.cache or ("uptime", str(ctx.scope), ctx.first, ctx.last) in ctx.cache:
+        return per_device_uptime(ctx)
+
+    def compute() -> dict[str, Uptime]:
+        rules = ctx.rules
+        devices = ctx.devices
+        lo, hi = ctx.span
+        windows = WindowSpans(rules.tz)
+        policy = UptimePolicy.from_rules(rules)
+        period = days(ctx.first, ctx.last)
+        out: dict[str, Uptime] = {}
+        with gc_paused():
+            lines = timelines(ctx.feed, devices, lo, hi, ctx.horizon)
+            for d in devices:
+                line = lines.pop(d.id)
+                spec = rules.service_windows.spec_for(d)
+                acc = out[d.id] = Uptime(devices=1)
+                for day in period:
+                    acc.add(
+                        device_uptime(line, windows.scheduled(spec, d, day, ctx.horizon), policy)
+                    )
+        return out
+
+    return ctx.memo(key, compute)  # type: ignore[no-any-return]
 
 
 #: Inventory dimensions nested in one another: each is a function of the one before

@@ -339,3 +339,29 @@ class TestTheDailyBulletinEqualsTheCli:
         assert not tail_ids & at_target  # a device at target is never the tail
         # The simulated fleet runs low on cash and fills deposit cassettes: W > 0 somewhere.
         assert any(r["warning_ms"] > 0 for r in cli_json["rw_branch"]["rows"])
+
+
+class TestPeriodSummedAsItComes:
+    def test_the_month_summed_day_by_day_equals_the_sum_of_its_device_days(self, db: str) -> None:
+        """The monthly/quarterly assessment sums each device's days as they come
+        (``period_uptime``): every time of every device, its labels in the same order,
+        equal to the total of the month's per-day uptime."""
+        from rules.config import load_rules
+        from rules.feed import Feed
+        from rules.report import Context, Scope, per_device_uptime, period_uptime
+
+        first, last = date(2026, 11, 1), date(2026, 11, 30)
+        now = int(datetime.combine(date(2026, 12, 1), time(9), tzinfo=TZ).timestamp() * 1000)
+        with psycopg.connect(db) as conn:
+            feed = Feed(conn, load_rules())
+            inv = feed.inventory()
+            fleet = Scope("fleet", "fleet")
+            summed = period_uptime(Context.make(feed, inv, fleet, first, last, now))
+            plain = per_device_uptime(Context.make(feed, inv, fleet, first, last, now))
+        assert list(summed) == list(plain) and len(plain) == len(INVENTORY.devices)
+        for d, want in plain.items():
+            got = summed[d]
+            assert list(got.by_label.items()) == list(want.by_label.items()), d
+            assert got == want, d
+        assert any(u.available_ms > 0 for u in plain.values())
+        assert any(u.unknown_ms > 0 for u in plain.values())

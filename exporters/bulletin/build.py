@@ -23,6 +23,7 @@ from rules.report import (
     assessment_report,
     low_yield_report,
     network_report,
+    period_uptime,
     resource_report,
     substitution_report,
     tail_report,
@@ -456,6 +457,9 @@ def assessment(
     def col(key: str, kind_: Kind = Kind.TEXT) -> Column:
         return Column(key, m(f"c.{key}"), kind_)
 
+    # Each device's period summed day by day (no report below needs a per-day figure of
+    # the period): the month's or quarter's device-days are never all held at once.
+    period_uptime(ctx)
     up = uptime_report(ctx, "subbranch")
     total = up.extra["total"]
     b.summary = [
