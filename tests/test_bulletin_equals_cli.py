@@ -365,3 +365,24 @@ class TestPeriodSummedAsItComes:
             assert got == want, d
         assert any(u.available_ms > 0 for u in plain.values())
         assert any(u.unknown_ms > 0 for u in plain.values())
+
+    def test_the_month_s_transactions_read_day_by_day_equal_the_whole_read(self, db: str) -> None:
+        """The substitution unit-days and each device's fees, read one day at a time for a
+        period longer than a day, equal those from the period's transactions held at once."""
+        from rules.config import load_rules
+        from rules.feed import Feed
+        from rules.report import Context, Scope, period_fees, unit_entries
+
+        first, last = date(2026, 11, 1), date(2026, 11, 30)
+        with psycopg.connect(db) as conn:
+            feed = Feed(conn, load_rules())
+            inv = feed.inventory()
+            by_day = Context.make(feed, inv, Scope("fleet", "fleet"), first, last, 0)
+            held = Context.make(feed, inv, Scope("fleet", "fleet"), first, last, 0)
+            held.txn()  # the period's transactions held: the whole read
+            assert unit_entries(by_day) == unit_entries(held)
+            fees = period_fees(by_day)
+            assert ("txn", first, last) not in by_day.cache  # never held at once
+            assert fees == period_fees(held)
+        assert any(n > 0 for _, n in fees.values())
+        assert any(v.self_financial > 0 for _, v in unit_entries(held))
