@@ -471,6 +471,9 @@ def assessment(
         ("planned_h", m("s.planned_h"), hours(total["planned_ms"]), Kind.HOURS),
     ]
 
+    # The last day's uptime once, before the low-yield flags: they use it for that day
+    # (not computed again there) and the network checks read it; no timeline of it is read.
+    on_last.uptime_days().timelines.clear()
     # Scores and ranks within tier; a sub-branch without devices is listed, not scored.
     a = assessment_report(ctx)
     t = Table("assessment", m("t.assessment"), [
