@@ -33,7 +33,9 @@ from rules.feed import (
     TxnDay,
     UptimeDays,
     device_counts,
+    gc_paused,
     low_yield_for,
+    timelines,
     uptime_for,
     window_days,
 )
@@ -46,7 +48,17 @@ from rules.resource import total as resource_total
 from rules.revenue import revenue
 from rules.substitution import Substitution, Volumes, branch_key, substitution, unit_volumes
 from rules.tail import Entry, no_data, tail, uptime_entries, volume_entries
-from rules.uptime import Uptime, day_span, dimension_key, rollup, total
+from rules.uptime import (
+    Uptime,
+    UptimePolicy,
+    WindowSpans,
+    day_span,
+    days,
+    device_uptime,
+    dimension_key,
+    rollup,
+    total,
+)
 from rules.vendors import VendorScore, scorecard
 
 HOUR_MS = 3_600_000
@@ -426,6 +438,40 @@ def per_device_uptime(ctx: Context) -> dict[str, Uptime]:
     )
 
 
+def period_uptime(ctx: Context) -> dict[str, Uptime]:
+    """:func:`per_device_uptime` without holding each device-day: a device's days are
+    added up as they are computed and its timeline let go at once (the same integer sums,
+    in the same order, as :func:`rules.uptime.total` of :meth:`Context.uptime_days`).
+    For a computation that needs no per-day figure of the period (the monthly and
+    quarterly assessments): a report asking :meth:`Context.uptime_days` later reads the
+    timelines again. Memoised under :func:`per_device_uptime`'s key."""
+    key = ("per_device_uptime", str(ctx.scope), ctx.first, ctx.last)
+    if key in ctx.cache or ("uptime", str(ctx.scope), ctx.first, ctx.last) in ctx.cache:
+        return per_device_uptime(ctx)
+
+    def compute() -> dict[str, Uptime]:
+        rules = ctx.rules
+        devices = ctx.devices
+        lo, hi = ctx.span
+        windows = WindowSpans(rules.tz)
+        policy = UptimePolicy.from_rules(rules)
+        period = days(ctx.first, ctx.last)
+        out: dict[str, Uptime] = {}
+        with gc_paused():
+            lines = timelines(ctx.feed, devices, lo, hi, ctx.horizon)
+            for d in devices:
+                line = lines.pop(d.id)
+                spec = rules.service_windows.spec_for(d)
+                acc = out[d.id] = Uptime(devices=1)
+                for day in period:
+                    acc.add(
+                        device_uptime(line, windows.scheduled(spec, d, day, ctx.horizon), policy)
+                    )
+        return out
+
+    return ctx.memo(key, compute)  # type: ignore[no-any-return]
+
+
 #: Inventory dimensions nested in one another: each is a function of the one before
 #: (a device's branch decides its sub-branch, which decides its tier).
 NESTED = ("device", "branch", "subbranch", "tier")
@@ -700,6 +746,9 @@ def unit_entries(ctx: Context) -> list[tuple[str, Volumes]]:
 
 
 def _unit_entries(ctx: Context) -> list[tuple[str, Volumes]]:
+    held = ctx.cache.get(("txn", ctx.first, ctx.last))
+    if held is None and ctx.first != ctx.last:
+        return _unit_entries_by_day(ctx)
     txn = ctx.txn()
     counters = ctx.memo(("counters", ctx.first, ctx.last),
                         lambda: ctx.feed.counters(ctx.first, ctx.last))  # fmt: skip
@@ -713,6 +762,46 @@ def _unit_entries(ctx: Context) -> list[tuple[str, Volumes]]:
                 entries.append((unit, vol))
         day += timedelta(days=1)
     return entries
+
+
+def _unit_entries_by_day(ctx: Context) -> list[tuple[str, Volumes]]:
+    """:func:`_unit_entries` of a period longer than a day, reading its transactions one
+    day at a time (:meth:`rules.feed.Feed.txn_days` of that day) instead of holding every
+    device-day of the period; each device's fees are added up as the days come
+    (:func:`period_fees`). The same per-day counts, so the same entries."""
+    counters = ctx.memo(("counters", ctx.first, ctx.last),
+                        lambda: ctx.feed.counters(ctx.first, ctx.last))  # fmt: skip
+    scope_key = branch_key(ctx.inventory, ctx.scope.kind)
+    entries = []
+    fees: dict[str, tuple[Decimal, int]] = {}
+    day = ctx.first
+    while day <= ctx.last:
+        txn = ctx.feed.txn_days(day, day)
+        for d, per_day in txn.items():
+            t = per_day[day]
+            fee, n = fees.get(d, (Decimal("0"), 0))
+            fees[d] = (fee + t.fee, n + t.fee_txns)
+        counts = device_counts(txn)
+        del txn
+        for unit, vol in unit_volumes(ctx.inventory, counts, counters.get(day, {}), day).items():
+            if scope_key(unit) == ctx.scope.value:
+                entries.append((unit, vol))
+        day += timedelta(days=1)
+    ctx.cache[("fees", ctx.first, ctx.last)] = fees
+    return entries
+
+
+def period_fees(ctx: Context) -> dict[str, tuple[Decimal, int]]:
+    """Per device with transactions in the period: (Σ fee, Σ transactions carrying a
+    fee), counted ones only; from the days :func:`unit_entries` read when it read them
+    one by one, else from :meth:`Context.txn`."""
+    got = ctx.cache.get(("fees", ctx.first, ctx.last))
+    if got is not None:
+        return got  # type: ignore[no-any-return]
+    return {
+        d: (sum((x.fee for x in t.values()), Decimal("0")), sum(x.fee_txns for x in t.values()))
+        for d, t in ctx.txn().items()
+    }
 
 
 def substitution_row(name: str, s: Substitution, rules: Rules) -> dict[str, Any]:
@@ -1045,12 +1134,7 @@ def assessment_report(ctx: Context) -> Report:
     uptime = rollup(per_device, by_sub)
     subst = substitution(unit_entries(ctx), branch_key(inv, "subbranch"))
     shares = low_yield_share(ctx.flags(), by_sub, ctx.rules.low_yield.max_share)
-    txn = ctx.txn()
-    fees = {
-        d: (sum((x.fee for x in t.values()), Decimal("0")), sum(x.fee_txns for x in t.values()))
-        for d, t in txn.items()
-    }
-    rev = revenue([d.id for d in devices], fees, by_sub)
+    rev = revenue([d.id for d in devices], period_fees(ctx), by_sub)
     scored = {s for d in devices if (s := by_sub(d.id))}
     every = ctx.scope.subbranches(inv)
     figures = [

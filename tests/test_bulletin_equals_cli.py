@@ -339,3 +339,50 @@ class TestTheDailyBulletinEqualsTheCli:
         assert not tail_ids & at_target  # a device at target is never the tail
         # The simulated fleet runs low on cash and fills deposit cassettes: W > 0 somewhere.
         assert any(r["warning_ms"] > 0 for r in cli_json["rw_branch"]["rows"])
+
+
+class TestPeriodSummedAsItComes:
+    def test_the_month_summed_day_by_day_equals_the_sum_of_its_device_days(self, db: str) -> None:
+        """The monthly/quarterly assessment sums each device's days as they come
+        (``period_uptime``): every time of every device, its labels in the same order,
+        equal to the total of the month's per-day uptime."""
+        from rules.config import load_rules
+        from rules.feed import Feed
+        from rules.report import Context, Scope, per_device_uptime, period_uptime
+
+        first, last = date(2026, 11, 1), date(2026, 11, 30)
+        now = int(datetime.combine(date(2026, 12, 1), time(9), tzinfo=TZ).timestamp() * 1000)
+        with psycopg.connect(db) as conn:
+            feed = Feed(conn, load_rules())
+            inv = feed.inventory()
+            fleet = Scope("fleet", "fleet")
+            summed = period_uptime(Context.make(feed, inv, fleet, first, last, now))
+            plain = per_device_uptime(Context.make(feed, inv, fleet, first, last, now))
+        assert list(summed) == list(plain) and len(plain) == len(INVENTORY.devices)
+        for d, want in plain.items():
+            got = summed[d]
+            assert list(got.by_label.items()) == list(want.by_label.items()), d
+            assert got == want, d
+        assert any(u.available_ms > 0 for u in plain.values())
+        assert any(u.unknown_ms > 0 for u in plain.values())
+
+    def test_the_month_s_transactions_read_day_by_day_equal_the_whole_read(self, db: str) -> None:
+        """The substitution unit-days and each device's fees, read one day at a time for a
+        period longer than a day, equal those from the period's transactions held at once."""
+        from rules.config import load_rules
+        from rules.feed import Feed
+        from rules.report import Context, Scope, period_fees, unit_entries
+
+        first, last = date(2026, 11, 1), date(2026, 11, 30)
+        with psycopg.connect(db) as conn:
+            feed = Feed(conn, load_rules())
+            inv = feed.inventory()
+            by_day = Context.make(feed, inv, Scope("fleet", "fleet"), first, last, 0)
+            held = Context.make(feed, inv, Scope("fleet", "fleet"), first, last, 0)
+            held.txn()  # the period's transactions held: the whole read
+            assert unit_entries(by_day) == unit_entries(held)
+            fees = period_fees(by_day)
+            assert ("txn", first, last) not in by_day.cache  # never held at once
+            assert fees == period_fees(held)
+        assert any(n > 0 for _, n in fees.values())
+        assert any(v.self_financial > 0 for _, v in unit_entries(held))

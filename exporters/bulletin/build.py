@@ -23,6 +23,7 @@ from rules.report import (
     assessment_report,
     low_yield_report,
     network_report,
+    period_uptime,
     resource_report,
     substitution_report,
     tail_report,
@@ -456,6 +457,9 @@ def assessment(
     def col(key: str, kind_: Kind = Kind.TEXT) -> Column:
         return Column(key, m(f"c.{key}"), kind_)
 
+    # Each device's period summed day by day (no report below needs a per-day figure of
+    # the period): the month's or quarter's device-days are never all held at once.
+    period_uptime(ctx)
     up = uptime_report(ctx, "subbranch")
     total = up.extra["total"]
     b.summary = [
@@ -467,6 +471,9 @@ def assessment(
         ("planned_h", m("s.planned_h"), hours(total["planned_ms"]), Kind.HOURS),
     ]
 
+    # The last day's uptime once, before the low-yield flags: they use it for that day
+    # (not computed again there) and the network checks read it; no timeline of it is read.
+    on_last.uptime_days().timelines.clear()
     # Scores and ranks within tier; a sub-branch without devices is listed, not scored.
     a = assessment_report(ctx)
     t = Table("assessment", m("t.assessment"), [
