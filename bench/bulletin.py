@@ -39,7 +39,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kpi_db import DAY, fill, keep_days
+from kpi_db import DAY, RUNNER, fill, keep_days
 from scratch import scratch_database
 
 from atmfleet.store.migrate import Flavour, upgrade
@@ -47,16 +47,6 @@ from rules.config import load_rules
 from rules.feed import Feed
 
 HERE = Path(__file__).resolve().parent.parent
-
-#: Runs the command in this process and prints its peak RSS (KiB) last, on stderr.
-RUNNER = (
-    "import resource, sys\n"
-    "from app.cli import cli\n"
-    "try:\n"
-    "    cli.main(sys.argv[1:], prog_name='atmfleet', standalone_mode=False)\n"
-    "finally:\n"
-    "    print('maxrss', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
-)
 
 
 def add_counters(conn: psycopg.Connection) -> None:

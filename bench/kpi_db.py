@@ -246,7 +246,11 @@ with psycopg.connect(url) as conn:
 print(json.dumps(out))
 """
 
-#: Runs the command in this process and prints its peak RSS (KiB) last, on stderr.
+#: Runs the command in this process and prints, last on stderr, its peak RSS (KiB) and
+#: CPU seconds. The peak is ``VmHWM`` of /proc/self/status, which exec starts afresh;
+#: ``ru_maxrss`` would not do: Linux carries the parent's high-water mark over the
+#: vfork+exec of ``subprocess``, so under a bench whose peak holds a whole fill it
+#: reports at least that (bench/cost_curve.py's ``LAUNCH``).
 RUNNER = (
     "import resource, sys\n"
     "from app.cli import cli\n"
@@ -254,7 +258,9 @@ RUNNER = (
     "    cli.main(sys.argv[1:], prog_name='atmfleet', standalone_mode=False)\n"
     "finally:\n"
     "    r = resource.getrusage(resource.RUSAGE_SELF)\n"
-    "    print('maxrss', r.ru_maxrss, r.ru_utime + r.ru_stime, file=sys.stderr)\n"
+    "    hwm = next(line.split()[1] for line in open('/proc/self/status')\n"
+    "               if line.startswith('VmHWM:'))\n"
+    "    print('maxrss', hwm, r.ru_utime + r.ru_stime, file=sys.stderr)\n"
 )
 
 
