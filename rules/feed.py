@@ -80,6 +80,10 @@ _RUN = struct.Struct("!qqqi")
 #: 2000-01-01 (PostgreSQL's epoch of its binary timestamps) in µs since 1970-01-01.
 _PG_EPOCH_US = 946_684_800_000_000
 _NAME = re.compile(r"^-- name: ([a-z_]+)\s*$", re.MULTILINE)
+#: work_mem for ``kept_sums`` alone: its hash table holds about 500 bytes a device (48
+#: MiB at 100,000 devices, in each parallel worker), held in memory up to this (times
+#: the server's hash_mem_multiplier) instead of spilled to disk.
+KEPT_SUMS_WORK_MEM = "128MB"
 
 
 @contextmanager
@@ -443,10 +447,28 @@ class Feed:
         (every kept day added: :class:`rules.lowyield.WindowSums`) and which days are
         kept, as bits (bit i: ``first`` + i days; only the first 63 days)."""
         out: dict[str, tuple[WindowSums, int]] = {}
-        for device_id, monitored, a, s, counted, fin, kept in self._rows(
-            "kept_sums", fingerprint=fingerprint, first=first, last=last,
-            in_service=in_service_only,
-        ):  # fmt: skip
+        params = {"fingerprint": fingerprint, "first": first, "last": last,
+                  "in_service": in_service_only}  # fmt: skip
+        with self._conn.cursor(binary=True) as cur:
+            # The sums group 30 rows a device (3 M for 100,000 devices) into one per
+            # device: with the server's default work_mem the hash table spilled to disk
+            # in 9 batches and the partial groups were sorted on disk (twice as slow);
+            # JIT compiled for longer than it saved. Both only for this statement: the
+            # transaction's settings are put back after it (an error ends the
+            # transaction, and its settings with it).
+            before = cur.execute(
+                "SELECT current_setting('work_mem'), current_setting('jit')"
+            ).fetchone()
+            cur.execute(
+                "SELECT set_config('work_mem', %s, true), set_config('jit', 'off', true)",
+                (KEPT_SUMS_WORK_MEM,),
+            )
+            rows = cur.execute(queries()["kept_sums"], params).fetchall()
+            assert before is not None
+            cur.execute(
+                "SELECT set_config('work_mem', %s, true), set_config('jit', %s, true)", before
+            )
+        for device_id, monitored, a, s, counted, fin, kept in rows:
             out[device_id] = (WindowSums(monitored, a, s, counted, fin), kept or 0)
         return out
 
@@ -538,6 +560,22 @@ class Feed:
             "kept_warnings", fingerprint=fingerprint, first=first, last=last
         ):
             out.setdefault(device_id, {})[day] = (warning, scheduled)
+        return out
+
+    @_without_gc
+    def kept_scheduled(
+        self, fingerprint: str, first: date, last: date
+    ) -> dict[str, dict[date, tuple[int | None, int]]]:
+        """Every kept closed day: per device and day, (W ms or None where not computed,
+        S ms)."""
+        out: dict[str, dict[date, tuple[int | None, int]]] = {}
+        for device_id, day, warning, scheduled in self._rows(
+            "kept_scheduled", fingerprint=fingerprint, first=first, last=last
+        ):
+            got = out.get(device_id)
+            if got is None:
+                got = out[device_id] = {}
+            got[day] = (warning, scheduled)
         return out
 
     def keep_warnings(self, fingerprint: str, values: Sequence[tuple[str, date, int, int]]) -> None:

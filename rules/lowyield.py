@@ -38,8 +38,11 @@ class DeviceDays:
     scheduled_ms: Sequence[int]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class YieldFlag:
+    """A device's flags on a date (read only once made: not frozen, because a frozen
+    dataclass takes several times as long to make, and a fleet makes 100,000)."""
+
     device_id: str
     on: date
     status: YieldStatus

@@ -257,3 +257,12 @@ ORDER BY e.id;
 SELECT incident_id, cycle, deadline
 FROM incident_sla
 WHERE incident_id = ANY(%(ids)s) AND kind = 'breach';
+
+-- 资源预警率: every kept closed day's S, with its W where computed (NULL: not yet), per
+-- device and day: W is kept only into a day whose S is kept (keep_warnings), so a day
+-- not kept is not sent to be kept (at 100,000 devices that was 100,000 rows looked up
+-- for nothing when the day itself was not kept yet).
+-- name: kept_scheduled
+SELECT device_id, day, warning_ms, scheduled_ms
+FROM kpi_device_days
+WHERE fingerprint = %(fingerprint)s AND day >= %(first)s AND day <= %(last)s;

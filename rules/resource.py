@@ -243,11 +243,18 @@ def resource_for(
     tz = rules.tz
     policy = WarningPolicy.from_rules(rules)
     fingerprint = feed.fingerprint()
-    kept = feed.kept_warnings(fingerprint, up.days[0], up.days[-1])
+    # Every kept day's S (and W where kept): W is kept only into a day whose S is kept
+    # with the same value (what keep_warnings updates), so only those are sent.
+    kept = feed.kept_scheduled(fingerprint, up.days[0], up.days[-1])
+    nothing: dict[date, tuple[int | None, int]] = {}
 
     def usable(device_id: str, day: date) -> bool:
-        got = kept.get(device_id, {}).get(day)
-        return got is not None and got[1] == up.per_device[device_id][day].scheduled_ms
+        got = kept.get(device_id, nothing).get(day)
+        return (
+            got is not None
+            and got[0] is not None
+            and got[1] == up.per_device[device_id][day].scheduled_ms
+        )
 
     missing = sorted({day for d in devices for day in up.days if not usable(d.id, day)})
     spans: dict[str, list[Span]] = {}
@@ -262,14 +269,16 @@ def resource_for(
         warnings = merge(spans.get(d.id, ()))
         line = up.timelines[d.id]
         per_day: dict[date, ResourceWarning] = {}
+        held = kept.get(d.id, nothing)
         for day, u in up.per_device[d.id].items():
-            if usable(d.id, day):
-                per_day[day] = ResourceWarning(kept[d.id][day][0], u.scheduled_ms, 1)
+            got = held.get(day)
+            if got is not None and got[0] is not None and got[1] == u.scheduled_ms:
+                per_day[day] = ResourceWarning(got[0], u.scheduled_ms, 1)
                 continue
             sched = scheduled_spans(d, day, rules, windows, horizon)
             w = warning_ms(line, sched, warnings, policy.counted)
             per_day[day] = ResourceWarning(w, u.scheduled_ms, 1)
-            if is_closed.get(day, False):
+            if got is not None and got[1] == u.scheduled_ms and is_closed.get(day, False):
                 to_keep.append((d.id, day, w, u.scheduled_ms))
         out[d.id] = per_day
     feed.keep_warnings(fingerprint, to_keep)

@@ -20,8 +20,11 @@ from dataclasses import dataclass
 from rules.uptime import Uptime
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Entry:
+    """One ranked unit (read only once made: not frozen, because a frozen dataclass
+    takes five times as long to make, and a ranking makes one per device and period)."""
+
     id: str
     group: str
     value: float | None

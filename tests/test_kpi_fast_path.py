@@ -23,6 +23,7 @@ from atmfleet.inventory import Device, DeviceType, Placement
 from atmfleet.store.migrate import upgrade
 from rules.config import DaysCounted, Rules, load_rules
 from rules.feed import DeviceInputs, Feed, _low_yield_by_day, low_yield_for, timelines, uptime_for
+from rules.lowyield import WindowSums
 from rules.timeline import build_timeline, from_ms
 from rules.uptime import UptimePolicy, WindowSpans, day_span, device_uptime, scheduled_spans
 
@@ -221,3 +222,25 @@ def test_low_yield_from_sums_equals_the_days_one_by_one(
     tz = rules.tz
     for horizon in (day_span(DAY, tz)[0] + 10 * H, day_span(DAY, tz)[1] + 2 * 86_400_000):
         _flags_both_ways(conn, rules, horizon)
+
+
+def test_kept_sums_puts_the_transactions_settings_back(conn: psycopg.Connection) -> None:
+    """``kept_sums`` raises work_mem and turns JIT off for its own statement only: the
+    rest of the transaction runs with the settings it had (here: set by the caller)."""
+    feed = Feed(conn, RULES)
+    conn.execute("SET LOCAL work_mem = '3MB'")
+    conn.execute("SET LOCAL jit = on")
+    fp = feed.fingerprint()
+    feed.keep_days(fp, [("D000", DAY - timedelta(days=2), (H, 2 * H, 7))])
+    conn.execute("SET LOCAL work_mem = '3MB'")  # keep_days committed: a new transaction
+    conn.execute("SET LOCAL jit = on")
+    got = feed.kept_sums(fp, DAY - timedelta(days=29), DAY, True)
+    assert got["D000"][0] == WindowSums(1, H, 2 * H, 1, 7)
+    assert got["D000"][1] == 1 << 27
+    assert conn.execute(
+        "SELECT current_setting('work_mem'), current_setting('jit')"
+    ).fetchone() == (
+        "3MB",
+        "on",
+    )
+    conn.rollback()
