@@ -46,7 +46,14 @@ from rules.resource import ResourceWarning, ranked, resource_for
 from rules.resource import rollup as resource_rollup
 from rules.resource import total as resource_total
 from rules.revenue import revenue
-from rules.substitution import Substitution, Volumes, branch_key, substitution, unit_volumes
+from rules.substitution import (
+    DeviceCounts,
+    Substitution,
+    Volumes,
+    branch_key,
+    substitution,
+    unit_volumes,
+)
 from rules.tail import Entry, no_data, tail, uptime_entries, volume_entries
 from rules.uptime import (
     Uptime,
@@ -791,7 +798,13 @@ def _unit_entries(ctx: Context) -> list[tuple[str, Volumes]]:
     entries = []
     day = ctx.first
     while day <= ctx.last:
-        counts = device_counts({d: {day: t[day]} for d, t in txn.items() if day in t})
+        # device_counts of each device's one day, made directly (the sum of one day's
+        # counts is that day's counts)
+        counts = {
+            d: DeviceCounts(x.financial, x.non_financial)
+            for d, t in txn.items()
+            if (x := t.get(day)) is not None
+        }
         for unit, vol in unit_volumes(ctx.inventory, counts, counters.get(day, {}), day).items():
             if scope_key(unit) == ctx.scope.value:
                 entries.append((unit, vol))
@@ -972,10 +985,15 @@ def tail_entries(
         with_data = {d: {k for k, v in per_day[d].items() if v.has_data} for d in per_device}
         data_days = {d: len(v) for d, v in with_data.items()}
     if unit == "device":  # each device its own unit: the sums below are its own figures
-        limit_of: dict[str, float | None] = {}
-        for d in per_device:
-            own = thresholds.get(inv.device_by_id[d].type)
-            limit_of[d] = None if own is None else 0.0 + own
+        # Every device's own threshold (as a float; None: its type has none), made
+        # once for the computation: a tail asks it in four periods.
+        limit_of: dict[str, float | None] = ctx.memo(
+            ("volume_limits",),
+            lambda: {
+                d.id: None if (own := thresholds.get(d.type)) is None else 0.0 + own
+                for d in inv.devices
+            },
+        )
         return volume_entries(
             {d: fin[d] for d in per_device},
             {d: up.scheduled_ms for d, up in per_device.items()},

@@ -286,38 +286,82 @@ class _Sheet(Worksheet):  # type: ignore[misc]
                 table[col] = CellStringTuple(index, fmt)
 
     _written: dict[tuple[str, int], str] | None = None
+    _row_rest: str | None = None
     fh: Any
+    previous_row: int
+
+    def _cell_xml(self, row: int, col: int, cell: Any) -> str | None:
+        """The XML the library writes for a formatted number, or (constant memory) a
+        formatted in-line string; None for any other cell (the library writes it)."""
+        if not cell.format:
+            return None
+        if cell.__class__ is CellNumberTuple:
+            return (
+                f'<c r="{xl_rowcol_to_cell_fast(row, col)}" '
+                f's="{cell.format._get_xf_index()}"><v>{cell.number:.16G}</v></c>'
+            )
+        if cell.__class__ is CellStringTuple and self.constant_memory:
+            # An in-line string: what the library writes for it after the cell's
+            # reference, worked out once per string and format.
+            if self._written is None:
+                self._written = {}
+            key = (cell.string, cell.format._get_xf_index())
+            rest = self._written.get(key)
+            if rest is None:
+                text = self._library_text(lambda: super(_Sheet, self)._write_cell(0, 0, cell))
+                head = '<c r="A1"'
+                if not text.startswith(head):  # not the layout expected: as it is
+                    return None
+                rest = self._written[key] = text[len(head) :]
+            return f'<c r="{xl_rowcol_to_cell_fast(row, col)}"{rest}'
+        return None
+
+    def _library_text(self, write: Any) -> str:
+        """What the library's ``write()`` writes, caught instead of written."""
+        fh, self.fh = self.fh, io.StringIO()
+        try:
+            write()
+            return str(self.fh.getvalue())
+        finally:
+            self.fh = fh
 
     def _write_cell(self, row: int, col: int, cell: Any) -> None:
-        if cell.format:
-            if cell.__class__ is CellNumberTuple:
-                self.fh.write(
-                    f'<c r="{xl_rowcol_to_cell_fast(row, col)}" '
-                    f's="{cell.format._get_xf_index()}"><v>{cell.number:.16G}</v></c>'
-                )
-                return
-            if cell.__class__ is CellStringTuple and self.constant_memory:
-                # An in-line string: what the library writes for it after the cell's
-                # reference, worked out once per string and format.
-                if self._written is None:
-                    self._written = {}
-                key = (cell.string, cell.format._get_xf_index())
-                rest = self._written.get(key)
-                if rest is None:
-                    fh, self.fh = self.fh, io.StringIO()
-                    try:
-                        super()._write_cell(0, 0, cell)
-                        text = self.fh.getvalue()
-                    finally:
-                        self.fh = fh
-                    head = '<c r="A1"'
-                    if not text.startswith(head):  # not the layout expected: as it is
-                        super()._write_cell(row, col, cell)
-                        return
-                    rest = self._written[key] = text[len(head) :]
-                self.fh.write(f'<c r="{xl_rowcol_to_cell_fast(row, col)}"{rest}')
-                return
-        super()._write_cell(row, col, cell)
+        text = self._cell_xml(row, col, cell)
+        if text is None:
+            super()._write_cell(row, col, cell)
+        else:
+            self.fh.write(text)
+
+    def _write_single_row(self, current_row_num: int = 0) -> None:
+        """The library's row of constant-memory mode, in one write: the same ``<row>``
+        tag (worked out once: without row settings it differs only in its number) and
+        cells, in column order."""
+        row = self.previous_row
+        cells = self.table.get(row)
+        if not cells or row in self.row_info or row in self.comments:
+            super()._write_single_row(current_row_num)
+            return
+        if self._row_rest is None:
+            tag = self._library_text(lambda: self._write_row(0, None))
+            head = '<row r="1"'
+            self._row_rest = tag[len(head) :] if tag.startswith(head) else ""
+        if not self._row_rest:  # not the layout expected: as the library does
+            super()._write_single_row(current_row_num)
+            return
+        self.previous_row = current_row_num
+        parts = [f'<row r="{row + 1}"{self._row_rest}']
+        for col in sorted(cells):
+            cell = cells[col]
+            xml = self._cell_xml(row, col, cell)
+            if xml is None:
+                self.fh.write("".join(parts))
+                parts.clear()
+                super()._write_cell(row, col, cell)
+            else:
+                parts.append(xml)
+        parts.append("</row>")
+        self.fh.write("".join(parts))
+        self.table.clear()
 
 
 def sheet_names(b: Bulletin, summary: str) -> list[str]:
