@@ -16,7 +16,8 @@ as a process, once with the code of ``--before`` (a checkout of the earlier comm
 first on PYTHONPATH) and once with this tree's, on the same database, one right after the
 other (the machine is shared: compare the ratio, not the seconds). Before each run the
 days the previous run kept are removed, so both start from the same store. Prints wall
-seconds and the peak RSS of each run, and the ratio, and checks that the two JSON files
+seconds, the peak RSS and the CPU seconds of each run's process (the database's not in
+them; on a shared machine the CPU ratio is the steadier one), and checks that the two JSON files
 hold the same bulletin (every key but ``generated``): speed work must not change a figure.
 The database is dropped at the end. ``--url`` runs on a database filled before (as this
 script fills it, for one device count) instead, and leaves it there.
@@ -92,8 +93,9 @@ def differences(a: object, b: object, at: str = "") -> list[str]:
     return [] if a == b else [f"{at}: {str(a)[:60]} != {str(b)[:60]}"]
 
 
-def run(code: Path, url: str, args: list[str]) -> tuple[float, float, str]:
-    """(seconds, peak RSS MiB, error text) of one run of the command with ``code``."""
+def run(code: Path, url: str, args: list[str]) -> tuple[float, float, str, float]:
+    """(seconds, peak RSS MiB, error text, CPU seconds of the process) of one run of the
+    command with ``code``."""
     env = dict(os.environ, ATMFLEET_DATABASE_URL=url, PYTHONPATH=str(code))
     env.pop("ATMFLEET_RULES_FILE", None)
     t = time.perf_counter()
@@ -101,12 +103,12 @@ def run(code: Path, url: str, args: list[str]) -> tuple[float, float, str]:
         [sys.executable, "-c", RUNNER, *args], env=env, cwd=code, capture_output=True, text=True
     )
     took = time.perf_counter() - t
-    rss = 0.0
+    rss = cpu = 0.0
     for line in done.stderr.splitlines():
         if line.startswith("maxrss "):
-            rss = int(line.split()[1]) / 1024
+            rss, cpu = int(line.split()[1]) / 1024, float(line.split()[2])
     err = "" if done.returncode == 0 else done.stderr.strip().splitlines()[-2:]
-    return took, rss, " | ".join(err) if err else ""
+    return took, rss, " | ".join(err) if err else "", cpu
 
 
 def command(kind: str) -> list[str]:
@@ -133,9 +135,10 @@ def measure(
             with tempfile.TemporaryDirectory() as out:
                 got[label] = run(code, url, [*cmd, "--format", "all", "--out", out])
                 docs[label] = bulletin_json(out)
-            s, rss, err = got[label]
-            print(f"  {kind:9s} {label:6s} {s:7.1f} s  {rss:7.0f} MiB  {err}", flush=True)
-        (b, brss, _), (a, arss, _) = got["before"], got["after"]
+            s, rss, err, cpu = got[label]
+            print(f"  {kind:9s} {label:6s} {s:7.1f} s  {rss:7.0f} MiB  CPU {cpu:6.1f} s  {err}",
+                  flush=True)  # fmt: skip
+        (b, brss, _, bcpu), (a, arss, _, acpu) = got["before"], got["after"]
         if docs["before"] is None or docs["after"] is None:
             same = "JSON missing"
         else:
@@ -143,7 +146,8 @@ def measure(
             same = "JSON equal" if not diff else f"JSON DIFFERS ({len(diff)}): {diff[:3]}"
         results.append(
             f"{n:>7} {kind:9s} all 4 formats  before {b:7.1f} s {brss:6.0f} MiB   "
-            f"after {a:6.1f} s {arss:5.0f} MiB   x{b / a:5.1f} faster   {same}"
+            f"after {a:6.1f} s {arss:5.0f} MiB   x{b / a:5.1f} faster   "
+            f"(CPU {bcpu:.1f} -> {acpu:.1f} s, x{bcpu / acpu if acpu else 0:4.1f})   {same}"
         )
     return results
 

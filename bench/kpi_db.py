@@ -21,7 +21,8 @@ then times, through rules.feed and the pure core (in a fresh process per code):
 2. the 30-day low-yield evaluation (low-yield, low-efficiency, share by sub-branch,
    tier, type, fleet): kept days read, the one day not yet kept computed and kept,
    transactions read from txn_daily; then again with all 30 days kept;
-3. the command ``atmfleet kpi uptime --date D`` end to end, as a process (imports,
+3. the commands ``atmfleet kpi uptime --date D`` and ``atmfleet kpi low-yield --date D``
+   (the day not kept yet, then all 30 days kept) end to end, as a process (imports,
    settings, inventory, report, output).
 
 With ``--before CHECKOUT`` (a checkout of the earlier code, e.g. ``git worktree add
@@ -29,7 +30,7 @@ With ``--before CHECKOUT`` (a checkout of the earlier code, e.g. ``git worktree 
 this tree's, one right after the other on the same database (the day a run kept is
 removed first, so both start from the same store), and prints both, the ratio, and
 whether every figure is equal: a digest of every device's uptime of the day, of every
-low-yield flag, and the command's output. The machine may be shared: compare the
+low-yield flag, and the commands' output. The machine may be shared: compare the
 ratios. ``--database URL``: an already filled database (not dropped). The database
 made here is dropped at the end.
 """
@@ -312,6 +313,14 @@ def report(url: str, before: Path | None) -> None:
     got = {label: measure(code, url) for label, code in codes}
     cmd = ["kpi", "uptime", "--date", DAY.isoformat()]
     runs = {label: command(code, url, cmd) for label, code in codes}
+    # The low-yield command, with the day measured not kept yet (each code from the same
+    # store), then with all 30 days kept.
+    ly_cmd = ["kpi", "low-yield", "--date", DAY.isoformat()]
+    ly_first = {}
+    for label, code in codes:
+        reset(url)
+        ly_first[label] = command(code, url, ly_cmd)
+    ly_again = {label: command(code, url, ly_cmd) for label, code in codes}
     cpu = "  its CPU (this process; the database's is not in it)"
     rows: list[tuple[str, Callable[[dict[str, Any]], float]]] = [
         ("uptime, 1 day, with the database reads", lambda g: g["uptime"][0]),
@@ -348,6 +357,8 @@ def report(url: str, before: Path | None) -> None:
     )
     print(f"{'  peak RSS, MiB':58s} {f'{b_run[1]:8.0f}' if b_run else '':>9s}"
           f" {a_run[1]:8.0f}")  # fmt: skip
+    for what, got_runs in (("day not kept", ly_first), ("30 days kept", ly_again)):
+        _command_rows(f"atmfleet {' '.join(ly_cmd)} ({what})", got_runs)
     print(f"fleet 开机率 {after['uptime_ratio']:.4f}, fleet low-yield share "
           f"{after['low_yield_share']:.4f}")  # fmt: skip
     if before:
@@ -356,8 +367,26 @@ def report(url: str, before: Path | None) -> None:
         differ = [k for k in keys if got["before"][k] != after[k]]
         if b_run is not None and b_run[2] != a_run[2]:
             differ.append("the command's output")
+        for what, got_runs in (("first", ly_first), ("again", ly_again)):
+            if got_runs["before"][2] != got_runs["after"][2]:
+                differ.append(f"the low-yield command's output ({what})")
         print("figures: " + ("EQUAL (every device's uptime, every flag, the kept days, the "
-              "command's output)" if not differ else "DIFFER: " + ", ".join(differ)))  # fmt: skip
+              "commands' output)" if not differ else "DIFFER: " + ", ".join(differ)))  # fmt: skip
+
+
+def _command_rows(name: str, runs: dict[str, tuple[float, float, str, float]]) -> None:
+    """A command's wall seconds, CPU and peak RSS, before and after."""
+    pick: Callable[[tuple[float, float, str, float]], float]
+    b_run, a_run = runs.get("before"), runs["after"]
+    for label, pick, unit in (
+        (name, lambda r: r[0], "s"),
+        ("  its CPU (the process)", lambda r: r[3], "s"),
+        ("  peak RSS, MiB", lambda r: r[1], ""),
+    ):
+        after = pick(a_run)
+        b = f"{pick(b_run):8.2f}{unit}" if b_run else ""
+        ratio = f"  x{pick(b_run) / after:5.1f}" if b_run and after and unit else ""
+        print(f"{label:58s} {b:>9s} {after:8.2f}{unit}{ratio}")
 
 
 def main() -> None:

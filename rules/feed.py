@@ -833,8 +833,11 @@ def low_yield_for(
             sums[d.id].add(a, s, f, in_service_only)
     flags: list[YieldFlag] = []
     targets = rules.uptime.targets
+    by_branch: dict[str, float] = {}  # a branch's devices share their tier's target
     for d in devices:
-        target = targets[inventory.subbranch_of(d).tier]
+        target = by_branch.get(d.branch)
+        if target is None:
+            target = by_branch[d.branch] = targets[inventory.subbranch_of(d).tier]
         w = windows.get(d.id)
         if w is None:
             flags.append(flag_of(d.id, d, d.type, sums[d.id], on, rules.low_yield, target))

@@ -902,11 +902,12 @@ def share_row(name: str, s: Share) -> dict[str, Any]:
             "low_efficiency": s.low_efficiency}  # fmt: skip
 
 
-def flag_row(f: YieldFlag) -> dict[str, Any]:
+def flag_row(f: YieldFlag, margin: float | None = None) -> dict[str, Any]:
+    """A device's row (``margin``: its ``f.margin``, when the caller has it already)."""
     return {"group": f.device_id, "status": f.status.value, "average": f.daily_average,
-            "threshold": f.threshold, "margin": f.margin, "days_counted": f.days_counted,
-            "monitored_days": f.monitored_days, "uptime": f.uptime,
-            "low_efficiency": f.low_efficiency}  # fmt: skip
+            "threshold": f.threshold, "margin": f.margin if margin is None else margin,
+            "days_counted": f.days_counted, "monitored_days": f.monitored_days,
+            "uptime": f.uptime, "low_efficiency": f.low_efficiency}  # fmt: skip
 
 
 def low_yield_report(ctx: Context, by: str) -> Report:
@@ -920,15 +921,17 @@ def low_yield_report(ctx: Context, by: str) -> Report:
     whole_row = share_row(scope, whole.get(scope, Share(max_share=max_share)))
     order = {YieldStatus.LOW: 0, YieldStatus.OK: 1, YieldStatus.COVERAGE: 2,
              YieldStatus.EXEMPT: 3, YieldStatus.NOT_EVALUATED: 4}  # fmt: skip
+    # Each margin once (a property: computed at every read), then sorted on it.
     listed = sorted(
-        flags,
-        key=lambda f: (order[f.status], f.margin if f.margin is not None else 0.0, f.device_id),
-    )
+        ((order[f.status], m if (m := f.margin) is not None else 0.0, f.device_id, f, m)
+         for f in flags),
+        key=lambda x: x[:3],
+    )  # fmt: skip
     devices = Report(
         "devices: every one evaluated (lowest margin first), then those not evaluated",
         ["group", "status", "average", "threshold", "margin", "days_counted", "monitored_days",
          "uptime", "low_efficiency"],
-        [flag_row(f) for f in listed],
+        [flag_row(f, m) for *_, f, m in listed],
         {"key": "devices"},
     )  # fmt: skip
     return Report(
