@@ -176,6 +176,9 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
     up_dev = uptime_report(ctx, "device", below_target_only=True)
     rw_sub = resource_report(ctx, "subbranch")
     rw_branch = resource_report(ctx, "branch")
+    # No report below reads the day's timelines: let them go before the two days' are
+    # built (both held at once made the bulletin's peak).
+    ctx.uptime_days().timelines.clear()
     # Down for long: the timelines of the day before and the day, up to the day's end
     # (only the timelines: the two days' uptime is not needed).
     span = day_span(day - timedelta(days=1), rules.tz)[0], day_span(day, rules.tz)[1]
@@ -185,7 +188,6 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
         d.id: got for d in ctx.devices if (got := long_down(lines.get(d.id, []), end)) is not None
     }
     del lines
-    ctx.uptime_days().timelines.clear()  # no report below reads a timeline
     st_tier = {r["group"]: r for r in substitution_report(ctx, "tier").rows}
     st_sub_report = substitution_report(ctx, "subbranch")
     st_sub = {r["group"]: r for r in st_sub_report.rows}
