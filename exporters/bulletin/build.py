@@ -168,6 +168,10 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
     branches = inv.branch_by_id
     sub_of = {d.id: inv.subbranch_of(d).id for d in inv.devices}
 
+    # The day's transactions first: the substitution tables need them whole, and the
+    # uptime tables' financial counts are then taken from them instead of being read
+    # from txn_daily once more on their own (``Context.financial``).
+    ctx.txn()
     # In this order, so that what only some reports need is let go early: the day's
     # timelines (resource warnings read them), then the two days' (down for long).
     up_tier = uptime_report(ctx, "tier")
