@@ -825,29 +825,29 @@ def uptime_of_day(
     feed: Feed, devices: Sequence[Device], day: date, horizon: int
 ) -> tuple[UptimeDays, dict[str, int] | None]:
     """:func:`uptime_for` of one local day, and for a closed day each device's counted
-    financial transactions too: a closed day kept in full is read (one row per device,
-    :meth:`Feed.kept_uptime`); the devices not kept are computed and kept in full (with
-    their financial count; :meth:`Feed.keep_uptime_days`), so the next call reads them.
-    The timelines of the devices read are built (read again) only if asked for. An open
-    day is computed each time (None: no financial count)."""
+    financial transactions too. A closed day kept in full (by the daily ``kpi
+    keep-days``, or a low-yield evaluation that computed it: :func:`computed_days`) is
+    read, one row per device (:meth:`Feed.kept_uptime`); the devices not kept are
+    computed, not kept here: keeping a fleet's day rewrites 100,000 scattered rows
+    (seconds to tens of seconds of the database's time), more than computing it. The
+    timelines of the devices read are built (read again) only if asked for. An open day
+    is computed (None: no financial count)."""
     if not closed(feed, day, horizon):
         return uptime_for(feed, devices, day, day, horizon), None
-    fp = feed.fingerprint()
-    kept = feed.kept_uptime(fp, day)
+    kept = feed.kept_uptime(feed.fingerprint(), day)
     missing = [d for d in devices if d.id not in kept]
     computed: UptimeDays | None = None
     if missing:
-        feed.settle_txn_days(day, day)
         computed = uptime_for(feed, missing, day, day, horizon)
         fin = feed.financial_days(day, day)
-        to_keep: list[tuple[str, date, Uptime, int]] = []
         for d in missing:
-            value = (computed.per_device[d.id][day], fin.get(d.id, {}).get(day, 0))
-            kept[d.id] = value
-            to_keep.append((d.id, day, *value))
-        feed.keep_uptime_days(fp, to_keep)
-    per_device = {d.id: {day: kept[d.id][0]} for d in devices}
-    financial = {d.id: kept[d.id][1] for d in devices}
+            kept[d.id] = (computed.per_device[d.id][day], fin.get(d.id, {}).get(day, 0))
+    per_device: dict[str, dict[date, Uptime]] = {}
+    financial: dict[str, int] = {}
+    for d in devices:
+        up, n = kept[d.id]
+        per_device[d.id] = {day: up}
+        financial[d.id] = n
     read = [d for d in devices if computed is None or d.id not in computed.per_device]
 
     def build() -> dict[str, list[Interval]]:

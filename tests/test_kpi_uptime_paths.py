@@ -5,9 +5,9 @@
   touches it; every figure, the labels' order included, must equal
   :func:`rules.feed.uptime_for_reference` (every timeline built and swept), and the
   timelines it builds when asked must equal the reference's;
-- a closed day is kept in full (:func:`rules.feed.uptime_of_day`, migration 0018): the
-  first call computes and keeps it, the next reads it; both equal the reference, and so
-  does the report; a new fingerprint (a recorded outage) is another cache.
+- a closed day is kept in full by the daily job (``window_days``, migration 0018) and then
+  read (:func:`rules.feed.uptime_of_day`); computed or read, it equals the reference, and
+  so does the report; a new fingerprint (a recorded outage) is another cache.
 
 The fleet (tests/test_kpi_fast_path.py's ``fill``): random runs of every state, silent
 gaps, presence, power cuts, a device never heard from, devices commissioned on the day or
@@ -34,6 +34,7 @@ from rules.feed import (
     uptime_for,
     uptime_for_reference,
     uptime_of_day,
+    window_days,
 )
 from rules.labels import Label
 from rules.report import Context, Scope, to_json, uptime_report
@@ -126,7 +127,7 @@ def test_timelines_cleared_unbuilt_are_not_built(conn: psycopg.Connection) -> No
 
 
 @pytest.mark.parametrize("outage", [False, True])
-def test_a_closed_day_is_kept_in_full_then_read(conn: psycopg.Connection, outage: bool) -> None:
+def test_a_closed_day_kept_in_full_is_read(conn: psycopg.Connection, outage: bool) -> None:
     if not outage:
         without_outages(conn)
     feed = Feed(conn, RULES)
@@ -146,9 +147,12 @@ def test_a_closed_day_is_kept_in_full_then_read(conn: psycopg.Connection, outage
 
     assert kept() == 0
     first, fin = uptime_of_day(feed, devices, DAY, horizon)
-    assert kept() == len(devices)
+    assert kept() == 0  # computed, not kept here
     assert_same(first, reference)
     assert fin == want_fin
+    # The daily job (kpi keep-days) keeps the day in full.
+    window_days(feed, devices, DAY, DAY, horizon)
+    assert kept() == len(devices)
     # The next call reads: the rows changed under it are what it answers.
     conn.execute("UPDATE kpi_device_days SET financial = financial + 1000 WHERE day = %s", (DAY,))
     conn.commit()
@@ -197,5 +201,7 @@ def test_the_report_of_a_kept_day_is_the_report_computed(conn: psycopg.Connectio
     conn.execute("DELETE FROM kpi_device_days")
     conn.commit()
     for by in ("subbranch", "device"):
-        assert report(by) == want[by]  # computed (and kept)
+        assert report(by) == want[by]  # computed
+    window_days(feed, inventory.devices, DAY, DAY, horizon)  # kpi keep-days
+    for by in ("subbranch", "device"):
         assert report(by) == want[by]  # read
