@@ -206,3 +206,29 @@ class TestTime:
             assert kinds == ["full", "incremental", "full", "incremental"]
         finally:
             source.close()
+
+
+@pytest.mark.timescale
+class TestOnTimescaleDB:
+    def test_with_every_chunk_compressed_the_incremental_read_equals_the_full_one(
+        self, timescale_url: str, run_id: str
+    ) -> None:
+        """Hypertables partitioned by ts, compressed chunks, the BRIN indexes of
+        migration 0021 on each chunk: the same equality."""
+        fleet = store_fleet(timescale_url, run_id)
+        with psycopg.connect(timescale_url, autocommit=True) as conn:
+            for table in ("state_samples", "presence"):
+                conn.execute(f"SELECT compress_chunk(c) FROM show_chunks('{table}') c")
+            indexes = conn.execute(
+                "SELECT count(*) FROM pg_indexes WHERE indexname LIKE '%received_brin'"
+            ).fetchone()
+        assert indexes is not None and indexes[0] >= 4
+        pair = Pair(fleet, Clock(), lean=False)
+        try:
+            assert pair.check()[0] == "full"
+            pair.clock.to_wall()
+            store(fleet, state(device(fleet, "B"), "in_service", 5000))
+            pair.clock.to_wall()
+            assert pair.check()[0] == "incremental"
+        finally:
+            pair.close()
