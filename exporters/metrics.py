@@ -30,7 +30,7 @@ import multiprocessing
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -63,6 +63,8 @@ from rules.uptime import day_span
 
 log = logging.getLogger(__name__)
 
+#: Child processes computing the costlier parts at once (:meth:`DatabaseSource.refresh_slow`).
+SLOW_PROCESSES = 2
 #: States in which a device serves customers (``atmfleet_device_up`` 1).
 UP_STATES = frozenset({"in_service", "degraded"})
 #: States in which a device inside its service window is not scheduled to serve.
@@ -994,38 +996,46 @@ class DatabaseSource:
         return due
 
     def _refresh_slow_isolated(self, on_part: Callable[[], None]) -> bool:
-        """:meth:`refresh_slow` with the parts computed in a fresh child process, which
-        exits when done (the KPI core's memory at 100,000 devices is about 1 GiB while it
-        runs, and a long-running exporter would keep it)."""
+        """:meth:`refresh_slow` with each part computed in a fresh child process of its
+        own, which exits when done (the KPI core's memory at 100,000 devices is about
+        1 GiB while it runs, and a long-running exporter would keep it). Two at a time
+        (the parts are independent: today's uptime, yesterday's low-yield day, today's
+        resource-warning time), each shown (``on_part``) as soon as it is back."""
         now_dt = datetime.now(self.rules.tz)
         due = self._due(now_dt.date())
         if not due:
             return False
         context = multiprocessing.get_context("spawn")
-        try:
-            with ProcessPoolExecutor(1, mp_context=context, max_tasks_per_child=1) as pool:
-                results = pool.submit(compute_parts, self._url, self.rules, due).result()
-        except Exception as exc:  # the child died or could not read: the parts on show stay
-            log.warning("cannot compute the day figures: %s", exc)
-            return False
-        clock = self._clock()
-        for name, (on, out) in results.items():
-            if name == "day":
-                self._day = (clock, on, out)
-            elif name == "low_yield":
-                self._lowyield = (clock, on, out)
-            else:
-                self._resource = (clock, on, out)
-            self._computed_at[name] = time.time()
-        if results:
-            on_part()
-        return bool(results)
+        done = False
+        with ProcessPoolExecutor(
+            min(SLOW_PROCESSES, len(due)), mp_context=context, max_tasks_per_child=1
+        ) as pool:
+            futures = [pool.submit(compute_parts, self._url, self.rules, [name]) for name in due]
+            for future in as_completed(futures):
+                try:
+                    results = future.result()
+                except Exception as exc:  # the child died or could not read: that part stays
+                    log.warning("cannot compute the day figures: %s", exc)
+                    continue
+                clock = self._clock()
+                for name, (on, out) in results.items():
+                    if name == "day":
+                        self._day = (clock, on, out)
+                    elif name == "low_yield":
+                        self._lowyield = (clock, on, out)
+                    else:
+                        self._resource = (clock, on, out)
+                    self._computed_at[name] = time.time()
+                if results:
+                    done = True
+                    on_part()
+        return done
 
     def refresh_slow(self, on_part: Callable[[], None] = lambda: None) -> bool:
         """Compute the costlier parts whose time has come (today's uptime first, then the
         low-yield share, then the resource-warning time), calling ``on_part`` after each
-        one computed (with ``isolate_slow``: once, after all, computed in a child
-        process); True if any was. Errors are logged (the parts on show stay)."""
+        one computed (with ``isolate_slow``: each in a child process, two at a time, in
+        the order they end); True if any was. Errors are logged (the parts on show stay)."""
         if self._isolate_slow:
             return self._refresh_slow_isolated(on_part)
         any_done = False
