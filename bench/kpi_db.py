@@ -10,7 +10,9 @@ would have left there for a fleet of DEVICES devices:
 - state runs for three local days around the day measured (heartbeats every 60 s,
   a supervisor visit a day, a fault on 1 device in 12, a link drop on 1 in 20), and
   presence (birth/offline) for the link drops;
-- txn_daily for 30 days (3 rows per device and day, as the trigger keeps it);
+- txn_daily for 30 days (3 rows per device and day, as the trigger keeps it), laid day
+  after day as a store filled while the days pass holds them (in the join's order, each
+  day's rows were spread over the whole table: a day's read read all 30 days);
 - kept closed days (kpi_device_days) for the 29 days before the day measured, under the
   fingerprint the feed computes, as the daily job would have left them;
 
@@ -22,7 +24,9 @@ then times, through rules.feed and the pure core (in a fresh process per code):
    tier, type, fleet): kept days read, the one day not yet kept computed and kept,
    transactions read from txn_daily; then again with all 30 days kept;
 3. the command ``atmfleet kpi uptime --date D`` end to end, as a process (imports,
-   settings, inventory, report, output).
+   settings, inventory, report, output): first with the day not kept, then
+   ``atmfleet kpi keep-days --date D`` (the daily job: it keeps the day, in full since
+   migration 0018), then the command again (a closed day kept in full is read).
 
 With ``--before CHECKOUT`` (a checkout of the earlier code, e.g. ``git worktree add
 ../kpi-before main``, put first on PYTHONPATH) each step runs with that code and with
@@ -167,6 +171,7 @@ def fill(conn: psycopg.Connection, n: int, rng: random.Random) -> None:
         CROSS JOIN devices dev
         CROSS JOIN (VALUES ('withdrawal', true, 'ok', 60), ('inquiry', false, 'ok', 20),
                            ('withdrawal', true, 'failed', 2)) AS k (type, financial, result, mean)
+        ORDER BY d, dev.id
         """,
         {"tz": tz.key, "first": first, "last": DAY},
     )
@@ -311,7 +316,14 @@ def report(url: str, before: Path | None) -> None:
     codes = ([("before", before.resolve())] if before else []) + [("after", HERE)]
     got = {label: measure(code, url) for label, code in codes}
     cmd = ["kpi", "uptime", "--date", DAY.isoformat()]
-    runs = {label: command(code, url, cmd) for label, code in codes}
+    runs: dict[str, tuple[float, float, str, float]] = {}
+    again: dict[str, tuple[float, float, str, float]] = {}
+    keep: dict[str, tuple[float, float, str, float]] = {}
+    for label, code in codes:
+        reset(url)  # the day not kept, as the first command of the day finds it
+        runs[label] = command(code, url, cmd)
+        keep[label] = command(code, url, ["kpi", "keep-days", "--date", DAY.isoformat()])
+        again[label] = command(code, url, cmd)
     cpu = "  its CPU (this process; the database's is not in it)"
     rows: list[tuple[str, Callable[[dict[str, Any]], float]]] = [
         ("uptime, 1 day, with the database reads", lambda g: g["uptime"][0]),
@@ -335,29 +347,34 @@ def report(url: str, before: Path | None) -> None:
         a = value(after)
         ratio = f"  x{value(got['before']) / a:5.1f} faster" if before and a else ""
         print(f"{name:58s} {b:>9s} {a:8.2f}s{ratio}")
-    cmd_text = "atmfleet " + " ".join(cmd) + " (a process)"
-    b_run = runs.get("before")
-    a_run = runs["after"]
-    b = f"{b_run[0]:8.2f}s" if b_run else ""
-    ratio = f"  x{b_run[0] / a_run[0]:5.1f} faster" if b_run else ""
-    print(f"{cmd_text:58s} {b:>9s} {a_run[0]:8.2f}s{ratio}")
-    b = f"{b_run[3]:8.2f}s" if b_run else ""
-    ratio = f"  x{b_run[3] / a_run[3]:5.1f} less" if b_run and a_run[3] else ""
-    print(
-        f"{'  its CPU (the process; the database not in it)':58s} {b:>9s} {a_run[3]:8.2f}s{ratio}"
-    )
-    print(f"{'  peak RSS, MiB':58s} {f'{b_run[1]:8.0f}' if b_run else '':>9s}"
-          f" {a_run[1]:8.0f}")  # fmt: skip
+    for cmd_text, got_runs in (
+        ("atmfleet " + " ".join(cmd) + " (a process)", runs),
+        (f"then atmfleet kpi keep-days --date {DAY} (the daily job)", keep),
+        ("then atmfleet " + " ".join(cmd) + " again", again),
+    ):
+        b_run = got_runs.get("before")
+        a_run = got_runs["after"]
+        b = f"{b_run[0]:8.2f}s" if b_run else ""
+        ratio = f"  x{b_run[0] / a_run[0]:5.1f} faster" if b_run else ""
+        print(f"{cmd_text:58s} {b:>9s} {a_run[0]:8.2f}s{ratio}")
+        b = f"{b_run[3]:8.2f}s" if b_run else ""
+        ratio = f"  x{b_run[3] / a_run[3]:5.1f} less" if b_run and a_run[3] else ""
+        print(
+            f"{'  its CPU (the process; the database not in it)':58s} {b:>9s} {a_run[3]:8.2f}s{ratio}"
+        )
+        print(f"{'  peak RSS, MiB':58s} {f'{b_run[1]:8.0f}' if b_run else '':>9s}"
+              f" {a_run[1]:8.0f}")  # fmt: skip
     print(f"fleet 开机率 {after['uptime_ratio']:.4f}, fleet low-yield share "
           f"{after['low_yield_share']:.4f}")  # fmt: skip
     if before:
         keys = ("uptime_digest", "low_yield_first_digest", "low_yield_again_digest",
                 "window_days_digest", "uptime_ratio", "low_yield_share")  # fmt: skip
         differ = [k for k in keys if got["before"][k] != after[k]]
-        if b_run is not None and b_run[2] != a_run[2]:
+        outputs = {runs["before"][2], again["before"][2], runs["after"][2], again["after"][2]}
+        if len(outputs) != 1:
             differ.append("the command's output")
         print("figures: " + ("EQUAL (every device's uptime, every flag, the kept days, the "
-              "command's output)" if not differ else "DIFFER: " + ", ".join(differ)))  # fmt: skip
+              "command's output, both runs)" if not differ else "DIFFER: " + ", ".join(differ)))  # fmt: skip
 
 
 def main() -> None:

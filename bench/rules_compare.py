@@ -12,7 +12,9 @@ PYTHONPATH), and once its exposition holds today's figures, a real ``prometheus`
 evaluation time (``/api/v1/rules`` ``evaluationTime``) over ``--rounds`` rounds after two
 of warm-up, the sum of all groups per round, the scrape's duration and samples,
 Prometheus's peak resident memory and serve's (with its children). The two run one after
-the other on a shared machine: compare the ratios. No collector is scraped, so
+the other on a shared machine: compare the ratios. Then, on the AFTER run's Prometheus, every
+rule whose expression changed is evaluated in both versions at one instant, and the
+result sets (labels and values) are compared. No collector is scraped, so
 ``fleet:atmfleet_collector_impaired:bool`` is 1 and the device alerts are held (their
 templates cost nothing here). The fill is relative to when it was made: with ``--url``
 a database filled more than a few minutes before shows its devices offline.
@@ -24,6 +26,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -31,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -38,6 +42,7 @@ from urllib.request import urlopen
 
 import psutil
 import psycopg
+import yaml
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -73,7 +78,61 @@ def rss_tree(proc: psutil.Process) -> int:
     return total
 
 
-def measure(tree: Path, url: str, rounds: int) -> dict[str, Any]:
+GATE = "unless on() (fleet:atmfleet_collector_impaired:bool == 1)"
+RECORDING = re.compile(r"(?<![\w:])([a-z]+:atmfleet_[a-z0-9_]+:[a-z0-9_]+)")
+
+
+def rule_exprs(path: Path) -> dict[str, tuple[str, str]]:
+    """Each rule's name -> (its group, its expression) in a rules file."""
+    out = {}
+    for group in yaml.safe_load(path.read_text(encoding="utf-8"))["groups"]:
+        for rule in group["rules"]:
+            out[rule.get("alert") or rule["record"]] = (group["name"], rule["expr"])
+    return out
+
+
+def result_set(base: str, expr: str, at: float) -> list[tuple[tuple[tuple[str, str], ...], str]]:
+    """An instant query's result at ``at``: sorted (labels, value) pairs, without the
+    metric name (a recording rule sets its own, an alert drops it)."""
+    query = f"{base}/api/v1/query?query={quote(expr)}&time={at:.3f}"
+    result = get_json(query)["data"]["result"]
+    return sorted(
+        (tuple(sorted((k, v) for k, v in r["metric"].items() if k != "__name__")), r["value"][1])
+        for r in result
+    )
+
+
+def same_results(base: str, old_rules: Path, new_rules: Path) -> dict[str, Any]:
+    """Every rule whose expression changed, old and new expression evaluated on the same
+    data at the same instant: the last evaluation of the group recording what the new
+    one reads (so a recording and the series it was computed from are from one time).
+    The collector gate is taken off both (no collector is scraped here, so it would hold
+    every device alert and make the comparison empty)."""
+    old, new = rule_exprs(old_rules), rule_exprs(new_rules)
+    evaluated = {
+        g["name"]: g["lastEvaluation"] for g in get_json(f"{base}/api/v1/rules")["data"]["groups"]
+    }
+    out: dict[str, Any] = {}
+    for name, (_group, expr) in sorted(new.items()):
+        if name not in old or old[name][1] == expr:
+            continue
+        groups = {new[r][0] for r in RECORDING.findall(expr) if r in new}
+        stamps = [prom_instant(evaluated[g]) for g in groups if g in evaluated] or [time.time()]
+        at = max(stamps)
+        a = result_set(base, old[name][1].replace(GATE, ""), at)
+        b = result_set(base, expr.replace(GATE, ""), at)
+        out[name] = {"equal": a == b, "series": len(b)}
+    return out
+
+
+def prom_instant(text: str) -> float:
+    """Seconds since the epoch of an RFC 3339 time of the API (nanoseconds cut)."""
+    head, _, frac = text.rstrip("Z").partition(".")
+    digits = "".join(c for c in frac if c.isdigit())[:6].ljust(6, "0")
+    return datetime.fromisoformat(f"{head}.{digits}").replace(tzinfo=UTC).timestamp()
+
+
+def measure(tree: Path, url: str, rounds: int, compare_with: Path | None = None) -> dict[str, Any]:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(tree)}
     serve = subprocess.Popen(
@@ -153,6 +212,12 @@ def measure(tree: Path, url: str, rounds: int) -> dict[str, Any]:
         scrape_s = instant('scrape_duration_seconds{job="atmfleet"}')
         samples = instant('scrape_samples_scraped{job="atmfleet"}')
         alerts = get_json(f"{base}/api/v1/query?query={quote('count by (alertstate) (ALERTS)')}")
+        same: dict[str, Any] = {}
+        if compare_with is not None:
+            try:
+                same = same_results(base, compare_with, tmp / "rules.yml")
+            except (OSError, ValueError, KeyError) as exc:  # the timings stand without it
+                same = {"(comparison failed)": {"equal": False, "series": 0, "error": repr(exc)}}
     finally:
         for p in (prom, serve):
             p.terminate()
@@ -174,6 +239,7 @@ def measure(tree: Path, url: str, rounds: int) -> dict[str, Any]:
         "alerts": {
             a["metric"].get("alertstate", ""): a["value"][1] for a in alerts["data"]["result"]
         },
+        "same_results": same,
         "prometheus_rss_mib": peak_prom / 2**20,
         "serve_rss_mib": peak_serve / 2**20,
     }
@@ -210,9 +276,10 @@ def main() -> None:
     got: dict[str, dict[str, Any]] = {}
 
     def both(url: str) -> None:
+        old_rules = args.before.resolve() / "exporters" / "prometheus" / "atmfleet.rules.yml"
         for label, tree in (("before", args.before.resolve()), ("after", ROOT)):
             load = os.getloadavg()[0]
-            got[label] = measure(tree, url, args.rounds)
+            got[label] = measure(tree, url, args.rounds, old_rules if label == "after" else None)
             got[label]["load"] = load
             print(f"  {label}: {json.dumps(got[label])}", flush=True)
 
@@ -249,6 +316,17 @@ def main() -> None:
     line("serve first full exposition (s)", b["first_full_s"], a["first_full_s"])
     line("serve peak RSS with children (MiB)", b["serve_rss_mib"], a["serve_rss_mib"])
     line("load average at start", b["load"], a["load"])
+    same = a["same_results"]
+    print()
+    print(
+        "rules whose expression changed, the before and after expressions on the after run's"
+        " data at one instant (collector gate off):"
+    )
+    for name, got_one in same.items():
+        verdict = "equal" if got_one["equal"] else "DIFFERENT"
+        print(f"  {name:<60} {verdict:>9} ({got_one['series']} series)")
+    if not same:
+        print("  none")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,12 @@ does and reports:
 - first full: seconds from the start until the exposition holds the device rows,
   today's times per branch and the low-yield share;
 - refresh: the next two refreshes of the device rows as the refresh thread runs them
-  (best and worst);
+  (best and worst: incremental where the checkout has it, and nothing arrived since);
+- refresh, full: one more that reads every device again (where the checkout tells them
+  apart; the other checkout's refreshes are all full);
+- refresh, half heard from: one more after a new state sample (a heartbeat) for every
+  other device, as a live fleet with 60 s heartbeats shows a refresh every 30 s (the
+  samples are deleted again afterwards, so the other checkout reads the same store);
 - scrape: one plain HTTP GET of /metrics, its bytes and samples;
 - peak RSS of the child.
 
@@ -21,6 +26,11 @@ Each child first keeps the closed days up to the day before yesterday under its 
 fingerprint (not timed), so both read 29 kept days and compute yesterday. The two
 children run one after the other on a shared machine: compare the ratio, not the
 seconds alone.
+
+Each child also writes the exposition it served after its first full refresh; the two
+are compared line for line, leaving out what depends on the instant it was made (the
+refresh and part timestamps and durations, today's times so far, the cash-out forecast),
+and the result is printed last ("exposition equal": the count of lines compared).
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from urllib.request import urlopen
@@ -51,7 +62,47 @@ CROSS JOIN (SELECT id, (floor(random() * 4) * 1800000)::int8 AS s,
 """
 
 
-def child(url: str) -> None:
+#: Families whose values depend on the instant of the refresh (two children run minutes
+#: apart): left out of the equality check.
+INSTANT = (
+    "atmfleet_exporter_scrape_duration_seconds",
+    "atmfleet_exporter_refresh_timestamp_seconds",
+    "atmfleet_exporter_part_timestamp_seconds",
+    "atmfleet_day_scheduled_seconds",
+    "atmfleet_day_available_seconds",
+    "atmfleet_day_unknown_seconds",
+    "atmfleet_day_resource_warning_seconds",
+    "atmfleet_cash_forecast_timestamp_seconds",
+    "atmfleet_cash_forecast_duration_seconds",
+    "atmfleet_device_cash_out_forecast",
+    "atmfleet_device_deposit_full_forecast",
+)
+
+#: A new state sample, received now, for every other device (what a live fleet's
+#: heartbeats add between two refreshes); HEARD_SEQ marks them for deletion.
+HEARD_SEQ = 1 << 40
+HEARD = f"""
+INSERT INTO state_samples (device_id, seq, ts, received_at, state, heartbeat_s, components,
+                           cash_units, faults)
+SELECT device_id, seq + {HEARD_SEQ}, now(), now(), state, heartbeat_s, components,
+       cash_units, faults
+FROM (SELECT DISTINCT ON (device_id) * FROM state_samples
+      ORDER BY device_id, ts DESC, seq DESC) newest
+WHERE hashtext(device_id) % 2 = 0
+"""
+
+
+def comparable(body: bytes) -> list[bytes]:
+    """The lines of an exposition that do not depend on the instant it was made."""
+    keep = []
+    for line in body.splitlines():
+        name = line.split(b" ", 3)[2] if line.startswith(b"# ") else line.split(b"{", 1)[0]
+        if not name.split(b" ", 1)[0].decode().startswith(INSTANT):
+            keep.append(line)
+    return keep
+
+
+def child(url: str, dump: Path) -> None:
     """Runs in the child: the checkout on PYTHONPATH is the one measured."""
     from exporters.metrics import start_serving
     from rules.config import load_rules
@@ -82,11 +133,27 @@ def child(url: str) -> None:
             full = time.perf_counter() - t0
             break
         time.sleep(0.2)
+    dump.write_bytes(b"\n".join(comparable(body)))
     refreshes = []
     for _ in range(2):
         t = time.perf_counter()
         serving.exporter.refresh()
         refreshes.append(time.perf_counter() - t)
+    source = serving.source
+    full_s = None
+    if hasattr(source, "forget_rows"):  # a checkout with incremental refreshes
+        source.forget_rows()
+        t = time.perf_counter()
+        serving.exporter.refresh()
+        full_s = time.perf_counter() - t
+    with psycopg.connect(url) as conn:
+        heard = conn.execute(HEARD).rowcount
+    t = time.perf_counter()
+    serving.exporter.refresh()
+    heard_s = time.perf_counter() - t
+    heard_read = getattr(source, "last_rows", ("full", None))
+    with psycopg.connect(url) as conn:
+        conn.execute("DELETE FROM state_samples WHERE seq >= %s", (HEARD_SEQ,))
     t = time.perf_counter()
     body = urlopen(endpoint, timeout=60).read()
     scrape_s = time.perf_counter() - t
@@ -104,6 +171,10 @@ def child(url: str) -> None:
                 "port_open_s": port_open,
                 "first_full_s": full,
                 "refresh_s": refreshes,
+                "refresh_full_s": full_s,
+                "refresh_heard_s": heard_s,
+                "heard": heard,
+                "heard_read": heard_read,
                 "scrape_s": scrape_s,
                 "bytes": len(body),
                 "samples": samples,
@@ -117,10 +188,11 @@ def child(url: str) -> None:
     )
 
 
-def run_child(tree: Path, url: str) -> dict:
+def run_child(tree: Path, url: str, dump: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     out = subprocess.run(
-        [sys.executable, str(HERE / "serve_compare.py"), "--before", ".", "--child", url],
+        [sys.executable, str(HERE / "serve_compare.py"), "--before", ".", "--child", url,
+         "--dump", str(dump)],
         env=env, capture_output=True, text=True, check=False, cwd=tree,
     )  # fmt: skip
     if out.returncode != 0:
@@ -136,11 +208,12 @@ def main() -> None:
     parser.add_argument("--per-branch", type=int, default=50, help="devices per branch")
     parser.add_argument("--url", help="an already filled database to use (kept)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--dump", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         # bench/ is first on the path (the script's folder): its cash.py is not cash/.
         sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-        child(args.child)
+        child(args.child, args.dump)
         return
     sys.path.insert(0, str(HERE))
     from scrape import fill
@@ -151,14 +224,26 @@ def main() -> None:
 
     rules = load_rules()
     rows = []
+    equal: list[tuple[int, int | None]] = []
 
     def both(n: int, url: str) -> None:
         got = {}
-        for label, tree in (("before", args.before.resolve()), ("after", ROOT)):
-            load = os.getloadavg()[0]
-            got[label] = run_child(tree, url)
-            got[label]["load"] = load
-            print(f"  {n} devices, {label}: {json.dumps(got[label])}", flush=True)
+        with tempfile.TemporaryDirectory(prefix="serve_compare") as tmp:
+            for label, tree in (("before", args.before.resolve()), ("after", ROOT)):
+                load = os.getloadavg()[0]
+                got[label] = run_child(tree, url, Path(tmp) / label)
+                got[label]["load"] = load
+                print(f"  {n} devices, {label}: {json.dumps(got[label])}", flush=True)
+            b, a = ((Path(tmp) / k).read_bytes().split(b"\n") for k in ("before", "after"))
+        if b == a:
+            equal.append((n, len(a)))
+        else:
+            equal.append((n, None))
+            for x, y in zip(b, a, strict=False):
+                if x != y:
+                    print(f"  first difference:\n    before: {x[:200]!r}\n    after:  {y[:200]!r}")
+                    break
+            print(f"  lines: before {len(b)}, after {len(a)}")
         rows.append((n, got))
 
     for n in [int(x) for x in args.devices.split(",")]:
@@ -178,6 +263,8 @@ def main() -> None:
             ("first full refresh (s)", b["first_full_s"], a["first_full_s"]),
             ("refresh, best (s)", min(b["refresh_s"]), min(a["refresh_s"])),
             ("refresh, worst (s)", max(b["refresh_s"]), max(a["refresh_s"])),
+            ("refresh, full (s)", max(b["refresh_s"]), a.get("refresh_full_s") or 0),
+            ("refresh, half heard from (s)", b["refresh_heard_s"], a["refresh_heard_s"]),
             ("scrape, plain (s)", b["scrape_s"], a["scrape_s"]),
             ("exposition (MB)", b["bytes"] / 1e6, a["bytes"] / 1e6),
             ("samples", b["samples"], a["samples"]),
@@ -193,6 +280,14 @@ def main() -> None:
     print(f"series per family at {n} devices (after):")
     for name, count in sorted(got["after"]["families"].items(), key=lambda kv: -kv[1]):
         print(f"  {count:>8}  {name}")
+    print()
+    for n, lines in equal:
+        verdict = f"equal ({lines} lines compared)" if lines is not None else "DIFFERENT"
+        print(
+            f"{n:>8} devices: exposition before and after (instant-dependent families out): {verdict}"
+        )
+    if any(lines is None for _, lines in equal):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import multiprocessing
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -48,6 +48,7 @@ from atmfleet.inventory import Device, Inventory
 from atmfleet.store.connect import connect
 from atmfleet.store.jobs import Job, read_jobs
 from atmfleet.store.runs import RUN_GAP
+from atmfleet.windows import ServiceWindow
 from exporters import resource_metrics
 from incidents.metrics import families as incident_families
 from incidents.metrics import read as read_incidents
@@ -62,6 +63,8 @@ from rules.uptime import day_span
 
 log = logging.getLogger(__name__)
 
+#: Child processes computing the costlier parts at once (:meth:`DatabaseSource.refresh_slow`).
+SLOW_PROCESSES = 2
 #: States in which a device serves customers (``atmfleet_device_up`` 1).
 UP_STATES = frozenset({"in_service", "degraded"})
 #: States in which a device inside its service window is not scheduled to serve.
@@ -307,54 +310,144 @@ def _job_families(jobs: Sequence[Job]) -> Iterator[Metric]:
     yield from (info, every, nxt, last, success, failures)
 
 
-def _device_families(snap: Snapshot) -> Iterator[Metric]:
-    c = ColumnFamily
-    info = c("atmfleet_device_info", "Static properties of a device (inventory).", INFO_LABELS)
-    up = c(
+#: The per-device families, in the order of docs/metrics.md: (name, help, label names).
+DEVICE_FAMILIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("atmfleet_device_info", "Static properties of a device (inventory).", INFO_LABELS),
+    (
         "atmfleet_device_up",
         "1 while the device serves customers (in_service or degraded), else 0.",
         UP_LABELS,
-    )
-    state = c("atmfleet_device_state", "The device's current state (one series per device).",
-              ("device", "state"))  # fmt: skip
-    one = ("device",)
-    window = c(
+    ),
+    ("atmfleet_device_state", "The device's current state (one series per device).",
+     ("device", "state")),
+    (
         "atmfleet_device_in_service_window",
         "1 while now is inside the device's service window.",
-        one,
-    )
-    seen = c("atmfleet_device_last_seen_timestamp_seconds",
-             "Receive time of the device's newest stored message.", one)  # fmt: skip
-    since = c("atmfleet_device_state_since_timestamp_seconds",
-              "When the device's current state began.", one)  # fmt: skip
-    cash = c("atmfleet_device_cash_ratio",
-             "Notes left over capacity in the dispensing cash units.", one)  # fmt: skip
-    down = c(
+        ("device",),
+    ),
+    ("atmfleet_device_last_seen_timestamp_seconds",
+     "Receive time of the device's newest stored message.", ("device",)),
+    ("atmfleet_device_state_since_timestamp_seconds",
+     "When the device's current state began.", ("device",)),
+    ("atmfleet_device_cash_ratio",
+     "Notes left over capacity in the dispensing cash units.", ("device",)),
+    (
         "atmfleet_device_scheduled_down",
         "1 for each scheduled device (in its window, not planned maintenance, not unknown) "
         "that does not serve; absent for the others.",
         UP_LABELS,
+    ),
+)  # fmt: skip
+
+
+def _scheduled(d: DeviceRow) -> bool:
+    return d.in_window and d.state not in UNSCHEDULED_STATES
+
+
+def device_series(d: DeviceRow) -> tuple[tuple[tuple[str, ...], float] | None, ...]:
+    """A device's series in each of :data:`DEVICE_FAMILIES`: (label values, value), or
+    None where it has none."""
+    labels = (d.device, d.branch, d.subbranch, d.tier, d.type, d.vendor, d.placement)
+    dev = (d.device,)
+    up = d.state in UP_STATES
+    return (
+        ((*labels, d.model), 1),
+        (labels, 1 if up else 0),
+        ((d.device, d.state), 1),
+        (dev, 1 if d.in_window else 0),
+        None if d.last_seen is None else (dev, d.last_seen),
+        None if d.since is None else (dev, d.since),
+        None if d.cash_ratio is None else (dev, d.cash_ratio),
+        (labels, 1) if _scheduled(d) and not up else None,
     )
+
+
+class DeviceFamily(Metric):
+    """One of :data:`DEVICE_FAMILIES` over a snapshot's devices. :func:`render` writes it
+    from :class:`DeviceLines` (a device's lines are kept while its row stays the same);
+    ``samples`` (what a plain ``generate_latest`` or ``get_sample_value`` reads) are
+    built on demand from :func:`device_series`."""
+
+    def __init__(self, index: int, lines: DeviceLines) -> None:
+        name, documentation, labelnames = DEVICE_FAMILIES[index]
+        super().__init__(name, documentation, "gauge")
+        self.index = index
+        self.labelnames = labelnames
+        self.lines = lines
+
+    @property
+    def samples(self) -> list[Sample]:
+        names, i = self.labelnames, self.index
+        out = []
+        for d in self.lines.devices:
+            series = device_series(d)[i]
+            if series is not None:
+                out.append(Sample(self.name, dict(zip(names, series[0], strict=True)), series[1]))
+        return out
+
+    @samples.setter
+    def samples(self, value: list[Sample]) -> None:  # Metric.__init__ sets []
+        pass
+
+    def text(self, out: list[bytes]) -> None:
+        """Append its header and lines to ``out``."""
+        out.append(_header(self.name, self.documentation))
+        out.extend(self.lines.family(self.index))
+
+
+class DeviceLines:
+    """The lines of a snapshot's devices in each per-device family, worked out on first
+    use; a device whose :class:`DeviceRow` equals the one of the last rendering keeps its
+    lines (a line is a pure function of the row), unless a time or ratio of it is 0:
+    0.0 and -0.0 are equal but render apart."""
+
+    def __init__(self, devices: Sequence[DeviceRow]) -> None:
+        self.devices = devices
+        self._per_family: list[list[bytes]] | None = None
+
+    def family(self, index: int) -> list[bytes]:
+        if self._per_family is None:
+            self._per_family = self._lines()
+        return self._per_family[index]
+
+    def _lines(self) -> list[list[bytes]]:
+        global _DEVICE_LINES
+        templates = [_template(name, names) for name, _, names in DEVICE_FAMILIES]
+        before = _DEVICE_LINES
+        kept: dict[str, tuple[DeviceRow, tuple[bytes, ...]]] = {}
+        per_family: list[list[bytes]] = [[] for _ in DEVICE_FAMILIES]
+        appends = [lines.append for lines in per_family]
+        for d in self.devices:
+            last = before.get(d.device)
+            if last is not None and (
+                last[0] is d or (last[0] == d and 0 not in (d.since, d.cash_ratio, d.last_seen))
+            ):
+                lines = last[1]
+            else:
+                lines = tuple(
+                    b"" if series is None else _line(template, order, *series)
+                    for (template, order), series in zip(templates, device_series(d), strict=True)
+                )
+            kept[d.device] = (d, lines)
+            for append, line in zip(appends, lines, strict=True):
+                append(line)
+        _DEVICE_LINES = kept
+        return per_family
+
+
+#: Each device's row and lines at the last rendering (see :class:`DeviceLines`).
+_DEVICE_LINES: dict[str, tuple[DeviceRow, tuple[bytes, ...]]] = {}
+
+
+def _device_families(snap: Snapshot) -> Iterator[Metric]:
+    lines = DeviceLines(snap.devices)
+    yield from (DeviceFamily(i, lines) for i in range(len(DEVICE_FAMILIES)))
     scheduled: dict[tuple[str, str, str], int] = {}
     for d in snap.devices:
-        labels = (d.device, d.branch, d.subbranch, d.tier, d.type, d.vendor, d.placement)
-        dev = (d.device,)
-        info.add((*labels, d.model), 1)
-        up.add(labels, 1 if d.state in UP_STATES else 0)
-        state.add((d.device, d.state), 1)
-        window.add(dev, 1 if d.in_window else 0)
-        if d.last_seen is not None:
-            seen.add(dev, d.last_seen)
-        if d.since is not None:
-            since.add(dev, d.since)
-        if d.cash_ratio is not None:
-            cash.add(dev, d.cash_ratio)
-        if d.in_window and d.state not in UNSCHEDULED_STATES:
+        if _scheduled(d):
             key = (d.branch, d.subbranch, d.tier)
             scheduled[key] = scheduled.get(key, 0) + 1
-            if d.state not in UP_STATES:
-                down.add(labels, 1)
-    per_branch = c(
+    per_branch = ColumnFamily(
         "atmfleet_branch_scheduled_devices",
         "Devices of the branch scheduled to serve now (in their window, not planned "
         "maintenance, not unknown); only branches with one.",
@@ -362,7 +455,7 @@ def _device_families(snap: Snapshot) -> Iterator[Metric]:
     )
     for key, n in sorted(scheduled.items()):
         per_branch.add(key, n)
-    yield from (info, up, state, window, seen, since, cash, down, per_branch)
+    yield per_branch
 
 
 def _fleet_families(snap: Snapshot) -> Iterator[Metric]:
@@ -494,30 +587,44 @@ def _escape(value: str) -> str:
     return value
 
 
-def _column_text(family: ColumnFamily, out: list[str]) -> None:
+def _header(name: str, documentation: str) -> bytes:
+    doc = documentation.replace("\\", r"\\").replace("\n", r"\n")
+    return f"# HELP {name} {doc}\n# TYPE {name} gauge\n".encode()
+
+
+def _template(name: str, names: Sequence[str]) -> tuple[str, list[int]]:
+    """A line's %-template for label values in the order of ``order`` (sorted by name,
+    as ``generate_latest`` writes them) and then the value, and that order."""
+    order = sorted(range(len(names)), key=names.__getitem__)
+    return name + "{" + ",".join(f'{names[j]}="%s"' for j in order) + "} %s\n", order
+
+
+def _line(template: str, order: list[int], row: tuple[str, ...], value: float) -> bytes:
+    labels = [row[j] for j in order]
+    joined = "".join(labels)
+    if "\\" in joined or "\n" in joined or '"' in joined:
+        labels = [_escape(v) for v in labels]
+    text = _VALUES.get(value) if type(value) is int else None
+    labels.append(text or floatToGoString(value))  # type: ignore[no-untyped-call]
+    return (template % tuple(labels)).encode()
+
+
+def _column_text(family: ColumnFamily, out: list[bytes]) -> None:
     """``family`` as ``generate_latest`` writes it (labels sorted by name)."""
     name = family.name
-    doc = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
-    out.append(f"# HELP {name} {doc}\n# TYPE {name} gauge\n")
+    out.append(_header(name, family.documentation))
     names = family.labelnames
-    order = sorted(range(len(names)), key=names.__getitem__)
-    template = name + "{" + ",".join(f'{names[j]}="%s"' for j in order) + "} %s\n"
+    template, order = _template(name, names)
     # A line is a pure function of (family, row, value): the lines of the last rendering
     # are reused (most series keep their value from one refresh to the next). 0 is not
     # cached (0 and -0.0 are equal keys but render apart), nor are NaN (never equal).
     before = _LINES.get((name, names), {})
-    lines: dict[tuple[tuple[str, ...], float], str] = {}
+    lines: dict[tuple[tuple[str, ...], float], bytes] = {}
     for row, value in zip(family.rows, family.values, strict=True):
         key = (row, value)
         line = before.get(key) if value else None
         if line is None:
-            labels = [row[j] for j in order]
-            joined = "".join(labels)
-            if "\\" in joined or "\n" in joined or '"' in joined:
-                labels = [_escape(v) for v in labels]
-            text = _VALUES.get(value) if type(value) is int else None
-            labels.append(text or floatToGoString(value))  # type: ignore[no-untyped-call]
-            line = template % tuple(labels)
+            line = _line(template, order, row, value)
         if value:
             lines[key] = line
         out.append(line)
@@ -525,7 +632,7 @@ def _column_text(family: ColumnFamily, out: list[str]) -> None:
 
 
 #: The lines of each column family's last rendering (see :func:`_column_text`).
-_LINES: dict[tuple[str, tuple[str, ...]], dict[tuple[tuple[str, ...], float], str]] = {}
+_LINES: dict[tuple[str, tuple[str, ...]], dict[tuple[tuple[str, ...], float], bytes]] = {}
 
 
 class _Just(Collector):
@@ -562,25 +669,29 @@ LEAN_LEAVES_OUT = LEAN_FLEET_LEAVES_OUT | LEAN_CASH_LEAVES_OUT
 def render(registry: Collector, leave_out: frozenset[str] = frozenset()) -> bytes:
     """The text exposition of ``registry``, byte for byte what ``generate_latest`` writes,
     with :class:`ColumnFamily` families written straight from their columns and the
-    families named in ``leave_out`` left out."""
-    out: list[str] = []
+    families named in ``leave_out`` left out. The lines are joined once, at the end (no
+    copy per family)."""
+    out: list[bytes] = []
     plain: list[Metric] = []
 
     def flush() -> None:
         if plain:
-            out.append(generate_latest(_Just(list(plain))).decode())
+            out.append(generate_latest(_Just(list(plain))))
             plain.clear()
 
     for metric in registry.collect():
         if metric.name in leave_out:
             continue
-        if isinstance(metric, ColumnFamily):
+        if isinstance(metric, DeviceFamily):
+            flush()
+            metric.text(out)
+        elif isinstance(metric, ColumnFamily):
             flush()
             _column_text(metric, out)
         else:
             plain.append(metric)
     flush()
-    return "".join(out).encode()
+    return b"".join(out)
 
 
 class FleetCollector(Collector):
@@ -602,6 +713,7 @@ DEVICE_QUERY = """
 WITH RECURSIVE fleet AS (
     SELECT id FROM devices
     WHERE commissioned <= %(today)s AND (decommissioned IS NULL OR decommissioned > %(today)s)
+    {changed}
 ), chain AS (
     SELECT f.id AS device_id, r.start_ts, r.start_seq, r.state, 0 AS depth
     FROM fleet f
@@ -654,12 +766,28 @@ LEFT JOIN LATERAL (
 ) t ON true"""
 
 
-def device_query(last_seen: bool = True) -> str:
+#: The devices with a message received at or after ``%(after)s`` (the tables whose newest
+#: rows :data:`DEVICE_QUERY` reads; BRIN indexes on received_at, migration 0021).
+_CHANGED = (
+    "AND id IN (SELECT device_id FROM state_samples WHERE received_at >= %(after)s"
+    " UNION ALL SELECT device_id FROM presence WHERE received_at >= %(after)s{more})"
+)
+_CHANGED_SEEN = (
+    " UNION ALL SELECT device_id FROM events WHERE received_at >= %(after)s"
+    " UNION ALL SELECT device_id FROM transactions WHERE received_at >= %(after)s"
+)
+
+
+def device_query(last_seen: bool = True, changed: bool = False) -> str:
     """:data:`DEVICE_QUERY`, with each device's newest receive time or (without
-    ``last_seen``) NULL in its place."""
+    ``last_seen``) NULL in its place; with ``changed``, only for the devices with a
+    message received at or after the parameter ``after`` (what that newest time reads
+    included)."""
+    only = _CHANGED.replace("{more}", _CHANGED_SEEN if last_seen else "") if changed else ""
+    query = DEVICE_QUERY.replace("{changed}", only)
     if last_seen:
-        return DEVICE_QUERY.replace("{seen}", _SEEN).replace("{seen_joins}", _SEEN_JOINS)
-    return DEVICE_QUERY.replace("{seen}", "NULL::timestamptz").replace("{seen_joins}", "")
+        return query.replace("{seen}", _SEEN).replace("{seen_joins}", _SEEN_JOINS)
+    return query.replace("{seen}", "NULL::timestamptz").replace("{seen_joins}", "")
 
 
 #: Today's counted transactions of the devices in the fleet today, summed in the store
@@ -705,6 +833,23 @@ class Source(Protocol):
     def read(self) -> Snapshot: ...
 
 
+@dataclass(slots=True)
+class _Known:
+    """The device rows of the last read, the base of the next incremental one."""
+
+    signature: tuple[Any, ...]  # the inventory's (INVENTORY_SIGNATURE)
+    today: date
+    read_at: int  # the database's now (ms) just before the rows were read
+    full_at: float  # the source's clock at the last full read
+    #: Per exported device, in the query's order (``ORDER BY f.id``, the database's
+    #: collation): its inventory labels (DeviceRow's first eight fields), its window spec.
+    labels: list[tuple[str, str, str, str, str, str, str, str]]
+    specs: list[str]
+    #: Per device id: its newest points, cash ratio and last-seen time.
+    newest: dict[str, tuple[Newest, float | None, float | None]]
+    rows: list[DeviceRow]  # as read (aligned with ``labels``)
+
+
 class DatabaseSource:
     """Reads snapshots from the store through one connection (reopened after a failure).
 
@@ -732,6 +877,10 @@ class DatabaseSource:
         background: bool = False,
         last_seen: bool = True,
         isolate_slow: bool = False,
+        incremental: bool = True,
+        full_every_s: float = 300.0,
+        late_s: float = 60.0,
+        now_ms: Callable[[], int] | None = None,
     ) -> None:
         if rules.heartbeat.timeout_factor < RUN_GAP:  # the feed's own condition, at start-up
             raise ConfigError(
@@ -747,6 +896,15 @@ class DatabaseSource:
         self._conn: psycopg.Connection | None = None
         self._background = background
         self._device_query = device_query(last_seen)
+        self._changed_query = device_query(last_seen, changed=True)
+        self._incremental = incremental
+        self._full_every = full_every_s
+        self._late_ms = round(late_s * 1000)
+        self._now_ms = now_ms
+        self._known: _Known | None = None
+        #: What the last read of the device rows was: "full" or "incremental", and how
+        #: many devices the query returned.
+        self.last_rows: tuple[str, int] = ("", 0)
         self._isolate_slow = isolate_slow
         self._slow_conn: psycopg.Connection | None = None
         self._computed_at: dict[str, float] = {}
@@ -765,6 +923,12 @@ class DatabaseSource:
         self._inventory_cache: tuple[tuple[Any, ...], Inventory] | None = None
         self._inventory_lock = threading.Lock()
         self._cash_ratios: dict[str, float | None] = {}
+        #: (inventory, day, the zeros of _transactions, branch keys): what the fleet of that
+        #: inventory on that day shows before today's counts are added.
+        self._txn_keys: (
+            tuple[Inventory, date, dict[tuple[str, str, str, str, bool], int], dict[str, BranchKey]]
+            | None
+        ) = None
 
     def _cash_ratio(self, text: str | None) -> float | None:
         """:func:`cash_ratio` of a stored ``cash_units`` (as text), decoded once per
@@ -781,17 +945,28 @@ class DatabaseSource:
 
     def _inventory(self, conn: psycopg.Connection, feed: Feed) -> Inventory:
         """The store's inventory, built again only when its signature changed."""
+        return self._inventory_signed(conn, feed)[1]
+
+    def _inventory_signed(
+        self, conn: psycopg.Connection, feed: Feed
+    ) -> tuple[tuple[Any, ...], Inventory]:
+        """(signature, inventory) of the store (see :meth:`_inventory`)."""
         signature = tuple(conn.execute(INVENTORY_SIGNATURE).fetchone() or ())
         with self._inventory_lock:
             cached = self._inventory_cache
             if cached is not None and cached[0] == signature:
-                return cached[1]
+                return cached
         inventory = feed.inventory()
         with self._inventory_lock:
             self._inventory_cache = (signature, inventory)
-        return inventory
+        return signature, inventory
+
+    def forget_rows(self) -> None:
+        """Make the next read a full one (see :meth:`_device_rows`)."""
+        self._known = None
 
     def close(self) -> None:
+        self._known = None  # the next read is a full one
         for conn in (self._conn, self._slow_conn):
             if conn is not None:
                 conn.close()
@@ -821,38 +996,46 @@ class DatabaseSource:
         return due
 
     def _refresh_slow_isolated(self, on_part: Callable[[], None]) -> bool:
-        """:meth:`refresh_slow` with the parts computed in a fresh child process, which
-        exits when done (the KPI core's memory at 100,000 devices is about 1 GiB while it
-        runs, and a long-running exporter would keep it)."""
+        """:meth:`refresh_slow` with each part computed in a fresh child process of its
+        own, which exits when done (the KPI core's memory at 100,000 devices is about
+        1 GiB while it runs, and a long-running exporter would keep it). Two at a time
+        (the parts are independent: today's uptime, yesterday's low-yield day, today's
+        resource-warning time), each shown (``on_part``) as soon as it is back."""
         now_dt = datetime.now(self.rules.tz)
         due = self._due(now_dt.date())
         if not due:
             return False
         context = multiprocessing.get_context("spawn")
-        try:
-            with ProcessPoolExecutor(1, mp_context=context, max_tasks_per_child=1) as pool:
-                results = pool.submit(compute_parts, self._url, self.rules, due).result()
-        except Exception as exc:  # the child died or could not read: the parts on show stay
-            log.warning("cannot compute the day figures: %s", exc)
-            return False
-        clock = self._clock()
-        for name, (on, out) in results.items():
-            if name == "day":
-                self._day = (clock, on, out)
-            elif name == "low_yield":
-                self._lowyield = (clock, on, out)
-            else:
-                self._resource = (clock, on, out)
-            self._computed_at[name] = time.time()
-        if results:
-            on_part()
-        return bool(results)
+        done = False
+        with ProcessPoolExecutor(
+            min(SLOW_PROCESSES, len(due)), mp_context=context, max_tasks_per_child=1
+        ) as pool:
+            futures = [pool.submit(compute_parts, self._url, self.rules, [name]) for name in due]
+            for future in as_completed(futures):
+                try:
+                    results = future.result()
+                except Exception as exc:  # the child died or could not read: that part stays
+                    log.warning("cannot compute the day figures: %s", exc)
+                    continue
+                clock = self._clock()
+                for name, (on, out) in results.items():
+                    if name == "day":
+                        self._day = (clock, on, out)
+                    elif name == "low_yield":
+                        self._lowyield = (clock, on, out)
+                    else:
+                        self._resource = (clock, on, out)
+                    self._computed_at[name] = time.time()
+                if results:
+                    done = True
+                    on_part()
+        return done
 
     def refresh_slow(self, on_part: Callable[[], None] = lambda: None) -> bool:
         """Compute the costlier parts whose time has come (today's uptime first, then the
         low-yield share, then the resource-warning time), calling ``on_part`` after each
-        one computed (with ``isolate_slow``: once, after all, computed in a child
-        process); True if any was. Errors are logged (the parts on show stay)."""
+        one computed (with ``isolate_slow``: each in a child process, two at a time, in
+        the order they end); True if any was. Errors are logged (the parts on show stay)."""
         if self._isolate_slow:
             return self._refresh_slow_isolated(on_part)
         any_done = False
@@ -912,48 +1095,13 @@ class DatabaseSource:
         rules = self.rules
         tz = rules.tz
         feed = Feed(conn, rules)
-        now = feed.now_ms()
+        now = feed.now_ms() if self._now_ms is None else self._now_ms()
         now_dt = from_ms(now)
         today = now_dt.astimezone(tz).date()
-        inventory = self._inventory(conn, feed)
+        signature, inventory = self._inventory_signed(conn, feed)
         subs = inventory.subbranch_by_id
-        branch_of = inventory.branch_by_id
         devices = fleet_devices(inventory.devices, today)
-        tier_of = {s.id: s.tier.value for s in inventory.subbranches}
-        factor = rules.heartbeat.timeout_factor
-        by_id = {d.id: d for d in devices}
-        windows: dict[str, bool] = {}
-        rows: list[DeviceRow] = []
-        with conn.cursor() as cur:
-            cur.execute(self._device_query, {"today": today, "factor": factor})
-            for dev_id, ts, st, hb, cash, p_at, p_status, seen, since in cur:
-                d = by_id.get(dev_id)
-                if d is None:
-                    continue
-                newest = Newest(
-                    state_ts=None if ts is None else ms(ts),
-                    state=st,
-                    heartbeat_s=hb,
-                    run_start=None if since is None else ms(since),
-                    presence_at=None if p_at is None else ms(p_at),
-                    presence_offline=p_status == "offline",
-                )
-                state, began = current_state(now, newest, factor)
-                spec = rules.service_windows.spec_for(d)
-                open_now = windows.get(spec)
-                if open_now is None:
-                    open_now = windows[spec] = rules.service_windows.window_for(d).is_open(
-                        now_dt, tz
-                    )
-                branch = branch_of[d.branch]
-                rows.append(
-                    DeviceRow(
-                        d.id, d.branch, branch.subbranch, tier_of[branch.subbranch], d.type.value,
-                        d.vendor, d.placement.value, d.model, state,
-                        None if began is None else began / 1000, _s(seen),
-                        None if st is None else self._cash_ratio(cash), open_now,
-                    )
-                )  # fmt: skip
+        rows = self._device_rows(conn, inventory, devices, signature, today, now)
         t_devices = time.perf_counter()
         low_date: date | None
         if self._background:  # refresh_slow computes them; show the last ones
@@ -1011,6 +1159,107 @@ class DatabaseSource:
             refreshed_at=time.time(),
             computed_at=dict(self._computed_at),
         )
+
+    def _device_rows(
+        self,
+        conn: psycopg.Connection,
+        inventory: Inventory,
+        devices: list[Device],
+        signature: tuple[Any, ...],
+        today: date,
+        now: int,
+    ) -> list[DeviceRow]:
+        """Every exported device's row at ``now``.
+
+        A full read runs :data:`DEVICE_QUERY` for the whole fleet. An incremental one
+        (``incremental``, the default) runs it only for the devices with a message
+        received since ``late_s`` before the last read's ``now`` (:func:`device_query`'s
+        ``changed``), and keeps the last rows of the others: a device's newest points
+        change only with a stored message. The state and the window, which depend on
+        ``now``, are worked out again for every device. A read is full when there is no
+        last one, when the inventory or the day changed (the exported set and its order
+        come from the full read) and every ``full_every_s`` (what the watermark cannot see:
+        rows deleted, runs rebuilt, a message committed more than ``late_s`` after it was
+        received)."""
+        rules = self.rules
+        factor = rules.heartbeat.timeout_factor
+        known, self._known = self._known, None  # none kept if this read fails midway
+        full = (
+            not self._incremental
+            or known is None
+            or known.signature != signature
+            or known.today != today
+            or self._clock() - known.full_at >= self._full_every
+        )
+        params: dict[str, Any] = {"today": today, "factor": factor}
+        if full or known is None:
+            full_at = self._clock()
+            labels: list[tuple[str, str, str, str, str, str, str, str]] = []
+            specs: list[str] = []
+            newest: dict[str, tuple[Newest, float | None, float | None]] = {}
+            before: list[DeviceRow] = []
+            query = self._device_query
+        else:
+            full_at, labels, specs = known.full_at, known.labels, known.specs
+            newest, before = known.newest, known.rows
+            query = self._changed_query
+            params["after"] = from_ms(known.read_at - self._late_ms)
+        by_id: dict[str, Device] = {}
+        changed: set[str] = set()
+        branch_of = inventory.branch_by_id
+        tier_of = {s.id: s.tier.value for s in inventory.subbranches}
+        windows = rules.service_windows
+        count = 0
+        with conn.cursor() as cur:
+            cur.execute(query, params)
+            for dev_id, ts, st, hb, cash, p_at, p_status, seen, since in cur:
+                if not by_id:
+                    by_id = {d.id: d for d in devices}
+                d = by_id.get(dev_id)
+                if d is None:
+                    continue
+                count += 1
+                changed.add(dev_id)
+                newest[dev_id] = (
+                    Newest(
+                        state_ts=None if ts is None else ms(ts),
+                        state=st,
+                        heartbeat_s=hb,
+                        run_start=None if since is None else ms(since),
+                        presence_at=None if p_at is None else ms(p_at),
+                        presence_offline=p_status == "offline",
+                    ),
+                    None if st is None else self._cash_ratio(cash),
+                    _s(seen),
+                )
+                if full:
+                    branch = branch_of[d.branch]
+                    labels.append(
+                        (d.id, d.branch, branch.subbranch, tier_of[branch.subbranch],
+                         d.type.value, d.vendor, d.placement.value, d.model)
+                    )  # fmt: skip
+                    specs.append(windows.spec_for(d))
+        now_dt = from_ms(now)
+        open_of: dict[str, bool] = {}
+        rows: list[DeviceRow] = []
+        append = rows.append
+        for i, (static, spec) in enumerate(zip(labels, specs, strict=True)):
+            dev_id = static[0]
+            points, ratio, seen_s = newest[dev_id]
+            state, began = current_state(now, points, factor)
+            since_s = None if began is None else began / 1000
+            open_now = open_of.get(spec)
+            if open_now is None:
+                open_now = open_of[spec] = ServiceWindow.parse(spec).is_open(now_dt, rules.tz)
+            if before and dev_id not in changed:  # the same points: the last row, if alike
+                last = before[i]
+                if last.state == state and last.since == since_s and last.in_window == open_now:
+                    append(last)
+                    continue
+            append(DeviceRow(*static, state, since_s, seen_s, ratio, open_now))
+        self._known = _Known(signature, today, now, full_at, labels, specs, newest, rows)
+        self.last_rows = ("full" if full else "incremental", count)
+        return rows
 
     @staticmethod
     def _jobs(conn: psycopg.Connection) -> tuple[Job, ...] | None:
@@ -1091,14 +1340,18 @@ class DatabaseSource:
         devices: list[Device],
         today: date,
     ) -> tuple[dict[tuple[str, str, str, str, bool], int], dict[tuple[str, str, str, bool], int]]:
-        own: dict[tuple[str, str, str, str, bool], int] = {}
-        keys: dict[str, BranchKey] = {}
-        for d in devices:  # every branch and placement with a device shows, 0 or not
-            key = keys.get(d.branch)
-            if key is None:
-                key = keys[d.branch] = self._branch_key(inventory, d)
-            own[(*key, d.placement.value, True)] = 0
-            own[(*key, d.placement.value, False)] = 0
+        cached = self._txn_keys
+        if cached is None or cached[0] is not inventory or cached[1] != today:
+            zeros: dict[tuple[str, str, str, str, bool], int] = {}
+            keys: dict[str, BranchKey] = {}
+            for d in devices:  # every branch and placement with a device shows, 0 or not
+                key = keys.get(d.branch)
+                if key is None:
+                    key = keys[d.branch] = self._branch_key(inventory, d)
+                zeros[(*key, d.placement.value, True)] = 0
+                zeros[(*key, d.placement.value, False)] = 0
+            cached = self._txn_keys = (inventory, today, zeros, keys)
+        own, keys = dict(cached[2]), cached[3]
         tz = self.rules.tz
         txn = self.rules.transactions
         lo, hi = day_span(today, tz)

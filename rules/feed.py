@@ -23,7 +23,7 @@ import json
 import logging
 import re
 import struct
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -49,7 +49,7 @@ from atmfleet.protocol import StateMessage
 from atmfleet.store.runs import RUN_GAP
 from atmfleet.store.unregistered import unregistered_count
 from rules.config import DaysCounted, Rules
-from rules.labels import STATE_LABEL
+from rules.labels import STATE_LABEL, Label
 from rules.lowyield import DeviceDays, WindowSums, YieldFlag, evaluate, flag_of, window_bounds
 from rules.substitution import CounterCounts, DeviceCounts
 from rules.timeline import (
@@ -63,9 +63,18 @@ from rules.timeline import (
     from_ms,
     merge_spans,
     ms,
+    points_totals,
     timeline_of_points,
 )
-from rules.uptime import Uptime, UptimePolicy, WindowSpans, daily_uptime, day_span, days
+from rules.uptime import (
+    Uptime,
+    UptimePolicy,
+    WindowSpans,
+    daily_uptime,
+    day_span,
+    days,
+    uptime_from_totals,
+)
 from rules.vendors import HistoryRow, IncidentCycle, IncidentRow, cycles_from_events
 
 log = logging.getLogger(__name__)
@@ -529,6 +538,52 @@ class Feed:
                 },
             )
 
+    def keep_uptime_days(
+        self, fingerprint: str, values: Sequence[tuple[str, date, Uptime, int]]
+    ) -> None:
+        """Keep closed days per device with their 开机率 in full (device, day, its
+        uptime that day, counted financial transactions); committed at once. Nothing is
+        kept (and nothing fails) where the login may only read."""
+        if not values or not self.may_keep:
+            return
+        try:
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                cur.execute(
+                    queries()["keep_uptime_days"],
+                    {
+                        "fingerprint": fingerprint,
+                        "ids": [v[0] for v in values],
+                        "days": [v[1] for v in values],
+                        "available": [v[2].available_ms for v in values],
+                        "scheduled": [v[2].scheduled_ms for v in values],
+                        "financial": [v[3] for v in values],
+                        "tech_scheduled": [v[2].tech_scheduled_ms for v in values],
+                        "tech_available": [v[2].tech_available_ms for v in values],
+                        "planned": [v[2].planned_excluded_ms for v in values],
+                        "monitored": [v[2].monitored_ms for v in values],
+                        "labels": [",".join(v[2].by_label) for v in values],
+                        "ms": [",".join(map(str, v[2].by_label.values())) for v in values],
+                    },
+                )
+        except psycopg.errors.InsufficientPrivilege:
+            self._cannot_keep("keep days in kpi_device_days")
+
+    @_without_gc
+    def kept_uptime(self, fingerprint: str, day: date) -> dict[str, tuple[Uptime, int]]:
+        """The devices whose closed ``day`` is kept in full: its uptime (as computed:
+        :func:`uptime_of_day`) and its counted financial transactions."""
+        out: dict[str, tuple[Uptime, int]] = {}
+        names: dict[str, tuple[Label, ...]] = {}  # a fleet's days share a few label lists
+        for device_id, a, s, ts, ta, planned, monitored, text, values, fin in self._rows(
+            "kept_uptime", fingerprint=fingerprint, day=day
+        ):
+            labels = names.get(text)
+            if labels is None:
+                labels = names[text] = tuple(Label(x) for x in text.split(",")) if text else ()
+            by_label = dict(zip(labels, values, strict=True))
+            out[device_id] = (Uptime(by_label, s, a, ts, ta, planned, monitored, 1), fin)
+        return out
+
     def kept_warnings(
         self, fingerprint: str, first: date, last: date
     ) -> dict[str, dict[date, tuple[int, int]]]:
@@ -651,7 +706,19 @@ def timelines(
     :func:`rules.timeline.build_timeline` of :meth:`Feed.timeline_inputs`, with the runs
     read packed per device (:meth:`Feed.timeline_points`)."""
     points, others, outages = feed.timeline_points(lo, hi, horizon)
-    merged = merge_spans(outages)
+    return _timelines_of(feed, devices, lo, hi, horizon, points, others, merge_spans(outages))
+
+
+def _timelines_of(
+    feed: Feed,
+    devices: Iterable[Device],
+    lo: int,
+    hi: int,
+    horizon: int,
+    points: dict[str, list[Point]],
+    others: dict[str, DeviceInputs],
+    merged: list[Span],
+) -> dict[str, list[Interval]]:
     factor = feed.rules.heartbeat.timeout_factor
     empty = DeviceInputs()
     out: dict[str, list[Interval]] = {}
@@ -665,13 +732,58 @@ def timelines(
     return out
 
 
+class Timelines(MutableMapping[str, list[Interval]]):
+    """Timelines per device, some built, the others built the first time any is asked
+    for (``build``: those timelines, from the points already read), so a computation
+    that never reads a timeline (``atmfleet kpi uptime``) does not build them. ``clear``
+    forgets them all, built or not."""
+
+    def __init__(
+        self,
+        built: dict[str, list[Interval]],
+        build: Callable[[], dict[str, list[Interval]]] | None = None,
+    ) -> None:
+        self._lines = built
+        self._build = build
+
+    def _all(self) -> dict[str, list[Interval]]:
+        if self._build is not None:
+            build, self._build = self._build, None
+            self._lines.update(build())
+        return self._lines
+
+    def __getitem__(self, key: str) -> list[Interval]:
+        return self._all()[key]
+
+    def __setitem__(self, key: str, value: list[Interval]) -> None:
+        self._all()[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._all()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def clear(self) -> None:
+        self._build = None
+        self._lines.clear()
+
+    @property
+    def built(self) -> int:
+        """How many are built so far."""
+        return len(self._lines)
+
+
 @dataclass
 class UptimeDays:
     """Per device, the uptime of each local day of a period (and the timelines behind it)."""
 
     days: list[date]
     per_device: dict[str, dict[date, Uptime]]
-    timelines: dict[str, list[Interval]]
+    timelines: MutableMapping[str, list[Interval]]
 
 
 @_without_gc
@@ -679,7 +791,66 @@ def uptime_for(
     feed: Feed, devices: Sequence[Device], first: date, last: date, horizon: int
 ) -> UptimeDays:
     """开机率 inputs: every device's uptime for each local day ``first``..``last``; time
-    after ``horizon`` (now, for today) is not counted."""
+    after ``horizon`` (now, for today) is not counted.
+
+    A device with no power cut or registered stop in the read, when no collector outage
+    (nor unknown time before monitoring began) touches it, has its time by label added
+    up as its timeline's sweep goes (:func:`rules.timeline.points_totals`), and its
+    timeline is built from the same points only if asked for (:class:`Timelines`); the
+    others have their timeline built and summed (:func:`rules.uptime.daily_uptime`).
+    Both give the same figures (:func:`uptime_for_reference`, every timeline built)."""
+    rules = feed.rules
+    tz = rules.tz
+    lo, hi = day_span(first, tz)[0], day_span(last, tz)[1]
+    windows = WindowSpans(tz)
+    policy = UptimePolicy.from_rules(rules)
+    period = days(first, last)
+    points, others, outages = feed.timeline_points(lo, hi, horizon)
+    merged = merge_spans(outages)
+    factor = rules.heartbeat.timeout_factor
+    spec_for = rules.service_windows.spec_for
+    specs: dict[tuple[Any, ...], str] = {}
+    scheduled = windows.scheduled
+    from_totals = uptime_from_totals
+    empty = DeviceInputs()
+    per_device: dict[str, dict[date, Uptime]] = {}
+    built: dict[str, list[Interval]] = {}
+    swept: list[Device] = []  # whose timeline was not built
+    for d in devices:
+        got = others.get(d.id, empty)
+        if merged or got.power or got.stops:
+            line = built[d.id] = timeline_of_points(
+                points.get(d.id, [])[:], lo, hi, horizon=horizon, presence=got.presence,
+                power=got.power, outages=merged, timeout_factor=factor,
+                default_heartbeat_s=d.heartbeat_s, stops=got.stops,
+            )  # fmt: skip
+            per_device[d.id] = daily_uptime(d, line, period, rules, windows, policy, horizon)
+            continue
+        key = (d.service_window, d.placement, d.type)  # all spec_for reads
+        spec = specs.get(key)
+        if spec is None:
+            spec = specs[key] = spec_for(d)
+        totals = points_totals(
+            points.get(d.id, [])[:], lo, hi, horizon,
+            [scheduled(spec, d, day, horizon) for day in period], presence=got.presence,
+            timeout_factor=factor, default_heartbeat_s=d.heartbeat_s,
+        )  # fmt: skip
+        per_device[d.id] = {
+            day: from_totals(t, policy) for day, t in zip(period, totals, strict=True)
+        }
+        swept.append(d)
+    build = None
+    if swept:
+        build = lambda: _timelines_of(feed, swept, lo, hi, horizon, points, others, merged)  # noqa: E731
+    return UptimeDays(period, per_device, Timelines(built, build))
+
+
+@_without_gc
+def uptime_for_reference(
+    feed: Feed, devices: Sequence[Device], first: date, last: date, horizon: int
+) -> UptimeDays:
+    """:func:`uptime_for` with every device's timeline built and swept in Python (what
+    the database's totals must equal)."""
     rules = feed.rules
     tz = rules.tz
     lo, hi = day_span(first, tz)[0], day_span(last, tz)[1]
@@ -691,6 +862,46 @@ def uptime_for(
         d.id: daily_uptime(d, lines[d.id], period, rules, windows, policy, horizon) for d in devices
     }
     return UptimeDays(period, per_device, lines)
+
+
+@_without_gc
+def uptime_of_day(
+    feed: Feed, devices: Sequence[Device], day: date, horizon: int
+) -> tuple[UptimeDays, dict[str, int] | None]:
+    """:func:`uptime_for` of one local day, and for a closed day each device's counted
+    financial transactions too. A closed day kept in full (by the daily ``kpi
+    keep-days``, or a low-yield evaluation that computed it: :func:`computed_days`) is
+    read, one row per device (:meth:`Feed.kept_uptime`); the devices not kept are
+    computed, not kept here: keeping a fleet's day rewrites 100,000 scattered rows
+    (seconds to tens of seconds of the database's time), more than computing it. The
+    timelines of the devices read are built (read again) only if asked for. An open day
+    is computed (None: no financial count)."""
+    if not closed(feed, day, horizon):
+        return uptime_for(feed, devices, day, day, horizon), None
+    kept = feed.kept_uptime(feed.fingerprint(), day)
+    missing = [d for d in devices if d.id not in kept]
+    computed: UptimeDays | None = None
+    if missing:
+        computed = uptime_for(feed, missing, day, day, horizon)
+        fin = feed.financial_days(day, day)
+        for d in missing:
+            kept[d.id] = (computed.per_device[d.id][day], fin.get(d.id, {}).get(day, 0))
+    per_device: dict[str, dict[date, Uptime]] = {}
+    financial: dict[str, int] = {}
+    for d in devices:
+        up, n = kept[d.id]
+        per_device[d.id] = {day: up}
+        financial[d.id] = n
+    read = [d for d in devices if computed is None or d.id not in computed.per_device]
+
+    def build() -> dict[str, list[Interval]]:
+        lo, hi = day_span(day, feed.rules.tz)
+        out = timelines(feed, read, lo, hi, horizon) if read else {}
+        if computed is not None:
+            out.update(computed.timelines)
+        return {d.id: out[d.id] for d in devices}
+
+    return UptimeDays([day], per_device, Timelines({}, build)), financial
 
 
 def device_counts(txn: dict[str, dict[date, TxnDay]]) -> dict[str, DeviceCounts]:
@@ -755,7 +966,7 @@ def computed_days(
     (uptime from the timeline, transactions from txn_daily) and kept when closed, as
     (device, day index, value); ``known``: see :func:`window_days`."""
     got: list[tuple[Device, int, KeptDay]] = []
-    to_keep: list[tuple[str, date, KeptDay]] = []
+    to_keep: list[tuple[str, date, Uptime, int]] = []
     for i in sorted(missing):
         day, chosen = period[i], missing[i]
         keep = closed(feed, day, horizon)
@@ -775,8 +986,8 @@ def computed_days(
             value = (u.available_ms, u.scheduled_ms, fin.get(d.id, {}).get(day, 0))
             got.append((d, i, value))
             if keep:
-                to_keep.append((d.id, day, value))
-    feed.keep_days(fingerprint, to_keep)
+                to_keep.append((d.id, day, u, value[2]))
+    feed.keep_uptime_days(fingerprint, to_keep)
     return got
 
 

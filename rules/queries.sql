@@ -209,6 +209,34 @@ ON CONFLICT (fingerprint, device_id, day) DO UPDATE
 SET available_ms = excluded.available_ms, scheduled_ms = excluded.scheduled_ms,
     financial = excluded.financial, computed_at = now();
 
+-- Kept closed days with their 开机率 in full (migration 0018), the same upsert as
+-- keep_days with the technical view, planned, monitored and by-label time beside A and S
+-- (`label_ms` sent as one text per row, the ms joined by commas: an array per row; the
+-- arrays in binary, cheaper to send than as text).
+-- name: keep_uptime_days
+INSERT INTO kpi_device_days (fingerprint, device_id, day, available_ms, scheduled_ms, financial,
+                             tech_scheduled_ms, tech_available_ms, planned_excluded_ms,
+                             monitored_ms, labels, label_ms)
+SELECT %(fingerprint)s, u.id, u.day, u.a, u.s, u.f, u.ts, u.ta, u.p, u.m, u.labels,
+       string_to_array(u.ms, ',')::int8[]
+FROM unnest(%(ids)b::text[], %(days)b::date[], %(available)b::int8[], %(scheduled)b::int8[],
+            %(financial)b::int8[], %(tech_scheduled)b::int8[], %(tech_available)b::int8[],
+            %(planned)b::int8[], %(monitored)b::int8[], %(labels)b::text[], %(ms)b::text[])
+     AS u (id, day, a, s, f, ts, ta, p, m, labels, ms)
+ON CONFLICT (fingerprint, device_id, day) DO UPDATE
+SET available_ms = excluded.available_ms, scheduled_ms = excluded.scheduled_ms,
+    financial = excluded.financial, tech_scheduled_ms = excluded.tech_scheduled_ms,
+    tech_available_ms = excluded.tech_available_ms,
+    planned_excluded_ms = excluded.planned_excluded_ms, monitored_ms = excluded.monitored_ms,
+    labels = excluded.labels, label_ms = excluded.label_ms, computed_at = now();
+
+-- A kept closed day's 开机率 in full, per device kept so (migration 0018).
+-- name: kept_uptime
+SELECT device_id, available_ms, scheduled_ms, tech_scheduled_ms, tech_available_ms,
+       planned_excluded_ms, monitored_ms, labels, label_ms, financial
+FROM kpi_device_days
+WHERE fingerprint = %(fingerprint)s AND day = %(day)s AND labels IS NOT NULL;
+
 -- 资源预警率 of kept closed days (migration 0017): W and S per device and day, where W has
 -- been computed.
 -- name: kept_warnings

@@ -37,6 +37,7 @@ from rules.feed import (
     low_yield_for,
     timelines,
     uptime_for,
+    uptime_of_day,
     window_days,
 )
 from rules.fleet import fleet_devices, in_fleet
@@ -223,12 +224,19 @@ class Context:
         return self.cache[key]
 
     def uptime_days(self) -> UptimeDays:
-        """Every in-fleet device of the scope, each local day of the period."""
+        """Every in-fleet device of the scope, each local day of the period (a closed
+        day: kept in full, read or computed and kept, :func:`rules.feed.uptime_of_day`)."""
         devices = self.devices
-        return self.memo(  # type: ignore[no-any-return]
-            ("uptime", str(self.scope), self.first, self.last),
-            lambda: uptime_for(self.feed, devices, self.first, self.last, self.horizon),
-        )
+
+        def compute() -> UptimeDays:
+            if self.first != self.last:
+                return uptime_for(self.feed, devices, self.first, self.last, self.horizon)
+            up, financial = uptime_of_day(self.feed, devices, self.first, self.horizon)
+            if financial is not None:  # kept beside the day's uptime: not read again
+                self.cache[("kept_financial", str(self.scope), self.first)] = financial
+            return up
+
+        return self.memo(("uptime", str(self.scope), self.first, self.last), compute)  # type: ignore[no-any-return]
 
     def resource_days(self) -> dict[str, dict[date, ResourceWarning]]:
         """资源预警率: W and S of every in-fleet device of the scope, each local day (on
@@ -440,10 +448,18 @@ def uptime_row(
 
 def per_device_uptime(ctx: Context) -> dict[str, Uptime]:
     """Each in-fleet device's uptime over the whole period (memoised: read, do not change)."""
-    return ctx.memo(  # type: ignore[no-any-return]
-        ("per_device_uptime", str(ctx.scope), ctx.first, ctx.last),
-        lambda: {d: total(per_day.values()) for d, per_day in ctx.uptime_days().per_device.items()},
-    )
+
+    def compute() -> dict[str, Uptime]:
+        per_device = ctx.uptime_days().per_device
+        if ctx.first == ctx.last:
+            # A device's one day is its total (one device): the same figures, not copied.
+            day = ctx.first
+            out = {d: per_day[day] for d, per_day in per_device.items()}
+            if all(up.devices == 1 for up in out.values()):
+                return out
+        return {d: total(per_day.values()) for d, per_day in per_device.items()}
+
+    return ctx.memo(("per_device_uptime", str(ctx.scope), ctx.first, ctx.last), compute)  # type: ignore[no-any-return]
 
 
 def period_uptime(ctx: Context) -> dict[str, Uptime]:
@@ -564,14 +580,18 @@ def financial_per_device(ctx: Context) -> dict[str, int]:
     """Counted financial transactions of each in-fleet device of the scope in the period."""
 
     def compute() -> dict[str, int]:
+        per_device = per_device_uptime(ctx)
+        kept = ctx.cache.get(("kept_financial", str(ctx.scope), ctx.first))
+        if kept is not None and ctx.first == ctx.last:
+            return {d: kept[d] for d in per_device}
         if ctx.first != ctx.last and not any(
             k in ctx.cache
             for k in (("txn", ctx.first, ctx.last), ("financial", ctx.first, ctx.last))
         ):  # a longer period: its sums, read once (shared with the fees)
             summed = period_txn(ctx)
-            return {d: t.financial if (t := summed.get(d)) else 0 for d in per_device_uptime(ctx)}
+            return {d: t.financial if (t := summed.get(d)) else 0 for d in per_device}
         counted = ctx.financial()
-        return {d: counted.get(d, 0) for d in per_device_uptime(ctx)}
+        return {d: counted.get(d, 0) for d in per_device}
 
     return ctx.memo(  # type: ignore[no-any-return]
         ("financial", str(ctx.scope), ctx.first, ctx.last), compute
@@ -631,10 +651,15 @@ def group_target(
         g = key(d)
         if g is None:
             continue
-        acc = weights.setdefault(g, [0.0, 0.0])
-        acc[0] += target(d) * up.scheduled_ms
-        acc[1] += up.scheduled_ms
-        seen.setdefault(g, set()).add(target(d))
+        t = target(d)
+        acc = weights.get(g)
+        if acc is None:
+            acc = weights[g] = [0.0, 0.0]
+            seen[g] = set()
+        s = up.scheduled_ms
+        acc[0] += t * s
+        acc[1] += s
+        seen[g].add(t)
     out: dict[str, float | None] = {}
     for g, (num, den) in weights.items():
         if len(seen[g]) == 1:
@@ -644,13 +669,23 @@ def group_target(
     return out
 
 
+def device_targets(ctx: Context) -> dict[str, float]:
+    """Each in-fleet device's uptime target (:meth:`Context.target_of`), memoised per
+    computation: the roll-ups by several dimensions look each device up once."""
+    target = ctx.target_of()
+    return ctx.memo(  # type: ignore[no-any-return]
+        ("device_targets", str(ctx.scope), ctx.first, ctx.last),
+        lambda: {d: target(d) for d in per_device_uptime(ctx)},
+    )
+
+
 def group_targets(ctx: Context, by: str) -> dict[str, float | None]:
     """:func:`group_target` of the period's devices by ``by`` (``scope``: the whole),
     memoised per computation; a device's own target when ``by`` is ``device``."""
 
     def compute() -> dict[str, float | None]:
         per_device = per_device_uptime(ctx)
-        target = ctx.target_of()
+        target = device_targets(ctx).__getitem__
         if by == "device":  # a group of one device: its target
             key = dimension_key(ctx.inventory, by)
             return {d: target(d) for d in per_device if key(d) is not None}

@@ -20,7 +20,7 @@ period up to the horizon (the moment of evaluation).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -184,49 +184,9 @@ def timeline_of_points(
     until = end if horizon is None else horizon
     if stop <= start:
         return []
-    for p in presence:
-        at = p.at
-        if p.online:
-            points.append((at, _ONLINE, -1, at, None, 0))
-        else:
-            points.append((at, _OFFLINE, -1, at, Label.COMMUNICATIONS, 0))
+    _add_points(points, presence, outages)
+    out = list(_sweep(points, start, until, timeout_factor, default_heartbeat_s))
     merged_outages = outages
-    for a, b in merged_outages:
-        # Our outage's edges count as points: the device is not blamed for our silence.
-        points.append((a, _KEEP, -1, a, None, 0))
-        points.append((b, _KEEP, -1, b, None, 0))
-    points.sort()
-
-    out: list[Interval] = []
-    append = out.append
-    cursor: int | None = None
-    label = Label.COMMUNICATIONS  # before the first state: never heard from
-    timeout = int(timeout_factor * default_heartbeat_s * 1000)
-    for ts, kind, _seq, run_end, plabel, hb in points:
-        if ts >= until:
-            break
-        if cursor is None:
-            if ts > start:
-                append((start, ts, Label.COMMUNICATIONS))
-            cursor = ts
-        elif ts > cursor:
-            append((cursor, ts, Label.COMMUNICATIONS if ts - cursor > timeout else label))
-            cursor = ts
-        if kind == _STATE:
-            assert plabel is not None
-            label = plabel
-            timeout = int(timeout_factor * hb * 1000)
-            last = min(run_end, until)
-            if last > cursor:
-                append((cursor, last, label))
-                cursor = last
-        elif kind == _OFFLINE:
-            label = Label.COMMUNICATIONS
-    if cursor is None:
-        append((start, until, Label.COMMUNICATIONS))
-    elif until > cursor:
-        append((cursor, until, Label.COMMUNICATIONS if until - cursor > timeout else label))
-
     timeline = _clip_merge(out, start, stop)
     if power:
         spans = _merge_spans((p.since, p.ts) for p in power)
@@ -236,6 +196,100 @@ def timeline_of_points(
     if merged_outages:
         timeline = overlay(timeline, merged_outages, Label.UNKNOWN)
     return timeline
+
+
+def _add_points(points: list[Point], presence: Sequence[Presence], outages: Sequence[Span]) -> None:
+    """Presence and our outages' edges as points beside the runs', then all sorted."""
+    for p in presence:
+        at = p.at
+        if p.online:
+            points.append((at, _ONLINE, -1, at, None, 0))
+        else:
+            points.append((at, _OFFLINE, -1, at, Label.COMMUNICATIONS, 0))
+    for a, b in outages:
+        # Our outage's edges count as points: the device is not blamed for our silence.
+        points.append((a, _KEEP, -1, a, None, 0))
+        points.append((b, _KEEP, -1, b, None, 0))
+    points.sort()
+
+
+def _sweep(
+    points: Sequence[Point], start: int, until: int, timeout_factor: float, heartbeat_s: int
+) -> Iterator[Interval]:
+    """The timeline's intervals from the sorted points up to ``until``, in time order,
+    not yet clipped to the period nor merged (``heartbeat_s``: the device's own, for
+    its silence before its first state)."""
+    cursor: int | None = None
+    label = Label.COMMUNICATIONS  # before the first state: never heard from
+    timeout = int(timeout_factor * heartbeat_s * 1000)
+    for ts, kind, _seq, run_end, plabel, hb in points:
+        if ts >= until:
+            break
+        if cursor is None:
+            if ts > start:
+                yield (start, ts, Label.COMMUNICATIONS)
+            cursor = ts
+        elif ts > cursor:
+            yield (cursor, ts, Label.COMMUNICATIONS if ts - cursor > timeout else label)
+            cursor = ts
+        if kind == _STATE:
+            assert plabel is not None
+            label = plabel
+            timeout = int(timeout_factor * hb * 1000)
+            last = min(run_end, until)
+            if last > cursor:
+                yield (cursor, last, label)
+                cursor = last
+        elif kind == _OFFLINE:
+            label = Label.COMMUNICATIONS
+    if cursor is None:
+        yield (start, until, Label.COMMUNICATIONS)
+    elif until > cursor:
+        yield (cursor, until, Label.COMMUNICATIONS if until - cursor > timeout else label)
+
+
+def points_totals(
+    points: list[Point],
+    start: int,
+    end: int,
+    horizon: int,
+    spans: Sequence[Sequence[Span]],
+    *,
+    presence: Sequence[Presence] = (),
+    timeout_factor: float = 3.0,
+    default_heartbeat_s: int = 60,
+) -> list[dict[Label, int]]:
+    """For a device with no power cut, registered stop or collector outage: the time
+    by label inside each of ``spans`` (one sorted, non-overlapping list per day, inside
+    ``[start, min(end, horizon))``), the same as :func:`rules.uptime.label_totals` of
+    :func:`timeline_of_points` over each, labels in the same order (the order the sweep
+    meets them), without building the timeline: the sweep's intervals are added up as
+    they come. ``points`` is extended and sorted in place."""
+    out: list[dict[Label, int]] = [{} for _ in spans]
+    if min(end, horizon) <= start:
+        return out
+    _add_points(points, presence, ())
+    days = [(totals, day) for totals, day in zip(out, spans, strict=True) if day]
+    if len(days) == 1 and len(days[0][1]) == 1:  # one day, one span: the common case
+        totals = days[0][0]
+        (s0, s1) = days[0][1][0]
+        get = totals.get
+        for a, b, label in _sweep(points, start, horizon, timeout_factor, default_heartbeat_s):
+            if a < s0:
+                a = s0
+            if b > s1:
+                b = s1
+            if b > a:
+                totals[label] = get(label, 0) + (b - a)
+        return out
+    for a, b, label in _sweep(points, start, horizon, timeout_factor, default_heartbeat_s):
+        for totals, day in days:
+            for s0, s1 in day:
+                lo = a if a > s0 else s0
+                hi = b if b < s1 else s1
+                if hi > lo:
+                    totals[label] = totals.get(label, 0) + (hi - lo)
+    return out
 
 
 def registered_stops(timeline: Sequence[Interval], stops: Iterable[Span]) -> list[Interval]:

@@ -367,7 +367,15 @@ def rollup(
 
 def total(parts: Iterable[Uptime]) -> Uptime:
     """One device over several days (or any set of parts): the sum, as one device."""
-    out = Uptime(devices=1)
-    for part in parts:
+    it = iter(parts)
+    first = next(it, None)
+    if first is None:
+        return Uptime(devices=1)
+    # The first part copied: what adding it to an empty Uptime gives, labels in its order.
+    out = Uptime(
+        dict(first.by_label), first.scheduled_ms, first.available_ms, first.tech_scheduled_ms,
+        first.tech_available_ms, first.planned_excluded_ms, first.monitored_ms, 1,
+    )  # fmt: skip
+    for part in it:
         out.add(part)
     return out
