@@ -21,6 +21,12 @@ them; on a shared machine the CPU ratio is the steadier one), and checks that th
 hold the same bulletin (every key but ``generated``): speed work must not change a figure.
 The database is dropped at the end. ``--url`` runs on a database filled before (as this
 script fills it, for one device count) instead, and leaves it there.
+
+The fill keeps the 29 days before the day measured only: a monthly or quarterly run then
+computes (and keeps) the period's later days itself. In operation the daily job
+(``atmfleet kpi keep-days``) has kept every closed day of the month before the monthly
+assessment runs: ``--kept`` does that first for each monthly or quarterly kind (this
+tree's code, not timed) and then resets nothing, so both runs read the kept days.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import psycopg
@@ -44,6 +50,8 @@ from kpi_db import DAY, RUNNER, fill, keep_days
 from scratch import scratch_database
 
 from atmfleet.store.migrate import Flavour, upgrade
+from exporters.bulletin.build import local_today
+from exporters.bulletin_cli import parse_month, parse_quarter
 from rules.config import load_rules
 from rules.feed import Feed
 
@@ -121,17 +129,49 @@ def command(kind: str) -> list[str]:
     raise SystemExit(f"--kinds: unknown kind {kind!r}; allowed: daily, monthly, quarterly")
 
 
+def period(kind: str, conn: psycopg.Connection) -> tuple[date, date]:
+    """The local days a monthly or quarterly run covers (a period in progress: up to
+    yesterday, as the command takes it)."""
+    rules = load_rules()
+    first, last = (parse_month if kind == "monthly" else parse_quarter)(command(kind)[-1])
+    today = local_today(Feed(conn, rules).now_ms(), rules)
+    return first, min(last, today - timedelta(days=1))
+
+
+def keep_period(kind: str, url: str, conn: psycopg.Connection) -> None:
+    """What the daily job leaves before a monthly or quarterly run: every closed day of
+    the period kept (``atmfleet kpi keep-days``, this tree's code, not timed)."""
+    first, last = period(kind, conn)
+    took = 0.0
+    start = first
+    while start <= last:  # a week at a time: the command holds its days' timelines
+        end = min(last, start + timedelta(days=6))
+        s, _, err = run(HERE, url, ["kpi", "keep-days", "--from", str(start), "--to", str(end)])
+        if err:
+            raise SystemExit(f"kpi keep-days: {err}")
+        took += s
+        start = end + timedelta(days=1)
+    print(f"  {kind:9s} kept {first}..{last} (kpi keep-days, {took:.0f} s, not measured)",
+          flush=True)  # fmt: skip
+
+
 def measure(
-    n: int, url: str, conn: psycopg.Connection, kinds: list[str], before: Path
-) -> list[str]:
-    """Each kind with the old code, then the new, on the same store; one line per kind."""
+    n: int, url: str, conn: psycopg.Connection, kinds: list[str], before: Path,
+    kept: bool = False,
+) -> list[str]:  # fmt: skip
+    """Each kind with the old code, then the new, on the same store; one line per kind.
+    ``kept``: the period's closed days kept first, as in operation (then nothing is reset:
+    a run keeps nothing more)."""
     results = []
     for kind in kinds:
         cmd = command(kind)
         got = {}
         docs = {}
+        if kept and kind != "daily":
+            keep_period(kind, url, conn)
         for label, code in (("before", before.resolve()), ("after", HERE)):
-            reset(conn)
+            if not kept:
+                reset(conn)
             with tempfile.TemporaryDirectory() as out:
                 got[label] = run(code, url, [*cmd, "--format", "all", "--out", out])
                 docs[label] = bulletin_json(out)
@@ -159,6 +199,12 @@ def main() -> None:
     parser.add_argument("--kinds", default="daily,monthly", help="daily,monthly,quarterly")
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--url", help="a database this script filled before (not dropped)")
+    parser.add_argument(
+        "--kept", action="store_true",
+        help="monthly/quarterly: keep every closed day of the period first (kpi keep-days, "
+        "as the daily job does in operation); without it the days from the bench's day on "
+        "are not kept and each run computes (and keeps) them",
+    )  # fmt: skip
     args = parser.parse_args()
     rules = load_rules()
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
@@ -168,7 +214,7 @@ def main() -> None:
     if args.url:
         with psycopg.connect(args.url) as conn:
             n = conn.execute("SELECT count(*) FROM devices").fetchone()[0]  # type: ignore[index]
-            results += measure(n, args.url, conn, kinds, args.before)
+            results += measure(n, args.url, conn, kinds, args.before, args.kept)
     for n in [] if args.url else [int(x) for x in args.devices.split(",")]:
         with scratch_database(args.admin_url) as url, psycopg.connect(url) as conn:
             t = time.perf_counter()
@@ -182,7 +228,7 @@ def main() -> None:
             conn.execute("ANALYZE")
             conn.commit()
             print(f"{n} devices: setup {time.perf_counter() - t:.0f} s (not measured)", flush=True)
-            results += measure(n, url, conn, kinds, args.before)
+            results += measure(n, url, conn, kinds, args.before, args.kept)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\n{os.cpu_count()} CPUs, load average {load}")
     print("\n".join(results))

@@ -689,6 +689,50 @@ class Feed:
         breaches = [(int(i), int(c), d) for i, c, d in self._rows("incident_breaches", ids=ids)]
         return cycles_from_events(rows, history, breaches)
 
+    def _txn_params(self, first: date, last: date) -> dict[str, Any]:
+        """The parameters of a txn_daily read of the local days ``first``..``last``."""
+        tz = self.rules.tz
+        return {
+            "lo": from_ms(day_span(first, tz)[0]),
+            "hi": from_ms(day_span(last, tz)[1]),
+            "financial": sorted(t.value for t in self.rules.transactions.financial_types),
+            "counted": sorted(r.value for r in self.rules.transactions.counted_results),
+        }
+
+    @_without_gc
+    def txn_period(self, first: date, last: date) -> dict[str, TxnDay]:
+        """Counted transactions per device summed over ``first``..``last`` (the sums of
+        :meth:`txn_days` over the period, added up by the database)."""
+        return {
+            device_id: TxnDay(int(fin), int(non_fin), fee, int(fee_txns))
+            for device_id, fin, non_fin, fee, fee_txns in self._rows(
+                "txn_period", **self._txn_params(first, last)
+            )
+        }
+
+    @_without_gc
+    def txn_unit_days(
+        self, first: date, last: date, devices: Sequence[tuple[str, str, bool, date, date | None]]
+    ) -> list[tuple[str, date, date, date | None, int, int, int]]:
+        """Counted transactions of ``devices`` (id, unit, on-site, commissioned,
+        decommissioned) per unit, local day and commissioning dates, ``first``..``last``:
+        (unit, day, commissioned, decommissioned, financial, non-financial, on-site
+        financial)."""
+        tz = self.rules.tz
+        local: dict[datetime, date] = {}
+        out = []
+        for unit, bucket, since, until, fin, non_fin, on_site in self._rows(
+            "txn_unit_days", **self._txn_params(first, last),
+            ids=[d[0] for d in devices], units=[d[1] for d in devices],
+            on_site=[d[2] for d in devices], commissioned=[d[3] for d in devices],
+            decommissioned=[d[4] for d in devices],
+        ):  # fmt: skip
+            day = local.get(bucket)
+            if day is None:
+                day = local[bucket] = bucket.astimezone(tz).date()
+            out.append((unit, day, since, until, fin, non_fin, on_site))
+        return out
+
 
 # ------------------------------------------------------------------ feed + pure core
 

@@ -294,3 +294,34 @@ WHERE incident_id = ANY(%(ids)s) AND kind = 'breach';
 SELECT device_id, day, warning_ms, scheduled_ms
 FROM kpi_device_days
 WHERE fingerprint = %(fingerprint)s AND day >= %(first)s AND day <= %(last)s;
+
+-- Counted transactions per device summed over the local days in [lo, hi), split as in
+-- txn_days (the monthly and quarterly assessments: one row per device instead of one per
+-- device and day).
+-- name: txn_period
+SELECT device_id,
+       coalesce(sum(txns) FILTER (WHERE type = ANY(%(financial)s) AND result = ANY(%(counted)s)), 0)::int8,
+       coalesce(sum(txns) FILTER (WHERE type <> ALL(%(financial)s) AND result = ANY(%(counted)s)), 0)::int8,
+       coalesce(sum(fee) FILTER (WHERE result = ANY(%(counted)s)), 0),
+       coalesce(sum(txns) FILTER (WHERE result = ANY(%(counted)s) AND fee > 0), 0)::int8
+FROM txn_daily
+WHERE bucket >= %(lo)s AND bucket < %(hi)s
+GROUP BY device_id;
+
+-- Substitution volumes per unit (outlet) and local day in [lo, hi): the counted
+-- transactions of the devices given (id, unit, on-site or not, commissioned,
+-- decommissioned), summed per unit, day and commissioning dates (the engine keeps a group
+-- only on the days its devices are in the fleet): financial, non-financial, on-site
+-- financial. A unit-day without a transaction row of its devices has no row.
+-- name: txn_unit_days
+SELECT d.unit, t.bucket, d.commissioned, d.decommissioned,
+       coalesce(sum(t.txns) FILTER (WHERE t.type = ANY(%(financial)s) AND t.result = ANY(%(counted)s)), 0)::int8,
+       coalesce(sum(t.txns) FILTER (WHERE t.type <> ALL(%(financial)s) AND t.result = ANY(%(counted)s)), 0)::int8,
+       coalesce(sum(t.txns) FILTER (WHERE d.on_site AND t.type = ANY(%(financial)s)
+                                      AND t.result = ANY(%(counted)s)), 0)::int8
+FROM txn_daily t
+JOIN unnest(%(ids)s::text[], %(units)s::text[], %(on_site)s::bool[], %(commissioned)s::date[],
+            %(decommissioned)s::date[]) AS d (id, unit, on_site, commissioned, decommissioned)
+  ON d.id = t.device_id
+WHERE t.bucket >= %(lo)s AND t.bucket < %(hi)s
+GROUP BY d.unit, t.bucket, d.commissioned, d.decommissioned;

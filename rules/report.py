@@ -25,14 +25,13 @@ from decimal import Decimal
 from typing import Any
 
 from atmfleet.errors import UsageError
-from atmfleet.inventory import Device, Inventory, Tier
+from atmfleet.inventory import BranchKind, Device, Inventory, Placement, Tier
 from rules.assessment import SubBranchFigures, assess
 from rules.config import Rules
 from rules.feed import (
     Feed,
     TxnDay,
     UptimeDays,
-    device_counts,
     gc_paused,
     low_yield_for,
     timelines,
@@ -40,7 +39,7 @@ from rules.feed import (
     uptime_of_day,
     window_days,
 )
-from rules.fleet import fleet_devices
+from rules.fleet import fleet_devices, in_fleet
 from rules.lowyield import Share, YieldFlag, YieldStatus, low_yield_share
 from rules.network import deposit_coverage, self_service_bank_ratio
 from rules.resource import ResourceWarning, ranked, resource_for
@@ -53,9 +52,11 @@ from rules.substitution import (
     Volumes,
     branch_key,
     substitution,
+    unit_of,
     unit_volumes,
 )
 from rules.tail import Entry, no_data, tail, uptime_entries, volume_entries
+from rules.timeline import Span
 from rules.uptime import (
     Uptime,
     UptimePolicy,
@@ -502,7 +503,14 @@ def period_uptime(ctx: Context) -> dict[str, Uptime]:
     in the same order, as :func:`rules.uptime.total` of :meth:`Context.uptime_days`).
     For a computation that needs no per-day figure of the period (the monthly and
     quarterly assessments): a report asking :meth:`Context.uptime_days` later reads the
-    timelines again. Memoised under :func:`per_device_uptime`'s key."""
+    timelines again. Memoised under :func:`per_device_uptime`'s key.
+
+    Without a daily cap on the planned time taken out of S, a device's S, A and times by
+    label are sums over its time (:func:`rules.uptime.uptime_from_totals` is linear in the
+    totals by label): its period is then computed in one pass over the scheduled spans
+    of all its days (disjoint, in order), the same integers and the labels in the same
+    order as day by day (a label enters the sum when first met, in time order, either
+    way). With a cap, day by day."""
     key = ("per_device_uptime", str(ctx.scope), ctx.first, ctx.last)
     if key in ctx.cache or ("uptime", str(ctx.scope), ctx.first, ctx.last) in ctx.cache:
         return per_device_uptime(ctx)
@@ -515,11 +523,24 @@ def period_uptime(ctx: Context) -> dict[str, Uptime]:
         policy = UptimePolicy.from_rules(rules)
         period = days(ctx.first, ctx.last)
         out: dict[str, Uptime] = {}
+        whole = not (policy.planned_excluded and policy.planned_cap_ms is not None)
+        spans_of: dict[tuple[str, date, date | None], list[Span]] = {}
         with gc_paused():
             lines = timelines(ctx.feed, devices, lo, hi, ctx.horizon)
             for d in devices:
                 line = lines.pop(d.id)
                 spec = rules.service_windows.spec_for(d)
+                if whole:
+                    at = (spec, d.commissioned, d.decommissioned)
+                    spans = spans_of.get(at)
+                    if spans is None:
+                        spans = spans_of[at] = [
+                            s
+                            for day in period
+                            for s in windows.scheduled(spec, d, day, ctx.horizon)
+                        ]
+                    out[d.id] = device_uptime(line, spans, policy)
+                    continue
                 acc = out[d.id] = Uptime(devices=1)
                 for day in period:
                     acc.add(
@@ -598,6 +619,12 @@ def financial_per_device(ctx: Context) -> dict[str, int]:
         kept = ctx.cache.get(("kept_financial", str(ctx.scope), ctx.first))
         if kept is not None and ctx.first == ctx.last:
             return {d: kept[d] for d in per_device}
+        if ctx.first != ctx.last and not any(
+            k in ctx.cache
+            for k in (("txn", ctx.first, ctx.last), ("financial", ctx.first, ctx.last))
+        ):  # a longer period: its sums, read once (shared with the fees)
+            summed = period_txn(ctx)
+            return {d: t.financial if (t := summed.get(d)) else 0 for d in per_device}
         counted = ctx.financial()
         return {d: counted.get(d, 0) for d in per_device}
 
@@ -825,7 +852,7 @@ def unit_entries(ctx: Context) -> list[tuple[str, Volumes]]:
 def _unit_entries(ctx: Context) -> list[tuple[str, Volumes]]:
     held = ctx.cache.get(("txn", ctx.first, ctx.last))
     if held is None and ctx.first != ctx.last:
-        return _unit_entries_by_day(ctx)
+        return _unit_entries_grouped(ctx)
     txn = ctx.txn()
     counters = ctx.memo(("counters", ctx.first, ctx.last),
                         lambda: ctx.feed.counters(ctx.first, ctx.last))  # fmt: skip
@@ -847,40 +874,102 @@ def _unit_entries(ctx: Context) -> list[tuple[str, Volumes]]:
     return entries
 
 
-def _unit_entries_by_day(ctx: Context) -> list[tuple[str, Volumes]]:
-    """:func:`_unit_entries` of a period longer than a day, reading its transactions one
-    day at a time (:meth:`rules.feed.Feed.txn_days` of that day) instead of holding every
-    device-day of the period; each device's fees are added up as the days come
-    (:func:`period_fees`). The same per-day counts, so the same entries."""
+@dataclass(frozen=True, slots=True)
+class FleetDates:
+    """The two inventory dates of a group of devices (:func:`rules.fleet.in_fleet`)."""
+
+    commissioned: date
+    decommissioned: date | None
+
+
+def _unit_entries_grouped(ctx: Context) -> list[tuple[str, Volumes]]:
+    """:func:`_unit_entries` of a period longer than a day, without reading its device-days:
+    the database sums the counted transactions per unit, day and commissioning dates
+    (:meth:`rules.feed.Feed.txn_unit_days`), a group is kept on the days its devices are
+    in the fleet, and the on-site devices are counted per day from the inventory. The
+    same per-unit-day sums as :func:`rules.substitution.unit_volumes` of each day, so the
+    same entries: each day its outlets in the inventory's order, then the other units
+    with transactions that day."""
+    inv = ctx.inventory
     counters = ctx.memo(("counters", ctx.first, ctx.last),
                         lambda: ctx.feed.counters(ctx.first, ctx.last))  # fmt: skip
-    scope_key = branch_key(ctx.inventory, ctx.scope.kind)
+    scope_key = branch_key(inv, ctx.scope.kind)
+    period = days(ctx.first, ctx.last)
+    n = len(period)
+    index = {day: i for i, day in enumerate(period)}
+    chosen: list[tuple[str, str, bool, date, date | None]] = []
+    on_site_diff: dict[str, list[int]] = {}  # unit -> +1/-1 where on-site devices come and go
+    for d in inv.devices:
+        unit = unit_of(inv, d.id)
+        if unit is None:
+            continue
+        on_site = d.placement is Placement.ON_SITE
+        chosen.append((d.id, unit, on_site, d.commissioned, d.decommissioned))
+        if on_site:
+            lo = max(0, (d.commissioned - ctx.first).days)
+            hi = n if d.decommissioned is None else min(n, (d.decommissioned - ctx.first).days)
+            if lo < hi:
+                diff = on_site_diff.get(unit)
+                if diff is None:
+                    diff = on_site_diff[unit] = [0] * (n + 1)
+                diff[lo] += 1
+                diff[hi] -= 1
+    on_site_n: dict[str, list[int]] = {}
+    for unit, diff in on_site_diff.items():
+        running, counts = 0, []
+        for i in range(n):
+            running += diff[i]
+            counts.append(running)
+        on_site_n[unit] = counts
+    outlets = [b.id for b in inv.branches if b.kind is BranchKind.OUTLET]
+    per_day: list[dict[str, list[int]]] = [{u: [0, 0, 0] for u in outlets} for _ in period]
+    for unit, day, since, until, fin, non_fin, site_fin in ctx.feed.txn_unit_days(
+        ctx.first, ctx.last, chosen
+    ):
+        at = index.get(day)
+        if at is None or not in_fleet(FleetDates(since, until), day):
+            continue
+        row = per_day[at].get(unit)
+        if row is None:
+            row = per_day[at][unit] = [0, 0, 0]
+        row[0] += fin
+        row[1] += fin + non_fin
+        row[2] += site_fin
+    order = {b.id: k for k, b in enumerate(inv.branches)}
     entries = []
-    fees: dict[str, tuple[Decimal, int]] = {}
-    day = ctx.first
-    while day <= ctx.last:
-        txn = ctx.feed.txn_days(day, day)
-        for d, per_day in txn.items():
-            t = per_day[day]
-            fee, n = fees.get(d, (Decimal("0"), 0))
-            fees[d] = (fee + t.fee, n + t.fee_txns)
-        counts = device_counts(txn)
-        del txn
-        for unit, vol in unit_volumes(ctx.inventory, counts, counters.get(day, {}), day).items():
-            if scope_key(unit) == ctx.scope.value:
-                entries.append((unit, vol))
-        day += timedelta(days=1)
-    ctx.cache[("fees", ctx.first, ctx.last)] = fees
+    for i, day in enumerate(period):
+        units = per_day[i]
+        day_counters = counters.get(day, {})
+        extra = sorted(set(units) - set(outlets), key=lambda u: (order.get(u, len(order)), u))
+        for unit in [*outlets, *extra]:
+            if scope_key(unit) != ctx.scope.value:
+                continue
+            fin, tot, on_site_fin = units[unit]
+            counter = day_counters.get(unit)
+            sites = on_site_n.get(unit)
+            entries.append((unit, Volumes(
+                self_financial=fin, self_total=tot, on_site_financial=on_site_fin,
+                counter_financial=counter.financial if counter else None,
+                counter_total=counter.financial + counter.non_financial if counter else None,
+                on_site_devices=sites[i] if sites else 0,
+            )))  # fmt: skip
     return entries
+
+
+def period_txn(ctx: Context) -> dict[str, TxnDay]:
+    """Per device with transactions in the period, its counted transactions summed over
+    the period (one grouped read, :meth:`rules.feed.Feed.txn_period`; memoised)."""
+    return ctx.memo(  # type: ignore[no-any-return]
+        ("period_txn", ctx.first, ctx.last), lambda: ctx.feed.txn_period(ctx.first, ctx.last)
+    )
 
 
 def period_fees(ctx: Context) -> dict[str, tuple[Decimal, int]]:
     """Per device with transactions in the period: (Σ fee, Σ transactions carrying a
-    fee), counted ones only; from the days :func:`unit_entries` read when it read them
-    one by one, else from :meth:`Context.txn`."""
-    got = ctx.cache.get(("fees", ctx.first, ctx.last))
-    if got is not None:
-        return got  # type: ignore[no-any-return]
+    fee), counted ones only; from :meth:`Context.txn` when this computation holds it (or
+    the period is one day), else from the period's sums (:func:`period_txn`)."""
+    if ctx.first != ctx.last and ("txn", ctx.first, ctx.last) not in ctx.cache:
+        return {d: (t.fee, t.fee_txns) for d, t in period_txn(ctx).items()}
     return {
         d: (sum((x.fee for x in t.values()), Decimal("0")), sum(x.fee_txns for x in t.values()))
         for d, t in ctx.txn().items()
@@ -998,8 +1087,8 @@ def tail_entries(
         per_device_uptime(ctx) if figures is None else {d: f.uptime for d, f in figures.items()}
     )
     if unit == "branch":
-        unit_of = {d.id: d.branch for d in inv.devices}
-        of: Callable[[str], str] = unit_of.__getitem__
+        branch_of = {d.id: d.branch for d in inv.devices}
+        of: Callable[[str], str] = branch_of.__getitem__
         key = branch_key(inv, group)
         tier_target = {
             b.id: ctx.rules.uptime.targets[inv.subbranch_by_id[b.subbranch].tier]
@@ -1221,7 +1310,7 @@ def assessment_report(ctx: Context) -> Report:
     inv = ctx.inventory
     by_sub = dimension_key(inv, "subbranch")
     devices = ctx.devices
-    per_device = per_device_uptime(ctx)
+    per_device = period_uptime(ctx)  # only each device's period is needed
     uptime = rollup(per_device, by_sub)
     subst = substitution(unit_entries(ctx), branch_key(inv, "subbranch"))
     shares = low_yield_share(ctx.flags(), by_sub, ctx.rules.low_yield.max_share)

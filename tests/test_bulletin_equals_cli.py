@@ -367,7 +367,7 @@ class TestPeriodSummedAsItComes:
         assert any(u.unknown_ms > 0 for u in plain.values())
 
     def test_the_month_s_transactions_read_day_by_day_equal_the_whole_read(self, db: str) -> None:
-        """The substitution unit-days and each device's fees, read one day at a time for a
+        """The substitution unit-days and each device's fees, summed by the database for a
         period longer than a day, equal those from the period's transactions held at once."""
         from rules.config import load_rules
         from rules.feed import Feed
