@@ -16,18 +16,20 @@ Times are integer milliseconds since the Unix epoch (UTC).
 
 from __future__ import annotations
 
+import _random
 import bisect
+import hashlib
 import heapq
 import json
 import math
 import random
 import time
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import IntEnum
 from operator import attrgetter
-from typing import Any, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 from zoneinfo import ZoneInfo
 
 from atmfleet.errors import UsageError
@@ -315,7 +317,7 @@ class _Context:
         return got
 
 
-def _lognormal(rng: random.Random, mean: float, sigma: float) -> float:
+def _lognormal(rng: random.Random | _Rng, mean: float, sigma: float) -> float:
     """A log-normal variate with the given mean."""
     return mean * math.exp(rng.gauss(-sigma * sigma / 2, sigma))
 
@@ -605,17 +607,47 @@ def in_window_after(bounds: list[int], t: int, need: int) -> int:
         i += 1 if i % 2 == 0 else 2
 
 
+class _Rng(_random.Random):
+    """``random.Random`` seeded from a str, without its instance dict (350 bytes a device):
+    the same seeding (version 2: the str and its SHA-512 as one integer) and the same
+    methods, so the same numbers (tests/test_simulator_stream.py)."""
+
+    __slots__ = ("gauss_next",)
+
+    def __init__(self, seed: str) -> None:
+        a = seed.encode()
+        super().seed(int.from_bytes(a + hashlib.sha512(a).digest(), "big"))
+        self.gauss_next: float | None = None
+
+    if TYPE_CHECKING:
+
+        def uniform(self, a: float, b: float) -> float: ...
+        def expovariate(self, lambd: float) -> float: ...
+        def randint(self, a: int, b: int) -> int: ...
+        def choice(self, seq: Sequence[_V]) -> _V: ...
+        def gauss(self, mu: float, sigma: float) -> float: ...
+
+    else:
+        _randbelow = random.Random._randbelow_with_getrandbits
+        randrange = random.Random.randrange
+        randint = random.Random.randint
+        choice = random.Random.choice
+        uniform = random.Random.uniform
+        expovariate = random.Random.expovariate
+        gauss = random.Random.gauss
+
+
 #: Slots of :class:`_Device` (one per device: no generator frame, closures or cells).
 _DEVICE_SLOTS = (
     # the run and the device's constant facts
     "ctx", "config", "cash_cfg", "inc", "dev", "d_id", "rng", "tech_rng", "dispatch_floor",
     "sink", "rel", "hb_period", "dtype", "has_cash", "has_deposit", "replenish_days",
-    "topic_state", "topic_event", "topic_txn", "topic_presence", "t_end", "tx_types",
+    "topic_state", "t_end", "tx_types",
     "tx_cum", "hour_rate", "volume", "weekly", "res_names", "res_cum", "comps", "comp_names",
-    "comp_cum", "fees", "window_bounds", "head", "txn_head", "res_json", "j_hb", "comps_ok",
+    "comp_cum", "fees", "window_bounds", "j_id", "res_json", "j_hb", "comps_ok",
     "cdm_head", "cdm_tail", "cim_head", "cim_tail", "cuts", "outages", "forward_max",
     # conditions
-    "pending", "seq", "powered", "link_down", "connected", "session", "connect_ts",
+    "pending", "seq", "powered", "link_down", "connected", "connect_ts",
     "buffer", "fault", "fault_comp", "fault_degrades", "tech", "supervisor", "planned",
     "cash", "cash_low_sent", "cash_out", "deposit", "deposit_full", "reported",
     "window_open", "cut_i", "outage_i", "in_cut", "in_outage",
@@ -647,11 +679,11 @@ class _Device:
         self.out: list[Emission] = []
         self.pos = 0
         self.done = False
-        self.rng = rng = random.Random(f"{ctx.seed}:{d_id}")
+        self.rng = rng = _Rng(f"{ctx.seed}:{d_id}")
         # The technician's dispatch is drawn apart, so adding it left the device's own
         # sequence of draws (and every other behaviour) as it was.
         # Made at the first fault (the same stream, 2.5 KB a device less until then).
-        self.tech_rng: random.Random | None = None
+        self.tech_rng: _Rng | None = None
         self.dispatch_floor = int(config.technicians.dispatch_after_min * MINUTE)
         self.sink = ctx.on_repair
         #: The fault being handled: [fault, component, code, software, degraded, dispatch,
@@ -668,9 +700,6 @@ class _Device:
         handles_cash = has_cash or has_deposit
         branch = ctx.inventory.branch_by_id[dev.branch]
         self.topic_state = device_topic(d_id, "state")
-        self.topic_event = device_topic(d_id, "event")
-        self.topic_txn = device_topic(d_id, "txn")
-        self.topic_presence = device_topic(d_id, "presence")
 
         # Devices come up at their own moments and their clocks drift: the fleet's
         # heartbeats spread over the seconds of a minute instead of all beating at once.
@@ -719,9 +748,9 @@ class _Device:
         self.powered = True
         self.link_down = 0  # number of reasons the link is down (network outage, own drop)
         self.connected = False
-        self.session = ""
         self.connect_ts = 0
-        self.buffer: list[tuple[str, bytes, str, int, str, int, str, str, int]] = []
+        #: What the device stores while its link is down (made at the first drop).
+        self.buffer: list[tuple[str, bytes, str, int, str, int, str, str, int]] | None = None
         self.fault: str | None = None  # active fault code
         self.fault_comp = ""
         self.fault_degrades = False
@@ -742,9 +771,7 @@ class _Device:
         # ``_dumps`` makes of the same dict (tests/test_simulator_payloads.py), at a
         # fraction of the cost. Every value not known to be a plain number or an ASCII
         # constant goes through the JSON encoder.
-        j_id = _json(d_id)
-        self.head = '{"v":1,"device_id":' + j_id + ',"ts":"'
-        self.txn_head = ',"txn_id":' + j_id[:-1] + "-"
+        self.j_id = _json(d_id)
         self.res_json = ctx.shared("results_json", lambda: {r: _json(r) for r in res_names})
         self.j_hb = _json(hb)
         self.comps_ok = ctx.shared(
@@ -805,6 +832,10 @@ class _Device:
         self.pos = 1
         return out[0]
 
+    def topic(self, kind: str) -> str:
+        """The device's topic of ``kind`` (only the state topic, the busiest, is kept)."""
+        return self.topic_state[:-5] + kind
+
     # ------------------------------------------------------------------ conditions
 
     def report(self, repaired: int | None) -> None:
@@ -849,7 +880,7 @@ class _Device:
         )
 
     def state_payload(self, t: int, state: str) -> bytes:
-        parts = [self.head, iso(t), '","seq":', str(self.seq), ',"state":"', state,
+        parts = ['{"v":1,"device_id":', self.j_id, ',"ts":"', iso(t), '","seq":', str(self.seq), ',"state":"', state,
                  '","heartbeat_s":', self.j_hb, ',"components":{', self.comps_json(), "}"]  # fmt: skip
         has_cash, has_deposit = self.has_cash, self.has_deposit
         if has_cash:
@@ -877,8 +908,12 @@ class _Device:
             self.out.append(Emission(t, topic, payload, False, Control.NONE, self.d_id, kind,
                                      self.seq, txn_id, t, detail, result, since, b"", amount,
                                      flag))  # fmt: skip
-        elif len(self.buffer) < self.forward_max:
-            self.buffer.append((topic, payload, kind, t, detail, self.seq, txn_id, result, since))
+        else:
+            buffer = self.buffer
+            if buffer is None:
+                buffer = self.buffer = []
+            if len(buffer) < self.forward_max:
+                buffer.append((topic, payload, kind, t, detail, self.seq, txn_id, result, since))
 
     def emit_state(self, t: int, force: bool = False) -> None:
         if not self.powered:
@@ -908,7 +943,7 @@ class _Device:
             data["text"] = text
         if since >= 0:
             data["since"] = iso(since)
-        self.send(t, "event", self.topic_event, _dumps(data), event, since=since)
+        self.send(t, "event", self.topic("event"), _dumps(data), event, since=since)
 
     def presence(self, t: int, status: str, will: bool, sess: str) -> bytes:
         return _dumps(
@@ -920,28 +955,29 @@ class _Device:
         """Birth, then the store-and-forward backlog with original ts and seq."""
         d_id = self.d_id
         self.connected = True
-        self.session = session = f"{d_id[-20:]}.{t:x}"
+        session = f"{d_id[-20:]}.{t:x}"
         self.connect_ts = t
         will = self.presence(t, "offline", True, session) if self.ctx.real_wills else b""
-        out, topic_presence = self.out, self.topic_presence
+        out, topic_presence = self.out, self.topic("presence")
         out.append(Emission(t, topic_presence, self.presence(t, "online", False, session), True,
                             Control.CONNECT, d_id, "presence", -1, "", t, "online", "", -1,
                             will))  # fmt: skip
-        for topic, payload, kind, ts, detail, s, txn_id, result, since in self.buffer:
-            out.append(Emission(t, topic, payload, False, Control.NONE, d_id, kind, s,
-                                txn_id, ts, detail, result, since, b""))  # fmt: skip
-        self.buffer.clear()
+        if self.buffer:
+            for topic, payload, kind, ts, detail, s, txn_id, result, since in self.buffer:
+                out.append(Emission(t, topic, payload, False, Control.NONE, d_id, kind, s,
+                                    txn_id, ts, detail, result, since, b""))  # fmt: skip
+            self.buffer.clear()
 
     def drop(self, t: int) -> None:
         self.connected = False
-        session = self.session
+        session = f"{self.d_id[-20:]}.{self.connect_ts:x}"  # the one connect() made
         if self.ctx.real_wills:
             connect_ts = self.connect_ts
             payload = self.presence(connect_ts, "offline", True, session)
             ts, how = connect_ts, "will"
         else:
             payload, ts, how = self.presence(t, "offline", False, session), t, "gateway"
-        self.out.append(Emission(t, self.topic_presence, payload, True, Control.DROP, self.d_id,
+        self.out.append(Emission(t, self.topic("presence"), payload, True, Control.DROP, self.d_id,
                                  "presence", -1, "", ts, "offline", how, -1, b""))  # fmt: skip
 
     def update_link(self, t: int) -> None:
@@ -1034,15 +1070,17 @@ class _Device:
             amount = 0
         self.seq = s = self.seq + 1
         txn_id = f"{self.d_id}-{s}"
+        j_id = self.j_id
         financial = ttype in FINANCIAL_TYPES
         payload = (
-            f'{self.head}{iso(t)}","seq":{s}{self.txn_head}{s}","type":"{ttype.value}",'
+            f'{{"v":1,"device_id":{j_id},"ts":"{iso(t)}","seq":{s},"txn_id":{j_id[:-1]}-{s}",'
+            f'"type":"{ttype.value}",'
             f'"amount":"{amount}.00","currency":"CNY","fee":"{fee // 100}.{fee % 100:02d}",'
             f'"result":{self.res_json.get(result) or _json(result)},"duration_ms":'
             f"{int(_DURATION_MS[ttype] * rng.uniform(0.6, 1.6))},"
             f'"on_us":{"true" if on_us else "false"}}}'
         ).encode()
-        self.send(t, "txn", self.topic_txn, payload, ttype.value, txn_id=txn_id, result=result,
+        self.send(t, "txn", self.topic("txn"), payload, ttype.value, txn_id=txn_id, result=result,
                   amount=fee, flag=financial)  # fmt: skip
         if result != "ok":
             return
@@ -1201,7 +1239,7 @@ class _Device:
                 self.emit_event(t, "fault", component=comp, code=code,
                                 severity="warning" if degrades else "critical")  # fmt: skip
                 if self.tech_rng is None:
-                    self.tech_rng = random.Random(f"{self.ctx.seed}:tech:{self.d_id}")
+                    self.tech_rng = _Rng(f"{self.ctx.seed}:tech:{self.d_id}")
                 # The bank dispatches an incident that exists: never before the floor
                 # has passed inside the service window (the engine's debounce counts
                 # only there), so a fault at night is dispatched after the window opens.
