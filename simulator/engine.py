@@ -152,6 +152,36 @@ def _dumps(data: dict[str, Any]) -> bytes:
     return _json(data).encode()
 
 
+class _Rng(_random.Random):
+    """``random.Random`` seeded from a str, without its instance dict (350 bytes a device):
+    the same seeding (version 2: the str and its SHA-512 as one integer) and the same
+    methods, so the same numbers (tests/test_simulator_stream.py)."""
+
+    __slots__ = ("gauss_next",)
+
+    def __init__(self, seed: str) -> None:
+        a = seed.encode()
+        super().seed(int.from_bytes(a + hashlib.sha512(a).digest(), "big"))
+        self.gauss_next: float | None = None
+
+    if TYPE_CHECKING:
+
+        def uniform(self, a: float, b: float) -> float: ...
+        def expovariate(self, lambd: float) -> float: ...
+        def randint(self, a: int, b: int) -> int: ...
+        def choice(self, seq: Sequence[_V]) -> _V: ...
+        def gauss(self, mu: float, sigma: float) -> float: ...
+
+    else:
+        _randbelow = random.Random._randbelow_with_getrandbits
+        randrange = random.Random.randrange
+        randint = random.Random.randint
+        choice = random.Random.choice
+        uniform = random.Random.uniform
+        expovariate = random.Random.expovariate
+        gauss = random.Random.gauss
+
+
 def device_heartbeat_s(device: Device, config: SimConfig, override: int | None = None) -> int:
     """The heartbeat a simulated device uses: the run's override, the config's, its own."""
     return override or config.heartbeat_s or device.heartbeat_s
@@ -161,7 +191,7 @@ def device_phase(device: Device, config: SimConfig, seed: int, hb_ms: int) -> tu
     """(start offset ms, heartbeat period ms) of a device: when, after the run's start (or
     its commissioning), it comes up, and its own slightly drifting heartbeat period. Drawn
     from ``(seed, "phase", device_id)``, apart from the device's own sequence of draws."""
-    rng = random.Random(f"{seed}:phase:{device.id}")
+    rng = _Rng(f"{seed}:phase:{device.id}")
     offset = int(rng.random() * config.start_spread_heartbeats * hb_ms)
     drift = config.heartbeat_drift
     period = max(1000, round(hb_ms * (1 + rng.uniform(-drift, drift))))
@@ -204,6 +234,7 @@ class _Context:
     _hours: dict[int, tuple[int, int]] = field(default_factory=dict)
     _factors: dict[int, float] = field(default_factory=dict)
     _windows: dict[str, list[int]] = field(default_factory=dict)
+    _midnights: dict[date, int] = field(default_factory=dict)
     _power: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     _network: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     _shared: dict[Hashable, Any] = field(default_factory=dict)
@@ -261,6 +292,13 @@ class _Context:
     def local_date(self, t: int) -> date:
         return from_ms(t).astimezone(self.tz).date()
 
+    def midnight(self, day: date) -> int:
+        """UTC ms of local midnight on ``day`` (cached: a fleet's commissioning dates)."""
+        got = self._midnights.get(day)
+        if got is None:
+            got = self._midnights[day] = self.local_time(day, 0)
+        return got
+
     def local_time(self, day: date, hour: float) -> int:
         """UTC ms of ``hour`` (fractional) on local ``day``."""
         base = datetime(day.year, day.month, day.day, tzinfo=self.tz)
@@ -283,7 +321,7 @@ class _Context:
         out: list[tuple[int, int]] = []
         if per_year <= 0:
             return out
-        rng = random.Random(f"{self.seed}:{key}")
+        rng = _Rng(f"{self.seed}:{key}")
         rate = per_year / (365 * DAY)
         t = self.start
         while True:
@@ -317,7 +355,7 @@ class _Context:
         return got
 
 
-def _lognormal(rng: random.Random | _Rng, mean: float, sigma: float) -> float:
+def _lognormal(rng: _Rng, mean: float, sigma: float) -> float:
     """A log-normal variate with the given mean."""
     return mean * math.exp(rng.gauss(-sigma * sigma / 2, sigma))
 
@@ -359,7 +397,7 @@ def withdrawal_boost(config: SimConfig, device_type: DeviceType, factor: float) 
 
 def device_profile(device: Device, config: SimConfig, seed: int) -> DeviceProfile:
     """Expected volume and low-yield flag; the same for the device's stream and the counters."""
-    rng = random.Random(f"{seed}:profile:{device.id}")
+    rng = _Rng(f"{seed}:profile:{device.id}")
     prof = config.txn[device.type]
     rhythm = config.rhythm[device.placement]
     base = prof.per_day * rhythm.volume
@@ -382,7 +420,7 @@ def device_profile(device: Device, config: SimConfig, seed: int) -> DeviceProfil
 
 
 def branch_substitution(branch_id: str, config: SimConfig, seed: int) -> float:
-    rng = random.Random(f"{seed}:counter:{branch_id}")
+    rng = _Rng(f"{seed}:counter:{branch_id}")
     r = rng.gauss(config.substitution_median, config.substitution_spread)
     return min(0.95, max(0.2, r))
 
@@ -472,7 +510,7 @@ def _merge(
     for i, dev in enumerate(devices[lo:hi], start=lo + 1):
         hb_ms = device_heartbeat_s(dev, ctx.config, ctx.heartbeat_override) * 1000
         phase = device_phase(dev, ctx.config, ctx.seed, hb_ms)
-        t0 = max(ctx.start, ctx.local_time(dev.commissioned, 0)) + phase[0]
+        t0 = max(ctx.start, ctx.midnight(dev.commissioned)) + phase[0]
         if t0 < ctx.end:
             ctx.phases[dev.id] = phase
             pending.append((t0, i, dev))
@@ -533,7 +571,7 @@ def _counters(ctx: _Context) -> Iterator[Emission]:
                     boost = withdrawal_boost(config, d.type, config.calendar.withdrawal_factor(day))
                     fin = financial_share(config, d.type, config.calendar.withdrawal_factor(day))
                     expected += prof.volume * weekly * boost * fin * ok_share
-                rng = random.Random(f"{ctx.seed}:counter:{branch_id}:{day.isoformat()}")
+                rng = _Rng(f"{ctx.seed}:counter:{branch_id}:{day.isoformat()}")
                 fin = round(expected * (1 - rate) / rate * _lognormal(rng, 1.0, 0.1))
                 non_fin = round(fin * rng.uniform(0.3, 0.5))
                 payload = _dumps(
@@ -607,36 +645,6 @@ def in_window_after(bounds: list[int], t: int, need: int) -> int:
         i += 1 if i % 2 == 0 else 2
 
 
-class _Rng(_random.Random):
-    """``random.Random`` seeded from a str, without its instance dict (350 bytes a device):
-    the same seeding (version 2: the str and its SHA-512 as one integer) and the same
-    methods, so the same numbers (tests/test_simulator_stream.py)."""
-
-    __slots__ = ("gauss_next",)
-
-    def __init__(self, seed: str) -> None:
-        a = seed.encode()
-        super().seed(int.from_bytes(a + hashlib.sha512(a).digest(), "big"))
-        self.gauss_next: float | None = None
-
-    if TYPE_CHECKING:
-
-        def uniform(self, a: float, b: float) -> float: ...
-        def expovariate(self, lambd: float) -> float: ...
-        def randint(self, a: int, b: int) -> int: ...
-        def choice(self, seq: Sequence[_V]) -> _V: ...
-        def gauss(self, mu: float, sigma: float) -> float: ...
-
-    else:
-        _randbelow = random.Random._randbelow_with_getrandbits
-        randrange = random.Random.randrange
-        randint = random.Random.randint
-        choice = random.Random.choice
-        uniform = random.Random.uniform
-        expovariate = random.Random.expovariate
-        gauss = random.Random.gauss
-
-
 #: Slots of :class:`_Device` (one per device: no generator frame, closures or cells).
 _DEVICE_SLOTS = (
     # the run and the device's constant facts
@@ -705,10 +713,10 @@ class _Device:
         # heartbeats spread over the seconds of a minute instead of all beating at once.
         phase = ctx.phases.pop(d_id, None)
         offset, self.hb_period = phase or device_phase(dev, config, ctx.seed, hb_ms)
-        t0 = max(ctx.start, ctx.local_time(dev.commissioned, 0)) + offset
+        t0 = max(ctx.start, ctx.midnight(dev.commissioned)) + offset
         t_end = ctx.end
         if dev.decommissioned is not None:
-            t_end = min(t_end, ctx.local_time(dev.decommissioned, 0))
+            t_end = min(t_end, ctx.midnight(dev.decommissioned))
         self.t_end = t_end
         if t0 >= t_end:
             self.done = True
