@@ -4,10 +4,10 @@
 non-decreasing simulated publish time. Nothing here touches the network or the clock:
 the publisher decides when an emission goes out, the ledger records it.
 
-Each device is a small state machine run by its own generator with its own
-``random.Random`` seeded from ``(seed, device_id)``, so a device's history does not
-depend on the rest of the fleet or on the inventory's order; the devices' streams are
-merged with ``heapq.merge`` (ties in device id order). Correlated incidents (a branch's
+Each device is a small state machine (:class:`_Device`, its state in slots) with its own
+random stream seeded from ``(seed, device_id)``, so a device's history does not depend on
+the rest of the fleet or on the inventory's order; the devices' streams are merged as
+``heapq.merge`` would (ties in device id order). Correlated incidents (a branch's
 power cut, a sub-branch's network outage) are drawn from a generator seeded by the
 branch or sub-branch id, so every device of it sees the same outage.
 
