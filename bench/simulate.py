@@ -152,7 +152,7 @@ def bench_backfill(devices: int, days: int, url: str, workdir: Path) -> None:
 # ---------------------------------------------------------------- before / after, side by side
 
 GENERATE_CHILD = r"""
-import json, resource, sys, time
+import hashlib, json, resource, sys, time
 from datetime import UTC, datetime, timedelta
 from simulator.config import SimConfig
 from simulator.engine import generate
@@ -162,16 +162,32 @@ inv = generate_inventory(devices, seed=1)
 start = datetime(2026, 11, 2, tzinfo=UTC)
 t0 = time.perf_counter()
 it = generate(inv, SimConfig(), 1, start, start + timedelta(days=30))
-next(it)
+first = next(it)
 setup = time.perf_counter() - t0
+# Every device is up (born) within one heartbeat (60 s) of device time from the start.
+all_up = int(start.timestamp() * 1000) + 60_000
+up_s = None
+# Every field of every message, in order, hashed (the time spent hashing is left out).
+digest = hashlib.sha256()
+hashing = 0.0
+def fold(e):
+    global hashing
+    h0 = time.perf_counter()
+    digest.update(repr((*e[:4], int(e[4]), *e[5:])).encode())
+    hashing += time.perf_counter() - h0
+fold(first)
 t1 = time.perf_counter()
 n = 0
 for e in it:
     n += 1
+    fold(e)
+    if up_s is None and e.t >= all_up:
+        up_s = time.perf_counter() - t0 - hashing
     if n >= messages:
         break
-print(json.dumps({"setup_s": setup, "rate": n / (time.perf_counter() - t1),
-                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"setup_s": setup, "up_s": up_s, "rate": n / (time.perf_counter() - t1 - hashing),
+                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "sha256": digest.hexdigest(), "messages": n + 1}))
 """
 
 
@@ -240,8 +256,15 @@ def compare(args: argparse.Namespace, url: str, workdir: Path) -> None:
         b, a = got["before"], got["after"]
         label = f"generation, {args.devices:,} devices"
         row(f"{label}: set-up to first message (s)", b["setup_s"], a["setup_s"])
+        row(f"{label}: all up, 60 s of device time (s)", b["up_s"], a["up_s"])
         row(f"{label}: msgs/s (one process)", b["rate"], a["rate"], "{:,.0f}")
         row(f"{label}: peak RSS (MiB)", b["rss_mb"], a["rss_mb"], "{:,.0f}")
+        same = "equal" if b["sha256"] == a["sha256"] else "DIFFERENT"
+        print(
+            f"{label}: sha256 of every field of the first {a['messages']:,} messages: "
+            f"{same} (before {b['sha256'][:16]}, after {a['sha256'][:16]})",
+            flush=True,
+        )
     if "publish" not in args.skip:
         got = {}
         start = (datetime.now(UTC) - timedelta(hours=12)).strftime("%Y-%m-%dT%H:%M:%SZ")

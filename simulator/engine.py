@@ -4,10 +4,10 @@
 non-decreasing simulated publish time. Nothing here touches the network or the clock:
 the publisher decides when an emission goes out, the ledger records it.
 
-Each device is a small state machine run by its own generator with its own
-``random.Random`` seeded from ``(seed, device_id)``, so a device's history does not
-depend on the rest of the fleet or on the inventory's order; the devices' streams are
-merged with ``heapq.merge`` (ties in device id order). Correlated incidents (a branch's
+Each device is a small state machine (:class:`_Device`, its state in slots) with its own
+random stream seeded from ``(seed, device_id)``, so a device's history does not depend on
+the rest of the fleet or on the inventory's order; the devices' streams are merged as
+``heapq.merge`` would (ties in device id order). Correlated incidents (a branch's
 power cut, a sub-branch's network outage) are drawn from a generator seeded by the
 branch or sub-branch id, so every device of it sees the same outage.
 
@@ -16,18 +16,20 @@ Times are integer milliseconds since the Unix epoch (UTC).
 
 from __future__ import annotations
 
+import _random
 import bisect
+import hashlib
 import heapq
 import json
 import math
 import random
 import time
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import IntEnum
 from operator import attrgetter
-from typing import Any, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 from zoneinfo import ZoneInfo
 
 from atmfleet.errors import UsageError
@@ -124,6 +126,9 @@ def from_ms(value: int) -> datetime:
 
 
 _ISO_HOURS: dict[int, str] = {}
+#: ``MM:SS.`` of each second of an hour, ``mmmZ`` of each millisecond of a second.
+_ISO_SECONDS = tuple(f"{m:02d}:{s:02d}." for m in range(60) for s in range(60))
+_ISO_MILLIS = tuple(f"{m:03d}Z" for m in range(1000))
 
 
 def iso(value: int) -> str:
@@ -135,8 +140,7 @@ def iso(value: int) -> str:
         if len(_ISO_HOURS) > 100_000:
             _ISO_HOURS.clear()
         prefix = _ISO_HOURS[hour] = time.strftime("%Y-%m-%dT%H:", time.gmtime(hour * 3600))
-    minute, second = divmod(rest, 60)
-    return f"{prefix}{minute:02d}:{second:02d}.{milli:03d}Z"
+    return prefix + _ISO_SECONDS[rest] + _ISO_MILLIS[milli]
 
 
 #: One encoder for every payload: ``json.dumps`` with options builds a new one per call.
@@ -148,6 +152,36 @@ def _dumps(data: dict[str, Any]) -> bytes:
     return _json(data).encode()
 
 
+class _Rng(_random.Random):
+    """``random.Random`` seeded from a str, without its instance dict (350 bytes a device):
+    the same seeding (version 2: the str and its SHA-512 as one integer) and the same
+    methods, so the same numbers (tests/test_simulator_stream.py)."""
+
+    __slots__ = ("gauss_next",)
+
+    def __init__(self, seed: str) -> None:
+        a = seed.encode()
+        super().seed(int.from_bytes(a + hashlib.sha512(a).digest(), "big"))
+        self.gauss_next: float | None = None
+
+    if TYPE_CHECKING:
+
+        def uniform(self, a: float, b: float) -> float: ...
+        def expovariate(self, lambd: float) -> float: ...
+        def randint(self, a: int, b: int) -> int: ...
+        def choice(self, seq: Sequence[_V]) -> _V: ...
+        def gauss(self, mu: float, sigma: float) -> float: ...
+
+    else:
+        _randbelow = random.Random._randbelow_with_getrandbits
+        randrange = random.Random.randrange
+        randint = random.Random.randint
+        choice = random.Random.choice
+        uniform = random.Random.uniform
+        expovariate = random.Random.expovariate
+        gauss = random.Random.gauss
+
+
 def device_heartbeat_s(device: Device, config: SimConfig, override: int | None = None) -> int:
     """The heartbeat a simulated device uses: the run's override, the config's, its own."""
     return override or config.heartbeat_s or device.heartbeat_s
@@ -157,7 +191,7 @@ def device_phase(device: Device, config: SimConfig, seed: int, hb_ms: int) -> tu
     """(start offset ms, heartbeat period ms) of a device: when, after the run's start (or
     its commissioning), it comes up, and its own slightly drifting heartbeat period. Drawn
     from ``(seed, "phase", device_id)``, apart from the device's own sequence of draws."""
-    rng = random.Random(f"{seed}:phase:{device.id}")
+    rng = _Rng(f"{seed}:phase:{device.id}")
     offset = int(rng.random() * config.start_spread_heartbeats * hb_ms)
     drift = config.heartbeat_drift
     period = max(1000, round(hb_ms * (1 + rng.uniform(-drift, drift))))
@@ -200,6 +234,7 @@ class _Context:
     _hours: dict[int, tuple[int, int]] = field(default_factory=dict)
     _factors: dict[int, float] = field(default_factory=dict)
     _windows: dict[str, list[int]] = field(default_factory=dict)
+    _midnights: dict[date, int] = field(default_factory=dict)
     _power: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     _network: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     _shared: dict[Hashable, Any] = field(default_factory=dict)
@@ -220,6 +255,20 @@ class _Context:
         if got is None:
             got = self._shared[key] = make()
         return cast(_V, got)
+
+    def boosted(self, dtype: DeviceType, factor: float) -> tuple[list[TxnType], list[float], float]:
+        """Types, cumulative weights and rate factor of a type on a day of withdrawals x
+        ``factor``."""
+        key = ("boosted", dtype, factor)
+        got = self._shared.get(key)
+        if got is None:
+            mix = _mix(self.config, dtype, factor)
+            got = self._shared[key] = (
+                list(mix),
+                _cum(list(mix.values())),
+                withdrawal_boost(self.config, dtype, factor),
+            )
+        return cast(tuple[list[TxnType], list[float], float], got)
 
     def hour(self, t: int) -> tuple[int, int]:
         """(local hour 0..23, local weekday 0..6) of the UTC hour holding ``t``."""
@@ -243,6 +292,13 @@ class _Context:
     def local_date(self, t: int) -> date:
         return from_ms(t).astimezone(self.tz).date()
 
+    def midnight(self, day: date) -> int:
+        """UTC ms of local midnight on ``day`` (cached: a fleet's commissioning dates)."""
+        got = self._midnights.get(day)
+        if got is None:
+            got = self._midnights[day] = self.local_time(day, 0)
+        return got
+
     def local_time(self, day: date, hour: float) -> int:
         """UTC ms of ``hour`` (fractional) on local ``day``."""
         base = datetime(day.year, day.month, day.day, tzinfo=self.tz)
@@ -265,7 +321,7 @@ class _Context:
         out: list[tuple[int, int]] = []
         if per_year <= 0:
             return out
-        rng = random.Random(f"{self.seed}:{key}")
+        rng = _Rng(f"{self.seed}:{key}")
         rate = per_year / (365 * DAY)
         t = self.start
         while True:
@@ -299,7 +355,7 @@ class _Context:
         return got
 
 
-def _lognormal(rng: random.Random, mean: float, sigma: float) -> float:
+def _lognormal(rng: _Rng, mean: float, sigma: float) -> float:
     """A log-normal variate with the given mean."""
     return mean * math.exp(rng.gauss(-sigma * sigma / 2, sigma))
 
@@ -341,7 +397,7 @@ def withdrawal_boost(config: SimConfig, device_type: DeviceType, factor: float) 
 
 def device_profile(device: Device, config: SimConfig, seed: int) -> DeviceProfile:
     """Expected volume and low-yield flag; the same for the device's stream and the counters."""
-    rng = random.Random(f"{seed}:profile:{device.id}")
+    rng = _Rng(f"{seed}:profile:{device.id}")
     prof = config.txn[device.type]
     rhythm = config.rhythm[device.placement]
     base = prof.per_day * rhythm.volume
@@ -364,7 +420,7 @@ def device_profile(device: Device, config: SimConfig, seed: int) -> DeviceProfil
 
 
 def branch_substitution(branch_id: str, config: SimConfig, seed: int) -> float:
-    rng = random.Random(f"{seed}:counter:{branch_id}")
+    rng = _Rng(f"{seed}:counter:{branch_id}")
     r = rng.gauss(config.substitution_median, config.substitution_spread)
     return min(0.95, max(0.2, r))
 
@@ -454,7 +510,7 @@ def _merge(
     for i, dev in enumerate(devices[lo:hi], start=lo + 1):
         hb_ms = device_heartbeat_s(dev, ctx.config, ctx.heartbeat_override) * 1000
         phase = device_phase(dev, ctx.config, ctx.seed, hb_ms)
-        t0 = max(ctx.start, ctx.local_time(dev.commissioned, 0)) + phase[0]
+        t0 = max(ctx.start, ctx.midnight(dev.commissioned)) + phase[0]
         if t0 < ctx.end:
             ctx.phases[dev.id] = phase
             pending.append((t0, i, dev))
@@ -469,7 +525,7 @@ def _merge(
     while heap or pending:
         while pending and (not heap or pending[-1][0] <= heap[0][0]):
             _, i, dev = pending.pop()
-            stream = _device(ctx, dev)
+            stream = _Device(ctx, dev)
             e = next(stream, None)
             if e is not None:
                 heapq.heappush(heap, (e.t, i, e, stream))
@@ -515,7 +571,7 @@ def _counters(ctx: _Context) -> Iterator[Emission]:
                     boost = withdrawal_boost(config, d.type, config.calendar.withdrawal_factor(day))
                     fin = financial_share(config, d.type, config.calendar.withdrawal_factor(day))
                     expected += prof.volume * weekly * boost * fin * ok_share
-                rng = random.Random(f"{ctx.seed}:counter:{branch_id}:{day.isoformat()}")
+                rng = _Rng(f"{ctx.seed}:counter:{branch_id}:{day.isoformat()}")
                 fin = round(expected * (1 - rate) / rate * _lognormal(rng, 1.0, 0.1))
                 non_fin = round(fin * rng.uniform(0.3, 0.5))
                 payload = _dumps(
@@ -589,158 +645,709 @@ def in_window_after(bounds: list[int], t: int, need: int) -> int:
         i += 1 if i % 2 == 0 else 2
 
 
-def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
-    """One device's life: a small discrete-event loop over its next due times."""
-    config, cash_cfg, inc = ctx.config, ctx.config.cash, ctx.config.incidents
-    d_id = dev.id
-    rng = random.Random(f"{ctx.seed}:{d_id}")
-    # The technician's dispatch is drawn apart, so adding it left the device's own
-    # sequence of draws (and every other behaviour) as it was.
-    # Made at the first fault (the same stream, 2.5 KB a device less until then).
-    tech_rng: random.Random | None = None
-    dispatch_floor = int(config.technicians.dispatch_after_min * MINUTE)
-    sink = ctx.on_repair
-    #: The fault being handled: [fault, component, code, software, degraded, dispatch,
-    #: arrival].
-    pending: list[Any] | None = None
-    prof = ctx.profiles.pop(d_id, None) or device_profile(dev, config, ctx.seed)
-    rel = config.reliability(dev.vendor, dev.model)
-    hb = device_heartbeat_s(dev, config, ctx.heartbeat_override)
-    hb_ms = hb * 1000
-    dtype = dev.type
-    has_cash = dtype in CASH_DISPENSING_TYPES
-    has_deposit = dev.can_deposit
-    handles_cash = has_cash or has_deposit
-    branch = ctx.inventory.branch_by_id[dev.branch]
-    topic_state = device_topic(d_id, "state")
-    topic_event = device_topic(d_id, "event")
-    topic_txn = device_topic(d_id, "txn")
-    topic_presence = device_topic(d_id, "presence")
+#: Slots of :class:`_Device` (one per device: no generator frame, closures or cells).
+_DEVICE_SLOTS = (
+    # the run and the device's constant facts
+    "ctx", "config", "cash_cfg", "inc", "dev", "d_id", "rng", "tech_rng", "dispatch_floor",
+    "sink", "rel", "hb_period", "dtype", "has_cash", "has_deposit", "replenish_days",
+    "topic_state", "t_end", "tx_types",
+    "tx_cum", "hour_rate", "volume", "weekly", "res_names", "res_cum", "comps", "comp_names",
+    "comp_cum", "fees", "window_bounds", "j_id", "res_json", "j_hb", "comps_ok",
+    "cdm_head", "cdm_tail", "cim_head", "cim_tail", "cuts", "outages", "forward_max",
+    # conditions
+    "pending", "seq", "powered", "link_down", "connected", "connect_ts",
+    "buffer", "fault", "fault_comp", "fault_degrades", "tech", "supervisor", "planned",
+    "cash", "cash_low_sent", "cash_out", "deposit", "deposit_full", "reported",
+    "window_open", "cut_i", "outage_i", "in_cut", "in_outage",
+    # next due times
+    "t_hb", "t_emergency", "t_txn", "t_win", "t_fault", "t_reboot", "t_tech", "t_repair",
+    "t_visit", "t_visit_end", "t_plan", "t_plan_end", "t_link", "t_link_up", "power_back",
+    "power_lost",
+    # what it sends next
+    "out", "pos", "done",
+)  # fmt: skip
 
-    # Devices come up at their own moments and their clocks drift: the fleet's heartbeats
-    # spread over the seconds of a minute instead of all beating at once.
-    phase = ctx.phases.pop(d_id, None)
-    offset, hb_period = phase or device_phase(dev, config, ctx.seed, hb_ms)
-    t0 = max(ctx.start, ctx.local_time(dev.commissioned, 0)) + offset
-    t_end = ctx.end
-    if dev.decommissioned is not None:
-        t_end = min(t_end, ctx.local_time(dev.decommissioned, 0))
-    if t0 >= t_end:
-        return
 
-    # Transactions: types, hourly intensity (per ms) and weekly rhythm. Tables are shared
-    # by every device of a type or placement: a 100,000-device fleet holds them once.
-    txp = config.txn[dtype]
-    tx_types, tx_cum = ctx.shared(
-        ("txn", dtype), lambda: (list(txp.mix), _cum(list(txp.mix.values())))
-    )
+class _Device:
+    """One device's life: a small discrete-event loop over its next due times, iterated
+    for its emissions (set up when made, advanced only when its last emission is taken).
 
-    def boosted(factor: float) -> tuple[list[TxnType], list[float], float]:
-        """Types, cumulative weights and rate factor on a day of withdrawals x factor."""
+    The device's state lives in slots: a generator with closures held a frame, about
+    twenty functions and eighty cells per device (8 KB of a 100,000-device fleet's 13 KB
+    a device)."""
 
-        def make() -> tuple[list[TxnType], list[float], float]:
-            mix = _mix(config, dtype, factor)
-            return list(mix), _cum(list(mix.values())), withdrawal_boost(config, dtype, factor)
+    __slots__ = _DEVICE_SLOTS
 
-        return ctx.shared(("boosted", dtype, factor), make)
+    def __init__(self, ctx: _Context, dev: Device) -> None:
+        config = ctx.config
+        cash_cfg = config.cash
+        self.ctx, self.config, self.cash_cfg, self.inc = ctx, config, cash_cfg, config.incidents
+        self.dev = dev
+        self.d_id = d_id = dev.id
+        self.out: list[Emission] = []
+        self.pos = 0
+        self.done = False
+        self.rng = rng = _Rng(f"{ctx.seed}:{d_id}")
+        # The technician's dispatch is drawn apart, so adding it left the device's own
+        # sequence of draws (and every other behaviour) as it was.
+        # Made at the first fault (the same stream, 2.5 KB a device less until then).
+        self.tech_rng: _Rng | None = None
+        self.dispatch_floor = int(config.technicians.dispatch_after_min * MINUTE)
+        self.sink = ctx.on_repair
+        #: The fault being handled: [fault, component, code, software, degraded, dispatch,
+        #: arrival].
+        self.pending: list[Any] | None = None
+        prof = ctx.profiles.pop(d_id, None) or device_profile(dev, config, ctx.seed)
+        self.replenish_days = prof.replenish_every_days
+        self.rel = config.reliability(dev.vendor, dev.model)
+        hb = device_heartbeat_s(dev, config, ctx.heartbeat_override)
+        hb_ms = hb * 1000
+        self.dtype = dtype = dev.type
+        self.has_cash = has_cash = dtype in CASH_DISPENSING_TYPES
+        self.has_deposit = has_deposit = dev.can_deposit
+        handles_cash = has_cash or has_deposit
+        branch = ctx.inventory.branch_by_id[dev.branch]
+        self.topic_state = device_topic(d_id, "state")
 
-    rhythm = config.rhythm[dev.placement]
-    hour_rate = ctx.shared(
-        ("hourly", dev.placement), lambda: _hourly_per_ms(rhythm.hourly, rhythm.weekly)
-    )
-    volume = prof.volume
-    weekly = rhythm.weekly
-    res_names, res_cum = ctx.shared(
-        "results",
-        lambda: (list(config.txn_result_weights), _cum(list(config.txn_result_weights.values()))),
-    )
-    comps = _COMPONENTS[dtype]
-    comp_names, comp_cum = ctx.shared(
-        ("components", dtype), lambda: (list(comps), _cum(list(comps.values())))
-    )
-    w_notes, w_notes_cum = _WITHDRAW_NOTES[0], _WITHDRAW_CUM
-    d_notes, d_notes_cum = _DEPOSIT_NOTES[0], _DEPOSIT_CUM
-    fees = config.inter_bank_fee
-    window_bounds = ctx.window_bounds(device_window(dev))
+        # Devices come up at their own moments and their clocks drift: the fleet's
+        # heartbeats spread over the seconds of a minute instead of all beating at once.
+        phase = ctx.phases.pop(d_id, None)
+        offset, self.hb_period = phase or device_phase(dev, config, ctx.seed, hb_ms)
+        t0 = max(ctx.start, ctx.midnight(dev.commissioned)) + offset
+        t_end = ctx.end
+        if dev.decommissioned is not None:
+            t_end = min(t_end, ctx.midnight(dev.decommissioned))
+        self.t_end = t_end
+        if t0 >= t_end:
+            self.done = True
+            return
 
-    # Conditions.
-    seq = 0
-    powered = True
-    link_down = 0  # number of reasons the link is down (network outage, own drop)
-    connected = False
-    session = ""
-    connect_ts = 0
-    buffer: list[tuple[str, bytes, str, int, str, int, str, str, int]] = []
-    fault: str | None = None  # active fault code
-    fault_comp = ""
-    fault_degrades = False
-    tech = False
-    supervisor = False
-    planned = False
-    cash = cash_cfg.notes_loaded if has_cash else 0
-    cash_low_sent = False
-    cash_out = False
-    deposit = 0
-    deposit_full = False
-    reported: str | None = None
-    t_hb = NEVER  # next heartbeat
-    t_emergency = NEVER  # an unscheduled cash visit after a cash-out or full cassette
+        # Transactions: types, hourly intensity (per ms) and weekly rhythm. Tables are
+        # shared by every device of a type or placement: a 100,000-device fleet holds them
+        # once.
+        txp = config.txn[dtype]
+        self.tx_types, self.tx_cum = ctx.shared(
+            ("txn", dtype), lambda: (list(txp.mix), _cum(list(txp.mix.values())))
+        )
+        rhythm = config.rhythm[dev.placement]
+        self.hour_rate = ctx.shared(
+            ("hourly", dev.placement), lambda: _hourly_per_ms(rhythm.hourly, rhythm.weekly)
+        )
+        self.volume = prof.volume
+        self.weekly = rhythm.weekly
+        res_names, self.res_cum = ctx.shared(
+            "results",
+            lambda: (
+                list(config.txn_result_weights),
+                _cum(list(config.txn_result_weights.values())),
+            ),
+        )
+        self.comps = comps = _COMPONENTS[dtype]
+        comp_names, self.comp_cum = ctx.shared(
+            ("components", dtype), lambda: (list(comps), _cum(list(comps.values())))
+        )
+        self.res_names, self.comp_names = res_names, comp_names
+        self.fees = config.inter_bank_fee
+        self.window_bounds = window_bounds = ctx.window_bounds(device_window(dev))
+        self.forward_max = config.store_forward_max
 
-    def report(repaired: int | None) -> None:
-        nonlocal pending
-        if pending is not None and sink is not None:
+        # Conditions.
+        self.seq = 0
+        self.powered = True
+        self.link_down = 0  # number of reasons the link is down (network outage, own drop)
+        self.connected = False
+        self.connect_ts = 0
+        #: What the device stores while its link is down (made at the first drop).
+        self.buffer: list[tuple[str, bytes, str, int, str, int, str, str, int]] | None = None
+        self.fault: str | None = None  # active fault code
+        self.fault_comp = ""
+        self.fault_degrades = False
+        self.tech = False
+        self.supervisor = False
+        self.planned = False
+        self.cash = cash_cfg.notes_loaded if has_cash else 0
+        self.cash_low_sent = False
+        self.cash_out = False
+        self.deposit = 0
+        self.deposit_full = False
+        self.reported: str | None = None
+        self.t_hb = NEVER  # next heartbeat
+        self.t_emergency = NEVER  # an unscheduled cash visit after a cash-out or full cassette
+        self.window_open = bisect.bisect_right(window_bounds, t0) % 2 == 1
+
+        # The state and txn payloads are written from templates: byte for byte what
+        # ``_dumps`` makes of the same dict (tests/test_simulator_payloads.py), at a
+        # fraction of the cost. Every value not known to be a plain number or an ASCII
+        # constant goes through the JSON encoder.
+        self.j_id = _json(d_id)
+        self.res_json = ctx.shared("results_json", lambda: {r: _json(r) for r in res_names})
+        self.j_hb = _json(hb)
+        self.comps_ok = ctx.shared(
+            ("components_json", dtype), lambda: ",".join(f'"{c}":"ok"' for c in comp_names)
+        )
+        self.cdm_head, self.cdm_tail, self.cim_head, self.cim_tail = ctx.shared(
+            ("cash_units", has_cash, has_deposit),
+            lambda: _cash_unit_templates(cash_cfg, has_cash, has_deposit),
+        )
+
+        # Shared incident schedules (one list per branch / sub-branch, read with an
+        # index): outages that started before this device did are skipped.
+        self.cuts = cuts = ctx.power_cuts(branch.id)
+        self.outages = outages = ctx.network_outages(branch.subbranch)
+        self.cut_i = bisect.bisect_left(cuts, (t0, -1))
+        self.outage_i = bisect.bisect_left(outages, (t0, -1))
+        self.in_cut = self.in_outage = False
+
+        self.t_txn = self.next_txn(t0)
+        i_win = bisect.bisect_right(window_bounds, t0)
+        self.t_win = window_bounds[i_win] if i_win < len(window_bounds) else NEVER
+        self.t_fault = self.next_fault(t0)
+        self.t_reboot = NEVER
+        self.t_tech = NEVER
+        self.t_repair = NEVER
+        t_visit = (
+            self.next_visit(t0, rng.randint(0, self.replenish_days - 1)) if handles_cash else NEVER
+        )
+        if t_visit < t0:
+            t_visit = self.next_visit(t0, self.replenish_days)
+        self.t_visit = t_visit
+        self.t_visit_end = NEVER
+        self.t_plan = self.next_planned(t0, True)
+        self.t_plan_end = NEVER
+        self.t_link = self.next_link_drop(t0)
+        self.t_link_up = NEVER
+        self.power_back = NEVER
+        self.power_lost = t0
+
+        self.connect(t0)
+        self.emit_state(t0, force=True)
+
+    # ------------------------------------------------------------------ iteration
+
+    def __iter__(self) -> _Device:
+        return self
+
+    def __next__(self) -> Emission:
+        out, pos = self.out, self.pos
+        if pos < len(out):
+            self.pos = pos + 1
+            return out[pos]
+        out.clear()
+        if self.done or not self._advance():
+            self.done = True
+            self.pos = 0
+            raise StopIteration
+        self.pos = 1
+        return out[0]
+
+    def topic(self, kind: str) -> str:
+        """The device's topic of ``kind`` (only the state topic, the busiest, is kept)."""
+        return self.topic_state[:-5] + kind
+
+    # ------------------------------------------------------------------ conditions
+
+    def report(self, repaired: int | None) -> None:
+        pending = self.pending
+        if pending is not None and self.sink is not None:
             f_at, comp_, code_, soft, degraded, dispatched, arrived = pending
-            sink(Repair(d_id, dev.vendor, dev.model, comp_, code_, soft, degraded, f_at,
-                        dispatched, arrived, repaired))  # fmt: skip
-        pending = None
+            dev = self.dev
+            self.sink(Repair(self.d_id, dev.vendor, dev.model, comp_, code_, soft, degraded,
+                             f_at, dispatched, arrived, repaired))  # fmt: skip
+        self.pending = None
 
-    def is_open(t: int) -> bool:
-        return bisect.bisect_right(window_bounds, t) % 2 == 1
-
-    window_open = is_open(t0)
-
-    def state_now() -> str:
-        if link_down:
+    def state_now(self) -> str:
+        if self.link_down:
             return "comms_down"
-        if planned:
+        if self.planned:
             return "planned_maintenance"
-        if tech:
+        if self.tech:
             return "maintenance"
-        if fault is not None and not fault_degrades:
+        fault = self.fault
+        if fault is not None and not self.fault_degrades:
             return "fault"
-        if supervisor:
+        if self.supervisor:
             return "supervisor"
-        if not window_open:
+        if not self.window_open:
             return "closed"
-        if cash_out:
+        if self.cash_out:
             return "cash_out"
-        if deposit_full and dtype is DeviceType.DEPOSIT:
+        if self.deposit_full and self.dtype is DeviceType.DEPOSIT:
             return "deposit_full"
-        if fault is not None or deposit_full:
+        if fault is not None or self.deposit_full:
             return "degraded"
         return "in_service"
 
-    # The state and txn payloads are written from templates: byte for byte what
-    # ``_dumps`` makes of the same dict (tests/test_simulator_payloads.py), at a
-    # fraction of the cost. Every value not known to be a plain number or an ASCII
-    # constant goes through the JSON encoder.
-    j_id = _json(d_id)
-    head = '{"v":1,"device_id":' + j_id + ',"ts":"'
-    txn_head = ',"txn_id":' + j_id[:-1] + "-"
-    res_json = ctx.shared("results_json", lambda: {r: _json(r) for r in res_names})
-    j_hb = _json(hb)
-    comps_ok = ctx.shared(
-        ("components_json", dtype), lambda: ",".join(f'"{c}":"ok"' for c in comp_names)
-    )
-
-    def comps_json() -> str:
-        if fault is None or fault_comp not in comps:
-            return comps_ok
-        return ctx.shared(
-            ("components_json", dtype, fault_comp),
+    def comps_json(self) -> str:
+        fault_comp = self.fault_comp
+        if self.fault is None or fault_comp not in self.comps:
+            return self.comps_ok
+        comp_names = self.comp_names
+        return self.ctx.shared(
+            ("components_json", self.dtype, fault_comp),
             lambda: ",".join(f'"{c}":"{"fault" if c == fault_comp else "ok"}"' for c in comp_names),
         )
 
+    def state_payload(self, t: int, state: str) -> bytes:
+        parts = ['{"v":1,"device_id":', self.j_id, ',"ts":"', iso(t), '","seq":', str(self.seq), ',"state":"', state,
+                 '","heartbeat_s":', self.j_hb, ',"components":{', self.comps_json(), "}"]  # fmt: skip
+        has_cash, has_deposit = self.has_cash, self.has_deposit
+        if has_cash:
+            status = "empty" if self.cash_out else ("low" if self.cash_low_sent else "ok")
+            parts += (self.cdm_head, str(self.cash), self.cdm_tail, status, '"}')
+        if has_deposit:
+            parts += (self.cim_head, str(self.deposit), self.cim_tail,
+                      "full" if self.deposit_full else "ok", '"}')  # fmt: skip
+        if has_cash or has_deposit:
+            parts.append("]")
+        if self.fault is not None:
+            parts += (',"faults":[', _json(self.fault), "]")
+        parts.append("}")
+        return "".join(parts).encode()
+
+    # ------------------------------------------------------------------ messages
+
+    def send(self, t: int, kind: str, topic: str, payload: bytes, detail: str,
+             txn_id: str = "", result: str = "", since: int = -1,
+             amount: int = 0, flag: bool = False) -> None:  # fmt: skip
+        """A sequenced message: published now, buffered while the link is down."""
+        if not self.powered:
+            return
+        if self.connected:
+            self.out.append(Emission(t, topic, payload, False, Control.NONE, self.d_id, kind,
+                                     self.seq, txn_id, t, detail, result, since, b"", amount,
+                                     flag))  # fmt: skip
+        else:
+            buffer = self.buffer
+            if buffer is None:
+                buffer = self.buffer = []
+            if len(buffer) < self.forward_max:
+                buffer.append((topic, payload, kind, t, detail, self.seq, txn_id, result, since))
+
+    def emit_state(self, t: int, force: bool = False) -> None:
+        if not self.powered:
+            return
+        state = self.state_now()
+        if state == self.reported and not force:
+            return
+        self.reported = state
+        self.seq += 1
+        self.send(t, "state", self.topic_state, self.state_payload(t, state), state)
+        self.t_hb = t + self.hb_period
+
+    def emit_event(self, t: int, event: str, component: str | None = None,
+                   code: str | None = None, severity: str = "info", text: str | None = None,
+                   since: int = -1) -> None:  # fmt: skip
+        if not self.powered:
+            return
+        self.seq += 1
+        data: dict[str, Any] = {"v": 1, "device_id": self.d_id, "ts": iso(t), "seq": self.seq,
+                                "event": event}  # fmt: skip
+        if component:
+            data["component"] = component
+        if code:
+            data["code"] = code
+        data["severity"] = severity
+        if text:
+            data["text"] = text
+        if since >= 0:
+            data["since"] = iso(since)
+        self.send(t, "event", self.topic("event"), _dumps(data), event, since=since)
+
+    def presence(self, t: int, status: str, will: bool, sess: str) -> bytes:
+        return _dumps(
+            {"v": 1, "device_id": self.d_id, "status": status, "ts": iso(t), "session": sess,
+             "will": will}
+        )  # fmt: skip
+
+    def connect(self, t: int) -> None:
+        """Birth, then the store-and-forward backlog with original ts and seq."""
+        d_id = self.d_id
+        self.connected = True
+        session = f"{d_id[-20:]}.{t:x}"
+        self.connect_ts = t
+        will = self.presence(t, "offline", True, session) if self.ctx.real_wills else b""
+        out, topic_presence = self.out, self.topic("presence")
+        out.append(Emission(t, topic_presence, self.presence(t, "online", False, session), True,
+                            Control.CONNECT, d_id, "presence", -1, "", t, "online", "", -1,
+                            will))  # fmt: skip
+        if self.buffer:
+            for topic, payload, kind, ts, detail, s, txn_id, result, since in self.buffer:
+                out.append(Emission(t, topic, payload, False, Control.NONE, d_id, kind, s,
+                                    txn_id, ts, detail, result, since, b""))  # fmt: skip
+            self.buffer.clear()
+
+    def drop(self, t: int) -> None:
+        self.connected = False
+        session = f"{self.d_id[-20:]}.{self.connect_ts:x}"  # the one connect() made
+        if self.ctx.real_wills:
+            connect_ts = self.connect_ts
+            payload = self.presence(connect_ts, "offline", True, session)
+            ts, how = connect_ts, "will"
+        else:
+            payload, ts, how = self.presence(t, "offline", False, session), t, "gateway"
+        self.out.append(Emission(t, self.topic("presence"), payload, True, Control.DROP, self.d_id,
+                                 "presence", -1, "", ts, "offline", how, -1, b""))  # fmt: skip
+
+    def update_link(self, t: int) -> None:
+        """Connect or drop after a change of power or link."""
+        want = self.powered and self.link_down == 0
+        if want and not self.connected:
+            self.connect(t)
+        elif not want and self.connected:
+            self.drop(t)
+
+    # ------------------------------------------------------------------ next due times
+
+    def next_txn(self, t: int) -> int:
+        ctx, rng, t_end = self.ctx, self.rng, self.t_end
+        volume, hour_rate, weekly = self.volume, self.hour_rate, self.weekly
+        while t < t_end:
+            h_end = (t // HOUR + 1) * HOUR
+            local_hour, weekday = ctx.hour(t)
+            lam = volume * hour_rate[local_hour] * weekly[weekday]
+            factor = ctx.withdrawal_factor(t)
+            if factor != 1.0:
+                lam *= ctx.boosted(self.dtype, factor)[2]
+            if lam > 0:
+                t_next = t + int(rng.expovariate(lam)) + 1
+                if t_next < h_end:
+                    return t_next
+            t = h_end
+        return NEVER
+
+    def next_fault(self, t: int) -> int:
+        return t + int(self.rng.expovariate(1.0 / (self.rel.mtbf_days * DAY))) + 1
+
+    def next_visit(self, t: int, days: int) -> int:
+        ctx = self.ctx
+        day = ctx.local_date(t) + timedelta(days=days)
+        return ctx.local_time(day, self.cash_cfg.replenish_hour + self.rng.uniform(-1.0, 1.0))
+
+    def next_planned(self, t: int, first: bool) -> int:
+        ctx, rng = self.ctx, self.rng
+        every = self.inc.planned_every_days * DAY
+        gap = rng.uniform(0, every) if first else every * rng.uniform(0.9, 1.1)
+        day = ctx.local_date(t + int(gap))
+        hour = rng.uniform(9.5, 14.0)
+        # A weekday, and never before ``t``: the first one may fall earlier the same day.
+        while day.weekday() >= 5 or ctx.local_time(day, hour) < t:
+            day += timedelta(days=1)
+        return ctx.local_time(day, hour)
+
+    def next_link_drop(self, t: int) -> int:
+        per_year = self.inc.device_link_drops_per_year
+        if per_year <= 0:
+            return NEVER
+        return t + int(self.rng.expovariate(per_year / (365 * DAY))) + 1
+
+    # ------------------------------------------------------------------ a customer
+
+    def transaction(self, t: int) -> None:
+        """A customer at the device; cash and deposit levels follow."""
+        rng, ctx = self.rng, self.ctx
+        factor = ctx.withdrawal_factor(t)
+        types, cum = (
+            (self.tx_types, self.tx_cum) if factor == 1.0 else ctx.boosted(self.dtype, factor)[:2]
+        )
+        ttype = types[bisect.bisect_left(cum, rng.random() * cum[-1])]
+        if ttype is TxnType.DEPOSIT and (self.deposit_full or self.fault_degrades):
+            return  # deposits are refused right now: the customer goes elsewhere
+        res_cum = self.res_cum
+        result = self.res_names[bisect.bisect_left(res_cum, rng.random() * res_cum[-1])]
+        notes = 0
+        fee = 0
+        on_us = True
+        if ttype is TxnType.WITHDRAWAL:
+            notes = _WITHDRAW_NOTES[0][
+                bisect.bisect_left(_WITHDRAW_CUM, rng.random() * _WITHDRAW_CUM[-1])
+            ]
+            on_us = rng.random() >= self.config.inter_bank_share
+            if result == "ok" and notes > self.cash:
+                result = "declined"  # not enough notes left in the device
+            if result == "ok" and not on_us:
+                fee = round(rng.choice(self.fees) * 100)
+            amount = notes * 100
+        elif ttype is TxnType.DEPOSIT:
+            notes = _DEPOSIT_NOTES[0][
+                bisect.bisect_left(_DEPOSIT_CUM, rng.random() * _DEPOSIT_CUM[-1])
+            ]
+            amount = notes * 100
+        elif ttype in (TxnType.TRANSFER, TxnType.PAYMENT):
+            amount = rng.randint(20, 5000)
+        else:
+            amount = 0
+        self.seq = s = self.seq + 1
+        txn_id = f"{self.d_id}-{s}"
+        j_id = self.j_id
+        financial = ttype in FINANCIAL_TYPES
+        payload = (
+            f'{{"v":1,"device_id":{j_id},"ts":"{iso(t)}","seq":{s},"txn_id":{j_id[:-1]}-{s}",'
+            f'"type":"{ttype.value}",'
+            f'"amount":"{amount}.00","currency":"CNY","fee":"{fee // 100}.{fee % 100:02d}",'
+            f'"result":{self.res_json.get(result) or _json(result)},"duration_ms":'
+            f"{int(_DURATION_MS[ttype] * rng.uniform(0.6, 1.6))},"
+            f'"on_us":{"true" if on_us else "false"}}}'
+        ).encode()
+        self.send(t, "txn", self.topic("txn"), payload, ttype.value, txn_id=txn_id, result=result,
+                  amount=fee, flag=financial)  # fmt: skip
+        if result != "ok":
+            return
+        changed = False
+        cash_cfg = self.cash_cfg
+        if ttype is TxnType.WITHDRAWAL:
+            self.cash -= notes
+            if not self.cash_low_sent and self.cash < cash_cfg.low_share * cash_cfg.notes_loaded:
+                self.cash_low_sent = True
+                self.emit_event(t, "cash_low", component="cdm", severity="warning")
+            if self.cash < CASH_OUT_NOTES:
+                self.cash_out = changed = True
+                self.emit_event(t, "cash_out", component="cdm", severity="critical")
+        elif ttype is TxnType.DEPOSIT:
+            if self.dtype is DeviceType.CRS:
+                recycled = min(
+                    round(notes * cash_cfg.crs_recycle_share), cash_cfg.notes_loaded - self.cash
+                )
+                self.cash += recycled
+                notes -= recycled
+            self.deposit += notes
+            if self.deposit >= cash_cfg.deposit_capacity:
+                self.deposit_full = changed = True
+                self.emit_event(t, "deposit_full", component="cim", severity="critical")
+        if changed:
+            if self.t_emergency == NEVER and not self.supervisor:
+                self.t_emergency = t + max(
+                    10 * MINUTE, int(_lognormal(rng, cash_cfg.emergency_response_h * HOUR, 0.5))
+                )
+            self.emit_state(t)
+
+    # ------------------------------------------------------------------ the loop
+
+    def _advance(self) -> bool:
+        """Run the device until it has something to send (True) or its run ends (False)."""
+        out = self.out
+        cuts, outages = self.cuts, self.outages
+        while True:
+            cut_i, outage_i = self.cut_i, self.outage_i
+            t_cut = cuts[cut_i][self.in_cut] if cut_i < len(cuts) else NEVER
+            t_outage = outages[outage_i][self.in_outage] if outage_i < len(outages) else NEVER
+            t_hb, t_txn, t_win = self.t_hb, self.t_txn, self.t_win
+            t = min(t_hb, t_txn, t_win, self.t_fault, self.t_reboot, self.t_tech,
+                    self.t_repair, self.t_visit, self.t_emergency, self.t_visit_end,
+                    self.t_plan, self.t_plan_end, self.t_link, self.t_link_up, t_cut,
+                    t_outage)  # fmt: skip
+            if t >= self.t_end:
+                self.report(None)
+                return False
+            if not self.powered and self._wait_for_power(t):
+                continue
+            if t == t_win:
+                bounds = self.window_bounds
+                self.window_open = bisect.bisect_right(bounds, t) % 2 == 1
+                i = bisect.bisect_right(bounds, t)
+                self.t_win = bounds[i] if i < len(bounds) else NEVER
+                self.emit_state(t)
+            elif t == t_cut:
+                self._power(t)
+            elif t == t_outage:
+                if not self.in_outage:  # the sub-branch's network is down
+                    self.in_outage = True
+                    self.link_down += 1
+                else:
+                    self.in_outage = False
+                    self.outage_i += 1
+                    self.link_down -= 1
+                self.update_link(t)
+                self.emit_state(t)
+            elif t == t_hb:
+                self.emit_state(t, force=True)
+            elif t == t_txn:
+                self.t_txn = self.next_txn(t)
+                if self.connected and self.reported in ("in_service", "degraded"):
+                    self.transaction(t)
+            else:
+                self._incident(t)
+            if out:
+                return True
+
+    def _wait_for_power(self, t: int) -> bool:
+        """A dead device does nothing until the power is back; its clocks wait. True if
+        ``t`` was one of them (moved to when the power is back)."""
+        if t not in (self.t_fault, self.t_reboot, self.t_tech, self.t_repair, self.t_visit,
+                     self.t_emergency, self.t_visit_end, self.t_plan, self.t_plan_end,
+                     self.t_link, self.t_link_up):  # fmt: skip
+            return False
+        later = max(self.power_back, t + 1)
+        if self.t_fault == t:
+            self.t_fault = later
+        if self.t_reboot == t:
+            self.t_reboot = later
+        if self.t_tech == t:
+            self.t_tech = later
+        if self.t_repair == t:
+            self.t_repair = later
+        if self.t_visit == t:
+            self.t_visit = later
+        if self.t_emergency == t:
+            self.t_emergency = later
+        if self.t_visit_end == t:
+            self.t_visit_end = later
+        if self.t_plan == t:
+            self.t_plan = later
+        if self.t_plan_end == t:
+            self.t_plan_end = later
+        if self.t_link == t:
+            self.t_link = later
+        if self.t_link_up == t:
+            self.t_link_up = later
+        return True
+
+    def _power(self, t: int) -> None:
+        if not self.in_cut:  # the branch loses power: the device falls silent
+            self.in_cut = True
+            self.powered = False
+            self.power_lost, self.power_back = t, self.cuts[self.cut_i][1]
+            self.update_link(t)
+            self.t_hb = NEVER
+            self.reported = None
+        else:
+            self.in_cut = False
+            self.cut_i += 1
+            self.powered = True
+            self.power_back = NEVER
+            self.update_link(t)
+            self.emit_event(t, "power_restored", severity="warning", since=self.power_lost,
+                            text="mains power restored")  # fmt: skip
+            self.emit_state(t, force=True)
+
+    def _incident(self, t: int) -> None:
+        """Faults, repairs, cash visits, planned maintenance and the device's own link."""
+        rng = self.rng
+        if t == self.t_fault:
+            self.t_fault = NEVER
+            comp_names, comp_cum = self.comp_names, self.comp_cum
+            comp = comp_names[bisect.bisect_left(comp_cum, rng.random() * comp_cum[-1])]
+            rel = self.rel
+            software = rng.random() < rel.software_share
+            if software:
+                code = f"SW-{rng.randint(1, 40):04d}"
+                comp = "ptr" if "ptr" in self.comps else comp_names[0]
+                self.fault, self.fault_comp, self.fault_degrades = code, "", False
+                self.emit_event(t, "fault", code=code, severity="critical",
+                                text="application error")  # fmt: skip
+                self.t_reboot = t + int(rng.uniform(4, 15) * MINUTE)
+                self.pending = [t, None, code, True, False, None, None]
+            else:
+                code = f"{comp.upper()}-{rng.randint(1, 9999):04d}"
+                self.fault, self.fault_comp = code, comp
+                self.fault_degrades = degrades = (
+                    comp == "cim"
+                    and self.dtype is DeviceType.CRS
+                    and rng.random() < self.config.degraded_share
+                )
+                self.emit_event(t, "fault", component=comp, code=code,
+                                severity="warning" if degrades else "critical")  # fmt: skip
+                if self.tech_rng is None:
+                    self.tech_rng = _Rng(f"{self.ctx.seed}:tech:{self.d_id}")
+                # The bank dispatches an incident that exists: never before the floor
+                # has passed inside the service window (the engine's debounce counts
+                # only there), so a fault at night is dispatched after the window opens.
+                dispatch = max(
+                    in_window_after(self.window_bounds, t, self.dispatch_floor),
+                    t + int(_lognormal(self.tech_rng, rel.dispatch_h * HOUR, 0.6)),
+                )
+                # The technician sets out when dispatched; response_h is dispatch -> on site.
+                self.t_tech = dispatch + max(
+                    MINUTE, int(_lognormal(rng, rel.response_h * HOUR, 0.7))
+                )
+                self.pending = [t, comp, code, False, degrades, dispatch, None]
+            self.emit_state(t)
+        elif t == self.t_reboot:
+            self.t_reboot = NEVER
+            code = self.fault or "SW"
+            self.emit_event(t, "reboot", text="remote restart")
+            self.emit_event(t, "fault_cleared", code=code)
+            self.fault = None
+            self.t_fault = self.next_fault(t)
+            self.emit_state(t)
+            self.report(t)
+        elif t == self.t_tech:
+            self.t_tech = NEVER
+            self.tech = True
+            self.emit_event(t, "technician_arrived", component=self.fault_comp or None,
+                            code=self.fault)  # fmt: skip
+            if self.pending is not None:
+                self.pending[6] = t
+            self.t_repair = t + max(5 * MINUTE, int(_lognormal(rng, self.rel.repair_h * HOUR, 0.6)))
+            self.emit_state(t)
+        elif t == self.t_repair:
+            self.t_repair = NEVER
+            self.emit_event(t, "fault_cleared", component=self.fault_comp or None,
+                            code=self.fault or "HW")  # fmt: skip
+            self.emit_event(t, "technician_left")
+            self.fault, self.fault_comp, self.fault_degrades, self.tech = None, "", False, False
+            self.t_fault = self.next_fault(t)
+            self.emit_state(t)
+            self.report(t)
+        elif t in (self.t_visit, self.t_emergency):
+            if t == self.t_visit:
+                self.t_visit = self.next_visit(t, self.replenish_days)
+            else:
+                self.t_emergency = NEVER
+            if not self.supervisor:
+                self.supervisor = True
+                self.emit_event(t, "supervisor_enter", text="replenishment")
+                self.t_visit_end = t + max(
+                    5 * MINUTE, int(_lognormal(rng, self.cash_cfg.supervisor_min * MINUTE, 0.4))
+                )
+                self.emit_state(t)
+        elif t == self.t_visit_end:
+            self.t_visit_end = NEVER
+            if self.has_cash:
+                self.cash, self.cash_out, self.cash_low_sent = (
+                    self.cash_cfg.notes_loaded,
+                    False,
+                    False,
+                )
+                self.emit_event(t, "replenished", component="cdm")
+            if self.has_deposit:
+                self.deposit, self.deposit_full = 0, False
+                self.emit_event(t, "deposit_emptied", component="cim")
+            self.supervisor = False
+            self.t_emergency = NEVER
+            self.emit_event(t, "supervisor_exit")
+            self.emit_state(t)
+        elif t == self.t_plan:
+            self.t_plan = self.next_planned(t, False)
+            if not self.planned:
+                self.planned = True
+                self.t_plan_end = t + max(
+                    10 * MINUTE, int(_lognormal(rng, self.inc.planned_min * MINUTE, 0.3))
+                )
+                self.emit_state(t)
+        elif t == self.t_plan_end:
+            self.t_plan_end = NEVER
+            self.planned = False
+            self.emit_state(t)
+        elif t == self.t_link:
+            self.t_link = NEVER
+            self.link_down += 1
+            self.t_link_up = t + max(
+                1000, int(_lognormal(rng, self.inc.link_drop_min * MINUTE, 0.8))
+            )
+            self.update_link(t)
+            self.emit_state(t)
+        elif t == self.t_link_up:
+            self.t_link_up = NEVER
+            self.link_down -= 1
+            self.update_link(t)
+            self.emit_state(t)
+            self.t_link = self.next_link_drop(t)
+
+
+def _cash_unit_templates(
+    cash_cfg: Any, has_cash: bool, has_deposit: bool
+) -> tuple[str, str, str, str]:
+    """The cash-unit parts of a state payload (around the counts and statuses)."""
     cdm_head = (
         ',"cash_units":[{"id":"CDM1","type":"'
         + ("recycle" if has_deposit else "dispense")
@@ -751,429 +1358,4 @@ def _device(ctx: _Context, dev: Device) -> Iterator[Emission]:
         ",{" if has_cash else ',"cash_units":[{'
     ) + '"id":"CIM1","type":"deposit","denomination":100,"count":'
     cim_tail = ',"capacity":' + _json(cash_cfg.deposit_capacity) + ',"status":"'
-
-    def state_payload(t: int, state: str) -> bytes:
-        parts = [head, iso(t), '","seq":', str(seq), ',"state":"', state, '","heartbeat_s":',
-                 j_hb, ',"components":{', comps_json(), "}"]  # fmt: skip
-        if has_cash:
-            status = "empty" if cash_out else ("low" if cash_low_sent else "ok")
-            parts += (cdm_head, str(cash), cdm_tail, status, '"}')
-        if has_deposit:
-            parts += (cim_head, str(deposit), cim_tail, "full" if deposit_full else "ok", '"}')
-        if has_cash or has_deposit:
-            parts.append("]")
-        if fault is not None:
-            parts += (',"faults":[', _json(fault), "]")
-        parts.append("}")
-        return "".join(parts).encode()
-
-    out: list[Emission] = []
-
-    def send(t: int, kind: str, topic: str, payload: bytes, detail: str,
-             txn_id: str = "", result: str = "", since: int = -1,
-             amount: int = 0, flag: bool = False) -> None:  # fmt: skip
-        """A sequenced message: published now, buffered while the link is down."""
-        if not powered:
-            return
-        if connected:
-            out.append(Emission(t, topic, payload, False, Control.NONE, d_id, kind, seq,
-                                txn_id, t, detail, result, since, b"", amount, flag))  # fmt: skip
-        elif len(buffer) < config.store_forward_max:
-            buffer.append((topic, payload, kind, t, detail, seq, txn_id, result, since))
-
-    def next_seq() -> int:
-        nonlocal seq
-        seq += 1
-        return seq
-
-    def emit_state(t: int, force: bool = False) -> None:
-        nonlocal reported, t_hb
-        if not powered:
-            return
-        state = state_now()
-        if state == reported and not force:
-            return
-        reported = state
-        next_seq()
-        send(t, "state", topic_state, state_payload(t, state), state)
-        t_hb = t + hb_period
-
-    def emit_event(t: int, event: str, component: str | None = None, code: str | None = None,
-                   severity: str = "info", text: str | None = None, since: int = -1) -> None:  # fmt: skip
-        if not powered:
-            return
-        next_seq()
-        data: dict[str, Any] = {"v": 1, "device_id": d_id, "ts": iso(t), "seq": seq, "event": event}
-        if component:
-            data["component"] = component
-        if code:
-            data["code"] = code
-        data["severity"] = severity
-        if text:
-            data["text"] = text
-        if since >= 0:
-            data["since"] = iso(since)
-        send(t, "event", topic_event, _dumps(data), event, since=since)
-
-    def presence(t: int, status: str, will: bool, sess: str) -> bytes:
-        return _dumps(
-            {"v": 1, "device_id": d_id, "status": status, "ts": iso(t), "session": sess,
-             "will": will}
-        )  # fmt: skip
-
-    def connect(t: int) -> None:
-        """Birth, then the store-and-forward backlog with original ts and seq."""
-        nonlocal connected, session, connect_ts
-        connected = True
-        session = f"{d_id[-20:]}.{t:x}"
-        connect_ts = t
-        will = presence(t, "offline", True, session) if ctx.real_wills else b""
-        out.append(Emission(t, topic_presence, presence(t, "online", False, session), True,
-                            Control.CONNECT, d_id, "presence", -1, "", t, "online", "", -1,
-                            will))  # fmt: skip
-        for topic, payload, kind, ts, detail, s, txn_id, result, since in buffer:
-            out.append(Emission(t, topic, payload, False, Control.NONE, d_id, kind, s,
-                                txn_id, ts, detail, result, since, b""))  # fmt: skip
-        buffer.clear()
-
-    def drop(t: int) -> None:
-        nonlocal connected
-        connected = False
-        if ctx.real_wills:
-            payload, ts, how = presence(connect_ts, "offline", True, session), connect_ts, "will"
-        else:
-            payload, ts, how = presence(t, "offline", False, session), t, "gateway"
-        out.append(Emission(t, topic_presence, payload, True, Control.DROP, d_id, "presence",
-                            -1, "", ts, "offline", how, -1, b""))  # fmt: skip
-
-    def update_link(t: int) -> None:
-        """Connect or drop after a change of power or link."""
-        want = powered and link_down == 0
-        if want and not connected:
-            connect(t)
-        elif not want and connected:
-            drop(t)
-
-    # Next due times.
-    def next_txn(t: int) -> int:
-        while t < t_end:
-            h_end = (t // HOUR + 1) * HOUR
-            local_hour, weekday = ctx.hour(t)
-            lam = volume * hour_rate[local_hour] * weekly[weekday]
-            factor = ctx.withdrawal_factor(t)
-            if factor != 1.0:
-                lam *= boosted(factor)[2]
-            if lam > 0:
-                t_next = t + int(rng.expovariate(lam)) + 1
-                if t_next < h_end:
-                    return t_next
-            t = h_end
-        return NEVER
-
-    def next_fault(t: int) -> int:
-        return t + int(rng.expovariate(1.0 / (rel.mtbf_days * DAY))) + 1
-
-    def next_visit(t: int, days: int) -> int:
-        day = ctx.local_date(t) + timedelta(days=days)
-        return ctx.local_time(day, cash_cfg.replenish_hour + rng.uniform(-1.0, 1.0))
-
-    def next_planned(t: int, first: bool) -> int:
-        every = inc.planned_every_days * DAY
-        gap = rng.uniform(0, every) if first else every * rng.uniform(0.9, 1.1)
-        day = ctx.local_date(t + int(gap))
-        hour = rng.uniform(9.5, 14.0)
-        # A weekday, and never before ``t``: the first one may fall earlier the same day.
-        while day.weekday() >= 5 or ctx.local_time(day, hour) < t:
-            day += timedelta(days=1)
-        return ctx.local_time(day, hour)
-
-    def next_link_drop(t: int) -> int:
-        if inc.device_link_drops_per_year <= 0:
-            return NEVER
-        return t + int(rng.expovariate(inc.device_link_drops_per_year / (365 * DAY))) + 1
-
-    # Shared incident schedules (one list per branch / sub-branch, read with an index):
-    # outages that started before this device did are skipped.
-    cuts = ctx.power_cuts(branch.id)
-    outages = ctx.network_outages(branch.subbranch)
-    cut_i = bisect.bisect_left(cuts, (t0, -1))
-    outage_i = bisect.bisect_left(outages, (t0, -1))
-    in_cut = in_outage = False
-
-    def transaction(t: int) -> None:
-        """A customer at the device; cash and deposit levels follow."""
-        nonlocal cash, cash_low_sent, cash_out, deposit, deposit_full, t_emergency
-        factor = ctx.withdrawal_factor(t)
-        types, cum = (tx_types, tx_cum) if factor == 1.0 else boosted(factor)[:2]
-        ttype = types[bisect.bisect_left(cum, rng.random() * cum[-1])]
-        if ttype is TxnType.DEPOSIT and (deposit_full or fault_degrades):
-            return  # deposits are refused right now: the customer goes elsewhere
-        result = res_names[bisect.bisect_left(res_cum, rng.random() * res_cum[-1])]
-        notes = 0
-        fee = 0
-        on_us = True
-        if ttype is TxnType.WITHDRAWAL:
-            notes = w_notes[bisect.bisect_left(w_notes_cum, rng.random() * w_notes_cum[-1])]
-            on_us = rng.random() >= config.inter_bank_share
-            if result == "ok" and notes > cash:
-                result = "declined"  # not enough notes left in the device
-            if result == "ok" and not on_us:
-                fee = round(rng.choice(fees) * 100)
-            amount = notes * 100
-        elif ttype is TxnType.DEPOSIT:
-            notes = d_notes[bisect.bisect_left(d_notes_cum, rng.random() * d_notes_cum[-1])]
-            amount = notes * 100
-        elif ttype in (TxnType.TRANSFER, TxnType.PAYMENT):
-            amount = rng.randint(20, 5000)
-        else:
-            amount = 0
-        s = next_seq()
-        txn_id = f"{d_id}-{s}"
-        financial = ttype in FINANCIAL_TYPES
-        payload = (
-            f'{head}{iso(t)}","seq":{s}{txn_head}{s}","type":"{ttype.value}",'
-            f'"amount":"{amount}.00","currency":"CNY","fee":"{fee // 100}.{fee % 100:02d}",'
-            f'"result":{res_json.get(result) or _json(result)},"duration_ms":'
-            f"{int(_DURATION_MS[ttype] * rng.uniform(0.6, 1.6))},"
-            f'"on_us":{"true" if on_us else "false"}}}'
-        ).encode()
-        send(t, "txn", topic_txn, payload, ttype.value, txn_id=txn_id, result=result,
-             amount=fee, flag=financial)  # fmt: skip
-        if result != "ok":
-            return
-        changed = False
-        if ttype is TxnType.WITHDRAWAL:
-            cash -= notes
-            if not cash_low_sent and cash < cash_cfg.low_share * cash_cfg.notes_loaded:
-                cash_low_sent = True
-                emit_event(t, "cash_low", component="cdm", severity="warning")
-            if cash < CASH_OUT_NOTES:
-                cash_out = changed = True
-                emit_event(t, "cash_out", component="cdm", severity="critical")
-        elif ttype is TxnType.DEPOSIT:
-            if dtype is DeviceType.CRS:
-                recycled = min(
-                    round(notes * cash_cfg.crs_recycle_share), cash_cfg.notes_loaded - cash
-                )
-                cash += recycled
-                notes -= recycled
-            deposit += notes
-            if deposit >= cash_cfg.deposit_capacity:
-                deposit_full = changed = True
-                emit_event(t, "deposit_full", component="cim", severity="critical")
-        if changed:
-            if t_emergency == NEVER and not supervisor:
-                t_emergency = t + max(
-                    10 * MINUTE, int(_lognormal(rng, cash_cfg.emergency_response_h * HOUR, 0.5))
-                )
-            emit_state(t)
-
-    t_txn = next_txn(t0)
-    i_win = bisect.bisect_right(window_bounds, t0)
-    t_win = window_bounds[i_win] if i_win < len(window_bounds) else NEVER
-    t_fault = next_fault(t0)
-    t_reboot = NEVER
-    t_tech = NEVER
-    t_repair = NEVER
-    t_visit = (
-        next_visit(t0, rng.randint(0, prof.replenish_every_days - 1)) if handles_cash else NEVER
-    )
-    if t_visit < t0:
-        t_visit = next_visit(t0, prof.replenish_every_days)
-    t_visit_end = NEVER
-    t_plan = next_planned(t0, True)
-    t_plan_end = NEVER
-    t_link = next_link_drop(t0)
-    t_link_up = NEVER
-    power_back = NEVER
-    power_lost = t0
-
-    connect(t0)
-    emit_state(t0, force=True)
-    yield from out
-    out.clear()
-
-    while True:
-        t_cut = cuts[cut_i][in_cut] if cut_i < len(cuts) else NEVER
-        t_outage = outages[outage_i][in_outage] if outage_i < len(outages) else NEVER
-        t = min(t_hb, t_txn, t_win, t_fault, t_reboot, t_tech, t_repair, t_visit, t_emergency,
-                t_visit_end, t_plan, t_plan_end, t_link, t_link_up, t_cut, t_outage)  # fmt: skip
-        if t >= t_end:
-            report(None)
-            return
-        if not powered and t in (t_fault, t_reboot, t_tech, t_repair, t_visit, t_emergency,
-                                 t_visit_end, t_plan, t_plan_end, t_link, t_link_up):  # fmt: skip
-            # A dead device does nothing until the power is back; its clocks wait.
-            later = max(power_back, t + 1)
-            if t_fault == t:
-                t_fault = later
-            if t_reboot == t:
-                t_reboot = later
-            if t_tech == t:
-                t_tech = later
-            if t_repair == t:
-                t_repair = later
-            if t_visit == t:
-                t_visit = later
-            if t_emergency == t:
-                t_emergency = later
-            if t_visit_end == t:
-                t_visit_end = later
-            if t_plan == t:
-                t_plan = later
-            if t_plan_end == t:
-                t_plan_end = later
-            if t_link == t:
-                t_link = later
-            if t_link_up == t:
-                t_link_up = later
-            continue
-
-        if t == t_win:
-            window_open = is_open(t)
-            i = bisect.bisect_right(window_bounds, t)
-            t_win = window_bounds[i] if i < len(window_bounds) else NEVER
-            emit_state(t)
-        elif t == t_cut:
-            if not in_cut:  # the branch loses power: the device falls silent
-                in_cut = True
-                powered = False
-                power_lost, power_back = t, cuts[cut_i][1]
-                update_link(t)
-                t_hb = NEVER
-                reported = None
-            else:
-                in_cut = False
-                cut_i += 1
-                powered = True
-                power_back = NEVER
-                update_link(t)
-                emit_event(t, "power_restored", severity="warning", since=power_lost,
-                           text="mains power restored")  # fmt: skip
-                emit_state(t, force=True)
-        elif t == t_outage:
-            if not in_outage:  # the sub-branch's network is down
-                in_outage = True
-                link_down += 1
-            else:
-                in_outage = False
-                outage_i += 1
-                link_down -= 1
-            update_link(t)
-            emit_state(t)
-        elif t == t_hb:
-            emit_state(t, force=True)
-        elif t == t_txn:
-            t_txn = next_txn(t)
-            if connected and reported in ("in_service", "degraded"):
-                transaction(t)
-        elif t == t_fault:
-            t_fault = NEVER
-            comp = comp_names[bisect.bisect_left(comp_cum, rng.random() * comp_cum[-1])]
-            software = rng.random() < rel.software_share
-            if software:
-                code = f"SW-{rng.randint(1, 40):04d}"
-                comp = "ptr" if "ptr" in comps else comp_names[0]
-                fault, fault_comp, fault_degrades = code, "", False
-                emit_event(t, "fault", code=code, severity="critical", text="application error")
-                t_reboot = t + int(rng.uniform(4, 15) * MINUTE)
-                pending = [t, None, code, True, False, None, None]
-            else:
-                code = f"{comp.upper()}-{rng.randint(1, 9999):04d}"
-                fault, fault_comp = code, comp
-                fault_degrades = (
-                    comp == "cim"
-                    and dtype is DeviceType.CRS
-                    and rng.random() < config.degraded_share
-                )
-                emit_event(t, "fault", component=comp, code=code,
-                           severity="warning" if fault_degrades else "critical")  # fmt: skip
-                if tech_rng is None:
-                    tech_rng = random.Random(f"{ctx.seed}:tech:{d_id}")
-                # The bank dispatches an incident that exists: never before the floor
-                # has passed inside the service window (the engine's debounce counts
-                # only there), so a fault at night is dispatched after the window opens.
-                dispatch = max(
-                    in_window_after(window_bounds, t, dispatch_floor),
-                    t + int(_lognormal(tech_rng, rel.dispatch_h * HOUR, 0.6)),
-                )
-                # The technician sets out when dispatched; response_h is dispatch -> on site.
-                t_tech = dispatch + max(MINUTE, int(_lognormal(rng, rel.response_h * HOUR, 0.7)))
-                pending = [t, comp, code, False, fault_degrades, dispatch, None]
-            emit_state(t)
-        elif t == t_reboot:
-            t_reboot = NEVER
-            code = fault or "SW"
-            emit_event(t, "reboot", text="remote restart")
-            emit_event(t, "fault_cleared", code=code)
-            fault = None
-            t_fault = next_fault(t)
-            emit_state(t)
-            report(t)
-        elif t == t_tech:
-            t_tech = NEVER
-            tech = True
-            emit_event(t, "technician_arrived", component=fault_comp or None, code=fault)
-            if pending is not None:
-                pending[6] = t
-            t_repair = t + max(5 * MINUTE, int(_lognormal(rng, rel.repair_h * HOUR, 0.6)))
-            emit_state(t)
-        elif t == t_repair:
-            t_repair = NEVER
-            emit_event(t, "fault_cleared", component=fault_comp or None, code=fault or "HW")
-            emit_event(t, "technician_left")
-            fault, fault_comp, fault_degrades, tech = None, "", False, False
-            t_fault = next_fault(t)
-            emit_state(t)
-            report(t)
-        elif t in (t_visit, t_emergency):
-            if t == t_visit:
-                t_visit = next_visit(t, prof.replenish_every_days)
-            else:
-                t_emergency = NEVER
-            if not supervisor:
-                supervisor = True
-                emit_event(t, "supervisor_enter", text="replenishment")
-                t_visit_end = t + max(
-                    5 * MINUTE, int(_lognormal(rng, cash_cfg.supervisor_min * MINUTE, 0.4))
-                )
-                emit_state(t)
-        elif t == t_visit_end:
-            t_visit_end = NEVER
-            if has_cash:
-                cash, cash_out, cash_low_sent = cash_cfg.notes_loaded, False, False
-                emit_event(t, "replenished", component="cdm")
-            if has_deposit:
-                deposit, deposit_full = 0, False
-                emit_event(t, "deposit_emptied", component="cim")
-            supervisor = False
-            t_emergency = NEVER
-            emit_event(t, "supervisor_exit")
-            emit_state(t)
-        elif t == t_plan:
-            t_plan = next_planned(t, False)
-            if not planned:
-                planned = True
-                t_plan_end = t + max(
-                    10 * MINUTE, int(_lognormal(rng, inc.planned_min * MINUTE, 0.3))
-                )
-                emit_state(t)
-        elif t == t_plan_end:
-            t_plan_end = NEVER
-            planned = False
-            emit_state(t)
-        elif t == t_link:
-            t_link = NEVER
-            link_down += 1
-            t_link_up = t + max(1000, int(_lognormal(rng, inc.link_drop_min * MINUTE, 0.8)))
-            update_link(t)
-            emit_state(t)
-        elif t == t_link_up:
-            t_link_up = NEVER
-            link_down -= 1
-            update_link(t)
-            emit_state(t)
-            t_link = next_link_drop(t)
-        if out:
-            yield from out
-            out.clear()
+    return cdm_head, cdm_tail, cim_head, cim_tail

@@ -67,6 +67,12 @@ DEVICES_PER_OUTLET = 4.4
 OFF_SITE_BANKS_PER_OUTLET = 0.5
 
 
+#: The fields ``generate_inventory`` sets on every device.
+_GENERATED_FIELDS = {
+    "id", "branch", "type", "placement", "vendor", "model", "commissioned", "service_window",
+}  # fmt: skip
+
+
 def _pick(rng: random.Random, weights: dict[DeviceType, int]) -> DeviceType:
     return rng.choices(list(weights), weights=list(weights.values()))[0]
 
@@ -157,18 +163,22 @@ def generate_inventory(
         vendor = rng.choices(vendor_names, weights=vendor_weights)[0]
         model = DEFAULT_MODELS.get(vendor, {}).get(dtype, f"{vendor}-{dtype.value}")
         commissioned = date(2015, 1, 1) + timedelta(days=rng.randrange(11 * 365))
-        out.append(
-            Device(
-                id=f"{branch.id}-{n:02d}",
-                branch=branch.id,
-                type=dtype,
-                placement=placement,
-                vendor=vendor,
-                model=model,
-                commissioned=commissioned,
-                service_window=window,
-            )
+        device = Device(
+            id=f"{branch.id}-{n:02d}",
+            branch=branch.id,
+            type=dtype,
+            placement=placement,
+            vendor=vendor,
+            model=model,
+            commissioned=commissioned,
+            service_window=window,
         )
+        # Every generated device sets the same fields: one set for them all instead of
+        # pydantic's own per model (728 bytes, 73 MB of a 100,000-device fleet). A frozen
+        # model never changes it; model_copy copies it.
+        if device.__pydantic_fields_set__ == _GENERATED_FIELDS:
+            object.__setattr__(device, "__pydantic_fields_set__", _GENERATED_FIELDS)
+        out.append(device)
     return Inventory(
         subbranches=subs,
         branches=tuple(branches),

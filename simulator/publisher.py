@@ -151,18 +151,18 @@ def _varint(n: int) -> bytes:
 def publish_packet(topic: str, payload: bytes, mid: int, retain: bool, v5: bool) -> bytes:
     """A QoS 1 PUBLISH packet (MQTT 3.1.1, or 5 with no properties)."""
     name = topic.encode()
-    body_len = 2 + len(name) + 2 + (1 if v5 else 0) + len(payload)
-    return b"".join(
-        (
-            bytes((_PUBLISH_QOS1 | retain,)),
-            _varint(body_len),
-            len(name).to_bytes(2, "big"),
-            name,
-            mid.to_bytes(2, "big"),
-            b"\x00" if v5 else b"",
-            payload,
-        )
-    )
+    n = len(name)
+    body_len = 4 + n + (1 if v5 else 0) + len(payload)
+    # The fixed header and the topic's length; the remaining length inline up to 16,383.
+    if body_len < 0x80:
+        head = bytes((_PUBLISH_QOS1 | retain, body_len, n >> 8, n & 0xFF))
+    elif body_len < 0x4000:
+        head = bytes((_PUBLISH_QOS1 | retain, body_len & 0x7F | 0x80, body_len >> 7, n >> 8,
+                      n & 0xFF))  # fmt: skip
+    else:
+        head = bytes((_PUBLISH_QOS1 | retain,)) + _varint(body_len) + n.to_bytes(2, "big")
+    tail = (b"%c%c\x00" if v5 else b"%c%c") % (mid >> 8, mid & 0xFF)
+    return b"".join((head, name, tail, payload))
 
 
 @dataclass(eq=False)

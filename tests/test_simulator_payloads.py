@@ -31,3 +31,32 @@ def test_iso_writes_milliseconds_in_utc() -> None:
     for value in (0, 999, 1_764_547_199_999, 1_764_547_200_000, 1_800_000_061_001):
         stamp = datetime.fromtimestamp(value / 1000, UTC)
         assert iso(value) == stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value % 1000:03d}Z"
+
+
+def _reference_packet(topic: str, payload: bytes, mid: int, retain: bool, v5: bool) -> bytes:
+    """MQTT's PUBLISH (QoS 1) as the standard spells it: fixed header, remaining length as
+    a variable byte integer, topic, packet id, (v5: no properties), payload."""
+    name = topic.encode()
+    body = len(name).to_bytes(2, "big") + name + mid.to_bytes(2, "big")
+    body += (b"\x00" if v5 else b"") + payload
+    length, n = b"", len(body)
+    while True:
+        n, digit = divmod(n, 128)
+        length += bytes((digit | (0x80 if n else 0),))
+        if not n:
+            break
+    return bytes((0x32 | retain,)) + length + body
+
+
+def test_publish_packets_are_mqtts_for_every_length_class() -> None:
+    from simulator.publisher import publish_packet
+
+    topic = "atm/v1/device/HHHT-0001-01/state"
+    fixed = 4 + len(topic)
+    # Remaining lengths around the one-, two- and three-byte boundaries (127/128, 16383/16384).
+    for remaining in (fixed, 127, 128, 129, 16_383, 16_384, 16_385, 2_097_151, 2_097_152):
+        for v5 in (False, True):
+            payload = b"x" * (remaining - fixed - v5)
+            for retain, mid in ((False, 1), (True, 65_535), (False, 256)):
+                got = publish_packet(topic, payload, mid, retain, v5)
+                assert got == _reference_packet(topic, payload, mid, retain, v5), remaining
