@@ -38,16 +38,22 @@ TYPES = (DeviceType.ATM, DeviceType.CRS, DeviceType.DEPOSIT, DeviceType.SMART_TE
          DeviceType.INQUIRY)  # fmt: skip
 
 
-@pytest.fixture(params=["postgres", pytest.param("timescale", marks=pytest.mark.timescale)])
-def conn(request: pytest.FixtureRequest) -> Iterator[psycopg.Connection]:
+def filled(request: pytest.FixtureRequest, n: int = 40) -> Iterator[psycopg.Connection]:
+    """A connection to a new database (plain PostgreSQL or TimescaleDB, as the fixture's
+    parameter says) upgraded and filled with ``n`` devices (:func:`fill`, seed 16)."""
     url = request.getfixturevalue(
         "database_url" if request.param == "postgres" else "timescale_url"
     )
     with psycopg.connect(url, autocommit=True) as c:
         upgrade(c, timezone=RULES.timezone)
     with psycopg.connect(url) as c:
-        fill(c, random.Random(16))
+        fill(c, random.Random(16), n=n)
         yield c
+
+
+@pytest.fixture(params=["postgres", pytest.param("timescale", marks=pytest.mark.timescale)])
+def conn(request: pytest.FixtureRequest) -> Iterator[psycopg.Connection]:
+    yield from filled(request)
 
 
 def fill(conn: psycopg.Connection, rng: random.Random, n: int = 40) -> None:

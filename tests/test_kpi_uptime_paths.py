@@ -18,14 +18,12 @@ rules' zone is Asia/Shanghai (no DST).
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from datetime import date, timedelta
 
 import psycopg
 import pytest
 
-from atmfleet.store.migrate import upgrade
 from rules.config import load_rules
 from rules.feed import (
     Feed,
@@ -39,7 +37,7 @@ from rules.feed import (
 from rules.labels import Label
 from rules.report import Context, Scope, to_json, uptime_report
 from rules.uptime import day_span
-from tests.test_kpi_fast_path import fill
+from tests.test_kpi_fast_path import filled
 
 pytestmark = pytest.mark.integration
 
@@ -50,14 +48,7 @@ H = 3_600_000
 
 @pytest.fixture(params=["postgres", pytest.param("timescale", marks=pytest.mark.timescale)])
 def conn(request: pytest.FixtureRequest) -> Iterator[psycopg.Connection]:
-    url = request.getfixturevalue(
-        "database_url" if request.param == "postgres" else "timescale_url"
-    )
-    with psycopg.connect(url, autocommit=True) as c:
-        upgrade(c, timezone=RULES.timezone)
-    with psycopg.connect(url) as c:
-        fill(c, random.Random(16), n=60)
-        yield c
+    yield from filled(request, n=60)
 
 
 def without_outages(conn: psycopg.Connection) -> None:
