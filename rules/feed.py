@@ -33,6 +33,7 @@ from importlib import resources
 from typing import Any, ParamSpec, TypeVar
 
 import psycopg
+import psycopg.sql
 
 from atmfleet.errors import ConfigError
 from atmfleet.inventory import (
@@ -241,6 +242,17 @@ def rules_text(rules: Rules) -> str:
     return json.dumps(
         _canonical(rules.model_dump(mode="python")), sort_keys=True, default=str, ensure_ascii=False
     )
+
+
+#: The kept columns after the device and the day, with their types, as in ``kept_stage``
+#: (rules/queries.sql): A, S and the financial count (every kept day), then the 开机率 in
+#: full (migration 0018).
+_KEPT_COLUMNS = (
+    ("available_ms", "int8"), ("scheduled_ms", "int8"), ("financial", "int8"),
+    ("tech_scheduled_ms", "int8"), ("tech_available_ms", "int8"),
+    ("planned_excluded_ms", "int8"), ("monitored_ms", "int8"), ("labels", "text"),
+    ("label_ms", "int8[]"),
+)  # fmt: skip
 
 
 class Feed:
@@ -547,18 +559,8 @@ class Feed:
             self._cannot_keep("keep days in kpi_device_days")
 
     def _keep_days(self, fingerprint: str, values: Sequence[tuple[str, date, KeptDay]]) -> None:
-        with self._conn.transaction(), self._conn.cursor() as cur:
-            cur.execute(
-                queries()["keep_days"],
-                {
-                    "fingerprint": fingerprint,
-                    "ids": [v[0] for v in values],
-                    "days": [v[1] for v in values],
-                    "available": [v[2][0] for v in values],
-                    "scheduled": [v[2][1] for v in values],
-                    "financial": [v[2][2] for v in values],
-                },
-            )
+        rows = [(device_id, day, *value) for device_id, day, value in values]
+        self._upsert_kept(fingerprint, "keep_days", _KEPT_COLUMNS[:3], rows)
 
     def keep_uptime_days(
         self, fingerprint: str, values: Sequence[tuple[str, date, Uptime, int]]
@@ -568,27 +570,40 @@ class Feed:
         kept (and nothing fails) where the login may only read."""
         if not values or not self.may_keep:
             return
+        rows = [
+            (device_id, day, u.available_ms, u.scheduled_ms, fin, u.tech_scheduled_ms,
+             u.tech_available_ms, u.planned_excluded_ms, u.monitored_ms, ",".join(u.by_label),
+             list(u.by_label.values()))
+            for device_id, day, u, fin in values
+        ]  # fmt: skip
         try:
-            with self._conn.transaction(), self._conn.cursor() as cur:
-                cur.execute(
-                    queries()["keep_uptime_days"],
-                    {
-                        "fingerprint": fingerprint,
-                        "ids": [v[0] for v in values],
-                        "days": [v[1] for v in values],
-                        "available": [v[2].available_ms for v in values],
-                        "scheduled": [v[2].scheduled_ms for v in values],
-                        "financial": [v[3] for v in values],
-                        "tech_scheduled": [v[2].tech_scheduled_ms for v in values],
-                        "tech_available": [v[2].tech_available_ms for v in values],
-                        "planned": [v[2].planned_excluded_ms for v in values],
-                        "monitored": [v[2].monitored_ms for v in values],
-                        "labels": [",".join(v[2].by_label) for v in values],
-                        "ms": [",".join(map(str, v[2].by_label.values())) for v in values],
-                    },
-                )
+            self._upsert_kept(fingerprint, "keep_uptime_days", _KEPT_COLUMNS, rows)
         except psycopg.errors.InsufficientPrivilege:
             self._cannot_keep("keep days in kpi_device_days")
+
+    def _upsert_kept(
+        self,
+        fingerprint: str,
+        query: str,
+        columns: Sequence[tuple[str, str]],
+        rows: list[tuple[Any, ...]],
+    ) -> None:
+        """Upsert kept days (device, day, then ``columns``) with ``query``, in one
+        transaction: the rows copied in binary into a temporary table (not sent as
+        arrays, element by element), then inserted from it in the key's order (each
+        index walked page after page, not hit at random)."""
+        copy_sql = psycopg.sql.SQL(
+            "COPY kept_stage (device_id, day, {}) FROM STDIN (FORMAT BINARY)"
+        )
+        names = psycopg.sql.SQL(", ").join(psycopg.sql.Identifier(c) for c, _ in columns)
+        with self._conn.transaction(), self._conn.cursor() as cur:
+            cur.execute("DROP TABLE IF EXISTS pg_temp.kept_stage")
+            cur.execute(queries()["kept_stage"])
+            with cur.copy(copy_sql.format(names)) as copy:
+                copy.set_types(["text", "date", *(t for _, t in columns)])
+                for row in rows:
+                    copy.write_row(row)
+            cur.execute(queries()[query], {"fingerprint": fingerprint})
 
     @_without_gc
     def kept_uptime(self, fingerprint: str, day: date) -> dict[str, tuple[Uptime, int]]:

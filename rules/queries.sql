@@ -201,28 +201,38 @@ FROM kpi_device_days
 WHERE fingerprint = %(fingerprint)s AND day >= %(first)s AND day <= %(last)s
 GROUP BY device_id;
 
+-- Kept closed days are upserted from a temporary table the feed fills by binary COPY
+-- (rules/feed.py, Feed._upsert_kept), one row per device and day, then inserted in the
+-- key's order: a fleet's day (100,000 rows) is not sent as arrays, and each index is
+-- walked page after page instead of at random. An existing row keeps its other columns
+-- (W, and the 开机率 in full where keep_days writes A, S and the financial count only).
+-- name: kept_stage
+CREATE TEMP TABLE kept_stage (
+    device_id text NOT NULL, day date NOT NULL, available_ms int8, scheduled_ms int8,
+    financial int8, tech_scheduled_ms int8, tech_available_ms int8,
+    planned_excluded_ms int8, monitored_ms int8, labels text, label_ms int8[]
+) ON COMMIT DROP;
+
 -- name: keep_days
 INSERT INTO kpi_device_days (fingerprint, device_id, day, available_ms, scheduled_ms, financial)
-SELECT %(fingerprint)s, * FROM unnest(%(ids)s::text[], %(days)s::date[], %(available)s::int8[],
-                                     %(scheduled)s::int8[], %(financial)s::int8[])
+SELECT %(fingerprint)s, device_id, day, available_ms, scheduled_ms, financial
+FROM kept_stage
+ORDER BY device_id, day
 ON CONFLICT (fingerprint, device_id, day) DO UPDATE
 SET available_ms = excluded.available_ms, scheduled_ms = excluded.scheduled_ms,
     financial = excluded.financial, computed_at = now();
 
 -- Kept closed days with their 开机率 in full (migration 0018), the same upsert as
 -- keep_days with the technical view, planned, monitored and by-label time beside A and S
--- (`label_ms` sent as one text per row, the ms joined by commas: an array per row; the
--- arrays in binary, cheaper to send than as text).
+-- (`labels`: the names joined by commas; `label_ms`: each one's ms, in that order).
 -- name: keep_uptime_days
 INSERT INTO kpi_device_days (fingerprint, device_id, day, available_ms, scheduled_ms, financial,
                              tech_scheduled_ms, tech_available_ms, planned_excluded_ms,
                              monitored_ms, labels, label_ms)
-SELECT %(fingerprint)s, u.id, u.day, u.a, u.s, u.f, u.ts, u.ta, u.p, u.m, u.labels,
-       string_to_array(u.ms, ',')::int8[]
-FROM unnest(%(ids)b::text[], %(days)b::date[], %(available)b::int8[], %(scheduled)b::int8[],
-            %(financial)b::int8[], %(tech_scheduled)b::int8[], %(tech_available)b::int8[],
-            %(planned)b::int8[], %(monitored)b::int8[], %(labels)b::text[], %(ms)b::text[])
-     AS u (id, day, a, s, f, ts, ta, p, m, labels, ms)
+SELECT %(fingerprint)s, device_id, day, available_ms, scheduled_ms, financial,
+       tech_scheduled_ms, tech_available_ms, planned_excluded_ms, monitored_ms, labels, label_ms
+FROM kept_stage
+ORDER BY device_id, day
 ON CONFLICT (fingerprint, device_id, day) DO UPDATE
 SET available_ms = excluded.available_ms, scheduled_ms = excluded.scheduled_ms,
     financial = excluded.financial, tech_scheduled_ms = excluded.tech_scheduled_ms,
