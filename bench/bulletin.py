@@ -146,7 +146,7 @@ def keep_period(kind: str, url: str, conn: psycopg.Connection) -> None:
     start = first
     while start <= last:  # a week at a time: the command holds its days' timelines
         end = min(last, start + timedelta(days=6))
-        s, _, err = run(HERE, url, ["kpi", "keep-days", "--from", str(start), "--to", str(end)])
+        s, _, err, _ = run(HERE, url, ["kpi", "keep-days", "--from", str(start), "--to", str(end)])
         if err:
             raise SystemExit(f"kpi keep-days: {err}")
         took += s
