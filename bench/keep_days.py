@@ -20,22 +20,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import subprocess
 import sys
-import time
-from datetime import timedelta
 from pathlib import Path
 
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kpi_db import DAY, HERE, command, fill, keep_days
-from scratch import upgraded_database
-
-from rules.config import load_rules
-from rules.feed import Feed
+from kpi_db import DAY, HERE, command, filled_database
 
 #: Every kept column but computed_at (the time of the write), in the key's order.
 ROWS_HASH = """
@@ -148,16 +141,7 @@ def main() -> None:
     if args.database:
         report(args.database, args.before, args.rounds)
         return
-    rules = load_rules()
-    with upgraded_database(args.admin_url, rules.timezone) as url:
-        with psycopg.connect(url) as conn:
-            t = time.perf_counter()
-            fill(conn, args.devices, random.Random(1))
-            feed = Feed(conn, rules)
-            keep_days(feed, conn, DAY - timedelta(days=29), DAY - timedelta(days=1))
-            conn.execute("ANALYZE kpi_device_days")
-            conn.commit()
-            print(f"setup {time.perf_counter() - t:.0f} s (not measured)", flush=True)
+    with filled_database(args.admin_url, args.devices) as url:
         report(url, args.before, args.rounds)
 
 

@@ -43,6 +43,7 @@ made here is dropped at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -50,7 +51,7 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -417,17 +418,25 @@ def main() -> None:
     if args.database:
         report(args.database, args.before)
         return
+    with filled_database(args.admin_url, args.devices) as url:
+        report(url, args.before)
+
+
+@contextlib.contextmanager
+def filled_database(admin_url: str, devices: int) -> Iterator[str]:
+    """A throw-away database filled as this script fills it (not timed), its URL; dropped
+    at the end."""
     rules = load_rules()
-    with upgraded_database(args.admin_url, rules.timezone) as url:
+    with upgraded_database(admin_url, rules.timezone) as url:
         with psycopg.connect(url) as conn:
             t = time.perf_counter()
-            fill(conn, args.devices, random.Random(1))
+            fill(conn, devices, random.Random(1))
             feed = Feed(conn, rules)
             keep_days(feed, conn, DAY - timedelta(days=29), DAY - timedelta(days=1))
             conn.execute("ANALYZE kpi_device_days")  # as autovacuum would have
             conn.commit()
             print(f"setup {time.perf_counter() - t:.0f} s (not measured)", flush=True)
-        report(url, args.before)
+        yield url
 
 
 if __name__ == "__main__":
