@@ -23,7 +23,7 @@ from atmfleet.settings import load_settings
 from atmfleet.store.connect import connect
 from atmfleet.store.migrate import require_current
 from rules.config import load_rules
-from rules.feed import Feed, closed, gc_paused, window_days
+from rules.feed import DayColumns, Feed, closed, gc_paused, uptime_day_columns, window_days
 from rules.report import (
     DEFAULT_BY,
     Context,
@@ -39,14 +39,18 @@ from rules.report import (
     tail_report,
     to_json,
     uptime_report,
+    uptime_row,
     vendors_report,
 )
 from rules.timeline import from_ms
-from rules.uptime import DIMENSIONS
+from rules.uptime import DIMENSIONS, Uptime, uptime_of_sums
 
 
 @contextmanager
-def opened(scope: str, on: date | None, first: date | None, last: date | None) -> Iterator[Context]:
+def session(
+    on: date | None, first: date | None, last: date | None
+) -> Iterator[tuple[Feed, int, date, date]]:
+    """The feed of the store, now (the horizon, ms) and the period's first and last day."""
     settings = load_settings()
     rules = load_rules(settings.rules_file)
     with (
@@ -57,8 +61,13 @@ def opened(scope: str, on: date | None, first: date | None, last: date | None) -
         feed = Feed(conn, rules)
         horizon = feed.now_ms()
         today = from_ms(horizon).astimezone(rules.tz).date()
-        period = resolve_period(on, first, last, today)
-        yield Context.make(feed, feed.inventory(), Scope.parse(scope), *period, horizon)
+        yield (feed, horizon, *resolve_period(on, first, last, today))
+
+
+@contextmanager
+def opened(scope: str, on: date | None, first: date | None, last: date | None) -> Iterator[Context]:
+    with session(on, first, last) as (feed, horizon, first_day, last_day):
+        yield Context.make(feed, feed.inventory(), Scope.parse(scope), first_day, last_day, horizon)
 
 
 def emit(report: Report, as_json: bool) -> None:
@@ -119,8 +128,77 @@ def uptime_cmd(on: datetime | None, first: datetime | None, last: datetime | Non
                scope: str, as_json: bool, by: str | None, previous: bool) -> None:  # fmt: skip
     """开机率: business and technical uptime, coverage, downtime by cause (ΣA/ΣS)."""
     dim = _by(by, scope)
-    with opened(scope, _day(on), _day(first), _day(last)) as ctx:
-        emit(uptime_report(ctx, dim, previous), as_json)
+    with session(_day(on), _day(first), _day(last)) as (feed, horizon, first_day, last_day):
+        report = None
+        if first_day == last_day and not previous and dim != "device":
+            report = uptime_day_report(feed, Scope.parse(scope), first_day, horizon, dim)
+        if report is None:
+            ctx = Context.make(
+                feed, feed.inventory(), Scope.parse(scope), first_day, last_day, horizon
+            )
+            report = uptime_report(ctx, dim, previous)
+        emit(report, as_json)
+
+
+def uptime_day_report(feed: Feed, scope: Scope, day: date, horizon: int, by: str) -> Report | None:
+    """:func:`rules.report.uptime_report` of one local day (no previous period; ``by``
+    not ``device``) from the day's columns (:func:`rules.feed.uptime_day_columns`): the
+    same report, its groups and totals added up over arrays instead of an
+    :class:`~rules.uptime.Uptime` per device (tests/test_kpi_uptime_columns.py). None
+    where the columns do not apply (a day kept, a scope with no in-fleet device): the
+    caller then takes the reference."""
+    cols = uptime_day_columns(feed, scope.kind, scope.value, day, horizon)
+    if cols is None:
+        return None
+    name = str(scope)
+    groups = _grouped(cols, cols.group_of(by))
+    whole, whole_target, _ = _grouped(cols, [name] * len(cols.ids))[name]
+    rows = [uptime_row(g, up, target, None, n) for g, (up, target, n) in sorted(groups.items())]
+    columns = ["group", "devices", "uptime", "target", "meets_target", "technical", "coverage",
+               "scheduled_ms", "down_ms", "unknown_ms", "planned_ms", "main_cause"]  # fmt: skip
+    return Report(
+        f"开机率 uptime {day}..{day}, {scope}, by {by}",
+        columns,
+        rows,
+        {"period": [day, day], "scope": name, "by": by,
+         "total": uptime_row(name, whole, whole_target, None,
+                             sum(n for _, _, n in groups.values())),
+         "targets": {t.value: v for t, v in feed.rules.uptime.targets.items()},
+         "uptime (total)": whole.ratio, "coverage (total)": whole.coverage},
+    )  # fmt: skip
+
+
+def _grouped(cols: DayColumns, group_of: list[str]) -> dict[str, tuple[Uptime, float | None, int]]:
+    """Per group: its devices' uptime added up (:func:`rules.uptime.rollup`), its target
+    (:func:`rules.report.group_target`: the devices' common target, else the S-weighted
+    mean, added in the devices' order as it adds them) and its financial transactions."""
+    import numpy as np
+
+    index: dict[str, int] = {}
+    of = np.asarray([index.setdefault(g, len(index)) for g in group_of], np.int64)
+    order = np.argsort(of, kind="stable")  # each group's devices in their order
+    starts = np.searchsorted(of[order], np.arange(len(index)))
+    ends = np.append(starts[1:], len(order))
+    by_label = np.add.reduceat(cols.by_label[order], starts, axis=0)
+    figures = np.add.reduceat(cols.figures[order], starts, axis=0)
+    financial = np.add.reduceat(cols.financial[order], starts)
+    targets = cols.targets[order]
+    scheduled = cols.figures[order, 0]
+    low = np.minimum.reduceat(targets, starts)
+    high = np.maximum.reduceat(targets, starts)
+    out: dict[str, tuple[Uptime, float | None, int]] = {}
+    for g, k in index.items():
+        target: float | None
+        if low[k] == high[k]:
+            target = float(low[k])
+        else:  # Σ target x S / Σ S, each sum added device after device
+            part = slice(int(starts[k]), int(ends[k]))
+            den = float(int(scheduled[part].sum()))
+            num = float(np.cumsum(targets[part] * scheduled[part].astype(np.float64))[-1])
+            target = num / den if den else None
+        up = uptime_of_sums(by_label[k], figures[k], int(ends[k] - starts[k]))
+        out[g] = (up, target, int(financial[k]))
+    return out
 
 
 @kpi.command("resource-warnings")

@@ -30,6 +30,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from functools import cache, wraps
 from importlib import resources
+from itertools import repeat
 from typing import Any, ParamSpec, TypeVar
 
 import psycopg
@@ -50,21 +51,26 @@ from atmfleet.protocol import StateMessage
 from atmfleet.store.runs import RUN_GAP
 from atmfleet.store.unregistered import unregistered_count
 from rules.config import DaysCounted, Rules
+from rules.fleet import in_fleet_during
 from rules.labels import STATE_LABEL, Label
 from rules.lowyield import DeviceDays, WindowSums, YieldFlag, evaluate, flag_of, window_bounds
 from rules.substitution import CounterCounts, DeviceCounts
 from rules.timeline import (
+    LABELS,
     STATE,
     Interval,
     Point,
+    PointColumns,
     PowerRestored,
     Presence,
     Span,
     StateRun,
     from_ms,
+    label_code,
     merge_spans,
     ms,
     points_totals,
+    sweep_columns,
     timeline_of_points,
 )
 from rules.uptime import (
@@ -74,7 +80,10 @@ from rules.uptime import (
     daily_uptime,
     day_span,
     days,
+    label_totals,
+    uptime_columns,
     uptime_from_totals,
+    uptime_of_sums,
 )
 from rules.vendors import HistoryRow, IncidentCycle, IncidentRow, cycles_from_events
 
@@ -955,6 +964,228 @@ def uptime_of_day(
         return {d.id: out[d.id] for d in devices}
 
     return UptimeDays([day], per_device, Timelines({}, build)), financial
+
+
+#: A state run of ``uptime_day_columns``: state position, start, start_seq, last,
+#: heartbeat_s (big-endian, as PostgreSQL sends them).
+_RUN_COLUMNS = [("state", ">i4"), ("start", ">i8"), ("seq", ">i8"), ("last", ">i8"),
+                ("hb", ">i4")]  # fmt: skip
+#: The dimensions a device's group is read in by :class:`DayColumns` (``fleet``: one group).
+_COLUMN_DIMENSIONS = ("device", "branch", "subbranch", "tier", "type", "placement", "vendor")
+_EPOCH_DATE = date(2000, 1, 1)
+
+
+@dataclass
+class DayColumns:
+    """The 开机率 of one local day of the in-fleet devices of a scope, as columns (one row
+    per device, in the inventory's order): what :func:`uptime_of_day` gives, without an
+    :class:`~rules.uptime.Uptime` per device.
+
+    ``ids``: the devices; ``groups``: per dimension (device, branch, subbranch, tier,
+    type, placement, vendor), each device's group, as :func:`rules.uptime.dimension_key`
+    names it; ``by_label``: time by label (codes :data:`rules.timeline.LABELS`);
+    ``figures``: :data:`rules.uptime.FIGURES`; ``financial``: counted financial
+    transactions that day; ``targets``: each device's uptime target (its tier's, tier
+    1's without one)."""
+
+    day: date
+    ids: list[str]
+    groups: dict[str, list[str]]
+    by_label: Any  # numpy (n, len(LABELS)) int64
+    figures: Any  # numpy (n, len(FIGURES)) int64
+    financial: Any  # numpy (n,) int64
+    targets: Any  # numpy (n,) float64
+
+    def uptime(self, row: int) -> Uptime:
+        """Row ``row`` as the :class:`~rules.uptime.Uptime` of one device."""
+        return uptime_of_sums(self.by_label[row], self.figures[row], 1)
+
+    def group_of(self, by: str) -> list[str]:
+        """Each device's group in dimension ``by`` (``fleet``: all one)."""
+        return ["fleet"] * len(self.ids) if by == "fleet" else self.groups[by]
+
+
+@_without_gc
+def uptime_day_columns(
+    feed: Feed, scope_kind: str, scope_value: str, day: date, horizon: int
+) -> DayColumns | None:
+    """:func:`uptime_of_day` of the devices of a scope (``scope_kind``: an inventory
+    dimension or ``fleet``, as :class:`rules.report.Scope` holds it) in the fleet on
+    ``day``, with its counted financial transactions, as columns: the inventory, the
+    day's runs and its financial transactions read in one statement (packed, unpacked by
+    numpy), the timelines swept over columns (:func:`rules.timeline.sweep_columns`) and
+    both views computed over columns (:func:`rules.uptime.uptime_columns`). A device a
+    power cut, a registered stop or a collector outage touches has its timeline built
+    and summed one by one, as :func:`uptime_for` does. The same integers as
+    :func:`uptime_of_day`, device by device (tests/test_kpi_uptime_columns.py).
+
+    None where it does not apply, for the caller to take :func:`uptime_of_day`: a closed
+    day kept (in full, for any device), a scope that matches no in-fleet device, or what
+    the per-device read refuses (a state or an inventory value it does not know)."""
+    import numpy as np
+
+    rules = feed.rules
+    tz = rules.tz
+    if closed(feed, day, horizon):
+        fingerprint = feed.fingerprint()
+        if feed._rows("kept_uptime_any", fingerprint=fingerprint, day=day)[0][0]:
+            return None
+    lo, hi = day_span(day, tz)
+    ctx = feed.context_ms()
+    a, b = from_ms(lo - ctx), from_ms(max(min(horizon, hi + ctx), lo))
+    states = list(STATE_LABEL)
+    params = {
+        "states": states, "lo": a, "hi": b, "day_lo": from_ms(lo), "day_hi": from_ms(hi),
+        "financial": sorted(t.value for t in rules.transactions.financial_types),
+        "counted": sorted(r.value for r in rules.transactions.counted_results),
+    }  # fmt: skip
+    with feed._conn.cursor(binary=True) as cur:
+        # JIT compiled for longer than the statement ran; only for this statement (the
+        # transaction's setting is put back after it).
+        before = cur.execute("SELECT current_setting('jit')").fetchone()
+        cur.execute("SELECT set_config('jit', 'off', true)")
+        row = cur.execute(queries()["uptime_day_columns"], params).fetchone()
+        assert before is not None and row is not None
+        cur.execute("SELECT set_config('jit', %s, true)", before)
+    count, text, run_ids, runs, txn_ids, txns = row
+    fields = text.split("\x1f") if text is not None else []
+    if not count or len(fields) != 9 * count:  # none, or a value holding the separator
+        return None
+    ids = fields[0::9]
+    branch, kinds, placement, vendor = fields[1::9], fields[2::9], fields[3::9], fields[4::9]
+    window, since, until = fields[5::9], fields[6::9], fields[7::9]
+    known_types = {t.value for t in DeviceType}
+    known_placements = {p.value for p in Placement}
+    if not set(kinds) <= known_types or not set(placement) <= known_placements:
+        return None
+    sub_of = {i: s for i, _n, s, _k, _p in feed._rows("inventory_branches")}
+    tier_of = {i: Tier(t).value for i, _n, t in feed._rows("inventory_subbranches")}
+    tier_of_branch = {i: tier_of.get(s, "") for i, s in sub_of.items()}
+    subbranch = list(map(sub_of.get, branch, repeat("")))
+    tier = list(map(tier_of_branch.get, branch, repeat("")))
+    columns = dict(zip(_COLUMN_DIMENSIONS, (ids, branch, subbranch, tier, kinds, placement,
+                                            vendor), strict=True))  # fmt: skip
+    # Devices that share a window and their time in the fleet share scheduled spans.
+    windows = WindowSpans(tz)
+    spec_for = rules.service_windows.spec_for
+    keys = list(zip(window, placement, kinds, since, until, strict=True))
+    combos: dict[tuple[str, str, str, str, str], int] = {}
+    span_sets: list[list[Span]] = []
+    in_fleet: list[bool] = []
+    for key in dict.fromkeys(keys):
+        spec, where, kind, lo_day, hi_day = key
+        d = Device.model_construct(
+            id="", branch="", vendor="", model="", service_window=spec or None,
+            placement=Placement(where), type=DeviceType(kind),
+            commissioned=_EPOCH_DATE + timedelta(days=int(lo_day)),
+            decommissioned=_EPOCH_DATE + timedelta(days=int(hi_day)) if hi_day else None,
+        )  # fmt: skip
+        combos[key] = len(span_sets)
+        in_fleet.append(in_fleet_during(d, day, day))
+        span_sets.append(windows.scheduled(spec_for(d), d, day, horizon))
+    combo = np.fromiter(map(combos.__getitem__, keys), np.int64, count)
+    wanted = np.asarray(in_fleet, bool)[combo]
+    if scope_kind != "fleet":
+        wanted &= np.fromiter(map(scope_value.__eq__, columns[scope_kind]), bool, count)
+    chosen = np.flatnonzero(wanted)
+    n = len(chosen)
+    if not n:
+        return None
+    span_set = combo[chosen]
+    heartbeat = np.asarray(fields[8::9]).astype(np.int64)[chosen]
+    if n < count:
+        columns = {dim: [col[i] for i in chosen.tolist()] for dim, col in columns.items()}
+    ids = columns["device"]
+    row_of = dict(zip(ids, range(n), strict=True))
+    # The runs: a row per run, its device's row among the chosen (-1: not chosen).
+    rec = np.frombuffer(runs or b"", dtype=np.dtype(_RUN_COLUMNS))
+    if (rec["state"] == 0).any():  # a state the timeline does not know: the reference says
+        return None
+    to_label = np.asarray([label_code(STATE_LABEL[s]) for s in states], np.int64)
+    r_row = _rows_of(run_ids, row_of, len(rec))
+    mine = r_row >= 0
+    rec = rec[mine]
+    r_row = r_row[mine]
+    r_start = (rec["start"].astype(np.int64) + _PG_EPOCH_US) // 1000
+    r_last = (rec["last"].astype(np.int64) + _PG_EPOCH_US) // 1000
+    r_seq = rec["seq"].astype(np.int64)
+    r_label = to_label[rec["state"].astype(np.int64) - 1]
+    r_hb = rec["hb"].astype(np.int64)
+    others, outages = feed._other_inputs(lo, a, b)
+    merged = merge_spans(outages)
+    factor = rules.heartbeat.timeout_factor
+    slow: list[int] = []  # rows whose timeline is built, as uptime_for builds it
+    presence: list[tuple[int, Presence]] = []
+    if merged:
+        slow = list(range(n))
+    else:
+        for device_id, got in others.items():
+            r = row_of.get(device_id)
+            if r is None:
+                continue
+            if got.power or got.stops:
+                slow.append(r)
+            else:
+                presence.extend((r, p) for p in got.presence)
+        slow.sort()
+    by_label = np.zeros((n, len(LABELS)), np.int64)
+    if len(slow) < n:
+        points = PointColumns.of((r_row, r_start, r_seq, r_last, r_label, r_hb), presence)
+        by_label = sweep_columns(points, n, lo, horizon, factor, heartbeat, span_set, span_sets)
+    if slow:
+        wanted = np.zeros(n, bool)
+        wanted[np.asarray(slow, np.int64)] = True
+        at = np.flatnonzero(wanted[r_row])
+        at = at[np.argsort(r_row[at], kind="stable")]
+        bounds = np.searchsorted(r_row[at], np.asarray(slow, np.int64), side="left").tolist()
+        bounds.append(len(at))
+        labels = [LABELS[int(x)] for x in range(len(LABELS))]
+        empty = DeviceInputs()
+        for k, r in enumerate(slow):
+            part = at[bounds[k] : bounds[k + 1]]
+            pts: list[Point] = [
+                (s0, STATE, q, s1, labels[lab], h)
+                for s0, q, s1, lab, h in zip(
+                    r_start[part].tolist(), r_seq[part].tolist(), r_last[part].tolist(),
+                    r_label[part].tolist(), r_hb[part].tolist(), strict=True,
+                )
+            ]  # fmt: skip
+            got = others.get(ids[r], empty)
+            line = timeline_of_points(
+                pts, lo, hi, horizon=horizon, presence=got.presence, power=got.power,
+                outages=merged, timeout_factor=factor, default_heartbeat_s=int(heartbeat[r]),
+                stops=got.stops,
+            )  # fmt: skip
+            by_label[r] = 0
+            for label, value in label_totals(line, span_sets[span_set[r]]).items():
+                by_label[r, label_code(label)] = value
+    figures = uptime_columns(by_label, UptimePolicy.from_rules(rules))
+    financial = np.zeros(n, np.int64)
+    t = np.frombuffer(txns or b"", dtype=">i8")
+    t_row = _rows_of(txn_ids, row_of, len(t))
+    counted = t_row >= 0
+    np.add.at(financial, t_row[counted], t[counted].astype(np.int64))
+    targets = rules.uptime.targets
+    by_tier = {x.value: targets[x] for x in Tier}
+    return DayColumns(
+        day,
+        ids,
+        columns,
+        by_label,
+        figures,
+        financial,
+        np.asarray([by_tier[x or "1"] for x in columns["tier"]], np.float64),
+    )
+
+
+def _rows_of(ids: str | None, row_of: dict[str, int], n: int) -> Any:
+    """The row of each of the ``n`` ids joined by U+001F (-1: not a row)."""
+    import numpy as np
+
+    got = ids.split("\x1f") if ids is not None else []
+    if len(got) != n:
+        raise ValueError(f"{len(got)} device ids for {n} rows (an id holding U+001F?)")
+    return np.fromiter(map(row_of.get, got, repeat(-1)), np.int64, n)
 
 
 def device_counts(txn: dict[str, dict[date, TxnDay]]) -> dict[str, DeviceCounts]:

@@ -49,6 +49,41 @@ FROM state_runs
 WHERE tstzrange(start_ts, last_ts, '[]') && tstzrange(%(lo)s, %(hi)s, '[)')
 GROUP BY device_id;
 
+-- One local day of a fleet as columns, in one statement (one snapshot): the inventory's
+-- devices in id order (the inventory's order) as one text, nine fields each (id, branch,
+-- type, placement, vendor, service window or '', commissioned and decommissioned as
+-- days since 2000-01-01, decommissioned '' for none, heartbeat_s) joined by U+001F;
+-- then the state runs overlapping [lo, hi): their device ids joined by U+001F and, in
+-- the same order (both aggregates see the same rows in one order), per run its state's
+-- position in the states given (1-based, 0 for a state not in them), start and last
+-- (int8 µs since 2000-01-01), start_seq and heartbeat_s, 32 bytes a run; then the
+-- txn_daily rows of the counted financial transactions of the local day [day_lo,
+-- day_hi): device ids and, in the same order, txns (int8).
+-- name: uptime_day_columns
+SELECT (SELECT count(*) FROM devices),
+       (SELECT string_agg(concat_ws(E'\x1f', id, branch, type, placement, vendor,
+                                    coalesce(service_window, ''),
+                                    commissioned - date '2000-01-01',
+                                    coalesce((decommissioned - date '2000-01-01')::text, ''),
+                                    heartbeat_s), E'\x1f' ORDER BY id)
+        FROM devices),
+       r.ids, r.packed, t.ids, t.txns
+FROM (SELECT string_agg(device_id, E'\x1f') AS ids,
+             string_agg(int4send(coalesce(array_position(%(states)s::text[], state), 0))
+                        || timestamptz_send(start_ts) || int8send(start_seq)
+                        || timestamptz_send(last_ts) || int4send(heartbeat_s), ''::bytea) AS packed
+      FROM state_runs
+      WHERE tstzrange(start_ts, last_ts, '[]') && tstzrange(%(lo)s, %(hi)s, '[)')) r,
+     (SELECT string_agg(device_id, E'\x1f') AS ids, string_agg(int8send(txns), ''::bytea) AS txns
+      FROM txn_daily
+      WHERE bucket >= %(day_lo)s AND bucket < %(day_hi)s
+        AND type = ANY(%(financial)s) AND result = ANY(%(counted)s)) t;
+
+-- Whether any device's closed day is kept in full under a fingerprint.
+-- name: kept_uptime_any
+SELECT EXISTS (SELECT 1 FROM kpi_device_days
+               WHERE fingerprint = %(fingerprint)s AND day = %(day)s AND labels IS NOT NULL);
+
 -- Presence taking effect in [lo, hi) (a broker will: when it was received).
 -- name: presence
 SELECT device_id, floor(extract(epoch FROM ts) * 1000)::int8, status = 'online', will, floor(extract(epoch FROM received_at) * 1000)::int8

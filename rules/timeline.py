@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from rules.labels import STATE_LABEL, Label
 
@@ -372,3 +373,209 @@ def overlay(
             if s1 <= b:
                 k += 1
     return _clip_merge(out, timeline[0][0], timeline[-1][1]) if out else out
+
+
+# --- the sweep over columns (a fleet at once) ------------------------------------------
+
+#: Every label, in the order their codes (their index here) stand for them in columns.
+LABELS: tuple[Label, ...] = tuple(Label)
+_CODE = {label: i for i, label in enumerate(LABELS)}
+_COMM = _CODE[Label.COMMUNICATIONS]
+#: A label code's rank in the order labels sort (as ``str``), for points that tie on
+#: (ts, kind, seq, end): the order :func:`_add_points` sorts them in.
+_RANK = [sorted(LABELS).index(label) for label in LABELS]
+
+
+def label_code(label: Label) -> int:
+    """The code of ``label`` in columns (its index in :data:`LABELS`)."""
+    return _CODE[label]
+
+
+@dataclass(slots=True)
+class PointColumns:
+    """Timeline points of many devices as columns (numpy arrays of one length): the
+    device's row (0..n-1), ts, kind (0 online, 1 state, 2 offline), seq, end, label code
+    (:data:`LABELS`; a state's, or communications for an offline) and heartbeat_s; in
+    any order. What :func:`_add_points` makes of a device's runs and presence (no
+    collector outage)."""
+
+    device: Any
+    ts: Any
+    kind: Any
+    seq: Any
+    end: Any
+    label: Any
+    heartbeat_s: Any
+
+    @classmethod
+    def of(
+        cls,
+        runs: tuple[Any, Any, Any, Any, Any, Any],
+        presence: Iterable[tuple[int, Presence]] = (),
+    ) -> PointColumns:
+        """``runs``: (device row, start, seq, end, label code, heartbeat_s) arrays; each
+        ``presence`` of a device row as its point."""
+        import numpy as np
+
+        rows = [(d, p.at, _ONLINE if p.online else _OFFLINE) for d, p in presence]
+        dev, at, kind = (np.array([r[k] for r in rows], dtype=np.int64) for k in range(3))
+        r_dev, r_ts, r_seq, r_end, r_label, r_hb = runs
+        n = len(r_ts)
+        cat = np.concatenate
+        return cls(
+            cat([np.asarray(r_dev, np.int64), dev]),
+            cat([np.asarray(r_ts, np.int64), at]),
+            cat([np.full(n, _STATE, np.int64), kind]),
+            cat([np.asarray(r_seq, np.int64), np.full(len(at), -1, np.int64)]),
+            cat([np.asarray(r_end, np.int64), at]),
+            cat([np.asarray(r_label, np.int64), np.full(len(at), _COMM, np.int64)]),
+            cat([np.asarray(r_hb, np.int64), np.zeros(len(at), np.int64)]),
+        )
+
+
+def sweep_columns(
+    points: PointColumns,
+    n: int,
+    start: int,
+    until: int,
+    timeout_factor: float,
+    heartbeat_s: Any,
+    span_set: Any,
+    span_sets: Sequence[Sequence[Span]],
+) -> Any:
+    """:func:`points_totals` of ``n`` devices at once, for one day: an ``(n, len(LABELS))``
+    int64 array of each device's time by label (codes: :data:`LABELS`) inside its
+    scheduled spans, ``span_sets[span_set[i]]`` for device ``i`` (sorted,
+    non-overlapping, inside ``[start, until)``); ``heartbeat_s``: each device's own (its
+    silence before its first state). The same integers as the sweep of each device's
+    points (:func:`_sweep`), interval by interval: the points sorted as it sorts them,
+    the cursor a running maximum, the label and timeout in force carried forward from
+    the last point that set them."""
+    import numpy as np
+
+    keep = points.ts < until  # the sweep stops at the first point at or after until
+    dev = points.device[keep]
+    ts = points.ts[keep]
+    kind = points.kind[keep]
+    end = points.end[keep]
+    label = points.label[keep]
+    hb = points.heartbeat_s[keep]
+    rank = np.asarray(_RANK, np.int64)[label]
+    seq = points.seq[keep]
+    order = np.argsort(dev, kind="stable")
+    if len(ts):  # by device and time; the rest of the point only where those tie
+        t0 = int(ts.min())
+        span = int(ts.max()) - t0 + 1
+        if span * (n + 1) < 2**62:
+            primary = dev * span + (ts - t0)
+            order = np.argsort(primary, kind="stable")
+            ordered = primary[order]
+            if (ordered[1:] == ordered[:-1]).any():
+                order = np.lexsort((hb, rank, end, seq, kind, ts, dev))
+        else:
+            order = np.lexsort((hb, rank, end, seq, kind, ts, dev))
+    dev, ts, kind, end, label, hb = (c[order] for c in (dev, ts, kind, end, label, hb))
+    m = len(ts)
+    idx = np.arange(m)
+    first = np.ones(m, bool)
+    first[1:] = dev[1:] != dev[:-1]
+    state = kind == _STATE
+    last = np.where(state, np.minimum(end, until), ts)
+    reach = np.maximum(ts, last)
+    # The cursor after each point: the running maximum of reach within its device (an
+    # offset per device keeps one device's maximum from reaching into the next).
+    cursor = np.empty(m, np.int64)
+    if m:
+        base = int(reach.min())
+        width = int(reach.max()) - base + 1
+        if width * (n + 1) >= 2**62:
+            raise OverflowError("times too far apart for the column sweep")
+        shifted = reach - base + dev * width
+        cursor = np.maximum.accumulate(shifted) - dev * width + base
+    before = np.empty(m, np.int64)  # the cursor before each point (a first: none)
+    before[1:] = cursor[:-1]
+    timeouts = {int(h): int(timeout_factor * int(h) * 1000) for h in np.unique(hb[state])}
+    own = {int(h): int(timeout_factor * int(h) * 1000) for h in np.unique(heartbeat_s)}
+    timeout_of = np.zeros(m, np.int64)
+    for h, t in timeouts.items():
+        timeout_of[state & (hb == h)] = t
+    dev_timeout = np.zeros(n, np.int64)
+    for h, t in own.items():
+        dev_timeout[heartbeat_s == h] = t
+
+    def carried(setter: Any) -> Any:
+        """For each point, the index of the last point at or before it (in its device)
+        that ``setter`` marks, or -1."""
+        marked = np.where(setter, idx, -1)
+        got = np.maximum.accumulate(marked) if m else marked
+        start_of = np.maximum.accumulate(np.where(first, idx, 0)) if m else marked
+        return np.where(got >= start_of, got, -1)
+
+    sets_label = carried(state | (kind == _OFFLINE))
+    sets_timeout = carried(state)
+    # What is in force before point i: from the last setter before it.
+    prev_label = np.full(m, -1, np.int64)
+    prev_label[1:] = sets_label[:-1]
+    prev_label[first] = -1
+    prev_timeout = np.full(m, -1, np.int64)
+    prev_timeout[1:] = sets_timeout[:-1]
+    prev_timeout[first] = -1
+    label_before = np.where(prev_label >= 0, label[np.maximum(prev_label, 0)], _COMM)
+    timeout_before = np.where(
+        prev_timeout >= 0, timeout_of[np.maximum(prev_timeout, 0)], dev_timeout[dev]
+    )
+    parts_dev, parts_a, parts_b, parts_label = [], [], [], []
+
+    def emit(mask: Any, d: Any, a: Any, b: Any, lab: Any) -> None:
+        parts_dev.append(d[mask])
+        parts_a.append(a[mask])
+        parts_b.append(b[mask])
+        parts_label.append(
+            lab[mask] if isinstance(lab, np.ndarray) else np.full(int(mask.sum()), lab)
+        )
+
+    # Before a device's first point: never heard from.
+    emit(first & (ts > start), dev, np.full(m, start, np.int64), ts, _COMM)
+    # A gap before a later point: silent longer than the timeout, or the label in force.
+    gap = ~first & (ts > before)
+    gap_label = np.where(ts - before > timeout_before, _COMM, label_before)
+    emit(gap, dev, before, ts, gap_label)
+    # A state run from the cursor to its last sample.
+    at = np.where(first, ts, np.maximum(before, ts))
+    emit(state & (last > at), dev, at, last, label)
+    # After a device's last point, up to until.
+    lasts = np.flatnonzero(np.append(first[1:], True)) if m else idx
+    ldev = dev[lasts]
+    lcur = cursor[lasts]
+    ls = sets_label[lasts]
+    lt = sets_timeout[lasts]
+    l_label = np.where(ls >= 0, label[np.maximum(ls, 0)], _COMM)
+    l_timeout = np.where(lt >= 0, timeout_of[np.maximum(lt, 0)], dev_timeout[ldev])
+    tail_label = np.where(until - lcur > l_timeout, _COMM, l_label)
+    emit(until > lcur, ldev, lcur, np.full(len(lasts), until, np.int64), tail_label)
+    # A device with no point before until: never heard from.
+    silent = np.ones(n, bool)
+    silent[ldev] = False
+    every = np.arange(n)
+    emit(silent, every, np.full(n, start, np.int64), np.full(n, until, np.int64), _COMM)
+    d = np.concatenate(parts_dev)
+    a = np.concatenate(parts_a)
+    b = np.concatenate(parts_b)
+    lab = np.concatenate(parts_label).astype(np.int64)
+    # Each interval's time inside its device's scheduled spans (one set per device).
+    width_k = max((len(s) for s in span_sets), default=0)
+    lo_k = np.zeros((len(span_sets), max(width_k, 1)), np.int64)
+    hi_k = np.zeros((len(span_sets), max(width_k, 1)), np.int64)
+    for i, spans in enumerate(span_sets):
+        for k, (s0, s1) in enumerate(spans):
+            lo_k[i, k], hi_k[i, k] = s0, s1
+    of = np.asarray(span_set, np.int64)[d]
+    nl = len(LABELS)
+    totals = np.zeros(n * nl, np.int64)
+    key = d * nl + lab
+    for k in range(width_k):
+        inside = np.minimum(b, hi_k[of, k]) - np.maximum(a, lo_k[of, k])
+        pos = inside > 0
+        # int64 sums (np.add.at), exact whatever the period's length
+        np.add.at(totals, key[pos], inside[pos])
+    return totals.reshape(n, nl)

@@ -12,13 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from atmfleet.inventory import Device, Inventory
 from atmfleet.windows import ServiceWindow
 from rules.config import Rules, UnknownTime
 from rules.labels import CAUSES, Label
-from rules.timeline import Interval, Span, ms
+from rules.timeline import LABELS, Interval, Span, label_code, ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,3 +380,56 @@ def total(parts: Iterable[Uptime]) -> Uptime:
     for part in it:
         out.add(part)
     return out
+
+
+# --- columns (a fleet at once) --------------------------------------------------------
+
+#: The figures of :class:`Uptime` besides its time by label, as columns of
+#: :func:`uptime_columns`, in this order.
+FIGURES = ("scheduled_ms", "available_ms", "tech_scheduled_ms", "tech_available_ms",
+           "planned_excluded_ms", "monitored_ms")  # fmt: skip
+
+
+def uptime_columns(totals: Any, policy: UptimePolicy) -> Any:
+    """:func:`uptime_from_totals` of every row of ``totals`` (an ``(n, len(LABELS))``
+    int64 array of time by label, codes :data:`rules.timeline.LABELS`) at once: an
+    ``(n, len(FIGURES))`` int64 array, the same integers row by row."""
+    import numpy as np
+
+    def col(label: Label) -> Any:
+        return totals[:, label_code(label)]
+
+    window = totals.sum(axis=1)
+    available = col(Label.AVAILABLE).copy()
+    unknown = col(Label.UNKNOWN)
+    planned = col(Label.PLANNED)
+    if policy.planned_excluded:
+        cap = policy.planned_cap_ms
+        planned_excluded = planned.copy() if cap is None else np.minimum(planned, cap)
+    else:
+        planned_excluded = np.zeros_like(planned)
+    base = window - planned_excluded
+    if policy.unknown_time is UnknownTime.EXCLUDE:
+        base = base - unknown
+    elif policy.unknown_time is UnknownTime.AVAILABLE:
+        available += unknown
+    business = base.copy()
+    technical = base.copy()
+    for label in LABELS:
+        if label in policy.business_excluded:
+            business -= col(label)
+        if label in policy.technical_excluded:
+            technical -= col(label)
+    monitored = business if policy.unknown_time is UnknownTime.EXCLUDE else business - unknown
+    return np.stack(
+        [business, available, technical, available, planned_excluded, monitored], axis=1
+    )
+
+
+def uptime_of_sums(by_label: Any, figures: Any, devices: int) -> Uptime:
+    """An :class:`Uptime` (a roll-up of ``devices`` devices) from summed columns: time by
+    label (codes :data:`rules.timeline.LABELS`; a label with no time left out) and
+    :data:`FIGURES`."""
+    s, a, ts, ta, planned, monitored = (int(v) for v in figures)
+    labels = {LABELS[i]: int(v) for i, v in enumerate(by_label) if v}
+    return Uptime(labels, s, a, ts, ta, planned, monitored, devices)
