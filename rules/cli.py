@@ -145,7 +145,7 @@ def uptime_day_report(feed: Feed, scope: Scope, day: date, horizon: int, by: str
     not ``device``) from the day's columns (:func:`rules.feed.uptime_day_columns`): the
     same report, its groups and totals added up over arrays instead of an
     :class:`~rules.uptime.Uptime` per device (tests/test_kpi_uptime_columns.py). None
-    where the columns do not apply (a day kept, a scope with no in-fleet device): the
+    where the columns do not apply (a day partly kept, a scope with no in-fleet device): the
     caller then takes the reference."""
     cols = uptime_day_columns(feed, scope.kind, scope.value, day, horizon)
     if cols is None:

@@ -74,6 +74,7 @@ from rules.timeline import (
     timeline_of_points,
 )
 from rules.uptime import (
+    FIGURES,
     Uptime,
     UptimePolicy,
     WindowSpans,
@@ -1017,37 +1018,44 @@ def uptime_day_columns(
     both views computed over columns (:func:`rules.uptime.uptime_columns`). A device a
     power cut, a registered stop or a collector outage touches has its timeline built
     and summed one by one, as :func:`uptime_for` does. The same integers as
-    :func:`uptime_of_day`, device by device (tests/test_kpi_uptime_columns.py).
+    :func:`uptime_of_day`, device by device (tests/test_kpi_uptime_columns.py). A closed
+    day kept in full for every device is read instead, with the inventory, as columns
+    (``kept_day_columns``: one row per device, as :meth:`Feed.kept_uptime` reads it).
 
     None where it does not apply, for the caller to take :func:`uptime_of_day`: a closed
-    day kept (in full, for any device), a scope that matches no in-fleet device, or what
-    the per-device read refuses (a state or an inventory value it does not know)."""
+    day kept for some devices and not for others, a scope that matches no in-fleet
+    device, or what the per-device read refuses (a state or an inventory value it does
+    not know)."""
     import numpy as np
 
     rules = feed.rules
     tz = rules.tz
+    kept: str | None = None  # the fingerprint of a closed day kept
     if closed(feed, day, horizon):
         fingerprint = feed.fingerprint()
         if feed._rows("kept_uptime_any", fingerprint=fingerprint, day=day)[0][0]:
-            return None
+            kept = fingerprint
     lo, hi = day_span(day, tz)
     ctx = feed.context_ms()
     a, b = from_ms(lo - ctx), from_ms(max(min(horizon, hi + ctx), lo))
     states = list(STATE_LABEL)
-    params = {
+    params: dict[str, Any] = {
         "states": states, "lo": a, "hi": b, "day_lo": from_ms(lo), "day_hi": from_ms(hi),
         "financial": sorted(t.value for t in rules.transactions.financial_types),
         "counted": sorted(r.value for r in rules.transactions.counted_results),
     }  # fmt: skip
+    if kept is not None:
+        params = {"fingerprint": kept, "day": day, "labels": [x.value for x in LABELS]}
     with feed._conn.cursor(binary=True) as cur:
         # JIT compiled for longer than the statement ran; only for this statement (the
         # transaction's setting is put back after it).
         before = cur.execute("SELECT current_setting('jit')").fetchone()
         cur.execute("SELECT set_config('jit', 'off', true)")
-        row = cur.execute(queries()["uptime_day_columns"], params).fetchone()
+        query = "uptime_day_columns" if kept is None else "kept_day_columns"
+        row = cur.execute(queries()[query], params).fetchone()
         assert before is not None and row is not None
         cur.execute("SELECT set_config('jit', %s, true)", before)
-    count, text, run_ids, runs, txn_ids, txns = row
+    count, text = row[:2]
     fields = text.split("\x1f") if text is not None else []
     if not count or len(fields) != 9 * count:  # none, or a value holding the separator
         return None
@@ -1097,6 +1105,25 @@ def uptime_day_columns(
         columns = {dim: [col[i] for i in chosen.tolist()] for dim, col in columns.items()}
     ids = columns["device"]
     row_of = dict(zip(ids, range(n), strict=True))
+    targets = rules.uptime.targets
+    by_tier = {x.value: targets[x] for x in Tier}
+    target = np.asarray([by_tier[x or "1"] for x in columns["tier"]], np.float64)
+    if kept is not None:  # every device's day as kept (:meth:`Feed.kept_uptime`)
+        kept_ids, packed = row[2:]
+        values = np.frombuffer(packed or b"", dtype=">i8")
+        width = len(FIGURES) + 1 + len(LABELS)
+        assert len(LABELS) == 10  # as many as kept_day_columns reads
+        k_row = _rows_of(kept_ids, row_of, len(values) // width)
+        mine = k_row >= 0
+        if len(values) != width * len(k_row) or int(mine.sum()) != n:
+            return None  # some devices not kept (or a kept value missing): the reference
+        table = np.zeros((n, width), np.int64)
+        table[k_row[mine]] = values.reshape(-1, width)[mine]
+        fig = table[:, : len(FIGURES)]
+        return DayColumns(
+            day, ids, columns, table[:, len(FIGURES) + 1 :], fig, table[:, len(FIGURES)], target
+        )
+    run_ids, runs, txn_ids, txns = row[2:]
     # The runs: a row per run, its device's row among the chosen (-1: not chosen).
     rec = np.frombuffer(runs or b"", dtype=np.dtype(_RUN_COLUMNS))
     if (rec["state"] == 0).any():  # a state the timeline does not know: the reference says
@@ -1165,17 +1192,7 @@ def uptime_day_columns(
     t_row = _rows_of(txn_ids, row_of, len(t))
     counted = t_row >= 0
     np.add.at(financial, t_row[counted], t[counted].astype(np.int64))
-    targets = rules.uptime.targets
-    by_tier = {x.value: targets[x] for x in Tier}
-    return DayColumns(
-        day,
-        ids,
-        columns,
-        by_label,
-        figures,
-        financial,
-        np.asarray([by_tier[x or "1"] for x in columns["tier"]], np.float64),
-    )
+    return DayColumns(day, ids, columns, by_label, figures, financial, target)
 
 
 def _rows_of(ids: str | None, row_of: dict[str, int], n: int) -> Any:

@@ -79,6 +79,40 @@ FROM (SELECT string_agg(device_id, E'\x1f') AS ids,
       WHERE bucket >= %(day_lo)s AND bucket < %(day_hi)s
         AND type = ANY(%(financial)s) AND result = ANY(%(counted)s)) t;
 
+-- A closed day kept in full (migration 0018) as columns, in one statement: the
+-- inventory's devices as in uptime_day_columns, then the ids of the devices kept that
+-- day under the fingerprint joined by U+001F and, in the same order, per device its
+-- scheduled, available, technical scheduled and available, planned excluded and
+-- monitored ms, its financial count and its time by label in the order of the labels
+-- given (0 where a label has no time; ten labels), int8 each.
+-- name: kept_day_columns
+SELECT (SELECT count(*) FROM devices),
+       (SELECT string_agg(concat_ws(E'\x1f', id, branch, type, placement, vendor,
+                                    coalesce(service_window, ''),
+                                    commissioned - date '2000-01-01',
+                                    coalesce((decommissioned - date '2000-01-01')::text, ''),
+                                    heartbeat_s), E'\x1f' ORDER BY id)
+        FROM devices),
+       k.ids, k.packed
+FROM (SELECT string_agg(device_id, E'\x1f') AS ids,
+             string_agg(int8send(scheduled_ms) || int8send(available_ms)
+                        || int8send(tech_scheduled_ms) || int8send(tech_available_ms)
+                        || int8send(planned_excluded_ms) || int8send(monitored_ms)
+                        || int8send(financial)
+                        || int8send(coalesce(label_ms[array_position(names, (%(labels)s::text[])[1])], 0))
+                        || int8send(coalesce(label_ms[array_position(names, (%(labels)s::text[])[2])], 0))
+                        || int8send(coalesce(label_ms[array_position(names, (%(labels)s::text[])[3])], 0))
+                        || int8send(coalesce(label_ms[array_position(names, (%(labels)s::text[])[4])], 0))
+                        || int8send(coalesce(label_ms[array_position(names, (%(labels)s::text[])[5])], 0))
+                        || int8send(coalesce(label_ms[array_position(names, (%(labels)s::text[])[6])], 0))
+                        || int8send(coalesce(label_ms[array_position(names, (%(labels)s::text[])[7])], 0))
+                        || int8send(coalesce(label_ms[array_position(names, (%(labels)s::text[])[8])], 0))
+                        || int8send(coalesce(label_ms[array_position(names, (%(labels)s::text[])[9])], 0))
+                        || int8send(coalesce(label_ms[array_position(names, (%(labels)s::text[])[10])], 0)), ''::bytea) AS packed
+      FROM (SELECT kd.*, string_to_array(labels, ',') AS names
+            FROM kpi_device_days kd
+            WHERE fingerprint = %(fingerprint)s AND day = %(day)s AND labels IS NOT NULL) d) k;
+
 -- Whether any device's closed day is kept in full under a fingerprint.
 -- name: kept_uptime_any
 SELECT EXISTS (SELECT 1 FROM kpi_device_days

@@ -10,8 +10,9 @@ by report, on varied fleets in the store.
 - :func:`rules.cli.uptime_day_report` (the groups added up over arrays) prints the same
   report, table and JSON, as :func:`rules.report.uptime_report` over the reference's
   per-device figures, for every scope kind and every dimension but ``device``;
-- a closed day kept in full is left to the reference (None), and the command prints the
-  same either way;
+- a closed day kept in full is read as columns (the kept rows, one per device), a day
+  partly kept is left to the reference (None), and the command prints the same in each
+  case;
 - :func:`rules.timeline.sweep_columns` equals :func:`rules.timeline.points_totals` on
   random points, ties on a device's time included (several points at one ts).
 
@@ -135,7 +136,7 @@ def test_the_report_equals_the_reference(conn: psycopg.Connection, outage: bool)
                 assert render(got) == render(want), (scope, by)
 
 
-def test_a_kept_day_is_left_to_the_reference(
+def test_a_kept_day_is_read_as_columns(
     conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     without_outages(conn)
@@ -144,16 +145,37 @@ def test_a_kept_day_is_left_to_the_reference(
     assert horizon > horizons()[-1]
     want = {by: to_json(uptime_report(reference_context(feed, "fleet", horizon), by))
             for by in ("subbranch", "type")}  # fmt: skip
-    assert uptime_day_columns(feed, "fleet", "fleet", DAY, horizon) is not None
+    computed = uptime_day_columns(feed, "fleet", "fleet", DAY, horizon)
+    assert computed is not None
     window_days(feed, feed.inventory().devices, DAY, DAY, horizon)  # kpi keep-days
+    # The kept rows changed under it are what it answers (it reads them).
+    conn.execute("UPDATE kpi_device_days SET financial = financial + 1000 WHERE day = %s", (DAY,))
+    conn.commit()
+    read = uptime_day_columns(feed, "fleet", "fleet", DAY, horizon)
+    assert read is not None and read.ids == computed.ids
+    for row in range(len(read.ids)):
+        assert read.uptime(row) == computed.uptime(row)
+    assert read.financial.tolist() == [n + 1000 for n in computed.financial.tolist()]
+    assert read.targets.tolist() == computed.targets.tolist()
+    assert read.groups == computed.groups
+    conn.execute("UPDATE kpi_device_days SET financial = financial - 1000 WHERE day = %s", (DAY,))
+    conn.commit()
+    # Some devices not kept: left to the reference (None).
+    conn.execute(
+        "DELETE FROM kpi_device_days WHERE day = %s AND device_id = %s", (DAY, computed.ids[3])
+    )
+    conn.commit()
     assert uptime_day_columns(feed, "fleet", "fleet", DAY, horizon) is None
-    # The command, the day kept (the reference reads it) and not kept (the columns).
+    # The command: the day partly kept (the reference), wholly kept (the kept columns)
+    # and not kept (the columns computed).
     info = conn.info
     url = f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}"
     monkeypatch.setenv("ATMFLEET_DATABASE_URL", url)
     monkeypatch.delenv("ATMFLEET_RULES_FILE", raising=False)
-    for kept in (True, False):
-        if not kept:
+    for kept in ("partly", "wholly", "not"):
+        if kept == "wholly":
+            window_days(feed, feed.inventory().devices, DAY, DAY, horizon)
+        if kept == "not":
             conn.execute("DELETE FROM kpi_device_days WHERE day = %s", (DAY,))
             conn.commit()
         for by in ("subbranch", "type"):
