@@ -466,17 +466,13 @@ class Feed:
         return out
 
     @_without_gc
-    def window_sums(self, fingerprint: str, day: date) -> dict[str, WindowSums]:
+    def window_sums(self, fingerprint: str, day: date) -> dict[str, tuple[Any, ...]]:
         """The low-yield window sums kept beside ``day`` (migration 0022): per device
         whose window ending ``day`` was kept whole, the sums of its kept days, as
-        :meth:`kept_sums` would add them up."""
-        ws = WindowSums
-        return {
-            device_id: ws(monitored, a, s, counted, fin)
-            for device_id, monitored, a, s, counted, fin in self._rows(
-                "window_sums", fingerprint=fingerprint, day=day
-            )
-        }
+        :meth:`kept_sums` would add them up, as the row read: (device id, then the
+        fields of :class:`rules.lowyield.WindowSums` in order; a fleet's rows are not
+        made into 100,000 objects)."""
+        return {row[0]: row for row in self._rows("window_sums", fingerprint=fingerprint, day=day)}
 
     @_without_gc
     def kept_sums(
@@ -1154,8 +1150,9 @@ def low_yield_for(
         for i, a in enumerate(w.available):
             if a is None:
                 missing.setdefault(i, []).append(d)
-    sums = feed.window_sums(fp, on)
-    whole = [d for d in devices if d.id not in sums and d.id not in windows]
+    stored = feed.window_sums(fp, on)
+    whole = [d for d in devices if d.id not in stored and d.id not in windows]
+    sums: dict[str, WindowSums] = {}  # of the others: their kept days added up
     lacking: list[Device] = []  # judged on sums that were not kept whole
     kept: dict[str, tuple[WindowSums, int]] = {}
     if whole:
@@ -1207,9 +1204,17 @@ def low_yield_for(
         target = by_branch.get(d.branch)
         if target is None:
             target = by_branch[d.branch] = targets[inventory.subbranch_of(d).tier]
+        row = stored.get(d.id)
+        if row is not None and d.id not in windows:
+            flags.append(make(d.id, d, d.type, row[1], row[2], row[3], row[4], row[5], target))
+            continue
         w = windows.get(d.id)
         if w is None:
-            flags.append(make(d.id, d, d.type, sums[d.id], target))
+            ws = sums[d.id]
+            flags.append(
+                make(d.id, d, d.type, ws.monitored, ws.available_ms, ws.scheduled_ms,
+                     ws.counted, ws.financial, target)
+            )  # fmt: skip
             continue
         flags.append(evaluate(_series(d, first, w), on, low, target))
     return flags

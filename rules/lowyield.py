@@ -134,14 +134,20 @@ def flag_of(
     uptime_target: float,
 ) -> YieldFlag:
     """The flags of a device (``dates``: its commissioning dates) from its window's sums."""
-    return flag_maker(on, rules)(device_id, dates, type, sums, uptime_target)
+    return flag_maker(on, rules)(
+        device_id, dates, type, sums.monitored, sums.available_ms, sums.scheduled_ms,
+        sums.counted, sums.financial, uptime_target,
+    )  # fmt: skip
 
 
-def flag_maker(
-    on: date, rules: LowYieldRules
-) -> Callable[[str, InService, DeviceType, WindowSums, float], YieldFlag]:
+#: ``make(device_id, dates, type, monitored, available_ms, scheduled_ms, counted,
+#: financial, uptime_target)``: :func:`flag_of` with the sums as plain values.
+FlagMaker = Callable[[str, InService, DeviceType, int, int, int, int, int, float], YieldFlag]
+
+
+def flag_maker(on: date, rules: LowYieldRules) -> FlagMaker:
     """:func:`flag_of` on ``on`` under ``rules``, the rules read once for a fleet's
-    devices (``make(device_id, dates, type, sums, uptime_target)``)."""
+    devices, the window's sums given as plain values (no :class:`WindowSums` made)."""
     thresholds = rules.thresholds.get
     min_days = min(rules.min_monitored_days, rules.window_days)
     ramp_up = rules.ramp_up_days
@@ -151,11 +157,17 @@ def flag_maker(
     )  # fmt: skip
 
     def make(
-        device_id: str, dates: InService, type: DeviceType, sums: WindowSums, target: float
+        device_id: str,
+        dates: InService,
+        type: DeviceType,
+        monitored: int,
+        available: int,
+        scheduled: int,
+        counted: int,
+        total: int,
+        target: float,
     ) -> YieldFlag:
-        counted, total, monitored = sums.counted, sums.financial, sums.monitored
-        scheduled = sums.scheduled_ms
-        uptime = sums.available_ms / scheduled if scheduled else None
+        uptime = available / scheduled if scheduled else None
         threshold = thresholds(type)
         average = total / counted if counted else None
         covered = monitored >= min_days

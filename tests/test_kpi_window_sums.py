@@ -110,7 +110,7 @@ def test_kept_window_sums_equal_the_days_one_by_one(
     for device_id in whole:
         sums, bits = added[device_id]
         assert bits == (1 << 30) - 1
-        assert read[device_id] == sums
+        assert read[device_id] == (device_id, *stored[device_id])
         assert stored[device_id] == (
             sums.monitored,
             sums.available_ms,
