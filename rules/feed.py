@@ -23,7 +23,7 @@ import json
 import logging
 import re
 import struct
-from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -53,7 +53,7 @@ from atmfleet.store.unregistered import unregistered_count
 from rules.config import DaysCounted, Rules
 from rules.fleet import in_fleet_during
 from rules.labels import STATE_LABEL, Label
-from rules.lowyield import DeviceDays, WindowSums, YieldFlag, evaluate, flag_of, window_bounds
+from rules.lowyield import DeviceDays, WindowSums, YieldFlag, evaluate, flag_maker
 from rules.substitution import CounterCounts, DeviceCounts
 from rules.timeline import (
     LABELS,
@@ -263,6 +263,11 @@ _KEPT_COLUMNS = (
     ("planned_excluded_ms", "int8"), ("monitored_ms", "int8"), ("labels", "text"),
     ("label_ms", "int8[]"),
 )  # fmt: skip
+#: The low-yield window sums kept beside a day (migration 0022), in ``WindowSums`` order.
+_WINDOW_COLUMNS = (
+    ("win_monitored", "int4"), ("win_available_ms", "int8"), ("win_scheduled_ms", "int8"),
+    ("win_counted", "int4"), ("win_financial", "int8"),
+)  # fmt: skip
 
 
 class Feed:
@@ -471,15 +476,34 @@ class Feed:
         return out
 
     @_without_gc
+    def window_sums(self, fingerprint: str, day: date) -> dict[str, tuple[Any, ...]]:
+        """The low-yield window sums kept beside ``day`` (migration 0022): per device
+        whose window ending ``day`` was kept whole, the sums of its kept days, as
+        :meth:`kept_sums` would add them up, as the row read: (device id, then the
+        fields of :class:`rules.lowyield.WindowSums` in order; a fleet's rows are not
+        made into 100,000 objects)."""
+        return {row[0]: row for row in self._rows("window_sums", fingerprint=fingerprint, day=day)}
+
+    @_without_gc
     def kept_sums(
-        self, fingerprint: str, first: date, last: date, in_service_only: bool
+        self,
+        fingerprint: str,
+        first: date,
+        last: date,
+        in_service_only: bool,
+        ids: Sequence[str] | None = None,
     ) -> dict[str, tuple[WindowSums, int]]:
         """Per device, the low-yield sums of its kept closed days in ``first``..``last``
         (every kept day added: :class:`rules.lowyield.WindowSums`) and which days are
-        kept, as bits (bit i: ``first`` + i days; only the first 63 days)."""
+        kept, as bits (bit i: ``first`` + i days; only the first 63 days); ``ids``: of
+        those devices only (default: every device)."""
         out: dict[str, tuple[WindowSums, int]] = {}
-        params = {"fingerprint": fingerprint, "first": first, "last": last,
-                  "in_service": in_service_only}  # fmt: skip
+        params: dict[str, Any] = {
+            "fingerprint": fingerprint, "first": first, "last": last,
+            "in_service": in_service_only,
+        }  # fmt: skip
+        if ids is not None:
+            params["ids"] = list(ids)
         with self._conn.cursor(binary=True) as cur:
             # The sums group 30 rows a device (3 M for 100,000 devices) into one per
             # device: with the server's default work_mem the hash table spilled to disk
@@ -494,7 +518,8 @@ class Feed:
                 "SELECT set_config('work_mem', %s, true), set_config('jit', 'off', true)",
                 (KEPT_SUMS_WORK_MEM,),
             )
-            rows = cur.execute(queries()["kept_sums"], params).fetchall()
+            query = queries()["kept_sums" if ids is None else "kept_sums_of"]
+            rows = cur.execute(query, params).fetchall()
             assert before is not None
             cur.execute(
                 "SELECT set_config('work_mem', %s, true), set_config('jit', %s, true)", before
@@ -573,21 +598,36 @@ class Feed:
         self._upsert_kept(fingerprint, "keep_days", _KEPT_COLUMNS[:3], rows)
 
     def keep_uptime_days(
-        self, fingerprint: str, values: Sequence[tuple[str, date, Uptime, int]]
+        self,
+        fingerprint: str,
+        values: Sequence[tuple[str, date, Uptime, int]],
+        window: Mapping[str, WindowSums] | None = None,
+        window_day: date | None = None,
     ) -> None:
         """Keep closed days per device with their 开机率 in full (device, day, its
         uptime that day, counted financial transactions); committed at once. Nothing is
-        kept (and nothing fails) where the login may only read."""
+        kept (and nothing fails) where the login may only read. ``window``: per device,
+        the low-yield sums of the window ending ``window_day`` once these days are kept
+        (every day of it kept), kept beside that day."""
         if not values or not self.may_keep:
             return
-        rows = [
-            (device_id, day, u.available_ms, u.scheduled_ms, fin, u.tech_scheduled_ms,
-             u.tech_available_ms, u.planned_excluded_ms, u.monitored_ms, ",".join(u.by_label),
-             list(u.by_label.values()))
-            for device_id, day, u, fin in values
-        ]  # fmt: skip
+        window = window or {}
+        none = (None,) * len(_WINDOW_COLUMNS)
+        rows = []
+        for device_id, day, u, fin in values:
+            sums = window.get(device_id) if day == window_day else None
+            rows.append(
+                (device_id, day, u.available_ms, u.scheduled_ms, fin, u.tech_scheduled_ms,
+                 u.tech_available_ms, u.planned_excluded_ms, u.monitored_ms,
+                 ",".join(u.by_label), list(u.by_label.values()),
+                 *(none if sums is None else (sums.monitored, sums.available_ms,
+                                              sums.scheduled_ms, sums.counted,
+                                              sums.financial)))
+            )  # fmt: skip
         try:
-            self._upsert_kept(fingerprint, "keep_uptime_days", _KEPT_COLUMNS, rows)
+            self._upsert_kept(
+                fingerprint, "keep_uptime_days", _KEPT_COLUMNS + _WINDOW_COLUMNS, rows
+            )
         except psycopg.errors.InsufficientPrivilege:
             self._cannot_keep("keep days in kpi_device_days")
 
@@ -613,7 +653,14 @@ class Feed:
                 copy.set_types(["text", "date", *(t for _, t in columns)])
                 for row in rows:
                     copy.write_row(row)
+            # The sort into the key's order holds a fleet's day (20 MB at 100,000
+            # devices with the 开机率 in full): in memory, not merged on disk, for this
+            # statement only (put back after it, as in kept_sums).
+            before = cur.execute("SELECT current_setting('work_mem')").fetchone()
+            assert before is not None
+            cur.execute("SELECT set_config('work_mem', %s, true)", (KEPT_SUMS_WORK_MEM,))
             cur.execute(queries()[query], {"fingerprint": fingerprint})
+            cur.execute("SELECT set_config('work_mem', %s, true)", before)
 
     @_without_gc
     def kept_uptime(self, fingerprint: str, day: date) -> dict[str, tuple[Uptime, int]]:
@@ -1266,6 +1313,20 @@ def computed_days(
     """The days of ``period`` not kept (``missing``: day index -> devices), computed
     (uptime from the timeline, transactions from txn_daily) and kept when closed, as
     (device, day index, value); ``known``: see :func:`window_days`."""
+    got, to_keep = _compute_days(feed, period, missing, horizon, known)
+    feed.keep_uptime_days(fingerprint, to_keep)
+    return got
+
+
+def _compute_days(
+    feed: Feed,
+    period: Sequence[date],
+    missing: dict[int, list[Device]],
+    horizon: int,
+    known: UptimeDays | None = None,
+) -> tuple[list[tuple[Device, int, KeptDay]], list[tuple[str, date, Uptime, int]]]:
+    """:func:`computed_days` without the keeping: the values, and the closed days to keep
+    (device id, day, uptime, counted financial transactions)."""
     got: list[tuple[Device, int, KeptDay]] = []
     to_keep: list[tuple[str, date, Uptime, int]] = []
     for i in sorted(missing):
@@ -1288,8 +1349,7 @@ def computed_days(
             got.append((d, i, value))
             if keep:
                 to_keep.append((d.id, day, u, value[2]))
-    feed.keep_uptime_days(fingerprint, to_keep)
-    return got
+    return got, to_keep
 
 
 @_without_gc
@@ -1306,8 +1366,11 @@ def low_yield_for(
 
     The same flags as :func:`rules.lowyield.evaluate` of each device's
     :func:`window_days`, read cheaper: a device in the fleet the whole window is judged
-    on the sums of its kept days (:meth:`Feed.kept_sums`, added up by the database) plus
-    the days computed; only a device commissioned or decommissioned inside the window
+    on the sums of its kept days plus the days computed. Those sums are the window sums
+    kept beside ``on`` when its whole window was kept by an earlier evaluation
+    (:meth:`Feed.window_sums`, one row per device), else added up by the database
+    (:meth:`Feed.kept_sums`); the days computed here are kept with the sums of the
+    window they complete. Only a device commissioned or decommissioned inside the window
     has its days read one by one."""
     rules = feed.rules
     window = rules.low_yield.window_days
@@ -1315,52 +1378,93 @@ def low_yield_for(
     period = days(first, on)
     n = len(period)
     in_service_only = rules.low_yield.days_counted is DaysCounted.IN_SERVICE
-    fp = feed.fingerprint()
     if n > 63:  # more days than kept_sums marks: every day read one by one
         return _low_yield_by_day(feed, inventory, devices, on, horizon, known)
-    kept = feed.kept_sums(fp, first, on, in_service_only)
-    sums: dict[str, WindowSums] = {}
-    partial: list[Device] = []
-    missing: dict[int, list[Device]] = {}
-    not_kept: dict[int, list[int]] = {}  # kept bits -> the days not kept
-    for d in devices:
-        got = kept.get(d.id)
-        bits = 0
-        if got is None:
-            sums[d.id] = WindowSums()
-        else:
-            sums[d.id], bits = got
-        offsets = not_kept.get(bits)
-        if offsets is None:
-            offsets = not_kept[bits] = [i for i in range(n) if not bits >> i & 1]
-        for i in offsets:
-            missing.setdefault(i, []).append(d)
-        if window_bounds(d.commissioned, d.decommissioned, first, on, window, n) != (0, n):
-            partial.append(d)
-    computed = computed_days(feed, fp, period, missing, horizon, known)
+    fp = feed.fingerprint()
+    # In the fleet the whole window (window_bounds(...) == (0, n)), or not: judged on
+    # its days one by one.
+    partial = [
+        d for d in devices
+        if d.commissioned > first or (d.decommissioned is not None and d.decommissioned <= on)
+    ]  # fmt: skip
     windows: dict[str, Window] = {}
     if partial:
         windows = feed.kept_days(fp, first, on, [d.id for d in partial])
-        for d in partial:
-            windows.setdefault(d.id, Window.empty(n))
+    missing: dict[int, list[Device]] = {}
+    for d in partial:
+        w = windows.get(d.id)
+        if w is None:
+            w = windows[d.id] = Window.empty(n)
+        for i, a in enumerate(w.available):
+            if a is None:
+                missing.setdefault(i, []).append(d)
+    stored = feed.window_sums(fp, on)
+    whole = [d for d in devices if d.id not in stored and d.id not in windows]
+    sums: dict[str, WindowSums] = {}  # of the others: their kept days added up
+    lacking: list[Device] = []  # judged on sums that were not kept whole
+    kept: dict[str, tuple[WindowSums, int]] = {}
+    if whole:
+        ids = None if 4 * len(whole) > len(devices) else [d.id for d in whole]
+        kept = feed.kept_sums(fp, first, on, in_service_only, ids)
+        not_kept: dict[int, list[int]] = {}  # kept bits -> the days not kept
+        for d in whole:
+            got = kept.get(d.id)
+            bits = 0
+            if got is None:
+                sums[d.id] = WindowSums()
+            else:
+                sums[d.id], bits = got
+            offsets = not_kept.get(bits)
+            if offsets is None:
+                offsets = not_kept[bits] = [i for i in range(n) if not bits >> i & 1]
+            for i in offsets:
+                missing.setdefault(i, []).append(d)
+            lacking.append(d)
+    computed, to_keep = _compute_days(feed, period, missing, horizon, known)
     for d, i, (a, s, f) in computed:
         w = windows.get(d.id)
         if w is not None:
             w.available[i], w.scheduled[i], w.financial[i] = a, s, f
         else:
             sums[d.id].add(a, s, f, in_service_only)
+    # The window sums of the devices whose window these days complete (``on`` kept now,
+    # every earlier day kept or kept now), kept beside ``on``.
+    complete: dict[str, WindowSums] = {}
+    if lacking and to_keep:
+        kept_now: dict[str, int] = {}
+        index = {day: i for i, day in enumerate(period)}
+        for device_id, day, _u, _f in to_keep:
+            kept_now[device_id] = kept_now.get(device_id, 0) | 1 << index[day]
+        full = (1 << n) - 1
+        for d in lacking:
+            now = kept_now.get(d.id, 0)
+            if now >> (n - 1) & 1:
+                got = kept.get(d.id)
+                if ((got[1] if got is not None else 0) | now) == full:
+                    complete[d.id] = sums[d.id]
+    feed.keep_uptime_days(fp, to_keep, complete, on)
     flags: list[YieldFlag] = []
     targets = rules.uptime.targets
     by_branch: dict[str, float] = {}  # a branch's devices share their tier's target
+    low = rules.low_yield
+    make = flag_maker(on, low)
     for d in devices:
         target = by_branch.get(d.branch)
         if target is None:
             target = by_branch[d.branch] = targets[inventory.subbranch_of(d).tier]
+        row = stored.get(d.id)
+        if row is not None and d.id not in windows:
+            flags.append(make(d.id, d, d.type, row[1], row[2], row[3], row[4], row[5], target))
+            continue
         w = windows.get(d.id)
         if w is None:
-            flags.append(flag_of(d.id, d, d.type, sums[d.id], on, rules.low_yield, target))
+            ws = sums[d.id]
+            flags.append(
+                make(d.id, d, d.type, ws.monitored, ws.available_ms, ws.scheduled_ms,
+                     ws.counted, ws.financial, target)
+            )  # fmt: skip
             continue
-        flags.append(evaluate(_series(d, first, w), on, rules.low_yield, target))
+        flags.append(evaluate(_series(d, first, w), on, low, target))
     return flags
 
 

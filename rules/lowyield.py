@@ -6,10 +6,12 @@ available and scheduled time of each local day (from :mod:`rules.uptime`).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
+from operator import attrgetter
 
 from atmfleet.inventory import DeviceType
 from rules.config import DaysCounted, LowYieldRules
@@ -132,29 +134,64 @@ def flag_of(
     uptime_target: float,
 ) -> YieldFlag:
     """The flags of a device (``dates``: its commissioning dates) from its window's sums."""
-    window = rules.window_days
-    counted, total, monitored = sums.counted, sums.financial, sums.monitored
-    uptime = sums.available_ms / sums.scheduled_ms if sums.scheduled_ms else None
-    threshold = rules.thresholds.get(type)
-    average = total / counted if counted else None
-    covered = monitored >= min(rules.min_monitored_days, window)
-    if not in_fleet(dates, on):
-        status = YieldStatus.NOT_EVALUATED
-    elif (on - dates.commissioned).days < rules.ramp_up_days:
-        status = YieldStatus.EXEMPT
-    elif threshold is None:
-        status = YieldStatus.NOT_EVALUATED
-    elif not covered:
-        status = YieldStatus.COVERAGE
-    elif average is None:
-        status = YieldStatus.NOT_EVALUATED  # monitored, but not one day in service
-    else:
-        status = YieldStatus.LOW if average < threshold else YieldStatus.OK
-    # 低效 needs only the window's uptime: judged for every device in the fleet with
-    # enough monitored days (during ramp-up too, whatever its type).
-    judged = covered and in_fleet(dates, on)
-    low_eff = None if uptime is None or not judged else uptime < uptime_target
-    return YieldFlag(device_id, on, status, counted, average, threshold, uptime, low_eff, monitored)
+    return flag_maker(on, rules)(
+        device_id, dates, type, sums.monitored, sums.available_ms, sums.scheduled_ms,
+        sums.counted, sums.financial, uptime_target,
+    )  # fmt: skip
+
+
+#: ``make(device_id, dates, type, monitored, available_ms, scheduled_ms, counted,
+#: financial, uptime_target)``: :func:`flag_of` with the sums as plain values.
+FlagMaker = Callable[[str, InService, DeviceType, int, int, int, int, int, float], YieldFlag]
+
+
+def flag_maker(on: date, rules: LowYieldRules) -> FlagMaker:
+    """:func:`flag_of` on ``on`` under ``rules``, the rules read once for a fleet's
+    devices, the window's sums given as plain values (no :class:`WindowSums` made)."""
+    thresholds = rules.thresholds.get
+    min_days = min(rules.min_monitored_days, rules.window_days)
+    ramp_up = rules.ramp_up_days
+    low, ok, exempt, not_evaluated, coverage = (
+        YieldStatus.LOW, YieldStatus.OK, YieldStatus.EXEMPT, YieldStatus.NOT_EVALUATED,
+        YieldStatus.COVERAGE,
+    )  # fmt: skip
+
+    def make(
+        device_id: str,
+        dates: InService,
+        type: DeviceType,
+        monitored: int,
+        available: int,
+        scheduled: int,
+        counted: int,
+        total: int,
+        target: float,
+    ) -> YieldFlag:
+        uptime = available / scheduled if scheduled else None
+        threshold = thresholds(type)
+        average = total / counted if counted else None
+        covered = monitored >= min_days
+        fleet = in_fleet(dates, on)
+        if not fleet:
+            status = not_evaluated
+        elif (on - dates.commissioned).days < ramp_up:
+            status = exempt
+        elif threshold is None:
+            status = not_evaluated
+        elif not covered:
+            status = coverage
+        elif average is None:
+            status = not_evaluated  # monitored, but not one day in service
+        else:
+            status = low if average < threshold else ok
+        # 低效 needs only the window's uptime: judged for every device in the fleet with
+        # enough monitored days (during ramp-up too, whatever its type).
+        low_eff = None if uptime is None or not (covered and fleet) else uptime < target
+        return YieldFlag(
+            device_id, on, status, counted, average, threshold, uptime, low_eff, monitored
+        )
+
+    return make
 
 
 @dataclass(slots=True)
@@ -181,21 +218,43 @@ class Share:
 def low_yield_share(
     flags: Iterable[YieldFlag], key: Callable[[str], str | None], max_share: float
 ) -> dict[str, Share]:
-    """Low-yield share by group (sub-branch, tier, type, fleet: see ``uptime.dimension_key``)."""
+    """Low-yield share by group (sub-branch, tier, type, fleet: see ``uptime.dimension_key``).
+
+    The flags are counted by (group, status, low-efficiency) in C first, then each count
+    added to its group: the same counts, the groups in the order their first flag comes."""
+    flags = flags if isinstance(flags, list) else list(flags)
+    counts = Counter(
+        zip(
+            map(key, map(_DEVICE_ID, flags)),
+            map(_STATUS, flags),
+            map(_LOW_EFFICIENCY, flags),
+            strict=True,
+        )
+    )
     out: dict[str, Share] = {}
-    for flag in flags:
-        group = key(flag.device_id)
+    exempt, coverage, not_evaluated = (
+        YieldStatus.EXEMPT, YieldStatus.COVERAGE, YieldStatus.NOT_EVALUATED,
+    )  # fmt: skip
+    low = YieldStatus.LOW
+    for (group, status, low_eff), n in counts.items():
         if group is None:
             continue
         acc = out.get(group)
         if acc is None:
             acc = out[group] = Share(max_share=max_share)
-        if flag.status is YieldStatus.EXEMPT:
-            acc.exempt += 1
-        elif flag.status is YieldStatus.COVERAGE:
-            acc.not_evaluated_coverage += 1
-        elif flag.status is not YieldStatus.NOT_EVALUATED:
-            acc.evaluated += 1
-            acc.low += flag.status is YieldStatus.LOW
-        acc.low_efficiency += bool(flag.low_efficiency)
+        if status is exempt:
+            acc.exempt += n
+        elif status is coverage:
+            acc.not_evaluated_coverage += n
+        elif status is not not_evaluated:
+            acc.evaluated += n
+            if status is low:
+                acc.low += n
+        if low_eff:
+            acc.low_efficiency += n
     return out
+
+
+_DEVICE_ID = attrgetter("device_id")
+_STATUS = attrgetter("status")
+_LOW_EFFICIENCY = attrgetter("low_efficiency")

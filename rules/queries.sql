@@ -270,44 +270,79 @@ FROM kpi_device_days
 WHERE fingerprint = %(fingerprint)s AND day >= %(first)s AND day <= %(last)s
 GROUP BY device_id;
 
+-- The same for a few devices only (those whose window sums are not kept).
+-- name: kept_sums_of
+SELECT device_id,
+       count(*) FILTER (WHERE scheduled_ms > 0),
+       coalesce(sum(available_ms) FILTER (WHERE scheduled_ms > 0), 0)::int8,
+       coalesce(sum(scheduled_ms) FILTER (WHERE scheduled_ms > 0), 0)::int8,
+       count(*) FILTER (WHERE scheduled_ms > 0 AND (available_ms > 0 OR NOT %(in_service)s)),
+       coalesce(sum(financial) FILTER (WHERE scheduled_ms > 0
+                                         AND (available_ms > 0 OR NOT %(in_service)s)), 0)::int8,
+       bit_or(1::int8 << (day - %(first)s::date)) FILTER (WHERE day - %(first)s::date < 63)
+FROM kpi_device_days
+WHERE fingerprint = %(fingerprint)s AND day >= %(first)s AND day <= %(last)s
+  AND device_id = ANY(%(ids)s::text[])
+GROUP BY device_id;
+
+-- Low-yield: the window sums kept beside a day (migration 0022), per device whose
+-- window ending that day was kept whole: the same values as kept_sums of that window,
+-- one row per device (the day's rows are one range of the key).
+-- name: window_sums
+SELECT device_id, win_monitored, win_available_ms, win_scheduled_ms, win_counted,
+       win_financial
+FROM kpi_device_days
+WHERE fingerprint = %(fingerprint)s AND day = %(day)s AND win_monitored IS NOT NULL;
+
 -- Kept closed days are upserted from a temporary table the feed fills by binary COPY
 -- (rules/feed.py, Feed._upsert_kept), one row per device and day, then inserted in the
 -- key's order: a fleet's day (100,000 rows) is not sent as arrays, and each index is
--- walked page after page instead of at random. An existing row keeps its other columns
--- (W, and the 开机率 in full where keep_days writes A, S and the financial count only).
+-- walked page after page instead of at random (day first: migration 0022). An existing
+-- row keeps its other columns (W, and the 开机率 in full where keep_days writes A, S and
+-- the financial count only); its window sums are those written with it (NULL: none), as
+-- the values they were made of are written again.
 -- name: kept_stage
 CREATE TEMP TABLE kept_stage (
     device_id text NOT NULL, day date NOT NULL, available_ms int8, scheduled_ms int8,
     financial int8, tech_scheduled_ms int8, tech_available_ms int8,
-    planned_excluded_ms int8, monitored_ms int8, labels text, label_ms int8[]
+    planned_excluded_ms int8, monitored_ms int8, labels text, label_ms int8[],
+    win_monitored int4, win_available_ms int8, win_scheduled_ms int8, win_counted int4,
+    win_financial int8
 ) ON COMMIT DROP;
 
 -- name: keep_days
 INSERT INTO kpi_device_days (fingerprint, device_id, day, available_ms, scheduled_ms, financial)
 SELECT %(fingerprint)s, device_id, day, available_ms, scheduled_ms, financial
 FROM kept_stage
-ORDER BY device_id, day
-ON CONFLICT (fingerprint, device_id, day) DO UPDATE
+ORDER BY day, device_id
+ON CONFLICT (fingerprint, day, device_id) DO UPDATE
 SET available_ms = excluded.available_ms, scheduled_ms = excluded.scheduled_ms,
-    financial = excluded.financial, computed_at = now();
+    financial = excluded.financial, win_monitored = NULL, win_available_ms = NULL,
+    win_scheduled_ms = NULL, win_counted = NULL, win_financial = NULL, computed_at = now();
 
 -- Kept closed days with their 开机率 in full (migration 0018), the same upsert as
 -- keep_days with the technical view, planned, monitored and by-label time beside A and S
--- (`labels`: the names joined by commas; `label_ms`: each one's ms, in that order).
+-- (`labels`: the names joined by commas; `label_ms`: each one's ms, in that order), and
+-- the low-yield window sums ending that day where the evaluation has them (0022).
 -- name: keep_uptime_days
 INSERT INTO kpi_device_days (fingerprint, device_id, day, available_ms, scheduled_ms, financial,
                              tech_scheduled_ms, tech_available_ms, planned_excluded_ms,
-                             monitored_ms, labels, label_ms)
+                             monitored_ms, labels, label_ms, win_monitored, win_available_ms,
+                             win_scheduled_ms, win_counted, win_financial)
 SELECT %(fingerprint)s, device_id, day, available_ms, scheduled_ms, financial,
-       tech_scheduled_ms, tech_available_ms, planned_excluded_ms, monitored_ms, labels, label_ms
+       tech_scheduled_ms, tech_available_ms, planned_excluded_ms, monitored_ms, labels, label_ms,
+       win_monitored, win_available_ms, win_scheduled_ms, win_counted, win_financial
 FROM kept_stage
-ORDER BY device_id, day
-ON CONFLICT (fingerprint, device_id, day) DO UPDATE
+ORDER BY day, device_id
+ON CONFLICT (fingerprint, day, device_id) DO UPDATE
 SET available_ms = excluded.available_ms, scheduled_ms = excluded.scheduled_ms,
     financial = excluded.financial, tech_scheduled_ms = excluded.tech_scheduled_ms,
     tech_available_ms = excluded.tech_available_ms,
     planned_excluded_ms = excluded.planned_excluded_ms, monitored_ms = excluded.monitored_ms,
-    labels = excluded.labels, label_ms = excluded.label_ms, computed_at = now();
+    labels = excluded.labels, label_ms = excluded.label_ms,
+    win_monitored = excluded.win_monitored, win_available_ms = excluded.win_available_ms,
+    win_scheduled_ms = excluded.win_scheduled_ms, win_counted = excluded.win_counted,
+    win_financial = excluded.win_financial, computed_at = now();
 
 -- A kept closed day's 开机率 in full, per device kept so (migration 0018).
 -- name: kept_uptime
