@@ -12,7 +12,7 @@ from dataclasses import replace
 from datetime import date, timedelta
 from typing import Any
 
-from atmfleet.inventory import Inventory, Tier
+from atmfleet.inventory import Device, Inventory, Tier
 from rules.config import Rules
 from rules.feed import Feed, timelines
 from rules.labels import CAUSES, Label
@@ -92,6 +92,59 @@ def long_down(
     if length <= threshold_ms:
         return None
     return since, length, max(by_label, key=lambda k: (by_label[k], k.value))
+
+
+def down_throughout(line: Sequence[Interval], lo: int, end: int) -> bool:
+    """Whether ``line`` is down (:data:`DOWN`) without a break over ``[lo, end)``."""
+    at = lo
+    for a, b, label in line:
+        if b <= at:
+            continue
+        if a > at or label not in DOWN:
+            return False
+        at = b
+        if at >= end:
+            return True
+    return False
+
+
+def _day_end(ctx: Context) -> int:
+    """The end of the daily bulletin's day, or now if earlier."""
+    return min(day_span(ctx.last, ctx.rules.tz)[1], ctx.horizon or 2**62)
+
+
+def long_down_candidates(ctx: Context) -> list[Device]:
+    """The devices that may be down for long at the end of the day (:func:`long_down` of
+    the two days' timelines): those whose timeline of the day (:meth:`Context.uptime_days`)
+    is down without a break over the last 24 h of it (from the day's start when it is
+    shorter). A device down for more than 24 h at the end is down over that stretch in
+    the two days' timeline, and so in the day's: the day's reads the same runs, presence,
+    power cuts, stops and outages over the day (and the context before it), so the two
+    agree on every moment of the day but before the first state the day's read holds,
+    where the day's says "never heard from" (communications, down)."""
+    lo, _ = day_span(ctx.last, ctx.rules.tz)
+    end = _day_end(ctx)
+    start = max(lo, end - LONG_DOWN_MS)
+    lines = ctx.uptime_days().timelines
+    return [d for d in ctx.devices if down_throughout(lines.get(d.id, ()), start, end)]
+
+
+def down_for_long(
+    ctx: Context, candidates: Sequence[Device] | None = None
+) -> dict[str, tuple[int, int, Label]]:
+    """Per device down for more than 24 h at the end of the day, :func:`long_down` of its
+    timeline of the day before and the day, up to the day's end (only the timelines: the
+    two days' uptime is not needed). ``candidates``: only those can be
+    (:func:`long_down_candidates`), so only their timelines are built; None: every device's."""
+    rules = ctx.rules
+    day = ctx.last
+    devices = ctx.devices if candidates is None else candidates
+    if not devices:
+        return {}
+    span = day_span(day - timedelta(days=1), rules.tz)[0], day_span(day, rules.tz)[1]
+    lines = timelines(ctx.feed, devices, *span, ctx.horizon)
+    end = _day_end(ctx)
+    return {d.id: got for d in devices if (got := long_down(lines.get(d.id, []), end)) is not None}
 
 
 def planned_table(up_sub: Any, inventory: Inventory, m: Messages) -> Table:
@@ -180,23 +233,21 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
     up_dev = uptime_report(ctx, "device", below_target_only=True)
     rw_sub = resource_report(ctx, "subbranch")
     rw_branch = resource_report(ctx, "branch")
-    # No report below reads the day's timelines: let them go before the two days' are
-    # built (both held at once made the bulletin's peak).
+    # Down for long: who may be is seen on the day's timelines; then no report below
+    # reads them, so they go before the two days' are built (both held at once made
+    # the bulletin's peak).
+    candidates = long_down_candidates(ctx)
     ctx.uptime_days().timelines.clear()
-    # Down for long: the timelines of the day before and the day, up to the day's end
-    # (only the timelines: the two days' uptime is not needed).
-    span = day_span(day - timedelta(days=1), rules.tz)[0], day_span(day, rules.tz)[1]
-    lines = timelines(ctx.feed, ctx.devices, *span, ctx.horizon)
-    end = min(day_span(day, rules.tz)[1], ctx.horizon or 2**62)
-    down_long = {
-        d.id: got for d in ctx.devices if (got := long_down(lines.get(d.id, []), end)) is not None
-    }
-    del lines
+    down_long = down_for_long(ctx, candidates)
     st_tier = {r["group"]: r for r in substitution_report(ctx, "tier").rows}
     st_sub_report = substitution_report(ctx, "subbranch")
     st_sub = {r["group"]: r for r in st_sub_report.rows}
     st_branch = {r["group"]: r for r in substitution_report(ctx, "branch").rows}
-    ly = low_yield_report(ctx, "subbranch")
+    # The day's transactions are in the reports now (the substitution's unit-days, each
+    # device's financial count): let them go before the low-yield window is read.
+    ctx.cache.pop(("txn", ctx.first, ctx.last), None)
+    ly = low_yield_report(ctx, "subbranch", devices=False)  # the shares, no row per device
+    ctx.cache.pop(("flags", str(ctx.scope), ctx.last), None)  # in the shares now
     ly_sub = {r["group"]: r for r in ly.rows}
     net = network_report(ctx)
     tail_up = tail_report(ctx, "uptime", "subbranch")
