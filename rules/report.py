@@ -684,6 +684,33 @@ def day_figures(ctx: Context) -> dict[str, DayFigures] | None:
     return ctx.memo(("day_figures", str(ctx.scope), ctx.first), compute)  # type: ignore[no-any-return]
 
 
+def read_day_figures(ctx: Context, first: date, last: date) -> None:
+    """:func:`day_figures` of each one-day period ``first``..``last`` (the scope's), from
+    one read of their kept days instead of one per day; a day for which one of its
+    devices is not kept is left to :func:`day_figures` (which computes and keeps it)."""
+    scope = str(ctx.scope)
+    todo = [
+        (i, replace(ctx, first=day, last=day))
+        for i, day in enumerate(days(first, last))
+        if ("day_figures", scope, day) not in ctx.cache
+    ]
+    if not todo:
+        return
+    kept = ctx.feed.kept_days(ctx.feed.fingerprint(), first, last)
+    for i, on in todo:
+        out: dict[str, DayFigures] = {}
+        for d in on.devices:
+            w = kept.get(d.id)
+            if w is None:
+                break
+            a, s, f = w.available[i], w.scheduled[i], w.financial[i]
+            if a is None or s is None or f is None:
+                break
+            out[d.id] = DayFigures(a, s, f)
+        else:
+            ctx.cache[("day_figures", scope, on.first)] = out
+
+
 def compared_uptime(ctx: Context) -> dict[str, Uptime]:
     """Per device, the uptime a report compares with (the day before, a tail's earlier
     periods): only A and S for a one-day period (:func:`day_figures`), else the whole."""

@@ -34,7 +34,7 @@ from exporters.bulletin.messages import Messages
 from exporters.bulletin.render import to_csv_zip, to_html, to_json, to_xlsx
 from rules.config import load_rules
 from rules.feed import Feed
-from rules.report import Context, day_figures, low_yield_report, tail_entries
+from rules.report import Context, day_figures, low_yield_report, read_day_figures, tail_entries
 from rules.tail import uptime_entries
 from rules.uptime import dimension_key
 from simulator.config import make_config
@@ -126,6 +126,20 @@ class TestDownForLong:
 
 
 class TestLighterReports:
+    def test_the_earlier_days_read_at_once_are_the_days_read_one_by_one(
+        self, conn: psycopg.Connection
+    ) -> None:
+        plain = _context(conn)
+        want = {k: day_figures(plain.shifted(k)) for k in (1, 2, 3)}  # computed, kept
+        ctx = _context(conn)
+        read_day_figures(ctx, DAY - timedelta(days=3), DAY - timedelta(days=1))
+        got = {k: ctx.cache.get(("day_figures", "fleet", DAY - timedelta(days=k))) for k in want}
+        assert got[1] is not None and got[2] is not None
+        assert {k: v for k, v in got.items() if v is not None} == {
+            k: want[k] for k, v in got.items() if v is not None
+        }
+        assert day_figures(ctx.shifted(3)) == want[3]
+
     def test_the_low_yield_shares_without_the_device_section(
         self, conn: psycopg.Connection
     ) -> None:

@@ -24,6 +24,7 @@ from rules.report import (
     low_yield_report,
     network_report,
     period_uptime,
+    read_day_figures,
     resource_report,
     substitution_report,
     tail_report,
@@ -228,6 +229,9 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
     # In this order, so that what only some reports need is let go early: the day's
     # timelines (resource warnings read them), then the two days' (down for long).
     up_tier = uptime_report(ctx, "tier")
+    # The days compared with (the day before, the tail's earlier days), in one read.
+    history = max(rules.tail.history_periods, 1)
+    read_day_figures(ctx, day - timedelta(days=history), day - timedelta(days=1))
     up_sub = uptime_report(ctx, "subbranch", previous=True)
     up_branch = uptime_report(ctx, "branch")
     up_dev = uptime_report(ctx, "device", below_target_only=True)
