@@ -220,36 +220,43 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
     day = ctx.last
     subs = inv.subbranch_by_id
     branches = inv.branch_by_id
-    sub_of = {d.id: inv.subbranch_of(d).id for d in inv.devices}
 
     # The day's transactions first: the substitution tables need them whole, and the
     # uptime tables' financial counts are then taken from them instead of being read
     # from txn_daily once more on their own (``Context.financial``).
     ctx.txn()
-    # In this order, so that what only some reports need is let go early: the day's
-    # timelines (resource warnings read them), then the two days' (down for long).
+    # In this order, so that what only some reports need is let go before the next
+    # large read: the day's transactions (the substitution), each device's warning
+    # time and the day's timelines (the resource warnings), then the earlier days
+    # compared with are read, then the low-yield window. The figures do not depend on
+    # the order (each computed once, memoised); the peak memory does.
     up_tier = uptime_report(ctx, "tier")
-    # The days compared with (the day before, the tail's earlier days), in one read.
-    history = max(rules.tail.history_periods, 1)
-    read_day_figures(ctx, day - timedelta(days=history), day - timedelta(days=1))
-    up_sub = uptime_report(ctx, "subbranch", previous=True)
     up_branch = uptime_report(ctx, "branch")
     up_dev = uptime_report(ctx, "device", below_target_only=True)
+    st_tier = {r["group"]: r for r in substitution_report(ctx, "tier").rows}
+    st_sub_report = substitution_report(ctx, "subbranch")
+    st_sub = {r["group"]: r for r in st_sub_report.rows}
+    st_branch = {r["group"]: r for r in substitution_report(ctx, "branch").rows}
+    # The day's transactions are in the reports now (the substitution's unit-days, each
+    # device's financial count): let them go before the day's timelines are built
+    # (the resource warnings read them).
+    ctx.cache.pop(("txn", ctx.first, ctx.last), None)
     rw_sub = resource_report(ctx, "subbranch")
     rw_branch = resource_report(ctx, "branch")
+    # Each device's warning time is in the two reports now.
+    for key in ("resource", "resource_per_device"):
+        ctx.cache.pop((key, str(ctx.scope), ctx.first, ctx.last), None)
     # Down for long: who may be is seen on the day's timelines; then no report below
     # reads them, so they go before the two days' are built (both held at once made
     # the bulletin's peak).
     candidates = long_down_candidates(ctx)
     ctx.uptime_days().timelines.clear()
     down_long = down_for_long(ctx, candidates)
-    st_tier = {r["group"]: r for r in substitution_report(ctx, "tier").rows}
-    st_sub_report = substitution_report(ctx, "subbranch")
-    st_sub = {r["group"]: r for r in st_sub_report.rows}
-    st_branch = {r["group"]: r for r in substitution_report(ctx, "branch").rows}
-    # The day's transactions are in the reports now (the substitution's unit-days, each
-    # device's financial count): let them go before the low-yield window is read.
-    ctx.cache.pop(("txn", ctx.first, ctx.last), None)
+    # The days compared with (the day before, the tail's earlier days), in one read,
+    # once the day's timelines are gone.
+    history = max(rules.tail.history_periods, 1)
+    read_day_figures(ctx, day - timedelta(days=history), day - timedelta(days=1))
+    up_sub = uptime_report(ctx, "subbranch", previous=True)
     ly = low_yield_report(ctx, "subbranch", devices=False)  # the shares, no row per device
     ctx.cache.pop(("flags", str(ctx.scope), ctx.last), None)  # in the shares now
     ly_sub = {r["group"]: r for r in ly.rows}
@@ -260,6 +267,7 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
     st_total = st_sub_report.extra["total"]
     ly_total = ly.extra["total"]
 
+    sub_of = {d.id: inv.subbranch_of(d).id for d in inv.devices}
     below = sorted(
         (r for r in up_dev.rows if r["meets_target"] is False),  # all of them
         key=lambda r: (r["uptime"], -r["down_ms"], r["group"]),
