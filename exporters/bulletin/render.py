@@ -72,7 +72,9 @@ def to_json(b: Bulletin) -> bytes:
         rows.append("[\n    " + ",\n    ".join(encoded) + "\n   ]" if encoded else "[]")
         return f"{token}{len(rows) - 1}"
 
-    dumps = json.JSONEncoder(ensure_ascii=False).encode
+    # A row as a dict of its cells straight from the columns' keys, a Decimal (money)
+    # as its text (what _plain makes of it) by the encoder's own fallback, in C.
+    dumps = json.JSONEncoder(ensure_ascii=False, default=_decimal_text).encode
     doc = {
         "kind": b.kind,
         "lang": b.lang,
@@ -86,10 +88,7 @@ def to_json(b: Bulletin) -> bytes:
             t.key: {
                 "title": t.title,
                 "columns": [{"key": c.key, "label": c.label, "kind": c.kind.value} for c in t.columns],
-                "rows": later([
-                    dumps({c.key: _plain(v) for c, v in zip(t.columns, r, strict=True)})
-                    for r in t.rows
-                ]),
+                "rows": later(_json_rows(t, dumps)),
                 "below_target": later([dumps(sorted(f)) for f in t.flagged]),
             }
             for t in b.tables
@@ -104,6 +103,18 @@ def to_json(b: Bulletin) -> bytes:
         out.append(rows[int(index)])
         out.append(rest)
     return ("".join(out) + "\n").encode()
+
+
+def _decimal_text(value: object) -> str:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _json_rows(t: Table, dumps: Any) -> list[str]:
+    """Each row of ``t`` encoded, keyed by its columns."""
+    keys = [c.key for c in t.columns]
+    return [dumps(dict(zip(keys, r, strict=True))) for r in t.rows]
 
 
 # ------------------------------------------------------------------------------- CSV
