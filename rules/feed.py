@@ -167,6 +167,10 @@ def _devices(rows: Iterable[tuple[Any, ...]]) -> tuple[Device, ...]:
     placements = {p.value: p for p in Placement}
     new = Device.__new__
     setattr_ = object.__setattr__
+    # One fields-set for every device read (they all set the same fields) instead of
+    # one each (728 bytes, 73 MB of a 100,000-device fleet): a frozen model never
+    # changes it, and model_copy copies it (as simulator.fleet does for its devices).
+    fields_set = set(_DEVICE_COLUMNS)
     out = []
     for row in rows:
         values = dict(zip(_DEVICE_COLUMNS, row, strict=True))
@@ -176,7 +180,7 @@ def _devices(rows: Iterable[tuple[Any, ...]]) -> tuple[Device, ...]:
             values[name] = default
         m = new(Device)
         setattr_(m, "__dict__", values)
-        setattr_(m, "__pydantic_fields_set__", set(_DEVICE_COLUMNS))
+        setattr_(m, "__pydantic_fields_set__", fields_set)
         setattr_(m, "__pydantic_extra__", None)
         setattr_(m, "__pydantic_private__", None)
         out.append(m)

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import json
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from atmfleet.errors import UsageError
 from atmfleet.inventory import BranchKind, Device, Inventory, Placement, Tier
@@ -635,11 +635,30 @@ def financial_per_device(ctx: Context) -> dict[str, int]:
 
 @dataclass(frozen=True, slots=True)
 class DayFigures:
-    """A device's 开机率 A and S (as an :class:`Uptime` holding only those) and counted
-    financial transactions over a one-day period."""
+    """A device's 开机率 A and S and counted financial transactions over a one-day
+    period. Held as three integers (a fleet's earlier days are held for a whole
+    bulletin); ``ratio``, ``down_ms`` and ``has_data`` are those of :attr:`uptime`, the
+    :class:`Uptime` holding only A and S, made when asked for."""
 
-    uptime: Uptime
+    available_ms: int
+    scheduled_ms: int
     financial: int
+
+    @property
+    def uptime(self) -> Uptime:
+        return Uptime(scheduled_ms=self.scheduled_ms, available_ms=self.available_ms, devices=1)
+
+    @property
+    def ratio(self) -> float | None:
+        return self.available_ms / self.scheduled_ms if self.scheduled_ms else None
+
+    @property
+    def down_ms(self) -> int:
+        return self.scheduled_ms - self.available_ms
+
+    @property
+    def has_data(self) -> bool:
+        return self.scheduled_ms > 0
 
 
 def day_figures(ctx: Context) -> dict[str, DayFigures] | None:
@@ -659,10 +678,37 @@ def day_figures(ctx: Context) -> dict[str, DayFigures] | None:
             w = windows[d.id]
             a, s, f = w.available[0], w.scheduled[0], w.financial[0]
             assert a is not None and s is not None and f is not None  # complete
-            out[d.id] = DayFigures(Uptime(scheduled_ms=s, available_ms=a, devices=1), f)
+            out[d.id] = DayFigures(a, s, f)
         return out
 
     return ctx.memo(("day_figures", str(ctx.scope), ctx.first), compute)  # type: ignore[no-any-return]
+
+
+def read_day_figures(ctx: Context, first: date, last: date) -> None:
+    """:func:`day_figures` of each one-day period ``first``..``last`` (the scope's), from
+    one read of their kept days instead of one per day; a day for which one of its
+    devices is not kept is left to :func:`day_figures` (which computes and keeps it)."""
+    scope = str(ctx.scope)
+    todo = [
+        (i, replace(ctx, first=day, last=day))
+        for i, day in enumerate(days(first, last))
+        if ("day_figures", scope, day) not in ctx.cache
+    ]
+    if not todo:
+        return
+    kept = ctx.feed.kept_days(ctx.feed.fingerprint(), first, last)
+    for i, on in todo:
+        out: dict[str, DayFigures] = {}
+        for d in on.devices:
+            w = kept.get(d.id)
+            if w is None:
+                break
+            a, s, f = w.available[i], w.scheduled[i], w.financial[i]
+            if a is None or s is None or f is None:
+                break
+            out[d.id] = DayFigures(a, s, f)
+        else:
+            ctx.cache[("day_figures", scope, on.first)] = out
 
 
 def compared_uptime(ctx: Context) -> dict[str, Uptime]:
@@ -1034,7 +1080,9 @@ def flag_row(f: YieldFlag, margin: float | None = None) -> dict[str, Any]:
             "uptime": f.uptime, "low_efficiency": f.low_efficiency}  # fmt: skip
 
 
-def low_yield_report(ctx: Context, by: str) -> Report:
+def low_yield_report(ctx: Context, by: str, devices: bool = True) -> Report:
+    """低产 shares by ``by``; ``devices``: with the section listing every device (the
+    daily bulletin shows the shares only: without it, no row per device is made)."""
     if ctx.first != ctx.last:
         raise UsageError("low-yield is evaluated on one date: use --date")
     flags = ctx.flags()
@@ -1043,21 +1091,7 @@ def low_yield_report(ctx: Context, by: str) -> Report:
     scope = str(ctx.scope)
     whole = low_yield_share(flags, lambda _d: scope, max_share)
     whole_row = share_row(scope, whole.get(scope, Share(max_share=max_share)))
-    order = {YieldStatus.LOW: 0, YieldStatus.OK: 1, YieldStatus.COVERAGE: 2,
-             YieldStatus.EXEMPT: 3, YieldStatus.NOT_EVALUATED: 4}  # fmt: skip
-    # Each margin once (a property: computed at every read), then sorted on it.
-    listed = sorted(
-        ((order[f.status], m if (m := f.margin) is not None else 0.0, f.device_id, f, m)
-         for f in flags),
-        key=lambda x: x[:3],
-    )  # fmt: skip
-    devices = Report(
-        "devices: every one evaluated (lowest margin first), then those not evaluated",
-        ["group", "status", "average", "threshold", "margin", "days_counted", "monitored_days",
-         "uptime", "low_efficiency"],
-        [flag_row(f, m) for *_, f, m in listed],
-        {"key": "devices"},
-    )  # fmt: skip
+    sections = [low_yield_devices(flags)] if devices else []
     return Report(
         f"低产 low-yield on {ctx.last} ({ctx.rules.low_yield.window_days}-day window), "
         f"{ctx.scope}, by {by}",
@@ -1066,7 +1100,27 @@ def low_yield_report(ctx: Context, by: str) -> Report:
         [share_row(g, s) for g, s in sorted(shares.items())],
         {"date": ctx.last, "scope": scope, "total": whole_row, "share (total)": whole_row["share"],
          "max_share": max_share, "min_monitored_days": ctx.rules.low_yield.min_monitored_days},
-        [devices],
+        sections,
+    )  # fmt: skip
+
+
+def low_yield_devices(flags: Iterable[YieldFlag]) -> Report:
+    """The devices section of :func:`low_yield_report`: every device evaluated (lowest
+    margin first), then those not evaluated."""
+    order = {YieldStatus.LOW: 0, YieldStatus.OK: 1, YieldStatus.COVERAGE: 2,
+             YieldStatus.EXEMPT: 3, YieldStatus.NOT_EVALUATED: 4}  # fmt: skip
+    # Each margin once (a property: computed at every read), then sorted on it.
+    listed = sorted(
+        ((order[f.status], m if (m := f.margin) is not None else 0.0, f.device_id, f, m)
+         for f in flags),
+        key=lambda x: x[:3],
+    )  # fmt: skip
+    return Report(
+        "devices: every one evaluated (lowest margin first), then those not evaluated",
+        ["group", "status", "average", "threshold", "margin", "days_counted", "monitored_days",
+         "uptime", "low_efficiency"],
+        [flag_row(f, m) for *_, f, m in listed],
+        {"key": "devices"},
     )  # fmt: skip
 
 
@@ -1083,9 +1137,14 @@ def tail_entries(
     period compared with (the same entries, from the kept days when it is one day)."""
     inv = ctx.inventory
     figures = day_figures(ctx) if earlier else None
-    per_device = (
-        per_device_uptime(ctx) if figures is None else {d: f.uptime for d, f in figures.items()}
-    )
+    # A one-day period compared with: each device's DayFigures stands for its Uptime (the
+    # same scheduled_ms, ratio, down_ms, has_data: all that a device's entry reads),
+    # without an Uptime made per device and period; a roll-up by branch adds Uptimes.
+    per_device: Mapping[str, Uptime] = (
+        per_device_uptime(ctx) if figures is None
+        else cast("Mapping[str, Uptime]", figures) if unit == "device"
+        else {d: f.uptime for d, f in figures.items()}
+    )  # fmt: skip
     if unit == "branch":
         branch_of = {d.id: d.branch for d in inv.devices}
         of: Callable[[str], str] = branch_of.__getitem__
@@ -1105,7 +1164,7 @@ def tail_entries(
     if figures is not None:  # one day: financial transactions and S of that day
         fin = {d: f.financial for d, f in figures.items()}
         with_data: dict[str, set[date]] | None = None
-        data_days = {d: 1 if f.uptime.has_data else 0 for d, f in figures.items()}
+        data_days = {d: 1 if f.has_data else 0 for d, f in figures.items()}
     else:
         per_day = ctx.uptime_days().per_device
         fin = financial_per_device(ctx)

@@ -136,7 +136,23 @@ class TestXlsxRowsThroughTheShortLoop:
         for i in range(40):  # more rows, more columns' letters, strings met again
             t.add([f"dev{i % 7}", i / 41, (i - 20) / 400, float(i) * 1.5, i * 10**9],
                   frozenset({"ratio"} if i % 3 else set()))  # fmt: skip
+        # Rows written whole (no change column: every cell in the row's one write),
+        # with strings the library escapes or marks (spaces, _xHHHH_, controls, quotes).
+        odd_text = ["plain", " lead", "trail ", "a_x0041_b", "tab\there", "q\"uote", "a&b",
+                    "<r>rich</r>", "中文 名", "ctl\x01", "", "x" * 40]  # fmt: skip
+        whole = Table("whole", "Whole rows", [Column("text", "Text"),
+                      Column("ratio", "Ratio", Kind.RATIO), Column("n", "N", Kind.INT)])  # fmt: skip
+        for i, text in enumerate(odd_text * 2):
+            whole.add([text, i / 7, i], frozenset({"text"} if i % 2 else set()))
+        whole.add([None, None, None])
+        b.tables.append(whole)
         fast = _parts(to_xlsx(b, "Summary", "Period"))
+
+        def put_row(ws: Any, row: int, cells: list[Any], whole: bool = False) -> None:
+            for col, v, fmt, is_number in cells:  # the library's public calls
+                (ws.write_number if is_number else ws.write_string)(row, col, v, fmt)
+
+        monkeypatch.setattr(_Sheet, "put_row", put_row)
         monkeypatch.setattr(_Sheet, "_write_single_row", Worksheet._write_single_row)
         monkeypatch.setattr(_Sheet, "_write_cell", Worksheet._write_cell)
         plain = _parts(to_xlsx(b, "Summary", "Period"))

@@ -12,7 +12,7 @@ from dataclasses import replace
 from datetime import date, timedelta
 from typing import Any
 
-from atmfleet.inventory import Inventory, Tier
+from atmfleet.inventory import Device, Inventory, Tier
 from rules.config import Rules
 from rules.feed import Feed, timelines
 from rules.labels import CAUSES, Label
@@ -24,6 +24,7 @@ from rules.report import (
     low_yield_report,
     network_report,
     period_uptime,
+    read_day_figures,
     resource_report,
     substitution_report,
     tail_report,
@@ -92,6 +93,59 @@ def long_down(
     if length <= threshold_ms:
         return None
     return since, length, max(by_label, key=lambda k: (by_label[k], k.value))
+
+
+def down_throughout(line: Sequence[Interval], lo: int, end: int) -> bool:
+    """Whether ``line`` is down (:data:`DOWN`) without a break over ``[lo, end)``."""
+    at = lo
+    for a, b, label in line:
+        if b <= at:
+            continue
+        if a > at or label not in DOWN:
+            return False
+        at = b
+        if at >= end:
+            return True
+    return False
+
+
+def _day_end(ctx: Context) -> int:
+    """The end of the daily bulletin's day, or now if earlier."""
+    return min(day_span(ctx.last, ctx.rules.tz)[1], ctx.horizon or 2**62)
+
+
+def long_down_candidates(ctx: Context) -> list[Device]:
+    """The devices that may be down for long at the end of the day (:func:`long_down` of
+    the two days' timelines): those whose timeline of the day (:meth:`Context.uptime_days`)
+    is down without a break over the last 24 h of it (from the day's start when it is
+    shorter). A device down for more than 24 h at the end is down over that stretch in
+    the two days' timeline, and so in the day's: the day's reads the same runs, presence,
+    power cuts, stops and outages over the day (and the context before it), so the two
+    agree on every moment of the day but before the first state the day's read holds,
+    where the day's says "never heard from" (communications, down)."""
+    lo, _ = day_span(ctx.last, ctx.rules.tz)
+    end = _day_end(ctx)
+    start = max(lo, end - LONG_DOWN_MS)
+    lines = ctx.uptime_days().timelines
+    return [d for d in ctx.devices if down_throughout(lines.get(d.id, ()), start, end)]
+
+
+def down_for_long(
+    ctx: Context, candidates: Sequence[Device] | None = None
+) -> dict[str, tuple[int, int, Label]]:
+    """Per device down for more than 24 h at the end of the day, :func:`long_down` of its
+    timeline of the day before and the day, up to the day's end (only the timelines: the
+    two days' uptime is not needed). ``candidates``: only those can be
+    (:func:`long_down_candidates`), so only their timelines are built; None: every device's."""
+    rules = ctx.rules
+    day = ctx.last
+    devices = ctx.devices if candidates is None else candidates
+    if not devices:
+        return {}
+    span = day_span(day - timedelta(days=1), rules.tz)[0], day_span(day, rules.tz)[1]
+    lines = timelines(ctx.feed, devices, *span, ctx.horizon)
+    end = _day_end(ctx)
+    return {d.id: got for d in devices if (got := long_down(lines.get(d.id, []), end)) is not None}
 
 
 def planned_table(up_sub: Any, inventory: Inventory, m: Messages) -> Table:
@@ -166,37 +220,45 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
     day = ctx.last
     subs = inv.subbranch_by_id
     branches = inv.branch_by_id
-    sub_of = {d.id: inv.subbranch_of(d).id for d in inv.devices}
 
     # The day's transactions first: the substitution tables need them whole, and the
     # uptime tables' financial counts are then taken from them instead of being read
     # from txn_daily once more on their own (``Context.financial``).
     ctx.txn()
-    # In this order, so that what only some reports need is let go early: the day's
-    # timelines (resource warnings read them), then the two days' (down for long).
+    # In this order, so that what only some reports need is let go before the next
+    # large read: the day's transactions (the substitution), each device's warning
+    # time and the day's timelines (the resource warnings), then the earlier days
+    # compared with are read, then the low-yield window. The figures do not depend on
+    # the order (each computed once, memoised); the peak memory does.
     up_tier = uptime_report(ctx, "tier")
-    up_sub = uptime_report(ctx, "subbranch", previous=True)
     up_branch = uptime_report(ctx, "branch")
     up_dev = uptime_report(ctx, "device", below_target_only=True)
-    rw_sub = resource_report(ctx, "subbranch")
-    rw_branch = resource_report(ctx, "branch")
-    # No report below reads the day's timelines: let them go before the two days' are
-    # built (both held at once made the bulletin's peak).
-    ctx.uptime_days().timelines.clear()
-    # Down for long: the timelines of the day before and the day, up to the day's end
-    # (only the timelines: the two days' uptime is not needed).
-    span = day_span(day - timedelta(days=1), rules.tz)[0], day_span(day, rules.tz)[1]
-    lines = timelines(ctx.feed, ctx.devices, *span, ctx.horizon)
-    end = min(day_span(day, rules.tz)[1], ctx.horizon or 2**62)
-    down_long = {
-        d.id: got for d in ctx.devices if (got := long_down(lines.get(d.id, []), end)) is not None
-    }
-    del lines
     st_tier = {r["group"]: r for r in substitution_report(ctx, "tier").rows}
     st_sub_report = substitution_report(ctx, "subbranch")
     st_sub = {r["group"]: r for r in st_sub_report.rows}
     st_branch = {r["group"]: r for r in substitution_report(ctx, "branch").rows}
-    ly = low_yield_report(ctx, "subbranch")
+    # The day's transactions are in the reports now (the substitution's unit-days, each
+    # device's financial count): let them go before the day's timelines are built
+    # (the resource warnings read them).
+    ctx.cache.pop(("txn", ctx.first, ctx.last), None)
+    rw_sub = resource_report(ctx, "subbranch")
+    rw_branch = resource_report(ctx, "branch")
+    # Each device's warning time is in the two reports now.
+    for key in ("resource", "resource_per_device"):
+        ctx.cache.pop((key, str(ctx.scope), ctx.first, ctx.last), None)
+    # Down for long: who may be is seen on the day's timelines; then no report below
+    # reads them, so they go before the two days' are built (both held at once made
+    # the bulletin's peak).
+    candidates = long_down_candidates(ctx)
+    ctx.uptime_days().timelines.clear()
+    down_long = down_for_long(ctx, candidates)
+    # The days compared with (the day before, the tail's earlier days), in one read,
+    # once the day's timelines are gone.
+    history = max(rules.tail.history_periods, 1)
+    read_day_figures(ctx, day - timedelta(days=history), day - timedelta(days=1))
+    up_sub = uptime_report(ctx, "subbranch", previous=True)
+    ly = low_yield_report(ctx, "subbranch", devices=False)  # the shares, no row per device
+    ctx.cache.pop(("flags", str(ctx.scope), ctx.last), None)  # in the shares now
     ly_sub = {r["group"]: r for r in ly.rows}
     net = network_report(ctx)
     tail_up = tail_report(ctx, "uptime", "subbranch")
@@ -205,6 +267,7 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
     st_total = st_sub_report.extra["total"]
     ly_total = ly.extra["total"]
 
+    sub_of = {d.id: inv.subbranch_of(d).id for d in inv.devices}
     below = sorted(
         (r for r in up_dev.rows if r["meets_target"] is False),  # all of them
         key=lambda r: (r["uptime"], -r["down_ms"], r["group"]),

@@ -24,7 +24,7 @@ from decimal import Decimal
 from typing import Any
 
 import xlsxwriter
-from xlsxwriter.utility import xl_rowcol_to_cell_fast
+from xlsxwriter.utility import xl_col_to_name, xl_rowcol_to_cell_fast
 from xlsxwriter.worksheet import CellNumberTuple, CellStringTuple, Worksheet
 
 from .model import Bulletin, Cell, Column, Kind, Table
@@ -72,7 +72,9 @@ def to_json(b: Bulletin) -> bytes:
         rows.append("[\n    " + ",\n    ".join(encoded) + "\n   ]" if encoded else "[]")
         return f"{token}{len(rows) - 1}"
 
-    dumps = json.JSONEncoder(ensure_ascii=False).encode
+    # A row as a dict of its cells straight from the columns' keys, a Decimal (money)
+    # as its text (what _plain makes of it) by the encoder's own fallback, in C.
+    dumps = json.JSONEncoder(ensure_ascii=False, default=_decimal_text).encode
     doc = {
         "kind": b.kind,
         "lang": b.lang,
@@ -86,10 +88,7 @@ def to_json(b: Bulletin) -> bytes:
             t.key: {
                 "title": t.title,
                 "columns": [{"key": c.key, "label": c.label, "kind": c.kind.value} for c in t.columns],
-                "rows": later([
-                    dumps({c.key: _plain(v) for c, v in zip(t.columns, r, strict=True)})
-                    for r in t.rows
-                ]),
+                "rows": later(_json_rows(t, dumps)),
                 "below_target": later([dumps(sorted(f)) for f in t.flagged]),
             }
             for t in b.tables
@@ -104,6 +103,18 @@ def to_json(b: Bulletin) -> bytes:
         out.append(rows[int(index)])
         out.append(rest)
     return ("".join(out) + "\n").encode()
+
+
+def _decimal_text(value: object) -> str:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _json_rows(t: Table, dumps: Any) -> list[str]:
+    """Each row of ``t`` encoded, keyed by its columns."""
+    keys = [c.key for c in t.columns]
+    return [dumps(dict(zip(keys, r, strict=True))) for r in t.rows]
 
 
 # ------------------------------------------------------------------------------- CSV
@@ -260,9 +271,13 @@ class _Sheet(Worksheet):  # type: ignore[misc]
     number is written to the XML in one step, the same bytes as the library's own
     ``_write_cell`` writes; everything else goes through the library."""
 
-    def put_row(self, row: int, cells: list[tuple[int, Any, Any, bool]]) -> None:
+    def put_row(
+        self, row: int, cells: list[tuple[int, Any, Any, bool]], whole: bool = False
+    ) -> None:
         """``cells``: (column, value, format, is a number) in column order; a number is
-        finite, a string short (else: the public calls)."""
+        finite, a string short (else: the public calls). ``whole``: the row's every cell
+        (none is written after): in constant-memory mode it goes to the sheet's file at
+        once, as the library writes it (:meth:`_row_now`)."""
         if (
             not cells
             or self._check_dimensions(row, cells[0][0])
@@ -273,6 +288,8 @@ class _Sheet(Worksheet):  # type: ignore[misc]
             return
         if self.constant_memory and row > self.previous_row:
             self._write_single_row(row)
+            if whole and self._row_now(row, cells):
+                return
         table = self.table[row]
         limit = self.xls_strmax // 2
         shared = None if self.constant_memory else self.str_table
@@ -287,6 +304,69 @@ class _Sheet(Worksheet):  # type: ignore[misc]
 
     _written: dict[tuple[str, int], str] | None = None
     _row_rest: str | None = None
+    _letters: list[str] | None = None
+    _inline: dict[int, tuple[str, str] | None] | None = None
+
+    def _row_now(self, row: int, cells: list[tuple[int, Any, Any, bool]]) -> bool:
+        """Write the row (the previous one written already) straight to the sheet's file:
+        the bytes :meth:`_write_single_row` writes for it, without storing its cells
+        first. False (nothing written) when the row has settings or the layout is not
+        the one expected."""
+        if row in self.row_info or row in self.comments or not self._row_tag():
+            return False
+        letters = self._letters
+        if letters is None or len(letters) <= cells[-1][0]:
+            letters = self._letters = [xl_col_to_name(c) for c in range(cells[-1][0] + 1)]
+        inline = self._inline
+        if inline is None:
+            inline = self._inline = {}
+        r = str(row + 1)
+        parts = [f'<row r="{r}"{self._row_rest}']
+        limit = self.xls_strmax // 2
+        for col, v, fmt, is_number in cells:
+            xf = fmt._get_xf_index() if fmt else 0
+            if not xf:  # the library writes no style then
+                return False
+            if is_number:
+                parts.append(f'<c r="{letters[col]}{r}" s="{xf}"><v>{v:.16G}</v></c>')
+                continue
+            if len(v) > limit:
+                return False
+            if xf not in inline:
+                inline[xf] = self._inline_around(fmt)
+            around = inline[xf]
+            if around is not None and _plain_text(v):
+                parts.append(f'<c r="{letters[col]}{r}"{around[0]}{v}{around[1]}')
+                continue
+            xml = self._cell_xml(row, col, CellStringTuple(v, fmt))
+            if xml is None:
+                return False  # (nothing written yet)
+            parts.append(xml)
+        parts.append("</row>")
+        self.fh.write("".join(parts))
+        return True
+
+    def _inline_around(self, fmt: Any) -> tuple[str, str] | None:
+        """What the library writes after a cell's reference around a plain in-line
+        string of format ``fmt`` (learnt from its writing of one); None: not that layout."""
+        text = self._library_text(
+            lambda: super(_Sheet, self)._write_cell(0, 0, CellStringTuple("x", fmt))
+        )
+        head = '<c r="A1"'
+        if not text.startswith(head) or text.count(">x<") != 1:
+            return None
+        before, after = text[len(head) :].split(">x<")
+        return before + ">", "<" + after
+
+    def _row_tag(self) -> str:
+        """The rest of the library's ``<row>`` tag after its number (without row
+        settings it differs only in that); "" when not of that layout."""
+        if self._row_rest is None:
+            tag = self._library_text(lambda: self._write_row(0, None))
+            head = '<row r="1"'
+            self._row_rest = tag[len(head) :] if tag.startswith(head) else ""
+        return self._row_rest
+
     fh: Any
     previous_row: int
 
@@ -341,11 +421,7 @@ class _Sheet(Worksheet):  # type: ignore[misc]
         if not cells or row in self.row_info or row in self.comments:
             super()._write_single_row(current_row_num)
             return
-        if self._row_rest is None:
-            tag = self._library_text(lambda: self._write_row(0, None))
-            head = '<row r="1"'
-            self._row_rest = tag[len(head) :] if tag.startswith(head) else ""
-        if not self._row_rest:  # not the layout expected: as the library does
+        if not self._row_tag():  # not the layout expected: as the library does
             super()._write_single_row(current_row_num)
             return
         self.previous_row = current_row_num
@@ -362,6 +438,22 @@ class _Sheet(Worksheet):  # type: ignore[misc]
         parts.append("</row>")
         self.fh.write("".join(parts))
         self.table.clear()
+
+
+_PLAIN_BAD = re.compile(r"[&<>\"]|_x")
+
+
+def _plain_text(text: str) -> bool:
+    """A string the library writes as it is inside ``<t>``: printable, nothing to escape
+    (``&<>"``, nor a ``_x`` that could read as an ``_xHHHH_`` escape), no space at
+    either end (which asks for ``xml:space``)."""
+    return (
+        bool(text)
+        and text.isprintable()
+        and not text[0].isspace()
+        and not text[-1].isspace()
+        and _PLAIN_BAD.search(text) is None
+    )
 
 
 def sheet_names(b: Bulletin, summary: str) -> list[str]:
@@ -488,7 +580,7 @@ def to_xlsx(
                     cells.append((j, v, bad if key in flagged else fmt, True))
                 else:
                     odd.append((j, xlsx_value(v, kind), bad if key in flagged else fmt))
-            ws.put_row(i, cells)
+            ws.put_row(i, cells, whole=not odd)
             for j, v, fmt in odd:
                 _write(ws, i, j, v, fmt, none)
         for j, w in enumerate(widths):
