@@ -791,6 +791,37 @@ def _gzip(parts: Sequence[bytes]) -> bytes:
     return b"".join(out)
 
 
+#: A part at least this long (a per-device family) is gzipped as a member of its own.
+GZIP_OWN_MEMBER = 1 << 20
+
+
+def _gzip_members(
+    parts: Sequence[bytes], last: dict[int, tuple[bytes, bytes]]
+) -> tuple[list[bytes], dict[int, tuple[bytes, bytes]]]:
+    """``parts`` gzipped as consecutive gzip members (RFC 1952 §2.2: one gzip file;
+    what a client decompresses is ``parts`` joined): each long part a member of its own,
+    taken from ``last`` (by identity) when it is the same bytes object as at the last
+    rendering (a per-device family in which no line changed), and the parts between them
+    one member each. Returns the members and what to pass as ``last`` next time."""
+    members: list[bytes] = []
+    kept: dict[int, tuple[bytes, bytes]] = {}
+    run: list[bytes] = []
+    for part in parts:
+        if len(part) < GZIP_OWN_MEMBER:
+            run.append(part)
+            continue
+        if run:
+            members.append(_gzip(run))
+            run = []
+        cached = last.get(id(part))
+        member = cached[1] if cached is not None and cached[0] is part else _gzip([part])
+        kept[id(part)] = (part, member)
+        members.append(member)
+    if run or not members:
+        members.append(_gzip(run))
+    return members, kept
+
+
 class FleetCollector(Collector):
     """A custom collector: fresh families from whatever snapshot ``current`` returns."""
 
@@ -1674,6 +1705,8 @@ class Exporter:
         self._down = [render(down)]
         self._down_gzipped = [_gzip(self._down)]
         self._body, self._gzipped = self._down, self._down_gzipped
+        #: The gzip members of the last rendering's long parts (:func:`_gzip_members`).
+        self._gzip_kept: dict[int, tuple[bytes, bytes]] = {}
         self._rendered_at = clock()
         registry.register(FleetCollector(self.snapshot))
 
@@ -1694,7 +1727,7 @@ class Exporter:
             snap = make(self._snapshot)
             self._snapshot = snap
             body = render_parts(self._registry, self._leave_out)
-            gzipped = [_gzip(body)]
+            gzipped, self._gzip_kept = _gzip_members(body, self._gzip_kept)
             with self._lock:
                 self._body, self._gzipped = body, gzipped
                 self._rendered_at = self._clock()

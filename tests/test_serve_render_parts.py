@@ -11,13 +11,17 @@ the parts a scrape sends must join into it.
 
 from __future__ import annotations
 
+import gzip
 import random
 from dataclasses import replace
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from exporters import metrics
 from exporters.metrics import (
     DeviceRow,
+    Exporter,
     FleetCollector,
     Snapshot,
     Targets,
@@ -80,3 +84,32 @@ def test_spliced_renderings_are_generate_latest_byte_for_byte() -> None:
     check(rows)
     check([])
     check(rows)
+
+
+class _Current:
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+
+    def read(self) -> Snapshot:
+        return self.snap
+
+
+def test_the_gzipped_scrape_is_the_exposition(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long parts are gzip members of their own, kept while the part is the same: what a
+    client decompresses is the exposition, after every change."""
+    monkeypatch.setattr(metrics, "GZIP_OWN_MEMBER", 100)
+    rnd = random.Random(7)
+    rows = [row(i, rnd) for i in range(300)]
+    source = _Current(snapshot(rows))
+    exporter = Exporter(source, CollectorRegistry(), source.snap.targets)
+    for step in range(8):
+        if step % 2:
+            rows = list(rows)
+            i = rnd.randrange(len(rows))
+            rows[i] = replace(rows[i], state="fault" if rows[i].state != "fault" else "offline")
+            source.snap = snapshot(rows)
+        exporter.refresh()
+        body = exporter.exposition()
+        assert b"atmfleet_device_state{" in body
+        assert gzip.decompress(exporter.exposition(gzipped=True)) == body
+        assert b"".join(exporter.exposition_parts()) == body
