@@ -36,12 +36,14 @@ and the result is printed last ("exposition equal": the count of lines compared)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from urllib.request import urlopen
@@ -92,14 +94,67 @@ WHERE hashtext(device_id) % 2 = 0
 """
 
 
+def _instant(line: bytes) -> bool:
+    name = line.split(b" ", 3)[2] if line.startswith(b"# ") else line.split(b"{", 1)[0]
+    return name.split(b" ", 1)[0].decode().startswith(INSTANT)
+
+
 def comparable(body: bytes) -> list[bytes]:
     """The lines of an exposition that do not depend on the instant it was made."""
-    keep = []
-    for line in body.splitlines():
-        name = line.split(b" ", 3)[2] if line.startswith(b"# ") else line.split(b"{", 1)[0]
-        if not name.split(b" ", 1)[0].decode().startswith(INSTANT):
-            keep.append(line)
-    return keep
+    return [line for line in body.splitlines() if not _instant(line)]
+
+
+def scan(endpoint: str, out: Path | None = None) -> dict:
+    """One GET of ``endpoint`` read line by line (the measured process never holds the
+    whole body, so its peak RSS is serve's own): its bytes, samples per family, and
+    (``out``) its :func:`comparable` lines written there."""
+    families: dict[str, int] = {}
+    size, up = 0, False
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(out.open("wb")) if out is not None else None
+        first = True
+        for line in stack.enter_context(urlopen(endpoint, timeout=60)):
+            size += len(line)
+            line = line.rstrip(b"\n")
+            up = up or line == b"atmfleet_exporter_database_up 1.0"
+            if line and not line.startswith(b"#"):
+                name = line.split(b"{", 1)[0].split(b" ", 1)[0].decode()
+                families[name] = families.get(name, 0) + 1
+            if sink is not None and not _instant(line):
+                sink.write(line if first else b"\n" + line)
+                first = False
+    return {"bytes": size, "families": families, "up": up}
+
+
+class ChildPeaks:
+    """The largest VmHWM (/proc) of this process's own child processes while it runs
+    (the costlier parts' and the cash-out forecast's), sampled every 0.1 s: unlike
+    ``RUSAGE_CHILDREN``, which can carry the parent's high-water mark over a spawn."""
+
+    def __init__(self) -> None:
+        self.peak_mib = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        me = str(os.getpid())
+        while not self._stop.wait(0.1):
+            for proc in Path("/proc").iterdir():
+                if not proc.name.isdigit():
+                    continue
+                try:
+                    status = (proc / "status").read_text()
+                except OSError:
+                    continue
+                fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+                if fields.get("PPid", "").strip() == me and "VmHWM" in fields:
+                    self.peak_mib = max(self.peak_mib, int(fields["VmHWM"].split()[0]) / 1024)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_mib
 
 
 def child(url: str, dump: Path) -> None:
@@ -117,6 +172,7 @@ def child(url: str, dump: Path) -> None:
         conn.execute("SELECT setseed(0.42)")
         conn.execute(KEEP, {"fp": Feed(conn, rules).fingerprint(), "tz": rules.timezone})
         conn.execute("ANALYZE kpi_device_days")
+    peaks = ChildPeaks()
     t0 = time.perf_counter()
     serving = start_serving(url, rules, port=0, refresh_s=3600, day_refresh_s=3600)
     endpoint = f"http://127.0.0.1:{serving.port}/metrics"
@@ -124,16 +180,15 @@ def child(url: str, dump: Path) -> None:
     port_open = time.perf_counter() - t0
     full = None
     while time.perf_counter() - t0 < 1800:
-        body = urlopen(endpoint, timeout=60).read()
+        got = scan(endpoint, dump)
         if (
-            b"atmfleet_exporter_database_up 1.0" in body
-            and b"\natmfleet_lowyield_evaluated_devices{" in body
-            and b"\natmfleet_day_scheduled_seconds{" in body
+            got["up"]
+            and got["families"].get("atmfleet_lowyield_evaluated_devices")
+            and got["families"].get("atmfleet_day_scheduled_seconds")
         ):
             full = time.perf_counter() - t0
             break
         time.sleep(0.2)
-    dump.write_bytes(b"\n".join(comparable(body)))
     refreshes = []
     for _ in range(2):
         t = time.perf_counter()
@@ -155,16 +210,13 @@ def child(url: str, dump: Path) -> None:
     with psycopg.connect(url) as conn:
         conn.execute("DELETE FROM state_samples WHERE seq >= %s", (HEARD_SEQ,))
     t = time.perf_counter()
-    body = urlopen(endpoint, timeout=60).read()
+    got = scan(endpoint)
     scrape_s = time.perf_counter() - t
-    samples = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
-    families: dict[str, int] = {}
-    for line in body.splitlines():
-        if line and not line.startswith(b"#"):
-            name = line.split(b"{", 1)[0].split(b" ", 1)[0].decode()
-            families[name] = families.get(name, 0) + 1
+    families = got["families"]
+    samples = sum(families.values())
     timings = dict(serving.source.timings)
     serving.close()
+    children_hwm = peaks.stop()
     print(
         json.dumps(
             {
@@ -176,13 +228,14 @@ def child(url: str, dump: Path) -> None:
                 "heard": heard,
                 "heard_read": heard_read,
                 "scrape_s": scrape_s,
-                "bytes": len(body),
+                "bytes": got["bytes"],
                 "samples": samples,
                 "families": families,
                 "reads_s": timings,
                 "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 # the largest child that ended (the cash-out forecast's process, if any)
                 "child_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+                "child_hwm_mib": children_hwm,
             }
         )
     )
@@ -270,6 +323,7 @@ def main() -> None:
             ("samples", b["samples"], a["samples"]),
             ("peak RSS (MiB)", b["rss_mib"], a["rss_mib"]),
             ("peak RSS of a child (MiB)", b.get("child_rss_mib", 0), a.get("child_rss_mib", 0)),
+            ("VmHWM of a child (MiB)", b.get("child_hwm_mib", 0), a.get("child_hwm_mib", 0)),
             ("load average at start", b["load"], a["load"]),
         ]
         for name, x, y in lines:

@@ -5,7 +5,7 @@ last forecast. :class:`CashMetrics` recomputes it from the store every
 ``cash.forecast_every_s`` in its own thread (a forecast of a large fleet takes seconds;
 the scrape never waits for it). With ``isolated`` (what ``atmfleet serve`` runs) each
 forecast is made in a short-lived child process that hands back only the rows: the
-forecast of a 100,000-device fleet holds about 1.6 GiB of history while it runs, and a
+forecast of a 100,000-device fleet peaks at about 1.0 GiB of history while it runs, and a
 long-lived exporter would keep that memory for good (docs/metrics.md, "Cost"). A device without a forecast (no history, no cash units,
 beyond the horizon) has no series: no data is never a made-up time.
 """

@@ -91,6 +91,28 @@ def coverage(rows: np.ndarray, a: np.ndarray, b: np.ndarray, n: int, hours: int)
     return np.clip(out[:, :hours], 0.0, 1.0)
 
 
+#: Devices whose hour weights :func:`weights` works out at a time.
+WEIGHT_BLOCK = 2048
+
+
+def weights(
+    rows: np.ndarray, a: np.ndarray, b: np.ndarray, n: int, hours: int, block: int = WEIGHT_BLOCK
+) -> np.ndarray:
+    """``coverage(rows, a, b, n, hours)`` as float32, worked out ``block`` devices at a
+    time: the same values (each device's row is computed from its own intervals, in
+    their order), without the float64 [n, hours] arrays of the whole fleet at once (at
+    100,000 devices and 28 days, about 1.2 GiB more at the peak)."""
+    out = np.empty((n, hours), np.float32)
+    order = np.argsort(rows, kind="stable")  # each device's intervals keep their order
+    rows, a, b = rows[order], a[order], b[order]
+    cuts = np.searchsorted(rows, np.arange(0, n + block, block))
+    for k, lo in enumerate(range(0, n, block)):
+        hi = min(lo + block, n)
+        i, j = cuts[k], cuts[k + 1]
+        out[lo:hi] = coverage(rows[i:j] - lo, a[i:j], b[i:j], hi - lo, hours)
+    return out
+
+
 def load(
     conn: psycopg.Connection,
     rules: Rules,
@@ -153,9 +175,7 @@ def load(
         r_rows.append(row_of[dev_id])
         r_a.append((_ms(start) - lo) / HOUR_MS)
         r_b.append((end - lo) / HOUR_MS)
-    weight = coverage(
-        np.asarray(r_rows, np.int64), np.asarray(r_a), np.asarray(r_b), n, n_hours
-    ).astype(np.float32)
+    weight = weights(np.asarray(r_rows, np.int64), np.asarray(r_a), np.asarray(r_b), n, n_hours)
     out = []
     for d in devices:
         at, us = units.get(d.id, (None, ()))

@@ -23,19 +23,21 @@ resolve rather than fire on stale data).
 
 from __future__ import annotations
 
-import gzip
+import gc
 import json
 import logging
 import multiprocessing
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
+import numpy as np
 import psycopg
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -44,7 +46,7 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from atmfleet.errors import AtmfleetError, ConfigError
-from atmfleet.inventory import Device, Inventory
+from atmfleet.inventory import Branch, BranchKind, Device, Inventory, SubBranch, Tier
 from atmfleet.store.connect import connect
 from atmfleet.store.jobs import Job, read_jobs
 from atmfleet.store.runs import RUN_GAP
@@ -55,6 +57,8 @@ from incidents.metrics import read as read_incidents
 from notify.metrics import NotifyCollector
 from rules.config import Rules
 from rules.feed import Feed
+from rules.feed import _devices as feed_devices
+from rules.feed import queries as feed_queries
 from rules.fleet import fleet_devices
 from rules.lowyield import YieldStatus
 from rules.report import Context, Scope
@@ -392,51 +396,130 @@ class DeviceFamily(Metric):
     def text(self, out: list[bytes]) -> None:
         """Append its header and lines to ``out``."""
         out.append(_header(self.name, self.documentation))
-        out.extend(self.lines.family(self.index))
+        out.append(self.lines.family(self.index))
 
 
 class DeviceLines:
     """The lines of a snapshot's devices in each per-device family, worked out on first
-    use; a device whose :class:`DeviceRow` equals the one of the last rendering keeps its
-    lines (a line is a pure function of the row), unless a time or ratio of it is 0:
-    0.0 and -0.0 are equal but render apart."""
+    use, each family's joined into one bytes object (no bytes object per line is kept).
+
+    Against the last rendering (:data:`_RENDERED`: its rows, and each family's bytes
+    with the offset of every device's line): when the devices are the same ones in the
+    same order, only the lines of the devices whose :class:`DeviceRow` changed are
+    written again (a line is a pure function of the row; a row equal to the last one
+    keeps its lines, unless a time or ratio of it is 0: 0.0 and -0.0 are equal but render
+    apart) and spliced into the last bytes, and a family none of whose lines changed is
+    the last bytes themselves. Otherwise every line is written afresh."""
 
     def __init__(self, devices: Sequence[DeviceRow]) -> None:
         self.devices = devices
-        self._per_family: list[list[bytes]] | None = None
+        self._per_family: list[bytes] | None = None
 
-    def family(self, index: int) -> list[bytes]:
+    def family(self, index: int) -> bytes:
         if self._per_family is None:
-            self._per_family = self._lines()
+            self._per_family = self._render()
         return self._per_family[index]
 
-    def _lines(self) -> list[list[bytes]]:
-        global _DEVICE_LINES
+    def _changed(self, before: _Rendered | None) -> list[int] | None:
+        """Indices of the devices whose lines may differ from the last rendering's; None
+        if it is not the same devices in the same order."""
+        devices = self.devices
+        if before is None or len(before.devices) != len(devices):
+            return None
+        changed = []
+        for i, (d, last) in enumerate(zip(devices, before.devices, strict=True)):
+            if d is last:
+                continue
+            if d.device != last.device:
+                return None
+            if d == last and 0 not in (d.since, d.cash_ratio, d.last_seen):
+                continue
+            changed.append(i)
+        return changed
+
+    def _render(self) -> list[bytes]:
+        global _RENDERED
+        before = _RENDERED
+        _RENDERED = None  # none kept if this rendering fails midway
         templates = [_template(name, names) for name, _, names in DEVICE_FAMILIES]
-        before = _DEVICE_LINES
-        kept: dict[str, tuple[DeviceRow, tuple[bytes, ...]]] = {}
+        changed = self._changed(before)
+        if before is None or changed is None:
+            blobs, offsets = self._fresh(templates)
+        else:
+            blobs, offsets = self._spliced(before, changed, templates)
+        _RENDERED = _Rendered(self.devices, blobs, offsets)
+        return blobs
+
+    def _fresh(
+        self, templates: list[tuple[str, list[int]]]
+    ) -> tuple[list[bytes], list[np.ndarray]]:
         per_family: list[list[bytes]] = [[] for _ in DEVICE_FAMILIES]
         appends = [lines.append for lines in per_family]
         for d in self.devices:
-            last = before.get(d.device)
-            if last is not None and (
-                last[0] is d or (last[0] == d and 0 not in (d.since, d.cash_ratio, d.last_seen))
+            for append, (template, order), series in zip(
+                appends, templates, device_series(d), strict=True
             ):
-                lines = last[1]
-            else:
-                lines = tuple(
-                    b"" if series is None else _line(template, order, *series)
-                    for (template, order), series in zip(templates, device_series(d), strict=True)
-                )
-            kept[d.device] = (d, lines)
-            for append, line in zip(appends, lines, strict=True):
-                append(line)
-        _DEVICE_LINES = kept
-        return per_family
+                append(b"" if series is None else _line(template, order, *series))
+        blobs, offsets = [], []
+        for lines in per_family:
+            blobs.append(b"".join(lines))
+            offsets.append(_offsets(np.fromiter(map(len, lines), np.int64, len(lines))))
+            lines.clear()
+        return blobs, offsets
+
+    def _spliced(
+        self, before: _Rendered, changed: list[int], templates: list[tuple[str, list[int]]]
+    ) -> tuple[list[bytes], list[np.ndarray]]:
+        devices = self.devices
+        series_of = [device_series(devices[i]) for i in changed]
+        blobs, offsets = [], []
+        for index, (template, order) in enumerate(templates):
+            blob, offs = before.blobs[index], before.offsets[index]
+            new: list[tuple[int, bytes]] = []
+            for i, series in zip(changed, series_of, strict=True):
+                one = series[index]
+                line = b"" if one is None else _line(template, order, *one)
+                if line != blob[offs[i] : offs[i + 1]]:
+                    new.append((i, line))
+            if not new:
+                blobs.append(blob)
+                offsets.append(offs)
+                continue
+            view = memoryview(blob)
+            pieces: list[bytes | memoryview] = []
+            lengths = np.diff(offs)
+            at = 0
+            for i, line in new:
+                pieces.append(view[at : offs[i]])
+                pieces.append(line)
+                at = offs[i + 1]
+                lengths[i] = len(line)
+            pieces.append(view[at:])
+            blobs.append(b"".join(pieces))
+            del pieces
+            view.release()
+            offsets.append(_offsets(lengths))
+        return blobs, offsets
 
 
-#: Each device's row and lines at the last rendering (see :class:`DeviceLines`).
-_DEVICE_LINES: dict[str, tuple[DeviceRow, tuple[bytes, ...]]] = {}
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    """Where each line starts (and, last, where the last ends) given their lengths."""
+    out = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=out[1:])
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Rendered:
+    """The per-device families of the last rendering (see :class:`DeviceLines`)."""
+
+    devices: Sequence[DeviceRow]
+    blobs: list[bytes]  # per family, its lines joined
+    offsets: list[np.ndarray]  # per family, where each device's line starts, then the end
+
+
+#: The last rendering of the per-device families.
+_RENDERED: _Rendered | None = None
 
 
 def _device_families(snap: Snapshot) -> Iterator[Metric]:
@@ -669,8 +752,14 @@ LEAN_LEAVES_OUT = LEAN_FLEET_LEAVES_OUT | LEAN_CASH_LEAVES_OUT
 def render(registry: Collector, leave_out: frozenset[str] = frozenset()) -> bytes:
     """The text exposition of ``registry``, byte for byte what ``generate_latest`` writes,
     with :class:`ColumnFamily` families written straight from their columns and the
-    families named in ``leave_out`` left out. The lines are joined once, at the end (no
-    copy per family)."""
+    families named in ``leave_out`` left out."""
+    return b"".join(render_parts(registry, leave_out))
+
+
+def render_parts(registry: Collector, leave_out: frozenset[str] = frozenset()) -> list[bytes]:
+    """:func:`render`'s exposition as the parts it is made of, in order (a per-device
+    family is one part, kept from one rendering to the next while it does not change):
+    what a scrape writes one after the other, with no copy of the whole joined."""
     out: list[bytes] = []
     plain: list[Metric] = []
 
@@ -691,7 +780,46 @@ def render(registry: Collector, leave_out: frozenset[str] = frozenset()) -> byte
         else:
             plain.append(metric)
     flush()
+    return out
+
+
+def _gzip(parts: Sequence[bytes]) -> bytes:
+    """``parts`` joined and gzipped (level 1), without joining them first."""
+    z = zlib.compressobj(1, zlib.DEFLATED, 31)
+    out = [z.compress(part) for part in parts]
+    out.append(z.flush())
     return b"".join(out)
+
+
+#: A part at least this long (a per-device family) is gzipped as a member of its own.
+GZIP_OWN_MEMBER = 1 << 20
+
+
+def _gzip_members(
+    parts: Sequence[bytes], last: dict[int, tuple[bytes, bytes]]
+) -> tuple[list[bytes], dict[int, tuple[bytes, bytes]]]:
+    """``parts`` gzipped as consecutive gzip members (RFC 1952 §2.2: one gzip file;
+    what a client decompresses is ``parts`` joined): each long part a member of its own,
+    taken from ``last`` (by identity) when it is the same bytes object as at the last
+    rendering (a per-device family in which no line changed), and the parts between them
+    one member each. Returns the members and what to pass as ``last`` next time."""
+    members: list[bytes] = []
+    kept: dict[int, tuple[bytes, bytes]] = {}
+    run: list[bytes] = []
+    for part in parts:
+        if len(part) < GZIP_OWN_MEMBER:
+            run.append(part)
+            continue
+        if run:
+            members.append(_gzip(run))
+            run = []
+        cached = last.get(id(part))
+        member = cached[1] if cached is not None and cached[0] is part else _gzip([part])
+        kept[id(part)] = (part, member)
+        members.append(member)
+    if run or not members:
+        members.append(_gzip(run))
+    return members, kept
 
 
 class FleetCollector(Collector):
@@ -823,6 +951,75 @@ SELECT (SELECT md5(coalesce(string_agg(concat_ws('|', id, name, tier), ',' ORDER
 """
 
 
+class _Compactor:
+    """Holds what a fleet's device models repeat once (see :func:`_compact`)."""
+
+    def __init__(self) -> None:
+        self._sets: dict[frozenset[str], set[str]] = {}
+        self._values: dict[tuple[type, object], object] = {}
+
+    def devices(self, devices: Iterable[Device]) -> Iterable[Device]:
+        sets, values = self._sets, self._values
+        for d in devices:
+            fields_set = d.__pydantic_fields_set__
+            shared = sets.setdefault(frozenset(fields_set), fields_set)
+            if shared is not fields_set:
+                object.__setattr__(d, "__pydantic_fields_set__", shared)
+            attrs = d.__dict__
+            for name in _REPEATED:
+                value = attrs[name]
+                if value is not None:
+                    attrs[name] = values.setdefault((type(value), value), value)
+        return devices
+
+
+def _compact(inventory: Inventory) -> Inventory:
+    """``inventory`` with what its devices repeat held once (kept for as long as the
+    inventory does not change: a third of the memory of 100,000 devices): one fields-set
+    for every device that has the same (a frozen model's set is never changed), and one
+    object for each distinct value of its text and date fields. The models are the same
+    (equal, with the same fields set)."""
+    _Compactor().devices(inventory.devices)
+    return inventory
+
+
+#: The device fields whose values repeat across a fleet (see :func:`_compact`).
+_REPEATED = ("branch", "vendor", "model", "commissioned", "decommissioned", "service_window")
+#: Inventory devices read and built at a time (:func:`read_inventory`).
+INVENTORY_BLOCK = 5000
+
+
+def read_inventory(conn: psycopg.Connection) -> Inventory:
+    """:meth:`rules.feed.Feed.inventory`, :func:`_compact`-ed (equal models, the same
+    fields set), with the devices read through a server-side cursor and built and
+    compacted a block at a time: the rows of the whole fleet and a fields-set per device
+    are never held at once (at 100,000 devices the build's peak was about 100 MiB over
+    what is kept). Runs in the connection's transaction."""
+    sql = feed_queries()
+    with conn.cursor(binary=True) as cur:
+        subs = tuple(
+            SubBranch.model_construct(id=i, name=n, tier=Tier(t))
+            for i, n, t in cur.execute(sql["inventory_subbranches"]).fetchall()
+        )
+        branches = tuple(
+            Branch.model_construct(id=i, name=n, subbranch=s, kind=BranchKind(k), parent=p)
+            for i, n, s, k, p in cur.execute(sql["inventory_branches"]).fetchall()
+        )
+    devices: list[Device] = []
+    compactor = _Compactor()
+    enabled = gc.isenabled()
+    gc.disable()  # as the feed builds them: no collection pass per few hundred models
+    try:
+        with conn.cursor(name="atmfleet_serve_inventory", binary=True) as cur:
+            cur.execute(sql["inventory_devices"])
+            while block := cur.fetchmany(INVENTORY_BLOCK):
+                devices.extend(compactor.devices(feed_devices(block)))
+    finally:
+        if enabled:
+            gc.enable()
+    return Inventory.model_construct(subbranches=subs, branches=branches, devices=tuple(devices))
+
+
 def _s(at: datetime | None) -> float | None:
     return None if at is None else ms(at) / 1000
 
@@ -902,6 +1099,8 @@ class DatabaseSource:
         self._late_ms = round(late_s * 1000)
         self._now_ms = now_ms
         self._known: _Known | None = None
+        #: The local date of the last successful read (what :meth:`with_parts` shows for).
+        self._read_today: date | None = None
         #: What the last read of the device rows was: "full" or "incremental", and how
         #: many devices the query returned.
         self.last_rows: tuple[str, int] = ("", 0)
@@ -956,10 +1155,44 @@ class DatabaseSource:
             cached = self._inventory_cache
             if cached is not None and cached[0] == signature:
                 return cached
-        inventory = feed.inventory()
+        inventory = read_inventory(conn)
         with self._inventory_lock:
             self._inventory_cache = (signature, inventory)
         return signature, inventory
+
+    def with_parts(self, snap: Snapshot) -> Snapshot:
+        """``snap`` (a read of this source's) with the costlier parts on show now, as the
+        next :meth:`read` would show them: its device rows stay those it was read with."""
+        today = self._read_today
+        if not snap.database_up or not self._background or today is None:
+            return snap
+        day, warning, low_date, lowyield = self._parts_on_show(today)
+        tz = self.rules.tz
+        return replace(
+            snap,
+            day=day,
+            resource_warning=warning,
+            lowyield_date=None if low_date is None else day_span(low_date, tz)[0] / 1000,
+            lowyield=lowyield,
+            computed_at=dict(self._computed_at),
+        )
+
+    def _parts_on_show(
+        self, today: date
+    ) -> tuple[
+        dict[BranchKey, DayTimes],
+        dict[BranchKey, float],
+        date | None,
+        dict[tuple[str, str, str], tuple[int, int]],
+    ]:
+        """The costlier parts last computed (:meth:`refresh_slow`) that are for ``today``
+        (the low-yield share: for the day before), or none."""
+        day = self._day[2] if self._day is not None and self._day[1] == today else {}
+        res = self._resource
+        warning = res[2] if res is not None and res[1] == today else {}
+        low, on = self._lowyield, today - timedelta(days=1)
+        low_date, lowyield = (on, low[2]) if low is not None and low[1] == on else (None, {})
+        return day, warning, low_date, lowyield
 
     def forget_rows(self) -> None:
         """Make the next read a full one (see :meth:`_device_rows`)."""
@@ -1105,11 +1338,8 @@ class DatabaseSource:
         t_devices = time.perf_counter()
         low_date: date | None
         if self._background:  # refresh_slow computes them; show the last ones
-            day = self._day[2] if self._day is not None and self._day[1] == today else {}
-            t_day = time.perf_counter()
-            res = self._resource
-            warning = res[2] if res is not None and res[1] == today else {}
-            t_warning = time.perf_counter()
+            day, warning, low_date, lowyield = self._parts_on_show(today)
+            t_day = t_warning = time.perf_counter()
         else:
             day = self._day_times(feed, inventory, devices, today, now)
             t_day = time.perf_counter()
@@ -1117,11 +1347,7 @@ class DatabaseSource:
             t_warning = time.perf_counter()
         self_service, teller = self._transactions(conn, feed, inventory, devices, today)
         t_txn = time.perf_counter()
-        if self._background:
-            low = self._lowyield
-            on = today - timedelta(days=1)
-            low_date, lowyield = (on, low[2]) if low is not None and low[1] == on else (None, {})
-        else:
+        if not self._background:
             low_date, lowyield = self._low_yield(feed, inventory, devices, today, now)
         unregistered = feed.unregistered_count()
         t_low = time.perf_counter()
@@ -1136,6 +1362,7 @@ class DatabaseSource:
             "low_yield": t_low - t_txn,
         }
         log.debug("read times (s): %s", {k: round(v, 3) for k, v in self.timings.items()})
+        self._read_today = today
         return Snapshot(
             targets=self.targets,
             database_up=True,
@@ -1419,7 +1646,7 @@ def compute_parts(
         feed = Feed(conn, rules)
         now = feed.now_ms() if now_ms is None else now_ms
         today = from_ms(now).astimezone(rules.tz).date()
-        inventory = feed.inventory()
+        inventory = read_inventory(conn)
         devices = fleet_devices(inventory.devices, today)
         out: dict[str, tuple[date, Any]] = {}
         for name in names:
@@ -1475,9 +1702,11 @@ class Exporter:
         self._snapshot = Snapshot.database_down(targets)
         down = CollectorRegistry()
         down.register(FleetCollector(lambda: Snapshot.database_down(targets)))
-        self._down = render(down)
-        self._down_gzipped = gzip.compress(self._down, compresslevel=1)
+        self._down = [render(down)]
+        self._down_gzipped = [_gzip(self._down)]
         self._body, self._gzipped = self._down, self._down_gzipped
+        #: The gzip members of the last rendering's long parts (:func:`_gzip_members`).
+        self._gzip_kept: dict[int, tuple[bytes, bytes]] = {}
         self._rendered_at = clock()
         registry.register(FleetCollector(self.snapshot))
 
@@ -1485,11 +1714,20 @@ class Exporter:
         return self._snapshot
 
     def refresh(self) -> Snapshot:
+        """Read a snapshot from the source and render it."""
+        return self._render(lambda _last: self._source.read())
+
+    def rerender(self, update: Callable[[Snapshot], Snapshot]) -> Snapshot:
+        """Render ``update(the snapshot on show)`` without reading the source (a costlier
+        part that is ready shows at once, with the device rows of the last refresh)."""
+        return self._render(update)
+
+    def _render(self, make: Callable[[Snapshot], Snapshot]) -> Snapshot:
         with self._refreshing:
-            snap = self._source.read()
+            snap = make(self._snapshot)
             self._snapshot = snap
-            body = render(self._registry, self._leave_out)
-            gzipped = gzip.compress(body, compresslevel=1)
+            body = render_parts(self._registry, self._leave_out)
+            gzipped, self._gzip_kept = _gzip_members(body, self._gzip_kept)
             with self._lock:
                 self._body, self._gzipped = body, gzipped
                 self._rendered_at = self._clock()
@@ -1498,6 +1736,12 @@ class Exporter:
             return snap
 
     def exposition(self, gzipped: bool = False) -> bytes:
+        """The exposition of the last refresh (gzipped with ``gzipped``)."""
+        return b"".join(self.exposition_parts(gzipped))
+
+    def exposition_parts(self, gzipped: bool = False) -> list[bytes]:
+        """:meth:`exposition` as the parts to send one after the other (not joined: the
+        per-device families are kept as parts from one rendering to the next)."""
         with self._lock:
             stale = (
                 self._stale_after is not None
@@ -1520,11 +1764,17 @@ class Exporter:
         once, then every ``every_s``, rendering again as soon as each one is ready."""
         while not stop.is_set():
             try:
-                source.refresh_slow(on_part=self._refresh_logged)
+                source.refresh_slow(on_part=lambda: self._rerender_logged(source))
             except Exception:  # the loop must never end
                 log.exception("computing the day figures failed")
             if stop.wait(every_s):
                 return
+
+    def _rerender_logged(self, source: DatabaseSource) -> None:
+        try:
+            self.rerender(source.with_parts)
+        except Exception:  # the loop must never end
+            log.exception("rendering failed")
 
     def _refresh_logged(self) -> None:
         started = time.monotonic()
@@ -1550,14 +1800,15 @@ def make_server(exporter: Exporter, host: str, port: int) -> ThreadingHTTPServer
                 self.send_error(404, "only /metrics is served")
                 return
             wants_gzip = "gzip" in self.headers.get("Accept-Encoding", "")
-            body = exporter.exposition(gzipped=wants_gzip)
+            parts = exporter.exposition_parts(gzipped=wants_gzip)
             self.send_response(200)
             self.send_header("Content-Type", CONTENT_TYPE_LATEST)
             if wants_gzip:
                 self.send_header("Content-Encoding", "gzip")
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(sum(map(len, parts))))
             self.end_headers()
-            self.wfile.write(body)
+            for part in parts:
+                self.wfile.write(part)
 
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("%s " + format, self.address_string(), *args)
