@@ -367,10 +367,24 @@ class Collector:
 
     # -- the store worker's answers (its reader thread) -----------------------------------
 
-    def _committed(self, batch: list[Inbound], result: Outcome, seconds: float) -> None:
+    def _committed(
+        self, batch: list[Inbound], result: Outcome, seconds: float, sent: float
+    ) -> None:
+        answered = time.monotonic()
         self._ack(batch)
         now = datetime.now(UTC)
         self._stats.batch_seconds.observe(seconds)
+        phases = self._stats.batch_phase_seconds
+        phases.labels("held").observe(max(0.0, sent - batch[0].arrived))
+        if len(result.marks) == 4:
+            received, decoded, started, committed = result.marks
+            phases.labels("to_worker").observe(max(0.0, received - sent))
+            phases.labels("decode").observe(decoded - received)
+            phases.labels("queued").observe(started - decoded)
+            phases.labels("answer").observe(max(0.0, answered - committed))
+        for name, part in result.seconds.items():
+            phases.labels(name).observe(part)
+        phases.labels("ack").observe(time.monotonic() - answered)
         self._stats.batch_messages.observe(len(batch))
         self._stats.last_commit.set(now.timestamp())
         for stored_kind, n in result.stored.items():
