@@ -303,11 +303,7 @@ class Collector:
         try:
             while not stop.is_set():
                 self._raise_if_fatal()
-                # A batch is cut when the worker can take it, not before: while the worker
-                # is busy (a slow or contended database, a starved CPU) what arrives joins
-                # the next batch, so batches grow with the delay instead of queueing up
-                # small ones that each pay a transaction's fixed cost.
-                if not pending and self._worker.wait_slot(deadline=time.monotonic() + 0.5):
+                if not pending:
                     pending = self._buffer.take(
                         self._cs.batch_size,
                         self._cs.batch_max_bytes,

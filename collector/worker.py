@@ -168,17 +168,6 @@ class StoreWorker:
                     self._pipe.send(wire)
         return True
 
-    def wait_slot(self, deadline: float) -> bool:
-        """Wait until a batch can be sent without waiting (fewer than AHEAD unanswered);
-        False at the deadline or on a fatal error."""
-        with self._lock:
-            while len(self._unanswered) >= AHEAD and self.fatal is None:
-                wait = deadline - time.monotonic()
-                if wait <= 0:
-                    return False
-                self._lock.wait(wait)
-            return self.fatal is None
-
     def wait_answered(self, deadline: float) -> bool:
         """Wait until every batch sent is answered; False at the deadline or a fatal error."""
         with self._lock:

@@ -1,13 +1,11 @@
-"""Batches and their acknowledgements on a real broker and database: a batch's PUBACKs go
-as one write (the same bytes as one ``ack`` per message), batches are cut when the store
-worker can take them; every message is stored once and none is left to redeliver."""
+"""A batch's acknowledgements go to the broker as one write: the same PUBACKs as one
+``ack`` per message, every message stored once, none left for the broker to redeliver."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
-import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
@@ -102,40 +100,3 @@ class TestManyBatches:
                 pub.send(topic, payload)
             wait_until(lambda: stored(db) == sent + 1, what="the message sent after")
         assert second.metric("messages_received_total") == 1
-
-
-class TestBatchesGrowWhileTheWorkerIsBusy:
-    def test_a_held_up_store_then_everything_once_in_fewer_batches(
-        self, broker: Broker, db: str, run_id: str
-    ) -> None:
-        """The store is held up (a lock on the table it writes) while 12 devices send
-        1,200 messages: what arrives meanwhile waits for the worker and joins the batches
-        cut when it can take them. Every message is stored once and acknowledged."""
-        settings = settings_for(broker.url, db, batch_size=1000)
-        sent = 0
-        with running(settings, f"c{run_id}") as collector, publisher(broker.url) as pub:
-            with psycopg.connect(db) as locker:
-                locker.execute("LOCK TABLE state_samples IN ACCESS EXCLUSIVE MODE")
-                for i in range(12):
-                    for topic, payload in states(f"t{run_id}-{i}", range(100)):
-                        pub.send(topic, payload)
-                        sent += 1
-                wait_until(
-                    lambda: collector.metric("buffered_messages") == sent,
-                    what="every message received while the store waits",
-                )
-            wait_until(lambda: stored(db) == sent, timeout=60, what=f"{sent} rows")
-            wait_until(lambda: collector.metric("buffered_messages") == 0, what="all acknowledged")
-            batches = collector.metric("batch_messages_count")
-        assert collector.metric("messages_duplicate_total") == 0
-        assert scalar(db, "SELECT sum(received) FROM device_sequences") == sent
-        assert scalar(db, "SELECT count(DISTINCT (device_id, seq)) FROM state_samples") == sent
-        assert scalar(db, "SELECT count(*) FROM state_samples") == sent
-        # At most the two batches cut before the worker stopped, then batches of up to
-        # 1,000 of what waited.
-        assert batches <= 4
-        with running(settings, f"c{run_id}") as again, publisher(broker.url) as pub:
-            for topic, payload in states(f"t{run_id}-after", range(1)):
-                pub.send(topic, payload)
-            wait_until(lambda: stored(db) == sent + 1, what="the message sent after")
-        assert again.metric("messages_received_total") == 1
