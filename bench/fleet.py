@@ -44,9 +44,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -55,6 +57,7 @@ from pathlib import Path
 import psutil
 import psycopg
 from ingest import scrape
+from prometheus_client.parser import text_string_to_metric_families
 from services import Mosquitto, Postgres, ServiceError, until, wait_port
 
 from app.embedded import free_port
@@ -260,13 +263,171 @@ class Store:
         )
 
 
+#: What a collector's backend is doing, by the statement it runs (its first characters).
+PHASES = (
+    ("COPY _stage_", "COPY into staging"),
+    ("CREATE TEMP TABLE", "staging tables"),
+    ("WITH s AS", "move + device_sequences"),
+    ("SELECT bucket FROM run_locks", "run locks"),
+    ("SELECT d.id, r.", "newest runs"),
+    ("SELECT p.device_id, presence_at(p.will, p.ts, p.received_at)\nFROM unnest", "cuts after"),
+    ("INSERT INTO state_runs", "state_runs upsert"),
+    ("DELETE FROM kpi_device_days", "kept days invalidated"),
+    ("DELETE FROM state_runs", "runs recomputed"),
+    ("SELECT device_id, ts, seq, state", "staged samples read"),
+    ("SELECT s.device_id", "new samples read"),
+    ("SELECT p.device_id", "new cuts read"),
+    ("SELECT e.device_id", "new power read"),
+    ("SELECT t.device_id", "new txns read"),
+    ("COMMIT", "commit"),
+    ("COPY dead_letters", "dead letters"),
+    ("UPDATE collector_runs", "liveness"),
+    ("SELECT coalesce(sum(missing)", "liveness"),
+)
+
+ACTIVITY = """
+SELECT datname, pid, state, coalesce(wait_event_type || ':' || wait_event, 'CPU'),
+       ltrim(left(query, 80))
+FROM pg_stat_activity
+WHERE application_name LIKE 'atmfleet-collector%%' AND pid <> pg_backend_pid()
+"""
+
+
+def phase(query: str) -> str:
+    for prefix, name in PHASES:
+        if query.startswith(prefix):
+            return name
+    return query[:30].replace("\n", " ")
+
+
+class Waits:
+    """Samples pg_stat_activity every ``interval`` s for each collector's backends: where
+    its batches spend their time (statement and wait event; ``idle in transaction`` = the
+    store worker's own Python between two statements; ``idle`` = no batch to store), over
+    the whole run and while its lag gauge is above ``slow_s``."""
+
+    def __init__(self, admin_url: str, stores: list[Store], interval: float = 0.1,
+                 slow_s: float = 2.0) -> None:  # fmt: skip
+        self.admin_url = admin_url
+        self.stores = {s.db_url.rsplit("/", 1)[1]: s for s in stores}
+        self.interval = interval
+        self.slow_s = slow_s
+        self.all: dict[str, Counter[str]] = {name: Counter() for name in self.stores}
+        self.slow: dict[str, Counter[str]] = {name: Counter() for name in self.stores}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="waits", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        with (
+            contextlib.suppress(psycopg.Error),
+            psycopg.connect(self.admin_url, autocommit=True) as conn,
+        ):
+            while not self._stop.wait(self.interval):
+                for datname, _pid, state, wait, query in conn.execute(ACTIVITY).fetchall():
+                    store = self.stores.get(datname)
+                    if store is None:
+                        continue
+                    name = phase(query or "")
+                    if name == "liveness":
+                        if state != "active":
+                            continue
+                        key = f"liveness ({wait})"
+                    elif state == "active":
+                        key = f"{name} ({wait})"
+                    elif state == "idle in transaction":
+                        key = "worker between statements"
+                    else:
+                        key = "idle: no batch"
+                    self.all[datname][key] += 1
+                    if store.lags and store.lags[-1] > self.slow_s:
+                        self.slow[datname][key] += 1
+
+    def report(self, top: int = 8) -> None:
+        for datname, store in self.stores.items():
+            for title, counts in (("all", self.all[datname]),
+                                  (f"lag > {self.slow_s:g}s", self.slow[datname])):  # fmt: skip
+                total = sum(counts.values())
+                if not total:
+                    print(f"{store.name} backend ({title}): no sample")
+                    continue
+                parts = ", ".join(
+                    f"{key} {100 * n / total:.0f} %" for key, n in counts.most_common(top)
+                )
+                print(f"{store.name} backend ({title}, {total:,} samples): {parts}")
+
+
 # -- the run ----------------------------------------------------------------------------------
+
+
+#: The bench's PostgreSQL: commit timestamps for the latencies; its log says which of the
+#: collector's statements took long (with the lock waits and autovacuum runs beside them).
+PG_SETTINGS = {
+    "track_commit_timestamp": "on",
+    "max_connections": "200",
+    "log_line_prefix": "%m [%p] %a: ",
+    "log_min_duration_statement": "1000",
+    "log_lock_waits": "on",
+    "log_autovacuum_min_duration": "0",
+    "log_checkpoints": "on",
+}
+
+_DURATION = re.compile(
+    r"\] atmfleet-collector ([^:]*): LOG:  duration: ([\d.]+) ms  (?:statement|execute [^:]*): (.*)"
+)
+_AUTOVACUUM = re.compile(r"automatic (vacuum|analyze) of table \"[^.]+\.([^.]+)\.([^\"]+)\"")
+_ELAPSED = re.compile(r"elapsed: ([\d.]+) s")
+
+
+def pg_log_summary(path: Path) -> list[str]:
+    """The collectors' statements over 1 s by kind, the lock waits, the autovacuum runs
+    by table (with their longest elapsed time), from the bench PostgreSQL's log."""
+    if not path.exists():
+        return []
+    slow: dict[str, dict[str, list[float]]] = {}
+    vacuum: dict[str, list[float]] = {}
+    lock_waits = 0
+    pending: str | None = None
+    for line in path.read_text(errors="replace").splitlines():
+        if m := _DURATION.search(line):
+            by_kind = slow.setdefault(m.group(1), {})
+            by_kind.setdefault(phase(m.group(3)), []).append(float(m.group(2)) / 1000)
+        elif "still waiting for" in line:
+            lock_waits += 1
+        elif (m := _AUTOVACUUM.search(line)) and m.group(1) == "vacuum" and m.group(2) == "public":
+            pending = m.group(3)
+        elif pending and (m := _ELAPSED.search(line)):
+            vacuum.setdefault(pending, []).append(float(m.group(1)))
+            pending = None
+    out = [
+        f"{client}'s statements over 1 s: "
+        + ", ".join(
+            f"{k} {len(v)}x (max {max(v):.1f}s)"
+            for k, v in sorted(kinds.items(), key=lambda kv: -sum(kv[1]))
+        )
+        for client, kinds in sorted(slow.items())
+    ] or ["collectors' statements over 1 s: none"]
+    out += [
+        f"lock waits over deadlock_timeout (1 s), any session: {lock_waits}",
+        "autovacuum (the schema's tables): "
+        + (
+            ", ".join(f"{k} {len(v)}x (max {max(v):.1f}s)" for k, v in sorted(vacuum.items()))
+            or "none"
+        ),
+    ]
+    return out
 
 
 @contextlib.contextmanager
 def services(tmp: Path) -> Iterator[tuple[Mosquitto, Postgres]]:
     broker = Mosquitto(tmp / "mosquitto")
-    pg = Postgres(tmp / "pg", settings={"track_commit_timestamp": "on", "max_connections": "200"})
+    pg = Postgres(tmp / "pg", settings=PG_SETTINGS)
     try:
         broker.start()
         pg.start()
@@ -304,12 +465,20 @@ def run(args: argparse.Namespace) -> None:
                 flush=True,
             )
             watched: list[Watched] = [postgres_tree(pg)]
+            readers: list[Reader] = []
             if broker.process is not None:
                 watched.append(Watched("mosquitto", psutil.Process(broker.process.pid)))
             try:
-                run_parts(args, tmp, logs, broker, stores, before, watched)
+                run_parts(args, tmp, logs, broker, stores, before, watched, readers, pg)
             finally:
+                for reader in readers:
+                    reader.stop()
                 stop_all(watched)
+                if args.keep:
+                    keep = Path(args.keep)
+                    keep.mkdir(parents=True, exist_ok=True)
+                    for log in [*logs.iterdir(), pg.log_path]:
+                        shutil.copy(log, keep / log.name)
 
 
 def run_parts(
@@ -320,6 +489,8 @@ def run_parts(
     stores: list[Store],
     before: Path | None,
     watched: list[Watched],
+    readers: list[Reader],
+    pg: Postgres,
 ) -> None:
     main_db = stores[0].db_url
     token = uuid.uuid4().hex[:6]
@@ -341,35 +512,44 @@ def run_parts(
         until(functools.partial(_up, s), f"{s.name} metrics", 60)
     env = env_for(main_db, broker.url, ROOT)
     serve_port = free_port()
-    watched.append(
-        spawn(
-            "serve",
-            atmfleet(ROOT, "serve", "--host", "127.0.0.1", "--port", str(serve_port)),
-            env,
-            ROOT,
-            logs,
+    if "serve" not in args.without:
+        watched.append(
+            spawn(
+                "serve",
+                atmfleet(ROOT, "serve", "--host", "127.0.0.1", "--port", str(serve_port)),
+                env,
+                ROOT,
+                logs,
+            )
         )
-    )
-    watched.append(spawn("incidents", atmfleet(ROOT, "incidents", "run"), env, ROOT, logs))
-    prom_dir = tmp / "prometheus"
-    prom_dir.mkdir()
-    prom_port = free_port()
-    conf = prometheus_config(prom_dir, serve_port, [s.metrics_port for s in stores])
-    watched.append(
-        spawn(
-            "prometheus",
-            [
+    if "incidents" not in args.without:
+        watched.append(spawn("incidents", atmfleet(ROOT, "incidents", "run"), env, ROOT, logs))
+    prom_port: int | None = None
+    if "prometheus" not in args.without:
+        prom_dir = tmp / "prometheus"
+        prom_dir.mkdir()
+        prom_port = free_port()
+        conf = prometheus_config(prom_dir, serve_port, [s.metrics_port for s in stores])
+        watched.append(
+            spawn(
                 "prometheus",
-                f"--config.file={conf}",
-                f"--storage.tsdb.path={prom_dir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{prom_port}",
-            ],
-            env,
-            prom_dir,
-            logs,
+                [
+                    "prometheus",
+                    f"--config.file={conf}",
+                    f"--storage.tsdb.path={prom_dir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{prom_port}",
+                ],
+                env,
+                prom_dir,
+                logs,
+            )
         )
-    )
-    wait_port(prom_port, 30)
+        wait_port(prom_port, 30)
+    for i, command in enumerate(args.reader):
+        for j, s in enumerate(stores):  # the same reads on every collector's database
+            reader = Reader(f"reader-{i}-{j}", command.split(), env_for(s.db_url, broker.url, ROOT))
+            reader.start()
+            readers.append(reader)
     sim_started = time.time()
     sim_checkout = Path(args.simulator).resolve() if args.simulator else ROOT
     sim = spawn(
@@ -391,11 +571,16 @@ def run_parts(
         logs,
     )
     watched.append(sim)
+    parts = [p for p in ("serve", "incidents run", "Prometheus") if p.split()[0].lower()
+             not in args.without]  # fmt: skip
+    parts += [f"{len(stores)} x `atmfleet {r}` in a loop" for r in args.reader]
     print(
-        f"running: simulator, Mosquitto, {len(stores)} collector(s), PostgreSQL, serve, "
-        f"incidents run, Prometheus; {args.minutes:g} min live",
+        f"running: simulator, Mosquitto, {len(stores)} collector(s), PostgreSQL, "
+        f"{', '.join(parts)}; {args.minutes:g} min live",
         flush=True,
     )
+    waits = Waits(pg.admin_url, stores)
+    waits.start()
     assert sim.popen is not None
     next_report = time.monotonic() + 60
     flow_started: float | None = None
@@ -418,7 +603,8 @@ def run_parts(
             next_report += 60
             line = "; ".join(
                 f"{s.name} {s.values.get('atmfleet_collector_messages_received_total', 0):,.0f} "
-                f"received, lag {s.lags[-1] if s.lags else 0:.1f}s"
+                f"received, lag {s.lags[-1] if s.lags else 0:.1f}s (max of the minute "
+                f"{max(s.lags[-60:], default=0):.1f}s)"
                 for s in stores
             )
             print(f"  {(now - sim_started) / 60:4.1f} min: {line}; load "
@@ -437,10 +623,112 @@ def run_parts(
         until(functools.partial(_drained, s), f"{s.name} to store the rest", 300)
     for w in watched:
         w.sample(time.monotonic())
-    rule_round = _rule_round(prom_port)
-    print(f"Prometheus targets: {_targets(prom_port)}", flush=True)
+    waits.stop()
+    rule_round: tuple[float | None, float | None] = (None, None)
+    if prom_port is not None:
+        rule_round = _rule_round(prom_port)
+        print(f"Prometheus targets: {_targets(prom_port)}", flush=True)
     report(args, stores, watched, published, wills, pub_seconds, sim_started,
            flow_started or sim_started, sim_ended, rule_round)  # fmt: skip
+    print()
+    for s in stores:
+        for i, line in enumerate(batch_summary(s.metrics_port)):
+            print(f"{s.name} batches: {line}" if i == 0 else f"  {line}")
+    waits.report()
+    for line in pg_log_summary(pg.log_path):
+        print(line)
+    for reader in readers:
+        print(reader.summary())
+
+
+class Reader:
+    """``atmfleet ARGS`` run again and again (a heavy read of the database) until stopped."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        self.name, self.args, self.env = name, args, env
+        self.seconds: list[float] = []
+        self.failed = 0
+        self._stop = threading.Event()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t = time.monotonic()
+            self._proc = subprocess.Popen(
+                atmfleet(ROOT, *self.args), env=self.env, cwd=ROOT,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            code = self._proc.wait()
+            if self._stop.is_set():
+                return
+            if code == 0:
+                self.seconds.append(time.monotonic() - t)
+            else:
+                self.failed += 1
+                self._stop.wait(5)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+        self._thread.join(30)
+
+    def summary(self) -> str:
+        return (f"{self.name} `atmfleet {' '.join(self.args)}`: {len(self.seconds)} runs, "
+                f"median {fmt(pct(self.seconds, 0.5))}, {self.failed} failed")  # fmt: skip
+
+
+PHASE_ORDER = ("held", "to_worker", "decode", "queued", "copy", "move", "runs", "commit",
+               "answer", "ack")  # fmt: skip
+
+
+def batch_summary(port: int) -> list[str]:
+    """The collector's batches from its histograms: how many, their mean size, how many
+    took longer than 1 s, 2.5 s and 10 s in the worker; where their time went, by phase
+    (mean, and the histogram bucket that holds the 99th percentile)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError as exc:
+        return [f"unknown ({exc})"]
+    buckets: dict[str, float] = {}
+    count = size = 0.0
+    phases: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name, labels = sample.name, sample.labels
+            if name == "atmfleet_collector_batch_duration_seconds_bucket":
+                buckets[labels["le"]] = sample.value
+            elif name == "atmfleet_collector_batch_duration_seconds_count":
+                count = sample.value
+            elif name == "atmfleet_collector_batch_messages_sum":
+                size = sample.value
+            elif name.startswith("atmfleet_collector_batch_phase_seconds_"):
+                got = phases.setdefault(labels["phase"], {})
+                key = labels.get("le", name.rsplit("_", 1)[1])
+                got[key] = sample.value
+    if not count:
+        return ["none"]
+    over = ", ".join(
+        f"> {le} s: {count - buckets.get(le, count):,.0f}" for le in ("1.0", "2.5", "10.0")
+    )
+    out = [f"{count:,.0f}, mean {size / count:,.0f} messages; in the worker {over}"]
+    parts = []
+    for phase_name in sorted(phases, key=lambda p: (*PHASE_ORDER, p).index(p)):
+        got = phases[phase_name]
+        n = got.get("count", 0.0)
+        if not n:
+            continue
+        bounds = sorted((float(le), v) for le, v in got.items() if le[:1].isdigit() or le == "+Inf")
+        p99 = next((le for le, v in bounds if v >= 0.99 * n), float("inf"))
+        parts.append(f"{phase_name} {got.get('sum', 0.0) / n:.3f}s (p99 <= {p99:g}s)")
+    if parts:
+        out.append("where a batch's time goes (mean, p99 bucket): " + ", ".join(parts))
+    return out
 
 
 def _up(s: Store) -> bool:
@@ -599,6 +887,22 @@ def main() -> None:
         default=None,
         help="A checkout of another commit: play the fleet with its simulator instead.",
     )
+    parser.add_argument(
+        "--without",
+        action="append",
+        default=[],
+        choices=("serve", "incidents", "prometheus"),
+        help="Leave this part out (repeatable).",
+    )
+    parser.add_argument(
+        "--reader",
+        action="append",
+        default=[],
+        metavar="ARGS",
+        help="An atmfleet command run in a loop on every collector's database during the "
+        "run, e.g. 'kpi uptime --date 2026-12-01' (repeatable).",
+    )
+    parser.add_argument("--keep", default=None, help="Copy every log into this folder.")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:

@@ -36,6 +36,7 @@ from collector.buffer import Buffer, Inbound, Put
 from collector.mqtt import (
     MAX_HELD_TOPIC_CHARS,
     BrokerAddress,
+    ack_all,
     build_client,
     connect_properties,
     receive_maximum,
@@ -367,10 +368,24 @@ class Collector:
 
     # -- the store worker's answers (its reader thread) -----------------------------------
 
-    def _committed(self, batch: list[Inbound], result: Outcome, seconds: float) -> None:
+    def _committed(
+        self, batch: list[Inbound], result: Outcome, seconds: float, sent: float
+    ) -> None:
+        answered = time.monotonic()
         self._ack(batch)
         now = datetime.now(UTC)
         self._stats.batch_seconds.observe(seconds)
+        phases = self._stats.batch_phase_seconds
+        phases.labels("held").observe(max(0.0, sent - batch[0].arrived))
+        if len(result.marks) == 4:
+            received, decoded, started, committed = result.marks
+            phases.labels("to_worker").observe(max(0.0, received - sent))
+            phases.labels("decode").observe(decoded - received)
+            phases.labels("queued").observe(started - decoded)
+            phases.labels("answer").observe(max(0.0, answered - committed))
+        for name, part in result.seconds.items():
+            phases.labels(name).observe(part)
+        phases.labels("ack").observe(time.monotonic() - answered)
         self._stats.batch_messages.observe(len(batch))
         self._stats.last_commit.set(now.timestamp())
         for stored_kind, n in result.stored.items():
@@ -404,8 +419,13 @@ class Collector:
     def _ack(self, batch: Sequence[Inbound]) -> None:
         with self._ack_lock:
             generation = self._generation
-            for item in batch:  # arrival order
-                if item.qos > 0 and item.generation == generation:
+            # In arrival order, as one write (QoS 1: the protocol's; QoS 2 one by one).
+            ack_all(
+                self._client,
+                [m.mid for m in batch if m.qos == 1 and m.generation == generation],
+            )
+            for item in batch:
+                if item.qos == 2 and item.generation == generation:
                     self._client.ack(item.mid, item.qos)
         self._buffer.release(batch)
 

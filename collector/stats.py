@@ -37,6 +37,17 @@ class CollectorStats:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=registry,
         )
+        self.batch_phase_seconds = Histogram(
+            f"{PREFIX}_batch_phase_seconds",
+            "Where a batch's time goes, by phase: held (its first message received, the "
+            "batch not yet sent to the store worker), to_worker (sent, not yet read by the "
+            "worker), decode (validated), queued (waiting for the worker's store thread), "
+            "copy, move, runs, commit (its transaction's parts), answer (committed, the "
+            "answer not yet read), ack (acknowledged to the broker).",
+            ["phase"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=registry,
+        )
         self.batch_messages = Histogram(
             f"{PREFIX}_batch_messages",
             "Messages per committed batch.",

@@ -73,11 +73,18 @@ def tune_gc() -> None:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """A committed batch: new rows by kind, redelivered duplicates, dead letters."""
+    """A committed batch: new rows by kind, redelivered duplicates, dead letters, and where
+    its time went in the worker (:attr:`phases`)."""
 
     stored: dict[str, int]
     duplicates: int
     dead: list[tuple[str, str]] = field(default_factory=list)  # (topic, reason)
+    #: Seconds of the transaction's parts (``copy``, ``move``, ``runs``, ``commit``: see
+    #: :class:`atmfleet.store.writer.WriteResult`).
+    seconds: dict[str, float] = field(default_factory=dict)
+    #: When the worker read the batch from the pipe, had it validated, began to store it,
+    #: and answered (``time.monotonic()``: one clock for both processes of a host).
+    marks: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +110,8 @@ class StoreWorker:
     """The collector's handle on its worker process.
 
     :meth:`submit` sends a batch (blocking while :data:`AHEAD` are unanswered); a thread
-    reads the answers and calls ``on_commit(batch, outcome, seconds since it was sent)``
-    in submission order,
+    reads the answers and calls ``on_commit(batch, outcome, seconds since it was sent,
+    when it was sent)`` in submission order,
     ``on_failure(failure)`` for each database error (for a fatal one, the worker has
     stopped and nothing more is committed).
     """
@@ -114,7 +121,7 @@ class StoreWorker:
         connect_db: Callable[[], psycopg.Connection],
         collector_id: str,
         max_backoff_s: float,
-        on_commit: Callable[[list[Inbound], Outcome, float], None],
+        on_commit: Callable[[list[Inbound], Outcome, float, float], None],
         on_failure: Callable[[Failure], None],
     ) -> None:
         self._connect_db = connect_db  # sent to the worker: must pickle (e.g. Connector)
@@ -273,7 +280,7 @@ class StoreWorker:
             assert isinstance(answer, Outcome)
             with self._lock:
                 batch, _wire, sent = self._unanswered[0]
-            self._on_commit(batch, answer, time.monotonic() - sent)  # acks, then frees the slot
+            self._on_commit(batch, answer, time.monotonic() - sent, sent)  # acks, frees the slot
             with self._lock:
                 self._unanswered.popleft()
                 self._lock.notify_all()
@@ -312,12 +319,16 @@ def _main(
             if wire is None:
                 decoded.put(_END)
                 return
-            decoded.put(_decode(wire))
+            received = time.monotonic()
+            batch = _decode(wire)
+            batch.marks.extend((received, time.monotonic()))
+            decoded.put(batch)
 
     threading.Thread(target=read, name="atmfleet-store-decode", daemon=True).start()
     store = _Store(connect_db, collector_id, max_backoff_s)
     try:
         while (batch := decoded.get()) is not _END:
+            batch.marks.append(time.monotonic())
             answer = store.write(batch, report=pipe.send)
             pipe.send(answer)
             if isinstance(answer, Failure):
@@ -332,6 +343,8 @@ def _main(
 class Decoded:
     accepted: list[Accepted]
     rejected: list[Rejected]
+    #: time.monotonic() when it was read from the pipe, decoded, taken by the store thread.
+    marks: list[float] = field(default_factory=list)
 
 
 def _decode(wire: Sequence[Wire]) -> Decoded:
@@ -383,7 +396,11 @@ class _Store:
                 self.close()
                 return Failure(ErrorClass.FATAL.value, None, f"{type(exc).__name__}: {exc}"[:300])
             return Outcome(
-                dict(result.stored), result.duplicates, [(r.topic, r.reason) for r in result.dead]
+                dict(result.stored),
+                result.duplicates,
+                [(r.topic, r.reason) for r in result.dead],
+                dict(result.seconds),
+                (*batch.marks, time.monotonic()),
             )
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ errors propagate to the caller, who retries or stops (:func:`atmfleet.store.conn
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -96,6 +97,14 @@ class WriteResult:
     stored: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
     dead: list[Rejected] = field(default_factory=list)
+    #: Seconds (wall clock) the batch spent in each part of its transaction: ``copy``
+    #: (the rows made and copied into staging), ``move`` (inserted, sequences counted),
+    #: ``runs`` (state runs and kept days), ``commit``; a split batch adds up its parts.
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add_seconds(self, parts: dict[str, float]) -> None:
+        for name, value in parts.items():
+            self.seconds[name] = self.seconds.get(name, 0.0) + value
 
 
 _KINDS = ("state", "event", "txn", "presence", "counter")
@@ -260,6 +269,8 @@ class BatchWriter:
             with self._conn.transaction():
                 self._store(accepted, result)
                 self._dead(rejected)
+                committing = time.perf_counter()
+            result.add_seconds({"commit": time.perf_counter() - committing})
             result.dead.extend(rejected)
             return result
         except psycopg.Error as exc:
@@ -297,6 +308,7 @@ class BatchWriter:
             return
         result.stored.update(part.stored)
         result.duplicates += part.duplicates
+        result.add_seconds(part.seconds)
 
     def _store(self, accepted: Iterable[Accepted], result: WriteResult) -> None:
         by_kind: dict[str, list[Accepted]] = {k: [] for k in _KINDS}
@@ -305,6 +317,7 @@ class BatchWriter:
         total = sum(len(v) for v in by_kind.values())
         if not total:
             return
+        t0 = time.perf_counter()
         cur = self._conn.cursor()
         cur.execute(_STAGING.encode())
         for kind, recs in by_kind.items():
@@ -315,13 +328,17 @@ class BatchWriter:
                 copy.set_types(types)
                 for rec in recs:
                     copy.write_row(_row(rec))
+        t1 = time.perf_counter()
         row = cur.execute(_MOVE).fetchone()
         assert row is not None
+        t2 = time.perf_counter()
         # State runs (and kept KPI days) up to date; when every staged sample was inserted
         # (no redelivery), from the messages in hand rather than read back.
         states = by_kind["state"]
         inserted = _samples(states) if states and row[0] == len(states) else None
         update_runs(cur, stored_states=row[0], inserted=inserted)
+        t3 = time.perf_counter()
+        result.add_seconds({"copy": t1 - t0, "move": t2 - t1, "runs": t3 - t2})
         for kind, n in zip(_KINDS, row[:5], strict=True):
             if n:
                 result.stored[kind] += n
