@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ssl
-import struct
-from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -112,23 +110,3 @@ def connect_properties(settings: Settings) -> Properties | None:
     props.SessionExpiryInterval = settings.collector.session_expiry_s
     props.ReceiveMaximum = receive_maximum(settings)
     return props
-
-
-_PUBACK = struct.Struct("!BBH")
-
-
-def ack_all(client: mqtt.Client, mids: Sequence[int]) -> None:
-    """Acknowledge QoS 1 messages (PUBACK, in this order) as one write to the broker.
-
-    ``client.ack`` queues one packet per message, and each wakes paho's network thread
-    and costs it a socket write: at a fleet's rate that was a good part of the collector
-    process's CPU. The PUBACKs of a batch are the same bytes (a PUBACK with remaining
-    length 2 means success in MQTT 3.1.1 and 5), queued together as one packet. Falls
-    back to one ``ack`` per message if this paho has no packet queue of that shape."""
-    queue = getattr(client, "_packet_queue", None)
-    if queue is None or not mids:
-        for mid in mids:
-            client.ack(mid, 1)
-        return
-    packet = b"".join([_PUBACK.pack(mqtt.PUBACK, 2, mid) for mid in mids])
-    queue(mqtt.PUBACK, packet, 0, 1)

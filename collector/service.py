@@ -36,7 +36,6 @@ from collector.buffer import Buffer, Inbound, Put
 from collector.mqtt import (
     MAX_HELD_TOPIC_CHARS,
     BrokerAddress,
-    ack_all,
     build_client,
     connect_properties,
     receive_maximum,
@@ -419,13 +418,8 @@ class Collector:
     def _ack(self, batch: Sequence[Inbound]) -> None:
         with self._ack_lock:
             generation = self._generation
-            # In arrival order, as one write (QoS 1: the protocol's; QoS 2 one by one).
-            ack_all(
-                self._client,
-                [m.mid for m in batch if m.qos == 1 and m.generation == generation],
-            )
-            for item in batch:
-                if item.qos == 2 and item.generation == generation:
+            for item in batch:  # arrival order
+                if item.qos > 0 and item.generation == generation:
                     self._client.ack(item.mid, item.qos)
         self._buffer.release(batch)
 
