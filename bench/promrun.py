@@ -6,6 +6,8 @@ the rules (the pieces ``bench/fleet.py`` wrote inline, for scripts that need the
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import shutil
 import subprocess
 import urllib.request
@@ -16,6 +18,22 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES_DIR = ROOT / "exporters" / "prometheus"
+
+
+def shipped_environment(root: Path = ROOT) -> dict[str, str]:
+    """The ``Environment=`` settings of the systemd drop-in shipped for Debian's
+    ``prometheus.service`` (``deploy/prometheus/atmfleet.conf``, e.g. ``GOMEMLIMIT``) in
+    the checkout at ``root``: what a user's Prometheus runs with, so a benchmark's too.
+    Empty for a checkout that ships none."""
+    path = root / "deploy" / "prometheus" / "atmfleet.conf"
+    out: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.startswith("Environment="):
+                for item in shlex.split(line.removeprefix("Environment=")):
+                    key, _, value = item.partition("=")
+                    out[key] = value
+    return out
 
 
 def rules_files() -> list[Path]:
@@ -62,7 +80,8 @@ def binary() -> str:
 
 
 def start(folder: Path, config: Path, port: int) -> subprocess.Popen[bytes]:
-    """Prometheus on 127.0.0.1:``port`` with its data and log in ``folder``."""
+    """Prometheus on 127.0.0.1:``port`` with its data and log in ``folder``, and the
+    environment the shipped drop-in sets (:func:`shipped_environment`)."""
     log = (folder / "prometheus.log").open("wb")
     return subprocess.Popen(
         [
@@ -72,6 +91,7 @@ def start(folder: Path, config: Path, port: int) -> subprocess.Popen[bytes]:
             f"--web.listen-address=127.0.0.1:{port}",
         ],
         cwd=folder,
+        env={**os.environ, **shipped_environment()},
         stdout=log,
         stderr=log,
     )

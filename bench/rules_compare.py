@@ -8,16 +8,17 @@ branch: 3 gives the 34,000 branches of a national 100,000-device fleet), then fo
 BEFORE checkout and for this one in turn: that checkout's ``atmfleet serve`` (its code on
 PYTHONPATH), and once its exposition holds today's figures, a real ``prometheus``
 (Debian's) scraping it every 60 s and evaluating that checkout's
-``exporters/prometheus/atmfleet.rules.yml``. Printed per checkout: each rule group's
-evaluation time (``/api/v1/rules`` ``evaluationTime``) over ``--rounds`` rounds after two
-of warm-up, the sum of all groups per round, the scrape's duration and samples,
-Prometheus's peak resident memory and serve's (with its children). The two run one after
-the other on a shared machine: compare the ratios. Also printed: the peak of Prometheus's Go
-heap in use (its own ``/metrics``) and what its head holds at the end
-(``/api/v1/status/tsdb``: series in all, and the ten families with the most). Then, on
-the AFTER run's Prometheus, every
-rule whose expression changed is evaluated in both versions at one instant, and the
-result sets (labels and values) are compared. No collector is scraped, so
+``exporters/prometheus/atmfleet.rules.yml``, with the environment that checkout's
+``deploy/prometheus/atmfleet.conf`` sets (``GOMEMLIMIT``; none if it has none).
+Printed per checkout: each rule group's evaluation time (``/api/v1/rules``
+``evaluationTime``) over ``--rounds`` rounds after two of warm-up, the sum of all groups
+per round, the scrape's duration and samples, Prometheus's peak resident memory and
+serve's (with its children), the peak of Prometheus's Go heap in use (its own
+``/metrics``) and what its head holds at the end (``/api/v1/status/tsdb``: series in all,
+and the ten families with the most). The two run one after the other on a shared
+machine: compare the ratios. Then, on the AFTER run's Prometheus, every rule whose
+expression changed is evaluated in both versions at one instant, and the result sets
+(labels and values) are compared. No collector is scraped, so
 ``fleet:atmfleet_collector_impaired:bool`` is 1 and the device alerts are held (their
 templates cost nothing here). The fill is relative to when it was made: with ``--url``
 a database filled more than a few minutes before shows its devices offline.
@@ -46,6 +47,7 @@ from urllib.request import urlopen
 import psutil
 import psycopg
 import yaml
+from promrun import shipped_environment
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -188,6 +190,7 @@ def measure(tree: Path, url: str, rounds: int, compare_with: Path | None = None)
         )
     )
     prom_port = free_port()
+    prom_env = {**os.environ, **shipped_environment(tree)}  # that checkout's deploy/ drop-in
     prom = subprocess.Popen(
         [
             shutil.which("prometheus") or "/usr/bin/prometheus",
@@ -195,7 +198,7 @@ def measure(tree: Path, url: str, rounds: int, compare_with: Path | None = None)
             f"--storage.tsdb.path={tmp / 'data'}",
             f"--web.listen-address=127.0.0.1:{prom_port}",
         ],
-        cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=tmp, env=prom_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     prom_ps = psutil.Process(prom.pid)
     base = f"http://127.0.0.1:{prom_port}"
@@ -264,6 +267,7 @@ def measure(tree: Path, url: str, rounds: int, compare_with: Path | None = None)
         },
         "same_results": same,
         "prometheus_rss_mib": peak_prom / 2**20,
+        "prometheus_env": shipped_environment(tree),
         "prometheus_heap_inuse_mib": peak_heap / 2**20,
         "head_series": head_series,
         "head_series_by_name": by_name,
@@ -351,6 +355,8 @@ def main() -> None:
     line("serve first full exposition (s)", b["first_full_s"], a["first_full_s"])
     line("serve peak RSS with children (MiB)", b["serve_rss_mib"], a["serve_rss_mib"])
     line("load average at start", b["load"], a["load"])
+    print(f"prometheus environment (deploy/prometheus/atmfleet.conf): before "
+          f"{b['prometheus_env'] or '–'}, after {a['prometheus_env'] or '–'}")  # fmt: skip
     same = a["same_results"]
     print()
     print(
