@@ -65,13 +65,18 @@ def get_json(url: str) -> Any:
 
 
 def serve_child(url: str, port: int) -> None:
-    """Runs in the child: the checkout on PYTHONPATH serves until killed."""
+    """Runs in the child: the checkout on PYTHONPATH serves until killed. Its costlier
+    parts are computed in its own process (``isolate_slow=False``), not in a pool of
+    child processes: on Python 3.11 a ``ProcessPoolExecutor`` with
+    ``max_tasks_per_child`` can stop starting workers (CPython gh-115634), and a part
+    left queued never shows, so the bench would wait for it until its time-out. serve's
+    peak RSS here therefore holds its KPI core's too."""
     import threading
 
     from exporters.metrics import start_serving
     from rules.config import load_rules
 
-    start_serving(url, load_rules(), port=port)
+    start_serving(url, load_rules(), port=port, isolate_slow=False)
     threading.Event().wait()
 
 
