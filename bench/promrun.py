@@ -98,7 +98,7 @@ def start(folder: Path, config: Path, port: int) -> subprocess.Popen[bytes]:
 
 
 def api(port: int, path: str) -> Any:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=60) as resp:
         return json.load(resp)["data"]
 
 
@@ -130,8 +130,13 @@ class Scrape:
 
 
 def last_good_scrape(port: int, job: str) -> Scrape | None:
-    """The last scrape of ``job``'s target if it succeeded (health up), else None."""
-    for t in api(port, "/api/v1/targets")["activeTargets"]:
+    """The last scrape of ``job``'s target if it succeeded (health up), else None (also
+    while a busy Prometheus does not answer in time)."""
+    try:
+        targets = api(port, "/api/v1/targets")["activeTargets"]
+    except OSError:
+        return None
+    for t in targets:
         if t["labels"].get("job") != job or t.get("health") != "up":
             continue
         at = instant(t.get("lastScrape", ""))
@@ -173,8 +178,12 @@ def groups(port: int) -> list[Group]:
 
 def round_after(port: int, after: datetime) -> list[Group] | None:
     """Every group's last evaluation if all of them began after ``after`` (one round of
-    the rules on what was scraped by then), else None."""
-    got = groups(port)
+    the rules on what was scraped by then), else None (also while a busy Prometheus does
+    not answer in time)."""
+    try:
+        got = groups(port)
+    except OSError:
+        return None
     if not got or any(g.evaluated is None or g.evaluated <= after for g in got):
         return None
     return got
