@@ -6,6 +6,8 @@ the rules (the pieces ``bench/fleet.py`` wrote inline, for scripts that need the
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import shutil
 import subprocess
 import urllib.request
@@ -16,6 +18,22 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES_DIR = ROOT / "exporters" / "prometheus"
+
+
+def shipped_environment(root: Path = ROOT) -> dict[str, str]:
+    """The ``Environment=`` settings of the systemd drop-in shipped for Debian's
+    ``prometheus.service`` (``deploy/prometheus/atmfleet.conf``, e.g. ``GOMEMLIMIT``) in
+    the checkout at ``root``: what a user's Prometheus runs with, so a benchmark's too.
+    Empty for a checkout that ships none."""
+    path = root / "deploy" / "prometheus" / "atmfleet.conf"
+    out: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.startswith("Environment="):
+                for item in shlex.split(line.removeprefix("Environment=")):
+                    key, _, value = item.partition("=")
+                    out[key] = value
+    return out
 
 
 def rules_files() -> list[Path]:
@@ -62,7 +80,8 @@ def binary() -> str:
 
 
 def start(folder: Path, config: Path, port: int) -> subprocess.Popen[bytes]:
-    """Prometheus on 127.0.0.1:``port`` with its data and log in ``folder``."""
+    """Prometheus on 127.0.0.1:``port`` with its data and log in ``folder``, and the
+    environment the shipped drop-in sets (:func:`shipped_environment`)."""
     log = (folder / "prometheus.log").open("wb")
     return subprocess.Popen(
         [
@@ -72,13 +91,14 @@ def start(folder: Path, config: Path, port: int) -> subprocess.Popen[bytes]:
             f"--web.listen-address=127.0.0.1:{port}",
         ],
         cwd=folder,
+        env={**os.environ, **shipped_environment()},
         stdout=log,
         stderr=log,
     )
 
 
 def api(port: int, path: str) -> Any:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=60) as resp:
         return json.load(resp)["data"]
 
 
@@ -110,8 +130,13 @@ class Scrape:
 
 
 def last_good_scrape(port: int, job: str) -> Scrape | None:
-    """The last scrape of ``job``'s target if it succeeded (health up), else None."""
-    for t in api(port, "/api/v1/targets")["activeTargets"]:
+    """The last scrape of ``job``'s target if it succeeded (health up), else None (also
+    while a busy Prometheus does not answer in time)."""
+    try:
+        targets = api(port, "/api/v1/targets")["activeTargets"]
+    except OSError:
+        return None
+    for t in targets:
         if t["labels"].get("job") != job or t.get("health") != "up":
             continue
         at = instant(t.get("lastScrape", ""))
@@ -153,8 +178,12 @@ def groups(port: int) -> list[Group]:
 
 def round_after(port: int, after: datetime) -> list[Group] | None:
     """Every group's last evaluation if all of them began after ``after`` (one round of
-    the rules on what was scraped by then), else None."""
-    got = groups(port)
+    the rules on what was scraped by then), else None (also while a busy Prometheus does
+    not answer in time)."""
+    try:
+        got = groups(port)
+    except OSError:
+        return None
     if not got or any(g.evaluated is None or g.evaluated <= after for g in got):
         return None
     return got

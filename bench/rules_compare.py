@@ -8,13 +8,17 @@ branch: 3 gives the 34,000 branches of a national 100,000-device fleet), then fo
 BEFORE checkout and for this one in turn: that checkout's ``atmfleet serve`` (its code on
 PYTHONPATH), and once its exposition holds today's figures, a real ``prometheus``
 (Debian's) scraping it every 60 s and evaluating that checkout's
-``exporters/prometheus/atmfleet.rules.yml``. Printed per checkout: each rule group's
-evaluation time (``/api/v1/rules`` ``evaluationTime``) over ``--rounds`` rounds after two
-of warm-up, the sum of all groups per round, the scrape's duration and samples,
-Prometheus's peak resident memory and serve's (with its children). The two run one after
-the other on a shared machine: compare the ratios. Then, on the AFTER run's Prometheus, every
-rule whose expression changed is evaluated in both versions at one instant, and the
-result sets (labels and values) are compared. No collector is scraped, so
+``exporters/prometheus/atmfleet.rules.yml``, with the environment that checkout's
+``deploy/prometheus/atmfleet.conf`` sets (``GOMEMLIMIT``; none if it has none).
+Printed per checkout: each rule group's evaluation time (``/api/v1/rules``
+``evaluationTime``) over ``--rounds`` rounds after two of warm-up, the sum of all groups
+per round, the scrape's duration and samples, Prometheus's peak resident memory and
+serve's (with its children), the peak of Prometheus's Go heap in use (its own
+``/metrics``) and what its head holds at the end (``/api/v1/status/tsdb``: series in all,
+and the ten families with the most). The two run one after the other on a shared
+machine: compare the ratios. Then, on the AFTER run's Prometheus, every rule whose
+expression changed is evaluated in both versions at one instant, and the result sets
+(labels and values) are compared. No collector is scraped, so
 ``fleet:atmfleet_collector_impaired:bool`` is 1 and the device alerts are held (their
 templates cost nothing here). The fill is relative to when it was made: with ``--url``
 a database filled more than a few minutes before shows its devices offline.
@@ -43,6 +47,7 @@ from urllib.request import urlopen
 import psutil
 import psycopg
 import yaml
+from promrun import shipped_environment
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -60,13 +65,18 @@ def get_json(url: str) -> Any:
 
 
 def serve_child(url: str, port: int) -> None:
-    """Runs in the child: the checkout on PYTHONPATH serves until killed."""
+    """Runs in the child: the checkout on PYTHONPATH serves until killed. Its costlier
+    parts are computed in its own process (``isolate_slow=False``), not in a pool of
+    child processes: on Python 3.11 a ``ProcessPoolExecutor`` with
+    ``max_tasks_per_child`` can stop starting workers (CPython gh-115634), and a part
+    left queued never shows, so the bench would wait for it until its time-out. serve's
+    peak RSS here therefore holds its KPI core's too."""
     import threading
 
     from exporters.metrics import start_serving
     from rules.config import load_rules
 
-    start_serving(url, load_rules(), port=port)
+    start_serving(url, load_rules(), port=port, isolate_slow=False)
     threading.Event().wait()
 
 
@@ -125,6 +135,19 @@ def same_results(base: str, old_rules: Path, new_rules: Path) -> dict[str, Any]:
     return out
 
 
+def go_memory(base: str) -> dict[str, float]:
+    """Prometheus's own Go heap figures from its /metrics (bytes)."""
+    wanted = ("go_memstats_heap_inuse_bytes", "go_memstats_next_gc_bytes",
+              "process_resident_memory_bytes")  # fmt: skip
+    out = {}
+    with urlopen(f"{base}/metrics", timeout=30) as response:
+        for line in response.read().decode().splitlines():
+            name, _, value = line.partition(" ")
+            if name in wanted:
+                out[name] = float(value)
+    return out
+
+
 def prom_instant(text: str) -> float:
     """Seconds since the epoch of an RFC 3339 time of the API (nanoseconds cut)."""
     head, _, frac = text.rstrip("Z").partition(".")
@@ -172,6 +195,7 @@ def measure(tree: Path, url: str, rounds: int, compare_with: Path | None = None)
         )
     )
     prom_port = free_port()
+    prom_env = {**os.environ, **shipped_environment(tree)}  # that checkout's deploy/ drop-in
     prom = subprocess.Popen(
         [
             shutil.which("prometheus") or "/usr/bin/prometheus",
@@ -179,12 +203,13 @@ def measure(tree: Path, url: str, rounds: int, compare_with: Path | None = None)
             f"--storage.tsdb.path={tmp / 'data'}",
             f"--web.listen-address=127.0.0.1:{prom_port}",
         ],
-        cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=tmp, env=prom_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     prom_ps = psutil.Process(prom.pid)
     base = f"http://127.0.0.1:{prom_port}"
     seen: dict[str, list[tuple[str, float]]] = {}
     peak_prom = 0
+    peak_heap = 0.0
     try:
         deadline = time.perf_counter() + (rounds + 4) * 60 + 300
         while time.perf_counter() < deadline:
@@ -192,6 +217,8 @@ def measure(tree: Path, url: str, rounds: int, compare_with: Path | None = None)
             peak_prom = max(peak_prom, prom_ps.memory_info().rss)
             peak_serve = max(peak_serve, rss_tree(serve_ps))
             try:
+                heap = go_memory(base).get("go_memstats_heap_inuse_bytes", 0.0)
+                peak_heap = max(peak_heap, heap)
                 groups = get_json(f"{base}/api/v1/rules")["data"]["groups"]
             except (OSError, ValueError, KeyError):
                 continue
@@ -212,6 +239,10 @@ def measure(tree: Path, url: str, rounds: int, compare_with: Path | None = None)
         scrape_s = instant('scrape_duration_seconds{job="atmfleet"}')
         samples = instant('scrape_samples_scraped{job="atmfleet"}')
         alerts = get_json(f"{base}/api/v1/query?query={quote('count by (alertstate) (ALERTS)')}")
+        # What the head holds: series in all, and the families holding most of them.
+        tsdb = get_json(f"{base}/api/v1/status/tsdb")["data"]
+        head_series = tsdb["headStats"]["numSeries"]
+        by_name = {e["name"]: e["value"] for e in tsdb["seriesCountByMetricName"]}
         same: dict[str, Any] = {}
         if compare_with is not None:
             try:
@@ -241,6 +272,10 @@ def measure(tree: Path, url: str, rounds: int, compare_with: Path | None = None)
         },
         "same_results": same,
         "prometheus_rss_mib": peak_prom / 2**20,
+        "prometheus_env": shipped_environment(tree),
+        "prometheus_heap_inuse_mib": peak_heap / 2**20,
+        "head_series": head_series,
+        "head_series_by_name": by_name,
         "serve_rss_mib": peak_serve / 2**20,
     }
 
@@ -311,11 +346,22 @@ def main() -> None:
         line(f"  {name} (median, s)", med(b["groups"].get(name, [])),
              med(a["groups"].get(name, [])))  # fmt: skip
     line("prometheus peak RSS (MiB)", b["prometheus_rss_mib"], a["prometheus_rss_mib"])
+    line("prometheus peak Go heap in use (MiB)", b["prometheus_heap_inuse_mib"],
+         a["prometheus_heap_inuse_mib"])  # fmt: skip
+    line("head series (/api/v1/status/tsdb)", b["head_series"], a["head_series"])
+    names = sorted(set(b["head_series_by_name"]) | set(a["head_series_by_name"]),
+                   key=lambda n: -max(b["head_series_by_name"].get(n, 0),
+                                      a["head_series_by_name"].get(n, 0)))  # fmt: skip
+    for name in names:
+        line(f"  {name[:42]}", b["head_series_by_name"].get(name),
+             a["head_series_by_name"].get(name))  # fmt: skip
     line("scrape duration (s)", b["scrape_s"], a["scrape_s"])
     line("samples scraped", b["samples"], a["samples"])
     line("serve first full exposition (s)", b["first_full_s"], a["first_full_s"])
     line("serve peak RSS with children (MiB)", b["serve_rss_mib"], a["serve_rss_mib"])
     line("load average at start", b["load"], a["load"])
+    print(f"prometheus environment (deploy/prometheus/atmfleet.conf): before "
+          f"{b['prometheus_env'] or '–'}, after {a['prometheus_env'] or '–'}")  # fmt: skip
     same = a["same_results"]
     print()
     print(

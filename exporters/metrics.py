@@ -727,13 +727,23 @@ class _Just(Collector):
 
 
 #: What ``atmfleet serve --lean`` leaves out: the families no shipped rule, alert or
-#: dashboard reads (docs/metrics.md, "What a scrape carries"): two series per device
-#: and one per branch. ``atmfleet serve`` leaves them out unless run with ``--full``.
+#: dashboard reads (docs/metrics.md, "What a scrape carries"): three series per device
+#: and two per branch. ``atmfleet serve`` leaves them out unless run with ``--full``.
 LEAN_FLEET_LEAVES_OUT = frozenset(
     {
+        "atmfleet_device_info",
         "atmfleet_device_last_seen_timestamp_seconds",
         "atmfleet_device_in_service_window",
+        "atmfleet_branch_info",
         "atmfleet_day_unknown_seconds",
+    }
+)
+#: The series of a family that lean leaves out, as ``family{label="value"}``: the
+#: non-financial volumes (the substitution rules read ``financial="true"`` only).
+LEAN_SERIES_LEAVES_OUT = frozenset(
+    {
+        'atmfleet_day_self_service_transactions{financial="false"}',
+        'atmfleet_day_teller_transactions{financial="false"}',
     }
 )
 #: The cash-out forecast's per-device times (cash/metrics.py): the alert reads only the
@@ -746,7 +756,28 @@ LEAN_CASH_LEAVES_OUT = frozenset(
         "atmfleet_device_deposit_full_forecast_timestamp_seconds",
     }
 )
-LEAN_LEAVES_OUT = LEAN_FLEET_LEAVES_OUT | LEAN_CASH_LEAVES_OUT
+LEAN_LEAVES_OUT = LEAN_FLEET_LEAVES_OUT | LEAN_SERIES_LEAVES_OUT | LEAN_CASH_LEAVES_OUT
+
+
+def _left_out_series(leave_out: frozenset[str]) -> dict[str, tuple[str, str]]:
+    """The ``family{label="value"}`` entries of ``leave_out``: family -> (label, value)."""
+    out = {}
+    for entry in leave_out:
+        name, brace, selector = entry.partition("{")
+        if brace:
+            label, _, value = selector.removesuffix("}").partition("=")
+            out[name] = (label, value.strip('"'))
+    return out
+
+
+def _without(family: ColumnFamily, label: str, value: str) -> ColumnFamily:
+    """``family`` without its series whose ``label`` is ``value``."""
+    j = family.labelnames.index(label)
+    kept = ColumnFamily(family.name, family.documentation, family.labelnames)
+    for row, v in zip(family.rows, family.values, strict=True):
+        if row[j] != value:
+            kept.add(row, v)
+    return kept
 
 
 def render(registry: Collector, leave_out: frozenset[str] = frozenset()) -> bytes:
@@ -768,9 +799,12 @@ def render_parts(registry: Collector, leave_out: frozenset[str] = frozenset()) -
             out.append(generate_latest(_Just(list(plain))))
             plain.clear()
 
+    series = _left_out_series(leave_out)
     for metric in registry.collect():
         if metric.name in leave_out:
             continue
+        if metric.name in series and isinstance(metric, ColumnFamily):
+            metric = _without(metric, *series[metric.name])
         if isinstance(metric, DeviceFamily):
             flush()
             metric.text(out)

@@ -311,7 +311,7 @@ class TestOnAFreshMachine:
             fleet = samples(urls[0])  # the demo is live: the printed URL answers
             up = fleet["atmfleet_device_up"]
             assert len(up) == 50 and {labels["device"] for labels, _ in up} == {
-                labels["device"] for labels, _ in fleet["atmfleet_device_info"]
+                labels["device"] for labels, _ in fleet["atmfleet_device_state"]
             }
             assert sum(value for _, value in up) > 0
             assert fleet["atmfleet_exporter_database_up"][0][1] == 1

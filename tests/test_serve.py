@@ -59,6 +59,7 @@ from atmfleet.store.writer import Accepted, BatchWriter
 from exporters.metrics import (
     LEAN_FLEET_LEAVES_OUT,
     LEAN_LEAVES_OUT,
+    LEAN_SERIES_LEAVES_OUT,
     DatabaseSource,
     DayTimes,
     DeviceRow,
@@ -157,6 +158,19 @@ def _at(unix: float) -> datetime:
     return datetime.fromtimestamp(unix, UTC)
 
 
+#: The families of which lean leaves out some series: family -> (label, value).
+LEAN_SERIES = {
+    e.partition("{")[0]: tuple(e.partition("{")[2].rstrip("}").replace('"', "").split("="))
+    for e in LEAN_SERIES_LEAVES_OUT
+}
+
+
+def _left_out(sample: tuple[str, tuple[tuple[str, str], ...], float]) -> bool:
+    """Whether ``atmfleet serve`` (lean) leaves this sample out."""
+    name, labels, _value = sample
+    return name in LEAN_LEAVES_OUT or (name in LEAN_SERIES and LEAN_SERIES[name] in labels)
+
+
 def _samples(text: str) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
     return {
         (s.name, tuple(sorted(s.labels.items())), s.value)
@@ -243,9 +257,11 @@ class TestTheDocumentedExample:
         lean = Exporter(_Fixed(snap), CollectorRegistry(), snap.targets, leave_out=LEAN_LEAVES_OUT)
         lean.refresh()
         assert _samples(lean.exposition().decode()) == {
-            s for s in _samples(_doc_example()) if s[0] not in LEAN_LEAVES_OUT
+            s for s in _samples(_doc_example()) if not _left_out(s)
         }
         assert all(name in _doc_example() for name in LEAN_FLEET_LEAVES_OUT)
+        # The example shows a series lean leaves out of a family it keeps.
+        assert any(s[0] in LEAN_SERIES and _left_out(s) for s in _samples(_doc_example()))
         cash_doc = METRICS_DOC.read_text(encoding="utf-8").split("## Cash-out forecasts")[1]
         assert all(f"`{name}`" in cash_doc for name in LEAN_LEAVES_OUT - LEAN_FLEET_LEAVES_OUT)
 
@@ -465,7 +481,7 @@ def scrape(fleet: Fleet) -> Iterator[Scrape]:
 
 
 def _dev(scrape: Scrape, key: str) -> str:
-    return next(s["device"] for s in scrape.series("atmfleet_device_info") if s["device"][0] == key)
+    return next(s["device"] for s in scrape.series("atmfleet_device_up") if s["device"][0] == key)
 
 
 @pytest.mark.integration
@@ -615,6 +631,25 @@ class TestFleet:
         assert scrape.value(own, placement="off_site", financial="false", **b1) == 1
         assert scrape.value(own, placement="on_site", financial="true", **b1) == 0
         assert scrape.value(own, placement="on_site", financial="false", **b1) == 0
+
+    def test_lean_is_the_full_exposition_less_what_it_leaves_out(self, scrape: Scrape) -> None:
+        """The fixture's exposition is the full one (``atmfleet serve --full``); the lean
+        default of the same snapshot is it less the families and series it leaves out."""
+        from exporters.metrics import render
+
+        full = _samples(render(scrape.registry).decode())
+        lean = _samples(render(scrape.registry, LEAN_LEAVES_OUT).decode())
+        assert lean == {s for s in full if not _left_out(s)}
+        left_out = {(s[0], dict(s[1]).get("financial")) for s in full - lean}
+        assert {
+            ("atmfleet_device_info", None),
+            ("atmfleet_branch_info", None),
+            ("atmfleet_day_self_service_transactions", "false"),
+            ("atmfleet_day_teller_transactions", "false"),
+        } <= left_out
+        assert ("atmfleet_day_teller_transactions", "true") in {
+            (s[0], dict(s[1]).get("financial")) for s in lean
+        }
 
     def test_teller_volume_only_once_imported(self, scrape: Scrape) -> None:
         teller = "atmfleet_day_teller_transactions"
@@ -796,6 +831,9 @@ class TestCommand:
                 assert time.monotonic() < deadline, "atmfleet serve did not start"
                 time.sleep(0.2)
             assert sum(s.startswith("atmfleet_device_state{") for s in body.splitlines()) == 6
+            # Lean by default: what no shipped rule, alert or dashboard reads is not sent.
+            assert "\natmfleet_device_info{" not in body
+            assert 'financial="false"' not in body and 'financial="true"' in body
         finally:
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(timeout=20)
@@ -821,10 +859,24 @@ class TestStartUpChecks:
             DatabaseSource("postgresql://127.0.0.1/none", rules)
 
 
+def _mentions(text: str, name: str) -> list[str]:
+    """The selector (or "") after each mention of the metric ``name`` in ``text`` (not of
+    a recording rule named after it, e.g. ``subbranch:atmfleet_device_info:count``)."""
+    return re.findall(rf"(?<![\w:]){name}(?![\w:])(\{{[^}}]*\}})?", text)
+
+
 def test_lean_leaves_out_only_what_no_rule_or_dashboard_reads() -> None:
+    """No shipped rule, alert or dashboard names a family lean leaves out, and each one
+    reading a family lean keeps part of selects the part kept (``financial="true"``)."""
     root = Path(__file__).resolve().parent.parent
-    read = [root / "exporters" / "prometheus" / "atmfleet.rules.yml"]
+    read = sorted((root / "exporters" / "prometheus").glob("*.rules.yml"))
     read += [p for p in (root / "dashboards").rglob("*") if p.suffix in (".json", ".py", ".yml")]
+    assert len(read) > 2
+    whole = LEAN_LEAVES_OUT - LEAN_SERIES_LEAVES_OUT
     for path in read:
-        text = path.read_text(encoding="utf-8")
-        assert not [name for name in LEAN_LEAVES_OUT if name in text], path
+        text = path.read_text(encoding="utf-8").replace('\\"', '"')  # JSON-escaped quotes
+        assert not [name for name in whole if _mentions(text, name)], path
+        for name, (label, value) in LEAN_SERIES.items():
+            for selector in _mentions(text, name):
+                kept = re.search(rf'\b{label}="([^"]*)"', selector)
+                assert kept and kept[1] != value, (path, name, selector)

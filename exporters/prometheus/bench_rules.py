@@ -1,7 +1,7 @@
 """What the shipped rules cost a real Prometheus on a large fleet.
 
 Serves a synthetic exposition of ``--devices`` devices, shaped as docs/metrics.md
-specifies (five series per device, as ``atmfleet serve`` sends them by default, the
+specifies (four series per device, as ``atmfleet serve`` sends them by default, the
 scheduled-down set, plus the day and fleet families) and a healthy
 collector, lets a real ``prometheus`` scrape it and evaluate
 ``exporters/prometheus/atmfleet.rules.yml``, and prints each rule group's evaluation time
@@ -61,7 +61,6 @@ def fleet_exposition(devices: int, seed: int = 7) -> bytes:
     lines: dict[str, list[str]] = {
         name: []
         for name in (
-            "atmfleet_device_info",
             "atmfleet_device_up",
             "atmfleet_device_state",
             "atmfleet_device_state_since_timestamp_seconds",
@@ -90,9 +89,7 @@ def fleet_exposition(devices: int, seed: int = 7) -> bytes:
             f'branch="{branch}",device="{device}",placement="{placement}",'
             f'subbranch="{subbranch}",tier="{tier}",type="{kind}",vendor="{vendor}"'
         )
-        lines["atmfleet_device_info"].append(
-            f'atmfleet_device_info{{{route[:-1]}",model="M{rng.randrange(9)}"}} 1'
-        )
+        rng.randrange(9)  # the model (atmfleet_device_info, --full only): the same fleet
         lines["atmfleet_device_up"].append(f"atmfleet_device_up{{{route}}} {up}")
         lines["atmfleet_device_state"].append(
             f'atmfleet_device_state{{device="{device}",state="{state}"}} 1'
