@@ -13,11 +13,9 @@ beyond the horizon) has no series: no data is never a made-up time.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -26,6 +24,7 @@ import psycopg
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from atmfleet.child import in_child
 from atmfleet.errors import AtmfleetError
 from atmfleet.store.connect import connect
 from atmfleet.windows import ServiceWindow
@@ -205,10 +204,8 @@ def compute(url: str, rules: Rules, now: int | None = None) -> CashSnapshot:
 def _in_child(url: str, rules: Rules, now: int | None) -> CashSnapshot:
     """:func:`compute` in a fresh process (spawned: no copy of this one's threads and
     connections), which exits when done and so gives its memory back."""
-    context = multiprocessing.get_context("spawn")
     try:
-        with ProcessPoolExecutor(1, mp_context=context, max_tasks_per_child=1) as pool:
-            return pool.submit(compute, url, rules, now).result()
+        return in_child(compute, url, rules, now)
     except Exception as exc:  # the child died (killed, out of memory): no forecast shown
         log.warning("cash forecast: the forecast process failed: %s", exc)
         return CashSnapshot(rules.cash.alert_service_hours)

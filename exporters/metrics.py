@@ -26,12 +26,11 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import multiprocessing
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -45,6 +44,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
+from atmfleet.child import in_child
 from atmfleet.errors import AtmfleetError, ConfigError
 from atmfleet.inventory import Branch, BranchKind, Device, Inventory, SubBranch, Tier
 from atmfleet.store.connect import connect
@@ -1272,12 +1272,12 @@ class DatabaseSource:
         due = self._due(now_dt.date())
         if not due:
             return False
-        context = multiprocessing.get_context("spawn")
         done = False
-        with ProcessPoolExecutor(
-            min(SLOW_PROCESSES, len(due)), mp_context=context, max_tasks_per_child=1
-        ) as pool:
-            futures = [pool.submit(compute_parts, self._url, self.rules, [name]) for name in due]
+        # A thread per part running at the same time, each waiting on a child of its own.
+        with ThreadPoolExecutor(min(SLOW_PROCESSES, len(due))) as pool:
+            futures = [
+                pool.submit(in_child, compute_parts, self._url, self.rules, [name]) for name in due
+            ]
             for future in as_completed(futures):
                 try:
                     results = future.result()
