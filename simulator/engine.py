@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import IntEnum
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, cast
 from zoneinfo import ZoneInfo
 
 from atmfleet.errors import UsageError
@@ -516,28 +516,59 @@ def _merge(
             pending.append((t0, i, dev))
     pending.sort(key=lambda p: (p[0], p[1]))
     pending.reverse()  # popped from the end, earliest first
-    heap: list[tuple[int, int, Emission, Iterator[Emission]]] = []
+    # Each stream waits in the heap under the publish time of its next message; the
+    # message itself is taken (a device's heartbeat written) only when its turn comes.
+    heap: list[tuple[int, int, _Stream]] = []
     if counters:
-        stream = _counters(ctx)
-        first = next(stream, None)
-        if first is not None:
-            heap.append((first.t, 0, first, stream))
+        ahead = _Ahead(_counters(ctx))
+        t = ahead.peek()
+        if t is not None:
+            heap.append((t, 0, ahead))
     while heap or pending:
         while pending and (not heap or pending[-1][0] <= heap[0][0]):
             _, i, dev = pending.pop()
-            stream = _Device(ctx, dev)
-            e = next(stream, None)
-            if e is not None:
-                heapq.heappush(heap, (e.t, i, e, stream))
+            device = _Device(ctx, dev)
+            t = device.peek()
+            if t is not None:
+                heapq.heappush(heap, (t, i, device))
         if not heap:
             continue
-        _, i, e, stream = heap[0]
-        yield e
-        nxt = next(stream, None)
-        if nxt is None:
+        _, i, stream = heap[0]
+        yield stream.take()
+        t = stream.peek()
+        if t is None:
             heapq.heappop(heap)
         else:
-            heapq.heapreplace(heap, (nxt.t, i, nxt, stream))
+            heapq.heapreplace(heap, (t, i, stream))
+
+
+class _Stream(Protocol):
+    """What the merge needs of a stream: the publish time of its next message (None: the
+    stream has ended), and that message."""
+
+    def peek(self) -> int | None: ...
+    def take(self) -> Emission: ...
+
+
+class _Ahead:
+    """A stream over an iterator of emissions (the counters), one message ahead."""
+
+    __slots__ = ("_it", "_next")
+
+    def __init__(self, it: Iterator[Emission]) -> None:
+        self._it = it
+        self._next: Emission | None = None
+
+    def peek(self) -> int | None:
+        if self._next is None:
+            self._next = next(self._it, None)
+        return None if self._next is None else self._next.t
+
+    def take(self) -> Emission:
+        e = self._next
+        assert e is not None
+        self._next = None
+        return e
 
 
 def _counters(ctx: _Context) -> Iterator[Emission]:
@@ -664,7 +695,7 @@ _DEVICE_SLOTS = (
     "t_visit", "t_visit_end", "t_plan", "t_plan_end", "t_link", "t_link_up", "power_back",
     "power_lost",
     # what it sends next
-    "out", "pos", "done",
+    "out", "pos", "done", "lz", "lz_t", "lz_seq",
 )  # fmt: skip
 
 
@@ -684,9 +715,13 @@ class _Device:
         self.ctx, self.config, self.cash_cfg, self.inc = ctx, config, cash_cfg, config.incidents
         self.dev = dev
         self.d_id = d_id = dev.id
-        self.out: list[Emission] = []
+        #: Messages ready to go (None: none), taken from ``pos``; then the deferred state
+        #: message, if any (``lz``: its state, at ``lz_t`` with ``lz_seq``).
+        self.out: list[Emission] | None = None
         self.pos = 0
         self.done = False
+        self.lz: str | None = None
+        self.lz_t = self.lz_seq = 0
         self.rng = rng = _Rng(f"{ctx.seed}:{d_id}")
         # The technician's dispatch is drawn apart, so adding it left the device's own
         # sequence of draws (and every other behaviour) as it was.
@@ -828,17 +863,68 @@ class _Device:
         return self
 
     def __next__(self) -> Emission:
-        out, pos = self.out, self.pos
-        if pos < len(out):
-            self.pos = pos + 1
-            return out[pos]
-        out.clear()
+        if self.peek() is None:
+            raise StopIteration
+        return self.take()
+
+    def peek(self) -> int | None:
+        """The publish time of the device's next message (None: it has no more). The
+        device runs on to its next message only when the last one has been taken."""
+        out = self.out
+        if out is not None:
+            return out[self.pos].t
+        if self.lz is not None:
+            return self.lz_t
         if self.done or not self._advance():
             self.done = True
-            self.pos = 0
-            raise StopIteration
-        self.pos = 1
-        return out[0]
+            return None
+        out = self.out
+        return out[0].t if out is not None else self.lz_t
+
+    def take(self) -> Emission:
+        """The next message (after :meth:`peek`). A state message is written only now:
+        a fleet's devices each wait in the merge with their next heartbeat, and its
+        payload (a third of a kilobyte) is made when it goes out. Nothing the device
+        reports changes in between: it runs on only after this."""
+        out = self.out
+        if out is not None:
+            pos = self.pos
+            e = out[pos]
+            if pos + 1 < len(out):
+                self.pos = pos + 1
+            else:
+                self.out = None
+                self.pos = 0
+            return e
+        state = self.lz
+        assert state is not None
+        self.lz = None
+        t, seq = self.lz_t, self.lz_seq
+        return Emission(t, self.topic_state, self.state_payload(t, state, seq), False,
+                        Control.NONE, self.d_id, "state", seq, "", t, state, "", -1, b"")  # fmt: skip
+
+    def _put(self, e: Emission) -> None:
+        """Queue a message; a deferred state message queued before it is written first
+        (nothing it reports has changed since)."""
+        if self.lz is not None:
+            self._settle()
+        out = self.out
+        if out is None:
+            self.out = [e]
+        else:
+            out.append(e)
+
+    def _settle(self) -> None:
+        state = self.lz
+        assert state is not None
+        self.lz = None
+        t, seq = self.lz_t, self.lz_seq
+        e = Emission(t, self.topic_state, self.state_payload(t, state, seq), False, Control.NONE,
+                     self.d_id, "state", seq, "", t, state, "", -1, b"")  # fmt: skip
+        if self.out is None:
+            self.out = [e]
+        else:
+            self.out.append(e)
 
     def topic(self, kind: str) -> str:
         """The device's topic of ``kind`` (only the state topic, the busiest, is kept)."""
@@ -887,8 +973,8 @@ class _Device:
             lambda: ",".join(f'"{c}":"{"fault" if c == fault_comp else "ok"}"' for c in comp_names),
         )
 
-    def state_payload(self, t: int, state: str) -> bytes:
-        parts = ['{"v":1,"device_id":', self.j_id, ',"ts":"', iso(t), '","seq":', str(self.seq), ',"state":"', state,
+    def state_payload(self, t: int, state: str, seq: int) -> bytes:
+        parts = ['{"v":1,"device_id":', self.j_id, ',"ts":"', iso(t), '","seq":', str(seq), ',"state":"', state,
                  '","heartbeat_s":', self.j_hb, ',"components":{', self.comps_json(), "}"]  # fmt: skip
         has_cash, has_deposit = self.has_cash, self.has_deposit
         if has_cash:
@@ -913,9 +999,8 @@ class _Device:
         if not self.powered:
             return
         if self.connected:
-            self.out.append(Emission(t, topic, payload, False, Control.NONE, self.d_id, kind,
-                                     self.seq, txn_id, t, detail, result, since, b"", amount,
-                                     flag))  # fmt: skip
+            self._put(Emission(t, topic, payload, False, Control.NONE, self.d_id, kind, self.seq,
+                               txn_id, t, detail, result, since, b"", amount, flag))  # fmt: skip
         else:
             buffer = self.buffer
             if buffer is None:
@@ -930,8 +1015,14 @@ class _Device:
         if state == self.reported and not force:
             return
         self.reported = state
-        self.seq += 1
-        self.send(t, "state", self.topic_state, self.state_payload(t, state), state)
+        self.seq = seq = self.seq + 1
+        if self.connected:
+            # Deferred: written when taken (or when another message follows it).
+            if self.lz is not None:
+                self._settle()
+            self.lz, self.lz_t, self.lz_seq = state, t, seq
+        else:
+            self.send(t, "state", self.topic_state, self.state_payload(t, state, seq), state)
         self.t_hb = t + self.hb_period
 
     def emit_event(self, t: int, event: str, component: str | None = None,
@@ -966,14 +1057,14 @@ class _Device:
         session = f"{d_id[-20:]}.{t:x}"
         self.connect_ts = t
         will = self.presence(t, "offline", True, session) if self.ctx.real_wills else b""
-        out, topic_presence = self.out, self.topic("presence")
-        out.append(Emission(t, topic_presence, self.presence(t, "online", False, session), True,
-                            Control.CONNECT, d_id, "presence", -1, "", t, "online", "", -1,
-                            will))  # fmt: skip
+        put = self._put
+        put(Emission(t, self.topic("presence"), self.presence(t, "online", False, session), True,
+                     Control.CONNECT, d_id, "presence", -1, "", t, "online", "", -1,
+                     will))  # fmt: skip
         if self.buffer:
             for topic, payload, kind, ts, detail, s, txn_id, result, since in self.buffer:
-                out.append(Emission(t, topic, payload, False, Control.NONE, d_id, kind, s,
-                                    txn_id, ts, detail, result, since, b""))  # fmt: skip
+                put(Emission(t, topic, payload, False, Control.NONE, d_id, kind, s, txn_id, ts,
+                             detail, result, since, b""))  # fmt: skip
             self.buffer.clear()
 
     def drop(self, t: int) -> None:
@@ -985,8 +1076,8 @@ class _Device:
             ts, how = connect_ts, "will"
         else:
             payload, ts, how = self.presence(t, "offline", False, session), t, "gateway"
-        self.out.append(Emission(t, self.topic("presence"), payload, True, Control.DROP, self.d_id,
-                                 "presence", -1, "", ts, "offline", how, -1, b""))  # fmt: skip
+        self._put(Emission(t, self.topic("presence"), payload, True, Control.DROP, self.d_id,
+                           "presence", -1, "", ts, "offline", how, -1, b""))  # fmt: skip
 
     def update_link(self, t: int) -> None:
         """Connect or drop after a change of power or link."""
@@ -1124,7 +1215,6 @@ class _Device:
 
     def _advance(self) -> bool:
         """Run the device until it has something to send (True) or its run ends (False)."""
-        out = self.out
         cuts, outages = self.cuts, self.outages
         while True:
             cut_i, outage_i = self.cut_i, self.outage_i
@@ -1166,7 +1256,7 @@ class _Device:
                     self.transaction(t)
             else:
                 self._incident(t)
-            if out:
+            if self.out is not None or self.lz is not None:
                 return True
 
     def _wait_for_power(self, t: int) -> bool:
