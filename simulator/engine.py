@@ -527,7 +527,7 @@ def _merge(
     while heap or pending:
         while pending and (not heap or pending[-1][0] <= heap[0][0]):
             _, i, dev = pending.pop()
-            device = _Device(ctx, dev)
+            device = _device(ctx, dev)
             t = device.peek()
             if t is not None:
                 heapq.heappush(heap, (t, i, device))
@@ -678,13 +678,9 @@ def in_window_after(bounds: list[int], t: int, need: int) -> int:
 
 #: Slots of :class:`_Device` (one per device: no generator frame, closures or cells).
 _DEVICE_SLOTS = (
-    # the run and the device's constant facts
-    "ctx", "config", "cash_cfg", "inc", "dev", "d_id", "rng", "tech_rng", "dispatch_floor",
-    "sink", "rel", "hb_period", "dtype", "has_cash", "has_deposit", "replenish_days",
-    "topic_state", "t_end", "tx_types",
-    "tx_cum", "hour_rate", "volume", "weekly", "res_names", "res_cum", "comps", "comp_names",
-    "comp_cum", "fees", "window_bounds", "j_id", "res_json", "j_hb", "comps_ok",
-    "cdm_head", "cdm_tail", "cim_head", "cim_tail", "cuts", "outages", "forward_max",
+    # the device's own constant facts (those of its kind are its class's: _kind_class)
+    "dev", "d_id", "rng", "tech_rng", "hb_period", "replenish_days", "topic_state", "t_end",
+    "volume", "j_id", "cuts", "outages",
     # conditions
     "pending", "seq", "powered", "link_down", "connected", "connect_ts",
     "buffer", "fault", "fault_comp", "fault_degrades", "tech", "supervisor", "planned",
@@ -699,6 +695,87 @@ _DEVICE_SLOTS = (
 )  # fmt: skip
 
 
+def _device(ctx: _Context, dev: Device) -> _Device:
+    """A device's state machine, an instance of its kind's class (:func:`_kind_class`)."""
+    hb = device_heartbeat_s(dev, ctx.config, ctx.heartbeat_override)
+    spec = device_window(dev)
+    key = ("kind", dev.type, dev.placement, dev.vendor, dev.model, dev.can_deposit, hb, spec)
+    cls = ctx.shared(key, lambda: _kind_class(ctx, dev, hb, spec))
+    return cls(ctx, dev)
+
+
+def _kind_class(ctx: _Context, dev: Device, hb: int, spec: str) -> type[_Device]:
+    """A subclass of :class:`_Device` holding, as class attributes, what every device of
+    ``dev``'s kind shares: the run's configuration, its tables and payload templates.
+    Tables are shared by every device of a type or placement: a 100,000-device fleet holds
+    them once."""
+    config = ctx.config
+    cash_cfg = config.cash
+    dtype = dev.type
+    has_cash = dtype in CASH_DISPENSING_TYPES
+    has_deposit = dev.can_deposit
+    # Transactions: types, hourly intensity (per ms) and weekly rhythm.
+    txp = config.txn[dtype]
+    tx_types, tx_cum = ctx.shared(
+        ("txn", dtype), lambda: (list(txp.mix), _cum(list(txp.mix.values())))
+    )
+    rhythm = config.rhythm[dev.placement]
+    res_names, res_cum = ctx.shared(
+        "results",
+        lambda: (list(config.txn_result_weights), _cum(list(config.txn_result_weights.values()))),
+    )
+    comps = _COMPONENTS[dtype]
+    comp_names, comp_cum = ctx.shared(
+        ("components", dtype), lambda: (list(comps), _cum(list(comps.values())))
+    )
+    cdm_head, cdm_tail, cim_head, cim_tail = ctx.shared(
+        ("cash_units", has_cash, has_deposit),
+        lambda: _cash_unit_templates(cash_cfg, has_cash, has_deposit),
+    )
+    facts: dict[str, Any] = {
+        "__slots__": (),
+        "ctx": ctx,
+        "config": config,
+        "cash_cfg": cash_cfg,
+        "inc": config.incidents,
+        # (a function as a class attribute would be bound to the device)
+        "sink": None if ctx.on_repair is None else staticmethod(ctx.on_repair),
+        "dispatch_floor": int(config.technicians.dispatch_after_min * MINUTE),
+        "rel": config.reliability(dev.vendor, dev.model),
+        "dtype": dtype,
+        "has_cash": has_cash,
+        "has_deposit": has_deposit,
+        "tx_types": tx_types,
+        "tx_cum": tx_cum,
+        "hour_rate": ctx.shared(
+            ("hourly", dev.placement), lambda: _hourly_per_ms(rhythm.hourly, rhythm.weekly)
+        ),
+        "weekly": rhythm.weekly,
+        "res_names": res_names,
+        "res_cum": res_cum,
+        "comps": comps,
+        "comp_names": comp_names,
+        "comp_cum": comp_cum,
+        "fees": config.inter_bank_fee,
+        "window_bounds": ctx.window_bounds(spec),
+        # The state and txn payloads are written from templates: byte for byte what
+        # ``_dumps`` makes of the same dict (tests/test_simulator_payloads.py), at a
+        # fraction of the cost. Every value not known to be a plain number or an ASCII
+        # constant goes through the JSON encoder.
+        "res_json": ctx.shared("results_json", lambda: {r: _json(r) for r in res_names}),
+        "j_hb": _json(hb),
+        "comps_ok": ctx.shared(
+            ("components_json", dtype), lambda: ",".join(f'"{c}":"ok"' for c in comp_names)
+        ),
+        "cdm_head": cdm_head,
+        "cdm_tail": cdm_tail,
+        "cim_head": cim_head,
+        "cim_tail": cim_tail,
+        "forward_max": config.store_forward_max,
+    }
+    return type("_Device", (_Device,), facts)
+
+
 class _Device:
     """One device's life: a small discrete-event loop over its next due times, iterated
     for its emissions (set up when made, advanced only when its last emission is taken).
@@ -709,10 +786,42 @@ class _Device:
 
     __slots__ = _DEVICE_SLOTS
 
+    # The facts every device of a kind (type, placement, vendor, model, heartbeat, service
+    # window) shares, and the run's: attributes of the kind's class (:func:`_kind_class`),
+    # not 29 slots of every device.
+    ctx: _Context
+    config: SimConfig
+    cash_cfg: Any
+    inc: Any
+    sink: RepairSink | None
+    dispatch_floor: int
+    rel: Any
+    dtype: DeviceType
+    has_cash: bool
+    has_deposit: bool
+    tx_types: list[TxnType]
+    tx_cum: list[float]
+    hour_rate: list[float]
+    weekly: list[float]
+    res_names: list[str]
+    res_cum: list[float]
+    comps: dict[str, float]
+    comp_names: list[str]
+    comp_cum: list[float]
+    fees: list[float]
+    window_bounds: list[int]
+    res_json: dict[str, str]
+    j_hb: str
+    comps_ok: str
+    cdm_head: str
+    cdm_tail: str
+    cim_head: str
+    cim_tail: str
+    forward_max: int
+
     def __init__(self, ctx: _Context, dev: Device) -> None:
         config = ctx.config
         cash_cfg = config.cash
-        self.ctx, self.config, self.cash_cfg, self.inc = ctx, config, cash_cfg, config.incidents
         self.dev = dev
         self.d_id = d_id = dev.id
         #: Messages ready to go (None: none), taken from ``pos``; then the deferred state
@@ -727,20 +836,14 @@ class _Device:
         # sequence of draws (and every other behaviour) as it was.
         # Made at the first fault (the same stream, 2.5 KB a device less until then).
         self.tech_rng: _Rng | None = None
-        self.dispatch_floor = int(config.technicians.dispatch_after_min * MINUTE)
-        self.sink = ctx.on_repair
         #: The fault being handled: [fault, component, code, software, degraded, dispatch,
         #: arrival].
         self.pending: list[Any] | None = None
         prof = ctx.profiles.pop(d_id, None) or device_profile(dev, config, ctx.seed)
         self.replenish_days = prof.replenish_every_days
-        self.rel = config.reliability(dev.vendor, dev.model)
-        hb = device_heartbeat_s(dev, config, ctx.heartbeat_override)
-        hb_ms = hb * 1000
-        self.dtype = dtype = dev.type
-        self.has_cash = has_cash = dtype in CASH_DISPENSING_TYPES
-        self.has_deposit = has_deposit = dev.can_deposit
-        handles_cash = has_cash or has_deposit
+        hb_ms = device_heartbeat_s(dev, config, ctx.heartbeat_override) * 1000
+        has_cash = self.has_cash
+        handles_cash = has_cash or self.has_deposit
         branch = ctx.inventory.branch_by_id[dev.branch]
         self.topic_state = device_topic(d_id, "state")
 
@@ -757,34 +860,8 @@ class _Device:
             self.done = True
             return
 
-        # Transactions: types, hourly intensity (per ms) and weekly rhythm. Tables are
-        # shared by every device of a type or placement: a 100,000-device fleet holds them
-        # once.
-        txp = config.txn[dtype]
-        self.tx_types, self.tx_cum = ctx.shared(
-            ("txn", dtype), lambda: (list(txp.mix), _cum(list(txp.mix.values())))
-        )
-        rhythm = config.rhythm[dev.placement]
-        self.hour_rate = ctx.shared(
-            ("hourly", dev.placement), lambda: _hourly_per_ms(rhythm.hourly, rhythm.weekly)
-        )
         self.volume = prof.volume
-        self.weekly = rhythm.weekly
-        res_names, self.res_cum = ctx.shared(
-            "results",
-            lambda: (
-                list(config.txn_result_weights),
-                _cum(list(config.txn_result_weights.values())),
-            ),
-        )
-        self.comps = comps = _COMPONENTS[dtype]
-        comp_names, self.comp_cum = ctx.shared(
-            ("components", dtype), lambda: (list(comps), _cum(list(comps.values())))
-        )
-        self.res_names, self.comp_names = res_names, comp_names
-        self.fees = config.inter_bank_fee
-        self.window_bounds = window_bounds = ctx.window_bounds(device_window(dev))
-        self.forward_max = config.store_forward_max
+        window_bounds = self.window_bounds
 
         # Conditions.
         self.seq = 0
@@ -810,20 +887,7 @@ class _Device:
         self.t_emergency = NEVER  # an unscheduled cash visit after a cash-out or full cassette
         self.window_open = bisect.bisect_right(window_bounds, t0) % 2 == 1
 
-        # The state and txn payloads are written from templates: byte for byte what
-        # ``_dumps`` makes of the same dict (tests/test_simulator_payloads.py), at a
-        # fraction of the cost. Every value not known to be a plain number or an ASCII
-        # constant goes through the JSON encoder.
-        self.j_id = _json(d_id)
-        self.res_json = ctx.shared("results_json", lambda: {r: _json(r) for r in res_names})
-        self.j_hb = _json(hb)
-        self.comps_ok = ctx.shared(
-            ("components_json", dtype), lambda: ",".join(f'"{c}":"ok"' for c in comp_names)
-        )
-        self.cdm_head, self.cdm_tail, self.cim_head, self.cim_tail = ctx.shared(
-            ("cash_units", has_cash, has_deposit),
-            lambda: _cash_unit_templates(cash_cfg, has_cash, has_deposit),
-        )
+        self.j_id = _json(d_id)  # for the payload templates (see _kind_class)
 
         # Shared incident schedules (one list per branch / sub-branch, read with an
         # index): outages that started before this device did are skipped.
