@@ -49,6 +49,8 @@ DAY = 24 * HOUR
 MINUTE = 60_000
 NEVER = 2**62
 _V = TypeVar("_V")
+#: A device's topics: this, its id, ``/`` and the kind (``device_topic``'s).
+_TOPIC = device_topic("d", "state").removesuffix("d/state")
 #: A dispenser with fewer notes than this reports cash_out.
 CASH_OUT_NOTES = 5
 
@@ -238,8 +240,6 @@ class _Context:
     _power: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     _network: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     _shared: dict[Hashable, Any] = field(default_factory=dict)
-    #: Each device's (start offset, heartbeat period), drawn once when the run is set up.
-    phases: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: Device profiles drawn for the counters, reused by the devices' own streams.
     profiles: dict[str, DeviceProfile] = field(default_factory=dict)
 
@@ -506,14 +506,14 @@ def _merge(
     A device's stream is set up only when the run reaches the moment it comes up (its
     first message is its birth at that moment): the first message of a big fleet goes
     out at once, and a device that comes up after the run's end costs nothing."""
-    pending: list[tuple[int, int, Device]] = []
+    #: (when it comes up, its index, the device, its heartbeat period), drawn once.
+    pending: list[tuple[int, int, Device, int]] = []
     for i, dev in enumerate(devices[lo:hi], start=lo + 1):
         hb_ms = device_heartbeat_s(dev, ctx.config, ctx.heartbeat_override) * 1000
         phase = device_phase(dev, ctx.config, ctx.seed, hb_ms)
         t0 = max(ctx.start, ctx.midnight(dev.commissioned)) + phase[0]
         if t0 < ctx.end:
-            ctx.phases[dev.id] = phase
-            pending.append((t0, i, dev))
+            pending.append((t0, i, dev, phase[1]))
     pending.sort(key=lambda p: (p[0], p[1]))
     pending.reverse()  # popped from the end, earliest first
     # Each stream waits in the heap under the publish time of its next message; the
@@ -526,8 +526,8 @@ def _merge(
             heap.append((t, 0, ahead))
     while heap or pending:
         while pending and (not heap or pending[-1][0] <= heap[0][0]):
-            _, i, dev = pending.pop()
-            device = _device(ctx, dev)
+            t0, i, dev, period = pending.pop()
+            device = _device(ctx, dev, t0, period)
             t = device.peek()
             if t is not None:
                 heapq.heappush(heap, (t, i, device))
@@ -580,10 +580,12 @@ def _counters(ctx: _Context) -> Iterator[Emission]:
     """
     inv, config = ctx.inventory, ctx.config
     outlets = sorted(b.id for b in inv.branches if b.kind is BranchKind.OUTLET)
-    devices: dict[str, list[tuple[Device, DeviceProfile]]] = {b: [] for b in outlets}
+    #: The devices of each outlet with their expected volume (the profile's only figure
+    #: needed here; the profile itself goes to the device's stream).
+    devices: dict[str, list[tuple[Device, float]]] = {b: [] for b in outlets}
     for d in inv.devices:
         if d.branch in devices:
-            devices[d.branch].append((d, ctx.profile(d)))
+            devices[d.branch].append((d, ctx.profile(d).volume))
     ok_share = config.txn_result_weights["ok"] / sum(config.txn_result_weights.values())
     day = ctx.local_date(ctx.start) - timedelta(days=1)
     last = ctx.local_date(ctx.end)
@@ -594,14 +596,14 @@ def _counters(ctx: _Context) -> Iterator[Emission]:
             for branch_id in outlets:
                 rate = branch_substitution(branch_id, config, ctx.seed)
                 expected = 0.0
-                for d, prof in devices[branch_id]:
+                for d, volume in devices[branch_id]:
                     if d.commissioned > day or (d.decommissioned and d.decommissioned <= day):
                         continue
                     rhythm = config.rhythm[d.placement]
                     weekly = rhythm.weekly[day.weekday()] / (sum(rhythm.weekly) / 7)
                     boost = withdrawal_boost(config, d.type, config.calendar.withdrawal_factor(day))
                     fin = financial_share(config, d.type, config.calendar.withdrawal_factor(day))
-                    expected += prof.volume * weekly * boost * fin * ok_share
+                    expected += volume * weekly * boost * fin * ok_share
                 rng = _Rng(f"{ctx.seed}:counter:{branch_id}:{day.isoformat()}")
                 fin = round(expected * (1 - rate) / rate * _lognormal(rng, 1.0, 0.1))
                 non_fin = round(fin * rng.uniform(0.3, 0.5))
@@ -679,7 +681,7 @@ def in_window_after(bounds: list[int], t: int, need: int) -> int:
 #: Slots of :class:`_Device` (one per device: no generator frame, closures or cells).
 _DEVICE_SLOTS = (
     # the device's own constant facts (those of its kind are its class's: _kind_class)
-    "dev", "d_id", "rng", "tech_rng", "hb_period", "replenish_days", "topic_state", "t_end",
+    "dev", "d_id", "rng", "tech_rng", "hb_period", "replenish_days", "t_end",
     "volume", "j_id", "cuts", "outages",
     # conditions
     "pending", "seq", "powered", "link_down", "connected", "connect_ts",
@@ -695,13 +697,13 @@ _DEVICE_SLOTS = (
 )  # fmt: skip
 
 
-def _device(ctx: _Context, dev: Device) -> _Device:
+def _device(ctx: _Context, dev: Device, t0: int, period: int) -> _Device:
     """A device's state machine, an instance of its kind's class (:func:`_kind_class`)."""
     hb = device_heartbeat_s(dev, ctx.config, ctx.heartbeat_override)
     spec = device_window(dev)
     key = ("kind", dev.type, dev.placement, dev.vendor, dev.model, dev.can_deposit, hb, spec)
     cls = ctx.shared(key, lambda: _kind_class(ctx, dev, hb, spec))
-    return cls(ctx, dev)
+    return cls(ctx, dev, t0, period)
 
 
 def _kind_class(ctx: _Context, dev: Device, hb: int, spec: str) -> type[_Device]:
@@ -819,7 +821,8 @@ class _Device:
     cim_tail: str
     forward_max: int
 
-    def __init__(self, ctx: _Context, dev: Device) -> None:
+    def __init__(self, ctx: _Context, dev: Device, t0: int, period: int) -> None:
+        """``t0``: when it comes up; ``period``: its heartbeat's (:func:`device_phase`)."""
         config = ctx.config
         cash_cfg = config.cash
         self.dev = dev
@@ -841,17 +844,13 @@ class _Device:
         self.pending: list[Any] | None = None
         prof = ctx.profiles.pop(d_id, None) or device_profile(dev, config, ctx.seed)
         self.replenish_days = prof.replenish_every_days
-        hb_ms = device_heartbeat_s(dev, config, ctx.heartbeat_override) * 1000
         has_cash = self.has_cash
         handles_cash = has_cash or self.has_deposit
         branch = ctx.inventory.branch_by_id[dev.branch]
-        self.topic_state = device_topic(d_id, "state")
 
         # Devices come up at their own moments and their clocks drift: the fleet's
         # heartbeats spread over the seconds of a minute instead of all beating at once.
-        phase = ctx.phases.pop(d_id, None)
-        offset, self.hb_period = phase or device_phase(dev, config, ctx.seed, hb_ms)
-        t0 = max(ctx.start, ctx.midnight(dev.commissioned)) + offset
+        self.hb_period = period
         t_end = ctx.end
         if dev.decommissioned is not None:
             t_end = min(t_end, ctx.midnight(dev.decommissioned))
@@ -887,7 +886,10 @@ class _Device:
         self.t_emergency = NEVER  # an unscheduled cash visit after a cash-out or full cassette
         self.window_open = bisect.bisect_right(window_bounds, t0) % 2 == 1
 
-        self.j_id = _json(d_id)  # for the payload templates (see _kind_class)
+        # For the payload templates (see _kind_class): None when the id needs no escaping,
+        # as ids never do (docs/inventory.md); the quoted id is made when written.
+        j_id = _json(d_id)
+        self.j_id = None if j_id == f'"{d_id}"' else j_id
 
         # Shared incident schedules (one list per branch / sub-branch, read with an
         # index): outages that started before this device did are skipped.
@@ -964,7 +966,7 @@ class _Device:
         assert state is not None
         self.lz = None
         t, seq = self.lz_t, self.lz_seq
-        return Emission(t, self.topic_state, self.state_payload(t, state, seq), False,
+        return Emission(t, _TOPIC + self.d_id + "/state", self.state_payload(t, state, seq), False,
                         Control.NONE, self.d_id, "state", seq, "", t, state, "", -1, b"")  # fmt: skip
 
     def _put(self, e: Emission) -> None:
@@ -983,7 +985,7 @@ class _Device:
         assert state is not None
         self.lz = None
         t, seq = self.lz_t, self.lz_seq
-        e = Emission(t, self.topic_state, self.state_payload(t, state, seq), False, Control.NONE,
+        e = Emission(t, self.topic("state"), self.state_payload(t, state, seq), False, Control.NONE,
                      self.d_id, "state", seq, "", t, state, "", -1, b"")  # fmt: skip
         if self.out is None:
             self.out = [e]
@@ -991,8 +993,8 @@ class _Device:
             self.out.append(e)
 
     def topic(self, kind: str) -> str:
-        """The device's topic of ``kind`` (only the state topic, the busiest, is kept)."""
-        return self.topic_state[:-5] + kind
+        """The device's topic of ``kind``, made when sent (not kept: 96 bytes a device)."""
+        return _TOPIC + self.d_id + "/" + kind
 
     # ------------------------------------------------------------------ conditions
 
@@ -1038,7 +1040,7 @@ class _Device:
         )
 
     def state_payload(self, t: int, state: str, seq: int) -> bytes:
-        parts = ['{"v":1,"device_id":', self.j_id, ',"ts":"', iso(t), '","seq":', str(seq), ',"state":"', state,
+        parts = ['{"v":1,"device_id":', self.j_id or f'"{self.d_id}"', ',"ts":"', iso(t), '","seq":', str(seq), ',"state":"', state,
                  '","heartbeat_s":', self.j_hb, ',"components":{', self.comps_json(), "}"]  # fmt: skip
         has_cash, has_deposit = self.has_cash, self.has_deposit
         if has_cash:
@@ -1086,7 +1088,7 @@ class _Device:
                 self._settle()
             self.lz, self.lz_t, self.lz_seq = state, t, seq
         else:
-            self.send(t, "state", self.topic_state, self.state_payload(t, state, seq), state)
+            self.send(t, "state", self.topic("state"), self.state_payload(t, state, seq), state)
         self.t_hb = t + self.hb_period
 
     def emit_event(self, t: int, event: str, component: str | None = None,
@@ -1233,7 +1235,7 @@ class _Device:
             amount = 0
         self.seq = s = self.seq + 1
         txn_id = f"{self.d_id}-{s}"
-        j_id = self.j_id
+        j_id = self.j_id or f'"{self.d_id}"'
         financial = ttype in FINANCIAL_TYPES
         payload = (
             f'{{"v":1,"device_id":{j_id},"ts":"{iso(t)}","seq":{s},"txn_id":{j_id[:-1]}-{s}",'
