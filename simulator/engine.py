@@ -826,8 +826,9 @@ class _Device:
 
     # Conditions and due times at their defaults for most of a run: read from the class
     # until the device first sets them (in its own __dict__, made then): 20 slots fewer.
-    #: Made at the first fault (the same stream, 2.5 KB a device less until then).
-    tech_rng: _Rng | None = None
+    #: Draws made from the technician's stream (seeded from the device): at a fault it is
+    #: made again and these replayed, not kept (2.5 KB a device that has had a fault).
+    tech_draws = 0
     #: The fault being handled: [fault, component, code, software, degraded, dispatch,
     #: arrival].
     pending: list[Any] | None = None
@@ -866,7 +867,7 @@ class _Device:
         self.lz: str | None = None
         self.lz_t = self.lz_seq = 0
         self.rng = rng = _Rng(f"{ctx.seed}:{d_id}")
-        # The technician's dispatch is drawn apart (tech_rng), so adding it left the
+        # The technician's dispatch is drawn apart (tech_draws), so adding it left the
         # device's own sequence of draws (and every other behaviour) as it was.
         prof = ctx.profiles.pop(d_id, None) or device_profile(dev, config, ctx.seed)
         self.replenish_days = prof.replenish_every_days
@@ -1414,14 +1415,18 @@ class _Device:
                 )
                 self.emit_event(t, "fault", component=comp, code=code,
                                 severity="warning" if degrades else "critical")  # fmt: skip
-                if self.tech_rng is None:
-                    self.tech_rng = _Rng(f"{self.ctx.seed}:tech:{self.d_id}")
+                tech_rng = _Rng(f"{self.ctx.seed}:tech:{self.d_id}")
+                # Where the stream stood: a normal variate's draws do not depend on its
+                # mean and spread, so replaying them leaves it in the same state.
+                for _ in range(self.tech_draws):
+                    tech_rng.gauss(0.0, 1.0)
+                self.tech_draws += 1
                 # The bank dispatches an incident that exists: never before the floor
                 # has passed inside the service window (the engine's debounce counts
                 # only there), so a fault at night is dispatched after the window opens.
                 dispatch = max(
                     in_window_after(self.window_bounds, t, self.dispatch_floor),
-                    t + int(_lognormal(self.tech_rng, rel.dispatch_h * HOUR, 0.6)),
+                    t + int(_lognormal(tech_rng, rel.dispatch_h * HOUR, 0.6)),
                 )
                 # The technician sets out when dispatched; response_h is dispatch -> on site.
                 self.t_tech = dispatch + max(
