@@ -204,25 +204,43 @@ def run_measured(
     cmd: list[str], tree: Path, stop_after: float | None = None
 ) -> tuple[subprocess.CompletedProcess[str], float, float, float]:
     """Run ``cmd`` in ``tree``; (result, wall s, peak RSS sum MiB, peak largest MiB).
-    ``stop_after``: send SIGTERM after this many seconds (a live run stops cleanly)."""
+    ``stop_after``: send SIGTERM this many seconds after the command's first line on
+    stderr (``simulating ...``: its signal handler is in place, so a live run stops
+    cleanly however long a loaded machine took to get there)."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
     t0 = time.perf_counter()
     popen = subprocess.Popen(
         cmd, env=env, cwd=tree, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+    err_lines: list[str] = []
+    started: list[float] = []
+
+    def read_stderr() -> None:
+        assert popen.stderr is not None
+        for line in popen.stderr:
+            if not started:
+                started.append(time.perf_counter())
+            err_lines.append(line)
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
     proc = psutil.Process(popen.pid)
     peak_sum = peak_max = 0.0
     stopped = False
     while popen.poll() is None:
         total, largest = _tree_rss(proc)
         peak_sum, peak_max = max(peak_sum, total), max(peak_max, largest)
-        if stop_after is not None and not stopped and time.perf_counter() - t0 > stop_after:
+        if (stop_after is not None and not stopped and started
+                and time.perf_counter() - started[0] > stop_after):  # fmt: skip
             popen.send_signal(signal.SIGTERM)
             stopped = True
         time.sleep(0.2)
-    out, err = popen.communicate()
+    assert popen.stdout is not None
+    out = popen.stdout.read()
+    reader.join()
     seconds = time.perf_counter() - t0
-    return subprocess.CompletedProcess(cmd, popen.returncode, out, err), seconds, peak_sum, peak_max
+    result = subprocess.CompletedProcess(cmd, popen.returncode, out, "".join(err_lines))
+    return result, seconds, peak_sum, peak_max
 
 
 def _rate(stdout: str) -> float | None:
@@ -274,7 +292,7 @@ def compare(args: argparse.Namespace, url: str, workdir: Path) -> None:
                    "--mqtt-url", url, "--id-prefix", f"pub{k[0]}-"]  # fmt: skip
             res, wall, rss_sum, rss_max = run_measured(cmd, tree, stop_after=args.publish_seconds)
             if res.returncode != 0:
-                raise SystemExit(f"{tree}: {res.stderr.strip()[-2000:]}")
+                raise SystemExit(f"{tree}: exit {res.returncode}: {res.stderr.strip()[-2000:]}")
             got[k] = (_rate(res.stdout), rss_sum, rss_max, res.stderr.strip().splitlines()[0])
         b, a = got["before"], got["after"]
         label = f"publish, {args.devices:,} devices, {args.publish_seconds:.0f} s"

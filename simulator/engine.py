@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import IntEnum
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, cast
 from zoneinfo import ZoneInfo
 
 from atmfleet.errors import UsageError
@@ -48,7 +48,12 @@ HOUR = 3_600_000
 DAY = 24 * HOUR
 MINUTE = 60_000
 NEVER = 2**62
+# ``t | 0`` where a device keeps a time for long: CPython allocates a sum one digit longer
+# than its value needs (a timestamp in a 48-byte block instead of 32); ``| 0`` is an
+# exact copy, the same number. 16 bytes for each of a device's half-dozen due times.
 _V = TypeVar("_V")
+#: A device's topics: this, its id, ``/`` and the kind (``device_topic``'s).
+_TOPIC = device_topic("d", "state").removesuffix("d/state")
 #: A dispenser with fewer notes than this reports cash_out.
 CASH_OUT_NOTES = 5
 
@@ -238,8 +243,6 @@ class _Context:
     _power: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     _network: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     _shared: dict[Hashable, Any] = field(default_factory=dict)
-    #: Each device's (start offset, heartbeat period), drawn once when the run is set up.
-    phases: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: Device profiles drawn for the counters, reused by the devices' own streams.
     profiles: dict[str, DeviceProfile] = field(default_factory=dict)
 
@@ -302,7 +305,7 @@ class _Context:
     def local_time(self, day: date, hour: float) -> int:
         """UTC ms of ``hour`` (fractional) on local ``day``."""
         base = datetime(day.year, day.month, day.day, tzinfo=self.tz)
-        return ms(base) + int(hour * HOUR)
+        return (ms(base) + int(hour * HOUR)) | 0
 
     def window_bounds(self, spec: str) -> list[int]:
         """Sorted open/close times: open iff ``bisect_right(bounds, t)`` is odd."""
@@ -506,38 +509,69 @@ def _merge(
     A device's stream is set up only when the run reaches the moment it comes up (its
     first message is its birth at that moment): the first message of a big fleet goes
     out at once, and a device that comes up after the run's end costs nothing."""
-    pending: list[tuple[int, int, Device]] = []
+    #: (when it comes up, its index, the device, its heartbeat period), drawn once.
+    pending: list[tuple[int, int, Device, int]] = []
     for i, dev in enumerate(devices[lo:hi], start=lo + 1):
         hb_ms = device_heartbeat_s(dev, ctx.config, ctx.heartbeat_override) * 1000
         phase = device_phase(dev, ctx.config, ctx.seed, hb_ms)
-        t0 = max(ctx.start, ctx.midnight(dev.commissioned)) + phase[0]
+        t0 = (max(ctx.start, ctx.midnight(dev.commissioned)) + phase[0]) | 0
         if t0 < ctx.end:
-            ctx.phases[dev.id] = phase
-            pending.append((t0, i, dev))
+            pending.append((t0, i, dev, phase[1]))
     pending.sort(key=lambda p: (p[0], p[1]))
     pending.reverse()  # popped from the end, earliest first
-    heap: list[tuple[int, int, Emission, Iterator[Emission]]] = []
+    # Each stream waits in the heap under the publish time of its next message; the
+    # message itself is taken (a device's heartbeat written) only when its turn comes.
+    heap: list[tuple[int, int, _Stream]] = []
     if counters:
-        stream = _counters(ctx)
-        first = next(stream, None)
-        if first is not None:
-            heap.append((first.t, 0, first, stream))
+        ahead = _Ahead(_counters(ctx))
+        t = ahead.peek()
+        if t is not None:
+            heap.append((t, 0, ahead))
     while heap or pending:
         while pending and (not heap or pending[-1][0] <= heap[0][0]):
-            _, i, dev = pending.pop()
-            stream = _Device(ctx, dev)
-            e = next(stream, None)
-            if e is not None:
-                heapq.heappush(heap, (e.t, i, e, stream))
+            t0, i, dev, period = pending.pop()
+            device = _device(ctx, dev, t0, period)
+            t = device.peek()
+            if t is not None:
+                heapq.heappush(heap, (t, i, device))
         if not heap:
             continue
-        _, i, e, stream = heap[0]
-        yield e
-        nxt = next(stream, None)
-        if nxt is None:
+        _, i, stream = heap[0]
+        yield stream.take()
+        t = stream.peek()
+        if t is None:
             heapq.heappop(heap)
         else:
-            heapq.heapreplace(heap, (nxt.t, i, nxt, stream))
+            heapq.heapreplace(heap, (t, i, stream))
+
+
+class _Stream(Protocol):
+    """What the merge needs of a stream: the publish time of its next message (None: the
+    stream has ended), and that message."""
+
+    def peek(self) -> int | None: ...
+    def take(self) -> Emission: ...
+
+
+class _Ahead:
+    """A stream over an iterator of emissions (the counters), one message ahead."""
+
+    __slots__ = ("_it", "_next")
+
+    def __init__(self, it: Iterator[Emission]) -> None:
+        self._it = it
+        self._next: Emission | None = None
+
+    def peek(self) -> int | None:
+        if self._next is None:
+            self._next = next(self._it, None)
+        return None if self._next is None else self._next.t
+
+    def take(self) -> Emission:
+        e = self._next
+        assert e is not None
+        self._next = None
+        return e
 
 
 def _counters(ctx: _Context) -> Iterator[Emission]:
@@ -549,10 +583,12 @@ def _counters(ctx: _Context) -> Iterator[Emission]:
     """
     inv, config = ctx.inventory, ctx.config
     outlets = sorted(b.id for b in inv.branches if b.kind is BranchKind.OUTLET)
-    devices: dict[str, list[tuple[Device, DeviceProfile]]] = {b: [] for b in outlets}
+    #: The devices of each outlet with their expected volume (the profile's only figure
+    #: needed here; the profile itself goes to the device's stream).
+    devices: dict[str, list[tuple[Device, float]]] = {b: [] for b in outlets}
     for d in inv.devices:
         if d.branch in devices:
-            devices[d.branch].append((d, ctx.profile(d)))
+            devices[d.branch].append((d, ctx.profile(d).volume))
     ok_share = config.txn_result_weights["ok"] / sum(config.txn_result_weights.values())
     day = ctx.local_date(ctx.start) - timedelta(days=1)
     last = ctx.local_date(ctx.end)
@@ -563,14 +599,14 @@ def _counters(ctx: _Context) -> Iterator[Emission]:
             for branch_id in outlets:
                 rate = branch_substitution(branch_id, config, ctx.seed)
                 expected = 0.0
-                for d, prof in devices[branch_id]:
+                for d, volume in devices[branch_id]:
                     if d.commissioned > day or (d.decommissioned and d.decommissioned <= day):
                         continue
                     rhythm = config.rhythm[d.placement]
                     weekly = rhythm.weekly[day.weekday()] / (sum(rhythm.weekly) / 7)
                     boost = withdrawal_boost(config, d.type, config.calendar.withdrawal_factor(day))
                     fin = financial_share(config, d.type, config.calendar.withdrawal_factor(day))
-                    expected += prof.volume * weekly * boost * fin * ok_share
+                    expected += volume * weekly * boost * fin * ok_share
                 rng = _Rng(f"{ctx.seed}:counter:{branch_id}:{day.isoformat()}")
                 fin = round(expected * (1 - rate) / rate * _lognormal(rng, 1.0, 0.1))
                 non_fin = round(fin * rng.uniform(0.3, 0.5))
@@ -647,25 +683,102 @@ def in_window_after(bounds: list[int], t: int, need: int) -> int:
 
 #: Slots of :class:`_Device` (one per device: no generator frame, closures or cells).
 _DEVICE_SLOTS = (
-    # the run and the device's constant facts
-    "ctx", "config", "cash_cfg", "inc", "dev", "d_id", "rng", "tech_rng", "dispatch_floor",
-    "sink", "rel", "hb_period", "dtype", "has_cash", "has_deposit", "replenish_days",
-    "topic_state", "t_end", "tx_types",
-    "tx_cum", "hour_rate", "volume", "weekly", "res_names", "res_cum", "comps", "comp_names",
-    "comp_cum", "fees", "window_bounds", "j_id", "res_json", "j_hb", "comps_ok",
-    "cdm_head", "cdm_tail", "cim_head", "cim_tail", "cuts", "outages", "forward_max",
+    # the device's own constant facts (those of its kind are its class's: _kind_class)
+    "dev", "d_id", "rng", "hb_period", "replenish_days", "t_end", "volume", "j_id", "cuts",
+    "outages",
     # conditions
-    "pending", "seq", "powered", "link_down", "connected", "connect_ts",
-    "buffer", "fault", "fault_comp", "fault_degrades", "tech", "supervisor", "planned",
-    "cash", "cash_low_sent", "cash_out", "deposit", "deposit_full", "reported",
-    "window_open", "cut_i", "outage_i", "in_cut", "in_outage",
+    "seq", "powered", "connected", "connect_ts", "supervisor", "cash", "cash_low_sent",
+    "cash_out", "deposit", "deposit_full", "reported", "window_open",
     # next due times
-    "t_hb", "t_emergency", "t_txn", "t_win", "t_fault", "t_reboot", "t_tech", "t_repair",
-    "t_visit", "t_visit_end", "t_plan", "t_plan_end", "t_link", "t_link_up", "power_back",
-    "power_lost",
+    "t_hb", "t_emergency", "t_txn", "t_win", "t_fault", "t_visit", "t_visit_end", "t_plan",
+    "t_link",
     # what it sends next
-    "out", "pos", "done",
+    "out", "pos", "done", "lz", "lz_t", "lz_seq",
+    # what most devices never change in a short run (faults, technicians, power cuts,
+    # outages, link drops): class attributes (_Device's defaults) until first set here
+    "__dict__",
 )  # fmt: skip
+
+
+def _device(ctx: _Context, dev: Device, t0: int, period: int) -> _Device:
+    """A device's state machine, an instance of its kind's class (:func:`_kind_class`)."""
+    hb = device_heartbeat_s(dev, ctx.config, ctx.heartbeat_override)
+    spec = device_window(dev)
+    key = ("kind", dev.type, dev.placement, dev.vendor, dev.model, dev.can_deposit, hb, spec)
+    cls = ctx.shared(key, lambda: _kind_class(ctx, dev, hb, spec))
+    return cls(ctx, dev, t0, period)
+
+
+def _kind_class(ctx: _Context, dev: Device, hb: int, spec: str) -> type[_Device]:
+    """A subclass of :class:`_Device` holding, as class attributes, what every device of
+    ``dev``'s kind shares: the run's configuration, its tables and payload templates.
+    Tables are shared by every device of a type or placement: a 100,000-device fleet holds
+    them once."""
+    config = ctx.config
+    cash_cfg = config.cash
+    dtype = dev.type
+    has_cash = dtype in CASH_DISPENSING_TYPES
+    has_deposit = dev.can_deposit
+    # Transactions: types, hourly intensity (per ms) and weekly rhythm.
+    txp = config.txn[dtype]
+    tx_types, tx_cum = ctx.shared(
+        ("txn", dtype), lambda: (list(txp.mix), _cum(list(txp.mix.values())))
+    )
+    rhythm = config.rhythm[dev.placement]
+    res_names, res_cum = ctx.shared(
+        "results",
+        lambda: (list(config.txn_result_weights), _cum(list(config.txn_result_weights.values()))),
+    )
+    comps = _COMPONENTS[dtype]
+    comp_names, comp_cum = ctx.shared(
+        ("components", dtype), lambda: (list(comps), _cum(list(comps.values())))
+    )
+    cdm_head, cdm_tail, cim_head, cim_tail = ctx.shared(
+        ("cash_units", has_cash, has_deposit),
+        lambda: _cash_unit_templates(cash_cfg, has_cash, has_deposit),
+    )
+    facts: dict[str, Any] = {
+        "__slots__": (),
+        "ctx": ctx,
+        "config": config,
+        "cash_cfg": cash_cfg,
+        "inc": config.incidents,
+        # (a function as a class attribute would be bound to the device)
+        "sink": None if ctx.on_repair is None else staticmethod(ctx.on_repair),
+        "dispatch_floor": int(config.technicians.dispatch_after_min * MINUTE),
+        "rel": config.reliability(dev.vendor, dev.model),
+        "dtype": dtype,
+        "has_cash": has_cash,
+        "has_deposit": has_deposit,
+        "tx_types": tx_types,
+        "tx_cum": tx_cum,
+        "hour_rate": ctx.shared(
+            ("hourly", dev.placement), lambda: _hourly_per_ms(rhythm.hourly, rhythm.weekly)
+        ),
+        "weekly": rhythm.weekly,
+        "res_names": res_names,
+        "res_cum": res_cum,
+        "comps": comps,
+        "comp_names": comp_names,
+        "comp_cum": comp_cum,
+        "fees": config.inter_bank_fee,
+        "window_bounds": ctx.window_bounds(spec),
+        # The state and txn payloads are written from templates: byte for byte what
+        # ``_dumps`` makes of the same dict (tests/test_simulator_payloads.py), at a
+        # fraction of the cost. Every value not known to be a plain number or an ASCII
+        # constant goes through the JSON encoder.
+        "res_json": ctx.shared("results_json", lambda: {r: _json(r) for r in res_names}),
+        "j_hb": _json(hb),
+        "comps_ok": ctx.shared(
+            ("components_json", dtype), lambda: ",".join(f'"{c}":"ok"' for c in comp_names)
+        ),
+        "cdm_head": cdm_head,
+        "cdm_tail": cdm_tail,
+        "cim_head": cim_head,
+        "cim_tail": cim_tail,
+        "forward_max": config.store_forward_max,
+    }
+    return type("_Device", (_Device,), facts)
 
 
 class _Device:
@@ -678,42 +791,93 @@ class _Device:
 
     __slots__ = _DEVICE_SLOTS
 
-    def __init__(self, ctx: _Context, dev: Device) -> None:
+    # The facts every device of a kind (type, placement, vendor, model, heartbeat, service
+    # window) shares, and the run's: attributes of the kind's class (:func:`_kind_class`),
+    # not 29 slots of every device.
+    ctx: _Context
+    config: SimConfig
+    cash_cfg: Any
+    inc: Any
+    sink: RepairSink | None
+    dispatch_floor: int
+    rel: Any
+    dtype: DeviceType
+    has_cash: bool
+    has_deposit: bool
+    tx_types: list[TxnType]
+    tx_cum: list[float]
+    hour_rate: list[float]
+    weekly: list[float]
+    res_names: list[str]
+    res_cum: list[float]
+    comps: dict[str, float]
+    comp_names: list[str]
+    comp_cum: list[float]
+    fees: list[float]
+    window_bounds: list[int]
+    res_json: dict[str, str]
+    j_hb: str
+    comps_ok: str
+    cdm_head: str
+    cdm_tail: str
+    cim_head: str
+    cim_tail: str
+    forward_max: int
+
+    # Conditions and due times at their defaults for most of a run: read from the class
+    # until the device first sets them (in its own __dict__, made then): 20 slots fewer.
+    #: Draws made from the technician's stream (seeded from the device): at a fault it is
+    #: made again and these replayed, not kept (2.5 KB a device that has had a fault).
+    tech_draws = 0
+    #: The fault being handled: [fault, component, code, software, degraded, dispatch,
+    #: arrival].
+    pending: list[Any] | None = None
+    #: Number of reasons the link is down (network outage, own drop).
+    link_down = 0
+    #: What the device stores while its link is down (made at the first drop).
+    buffer: list[tuple[str, bytes, str, int, str, int, str, str, int]] | None = None
+    fault: str | None = None  # active fault code
+    fault_comp = ""
+    fault_degrades = False
+    tech = False
+    planned = False
+    cut_i = 0
+    outage_i = 0
+    in_cut = False
+    in_outage = False
+    t_reboot = NEVER
+    t_tech = NEVER
+    t_repair = NEVER
+    t_plan_end = NEVER
+    t_link_up = NEVER
+    power_back = NEVER
+    power_lost = -1  # set by a power cut
+
+    def __init__(self, ctx: _Context, dev: Device, t0: int, period: int) -> None:
+        """``t0``: when it comes up; ``period``: its heartbeat's (:func:`device_phase`)."""
         config = ctx.config
         cash_cfg = config.cash
-        self.ctx, self.config, self.cash_cfg, self.inc = ctx, config, cash_cfg, config.incidents
         self.dev = dev
         self.d_id = d_id = dev.id
-        self.out: list[Emission] = []
+        #: Messages ready to go (None: none), taken from ``pos``; then the deferred state
+        #: message, if any (``lz``: its state, at ``lz_t`` with ``lz_seq``).
+        self.out: list[Emission] | None = None
         self.pos = 0
         self.done = False
+        self.lz: str | None = None
+        self.lz_t = self.lz_seq = 0
         self.rng = rng = _Rng(f"{ctx.seed}:{d_id}")
-        # The technician's dispatch is drawn apart, so adding it left the device's own
-        # sequence of draws (and every other behaviour) as it was.
-        # Made at the first fault (the same stream, 2.5 KB a device less until then).
-        self.tech_rng: _Rng | None = None
-        self.dispatch_floor = int(config.technicians.dispatch_after_min * MINUTE)
-        self.sink = ctx.on_repair
-        #: The fault being handled: [fault, component, code, software, degraded, dispatch,
-        #: arrival].
-        self.pending: list[Any] | None = None
+        # The technician's dispatch is drawn apart (tech_draws), so adding it left the
+        # device's own sequence of draws (and every other behaviour) as it was.
         prof = ctx.profiles.pop(d_id, None) or device_profile(dev, config, ctx.seed)
         self.replenish_days = prof.replenish_every_days
-        self.rel = config.reliability(dev.vendor, dev.model)
-        hb = device_heartbeat_s(dev, config, ctx.heartbeat_override)
-        hb_ms = hb * 1000
-        self.dtype = dtype = dev.type
-        self.has_cash = has_cash = dtype in CASH_DISPENSING_TYPES
-        self.has_deposit = has_deposit = dev.can_deposit
-        handles_cash = has_cash or has_deposit
+        has_cash = self.has_cash
+        handles_cash = has_cash or self.has_deposit
         branch = ctx.inventory.branch_by_id[dev.branch]
-        self.topic_state = device_topic(d_id, "state")
 
         # Devices come up at their own moments and their clocks drift: the fleet's
         # heartbeats spread over the seconds of a minute instead of all beating at once.
-        phase = ctx.phases.pop(d_id, None)
-        offset, self.hb_period = phase or device_phase(dev, config, ctx.seed, hb_ms)
-        t0 = max(ctx.start, ctx.midnight(dev.commissioned)) + offset
+        self.hb_period = period
         t_end = ctx.end
         if dev.decommissioned is not None:
             t_end = min(t_end, ctx.midnight(dev.decommissioned))
@@ -722,49 +886,15 @@ class _Device:
             self.done = True
             return
 
-        # Transactions: types, hourly intensity (per ms) and weekly rhythm. Tables are
-        # shared by every device of a type or placement: a 100,000-device fleet holds them
-        # once.
-        txp = config.txn[dtype]
-        self.tx_types, self.tx_cum = ctx.shared(
-            ("txn", dtype), lambda: (list(txp.mix), _cum(list(txp.mix.values())))
-        )
-        rhythm = config.rhythm[dev.placement]
-        self.hour_rate = ctx.shared(
-            ("hourly", dev.placement), lambda: _hourly_per_ms(rhythm.hourly, rhythm.weekly)
-        )
         self.volume = prof.volume
-        self.weekly = rhythm.weekly
-        res_names, self.res_cum = ctx.shared(
-            "results",
-            lambda: (
-                list(config.txn_result_weights),
-                _cum(list(config.txn_result_weights.values())),
-            ),
-        )
-        self.comps = comps = _COMPONENTS[dtype]
-        comp_names, self.comp_cum = ctx.shared(
-            ("components", dtype), lambda: (list(comps), _cum(list(comps.values())))
-        )
-        self.res_names, self.comp_names = res_names, comp_names
-        self.fees = config.inter_bank_fee
-        self.window_bounds = window_bounds = ctx.window_bounds(device_window(dev))
-        self.forward_max = config.store_forward_max
+        window_bounds = self.window_bounds
 
         # Conditions.
         self.seq = 0
         self.powered = True
-        self.link_down = 0  # number of reasons the link is down (network outage, own drop)
         self.connected = False
         self.connect_ts = 0
-        #: What the device stores while its link is down (made at the first drop).
-        self.buffer: list[tuple[str, bytes, str, int, str, int, str, str, int]] | None = None
-        self.fault: str | None = None  # active fault code
-        self.fault_comp = ""
-        self.fault_degrades = False
-        self.tech = False
         self.supervisor = False
-        self.planned = False
         self.cash = cash_cfg.notes_loaded if has_cash else 0
         self.cash_low_sent = False
         self.cash_out = False
@@ -775,36 +905,24 @@ class _Device:
         self.t_emergency = NEVER  # an unscheduled cash visit after a cash-out or full cassette
         self.window_open = bisect.bisect_right(window_bounds, t0) % 2 == 1
 
-        # The state and txn payloads are written from templates: byte for byte what
-        # ``_dumps`` makes of the same dict (tests/test_simulator_payloads.py), at a
-        # fraction of the cost. Every value not known to be a plain number or an ASCII
-        # constant goes through the JSON encoder.
-        self.j_id = _json(d_id)
-        self.res_json = ctx.shared("results_json", lambda: {r: _json(r) for r in res_names})
-        self.j_hb = _json(hb)
-        self.comps_ok = ctx.shared(
-            ("components_json", dtype), lambda: ",".join(f'"{c}":"ok"' for c in comp_names)
-        )
-        self.cdm_head, self.cdm_tail, self.cim_head, self.cim_tail = ctx.shared(
-            ("cash_units", has_cash, has_deposit),
-            lambda: _cash_unit_templates(cash_cfg, has_cash, has_deposit),
-        )
+        # For the payload templates (see _kind_class): None when the id needs no escaping,
+        # as ids never do (docs/inventory.md); the quoted id is made when written.
+        j_id = _json(d_id)
+        self.j_id = None if j_id == f'"{d_id}"' else j_id
 
         # Shared incident schedules (one list per branch / sub-branch, read with an
         # index): outages that started before this device did are skipped.
         self.cuts = cuts = ctx.power_cuts(branch.id)
         self.outages = outages = ctx.network_outages(branch.subbranch)
-        self.cut_i = bisect.bisect_left(cuts, (t0, -1))
-        self.outage_i = bisect.bisect_left(outages, (t0, -1))
-        self.in_cut = self.in_outage = False
+        if cut_i := bisect.bisect_left(cuts, (t0, -1)):
+            self.cut_i = cut_i
+        if outage_i := bisect.bisect_left(outages, (t0, -1)):
+            self.outage_i = outage_i
 
         self.t_txn = self.next_txn(t0)
         i_win = bisect.bisect_right(window_bounds, t0)
         self.t_win = window_bounds[i_win] if i_win < len(window_bounds) else NEVER
         self.t_fault = self.next_fault(t0)
-        self.t_reboot = NEVER
-        self.t_tech = NEVER
-        self.t_repair = NEVER
         t_visit = (
             self.next_visit(t0, rng.randint(0, self.replenish_days - 1)) if handles_cash else NEVER
         )
@@ -813,11 +931,7 @@ class _Device:
         self.t_visit = t_visit
         self.t_visit_end = NEVER
         self.t_plan = self.next_planned(t0, True)
-        self.t_plan_end = NEVER
         self.t_link = self.next_link_drop(t0)
-        self.t_link_up = NEVER
-        self.power_back = NEVER
-        self.power_lost = t0
 
         self.connect(t0)
         self.emit_state(t0, force=True)
@@ -828,21 +942,72 @@ class _Device:
         return self
 
     def __next__(self) -> Emission:
-        out, pos = self.out, self.pos
-        if pos < len(out):
-            self.pos = pos + 1
-            return out[pos]
-        out.clear()
+        if self.peek() is None:
+            raise StopIteration
+        return self.take()
+
+    def peek(self) -> int | None:
+        """The publish time of the device's next message (None: it has no more). The
+        device runs on to its next message only when the last one has been taken."""
+        out = self.out
+        if out is not None:
+            return out[self.pos].t
+        if self.lz is not None:
+            return self.lz_t
         if self.done or not self._advance():
             self.done = True
-            self.pos = 0
-            raise StopIteration
-        self.pos = 1
-        return out[0]
+            return None
+        out = self.out
+        return out[0].t if out is not None else self.lz_t
+
+    def take(self) -> Emission:
+        """The next message (after :meth:`peek`). A state message is written only now:
+        a fleet's devices each wait in the merge with their next heartbeat, and its
+        payload (a third of a kilobyte) is made when it goes out. Nothing the device
+        reports changes in between: it runs on only after this."""
+        out = self.out
+        if out is not None:
+            pos = self.pos
+            e = out[pos]
+            if pos + 1 < len(out):
+                self.pos = pos + 1
+            else:
+                self.out = None
+                self.pos = 0
+            return e
+        state = self.lz
+        assert state is not None
+        self.lz = None
+        t, seq = self.lz_t, self.lz_seq
+        return Emission(t, _TOPIC + self.d_id + "/state", self.state_payload(t, state, seq), False,
+                        Control.NONE, self.d_id, "state", seq, "", t, state, "", -1, b"")  # fmt: skip
+
+    def _put(self, e: Emission) -> None:
+        """Queue a message; a deferred state message queued before it is written first
+        (nothing it reports has changed since)."""
+        if self.lz is not None:
+            self._settle()
+        out = self.out
+        if out is None:
+            self.out = [e]
+        else:
+            out.append(e)
+
+    def _settle(self) -> None:
+        state = self.lz
+        assert state is not None
+        self.lz = None
+        t, seq = self.lz_t, self.lz_seq
+        e = Emission(t, self.topic("state"), self.state_payload(t, state, seq), False, Control.NONE,
+                     self.d_id, "state", seq, "", t, state, "", -1, b"")  # fmt: skip
+        if self.out is None:
+            self.out = [e]
+        else:
+            self.out.append(e)
 
     def topic(self, kind: str) -> str:
-        """The device's topic of ``kind`` (only the state topic, the busiest, is kept)."""
-        return self.topic_state[:-5] + kind
+        """The device's topic of ``kind``, made when sent (not kept: 96 bytes a device)."""
+        return _TOPIC + self.d_id + "/" + kind
 
     # ------------------------------------------------------------------ conditions
 
@@ -887,8 +1052,8 @@ class _Device:
             lambda: ",".join(f'"{c}":"{"fault" if c == fault_comp else "ok"}"' for c in comp_names),
         )
 
-    def state_payload(self, t: int, state: str) -> bytes:
-        parts = ['{"v":1,"device_id":', self.j_id, ',"ts":"', iso(t), '","seq":', str(self.seq), ',"state":"', state,
+    def state_payload(self, t: int, state: str, seq: int) -> bytes:
+        parts = ['{"v":1,"device_id":', self.j_id or f'"{self.d_id}"', ',"ts":"', iso(t), '","seq":', str(seq), ',"state":"', state,
                  '","heartbeat_s":', self.j_hb, ',"components":{', self.comps_json(), "}"]  # fmt: skip
         has_cash, has_deposit = self.has_cash, self.has_deposit
         if has_cash:
@@ -913,9 +1078,8 @@ class _Device:
         if not self.powered:
             return
         if self.connected:
-            self.out.append(Emission(t, topic, payload, False, Control.NONE, self.d_id, kind,
-                                     self.seq, txn_id, t, detail, result, since, b"", amount,
-                                     flag))  # fmt: skip
+            self._put(Emission(t, topic, payload, False, Control.NONE, self.d_id, kind, self.seq,
+                               txn_id, t, detail, result, since, b"", amount, flag))  # fmt: skip
         else:
             buffer = self.buffer
             if buffer is None:
@@ -930,9 +1094,15 @@ class _Device:
         if state == self.reported and not force:
             return
         self.reported = state
-        self.seq += 1
-        self.send(t, "state", self.topic_state, self.state_payload(t, state), state)
-        self.t_hb = t + self.hb_period
+        self.seq = seq = self.seq + 1
+        if self.connected:
+            # Deferred: written when taken (or when another message follows it).
+            if self.lz is not None:
+                self._settle()
+            self.lz, self.lz_t, self.lz_seq = state, t, seq
+        else:
+            self.send(t, "state", self.topic("state"), self.state_payload(t, state, seq), state)
+        self.t_hb = (t + self.hb_period) | 0
 
     def emit_event(self, t: int, event: str, component: str | None = None,
                    code: str | None = None, severity: str = "info", text: str | None = None,
@@ -966,14 +1136,14 @@ class _Device:
         session = f"{d_id[-20:]}.{t:x}"
         self.connect_ts = t
         will = self.presence(t, "offline", True, session) if self.ctx.real_wills else b""
-        out, topic_presence = self.out, self.topic("presence")
-        out.append(Emission(t, topic_presence, self.presence(t, "online", False, session), True,
-                            Control.CONNECT, d_id, "presence", -1, "", t, "online", "", -1,
-                            will))  # fmt: skip
+        put = self._put
+        put(Emission(t, self.topic("presence"), self.presence(t, "online", False, session), True,
+                     Control.CONNECT, d_id, "presence", -1, "", t, "online", "", -1,
+                     will))  # fmt: skip
         if self.buffer:
             for topic, payload, kind, ts, detail, s, txn_id, result, since in self.buffer:
-                out.append(Emission(t, topic, payload, False, Control.NONE, d_id, kind, s,
-                                    txn_id, ts, detail, result, since, b""))  # fmt: skip
+                put(Emission(t, topic, payload, False, Control.NONE, d_id, kind, s, txn_id, ts,
+                             detail, result, since, b""))  # fmt: skip
             self.buffer.clear()
 
     def drop(self, t: int) -> None:
@@ -985,8 +1155,8 @@ class _Device:
             ts, how = connect_ts, "will"
         else:
             payload, ts, how = self.presence(t, "offline", False, session), t, "gateway"
-        self.out.append(Emission(t, self.topic("presence"), payload, True, Control.DROP, self.d_id,
-                                 "presence", -1, "", ts, "offline", how, -1, b""))  # fmt: skip
+        self._put(Emission(t, self.topic("presence"), payload, True, Control.DROP, self.d_id,
+                           "presence", -1, "", ts, "offline", how, -1, b""))  # fmt: skip
 
     def update_link(self, t: int) -> None:
         """Connect or drop after a change of power or link."""
@@ -1011,12 +1181,12 @@ class _Device:
             if lam > 0:
                 t_next = t + int(rng.expovariate(lam)) + 1
                 if t_next < h_end:
-                    return t_next
+                    return t_next | 0
             t = h_end
         return NEVER
 
     def next_fault(self, t: int) -> int:
-        return t + int(self.rng.expovariate(1.0 / (self.rel.mtbf_days * DAY))) + 1
+        return (t + int(self.rng.expovariate(1.0 / (self.rel.mtbf_days * DAY))) + 1) | 0
 
     def next_visit(self, t: int, days: int) -> int:
         ctx = self.ctx
@@ -1038,7 +1208,7 @@ class _Device:
         per_year = self.inc.device_link_drops_per_year
         if per_year <= 0:
             return NEVER
-        return t + int(self.rng.expovariate(per_year / (365 * DAY))) + 1
+        return (t + int(self.rng.expovariate(per_year / (365 * DAY))) + 1) | 0
 
     # ------------------------------------------------------------------ a customer
 
@@ -1078,7 +1248,7 @@ class _Device:
             amount = 0
         self.seq = s = self.seq + 1
         txn_id = f"{self.d_id}-{s}"
-        j_id = self.j_id
+        j_id = self.j_id or f'"{self.d_id}"'
         financial = ttype in FINANCIAL_TYPES
         payload = (
             f'{{"v":1,"device_id":{j_id},"ts":"{iso(t)}","seq":{s},"txn_id":{j_id[:-1]}-{s}",'
@@ -1124,7 +1294,6 @@ class _Device:
 
     def _advance(self) -> bool:
         """Run the device until it has something to send (True) or its run ends (False)."""
-        out = self.out
         cuts, outages = self.cuts, self.outages
         while True:
             cut_i, outage_i = self.cut_i, self.outage_i
@@ -1166,7 +1335,7 @@ class _Device:
                     self.transaction(t)
             else:
                 self._incident(t)
-            if out:
+            if self.out is not None or self.lz is not None:
                 return True
 
     def _wait_for_power(self, t: int) -> bool:
@@ -1246,14 +1415,18 @@ class _Device:
                 )
                 self.emit_event(t, "fault", component=comp, code=code,
                                 severity="warning" if degrades else "critical")  # fmt: skip
-                if self.tech_rng is None:
-                    self.tech_rng = _Rng(f"{self.ctx.seed}:tech:{self.d_id}")
+                tech_rng = _Rng(f"{self.ctx.seed}:tech:{self.d_id}")
+                # Where the stream stood: a normal variate's draws do not depend on its
+                # mean and spread, so replaying them leaves it in the same state.
+                for _ in range(self.tech_draws):
+                    tech_rng.gauss(0.0, 1.0)
+                self.tech_draws += 1
                 # The bank dispatches an incident that exists: never before the floor
                 # has passed inside the service window (the engine's debounce counts
                 # only there), so a fault at night is dispatched after the window opens.
                 dispatch = max(
                     in_window_after(self.window_bounds, t, self.dispatch_floor),
-                    t + int(_lognormal(self.tech_rng, rel.dispatch_h * HOUR, 0.6)),
+                    t + int(_lognormal(tech_rng, rel.dispatch_h * HOUR, 0.6)),
                 )
                 # The technician sets out when dispatched; response_h is dispatch -> on site.
                 self.t_tech = dispatch + max(

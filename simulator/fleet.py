@@ -138,6 +138,7 @@ def generate_inventory(
     vendor_names = [v for v, p in config.vendors.items() if p.share > 0] or list(config.vendors)
     vendor_weights = [config.vendors[v].share or 1.0 for v in vendor_names]
     counts: dict[str, int] = {}
+    days: dict[int, date] = {}  # one date object for the devices commissioned on a day
     out: list[Device] = []
     for branch in slots:
         n = counts.get(branch.id, 0) + 1
@@ -162,7 +163,8 @@ def generate_inventory(
             placement = Placement.OFF_SITE
         vendor = rng.choices(vendor_names, weights=vendor_weights)[0]
         model = DEFAULT_MODELS.get(vendor, {}).get(dtype, f"{vendor}-{dtype.value}")
-        commissioned = date(2015, 1, 1) + timedelta(days=rng.randrange(11 * 365))
+        day = rng.randrange(11 * 365)
+        commissioned = days.get(day) or days.setdefault(day, date(2015, 1, 1) + timedelta(days=day))
         device = Device(
             id=f"{branch.id}-{n:02d}",
             branch=branch.id,

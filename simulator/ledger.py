@@ -96,7 +96,7 @@ class CounterRow(NamedTuple):
     non_financial: int
 
 
-@dataclass
+@dataclass(slots=True)
 class _DevicePoints:
     """A device's points, compressed into runs: consecutive points of one state, in ts
     order, no gap longer than the timeout (a day of heartbeats is one run). A point that
