@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 
+import psycopg
+
+from atmfleet.inventory import Inventory
+from atmfleet.store.inventory import upsert_inventory
+from atmfleet.store.writer import Accepted, BatchWriter
+from collector.decode import decode
 from rules.config import load_rules
 from rules.timeline import (
     Interval,
@@ -13,7 +20,8 @@ from rules.timeline import (
     build_timeline,
     compress,
 )
-from simulator.engine import Emission
+from simulator.config import SimConfig
+from simulator.engine import Emission, generate
 
 RULES = load_rules()
 
@@ -42,3 +50,28 @@ def pure_timeline(
         runs, lo, hi, presence=presence, power=power, outages=outages,
         timeout_factor=RULES.heartbeat.timeout_factor, default_heartbeat_s=default_heartbeat_s,
     )  # fmt: skip
+
+
+def store_simulated(
+    url: str,
+    inventory: Inventory,
+    config: SimConfig,
+    seed: int,
+    start: datetime,
+    end: datetime,
+    heartbeat_s: int,
+    keep: Callable[[Emission], bool] = lambda e: True,
+) -> None:
+    """Store the inventory and every message the simulator sends from ``start`` to
+    ``end`` (those ``keep`` lets through), decoded as the collector decodes them, each
+    received at its send time."""
+    msgs = []
+    for e in generate(inventory, config, seed, start, end, heartbeat_s=heartbeat_s):
+        if not keep(e):
+            continue
+        got = decode(e.topic, e.payload, datetime.fromtimestamp(e.t / 1000, UTC))
+        if isinstance(got, Accepted):
+            msgs.append(got)
+    with psycopg.connect(url) as conn:
+        upsert_inventory(conn, inventory)
+        BatchWriter(conn, "test").write(msgs)

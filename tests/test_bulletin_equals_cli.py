@@ -31,17 +31,14 @@ from click.testing import CliRunner
 
 from app.cli import cli
 from atmfleet.inventory import Inventory
-from atmfleet.store.inventory import upsert_inventory
 from atmfleet.store.migrate import upgrade
-from atmfleet.store.writer import Accepted, BatchWriter
-from collector.decode import decode
 from exporters.bulletin.messages import Messages
 from exporters.bulletin.model import Kind
 from rules.labels import CAUSES
 from simulator.config import make_config
-from simulator.engine import generate
 from simulator.fleet import generate_inventory
 from tests.conftest import create_database, drop_database
+from tests.simulated import store_simulated
 
 pytestmark = pytest.mark.integration
 
@@ -76,14 +73,7 @@ def db() -> Iterator[str]:
         end = datetime.combine(DAY + timedelta(days=1), time(2), tzinfo=TZ).astimezone(UTC)
         # Small loads, so that cash runs low and cassettes fill (资源预警率 has something to show).
         config = make_config({"cash": {"notes_loaded": 400, "deposit_capacity": 400}})
-        msgs = []
-        for e in generate(INVENTORY, config, 11, start, end, heartbeat_s=300):
-            got = decode(e.topic, e.payload, datetime.fromtimestamp(e.t / 1000, UTC))
-            if isinstance(got, Accepted):
-                msgs.append(got)
-        with psycopg.connect(url) as conn:
-            upsert_inventory(conn, INVENTORY)
-            BatchWriter(conn, "test").write(msgs)
+        store_simulated(url, INVENTORY, config, 11, start, end, heartbeat_s=300)
         yield url
     finally:
         drop_database(url)

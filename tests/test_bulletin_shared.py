@@ -25,10 +25,7 @@ import psycopg
 import pytest
 
 from atmfleet.inventory import Inventory
-from atmfleet.store.inventory import upsert_inventory
 from atmfleet.store.migrate import upgrade
-from atmfleet.store.writer import Accepted, BatchWriter
-from collector.decode import decode
 from exporters.bulletin import build
 from exporters.bulletin.messages import Messages
 from exporters.bulletin.render import to_csv_zip, to_html, to_json, to_xlsx
@@ -38,9 +35,9 @@ from rules.report import Context, day_figures, low_yield_report, read_day_figure
 from rules.tail import uptime_entries
 from rules.uptime import dimension_key
 from simulator.config import make_config
-from simulator.engine import generate
 from simulator.fleet import generate_inventory
 from tests.conftest import create_database, drop_database
+from tests.simulated import store_simulated
 
 pytestmark = pytest.mark.integration
 
@@ -71,17 +68,11 @@ def db() -> Iterator[str]:
         with psycopg.connect(url, autocommit=True) as conn:
             upgrade(conn)
         silent_ms = {d: int(t.timestamp() * 1000) for d, t in SILENT.items()}
-        msgs = []
-        for e in generate(INVENTORY, make_config({}), 13, START.astimezone(UTC),
-                          END.astimezone(UTC), heartbeat_s=300):  # fmt: skip
-            if e.device_id in silent_ms and e.t >= silent_ms[e.device_id]:
-                continue
-            got = decode(e.topic, e.payload, datetime.fromtimestamp(e.t / 1000, UTC))
-            if isinstance(got, Accepted):
-                msgs.append(got)
-        with psycopg.connect(url) as conn:
-            upsert_inventory(conn, INVENTORY)
-            BatchWriter(conn, "test").write(msgs)
+        store_simulated(
+            url, INVENTORY, make_config({}), 13, START.astimezone(UTC), END.astimezone(UTC),
+            heartbeat_s=300,
+            keep=lambda e: e.device_id not in silent_ms or e.t < silent_ms[e.device_id],
+        )  # fmt: skip
         yield url
     finally:
         drop_database(url)
