@@ -211,6 +211,7 @@ def _collector_registry() -> CollectorRegistry:
     stats.stored.labels("state")
     stats.rejected.labels("invalid")
     stats.db_errors.labels("temporary")
+    stats.batch_phase_seconds.labels("held")
     return registry
 
 
