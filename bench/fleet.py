@@ -58,6 +58,7 @@ import psutil
 import psycopg
 from ingest import scrape
 from prometheus_client.parser import text_string_to_metric_families
+from promrun import shipped_environment
 from services import Mosquitto, Postgres, ServiceError, until, wait_port
 
 from app.embedded import free_port
@@ -539,7 +540,7 @@ def run_parts(
                     f"--storage.tsdb.path={prom_dir / 'data'}",
                     f"--web.listen-address=127.0.0.1:{prom_port}",
                 ],
-                env,
+                env | shipped_environment(),  # what the shipped unit's drop-in sets
                 prom_dir,
                 logs,
             )
