@@ -989,16 +989,11 @@ class _Compactor:
     """Holds what a fleet's device models repeat once (see :func:`_compact`)."""
 
     def __init__(self) -> None:
-        self._sets: dict[frozenset[str], set[str]] = {}
         self._values: dict[tuple[type, object], object] = {}
 
     def devices(self, devices: Iterable[Device]) -> Iterable[Device]:
-        sets, values = self._sets, self._values
+        values = self._values
         for d in devices:
-            fields_set = d.__pydantic_fields_set__
-            shared = sets.setdefault(frozenset(fields_set), fields_set)
-            if shared is not fields_set:
-                object.__setattr__(d, "__pydantic_fields_set__", shared)
             attrs = d.__dict__
             for name in _REPEATED:
                 value = attrs[name]
@@ -1009,10 +1004,9 @@ class _Compactor:
 
 def _compact(inventory: Inventory) -> Inventory:
     """``inventory`` with what its devices repeat held once (kept for as long as the
-    inventory does not change: a third of the memory of 100,000 devices): one fields-set
-    for every device that has the same (a frozen model's set is never changed), and one
-    object for each distinct value of its text and date fields. The models are the same
-    (equal, with the same fields set)."""
+    inventory does not change): one object for each distinct value of its text and date
+    fields (the fields-set is one already: rules.feed's _devices shares it). The models
+    are the same (equal, with the same fields set)."""
     _Compactor().devices(inventory.devices)
     return inventory
 
