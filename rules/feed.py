@@ -23,7 +23,15 @@ import json
 import logging
 import re
 import struct
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import (
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -991,18 +999,31 @@ def uptime_of_day(
     read, one row per device (:meth:`Feed.kept_uptime`); the devices not kept are
     computed, not kept here: keeping a fleet's day rewrites 100,000 scattered rows
     (seconds to tens of seconds of the database's time), more than computing it. The
-    timelines of the devices read are built (read again) only if asked for. An open day
-    is computed (None: no financial count)."""
+    devices computed are computed over columns when they are at least half of
+    ``devices`` (:func:`day_of_columns`), else one by one (:func:`uptime_for`). The
+    timelines of the devices read or computed over columns are built (read again) only
+    if asked for. An open day is computed (None: no financial count)."""
     if not closed(feed, day, horizon):
-        return uptime_for(feed, devices, day, day, horizon), None
+        got = day_of_columns(feed, devices, day, horizon)
+        return (uptime_for(feed, devices, day, day, horizon) if got is None else got[0]), None
     kept = feed.kept_uptime(feed.fingerprint(), day)
     missing = [d for d in devices if d.id not in kept]
     computed: UptimeDays | None = None
     if missing:
-        computed = uptime_for(feed, missing, day, day, horizon)
-        fin = feed.financial_days(day, day)
-        for d in missing:
-            kept[d.id] = (computed.per_device[d.id][day], fin.get(d.id, {}).get(day, 0))
+        got = (
+            day_of_columns(feed, missing, day, horizon)
+            if 2 * len(missing) >= len(devices)
+            else None
+        )
+        if got is not None:
+            computed, fin_of = got
+            for d in missing:
+                kept[d.id] = (computed.per_device[d.id][day], fin_of[d.id])
+        else:
+            computed = uptime_for(feed, missing, day, day, horizon)
+            fin = feed.financial_days(day, day)
+            for d in missing:
+                kept[d.id] = (computed.per_device[d.id][day], fin.get(d.id, {}).get(day, 0))
     per_device: dict[str, dict[date, Uptime]] = {}
     financial: dict[str, int] = {}
     for d in devices:
@@ -1016,6 +1037,54 @@ def uptime_of_day(
         out = timelines(feed, read, lo, hi, horizon) if read else {}
         if computed is not None:
             out.update(computed.timelines)
+        return {d.id: out[d.id] for d in devices}
+
+    return UptimeDays([day], per_device, Timelines({}, build)), financial
+
+
+@_without_gc
+def day_of_columns(
+    feed: Feed, devices: Sequence[Device], day: date, horizon: int
+) -> tuple[UptimeDays, dict[str, int]] | None:
+    """:func:`uptime_for` of ``devices`` on one local day, with each one's counted
+    financial transactions that day (as :meth:`Feed.financial_days` counts them), for a
+    fleet's day at once: the devices in the fleet that day computed over columns
+    (:func:`uptime_day_columns`, the day computed even where it is kept), the few others
+    (not in the fleet that day) by :func:`uptime_for`. The same :class:`Uptime`, device
+    by device, labels in the same order (tests/test_kpi_lowyield_columns.py); the
+    timelines are built (the day read again) only if asked for. None where the columns
+    do not apply (:func:`uptime_day_columns` returns None): the caller takes
+    :func:`uptime_for`."""
+    if not devices:
+        return None
+    cols = uptime_day_columns(
+        feed, "fleet", "fleet", day, horizon, only={d.id for d in devices}, read_kept=False
+    )
+    if cols is None:
+        return None
+    got = dict(
+        zip(cols.ids, zip(cols.uptimes(), cols.financial.tolist(), strict=True), strict=True)
+    )
+    rest = [d for d in devices if d.id not in got]
+    others: UptimeDays | None = None
+    if rest:
+        others = uptime_for(feed, rest, day, day, horizon)
+        fin = feed.financial_days(day, day)
+        for d in rest:
+            got[d.id] = (others.per_device[d.id][day], fin.get(d.id, {}).get(day, 0))
+    per_device: dict[str, dict[date, Uptime]] = {}
+    financial: dict[str, int] = {}
+    for d in devices:
+        up, n = got[d.id]
+        per_device[d.id] = {day: up}
+        financial[d.id] = n
+    swept = [d for d in devices if others is None or d.id not in others.per_device]
+
+    def build() -> dict[str, list[Interval]]:
+        lo, hi = day_span(day, feed.rules.tz)
+        out = timelines(feed, swept, lo, hi, horizon)
+        if others is not None:
+            out.update(others.timelines)
         return {d.id: out[d.id] for d in devices}
 
     return UptimeDays([day], per_device, Timelines({}, build)), financial
@@ -1041,7 +1110,9 @@ class DayColumns:
     names it; ``by_label``: time by label (codes :data:`rules.timeline.LABELS`);
     ``figures``: :data:`rules.uptime.FIGURES`; ``financial``: counted financial
     transactions that day; ``targets``: each device's uptime target (its tier's, tier
-    1's without one)."""
+    1's without one); ``met``: for a day computed, per row a key per label whose order is
+    the order the timeline's sweep meets the labels in (None for a day read as kept:
+    the labels in :data:`rules.timeline.LABELS` order)."""
 
     day: date
     ids: list[str]
@@ -1050,10 +1121,33 @@ class DayColumns:
     figures: Any  # numpy (n, len(FIGURES)) int64
     financial: Any  # numpy (n,) int64
     targets: Any  # numpy (n,) float64
+    met: Any = None  # numpy (n, len(LABELS)) int64, or None
 
     def uptime(self, row: int) -> Uptime:
-        """Row ``row`` as the :class:`~rules.uptime.Uptime` of one device."""
-        return uptime_of_sums(self.by_label[row], self.figures[row], 1)
+        """Row ``row`` as the :class:`~rules.uptime.Uptime` of one device (its labels in
+        the order the sweep met them, as :func:`uptime_for` has them)."""
+        if self.met is None:
+            return uptime_of_sums(self.by_label[row], self.figures[row], 1)
+        return self.uptimes([row])[0]
+
+    def uptimes(self, rows: Sequence[int] | None = None) -> list[Uptime]:
+        """:meth:`uptime` of each of ``rows`` (default: every row), made in one pass over
+        the arrays as Python integers (not element by element)."""
+        import numpy as np
+
+        pick = slice(None) if rows is None else np.asarray(rows, np.int64)
+        values = self.by_label[pick].tolist()
+        figures = self.figures[pick].tolist()
+        labels = LABELS
+        if self.met is None:
+            codes = [list(range(len(labels)))] * len(values)
+        else:
+            codes = np.argsort(self.met[pick], axis=1, kind="stable").tolist()
+        out = []
+        for v, c, (s, a, ts, ta, planned, monitored) in zip(values, codes, figures, strict=True):
+            by_label = {labels[k]: v[k] for k in c if v[k]}
+            out.append(Uptime(by_label, s, a, ts, ta, planned, monitored, 1))
+        return out
 
     def group_of(self, by: str) -> list[str]:
         """Each device's group in dimension ``by`` (``fleet``: all one)."""
@@ -1062,7 +1156,13 @@ class DayColumns:
 
 @_without_gc
 def uptime_day_columns(
-    feed: Feed, scope_kind: str, scope_value: str, day: date, horizon: int
+    feed: Feed,
+    scope_kind: str,
+    scope_value: str,
+    day: date,
+    horizon: int,
+    only: Collection[str] | None = None,
+    read_kept: bool = True,
 ) -> DayColumns | None:
     """:func:`uptime_of_day` of the devices of a scope (``scope_kind``: an inventory
     dimension or ``fleet``, as :class:`rules.report.Scope` holds it) in the fleet on
@@ -1076,16 +1176,19 @@ def uptime_day_columns(
     day kept in full for every device is read instead, with the inventory, as columns
     (``kept_day_columns``: one row per device, as :meth:`Feed.kept_uptime` reads it).
 
+    ``only``: of those devices only (the others are not rows); ``read_kept=False``: the
+    day computed even where it is kept (for the devices a caller found not kept).
+
     None where it does not apply, for the caller to take :func:`uptime_of_day`: a closed
-    day kept for some devices and not for others, a scope that matches no in-fleet
-    device, or what the per-device read refuses (a state or an inventory value it does
-    not know)."""
+    day kept for some devices and not for others (read_kept), a scope that matches no
+    in-fleet device, or what the per-device read refuses (a state or an inventory value
+    it does not know)."""
     import numpy as np
 
     rules = feed.rules
     tz = rules.tz
     kept: str | None = None  # the fingerprint of a closed day kept
-    if closed(feed, day, horizon):
+    if read_kept and closed(feed, day, horizon):
         fingerprint = feed.fingerprint()
         if feed._rows("kept_uptime_any", fingerprint=fingerprint, day=day)[0][0]:
             kept = fingerprint
@@ -1149,6 +1252,9 @@ def uptime_day_columns(
     wanted = np.asarray(in_fleet, bool)[combo]
     if scope_kind != "fleet":
         wanted &= np.fromiter(map(scope_value.__eq__, columns[scope_kind]), bool, count)
+    if only is not None:
+        chosen_ids = only if isinstance(only, (set, frozenset, dict)) else set(only)
+        wanted &= np.fromiter(map(chosen_ids.__contains__, columns["device"]), bool, count)
     chosen = np.flatnonzero(wanted)
     n = len(chosen)
     if not n:
@@ -1210,9 +1316,12 @@ def uptime_day_columns(
                 presence.extend((r, p) for p in got.presence)
         slow.sort()
     by_label = np.zeros((n, len(LABELS)), np.int64)
+    met = np.full((n, len(LABELS)), 2**62, np.int64)  # no label met
     if len(slow) < n:
         points = PointColumns.of((r_row, r_start, r_seq, r_last, r_label, r_hb), presence)
-        by_label = sweep_columns(points, n, lo, horizon, factor, heartbeat, span_set, span_sets)
+        by_label = sweep_columns(
+            points, n, lo, horizon, factor, heartbeat, span_set, span_sets, met
+        )
     if slow:
         wanted = np.zeros(n, bool)
         wanted[np.asarray(slow, np.int64)] = True
@@ -1238,15 +1347,18 @@ def uptime_day_columns(
                 stops=got.stops,
             )  # fmt: skip
             by_label[r] = 0
-            for label, value in label_totals(line, span_sets[span_set[r]]).items():
+            met[r] = 2**62
+            totals = label_totals(line, span_sets[span_set[r]])
+            for k, (label, value) in enumerate(totals.items()):
                 by_label[r, label_code(label)] = value
+                met[r, label_code(label)] = k  # the order label_totals met them in
     figures = uptime_columns(by_label, UptimePolicy.from_rules(rules))
     financial = np.zeros(n, np.int64)
     t = np.frombuffer(txns or b"", dtype=">i8")
     t_row = _rows_of(txn_ids, row_of, len(t))
     counted = t_row >= 0
     np.add.at(financial, t_row[counted], t[counted].astype(np.int64))
-    return DayColumns(day, ids, columns, by_label, figures, financial, target)
+    return DayColumns(day, ids, columns, by_label, figures, financial, target, met)
 
 
 def _rows_of(ids: str | None, row_of: dict[str, int], n: int) -> Any:
@@ -1303,7 +1415,7 @@ def window_days(
         for i in range(n):
             if w.available[i] is None:
                 missing.setdefault(i, []).append(d)
-    for d, i, (a, s, f) in computed_days(feed, fp, period, missing, horizon, known):
+    for d, i, (a, s, f) in computed_days(feed, fp, period, missing, horizon, known, len(devices)):
         w = out[d.id]
         w.available[i], w.scheduled[i], w.financial[i] = a, s, f
     return out
@@ -1316,11 +1428,14 @@ def computed_days(
     missing: dict[int, list[Device]],
     horizon: int,
     known: UptimeDays | None = None,
+    of: int = 0,
 ) -> list[tuple[Device, int, KeptDay]]:
     """The days of ``period`` not kept (``missing``: day index -> devices), computed
     (uptime from the timeline, transactions from txn_daily) and kept when closed, as
-    (device, day index, value); ``known``: see :func:`window_days`."""
-    got, to_keep = _compute_days(feed, period, missing, horizon, known)
+    (device, day index, value); ``known``: see :func:`window_days`; ``of``: how many
+    devices are evaluated (a day missing for at least half of them is computed over
+    columns, :func:`day_of_columns`)."""
+    got, to_keep = _compute_days(feed, period, missing, horizon, known, of)
     feed.keep_uptime_days(fingerprint, to_keep)
     return got
 
@@ -1331,6 +1446,7 @@ def _compute_days(
     missing: dict[int, list[Device]],
     horizon: int,
     known: UptimeDays | None = None,
+    of: int = 0,
 ) -> tuple[list[tuple[Device, int, KeptDay]], list[tuple[str, date, Uptime, int]]]:
     """:func:`computed_days` without the keeping: the values, and the closed days to keep
     (device id, day, uptime, counted financial transactions)."""
@@ -1341,6 +1457,7 @@ def _compute_days(
         keep = closed(feed, day, horizon)
         if keep:
             feed.settle_txn_days(day, day)
+        fin_of: dict[str, int] | None = None
         if (
             known is not None
             and known.days == [day]
@@ -1348,11 +1465,19 @@ def _compute_days(
         ):
             up = known
         else:
-            up = uptime_for(feed, chosen, day, day, horizon)
-        fin = feed.financial_days(day, day)
+            # Most of the devices miss this day (a fleet's day not kept yet): computed
+            # over columns, with its financial count; else device by device.
+            columns = day_of_columns(feed, chosen, day, horizon) if 2 * len(chosen) >= of else None
+            if columns is not None:
+                up, fin_of = columns
+            else:
+                up = uptime_for(feed, chosen, day, day, horizon)
+        if fin_of is None:
+            fin = feed.financial_days(day, day)
+            fin_of = {d.id: fin.get(d.id, {}).get(day, 0) for d in chosen}
         for d in chosen:
             u = up.per_device[d.id][day]
-            value = (u.available_ms, u.scheduled_ms, fin.get(d.id, {}).get(day, 0))
+            value = (u.available_ms, u.scheduled_ms, fin_of[d.id])
             got.append((d, i, value))
             if keep:
                 to_keep.append((d.id, day, u, value[2]))
@@ -1427,7 +1552,7 @@ def low_yield_for(
             for i in offsets:
                 missing.setdefault(i, []).append(d)
             lacking.append(d)
-    computed, to_keep = _compute_days(feed, period, missing, horizon, known)
+    computed, to_keep = _compute_days(feed, period, missing, horizon, known, len(devices))
     for d, i, (a, s, f) in computed:
         w = windows.get(d.id)
         if w is not None:

@@ -442,6 +442,7 @@ def sweep_columns(
     heartbeat_s: Any,
     span_set: Any,
     span_sets: Sequence[Sequence[Span]],
+    met: Any = None,
 ) -> Any:
     """:func:`points_totals` of ``n`` devices at once, for one day: an ``(n, len(LABELS))``
     int64 array of each device's time by label (codes: :data:`LABELS`) inside its
@@ -450,7 +451,12 @@ def sweep_columns(
     silence before its first state). The same integers as the sweep of each device's
     points (:func:`_sweep`), interval by interval: the points sorted as it sorts them,
     the cursor a running maximum, the label and timeout in force carried forward from
-    the last point that set them."""
+    the last point that set them.
+
+    ``met``: an ``(n, len(LABELS))`` int64 array to lower, per device and label, to the
+    time the label's first counted millisecond begins (untouched where it has none): the
+    sweep's intervals follow one another in time, so the order of these times is the
+    order :func:`points_totals` meets the labels in (its dict's order)."""
     import numpy as np
 
     keep = points.ts < until  # the sweep stops at the first point at or after until
@@ -573,9 +579,13 @@ def sweep_columns(
     nl = len(LABELS)
     totals = np.zeros(n * nl, np.int64)
     key = d * nl + lab
+    flat_met = None if met is None else met.reshape(-1)
     for k in range(width_k):
-        inside = np.minimum(b, hi_k[of, k]) - np.maximum(a, lo_k[of, k])
+        begin = np.maximum(a, lo_k[of, k])
+        inside = np.minimum(b, hi_k[of, k]) - begin
         pos = inside > 0
         # int64 sums (np.add.at), exact whatever the period's length
         np.add.at(totals, key[pos], inside[pos])
+        if flat_met is not None:
+            np.minimum.at(flat_met, key[pos], begin[pos])
     return totals.reshape(n, nl)
