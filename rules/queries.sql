@@ -28,10 +28,14 @@ SELECT floor(extract(epoch FROM least(
 
 -- State runs overlapping [lo, hi): the period with its context (the caller widens it by
 -- the longest heartbeat timeout on both sides).
+-- Every read of runs overlapping a span also says it as plain comparisons (implied by
+-- the overlap, as last_ts >= start_ts): a sequential scan of the table then rejects a run
+-- outside the span on them, without building its range.
 -- name: runs
 SELECT device_id, floor(extract(epoch FROM start_ts) * 1000)::int8, start_seq, floor(extract(epoch FROM last_ts) * 1000)::int8, state, heartbeat_s
 FROM state_runs
-WHERE tstzrange(start_ts, last_ts, '[]') && tstzrange(%(lo)s, %(hi)s, '[)')
+WHERE start_ts < %(hi)s AND last_ts >= %(lo)s
+  AND tstzrange(start_ts, last_ts, '[]') && tstzrange(%(lo)s, %(hi)s, '[)')
 ORDER BY device_id, start_ts, start_seq;
 
 -- The same runs, one row per device, packed: per run its start and last timestamps as
@@ -46,7 +50,8 @@ SELECT device_id,
                   || timestamptz_send(last_ts) || int4send(heartbeat_s), ''::bytea),
        string_agg(state, ',')
 FROM state_runs
-WHERE tstzrange(start_ts, last_ts, '[]') && tstzrange(%(lo)s, %(hi)s, '[)')
+WHERE start_ts < %(hi)s AND last_ts >= %(lo)s
+  AND tstzrange(start_ts, last_ts, '[]') && tstzrange(%(lo)s, %(hi)s, '[)')
 GROUP BY device_id;
 
 -- One local day of a fleet as columns, in one statement (one snapshot): the inventory's
@@ -73,7 +78,8 @@ FROM (SELECT string_agg(device_id, E'\x1f') AS ids,
                         || timestamptz_send(start_ts) || int8send(start_seq)
                         || timestamptz_send(last_ts) || int4send(heartbeat_s), ''::bytea) AS packed
       FROM state_runs
-      WHERE tstzrange(start_ts, last_ts, '[]') && tstzrange(%(lo)s, %(hi)s, '[)')) r,
+      WHERE start_ts < %(hi)s AND last_ts >= %(lo)s
+        AND tstzrange(start_ts, last_ts, '[]') && tstzrange(%(lo)s, %(hi)s, '[)')) r,
      (SELECT string_agg(device_id, E'\x1f') AS ids, string_agg(int8send(txns), ''::bytea) AS txns
       FROM txn_daily
       WHERE bucket >= %(day_lo)s AND bucket < %(day_hi)s
@@ -112,6 +118,11 @@ FROM (SELECT string_agg(device_id, E'\x1f') AS ids,
       FROM (SELECT kd.*, string_to_array(labels, ',') AS names
             FROM kpi_device_days kd
             WHERE fingerprint = %(fingerprint)s AND day = %(day)s AND labels IS NOT NULL) d) k;
+
+-- Whether any device's closed day is kept in full, under any fingerprint (the partial
+-- index's rows: no fingerprint computed when none is).
+-- name: kept_uptime_day_any
+SELECT EXISTS (SELECT 1 FROM kpi_device_days WHERE day = %(day)s AND labels IS NOT NULL);
 
 -- Whether any device's closed day is kept in full under a fingerprint.
 -- name: kept_uptime_any
