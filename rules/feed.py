@@ -1218,13 +1218,7 @@ def uptime_day_columns(
     rules = feed.rules
     tz = rules.tz
     kept: str | None = None  # the fingerprint of a closed day kept
-    # The fingerprint (the inventory hashed, 0.1-0.3 s at 100,000 devices) only when some
-    # row of the day is kept in full at all.
-    if (
-        read_kept
-        and closed(feed, day, horizon)
-        and feed._rows("kept_uptime_day_any", day=day)[0][0]
-    ):
+    if read_kept and closed(feed, day, horizon):
         fingerprint = feed.fingerprint()
         if feed._rows("kept_uptime_any", fingerprint=fingerprint, day=day)[0][0]:
             kept = fingerprint

@@ -119,11 +119,6 @@ FROM (SELECT string_agg(device_id, E'\x1f') AS ids,
             FROM kpi_device_days kd
             WHERE fingerprint = %(fingerprint)s AND day = %(day)s AND labels IS NOT NULL) d) k;
 
--- Whether any device's closed day is kept in full, under any fingerprint (the partial
--- index's rows: no fingerprint computed when none is).
--- name: kept_uptime_day_any
-SELECT EXISTS (SELECT 1 FROM kpi_device_days WHERE day = %(day)s AND labels IS NOT NULL);
-
 -- Whether any device's closed day is kept in full under a fingerprint.
 -- name: kept_uptime_any
 SELECT EXISTS (SELECT 1 FROM kpi_device_days
