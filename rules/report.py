@@ -16,6 +16,7 @@ assessment fleet or tier): a branch's figure does not split by vendor or type.
 
 from __future__ import annotations
 
+import heapq
 import json
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -585,6 +586,24 @@ def regroup(
     return out
 
 
+def added(parts: Sequence[Uptime]) -> Uptime:
+    """:func:`rules.uptime.rollup` of one group: ``parts`` added up in their order (the
+    same sums, the labels in the same order), held in locals while adding."""
+    by_label: dict[Label, int] = {}
+    get = by_label.get
+    s = a = ts = ta = pe = mo = 0
+    for up in parts:
+        for label, value in up.by_label.items():
+            by_label[label] = get(label, 0) + value
+        s += up.scheduled_ms
+        a += up.available_ms
+        ts += up.tech_scheduled_ms
+        ta += up.tech_available_ms
+        pe += up.planned_excluded_ms
+        mo += up.monitored_ms
+    return Uptime(by_label, s, a, ts, ta, pe, mo, len(parts))
+
+
 def grouped_uptime(
     ctx: Context, per_device: dict[str, Uptime], by: str, name: str = "period"
 ) -> dict[str, Uptime]:
@@ -608,6 +627,12 @@ def grouped_uptime(
             if all(inner_key(d) is not None for d in per_device):
                 finer = grouped_uptime(ctx, per_device, inner, name)
                 return regroup(finer, key, inner_key, per_device)
+        if (
+            by == "branch"
+            and per_device is per_device_uptime(ctx)
+            and (branches := branch_devices(ctx))
+        ):
+            return {b: added([per_device[d] for d in ids]) for b, ids in branches.items()}
         return rollup(per_device, key)
 
     return ctx.memo(  # type: ignore[no-any-return]
@@ -1333,15 +1358,18 @@ def _earlier_tail(
 ) -> tuple[set[str], set[str], bool] | None:
     """What :func:`tail_report` takes of an earlier one-day period's device ranking
     (:func:`tail_entries` with ``earlier``): the ids in its tail, the ids without data,
-    and whether any has data; an :class:`Entry` made only for a device that falls short
-    (the only ones :func:`rules.tail.tail` keeps), each with the value, tie-break and
-    target :func:`tail_entries` gives it. None when the period is not one day (the
-    caller then takes the entries)."""
+    and whether any has data, from the value, tie-break and target :func:`tail_entries`
+    gives each device, without an :class:`Entry` per device: only who falls short (the
+    only ones :func:`rules.tail.tail` keeps) is held, and only the ``size`` worst of each
+    group sorted. None when the period is not one day (the caller then takes the
+    entries)."""
     figures = day_figures(ctx)
     if figures is None:
         return None
     key = dimension_key(ctx.inventory, group)
-    short: list[Entry] = []
+    # Per group, (value, -tie-break, id) of each who falls short: the order of
+    # rules.tail.tail (ascending value, then the larger tie-break, then the id).
+    short: dict[str, list[tuple[float, float, str]]] = {}
     none: set[str] = set()
     any_data = False
     if rank == "uptime":
@@ -1356,9 +1384,11 @@ def _earlier_tail(
                 continue
             any_data = True
             value = f.available_ms / sched
-            limit = target(ident)
-            if value < limit:
-                short.append(Entry(ident, g, value, float(sched - f.available_ms), limit))
+            if value < target(ident):
+                at = short.get(g)
+                if at is None:
+                    at = short[g] = []
+                at.append((value, -float(sched - f.available_ms), ident))
     else:
         limits = _volume_limits(ctx)
         for ident, f in figures.items():
@@ -1373,9 +1403,12 @@ def _earlier_tail(
             any_data = True
             value = float(f.financial) / 1
             if value < limit:
-                short.append(Entry(ident, g, value, float(sched), limit))
-    members = tail(short, size)
-    return {m.id for ms in members.values() for m in ms}, none, any_data
+                at = short.get(g)
+                if at is None:
+                    at = short[g] = []
+                at.append((value, -float(sched), ident))
+    ids = {ident for members in short.values() for *_, ident in heapq.nsmallest(size, members)}
+    return ids, none, any_data
 
 
 def _volume_limits(ctx: Context) -> dict[str, float | None]:

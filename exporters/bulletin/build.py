@@ -267,7 +267,9 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
     st_total = st_sub_report.extra["total"]
     ly_total = ly.extra["total"]
 
-    sub_of = {d.id: inv.subbranch_of(d).id for d in inv.devices}
+    def sub_of(device: Device) -> str:  # only for the devices listed
+        return inv.subbranch_of(device).id
+
     below = sorted(
         (r for r in up_dev.rows if r["meets_target"] is False),  # all of them
         key=lambda r: (r["uptime"], -r["down_ms"], r["group"]),
@@ -377,7 +379,7 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
         dev = inv.device_by_id[r["group"]]
         causes = r["down_ms_by_cause"]
         t.add(
-            [dev.id, sub_of[dev.id], dev.branch, m(f"type.{dev.type.value}"), dev.vendor,
+            [dev.id, sub_of(dev), dev.branch, m(f"type.{dev.type.value}"), dev.vendor,
              r["uptime"], r["target"], hours(r["down_ms"]),
              *[hours(causes.get(c.value, 0)) for c in CAUSES]],
             _flag(uptime=True),
@@ -393,7 +395,7 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
         dev = inv.device_by_id[d]
         local = from_ms(since).astimezone(rules.tz).strftime("%Y-%m-%d %H:%M")
         t.add(
-            [d, sub_of[d], dev.branch, m(f"type.{dev.type.value}"), dev.vendor, local,
+            [d, sub_of(dev), dev.branch, m(f"type.{dev.type.value}"), dev.vendor, local,
              hours(length), m(f"cause.{label.value}")],
             _flag(down_for_h=True),
         )  # fmt: skip
