@@ -448,8 +448,16 @@ def main_cause(up: Uptime, by_cause: Mapping[Label, int] | None = None) -> str |
     """The cause with most downtime (ties: the name), None without downtime
     (``by_cause``: ``up.down_by_cause()``, when the caller has it)."""
     by_cause = up.down_by_cause() if by_cause is None else by_cause
-    causes = {c.value: v for c, v in by_cause.items() if v > 0}
-    return max(causes, key=lambda c: (causes[c], c)) if causes else None
+    best: str | None = None
+    most = 0
+    for c, v in by_cause.items():  # the largest (time, name): names are distinct
+        if v > 0 and (best is None or v > most or (v == most and _VALUE[c] > best)):
+            best, most = _VALUE[c], v
+    return best
+
+
+#: Each label's name (``Label.value``, looked up in a dict: a row per device asks it).
+_VALUE: dict[Label, str] = {c: c.value for c in Label}
 
 
 def uptime_row(
@@ -476,7 +484,7 @@ def uptime_row(
         # planned maintenance taken out of S (device-declared and registered stops, once)
         "planned_ms": up.planned_excluded_ms,
         "main_cause": main_cause(up, causes),
-        "down_ms_by_cause": {c.value: v for c, v in causes.items() if v},
+        "down_ms_by_cause": {_VALUE[c]: v for c, v in causes.items() if v},
     }
     if financial is not None:
         row["financial"] = financial  # counted financial transactions of its devices
@@ -586,6 +594,18 @@ def regroup(
     return out
 
 
+def _in_inventory(ctx: Context, per_device: Mapping[str, Uptime], name: str) -> bool:
+    """Whether every device of ``per_device`` is an inventory one: then each has a group
+    in every dimension (:func:`rules.uptime.dimension_key` is None only for an id not in
+    the inventory), so a roll-up can be made from a finer one. Asked once per
+    computation and ``name`` (which per-device figures)."""
+    ids = dimension_key(ctx.inventory, "device")
+    return ctx.memo(  # type: ignore[no-any-return]
+        ("in_inventory", name, str(ctx.scope), ctx.first, ctx.last),
+        lambda: all(ids(d) is not None for d in per_device),
+    )
+
+
 def added(parts: Sequence[Uptime]) -> Uptime:
     """:func:`rules.uptime.rollup` of one group: ``parts`` added up in their order (the
     same sums, the labels in the same order), held in locals while adding."""
@@ -624,7 +644,7 @@ def grouped_uptime(
             return {d: up for d, up in per_device.items() if key(d) is not None}
         if inner:
             inner_key = dimension_key(ctx.inventory, inner)
-            if all(inner_key(d) is not None for d in per_device):
+            if _in_inventory(ctx, per_device, name):
                 finer = grouped_uptime(ctx, per_device, inner, name)
                 return regroup(finer, key, inner_key, per_device)
         if (
