@@ -641,6 +641,8 @@ def grouped_uptime(
             inner = NESTED[NESTED.index(by) - 1] if by in NESTED[2:] else ""
         if by == "device":
             # A group of one: the device's own figures (every id here is an inventory one).
+            if _in_inventory(ctx, per_device, name):
+                return per_device  # (read, do not change)
             return {d: up for d, up in per_device.items() if key(d) is not None}
         if inner:
             inner_key = dimension_key(ctx.inventory, inner)
@@ -853,6 +855,9 @@ def group_targets(ctx: Context, by: str) -> dict[str, float | None]:
         per_device = per_device_uptime(ctx)
         target = device_targets(ctx).__getitem__
         if by == "device":  # a group of one device: its target
+            if _in_inventory(ctx, per_device, "period"):
+                same = cast("dict[str, float | None]", device_targets(ctx))
+                return same  # (read, do not change)
             key = dimension_key(ctx.inventory, by)
             return {d: target(d) for d in per_device if key(d) is not None}
         scope = str(ctx.scope)
@@ -896,7 +901,7 @@ def _branch_parents(ctx: Context, branches: dict[str, list[str]], by: str) -> di
     return {b: key(ids[0]) for b, ids in branches.items()}
 
 
-def _common_targets(ctx: Context, by: str) -> dict[str, float] | None:
+def _common_targets(ctx: Context, by: str) -> dict[str, float | None] | None:
     """:func:`group_target` by ``by`` (branch, subbranch or tier) when each group's
     devices share one target (a target is a tier's: then the group's target is that
     one, whatever its S): from each branch's set of targets, looked up once per device.
@@ -920,7 +925,8 @@ def _common_targets(ctx: Context, by: str) -> dict[str, float] | None:
             acc.update(per_branch[b])
     if any(len(t) != 1 for t in found.values()):
         return None
-    return {g: next(iter(t)) for g, t in found.items()}
+    out: dict[str, float | None] = {g: next(iter(t)) for g, t in found.items()}
+    return out
 
 
 def _branch_target_sets(ctx: Context, branches: dict[str, list[str]]) -> dict[str, set[float]]:
@@ -935,6 +941,8 @@ def grouped_financial(ctx: Context, by: str) -> dict[str, int]:
 
     def compute() -> dict[str, int]:
         per_device = financial_per_device(ctx)
+        if by == "device" and _in_inventory(ctx, per_device_uptime(ctx), "period"):
+            return per_device  # a group of one device (read, do not change)
         branches = branch_devices(ctx) if by in NESTED[1:] else None
         if branches is None:
             key = dimension_key(ctx.inventory, by)

@@ -149,7 +149,7 @@ def unit_volumes(
             unit = unit_of_branch.get(d.branch, d.branch)
             on_site_n[unit] = on_site_n.get(unit, 0) + 1
     by_id = inventory.device_by_id
-    on_site = Placement.ON_SITE
+    site = Placement.ON_SITE
     for device_id, counts in devices.items():
         device = by_id.get(device_id)
         if device is None:  # no unit
@@ -163,7 +163,7 @@ def unit_volumes(
         fin = counts.financial
         row[0] += fin
         row[1] += fin + counts.non_financial
-        if device.placement is on_site:
+        if device.placement is site:
             row[2] += fin
     out: dict[str, Volumes] = {}
     for unit, (fin, tot, on_site) in acc.items():

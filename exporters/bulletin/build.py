@@ -375,14 +375,17 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
         col("uptime", Kind.RATIO), col("target", Kind.RATIO), col("down_h", Kind.HOURS),
         *[Column(f"down_h.{c.value}", m(f"cause.{c.value}") + unit, Kind.HOURS) for c in CAUSES],
     ], note=m("note.below"))  # fmt: skip
+    # (per row: a long list, each cell as hours() makes it of a count in ms)
+    cause_keys = [c.value for c in CAUSES]
+    below_flag = _flag(uptime=True)
     for r in below:
         dev = inv.device_by_id[r["group"]]
         causes = r["down_ms_by_cause"]
         t.add(
             [dev.id, sub_of(dev), dev.branch, m(f"type.{dev.type.value}"), dev.vendor,
              r["uptime"], r["target"], hours(r["down_ms"]),
-             *[hours(causes.get(c.value, 0)) for c in CAUSES]],
-            _flag(uptime=True),
+             *[causes.get(k, 0) / HOUR_MS for k in cause_keys]],
+            below_flag,
         )  # fmt: skip
     b.tables.append(t)
 
