@@ -16,6 +16,7 @@ assessment fleet or tier): a branch's figure does not split by vendor or type.
 
 from __future__ import annotations
 
+import heapq
 import json
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -40,6 +41,7 @@ from rules.feed import (
     window_days,
 )
 from rules.fleet import fleet_devices, in_fleet
+from rules.labels import Label
 from rules.lowyield import Share, YieldFlag, YieldStatus, low_yield_share
 from rules.network import deposit_coverage, self_service_bank_ratio
 from rules.resource import ResourceWarning, ranked, resource_for
@@ -442,10 +444,20 @@ def change(now: float | None, before: float | None) -> float | None:
 # --------------------------------------------------------------------------- uptime
 
 
-def main_cause(up: Uptime) -> str | None:
-    """The cause with most downtime (ties: the name), None without downtime."""
-    causes = {c.value: v for c, v in up.down_by_cause().items() if v > 0}
-    return max(causes, key=lambda c: (causes[c], c)) if causes else None
+def main_cause(up: Uptime, by_cause: Mapping[Label, int] | None = None) -> str | None:
+    """The cause with most downtime (ties: the name), None without downtime
+    (``by_cause``: ``up.down_by_cause()``, when the caller has it)."""
+    by_cause = up.down_by_cause() if by_cause is None else by_cause
+    best: str | None = None
+    most = 0
+    for c, v in by_cause.items():  # the largest (time, name): names are distinct
+        if v > 0 and (best is None or v > most or (v == most and _VALUE[c] > best)):
+            best, most = _VALUE[c], v
+    return best
+
+
+#: Each label's name (``Label.value``, looked up in a dict: a row per device asks it).
+_VALUE: dict[Label, str] = {c: c.value for c in Label}
 
 
 def uptime_row(
@@ -456,6 +468,7 @@ def uptime_row(
     financial: int | None = None,
 ) -> dict[str, Any]:
     ratio = up.ratio
+    causes = up.down_by_cause()
     row = {
         "group": name,
         "devices": up.devices,
@@ -470,8 +483,8 @@ def uptime_row(
         "unknown_ms": up.unknown_ms,
         # planned maintenance taken out of S (device-declared and registered stops, once)
         "planned_ms": up.planned_excluded_ms,
-        "main_cause": main_cause(up),
-        "down_ms_by_cause": {c.value: v for c, v in up.down_by_cause().items() if v},
+        "main_cause": main_cause(up, causes),
+        "down_ms_by_cause": {_VALUE[c]: v for c, v in causes.items() if v},
     }
     if financial is not None:
         row["financial"] = financial  # counted financial transactions of its devices
@@ -581,6 +594,36 @@ def regroup(
     return out
 
 
+def _in_inventory(ctx: Context, per_device: Mapping[str, Uptime], name: str) -> bool:
+    """Whether every device of ``per_device`` is an inventory one: then each has a group
+    in every dimension (:func:`rules.uptime.dimension_key` is None only for an id not in
+    the inventory), so a roll-up can be made from a finer one. Asked once per
+    computation and ``name`` (which per-device figures)."""
+    ids = dimension_key(ctx.inventory, "device")
+    return ctx.memo(  # type: ignore[no-any-return]
+        ("in_inventory", name, str(ctx.scope), ctx.first, ctx.last),
+        lambda: all(ids(d) is not None for d in per_device),
+    )
+
+
+def added(parts: Sequence[Uptime]) -> Uptime:
+    """:func:`rules.uptime.rollup` of one group: ``parts`` added up in their order (the
+    same sums, the labels in the same order), held in locals while adding."""
+    by_label: dict[Label, int] = {}
+    get = by_label.get
+    s = a = ts = ta = pe = mo = 0
+    for up in parts:
+        for label, value in up.by_label.items():
+            by_label[label] = get(label, 0) + value
+        s += up.scheduled_ms
+        a += up.available_ms
+        ts += up.tech_scheduled_ms
+        ta += up.tech_available_ms
+        pe += up.planned_excluded_ms
+        mo += up.monitored_ms
+    return Uptime(by_label, s, a, ts, ta, pe, mo, len(parts))
+
+
 def grouped_uptime(
     ctx: Context, per_device: dict[str, Uptime], by: str, name: str = "period"
 ) -> dict[str, Uptime]:
@@ -598,12 +641,20 @@ def grouped_uptime(
             inner = NESTED[NESTED.index(by) - 1] if by in NESTED[2:] else ""
         if by == "device":
             # A group of one: the device's own figures (every id here is an inventory one).
+            if _in_inventory(ctx, per_device, name):
+                return per_device  # (read, do not change)
             return {d: up for d, up in per_device.items() if key(d) is not None}
         if inner:
             inner_key = dimension_key(ctx.inventory, inner)
-            if all(inner_key(d) is not None for d in per_device):
+            if _in_inventory(ctx, per_device, name):
                 finer = grouped_uptime(ctx, per_device, inner, name)
                 return regroup(finer, key, inner_key, per_device)
+        if (
+            by == "branch"
+            and per_device is per_device_uptime(ctx)
+            and (branches := branch_devices(ctx))
+        ):
+            return {b: added([per_device[d] for d in ids]) for b, ids in branches.items()}
         return rollup(per_device, key)
 
     return ctx.memo(  # type: ignore[no-any-return]
@@ -633,12 +684,14 @@ def financial_per_device(ctx: Context) -> dict[str, int]:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DayFigures:
     """A device's 开机率 A and S and counted financial transactions over a one-day
     period. Held as three integers (a fleet's earlier days are held for a whole
     bulletin); ``ratio``, ``down_ms`` and ``has_data`` are those of :attr:`uptime`, the
-    :class:`Uptime` holding only A and S, made when asked for."""
+    :class:`Uptime` holding only A and S, made when asked for. Read only once made (not
+    frozen: a frozen dataclass takes three times as long to make, and a daily bulletin
+    makes one per device for each of the days it compares with)."""
 
     available_ms: int
     scheduled_ms: int
@@ -697,16 +750,19 @@ def read_day_figures(ctx: Context, first: date, last: date) -> None:
     if not todo:
         return
     kept = ctx.feed.kept_days(ctx.feed.fingerprint(), first, last)
+    get = kept.get
+    make = DayFigures
     for i, on in todo:
         out: dict[str, DayFigures] = {}
         for d in on.devices:
-            w = kept.get(d.id)
+            ident = d.id
+            w = get(ident)
             if w is None:
                 break
             a, s, f = w.available[i], w.scheduled[i], w.financial[i]
             if a is None or s is None or f is None:
                 break
-            out[d.id] = DayFigures(a, s, f)
+            out[ident] = make(a, s, f)
         else:
             ctx.cache[("day_figures", scope, on.first)] = out
 
@@ -718,6 +774,37 @@ def compared_uptime(ctx: Context) -> dict[str, Uptime]:
     if figures is None:
         return per_device_uptime(ctx)
     return {d: f.uptime for d, f in figures.items()}
+
+
+def compared_groups(ctx: Context, by: str) -> tuple[dict[str, Uptime], Uptime]:
+    """The uptime of each group by ``by`` and of the whole scope in a period compared
+    with, for their ratios (ΣA/ΣS): the roll-ups of :func:`compared_uptime`. For a
+    one-day period, only A and S are added up, from :func:`day_figures` (the same
+    integers, so the same ratios), without an :class:`Uptime` per device."""
+    scope = str(ctx.scope)
+    figures = day_figures(ctx)
+    if figures is None:
+        per_device = compared_uptime(ctx)
+        groups = grouped_uptime(ctx, per_device, by, "compared")
+        return groups, grouped_uptime(ctx, per_device, "scope", "compared").get(scope, Uptime())
+    key = dimension_key(ctx.inventory, by)
+    sums: dict[str, list[int]] = {}
+    available = scheduled = 0
+    for d, f in figures.items():
+        available += f.available_ms
+        scheduled += f.scheduled_ms
+        g = key(d)
+        if g is None:
+            continue
+        acc = sums.get(g)
+        if acc is None:
+            acc = sums[g] = [0, 0, 0]
+        acc[0] += f.available_ms
+        acc[1] += f.scheduled_ms
+        acc[2] += 1
+    groups = {g: Uptime(scheduled_ms=s, available_ms=a, devices=n) for g, (a, s, n) in sums.items()}
+    whole = Uptime(scheduled_ms=scheduled, available_ms=available, devices=len(figures))
+    return groups, whole if figures else Uptime()
 
 
 def group_target(
@@ -768,9 +855,16 @@ def group_targets(ctx: Context, by: str) -> dict[str, float | None]:
         per_device = per_device_uptime(ctx)
         target = device_targets(ctx).__getitem__
         if by == "device":  # a group of one device: its target
+            if _in_inventory(ctx, per_device, "period"):
+                same = cast("dict[str, float | None]", device_targets(ctx))
+                return same  # (read, do not change)
             key = dimension_key(ctx.inventory, by)
             return {d: target(d) for d in per_device if key(d) is not None}
         scope = str(ctx.scope)
+        if by in NESTED[1:]:
+            common = _common_targets(ctx, by)
+            if common is not None:
+                return common
         key = (lambda _d: scope) if by == "scope" else dimension_key(ctx.inventory, by)
         return group_target(per_device, key, target)
 
@@ -779,13 +873,105 @@ def group_targets(ctx: Context, by: str) -> dict[str, float | None]:
     )
 
 
+def branch_devices(ctx: Context) -> dict[str, list[str]] | None:
+    """The period's devices (:func:`per_device_uptime`) per branch, in their order;
+    None when one is not in the inventory. A branch decides its sub-branch and tier
+    (:data:`NESTED`), so a figure by either can be added up from the branches'."""
+
+    def compute() -> dict[str, list[str]] | None:
+        key = dimension_key(ctx.inventory, "branch")
+        out: dict[str, list[str]] = {}
+        for d in per_device_uptime(ctx):
+            b = key(d)
+            if b is None:
+                return None
+            ids = out.get(b)
+            if ids is None:
+                out[b] = [d]
+            else:
+                ids.append(d)
+        return out
+
+    return ctx.memo(("branch_devices", str(ctx.scope), ctx.first, ctx.last), compute)  # type: ignore[no-any-return]
+
+
+def _branch_parents(ctx: Context, branches: dict[str, list[str]], by: str) -> dict[str, str | None]:
+    """Each branch's group by ``by`` (branch, subbranch or tier): its devices' (one)."""
+    key = dimension_key(ctx.inventory, by)
+    return {b: key(ids[0]) for b, ids in branches.items()}
+
+
+def _common_targets(ctx: Context, by: str) -> dict[str, float | None] | None:
+    """:func:`group_target` by ``by`` (branch, subbranch or tier) when each group's
+    devices share one target (a target is a tier's: then the group's target is that
+    one, whatever its S): from each branch's set of targets, looked up once per device.
+    None when a group mixes targets (its S-weighted mean is then added device after
+    device, as :func:`group_target` adds it)."""
+    branches = branch_devices(ctx)
+    if branches is None:
+        return None
+    per_branch = ctx.memo(
+        ("branch_targets", str(ctx.scope), ctx.first, ctx.last),
+        lambda: _branch_target_sets(ctx, branches),
+    )
+    found: dict[str, set[float]] = {}
+    for b, parent in _branch_parents(ctx, branches, by).items():
+        if parent is None:
+            continue
+        acc = found.get(parent)
+        if acc is None:
+            found[parent] = set(per_branch[b])
+        else:
+            acc.update(per_branch[b])
+    if any(len(t) != 1 for t in found.values()):
+        return None
+    out: dict[str, float | None] = {g: next(iter(t)) for g, t in found.items()}
+    return out
+
+
+def _branch_target_sets(ctx: Context, branches: dict[str, list[str]]) -> dict[str, set[float]]:
+    target = device_targets(ctx)
+    return {b: {target[d] for d in ids} for b, ids in branches.items()}
+
+
+def grouped_financial(ctx: Context, by: str) -> dict[str, int]:
+    """Counted financial transactions of the period's devices added up by ``by``
+    (:func:`financial_per_device`); by branch, sub-branch or tier from the branches'
+    sums (integers: the order of the additions does not change them)."""
+
+    def compute() -> dict[str, int]:
+        per_device = financial_per_device(ctx)
+        if by == "device" and _in_inventory(ctx, per_device_uptime(ctx), "period"):
+            return per_device  # a group of one device (read, do not change)
+        branches = branch_devices(ctx) if by in NESTED[1:] else None
+        if branches is None:
+            key = dimension_key(ctx.inventory, by)
+            out: dict[str, int] = {}
+            for d, n in per_device.items():
+                g = key(d)
+                if g is not None:
+                    out[g] = out.get(g, 0) + n
+            return out
+        sums = ctx.memo(
+            ("branch_financial", str(ctx.scope), ctx.first, ctx.last),
+            lambda: {b: sum(per_device[d] for d in ids) for b, ids in branches.items()},
+        )
+        out = {}
+        for b, parent in _branch_parents(ctx, branches, by).items():
+            if parent is not None:
+                out[parent] = out.get(parent, 0) + sums[b]
+        return out
+
+    return ctx.memo(("grouped_financial", str(ctx.scope), ctx.first, ctx.last, by), compute)  # type: ignore[no-any-return]
+
+
 def uptime_report(
     ctx: Context, by: str, previous: bool = False, below_target_only: bool = False
 ) -> Report:
     """开机率 by ``by``; ``below_target_only``: only the rows that miss their target
     (``meets_target`` false; the total is the whole scope's all the same)."""
     per_device = per_device_uptime(ctx)
-    key = dimension_key(ctx.inventory, by)
+    dimension_key(ctx.inventory, by)  # refuses an unknown dimension
     scope = str(ctx.scope)
     groups = grouped_uptime(ctx, per_device, by)
     whole = grouped_uptime(ctx, per_device, "scope").get(scope, Uptime())
@@ -793,23 +979,17 @@ def uptime_report(
     before_whole: Uptime | None = None
     if previous:
         earlier = ctx.shifted((ctx.last - ctx.first).days + 1)
-        before_dev = compared_uptime(earlier)  # only its ratio is shown
-        before = grouped_uptime(earlier, before_dev, by, "compared")
-        before_whole = grouped_uptime(earlier, before_dev, "scope", "compared").get(scope, Uptime())
+        before, before_whole = compared_groups(earlier, by)  # only their ratios are shown
     targets = group_targets(ctx, by)
     whole_target = group_targets(ctx, "scope").get(scope)
-    per_device_financial = financial_per_device(ctx)
-    financial: dict[str, int] = {}
-    for d, n in per_device_financial.items():
-        g = key(d)
-        if g is not None:
-            financial[g] = financial.get(g, 0) + n
-    shown = sorted(groups.items())
-    if below_target_only:
-        shown = [
-            (g, up) for g, up in shown
+    financial = grouped_financial(ctx, by)
+    if below_target_only:  # (filtered first: fewer to sort)
+        shown = sorted(
+            (g, up) for g, up in groups.items()
             if (r := up.ratio) is not None and (t := targets.get(g)) is not None and r < t
-        ]  # fmt: skip
+        )  # fmt: skip
+    else:
+        shown = sorted(groups.items())
     rows = [
         uptime_row(
             g, up, targets.get(g), before.get(g, Uptime()) if previous else None,
@@ -1165,25 +1345,20 @@ def tail_entries(
         fin = {d: f.financial for d, f in figures.items()}
         with_data: dict[str, set[date]] | None = None
         data_days = {d: 1 if f.has_data else 0 for d, f in figures.items()}
+    elif unit == "device":  # only how many days each has with data
+        per_day = ctx.uptime_days().per_device
+        fin = financial_per_device(ctx)  # keyed as per_device
+        data_days = {d: sum(1 for v in per_day[d].values() if v.has_data) for d in per_device}
     else:
         per_day = ctx.uptime_days().per_device
         fin = financial_per_device(ctx)
         with_data = {d: {k for k, v in per_day[d].items() if v.has_data} for d in per_device}
         data_days = {d: len(v) for d, v in with_data.items()}
     if unit == "device":  # each device its own unit: the sums below are its own figures
-        # Every device's own threshold (as a float; None: its type has none), made
-        # once for the computation: a tail asks it in four periods.
-        limit_of: dict[str, float | None] = ctx.memo(
-            ("volume_limits",),
-            lambda: {
-                d.id: None if (own := thresholds.get(d.type)) is None else 0.0 + own
-                for d in inv.devices
-            },
-        )
         return volume_entries(
-            {d: fin[d] for d in per_device},
+            fin if figures is None else {d: fin[d] for d in per_device},
             {d: up.scheduled_ms for d, up in per_device.items()},
-            key, data_days, limit_of.get,
+            key, data_days, _volume_limits(ctx).get,
         )  # fmt: skip
     if with_data is None:
         with_data = {d: {ctx.first} if n else set() for d, n in data_days.items()}
@@ -1203,6 +1378,77 @@ def tail_entries(
             limit.setdefault(u, None)
     return volume_entries(
         volumes, scheduled, key, {u: len(v) for u, v in days_with_data.items()}, limit.get
+    )
+
+
+def _earlier_tail(
+    ctx: Context, rank: str, group: str, size: int
+) -> tuple[set[str], set[str], bool] | None:
+    """What :func:`tail_report` takes of an earlier one-day period's device ranking
+    (:func:`tail_entries` with ``earlier``): the ids in its tail, the ids without data,
+    and whether any has data, from the value, tie-break and target :func:`tail_entries`
+    gives each device, without an :class:`Entry` per device: only who falls short (the
+    only ones :func:`rules.tail.tail` keeps) is held, and only the ``size`` worst of each
+    group sorted. None when the period is not one day (the caller then takes the
+    entries)."""
+    figures = day_figures(ctx)
+    if figures is None:
+        return None
+    key = dimension_key(ctx.inventory, group)
+    # Per group, (value, -tie-break, id) of each who falls short: the order of
+    # rules.tail.tail (ascending value, then the larger tie-break, then the id).
+    short: dict[str, list[tuple[float, float, str]]] = {}
+    none: set[str] = set()
+    any_data = False
+    if rank == "uptime":
+        target = ctx.target_of()
+        for ident, f in figures.items():
+            g = key(ident)
+            if g is None:
+                continue
+            sched = f.scheduled_ms
+            if not sched:
+                none.add(ident)
+                continue
+            any_data = True
+            value = f.available_ms / sched
+            if value < target(ident):
+                at = short.get(g)
+                if at is None:
+                    at = short[g] = []
+                at.append((value, -float(sched - f.available_ms), ident))
+    else:
+        limits = _volume_limits(ctx)
+        for ident, f in figures.items():
+            g = key(ident)
+            limit = limits.get(ident)
+            if g is None or limit is None:
+                continue
+            sched = f.scheduled_ms
+            if sched <= 0:  # no day with data (or no scheduled time): no data
+                none.add(ident)
+                continue
+            any_data = True
+            value = float(f.financial) / 1
+            if value < limit:
+                at = short.get(g)
+                if at is None:
+                    at = short[g] = []
+                at.append((value, -float(sched), ident))
+    ids = {ident for members in short.values() for *_, ident in heapq.nsmallest(size, members)}
+    return ids, none, any_data
+
+
+def _volume_limits(ctx: Context) -> dict[str, float | None]:
+    """Every inventory device's own low-yield threshold (as a float; None: its type has
+    none), made once for the computation: a tail asks it in four periods."""
+    thresholds = ctx.rules.low_yield.thresholds
+    return ctx.memo(  # type: ignore[no-any-return]
+        ("volume_limits",),
+        lambda: {
+            d.id: None if (own := thresholds.get(d.type)) is None else 0.0 + own
+            for d in ctx.inventory.devices
+        },
     )
 
 
@@ -1228,7 +1474,15 @@ def tail_report(
     past_no_data: list[set[str]] = []
     with_data = 0
     for k in range(periods, 0, -1):
-        earlier = tail_entries(ctx.shifted(k * length), rank, group, unit, earlier=True)
+        shifted = ctx.shifted(k * length)
+        lean = _earlier_tail(shifted, rank, group, n) if unit == "device" else None
+        if lean is not None:
+            ids, none, any_data = lean
+            past.append(ids)
+            past_no_data.append(none)
+            with_data += any_data
+            continue
+        earlier = tail_entries(shifted, rank, group, unit, earlier=True)
         members = tail(earlier, n)
         past.append({m.id for ms in members.values() for m in ms})
         past_no_data.append({e.id for e in earlier if e.value is None})

@@ -138,23 +138,33 @@ def unit_volumes(
     acc: dict[str, list[int]] = {
         b.id: [0, 0, 0] for b in inventory.branches if b.kind is BranchKind.OUTLET
     }
+    # Each branch's unit (unit_of: a self-service bank's parent, else the branch itself).
+    unit_of_branch = {
+        b.id: b.parent if b.kind is BranchKind.SELF_SERVICE_BANK and b.parent else b.id
+        for b in inventory.branches
+    }
     on_site_n: dict[str, int] = {}
     for d in inventory.devices:
         if d.placement is Placement.ON_SITE and (on is None or in_fleet(d, on)):
-            unit = unit_of(inventory, d.id)
-            if unit is not None:
-                on_site_n[unit] = on_site_n.get(unit, 0) + 1
+            unit = unit_of_branch.get(d.branch, d.branch)
+            on_site_n[unit] = on_site_n.get(unit, 0) + 1
+    by_id = inventory.device_by_id
+    site = Placement.ON_SITE
     for device_id, counts in devices.items():
-        unit = unit_of(inventory, device_id)
-        if unit is None:
+        device = by_id.get(device_id)
+        if device is None:  # no unit
             continue
-        if on is not None and not in_fleet(inventory.device_by_id[device_id], on):
+        if on is not None and not in_fleet(device, on):
             continue
-        row = acc.setdefault(unit, [0, 0, 0])
-        row[0] += counts.financial
-        row[1] += counts.financial + counts.non_financial
-        if inventory.device_by_id[device_id].placement is Placement.ON_SITE:
-            row[2] += counts.financial
+        unit = unit_of_branch.get(device.branch, device.branch)
+        row = acc.get(unit)
+        if row is None:
+            row = acc[unit] = [0, 0, 0]
+        fin = counts.financial
+        row[0] += fin
+        row[1] += fin + counts.non_financial
+        if device.placement is site:
+            row[2] += fin
     out: dict[str, Volumes] = {}
     for unit, (fin, tot, on_site) in acc.items():
         counter = counters.get(unit)

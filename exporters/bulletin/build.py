@@ -267,7 +267,9 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
     st_total = st_sub_report.extra["total"]
     ly_total = ly.extra["total"]
 
-    sub_of = {d.id: inv.subbranch_of(d).id for d in inv.devices}
+    def sub_of(device: Device) -> str:  # only for the devices listed
+        return inv.subbranch_of(device).id
+
     below = sorted(
         (r for r in up_dev.rows if r["meets_target"] is False),  # all of them
         key=lambda r: (r["uptime"], -r["down_ms"], r["group"]),
@@ -373,14 +375,17 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
         col("uptime", Kind.RATIO), col("target", Kind.RATIO), col("down_h", Kind.HOURS),
         *[Column(f"down_h.{c.value}", m(f"cause.{c.value}") + unit, Kind.HOURS) for c in CAUSES],
     ], note=m("note.below"))  # fmt: skip
+    # (per row: a long list, each cell as hours() makes it of a count in ms)
+    cause_keys = [c.value for c in CAUSES]
+    below_flag = _flag(uptime=True)
     for r in below:
         dev = inv.device_by_id[r["group"]]
         causes = r["down_ms_by_cause"]
         t.add(
-            [dev.id, sub_of[dev.id], dev.branch, m(f"type.{dev.type.value}"), dev.vendor,
+            [dev.id, sub_of(dev), dev.branch, m(f"type.{dev.type.value}"), dev.vendor,
              r["uptime"], r["target"], hours(r["down_ms"]),
-             *[hours(causes.get(c.value, 0)) for c in CAUSES]],
-            _flag(uptime=True),
+             *[causes.get(k, 0) / HOUR_MS for k in cause_keys]],
+            below_flag,
         )  # fmt: skip
     b.tables.append(t)
 
@@ -393,7 +398,7 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
         dev = inv.device_by_id[d]
         local = from_ms(since).astimezone(rules.tz).strftime("%Y-%m-%d %H:%M")
         t.add(
-            [d, sub_of[d], dev.branch, m(f"type.{dev.type.value}"), dev.vendor, local,
+            [d, sub_of(dev), dev.branch, m(f"type.{dev.type.value}"), dev.vendor, local,
              hours(length), m(f"cause.{label.value}")],
             _flag(down_for_h=True),
         )  # fmt: skip

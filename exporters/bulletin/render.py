@@ -89,7 +89,7 @@ def to_json(b: Bulletin) -> bytes:
                 "title": t.title,
                 "columns": [{"key": c.key, "label": c.label, "kind": c.kind.value} for c in t.columns],
                 "rows": later(_json_rows(t, dumps)),
-                "below_target": later([dumps(sorted(f)) for f in t.flagged]),
+                "below_target": later(_json_flags(t, dumps)),
             }
             for t in b.tables
         },
@@ -109,6 +109,19 @@ def _decimal_text(value: object) -> str:
     if isinstance(value, Decimal):
         return str(value)
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _json_flags(t: Table, dumps: Any) -> list[str]:
+    """Each row's flagged columns encoded (sorted), each set encoded once: a long table's
+    rows share a few."""
+    done: dict[frozenset[str], str] = {}
+    out = []
+    for f in t.flagged:
+        text = done.get(f)
+        if text is None:
+            text = done[f] = dumps(sorted(f))
+        out.append(text)
+    return out
 
 
 def _json_rows(t: Table, dumps: Any) -> list[str]:
@@ -926,10 +939,36 @@ def _rows_html(t: Table, rows: list[int], columns: list[int]) -> str:
     # Many columns: a smaller type, so the table still fits the screen and the page.
     wide = " wide wider" if len(columns) > 15 else " wide" if len(columns) > 10 else ""
     out = [f'<table class="data{wide}">', _head_html([t.columns[j] for j in columns]), "<tbody>"]
+    cols = [(j, t.columns[j]) for j in columns]
+    # A text cell (or no data) reads the same wherever its value, kind and highlight are
+    # the same: made once (a long table repeats its types, vendors, sub-branches).
+    done: dict[tuple[type, Kind, Cell, bool], str] = {}
     for n in rows[:HTML_MAX_ROWS]:
         row = t.rows[n]
-        out.append("<tr>" + "".join(_cell_html(t, n, t.columns[j], row[j]) for j in columns))
-        out.append("</tr>")
+        flagged = t.flagged[n]
+        cells = ["<tr>"]
+        for j, c in cols:
+            v = row[j]
+            kind = c.kind
+            if (type(v) is float or type(v) is int) and kind is not Kind.TEXT:
+                # A number as _cell_html writes it: its text needs no escaping.
+                if c.key in flagged:
+                    cells.append(f'<td class="n bad">{display(v, kind)}</td>')
+                elif kind is Kind.HOURS and v == 0:
+                    cells.append(f'<td class="n z">{display(v, kind)}</td>')
+                else:
+                    cells.append(f'<td class="n">{display(v, kind)}</td>')
+                continue
+            if v is None or type(v) is str:
+                key = (type(v), kind, v, v is not None and c.key in flagged)
+                text = done.get(key)
+                if text is None:
+                    text = done[key] = _cell_html(t, n, c, v)
+                cells.append(text)
+                continue
+            cells.append(_cell_html(t, n, c, v))
+        cells.append("</tr>")
+        out.append("".join(cells))
     out.append("</tbody></table>")
     if len(rows) > HTML_MAX_ROWS:
         out.append(f'<p class="note">… {len(rows) - HTML_MAX_ROWS:,} +</p>')
