@@ -1060,6 +1060,8 @@ def _compact(inventory: Inventory) -> Inventory:
 
 #: The device fields whose values repeat across a fleet (see :func:`_compact`).
 _REPEATED = ("branch", "vendor", "model", "commissioned", "decommissioned", "service_window")
+#: Device rows read at a time (:meth:`DatabaseSource._device_rows`).
+DEVICE_BLOCK = 5000
 #: Inventory devices read and built at a time (:func:`read_inventory`).
 INVENTORY_BLOCK = 5000
 
@@ -1533,7 +1535,10 @@ class DatabaseSource:
         windows = rules.service_windows
         count = 0
         ratios: dict[str, float | None] = {} if full else self._cash_ratios
-        with conn.cursor() as cur:
+        # A server-side cursor read DEVICE_BLOCK rows at a time: the rows of the whole
+        # fleet are never held at once (a full read's result was tens of MiB).
+        with conn.cursor(name="atmfleet_serve_devices") as cur:
+            cur.itersize = DEVICE_BLOCK
             cur.execute(query, params)
             for dev_id, ts, st, hb, cash, p_at, p_status, seen, since in cur:
                 if not by_id:
