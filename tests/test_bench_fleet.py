@@ -33,3 +33,34 @@ def test_percentiles_and_no_data() -> None:
     assert fleet.pct(values, 0.5) == 51.0
     assert fleet.pct(values, 0.99) == 100.0
     assert fleet.fmt(1.234) == "1.23s"
+
+
+def test_the_bench_takes_the_priorities_of_the_shipped_units() -> None:
+    got = fleet.shipped_priorities()
+    assert set(got) == {"collector", "serve", "incidents", "prometheus"}
+    for part, path in fleet.UNITS.items():
+        text = (fleet.ROOT / path).read_text(encoding="utf-8")
+        assert f"\nNice={got[part].nice}\n" in text
+        assert f"\nCPUWeight={got[part].cpu_weight}\n" in text
+    assert got["collector"].nice < got["serve"].nice
+
+
+def test_a_unit_priority_is_read_from_its_service_section(tmp_path: Path) -> None:
+    unit = tmp_path / "x.service"
+    unit.write_text(
+        "# Nice=7 in a comment\n[Unit]\nNice=3\n[Service]\nExecStart=/bin/true\n"
+        "CPUWeight = 250\nNice=-4\n[Install]\nNice=9\n",
+        encoding="utf-8",
+    )
+    assert fleet.unit_priority(unit) == fleet.Priority(-4, 250)
+    assert fleet.unit_priority(tmp_path / "absent.service") == fleet.Priority(0, None)
+
+
+def test_a_command_runs_at_an_absolute_nice_value() -> None:
+    import os
+
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    assert fleet.niced(["x"], None) == ["x"]
+    assert fleet.niced(["x"], current) == ["x"]
+    assert fleet.niced(["x"], current + 3) == ["nice", "-n", "3", "x"]
+    assert fleet.niced(["x"], current - 2) == ["nice", "-n", "-2", "x"]
