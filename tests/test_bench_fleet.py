@@ -64,3 +64,29 @@ def test_a_command_runs_at_an_absolute_nice_value() -> None:
     assert fleet.niced(["x"], current) == ["x"]
     assert fleet.niced(["x"], current + 3) == ["nice", "-n", "3", "x"]
     assert fleet.niced(["x"], current - 2) == ["nice", "-n", "-2", "x"]
+
+
+def test_the_drain_waits_for_every_message_done() -> None:
+    """A collector that has done every message and holds none is drained; one that holds
+    none but is still behind (messages at the broker) is not."""
+    from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+    from app.embedded import free_port
+
+    registry = CollectorRegistry()
+    received = Counter("atmfleet_collector_messages_received", "", registry=registry)
+    stored = Counter("atmfleet_collector_messages_stored", "", registry=registry)
+    Gauge("atmfleet_collector_buffered_messages", "", registry=registry).set(0)
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    try:
+        store = fleet.Store("collector", "postgresql://unused", port)
+        received.inc(5)
+        stored.inc(3)
+        assert fleet._drained(store) and store.done() == 3  # holds none, 2 still to come
+        stored.inc(2)
+        fleet.drain(store, 5, stall_s=60)  # returns: 5 of 5 done
+        assert store.done() == 5
+    finally:
+        server.shutdown()
+        thread.join(10)
