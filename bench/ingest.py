@@ -23,7 +23,7 @@ a smaller one mostly measures how long a partial batch waits (``flush_interval_s
 (b) and (c) write to a fresh database on the local PostgreSQL, dropped afterwards.
 
 ``--before CHECKOUT`` (a checkout of another commit, e.g. ``git worktree add --detach
-/tmp/before main``) also drains the same backlog through that checkout's collector (its
+../before main``) also drains the same backlog through that checkout's collector (its
 own session, its own database), alternating with this one's for ``--rounds`` rounds, and
 prints, side by side, the CPU seconds of each collector (network process + store worker,
 from its first message received to its last commit, so start-up is not counted) per
