@@ -65,6 +65,12 @@ def fill(conn: psycopg.Connection, rng: random.Random, n: int = 40) -> None:
     )
     lo = day_span(DAY - timedelta(days=1), tz)[0]
     hi = day_span(DAY + timedelta(days=1), tz)[1]
+    # Rows gathered per table and sent with executemany (one pipeline per table, in the
+    # order drawn): the same rows as one INSERT each, without a round trip per row.
+    devices: list[tuple[object, ...]] = []
+    runs: list[tuple[object, ...]] = []
+    presence: list[tuple[object, ...]] = []
+    events: list[tuple[object, ...]] = []
     for i in range(n):
         dev = f"D{i:03d}"
         kind = TYPES[i % len(TYPES)]
@@ -72,10 +78,7 @@ def fill(conn: psycopg.Connection, rng: random.Random, n: int = 40) -> None:
         gone = DAY - timedelta(days=rng.choice((5, 1))) if i % 9 == 4 else None
         window = rng.choice((None, None, "24x7", "mon-fri 09:00-17:00"))
         hb = rng.choice((60, 60, 300))
-        conn.execute(
-            "INSERT INTO devices (id, branch, type, placement, vendor, model, commissioned,"
-            " decommissioned, service_window, deposit_capable, heartbeat_s)"
-            " VALUES (%s, %s, %s, %s, 'V', 'M', %s, %s, %s, %s, %s)",
+        devices.append(
             (dev, f"B{i % 2 + 1}", kind.value, list(Placement)[i % 3].value, commissioned,
              gone, window, kind in (DeviceType.CRS, DeviceType.DEPOSIT), hb),
         )  # fmt: skip
@@ -86,8 +89,7 @@ def fill(conn: psycopg.Connection, rng: random.Random, n: int = 40) -> None:
             length = rng.randrange(0, 8 * H)
             samples = length // (hb * 1000) + 1
             state = rng.choice(STATES)
-            conn.execute(
-                "INSERT INTO state_runs VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            runs.append(
                 (dev, from_ms(t), seq, from_ms(t + length), seq + samples - 1, state, hb,
                  samples),
             )  # fmt: skip
@@ -96,17 +98,24 @@ def fill(conn: psycopg.Connection, rng: random.Random, n: int = 40) -> None:
             if rng.random() < 0.1:
                 at = from_ms(t - rng.randrange(1, 10) * 60_000)
                 online = rng.random() < 0.5
-                conn.execute(
-                    "INSERT INTO presence VALUES (%s, %s, %s, %s, 's', %s)",
-                    (dev, "online" if online else "offline", at, at, not online),
-                )
+                presence.append((dev, "online" if online else "offline", at, at, not online))
             if rng.random() < 0.05:
                 since = from_ms(t - 2 * H)
-                conn.execute(
-                    "INSERT INTO events (device_id, seq, ts, received_at, event, severity, since)"
-                    " VALUES (%s, %s, %s, %s, 'power_restored', 'info', %s)",
-                    (dev, seq, from_ms(t), from_ms(t), since),
-                )
+                events.append((dev, seq, from_ms(t), from_ms(t), since))
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO devices (id, branch, type, placement, vendor, model, commissioned,"
+            " decommissioned, service_window, deposit_capable, heartbeat_s)"
+            " VALUES (%s, %s, %s, %s, 'V', 'M', %s, %s, %s, %s, %s)",
+            devices,
+        )
+        cur.executemany("INSERT INTO state_runs VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", runs)
+        cur.executemany("INSERT INTO presence VALUES (%s, %s, %s, %s, 's', %s)", presence)
+        cur.executemany(
+            "INSERT INTO events (device_id, seq, ts, received_at, event, severity, since)"
+            " VALUES (%s, %s, %s, %s, 'power_restored', 'info', %s)",
+            events,
+        )
     conn.execute(
         "INSERT INTO collector_outages (started_at, ended_at, detected_by) VALUES (%s, %s, 'test')",
         (from_ms(lo + 30 * H), from_ms(lo + 31 * H + 17 * 60_000)),
