@@ -427,6 +427,18 @@ class Feed:
         out, outages = self._other_inputs(lo, a, b)
         return points, out, outages
 
+    def up_between(self, lo: int, hi: int, states: Collection[str]) -> set[str]:
+        """The devices whose timeline (of any period covering ``[lo, hi)``, at a horizon
+        no earlier than ``hi``) is surely labelled by one of ``states`` (and not a power
+        cut) at some moment of ``[lo, hi)``: a state run in one of them yields that time
+        in the sweep. Give the states whose label is not a downtime cause: the devices
+        not returned are then a superset of those down throughout ``[lo, hi)`` (the
+        daily bulletin's down-for-long candidates), read without a timeline."""
+        if hi <= lo:
+            return set()
+        rows = self._rows("up_between", lo=from_ms(lo), hi=from_ms(hi), states=sorted(states))
+        return {device_id for (device_id,) in rows}
+
     def warning_spans(
         self, lo: int, hi: int, horizon: int, params: dict[str, list[str]]
     ) -> dict[str, list[Span]]:
