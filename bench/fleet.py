@@ -29,7 +29,18 @@ device's state machine after its clock has started, so what falls due meanwhile 
 late. CPU means are over the time messages flow (first message to the simulator's end).
 
 Per process (with its children: the collector's store worker, PostgreSQL's backends) it
-prints CPU % of one core (mean over the run, and the largest 10-second mean) and peak RSS.
+prints CPU % of one core (mean over the run, and the largest 10-second mean), peak RSS and
+the nice value it ran at.
+
+Priorities are those of the shipped units (``deploy/systemd/``: ``Nice=`` of
+``atmfleet-collector.service``, ``atmfleet-serve.service``, ``atmfleet-incidents.service``
+and of Prometheus's drop-in ``prometheus.service.d/atmfleet-priority.conf``), read from
+the files as a user installs them; every other measured process (PostgreSQL, Mosquitto,
+the simulator, ``--reader``) runs at nice 0, whatever nice value this script itself was
+started with (``nice -n 10 python bench/fleet.py`` lowers only the driver). Both
+collectors of ``--before`` get the collector's. ``CPUWeight=`` needs the service
+manager's cgroups and is not applied (on one cgroup, nice values weigh the same way).
+``--priorities none`` runs everything at nice 0, as before the units were shipped.
 """
 
 from __future__ import annotations
@@ -67,6 +78,13 @@ from simulator.fleet import generate_inventory
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "exporters" / "prometheus" / "atmfleet.rules.yml"
+#: The shipped units whose priority the bench gives its processes, by part.
+UNITS = {
+    "collector": Path("deploy/systemd/atmfleet-collector.service"),
+    "serve": Path("deploy/systemd/atmfleet-serve.service"),
+    "incidents": Path("deploy/systemd/atmfleet-incidents.service"),
+    "prometheus": Path("deploy/systemd/prometheus.service.d/atmfleet-priority.conf"),
+}
 SAMPLE_S = 1.0
 WINDOW_S = 10.0
 
@@ -82,6 +100,7 @@ class Watched:
     root: psutil.Process
     popen: subprocess.Popen[bytes] | None = None
     log: Path | None = None
+    nice: int | None = None  # what it was started with (None: not set by the bench)
     peak_rss: int = 0
     cpu0: float | None = None
     cpu_last: float = 0.0
@@ -141,11 +160,67 @@ def env_for(db_url: str, mqtt_url: str, checkout: Path) -> dict[str, str]:
     return env
 
 
-def spawn(name: str, args: list[str], env: dict[str, str], cwd: Path, logs: Path) -> Watched:
+@dataclass(frozen=True)
+class Priority:
+    """What a unit file sets: ``Nice=`` (applied by the bench) and ``CPUWeight=``."""
+
+    nice: int = 0
+    cpu_weight: int | None = None
+
+
+def unit_priority(path: Path) -> Priority:
+    """``Nice=`` and ``CPUWeight=`` of a unit file or drop-in (defaults when absent)."""
+    values: dict[str, str] = {}
+    if path.exists():
+        section = ""
+        for raw in path.read_text(encoding="utf-8").splitlines():
+            line = raw.strip()
+            if line.startswith("["):
+                section = line
+            elif section == "[Service]" and "=" in line and not line.startswith(("#", ";")):
+                key, _, value = line.partition("=")
+                values[key.strip()] = value.strip()
+    weight = values.get("CPUWeight")
+    return Priority(int(values.get("Nice", "0")), int(weight) if weight else None)
+
+
+def shipped_priorities(root: Path = ROOT) -> dict[str, Priority]:
+    """The priority of each part as the units shipped in ``root`` set it."""
+    return {part: unit_priority(root / path) for part, path in UNITS.items()}
+
+
+def niced(args: list[str], nice: int | None) -> list[str]:
+    """``args`` run at the absolute nice value ``nice`` (not relative to this script's:
+    ``nice -n`` adds to the niceness it is started with), or as they are when None."""
+    if nice is None:
+        return args
+    delta = nice - os.getpriority(os.PRIO_PROCESS, 0)
+    return ["nice", "-n", str(delta), *args] if delta else args
+
+
+def renice_tree(process: psutil.Process, nice: int) -> str | None:
+    """Give a running process and its children the nice value ``nice``; what went wrong."""
+    try:
+        for p in [process, *process.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.nice(nice)
+    except psutil.AccessDenied as exc:
+        return f"cannot renice {process.pid} to {nice}: {exc}"
+    return None
+
+
+def spawn(
+    name: str,
+    args: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    logs: Path,
+    nice: int | None = None,
+) -> Watched:
     log_path = logs / f"{name}.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=log, stderr=log)
-    return Watched(name, psutil.Process(proc.pid), proc, log_path)
+        proc = subprocess.Popen(niced(args, nice), env=env, cwd=cwd, stdout=log, stderr=log)
+    return Watched(name, psutil.Process(proc.pid), proc, log_path, nice)
 
 
 def atmfleet(checkout: Path, *args: str) -> list[str]:
@@ -277,6 +352,7 @@ PHASES = (
     ("DELETE FROM state_runs", "runs recomputed"),
     ("SELECT device_id, ts, seq, state", "staged samples read"),
     ("SELECT s.device_id", "new samples read"),
+    ("SELECT 'c', p.device_id", "new cuts, power, txns read"),
     ("SELECT p.device_id", "new cuts read"),
     ("SELECT e.device_id", "new power read"),
     ("SELECT t.device_id", "new txns read"),
@@ -469,6 +545,12 @@ def run(args: argparse.Namespace) -> None:
             readers: list[Reader] = []
             if broker.process is not None:
                 watched.append(Watched("mosquitto", psutil.Process(broker.process.pid)))
+            # Started before the clients, so every backend forked later inherits it.
+            for w in watched:
+                if problem := renice_tree(w.root, 0):
+                    print(f"priorities: {problem}", flush=True)
+                else:
+                    w.nice = 0
             try:
                 run_parts(args, tmp, logs, broker, stores, before, watched, readers, pg)
             finally:
@@ -495,6 +577,22 @@ def run_parts(
 ) -> None:
     main_db = stores[0].db_url
     token = uuid.uuid4().hex[:6]
+    shipped = args.priorities == "shipped"
+    units = shipped_priorities() if shipped else {}
+    nice = {part: units[part].nice if shipped else 0 for part in UNITS}
+    if shipped:
+        print(
+            "priorities as shipped (deploy/systemd, Nice= applied; CPUWeight= needs the "
+            "service manager): "
+            + ", ".join(
+                f"{part} nice {p.nice} (CPUWeight {p.cpu_weight or 'default'})"
+                for part, p in units.items()
+            )
+            + "; PostgreSQL, Mosquitto, the simulator and readers nice 0",
+            flush=True,
+        )
+    else:
+        print("priorities: none (--priorities none): every process at nice 0", flush=True)
     for i, s in enumerate(stores):
         checkout = ROOT if i == 0 else before
         assert checkout is not None
@@ -507,6 +605,7 @@ def run_parts(
             env,
             checkout,
             logs,
+            nice["collector"],
         )
         watched.append(s.watched)
     for s in stores:
@@ -521,10 +620,16 @@ def run_parts(
                 env,
                 ROOT,
                 logs,
+                nice["serve"],
             )
         )
     if "incidents" not in args.without:
-        watched.append(spawn("incidents", atmfleet(ROOT, "incidents", "run"), env, ROOT, logs))
+        watched.append(
+            spawn(
+                "incidents", atmfleet(ROOT, "incidents", "run"), env, ROOT, logs,
+                nice["incidents"],
+            )
+        )  # fmt: skip
     prom_port: int | None = None
     if "prometheus" not in args.without:
         prom_dir = tmp / "prometheus"
@@ -543,6 +648,7 @@ def run_parts(
                 env | shipped_environment(),  # what the shipped unit's drop-in sets
                 prom_dir,
                 logs,
+                nice["prometheus"],
             )
         )
         wait_port(prom_port, 30)
@@ -570,6 +676,7 @@ def run_parts(
         env_for(main_db, broker.url, sim_checkout),
         sim_checkout,
         logs,
+        0,  # the devices: elsewhere in a real fleet, a process like any other here
     )
     watched.append(sim)
     parts = [p for p in ("serve", "incidents run", "Prometheus") if p.split()[0].lower()
@@ -619,9 +726,15 @@ def run_parts(
     published = int(m.group(1).replace(",", ""))
     wills = int((m.group(2) or "0").replace(",", ""))
     pub_seconds = float(m.group(3))
-    # Drain: every collector has acknowledged what it received.
+    # Drain: every collector has acknowledged what it received. A collector behind the
+    # simulator still has messages at the broker: wait while it makes progress.
     for s in stores:
-        until(functools.partial(_drained, s), f"{s.name} to store the rest", 300)
+        s.poll(time.time())
+        behind = published + wills - _stored(s)
+        t = time.monotonic()
+        drain(s, published + wills, STALL_S)
+        print(f"{s.name}: {max(behind, 0):,} messages not yet stored when the simulator "
+              f"ended, stored in {time.monotonic() - t:.0f}s more", flush=True)  # fmt: skip
     for w in watched:
         w.sample(time.monotonic())
     waits.stop()
@@ -660,7 +773,7 @@ class Reader:
         while not self._stop.is_set():
             t = time.monotonic()
             self._proc = subprocess.Popen(
-                atmfleet(ROOT, *self.args), env=self.env, cwd=ROOT,
+                niced(atmfleet(ROOT, *self.args), 0), env=self.env, cwd=ROOT,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             code = self._proc.wait()
@@ -737,6 +850,26 @@ def _up(s: Store) -> bool:
     return bool(s.values)
 
 
+#: The drain gives up on a collector that has stored nothing for this long.
+STALL_S = 120.0
+
+
+def drain(s: Store, expected: int, stall_s: float) -> None:
+    """Wait until ``s`` has done (stored, found duplicate or dead-lettered) ``expected``
+    messages and holds none, for as long as it keeps storing (a starved collector may be
+    minutes behind the simulator); after ``stall_s`` without progress, say so and go on
+    (the report's published vs stored shows what is missing)."""
+    done, since = s.done(), time.monotonic()
+    while not (_drained(s) and s.done() >= expected):
+        if s.done() > done:
+            done, since = s.done(), time.monotonic()
+        elif time.monotonic() - since > stall_s:
+            print(f"{s.name}: nothing stored for {stall_s:.0f}s while draining; "
+                  f"{s.done():,.0f} of {expected:,} done", flush=True)  # fmt: skip
+            return
+        time.sleep(SAMPLE_S)
+
+
 def _drained(s: Store) -> bool:
     s.poll(time.time())
     received = s.values.get("atmfleet_collector_messages_received_total", 0.0)
@@ -801,13 +934,14 @@ def report(
     print(f"published: {published:,} messages (+{wills:,} last wills) in {pub_seconds:.0f}s = "
           f"{published / max(pub_seconds, 1e-9):,.0f} msgs/s")  # fmt: skip
     print()
-    print(f"{'process':18} {'CPU % mean':>10} {'CPU % max10s':>12} {'peak RSS':>10}")
+    print(f"{'process':18} {'CPU % mean':>10} {'CPU % max10s':>12} {'peak RSS':>10} {'nice':>5}")
     for w in watched:
         base = w.cpu_flow if w.cpu_flow is not None else (w.cpu0 or 0.0)
         mean = 100 * (w.cpu_last - base) / wall
         windows = w.windows[w.flow_window :]
         peak = max(windows) if windows else None
-        print(f"{w.name:18} {mean:>10.1f} {fmt(peak, ''):>12} {w.peak_rss / 2**20:>7.0f} MiB")
+        print(f"{w.name:18} {mean:>10.1f} {fmt(peak, ''):>12} {w.peak_rss / 2**20:>7.0f} MiB "
+              f"{'–' if w.nice is None else w.nice:>5}")  # fmt: skip
     print()
     t0 = datetime.fromtimestamp(sim_started, UTC)
     cut = datetime.fromtimestamp(flow_started + args.warmup, UTC)
@@ -902,6 +1036,13 @@ def main() -> None:
         metavar="ARGS",
         help="An atmfleet command run in a loop on every collector's database during the "
         "run, e.g. 'kpi uptime --date 2026-12-01' (repeatable).",
+    )
+    parser.add_argument(
+        "--priorities",
+        choices=("shipped", "none"),
+        default="shipped",
+        help="shipped: each part at the Nice= of its unit in deploy/systemd (the collector "
+        "before the reports), the rest at nice 0; none: every process at nice 0.",
     )
     parser.add_argument("--keep", default=None, help="Copy every log into this folder.")
     args = parser.parse_args()

@@ -2,6 +2,7 @@
 
     python bench/ingest.py [--messages 50000] [--devices 1000] [--broker mosquitto|iotcore]
                            [--mqtt-url URL] [--pg-url ADMIN_URL]
+                           [--before CHECKOUT [--rounds N] [--collectors-only]]
 
 One broker, one backlog: three persistent sessions (MQTT 5, QoS 1) subscribe to the
 collector's topics, then a backlog of realistic messages (the simulator's history of a
@@ -20,6 +21,16 @@ is committed (stored + duplicate + dead-lettered, from the collector's own metri
 Use a backlog of several batches (the default is 5 of the collector's default 10,000):
 a smaller one mostly measures how long a partial batch waits (``flush_interval_s``).
 (b) and (c) write to a fresh database on the local PostgreSQL, dropped afterwards.
+
+``--before CHECKOUT`` (a checkout of another commit, e.g. ``git worktree add --detach
+../before main``) also drains the same backlog through that checkout's collector (its
+own session, its own database), alternating with this one's for ``--rounds`` rounds, and
+prints, side by side, the CPU seconds of each collector (network process + store worker,
+from its first message received to its last commit, so start-up is not counted) per
+100,000 messages, their ratio, and the rows each stored by table (they must be equal).
+``ATMFLEET_COLLECTOR__*`` settings in the environment apply to both (e.g.
+``ATMFLEET_COLLECTOR__BATCH_SIZE=700`` for batches the size of a live fleet's).
+``--collectors-only`` leaves out (a) and (c).
 
 By default the broker is a Mosquitto of our own (free port, temporary folder,
 ``max_queued_messages 0`` so an offline session keeps the whole backlog). ``--broker
@@ -62,6 +73,7 @@ from simulator.config import SimConfig
 from simulator.engine import generate
 from simulator.fleet import generate_inventory
 
+ROOT = Path(__file__).resolve().parent.parent
 #: Give up on a run that has received nothing new for this long.
 STALL_S = 60.0
 
@@ -267,10 +279,29 @@ def tree_rss(process: psutil.Process) -> int:
     return total
 
 
-def run_collector(url: str, client_id: str, db_url: str, expected: int) -> tuple[Result, int]:
+def tree_cpu(process: psutil.Process) -> float:
+    """CPU seconds (user + system) of the collector and its children, while they run."""
+    total = 0.0
+    for p in [process, *process.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def run_collector(
+    url: str,
+    client_id: str,
+    db_url: str,
+    expected: int,
+    checkout: Path | None = None,
+    name: str = "b  collector (durable)",
+) -> tuple[Result, int, float]:
     """The end is the collector's own last-commit time; the start is the first poll that
     sees a message received (polled every 0.05 s until then, every 0.5 s after, so the
-    scraping costs the collector little)."""
+    scraping costs the collector little). ``checkout``: run that checkout's collector
+    (default: this one's). Also returns the peak RSS and the CPU seconds of the collector
+    with its store worker between those two polls."""
     metrics_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATMFLEET_")}
     env.update(
@@ -281,16 +312,20 @@ def run_collector(url: str, client_id: str, db_url: str, expected: int) -> tuple
         ATMFLEET_COLLECTOR__SESSION_EXPIRY_S="3600",
         **{k: v for k, v in os.environ.items() if k.startswith("ATMFLEET_COLLECTOR__")},
     )
+    if checkout is not None:
+        env["PYTHONPATH"] = str(checkout)
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "collect", "--metrics-port", str(metrics_port)],
             env=env,
+            cwd=checkout,
             stdout=log,
             stderr=log,
         )
         ps = psutil.Process(proc.pid)
         peak = 0
         first: float | None = None
+        cpu_first = cpu_done = 0.0
         done_at: float | None = None
         committed = 0.0
         last_progress = time.monotonic()
@@ -303,7 +338,7 @@ def run_collector(url: str, client_id: str, db_url: str, expected: int) -> tuple
                     time.sleep(0.05)
                     continue
                 if first is None and values.get("atmfleet_collector_messages_received_total"):
-                    first = time.time()
+                    first, cpu_first = time.time(), tree_cpu(ps)
                 done = sum(
                     values.get(f"atmfleet_collector_messages_{k}_total", 0.0)
                     for k in ("stored", "duplicate", "rejected")
@@ -312,6 +347,7 @@ def run_collector(url: str, client_id: str, db_url: str, expected: int) -> tuple
                     committed, last_progress = done, time.monotonic()
                 if committed >= expected:
                     done_at = values["atmfleet_collector_last_commit_timestamp_seconds"]
+                    cpu_done = tree_cpu(ps)
                     break
                 if time.monotonic() - last_progress > STALL_S:
                     break
@@ -326,8 +362,63 @@ def run_collector(url: str, client_id: str, db_url: str, expected: int) -> tuple
                 log.seek(0)
                 sys.stderr.write(log.read().decode(errors="replace")[-3000:])
     if first is None or done_at is None:
-        raise SystemExit(f"b: the collector committed {committed:.0f} of {expected}")
-    return Result("b  collector (durable)", int(committed), done_at - first), peak
+        raise SystemExit(f"{name}: the collector committed {committed:.0f} of {expected}")
+    return Result(name, int(committed), done_at - first), peak, cpu_done - cpu_first
+
+
+#: What a collector stored, by table: equal for two collectors given the same backlog.
+TABLES = ("state_samples", "events", "transactions", "presence", "counter_volumes",
+          "state_runs", "device_sequences", "dead_letters")  # fmt: skip
+
+
+def stored_rows(db_url: str) -> dict[str, int]:
+    with psycopg.connect(db_url) as conn:
+        return {
+            t: int(row[0]) if (row := conn.execute(f"SELECT count(*) FROM {t}").fetchone()) else 0
+            for t in TABLES
+        }
+
+
+def compare(
+    url: str,
+    pg_url: str,
+    before: Path,
+    ids: dict[str, str],
+    rounds: int,
+    expected: int,
+) -> None:
+    """Each round drains the backlog through both collectors, one after the other (the
+    order alternates): CPU seconds per 100,000 messages side by side, rows stored."""
+    cpu: dict[str, list[float]] = {"before": [], "after": []}
+    rates: dict[str, list[float]] = {"before": [], "after": []}
+    rows: dict[str, dict[str, int]] = {}
+    for r in range(rounds):
+        order = ("before", "after") if r % 2 == 0 else ("after", "before")
+        for which in order:
+            with upgraded_database(pg_url) as db_url:
+                result, _peak, seconds = run_collector(
+                    url, ids[f"{which}{r}"], db_url, expected,
+                    checkout=before if which == "before" else ROOT, name=which,
+                )  # fmt: skip
+                got = stored_rows(db_url)
+            if which in rows and rows[which] != got:
+                raise SystemExit(f"{which}: round {r} stored {got}, earlier {rows[which]}")
+            rows[which] = got
+            cpu[which].append(seconds * 100_000 / result.messages)
+            rates[which].append(result.rate)
+            print(f"  round {r + 1} {which:6}: {result.rate:,.0f} msgs/s, {seconds:.2f} CPU s "
+                  f"for {result.messages:,} messages", flush=True)  # fmt: skip
+    print()
+    print(f"{'collector':10} {'CPU s / 100k msgs (each round)':>40} {'msgs/s (median)':>16}")
+    for which in ("before", "after"):
+        each = ", ".join(f"{v:.2f}" for v in cpu[which])
+        print(f"{which:10} {each:>40} {sorted(rates[which])[len(rates[which]) // 2]:>16,.0f}")
+    b, a = sum(cpu["before"]), sum(cpu["after"])
+    print(f"CPU after / before: {a / b:.3f} (sum over {rounds} round(s))")
+    print(f"{'table':18} {'before':>10} {'after':>10}")
+    for t in TABLES:
+        print(f"{t:18} {rows['before'][t]:>10,} {rows['after'][t]:>10,}")
+    print(f"stored rows equal: {rows['before'] == rows['after']}")
 
 
 # -- main -------------------------------------------------------------------------------------
@@ -346,7 +437,13 @@ def main() -> None:
         ),
         help="Admin URL of the PostgreSQL the benchmark database is created on.",
     )
+    parser.add_argument(
+        "--before", default=None, help="A checkout of another commit: its collector beside."
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="With --before: rounds of both.")
+    parser.add_argument("--collectors-only", action="store_true", help="Leave out (a) and (c).")
     args = parser.parse_args()
+    before = Path(args.before).resolve() if args.before else None
 
     token = uuid.uuid4().hex[:6]
     t = time.monotonic()
@@ -363,17 +460,26 @@ def main() -> None:
     else:
         broker = own_mosquitto()
     with broker as url, upgraded_database(args.pg_url) as db_url:
-        ids = {k: f"bench-{k}-{token}" for k in "abc"}
+        ids = {} if args.collectors_only else {k: f"bench-{k}-{token}" for k in "abc"}
+        if before is not None:
+            for n in range(args.rounds):
+                for which in ("before", "after"):
+                    ids[f"{which}{n}"] = f"bench-{which}{n}-{token}"
         for client_id in ids.values():
             create_session(url, client_id)
         seconds = publish(url, items)
         print(
             f"broker: {url} ({'given' if args.mqtt_url else args.broker}); published once "
-            f"to 3 offline sessions in {seconds:.1f}s ({len(items) / seconds:,.0f} msgs/s)"
+            f"to {len(ids)} offline sessions in {seconds:.1f}s "
+            f"({len(items) / seconds:,.0f} msgs/s)"
         )
+        if before is not None:
+            compare(url, args.pg_url, before, ids, args.rounds, len(items))
+        if args.collectors_only:
+            return
         results = [Counting(url, ids["a"], len(items)).run("a  bare paho loop")]
         print(f"  {results[-1].name}: {results[-1].rate:,.0f} msgs/s", flush=True)
-        collector, peak = run_collector(url, ids["b"], db_url, len(items))
+        collector, peak, _cpu = run_collector(url, ids["b"], db_url, len(items))
         results.append(collector)
         print(f"  {collector.name}: {collector.rate:,.0f} msgs/s", flush=True)
         results.append(

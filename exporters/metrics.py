@@ -46,7 +46,15 @@ from prometheus_client.utils import floatToGoString
 
 from atmfleet.child import in_child
 from atmfleet.errors import AtmfleetError, ConfigError
-from atmfleet.inventory import Branch, BranchKind, Device, Inventory, SubBranch, Tier
+from atmfleet.inventory import (
+    Branch,
+    BranchKind,
+    Device,
+    DeviceType,
+    Inventory,
+    SubBranch,
+    Tier,
+)
 from atmfleet.store.connect import connect
 from atmfleet.store.jobs import Job, read_jobs
 from atmfleet.store.runs import RUN_GAP
@@ -56,18 +64,20 @@ from incidents.metrics import families as incident_families
 from incidents.metrics import read as read_incidents
 from notify.metrics import NotifyCollector
 from rules.config import Rules
-from rules.feed import Feed
+from rules.feed import Feed, uptime_day_columns
 from rules.feed import _devices as feed_devices
 from rules.feed import queries as feed_queries
 from rules.fleet import fleet_devices
+from rules.labels import Label
 from rules.lowyield import YieldStatus
 from rules.report import Context, Scope
-from rules.timeline import from_ms, ms
-from rules.uptime import day_span
+from rules.timeline import from_ms, label_code, ms
+from rules.uptime import FIGURES, day_span
 
 log = logging.getLogger(__name__)
 
-#: Child processes computing the costlier parts at once (:meth:`DatabaseSource.refresh_slow`).
+#: Child processes computing the costlier parts at once (:meth:`DatabaseSource.refresh_slow`:
+#: the low-yield share in one, today's times and resource-warning time in the other).
 SLOW_PROCESSES = 2
 #: States in which a device serves customers (``atmfleet_device_up`` 1).
 UP_STATES = frozenset({"in_service", "degraded"})
@@ -348,22 +358,51 @@ def _scheduled(d: DeviceRow) -> bool:
     return d.in_window and d.state not in UNSCHEDULED_STATES
 
 
+def _info(d: DeviceRow) -> tuple[tuple[str, ...], float]:
+    return (d.device, d.branch, d.subbranch, d.tier, d.type, d.vendor, d.placement, d.model), 1
+
+
+def _up(d: DeviceRow) -> tuple[tuple[str, ...], float]:
+    labels = (d.device, d.branch, d.subbranch, d.tier, d.type, d.vendor, d.placement)
+    return labels, 1 if d.state in UP_STATES else 0
+
+
+def _state(d: DeviceRow) -> tuple[tuple[str, ...], float]:
+    return (d.device, d.state), 1
+
+
+def _in_window(d: DeviceRow) -> tuple[tuple[str, ...], float]:
+    return (d.device,), 1 if d.in_window else 0
+
+
+def _last_seen(d: DeviceRow) -> tuple[tuple[str, ...], float] | None:
+    return None if d.last_seen is None else ((d.device,), d.last_seen)
+
+
+def _since(d: DeviceRow) -> tuple[tuple[str, ...], float] | None:
+    return None if d.since is None else ((d.device,), d.since)
+
+
+def _cash(d: DeviceRow) -> tuple[tuple[str, ...], float] | None:
+    return None if d.cash_ratio is None else ((d.device,), d.cash_ratio)
+
+
+def _scheduled_down(d: DeviceRow) -> tuple[tuple[str, ...], float] | None:
+    if not _scheduled(d) or d.state in UP_STATES:
+        return None
+    return (d.device, d.branch, d.subbranch, d.tier, d.type, d.vendor, d.placement), 1
+
+
+#: A device's series in each of :data:`DEVICE_FAMILIES`, in its order.
+_SERIES: tuple[Callable[[DeviceRow], tuple[tuple[str, ...], float] | None], ...] = (
+    _info, _up, _state, _in_window, _last_seen, _since, _cash, _scheduled_down,
+)  # fmt: skip
+
+
 def device_series(d: DeviceRow) -> tuple[tuple[tuple[str, ...], float] | None, ...]:
     """A device's series in each of :data:`DEVICE_FAMILIES`: (label values, value), or
     None where it has none."""
-    labels = (d.device, d.branch, d.subbranch, d.tier, d.type, d.vendor, d.placement)
-    dev = (d.device,)
-    up = d.state in UP_STATES
-    return (
-        ((*labels, d.model), 1),
-        (labels, 1 if up else 0),
-        ((d.device, d.state), 1),
-        (dev, 1 if d.in_window else 0),
-        None if d.last_seen is None else (dev, d.last_seen),
-        None if d.since is None else (dev, d.since),
-        None if d.cash_ratio is None else (dev, d.cash_ratio),
-        (labels, 1) if _scheduled(d) and not up else None,
-    )
+    return tuple(series(d) for series in _SERIES)
 
 
 class DeviceFamily(Metric):
@@ -400,8 +439,10 @@ class DeviceFamily(Metric):
 
 
 class DeviceLines:
-    """The lines of a snapshot's devices in each per-device family, worked out on first
-    use, each family's joined into one bytes object (no bytes object per line is kept).
+    """The lines of a snapshot's devices in each per-device family, each family worked
+    out the first time it is asked for (a family left out is never written) and joined
+    into one bytes object (no bytes object per line is kept; the lines are written and
+    joined a block of :data:`LINES_BLOCK` devices at a time).
 
     Against the last rendering (:data:`_RENDERED`: its rows, and each family's bytes
     with the offset of every device's line): when the devices are the same ones in the
@@ -409,22 +450,39 @@ class DeviceLines:
     written again (a line is a pure function of the row; a row equal to the last one
     keeps its lines, unless a time or ratio of it is 0: 0.0 and -0.0 are equal but render
     apart) and spliced into the last bytes, and a family none of whose lines changed is
-    the last bytes themselves. Otherwise every line is written afresh."""
+    the last bytes themselves. Otherwise (or for a family the last rendering did not
+    write) every line is written afresh."""
 
     def __init__(self, devices: Sequence[DeviceRow]) -> None:
         self.devices = devices
-        self._per_family: list[bytes] | None = None
+        self._mine: _Rendered | None = None  # this rendering, as the next one sees it
+        self._before: _Rendered | None = None
+        self._changed: list[int] | None = None
 
     def family(self, index: int) -> bytes:
-        if self._per_family is None:
-            self._per_family = self._render()
-        return self._per_family[index]
+        global _RENDERED
+        mine = self._mine
+        if mine is None:
+            self._before = before = _RENDERED
+            self._changed = None if before is None else self._changed_from(before)
+            mine = self._mine = _RENDERED = _Rendered(self.devices, {})
+        got = mine.families.get(index)
+        if got is None:
+            template, order = _template(DEVICE_FAMILIES[index][0], DEVICE_FAMILIES[index][2])
+            before = self._before
+            last = None if before is None else before.families.get(index)
+            if last is None or self._changed is None:
+                got = self._fresh(index, template, order)
+            else:
+                got = self._spliced(index, last, self._changed, template, order)
+            mine.families[index] = got
+        return got[0]
 
-    def _changed(self, before: _Rendered | None) -> list[int] | None:
+    def _changed_from(self, before: _Rendered) -> list[int] | None:
         """Indices of the devices whose lines may differ from the last rendering's; None
         if it is not the same devices in the same order."""
         devices = self.devices
-        if before is None or len(before.devices) != len(devices):
+        if len(before.devices) != len(devices):
             return None
         changed = []
         for i, (d, last) in enumerate(zip(devices, before.devices, strict=True)):
@@ -437,69 +495,57 @@ class DeviceLines:
             changed.append(i)
         return changed
 
-    def _render(self) -> list[bytes]:
-        global _RENDERED
-        before = _RENDERED
-        _RENDERED = None  # none kept if this rendering fails midway
-        templates = [_template(name, names) for name, _, names in DEVICE_FAMILIES]
-        changed = self._changed(before)
-        if before is None or changed is None:
-            blobs, offsets = self._fresh(templates)
-        else:
-            blobs, offsets = self._spliced(before, changed, templates)
-        _RENDERED = _Rendered(self.devices, blobs, offsets)
-        return blobs
-
-    def _fresh(
-        self, templates: list[tuple[str, list[int]]]
-    ) -> tuple[list[bytes], list[np.ndarray]]:
-        per_family: list[list[bytes]] = [[] for _ in DEVICE_FAMILIES]
-        appends = [lines.append for lines in per_family]
-        for d in self.devices:
-            for append, (template, order), series in zip(
-                appends, templates, device_series(d), strict=True
-            ):
-                append(b"" if series is None else _line(template, order, *series))
-        blobs, offsets = [], []
-        for lines in per_family:
-            blobs.append(b"".join(lines))
-            offsets.append(_offsets(np.fromiter(map(len, lines), np.int64, len(lines))))
-            lines.clear()
-        return blobs, offsets
+    def _fresh(self, index: int, template: str, order: list[int]) -> tuple[bytes, np.ndarray]:
+        series_of = _SERIES[index]
+        devices = self.devices
+        chunks: list[bytes] = []
+        lengths = np.zeros(len(devices), np.int64)
+        for at in range(0, len(devices), LINES_BLOCK):
+            lines = []
+            for d in devices[at : at + LINES_BLOCK]:
+                series = series_of(d)
+                lines.append(b"" if series is None else _line(template, order, *series))
+            lengths[at : at + len(lines)] = np.fromiter(map(len, lines), np.int64, len(lines))
+            chunks.append(b"".join(lines))
+        return b"".join(chunks), _offsets(lengths)
 
     def _spliced(
-        self, before: _Rendered, changed: list[int], templates: list[tuple[str, list[int]]]
-    ) -> tuple[list[bytes], list[np.ndarray]]:
+        self,
+        index: int,
+        last: tuple[bytes, np.ndarray],
+        changed: list[int],
+        template: str,
+        order: list[int],
+    ) -> tuple[bytes, np.ndarray]:
         devices = self.devices
-        series_of = [device_series(devices[i]) for i in changed]
-        blobs, offsets = [], []
-        for index, (template, order) in enumerate(templates):
-            blob, offs = before.blobs[index], before.offsets[index]
-            new: list[tuple[int, bytes]] = []
-            for i, series in zip(changed, series_of, strict=True):
-                one = series[index]
-                line = b"" if one is None else _line(template, order, *one)
-                if line != blob[offs[i] : offs[i + 1]]:
-                    new.append((i, line))
-            if not new:
-                blobs.append(blob)
-                offsets.append(offs)
-                continue
-            view = memoryview(blob)
-            pieces: list[bytes | memoryview] = []
-            lengths = np.diff(offs)
-            at = 0
-            for i, line in new:
-                pieces.append(view[at : offs[i]])
-                pieces.append(line)
-                at = offs[i + 1]
-                lengths[i] = len(line)
-            pieces.append(view[at:])
-            blobs.append(b"".join(pieces))
-            del pieces
-            view.release()
-            offsets.append(_offsets(lengths))
-        return blobs, offsets
+        series_of = _SERIES[index]
+        blob, offs = last
+        new: list[tuple[int, bytes]] = []
+        for i in changed:
+            one = series_of(devices[i])
+            line = b"" if one is None else _line(template, order, *one)
+            if line != blob[offs[i] : offs[i + 1]]:
+                new.append((i, line))
+        if not new:
+            return last
+        view = memoryview(blob)
+        pieces: list[bytes | memoryview] = []
+        lengths = np.diff(offs)
+        at = 0
+        for i, line in new:
+            pieces.append(view[at : offs[i]])
+            pieces.append(line)
+            at = offs[i + 1]
+            lengths[i] = len(line)
+        pieces.append(view[at:])
+        out = b"".join(pieces)
+        del pieces
+        view.release()
+        return out, _offsets(lengths)
+
+
+#: Devices whose lines are written, then joined, at a time (:class:`DeviceLines`).
+LINES_BLOCK = 10_000
 
 
 def _offsets(lengths: np.ndarray) -> np.ndarray:
@@ -514,8 +560,9 @@ class _Rendered:
     """The per-device families of the last rendering (see :class:`DeviceLines`)."""
 
     devices: Sequence[DeviceRow]
-    blobs: list[bytes]  # per family, its lines joined
-    offsets: list[np.ndarray]  # per family, where each device's line starts, then the end
+    #: Per family written: its lines joined, and where each device's line starts, then
+    #: the end.
+    families: dict[int, tuple[bytes, np.ndarray]]
 
 
 #: The last rendering of the per-device families.
@@ -1013,6 +1060,8 @@ def _compact(inventory: Inventory) -> Inventory:
 
 #: The device fields whose values repeat across a fleet (see :func:`_compact`).
 _REPEATED = ("branch", "vendor", "model", "commissioned", "decommissioned", "service_window")
+#: Device rows read at a time (:meth:`DatabaseSource._device_rows`).
+DEVICE_BLOCK = 5000
 #: Inventory devices read and built at a time (:func:`read_inventory`).
 INVENTORY_BLOCK = 5000
 
@@ -1127,6 +1176,7 @@ class DatabaseSource:
         self._late_ms = round(late_s * 1000)
         self._now_ms = now_ms
         self._known: _Known | None = None
+        self._full_next = False  # forget_rows: the next read is a full one
         #: The local date of the last successful read (what :meth:`with_parts` shows for).
         self._read_today: date | None = None
         #: What the last read of the device rows was: "full" or "incremental", and how
@@ -1157,17 +1207,20 @@ class DatabaseSource:
             | None
         ) = None
 
-    def _cash_ratio(self, text: str | None) -> float | None:
+    def _cash_ratio(self, text: str | None, seen: dict[str, float | None]) -> float | None:
         """:func:`cash_ratio` of a stored ``cash_units`` (as text), decoded once per
-        distinct value: a device reports the same units until its next transaction."""
+        distinct value: a device reports the same units until its next transaction. The
+        values decoded are kept in ``seen`` (a full read keeps only the values it saw:
+        the cache holds at most about one value per device, not every value ever read)."""
         if text is None:
             return None
+        if text in seen:
+            return seen[text]
         cache = self._cash_ratios
-        if text in cache:
-            return cache[text]
-        if len(cache) > 400_000:
-            cache.clear()
-        ratio = cache[text] = cash_ratio(json.loads(text))
+        ratio = cache[text] if text in cache else cash_ratio(json.loads(text))
+        if len(seen) > 400_000:
+            seen.clear()
+        seen[text] = ratio
         return ratio
 
     def _inventory(self, conn: psycopg.Connection, feed: Feed) -> Inventory:
@@ -1224,7 +1277,7 @@ class DatabaseSource:
 
     def forget_rows(self) -> None:
         """Make the next read a full one (see :meth:`_device_rows`)."""
-        self._known = None
+        self._full_next = True
 
     def close(self) -> None:
         self._known = None  # the next read is a full one
@@ -1257,20 +1310,24 @@ class DatabaseSource:
         return due
 
     def _refresh_slow_isolated(self, on_part: Callable[[], None]) -> bool:
-        """:meth:`refresh_slow` with each part computed in a fresh child process of its
-        own, which exits when done (the KPI core's memory at 100,000 devices is about
-        1 GiB while it runs, and a long-running exporter would keep it). Two at a time
-        (the parts are independent: today's uptime, yesterday's low-yield day, today's
-        resource-warning time), each shown (``on_part``) as soon as it is back."""
+        """:meth:`refresh_slow` with the parts computed in fresh child processes, which
+        exit when done (the KPI core's memory at 100,000 devices is hundreds of MiB while
+        it runs, and a long-running exporter would keep it): yesterday's low-yield day in
+        one, today's times and resource-warning time (seconds each, from the day's
+        columns and the devices that warned) together in another, both at once; each
+        child's parts are shown (``on_part``) as soon as it is back."""
         now_dt = datetime.now(self.rules.tz)
         due = self._due(now_dt.date())
         if not due:
             return False
         done = False
-        # A thread per part running at the same time, each waiting on a child of its own.
-        with ThreadPoolExecutor(min(SLOW_PROCESSES, len(due))) as pool:
+        groups = [g for g in ([n for n in due if n != "low_yield"],
+                              [n for n in due if n == "low_yield"]) if g]  # fmt: skip
+        # A thread per child running at the same time, each waiting on its child.
+        with ThreadPoolExecutor(min(SLOW_PROCESSES, len(groups))) as pool:
             futures = [
-                pool.submit(in_child, compute_parts, self._url, self.rules, [name]) for name in due
+                pool.submit(in_child, compute_parts, self._url, self.rules, names)
+                for names in groups
             ]
             for future in as_completed(futures):
                 try:
@@ -1295,8 +1352,8 @@ class DatabaseSource:
     def refresh_slow(self, on_part: Callable[[], None] = lambda: None) -> bool:
         """Compute the costlier parts whose time has come (today's uptime first, then the
         low-yield share, then the resource-warning time), calling ``on_part`` after each
-        one computed (with ``isolate_slow``: each in a child process, two at a time, in
-        the order they end); True if any was. Errors are logged (the parts on show stay)."""
+        one computed (with ``isolate_slow``: after each child process, in the order they
+        end); True if any was. Errors are logged (the parts on show stay)."""
         if self._isolate_slow:
             return self._refresh_slow_isolated(on_part)
         any_done = False
@@ -1312,11 +1369,11 @@ class DatabaseSource:
                 devices = fleet_devices(inventory.devices, today)
                 parts: list[tuple[str, Callable[[], object], Callable[[], object]]] = [
                     ("day", lambda: self._day,
-                     lambda: self._day_times(feed, inventory, devices, today, now)),
+                     lambda: self._day_times(feed, today, now, lambda: (inventory, devices))),
                     ("low_yield", lambda: self._lowyield,
                      lambda: self._low_yield(feed, inventory, devices, today, now)),
                     ("resource_warning", lambda: self._resource,
-                     lambda: self._resource_warning(feed, inventory, devices, today, now)),
+                     lambda: self._resource_warning(feed, today, now)),
                 ]  # fmt: skip
                 for _name, cached, compute in parts:
                     before = cached()
@@ -1369,9 +1426,9 @@ class DatabaseSource:
             day, warning, low_date, lowyield = self._parts_on_show(today)
             t_day = t_warning = time.perf_counter()
         else:
-            day = self._day_times(feed, inventory, devices, today, now)
+            day = self._day_times(feed, today, now, lambda: (inventory, devices))
             t_day = time.perf_counter()
-            warning = self._resource_warning(feed, inventory, devices, today, now)
+            warning = self._resource_warning(feed, today, now)
             t_warning = time.perf_counter()
         self_service, teller = self._transactions(conn, feed, inventory, devices, today)
         t_txn = time.perf_counter()
@@ -1445,8 +1502,20 @@ class DatabaseSource:
             or known.signature != signature
             or known.today != today
             or self._clock() - known.full_at >= self._full_every
+            or self._full_next
         )
+        self._full_next = False
         params: dict[str, Any] = {"today": today, "factor": factor}
+        # A full read of the same fleet (inventory and day) keeps the last read's objects
+        # where they are equal (labels, newest points, rows): one generation of them in
+        # memory, not two, and a row kept is one whose lines are kept.
+        same: _Known | None = None
+        if full and known is not None and known.signature == signature and known.today == today:
+            same = known
+        old_labels = same.labels if same is not None else []
+        old_specs = same.specs if same is not None else []
+        old_newest = same.newest if same is not None else {}
+        old_rows = same.rows if same is not None else []
         if full or known is None:
             full_at = self._clock()
             labels: list[tuple[str, str, str, str, str, str, str, str]] = []
@@ -1465,7 +1534,11 @@ class DatabaseSource:
         tier_of = {s.id: s.tier.value for s in inventory.subbranches}
         windows = rules.service_windows
         count = 0
-        with conn.cursor() as cur:
+        ratios: dict[str, float | None] = {} if full else self._cash_ratios
+        # A server-side cursor read DEVICE_BLOCK rows at a time: the rows of the whole
+        # fleet are never held at once (a full read's result was tens of MiB).
+        with conn.cursor(name="atmfleet_serve_devices") as cur:
+            cur.itersize = DEVICE_BLOCK
             cur.execute(query, params)
             for dev_id, ts, st, hb, cash, p_at, p_status, seen, since in cur:
                 if not by_id:
@@ -1475,7 +1548,7 @@ class DatabaseSource:
                     continue
                 count += 1
                 changed.add(dev_id)
-                newest[dev_id] = (
+                entry = (
                     Newest(
                         state_ts=None if ts is None else ms(ts),
                         state=st,
@@ -1484,10 +1557,17 @@ class DatabaseSource:
                         presence_at=None if p_at is None else ms(p_at),
                         presence_offline=p_status == "offline",
                     ),
-                    None if st is None else self._cash_ratio(cash),
+                    None if st is None else self._cash_ratio(cash, ratios),
                     _s(seen),
                 )
+                old = old_newest.get(dev_id)
+                newest[dev_id] = old if old is not None and old == entry else entry
                 if full:
+                    at = len(labels)
+                    if at < len(old_labels) and old_labels[at][0] == dev_id:
+                        labels.append(old_labels[at])
+                        specs.append(old_specs[at])
+                        continue
                     branch = branch_of[d.branch]
                     labels.append(
                         (d.id, d.branch, branch.subbranch, tier_of[branch.subbranch],
@@ -1511,7 +1591,20 @@ class DatabaseSource:
                 if last.state == state and last.since == since_s and last.in_window == open_now:
                     append(last)
                     continue
+            if i < len(old_labels) and old_labels[i] is static:  # a full read: the last row
+                last = old_rows[i]
+                if (
+                    last.state == state
+                    and last.since == since_s
+                    and last.in_window == open_now
+                    and last.cash_ratio == ratio
+                    and last.last_seen == seen_s
+                    and 0 not in (since_s, ratio, seen_s)  # 0.0 and -0.0 render apart
+                ):
+                    append(last)
+                    continue
             append(DeviceRow(*static, state, since_s, seen_s, ratio, open_now))
+        self._cash_ratios = ratios
         self._known = _Known(signature, today, now, full_at, labels, specs, newest, rows)
         self.last_rows = ("full" if full else "incremental", count)
         return rows
@@ -1547,8 +1640,14 @@ class DatabaseSource:
         return d.branch, branch.subbranch, inventory.subbranch_by_id[branch.subbranch].tier.value
 
     def _day_times(
-        self, feed: Feed, inventory: Inventory, devices: list[Device], today: date, now: int
+        self,
+        feed: Feed,
+        today: date,
+        now: int,
+        fleet: Callable[[], tuple[Inventory, list[Device]]],
     ) -> dict[BranchKey, DayTimes]:
+        """Today's times per branch (:func:`day_times_columns`; ``fleet``: the inventory
+        and the fleet on ``today``, asked for only where the columns do not apply)."""
         cached = self._day
         if (
             cached is not None
@@ -1556,24 +1655,15 @@ class DatabaseSource:
             and self._clock() - cached[0] < self._day_every
         ):
             return cached[2]
-        up = Context.make(feed, inventory, Scope("fleet", "fleet"), today, today, now).uptime_days()
-        sums: dict[BranchKey, list[int]] = {}
-        for d in devices:
-            u = up.per_device[d.id][today]
-            acc = sums.setdefault(self._branch_key(inventory, d), [0, 0, 0, 0, 0])
-            acc[0] += u.scheduled_ms
-            acc[1] += u.available_ms
-            acc[2] += u.tech_scheduled_ms
-            acc[3] += u.tech_available_ms
-            acc[4] += u.unknown_ms
-        out = {k: DayTimes(*(v / 1000 for v in acc)) for k, acc in sums.items()}
+        out = day_times_columns(feed, today, now)
+        if out is None:  # what the columns do not cover: the per-device reference
+            inventory, devices = fleet()
+            out = day_times_reference(feed, inventory, devices, today, now)
         self._day = (self._clock(), today, out)
         self._computed_at["day"] = time.time()
         return out
 
-    def _resource_warning(
-        self, feed: Feed, inventory: Inventory, devices: list[Device], today: date, now: int
-    ) -> dict[BranchKey, float]:
+    def _resource_warning(self, feed: Feed, today: date, now: int) -> dict[BranchKey, float]:
         cached = self._resource
         if (
             cached is not None
@@ -1581,8 +1671,7 @@ class DatabaseSource:
             and self._clock() - cached[0] < self._resource_every
         ):
             return cached[2]
-        ctx = Context.make(feed, inventory, Scope("fleet", "fleet"), today, today, now)
-        out = resource_metrics.day_warning(ctx, devices, today)
+        out = resource_metrics.day_warning_read(feed, today, now)
         self._resource = (self._clock(), today, out)
         self._computed_at["resource_warning"] = time.time()
         return out
@@ -1647,12 +1736,20 @@ class DatabaseSource:
             return on, cached[2]
         ctx = Context.make(feed, inventory, Scope("fleet", "fleet"), on, on, now)
         flags = ctx.flags()  # the report layer's (kpi low-yield, the bulletins)
-        type_of = {d.id: d.type.value for d in inventory.devices}
-        sub_of = {d.id: self._branch_key(inventory, d)[1:] for d in inventory.devices}
+        # (sub-branch, tier, type) of each flagged device, worked out once per branch
+        # and type rather than once per device.
+        subs = inventory.subbranch_by_id
+        sub_of = {b.id: (b.subbranch, subs[b.subbranch].tier.value) for b in inventory.branches}
+        type_value = {t: t.value for t in DeviceType}
+        device_of = {d.id: d for d in inventory.devices}
+        group_of: dict[tuple[str, DeviceType], tuple[str, str, str]] = {}
         counts: dict[tuple[str, str, str], list[int]] = {}
         for f in flags:
-            sub, tier = sub_of[f.device_id]
-            acc = counts.setdefault((sub, tier, type_of[f.device_id]), [0, 0])
+            d = device_of[f.device_id]
+            group = group_of.get((d.branch, d.type))
+            if group is None:
+                group = group_of[(d.branch, d.type)] = (*sub_of[d.branch], type_value[d.type])
+            acc = counts.setdefault(group, [0, 0])
             if f.evaluated:
                 acc[1] += 1
                 acc[0] += f.status is YieldStatus.LOW
@@ -1662,31 +1759,86 @@ class DatabaseSource:
         return on, out
 
 
+def _branch_key(inventory: Inventory, d: Device) -> BranchKey:
+    branch = inventory.branch_by_id[d.branch]
+    return d.branch, branch.subbranch, inventory.subbranch_by_id[branch.subbranch].tier.value
+
+
+def day_times_reference(
+    feed: Feed, inventory: Inventory, devices: Sequence[Device], today: date, now: int
+) -> dict[BranchKey, DayTimes]:
+    """Today's times per branch of ``devices`` (the fleet on ``today``) from the report
+    layer's 开机率 of each device (:meth:`rules.report.Context.uptime_days`)."""
+    up = Context.make(feed, inventory, Scope("fleet", "fleet"), today, today, now).uptime_days()
+    sums: dict[BranchKey, list[int]] = {}
+    for d in devices:
+        u = up.per_device[d.id][today]
+        acc = sums.setdefault(_branch_key(inventory, d), [0, 0, 0, 0, 0])
+        acc[0] += u.scheduled_ms
+        acc[1] += u.available_ms
+        acc[2] += u.tech_scheduled_ms
+        acc[3] += u.tech_available_ms
+        acc[4] += u.unknown_ms
+    return {k: DayTimes(*(v / 1000 for v in acc)) for k, acc in sums.items()}
+
+
+#: The columns of :data:`rules.uptime.FIGURES` that :class:`DayTimes` shows, in its order.
+_DAY_FIGURES = ("scheduled_ms", "available_ms", "tech_scheduled_ms", "tech_available_ms")
+
+
+def day_times_columns(feed: Feed, today: date, now: int) -> dict[BranchKey, DayTimes] | None:
+    """:func:`day_times_reference` of the fleet on ``today`` from the day's columns
+    (:func:`rules.feed.uptime_day_columns`: no inventory, no object per device), the
+    same integers summed per branch; None where the columns do not apply (the caller
+    takes the reference)."""
+    cols = uptime_day_columns(feed, "fleet", "fleet", today, now)
+    if cols is None:
+        return None
+    keys = list(zip(cols.groups["branch"], cols.groups["subbranch"], cols.groups["tier"],
+                    strict=True))  # fmt: skip
+    index: dict[BranchKey, int] = {}
+    setdefault = index.setdefault
+    code = np.fromiter((setdefault(k, len(index)) for k in keys), np.int64, len(keys))
+    values = np.column_stack(
+        [cols.figures[:, FIGURES.index(name)] for name in _DAY_FIGURES]
+        + [cols.by_label[:, label_code(Label.UNKNOWN)]]
+    ).astype(np.int64)
+    sums = np.zeros((len(index), values.shape[1]), np.int64)
+    np.add.at(sums, code, values)
+    rows = sums.tolist()  # Python ints: v / 1000 as the reference divides
+    return {k: DayTimes(*(v / 1000 for v in rows[i])) for k, i in index.items()}
+
+
 def compute_parts(
     url: str, rules: Rules, names: Sequence[str], now_ms: int | None = None
 ) -> dict[str, tuple[date, Any]]:
     """The costlier parts ``names`` (day, low_yield, resource_warning) computed afresh, as
     :meth:`DatabaseSource.refresh_slow` computes them, each with the date it is for: what
-    a child process hands back. ``now_ms``: the instant (default the database's now)."""
+    a child process hands back. ``now_ms``: the instant (default the database's now).
+    The inventory is read only for a part that needs it (the low-yield share; today's
+    times where the day's columns do not apply)."""
     source = DatabaseSource(url, rules)
     conn = source._connect()
     try:
         feed = Feed(conn, rules)
         now = feed.now_ms() if now_ms is None else now_ms
         today = from_ms(now).astimezone(rules.tz).date()
-        inventory = read_inventory(conn)
-        devices = fleet_devices(inventory.devices, today)
+        read: list[tuple[Inventory, list[Device]]] = []
+
+        def fleet() -> tuple[Inventory, list[Device]]:
+            if not read:
+                inventory = read_inventory(conn)
+                read.append((inventory, fleet_devices(inventory.devices, today)))
+            return read[0]
+
         out: dict[str, tuple[date, Any]] = {}
         for name in names:
             if name == "day":
-                out[name] = (today, source._day_times(feed, inventory, devices, today, now))
+                out[name] = (today, source._day_times(feed, today, now, fleet))
             elif name == "low_yield":
-                out[name] = source._low_yield(feed, inventory, devices, today, now)
+                out[name] = source._low_yield(feed, *fleet(), today, now)
             elif name == "resource_warning":
-                out[name] = (
-                    today,
-                    source._resource_warning(feed, inventory, devices, today, now),
-                )
+                out[name] = (today, source._resource_warning(feed, today, now))
             conn.rollback()
         return out
     finally:

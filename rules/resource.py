@@ -233,15 +233,27 @@ def ranked(rates: Mapping[str, float | None]) -> list[tuple[int | None, str]]:
 
 
 def resource_for(
-    feed: Feed, devices: Sequence[Device], up: UptimeDays, horizon: int
+    feed: Feed,
+    devices: Sequence[Device],
+    up: UptimeDays,
+    horizon: int,
+    read_spans: Callable[[int, int], Mapping[str, list[Span]]] | None = None,
 ) -> dict[str, dict[date, ResourceWarning]]:
     """Every device's W and S for each local day of ``up`` (the 开机率 computation of the
     same devices and period, whose timelines and S are reused). Kept closed days are read
     (their W was kept over the same S); the other days are computed from the state
-    messages, which are read only over the days that need it, and kept once closed."""
+    messages, which are read only over the days that need it, and kept once closed.
+    ``read_spans(lo, hi)``: the warning spans of ``[lo, hi)`` (default: read,
+    :meth:`Feed.warning_spans`), for a caller that has read them already."""
     rules = feed.rules
     tz = rules.tz
     policy = WarningPolicy.from_rules(rules)
+    if read_spans is None:
+        params = policy.query_params()
+
+        def read_spans(lo: int, hi: int) -> Mapping[str, list[Span]]:
+            return feed.warning_spans(lo, hi, horizon, params)
+
     fingerprint = feed.fingerprint()
     # Every kept day's S (and W where kept): W is kept only into a day whose S is kept
     # with the same value (what keep_warnings updates), so only those are sent.
@@ -257,10 +269,10 @@ def resource_for(
         )
 
     missing = sorted({day for d in devices for day in up.days if not usable(d.id, day)})
-    spans: dict[str, list[Span]] = {}
+    spans: Mapping[str, list[Span]] = {}
     if missing:
         lo, hi = day_span(missing[0], tz)[0], day_span(missing[-1], tz)[1]
-        spans = feed.warning_spans(lo, hi, horizon, policy.query_params())
+        spans = read_spans(lo, hi)
     windows = WindowSpans(tz)
     is_closed = {day: closed(feed, day, horizon) for day in missing}
     out: dict[str, dict[date, ResourceWarning]] = {}

@@ -183,18 +183,20 @@ CROSS JOIN LATERAL (
 ) s
 """
 
-_NEW_CUTS = """
-SELECT p.device_id, presence_at(p.will, p.ts, p.received_at)
+# What the batch's presence, event and transaction rows can change, in one statement (one
+# round trip, where three cost a wake-up of the backend and of the writer each): the
+# cuts of the presence rows inserted (``c``), the ``since`` of the ``power_restored``
+# events inserted (``p``), each device's earliest transaction inserted (``t``).
+_NEW_POINTS = """
+SELECT 'c', p.device_id, presence_at(p.will, p.ts, p.received_at)
 FROM _stage_presence g
 CROSS JOIN LATERAL (
     SELECT * FROM presence p
     WHERE p.device_id = g.device_id AND p.ts = g.ts AND p.status = g.status
       AND p.session = g.session AND p.will = g.will AND p.received_at = g.received_at
 ) p
-"""
-
-_NEW_POWER = """
-SELECT e.device_id, e.since
+UNION ALL
+SELECT 'p', e.device_id, e.since
 FROM _stage_event g
 CROSS JOIN LATERAL (
     SELECT * FROM events e
@@ -202,10 +204,8 @@ CROSS JOIN LATERAL (
       AND e.received_at = g.received_at
 ) e
 WHERE g.event = 'power_restored' AND g.since IS NOT NULL
-"""
-
-_NEW_TXNS = """
-SELECT t.device_id, min(t.ts)
+UNION ALL
+SELECT 't', t.device_id, min(t.ts)
 FROM _stage_txn g
 CROSS JOIN LATERAL (
     SELECT * FROM transactions t
@@ -316,13 +316,12 @@ def update_runs(
     for device_id, ts, seq, state, hb in rows:
         samples.setdefault(device_id, set()).add(Sample(ms(ts), seq, state, hb))
     new_cuts: dict[str, set[int]] = {}
-    for device_id, at in cur.execute(_NEW_CUTS, prepare=False).fetchall():
-        new_cuts.setdefault(device_id, set()).add(ms(at))
     earliest: dict[str, int] = {}
-    for device_id, since in cur.execute(_NEW_POWER, prepare=False).fetchall():
-        earliest[device_id] = min(earliest.get(device_id, _POS_INF), ms(since))
-    for device_id, ts in cur.execute(_NEW_TXNS, prepare=False).fetchall():
-        earliest[device_id] = min(earliest.get(device_id, _POS_INF), ms(ts))
+    for kind, device_id, at in cur.execute(_NEW_POINTS, prepare=False).fetchall():
+        if kind == "c":
+            new_cuts.setdefault(device_id, set()).add(ms(at))
+        else:  # a power_restored event's since, a device's earliest transaction
+            earliest[device_id] = min(earliest.get(device_id, _POS_INF), ms(at))
     devices = sorted(samples.keys() | new_cuts.keys())
     for device_id in devices:
         times = [s.ts for s in samples.get(device_id, ())] + list(new_cuts.get(device_id, ()))
