@@ -206,3 +206,47 @@ def check(feed: Feed, outage: str) -> None:
             assert got["E05"][1] == 42 * H  # in service inside the power cut
     in_fleet = {d.id for d in build.daily_context(feed, inventory, DAY, now).devices}
     assert "E07" not in in_fleet and "E14" in in_fleet
+
+
+def add_warnings(conn: psycopg.Connection) -> None:
+    """Cash-out and low-cash messages of a few devices inside the day (warning spans)."""
+    rows = [
+        (dev, 900 + k, from_ms(LO + (6 + 2 * k) * H), state, units)
+        for k, (dev, state, units) in enumerate(
+            (("D000", "cash_out", "[]"), ("D007", "in_service", '[{"type": "cash", "status":'
+             ' "low"}]'), ("D007", "in_service", "[]"), ("E05", "cash_out", "[]"))
+        )
+    ]  # fmt: skip
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO state_samples VALUES (%s, %s, %s, %s, %s, 60, '{}', %s, '{}')",
+            [(d, s, t, t, st, u) for d, s, t, st, u in rows],
+        )
+    conn.commit()
+
+
+def test_kept_warning_time_builds_no_timeline(conn: psycopg.Connection) -> None:
+    """rules.resource.resource_for asks a device's timeline only where its W is computed
+    and it has a warning span: the figures are those computed with every timeline
+    built, and a day whose W is kept builds none."""
+    from rules.feed import window_days
+
+    add_warnings(conn)
+    feed = Feed(conn, RULES)
+    inventory = feed.inventory()
+    now = feed.now_ms()
+    # Computed, every timeline built first (as before the change).
+    plain = build.daily_context(feed, inventory, DAY, now)
+    dict(plain.uptime_days().timelines)
+    want = plain.resource_days()
+    assert any(rw[DAY].warning_ms for rw in want.values())
+    # Computed, the timelines asked for only where needed.
+    fresh = build.daily_context(feed, inventory, DAY, now)
+    assert fresh.resource_days() == want
+    # Kept (uptime, then W beside it, as `atmfleet kpi keep-days` does), then read.
+    keeper = build.daily_context(feed, inventory, DAY, now)
+    window_days(feed, keeper.devices, DAY, DAY, now)
+    assert keeper.resource_days() == want
+    kept = build.daily_context(feed, inventory, DAY, now)
+    assert kept.resource_days() == want
+    assert kept.uptime_days().timelines.built == 0
