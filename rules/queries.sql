@@ -54,6 +54,19 @@ WHERE start_ts < %(hi)s AND last_ts >= %(lo)s
   AND tstzrange(start_ts, last_ts, '[]') && tstzrange(%(lo)s, %(hi)s, '[)')
 GROUP BY device_id;
 
+-- The same, of the devices in `ids` only (a few devices' timelines: the daily
+-- bulletin's down-for-long candidates).
+-- name: runs_by_device_of
+SELECT device_id,
+       string_agg(timestamptz_send(start_ts) || int8send(start_seq)
+                  || timestamptz_send(last_ts) || int4send(heartbeat_s), ''::bytea),
+       string_agg(state, ',')
+FROM state_runs
+WHERE start_ts < %(hi)s AND last_ts >= %(lo)s
+  AND tstzrange(start_ts, last_ts, '[]') && tstzrange(%(lo)s, %(hi)s, '[)')
+  AND device_id = ANY(%(ids)s::text[])
+GROUP BY device_id;
+
 -- One local day of a fleet as columns, in one statement (one snapshot): the inventory's
 -- devices in id order (the inventory's order) as one text, nine fields each (id, branch,
 -- type, placement, vendor, service window or '', commissioned and decommissioned as

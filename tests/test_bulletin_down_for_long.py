@@ -189,7 +189,10 @@ def check(feed: Feed, outage: str) -> None:
         down = {d.id for d in ctx.devices if build.down_throughout(lines[d.id], end - 24 * H, end)}
         ids = {d.id for d in candidates}
         assert down <= ids
-        assert len(ids) < len(ctx.devices)
+        assert 2 * len(ids) < len(ctx.devices)  # down_for_long reads only their runs
+        # Only the candidates' runs and inputs read: the same timelines.
+        few = timelines(feed, candidates, PREV, HI, horizon, read_only_these=True)
+        assert few == {d.id: lines[d.id] for d in candidates}
         if horizon != now:
             continue
         listed = {d for d in got if d.startswith("E")}

@@ -144,7 +144,9 @@ def down_for_long(
     if not devices:
         return {}
     span = day_span(day - timedelta(days=1), rules.tz)[0], day_span(day, rules.tz)[1]
-    lines = timelines(ctx.feed, devices, *span, ctx.horizon)
+    # A few candidates: only their runs read (the fleet's two days are 2.4 s of CPU).
+    few = candidates is not None and 2 * len(candidates) < len(ctx.devices)
+    lines = timelines(ctx.feed, devices, *span, ctx.horizon, read_only_these=few)
     end = _day_end(ctx)
     return {d.id: got for d in devices if (got := long_down(lines.get(d.id, []), end)) is not None}
 
