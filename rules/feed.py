@@ -409,23 +409,43 @@ class Feed:
         return out, outages
 
     def timeline_points(
-        self, lo: int, hi: int, horizon: int
+        self, lo: int, hi: int, horizon: int, only: Collection[str] | None = None
     ) -> tuple[dict[str, list[Point]], dict[str, DeviceInputs], list[Span]]:
         """:meth:`timeline_inputs` with the runs as timeline points per device
-        (:func:`rules.timeline.timeline_of_points`; the inputs hold no runs)."""
+        (:func:`rules.timeline.timeline_of_points`; the inputs hold no runs); ``only``:
+        the runs and inputs of those devices only (the outages are everyone's)."""
         ctx = self.context_ms()
         a, b = from_ms(lo - ctx), from_ms(max(min(horizon, hi + ctx), lo))
         points: dict[str, list[Point]] = {}
         unpack = _RUN.iter_unpack
         label = STATE_LABEL
-        for device_id, packed, states in self._rows("runs_by_device", lo=a, hi=b):
+        rows = (
+            self._rows("runs_by_device", lo=a, hi=b)
+            if only is None
+            else self._rows("runs_by_device_of", lo=a, hi=b, ids=sorted(only))
+        )
+        for device_id, packed, states in rows:
             # floor(epoch ms) of the microseconds since 2000, as the runs query computes it
             points[device_id] = [
                 ((s0 + _PG_EPOCH_US) // 1000, STATE, q, (s1 + _PG_EPOCH_US) // 1000, label[st], h)
                 for (s0, q, s1, h), st in zip(unpack(packed), states.split(","), strict=True)
             ]
         out, outages = self._other_inputs(lo, a, b)
+        if only is not None:
+            out = {d: inputs for d, inputs in out.items() if d in only}
         return points, out, outages
+
+    def up_between(self, lo: int, hi: int, states: Collection[str]) -> set[str]:
+        """The devices whose timeline (of any period covering ``[lo, hi)``, at a horizon
+        no earlier than ``hi``) is surely labelled by one of ``states`` (and not a power
+        cut) at some moment of ``[lo, hi)``: a state run in one of them yields that time
+        in the sweep. Give the states whose label is not a downtime cause: the devices
+        not returned are then a superset of those down throughout ``[lo, hi)`` (the
+        daily bulletin's down-for-long candidates), read without a timeline."""
+        if hi <= lo:
+            return set()
+        rows = self._rows("up_between", lo=from_ms(lo), hi=from_ms(hi), states=sorted(states))
+        return {device_id for (device_id,) in rows}
 
     def warning_spans(
         self, lo: int, hi: int, horizon: int, params: dict[str, list[str]]
@@ -855,12 +875,21 @@ class Feed:
 
 
 def timelines(
-    feed: Feed, devices: Iterable[Device], lo: int, hi: int, horizon: int
+    feed: Feed,
+    devices: Iterable[Device],
+    lo: int,
+    hi: int,
+    horizon: int,
+    read_only_these: bool = False,
 ) -> dict[str, list[Interval]]:
     """Each device's labelled timeline of ``[lo, min(hi, horizon))``: the same as
     :func:`rules.timeline.build_timeline` of :meth:`Feed.timeline_inputs`, with the runs
-    read packed per device (:meth:`Feed.timeline_points`)."""
-    points, others, outages = feed.timeline_points(lo, hi, horizon)
+    read packed per device (:meth:`Feed.timeline_points`). ``read_only_these``: only
+    these devices' runs and inputs are read (for a few of a fleet; a device's timeline
+    is made of its own and the outages only)."""
+    devices = list(devices)
+    only = {d.id for d in devices} if read_only_these else None
+    points, others, outages = feed.timeline_points(lo, hi, horizon, only)
     return _timelines_of(feed, devices, lo, hi, horizon, points, others, merge_spans(outages))
 
 

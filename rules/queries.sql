@@ -54,6 +54,19 @@ WHERE start_ts < %(hi)s AND last_ts >= %(lo)s
   AND tstzrange(start_ts, last_ts, '[]') && tstzrange(%(lo)s, %(hi)s, '[)')
 GROUP BY device_id;
 
+-- The same, of the devices in `ids` only (a few devices' timelines: the daily
+-- bulletin's down-for-long candidates).
+-- name: runs_by_device_of
+SELECT device_id,
+       string_agg(timestamptz_send(start_ts) || int8send(start_seq)
+                  || timestamptz_send(last_ts) || int4send(heartbeat_s), ''::bytea),
+       string_agg(state, ',')
+FROM state_runs
+WHERE start_ts < %(hi)s AND last_ts >= %(lo)s
+  AND tstzrange(start_ts, last_ts, '[]') && tstzrange(%(lo)s, %(hi)s, '[)')
+  AND device_id = ANY(%(ids)s::text[])
+GROUP BY device_id;
+
 -- One local day of a fleet as columns, in one statement (one snapshot): the inventory's
 -- devices in id order (the inventory's order) as one text, nine fields each (id, branch,
 -- type, placement, vendor, service window or '', commissioned and decommissioned as
@@ -136,6 +149,39 @@ WHERE presence_at(will, ts, received_at) >= %(lo)s
 SELECT DISTINCT device_id, floor(extract(epoch FROM since) * 1000)::int8, floor(extract(epoch FROM ts) * 1000)::int8
 FROM events
 WHERE event = 'power_restored' AND since IS NOT NULL AND ts >= %(lo)s AND since < %(hi)s;
+
+-- The devices whose timeline is surely not down at some moment of [lo, hi) (the daily
+-- bulletin's down-for-long list looks only at the others), whatever period around it
+-- the timeline covers: a state run in one of `states` (a label outside the downtime
+-- causes) yields its label over its own span in the timeline's sweep, from the latest
+-- end of the runs sorted before it (those starting no later than 1 ms after it, taken
+-- all: a sweep orders by the millisecond) or its start, whichever is later; a collector
+-- outage or a registered stop never turns that time into a downtime cause, a power cut
+-- can, so a device with a power_restored event reaching into [lo, hi) is never listed
+-- here. The bounds are kept 1 ms apart, so the time in whole milliseconds (as the
+-- timeline has it, floored) is non-empty too. A superset of the devices down throughout
+-- [lo, hi) is what is left (rules/feed.py, Feed.up_between).
+-- name: up_between
+WITH runs AS (
+    SELECT device_id, start_ts, last_ts, state,
+           max(last_ts) OVER (PARTITION BY device_id ORDER BY start_ts
+                              RANGE BETWEEN UNBOUNDED PRECEDING AND '1 millisecond' FOLLOWING
+                              EXCLUDE CURRENT ROW) AS before
+    FROM state_runs
+    WHERE start_ts < %(hi)s AND last_ts >= %(lo)s
+), seen AS (
+    SELECT device_id, greatest(before, start_ts, %(lo)s::timestamptz) AS a, last_ts
+    FROM runs
+    WHERE state = ANY(%(states)s::text[])
+), cut AS (
+    SELECT DISTINCT device_id
+    FROM events
+    WHERE event = 'power_restored' AND ts > %(lo)s AND (since IS NULL OR since < %(hi)s)
+)
+SELECT DISTINCT device_id
+FROM seen
+WHERE a < %(hi)s AND a + interval '1 millisecond' <= last_ts
+  AND device_id NOT IN (SELECT device_id FROM cut);
 
 -- 资源预警率: per device, the spans from a state message reporting a cash or consumables
 -- warning (a state in `states`, a cash unit containing one of `units`, components

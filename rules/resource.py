@@ -277,9 +277,11 @@ def resource_for(
     is_closed = {day: closed(feed, day, horizon) for day in missing}
     out: dict[str, dict[date, ResourceWarning]] = {}
     to_keep: list[tuple[str, date, int, int]] = []
+    # A device's timeline is asked for only where its W is computed and it has a
+    # warning span (W is 0 without one): asking for any timeline builds them all
+    # (rules.feed.Timelines), so a period whose W is kept builds none.
     for d in devices:
         warnings = merge(spans.get(d.id, ()))
-        line = up.timelines[d.id]
         per_day: dict[date, ResourceWarning] = {}
         held = kept.get(d.id, nothing)
         for day, u in up.per_device[d.id].items():
@@ -287,8 +289,10 @@ def resource_for(
             if got is not None and got[0] is not None and got[1] == u.scheduled_ms:
                 per_day[day] = ResourceWarning(got[0], u.scheduled_ms, 1)
                 continue
-            sched = scheduled_spans(d, day, rules, windows, horizon)
-            w = warning_ms(line, sched, warnings, policy.counted)
+            w = 0
+            if warnings:
+                sched = scheduled_spans(d, day, rules, windows, horizon)
+                w = warning_ms(up.timelines[d.id], sched, warnings, policy.counted)
             per_day[day] = ResourceWarning(w, u.scheduled_ms, 1)
             if got is not None and got[1] == u.scheduled_ms and is_closed.get(day, False):
                 to_keep.append((d.id, day, w, u.scheduled_ms))
