@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import psycopg
@@ -44,7 +44,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-from atmfleet.child import in_child
+from atmfleet.child import ChildCancelled, Children
 from atmfleet.errors import AtmfleetError, ConfigError
 from atmfleet.inventory import (
     Branch,
@@ -73,6 +73,9 @@ from rules.lowyield import YieldStatus
 from rules.report import Context, Scope
 from rules.timeline import from_ms, label_code, ms
 from rules.uptime import FIGURES, day_span
+
+if TYPE_CHECKING:
+    from cash.metrics import CashMetrics
 
 log = logging.getLogger(__name__)
 
@@ -1155,6 +1158,7 @@ class DatabaseSource:
         full_every_s: float = 300.0,
         late_s: float = 60.0,
         now_ms: Callable[[], int] | None = None,
+        children: Children | None = None,
     ) -> None:
         if rules.heartbeat.timeout_factor < RUN_GAP:  # the feed's own condition, at start-up
             raise ConfigError(
@@ -1183,6 +1187,9 @@ class DatabaseSource:
         #: many devices the query returned.
         self.last_rows: tuple[str, int] = ("", 0)
         self._isolate_slow = isolate_slow
+        #: The child processes of the costlier parts (``isolate_slow``): closing it stops
+        #: those running (their parts are not shown) and starts no more.
+        self.children = children if children is not None else Children()
         self._slow_conn: psycopg.Connection | None = None
         self._computed_at: dict[str, float] = {}
         #: Seconds each part of the last successful read took (inventory and device rows,
@@ -1326,12 +1333,14 @@ class DatabaseSource:
         # A thread per child running at the same time, each waiting on its child.
         with ThreadPoolExecutor(min(SLOW_PROCESSES, len(groups))) as pool:
             futures = [
-                pool.submit(in_child, compute_parts, self._url, self.rules, names)
+                pool.submit(self.children.run, compute_parts, self._url, self.rules, names)
                 for names in groups
             ]
             for future in as_completed(futures):
                 try:
                     results = future.result()
+                except ChildCancelled:  # stopping (stop): nothing more to show
+                    continue
                 except Exception as exc:  # the child died or could not read: that part stays
                     log.warning("cannot compute the day figures: %s", exc)
                     continue
@@ -2000,13 +2009,15 @@ def make_server(exporter: Exporter, host: str, port: int) -> ThreadingHTTPServer
 
 @dataclass
 class Serving:
-    """A running exporter: its HTTP server and refresh thread. :meth:`close` stops both."""
+    """A running exporter: its HTTP server, refresh threads and their child processes.
+    :meth:`close` stops them all."""
 
     exporter: Exporter
     source: DatabaseSource
     server: ThreadingHTTPServer
     stop: threading.Event
     threads: tuple[threading.Thread, ...]
+    cash: CashMetrics | None = None
 
     @property
     def port(self) -> int:
@@ -2017,7 +2028,13 @@ class Serving:
         return self.exporter.refreshed.wait(timeout_s)
 
     def close(self) -> None:
+        """Stop promptly, also while a costlier part or the cash-out forecast is being
+        computed: their child processes are terminated (not waited for), so that the
+        threads waiting on them end at once."""
         self.stop.set()
+        self.source.children.close()
+        if self.cash is not None:
+            self.cash.close()
         self.server.shutdown()
         self.server.server_close()
         for t in self.threads:
@@ -2094,4 +2111,4 @@ def start_serving(
     )
     for t in threads:
         t.start()
-    return Serving(exporter, source, server, stop, threads)
+    return Serving(exporter, source, server, stop, threads, cash)

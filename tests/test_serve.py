@@ -72,6 +72,7 @@ from exporters.metrics import (
     current_state,
     make_server,
     render,
+    start_serving,
 )
 from rules.config import Rules, parse_rules
 from tests.conftest import drop_database
@@ -849,6 +850,63 @@ class TestCommand:
         )  # fmt: skip
         assert result.returncode == 2
         assert "ATMFLEET_DATABASE_URL is not set" in result.stderr
+
+
+def _blocked_on_a_lock(conn: psycopg.Connection, application: str) -> int:
+    """How many backends of ``application`` wait for a lock (a child's query blocked)."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND application_name = %s AND wait_event_type = 'Lock'",
+        (application,),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _children() -> list[str]:
+    import multiprocessing
+
+    return [p.name for p in multiprocessing.active_children() if p.name == "atmfleet-child"]
+
+
+@pytest.mark.integration
+class TestClose:
+    """Serving.close stops the children computing the costlier parts and the forecast."""
+
+    def test_close_ends_the_children_blocked_in_a_query_and_their_threads(
+        self, fleet: Fleet
+    ) -> None:
+        rules = parse_rules(f"timezone: {fleet.rules.timezone}\ncash: {{forecast_every_s: 10}}\n")
+        # One read of the device rows, then none for the test's length: what blocks
+        # is a child's, never the refresh's.
+        serving = start_serving(fleet.url, rules, port=0, refresh_s=3600, day_refresh_s=1)
+        closed = threading.Event()
+        try:
+            assert serving.wait_refreshed(120), "no first refresh"  # a hang guard only
+            with (
+                psycopg.connect(fleet.url) as lock,
+                psycopg.connect(fleet.url, autocommit=True) as watch,
+            ):
+                # Every child from now on blocks on its first read of the state runs
+                # (today's times) or of the transactions (the forecast) until this
+                # transaction ends.
+                lock.execute("LOCK TABLE state_runs, transactions IN ACCESS EXCLUSIVE MODE")
+                deadline = time.monotonic() + 120  # a hang guard only
+                while not (
+                    _blocked_on_a_lock(watch, "atmfleet-serve")
+                    and _blocked_on_a_lock(watch, "atmfleet-serve-cash")
+                ):
+                    assert time.monotonic() < deadline, "no child blocked on the lock"
+                    time.sleep(0.1)
+                closing = threading.Thread(target=lambda: (serving.close(), closed.set()))
+                closing.start()
+                # Returns while the lock is still held: the children were not waited for.
+                assert closed.wait(120), "close did not return"  # a hang guard only
+                assert not _children()
+                assert not [t.name for t in serving.threads if t.is_alive()]
+                lock.rollback()
+        finally:
+            if not closed.is_set():
+                serving.close()
 
 
 class TestStartUpChecks:
