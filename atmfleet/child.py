@@ -67,11 +67,12 @@ def _run(out: Connection, fn: Callable[..., Any], args: tuple[Any, ...], kwargs:
 
 
 class _Running:
-    __slots__ = ("cancelled", "process")
+    __slots__ = ("cancelled", "ended", "process")
 
     def __init__(self, process: BaseProcess) -> None:
         self.process = process
         self.cancelled = False
+        self.ended = False  # the child handed back its outcome or ended
 
 
 class Children:
@@ -115,6 +116,7 @@ class Children:
     def _outcome(self, entry: _Running, reader: Connection) -> Any:
         process = entry.process
         wait([reader, process.sentinel])
+        entry.ended = True
         if reader.poll():
             try:
                 ok, value, tb = reader.recv()
@@ -141,7 +143,7 @@ class Children:
         process = entry.process
         if process.pid is None:  # never started
             return
-        process.join(0)
+        process.join(GRACE_S if entry.ended else 0)  # a child done exits on its own
         if process.exitcode is None:  # the caller was interrupted: no child left behind
             process.terminate()
             process.join(GRACE_S)
