@@ -58,6 +58,7 @@ from atmfleet.inventory import (
 from atmfleet.store.connect import connect
 from atmfleet.store.jobs import Job, read_jobs
 from atmfleet.store.runs import RUN_GAP
+from atmfleet.store.unregistered import UnregisteredCount
 from atmfleet.windows import ServiceWindow
 from exporters import resource_metrics
 from incidents.metrics import families as incident_families
@@ -1178,6 +1179,9 @@ class DatabaseSource:
         self._incremental = incremental
         self._full_every = full_every_s
         self._late_ms = round(late_s * 1000)
+        #: atmfleet_unregistered_devices, counted in full with the full reads of the
+        #: device rows and from the messages received since the last read in between.
+        self._unregistered = UnregisteredCount(self._late_ms)
         self._now_ms = now_ms
         self._known: _Known | None = None
         self._full_next = False  # forget_rows: the next read is a full one
@@ -1288,6 +1292,7 @@ class DatabaseSource:
 
     def close(self) -> None:
         self._known = None  # the next read is a full one
+        self._unregistered.forget()
         for conn in (self._conn, self._slow_conn):
             if conn is not None:
                 conn.close()
@@ -1443,7 +1448,7 @@ class DatabaseSource:
         t_txn = time.perf_counter()
         if not self._background:
             low_date, lowyield = self._low_yield(feed, inventory, devices, today, now)
-        unregistered = feed.unregistered_count()
+        unregistered = self._unregistered.count(conn, full=self.last_rows[0] == "full")
         t_low = time.perf_counter()
         jobs = self._jobs(conn)
         incidents = self._incidents(conn)

@@ -55,6 +55,7 @@ from atmfleet.protocol import (
 from atmfleet.store.inventory import upsert_inventory
 from atmfleet.store.jobs import Job, Run
 from atmfleet.store.migrate import upgrade
+from atmfleet.store.unregistered import unregistered_count
 from atmfleet.store.writer import Accepted, BatchWriter
 from exporters.metrics import (
     LEAN_FLEET_LEAVES_OUT,
@@ -481,6 +482,14 @@ def scrape(fleet: Fleet) -> Iterator[Scrape]:
         source.close()
 
 
+def _a_device(fleet: Fleet) -> str:
+    """A registered device with stored messages (A)."""
+    with psycopg.connect(fleet.url) as conn:
+        row = conn.execute("SELECT id FROM devices WHERE id LIKE 'A-%' ORDER BY id").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
 def _dev(scrape: Scrape, key: str) -> str:
     return next(s["device"] for s in scrape.series("atmfleet_device_up") if s["device"][0] == key)
 
@@ -721,6 +730,65 @@ class TestFleet:
     def test_a_device_not_in_the_inventory_is_counted_apart(self, scrape: Scrape) -> None:
         assert scrape.value("atmfleet_unregistered_devices") == 1
         assert all("ghost" not in s.get("device", "") for s in scrape.series("atmfleet_device_up"))
+
+    def test_the_unregistered_count_kept_between_full_reads_is_the_reference_at_each(
+        self, fleet: Fleet, run_id: str
+    ) -> None:
+        """Counted in full with the full reads and from what was received in between:
+        the reference count (the whole history) at every read, as devices appear,
+        register, lose their rows and leave the inventory."""
+        source = DatabaseSource(fleet.url, fleet.rules)
+        now = datetime.now(UTC).replace(microsecond=0)
+
+        def store(*messages: StateMessage | PresenceMessage) -> None:
+            kind = {StateMessage: "state", PresenceMessage: "presence"}
+            with psycopg.connect(fleet.url) as conn:
+                BatchWriter(conn, "test").write(
+                    [Accepted(m, now, device_topic(m.device_id, kind[type(m)]), encode(m))
+                     for m in messages]
+                )  # fmt: skip
+
+        def state(device: str, seq: int) -> StateMessage:
+            return StateMessage(v=1, device_id=device, ts=now - timedelta(seconds=seq),
+                                seq=seq, state="in_service", heartbeat_s=HB)  # fmt: skip
+
+        def read(rows: str) -> int:
+            snap = source.read()
+            assert snap.database_up and source.last_rows[0] == rows
+            with psycopg.connect(fleet.url) as conn:
+                assert snap.unregistered == unregistered_count(conn)
+            return snap.unregistered
+
+        late, online = f"{run_id}-late", f"{run_id}-online"
+        try:
+            assert read("full") == 1  # the fixture's ghost
+            assert read("incremental") == 1
+            store(state(late, 1), state(late, 2))  # a new one between two reads
+            assert read("incremental") == 2
+            store(PresenceMessage(v=1, device_id=online, status="online", ts=now,
+                                  session="s1", will=False))  # fmt: skip
+            assert read("incremental") == 3  # presence only
+            store(state(late, 3), state(fleet_device := _a_device(fleet), 9_000))
+            assert read("incremental") == 3  # more of the same and of a registered one
+            with psycopg.connect(fleet.url) as conn:  # its rows gone: it leaves at once
+                for table in ("state_samples", "state_runs", "presence"):
+                    conn.execute(f"DELETE FROM {table} WHERE device_id = %s", (online,))
+            assert read("incremental") == 2
+            with psycopg.connect(fleet.url) as conn:  # registered: the inventory changed
+                conn.execute(
+                    "INSERT INTO devices SELECT %s, branch, type, placement, vendor, model,"
+                    " commissioned, decommissioned, service_window, deposit_capable,"
+                    " heartbeat_s FROM devices WHERE id = %s",
+                    (late, fleet_device),
+                )
+            assert read("full") == 1
+            assert read("incremental") == 1
+            with psycopg.connect(fleet.url) as conn:  # out of the inventory, history kept
+                conn.execute("DELETE FROM devices WHERE id = %s", (late,))
+            assert read("full") == 2
+            assert read("incremental") == 2
+        finally:
+            source.close()
 
     def test_targets_and_database_up(self, scrape: Scrape) -> None:
         assert scrape.value("atmfleet_uptime_target_ratio", tier="2") == 0.97
