@@ -24,7 +24,7 @@ import psycopg
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from atmfleet.child import in_child
+from atmfleet.child import ChildCancelled, Children
 from atmfleet.errors import AtmfleetError
 from atmfleet.store.connect import connect
 from atmfleet.windows import ServiceWindow
@@ -162,13 +162,26 @@ class CashMetrics:
         self.rules = rules
         self._now = now
         self._isolated = isolated
+        self._children = Children()
         self.snapshot = CashSnapshot(rules.cash.alert_service_hours)
+
+    def close(self) -> None:
+        """Stop a forecast being made in its child process (``isolated``): the child is
+        terminated and :meth:`refresh` gives up at once, keeping the last forecast; none
+        is made from now on."""
+        self._children.close()
 
     def refresh(self) -> CashSnapshot:
         started = time.perf_counter()
         now = None if self._now is None else self._now()
         if self._isolated:
-            snap = _in_child(self.url, self.rules, now)
+            try:
+                snap = self._children.run(compute, self.url, self.rules, now)
+            except ChildCancelled:  # closing: the last forecast stays
+                return self.snapshot
+            except Exception as exc:  # the child died (killed, out of memory): none shown
+                log.warning("cash forecast: the forecast process failed: %s", exc)
+                snap = CashSnapshot(self.rules.cash.alert_service_hours)
         else:
             snap = compute(self.url, self.rules, now)
         if snap.ok:
@@ -199,13 +212,3 @@ def compute(url: str, rules: Rules, now: int | None = None) -> CashSnapshot:
     windows = rules.service_windows
     specs = {d.id: windows.spec_for(d) for d in loaded.inventory.devices}
     return snapshot_of(fc, specs, rules)
-
-
-def _in_child(url: str, rules: Rules, now: int | None) -> CashSnapshot:
-    """:func:`compute` in a fresh process (spawned: no copy of this one's threads and
-    connections), which exits when done and so gives its memory back."""
-    try:
-        return in_child(compute, url, rules, now)
-    except Exception as exc:  # the child died (killed, out of memory): no forecast shown
-        log.warning("cash forecast: the forecast process failed: %s", exc)
-        return CashSnapshot(rules.cash.alert_service_hours)

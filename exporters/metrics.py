@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import psycopg
@@ -44,7 +44,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-from atmfleet.child import in_child
+from atmfleet.child import ChildCancelled, Children
 from atmfleet.errors import AtmfleetError, ConfigError
 from atmfleet.inventory import (
     Branch,
@@ -58,6 +58,7 @@ from atmfleet.inventory import (
 from atmfleet.store.connect import connect
 from atmfleet.store.jobs import Job, read_jobs
 from atmfleet.store.runs import RUN_GAP
+from atmfleet.store.unregistered import UnregisteredCount
 from atmfleet.windows import ServiceWindow
 from exporters import resource_metrics
 from incidents.metrics import families as incident_families
@@ -73,6 +74,9 @@ from rules.lowyield import YieldStatus
 from rules.report import Context, Scope
 from rules.timeline import from_ms, label_code, ms
 from rules.uptime import FIGURES, day_span
+
+if TYPE_CHECKING:
+    from cash.metrics import CashMetrics
 
 log = logging.getLogger(__name__)
 
@@ -1155,6 +1159,7 @@ class DatabaseSource:
         full_every_s: float = 300.0,
         late_s: float = 60.0,
         now_ms: Callable[[], int] | None = None,
+        children: Children | None = None,
     ) -> None:
         if rules.heartbeat.timeout_factor < RUN_GAP:  # the feed's own condition, at start-up
             raise ConfigError(
@@ -1174,6 +1179,9 @@ class DatabaseSource:
         self._incremental = incremental
         self._full_every = full_every_s
         self._late_ms = round(late_s * 1000)
+        #: atmfleet_unregistered_devices, counted in full with the full reads of the
+        #: device rows and from the messages received since the last read in between.
+        self._unregistered = UnregisteredCount(self._late_ms)
         self._now_ms = now_ms
         self._known: _Known | None = None
         self._full_next = False  # forget_rows: the next read is a full one
@@ -1183,6 +1191,9 @@ class DatabaseSource:
         #: many devices the query returned.
         self.last_rows: tuple[str, int] = ("", 0)
         self._isolate_slow = isolate_slow
+        #: The child processes of the costlier parts (``isolate_slow``): closing it stops
+        #: those running (their parts are not shown) and starts no more.
+        self.children = children if children is not None else Children()
         self._slow_conn: psycopg.Connection | None = None
         self._computed_at: dict[str, float] = {}
         #: Seconds each part of the last successful read took (inventory and device rows,
@@ -1281,6 +1292,7 @@ class DatabaseSource:
 
     def close(self) -> None:
         self._known = None  # the next read is a full one
+        self._unregistered.forget()
         for conn in (self._conn, self._slow_conn):
             if conn is not None:
                 conn.close()
@@ -1326,12 +1338,14 @@ class DatabaseSource:
         # A thread per child running at the same time, each waiting on its child.
         with ThreadPoolExecutor(min(SLOW_PROCESSES, len(groups))) as pool:
             futures = [
-                pool.submit(in_child, compute_parts, self._url, self.rules, names)
+                pool.submit(self.children.run, compute_parts, self._url, self.rules, names)
                 for names in groups
             ]
             for future in as_completed(futures):
                 try:
                     results = future.result()
+                except ChildCancelled:  # stopping (stop): nothing more to show
+                    continue
                 except Exception as exc:  # the child died or could not read: that part stays
                     log.warning("cannot compute the day figures: %s", exc)
                     continue
@@ -1434,7 +1448,7 @@ class DatabaseSource:
         t_txn = time.perf_counter()
         if not self._background:
             low_date, lowyield = self._low_yield(feed, inventory, devices, today, now)
-        unregistered = feed.unregistered_count()
+        unregistered = self._unregistered.count(conn, full=self.last_rows[0] == "full")
         t_low = time.perf_counter()
         jobs = self._jobs(conn)
         incidents = self._incidents(conn)
@@ -2000,13 +2014,15 @@ def make_server(exporter: Exporter, host: str, port: int) -> ThreadingHTTPServer
 
 @dataclass
 class Serving:
-    """A running exporter: its HTTP server and refresh thread. :meth:`close` stops both."""
+    """A running exporter: its HTTP server, refresh threads and their child processes.
+    :meth:`close` stops them all."""
 
     exporter: Exporter
     source: DatabaseSource
     server: ThreadingHTTPServer
     stop: threading.Event
     threads: tuple[threading.Thread, ...]
+    cash: CashMetrics | None = None
 
     @property
     def port(self) -> int:
@@ -2017,7 +2033,13 @@ class Serving:
         return self.exporter.refreshed.wait(timeout_s)
 
     def close(self) -> None:
+        """Stop promptly, also while a costlier part or the cash-out forecast is being
+        computed: their child processes are terminated (not waited for), so that the
+        threads waiting on them end at once."""
         self.stop.set()
+        self.source.children.close()
+        if self.cash is not None:
+            self.cash.close()
         self.server.shutdown()
         self.server.server_close()
         for t in self.threads:
@@ -2094,4 +2116,4 @@ def start_serving(
     )
     for t in threads:
         t.start()
-    return Serving(exporter, source, server, stop, threads)
+    return Serving(exporter, source, server, stop, threads, cash)

@@ -55,6 +55,7 @@ from atmfleet.protocol import (
 from atmfleet.store.inventory import upsert_inventory
 from atmfleet.store.jobs import Job, Run
 from atmfleet.store.migrate import upgrade
+from atmfleet.store.unregistered import unregistered_count
 from atmfleet.store.writer import Accepted, BatchWriter
 from exporters.metrics import (
     LEAN_FLEET_LEAVES_OUT,
@@ -72,6 +73,7 @@ from exporters.metrics import (
     current_state,
     make_server,
     render,
+    start_serving,
 )
 from rules.config import Rules, parse_rules
 from tests.conftest import drop_database
@@ -480,6 +482,14 @@ def scrape(fleet: Fleet) -> Iterator[Scrape]:
         source.close()
 
 
+def _a_device(fleet: Fleet) -> str:
+    """A registered device with stored messages (A)."""
+    with psycopg.connect(fleet.url) as conn:
+        row = conn.execute("SELECT id FROM devices WHERE id LIKE 'A-%' ORDER BY id").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
 def _dev(scrape: Scrape, key: str) -> str:
     return next(s["device"] for s in scrape.series("atmfleet_device_up") if s["device"][0] == key)
 
@@ -721,6 +731,65 @@ class TestFleet:
         assert scrape.value("atmfleet_unregistered_devices") == 1
         assert all("ghost" not in s.get("device", "") for s in scrape.series("atmfleet_device_up"))
 
+    def test_the_unregistered_count_kept_between_full_reads_is_the_reference_at_each(
+        self, fleet: Fleet, run_id: str
+    ) -> None:
+        """Counted in full with the full reads and from what was received in between:
+        the reference count (the whole history) at every read, as devices appear,
+        register, lose their rows and leave the inventory."""
+        source = DatabaseSource(fleet.url, fleet.rules)
+        now = datetime.now(UTC).replace(microsecond=0)
+
+        def store(*messages: StateMessage | PresenceMessage) -> None:
+            kind = {StateMessage: "state", PresenceMessage: "presence"}
+            with psycopg.connect(fleet.url) as conn:
+                BatchWriter(conn, "test").write(
+                    [Accepted(m, now, device_topic(m.device_id, kind[type(m)]), encode(m))
+                     for m in messages]
+                )  # fmt: skip
+
+        def state(device: str, seq: int) -> StateMessage:
+            return StateMessage(v=1, device_id=device, ts=now - timedelta(seconds=seq),
+                                seq=seq, state="in_service", heartbeat_s=HB)  # fmt: skip
+
+        def read(rows: str) -> int:
+            snap = source.read()
+            assert snap.database_up and source.last_rows[0] == rows
+            with psycopg.connect(fleet.url) as conn:
+                assert snap.unregistered == unregistered_count(conn)
+            return snap.unregistered
+
+        late, online = f"{run_id}-late", f"{run_id}-online"
+        try:
+            assert read("full") == 1  # the fixture's ghost
+            assert read("incremental") == 1
+            store(state(late, 1), state(late, 2))  # a new one between two reads
+            assert read("incremental") == 2
+            store(PresenceMessage(v=1, device_id=online, status="online", ts=now,
+                                  session="s1", will=False))  # fmt: skip
+            assert read("incremental") == 3  # presence only
+            store(state(late, 3), state(fleet_device := _a_device(fleet), 9_000))
+            assert read("incremental") == 3  # more of the same and of a registered one
+            with psycopg.connect(fleet.url) as conn:  # its rows gone: it leaves at once
+                for table in ("state_samples", "state_runs", "presence"):
+                    conn.execute(f"DELETE FROM {table} WHERE device_id = %s", (online,))
+            assert read("incremental") == 2
+            with psycopg.connect(fleet.url) as conn:  # registered: the inventory changed
+                conn.execute(
+                    "INSERT INTO devices SELECT %s, branch, type, placement, vendor, model,"
+                    " commissioned, decommissioned, service_window, deposit_capable,"
+                    " heartbeat_s FROM devices WHERE id = %s",
+                    (late, fleet_device),
+                )
+            assert read("full") == 1
+            assert read("incremental") == 1
+            with psycopg.connect(fleet.url) as conn:  # out of the inventory, history kept
+                conn.execute("DELETE FROM devices WHERE id = %s", (late,))
+            assert read("full") == 2
+            assert read("incremental") == 2
+        finally:
+            source.close()
+
     def test_targets_and_database_up(self, scrape: Scrape) -> None:
         assert scrape.value("atmfleet_uptime_target_ratio", tier="2") == 0.97
         assert scrape.value("atmfleet_substitution_target_ratio", placement="on_site") == 0.6
@@ -849,6 +918,63 @@ class TestCommand:
         )  # fmt: skip
         assert result.returncode == 2
         assert "ATMFLEET_DATABASE_URL is not set" in result.stderr
+
+
+def _blocked_on_a_lock(conn: psycopg.Connection, application: str) -> int:
+    """How many backends of ``application`` wait for a lock (a child's query blocked)."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND application_name = %s AND wait_event_type = 'Lock'",
+        (application,),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _children() -> list[str]:
+    import multiprocessing
+
+    return [p.name for p in multiprocessing.active_children() if p.name == "atmfleet-child"]
+
+
+@pytest.mark.integration
+class TestClose:
+    """Serving.close stops the children computing the costlier parts and the forecast."""
+
+    def test_close_ends_the_children_blocked_in_a_query_and_their_threads(
+        self, fleet: Fleet
+    ) -> None:
+        rules = parse_rules(f"timezone: {fleet.rules.timezone}\ncash: {{forecast_every_s: 10}}\n")
+        # One read of the device rows, then none for the test's length: what blocks
+        # is a child's, never the refresh's.
+        serving = start_serving(fleet.url, rules, port=0, refresh_s=3600, day_refresh_s=1)
+        closed = threading.Event()
+        try:
+            assert serving.wait_refreshed(120), "no first refresh"  # a hang guard only
+            with (
+                psycopg.connect(fleet.url) as lock,
+                psycopg.connect(fleet.url, autocommit=True) as watch,
+            ):
+                # Every child from now on blocks on its first read of the state runs
+                # (today's times) or of the transactions (the forecast) until this
+                # transaction ends.
+                lock.execute("LOCK TABLE state_runs, transactions IN ACCESS EXCLUSIVE MODE")
+                deadline = time.monotonic() + 120  # a hang guard only
+                while not (
+                    _blocked_on_a_lock(watch, "atmfleet-serve")
+                    and _blocked_on_a_lock(watch, "atmfleet-serve-cash")
+                ):
+                    assert time.monotonic() < deadline, "no child blocked on the lock"
+                    time.sleep(0.1)
+                closing = threading.Thread(target=lambda: (serving.close(), closed.set()))
+                closing.start()
+                # Returns while the lock is still held: the children were not waited for.
+                assert closed.wait(120), "close did not return"  # a hang guard only
+                assert not _children()
+                assert not [t.name for t in serving.threads if t.is_alive()]
+                lock.rollback()
+        finally:
+            if not closed.is_set():
+                serving.close()
 
 
 class TestStartUpChecks:

@@ -8,7 +8,7 @@ makes them count); these reads make them visible (``atmfleet db unregistered``, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import psycopg
 
@@ -35,12 +35,42 @@ SELECT device_id, min(first_ts), max(last_ts), sum(n)::int8 FROM seen
 GROUP BY device_id ORDER BY device_id
 """
 
-#: Cheap enough for every scrape: state runs (a handful per device and day) and presence.
+#: Every device id of the state runs and presence: a scan of both tables, whose cost grows
+#: with the history kept (``atmfleet serve`` keeps the ids instead: :class:`Unregistered`).
 COUNT = """
 SELECT count(*) FROM (
     SELECT device_id FROM state_runs UNION SELECT device_id FROM presence
 ) seen
 WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = seen.device_id)
+"""
+
+
+#: The ids :data:`COUNT` counts, each table's rows first kept only where their device is
+#: not in the inventory (a hash of the inventory's ids), so that only the few left are
+#: made distinct.
+IDS = """
+SELECT device_id FROM state_runs s
+WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = s.device_id)
+UNION
+SELECT device_id FROM presence s
+WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = s.device_id)
+"""
+
+#: Of the ids kept and those with a state or presence message received at or after
+#: ``after`` (BRIN indexes on received_at, migration 0021), those :data:`IDS` has: each a
+#: few index lookups (devices, state_runs and presence by device id).
+IDS_SINCE = """
+WITH unlisted AS MATERIALIZED (  -- the inventory first: the runs and presence of few
+    SELECT c.id FROM (
+        SELECT unnest(%(kept)s::text[]) AS id
+        UNION SELECT device_id FROM state_samples WHERE received_at >= %(after)s
+        UNION SELECT device_id FROM presence WHERE received_at >= %(after)s
+    ) c
+    WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = c.id)
+)
+SELECT id FROM unlisted u
+WHERE EXISTS (SELECT 1 FROM state_runs r WHERE r.device_id = u.id)
+   OR EXISTS (SELECT 1 FROM presence p WHERE p.device_id = u.id)
 """
 
 
@@ -64,3 +94,42 @@ def unregistered_count(conn: psycopg.Connection) -> int:
     with conn.cursor() as cur:
         row = cur.execute(COUNT).fetchone()
     return int(row[0]) if row else 0
+
+
+class UnregisteredCount:
+    """:func:`unregistered_count` at each read of a long-running reader (``atmfleet
+    serve``), without scanning the whole history each time.
+
+    A full count (:meth:`count` with ``full``) reads the ids of :data:`IDS` and keeps
+    them. Another one looks only at the ids kept and at those of the state and presence
+    messages received since ``late_ms`` before the last count (:data:`IDS_SINCE`), and
+    checks each against the inventory and the stored runs and presence: a device
+    registered, or whose rows are all deleted, leaves the count at once; a new one
+    enters it. What only a full count sees: a device taken out of the inventory (the
+    caller counts in full when the inventory changed) and a message committed more than
+    ``late_ms`` after it was received (the caller counts in full every few minutes), as
+    for the device rows it reads the same way.
+    """
+
+    def __init__(self, late_ms: int = 60_000) -> None:
+        self._late_ms = late_ms
+        self._ids: list[str] | None = None
+        self._at: datetime | None = None  # the database's now at the last count
+
+    def count(self, conn: psycopg.Connection, *, full: bool) -> int:
+        """The count now, in full if ``full`` or none was made before. Runs in the
+        connection's transaction."""
+        with conn.cursor() as cur:
+            (at,) = cur.execute("SELECT now()").fetchone() or (None,)
+            if full or self._ids is None or self._at is None:
+                ids = [i for (i,) in cur.execute(IDS).fetchall()]
+            else:
+                after = self._at - timedelta(milliseconds=self._late_ms)
+                params = {"kept": self._ids, "after": after}
+                ids = [i for (i,) in cur.execute(IDS_SINCE, params).fetchall()]
+        self._ids, self._at = ids, at
+        return len(ids)
+
+    def forget(self) -> None:
+        """Make the next count a full one."""
+        self._ids = self._at = None
