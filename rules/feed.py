@@ -1083,10 +1083,25 @@ def uptime_of_day(
             fin = feed.financial_days(day, day)
             for d in missing:
                 kept[d.id] = (computed.per_device[d.id][day], fin.get(d.id, {}).get(day, 0))
+    return _one_day(feed, devices, day, horizon, kept, computed)
+
+
+def _one_day(
+    feed: Feed,
+    devices: Sequence[Device],
+    day: date,
+    horizon: int,
+    got: Mapping[str, tuple[Uptime, int]],
+    computed: UptimeDays | None,
+) -> tuple[UptimeDays, dict[str, int]]:
+    """One local day of ``devices`` from ``got`` (device id -> its uptime and counted
+    financial transactions), as :func:`uptime_of_day` gives it: the timelines of the
+    devices ``computed`` holds are its own, the others' are built (the day read again)
+    only if asked for."""
     per_device: dict[str, dict[date, Uptime]] = {}
     financial: dict[str, int] = {}
     for d in devices:
-        up, n = kept[d.id]
+        up, n = got[d.id]
         per_device[d.id] = {day: up}
         financial[d.id] = n
     read = [d for d in devices if computed is None or d.id not in computed.per_device]
@@ -1131,22 +1146,7 @@ def day_of_columns(
         fin = feed.financial_days(day, day)
         for d in rest:
             got[d.id] = (others.per_device[d.id][day], fin.get(d.id, {}).get(day, 0))
-    per_device: dict[str, dict[date, Uptime]] = {}
-    financial: dict[str, int] = {}
-    for d in devices:
-        up, n = got[d.id]
-        per_device[d.id] = {day: up}
-        financial[d.id] = n
-    swept = [d for d in devices if others is None or d.id not in others.per_device]
-
-    def build() -> dict[str, list[Interval]]:
-        lo, hi = day_span(day, feed.rules.tz)
-        out = timelines(feed, swept, lo, hi, horizon)
-        if others is not None:
-            out.update(others.timelines)
-        return {d.id: out[d.id] for d in devices}
-
-    return UptimeDays([day], per_device, Timelines({}, build)), financial
+    return _one_day(feed, devices, day, horizon, got, others)
 
 
 #: A state run of ``uptime_day_columns``: state position, start, start_seq, last,
