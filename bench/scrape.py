@@ -112,6 +112,7 @@ def fill(conn: psycopg.Connection, n: int, per_branch: int = 50) -> None:
                true, 1 + floor(random() * 80)::int, 0, 0
         FROM generate_series(%(first)s::date, %(last)s::date, INTERVAL '1 day') AS d
         CROSS JOIN devices dev
+        ON CONFLICT DO NOTHING  -- just after midnight: today's transactions fell yesterday
         """,
         {"tz": tz.key, "first": first, "last": last_day},
     )

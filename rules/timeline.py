@@ -433,6 +433,12 @@ class PointColumns:
         )
 
 
+#: Devices swept together by :func:`sweep_columns`: its temporaries are a dozen arrays
+#: as long as the points, 300 MiB for a fleet's day of 100,000 devices at once; a slice
+#: of the fleet at a time keeps them to a few tens of MiB, at the same speed.
+SWEEP_SLICE = 16_384
+
+
 def sweep_columns(
     points: PointColumns,
     n: int,
@@ -443,6 +449,7 @@ def sweep_columns(
     span_set: Any,
     span_sets: Sequence[Sequence[Span]],
     met: Any = None,
+    slice_of: int = SWEEP_SLICE,
 ) -> Any:
     """:func:`points_totals` of ``n`` devices at once, for one day: an ``(n, len(LABELS))``
     int64 array of each device's time by label (codes: :data:`LABELS`) inside its
@@ -456,7 +463,47 @@ def sweep_columns(
     ``met``: an ``(n, len(LABELS))`` int64 array to lower, per device and label, to the
     time the label's first counted millisecond begins (untouched where it has none): the
     sweep's intervals follow one another in time, so the order of these times is the
-    order :func:`points_totals` meets the labels in (its dict's order)."""
+    order :func:`points_totals` meets the labels in (its dict's order).
+
+    The devices are swept ``slice_of`` at a time (rows ``[a, a + slice_of)``, each
+    device's points together): a device's totals depend on its own points only."""
+    import numpy as np
+
+    if n <= slice_of:
+        return _sweep_slice(
+            points, n, start, until, timeout_factor, heartbeat_s, span_set, span_sets, met
+        )
+    heartbeat_s = np.asarray(heartbeat_s, np.int64)
+    span_set = np.asarray(span_set, np.int64)
+    out = np.zeros((n, len(LABELS)), np.int64)
+    # The points in device order once; each slice is then one range of them.
+    order = np.argsort(points.device, kind="stable")
+    device = points.device[order]
+    bounds = np.searchsorted(device, np.arange(0, n + slice_of, slice_of)).tolist()
+    columns = (points.ts, points.kind, points.seq, points.end, points.label, points.heartbeat_s)
+    for k, a in enumerate(range(0, n, slice_of)):
+        b = min(a + slice_of, n)
+        at = order[bounds[k] : bounds[k + 1]]
+        part = PointColumns(device[bounds[k] : bounds[k + 1]] - a, *(c[at] for c in columns))
+        out[a:b] = _sweep_slice(
+            part, b - a, start, until, timeout_factor, heartbeat_s[a:b], span_set[a:b],
+            span_sets, None if met is None else met[a:b],
+        )  # fmt: skip
+    return out
+
+
+def _sweep_slice(
+    points: PointColumns,
+    n: int,
+    start: int,
+    until: int,
+    timeout_factor: float,
+    heartbeat_s: Any,
+    span_set: Any,
+    span_sets: Sequence[Sequence[Span]],
+    met: Any,
+) -> Any:
+    """:func:`sweep_columns` of devices ``0..n-1`` at once."""
     import numpy as np
 
     keep = points.ts < until  # the sweep stops at the first point at or after until

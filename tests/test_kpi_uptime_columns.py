@@ -217,9 +217,18 @@ def test_the_column_sweep_equals_the_points_sweep() -> None:
                     pres[d].append(p)
         cols = PointColumns.of(tuple(np.asarray(c, np.int64) for c in runs), presence)  # type: ignore[arg-type]
         span_set = [rng.randrange(len(span_sets)) for _ in range(n)]
+        met = np.full((n, len(LABELS)), 2**62, np.int64)
         got = sweep_columns(
-            cols, n, start, until, 3.0, np.asarray(beats, np.int64), span_set, span_sets
+            cols, n, start, until, 3.0, np.asarray(beats, np.int64), span_set, span_sets, met
         )
+        # Swept a slice of the devices at a time: the same totals, the same labels met.
+        sliced_met = np.full((n, len(LABELS)), 2**62, np.int64)
+        sliced = sweep_columns(
+            cols, n, start, until, 3.0, np.asarray(beats, np.int64), span_set, span_sets,
+            sliced_met, slice_of=rng.choice((1, 3, 7)),
+        )  # fmt: skip
+        assert sliced.tolist() == got.tolist()
+        assert sliced_met.tolist() == met.tolist()
         figures = uptime_columns(got, policy)
         for d in range(n):
             (want,) = points_totals(
