@@ -1238,9 +1238,10 @@ def uptime_day_columns(
     ``day``, with its counted financial transactions, as columns: the inventory, the
     day's runs and its financial transactions read in one statement (packed, unpacked by
     numpy), the timelines swept over columns (:func:`rules.timeline.sweep_columns`) and
-    both views computed over columns (:func:`rules.uptime.uptime_columns`). A device a
-    power cut, a registered stop or a collector outage touches has its timeline built
-    and summed one by one, as :func:`uptime_for` does. The same integers as
+    both views computed over columns (:func:`rules.uptime.uptime_columns`), a collector
+    outage (or the unknown time before monitoring began) included. A device a power cut
+    or a registered stop touches has its timeline built and summed one by one, as
+    :func:`uptime_for` does. The same integers as
     :func:`uptime_of_day`, device by device (tests/test_kpi_uptime_columns.py). A closed
     day kept in full for every device is read instead, with the inventory, as columns
     (``kept_day_columns``: one row per device, as :meth:`Feed.kept_uptime` reads it).
@@ -1384,25 +1385,23 @@ def uptime_day_columns(
     factor = rules.heartbeat.timeout_factor
     slow: list[int] = []  # rows whose timeline is built, as uptime_for builds it
     presence: list[tuple[int, Presence]] = []
-    if merged:
-        slow = list(range(n))
-    else:
-        for device_id, got in others.items():
-            r = row_of.get(device_id)
-            if r is None:
-                continue
-            if got.power or got.stops:
-                slow.append(r)
-            else:
-                presence.extend((r, p) for p in got.presence)
-        slow.sort()
+    for device_id, got in others.items():
+        r = row_of.get(device_id)
+        if r is None:
+            continue
+        if got.power or got.stops:
+            slow.append(r)
+        else:
+            presence.extend((r, p) for p in got.presence)
+    slow.sort()
     by_label = np.zeros((n, len(LABELS)), np.int64)
     met = np.full((n, len(LABELS)), 2**62, np.int64)  # no label met
     if len(slow) < n:
         points = PointColumns.of((r_row, r_start, r_seq, r_last, r_label, r_hb), presence)
         by_label = sweep_columns(
-            points, n, lo, horizon, factor, heartbeat, span_set, span_sets, met
-        )
+            points, n, lo, horizon, factor, heartbeat, span_set, span_sets, met,
+            outages=merged,
+        )  # fmt: skip
     if slow:
         wanted = np.zeros(n, bool)
         wanted[np.asarray(slow, np.int64)] = True

@@ -324,6 +324,32 @@ def _merge_spans(spans: Iterable[Span]) -> list[Span]:
     return merged
 
 
+def split_spans(spans: Sequence[Span], cuts: Sequence[Span]) -> tuple[list[Span], list[Span]]:
+    """``spans`` (sorted, non-overlapping) split by ``cuts`` (merged): the parts outside
+    the cuts and the parts inside them, each in time order."""
+    outside: list[Span] = []
+    inside: list[Span] = []
+    j = 0
+    for a, b in spans:
+        while j < len(cuts) and cuts[j][1] <= a:
+            j += 1
+        pos, k = a, j
+        while pos < b:
+            if k >= len(cuts) or cuts[k][0] >= b:
+                outside.append((pos, b))
+                break
+            c0, c1 = cuts[k]
+            if c0 > pos:
+                outside.append((pos, c0))
+                pos = c0
+            cut = min(c1, b)
+            inside.append((pos, cut))
+            pos = cut
+            if c1 <= b:
+                k += 1
+    return outside, inside
+
+
 def _clip_merge(intervals: Iterable[Interval], lo: int, hi: int) -> list[Interval]:
     out: list[Interval] = []
     for a, b, label in intervals:
@@ -407,6 +433,26 @@ class PointColumns:
     label: Any
     heartbeat_s: Any
 
+    def with_edges(self, edges: Sequence[int], n: int) -> PointColumns:
+        """These points and, for each of devices ``0..n-1``, a point at each of
+        ``edges`` (our outages' edges, as :func:`_add_points` adds them)."""
+        import numpy as np
+
+        k = len(edges)
+        if not k or not n:
+            return self
+        at = np.tile(np.asarray(edges, np.int64), n)
+        cat = np.concatenate
+        return PointColumns(
+            cat([self.device, np.repeat(np.arange(n, dtype=np.int64), k)]),
+            cat([self.ts, at]),
+            cat([self.kind, np.full(len(at), _KEEP, np.int64)]),
+            cat([self.seq, np.full(len(at), -1, np.int64)]),
+            cat([self.end, at]),
+            cat([self.label, np.full(len(at), _COMM, np.int64)]),
+            cat([self.heartbeat_s, np.zeros(len(at), np.int64)]),
+        )
+
     @classmethod
     def of(
         cls,
@@ -450,6 +496,7 @@ def sweep_columns(
     span_sets: Sequence[Sequence[Span]],
     met: Any = None,
     slice_of: int = SWEEP_SLICE,
+    outages: Sequence[Span] = (),
 ) -> Any:
     """:func:`points_totals` of ``n`` devices at once, for one day: an ``(n, len(LABELS))``
     int64 array of each device's time by label (codes: :data:`LABELS`) inside its
@@ -466,9 +513,27 @@ def sweep_columns(
     order :func:`points_totals` meets the labels in (its dict's order).
 
     The devices are swept ``slice_of`` at a time (rows ``[a, a + slice_of)``, each
-    device's points together): a device's totals depend on its own points only."""
+    device's points together): a device's totals depend on its own points only.
+
+    ``outages``: our own (the collector's, merged), as :func:`timeline_of_points` takes
+    them: their edges are points of every device (it is not blamed for our silence) and
+    their time is unknown whatever the device's label (the overlay)."""
     import numpy as np
 
+    if outages:
+        unknown = _CODE[Label.UNKNOWN]
+        split = [split_spans(spans, outages) for spans in span_sets]
+        totals = sweep_columns(
+            points.with_edges([t for span in outages for t in span], n), n, start, until,
+            timeout_factor, heartbeat_s, span_set, [out for out, _ in split], met, slice_of,
+        )  # fmt: skip
+        of = np.asarray(span_set, np.int64)
+        inside = np.asarray([sum(b - a for a, b in ins) for _, ins in split], np.int64)[of]
+        totals[:, unknown] += inside
+        if met is not None:
+            first = np.asarray([ins[0][0] if ins else 2**62 for _, ins in split], np.int64)
+            met[:, unknown] = np.minimum(met[:, unknown], first[of])
+        return totals
     if n <= slice_of:
         return _sweep_slice(
             points, n, start, until, timeout_factor, heartbeat_s, span_set, span_sets, met

@@ -46,13 +46,16 @@ from rules.timeline import (
     PointColumns,
     Presence,
     label_code,
+    merge_spans,
     points_totals,
     sweep_columns,
+    timeline_of_points,
 )
 from rules.uptime import (
     UptimePolicy,
     day_span,
     dimension_key,
+    label_totals,
     uptime_columns,
     uptime_from_totals,
 )
@@ -241,3 +244,66 @@ def test_the_column_sweep_equals_the_points_sweep() -> None:
                 up.scheduled_ms, up.available_ms, up.tech_scheduled_ms, up.tech_available_ms,
                 up.planned_excluded_ms, up.monitored_ms,
             ], d  # fmt: skip
+
+
+def test_the_column_sweep_with_outages_equals_the_timeline() -> None:
+    """Our outages (edges as every device's points, their time unknown): each device's
+    time by label and the order it meets the labels in, as the timeline built with the
+    outages and summed inside its spans (:func:`rules.uptime.label_totals`)."""
+    rng = random.Random(11)
+    labels = [Label.AVAILABLE, Label.FAULT, Label.PLANNED, Label.UNKNOWN, Label.CLOSED]
+    start, until = 1_000_000, 1_000_000 + 24 * H
+    span_sets = [[(start, until)], [(start + 9 * H, start + 17 * H)],
+                 [(start, start + 6 * H), (start + 22 * H, until)], []]  # fmt: skip
+    unknown_met = 0
+    for case in range(40):
+        n = rng.randrange(1, 30)
+        # from before the day (the unknown time before monitoring began), inside it,
+        # touching its end, or never ending
+        raw = [
+            (start - 5 * H, start + rng.randrange(0, 8) * H),
+            *((t, t + rng.choice((60_000, H, 4 * H)))
+              for t in (start + rng.randrange(0, 24) * H for _ in range(rng.randrange(0, 3)))),
+        ]  # fmt: skip
+        if rng.random() < 0.3:
+            raw.append((start + 20 * H, 2**62))
+        outages = merge_spans(raw[rng.randrange(0, 2) :])
+        runs: list[list[int]] = [[], [], [], [], [], []]
+        presence: list[tuple[int, Presence]] = []
+        points: list[list[Point]] = [[] for _ in range(n)]
+        pres: list[list[Presence]] = [[] for _ in range(n)]
+        beats = [rng.choice((60, 300)) for _ in range(n)]
+        edges = [t for span in outages for t in span]
+        for d in range(n):
+            t = start - rng.randrange(0, 4 * H)
+            for _ in range(rng.randrange(0, 12)):
+                # now and then on an outage's edge: a tie between its point and a run's
+                t = rng.choice(edges) if edges and rng.random() < 0.1 else t
+                t += rng.choice((0, 0, 60_000, 600_000, 2 * H, 5 * H))
+                e = t + rng.choice((0, 60_000, H, 3 * H))
+                label, hb, seq = rng.choice(labels), rng.choice((60, 300)), rng.randrange(3)
+                for col, v in zip(runs, (d, t, seq, e, label_code(label), hb), strict=True):
+                    col.append(v)
+                points[d].append((t, STATE, seq, e, label, hb))
+                if rng.random() < 0.2:
+                    p = Presence(t + rng.choice((0, 60_000)), rng.random() < 0.5)
+                    presence.append((d, p))
+                    pres[d].append(p)
+        cols = PointColumns.of(tuple(np.asarray(c, np.int64) for c in runs), presence)  # type: ignore[arg-type]
+        span_set = [rng.randrange(len(span_sets)) for _ in range(n)]
+        met = np.full((n, len(LABELS)), 2**62, np.int64)
+        got = sweep_columns(
+            cols, n, start, until, 3.0, np.asarray(beats, np.int64), span_set, span_sets, met,
+            slice_of=rng.choice((1, 4, 64)), outages=outages,
+        )  # fmt: skip
+        for d in range(n):
+            line = timeline_of_points(
+                points[d][:], start, until, horizon=until, presence=pres[d],
+                outages=outages, timeout_factor=3.0, default_heartbeat_s=beats[d],
+            )  # fmt: skip
+            want = label_totals(line, span_sets[span_set[d]])
+            assert {LABELS[i]: int(v) for i, v in enumerate(got[d]) if v} == want, (case, d)
+            met_order = [LABELS[i] for i in np.argsort(met[d], kind="stable") if got[d][i]]
+            assert met_order == list(want), (case, d)
+        unknown_met += int(got[:, label_code(Label.UNKNOWN)].astype(bool).sum())
+    assert unknown_met > 100  # the outages' time was counted, in many devices' spans
