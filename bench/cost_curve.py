@@ -13,8 +13,11 @@ seconds include):
 
 1. ``atmfleet kpi uptime --date D`` (one local day);
 2. ``atmfleet kpi low-yield --date D`` (30 days), once with D not yet kept, once again
-   with all 30 days kept (the first run keeps D);
-3. ``atmfleet bulletin daily --date D --format all`` (xlsx, csv, html, json);
+   with all 30 days kept (the first run keeps D); then the daily case: D-1 evaluated
+   first as the morning before did (``kpi low-yield --date D-1`` with D-1 not kept, not
+   timed: it keeps D-1 and the sums of the windows it completes), then D, not kept;
+3. ``atmfleet bulletin daily --date D --format all`` (xlsx, csv, html, json), in that
+   daily case too (D-1 evaluated the morning before, D not kept);
 
 on a throw-away database filled as ``bench/kpi_db.py`` fills it (the inventory, three
 local days of state runs around D, 30 days of txn_daily, the 29 kept closed days before
@@ -78,6 +81,7 @@ ROWS = (
     ("uptime", "1. kpi uptime, one day"),
     ("lowyield_first", "2. kpi low-yield 30 d, D not kept"),
     ("lowyield_kept", "   kpi low-yield 30 d, all kept"),
+    ("lowyield_next", "   kpi low-yield 30 d, D not kept, D-1 evaluated"),
     ("bulletin", "3. bulletin daily, 4 formats"),
     ("serve_full", "4. serve: start to first full"),
     ("scrape", "   serve: GET /metrics"),
@@ -144,7 +148,9 @@ def format_cell(key: str, cell: dict[str, Any] | None) -> str:
 
 #: The commands whose seconds include the start-up (row 0): their growth is also shown net
 #: of it.
-NET_OF_STARTUP = frozenset({"uptime", "lowyield_first", "lowyield_kept", "bulletin"})
+NET_OF_STARTUP = frozenset(
+    {"uptime", "lowyield_first", "lowyield_kept", "lowyield_next", "bulletin"}
+)
 RATIO_W = 20
 
 
@@ -389,6 +395,13 @@ def kpi_paths(
             if not kept:
                 out["lowyield_kept"]["note"] = "the first run kept no day: not all kept"
                 print(f"  {n:,} devices: the first low-yield run kept nothing for {day}")
+            # The daily case: D-1 was evaluated the morning before (not kept then, so
+            # computed and kept with the window sums it completed); D is not kept yet.
+            conn.execute("DELETE FROM kpi_device_days WHERE day >= %s", (DAY - timedelta(days=1),))
+            conn.commit()
+            before = (DAY - timedelta(days=1)).isoformat()
+            timed(["kpi", "low-yield", "--date", before], url, tmp / f"lowyield-before-{n}.log")
+            measure("lowyield_next", ["kpi", "low-yield", "--date", day])
         if "bulletin" in paths:
             reset(conn)
             folder = tmp / f"bulletin-{n}"

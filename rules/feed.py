@@ -297,6 +297,24 @@ _WINDOW_COLUMNS = (
 )  # fmt: skip
 
 
+@contextmanager
+def _statement_settings(cur: psycopg.Cursor[Any]) -> Iterator[None]:
+    """For the statements run inside: a work_mem of :data:`KEPT_SUMS_WORK_MEM` and no
+    JIT, then the transaction's settings put back (an error ends the transaction, and
+    its settings with it). The kept sums group 30 rows a device (3 M for 100,000
+    devices) into one per device: with the server's default work_mem the hash table
+    spilled to disk in 9 batches and the partial groups were sorted on disk (twice as
+    slow); JIT compiled for longer than it saved."""
+    before = cur.execute("SELECT current_setting('work_mem'), current_setting('jit')").fetchone()
+    assert before is not None
+    cur.execute(
+        "SELECT set_config('work_mem', %s, true), set_config('jit', 'off', true)",
+        (KEPT_SUMS_WORK_MEM,),
+    )
+    yield
+    cur.execute("SELECT set_config('work_mem', %s, true), set_config('jit', %s, true)", before)
+
+
 class Feed:
     """Reads the store through one connection (a snapshot per call is not needed: each
     read is one statement)."""
@@ -551,28 +569,36 @@ class Feed:
         }  # fmt: skip
         if ids is not None:
             params["ids"] = list(ids)
-        with self._conn.cursor(binary=True) as cur:
-            # The sums group 30 rows a device (3 M for 100,000 devices) into one per
-            # device: with the server's default work_mem the hash table spilled to disk
-            # in 9 batches and the partial groups were sorted on disk (twice as slow);
-            # JIT compiled for longer than it saved. Both only for this statement: the
-            # transaction's settings are put back after it (an error ends the
-            # transaction, and its settings with it).
-            before = cur.execute(
-                "SELECT current_setting('work_mem'), current_setting('jit')"
-            ).fetchone()
-            cur.execute(
-                "SELECT set_config('work_mem', %s, true), set_config('jit', 'off', true)",
-                (KEPT_SUMS_WORK_MEM,),
-            )
+        with self._conn.cursor(binary=True) as cur, _statement_settings(cur):
             query = queries()["kept_sums" if ids is None else "kept_sums_of"]
             rows = cur.execute(query, params).fetchall()
-            assert before is not None
-            cur.execute(
-                "SELECT set_config('work_mem', %s, true), set_config('jit', %s, true)", before
-            )
         for device_id, monitored, a, s, counted, fin, kept in rows:
             out[device_id] = (WindowSums(monitored, a, s, counted, fin), kept or 0)
+        return out
+
+    def kept_sums_slid(
+        self, fingerprint: str, first: date, last: date, in_service_only: bool
+    ) -> dict[str, tuple[WindowSums, int]]:
+        """:meth:`kept_sums` of ``first``..``last`` for the devices whose window ending
+        the day before ``last`` (``first`` - 1 .. ``last`` - 1) was kept whole, its sums
+        kept beside that day: those sums slid by a day (the day leaving the window taken
+        off, ``last`` added where it is kept), read from three days' rows instead of the
+        window's. The same values and bits as :meth:`kept_sums` (tests/
+        test_kpi_window_sums.py); for a window of at most 63 days."""
+        n = (last - first).days + 1
+        if not 2 <= n <= 63:
+            return {}
+        params = {
+            "fingerprint": fingerprint, "before": last - timedelta(days=1),
+            "drop": first - timedelta(days=1), "on": last, "in_service": in_service_only,
+        }  # fmt: skip
+        earlier = (1 << (n - 1)) - 1  # first .. last - 1: kept, as the whole window was
+        out: dict[str, tuple[WindowSums, int]] = {}
+        with self._conn.cursor(binary=True) as cur, _statement_settings(cur):
+            rows = cur.execute(queries()["kept_sums_slid"], params).fetchall()
+        for device_id, monitored, a, s, counted, fin, on_kept in rows:
+            bits = earlier | (1 << (n - 1)) if on_kept else earlier
+            out[device_id] = (WindowSums(monitored, a, s, counted, fin), bits)
         return out
 
     @_without_gc
@@ -1616,8 +1642,14 @@ def low_yield_for(
     lacking: list[Device] = []  # judged on sums that were not kept whole
     kept: dict[str, tuple[WindowSums, int]] = {}
     if whole:
-        ids = None if 4 * len(whole) > len(devices) else [d.id for d in whole]
-        kept = feed.kept_sums(fp, first, on, in_service_only, ids)
+        # The windows that ended yesterday kept whole slide by a day (the daily case:
+        # yesterday's evaluation kept them); the others' kept days are added up.
+        kept = feed.kept_sums_slid(fp, first, on, in_service_only)
+        rest = [d.id for d in whole if d.id not in kept]
+        if rest:
+            ids = None if 4 * len(rest) > len(devices) else rest
+            more = feed.kept_sums(fp, first, on, in_service_only, ids)
+            kept.update(more if not kept else {i: more[i] for i in rest if i in more})
         not_kept: dict[int, list[int]] = {}  # kept bits -> the days not kept
         for d in whole:
             got = kept.get(d.id)

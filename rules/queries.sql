@@ -337,6 +337,44 @@ WHERE fingerprint = %(fingerprint)s AND day >= %(first)s AND day <= %(last)s
   AND device_id = ANY(%(ids)s::text[])
 GROUP BY device_id;
 
+-- kept_sums of the window first..on for the devices whose window ending the day before
+-- was kept whole (its sums kept beside that day): those sums less the day that leaves
+-- the window (kept: the window was whole) plus the day evaluated where kept, and whether
+-- it is. Three days' rows (three ranges of the key), not every kept day of the window;
+-- one scan grouped by device, so that no join order hangs on the days' statistics
+-- (a day just kept has none yet).
+-- name: kept_sums_slid
+SELECT device_id,
+       (max(win_monitored) FILTER (WHERE day = %(before)s)
+        - count(*) FILTER (WHERE day = %(drop)s AND scheduled_ms > 0)
+        + count(*) FILTER (WHERE day = %(on)s AND scheduled_ms > 0))::int8,
+       (max(win_available_ms) FILTER (WHERE day = %(before)s)
+        - coalesce(sum(available_ms) FILTER (WHERE day = %(drop)s AND scheduled_ms > 0), 0)
+        + coalesce(sum(available_ms) FILTER (WHERE day = %(on)s AND scheduled_ms > 0), 0)
+       )::int8,
+       (max(win_scheduled_ms) FILTER (WHERE day = %(before)s)
+        - coalesce(sum(scheduled_ms) FILTER (WHERE day = %(drop)s AND scheduled_ms > 0), 0)
+        + coalesce(sum(scheduled_ms) FILTER (WHERE day = %(on)s AND scheduled_ms > 0), 0)
+       )::int8,
+       (max(win_counted) FILTER (WHERE day = %(before)s)
+        - count(*) FILTER (WHERE day = %(drop)s AND scheduled_ms > 0
+                                 AND (available_ms > 0 OR NOT %(in_service)s))
+        + count(*) FILTER (WHERE day = %(on)s AND scheduled_ms > 0
+                                 AND (available_ms > 0 OR NOT %(in_service)s)))::int8,
+       (max(win_financial) FILTER (WHERE day = %(before)s)
+        - coalesce(sum(financial) FILTER (WHERE day = %(drop)s AND scheduled_ms > 0
+                                                AND (available_ms > 0 OR NOT %(in_service)s)),
+                   0)
+        + coalesce(sum(financial) FILTER (WHERE day = %(on)s AND scheduled_ms > 0
+                                                AND (available_ms > 0 OR NOT %(in_service)s)),
+                   0))::int8,
+       bool_or(day = %(on)s)
+FROM kpi_device_days
+WHERE fingerprint = %(fingerprint)s AND day IN (%(drop)s, %(before)s, %(on)s)
+GROUP BY device_id
+HAVING count(*) FILTER (WHERE day = %(before)s AND win_monitored IS NOT NULL) = 1
+   AND count(*) FILTER (WHERE day = %(drop)s) = 1;
+
 -- Low-yield: the window sums kept beside a day (migration 0022), per device whose
 -- window ending that day was kept whole: the same values as kept_sums of that window,
 -- one row per device (the day's rows are one range of the key).

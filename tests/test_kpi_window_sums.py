@@ -175,6 +175,68 @@ def test_window_sums_forgotten_with_a_kept_day_deleted_or_changed(
     assert set(stored) - set(_kept_sums_columns(conn)) == {gone, changed}
 
 
+@pytest.mark.parametrize("counted", list(DaysCounted))
+def test_yesterdays_window_sums_slide_by_a_day(
+    conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch, counted: DaysCounted
+) -> None:
+    """The daily case: yesterday's evaluation kept the sums of the windows it completed;
+    today's reads them slid by a day (:meth:`Feed.kept_sums_slid`): the same values and
+    kept bits as the kept days added up, today kept or not, and the same flags as the
+    days one by one. A window whose sums were forgotten is added up as before."""
+    rules = _rules(counted)
+    feed = Feed(conn, rules)
+    _keep_earlier_days(feed, conn, 13)
+    horizon = _closed_horizon(rules)
+    inventory = feed.inventory()
+    yesterday = DAY - timedelta(days=1)
+    # Yesterday evaluated as the day before's job did: not kept yet, then computed and
+    # kept with the sums of the windows it completed.
+    conn.execute("DELETE FROM kpi_device_days WHERE day = %s", (yesterday,))
+    fp = feed.fingerprint()
+    rng = random.Random(3)
+    # The day that leaves the window kept with values that count (or not) either way.
+    leaving = FIRST - timedelta(days=1)
+    feed.keep_days(
+        fp,
+        [(d.id, leaving, (rng.choice((0, 5 * H)), rng.choice((0, 9 * H)), rng.randrange(1, 50)))
+         for d in inventory.devices],
+    )  # fmt: skip
+    low_yield_for(feed, inventory, inventory.devices, yesterday, horizon)
+    conn.commit()
+    in_service = counted is DaysCounted.IN_SERVICE
+    slid = sorted(feed.kept_sums_slid(fp, FIRST, DAY, in_service))
+    # Today kept for some devices (its values added, its bit set); a day of the window
+    # changed for another (yesterday's sums forgotten: no slide for it).
+    today_kept = slid[::3]
+    feed.keep_days(
+        fp, [(i, DAY, (rng.randrange(0, 9 * H), rng.choice((0, 9 * H)), 7)) for i in today_kept]
+    )
+    changed = slid[1]
+    conn.execute(
+        "UPDATE kpi_device_days SET financial = financial + 5 WHERE device_id = %s AND day = %s",
+        (changed, DAY - timedelta(days=12)),
+    )
+    conn.commit()
+    got = feed.kept_sums_slid(fp, FIRST, DAY, in_service)
+    added = feed.kept_sums(fp, FIRST, DAY, in_service)
+    conn.commit()
+    assert len(got) >= 10 and changed not in got and set(got) == set(slid) - {changed}
+    assert all(got[i] == added[i] for i in got)
+    assert {got[i][1] >> 29 for i in got} == {0, 1}  # today kept for some, not for others
+    asked: list[object] = []
+    real = Feed.kept_sums
+
+    def spy(self: Feed, *args: object, **kwargs: object) -> object:
+        asked.append(args[4] if len(args) > 4 else kwargs.get("ids"))
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Feed, "kept_sums", spy)
+    assert _fast(conn, rules, horizon) == _reference(conn, rules, horizon)
+    # Only the devices yesterday's sums did not cover were added up, by id.
+    assert len(asked) == 1 and isinstance(asked[0], list) and changed in asked[0]
+    assert not set(asked[0]) & set(got)
+
+
 def _share_one_by_one(
     flags: Iterable[YieldFlag], key: Callable[[str], str | None], max_share: float
 ) -> dict[str, Share]:
