@@ -332,6 +332,7 @@ class Fleet:
     c_last: datetime  # C's newest message (ts; received 1 s later)
     d_will_received: datetime
     a_last_received: datetime
+    run_id: str  # in every device id
 
 
 def _device(id_: str, branch: str, **kw: object) -> Device:
@@ -440,7 +441,7 @@ def store_fleet(url: str, run_id: str) -> Fleet:
 
     a_last = max(m.received_at for m in of("A"))
     c_newest = max(m.received_at for m in of("C")) - timedelta(seconds=1)
-    return Fleet(url, rules, now, midnight, fault_from, c_newest, d_will, a_last)
+    return Fleet(url, rules, now, midnight, fault_from, c_newest, d_will, a_last, run_id)
 
 
 @pytest.fixture
