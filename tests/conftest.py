@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -61,6 +61,31 @@ def db(database_url: str) -> str:
     with psycopg.connect(database_url, autocommit=True) as conn:
         upgrade(conn)
     return database_url
+
+
+@pytest.fixture(scope="module")
+def filled_stores() -> Iterator[Callable[[int], object]]:
+    """The module's databases filled by tests/test_kpi_fast_path.py's ``fill``, one per
+    fleet size, made when first asked for (``FilledStore``); dropped with the module."""
+    from tests.test_kpi_fast_path import FilledStore
+
+    stores: dict[int, FilledStore] = {}
+
+    def get(n: int) -> FilledStore:
+        if n not in stores:
+            url = create_database()
+            try:
+                stores[n] = FilledStore(url, n)
+            except BaseException:
+                drop_database(url)
+                raise
+        return stores[n]
+
+    try:
+        yield get
+    finally:
+        for store in stores.values():
+            drop_database(store.url)
 
 
 @pytest.fixture

@@ -116,10 +116,9 @@ class TestEveryQueryReturnsData:
     def test_promql_on_prometheus_and_sql_as_the_read_only_role(
         self,
         prometheus: tuple[Prometheus, Fleet],  # noqa: F811  (the imported fixture)
-        run_id: str,
     ) -> None:
         prom, fleet = prometheus
-        _add_events_and_dead_letters(fleet, run_id)
+        _add_events_and_dead_letters(fleet, fleet.run_id)
         _ready(prom)
         with psycopg.connect(fleet.url, autocommit=True) as conn:
             conn.execute(f"SET ROLE {ROLE}")

@@ -25,6 +25,7 @@ from atmfleet.protocol import (
 from atmfleet.store.inventory import upsert_inventory
 from atmfleet.store.migrate import upgrade
 from atmfleet.store.writer import Accepted, BatchWriter
+from tests.conftest import create_database, drop_database
 
 pytestmark = pytest.mark.integration
 
@@ -62,8 +63,33 @@ def heartbeats(device: str, fault_from: int, fault_to: int) -> list[StateMessage
     return out
 
 
+def _reading(url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The module's stored database as it was written, for one test: the days an earlier
+    reading kept (kpi_device_days, the only table ``kpi`` writes) are cleared first."""
+    with psycopg.connect(url) as conn:
+        conn.execute("DELETE FROM kpi_device_days")
+    monkeypatch.setenv("ATMFLEET_DATABASE_URL", url)
+    monkeypatch.delenv("ATMFLEET_RULES_FILE", raising=False)
+    return url
+
+
+@pytest.fixture(scope="module")
+def stored_day() -> Iterator[str]:
+    """One stored day for the module (its tests only read it, or keep days)."""
+    url = create_database()
+    try:
+        _store_day(url)
+        yield url
+    finally:
+        drop_database(url)
+
+
 @pytest.fixture
-def db(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def db(stored_day: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    return _reading(stored_day, monkeypatch)
+
+
+def _store_day(database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         upgrade(conn)
     msgs: list[Accepted] = []
@@ -86,9 +112,6 @@ def db(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     with psycopg.connect(database_url) as conn:
         upsert_inventory(conn, INVENTORY)
         BatchWriter(conn, "test").write(msgs)
-    monkeypatch.setenv("ATMFLEET_DATABASE_URL", database_url)
-    monkeypatch.delenv("ATMFLEET_RULES_FILE", raising=False)
-    yield database_url
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -191,10 +214,24 @@ class TestKeptDays:
         assert flags["total"]["share"] is None and flags["total"]["meets_target"] is None
 
 
-@pytest.fixture
-def tail_db(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+@pytest.fixture(scope="module")
+def stored_days() -> Iterator[str]:
     """Three stored days, 2026-11-18..20: cli-a is down 1 h every day; cli-b is down 2 h on
     the 20th only. Nothing is stored before 23:00 on the 17th."""
+    url = create_database()
+    try:
+        _store_days(url)
+        yield url
+    finally:
+        drop_database(url)
+
+
+@pytest.fixture
+def tail_db(stored_days: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    return _reading(stored_days, monkeypatch)
+
+
+def _store_days(database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         upgrade(conn)
     first = datetime(2026, 11, 18, tzinfo=TZ).astimezone(UTC)
@@ -212,9 +249,6 @@ def tail_db(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]
     with psycopg.connect(database_url) as conn:
         upsert_inventory(conn, INVENTORY)
         BatchWriter(conn, "test").write(msgs)
-    monkeypatch.setenv("ATMFLEET_DATABASE_URL", database_url)
-    monkeypatch.delenv("ATMFLEET_RULES_FILE", raising=False)
-    yield database_url
 
 
 class TestTailStreaks:

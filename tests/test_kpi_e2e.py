@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 RULES = load_rules()
 SEED = 21
 HB = 300  # heartbeat of the simulated fleet: fewer messages for the same day
-PUBLISH_SECONDS = 15  # the simulated day is replayed in about this long
+PUBLISH_SECONDS = 3  # the simulated day is replayed in about this long
 
 
 def stored_counts(url: str, prefix: str) -> dict[str, int]:

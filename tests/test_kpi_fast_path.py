@@ -39,16 +39,94 @@ TYPES = (DeviceType.ATM, DeviceType.CRS, DeviceType.DEPOSIT, DeviceType.SMART_TE
 
 
 def filled(request: pytest.FixtureRequest, n: int = 40) -> Iterator[psycopg.Connection]:
-    """A connection to a new database (plain PostgreSQL or TimescaleDB, as the fixture's
-    parameter says) upgraded and filled with ``n`` devices (:func:`fill`, seed 16)."""
-    url = request.getfixturevalue(
-        "database_url" if request.param == "postgres" else "timescale_url"
-    )
+    """A connection to a database (plain PostgreSQL or TimescaleDB, as the fixture's
+    parameter says) upgraded and filled with ``n`` devices (:func:`fill`, seed 16), as
+    :func:`fill` left it.
+
+    Plain PostgreSQL: one filled database per module and ``n`` (``filled_stores`` in
+    conftest.py), brought back before each test to what :func:`fill` wrote
+    (:class:`FilledStore`). TimescaleDB: a new database per test (keeping a day refreshes
+    the ``txn_daily`` aggregate, which cannot be put back).
+    """
+    if request.param == "postgres":
+        store: FilledStore = request.getfixturevalue("filled_stores")(n)
+        with psycopg.connect(store.url) as c:
+            store.restore(c)
+            yield c
+            c.rollback()
+            store.check_unchanged(c)
+        return
+    url = request.getfixturevalue("timescale_url")
     with psycopg.connect(url, autocommit=True) as c:
         upgrade(c, timezone=RULES.timezone)
     with psycopg.connect(url) as c:
         fill(c, random.Random(16), n=n)
         yield c
+
+
+class FilledStore:
+    """A database filled once (:func:`fill`), shared by the tests of a module.
+
+    The tests write only to ``CHANGED`` (the days they keep, the collector outages they
+    remove or add, a run in a state the timeline does not know): those tables, their
+    rows and identity sequences, are put back before each test as :func:`fill` left
+    them; every other table is checked unchanged after each test.
+    """
+
+    CHANGED = ("kpi_device_days", "collector_outages", "state_runs")
+
+    def __init__(self, url: str, n: int) -> None:
+        self.url = url
+        with psycopg.connect(url, autocommit=True) as c:
+            upgrade(c, timezone=RULES.timezone)
+        with psycopg.connect(url) as c:
+            fill(c, random.Random(16), n=n)
+            self.rows = {t: self._copy_out(c, t) for t in self.CHANGED}
+            self.sequences = c.execute(
+                "SELECT s.schemaname || '.' || s.sequencename, s.last_value FROM pg_sequences s"
+                " WHERE s.schemaname = current_schema()"
+            ).fetchall()
+            self.digest = self._digest(c)
+            c.commit()
+
+    @staticmethod
+    def _copy_out(c: psycopg.Connection, table: str) -> bytes:
+        with c.cursor().copy(f"COPY {table} TO STDOUT") as copy:
+            return b"".join(bytes(block) for block in copy)
+
+    def _digest(self, c: psycopg.Connection) -> dict[str, str]:
+        tables = c.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema ="
+            " current_schema() AND table_type = 'BASE TABLE' ORDER BY table_name"
+        ).fetchall()
+        out = {}
+        for (table,) in tables:
+            if table in self.CHANGED:
+                continue
+            row = c.execute(
+                f"SELECT count(*) || ' ' || md5(coalesce(string_agg(t::text, E'\\n'"
+                f" ORDER BY t::text), '')) FROM {table} t"
+            ).fetchone()
+            assert row is not None
+            out[table] = str(row[0])
+        return out
+
+    def restore(self, c: psycopg.Connection) -> None:
+        c.execute(f"TRUNCATE {', '.join(self.CHANGED)}")
+        for table, data in self.rows.items():
+            with c.cursor().copy(f"COPY {table} FROM STDIN") as copy:
+                copy.write(data)
+        for name, last in self.sequences:
+            if last is None:
+                c.execute("SELECT setval(%s, 1, false)", (name,))
+            else:
+                c.execute("SELECT setval(%s, %s)", (name, last))
+        c.commit()
+
+    def check_unchanged(self, c: psycopg.Connection) -> None:
+        """Every table but ``CHANGED`` as :func:`fill` left it."""
+        assert self._digest(c) == self.digest, "a test changed a table restore() does not"
+        c.commit()
 
 
 @pytest.fixture(params=["postgres", pytest.param("timescale", marks=pytest.mark.timescale)])

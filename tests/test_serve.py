@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -76,7 +77,7 @@ from exporters.metrics import (
     start_serving,
 )
 from rules.config import Rules, parse_rules
-from tests.conftest import drop_database
+from tests.conftest import create_database, drop_database
 
 ROOT = Path(__file__).resolve().parent.parent
 METRICS_DOC = ROOT / "docs" / "metrics.md"
@@ -331,6 +332,7 @@ class Fleet:
     c_last: datetime  # C's newest message (ts; received 1 s later)
     d_will_received: datetime
     a_last_received: datetime
+    run_id: str  # in every device id
 
 
 def _device(id_: str, branch: str, **kw: object) -> Device:
@@ -439,12 +441,24 @@ def store_fleet(url: str, run_id: str) -> Fleet:
 
     a_last = max(m.received_at for m in of("A"))
     c_newest = max(m.received_at for m in of("C")) - timedelta(seconds=1)
-    return Fleet(url, rules, now, midnight, fault_from, c_newest, d_will, a_last)
+    return Fleet(url, rules, now, midnight, fault_from, c_newest, d_will, a_last, run_id)
 
 
 @pytest.fixture
 def fleet(database_url: str, run_id: str) -> Fleet:
+    """A stored fleet of the test's own, for the tests that change or drop it."""
     return store_fleet(database_url, run_id)
+
+
+@pytest.fixture(scope="module")
+def read_fleet() -> Iterator[Fleet]:
+    """One stored fleet for the tests that only read it; each of them scrapes it afresh
+    (``scrape``), so a reading's time bounds are its own."""
+    url = create_database()
+    try:
+        yield store_fleet(url, uuid.uuid4().hex[:8])
+    finally:
+        drop_database(url)
 
 
 Labels = dict[str, str]
@@ -473,11 +487,15 @@ class Scrape:
 
 
 @pytest.fixture
-def scrape(fleet: Fleet) -> Iterator[Scrape]:
-    source = DatabaseSource(fleet.url, fleet.rules)
+def scrape(read_fleet: Fleet) -> Iterator[Scrape]:
+    # A reading keeps the closed days it computed (kpi_device_days): each test reads the
+    # store as it was written, nothing kept by an earlier test's reading.
+    with psycopg.connect(read_fleet.url) as conn:
+        conn.execute("DELETE FROM kpi_device_days")
+    source = DatabaseSource(read_fleet.url, read_fleet.rules)
     registry = CollectorRegistry()
     try:
-        yield Scrape(Exporter(source, registry, Targets.from_rules(fleet.rules)), registry)
+        yield Scrape(Exporter(source, registry, Targets.from_rules(read_fleet.rules)), registry)
     finally:
         source.close()
 
@@ -520,25 +538,29 @@ class TestDevices:
             [series] = [s for s in scrape.series("atmfleet_device_up") if s["device"][0] == key]
             assert scrape.value("atmfleet_device_up", **series) == 0
 
-    def test_since_is_when_the_state_began(self, fleet: Fleet, scrape: Scrape) -> None:
+    def test_since_is_when_the_state_began(self, read_fleet: Fleet, scrape: Scrape) -> None:
         def since(key: str) -> float | None:
             return scrape.value(
                 "atmfleet_device_state_since_timestamp_seconds", device=_dev(scrape, key)
             )
 
-        assert since("A") == (fleet.midnight - timedelta(hours=1)).timestamp()
-        assert since("B") == fleet.fault_from.timestamp()
-        assert since("C") == fleet.c_last.timestamp()
-        assert since("D") == fleet.d_will_received.timestamp()
+        assert since("A") == (read_fleet.midnight - timedelta(hours=1)).timestamp()
+        assert since("B") == read_fleet.fault_from.timestamp()
+        assert since("C") == read_fleet.c_last.timestamp()
+        assert since("D") == read_fleet.d_will_received.timestamp()
         assert since("E") is None
 
     def test_last_seen_is_the_receive_time_of_the_newest_message(
-        self, fleet: Fleet, scrape: Scrape
+        self, read_fleet: Fleet, scrape: Scrape
     ) -> None:
         seen = "atmfleet_device_last_seen_timestamp_seconds"
-        assert scrape.value(seen, device=_dev(scrape, "A")) == fleet.a_last_received.timestamp()
-        assert scrape.value(seen, device=_dev(scrape, "C")) == fleet.c_last.timestamp() + 1
-        assert scrape.value(seen, device=_dev(scrape, "D")) == fleet.d_will_received.timestamp()
+        assert (
+            scrape.value(seen, device=_dev(scrape, "A")) == read_fleet.a_last_received.timestamp()
+        )
+        assert scrape.value(seen, device=_dev(scrape, "C")) == read_fleet.c_last.timestamp() + 1
+        assert (
+            scrape.value(seen, device=_dev(scrape, "D")) == read_fleet.d_will_received.timestamp()
+        )
         assert scrape.value(seen, device=_dev(scrape, "E")) is None
 
     def test_the_scheduled_set_is_what_window_state_and_up_say(self, scrape: Scrape) -> None:
@@ -603,8 +625,8 @@ class TestFleet:
         assert n("atm", "unknown") == 1
         assert n("atm", "fault") is None  # only non-zero combinations
 
-    def test_todays_times_per_branch(self, fleet: Fleet, scrape: Scrape) -> None:
-        midnight = fleet.midnight.timestamp()
+    def test_todays_times_per_branch(self, read_fleet: Fleet, scrape: Scrape) -> None:
+        midnight = read_fleet.midnight.timestamp()
         assert scrape.value("atmfleet_day_start_timestamp_seconds") == midnight
         b1 = dict(branch="B1", subbranch="S1", tier="2")
         s1 = scrape.value("atmfleet_day_scheduled_seconds", view="business", **b1)
@@ -620,13 +642,15 @@ class TestFleet:
 
         # B down since its fault, C since its last heartbeat.
         def down(at: float) -> float:
-            return 2 * at - fleet.fault_from.timestamp() - fleet.c_last.timestamp()
+            return 2 * at - read_fleet.fault_from.timestamp() - read_fleet.c_last.timestamp()
 
         assert down(scrape.before) - 1 <= s2 - a2 <= down(scrape.after) + 1
         assert scrape.value("atmfleet_day_unknown_seconds", **b2) == 0
 
-    def test_todays_resource_warning_time_per_branch(self, fleet: Fleet, scrape: Scrape) -> None:
-        midnight = fleet.midnight.timestamp()
+    def test_todays_resource_warning_time_per_branch(
+        self, read_fleet: Fleet, scrape: Scrape
+    ) -> None:
+        midnight = read_fleet.midnight.timestamp()
         name = "atmfleet_day_resource_warning_seconds"
         w1 = scrape.value(name, branch="B1", subbranch="S1", tier="2")
         # A's recycle unit is low all day: W = A's S so far; G sends no cash units.
@@ -668,7 +692,7 @@ class TestFleet:
         assert scrape.value(teller, financial="false", **b2) == 4
         assert {s["branch"] for s in scrape.series(teller)} == {"B2"}
 
-    def test_low_yield_share_of_yesterday(self, fleet: Fleet, scrape: Scrape) -> None:
+    def test_low_yield_share_of_yesterday(self, read_fleet: Fleet, scrape: Scrape) -> None:
         group = dict(subbranch="S1", tier="2")
         evaluated = scrape.value("atmfleet_lowyield_evaluated_devices", type="atm", **group)
         low = scrape.value("atmfleet_lowyield_devices", type="atm", **group)
@@ -677,7 +701,7 @@ class TestFleet:
         # so every ATM evaluated is low-yield.
         assert evaluated is not None and evaluated >= 1
         assert low == evaluated
-        yesterday = (fleet.midnight - timedelta(days=1)).timestamp()
+        yesterday = (read_fleet.midnight - timedelta(days=1)).timestamp()
         assert scrape.value("atmfleet_lowyield_date_timestamp_seconds") == yesterday
 
     def test_an_inventory_change_shows_at_the_next_refresh(self, fleet: Fleet) -> None:

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from collector.stats import CollectorStats
 from exporters.metrics import DatabaseSource, Exporter, Targets, make_server
+from tests.conftest import create_database, drop_database
 from tests.test_serve import Fleet, store_fleet
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -80,17 +82,26 @@ def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60.0) -> Any:
             return got
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
+        time.sleep(0.1)
 
 
-@pytest.fixture
-def prometheus(
-    database_url: str, run_id: str, tmp_path: Path
-) -> Iterator[tuple[Prometheus, Fleet]]:
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prometheus, Fleet]]:
+    """One Prometheus over one stored fleet for the module: its tests only read them."""
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.skip("prometheus is not installed (Debian package prometheus)")
-    fleet = store_fleet(database_url, run_id)
+    database_url = create_database()
+    try:
+        yield from _prometheus(binary, database_url, tmp_path_factory.mktemp("prometheus"))
+    finally:
+        drop_database(database_url)
+
+
+def _prometheus(
+    binary: str, database_url: str, tmp_path: Path
+) -> Iterator[tuple[Prometheus, Fleet]]:
+    fleet = store_fleet(database_url, uuid.uuid4().hex[:8])
     stop = threading.Event()
     # atmfleet serve
     source = DatabaseSource(fleet.url, fleet.rules, day_every_s=1)

@@ -22,7 +22,7 @@ def fleet() -> tuple[Inventory, SimConfig, SimRun]:
     inv = generate_inventory(600, seed=9)
     config = SimConfig()
     run = simulate(
-        inv, config, 9, START, START + timedelta(days=DAYS), heartbeat_s=900, keep_emissions=False
+        inv, config, 9, START, START + timedelta(days=DAYS), heartbeat_s=3600, keep_emissions=False
     )
     return inv, config, run
 
