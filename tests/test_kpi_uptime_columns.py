@@ -190,6 +190,36 @@ def test_a_kept_day_is_read_as_columns(
             assert result.output.rstrip("\n") == want[by].rstrip("\n"), (kept, by)
 
 
+def _random_fleet(
+    rng: random.Random, n: int, start: int, labels: list[Label], edges: list[int] | None = None
+) -> tuple[PointColumns, list[list[Point]], list[list[Presence]], list[int]]:
+    """``n`` devices' random runs and presence, as columns and as each device's points and
+    presence, and their heartbeats; now and then a run starts on one of ``edges``."""
+    runs: list[list[int]] = [[], [], [], [], [], []]
+    presence: list[tuple[int, Presence]] = []
+    points: list[list[Point]] = [[] for _ in range(n)]
+    pres: list[list[Presence]] = [[] for _ in range(n)]
+    beats = [rng.choice((60, 300)) for _ in range(n)]
+    for d in range(n):
+        t = start - rng.randrange(0, 4 * H)
+        for _ in range(rng.randrange(0, 12)):
+            # now and then on an outage's edge: a tie between its point and a run's
+            t = rng.choice(edges) if edges and rng.random() < 0.1 else t
+            # on a coarse grid, so points tie on ts (and on more) now and then
+            t += rng.choice((0, 0, 60_000, 600_000, 2 * H, 5 * H))
+            e = t + rng.choice((0, 60_000, H, 3 * H))
+            label, hb, seq = rng.choice(labels), rng.choice((60, 300)), rng.randrange(3)
+            for col, v in zip(runs, (d, t, seq, e, label_code(label), hb), strict=True):
+                col.append(v)
+            points[d].append((t, STATE, seq, e, label, hb))
+            if rng.random() < 0.2:
+                p = Presence(t + rng.choice((0, 60_000)), rng.random() < 0.5)
+                presence.append((d, p))
+                pres[d].append(p)
+    cols = PointColumns.of(tuple(np.asarray(c, np.int64) for c in runs), presence)  # type: ignore[arg-type]
+    return cols, points, pres, beats
+
+
 def test_the_column_sweep_equals_the_points_sweep() -> None:
     rng = random.Random(7)
     policy = UptimePolicy.from_rules(RULES)
@@ -199,26 +229,7 @@ def test_the_column_sweep_equals_the_points_sweep() -> None:
                  [(start, start + 6 * H), (start + 22 * H, until)], []]  # fmt: skip
     for _ in range(30):
         n = rng.randrange(1, 40)
-        runs: list[list[int]] = [[], [], [], [], [], []]
-        presence: list[tuple[int, Presence]] = []
-        points: list[list[Point]] = [[] for _ in range(n)]
-        pres: list[list[Presence]] = [[] for _ in range(n)]
-        beats = [rng.choice((60, 300)) for _ in range(n)]
-        for d in range(n):
-            t = start - rng.randrange(0, 4 * H)
-            for _ in range(rng.randrange(0, 12)):
-                # on a coarse grid, so points tie on ts (and on more) now and then
-                t += rng.choice((0, 0, 60_000, 600_000, 2 * H, 5 * H))
-                e = t + rng.choice((0, 60_000, H, 3 * H))
-                label, hb, seq = rng.choice(labels), rng.choice((60, 300)), rng.randrange(3)
-                for col, v in zip(runs, (d, t, seq, e, label_code(label), hb), strict=True):
-                    col.append(v)
-                points[d].append((t, STATE, seq, e, label, hb))
-                if rng.random() < 0.2:
-                    p = Presence(t + rng.choice((0, 60_000)), rng.random() < 0.5)
-                    presence.append((d, p))
-                    pres[d].append(p)
-        cols = PointColumns.of(tuple(np.asarray(c, np.int64) for c in runs), presence)  # type: ignore[arg-type]
+        cols, points, pres, beats = _random_fleet(rng, n, start, labels)
         span_set = [rng.randrange(len(span_sets)) for _ in range(n)]
         met = np.full((n, len(LABELS)), 2**62, np.int64)
         got = sweep_columns(
@@ -268,28 +279,8 @@ def test_the_column_sweep_with_outages_equals_the_timeline() -> None:
         if rng.random() < 0.3:
             raw.append((start + 20 * H, 2**62))
         outages = merge_spans(raw[rng.randrange(0, 2) :])
-        runs: list[list[int]] = [[], [], [], [], [], []]
-        presence: list[tuple[int, Presence]] = []
-        points: list[list[Point]] = [[] for _ in range(n)]
-        pres: list[list[Presence]] = [[] for _ in range(n)]
-        beats = [rng.choice((60, 300)) for _ in range(n)]
         edges = [t for span in outages for t in span]
-        for d in range(n):
-            t = start - rng.randrange(0, 4 * H)
-            for _ in range(rng.randrange(0, 12)):
-                # now and then on an outage's edge: a tie between its point and a run's
-                t = rng.choice(edges) if edges and rng.random() < 0.1 else t
-                t += rng.choice((0, 0, 60_000, 600_000, 2 * H, 5 * H))
-                e = t + rng.choice((0, 60_000, H, 3 * H))
-                label, hb, seq = rng.choice(labels), rng.choice((60, 300)), rng.randrange(3)
-                for col, v in zip(runs, (d, t, seq, e, label_code(label), hb), strict=True):
-                    col.append(v)
-                points[d].append((t, STATE, seq, e, label, hb))
-                if rng.random() < 0.2:
-                    p = Presence(t + rng.choice((0, 60_000)), rng.random() < 0.5)
-                    presence.append((d, p))
-                    pres[d].append(p)
-        cols = PointColumns.of(tuple(np.asarray(c, np.int64) for c in runs), presence)  # type: ignore[arg-type]
+        cols, points, pres, beats = _random_fleet(rng, n, start, labels, edges)
         span_set = [rng.randrange(len(span_sets)) for _ in range(n)]
         met = np.full((n, len(LABELS)), 2**62, np.int64)
         got = sweep_columns(
