@@ -18,6 +18,7 @@ BEGIN
             SELECT x.ctid FROM kpi_device_days x
             WHERE x.device_id = d.device_id AND x.day > d.lo AND x.day <= d.hi + 62
               AND x.fingerprint = d.fingerprint AND x.win_monitored IS NOT NULL
+            OFFSET 0  -- not pulled up into a join (which would be planned as 0022's was)
         ) hit));
     RETURN NULL;
 END
