@@ -594,6 +594,10 @@ class Feed:
         }  # fmt: skip
         earlier = (1 << (n - 1)) - 1  # first .. last - 1: kept, as the whole window was
         out: dict[str, tuple[WindowSums, int]] = {}
+        # None kept beside the day before (no evaluation of it yet): not the three days'
+        # scan for nothing.
+        if not self._rows("window_sums_any", fingerprint=fingerprint, day=params["before"])[0][0]:
+            return out
         with self._conn.cursor(binary=True) as cur, _statement_settings(cur):
             rows = cur.execute(queries()["kept_sums_slid"], params).fetchall()
         for device_id, monitored, a, s, counted, fin, on_kept in rows:

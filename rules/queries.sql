@@ -375,6 +375,12 @@ GROUP BY device_id
 HAVING count(*) FILTER (WHERE day = %(before)s AND win_monitored IS NOT NULL) = 1
    AND count(*) FILTER (WHERE day = %(drop)s) = 1;
 
+-- Whether any window sums are kept beside a day.
+-- name: window_sums_any
+SELECT EXISTS (SELECT 1 FROM kpi_device_days
+               WHERE fingerprint = %(fingerprint)s AND day = %(day)s
+                 AND win_monitored IS NOT NULL);
+
 -- Low-yield: the window sums kept beside a day (migration 0022), per device whose
 -- window ending that day was kept whole: the same values as kept_sums of that window,
 -- one row per device (the day's rows are one range of the key).
