@@ -1653,7 +1653,7 @@ def low_yield_for(
         if rest:
             ids = None if 4 * len(rest) > len(devices) else rest
             more = feed.kept_sums(fp, first, on, in_service_only, ids)
-            kept.update(more if not kept else {i: more[i] for i in rest if i in more})
+            kept.update((i, more[i]) for i in rest if i in more)
         not_kept: dict[int, list[int]] = {}  # kept bits -> the days not kept
         for d in whole:
             got = kept.get(d.id)
