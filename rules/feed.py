@@ -56,7 +56,7 @@ from atmfleet.inventory import (
     Tier,
 )
 from atmfleet.protocol import StateMessage
-from atmfleet.store.runs import RUN_GAP
+from atmfleet.store.runs import MAX_KEPT_CONTEXT_MS, RUN_GAP
 from atmfleet.store.unregistered import unregistered_count
 from rules.config import DaysCounted, Rules
 from rules.fleet import in_fleet_during
@@ -98,7 +98,6 @@ from rules.vendors import HistoryRow, IncidentCycle, IncidentRow, cycles_from_ev
 
 log = logging.getLogger(__name__)
 
-DAY_MS = 86_400_000
 #: The longest heartbeat a device may declare (the protocol's bound on heartbeat_s).
 MAX_HEARTBEAT_S = next(
     int(m.le) for m in StateMessage.model_fields["heartbeat_s"].metadata if hasattr(m, "le")
@@ -764,7 +763,9 @@ class Feed:
             before = cur.execute("SELECT current_setting('work_mem')").fetchone()
             assert before is not None
             cur.execute("SELECT set_config('work_mem', %s, true)", (KEPT_SUMS_WORK_MEM,))
-            cur.execute(queries()[query], {"fingerprint": fingerprint})
+            cur.execute(
+                queries()[query], {"fingerprint": fingerprint, "context_ms": self.context_ms()}
+            )
             cur.execute("SELECT set_config('work_mem', %s, true)", before)
 
     @_without_gc
@@ -1494,9 +1495,10 @@ def device_counts(txn: dict[str, dict[date, TxnDay]]) -> dict[str, DeviceCounts]
 
 def closed(feed: Feed, day: date, horizon: int) -> bool:
     """A day no longer changes when nothing later than a context after it can reach back
-    into it, and the store invalidates a day on late telemetry only within a day."""
+    into it, and the store invalidates a kept day on late telemetry only within its
+    context (kept beside it), which may be at most a day."""
     context = feed.context_ms()
-    return context <= DAY_MS + 1 and day_span(day, feed.rules.tz)[1] + context <= horizon
+    return context <= MAX_KEPT_CONTEXT_MS and day_span(day, feed.rules.tz)[1] + context <= horizon
 
 
 @_without_gc

@@ -27,6 +27,7 @@ from atmfleet.protocol import (
 )
 from atmfleet.store.inventory import upsert_inventory
 from atmfleet.store.migrate import upgrade
+from atmfleet.store.runs import MAX_KEPT_CONTEXT_MS
 from atmfleet.store.writer import Accepted, BatchWriter
 from collector.decode import decode
 from rules.config import load_rules
@@ -357,7 +358,9 @@ class TestKeptClosedDays:
         # A late backlog: the device was in fault for an hour on the 28th (local).
         late = [state(d, 10_000 + i, 24 * 60 + 2 + i * 5, "fault") for i in range(12)]
         write(db, [[acc(s, at(48 * 60)) for s in late]])
-        assert kept_rows() == 0  # kept days from the local day before the late point are gone
+        # The late point (10:02 on the 28th) reaches back 3 h: the 28th's kept day is gone,
+        # the 27th's stays.
+        assert kept_rows() == 1
         again = window()
         assert again == fresh()
         assert (again[last][0] or 0) < (again[last][1] or 0)  # the fault is there
@@ -368,6 +371,79 @@ class TestKeptClosedDays:
         late_txn = txn(d, 6000, 120)
         write(db, [[acc(late_txn, at(48 * 60))]])
         assert window()[first][2] == 8
+
+    def test_late_telemetry_deletes_kept_days_only_as_far_back_as_it_reaches(
+        self, db: psycopg.Connection
+    ) -> None:
+        """A point at t changes the timeline from t - context on (3 h by default): the
+        day before t stays kept once t is 3 h into its day, and is deleted (and
+        recomputed equal to a fresh computation) when t is closer to midnight."""
+        from rules.feed import window_days
+
+        d = "feed-reach"
+        hour = 60
+        midnight = -10 * hour  # 00:00 local on the 27th, in minutes from T
+
+        def hourly(seq: int, hours: float) -> StateMessage:
+            return StateMessage(
+                v=1, device_id=d, ts=at(midnight + hours * hour), seq=seq, state="in_service",
+                heartbeat_s=3600,
+            )  # fmt: skip
+
+        # Hourly on the 27th up to 22:00 local, then silent until 04:00 on the 28th (a
+        # gap longer than the 3 h timeout: offline from 22:00), hourly again to 23:00.
+        hours = [*range(0, 23), *range(24 + 4, 48)]
+        write(db, [[acc(hourly(i, h), at(midnight + h * hour)) for i, h in enumerate(hours)]])
+        feed = Feed(db, RULES)
+        device = _device(d)
+        first, last = date(2026, 11, 27), date(2026, 11, 28)
+        horizon = m(60) + 5 * 86_400_000
+        assert feed.context_ms() == 3 * 3600 * 1000 + 1
+
+        def fresh() -> dict[date, tuple[int, int]]:
+            up = uptime_for(feed, [device], first, last, horizon).per_device[d]
+            return {day: (u.available_ms, u.scheduled_ms) for day, u in up.items()}
+
+        def window() -> dict[date, tuple[int | None, int | None]]:
+            w = window_days(feed, [device], first, last, horizon)[d]
+            return {day: (w.available[i], w.scheduled[i]) for i, day in enumerate([first, last])}
+
+        def kept_days() -> list[date]:
+            rows = db.execute(
+                "SELECT day FROM kpi_device_days WHERE device_id = %s ORDER BY day", (d,)
+            ).fetchall()
+            db.commit()
+            return [r[0] for r in rows]
+
+        assert window() == fresh()
+        assert kept_days() == [first, last]
+        before = window()
+
+        # 10:30 on the 28th reaches back to 07:30: the 27th stays kept.
+        write(db, [[acc(hourly(100, 24 + 10.5), at(midnight + 48 * hour))]])
+        assert kept_days() == [first]
+        assert window() == fresh() == before
+        assert kept_days() == [first, last]
+
+        # 00:30 on the 28th reaches back to 21:30 on the 27th and does change it: the
+        # silence from 22:00 is now two gaps shorter than the timeout, not one longer.
+        write(db, [[acc(hourly(101, 24 + 0.5), at(midnight + 48 * hour))]])
+        assert kept_days() == []
+        after = window()
+        assert after == fresh()
+        assert (after[first][0] or 0) - (before[first][0] or 0) == 2 * 3_600_000
+        assert kept_days() == [first, last]
+
+        # A day kept with a wider context (a day and a millisecond: the rows kept before
+        # the context was kept beside them) is deleted from the local day before t.
+        db.execute(
+            "UPDATE kpi_device_days SET context_ms = %s WHERE device_id = %s",
+            (MAX_KEPT_CONTEXT_MS, d),
+        )
+        db.commit()
+        write(db, [[acc(hourly(102, 24 + 11.5), at(midnight + 48 * hour))]])
+        assert kept_days() == []
+        assert window() == fresh()
 
 
 def _device(device_id: str) -> Device:

@@ -52,6 +52,10 @@ def from_ms(value: int) -> datetime:
 RUN_GAP_NUM, RUN_GAP_DEN = 3, 2
 RUN_GAP = RUN_GAP_NUM / RUN_GAP_DEN
 
+#: The widest context a kept day may have (ms): how far back late telemetry may reach
+#: into it. Days of rules whose context is wider are computed each time, never kept.
+MAX_KEPT_CONTEXT_MS = 86_400_000 + 1
+
 
 @dataclass(frozen=True, slots=True)
 class Sample:
@@ -219,13 +223,18 @@ GROUP BY t.device_id
 # and the text format (quoting, escaping) costs 2.5 times as much; at full ingest rate
 # these lists were a quarter of the writer's time. Times are sent as int8 milliseconds
 # and converted here (exactly): a list of datetimes is slower still.
-# A point at t can change the timeline up to a heartbeat timeout before it (< 1 day):
-# the KPI engine's stored closed days from the local day before are no longer valid.
-_INVALIDATE = """
+# A point at t can change the timeline up to a heartbeat timeout before it: the KPI
+# engine's kept closed days from the local day of t - context (the context of the rules
+# each day was kept with, kept beside it: migration 0024) are no longer valid. A day is
+# kept only when its context is at most a day and a millisecond (rules/feed.py, closed):
+# the first bound finds the rows through the device's index, the second is each row's own.
+_INVALIDATE = f"""
 DELETE FROM kpi_device_days k
 USING unnest(%b::text[], %b::int8[]) AS u (id, at_ms)
 WHERE k.device_id = u.id
-  AND k.day >= ((TIMESTAMPTZ 'epoch' + u.at_ms * INTERVAL '1 millisecond' - INTERVAL '1 day')
+  AND k.day >= ((TIMESTAMPTZ 'epoch' + (u.at_ms - {MAX_KEPT_CONTEXT_MS}) * INTERVAL '1 millisecond')
+                AT TIME ZONE atmfleet_timezone())::date
+  AND k.day >= ((TIMESTAMPTZ 'epoch' + (u.at_ms - k.context_ms) * INTERVAL '1 millisecond')
                 AT TIME ZONE atmfleet_timezone())::date
 """
 

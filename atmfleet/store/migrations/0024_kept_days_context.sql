@@ -1,0 +1,11 @@
+-- How far back late telemetry reaches into a kept day, kept beside it: the context of the
+-- rules it was computed with (rules/feed.py, Feed.context_ms: the longest heartbeat
+-- timeout a device can have, timeout_factor x the protocol's largest heartbeat_s). A
+-- point at t changes the timeline from t - context on, never before; the collector
+-- deletes a device's kept days from the local day of t - context (atmfleet/store/runs.py),
+-- no longer from the day before t: with the default 3 h, yesterday's kept days stay
+-- kept once the day is 3 h old, however much of today the fleet sends.
+-- A row that does not say (those kept before this migration) takes a day and a
+-- millisecond, the widest any kept day may have (a day is kept only when its context is
+-- at most that): deleted as the rows were before. The keeps (rules/queries.sql) say it.
+ALTER TABLE kpi_device_days ADD COLUMN context_ms bigint NOT NULL DEFAULT 86400001;
