@@ -57,6 +57,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from collections import Counter
@@ -300,6 +301,12 @@ STORED = """
 SELECT (SELECT count(*) FROM state_samples) + (SELECT count(*) FROM events)
      + (SELECT count(*) FROM transactions) + (SELECT count(*) FROM presence),
        (SELECT count(*) FROM dead_letters)
+"""
+
+#: Kept closed days (rules/feed.py) deleted by late telemetry and kept (again) meanwhile:
+#: the churn between the collector and ``serve``.
+KEPT_CHURN = """
+SELECT n_tup_del, n_tup_ins + n_tup_upd FROM pg_stat_user_tables WHERE relname = 'kpi_device_days'
 """
 
 #: Heartbeats sharing one second of the minute: the simulator's burst.
@@ -741,6 +748,7 @@ def run_parts(
     rule_round: tuple[float | None, float | None] = (None, None)
     if prom_port is not None:
         rule_round = _rule_round(prom_port)
+        print(f"serve's refreshes, as scraped: {_refreshes(prom_port, sim_ended - sim_started)}")
         print(f"Prometheus targets: {_targets(prom_port)}", flush=True)
     report(args, stores, watched, published, wills, pub_seconds, sim_started,
            flow_started or sim_started, sim_ended, rule_round)  # fmt: skip
@@ -893,6 +901,29 @@ def _rule_round(prom_port: int) -> tuple[float | None, float | None]:
     return None, None
 
 
+def _refreshes(prom_port: int, seconds: float) -> str:
+    """serve's refresh time (``atmfleet_exporter_scrape_duration_seconds``: the last
+    refresh's) over the run as Prometheus scraped it: median and largest."""
+    import json
+
+    window = f"{max(int(seconds), 60)}s"
+    out = []
+    for name, expr in (
+        ("median", f"quantile_over_time(0.5, atmfleet_exporter_scrape_duration_seconds[{window}])"),
+        ("max", f"max_over_time(atmfleet_exporter_scrape_duration_seconds[{window}])"),
+    ):
+        url = f"http://127.0.0.1:{prom_port}/api/v1/query?" + urllib.parse.urlencode(
+            {"query": expr}
+        )
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                result = json.load(resp)["data"]["result"]
+            out.append(f"{name} {float(result[0]['value'][1]):.1f}s" if result else f"{name} –")
+        except (OSError, KeyError, ValueError, IndexError) as exc:
+            out.append(f"{name} unknown ({exc})")
+    return ", ".join(out)
+
+
 def _targets(prom_port: int) -> str:
     """Each scrape target's health and last error, as Prometheus saw it at the end."""
     import json
@@ -981,6 +1012,11 @@ def report(
         print(f"{name}: device time up to {args.warmup:.0f}s after the first message (due "
               f"during the simulator's set-up, sent late; left out above): {wn:,} heartbeats, ts→stored p99 {fmt(p99)}; heartbeats after it in "
               f"their busiest second of the minute: {share} (a spread fleet: ~1.7 %)")  # fmt: skip
+    for s in stores:
+        with psycopg.connect(s.db_url) as conn:
+            deleted, kept = conn.execute(KEPT_CHURN).fetchone() or (0, 0)
+        print(f"{s.name}: kept closed days deleted by late telemetry {deleted:,}, kept "
+              f"(written) {kept:,}")  # fmt: skip
     total, longest = rule_round
     print(f"Prometheus: last round of the shipped rules {fmt(total)} (longest group "
           f"{fmt(longest)})")  # fmt: skip
