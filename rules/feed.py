@@ -763,9 +763,10 @@ class Feed:
             before = cur.execute("SELECT current_setting('work_mem')").fetchone()
             assert before is not None
             cur.execute("SELECT set_config('work_mem', %s, true)", (KEPT_SUMS_WORK_MEM,))
-            cur.execute(
-                queries()[query], {"fingerprint": fingerprint, "context_ms": self.context_ms()}
-            )
+            said = {"fingerprint": fingerprint, "context_ms": self.context_ms()}
+            cur.execute(queries()["keep_rules"], said)
+            cur.execute(queries()["keep_rules_context"], said)  # a row lock only if changed
+            cur.execute(queries()[query], {"fingerprint": fingerprint})
             cur.execute("SELECT set_config('work_mem', %s, true)", before)
 
     @_without_gc

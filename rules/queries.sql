@@ -406,15 +406,24 @@ CREATE TEMP TABLE kept_stage (
     win_financial int8
 ) ON COMMIT DROP;
 
+-- The context of the rules whose days are kept (migration 0024), said before they are:
+-- late telemetry deletes their days from the local day of t - context.
+-- name: keep_rules
+INSERT INTO kpi_kept_rules (fingerprint, context_ms, newest)
+VALUES (%(fingerprint)s, %(context_ms)s, '-infinity')
+ON CONFLICT (fingerprint) DO NOTHING;
+
+-- name: keep_rules_context
+UPDATE kpi_kept_rules SET context_ms = %(context_ms)s
+WHERE fingerprint = %(fingerprint)s AND context_ms <> %(context_ms)s;
+
 -- name: keep_days
-INSERT INTO kpi_device_days (fingerprint, device_id, day, available_ms, scheduled_ms, financial,
-                             context_ms)
-SELECT %(fingerprint)s, device_id, day, available_ms, scheduled_ms, financial, %(context_ms)s::int8
+INSERT INTO kpi_device_days (fingerprint, device_id, day, available_ms, scheduled_ms, financial)
+SELECT %(fingerprint)s, device_id, day, available_ms, scheduled_ms, financial
 FROM kept_stage
 ORDER BY day, device_id
 ON CONFLICT (fingerprint, day, device_id) DO UPDATE
 SET available_ms = excluded.available_ms, scheduled_ms = excluded.scheduled_ms,
-    context_ms = excluded.context_ms,
     financial = excluded.financial, win_monitored = NULL, win_available_ms = NULL,
     win_scheduled_ms = NULL, win_counted = NULL, win_financial = NULL, computed_at = now();
 
@@ -426,16 +435,14 @@ SET available_ms = excluded.available_ms, scheduled_ms = excluded.scheduled_ms,
 INSERT INTO kpi_device_days (fingerprint, device_id, day, available_ms, scheduled_ms, financial,
                              tech_scheduled_ms, tech_available_ms, planned_excluded_ms,
                              monitored_ms, labels, label_ms, win_monitored, win_available_ms,
-                             win_scheduled_ms, win_counted, win_financial, context_ms)
+                             win_scheduled_ms, win_counted, win_financial)
 SELECT %(fingerprint)s, device_id, day, available_ms, scheduled_ms, financial,
        tech_scheduled_ms, tech_available_ms, planned_excluded_ms, monitored_ms, labels, label_ms,
-       win_monitored, win_available_ms, win_scheduled_ms, win_counted, win_financial,
-       %(context_ms)s::int8
+       win_monitored, win_available_ms, win_scheduled_ms, win_counted, win_financial
 FROM kept_stage
 ORDER BY day, device_id
 ON CONFLICT (fingerprint, day, device_id) DO UPDATE
 SET available_ms = excluded.available_ms, scheduled_ms = excluded.scheduled_ms,
-    context_ms = excluded.context_ms,
     financial = excluded.financial, tech_scheduled_ms = excluded.tech_scheduled_ms,
     tech_available_ms = excluded.tech_available_ms,
     planned_excluded_ms = excluded.planned_excluded_ms, monitored_ms = excluded.monitored_ms,

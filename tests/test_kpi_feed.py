@@ -425,6 +425,10 @@ class TestKeptClosedDays:
         assert window() == fresh() == before
         assert kept_days() == [first, last]
 
+        # 10:00 on the 29th reaches no kept day (the newest is the 28th).
+        write(db, [[acc(hourly(99, 48 + 10), at(midnight + 58 * hour))]])
+        assert kept_days() == [first, last]
+
         # 00:30 on the 28th reaches back to 21:30 on the 27th and does change it: the
         # silence from 22:00 is now two gaps shorter than the timeout, not one longer.
         write(db, [[acc(hourly(101, 24 + 0.5), at(midnight + 48 * hour))]])
@@ -436,14 +440,45 @@ class TestKeptClosedDays:
 
         # A day kept with a wider context (a day and a millisecond: the rows kept before
         # the context was kept beside them) is deleted from the local day before t.
-        db.execute(
-            "UPDATE kpi_device_days SET context_ms = %s WHERE device_id = %s",
-            (MAX_KEPT_CONTEXT_MS, d),
-        )
+        db.execute("UPDATE kpi_kept_rules SET context_ms = %s", (MAX_KEPT_CONTEXT_MS,))
         db.commit()
         write(db, [[acc(hourly(102, 24 + 11.5), at(midnight + 48 * hour))]])
         assert kept_days() == []
         assert window() == fresh()
+
+    def test_days_written_by_anyone_are_deleted_by_late_telemetry_a_day_back(
+        self, db: psycopg.Connection
+    ) -> None:
+        """Days written without saying their rules' context (by hand, or kept before the
+        context was kept) take the widest, a day and a millisecond; the newest day of
+        their fingerprint is kept whoever writes them."""
+        d = "feed-by-hand"
+        db.execute(
+            "INSERT INTO kpi_device_days (fingerprint, device_id, day, available_ms, "
+            "scheduled_ms, financial) SELECT 'hand', %s, day, 1, 2, 3 "
+            "FROM unnest(%s::date[]) AS day",
+            (d, [date(2026, 11, 25), date(2026, 11, 28), date(2026, 11, 26)]),
+        )
+        db.commit()
+
+        def rules() -> list[tuple[object, ...]]:
+            rows = db.execute("SELECT * FROM kpi_kept_rules WHERE fingerprint = 'hand'")
+            out = rows.fetchall()
+            db.commit()
+            return out
+
+        def kept() -> list[date]:
+            rows = db.execute(
+                "SELECT day FROM kpi_device_days WHERE device_id = %s ORDER BY day", (d,)
+            ).fetchall()
+            db.commit()
+            return [r[0] for r in rows]
+
+        assert rules() == [("hand", MAX_KEPT_CONTEXT_MS, date(2026, 11, 28))]
+        # 10:00 local on the 27th (T): the 26th on are gone, the 25th stays.
+        write(db, [[acc(state(d, 1, 0), at(0))]])
+        assert kept() == [date(2026, 11, 25)]
+        assert rules() == [("hand", MAX_KEPT_CONTEXT_MS, date(2026, 11, 28))]
 
 
 def _device(device_id: str) -> Device:

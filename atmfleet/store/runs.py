@@ -53,7 +53,8 @@ RUN_GAP_NUM, RUN_GAP_DEN = 3, 2
 RUN_GAP = RUN_GAP_NUM / RUN_GAP_DEN
 
 #: The widest context a kept day may have (ms): how far back late telemetry may reach
-#: into it. Days of rules whose context is wider are computed each time, never kept.
+#: into it (kpi_kept_rules' default, migration 0024). Days of rules whose context is
+#: wider are computed each time, never kept.
 MAX_KEPT_CONTEXT_MS = 86_400_000 + 1
 
 
@@ -225,17 +226,14 @@ GROUP BY t.device_id
 # and converted here (exactly): a list of datetimes is slower still.
 # A point at t can change the timeline up to a heartbeat timeout before it: the KPI
 # engine's kept closed days from the local day of t - context (the context of the rules
-# each day was kept with, kept beside it: migration 0024) are no longer valid. A day is
-# kept only when its context is at most a day and a millisecond (rules/feed.py, closed):
-# the first bound finds the rows through the device's index, the second is each row's own.
-_INVALIDATE = f"""
+# each day was kept with: kpi_kept_rules, migration 0024) are no longer valid. Only the
+# rules whose newest kept day the point reaches are looked at: live telemetry, reaching
+# no kept day, probes nothing.
+_INVALIDATE = """
 DELETE FROM kpi_device_days k
-USING unnest(%b::text[], %b::int8[]) AS u (id, at_ms)
-WHERE k.device_id = u.id
-  AND k.day >= ((TIMESTAMPTZ 'epoch' + (u.at_ms - {MAX_KEPT_CONTEXT_MS}) * INTERVAL '1 millisecond')
-                AT TIME ZONE atmfleet_timezone())::date
-  AND k.day >= ((TIMESTAMPTZ 'epoch' + (u.at_ms - k.context_ms) * INTERVAL '1 millisecond')
-                AT TIME ZONE atmfleet_timezone())::date
+USING kpi_kept_reached(%b::text[], %b::int8[]) AS p
+WHERE k.device_id = p.reached_id AND k.day >= p.reached_from
+  AND k.fingerprint = p.reached_fingerprint
 """
 
 _RUN_COLUMNS = "start_ts, start_seq, last_ts, last_seq, state, heartbeat_s, samples"
