@@ -28,9 +28,10 @@ message is left out of the latencies (and shown apart): the simulator sets up ev
 device's state machine after its clock has started, so what falls due meanwhile goes out
 late. CPU means are over the time messages flow (first message to the simulator's end).
 
-Per process (with its children: the collector's store worker, PostgreSQL's backends) it
-prints CPU % of one core (mean over the run, and the largest 10-second mean), peak RSS and
-the nice value it ran at.
+Per process (with its children: the collector's store worker, PostgreSQL's backends,
+serve's processes of its costlier parts) it prints CPU % of one core (mean over the run,
+and the largest 10-second mean), peak RSS, the nice value it ran at, and the peak RSS of
+the process itself (without its children).
 
 Priorities are those of the shipped units (``deploy/systemd/``: ``Nice=`` of
 ``atmfleet-collector.service``, ``atmfleet-serve.service``, ``atmfleet-incidents.service``
@@ -103,6 +104,7 @@ class Watched:
     log: Path | None = None
     nice: int | None = None  # what it was started with (None: not set by the bench)
     peak_rss: int = 0
+    peak_own_rss: int = 0  # the process alone, without its children
     cpu0: float | None = None
     cpu_last: float = 0.0
     cpu_flow: float | None = None  # CPU seconds when the first message arrived
@@ -142,6 +144,8 @@ class Watched:
     def sample(self, now: float) -> None:
         cpu = self.cpu_seconds()
         self.peak_rss = max(self.peak_rss, self.rss())
+        with contextlib.suppress(psutil.Error):
+            self.peak_own_rss = max(self.peak_own_rss, self.root.memory_info().rss)
         if self.cpu0 is None:
             self.cpu0, self._window_cpu, self._window_at = cpu, cpu, now
         elif now - self._window_at >= WINDOW_S:
@@ -623,7 +627,15 @@ def run_parts(
         watched.append(
             spawn(
                 "serve",
-                atmfleet(ROOT, "serve", "--host", "127.0.0.1", "--port", str(serve_port)),
+                atmfleet(
+                    ROOT,
+                    *(["-vv"] if args.serve_timings else []),
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(serve_port),
+                ),
                 env,
                 ROOT,
                 logs,
@@ -761,6 +773,27 @@ def run_parts(
         print(line)
     for reader in readers:
         print(reader.summary())
+    serve = next((w for w in watched if w.name == "serve"), None)
+    if args.serve_timings and serve is not None:
+        for line in serve_timings(serve.log):
+            print(line)
+
+
+def serve_timings(log: Path | None) -> list[str]:
+    """Median and largest of each part of serve's reads (its debug 'read times' lines)."""
+    import ast
+    import statistics
+
+    parts: dict[str, list[float]] = {}
+    text = log.read_text(errors="replace") if log is not None and log.exists() else ""
+    for m in re.finditer(r"read times \(s\): (\{.*\})", text):
+        for name, value in ast.literal_eval(m.group(1)).items():
+            parts.setdefault(name, []).append(float(value))
+    if not parts:
+        return ["serve's read times: none logged"]
+    n = max(len(v) for v in parts.values())
+    return [f"serve's reads ({n}), each part median / max: " + ", ".join(
+        f"{name} {statistics.median(v):.1f} / {max(v):.1f}s" for name, v in parts.items())]  # fmt: skip
 
 
 class Reader:
@@ -965,14 +998,16 @@ def report(
     print(f"published: {published:,} messages (+{wills:,} last wills) in {pub_seconds:.0f}s = "
           f"{published / max(pub_seconds, 1e-9):,.0f} msgs/s")  # fmt: skip
     print()
-    print(f"{'process':18} {'CPU % mean':>10} {'CPU % max10s':>12} {'peak RSS':>10} {'nice':>5}")
+    print(f"{'process':18} {'CPU % mean':>10} {'CPU % max10s':>12} {'peak RSS':>10} {'nice':>5}"
+          f" {'itself':>10}")  # fmt: skip
     for w in watched:
         base = w.cpu_flow if w.cpu_flow is not None else (w.cpu0 or 0.0)
         mean = 100 * (w.cpu_last - base) / wall
         windows = w.windows[w.flow_window :]
         peak = max(windows) if windows else None
         print(f"{w.name:18} {mean:>10.1f} {fmt(peak, ''):>12} {w.peak_rss / 2**20:>7.0f} MiB "
-              f"{'–' if w.nice is None else w.nice:>5}")  # fmt: skip
+              f"{'–' if w.nice is None else w.nice:>5} "
+              f"{w.peak_own_rss / 2**20:>6.0f} MiB")  # fmt: skip
     print()
     t0 = datetime.fromtimestamp(sim_started, UTC)
     cut = datetime.fromtimestamp(flow_started + args.warmup, UTC)
@@ -1081,6 +1116,12 @@ def main() -> None:
         "before the reports), the rest at nice 0; none: every process at nice 0.",
     )
     parser.add_argument("--keep", default=None, help="Copy every log into this folder.")
+    parser.add_argument(
+        "--serve-timings",
+        action="store_true",
+        help="Run serve with debug logging (-vv) and print where its refreshes went: each "
+        "part of its read (its 'read times' lines), median and largest.",
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
