@@ -35,8 +35,6 @@ from zoneinfo import ZoneInfo
 import psycopg
 
 HERE = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(HERE))
-
 
 TZ = "Asia/Shanghai"
 TODAY = date(2026, 12, 3)

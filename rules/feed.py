@@ -1497,7 +1497,7 @@ def device_counts(txn: dict[str, dict[date, TxnDay]]) -> dict[str, DeviceCounts]
 def closed(feed: Feed, day: date, horizon: int) -> bool:
     """A day no longer changes when nothing later than a context after it can reach back
     into it, and the store invalidates a kept day on late telemetry only within its
-    context (kept beside it), which may be at most a day."""
+    rules' context (kept in kpi_kept_rules), which may be at most a day."""
     context = feed.context_ms()
     return context <= MAX_KEPT_CONTEXT_MS and day_span(day, feed.rules.tz)[1] + context <= horizon
 
