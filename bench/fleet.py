@@ -757,7 +757,7 @@ def run_parts(
     for w in watched:
         w.sample(time.monotonic())
     waits.stop()
-    rule_round: tuple[float | None, float | None] = (None, None)
+    rule_round: tuple[float | None, float | None, dict[str, float]] = (None, None, {})
     if prom_port is not None:
         rule_round = _rule_round(prom_port)
         print(f"serve's refreshes, as scraped: {_refreshes(prom_port, sim_ended - sim_started)}")
@@ -917,21 +917,25 @@ def _drained(s: Store) -> bool:
     return received > 0 and s.values.get("atmfleet_collector_buffered_messages", 1) == 0
 
 
-def _rule_round(prom_port: int) -> tuple[float | None, float | None]:
-    """Seconds of the last round of the shipped rules (summed over groups), and the
-    longest group, from Prometheus' own rules API; None when it has not evaluated one."""
+def _rule_round(prom_port: int) -> tuple[float | None, float | None, dict[str, float]]:
+    """Seconds of the last round of the shipped rules (summed over groups), the longest
+    group, and each group's, from Prometheus' own rules API; None (and no group) when it
+    has not evaluated one."""
     import json
 
     url = f"http://127.0.0.1:{prom_port}/api/v1/rules"
     with contextlib.suppress(OSError, KeyError, ValueError):
         with urllib.request.urlopen(url, timeout=10) as resp:
             groups = json.load(resp)["data"]["groups"]
-        values = [
-            float(g["evaluationTime"]) for g in groups if g.get("lastEvaluation", "")[:4] > "2000"
-        ]
-        if values:
-            return sum(values), max(values)
-    return None, None
+        times = {
+            g["name"]: float(g["evaluationTime"])
+            for g in groups
+            if g.get("lastEvaluation", "")[:4] > "2000"
+        }
+        if times:
+            values = list(times.values())
+            return sum(values), max(values), times
+    return None, None, {}
 
 
 def _refreshes(prom_port: int, seconds: float) -> str:
@@ -985,7 +989,7 @@ def report(
     sim_started: float,
     flow_started: float,
     sim_ended: float,
-    rule_round: tuple[float | None, float | None],
+    rule_round: tuple[float | None, float | None, dict[str, float]],
 ) -> None:
     wall = sim_ended - flow_started
     print()
@@ -1052,9 +1056,11 @@ def report(
             deleted, kept = conn.execute(KEPT_CHURN).fetchone() or (0, 0)
         print(f"{s.name}: kept closed days deleted by late telemetry {deleted:,}, kept "
               f"(written) {kept:,}")  # fmt: skip
-    total, longest = rule_round
+    total, longest, groups = rule_round
     print(f"Prometheus: last round of the shipped rules {fmt(total)} (longest group "
           f"{fmt(longest)})")  # fmt: skip
+    for name, seconds in sorted(groups.items(), key=lambda g: -g[1]):
+        print(f"  {name}: {fmt(seconds)}")
     if len(stores) == 2:
         a, b = (s.watched for s in stores)
         if a is not None and b is not None:
