@@ -19,6 +19,8 @@ does and reports:
 - refresh, half heard from: one more after a new state sample (a heartbeat) for every
   other device, as a live fleet with 60 s heartbeats shows a refresh every 30 s (the
   samples are deleted again afterwards, so the other checkout reads the same store);
+- refresh, all heard from: one more after a heartbeat of every device, as a live fleet
+  shows each refresh once it has run for the late window (60 s) and a refresh;
 - scrape: one plain HTTP GET of /metrics, its bytes and samples;
 - peak RSS of the child.
 
@@ -92,6 +94,11 @@ FROM (SELECT DISTINCT ON (device_id) * FROM state_samples
       ORDER BY device_id, ts DESC, seq DESC) newest
 WHERE hashtext(device_id) % 2 = 0
 """
+#: Then one more for every device, as a live fleet shows each refresh once it has been
+#: on for the late window (60 s) and a refresh: all heard from.
+HEARD_ALL = HEARD.replace(f"seq + {HEARD_SEQ}", f"seq + {2 * HEARD_SEQ}").replace(
+    "WHERE hashtext(device_id) % 2 = 0", ""
+)
 
 
 def _instant(line: bytes) -> bool:
@@ -208,6 +215,12 @@ def child(url: str, dump: Path) -> None:
     heard_s = time.perf_counter() - t
     heard_read = getattr(source, "last_rows", ("full", None))
     with psycopg.connect(url) as conn:
+        conn.execute(HEARD_ALL)
+    t = time.perf_counter()
+    serving.exporter.refresh()
+    all_s = time.perf_counter() - t
+    all_read = getattr(source, "last_rows", ("full", None))
+    with psycopg.connect(url) as conn:
         conn.execute("DELETE FROM state_samples WHERE seq >= %s", (HEARD_SEQ,))
     t = time.perf_counter()
     got = scan(endpoint)
@@ -227,6 +240,8 @@ def child(url: str, dump: Path) -> None:
                 "refresh_heard_s": heard_s,
                 "heard": heard,
                 "heard_read": heard_read,
+                "refresh_all_s": all_s,
+                "all_read": all_read,
                 "scrape_s": scrape_s,
                 "bytes": got["bytes"],
                 "samples": samples,
@@ -323,6 +338,7 @@ def main() -> None:
                 a.get("refresh_full_s") or 0,
             ),
             ("refresh, half heard from (s)", b["refresh_heard_s"], a["refresh_heard_s"]),
+            ("refresh, all heard from (s)", b.get("refresh_all_s", 0), a.get("refresh_all_s", 0)),
             ("scrape, plain (s)", b["scrape_s"], a["scrape_s"]),
             ("exposition (MB)", b["bytes"] / 1e6, a["bytes"] / 1e6),
             ("samples", b["samples"], a["samples"]),

@@ -950,13 +950,16 @@ WITH RECURSIVE fleet AS (
             AND presence_at(x.will, x.ts, x.received_at) > p.last_ts
             AND presence_at(x.will, x.ts, x.received_at) <= c.start_ts)
 ), since AS (
-    SELECT device_id, min(start_ts) AS since FROM chain GROUP BY device_id
+    SELECT device_id, min(start_ts) AS since,
+           min(start_ts) FILTER (WHERE depth = 0) AS run_ts,
+           min(start_seq) FILTER (WHERE depth = 0) AS run_seq
+    FROM chain GROUP BY device_id
 )
 SELECT f.id, s.ts, s.state, s.heartbeat_s, s.cash_units::text, p.at, p.status,
-       {seen}, r.since
+       {seen}, r.since, s.seq, r.run_ts, r.run_seq
 FROM fleet f
 LEFT JOIN LATERAL (
-    SELECT ts, state, heartbeat_s, cash_units, received_at FROM state_samples
+    SELECT ts, seq, state, heartbeat_s, cash_units, received_at FROM state_samples
     WHERE device_id = f.id ORDER BY ts DESC, seq DESC LIMIT 1
 ) s ON true
 LEFT JOIN LATERAL (
@@ -991,16 +994,48 @@ _CHANGED_SEEN = (
 )
 
 
-def device_query(last_seen: bool = True, changed: bool = False) -> str:
+def device_query(last_seen: bool = True, changed: bool = False, ids: bool = False) -> str:
     """:data:`DEVICE_QUERY`, with each device's newest receive time or (without
     ``last_seen``) NULL in its place; with ``changed``, only for the devices with a
     message received at or after the parameter ``after`` (what that newest time reads
-    included)."""
+    included); with ``ids``, only for the devices of the parameter ``ids``."""
     only = _CHANGED.replace("{more}", _CHANGED_SEEN if last_seen else "") if changed else ""
+    if ids:
+        only += " AND id = ANY(%(ids)s)"
     query = DEVICE_QUERY.replace("{changed}", only)
     if last_seen:
         return query.replace("{seen}", _SEEN).replace("{seen_joins}", _SEEN_JOINS)
     return query.replace("{seen}", "NULL::timestamptz").replace("{seen_joins}", "")
+
+
+#: The first step of a lean incremental read (:meth:`DatabaseSource._heard_rows`): for
+#: each device with a state sample received at or after ``%(after)s``, the newest of
+#: those samples, the earliest ``ts`` among them and the key of the device's latest state
+#: run (times in ms since the epoch, as :func:`rules.timeline.ms` floors them), and
+#: whether a presence message of its was received since then (the devices heard from by
+#: presence alone too, with NULLs). One scan of what was received (BRIN on received_at)
+#: and one index lookup per device, instead of :data:`DEVICE_QUERY`'s walk over each
+#: device's runs and newest rows; one statement, so one snapshot.
+HEARD_QUERY = """
+WITH heard AS (
+    SELECT DISTINCT ON (device_id) device_id, ts, seq, state, heartbeat_s, cash_units,
+           min(ts) OVER (PARTITION BY device_id) AS earliest
+    FROM state_samples WHERE received_at >= %(after)s
+    ORDER BY device_id, ts DESC, seq DESC
+), presence_heard AS (
+    SELECT DISTINCT device_id FROM presence WHERE received_at >= %(after)s
+)
+SELECT coalesce(h.device_id, x.device_id), floor(extract(epoch FROM h.ts) * 1000)::int8,
+       h.seq, h.state, h.heartbeat_s, h.cash_units::text,
+       floor(extract(epoch FROM h.earliest) * 1000)::int8,
+       floor(extract(epoch FROM r.start_ts) * 1000)::int8, r.start_seq, x.device_id IS NOT NULL
+FROM heard h
+FULL JOIN presence_heard x ON x.device_id = h.device_id
+LEFT JOIN LATERAL (
+    SELECT start_ts, start_seq FROM state_runs WHERE device_id = h.device_id
+    ORDER BY start_ts DESC, start_seq DESC LIMIT 1
+) r ON true
+"""
 
 
 #: Today's counted transactions of the devices in the fleet today, summed in the store
@@ -1111,6 +1146,12 @@ class Source(Protocol):
     def read(self) -> Snapshot: ...
 
 
+#: A device's newest points, cash ratio and last-seen time, and the keys an incremental
+#: read compares (:meth:`DatabaseSource._heard_rows`): its newest sample's ``seq`` and its
+#: latest run's ``(start ms, start seq)``; None when it has no run.
+_Newest = tuple[Newest, float | None, float | None, tuple[int, int, int] | None]
+
+
 @dataclass(slots=True)
 class _Known:
     """The device rows of the last read, the base of the next incremental one."""
@@ -1124,7 +1165,7 @@ class _Known:
     labels: list[tuple[str, str, str, str, str, str, str, str]]
     specs: list[str]
     #: Per device id: its newest points, cash ratio and last-seen time.
-    newest: dict[str, tuple[Newest, float | None, float | None]]
+    newest: dict[str, _Newest]
     rows: list[DeviceRow]  # as read (aligned with ``labels``)
 
 
@@ -1176,6 +1217,10 @@ class DatabaseSource:
         self._background = background
         self._device_query = device_query(last_seen)
         self._changed_query = device_query(last_seen, changed=True)
+        self._ids_query = device_query(last_seen, ids=True)
+        #: Lean (no last-seen time): an incremental read takes the devices only heard
+        #: from by state samples that continue their latest run from HEARD_QUERY.
+        self._heard = not last_seen
         self._incremental = incremental
         self._full_every = full_every_s
         self._late_ms = round(late_s * 1000)
@@ -1190,6 +1235,8 @@ class DatabaseSource:
         #: What the last read of the device rows was: "full" or "incremental", and how
         #: many devices the query returned.
         self.last_rows: tuple[str, int] = ("", 0)
+        #: Of those, how many a lean incremental read settled without DEVICE_QUERY.
+        self.last_settled = 0
         self._isolate_slow = isolate_slow
         #: The child processes of the costlier parts (``isolate_slow``): closing it stops
         #: those running (their parts are not shown) and starts no more.
@@ -1501,7 +1548,9 @@ class DatabaseSource:
         (``incremental``, the default) runs it only for the devices with a message
         received since ``late_s`` before the last read's ``now`` (:func:`device_query`'s
         ``changed``), and keeps the last rows of the others: a device's newest points
-        change only with a stored message. The state and the window, which depend on
+        change only with a stored message. Lean (without the last-seen time), it first
+        reads :data:`HEARD_QUERY` and runs :data:`DEVICE_QUERY` only for the devices it
+        cannot settle (:meth:`_heard_rows`). The state and the window, which depend on
         ``now``, are worked out again for every device. A read is full when there is no
         last one, when the inventory or the day changed (the exported set and its order
         come from the full read) and every ``full_every_s`` (what the watermark cannot see:
@@ -1534,7 +1583,7 @@ class DatabaseSource:
             full_at = self._clock()
             labels: list[tuple[str, str, str, str, str, str, str, str]] = []
             specs: list[str] = []
-            newest: dict[str, tuple[Newest, float | None, float | None]] = {}
+            newest: dict[str, _Newest] = {}
             before: list[DeviceRow] = []
             query = self._device_query
         else:
@@ -1549,12 +1598,22 @@ class DatabaseSource:
         windows = rules.service_windows
         count = 0
         ratios: dict[str, float | None] = {} if full else self._cash_ratios
+        settled = 0
+        if not full and self._heard:
+            by_id = {d.id: d for d in devices}
+            unsettled, settled = self._heard_rows(conn, params["after"], by_id, newest, changed)
+            query, params = self._ids_query, {**params, "ids": unsettled}
+            if not unsettled:
+                query = ""
         # A server-side cursor read DEVICE_BLOCK rows at a time: the rows of the whole
         # fleet are never held at once (a full read's result was tens of MiB).
         with conn.cursor(name="atmfleet_serve_devices") as cur:
             cur.itersize = DEVICE_BLOCK
-            cur.execute(query, params)
-            for dev_id, ts, st, hb, cash, p_at, p_status, seen, since in cur:
+            if query:
+                cur.execute(query, params)
+            for dev_id, ts, st, hb, cash, p_at, p_status, seen, since, seq, r_ts, r_seq in (
+                cur if query else ()
+            ):
                 if not by_id:
                     by_id = {d.id: d for d in devices}
                 d = by_id.get(dev_id)
@@ -1573,6 +1632,7 @@ class DatabaseSource:
                     ),
                     None if st is None else self._cash_ratio(cash, ratios),
                     _s(seen),
+                    None if seq is None or r_ts is None else (seq, ms(r_ts), r_seq),
                 )
                 old = old_newest.get(dev_id)
                 newest[dev_id] = old if old is not None and old == entry else entry
@@ -1594,15 +1654,27 @@ class DatabaseSource:
         append = rows.append
         for i, (static, spec) in enumerate(zip(labels, specs, strict=True)):
             dev_id = static[0]
-            points, ratio, seen_s = newest[dev_id]
+            points, ratio, seen_s, _ = newest[dev_id]
             state, began = current_state(now, points, factor)
             since_s = None if began is None else began / 1000
             open_now = open_of.get(spec)
             if open_now is None:
                 open_now = open_of[spec] = ServiceWindow.parse(spec).is_open(now_dt, rules.tz)
-            if before and dev_id not in changed:  # the same points: the last row, if alike
+            if before:  # the last row, if alike (the same points, or new ones that show alike)
                 last = before[i]
-                if last.state == state and last.since == since_s and last.in_window == open_now:
+                if (
+                    last.state == state
+                    and last.since == since_s
+                    and last.in_window == open_now
+                    and (
+                        dev_id not in changed
+                        or (
+                            last.cash_ratio == ratio
+                            and last.last_seen == seen_s
+                            and 0 not in (since_s, ratio, seen_s)  # 0.0 and -0.0 render apart
+                        )
+                    )
+                ):
                     append(last)
                     continue
             if i < len(old_labels) and old_labels[i] is static:  # a full read: the last row
@@ -1620,8 +1692,61 @@ class DatabaseSource:
             append(DeviceRow(*static, state, since_s, seen_s, ratio, open_now))
         self._cash_ratios = ratios
         self._known = _Known(signature, today, now, full_at, labels, specs, newest, rows)
-        self.last_rows = ("full" if full else "incremental", count)
+        self.last_rows = ("full" if full else "incremental", count + settled)
+        self.last_settled = settled
         return rows
+
+    def _heard_rows(
+        self,
+        conn: psycopg.Connection,
+        after: datetime,
+        by_id: dict[str, Device],
+        newest: dict[str, _Newest],
+        changed: set[str],
+    ) -> tuple[list[str], int]:
+        """The lean incremental read's first step: settle from :data:`HEARD_QUERY` the
+        devices whose state samples received since ``after`` only continue the latest
+        run the last read saw, and return the others (to read with :data:`DEVICE_QUERY`)
+        and how many were settled.
+
+        A device is settled when no presence message of its was received since
+        ``after``, its latest run has the key the last read saw, and every sample
+        received since ``after`` is later than that run's start (later than its first
+        sample, so none of them can have changed an earlier run or cut the run's
+        start). The chain of runs behind ``since`` is then the one the last read walked,
+        and the device's newest sample is the newer of the last read's and the newest
+        received: its state, heartbeat and cash counts are taken from it. Runs the
+        collector rebuilt and rows deleted are what the periodic full read is for, as
+        for the watermark itself."""
+        unsettled: list[str] = []
+        count = 0  # settled
+        ratios = self._cash_ratios
+        with conn.cursor(name="atmfleet_serve_heard") as cur:
+            cur.itersize = DEVICE_BLOCK
+            cur.execute(HEARD_QUERY, {"after": after})
+            for dev_id, t, seq, st, hb, cash, earliest, r_ts, r_seq, presence in cur:
+                if dev_id not in by_id:
+                    continue
+                known = newest.get(dev_id)
+                if known is None or presence or t is None:
+                    unsettled.append(dev_id)
+                    continue
+                points, _, seen, key = known
+                if key is None or key[1] != r_ts or key[2] != r_seq or earliest <= r_ts:
+                    unsettled.append(dev_id)
+                    continue
+                assert points.state_ts is not None  # a device with a run has a sample
+                count += 1
+                if (t, seq) > (points.state_ts, key[0]):
+                    at, offline = points.presence_at, points.presence_offline
+                    newest[dev_id] = (
+                        Newest(t, st, hb, points.run_start, at, offline),
+                        self._cash_ratio(cash, ratios),
+                        seen,
+                        (seq, r_ts, r_seq),
+                    )
+                    changed.add(dev_id)
+        return unsettled, count
 
     @staticmethod
     def _jobs(conn: psycopg.Connection) -> tuple[Job, ...] | None:

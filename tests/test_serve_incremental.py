@@ -10,6 +10,7 @@ counts, a broker will), a new device, a device leaving the fleet and a new local
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -101,9 +102,11 @@ def pair(request: pytest.FixtureRequest, fleet: Fleet) -> Iterator[Pair]:
         p.close()
 
 
-def store(fleet: Fleet, *messages: StateMessage | PresenceMessage) -> None:
-    """Store ``messages`` through the real writer, received now."""
-    received = datetime.now(UTC)
+def store(
+    fleet: Fleet, *messages: StateMessage | PresenceMessage, received: datetime | None = None
+) -> None:
+    """Store ``messages`` through the real writer, received now (or at ``received``)."""
+    received = received or datetime.now(UTC)
     batch = []
     for m in messages:
         kind = "state" if isinstance(m, StateMessage) else "presence"
@@ -232,3 +235,134 @@ class TestOnTimescaleDB:
             assert pair.check()[0] == "incremental"
         finally:
             pair.close()
+
+
+class TestHeardFrom:
+    """A lean source settles the devices whose new samples only continue their latest
+    run from the samples received (HEARD_QUERY); anything else is read in full. Every
+    read still equals the full one."""
+
+    def test_a_heartbeat_continuing_the_run_is_settled(self, fleet: Fleet) -> None:
+        pair = Pair(fleet, Clock(), lean=True)
+        try:
+            pair.check()
+            a = device(fleet, "A")
+            with psycopg.connect(fleet.url) as conn:
+                (seq,) = conn.execute(
+                    "SELECT max(seq) FROM state_samples WHERE device_id = %s", (a,)
+                ).fetchone() or (0,)
+            store(fleet, state(a, "in_service", seq + 1))
+            pair.clock.to_wall()
+            assert pair.check()[0] == "incremental"
+            assert pair.source.last_settled >= 1
+        finally:
+            pair.close()
+
+    def test_two_states_in_one_read_a_new_run_of_the_old_state(self, pair: Pair) -> None:
+        fleet = pair.fleet
+        pair.check()
+        a = device(fleet, "A")
+        now = datetime.now(UTC).replace(microsecond=0)
+        fault = state(a, "fault", 6000)
+        back = state(a, "in_service", 6001)
+        store(fleet, fault.model_copy(update={"ts": now - timedelta(seconds=2)}),
+              back.model_copy(update={"ts": now - timedelta(seconds=1)}))  # fmt: skip
+        pair.clock.to_wall()
+        pair.check()  # in service again, since a second ago: not since yesterday
+
+    def test_a_late_sample_of_another_state_inside_the_run(self, pair: Pair) -> None:
+        fleet = pair.fleet
+        pair.check()
+        a = device(fleet, "A")
+        late = state(a, "fault", 7000)
+        store(fleet, late.model_copy(update={"ts": late.ts - timedelta(minutes=42)}))
+        pair.clock.to_wall()
+        pair.check()  # the run in service now starts after the fault
+
+    def test_a_sample_at_the_start_of_the_latest_run(self, pair: Pair) -> None:
+        fleet = pair.fleet
+        pair.check()
+        b = device(fleet, "B")  # in fault for 20 minutes
+        with psycopg.connect(fleet.url) as conn:
+            (start,) = conn.execute(
+                "SELECT max(start_ts) FROM state_runs WHERE device_id = %s", (b,)
+            ).fetchone() or (None,)
+        assert start is not None
+        store(fleet, StateMessage(v=1, device_id=b, ts=start, seq=1, state="in_service",
+                                  heartbeat_s=HB))  # fmt: skip
+        pair.clock.to_wall()
+        pair.check()
+
+    def test_a_late_sample_that_joins_the_run_to_an_earlier_one(self, fleet: Fleet) -> None:
+        """C, silent for 30 minutes (timeout 15), is heard from: in service since now.
+        Two minutes later a store-and-forward sample of 10 minutes ago arrives: the
+        latest run keeps its start, but the gap behind it is now within the timeout, so
+        C has been in service since 10 minutes ago."""
+        pair = Pair(fleet, Clock(), lean=True)
+        try:
+            pair.check()
+            c = device(fleet, "C")
+            store(fleet, state(c, "in_service", 8000))
+            pair.clock.to_wall()
+            pair.check()
+            pair.clock.at += 120_000  # the first sample of the run is out of the window now
+            at = from_ms(pair.clock.at)
+            late = state(c, "in_service", 7999)
+            store(fleet, late.model_copy(update={"ts": late.ts - timedelta(minutes=10)}),
+                  received=at)  # fmt: skip
+            assert pair.check()[0] == "incremental"
+            assert pair.source.last_settled == 0
+        finally:
+            pair.close()
+
+    def test_a_heartbeat_then_a_broker_will_in_one_read(self, fleet: Fleet) -> None:
+        pair = Pair(fleet, Clock(), lean=True)
+        try:
+            pair.check()
+            a = device(fleet, "A")
+            will = PresenceMessage(v=1, device_id=a, status="offline", ts=datetime.now(UTC),
+                                   session="s3", will=True)  # fmt: skip
+            store(fleet, state(a, "in_service", 9000), will)
+            pair.clock.to_wall()
+            pair.check()  # offline since the will, though its run goes on
+        finally:
+            pair.close()
+
+    @pytest.mark.parametrize("seed", [1, 2, 3])
+    def test_any_sequence_of_messages(self, pair: Pair, seed: int) -> None:
+        """Random messages, each batch checked: heartbeats, new states, late samples
+        (store-and-forward), several samples of one device in a batch, presence
+        messages and broker wills; then the clock alone moves on."""
+        fleet = pair.fleet
+        rng = random.Random(seed)
+        keys = "ABCDEG"
+        states = ["in_service", "in_service", "fault", "degraded", "supervisor", "cash_out"]
+        seq = 10_000
+        pair.check()
+        for _ in range(12):
+            batch: list[StateMessage | PresenceMessage] = []
+            for _ in range(rng.randint(1, 4)):
+                dev = device(fleet, rng.choice(keys))
+                seq += 1
+                now = datetime.now(UTC).replace(microsecond=0)
+                kind = rng.random()
+                if kind < 0.45:  # now, maybe a new state
+                    m = state(dev, rng.choice(states), seq)
+                    batch.append(m.model_copy(update={"ts": now - timedelta(seconds=len(batch))}))
+                elif kind < 0.7:  # late: from a store-and-forward backlog
+                    back = timedelta(seconds=rng.randint(1, 7200))
+                    m = state(dev, rng.choice(states), seq)
+                    batch.append(m.model_copy(update={"ts": now - back}))
+                else:
+                    batch.append(
+                        PresenceMessage(
+                            v=1, device_id=dev, status=rng.choice(["online", "offline"]),
+                            ts=now - timedelta(seconds=rng.randint(0, 1200)),
+                            session=f"s{seq}", will=rng.random() < 0.5,
+                        )
+                    )  # fmt: skip
+            store(fleet, *batch)
+            pair.clock.to_wall()
+            pair.check()
+        pair.clock.at += 20 * 60_000  # later, with no message: timeouts pass, windows turn
+        pair.check()
