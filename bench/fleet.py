@@ -51,6 +51,7 @@ import contextlib
 import functools
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -167,15 +168,19 @@ def env_for(db_url: str, mqtt_url: str, checkout: Path) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Priority:
-    """What a unit file sets: ``Nice=`` (applied by the bench) and ``CPUWeight=``."""
+    """What a unit file sets: ``Nice=`` (applied by the bench), ``CPUWeight=``, and the
+    variables of its ``Environment=`` lines (set by the bench, e.g. ``MALLOC_ARENA_MAX``)."""
 
     nice: int = 0
     cpu_weight: int | None = None
+    environment: dict[str, str] = field(default_factory=dict)
 
 
 def unit_priority(path: Path) -> Priority:
-    """``Nice=`` and ``CPUWeight=`` of a unit file or drop-in (defaults when absent)."""
+    """``Nice=``, ``CPUWeight=`` and ``Environment=`` of a unit file or drop-in (defaults
+    when absent)."""
     values: dict[str, str] = {}
+    environment: dict[str, str] = {}
     if path.exists():
         section = ""
         for raw in path.read_text(encoding="utf-8").splitlines():
@@ -185,8 +190,12 @@ def unit_priority(path: Path) -> Priority:
             elif section == "[Service]" and "=" in line and not line.startswith(("#", ";")):
                 key, _, value = line.partition("=")
                 values[key.strip()] = value.strip()
+                if key.strip() == "Environment":
+                    for item in shlex.split(value.strip()):
+                        name, _, setting = item.partition("=")
+                        environment[name] = setting
     weight = values.get("CPUWeight")
-    return Priority(int(values.get("Nice", "0")), int(weight) if weight else None)
+    return Priority(int(values.get("Nice", "0")), int(weight) if weight else None, environment)
 
 
 def shipped_priorities(root: Path = ROOT) -> dict[str, Priority]:
@@ -591,12 +600,15 @@ def run_parts(
     shipped = args.priorities == "shipped"
     units = shipped_priorities() if shipped else {}
     nice = {part: units[part].nice if shipped else 0 for part in UNITS}
+    #: What each part's unit sets in its environment (Environment=), applied as shipped.
+    unit_env = {part: units[part].environment if shipped else {} for part in UNITS}
     if shipped:
         print(
-            "priorities as shipped (deploy/systemd, Nice= applied; CPUWeight= needs the "
-            "service manager): "
+            "priorities as shipped (deploy/systemd, Nice= and Environment= applied; "
+            "CPUWeight= needs the service manager): "
             + ", ".join(
                 f"{part} nice {p.nice} (CPUWeight {p.cpu_weight or 'default'})"
+                + "".join(f" {k}={v}" for k, v in p.environment.items())
                 for part, p in units.items()
             )
             + "; PostgreSQL, Mosquitto, the simulator and readers nice 0",
@@ -613,7 +625,7 @@ def run_parts(
         s.watched = spawn(
             s.name.replace(" ", "-"),
             atmfleet(checkout, "collect", "--metrics-port", str(s.metrics_port)),
-            env,
+            env | unit_env["collector"],
             checkout,
             logs,
             nice["collector"],
@@ -636,7 +648,7 @@ def run_parts(
                     "--port",
                     str(serve_port),
                 ),
-                env,
+                env | unit_env["serve"],
                 ROOT,
                 logs,
                 nice["serve"],
@@ -645,8 +657,8 @@ def run_parts(
     if "incidents" not in args.without:
         watched.append(
             spawn(
-                "incidents", atmfleet(ROOT, "incidents", "run"), env, ROOT, logs,
-                nice["incidents"],
+                "incidents", atmfleet(ROOT, "incidents", "run"), env | unit_env["incidents"],
+                ROOT, logs, nice["incidents"],
             )
         )  # fmt: skip
     prom_port: int | None = None
