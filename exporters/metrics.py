@@ -1237,6 +1237,9 @@ class DatabaseSource:
         self.last_rows: tuple[str, int] = ("", 0)
         #: Of those, how many a lean incremental read settled without DEVICE_QUERY.
         self.last_settled = 0
+        #: The ids that read heard from and that are not in the inventory (None: not a
+        #: lean incremental read), for the unregistered count.
+        self._heard_unlisted: list[str] | None = None
         self._isolate_slow = isolate_slow
         #: The child processes of the costlier parts (``isolate_slow``): closing it stops
         #: those running (their parts are not shown) and starts no more.
@@ -1495,7 +1498,9 @@ class DatabaseSource:
         t_txn = time.perf_counter()
         if not self._background:
             low_date, lowyield = self._low_yield(feed, inventory, devices, today, now)
-        unregistered = self._unregistered.count(conn, full=self.last_rows[0] == "full")
+        unregistered = self._unregistered.count(
+            conn, full=self.last_rows[0] == "full", heard=self._heard_unlisted
+        )
         t_low = time.perf_counter()
         jobs = self._jobs(conn)
         incidents = self._incidents(conn)
@@ -1599,9 +1604,12 @@ class DatabaseSource:
         count = 0
         ratios: dict[str, float | None] = {} if full else self._cash_ratios
         settled = 0
+        self._heard_unlisted = None
         if not full and self._heard:
             by_id = {d.id: d for d in devices}
-            unsettled, settled = self._heard_rows(conn, params["after"], by_id, newest, changed)
+            unsettled, settled, self._heard_unlisted = self._heard_rows(
+                conn, params["after"], by_id, inventory.device_by_id, newest, changed
+            )
             query, params = self._ids_query, {**params, "ids": unsettled}
             if not unsettled:
                 query = ""
@@ -1701,13 +1709,15 @@ class DatabaseSource:
         conn: psycopg.Connection,
         after: datetime,
         by_id: dict[str, Device],
+        listed: dict[str, Device],
         newest: dict[str, _Newest],
         changed: set[str],
-    ) -> tuple[list[str], int]:
+    ) -> tuple[list[str], int, list[str]]:
         """The lean incremental read's first step: settle from :data:`HEARD_QUERY` the
         devices whose state samples received since ``after`` only continue the latest
         run the last read saw, and return the others (to read with :data:`DEVICE_QUERY`)
-        and how many were settled.
+        and how many were settled, and the ids heard from that are not in the inventory
+        (``listed``: for :class:`UnregisteredCount`, which then reads no received rows).
 
         A device is settled when no presence message of its was received since
         ``after``, its latest run has the key the last read saw, and every sample
@@ -1719,6 +1729,7 @@ class DatabaseSource:
         collector rebuilt and rows deleted are what the periodic full read is for, as
         for the watermark itself."""
         unsettled: list[str] = []
+        unlisted: list[str] = []
         count = 0  # settled
         ratios = self._cash_ratios
         with conn.cursor(name="atmfleet_serve_heard") as cur:
@@ -1726,6 +1737,8 @@ class DatabaseSource:
             cur.execute(HEARD_QUERY, {"after": after})
             for dev_id, t, seq, st, hb, cash, earliest, r_ts, r_seq, presence in cur:
                 if dev_id not in by_id:
+                    if dev_id not in listed:
+                        unlisted.append(dev_id)
                     continue
                 known = newest.get(dev_id)
                 if known is None or presence or t is None:
@@ -1746,7 +1759,7 @@ class DatabaseSource:
                         (seq, r_ts, r_seq),
                     )
                     changed.add(dev_id)
-        return unsettled, count
+        return unsettled, count, unlisted
 
     @staticmethod
     def _jobs(conn: psycopg.Connection) -> tuple[Job, ...] | None:

@@ -755,13 +755,15 @@ class TestFleet:
         assert scrape.value("atmfleet_unregistered_devices") == 1
         assert all("ghost" not in s.get("device", "") for s in scrape.series("atmfleet_device_up"))
 
+    @pytest.mark.parametrize("lean", [False, True], ids=["full", "lean"])
     def test_the_unregistered_count_kept_between_full_reads_is_the_reference_at_each(
-        self, fleet: Fleet, run_id: str
+        self, fleet: Fleet, run_id: str, lean: bool
     ) -> None:
-        """Counted in full with the full reads and from what was received in between:
-        the reference count (the whole history) at every read, as devices appear,
-        register, lose their rows and leave the inventory."""
-        source = DatabaseSource(fleet.url, fleet.rules)
+        """Counted in full with the full reads and from what was received in between
+        (lean: from the ids the device rows' read heard from): the reference count (the
+        whole history) at every read, as devices appear, register, lose their rows and
+        leave the inventory."""
+        source = DatabaseSource(fleet.url, fleet.rules, last_seen=not lean)
         now = datetime.now(UTC).replace(microsecond=0)
 
         def store(*messages: StateMessage | PresenceMessage) -> None:

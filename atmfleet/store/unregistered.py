@@ -74,6 +74,22 @@ WHERE EXISTS (SELECT 1 FROM state_runs r WHERE r.device_id = u.id)
 """
 
 
+#: :data:`IDS_SINCE` with the ids heard from given (``%(heard)s``: every device id with a
+#: state or presence message received since then, as the caller has already read them)
+#: instead of the scans of what was received.
+IDS_HEARD = """
+WITH unlisted AS MATERIALIZED (
+    SELECT c.id FROM (
+        SELECT unnest(%(kept)s::text[]) AS id UNION SELECT unnest(%(heard)s::text[])
+    ) c
+    WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = c.id)
+)
+SELECT id FROM unlisted u
+WHERE EXISTS (SELECT 1 FROM state_runs r WHERE r.device_id = u.id)
+   OR EXISTS (SELECT 1 FROM presence p WHERE p.device_id = u.id)
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Unregistered:
     device_id: str
@@ -116,13 +132,19 @@ class UnregisteredCount:
         self._ids: list[str] | None = None
         self._at: datetime | None = None  # the database's now at the last count
 
-    def count(self, conn: psycopg.Connection, *, full: bool) -> int:
+    def count(self, conn: psycopg.Connection, *, full: bool, heard: list[str] | None = None) -> int:
         """The count now, in full if ``full`` or none was made before. Runs in the
-        connection's transaction."""
+        connection's transaction. ``heard``: the ids of every device (or at least of every
+        one not in the inventory) with a state or presence message received since
+        ``late_ms`` before the last count, when the caller has read them already (serve's
+        device rows read them in the same transaction): then only those are checked."""
         with conn.cursor() as cur:
             (at,) = cur.execute("SELECT now()").fetchone() or (None,)
             if full or self._ids is None or self._at is None:
                 ids = [i for (i,) in cur.execute(IDS).fetchall()]
+            elif heard is not None:
+                given = {"kept": self._ids, "heard": heard}
+                ids = [i for (i,) in cur.execute(IDS_HEARD, given).fetchall()]
             else:
                 after = self._at - timedelta(milliseconds=self._late_ms)
                 params = {"kept": self._ids, "after": after}
