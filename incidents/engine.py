@@ -31,6 +31,7 @@ savepoint, logged and retried next pass); a crash loses only the pass in flight.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from collections import defaultdict
@@ -210,6 +211,14 @@ class Engine:
         self.latest_state: dict[str, str] = {}
         self.heartbeat: dict[str, int] = {}
         self.watch: set[str] = set()
+        # Silence: each known device's instant (ms) after which it is silent past its
+        # heartbeat timeout, in a heap (one live entry a device: ``_due``), and the devices
+        # silent at the last pass's horizon ``_silent_at``; a pass pops only the entries
+        # now due instead of looking at every device.
+        self._due_heap: list[tuple[float, str]] = []
+        self._due: dict[str, float] = {}
+        self._silent: set[str] = set()
+        self._silent_at: int | None = None
         # Devices with an active incident -> their last sample when last evaluated.
         self._settled: dict[str, int] = {}
         self.cursor: int | None = None
@@ -254,6 +263,43 @@ class Engine:
             self.last_seen[device_id] = last
             self.latest_state[device_id] = state
             self.heartbeat[device_id] = hb
+            due = last + self.rules.heartbeat.timeout_factor * hb * 1000
+            if self._due.get(device_id) != due:
+                self._due[device_id] = due
+                heapq.heappush(self._due_heap, (due, device_id))
+                self._silent.discard(device_id)
+
+    def _silent_now(self, now_ms: int) -> set[str]:
+        """The known devices silent past their heartbeat timeout at ``now_ms``
+        (``now_ms - last > timeout_factor x heartbeat``): the entries of the heap now due,
+        each checked with that very expression; everything again when the horizon went
+        back (a replay)."""
+        factor = self.rules.heartbeat.timeout_factor
+        last_seen, heartbeat = self.last_seen, self.heartbeat
+
+        def silent(device_id: str) -> bool:
+            return now_ms - last_seen[device_id] > factor * heartbeat.get(device_id, 60) * 1000
+
+        if self._silent_at is not None and now_ms < self._silent_at:
+            self._silent = {d for d in last_seen if silent(d)}
+            self._due_heap = [(due, d) for d, due in self._due.items() if d not in self._silent]
+            heapq.heapify(self._due_heap)
+        heap, due_of = self._due_heap, self._due
+        again: list[tuple[float, str]] = []
+        # A millisecond of margin: the heap's sum and the check's difference may round
+        # apart in the last bit.
+        while heap and heap[0][0] <= now_ms + 1:
+            due, device_id = heapq.heappop(heap)
+            if due_of.get(device_id) != due:
+                continue  # superseded by a later sample's entry
+            if silent(device_id):
+                self._silent.add(device_id)
+            else:
+                again.append((due, device_id))
+        for entry in again:
+            heapq.heappush(heap, entry)
+        self._silent_at = now_ms
+        return self._silent
 
     # ------------------------------------------------------------------ one pass
 
@@ -329,17 +375,11 @@ class Engine:
             self._seen(device_id, last, state, hb)
             changed.add(device_id)
         presence = {d for (d,) in self.conn.execute(Q_FOLLOW_PRESENCE, bounds)}
-        factor = self.rules.heartbeat.timeout_factor
         candidates = set(self.watch) | presence
         # A new run in a state that can open an incident (closed by schedule and declared
         # planned maintenance cannot; the timeline's silence is caught below).
         candidates |= {d for d in changed if self.latest_state.get(d) in DOWN_STATES}
-        for device_id, last in self.last_seen.items():
-            if (
-                device_id not in candidates
-                and now_ms - last > factor * self.heartbeat.get(device_id, 60) * 1000
-            ):
-                candidates.add(device_id)
+        candidates |= self._silent_now(now_ms)
         known = self.inventory.device_by_id
         # A device whose incident is open and which sent nothing new since it was last
         # looked at cannot change it (on site and restored need new data): skipped, so a

@@ -482,3 +482,34 @@ class TestBranchPowerCut:
             # ... and a restart sends none of the notifications again.
             assert engine(conn, rules).run_once(now).notifications == 0
             assert S1 and S2
+
+
+class TestSilence:
+    """The devices a pass takes as silent past their heartbeat timeout come from a heap
+    of due instants; at every horizon they are exactly the devices for which
+    ``now - last > timeout_factor x heartbeat`` holds, as a look at every device gives."""
+
+    @pytest.mark.parametrize("factor", [3.0, 2.7])
+    def test_the_heap_gives_every_silent_device_at_any_horizon(
+        self, conn: psycopg.Connection[Any], factor: float
+    ) -> None:
+        import random
+
+        rules = parse_rules(f"heartbeat:\n  timeout_factor: {factor}\n")
+        e = engine(conn, rules)
+        rng = random.Random(7)
+        devices = [f"D{i}" for i in range(60)]
+        now = 1_700_000_000_000
+        for step in range(400):
+            for _ in range(rng.randint(0, 6)):  # samples, some late, some new heartbeats
+                d = rng.choice(devices)
+                last = now - rng.randint(-5_000, 400_000)
+                e._seen(d, last, "in_service", rng.choice([30, 60, 60, 300]))
+            if step % 50 == 49:
+                now -= rng.randint(1, 900_000)  # a replay at an earlier horizon
+            else:
+                now += rng.randint(0, 40_000)
+            want = {
+                d for d, last in e.last_seen.items() if now - last > factor * e.heartbeat[d] * 1000
+            }
+            assert e._silent_now(now) == want
