@@ -33,7 +33,7 @@ from collections.abc import (
     Sequence,
 )
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -371,22 +371,31 @@ class Feed:
         it here). ``fn`` must read or write through the feed it is given only."""
         if self._spare is None:
             return None
-        if self._worker is None:
-            self._worker = ThreadPoolExecutor(1, thread_name_prefix="feed-spare")
-        return self._worker.submit(self._on_spare, fn)
-
-    def _on_spare(self, fn: Callable[[Feed], _R]) -> _R:
         if self._helper is None:
-            assert self._spare is not None
-            self._helper = Feed(self._spare(), self.rules)
+            try:
+                spare = self._spare()
+            except (psycopg.Error, ConfigError) as exc:
+                # No second connection to be had (a connection limit, say): one it is.
+                log.info("no spare connection to the store (%s): one connection it is", exc)
+                self._spare = None
+                return None
+            self._helper = Feed(spare, self.rules)
             self._helper._serial = True
-        self._helper.may_keep = self.may_keep
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="feed-spare")
+        assert self._worker is not None
+        return self._worker.submit(self._on_spare, self._helper, fn)
+
+    def _on_spare(self, helper: Feed, fn: Callable[[Feed], _R]) -> _R:
+        helper.may_keep = self.may_keep
         try:
-            return fn(self._helper)
-        finally:
-            # Its reads' transaction ended (no snapshot or lock held between calls).
-            if not self._helper._conn.closed:
-                self._helper._conn.rollback()
+            got = fn(helper)
+        except BaseException:
+            with suppress(psycopg.Error):
+                helper._conn.rollback()
+            raise
+        # Its reads' transaction ended (no snapshot or lock held between calls).
+        helper._conn.rollback()
+        return got
 
     def keep_uptime_days_soon(
         self,

@@ -192,3 +192,25 @@ def test_another_write_waits_for_the_overlapped_one(conn: psycopg.Connection) ->
         assert _kept_rows(conn) == rows  # the day kept in full before the feed closed
     finally:
         feed.close()
+
+
+def test_no_spare_connection_to_be_had_is_one_connection(conn: psycopg.Connection) -> None:
+    """A spare that cannot connect (a connection limit, the server full): the
+    evaluation runs on the feed's own connection, the same flags and kept rows."""
+    rules = _rules(DaysCounted.IN_SERVICE)
+    _keep_earlier_days(Feed(conn, rules), conn, 26)
+    horizon = _closed_horizon(rules)
+    alone = _fast(conn, rules, horizon)
+    rows = _kept_rows(conn)
+    _forget(conn)
+
+    def refused() -> psycopg.Connection:
+        raise psycopg.OperationalError("too many connections for role")
+
+    feed = Feed(conn, rules, spare=refused)
+    try:
+        inventory = feed.inventory()
+        assert low_yield_for(feed, inventory, inventory.devices, DAY, horizon) == alone
+        assert _kept_rows(conn) == rows  # kept here, at once
+    finally:
+        feed.close()
