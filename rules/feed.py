@@ -1789,13 +1789,18 @@ def low_yield_for(
         stored, kept = _kept_window(feed, fp, first, on, in_service_only, devices, windows)
     whole = [d for d in devices if d.id not in stored and d.id not in windows]
     sums: dict[str, WindowSums] = {}  # of the others: their kept days added up
-    lacking: list[Device] = []  # judged on sums that were not kept whole
     # ``on`` computed early for these, not kept then: used where the kept part says it
     # is not kept (else the day was kept meanwhile, and is in its sums).
     computed_on = {d.id for d, i, _ in early if i == n - 1 and d.id not in windows}
     use_early: set[str] = set()
+    # The devices whose window the days computed here complete: ``on`` among them, and
+    # every day not kept closed (so kept now, as _compute_days keeps every closed day
+    # it computes). Their sums are kept beside ``on``.
+    done: list[Device] = []
     if whole:
         not_kept: dict[int, list[int]] = {}  # kept bits -> the days not kept
+        completes: dict[int, bool] = {}  # kept bits -> the days kept now complete it
+        shut = [closed(feed, day, horizon) for day in period]
         for d in whole:
             got = kept.get(d.id)
             bits = 0
@@ -1806,12 +1811,16 @@ def low_yield_for(
             offsets = not_kept.get(bits)
             if offsets is None:
                 offsets = not_kept[bits] = [i for i in range(n) if not bits >> i & 1]
+                completes[bits] = (
+                    bool(offsets) and offsets[-1] == n - 1 and all(shut[i] for i in offsets)
+                )
             for i in offsets:
                 if i == n - 1 and d.id in computed_on:
                     use_early.add(d.id)
                 else:
                     missing.setdefault(i, []).append(d)
-            lacking.append(d)
+            if completes[bits]:
+                done.append(d)
     computed, to_keep = _compute_days(feed, period, missing, horizon, known, len(devices))
     if early:
         computed += [c for c in early if c[0].id in windows or c[0].id in use_early]
@@ -1824,19 +1833,7 @@ def low_yield_for(
             sums[d.id].add(a, s, f, in_service_only)
     # The window sums of the devices whose window these days complete (``on`` kept now,
     # every earlier day kept or kept now), kept beside ``on``.
-    complete: dict[str, WindowSums] = {}
-    if lacking and to_keep:
-        kept_now: dict[str, int] = {}
-        index = {day: i for i, day in enumerate(period)}
-        for device_id, day, _u, _f in to_keep:
-            kept_now[device_id] = kept_now.get(device_id, 0) | 1 << index[day]
-        full = (1 << n) - 1
-        for d in lacking:
-            now = kept_now.get(d.id, 0)
-            if now >> (n - 1) & 1:
-                got = kept.get(d.id)
-                if ((got[1] if got is not None else 0) | now) == full:
-                    complete[d.id] = sums[d.id]
+    complete = {d.id: sums[d.id] for d in done}
     # Kept on the spare connection while the flags (and what the caller does next) are
     # made, when the feed has one.
     feed.keep_uptime_days_soon(fp, to_keep, complete, on)
