@@ -73,9 +73,13 @@ def add_counters(conn: psycopg.Connection) -> None:
 
 def reset(conn: psycopg.Connection) -> None:
     """Forget what a run kept: the kept days from the day measured on (and whatever a
-    kept-days cache of the newer code holds for them)."""
+    kept-days cache of the newer code holds for them), their dead rows vacuumed."""
     conn.execute("DELETE FROM kpi_device_days WHERE day >= %s", (DAY,))
     conn.commit()
+    # Their dead rows vacuumed away, so that each run's upsert of the day finds the
+    # same store (bench/kpi_db.py, reset).
+    with psycopg.connect(conn.info.dsn, password=conn.info.password, autocommit=True) as c:
+        c.execute("VACUUM (INDEX_CLEANUP ON) kpi_device_days")
 
 
 def bulletin_json(folder: str) -> dict[str, object] | None:

@@ -124,28 +124,42 @@ def compute(
     m = Messages(parse_lang(lang))
     settings = load_settings()
     rules = load_rules(settings.rules_file)
-    with connect(settings.require_database_url(), application_name="atmfleet-bulletin") as conn:
-        feed = Feed(conn, rules)
-        horizon = feed.now_ms()
-        today = build.local_today(horizon, rules)
-        first, last = period(today)
-        if kind != "daily" and last >= today:
-            last = today - timedelta(days=1)  # a period in progress: up to yesterday
-            if last < first:
-                raise UsageError(
-                    f"the {kind} period from {first} has no complete day yet "
-                    f"(today is {today} in the rules' time zone {rules.tz})"
-                )
-        if last > today:
+    url = settings.require_database_url()
+    with connect(url, application_name="atmfleet-bulletin") as conn:
+        # A second connection for the work that overlaps (rules.feed.Feed, ``spare``).
+        feed = Feed(conn, rules, spare=lambda: connect(url, application_name="atmfleet-bulletin"))
+        try:
+            b, m = _compute(feed, kind, period, m)
+        finally:
+            feed.close()
+    return b, m
+
+
+def _compute(
+    feed: Feed, kind: str, period: Callable[[date], tuple[date, date]], m: Messages
+) -> tuple[Bulletin, Messages]:
+    """:func:`compute` on ``feed``."""
+    rules = feed.rules
+    horizon = feed.now_ms()
+    today = build.local_today(horizon, rules)
+    first, last = period(today)
+    if kind != "daily" and last >= today:
+        last = today - timedelta(days=1)  # a period in progress: up to yesterday
+        if last < first:
             raise UsageError(
-                f"{last} is in the future (today is {today} in the rules' time zone {rules.tz})"
+                f"the {kind} period from {first} has no complete day yet "
+                f"(today is {today} in the rules' time zone {rules.tz})"
             )
-        inventory = feed.inventory()
-        generated = build.now_text(horizon, rules)
-        if kind == "daily":
-            b = build.daily_bulletin(feed, inventory, last, horizon, m, generated)
-        else:
-            b = build.assessment(feed, inventory, first, last, horizon, kind, m, generated)
+    if last > today:
+        raise UsageError(
+            f"{last} is in the future (today is {today} in the rules' time zone {rules.tz})"
+        )
+    inventory = feed.inventory()
+    generated = build.now_text(horizon, rules)
+    if kind == "daily":
+        b = build.daily_bulletin(feed, inventory, last, horizon, m, generated)
+    else:
+        b = build.assessment(feed, inventory, first, last, horizon, kind, m, generated)
     return b, m
 
 

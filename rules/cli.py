@@ -53,15 +53,20 @@ def session(
     """The feed of the store, now (the horizon, ms) and the period's first and last day."""
     settings = load_settings()
     rules = load_rules(settings.rules_file)
+    url = settings.require_database_url()
     with (
         gc_paused(),  # a one-shot command over the fleet: see rules.feed.gc_paused
-        connect(settings.require_database_url(), application_name="atmfleet-kpi") as conn,
+        connect(url, application_name="atmfleet-kpi") as conn,
     ):
         require_current(conn)
-        feed = Feed(conn, rules)
-        horizon = feed.now_ms()
-        today = from_ms(horizon).astimezone(rules.tz).date()
-        yield (feed, horizon, *resolve_period(on, first, last, today))
+        # A second connection for the work that overlaps (rules.feed.Feed, ``spare``).
+        feed = Feed(conn, rules, spare=lambda: connect(url, application_name="atmfleet-kpi"))
+        try:
+            horizon = feed.now_ms()
+            today = from_ms(horizon).astimezone(rules.tz).date()
+            yield (feed, horizon, *resolve_period(on, first, last, today))
+        finally:
+            feed.close()
 
 
 @contextmanager

@@ -32,7 +32,8 @@ from collections.abc import (
     MutableMapping,
     Sequence,
 )
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -297,28 +298,52 @@ _WINDOW_COLUMNS = (
 
 
 @contextmanager
-def _statement_settings(cur: psycopg.Cursor[Any]) -> Iterator[None]:
+def _statement_settings(cur: psycopg.Cursor[Any], serial: bool = False) -> Iterator[None]:
     """For the statements run inside: a work_mem of :data:`KEPT_SUMS_WORK_MEM` and no
     JIT, then the transaction's settings put back (an error ends the transaction, and
     its settings with it). The kept sums group 30 rows a device (3 M for 100,000
     devices) into one per device: with the server's default work_mem the hash table
     spilled to disk in 9 batches and the partial groups were sorted on disk (twice as
-    slow); JIT compiled for longer than it saved."""
-    before = cur.execute("SELECT current_setting('work_mem'), current_setting('jit')").fetchone()
+    slow); JIT compiled for longer than it saved. ``serial``: no parallel workers (on the
+    spare connection, beside this process's own work: at 100,000 devices the parallel
+    plan took 1.09 s against 1.28 s, in about 1.7 times the CPU, which the overlapped
+    work then lacks)."""
+    before = cur.execute(
+        "SELECT current_setting('work_mem'), current_setting('jit'),"
+        " current_setting('max_parallel_workers_per_gather')"
+    ).fetchone()
     assert before is not None
     cur.execute(
-        "SELECT set_config('work_mem', %s, true), set_config('jit', 'off', true)",
-        (KEPT_SUMS_WORK_MEM,),
+        "SELECT set_config('work_mem', %s, true), set_config('jit', 'off', true),"
+        " set_config('max_parallel_workers_per_gather', %s, true)",
+        (KEPT_SUMS_WORK_MEM, "0" if serial else before[2]),
     )
     yield
-    cur.execute("SELECT set_config('work_mem', %s, true), set_config('jit', %s, true)", before)
+    cur.execute(
+        "SELECT set_config('work_mem', %s, true), set_config('jit', %s, true),"
+        " set_config('max_parallel_workers_per_gather', %s, true)",
+        before,
+    )
 
 
 class Feed:
     """Reads the store through one connection (a snapshot per call is not needed: each
-    read is one statement)."""
+    read is one statement).
 
-    def __init__(self, conn: psycopg.Connection, rules: Rules) -> None:
+    ``spare``: opens a second connection to the same store. Given, a few statements of
+    a fleet's evaluation run there on a thread of their own while this connection's
+    work goes on (:meth:`soon`): the low-yield window's kept days added up while the day
+    not kept is computed, and a computed day kept (:meth:`keep_uptime_days_soon`) while
+    the flags and what follows are made. :meth:`close` waits for them (a write that
+    failed raises there; it was one transaction: nothing of it is kept). Without it,
+    every statement runs here, one after the other."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        rules: Rules,
+        spare: Callable[[], psycopg.Connection] | None = None,
+    ) -> None:
         if rules.heartbeat.timeout_factor < RUN_GAP:
             raise ConfigError(
                 f"heartbeat.timeout_factor: {rules.heartbeat.timeout_factor} is below "
@@ -331,6 +356,95 @@ class Feed:
         # role): the days are then computed each time, as correct, only slower.
         self.may_keep = True
         self._monitoring_start: tuple[int | None] | None = None
+        self._spare = spare
+        self._serial = False  # the spare's feed: its kept sums without parallel workers
+        self._worker: ThreadPoolExecutor | None = None
+        self._helper: Feed | None = None  # on the spare connection, opened by the worker
+        self._writing: Future[None] | None = None  # a kept day being written there
+        #: Work started early on the spare connection for a later call (low_yield_for's
+        #: kept window: :func:`start_low_yield`), by key.
+        self.started: dict[Any, tuple[Any, Future[Any]]] = {}
+
+    def soon(self, fn: Callable[[Feed], _R]) -> Future[_R] | None:
+        """``fn`` of a feed on the spare connection, run on the spare's thread (one call
+        at a time, in the order asked); None without a spare connection (the caller runs
+        it here). ``fn`` must read or write through the feed it is given only."""
+        if self._spare is None:
+            return None
+        if self._helper is None:
+            try:
+                spare = self._spare()
+            except (psycopg.Error, ConfigError) as exc:
+                # No second connection to be had (a connection limit, say): one it is.
+                log.info("no spare connection to the store (%s): one connection it is", exc)
+                self._spare = None
+                return None
+            self._helper = Feed(spare, self.rules)
+            self._helper._serial = True
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="feed-spare")
+        assert self._worker is not None
+        return self._worker.submit(self._on_spare, self._helper, fn)
+
+    def _on_spare(self, helper: Feed, fn: Callable[[Feed], _R]) -> _R:
+        helper.may_keep = self.may_keep
+        try:
+            got = fn(helper)
+        except BaseException:
+            with suppress(psycopg.Error):
+                helper._conn.rollback()
+            raise
+        # Its reads' transaction ended (no snapshot or lock held between calls).
+        helper._conn.rollback()
+        return got
+
+    def keep_uptime_days_soon(
+        self,
+        fingerprint: str,
+        values: Sequence[tuple[str, date, Uptime, int]],
+        window: Mapping[str, WindowSums] | None = None,
+        window_day: date | None = None,
+    ) -> None:
+        """:meth:`keep_uptime_days`, on the spare connection while this one goes on
+        (waited for by :meth:`wait_kept`, :meth:`close`, and before any other write of
+        this feed); here and now without a spare connection. ``values`` and ``window``
+        are not to be changed afterwards."""
+        if not values or not self.may_keep:
+            return
+        self.wait_kept()
+        # This connection's transaction ended first: it holds no lock the write could
+        # wait for while this one waits for the write.
+        self._conn.commit()
+        writing = self.soon(lambda f: f.keep_uptime_days(fingerprint, values, window, window_day))
+        if writing is None:
+            self.keep_uptime_days(fingerprint, values, window, window_day)
+            return
+        self._writing = writing
+
+    def wait_kept(self) -> None:
+        """Wait for the day :meth:`keep_uptime_days_soon` is writing; its error raised
+        here (the write was one transaction, rolled back: no part of the day kept)."""
+        writing, self._writing = self._writing, None
+        if writing is None:
+            return
+        writing.result()
+        if self._helper is not None and not self._helper.may_keep:
+            self.may_keep = False
+
+    def close(self) -> None:
+        """Wait for the work on the spare connection (a failed write raises), then close
+        it. The feed's own connection is the caller's."""
+        try:
+            self.wait_kept()
+        finally:
+            started, self.started = list(self.started.values()), {}
+            for _, future in started:
+                future.cancel()
+            if self._worker is not None:
+                self._worker.shutdown(wait=True)
+                self._worker = None
+            if self._helper is not None:
+                self._helper._conn.close()
+                self._helper = None
 
     def _rows(self, name: str, **params: Any) -> list[tuple[Any, ...]]:
         with self._conn.cursor(binary=True) as cur:
@@ -548,6 +662,10 @@ class Feed:
         made into 100,000 objects)."""
         return {row[0]: row for row in self._rows("window_sums", fingerprint=fingerprint, day=day)}
 
+    def kept_on(self, fingerprint: str, day: date) -> set[str]:
+        """The devices whose ``day`` is kept (under ``fingerprint``)."""
+        return {row[0] for row in self._rows("kept_on", fingerprint=fingerprint, day=day)}
+
     @_without_gc
     def kept_sums(
         self,
@@ -568,7 +686,7 @@ class Feed:
         }  # fmt: skip
         if ids is not None:
             params["ids"] = list(ids)
-        with self._conn.cursor(binary=True) as cur, _statement_settings(cur):
+        with self._conn.cursor(binary=True) as cur, _statement_settings(cur, self._serial):
             query = queries()["kept_sums" if ids is None else "kept_sums_of"]
             rows = cur.execute(query, params).fetchall()
         for device_id, monitored, a, s, counted, fin, kept in rows:
@@ -597,7 +715,7 @@ class Feed:
         # scan for nothing.
         if not self._rows("window_sums_any", fingerprint=fingerprint, day=params["before"])[0][0]:
             return out
-        with self._conn.cursor(binary=True) as cur, _statement_settings(cur):
+        with self._conn.cursor(binary=True) as cur, _statement_settings(cur, self._serial):
             rows = cur.execute(queries()["kept_sums_slid"], params).fetchall()
         for device_id, monitored, a, s, counted, fin, on_kept in rows:
             bits = earlier | (1 << (n - 1)) if on_kept else earlier
@@ -628,6 +746,7 @@ class Feed:
         TimescaleDB refresh the continuous aggregate (late rows in an already materialised
         bucket only appear at a refresh); a no-op on plain PostgreSQL (a table kept by a
         trigger). Commits the connection's open transaction."""
+        self.wait_kept()
         self._conn.commit()
         if self._aggregate is None:
             with self._conn.cursor() as cur:
@@ -662,6 +781,7 @@ class Feed:
     def keep_days(self, fingerprint: str, values: Sequence[tuple[str, date, KeptDay]]) -> None:
         """Keep closed days per device; committed at once. Nothing is kept (and nothing
         fails) where the login may only read."""
+        self.wait_kept()
         if not values or not self.may_keep:
             return
         try:
@@ -685,6 +805,7 @@ class Feed:
         kept (and nothing fails) where the login may only read. ``window``: per device,
         the low-yield sums of the window ending ``window_day`` once these days are kept
         (every day of it kept), kept beside that day."""
+        self.wait_kept()
         if not values or not self.may_keep:
             return
         window = window or {}
@@ -815,6 +936,7 @@ class Feed:
     def keep_warnings(self, fingerprint: str, values: Sequence[tuple[str, date, int, int]]) -> None:
         """Keep W (with the S it was computed over) of closed days in the kept days that
         hold them; committed at once. Nothing is kept where the login may only read."""
+        self.wait_kept()
         if not values or not self.may_keep:
             return
         try:
@@ -1628,10 +1750,7 @@ def low_yield_for(
     fp = feed.fingerprint()
     # In the fleet the whole window (window_bounds(...) == (0, n)), or not: judged on
     # its days one by one.
-    partial = [
-        d for d in devices
-        if d.commissioned > first or (d.decommissioned is not None and d.decommissioned <= on)
-    ]  # fmt: skip
+    partial = _partial(devices, first, on)
     windows: dict[str, Window] = {}
     if partial:
         windows = feed.kept_days(fp, first, on, [d.id for d in partial])
@@ -1643,21 +1762,45 @@ def low_yield_for(
         for i, a in enumerate(w.available):
             if a is None:
                 missing.setdefault(i, []).append(d)
-    stored = feed.window_sums(fp, on)
+    # The kept part of the window (the window sums kept beside ``on``, and the others'
+    # kept days added up): on the spare connection when the feed has one, while the day
+    # not kept is computed here; started earlier by start_low_yield when it was.
+    pending = _started_window(feed, fp, first, on, devices)
+    if pending is None:
+        pending = feed.soon(
+            lambda f: _kept_window(f, fp, first, on, in_service_only, devices, frozenset(windows))
+        )
+    early: list[tuple[Device, int, KeptDay]] = []  # the day ``on`` computed before
+    early_keep: list[tuple[str, date, Uptime, int]] = []
+    if pending is not None:
+        # Meanwhile, ``on`` for the devices it is not kept for (the day kept or not is
+        # all the kept part can say of it): with the partial windows' missing days.
+        kept_on = feed.kept_on(fp, on)
+        ahead = dict(missing)
+        ahead[n - 1] = ahead.get(n - 1, []) + [
+            d for d in devices if d.id not in windows and d.id not in kept_on
+        ]
+        if not ahead[n - 1]:
+            del ahead[n - 1]
+        early, early_keep = _compute_days(feed, period, ahead, horizon, known, len(devices))
+        missing = {}
+        stored, kept = pending.result()
+    else:
+        stored, kept = _kept_window(feed, fp, first, on, in_service_only, devices, windows)
     whole = [d for d in devices if d.id not in stored and d.id not in windows]
     sums: dict[str, WindowSums] = {}  # of the others: their kept days added up
-    lacking: list[Device] = []  # judged on sums that were not kept whole
-    kept: dict[str, tuple[WindowSums, int]] = {}
+    # ``on`` computed early for these, not kept then: used where the kept part says it
+    # is not kept (else the day was kept meanwhile, and is in its sums).
+    computed_on = {d.id for d, i, _ in early if i == n - 1 and d.id not in windows}
+    use_early: set[str] = set()
+    # The devices whose window the days computed here complete: ``on`` among them, and
+    # every day not kept closed (so kept now, as _compute_days keeps every closed day
+    # it computes). Their sums are kept beside ``on``.
+    done: list[Device] = []
     if whole:
-        # The windows that ended yesterday kept whole slide by a day (the daily case:
-        # yesterday's evaluation kept them); the others' kept days are added up.
-        kept = feed.kept_sums_slid(fp, first, on, in_service_only)
-        rest = [d.id for d in whole if d.id not in kept]
-        if rest:
-            ids = None if 4 * len(rest) > len(devices) else rest
-            more = feed.kept_sums(fp, first, on, in_service_only, ids)
-            kept.update((i, more[i]) for i in rest if i in more)
         not_kept: dict[int, list[int]] = {}  # kept bits -> the days not kept
+        completes: dict[int, bool] = {}  # kept bits -> the days kept now complete it
+        shut = [closed(feed, day, horizon) for day in period]
         for d in whole:
             got = kept.get(d.id)
             bits = 0
@@ -1668,10 +1811,20 @@ def low_yield_for(
             offsets = not_kept.get(bits)
             if offsets is None:
                 offsets = not_kept[bits] = [i for i in range(n) if not bits >> i & 1]
+                completes[bits] = (
+                    bool(offsets) and offsets[-1] == n - 1 and all(shut[i] for i in offsets)
+                )
             for i in offsets:
-                missing.setdefault(i, []).append(d)
-            lacking.append(d)
+                if i == n - 1 and d.id in computed_on:
+                    use_early.add(d.id)
+                else:
+                    missing.setdefault(i, []).append(d)
+            if completes[bits]:
+                done.append(d)
     computed, to_keep = _compute_days(feed, period, missing, horizon, known, len(devices))
+    if early:
+        computed += [c for c in early if c[0].id in windows or c[0].id in use_early]
+        to_keep += [k for k in early_keep if k[0] in windows or k[0] in use_early]
     for d, i, (a, s, f) in computed:
         w = windows.get(d.id)
         if w is not None:
@@ -1680,20 +1833,10 @@ def low_yield_for(
             sums[d.id].add(a, s, f, in_service_only)
     # The window sums of the devices whose window these days complete (``on`` kept now,
     # every earlier day kept or kept now), kept beside ``on``.
-    complete: dict[str, WindowSums] = {}
-    if lacking and to_keep:
-        kept_now: dict[str, int] = {}
-        index = {day: i for i, day in enumerate(period)}
-        for device_id, day, _u, _f in to_keep:
-            kept_now[device_id] = kept_now.get(device_id, 0) | 1 << index[day]
-        full = (1 << n) - 1
-        for d in lacking:
-            now = kept_now.get(d.id, 0)
-            if now >> (n - 1) & 1:
-                got = kept.get(d.id)
-                if ((got[1] if got is not None else 0) | now) == full:
-                    complete[d.id] = sums[d.id]
-    feed.keep_uptime_days(fp, to_keep, complete, on)
+    complete = {d.id: sums[d.id] for d in done}
+    # Kept on the spare connection while the flags (and what the caller does next) are
+    # made, when the feed has one.
+    feed.keep_uptime_days_soon(fp, to_keep, complete, on)
     flags: list[YieldFlag] = []
     targets = rules.uptime.targets
     by_branch: dict[str, float] = {}  # a branch's devices share their tier's target
@@ -1717,6 +1860,84 @@ def low_yield_for(
             continue
         flags.append(evaluate(_series(d, first, w), on, low, target))
     return flags
+
+
+def _partial(devices: Sequence[Device], first: date, on: date) -> list[Device]:
+    """The devices not in the fleet the whole window ``first``..``on``: judged on their
+    days one by one."""
+    return [
+        d for d in devices
+        if d.commissioned > first or (d.decommissioned is not None and d.decommissioned <= on)
+    ]  # fmt: skip
+
+
+def _kept_window(
+    feed: Feed,
+    fp: str,
+    first: date,
+    on: date,
+    in_service_only: bool,
+    devices: Sequence[Device],
+    partial: Collection[str],
+) -> tuple[dict[str, tuple[Any, ...]], dict[str, tuple[WindowSums, int]]]:
+    """What :func:`low_yield_for` reads of the kept days for the devices in the fleet the
+    whole window (not ``partial``): the window sums kept beside ``on`` (per device, the
+    row read), and for the others the kept days' sums and bits (:meth:`Feed.kept_sums`:
+    the sums kept beside the day before slid by a day where they are, else added up)."""
+    stored = feed.window_sums(fp, on)
+    whole = [d.id for d in devices if d.id not in stored and d.id not in partial]
+    kept: dict[str, tuple[WindowSums, int]] = {}
+    if whole:
+        # The windows that ended yesterday kept whole slide by a day (the daily case:
+        # yesterday's evaluation kept them); the others' kept days are added up.
+        kept = feed.kept_sums_slid(fp, first, on, in_service_only)
+        rest = [i for i in whole if i not in kept]
+        if rest:
+            ids = None if 4 * len(rest) > len(devices) else rest
+            more = feed.kept_sums(fp, first, on, in_service_only, ids)
+            kept.update((i, more[i]) for i in rest if i in more)
+    return stored, kept
+
+
+def start_low_yield(feed: Feed, devices: Sequence[Device], on: date) -> None:
+    """Start reading the kept part of :func:`low_yield_for` of ``devices`` on ``on`` on
+    the spare connection (nothing without one), for a caller that evaluates it later on
+    the same feed with the same list of devices: its database time then passes while
+    the caller does other work. Under the fingerprint of now: a later evaluation under
+    another does not use it."""
+    rules = feed.rules
+    window = rules.low_yield.window_days
+    first = on - timedelta(days=window - 1)
+    if window > 63:
+        return
+    in_service_only = rules.low_yield.days_counted is DaysCounted.IN_SERVICE
+    partial = {d.id for d in _partial(devices, first, on)}
+
+    def read(f: Feed) -> tuple[str, Any]:
+        fp = f.fingerprint()
+        return fp, _kept_window(f, fp, first, on, in_service_only, devices, partial)
+
+    future = feed.soon(read)
+    if future is not None:
+        feed.started[("low_yield", on)] = (devices, future)
+
+
+def _started_window(
+    feed: Feed, fp: str, first: date, on: date, devices: Sequence[Device]
+) -> Future[tuple[dict[str, tuple[Any, ...]], dict[str, tuple[WindowSums, int]]]] | None:
+    """The kept part :func:`start_low_yield` started for these devices on ``on``, as a
+    future of :func:`_kept_window`'s result; None if none was (or it was read under
+    another fingerprint, or for other devices)."""
+    got = feed.started.pop(("low_yield", on), None)
+    if got is None or got[0] is not devices:
+        return None
+    started: Future[tuple[str, Any]] = got[1]
+    out: Future[tuple[dict[str, tuple[Any, ...]], dict[str, tuple[WindowSums, int]]]] = Future()
+    read_fp, value = started.result()
+    if read_fp != fp:
+        return None
+    out.set_result(value)
+    return out
 
 
 def _series(d: Device, first: date, w: Window) -> DeviceDays:

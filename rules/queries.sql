@@ -381,6 +381,10 @@ SELECT EXISTS (SELECT 1 FROM kpi_device_days
                WHERE fingerprint = %(fingerprint)s AND day = %(day)s
                  AND win_monitored IS NOT NULL);
 
+-- The devices whose day is kept (one range of the key).
+-- name: kept_on
+SELECT device_id FROM kpi_device_days WHERE fingerprint = %(fingerprint)s AND day = %(day)s;
+
 -- Low-yield: the window sums kept beside a day (migration 0022), per device whose
 -- window ending that day was kept whole: the same values as kept_sums of that window,
 -- one row per device (the day's rows are one range of the key).

@@ -371,6 +371,9 @@ def _cells(column: str, values: list[Any]) -> list[str]:
     """:func:`display` of a column's values, with the plain cases (no data, text, a
     count not in milliseconds) done inline: a device list has 100,000 rows."""
     plain_int = not column.endswith("_ms")
+    # A float not in milliseconds, as display shows it: a percentage, points or plain.
+    name = column.removesuffix(" (total)")
+    kind = 0 if not plain_int else 1 if name in PERCENT else 2 if name in POINTS else 3
     out = []
     for v in values:
         t = type(v)
@@ -380,16 +383,49 @@ def _cells(column: str, values: list[Any]) -> list[str]:
             out.append(v)
         elif t is int and plain_int:
             out.append(str(v))
+        elif t is float and kind:
+            if kind == 1:
+                out.append(f"{v * 100:.2f}%")
+            elif kind == 2:
+                out.append(f"{v * 100:+.2f}")
+            else:
+                out.append(f"{v:.2f}")
+        elif t is bool:
+            out.append("yes" if v else "no")
         else:
             out.append(display(column, v))
     return out
 
 
-def _pad(cells: list[str], width: int, right: bool) -> list[str]:
-    """Each cell padded to ``width`` terminal columns, on the left when ``right``."""
+def _widths(cells: list[str]) -> list[int] | None:
+    """Each cell's :func:`_width`; None when every cell is ASCII (a width is then its
+    length), found in one pass over the joined text. The few distinct non-ASCII cells
+    (no data, a name) are measured once each."""
+    if "".join(cells).isascii():
+        return None
+    seen: dict[str, int] = {}
     out = []
     for v in cells:
-        pad = " " * (width - _width(v))
+        if v.isascii():
+            out.append(len(v))
+            continue
+        w = seen.get(v)
+        if w is None:
+            w = seen[v] = _width(v)
+        out.append(w)
+    return out
+
+
+def _pad(cells: list[str], width: int, right: bool, widths: list[int] | None = None) -> list[str]:
+    """Each cell padded to ``width`` terminal columns, on the left when ``right``
+    (``widths``: :func:`_widths` of the cells)."""
+    if widths is None:
+        if "".join(cells).isascii():  # one column a character: str's own padding
+            return [v.rjust(width) for v in cells] if right else [v.ljust(width) for v in cells]
+        widths = [_width(v) for v in cells]
+    out = []
+    for v, w in zip(cells, widths, strict=True):
+        pad = " " * (width - w)
         out.append(pad + v if right else v + pad)
     return out
 
@@ -408,9 +444,10 @@ def render(report: Report) -> str:
             values = [r.get(c) for r in report.rows]
             numeric = all(v is None or isinstance(v, numeric_types) for v in values)
             cells = _cells(c, values)
-            width = max(_width(h), max(map(_width, cells)))
+            each = _widths(cells)
+            width = max(_width(h), max(map(len, cells)) if each is None else max(each))
             widths.append(width)
-            padded.append([h + " " * (width - _width(h)), *_pad(cells, width, numeric)])
+            padded.append([h + " " * (width - _width(h)), *_pad(cells, width, numeric, each)])
         lines.append("  ".join(col[0] for col in padded).rstrip())
         lines.append("  ".join("-" * w for w in widths))
         lines.extend(

@@ -14,7 +14,7 @@ from typing import Any
 
 from atmfleet.inventory import Device, Inventory, Tier
 from rules.config import Rules
-from rules.feed import Feed, timelines
+from rules.feed import Feed, start_low_yield, timelines
 from rules.labels import CAUSES, STATE_LABEL, Label
 from rules.report import (
     Context,
@@ -224,6 +224,10 @@ def daily(ctx: Context, m: Messages, generated: str, unregistered: int = 0) -> B
     subs = inv.subbranch_by_id
     branches = inv.branch_by_id
 
+    # The low-yield window's kept days are read on the feed's spare connection (when it
+    # has one) while the reports below are made here; the evaluation further down then
+    # takes them.
+    start_low_yield(ctx.feed, ctx.devices, day)
     # The day's transactions first: the substitution tables need them whole, and the
     # uptime tables' financial counts are then taken from them instead of being read
     # from txn_daily once more on their own (``Context.financial``).

@@ -1,0 +1,216 @@
+"""Low-yield on a feed with a spare connection (``rules.feed.Feed``, ``spare``): the
+window's kept days added up there while the day not kept is computed, the day kept there
+while the flags are made, and the kept part started early (``start_low_yield``). On a
+small random fleet in the store (plain PostgreSQL and TimescaleDB):
+
+- the same flags as the days one by one and as the feed without a spare connection, and
+  the same kept rows (values and window sums) once the feed is closed;
+- the day ``on`` kept, or its kept rows deleted, between the look at which devices it is
+  kept for and the kept days' sums: never counted twice, never left out;
+- a write that fails on the spare connection keeps nothing of the day (one transaction)
+  and raises when the feed waits for it; the day is kept in full by the next evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from rules.config import DaysCounted, Rules
+from rules.feed import Feed, low_yield_for, start_low_yield
+from rules.lowyield import YieldFlag
+from tests.test_kpi_fast_path import DAY, filled
+from tests.test_kpi_window_sums import (
+    FIRST,
+    _closed_horizon,
+    _fast,
+    _keep_earlier_days,
+    _reference,
+    _rules,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["postgres", pytest.param("timescale", marks=pytest.mark.timescale)])
+def conn(request: pytest.FixtureRequest) -> Iterator[psycopg.Connection]:
+    yield from filled(request)
+
+
+def _spare(conn: psycopg.Connection) -> Callable[[], psycopg.Connection]:
+    dsn = conn.info.dsn
+    return lambda: psycopg.connect(dsn)
+
+
+def _kept_rows(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
+    """Every kept day of the window, its values and window sums (not when written)."""
+    rows = conn.execute(
+        "SELECT device_id, day, available_ms, scheduled_ms, financial, tech_scheduled_ms,"
+        " tech_available_ms, planned_excluded_ms, monitored_ms, labels, label_ms,"
+        " win_monitored, win_available_ms, win_scheduled_ms, win_counted, win_financial"
+        " FROM kpi_device_days WHERE day BETWEEN %s AND %s ORDER BY day, device_id",
+        (FIRST, DAY),
+    ).fetchall()
+    conn.commit()
+    return rows
+
+
+def _forget(conn: psycopg.Connection) -> None:
+    conn.execute("DELETE FROM kpi_device_days WHERE day = %s", (DAY,))
+    conn.commit()
+
+
+def _overlapped(
+    conn: psycopg.Connection, rules: Rules, horizon: int, early: bool = False
+) -> list[YieldFlag]:
+    """``low_yield_for`` on a feed with a spare connection, the feed closed after it
+    (``early``: its kept part started first, as the daily bulletin does)."""
+    feed = Feed(conn, rules, spare=_spare(conn))
+    try:
+        inventory = feed.inventory()
+        devices = inventory.devices
+        if early:
+            start_low_yield(feed, devices, DAY)
+        return low_yield_for(feed, inventory, devices, DAY, horizon)
+    finally:
+        feed.close()
+
+
+@pytest.mark.parametrize("early", [False, True])
+@pytest.mark.parametrize("counted", list(DaysCounted))
+def test_overlapped_flags_and_kept_rows_equal_one_connections(
+    conn: psycopg.Connection, counted: DaysCounted, early: bool
+) -> None:
+    rules = _rules(counted)
+    _keep_earlier_days(Feed(conn, rules), conn, 21)
+    horizon = _closed_horizon(rules)
+    alone = _fast(conn, rules, horizon)  # DAY and the days not kept computed and kept
+    rows = _kept_rows(conn)
+    _forget(conn)
+    got = _overlapped(conn, rules, horizon, early)
+    assert got == alone == _reference(conn, rules, horizon)
+    assert _kept_rows(conn) == rows
+    assert sum(1 for r in rows if r[1] == DAY and r[11] is not None) >= 10
+
+
+def test_the_day_kept_meanwhile_is_not_counted_twice(
+    conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Which devices ``on`` is kept for is read on the feed's connection, the kept sums
+    on the spare: here the first said none (as if read before another process kept the
+    day), the second has the day in every window. The day computed meanwhile is not
+    added again, nor written again."""
+    rules = _rules(DaysCounted.IN_SERVICE)
+    _keep_earlier_days(Feed(conn, rules), conn, 22)
+    horizon = _closed_horizon(rules)
+    alone = _fast(conn, rules, horizon)
+    # The day kept without its window sums (as `kpi keep-days` keeps it): added up.
+    conn.execute(
+        "UPDATE kpi_device_days SET win_monitored = NULL, win_available_ms = NULL,"
+        " win_scheduled_ms = NULL, win_counted = NULL, win_financial = NULL WHERE day = %s",
+        (DAY,),
+    )
+    conn.commit()
+    rows = _kept_rows(conn)
+    monkeypatch.setattr(Feed, "kept_on", lambda self, fingerprint, day: set())
+    assert _overlapped(conn, rules, horizon) == alone
+    assert _kept_rows(conn) == rows
+
+
+def test_the_day_deleted_meanwhile_is_computed(
+    conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other way round: the first look said ``on`` kept for every device, the kept
+    sums have it for none (deleted meanwhile, as late telemetry does): it is computed
+    then, and kept with the window sums it completes."""
+    rules = _rules(DaysCounted.IN_FLEET)
+    _keep_earlier_days(Feed(conn, rules), conn, 23)
+    horizon = _closed_horizon(rules)
+    alone = _fast(conn, rules, horizon)
+    rows = _kept_rows(conn)
+    ids = {d.id for d in Feed(conn, rules).inventory().devices}
+    conn.commit()
+    _forget(conn)
+    monkeypatch.setattr(Feed, "kept_on", lambda self, fingerprint, day: ids)
+    assert _overlapped(conn, rules, horizon) == alone
+    assert _kept_rows(conn) == rows
+
+
+def test_a_failed_overlapped_write_keeps_nothing_and_raises(conn: psycopg.Connection) -> None:
+    rules = _rules(DaysCounted.IN_SERVICE)
+    _keep_earlier_days(Feed(conn, rules), conn, 24)
+    horizon = _closed_horizon(rules)
+    alone = _fast(conn, rules, horizon)
+    rows = _kept_rows(conn)
+    _forget(conn)
+    before = _kept_rows(conn)
+    # The write fails once its rows are in the table (a statement trigger after them).
+    conn.execute(
+        "CREATE FUNCTION fail_keep() RETURNS trigger LANGUAGE plpgsql"
+        " AS $$ BEGIN RAISE EXCEPTION 'the write failed'; END $$"
+    )
+    conn.execute(
+        "CREATE TRIGGER fail_keep AFTER INSERT ON kpi_device_days"
+        " FOR EACH STATEMENT EXECUTE FUNCTION fail_keep()"
+    )
+    conn.commit()
+    try:
+        feed = Feed(conn, rules, spare=_spare(conn))
+        inventory = feed.inventory()
+        flags = low_yield_for(feed, inventory, inventory.devices, DAY, horizon)
+        assert flags == alone  # the figures do not wait for the write
+        with pytest.raises(psycopg.errors.RaiseException, match="the write failed"):
+            feed.close()
+        assert _kept_rows(conn) == before  # nothing of the day kept
+        feed.close()  # closed once: nothing left to wait for
+    finally:
+        conn.rollback()
+        conn.execute("DROP TRIGGER fail_keep ON kpi_device_days")
+        conn.execute("DROP FUNCTION fail_keep()")
+        conn.commit()
+    assert _overlapped(conn, rules, horizon) == alone
+    assert _kept_rows(conn) == rows
+
+
+def test_another_write_waits_for_the_overlapped_one(conn: psycopg.Connection) -> None:
+    """A write of the feed after the evaluation first waits for the day being kept on
+    the spare connection (so that neither holds a lock the other waits for)."""
+    rules = _rules(DaysCounted.IN_SERVICE)
+    _keep_earlier_days(Feed(conn, rules), conn, 25)
+    horizon = _closed_horizon(rules)
+    alone = _fast(conn, rules, horizon)
+    rows = _kept_rows(conn)
+    _forget(conn)
+    feed = Feed(conn, rules, spare=_spare(conn))
+    try:
+        inventory = feed.inventory()
+        assert low_yield_for(feed, inventory, inventory.devices, DAY, horizon) == alone
+        feed.keep_days(feed.fingerprint(), [])  # nothing to keep: it waits all the same
+        assert _kept_rows(conn) == rows  # the day kept in full before the feed closed
+    finally:
+        feed.close()
+
+
+def test_no_spare_connection_to_be_had_is_one_connection(conn: psycopg.Connection) -> None:
+    """A spare that cannot connect (a connection limit, the server full): the
+    evaluation runs on the feed's own connection, the same flags and kept rows."""
+    rules = _rules(DaysCounted.IN_SERVICE)
+    _keep_earlier_days(Feed(conn, rules), conn, 26)
+    horizon = _closed_horizon(rules)
+    alone = _fast(conn, rules, horizon)
+    rows = _kept_rows(conn)
+    _forget(conn)
+
+    def refused() -> psycopg.Connection:
+        raise psycopg.OperationalError("too many connections for role")
+
+    feed = Feed(conn, rules, spare=refused)
+    try:
+        inventory = feed.inventory()
+        assert low_yield_for(feed, inventory, inventory.devices, DAY, horizon) == alone
+        assert _kept_rows(conn) == rows  # kept here, at once
+    finally:
+        feed.close()
