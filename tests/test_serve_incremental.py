@@ -122,6 +122,15 @@ def device(fleet: Fleet, key: str) -> str:
     return str(row[0])
 
 
+def heartbeat(fleet: Fleet, dev: str) -> StateMessage:
+    """A heartbeat of ``dev`` in service now, its seq after every stored one."""
+    with psycopg.connect(fleet.url) as conn:
+        (seq,) = conn.execute(
+            "SELECT max(seq) FROM state_samples WHERE device_id = %s", (dev,)
+        ).fetchone() or (0,)
+    return state(dev, "in_service", (seq or 0) + 1)
+
+
 def state(dev: str, state: str, seq: int, **kw: object) -> StateMessage:
     ts = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
     return StateMessage(v=1, device_id=dev, ts=ts, seq=seq, state=state, heartbeat_s=HB, **kw)  # type: ignore[arg-type]
@@ -235,11 +244,7 @@ class TestOnTimescaleDB:
             pair.clock.to_wall()
             assert pair.check()[0] == "incremental"
             a = device(fleet, "A")  # a heartbeat continuing A's run (settled when lean)
-            with psycopg.connect(fleet.url) as conn:
-                (seq,) = conn.execute(
-                    "SELECT max(seq) FROM state_samples WHERE device_id = %s", (a,)
-                ).fetchone() or (0,)
-            store(fleet, state(a, "in_service", seq + 1))
+            store(fleet, heartbeat(fleet, a))
             pair.clock.to_wall()
             assert pair.check()[0] == "incremental"
         finally:
@@ -256,11 +261,7 @@ class TestHeardFrom:
         try:
             pair.check()
             a = device(fleet, "A")
-            with psycopg.connect(fleet.url) as conn:
-                (seq,) = conn.execute(
-                    "SELECT max(seq) FROM state_samples WHERE device_id = %s", (a,)
-                ).fetchone() or (0,)
-            store(fleet, state(a, "in_service", seq + 1))
+            store(fleet, heartbeat(fleet, a))
             pair.clock.to_wall()
             assert pair.check()[0] == "incremental"
             assert pair.source.last_settled >= 1
