@@ -63,6 +63,18 @@ def _forget(conn: psycopg.Connection) -> None:
     conn.commit()
 
 
+def _evaluated(
+    conn: psycopg.Connection, counted: DaysCounted, seed: int
+) -> tuple[Rules, int, list[YieldFlag], list[tuple[Any, ...]]]:
+    """The days before DAY kept (``seed``: which), then DAY evaluated on one connection:
+    (rules, horizon, its flags, the kept rows it left)."""
+    rules = _rules(counted)
+    _keep_earlier_days(Feed(conn, rules), conn, seed)
+    horizon = _closed_horizon(rules)
+    alone = _fast(conn, rules, horizon)  # DAY and the days not kept computed and kept
+    return rules, horizon, alone, _kept_rows(conn)
+
+
 def _overlapped(
     conn: psycopg.Connection, rules: Rules, horizon: int, early: bool = False
 ) -> list[YieldFlag]:
@@ -84,11 +96,7 @@ def _overlapped(
 def test_overlapped_flags_and_kept_rows_equal_one_connections(
     conn: psycopg.Connection, counted: DaysCounted, early: bool
 ) -> None:
-    rules = _rules(counted)
-    _keep_earlier_days(Feed(conn, rules), conn, 21)
-    horizon = _closed_horizon(rules)
-    alone = _fast(conn, rules, horizon)  # DAY and the days not kept computed and kept
-    rows = _kept_rows(conn)
+    rules, horizon, alone, rows = _evaluated(conn, counted, 21)
     _forget(conn)
     got = _overlapped(conn, rules, horizon, early)
     assert got == alone == _reference(conn, rules, horizon)
@@ -126,11 +134,7 @@ def test_the_day_deleted_meanwhile_is_computed(
     """The other way round: the first look said ``on`` kept for every device, the kept
     sums have it for none (deleted meanwhile, as late telemetry does): it is computed
     then, and kept with the window sums it completes."""
-    rules = _rules(DaysCounted.IN_FLEET)
-    _keep_earlier_days(Feed(conn, rules), conn, 23)
-    horizon = _closed_horizon(rules)
-    alone = _fast(conn, rules, horizon)
-    rows = _kept_rows(conn)
+    rules, horizon, alone, rows = _evaluated(conn, DaysCounted.IN_FLEET, 23)
     ids = {d.id for d in Feed(conn, rules).inventory().devices}
     conn.commit()
     _forget(conn)
@@ -140,11 +144,7 @@ def test_the_day_deleted_meanwhile_is_computed(
 
 
 def test_a_failed_overlapped_write_keeps_nothing_and_raises(conn: psycopg.Connection) -> None:
-    rules = _rules(DaysCounted.IN_SERVICE)
-    _keep_earlier_days(Feed(conn, rules), conn, 24)
-    horizon = _closed_horizon(rules)
-    alone = _fast(conn, rules, horizon)
-    rows = _kept_rows(conn)
+    rules, horizon, alone, rows = _evaluated(conn, DaysCounted.IN_SERVICE, 24)
     _forget(conn)
     before = _kept_rows(conn)
     # The write fails once its rows are in the table (a statement trigger after them).
@@ -178,11 +178,7 @@ def test_a_failed_overlapped_write_keeps_nothing_and_raises(conn: psycopg.Connec
 def test_another_write_waits_for_the_overlapped_one(conn: psycopg.Connection) -> None:
     """A write of the feed after the evaluation first waits for the day being kept on
     the spare connection (so that neither holds a lock the other waits for)."""
-    rules = _rules(DaysCounted.IN_SERVICE)
-    _keep_earlier_days(Feed(conn, rules), conn, 25)
-    horizon = _closed_horizon(rules)
-    alone = _fast(conn, rules, horizon)
-    rows = _kept_rows(conn)
+    rules, horizon, alone, rows = _evaluated(conn, DaysCounted.IN_SERVICE, 25)
     _forget(conn)
     feed = Feed(conn, rules, spare=_spare(conn))
     try:
@@ -197,11 +193,7 @@ def test_another_write_waits_for_the_overlapped_one(conn: psycopg.Connection) ->
 def test_no_spare_connection_to_be_had_is_one_connection(conn: psycopg.Connection) -> None:
     """A spare that cannot connect (a connection limit, the server full): the
     evaluation runs on the feed's own connection, the same flags and kept rows."""
-    rules = _rules(DaysCounted.IN_SERVICE)
-    _keep_earlier_days(Feed(conn, rules), conn, 26)
-    horizon = _closed_horizon(rules)
-    alone = _fast(conn, rules, horizon)
-    rows = _kept_rows(conn)
+    rules, horizon, alone, rows = _evaluated(conn, DaysCounted.IN_SERVICE, 26)
     _forget(conn)
 
     def refused() -> psycopg.Connection:
