@@ -350,7 +350,7 @@ def next_steps(endpoints: Endpoints, psql: str, published: Published | None = No
     ]
     if published is not None:
         steps += [
-            f"curl -s {published.metrics_url} | grep '^atmfleet_device_up' | head",
+            f"curl -s {published.metrics_url} | grep '^atmfleet_device_state' | head",
             f"curl -s {published.collector_metrics_url} | grep '^atmfleet_collector_messages'",
             prometheus_hint(published),
             *grafana_hint(endpoints, psql),

@@ -10,7 +10,7 @@ Prints the seconds from the start of the process until each readiness point:
 - ``web``: the console answers (its login page, 200);
 - ``kpis``: the console's uptime KPI of yesterday answers with a figure (logged in as
   the demo's admin, with the password the demo writes into its env file);
-- ``serve``: the fleet's metrics URL answers with every device's ``atmfleet_device_up``;
+- ``serve``: the fleet's metrics URL answers with every device's ``atmfleet_device_state``;
 - ``ready``: the last of those;
 
 then the peak RSS (MiB) of the demo process, of its children (collector, broker), and of
@@ -207,7 +207,7 @@ def run_demo(checkout: Path, args: argparse.Namespace) -> Run:
             metrics = found.get("metrics")
             if metrics and "serve" not in run.points:
                 status, body = get(metrics)
-                up = body.decode(errors="replace").count("\natmfleet_device_up{")
+                up = body.decode(errors="replace").count("\natmfleet_device_state{")
                 if status == 200 and up >= args.devices:
                     run.points["serve"] = time.monotonic() - t0
             if all(p in run.points for p in POINTS[:-1]):

@@ -32,6 +32,11 @@ from dashboards.panels import (
 
 SB, BR, TY, VE = MATCH["subbranch"], MATCH["branch"], MATCH["type"], MATCH["vendor"]
 DEVICE_SEL = f"{SB},{BR},{TY},{VE}"
+#: The devices serving customers (state in_service or degraded) among those selected:
+#: one series each, value 1 (``atmfleet_device_state`` carries the routing labels).
+SERVING = f'atmfleet_device_state{{state=~"in_service|degraded",{DEVICE_SEL}}}'
+#: 0 when some device is selected and none serves (what the sum of their ``up`` was).
+NONE_SERVING = f"sum(atmfleet_device_state{{{DEVICE_SEL}}}) * 0"
 
 #: SQL: a device of the inventory exported today (commissioned, not decommissioned).
 ACTIVE = (
@@ -73,15 +78,11 @@ def fleet_overview() -> model.Dashboard:
         *inventory_variables(*ALL_VARIABLES),
     )
     board = (
-        board.with_panel(
-            stat_panel("Devices serving", promql(f"sum(atmfleet_device_up{{{DEVICE_SEL}}})"))
-        )
+        board.with_panel(stat_panel("Devices serving", promql(f"sum({SERVING}) or {NONE_SERVING}")))
         .with_panel(
             stat_panel(
                 "Scheduled devices down",
-                promql(
-                    f"count(device:atmfleet_device_scheduled_down:bool{{{DEVICE_SEL}}}) or vector(0)"
-                ),
+                promql(f"count(atmfleet_device_scheduled_down{{{DEVICE_SEL}}}) or vector(0)"),
             ).thresholds(thresholds((None, "green"), (1, "orange")))
         )
         .with_panel(
@@ -120,10 +121,7 @@ def fleet_overview() -> model.Dashboard:
             table_panel(
                 "Devices down in their window (value: down since)",
                 promql(
-                    "(device:atmfleet_device_scheduled_down:bool"
-                    f"{{{DEVICE_SEL}}}"
-                    " * on(device) group_left(state) atmfleet_device_state)"
-                    " * on(device) group_left() atmfleet_device_state_since_timestamp_seconds"
+                    f"atmfleet_device_scheduled_down_since_timestamp_seconds{{{DEVICE_SEL}}}"
                     " * 1000",
                     instant=True,
                 ),
@@ -452,7 +450,11 @@ def vendors() -> model.Dashboard:
         .with_panel(
             table_panel(
                 "Devices serving now by vendor",
-                promql(f"sum by (vendor) (atmfleet_device_up{{{DEVICE_SEL}}})", instant=True),
+                promql(
+                    f"sum by (vendor) ({SERVING})"
+                    f" or sum by (vendor) (atmfleet_device_state{{{DEVICE_SEL}}}) * 0",
+                    instant=True,
+                ),
                 w=24,
             )
         )

@@ -43,9 +43,10 @@ log = logging.getLogger(__name__)
     default=True,
     show_default=True,
     help="--lean leaves out the series no shipped rule, alert or dashboard reads (each "
-    "device's info series, last-seen time, service-window flag and forecast cash-out and "
-    "deposit-full times, each branch's info series, unknown time and non-financial "
-    "transactions); --full serves them too: docs/metrics.md.",
+    "device's info series, up series (the state says it), state since-time, last-seen "
+    "time, service-window flag and forecast cash-out and deposit-full times, each "
+    "branch's info series, unknown time and non-financial transactions); --full serves "
+    "them too: docs/metrics.md.",
 )
 def serve(host: str, port: int, refresh_s: float, day_refresh_s: float, lean: bool) -> None:
     """Serve the fleet's Prometheus metrics on /metrics, read from the database."""

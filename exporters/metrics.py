@@ -223,6 +223,9 @@ class Snapshot:
 
 INFO_LABELS = ("device", "branch", "subbranch", "tier", "type", "vendor", "placement", "model")
 UP_LABELS = INFO_LABELS[:-1]
+#: ``atmfleet_device_state``'s: the routing labels and the state (it is also what says
+#: whether a device serves: ``state`` in_service or degraded).
+STATE_LABELS = (*UP_LABELS, "state")
 
 
 def _flag(value: bool) -> str:
@@ -336,8 +339,9 @@ DEVICE_FAMILIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "1 while the device serves customers (in_service or degraded), else 0.",
         UP_LABELS,
     ),
-    ("atmfleet_device_state", "The device's current state (one series per device).",
-     ("device", "state")),
+    ("atmfleet_device_state",
+     "The device's current state (one series per device), with its routing labels.",
+     STATE_LABELS),
     (
         "atmfleet_device_in_service_window",
         "1 while now is inside the device's service window.",
@@ -354,6 +358,12 @@ DEVICE_FAMILIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "1 for each scheduled device (in its window, not planned maintenance, not unknown) "
         "that does not serve; absent for the others.",
         UP_LABELS,
+    ),
+    (
+        "atmfleet_device_scheduled_down_since_timestamp_seconds",
+        "When the current state of each scheduled device that does not serve began; "
+        "absent for the others.",
+        STATE_LABELS,
     ),
 )  # fmt: skip
 
@@ -372,7 +382,7 @@ def _up(d: DeviceRow) -> tuple[tuple[str, ...], float]:
 
 
 def _state(d: DeviceRow) -> tuple[tuple[str, ...], float]:
-    return (d.device, d.state), 1
+    return (d.device, d.branch, d.subbranch, d.tier, d.type, d.vendor, d.placement, d.state), 1
 
 
 def _in_window(d: DeviceRow) -> tuple[tuple[str, ...], float]:
@@ -397,9 +407,16 @@ def _scheduled_down(d: DeviceRow) -> tuple[tuple[str, ...], float] | None:
     return (d.device, d.branch, d.subbranch, d.tier, d.type, d.vendor, d.placement), 1
 
 
+def _scheduled_down_since(d: DeviceRow) -> tuple[tuple[str, ...], float] | None:
+    if d.since is None or _scheduled_down(d) is None:
+        return None
+    return _state(d)[0], d.since
+
+
 #: A device's series in each of :data:`DEVICE_FAMILIES`, in its order.
 _SERIES: tuple[Callable[[DeviceRow], tuple[tuple[str, ...], float] | None], ...] = (
     _info, _up, _state, _in_window, _last_seen, _since, _cash, _scheduled_down,
+    _scheduled_down_since,
 )  # fmt: skip
 
 
@@ -778,11 +795,16 @@ class _Just(Collector):
 
 
 #: What ``atmfleet serve --lean`` leaves out: the families no shipped rule, alert or
-#: dashboard reads (docs/metrics.md, "What a scrape carries"): three series per device
+#: dashboard reads (docs/metrics.md, "What a scrape carries"): five series per device
 #: and two per branch. ``atmfleet serve`` leaves them out unless run with ``--full``.
+#: ``atmfleet_device_up`` is ``atmfleet_device_state{state=~"in_service|degraded"}``
+#: (the state carries the routing labels), and the state's since-time is shown for the
+#: scheduled devices that are down (``atmfleet_device_scheduled_down_since_*``).
 LEAN_FLEET_LEAVES_OUT = frozenset(
     {
         "atmfleet_device_info",
+        "atmfleet_device_up",
+        "atmfleet_device_state_since_timestamp_seconds",
         "atmfleet_device_last_seen_timestamp_seconds",
         "atmfleet_device_in_service_window",
         "atmfleet_branch_info",

@@ -102,7 +102,7 @@ def _ready(prom: Prometheus) -> None:
         "subbranch:atmfleet_day_substitution:ratio",
         "fleet:atmfleet_collector_lag_seconds:max",
         'ALERTS{alertstate="firing",alertname="AtmfleetDeviceDown"}',
-        "device:atmfleet_device_scheduled_down:bool",
+        "atmfleet_device_scheduled_down_since_timestamp_seconds",
     ):
         wait_for(expr, lambda e=expr: prom.query(e))  # type: ignore[misc]
     # rate() over the collector's counters needs two scrapes of them.

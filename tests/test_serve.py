@@ -600,6 +600,36 @@ class TestDevices:
         # The fleet holds a scheduled device down, one outside its window, one unknown.
         assert down and len(scheduled) < len(state)
 
+    def test_the_state_carries_up_and_its_routing_labels(self, scrape: Scrape) -> None:
+        """What lean leaves out is in the state: its labels are ``up``'s and the state,
+        and a device serves (``up`` 1) exactly while the state is in_service or degraded."""
+        up = {tuple(sorted(s.items())): scrape.value("atmfleet_device_up", **s)
+              for s in scrape.series("atmfleet_device_up")}  # fmt: skip
+        got = {}
+        for s in scrape.series("atmfleet_device_state"):
+            routing = {k: v for k, v in s.items() if k != "state"}
+            got[tuple(sorted(routing.items()))] = (
+                1 if s["state"] in ("in_service", "degraded") else 0
+            )
+        assert got == up
+        assert set(got.values()) == {0, 1}
+
+    def test_the_down_since_is_the_since_of_the_scheduled_devices_down(
+        self, scrape: Scrape
+    ) -> None:
+        name = "atmfleet_device_scheduled_down_since_timestamp_seconds"
+        state = {s["device"]: s["state"] for s in scrape.series("atmfleet_device_state")}
+        expected = {}
+        for s in scrape.series("atmfleet_device_scheduled_down"):
+            since = scrape.value(
+                "atmfleet_device_state_since_timestamp_seconds", device=s["device"]
+            )
+            if since is not None:
+                expected[tuple(sorted({**s, "state": state[s["device"]]}.items()))] = since
+        got = {tuple(sorted(s.items())): scrape.value(name, **s) for s in scrape.series(name)}
+        assert got == expected
+        assert len(got) == len(scrape.series("atmfleet_device_scheduled_down")) > 0
+
     def test_cash_ratio_only_for_devices_with_dispensing_units(self, scrape: Scrape) -> None:
         ratio = "atmfleet_device_cash_ratio"
         assert scrape.value(ratio, device=_dev(scrape, "A")) == pytest.approx(700 / 1500)

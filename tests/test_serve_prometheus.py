@@ -232,3 +232,86 @@ class TestRulesOnWhatWasScraped:
         monitoring = {a["labels"]["alertname"] for a in prom.firing()}
         assert "AtmfleetMetricsUnavailable" not in monitoring
         assert "AtmfleetCollectorDown" not in monitoring
+
+
+#: The panels' and the cash alerts' expressions before ``atmfleet_device_up`` was folded
+#: into ``atmfleet_device_state`` (which now carries the routing labels) and the state's
+#: since-time left to ``--full``; ``device:atmfleet_device_scheduled_down:bool``, the plain
+#: copy they read then, written as the family it copied. The fixture's serve exports every
+#: family (``--full``), so both can be evaluated on the same scrape.
+SEL = 'subbranch=~"${subbranch:regex}",branch=~"${branch:regex}",type=~"${type:regex}",vendor=~"${vendor:regex}"'
+BEFORE_FOLD = {
+    ("atmfleet-fleet", "Devices serving"): f"sum(atmfleet_device_up{{{SEL}}})",
+    ("atmfleet-fleet", "Devices down in their window (value: down since)"): (
+        f"(atmfleet_device_scheduled_down{{{SEL}}} * on(device) group_left(state)"
+        " atmfleet_device_state) * on(device) group_left()"
+        " atmfleet_device_state_since_timestamp_seconds * 1000"
+    ),
+    ("atmfleet-vendors", "Devices serving now by vendor"): (
+        f"sum by (vendor) (atmfleet_device_up{{{SEL}}})"
+    ),
+}
+SERVING_NOW = 'atmfleet_device_state{state=~"in_service|degraded"}'
+CASH_JOIN_BEFORE = (
+    "atmfleet_device_cash_ratio * on(device) group_left(branch, subbranch, tier, type,"
+    " vendor, placement) (atmfleet_device_up == 1)"
+)
+
+
+def _result_set(prom: Prometheus, expr: str, at: str) -> list[tuple[Any, ...]]:
+    result = prom.get("/api/v1/query", query=expr, time=at)["data"]["result"]
+    return sorted(
+        (tuple(sorted((k, v) for k, v in r["metric"].items() if k != "__name__")), r["value"][1])
+        for r in result
+    )
+
+
+class TestTheFoldShowsTheSame:
+    def test_every_changed_panel_and_the_cash_join_equal_their_former_expression(
+        self, prometheus: tuple[Prometheus, Fleet]
+    ) -> None:
+        from dashboards.build import DEFAULT_DIR, queries
+
+        prom, _fleet = prometheus
+        wait_for("two scrapes", lambda: prom.query("count_over_time(atmfleet_device_up[1m]) >= 2"))
+        now = {
+            (q.dashboard, q.where): q.text
+            for path in sorted(DEFAULT_DIR.glob("*.json"))
+            for q in queries(json.loads(path.read_text("utf-8")))
+        }
+        at = prom.get("/api/v1/query", query="time()")["data"]["result"][1]
+        selections = {
+            "all": {"subbranch": ".+", "branch": ".+", "type": ".+", "vendor": ".+"},
+            # B2: B (fault) and C (offline), neither serves: the serving count is 0.
+            "B2": {"subbranch": ".+", "branch": "B2", "type": ".+", "vendor": ".+"},
+        }
+        for name, values in selections.items():
+
+            def expand(text: str, values: dict[str, str] = values) -> str:
+                for var, value in values.items():
+                    text = text.replace(f"${{{var}:regex}}", value)
+                return text
+
+            for key, before in BEFORE_FOLD.items():
+                old = _result_set(prom, expand(before), at)
+                new = _result_set(prom, expand(now[key]), at)
+                assert old, (name, key)  # each has something to show on this fleet
+                assert new == old, (name, key)
+        serving = _result_set(prom, 'sum(atmfleet_device_up{branch="B2"})', at)
+        assert [v for _labels, v in serving] == ["0"]
+        old_join = _result_set(prom, CASH_JOIN_BEFORE, at)
+        assert old_join
+        gate = "unless on() (fleet:atmfleet_collector_impaired:bool == 1)"
+        cash = [
+            rule["expr"].replace(gate, "")
+            for group in yaml.safe_load(RULES_FILE.read_text("utf-8"))["groups"]
+            for rule in group["rules"]
+            if rule.get("alert") in ("AtmfleetDeviceCashLow", "AtmfleetDeviceCashOutForecast")
+        ]
+        assert len(cash) == 2
+        for expr in cash:
+            assert SERVING_NOW in expr
+            before = expr.replace(SERVING_NOW, "(atmfleet_device_up == 1)")
+            assert _result_set(prom, expr, at) == _result_set(prom, before, at)
+        new_join = CASH_JOIN_BEFORE.replace("(atmfleet_device_up == 1)", SERVING_NOW)
+        assert _result_set(prom, new_join, at) == old_join

@@ -61,11 +61,10 @@ def fleet_exposition(devices: int, seed: int = 7) -> bytes:
     lines: dict[str, list[str]] = {
         name: []
         for name in (
-            "atmfleet_device_up",
             "atmfleet_device_state",
-            "atmfleet_device_state_since_timestamp_seconds",
             "atmfleet_device_cash_ratio",
             "atmfleet_device_scheduled_down",
+            "atmfleet_device_scheduled_down_since_timestamp_seconds",
         )
     }
     scheduled_by_branch: dict[tuple[str, str, str], int] = {}
@@ -90,10 +89,8 @@ def fleet_exposition(devices: int, seed: int = 7) -> bytes:
             f'subbranch="{subbranch}",tier="{tier}",type="{kind}",vendor="{vendor}"'
         )
         rng.randrange(9)  # the model (atmfleet_device_info, --full only): the same fleet
-        lines["atmfleet_device_up"].append(f"atmfleet_device_up{{{route}}} {up}")
-        lines["atmfleet_device_state"].append(
-            f'atmfleet_device_state{{device="{device}",state="{state}"}} 1'
-        )
+        # The lean exposition: the state carries the routing labels (no up series).
+        lines["atmfleet_device_state"].append(f'atmfleet_device_state{{{route},state="{state}"}} 1')
         # What atmfleet serve derives from the window and the state (exporters/metrics.py).
         if window and state not in ("planned_maintenance", "unknown"):
             key = (branch, subbranch, tier)
@@ -102,11 +99,12 @@ def fleet_exposition(devices: int, seed: int = 7) -> bytes:
                 lines["atmfleet_device_scheduled_down"].append(
                     f"atmfleet_device_scheduled_down{{{route}}} 1"
                 )
+                lines["atmfleet_device_scheduled_down_since_timestamp_seconds"].append(
+                    f"atmfleet_device_scheduled_down_since_timestamp_seconds"
+                    f'{{{route},state="{state}"}} {now - 3600:.3f}'
+                )
         skey = (subbranch, tier, kind, state)
         devices_by_state[skey] = devices_by_state.get(skey, 0) + 1
-        lines["atmfleet_device_state_since_timestamp_seconds"].append(
-            f'atmfleet_device_state_since_timestamp_seconds{{device="{device}"}} {now - 3600:.3f}'
-        )
         if kind in ("atm", "crs"):
             lines["atmfleet_device_cash_ratio"].append(
                 f'atmfleet_device_cash_ratio{{device="{device}"}} {rng.random():.3f}'
