@@ -2013,7 +2013,12 @@ def low_yield_for(
             if completes[bits]:
                 done.append(d)
     computed, to_keep = _compute_days(feed, period, missing, horizon, known, len(devices))
-    if early:
+    if early and not windows and len(use_early) == len(computed_on):
+        # Every day computed early used (the daily case: no device's ``on`` kept
+        # meanwhile, none judged day by day): taken as they are, not filtered.
+        computed += early
+        to_keep.extend(early_keep)
+    elif early:
         computed += [c for c in early if c[0].id in windows or c[0].id in use_early]
         to_keep.extend(early_keep.only(windows.keys() | use_early))
     for d, i, (a, s, f) in computed:

@@ -123,9 +123,20 @@ def test_the_day_kept_meanwhile_is_not_counted_twice(
     )
     conn.commit()
     rows = _kept_rows(conn)
+    written = _written(conn)
     monkeypatch.setattr(Feed, "kept_on", lambda self, fingerprint, day: set())
     assert _overlapped(conn, rules, horizon) == alone
     assert _kept_rows(conn) == rows
+    assert _written(conn) == written  # not one row of the day written again
+
+
+def _written(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
+    """When each kept row of DAY was written."""
+    rows = conn.execute(
+        "SELECT device_id, computed_at FROM kpi_device_days WHERE day = %s ORDER BY 1", (DAY,)
+    ).fetchall()
+    conn.commit()
+    return rows
 
 
 def test_the_day_deleted_meanwhile_is_computed(
