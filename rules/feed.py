@@ -366,7 +366,7 @@ class DayRows:
         """The rows as COPY text for ``kept_stage`` (``keep_uptime_days``), 8,192 lines
         at a time: each column made in one pass (numbers by ``str`` over a list), a
         device's labels found per pattern (the labels it has, in the order met; a
-        fleet's day has a few dozen patterns), not per device."""
+        fleet's day has few patterns), not per device."""
         cols = self.columns
         day = cols.day.isoformat()
         sums_too = window_day == cols.day and bool(window)
