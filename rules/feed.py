@@ -295,6 +295,8 @@ _WINDOW_COLUMNS = (
     ("win_monitored", "int4"), ("win_available_ms", "int8"), ("win_scheduled_ms", "int8"),
     ("win_counted", "int4"), ("win_financial", "int8"),
 )  # fmt: skip
+#: The window sums of a kept day that has none, as COPY text.
+_NO_SUMS = "\t".join([_NULL] * len(_WINDOW_COLUMNS))
 
 
 @contextmanager
@@ -324,6 +326,161 @@ def _statement_settings(cur: psycopg.Cursor[Any], serial: bool = False) -> Itera
         " set_config('max_parallel_workers_per_gather', %s, true)",
         before,
     )
+
+
+#: A closed day to keep, one device's: (device id, day, its uptime, counted financial
+#: transactions that day).
+KeptValue = tuple[str, date, Uptime, int]
+
+
+@dataclass
+class DayRows:
+    """Closed days to keep of one local day, as columns: rows ``rows`` of a day's
+    :class:`DayColumns` (its figures, time by label and the order the sweep met the
+    labels in) with their counted financial transactions. Written as COPY text made
+    column by column (:meth:`lines`), without an :class:`~rules.uptime.Uptime` per
+    device: the same text, line by line, as the device's ``KeptValue`` gives
+    (tests/test_kept_day_rows.py)."""
+
+    columns: DayColumns
+    rows: Any  # numpy (m,) int64: rows of ``columns``
+    financial: Any  # numpy (m,) int64
+
+    @property
+    def ids(self) -> list[str]:
+        ids = self.columns.ids
+        return [ids[r] for r in self.rows.tolist()]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def only(self, ids: Collection[str]) -> DayRows:
+        """The rows of the devices ``ids``."""
+        import numpy as np
+
+        wanted = ids if isinstance(ids, (set, frozenset, dict)) else set(ids)
+        keep = np.fromiter(map(wanted.__contains__, self.ids), bool, len(self.rows))
+        return DayRows(self.columns, self.rows[keep], self.financial[keep])
+
+    def lines(self, window: Mapping[str, WindowSums], window_day: date | None) -> Iterator[str]:
+        """The rows as COPY text for ``kept_stage`` (``keep_uptime_days``), 8,192 lines
+        at a time: each column made in one pass (numbers by ``str`` over a list), a
+        device's labels found per pattern (the labels it has, in the order met; a
+        fleet's day has few patterns), not per device."""
+        cols = self.columns
+        day = cols.day.isoformat()
+        sums_too = window_day == cols.day and bool(window)
+        for at in range(0, len(self.rows), 8192):
+            rows = self.rows[at : at + 8192]
+            ids = [cols.ids[r] for r in rows.tolist()]
+            figures = cols.figures[rows]
+            s, a, ts, ta, planned, monitored = (map(str, figures[:, k].tolist()) for k in range(6))
+            fin = map(str, self.financial[at : at + 8192].tolist())
+            labels, ms = _label_texts(
+                cols.by_label[rows], None if cols.met is None else cols.met[rows]
+            )
+            if sums_too:
+                win: Iterable[str] = [
+                    _NO_SUMS if w is None else
+                    f"{w.monitored}\t{w.available_ms}\t{w.scheduled_ms}\t{w.counted}\t{w.financial}"
+                    for w in map(window.get, ids)
+                ]  # fmt: skip
+            else:
+                win = repeat(_NO_SUMS)
+            fields = zip(map(_copy_escape, ids), repeat(day), a, s, fin, ts, ta, planned,
+                         monitored, labels, ms, win)  # fmt: skip
+            yield "\n".join(map("\t".join, fields)) + "\n"
+
+
+def _label_texts(by_label: Any, met: Any) -> tuple[list[str], list[str]]:
+    """Per row of ``by_label`` (time by label code) the ``labels`` and ``label_ms``
+    columns of a kept day as COPY text: the labels with time, joined by commas, in the
+    order the sweep met them (``met``: per label its rank; None: :data:`LABELS` order),
+    and their times as an array, as :meth:`Feed.keep_uptime_days` writes an Uptime's
+    ``by_label``."""
+    import numpy as np
+
+    m, width = by_label.shape
+    if met is None:
+        order = np.broadcast_to(np.arange(width, dtype=np.int64), (m, width))
+    else:
+        order = np.argsort(met, axis=1, kind="stable")
+    values = np.take_along_axis(by_label, order, axis=1)
+    has = values != 0
+    # A row's pattern: which label is at each place of its order, where it has time.
+    key = ((order + 1) * has * (width + 1) ** np.arange(width, dtype=np.int64)).sum(axis=1)
+    patterns, of_row = np.unique(key, return_inverse=True)
+    labels: list[str] = [""] * m
+    ms: list[str] = [""] * m
+    for p in range(len(patterns)):
+        at = np.flatnonzero(of_row == p)
+        first = int(at[0])
+        codes = order[first][has[first]].tolist()
+        text = ",".join(LABELS[c] for c in codes)
+        times = [map(str, by_label[at, c].tolist()) for c in codes]
+        got = (
+            ["{" + ",".join(t) + "}" for t in zip(*times, strict=True)]
+            if codes
+            else ["{}"] * len(at)
+        )
+        for row, t in zip(at.tolist(), got, strict=True):
+            labels[row] = text
+            ms[row] = t
+    return labels, ms
+
+
+def value_lines(
+    values: Iterable[KeptValue], window: Mapping[str, WindowSums], window_day: date | None
+) -> Iterator[str]:
+    """Closed days to keep as COPY text for ``kept_stage`` (``keep_uptime_days``), a
+    line per value, 8,192 at a time; ``window``: the window sums of the devices whose
+    window ends ``window_day``, kept beside that day."""
+    none = _NO_SUMS
+    days: dict[date, str] = {}
+    lines: list[str] = []
+    for device_id, day, u, fin in values:
+        text = days.get(day)
+        if text is None:
+            text = days[day] = day.isoformat()
+        sums = window.get(device_id) if day == window_day else None
+        by_label = u.by_label
+        lines.append(
+            f"{_copy_escape(device_id)}\t{text}\t{u.available_ms}\t{u.scheduled_ms}"
+            f"\t{fin}\t{u.tech_scheduled_ms}\t{u.tech_available_ms}"
+            f"\t{u.planned_excluded_ms}\t{u.monitored_ms}\t{','.join(by_label)}"
+            f"\t{{{','.join(map(str, by_label.values()))}}}\t"
+            + (none if sums is None else
+               f"{sums.monitored}\t{sums.available_ms}\t{sums.scheduled_ms}"
+               f"\t{sums.counted}\t{sums.financial}")
+            + "\n"
+        )  # fmt: skip
+        if len(lines) == 8192:
+            yield "".join(lines)
+            lines.clear()
+    if lines:
+        yield "".join(lines)
+
+
+@dataclass
+class KeptRows:
+    """Closed days to keep: ``values`` one by one, ``days`` as columns (:class:`DayRows`)."""
+
+    values: list[KeptValue] = field(default_factory=list)
+    days: list[DayRows] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.values) + sum(map(len, self.days))
+
+    def only(self, ids: Collection[str]) -> KeptRows:
+        """The rows of the devices ``ids``."""
+        wanted = ids if isinstance(ids, (set, frozenset, dict)) else set(ids)
+        return KeptRows(
+            [v for v in self.values if v[0] in wanted], [d.only(wanted) for d in self.days]
+        )
+
+    def extend(self, other: KeptRows) -> None:
+        self.values += other.values
+        self.days += other.days
 
 
 class Feed:
@@ -400,7 +557,7 @@ class Feed:
     def keep_uptime_days_soon(
         self,
         fingerprint: str,
-        values: Sequence[tuple[str, date, Uptime, int]],
+        values: Sequence[KeptValue] | KeptRows,
         window: Mapping[str, WindowSums] | None = None,
         window_day: date | None = None,
     ) -> None:
@@ -791,59 +948,41 @@ class Feed:
 
     def _keep_days(self, fingerprint: str, values: Sequence[tuple[str, date, KeptDay]]) -> None:
         rows = [(device_id, day, *value) for device_id, day, value in values]
-        self._upsert_kept(fingerprint, "keep_days", _KEPT_COLUMNS[:3], rows)
+        self._upsert_kept(fingerprint, "keep_days", _KEPT_COLUMNS[:3], {r[1] for r in rows}, rows)
 
     def keep_uptime_days(
         self,
         fingerprint: str,
-        values: Sequence[tuple[str, date, Uptime, int]],
+        values: Sequence[KeptValue] | KeptRows,
         window: Mapping[str, WindowSums] | None = None,
         window_day: date | None = None,
     ) -> None:
         """Keep closed days per device with their 开机率 in full (device, day, its
-        uptime that day, counted financial transactions); committed at once. Nothing is
-        kept (and nothing fails) where the login may only read. ``window``: per device,
-        the low-yield sums of the window ending ``window_day`` once these days are kept
-        (every day of it kept), kept beside that day."""
+        uptime that day, counted financial transactions; or :class:`KeptRows`, some of
+        them as a day's columns); committed at once. Nothing is kept (and nothing fails)
+        where the login may only read. ``window``: per device, the low-yield sums of the
+        window ending ``window_day`` once these days are kept (every day of it kept),
+        kept beside that day."""
         self.wait_kept()
-        if not values or not self.may_keep:
+        if not len(values) or not self.may_keep:
             return
         window = window or {}
+        rows = values if isinstance(values, KeptRows) else KeptRows(list(values))
+
         # The rows as COPY text, one line each (labels are identifiers: never escaped):
         # a tenth of the time of sending them value by value at 100,000 devices.
-        none = "\t".join([_NULL] * len(_WINDOW_COLUMNS))
-
         def chunks() -> Iterator[str]:
             """The lines, 8,192 at a time (never the whole text at once)."""
-            days: dict[date, str] = {}
-            lines: list[str] = []
-            for device_id, day, u, fin in values:
-                text = days.get(day)
-                if text is None:
-                    text = days[day] = day.isoformat()
-                sums = window.get(device_id) if day == window_day else None
-                by_label = u.by_label
-                lines.append(
-                    f"{_copy_escape(device_id)}\t{text}\t{u.available_ms}\t{u.scheduled_ms}"
-                    f"\t{fin}\t{u.tech_scheduled_ms}\t{u.tech_available_ms}"
-                    f"\t{u.planned_excluded_ms}\t{u.monitored_ms}\t{','.join(by_label)}"
-                    f"\t{{{','.join(map(str, by_label.values()))}}}\t"
-                    + (none if sums is None else
-                       f"{sums.monitored}\t{sums.available_ms}\t{sums.scheduled_ms}"
-                       f"\t{sums.counted}\t{sums.financial}")
-                    + "\n"
-                )  # fmt: skip
-                if len(lines) == 8192:
-                    yield "".join(lines)
-                    lines.clear()
-            if lines:
-                yield "".join(lines)
+            yield from value_lines(rows.values, window, window_day)
+            for day_rows in rows.days:
+                yield from day_rows.lines(window, window_day)
 
         try:
             self._upsert_kept(
                 fingerprint,
                 "keep_uptime_days",
                 _KEPT_COLUMNS + _WINDOW_COLUMNS,
+                {v[1] for v in rows.values} | {d.columns.day for d in rows.days},
                 text=chunks(),
             )
         except psycopg.errors.InsufficientPrivilege:
@@ -854,6 +993,7 @@ class Feed:
         fingerprint: str,
         query: str,
         columns: Sequence[tuple[str, str]],
+        days: Collection[date],
         rows: list[tuple[Any, ...]] | None = None,
         text: Iterable[str] | None = None,
     ) -> None:
@@ -861,7 +1001,8 @@ class Feed:
         transaction: the rows copied into a temporary table (``rows`` in binary, or
         ``text``: the rows as pieces of COPY text; not sent as arrays, element by element), then
         inserted from it in the key's order (each index walked page after page, not hit
-        at random)."""
+        at random). ``days``: the days the rows hold (none of them kept under
+        ``fingerprint`` yet: the rows inserted, without the upsert's conflict check)."""
         copy_sql = psycopg.sql.SQL(
             "COPY kept_stage (device_id, day, {}) FROM STDIN"
             + (" (FORMAT BINARY)" if text is None else "")
@@ -887,7 +1028,24 @@ class Feed:
             said = {"fingerprint": fingerprint, "context_ms": self.context_ms()}
             cur.execute(queries()["keep_rules"], said)
             cur.execute(queries()["keep_rules_context"], said)  # a row lock only if changed
-            cur.execute(queries()[query], {"fingerprint": fingerprint})
+            upsert = queries()[query]
+            fp = {"fingerprint": fingerprint}
+            # Days not kept yet under these rules (a fleet's day computed the first time):
+            # inserted without ON CONFLICT, a third less of the database's time at 100,000
+            # devices (no speculative insertion: each row's key looked for, then inserted).
+            # A row kept meanwhile by another writer fails that insert, undone to its
+            # savepoint, and the upsert writes the rows instead.
+            found = cur.execute(queries()["kept_any_on"], {**fp, "days": sorted(days)}).fetchone()
+            done = False
+            if found is not None and not found[0]:
+                try:
+                    with self._conn.transaction():
+                        cur.execute(upsert[: upsert.index("ON CONFLICT")], fp)
+                    done = True
+                except psycopg.errors.UniqueViolation:
+                    log.info("kept days written meanwhile by another: upserted instead")
+            if not done:
+                cur.execute(upsert, fp)
             cur.execute("SELECT set_config('work_mem', %s, true)", before)
 
     @_without_gc
@@ -1293,6 +1451,22 @@ def day_of_columns(
     timelines are built (the day read again) only if asked for. None where the columns
     do not apply (:func:`uptime_day_columns` returns None): the caller takes
     :func:`uptime_for`."""
+    parts = _day_parts(feed, devices, day, horizon)
+    if parts is None:
+        return None
+    cols, got, others = parts
+    got.update(
+        zip(cols.ids, zip(cols.uptimes(), cols.financial.tolist(), strict=True), strict=True)
+    )
+    return _one_day(feed, devices, day, horizon, got, others)
+
+
+def _day_parts(
+    feed: Feed, devices: Sequence[Device], day: date, horizon: int
+) -> tuple[DayColumns, dict[str, tuple[Uptime, int]], UptimeDays | None] | None:
+    """:func:`day_of_columns` in its parts: the devices in the fleet that day as columns,
+    the others (their uptime and counted financial transactions, and what
+    :func:`uptime_for` gave for them); None where the columns do not apply."""
     if not devices:
         return None
     cols = uptime_day_columns(
@@ -1300,17 +1474,16 @@ def day_of_columns(
     )
     if cols is None:
         return None
-    got = dict(
-        zip(cols.ids, zip(cols.uptimes(), cols.financial.tolist(), strict=True), strict=True)
-    )
-    rest = [d for d in devices if d.id not in got]
+    in_columns = set(cols.ids)
+    rest = [d for d in devices if d.id not in in_columns]
+    got: dict[str, tuple[Uptime, int]] = {}
     others: UptimeDays | None = None
     if rest:
         others = uptime_for(feed, rest, day, day, horizon)
         fin = feed.financial_days(day, day)
         for d in rest:
             got[d.id] = (others.per_device[d.id][day], fin.get(d.id, {}).get(day, 0))
-    return _one_day(feed, devices, day, horizon, got, others)
+    return cols, got, others
 
 
 #: A state run of ``uptime_day_columns``: state position, start, start_seq, last,
@@ -1682,17 +1855,16 @@ def _compute_days(
     horizon: int,
     known: UptimeDays | None = None,
     of: int = 0,
-) -> tuple[list[tuple[Device, int, KeptDay]], list[tuple[str, date, Uptime, int]]]:
+) -> tuple[list[tuple[Device, int, KeptDay]], KeptRows]:
     """:func:`computed_days` without the keeping: the values, and the closed days to keep
     (device id, day, uptime, counted financial transactions)."""
     got: list[tuple[Device, int, KeptDay]] = []
-    to_keep: list[tuple[str, date, Uptime, int]] = []
+    to_keep = KeptRows()
     for i in sorted(missing):
         day, chosen = period[i], missing[i]
         keep = closed(feed, day, horizon)
         if keep:
             feed.settle_txn_days(day, day)
-        fin_of: dict[str, int] | None = None
         if (
             known is not None
             and known.days == [day]
@@ -1701,21 +1873,40 @@ def _compute_days(
             up = known
         else:
             # Most of the devices miss this day (a fleet's day not kept yet): computed
-            # over columns, with its financial count; else device by device.
-            columns = day_of_columns(feed, chosen, day, horizon) if 2 * len(chosen) >= of else None
-            if columns is not None:
-                up, fin_of = columns
-            else:
-                up = uptime_for(feed, chosen, day, day, horizon)
-        if fin_of is None:
-            fin = feed.financial_days(day, day)
-            fin_of = {d.id: fin.get(d.id, {}).get(day, 0) for d in chosen}
+            # over columns, with its financial count, and kept as columns (no Uptime
+            # made per device); else device by device.
+            parts = _day_parts(feed, chosen, day, horizon) if 2 * len(chosen) >= of else None
+            if parts is not None:
+                cols, rest, _ = parts
+                row_of = dict(zip(cols.ids, range(len(cols.ids)), strict=True))
+                figures = cols.figures
+                a_of = figures[:, FIGURES.index("available_ms")].tolist()
+                s_of = figures[:, FIGURES.index("scheduled_ms")].tolist()
+                f_of = cols.financial.tolist()
+                for d in chosen:
+                    r = row_of.get(d.id)
+                    if r is None:
+                        u, f = rest[d.id]
+                        got.append((d, i, (u.available_ms, u.scheduled_ms, f)))
+                        if keep:
+                            to_keep.values.append((d.id, day, u, f))
+                    else:
+                        got.append((d, i, (a_of[r], s_of[r], f_of[r])))
+                if keep:
+                    import numpy as np
+
+                    every = np.arange(len(cols.ids), dtype=np.int64)
+                    to_keep.days.append(DayRows(cols, every, cols.financial))
+                continue
+            up = uptime_for(feed, chosen, day, day, horizon)
+        fin = feed.financial_days(day, day)
+        fin_of = {d.id: fin.get(d.id, {}).get(day, 0) for d in chosen}
         for d in chosen:
             u = up.per_device[d.id][day]
             value = (u.available_ms, u.scheduled_ms, fin_of[d.id])
             got.append((d, i, value))
             if keep:
-                to_keep.append((d.id, day, u, value[2]))
+                to_keep.values.append((d.id, day, u, value[2]))
     return got, to_keep
 
 
@@ -1771,7 +1962,7 @@ def low_yield_for(
             lambda f: _kept_window(f, fp, first, on, in_service_only, devices, frozenset(windows))
         )
     early: list[tuple[Device, int, KeptDay]] = []  # the day ``on`` computed before
-    early_keep: list[tuple[str, date, Uptime, int]] = []
+    early_keep = KeptRows()
     if pending is not None:
         # Meanwhile, ``on`` for the devices it is not kept for (the day kept or not is
         # all the kept part can say of it): with the partial windows' missing days.
@@ -1822,9 +2013,14 @@ def low_yield_for(
             if completes[bits]:
                 done.append(d)
     computed, to_keep = _compute_days(feed, period, missing, horizon, known, len(devices))
-    if early:
+    if early and not windows and len(use_early) == len(computed_on):
+        # Every day computed early used (the daily case: no device's ``on`` kept
+        # meanwhile, none judged day by day): taken as they are, not filtered.
+        computed += early
+        to_keep.extend(early_keep)
+    elif early:
         computed += [c for c in early if c[0].id in windows or c[0].id in use_early]
-        to_keep += [k for k in early_keep if k[0] in windows or k[0] in use_early]
+        to_keep.extend(early_keep.only(windows.keys() | use_early))
     for d, i, (a, s, f) in computed:
         w = windows.get(d.id)
         if w is not None:

@@ -421,6 +421,13 @@ ON CONFLICT (fingerprint) DO NOTHING;
 UPDATE kpi_kept_rules SET context_ms = %(context_ms)s
 WHERE fingerprint = %(fingerprint)s AND context_ms <> %(context_ms)s;
 
+-- Whether any of the days is kept under the rules (by the primary key, a day a probe).
+-- name: kept_any_on
+SELECT EXISTS (
+    SELECT FROM kpi_device_days
+    WHERE fingerprint = %(fingerprint)s AND day = ANY(%(days)s::date[])
+);
+
 -- name: keep_days
 INSERT INTO kpi_device_days (fingerprint, device_id, day, available_ms, scheduled_ms, financial)
 SELECT %(fingerprint)s, device_id, day, available_ms, scheduled_ms, financial

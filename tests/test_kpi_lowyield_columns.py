@@ -64,13 +64,14 @@ def conn(request: pytest.FixtureRequest) -> Iterator[psycopg.Connection]:
 
 
 class Columns:
-    """Counts the days :func:`rules.feed.day_of_columns` computed (``refuse``: it
-    computes none, the callers take the reference)."""
+    """Counts the days computed over columns (:func:`rules.feed.day_of_columns` and the
+    low-yield evaluation both go through ``_day_parts``; ``refuse``: it computes none,
+    the callers take the reference)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.used = 0
         self.refuse = False
-        real = rules.feed.day_of_columns
+        real = rules.feed._day_parts
 
         def spy(*args: Any, **kwargs: Any) -> Any:
             if self.refuse:
@@ -79,7 +80,7 @@ class Columns:
             self.used += got is not None
             return got
 
-        monkeypatch.setattr(rules.feed, "day_of_columns", spy)
+        monkeypatch.setattr(rules.feed, "_day_parts", spy)
 
 
 def horizons() -> dict[str, int]:

@@ -76,19 +76,36 @@ def _evaluated(
 
 
 def _overlapped(
-    conn: psycopg.Connection, rules: Rules, horizon: int, early: bool = False
+    conn: psycopg.Connection,
+    rules: Rules,
+    horizon: int,
+    early: bool = False,
+    whole_only: bool = False,
 ) -> list[YieldFlag]:
     """``low_yield_for`` on a feed with a spare connection, the feed closed after it
-    (``early``: its kept part started first, as the daily bulletin does)."""
+    (``early``: its kept part started first, as the daily bulletin does; ``whole_only``:
+    of the devices in the fleet the whole window only, none judged day by day)."""
     feed = Feed(conn, rules, spare=_spare(conn))
     try:
         inventory = feed.inventory()
         devices = inventory.devices
+        if whole_only:
+            devices = tuple(d for d in devices if d.id in _whole_window(conn, rules))
         if early:
             start_low_yield(feed, devices, DAY)
         return low_yield_for(feed, inventory, devices, DAY, horizon)
     finally:
         feed.close()
+
+
+def _whole_window(conn: psycopg.Connection, rules: Rules) -> set[str]:
+    """The devices in the fleet the whole window ending DAY."""
+    devices = Feed(conn, rules).inventory().devices
+    conn.commit()
+    return {
+        d.id for d in devices
+        if d.commissioned <= FIRST and (d.decommissioned is None or d.decommissioned > DAY)
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("early", [False, True])
@@ -104,8 +121,9 @@ def test_overlapped_flags_and_kept_rows_equal_one_connections(
     assert sum(1 for r in rows if r[1] == DAY and r[11] is not None) >= 10
 
 
+@pytest.mark.parametrize("whole_only", [False, True])
 def test_the_day_kept_meanwhile_is_not_counted_twice(
-    conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+    conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch, whole_only: bool
 ) -> None:
     """Which devices ``on`` is kept for is read on the feed's connection, the kept sums
     on the spare: here the first said none (as if read before another process kept the
@@ -123,9 +141,25 @@ def test_the_day_kept_meanwhile_is_not_counted_twice(
     )
     conn.commit()
     rows = _kept_rows(conn)
+    written = _written(conn)
     monkeypatch.setattr(Feed, "kept_on", lambda self, fingerprint, day: set())
-    assert _overlapped(conn, rules, horizon) == alone
+    if whole_only:  # (no window judged day by day: the days computed early all taken?)
+        whole = _whole_window(conn, rules)
+        alone = [f for f in alone if f.device_id in whole]
+        assert 0 < len(alone) < len(Feed(conn, rules).inventory().devices)
+        conn.commit()
+    assert _overlapped(conn, rules, horizon, whole_only=whole_only) == alone
     assert _kept_rows(conn) == rows
+    assert _written(conn) == written  # not one row of the day written again
+
+
+def _written(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
+    """When each kept row of DAY was written."""
+    rows = conn.execute(
+        "SELECT device_id, computed_at FROM kpi_device_days WHERE day = %s ORDER BY 1", (DAY,)
+    ).fetchall()
+    conn.commit()
+    return rows
 
 
 def test_the_day_deleted_meanwhile_is_computed(
