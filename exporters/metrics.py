@@ -47,13 +47,9 @@ from prometheus_client.utils import floatToGoString
 from atmfleet.child import ChildCancelled, Children
 from atmfleet.errors import AtmfleetError, ConfigError
 from atmfleet.inventory import (
-    Branch,
-    BranchKind,
     Device,
     DeviceType,
     Inventory,
-    SubBranch,
-    Tier,
 )
 from atmfleet.store.connect import connect
 from atmfleet.store.jobs import Job, read_jobs
@@ -67,7 +63,9 @@ from notify.metrics import NotifyCollector
 from rules.config import Rules
 from rules.feed import Feed, uptime_day_columns
 from rules.feed import _devices as feed_devices
+from rules.feed import branches as feed_branches
 from rules.feed import queries as feed_queries
+from rules.feed import subbranches as feed_subbranches
 from rules.fleet import fleet_devices
 from rules.labels import Label
 from rules.lowyield import YieldStatus
@@ -1135,14 +1133,8 @@ def read_inventory(conn: psycopg.Connection) -> Inventory:
     what is kept). Runs in the connection's transaction."""
     sql = feed_queries()
     with conn.cursor(binary=True) as cur:
-        subs = tuple(
-            SubBranch.model_construct(id=i, name=n, tier=Tier(t))
-            for i, n, t in cur.execute(sql["inventory_subbranches"]).fetchall()
-        )
-        branches = tuple(
-            Branch.model_construct(id=i, name=n, subbranch=s, kind=BranchKind(k), parent=p)
-            for i, n, s, k, p in cur.execute(sql["inventory_branches"]).fetchall()
-        )
+        subs = feed_subbranches(cur.execute(sql["inventory_subbranches"]).fetchall())
+        branches = feed_branches(cur.execute(sql["inventory_branches"]).fetchall())
     devices: list[Device] = []
     compactor = _Compactor()
     enabled = gc.isenabled()

@@ -19,7 +19,7 @@ from datetime import UTC, date, datetime, timedelta
 import psycopg
 import pytest
 
-from atmfleet.inventory import Device, DeviceType, Placement
+from atmfleet.inventory import Branch, BranchKind, Device, DeviceType, Placement, SubBranch, Tier
 from atmfleet.store.migrate import upgrade
 from rules.config import DaysCounted, Rules, load_rules
 from rules.feed import DeviceInputs, Feed, _low_yield_by_day, low_yield_for, timelines, uptime_for
@@ -241,6 +241,35 @@ def test_inventory_devices_are_model_construct_of_their_rows(conn: psycopg.Conne
         assert list(got.__dict__.items()) == list(want.__dict__.items())
         assert got.model_fields_set == want.model_fields_set
         assert hash(got) == hash(want)
+
+
+def test_inventory_branches_are_model_construct_of_their_rows(conn: psycopg.Connection) -> None:
+    feed = Feed(conn, RULES)
+    inventory = feed.inventory()
+    pairs = [
+        (got, SubBranch.model_construct(id=i, name=n, tier=Tier(t)))
+        for got, (i, n, t) in zip(
+            inventory.subbranches, feed._rows("inventory_subbranches"), strict=True
+        )
+    ] + [
+        (got, Branch.model_construct(id=i, name=n, subbranch=s, kind=BranchKind(k), parent=p))
+        for got, (i, n, s, k, p) in zip(
+            inventory.branches, feed._rows("inventory_branches"), strict=True
+        )
+    ]
+    assert len(inventory.subbranches) >= 1 and len(inventory.branches) > 1
+    for got, want in pairs:
+        assert type(got) is type(want)
+        assert got == want
+        assert list(got.__dict__.items()) == list(want.__dict__.items())
+        assert got.model_fields_set == want.model_fields_set
+        assert hash(got) == hash(want)
+        assert got.model_copy(update={"name": "x"}).name == "x"
+        assert got.name != "x"  # the copy's update left the shared fields-set alone
+        assert got.model_fields_set == want.model_fields_set
+    # one fields-set for all branches, one for all sub-branches (not one each)
+    assert len({id(b.__pydantic_fields_set__) for b in inventory.branches}) == 1
+    assert len({id(s.__pydantic_fields_set__) for s in inventory.subbranches}) == 1
 
 
 def test_timelines_and_uptime_equal_the_reference(conn: psycopg.Connection) -> None:

@@ -33,5 +33,14 @@ def test_serve_reads_the_feeds_inventory(
             assert list(a.__dict__.items()) == list(b.__dict__.items())
             assert a.model_fields_set == b.model_fields_set
             assert a.model_dump(exclude_unset=True) == b.model_dump(exclude_unset=True)
-    # one fields-set for the fleet
+        for a, b in zip(
+            (*inventory.subbranches, *inventory.branches),
+            (*want.subbranches, *want.branches),
+            strict=True,
+        ):
+            assert type(a) is type(b)
+            assert list(a.__dict__.items()) == list(b.__dict__.items())
+            assert a.model_fields_set == b.model_fields_set
+    # one fields-set for the fleet's devices, one for its branches
     assert len({id(d.__pydantic_fields_set__) for d in got.devices}) == 1
+    assert len({id(b.__pydantic_fields_set__) for b in got.branches}) == 1
