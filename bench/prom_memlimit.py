@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -42,25 +41,7 @@ import promrun  # noqa: E402
 
 
 def config(folder: Path, serve_port: int) -> Path:
-    names = []
-    for f in promrun.rules_files():
-        shutil.copy(f, folder / f.name)
-        names.append(f.name)
-    lines = [
-        "global:",
-        "  scrape_interval: 30s",
-        "  scrape_timeout: 25s",
-        "  evaluation_interval: 30s",
-        "rule_files:",
-        *(f"  - {n}" for n in names),
-        "scrape_configs:",
-        "  - job_name: atmfleet",
-        "    static_configs:",
-        f'      - targets: ["127.0.0.1:{serve_port}"]',
-    ]
-    path = folder / "prometheus.yml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return promrun.write_config(folder, {"atmfleet": [serve_port]}, evaluation_interval="30s")
 
 
 def own_metric(text: str, name: str) -> float | None:

@@ -77,6 +77,13 @@ def shipped_environment(tree: Path) -> dict[str, str]:
     return env(tree)
 
 
+def write_config(folder: Path, jobs: dict[str, list[int]], **settings: Any) -> Path:
+    sys.path.insert(0, str(HERE))
+    from promrun import write_config as write
+
+    return write(folder, jobs, **settings)
+
+
 def rss_tree(proc: psutil.Process) -> int:
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
@@ -128,26 +135,11 @@ class Side:
         )
 
     def start_prometheus(self) -> None:
-        names = []
-        for f in sorted((self.tree / "exporters" / "prometheus").glob("*.rules.yml")):
-            shutil.copy(f, self.tmp / f.name)
-            names.append(f.name)
-        (self.tmp / "prometheus.yml").write_text(
-            "\n".join(
-                [
-                    "global:",
-                    "  scrape_interval: 30s",
-                    "  scrape_timeout: 25s",
-                    "  evaluation_interval: 30s",
-                    "rule_files:",
-                    *(f"  - {n}" for n in names),
-                    "scrape_configs:",
-                    "  - job_name: atmfleet",
-                    "    static_configs:",
-                    f'      - targets: ["127.0.0.1:{self.port}"]',
-                ]
-            )
-            + "\n"
+        write_config(
+            self.tmp,
+            {"atmfleet": [self.port]},
+            evaluation_interval="30s",
+            rules_dir=self.tree / "exporters" / "prometheus",
         )
         self.prom_port = free_port()
         self.base = f"http://127.0.0.1:{self.prom_port}"

@@ -36,9 +36,10 @@ def shipped_environment(root: Path = ROOT) -> dict[str, str]:
     return out
 
 
-def rules_files() -> list[Path]:
-    """The shipped rule files (``exporters/prometheus/*.rules.yml``)."""
-    return sorted(RULES_DIR.glob("*.rules.yml"))
+def rules_files(folder: Path = RULES_DIR) -> list[Path]:
+    """The shipped rule files (``exporters/prometheus/*.rules.yml``; or those of
+    ``folder``, another checkout's)."""
+    return sorted(folder.glob("*.rules.yml"))
 
 
 def write_config(
@@ -48,11 +49,12 @@ def write_config(
     scrape_interval: str = "30s",
     scrape_timeout: str = "25s",
     evaluation_interval: str = "15s",
+    rules_dir: Path = RULES_DIR,
 ) -> Path:
     """``prometheus.yml`` in ``folder`` scraping 127.0.0.1:PORT for each job's ports, with
-    copies of the shipped rule files beside it; returns its path."""
+    copies of the shipped rule files (``rules_dir``'s) beside it; returns its path."""
     names = []
-    for path in rules_files():
+    for path in rules_files(rules_dir):
         shutil.copy(path, folder / path.name)
         names.append(path.name)
     lines = [
