@@ -226,6 +226,15 @@ def timescale_url(timescale_admin_url: str) -> Iterator[str]:
                 conn.execute(f'DROP ROLE IF EXISTS "{name}_{kind}"')
 
 
+@pytest.fixture(params=["postgres", pytest.param("timescale", marks=pytest.mark.timescale)])
+def flavour_url(request: pytest.FixtureRequest) -> str:
+    """A new database on plain PostgreSQL (``database_url``), then on TimescaleDB
+    (``timescale_url``): for a test that must hold on both flavours."""
+    name = "database_url" if request.param == "postgres" else "timescale_url"
+    url: str = request.getfixturevalue(name)
+    return url
+
+
 _TIMESCALE_FIXTURES = frozenset({"timescale_admin_url", "timescale_url"})
 
 

@@ -102,11 +102,9 @@ def test_only_keeps_the_rows_of_the_devices_asked_for() -> None:
     assert len(got) == 4 and len(kept) == 53
 
 
-@pytest.fixture(params=["postgres", pytest.param("timescale", marks=pytest.mark.timescale)])
-def conn(request: pytest.FixtureRequest) -> Iterator[psycopg.Connection]:
-    url = request.getfixturevalue(
-        "database_url" if request.param == "postgres" else "timescale_url"
-    )
+@pytest.fixture
+def conn(flavour_url: str) -> Iterator[psycopg.Connection]:
+    url = flavour_url
     with psycopg.connect(url, autocommit=True) as c:
         upgrade(c, timezone=RULES.timezone)
     with psycopg.connect(url) as c:

@@ -56,11 +56,9 @@ SET available_ms = excluded.available_ms, scheduled_ms = excluded.scheduled_ms,
 """
 
 
-@pytest.fixture(params=["postgres", pytest.param("timescale", marks=pytest.mark.timescale)])
-def conn(request: pytest.FixtureRequest) -> Iterator[psycopg.Connection]:
-    url = request.getfixturevalue(
-        "database_url" if request.param == "postgres" else "timescale_url"
-    )
+@pytest.fixture
+def conn(flavour_url: str) -> Iterator[psycopg.Connection]:
+    url = flavour_url
     with psycopg.connect(url, autocommit=True) as c:
         upgrade(c, timezone=RULES.timezone)
     with psycopg.connect(url) as c:
