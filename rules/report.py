@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from itertools import repeat
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any, cast
 
 from atmfleet.errors import UsageError
@@ -1373,15 +1373,15 @@ def low_yield_devices(flags: Iterable[YieldFlag]) -> Report:
             strict=True,
         )
     )
-    rows = []
-    for *_, i in keys:
-        f = flags[i]
-        rows.append(
-            {"group": f.device_id, "status": value[f.status], "average": f.daily_average,
-             "threshold": f.threshold, "margin": margins[i], "days_counted": f.days_counted,
-             "monitored_days": f.monitored_days, "uptime": f.uptime,
-             "low_efficiency": f.low_efficiency}
-        )  # fmt: skip
+    places = list(map(_PLACE, keys))
+    rows = [
+        {"group": f.device_id, "status": value[f.status], "average": f.daily_average,
+         "threshold": f.threshold, "margin": m, "days_counted": f.days_counted,
+         "monitored_days": f.monitored_days, "uptime": f.uptime,
+         "low_efficiency": f.low_efficiency}
+        for f, m in zip(map(flags.__getitem__, places), map(margins.__getitem__, places),
+                        strict=True)
+    ]  # fmt: skip
     return Report(
         "devices: every one evaluated (lowest margin first), then those not evaluated",
         ["group", "status", "average", "threshold", "margin", "days_counted", "monitored_days",
@@ -1395,6 +1395,7 @@ _STATUS = attrgetter("status")
 _AVERAGE = attrgetter("daily_average")
 _THRESHOLD = attrgetter("threshold")
 _DEVICE_ID = attrgetter("device_id")
+_PLACE = itemgetter(3)
 
 
 # ----------------------------------------------------------------------------- tail
