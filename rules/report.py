@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from itertools import repeat
+from operator import attrgetter, itemgetter
 from typing import Any, cast
 
 from atmfleet.errors import UsageError
@@ -367,13 +369,30 @@ def display(column: str, value: Any) -> str:
     return str(value)
 
 
-def _cells(column: str, values: list[Any]) -> list[str]:
-    """:func:`display` of a column's values, with the plain cases (no data, text, a
-    count not in milliseconds) done inline: a device list has 100,000 rows."""
+def _cells(column: str, values: list[Any], types: set[type] | None = None) -> list[str]:
+    """:func:`display` of a column's values (``types``: the values' types, when the
+    caller has them), a column of one kind (with no data) in one comprehension and the
+    other plain cases (no data, text, a count not in milliseconds) done inline: a device
+    list has 100,000 rows."""
     plain_int = not column.endswith("_ms")
     # A float not in milliseconds, as display shows it: a percentage, points or plain.
     name = column.removesuffix(" (total)")
     kind = 0 if not plain_int else 1 if name in PERCENT else 2 if name in POINTS else 3
+    if types is None:
+        types = set(map(type, values))
+    kinds = types - {_NONE_TYPE}
+    if not kinds or kinds == {str}:
+        return [NO_DATA if v is None else v for v in values]
+    if kinds == {int} and plain_int:
+        return [NO_DATA if v is None else str(v) for v in values]
+    if kinds == {float} and kind:
+        if kind == 1:
+            return [NO_DATA if v is None else f"{v * 100:.2f}%" for v in values]
+        if kind == 2:
+            return [NO_DATA if v is None else f"{v * 100:+.2f}" for v in values]
+        return [NO_DATA if v is None else f"{v:.2f}" for v in values]
+    if kinds == {bool}:
+        return [NO_DATA if v is None else "yes" if v else "no" for v in values]
     out = []
     for v in values:
         t = type(v)
@@ -397,32 +416,28 @@ def _cells(column: str, values: list[Any]) -> list[str]:
     return out
 
 
+_NONE_TYPE = type(None)
+_NUMERIC = (int, float, Decimal)
+
+
 def _widths(cells: list[str]) -> list[int] | None:
-    """Each cell's :func:`_width`; None when every cell is ASCII (a width is then its
-    length), found in one pass over the joined text. The few distinct non-ASCII cells
-    (no data, a name) are measured once each."""
+    """Each cell's :func:`_width`; None when every cell's width is its length (every cell
+    ASCII, found in one pass over the joined text, or the few distinct others, such as
+    no data, one column a character too). The distinct non-ASCII cells (no data, a name)
+    are measured once each."""
     if "".join(cells).isascii():
         return None
-    seen: dict[str, int] = {}
-    out = []
-    for v in cells:
-        if v.isascii():
-            out.append(len(v))
-            continue
-        w = seen.get(v)
-        if w is None:
-            w = seen[v] = _width(v)
-        out.append(w)
-    return out
+    seen = {v: w for v in set(cells) if not v.isascii() and (w := _width(v)) != len(v)}
+    if not seen:
+        return None
+    return [seen[v] if v in seen else len(v) for v in cells]
 
 
 def _pad(cells: list[str], width: int, right: bool, widths: list[int] | None = None) -> list[str]:
     """Each cell padded to ``width`` terminal columns, on the left when ``right``
-    (``widths``: :func:`_widths` of the cells)."""
+    (``widths``: :func:`_widths` of the cells; None: each cell's length)."""
     if widths is None:
-        if "".join(cells).isascii():  # one column a character: str's own padding
-            return [v.rjust(width) for v in cells] if right else [v.ljust(width) for v in cells]
-        widths = [_width(v) for v in cells]
+        return [v.rjust(width) for v in cells] if right else [v.ljust(width) for v in cells]
     out = []
     for v, w in zip(cells, widths, strict=True):
         pad = " " * (width - w)
@@ -431,28 +446,39 @@ def _pad(cells: list[str], width: int, right: bool, widths: list[int] | None = N
 
 
 def render(report: Report) -> str:
+    """The report as a table: its title, its figures, a column per name (numbers on the
+    right), then its sections. Each row is made by one format of the row's cells: a
+    column whose every cell is as wide as it is long is padded by the format itself,
+    another padded first (:func:`_pad`)."""
     lines = [report.title]
     for key, value in report.extra.items():
         if key != "key" and not isinstance(value, (dict, list)):
             lines.append(f"  {key}: {display(key, value)}")
     if report.rows:
-        heads = [header(c) for c in report.columns]
-        numeric_types = (int, float, Decimal)
-        padded = []
+        rows = report.rows
+        heads = []
         widths = []
-        for c, h in zip(report.columns, heads, strict=True):
-            values = [r.get(c) for r in report.rows]
-            numeric = all(v is None or isinstance(v, numeric_types) for v in values)
-            cells = _cells(c, values)
+        fields = []
+        columns = []
+        for c in report.columns:
+            h = header(c)
+            values = list(map(dict.get, rows, repeat(c)))
+            types = set(map(type, values))
+            numeric = all(t is _NONE_TYPE or issubclass(t, _NUMERIC) for t in types)
+            cells = _cells(c, values, types)
             each = _widths(cells)
             width = max(_width(h), max(map(len, cells)) if each is None else max(each))
             widths.append(width)
-            padded.append([h + " " * (width - _width(h)), *_pad(cells, width, numeric, each)])
-        lines.append("  ".join(col[0] for col in padded).rstrip())
+            heads.append(h + " " * (width - _width(h)))
+            if each is None:  # padded by the format: a cell's width is its length
+                fields.append(("{:>%d}" if numeric else "{:<%d}") % width)
+            else:
+                fields.append("{}")
+                cells = _pad(cells, width, numeric, each)
+            columns.append(cells)
+        lines.append("  ".join(heads).rstrip())
         lines.append("  ".join("-" * w for w in widths))
-        lines.extend(
-            "  ".join(row).rstrip() for row in zip(*(col[1:] for col in padded), strict=True)
-        )
+        lines.extend(map(str.rstrip, map("  ".join(fields).format, *columns)))
     else:
         lines.append(f"  ({report.extra.get('empty', 'nothing')})")
     for s in report.sections:
@@ -1323,22 +1349,53 @@ def low_yield_report(ctx: Context, by: str, devices: bool = True) -> Report:
 
 def low_yield_devices(flags: Iterable[YieldFlag]) -> Report:
     """The devices section of :func:`low_yield_report`: every device evaluated (lowest
-    margin first), then those not evaluated."""
+    margin first), then those not evaluated. Each row is :func:`flag_row`'s, made inline
+    (a fleet lists 100,000): the margin worked out once as ``YieldFlag.margin`` does,
+    the status's value looked up, the rows sorted as plain tuples (the flag's place in
+    ``flags`` last: equal keys keep their order, as a stable sort keeps them)."""
     order = {YieldStatus.LOW: 0, YieldStatus.OK: 1, YieldStatus.COVERAGE: 2,
              YieldStatus.EXEMPT: 3, YieldStatus.NOT_EVALUATED: 4}  # fmt: skip
-    # Each margin once (a property: computed at every read), then sorted on it.
-    listed = sorted(
-        ((order[f.status], m if (m := f.margin) is not None else 0.0, f.device_id, f, m)
-         for f in flags),
-        key=lambda x: x[:3],
-    )  # fmt: skip
+    value = {s: s.value for s in YieldStatus}
+    low, ok = YieldStatus.LOW, YieldStatus.OK
+    flags = flags if isinstance(flags, list) else list(flags)
+    margins = [
+        None if (s is not low and s is not ok) or a is None or t is None else a - t
+        for s, a, t in zip(
+            map(_STATUS, flags), map(_AVERAGE, flags), map(_THRESHOLD, flags), strict=True
+        )
+    ]
+    keys = sorted(
+        zip(
+            map(order.__getitem__, map(_STATUS, flags)),
+            [0.0 if m is None else m for m in margins],
+            map(_DEVICE_ID, flags),
+            range(len(flags)),
+            strict=True,
+        )
+    )
+    places = list(map(_PLACE, keys))
+    rows = [
+        {"group": f.device_id, "status": value[f.status], "average": f.daily_average,
+         "threshold": f.threshold, "margin": m, "days_counted": f.days_counted,
+         "monitored_days": f.monitored_days, "uptime": f.uptime,
+         "low_efficiency": f.low_efficiency}
+        for f, m in zip(map(flags.__getitem__, places), map(margins.__getitem__, places),
+                        strict=True)
+    ]  # fmt: skip
     return Report(
         "devices: every one evaluated (lowest margin first), then those not evaluated",
         ["group", "status", "average", "threshold", "margin", "days_counted", "monitored_days",
          "uptime", "low_efficiency"],
-        [flag_row(f, m) for *_, f, m in listed],
+        rows,
         {"key": "devices"},
     )  # fmt: skip
+
+
+_STATUS = attrgetter("status")
+_AVERAGE = attrgetter("daily_average")
+_THRESHOLD = attrgetter("threshold")
+_DEVICE_ID = attrgetter("device_id")
+_PLACE = itemgetter(3)
 
 
 # ----------------------------------------------------------------------------- tail
