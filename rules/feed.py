@@ -23,6 +23,7 @@ import json
 import logging
 import re
 import struct
+import time
 from collections.abc import (
     Callable,
     Collection,
@@ -130,6 +131,10 @@ def gc_paused() -> Iterator[None]:
     finally:
         gc.enable()
 
+
+#: How long :meth:`Feed.settle_txn_days` waits for a concurrent refresh of txn_daily
+#: (TimescaleDB's policy, another command) before it gives up.
+REFRESH_WAIT_S = 60.0
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -952,12 +957,24 @@ class Feed:
         if not self._aggregate:
             return
         tz = self.rules.tz
+        span = {"lo": from_ms(day_span(first, tz)[0]), "hi": from_ms(day_span(last, tz)[1])}
         self._conn.autocommit = True
         try:
-            self._conn.execute(
-                queries()["refresh_txn_daily"],
-                {"lo": from_ms(day_span(first, tz)[0]), "hi": from_ms(day_span(last, tz)[1])},
-            )
+            # TimescaleDB refuses a refresh while another of the same aggregate overlaps
+            # it (its refresh policy, another command): that one ends within seconds, so
+            # wait for it and refresh then, for up to REFRESH_WAIT_S.
+            deadline = time.monotonic() + REFRESH_WAIT_S
+            pause = 0.05
+            while True:
+                try:
+                    self._conn.execute(queries()["refresh_txn_daily"], span)
+                    break
+                except psycopg.errors.LockNotAvailable:
+                    if time.monotonic() + pause > deadline:
+                        raise
+                    log.info("txn_daily: another refresh of these days is running; waiting")
+                    time.sleep(pause)
+                    pause = min(2 * pause, 1.0)
         except psycopg.errors.InsufficientPrivilege:
             self._cannot_keep("refresh txn_daily")
         finally:
