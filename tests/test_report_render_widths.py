@@ -6,42 +6,11 @@ wider than its heading, all ASCII, numbers and text mixed), each value shown as
 
 from __future__ import annotations
 
-import unicodedata
 from decimal import Decimal
 from typing import Any
 
-from rules import report
 from rules.report import Report, render
-
-
-def _width(text: str) -> int:
-    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
-
-
-def _render_cell_by_cell(r: Report) -> str:
-    """``render`` as it was: every cell's width measured, then padded by hand."""
-    lines = [r.title]
-    for key, value in r.extra.items():
-        if key != "key" and not isinstance(value, (dict, list)):
-            lines.append(f"  {key}: {report.display(key, value)}")
-    heads = [report.header(c) for c in r.columns]
-    padded = []
-    widths = []
-    for c, h in zip(r.columns, heads, strict=True):
-        values = [row.get(c) for row in r.rows]
-        numeric = all(v is None or isinstance(v, (int, float, Decimal)) for v in values)
-        cells = [report.display(c, v) for v in values]  # display, value by value
-        width = max(_width(h), *(_width(v) for v in cells))
-        widths.append(width)
-        col = [h + " " * (width - _width(h))]
-        for v in cells:
-            pad = " " * (width - _width(v))
-            col.append(pad + v if numeric else v + pad)
-        padded.append(col)
-    lines.append("  ".join(col[0] for col in padded).rstrip())
-    lines.append("  ".join("-" * w for w in widths))
-    lines.extend("  ".join(row).rstrip() for row in zip(*(col[1:] for col in padded), strict=True))
-    return "\n".join(lines)
+from tests.test_report_lowyield_exact import _render_reference
 
 
 def test_padding_equals_every_cell_measured() -> None:
@@ -63,5 +32,5 @@ def test_padding_equals_every_cell_measured() -> None:
         [Report("devices", ["id", "name"], [{"id": "D9", "name": "网点"}], {"key": "d"})],
     )  # fmt: skip
     got = render(r).split("\n\n")[0]
-    assert got == _render_cell_by_cell(r)
-    assert render(r).split("\n\n")[1] == _render_cell_by_cell(r.sections[0])
+    assert got == _render_reference(r).split("\n\n")[0]
+    assert render(r).split("\n\n")[1] == _render_reference(r.sections[0])
